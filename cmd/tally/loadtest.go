@@ -1,0 +1,540 @@
+package main
+
+// tally loadtest: closed- and open-loop load against a token endpoint, the
+// bare baseline endpoint, and the in-process comparison of both whose output
+// goes into loadtest/BENCHMARKS.md. The measuring lives in package loadtest;
+// this file reads flags and prints.
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/tallyauth/tally/loadtest"
+	"github.com/tallyauth/tally/node"
+	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+	"github.com/tallyauth/tally/node/nodetest"
+)
+
+const loadtestUsage = `tally loadtest — measure how fast a token endpoint issues tokens
+
+Usage:
+  tally loadtest client-credentials --target ISSUER_URL [--token-url URL]
+        --client-id ID --client-secret SECRET [--scope S]
+        [--concurrency 32 | --rate N] [--duration 10s] [--requests N]
+        [--warmup 1s] [--timeout 10s] [--output text|json]
+      Closed-loop load (--concurrency workers) or, with --rate, open-loop load
+      at N requests/s with at most --concurrency in flight, latency measured
+      from each request's scheduled start. The token endpoint is discovered
+      from the issuer's RFC 8414 / OpenID metadata unless --token-url is
+      given. The secret may come from TALLY_CLIENT_SECRET instead.
+
+  tally loadtest baseline [--listen 127.0.0.1:0] [--alg ES256|EdDSA]
+        [--client-id ID] [--client-secret SECRET] [--scope S] [--output text|json]
+      Serve the bare baseline token endpoint (form parsing, Basic client
+      authentication, RFC 9068 JWT signing, JSON answer; nothing else) and
+      print its issuer, token URL and client credentials, until interrupted.
+
+  tally loadtest compare [--concurrency 32] [--duration 10s] [--warmup 1s]
+        [--rounds 2] [--alg ES256|EdDSA] [--format jwt|opaque] [--output text|json]
+      Start a real single tally node (in a temporary directory) and the
+      baseline in this process, on loopback, and run the same closed-loop
+      client_credentials load against each alternately (baseline, tally,
+      baseline, tally, …), then print every run, both sides merged, and the
+      ratios tally/baseline of throughput and p99.
+
+Exit status: 0 success, 1 the run failed or no request succeeded, 2 usage error.
+`
+
+// loadtestDefaultScope is the scope the baseline and compare clients get.
+const loadtestDefaultScope = "read:orders"
+
+func runLoadtest(ctx context.Context, args []string, e env) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, loadtestUsage)
+		return 2
+	}
+	switch args[0] {
+	case "client-credentials":
+		return runLoadtestClientCredentials(ctx, args[1:], e)
+	case "baseline":
+		return runLoadtestBaseline(ctx, args[1:], e)
+	case "compare":
+		return runLoadtestCompare(ctx, args[1:], e)
+	case "help", "-h", "--help":
+		fmt.Fprint(e.stdout, loadtestUsage)
+		return 0
+	default:
+		fmt.Fprintf(e.stderr, "tally loadtest: unknown scenario %q\n\n%s", args[0], loadtestUsage)
+		return 2
+	}
+}
+
+// loadtestFlags is a flag set that prints its errors and usage to stderr.
+func loadtestFlags(name string, e env) *flag.FlagSet {
+	fs := flag.NewFlagSet("tally loadtest "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "Usage of tally loadtest %s:\n", name)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// loadtestParse parses args, allowing no positional arguments. It returns
+// the exit code to stop with, or -1 to go on.
+func loadtestParse(fs *flag.FlagSet, args []string, e env) int {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2
+	}
+	return -1
+}
+
+func loadtestCheckOutput(output string, e env, cmd string) bool {
+	if output != "text" && output != "json" {
+		fmt.Fprintf(e.stderr, "tally loadtest %s: --output must be text or json, not %q\n", cmd, output)
+		return false
+	}
+	return true
+}
+
+func runLoadtestClientCredentials(ctx context.Context, args []string, e env) int {
+	def := loadtest.DefaultClientCredentialsConfig()
+	fs := loadtestFlags("client-credentials", e)
+	target := fs.String("target", "", "issuer URL whose metadata names the token endpoint")
+	tokenURL := fs.String("token-url", "", "token endpoint URL (skips discovery)")
+	clientID := fs.String("client-id", "", "client id")
+	clientSecret := fs.String("client-secret", "", "client secret (env TALLY_CLIENT_SECRET)")
+	scope := fs.String("scope", "", "scope to request (space-separated)")
+	concurrency := fs.Int("concurrency", def.Concurrency, "closed-loop workers; with --rate, the bound on requests in flight")
+	rate := fs.Float64("rate", 0, "open-loop arrival rate in requests/s (0: closed loop)")
+	duration := fs.Duration("duration", def.Duration, "recorded time after the warm-up (0: until --requests)")
+	requests := fs.Int64("requests", 0, "stop after this many recorded requests (0: until --duration)")
+	warmup := fs.Duration("warmup", def.Warmup, "unrecorded warm-up before the run")
+	timeout := fs.Duration("timeout", def.Timeout, "timeout of one request")
+	output := fs.String("output", "text", "text or json")
+	if code := loadtestParse(fs, args, e); code >= 0 {
+		return code
+	}
+	if !loadtestCheckOutput(*output, e, "client-credentials") {
+		return 2
+	}
+	if *clientSecret == "" {
+		*clientSecret = e.getenv("TALLY_CLIENT_SECRET")
+	}
+	if *target == "" && *tokenURL == "" {
+		fmt.Fprintln(e.stderr, "tally loadtest client-credentials: --target or --token-url is required")
+		return 2
+	}
+
+	cfg := def
+	cfg.ClientID, cfg.ClientSecret, cfg.Scope = *clientID, *clientSecret, *scope
+	cfg.Concurrency, cfg.Rate = *concurrency, *rate
+	cfg.Duration, cfg.Requests, cfg.Warmup, cfg.Timeout = *duration, *requests, *warmup, *timeout
+	cfg.TokenURL = *tokenURL
+	if cfg.TokenURL == "" {
+		// Validate the rest first, so that a usage error costs no request.
+		cfg.TokenURL = "http://placeholder.invalid/token"
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(e.stderr, "tally loadtest client-credentials: %v\n", err)
+		return 2
+	}
+	if *tokenURL == "" {
+		md, err := loadtest.Discover(ctx, *target)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "tally loadtest client-credentials: %v\n", err)
+			return 1
+		}
+		cfg.TokenURL = md.TokenEndpoint
+		if err := cfg.Validate(); err != nil {
+			fmt.Fprintf(e.stderr, "tally loadtest client-credentials: %v\n", err)
+			return 1
+		}
+	}
+	cfg.Progress = loadtestProgress(e, "")
+
+	rep, err := loadtest.RunClientCredentials(ctx, cfg)
+	loadtestEndProgress(e, cfg.Progress)
+	if werr := loadtestWrite(e, *output, rep, rep.WriteText); werr != nil {
+		fmt.Fprintf(e.stderr, "tally loadtest client-credentials: %v\n", werr)
+		return 1
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "tally loadtest client-credentials: stopped early: %v\n", err)
+		return 1
+	}
+	if rep.OK == 0 {
+		fmt.Fprintln(e.stderr, "tally loadtest client-credentials: no request succeeded")
+		return 1
+	}
+	return 0
+}
+
+// loadtestBaselineInfo is what "tally loadtest baseline" prints.
+type loadtestBaselineInfo struct {
+	Issuer       string `json:"issuer"`
+	TokenURL     string `json:"token_url"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+	Scope        string `json:"scope"`
+	Alg          string `json:"alg"`
+}
+
+// loadtestBaselineServer is a running baseline endpoint.
+type loadtestBaselineServer struct {
+	info loadtestBaselineInfo
+	srv  *http.Server
+	done chan error
+}
+
+// startLoadtestBaseline serves the baseline on listen with the tenant-style
+// issuer path /t/default, so its tokens carry an issuer of the same shape
+// (and length, on the same host) as tally's.
+func startLoadtestBaseline(listen, alg, clientID, clientSecret, scope string) (*loadtestBaselineServer, error) {
+	key, err := loadtest.NewSigningKey(alg)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, err
+	}
+	cfg := loadtest.DefaultBaselineConfig()
+	cfg.Issuer = "http://" + ln.Addr().String() + "/t/default"
+	cfg.ClientID, cfg.ClientSecret = clientID, clientSecret
+	cfg.Scopes = strings.Fields(scope)
+	cfg.Alg, cfg.Key = alg, key
+	h, err := loadtest.NewBaseline(cfg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s := &loadtestBaselineServer{
+		info: loadtestBaselineInfo{
+			Issuer: cfg.Issuer, TokenURL: cfg.Issuer + "/oauth2/token",
+			ClientID: clientID, ClientSecret: clientSecret, Scope: scope, Alg: alg,
+		},
+		// The same server limits as a tally node's.
+		srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      60 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    64 << 10,
+		},
+		done: make(chan error, 1),
+	}
+	go func() { s.done <- s.srv.Serve(ln) }()
+	return s, nil
+}
+
+// stop shuts the server down, waiting up to five seconds for requests.
+func (s *loadtestBaselineServer) stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	if serr := <-s.done; !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	return err
+}
+
+func runLoadtestBaseline(ctx context.Context, args []string, e env) int {
+	fs := loadtestFlags("baseline", e)
+	listen := fs.String("listen", "127.0.0.1:0", "host:port to listen on")
+	alg := fs.String("alg", loadtest.AlgES256, "signing algorithm: ES256 or EdDSA")
+	clientID := fs.String("client-id", "baseline", "the client id it accepts")
+	clientSecret := fs.String("client-secret", "", "the client secret it accepts (default: a random one)")
+	scope := fs.String("scope", loadtestDefaultScope, "the scopes the client may request (space-separated)")
+	output := fs.String("output", "text", "text or json")
+	if code := loadtestParse(fs, args, e); code >= 0 {
+		return code
+	}
+	if !loadtestCheckOutput(*output, e, "baseline") {
+		return 2
+	}
+	if *clientSecret == "" {
+		*clientSecret = rand.Text()
+	}
+	s, err := startLoadtestBaseline(*listen, *alg, *clientID, *clientSecret, *scope)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "tally loadtest baseline: %v\n", err)
+		return 1
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(s.info)
+	} else {
+		_, err = fmt.Fprintf(e.stdout, "baseline token endpoint (%s), serving until interrupted\n"+
+			"issuer:        %s\ntoken url:     %s\nclient id:     %s\nclient secret: %s\nscope:         %s\n\n"+
+			"tally loadtest client-credentials --target %s --client-id %s --client-secret %s\n",
+			s.info.Alg, s.info.Issuer, s.info.TokenURL, s.info.ClientID, s.info.ClientSecret, s.info.Scope,
+			s.info.Issuer, s.info.ClientID, s.info.ClientSecret)
+	}
+	if err != nil {
+		s.stop()
+		fmt.Fprintf(e.stderr, "tally loadtest baseline: %v\n", err)
+		return 1
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-s.done:
+		fmt.Fprintf(e.stderr, "tally loadtest baseline: %v\n", err)
+		return 1
+	}
+	if err := s.stop(); err != nil {
+		fmt.Fprintf(e.stderr, "tally loadtest baseline: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// loadtestMachine describes where a comparison ran.
+type loadtestMachine struct {
+	CPUs       int    `json:"cpus"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	CPUModel   string `json:"cpu_model,omitempty"`
+	GoVersion  string `json:"go_version"`
+	OS         string `json:"os"`
+	Arch       string `json:"arch"`
+	// LoadAvg is /proc/loadavg's 1, 5 and 15 minute load before the run:
+	// other work on the machine skews the figures.
+	LoadAvg string `json:"load_avg,omitempty"`
+	Note    string `json:"note"`
+}
+
+func loadtestThisMachine() loadtestMachine {
+	m := loadtestMachine{
+		CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
+		Note: "server(s) and load generator run in one process and share these cores",
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			m.LoadAvg = strings.Join(f[:3], " ")
+		}
+	}
+	return m
+}
+
+// loadtestComparison is what "tally loadtest compare --output json" prints.
+type loadtestComparison struct {
+	Date    time.Time       `json:"date"`
+	Command string          `json:"command"`
+	Machine loadtestMachine `json:"machine"`
+	Alg     string          `json:"alg"`
+	Format  string          `json:"format"`
+	loadtest.Comparison
+}
+
+func runLoadtestCompare(ctx context.Context, args []string, e env) int {
+	def := loadtest.DefaultCompareConfig()
+	machine := loadtestThisMachine() // before the node adds its own load
+	fs := loadtestFlags("compare", e)
+	concurrency := fs.Int("concurrency", def.Load.Concurrency, "closed-loop workers")
+	duration := fs.Duration("duration", def.Load.Duration, "recorded time of each run")
+	warmup := fs.Duration("warmup", def.Load.Warmup, "unrecorded warm-up before each run")
+	rounds := fs.Int("rounds", def.Rounds, "runs of each side, alternating")
+	alg := fs.String("alg", loadtest.AlgES256, "signing algorithm of both sides: ES256 or EdDSA")
+	format := fs.String("format", "jwt", "tally's token format: jwt or opaque (the baseline always signs a JWT)")
+	output := fs.String("output", "text", "text or json")
+	if code := loadtestParse(fs, args, e); code >= 0 {
+		return code
+	}
+	if !loadtestCheckOutput(*output, e, "compare") {
+		return 2
+	}
+	if *alg != loadtest.AlgES256 && *alg != loadtest.AlgEdDSA {
+		fmt.Fprintf(e.stderr, "tally loadtest compare: --alg must be %s or %s\n", loadtest.AlgES256, loadtest.AlgEdDSA)
+		return 2
+	}
+	if *format != "jwt" && *format != "opaque" {
+		fmt.Fprintln(e.stderr, "tally loadtest compare: --format must be jwt or opaque")
+		return 2
+	}
+	cfg := def
+	cfg.Load.Concurrency, cfg.Load.Duration, cfg.Load.Warmup, cfg.Rounds = *concurrency, *duration, *warmup, *rounds
+	if *duration <= 0 {
+		fmt.Fprintln(e.stderr, "tally loadtest compare: --duration must be positive")
+		return 2
+	}
+	// Validate the load before starting anything.
+	probe := loadtest.Endpoint{Name: "probe", TokenURL: "http://127.0.0.1/token", ClientID: "probe"}
+	cfg.Baseline, cfg.Candidate = probe, probe
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(e.stderr, "tally loadtest compare: %v\n", err)
+		return 2
+	}
+
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(e.stderr, "tally loadtest compare: "+format+"\n", a...)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "tally-loadtest-")
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer os.RemoveAll(dir)
+
+	fmt.Fprintf(e.stderr, "starting a tally node in %s …\n", dir)
+	n, err := nodetest.StartDir(ctx, dir, nodetest.WithConfig(func(c *node.Config) {
+		c.DefaultSigningAlg = *alg
+	}))
+	if err != nil {
+		return fail("starting node: %v", err)
+	}
+	defer n.Close()
+	const tenant = "default"
+	created, err := n.Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
+		Tenant:                tenant,
+		Name:                  "load",
+		GrantTypes:            []string{"client_credentials"},
+		Scopes:                []string{loadtestDefaultScope},
+		TokenFormat:           *format,
+		AccessTokenTtlSeconds: int64(loadtest.DefaultBaselineConfig().TTL / time.Second),
+	}))
+	if err != nil {
+		return fail("creating the load client: %v", err)
+	}
+	id, secret := created.Msg.Client.ClientId, created.Msg.ClientSecret
+
+	// The baseline accepts the same client id and secret, so both sides get
+	// the same request bytes and sign claims of the same length.
+	b, err := startLoadtestBaseline("127.0.0.1:0", *alg, id, secret, loadtestDefaultScope)
+	if err != nil {
+		return fail("starting baseline: %v", err)
+	}
+	defer b.stop()
+
+	cfg.Baseline = loadtest.Endpoint{Name: "baseline", TokenURL: b.info.TokenURL, ClientID: id, ClientSecret: secret, Scope: loadtestDefaultScope}
+	cfg.Candidate = loadtest.Endpoint{Name: "tally", TokenURL: n.TokenURL(tenant), ClientID: id, ClientSecret: secret, Scope: loadtestDefaultScope}
+	// Measure only once both sides issue tokens: a fresh node may answer
+	// temporarily_unavailable for its first moments.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, ep := range []loadtest.Endpoint{cfg.Baseline, cfg.Candidate} {
+		if err := loadtest.WaitForToken(wctx, ep); err != nil {
+			return fail("%v", err)
+		}
+	}
+	cfg.OnRun = func(round int, ep loadtest.Endpoint) {
+		loadtestEndProgress(e, cfg.Load.Progress)
+		fmt.Fprintf(e.stderr, "round %d/%d: %s (%s warm-up, %s)\n", round, cfg.Rounds, ep.Name, cfg.Load.Warmup, cfg.Load.Duration)
+	}
+	cfg.Load.Progress = loadtestProgress(e, "  ")
+
+	cmp, err := loadtest.Compare(ctx, cfg)
+	loadtestEndProgress(e, cfg.Load.Progress)
+	res := loadtestComparison{
+		Date:       time.Now().UTC().Truncate(time.Second),
+		Command:    strings.TrimSpace("tally loadtest compare " + strings.Join(args, " ")),
+		Machine:    machine,
+		Alg:        *alg,
+		Format:     *format,
+		Comparison: cmp,
+	}
+	if werr := loadtestWrite(e, *output, res, res.writeText); werr != nil {
+		return fail("%v", werr)
+	}
+	if err != nil {
+		return fail("stopped early: %v", err)
+	}
+	if cmp.Baseline.OK == 0 || cmp.Candidate.OK == 0 {
+		return fail("a side had no successful request")
+	}
+	return 0
+}
+
+func (r loadtestComparison) writeText(w io.Writer) error {
+	m := r.Machine
+	cpu := m.CPUModel
+	if cpu == "" {
+		cpu = "unknown CPU"
+	}
+	load := m.LoadAvg
+	if load == "" {
+		load = "unknown"
+	}
+	if _, err := fmt.Fprintf(w, "date:    %s\ncommand: %s\nmachine: %d cores (GOMAXPROCS %d), %s, %s %s/%s; %s\n"+
+		"load:    %s (1/5/15 min load average before the run)\ntokens:  %s, tally format %s\n\n",
+		r.Date.Format(time.RFC3339), r.Command, m.CPUs, m.GOMAXPROCS, cpu, m.GoVersion, m.OS, m.Arch, m.Note,
+		load, r.Alg, r.Format); err != nil {
+		return err
+	}
+	return r.Comparison.WriteText(w)
+}
+
+// loadtestWrite prints v as indented JSON, or with text.
+func loadtestWrite(e env, output string, v any, text func(io.Writer) error) error {
+	if output == "json" {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	return text(e.stdout)
+}
+
+// loadtestProgress returns a progress printer that rewrites one line on
+// stderr, or nil when stderr is not a terminal.
+func loadtestProgress(e env, indent string) func(loadtest.Progress) {
+	f, ok := e.stderr.(*os.File)
+	if !ok {
+		return nil
+	}
+	st, err := f.Stat()
+	if err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return func(p loadtest.Progress) {
+		if p.Elapsed < 0 {
+			fmt.Fprintf(f, "\r\033[K%swarming up", indent)
+			return
+		}
+		rps := 0.0
+		if s := p.Elapsed.Seconds(); s > 0 {
+			rps = float64(p.OK) / s
+		}
+		fmt.Fprintf(f, "\r\033[K%s%5.1fs  %d requests  %d ok  %d failed  %.0f ok/s",
+			indent, p.Elapsed.Seconds(), p.Requests, p.OK, p.Failed, rps)
+	}
+}
+
+// loadtestEndProgress ends the progress line, if one is being drawn.
+func loadtestEndProgress(e env, progress func(loadtest.Progress)) {
+	if progress != nil {
+		fmt.Fprint(e.stderr, "\r\033[K")
+	}
+}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/tallyauth/tally/node"
+)
+
+const serveUsage = `Usage: tally serve [flags]
+
+Runs one tally node. Every flag has an environment equivalent: --data-dir is
+TALLY_DATA_DIR, --listen is TALLY_LISTEN, and so on; a flag on the command
+line wins over the environment. TALLY_KEK (base64) and TALLY_ADMIN_TOKEN give
+the key-encryption key and the admin credential directly.
+
+  tally serve --dev     a complete single node on loopback: embedded NATS,
+                        ./data, generated key-encryption key and admin
+                        credential (./data/kek, ./data/admin-token)
+
+Flags:
+`
+
+// runServe parses flags and the environment into a node.Config and runs the
+// node until ctx is cancelled (SIGINT/SIGTERM).
+func runServe(ctx context.Context, args []string, e env) int {
+	cfg := node.DefaultConfig()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprint(e.stderr, serveUsage)
+		fs.PrintDefaults()
+	}
+	logLevel := "info"
+	fs.BoolVar(&cfg.Dev, "dev", cfg.Dev, "single node on loopback; generate the key-encryption key and admin credential in the data dir")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the Raft log, state, snapshots and NATS files")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "host:port of the OAuth endpoints and Connect services (HTTP/1.1 and h2c)")
+	fs.StringVar(&cfg.Issuer, "issuer", cfg.Issuer, "base URL of tenant issuers ({issuer}/t/{tenant}); default http://{listen}")
+	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "this node's id in the Raft cluster")
+	fs.StringVar(&cfg.Region, "region", cfg.Region, "this node's region label")
+	fs.StringVar(&cfg.RaftBind, "raft-bind", cfg.RaftBind, "host:port of the Raft transport")
+	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, `host:port of the embedded NATS server ("" disables it)`)
+	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
+	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
+	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "export traces over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318)")
+	fs.DurationVar(&cfg.JWKSMaxAge, "jwks-max-age", cfg.JWKSMaxAge, "Cache-Control max-age of JWKS responses")
+	fs.DurationVar(&cfg.KeyPublishDelay, "key-publish-delay", cfg.KeyPublishDelay, "how long a rotated key is published before it signs (default: the JWKS max-age)")
+	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often expired revocations and keys are removed")
+	fs.StringVar(&cfg.DefaultSigningAlg, "signing-alg", cfg.DefaultSigningAlg, "signing algorithm of new tenants: ES256, EdDSA or RS256")
+	fs.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "tally serve: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if err := applyEnv(fs, e.getenv); err != nil {
+		fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
+		return 2
+	}
+	if v := e.getenv("TALLY_KEK"); v != "" && cfg.KEKFile == "" {
+		kek, err := node.DecodeKEK([]byte(v), "TALLY_KEK")
+		if err != nil {
+			fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
+			return 2
+		}
+		cfg.KEK = kek
+	}
+	if v := e.getenv("TALLY_ADMIN_TOKEN"); v != "" && cfg.AdminTokenFile == "" {
+		cfg.AdminToken = v
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		fmt.Fprintf(e.stderr, "tally serve: --log-level: %v\n", err)
+		return 2
+	}
+	logger := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
+		return 2
+	}
+	n, err := node.New(ctx, cfg, logger)
+	if err != nil {
+		logger.Error("starting node", "err", err)
+		return 1
+	}
+	if err := n.Run(ctx); err != nil {
+		logger.Error("node stopped with an error", "err", err)
+		return 1
+	}
+	logger.Info("stopped")
+	return 0
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable: --data-dir from TALLY_DATA_DIR, and so on.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		name := envName(f.Name)
+		if v := getenv(name); v != "" {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s=%q: %w", name, v, serr)
+			}
+		}
+	})
+	return err
+}
+
+func envName(flagName string) string {
+	return "TALLY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}

@@ -1,0 +1,102 @@
+package issuance
+
+import (
+	"errors"
+	"net/http"
+)
+
+// introspection is the RFC 7662 §2.2 response for an active token.
+type introspection struct {
+	Active    bool     `json:"active"`
+	Scope     string   `json:"scope,omitempty"`
+	ClientID  string   `json:"client_id"`
+	TokenType string   `json:"token_type"`
+	Exp       int64    `json:"exp"`
+	Iat       int64    `json:"iat"`
+	Nbf       int64    `json:"nbf,omitempty"`
+	Sub       string   `json:"sub,omitempty"`
+	Aud       audience `json:"aud,omitempty"`
+	Iss       string   `json:"iss"`
+	Jti       string   `json:"jti"`
+}
+
+// inactive is the whole response for any token that is not active: RFC 7662
+// §2.2 says nothing more should be revealed.
+var inactive = []byte(`{"active":false}`)
+
+// handleIntrospect is the introspection endpoint, RFC 7662 §2. The caller
+// authenticates like at the token endpoint; any enabled confidential client
+// of the tenant may introspect any token of the tenant (RFC 7662 §2.1 leaves
+// the policy to the server). token_type_hint is only a hint: the token's
+// shape decides. A token is inactive when it is malformed, of another tenant
+// (unknown kid, other issuer, seal that does not authenticate for this
+// tenant), expired beyond Leeway, revoked, or when its client is now disabled
+// or deleted. Introspection performs no write.
+func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	out, err := func() (*introspection, error) {
+		t, err := s.tenant(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		form, err := readForm(r, s.cfg.MaxBodyBytes)
+		if err != nil {
+			return nil, err
+		}
+		cc, err := readClientCredentials(r.Header, form)
+		if err != nil {
+			return nil, err
+		}
+		now := s.cfg.Now()
+		if _, err := s.authenticateClient(ctx, t.ID, cc, now); err != nil {
+			return nil, err
+		}
+		token := form.Get(paramToken)
+		if token == "" {
+			return nil, errInvalidRequest("missing token")
+		}
+		d, err := s.readToken(ctx, t.ID, token, now, true)
+		if errors.Is(err, ErrInvalidToken) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, errUnavailable("keys unavailable", err)
+		}
+		if s.st.Revoked(ctx, t.ID, d.JTI) {
+			return nil, nil
+		}
+		c, err := s.st.Client(ctx, t.ID, d.ClientID)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			return nil, nil
+		case err != nil:
+			return nil, errUnavailable("client lookup failed", err)
+		case c.Disabled:
+			return nil, nil
+		}
+		return &introspection{
+			Active:    true,
+			Scope:     joinScope(d.Scope),
+			ClientID:  d.ClientID,
+			TokenType: "Bearer",
+			Exp:       d.ExpiresAt.Unix(),
+			Iat:       d.IssuedAt.Unix(),
+			Nbf:       unixOrZero(d.NotBefore),
+			Sub:       d.Subject,
+			Aud:       audience(d.Audience),
+			Iss:       d.Issuer,
+			Jti:       d.JTI,
+		}, nil
+	}()
+	switch {
+	case err != nil:
+		s.metrics.introspect(ctx, outcomeOf(err))
+		s.writeError(w, r, err)
+	case out == nil:
+		s.metrics.introspect(ctx, outcomeInactive)
+		writeJSON(w, http.StatusOK, inactive, "no-store")
+	default:
+		s.metrics.introspect(ctx, outcomeActive)
+		s.respond(w, r, http.StatusOK, out, "no-store")
+	}
+}

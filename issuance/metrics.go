@@ -1,0 +1,84 @@
+package issuance
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Metric names and attributes.
+const (
+	metricTokenRequests      = "tally.token.requests"
+	metricTokenDuration      = "tally.token.duration"
+	metricIntrospectRequests = "tally.introspection.requests"
+	metricRevokeRequests     = "tally.revocation.requests"
+
+	attrGrantType = "grant_type"
+	attrOutcome   = "outcome"
+
+	outcomeOK       = "ok"
+	outcomeActive   = "active"
+	outcomeInactive = "inactive"
+
+	// grantUnknown labels requests whose grant_type is missing or
+	// unsupported, keeping attacker-chosen strings out of metric attributes.
+	grantUnknown = "unknown"
+)
+
+type metrics struct {
+	tokenRequests metric.Int64Counter
+	tokenDuration metric.Float64Histogram
+	introspects   metric.Int64Counter
+	revokes       metric.Int64Counter
+}
+
+func newMetrics(m metric.Meter) (*metrics, error) {
+	var (
+		ms  metrics
+		err error
+	)
+	if ms.tokenRequests, err = m.Int64Counter(metricTokenRequests,
+		metric.WithDescription("Token endpoint requests by grant type and outcome (ok or the OAuth error code)."),
+		metric.WithUnit("{request}")); err != nil {
+		return nil, fmt.Errorf("issuance: metric %s: %w", metricTokenRequests, err)
+	}
+	if ms.tokenDuration, err = m.Float64Histogram(metricTokenDuration,
+		metric.WithDescription("Token endpoint request duration."),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)); err != nil {
+		return nil, fmt.Errorf("issuance: metric %s: %w", metricTokenDuration, err)
+	}
+	if ms.introspects, err = m.Int64Counter(metricIntrospectRequests,
+		metric.WithDescription("Introspection requests by outcome (active, inactive or the OAuth error code)."),
+		metric.WithUnit("{request}")); err != nil {
+		return nil, fmt.Errorf("issuance: metric %s: %w", metricIntrospectRequests, err)
+	}
+	if ms.revokes, err = m.Int64Counter(metricRevokeRequests,
+		metric.WithDescription("Revocation requests by outcome (ok or the OAuth error code)."),
+		metric.WithUnit("{request}")); err != nil {
+		return nil, fmt.Errorf("issuance: metric %s: %w", metricRevokeRequests, err)
+	}
+	return &ms, nil
+}
+
+func (m *metrics) token(ctx context.Context, grantType, outcome string, d time.Duration) {
+	attrs := metric.WithAttributes(attribute.String(attrGrantType, grantType), attribute.String(attrOutcome, outcome))
+	m.tokenRequests.Add(ctx, 1, attrs)
+	m.tokenDuration.Record(ctx, d.Seconds(), attrs)
+}
+
+func (m *metrics) introspect(ctx context.Context, outcome string) {
+	m.introspects.Add(ctx, 1, metric.WithAttributes(attribute.String(attrOutcome, outcome)))
+}
+
+func (m *metrics) revoke(ctx context.Context, outcome string) {
+	m.revokes.Add(ctx, 1, metric.WithAttributes(attribute.String(attrOutcome, outcome)))
+}
+
+// outcomeOf is the metric outcome of a failed request: its OAuth error code.
+func outcomeOf(err error) string {
+	return asError(err).Code
+}

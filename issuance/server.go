@@ -1,0 +1,280 @@
+package issuance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// Config configures a Server. Start from DefaultConfig; BaseURL and KEK have
+// no default.
+type Config struct {
+	// BaseURL is the public URL of the node's OAuth endpoints, e.g.
+	// "http://127.0.0.1:8080". A tenant's issuer is BaseURL+"/t/"+tenant.
+	BaseURL string
+	// KEK decrypts tenant keys and hashes client secrets.
+	KEK *KEK
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Rand supplies token ids and nonces; nil means crypto/rand.Reader. It
+	// must be safe for concurrent use.
+	Rand io.Reader
+	// Logger receives request failures (with their Debug detail) and key
+	// problems; nil discards.
+	Logger *slog.Logger
+	// Meter records the endpoint metrics; nil means a no-op meter.
+	Meter metric.Meter
+	// MaxBodyBytes bounds request bodies; default 16 KiB.
+	MaxBodyBytes int64
+	// JWKSMaxAge is the Cache-Control max-age of the JWKS; default 5m.
+	JWKSMaxAge time.Duration
+	// Leeway is the clock skew allowed when checking exp, nbf and iat;
+	// default 30s.
+	Leeway time.Duration
+	// AccessTokenTTL is the access token lifetime of clients that set none;
+	// default DefaultAccessTokenTTL.
+	AccessTokenTTL time.Duration
+}
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		Now:            time.Now,
+		Rand:           rand.Reader,
+		MaxBodyBytes:   16 << 10,
+		JWKSMaxAge:     5 * time.Minute,
+		Leeway:         30 * time.Second,
+		AccessTokenTTL: DefaultAccessTokenTTL,
+	}
+}
+
+// Validate reports the first invalid field. Nil Now, Rand, Logger and Meter
+// are valid (NewServer fills them in).
+func (c Config) Validate() error {
+	u, err := url.Parse(c.BaseURL)
+	switch {
+	case c.BaseURL == "":
+		return errors.New("issuance: config: BaseURL is required")
+	case err != nil:
+		return fmt.Errorf("issuance: config: BaseURL: %w", err)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New("issuance: config: BaseURL must be an http or https URL")
+	case u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return errors.New("issuance: config: BaseURL must have a host and no user info, query or fragment")
+	case strings.ContainsAny(c.BaseURL, "\" \\"):
+		return errors.New("issuance: config: BaseURL must not contain quotes, spaces or backslashes")
+	case c.KEK == nil:
+		return errors.New("issuance: config: KEK is required")
+	case c.MaxBodyBytes <= 0:
+		return errors.New("issuance: config: MaxBodyBytes must be positive")
+	case c.JWKSMaxAge < 0:
+		return errors.New("issuance: config: JWKSMaxAge must not be negative")
+	case c.Leeway < 0 || c.Leeway > 10*time.Minute:
+		return errors.New("issuance: config: Leeway must be between 0 and 10m")
+	case c.AccessTokenTTL < time.Second:
+		return errors.New("issuance: config: AccessTokenTTL must be at least 1s")
+	}
+	return nil
+}
+
+// Server serves the OAuth 2.0 endpoints of every tenant in State. It is safe
+// for concurrent use. Issuing client-credentials tokens, introspection, JWKS
+// and discovery read State only; revocation writes through the Revoker.
+type Server struct {
+	cfg     Config
+	st      State
+	rv      Revoker
+	keys    *keyring
+	minter  *minter
+	grants  map[string]GrantHandler
+	metrics *metrics
+	log     *slog.Logger
+	mux     *http.ServeMux
+	handler http.Handler
+}
+
+// NewServer returns a Server reading st and revoking through rv.
+func NewServer(cfg Config, st State, rv Revoker) (*Server, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = noop.NewMeterProvider().Meter("tally/issuance")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if st == nil || rv == nil {
+		return nil, errors.New("issuance: NewServer: State and Revoker are required")
+	}
+	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
+	m, err := newMetrics(cfg.Meter)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, st: st, rv: rv, metrics: m, log: cfg.Logger}
+	s.keys = newKeyring(cfg.KEK, cfg.Logger)
+	s.minter = &minter{st: st, keys: s.keys, rnd: cfg.Rand, issuer: s.Issuer}
+	s.grants = s.grantHandlers()
+	s.mux = http.NewServeMux()
+	s.routes()
+	s.handler = http.HandlerFunc(s.serve)
+	return s, nil
+}
+
+// Issuer returns the issuer identifier of a tenant (RFC 8414 §2):
+// BaseURL + "/t/" + tenant, with the tenant path-escaped.
+func (s *Server) Issuer(tenant string) string {
+	return s.cfg.BaseURL + "/t/" + url.PathEscape(tenant)
+}
+
+// Handler returns the HTTP handler of every tenant's endpoints.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+func (s *Server) routes() {
+	s.mux.HandleFunc("GET /t/{tenant}/.well-known/openid-configuration", s.handleDiscovery)
+	s.mux.HandleFunc("GET /t/{tenant}/.well-known/oauth-authorization-server", s.handleDiscovery)
+	s.mux.HandleFunc("GET /.well-known/oauth-authorization-server/t/{tenant}", s.handleDiscovery)
+	s.mux.HandleFunc("GET /t/{tenant}/jwks.json", s.handleJWKS)
+	s.mux.HandleFunc("POST /t/{tenant}/oauth2/token", s.handleToken)
+	s.mux.HandleFunc("POST /t/{tenant}/oauth2/introspect", s.handleIntrospect)
+	s.mux.HandleFunc("POST /t/{tenant}/oauth2/revoke", s.handleRevoke)
+	s.mux.HandleFunc("/", s.handleUnrouted)
+}
+
+// serve is the outermost handler: it recovers panics into a 500
+// server_error, the last resort that tests show no input reaches.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			s.log.Error("issuance: panic in handler", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
+			s.writeError(w, r, newError(CodeServerError, http.StatusInternalServerError, "internal error", fmt.Errorf("panic: %v", p)))
+		}
+	}()
+	s.mux.ServeHTTP(w, r)
+}
+
+var probeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions}
+
+// handleUnrouted answers requests no route matches: 405 with Allow when the
+// path exists under another method, else 404, both as JSON errors.
+func (s *Server) handleUnrouted(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range probeMethods {
+		if m == r.Method {
+			continue
+		}
+		probe := *r
+		probe.Method = m
+		if _, pattern := s.mux.Handler(&probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		s.writeError(w, r, newError(CodeInvalidRequest, http.StatusMethodNotAllowed, "method not allowed", nil))
+		return
+	}
+	s.writeError(w, r, newError(CodeInvalidRequest, http.StatusNotFound, "not found", nil))
+}
+
+var errUnknownTenant = newError(CodeInvalidRequest, http.StatusNotFound, "unknown tenant", nil)
+
+// tenant returns the enabled tenant named in the path. Unknown and disabled
+// tenants are both 404 "unknown tenant".
+func (s *Server) tenant(ctx context.Context, r *http.Request) (Tenant, error) {
+	id := r.PathValue("tenant")
+	t, err := s.st.Tenant(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Tenant{}, errUnknownTenant
+	case err != nil:
+		return Tenant{}, errUnavailable("tenant lookup failed", err)
+	case t.Disabled:
+		return Tenant{}, errUnknownTenant
+	}
+	return t, nil
+}
+
+type wireError struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description,omitempty"`
+}
+
+// writeError is the one place protocol errors reach the wire: RFC 6749 §5.2
+// JSON with Cache-Control: no-store, and for invalid_client a
+// WWW-Authenticate challenge (RFC 6749 §5.2; we send it on every 401, not
+// only when the client used Basic). Debug is logged, never sent.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := asError(err)
+	level := slog.LevelDebug
+	switch {
+	case e.Status >= 500:
+		level = slog.LevelError
+	case e.Status == http.StatusUnauthorized:
+		level = slog.LevelInfo
+	}
+	if s.log.Enabled(r.Context(), level) {
+		s.log.Log(r.Context(), level, "issuance: request failed", "method", r.Method, "path", r.URL.Path,
+			"status", e.Status, "error", e.Code, "description", e.Description, "debug", e.Debug)
+	}
+	h := w.Header()
+	if e.Status == http.StatusUnauthorized {
+		realm := s.cfg.BaseURL
+		if t := r.PathValue("tenant"); t != "" {
+			realm = s.Issuer(t)
+		}
+		h.Set("WWW-Authenticate", `Basic realm="`+realm+`"`)
+	}
+	if e.Status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", "1")
+	}
+	body, _ := json.Marshal(wireError{Error: e.Code, Description: e.Description})
+	writeJSON(w, e.Status, body, "no-store")
+}
+
+// writeJSON writes a JSON body. no-store responses also get Pragma: no-cache
+// (RFC 6749 §5.1).
+func writeJSON(w http.ResponseWriter, status int, body []byte, cacheControl string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", cacheControl)
+	if cacheControl == "no-store" {
+		h.Set("Pragma", "no-cache")
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+// respond writes v as JSON; a value that fails to marshal (a bug) becomes
+// a server_error rather than a panic.
+func (s *Server) respond(w http.ResponseWriter, r *http.Request, status int, v any, cacheControl string) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		s.writeError(w, r, fmt.Errorf("marshal response: %w", err))
+		return
+	}
+	writeJSON(w, status, body, cacheControl)
+}

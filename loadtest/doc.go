@@ -1,0 +1,31 @@
+// Package loadtest measures how fast an OAuth 2.0 token endpoint issues
+// tokens, and how that compares with the least work any Go token endpoint
+// must do.
+//
+// It holds three parts:
+//
+//   - RunClientCredentials, a load generator for the client_credentials grant
+//     (RFC 6749 section 4.4). Closed loop (Concurrency workers, each sending
+//     its next request when the previous answer arrives) or open loop (Rate
+//     requests per second on a fixed schedule, latency measured from each
+//     request's intended start so that a stalled server cannot hide behind
+//     the requests it prevented: no coordinated omission). Latencies go into
+//     one HDR histogram per worker, merged at the end, so the hot path takes
+//     no lock.
+//   - NewBaseline, a bare net/http token endpoint that parses the same form,
+//     authenticates one client with HTTP Basic, signs the same RFC 9068 claim
+//     set with the same kind of key and writes the same JSON as tally, with
+//     no tenancy, lookups or metrics: the honest lower bound against which
+//     the real endpoint is compared.
+//   - Discover, which reads RFC 8414 (or OpenID Connect) metadata to find an
+//     issuer's token endpoint, so the generator works against any
+//     standards-compliant issuer.
+//
+// Compare runs the same load against two endpoints alternately and reports
+// both and their ratio. Results are Reports, written as a text table or JSON
+// (durations in milliseconds). Measured results are kept in BENCHMARKS.md
+// beside this file.
+//
+// Load is sent only where the caller points it; the tally command points it
+// at loopback addresses.
+package loadtest

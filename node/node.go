@@ -1,0 +1,310 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/tallyauth/tally/issuance"
+	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
+	"github.com/tallyauth/tally/raft"
+	"github.com/tallyauth/tally/raft/raftpb"
+	"github.com/tallyauth/tally/replication"
+)
+
+// DefaultTenant is created when a cluster bootstraps.
+const DefaultTenant = "default"
+
+// Node is one running tally node. Create it with New, serve with Run, and
+// stop it by cancelling Run's context (or Close if it never ran).
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	base string
+
+	tel   *telemetry
+	raft  *raft.Node
+	rep   *replica
+	iss   *issuance.Server
+	nats  *replication.Embedded
+	ln    net.Listener
+	http  *http.Server
+	ready atomic.Bool
+
+	sweepCancel context.CancelFunc
+	closeOnce   sync.Once
+	closeErr    error
+}
+
+// New opens the node's data directory, starts its Raft replica (bootstrapping
+// a one-voter cluster and the default tenant on first start), starts the
+// embedded NATS server and binds the HTTP listener. It does not serve yet.
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err error) {
+	if logger == nil {
+		logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.KeyPublishDelay == 0 {
+		cfg.KeyPublishDelay = cfg.JWKSMaxAge
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("node: data dir: %w", err)
+	}
+	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+
+	kekRaw, err := loadKEK(cfg)
+	if err != nil {
+		return nil, err
+	}
+	kek, err := issuance.NewKEK(kekRaw)
+	if err != nil {
+		return nil, err
+	}
+	adminToken, err := loadAdminToken(cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	if n.tel, err = newTelemetry(ctx, cfg); err != nil {
+		return nil, fmt.Errorf("node: telemetry: %w", err)
+	}
+
+	// Bind first: with port 0 the issuer derives from the real address.
+	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("node: listen: %w", err)
+	}
+	n.base = strings.TrimSuffix(cfg.Issuer, "/")
+	if n.base == "" {
+		n.base = "http://" + n.ln.Addr().String()
+	}
+
+	rc := raft.DefaultConfig()
+	rc.ID = cfg.NodeID
+	rc.DataDir = filepath.Join(cfg.DataDir, "raft")
+	rc.BindAddr = cfg.RaftBind
+	rc.Bootstrap = true
+	rc.Logger = n.log.With("component", "raft")
+	if n.raft, err = raft.Open(rc); err != nil {
+		return nil, err
+	}
+	n.rep = newReplica(n.raft, n.now)
+
+	ic := issuance.DefaultConfig()
+	ic.BaseURL = n.base
+	ic.KEK = kek
+	ic.Now = n.now
+	ic.Logger = n.log.With("component", "issuance")
+	ic.Meter = n.tel.meter
+	ic.MaxBodyBytes = cfg.MaxBodyBytes
+	ic.JWKSMaxAge = cfg.JWKSMaxAge
+	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
+		return nil, err
+	}
+
+	if err := n.bootstrap(ctx, kek); err != nil {
+		return nil, err
+	}
+
+	if cfg.NATSListen != "" {
+		nc := replication.DefaultEmbeddedConfig()
+		nc.Listen = cfg.NATSListen
+		nc.StoreDir = filepath.Join(cfg.DataDir, "nats")
+		nc.ServerName = cfg.NodeID
+		nc.Logger = n.log
+		if n.nats, err = replication.StartEmbedded(nc); err != nil {
+			return nil, err
+		}
+	}
+
+	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base}
+	n.http = &http.Server{
+		Handler:           n.routes(admin, newAdminAuth(adminToken)),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
+	}
+	n.http.Protocols = new(http.Protocols)
+	n.http.Protocols.SetHTTP1(true)
+	n.http.Protocols.SetUnencryptedHTTP2(true)
+	return n, nil
+}
+
+// bootstrap waits for a leader and, if this node leads a cluster without a
+// default tenant, creates it with its first keys.
+func (n *Node) bootstrap(ctx context.Context, kek *issuance.KEK) error {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := n.raft.WaitLeader(wctx); err != nil {
+		return fmt.Errorf("node: no Raft leader: %w", err)
+	}
+	if _, ok := n.raft.State().Tenant(DefaultTenant); ok || !n.raft.IsLeader() {
+		return nil
+	}
+	now := n.now()
+	a := &adminService{rep: n.rep, kek: kek, cfg: n.cfg, now: n.now}
+	keys, err := a.newKeys(DefaultTenant, n.cfg.DefaultSigningAlg, now, now)
+	if err != nil {
+		return err
+	}
+	t := &raftpb.Tenant{Id: DefaultTenant, DisplayName: "Default", CreatedUnixNano: now.UnixNano(), SigningAlg: n.cfg.DefaultSigningAlg}
+	_, err = n.rep.propose(wctx, &raftpb.Command{Op: &raftpb.Command_CreateTenant{CreateTenant: &raftpb.CreateTenant{Tenant: t, Keys: keys}}})
+	if err != nil && !errors.Is(err, raft.ErrExists) {
+		return fmt.Errorf("node: creating the default tenant: %w", err)
+	}
+	n.log.Info("bootstrapped the default tenant", "issuer", n.iss.Issuer(DefaultTenant))
+	return nil
+}
+
+func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", n.serveReady)
+	mux.Handle("GET /metrics", n.tel.metricsHandler())
+	path, h := adminv1connect.NewAdminServiceHandler(admin,
+		connect.WithInterceptors(adminAuthInterceptor(auth)),
+		connect.WithReadMaxBytes(1<<20),
+	)
+	mux.Handle(path, h)
+	mux.Handle("/", n.iss.Handler())
+	return n.tel.traced(mux)
+}
+
+// adminAuthInterceptor rejects admin calls without the admin credential.
+func adminAuthInterceptor(auth adminAuth) connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if !auth.check(req.Header().Get("Authorization")) {
+				return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("admin credential missing or wrong"))
+			}
+			return next(ctx, req)
+		}
+	}
+}
+
+// readiness lists what keeps the node from serving; empty means ready.
+func (n *Node) readiness() []string {
+	var why []string
+	if !n.ready.Load() {
+		why = append(why, "not serving")
+	}
+	if leader, _ := n.raft.Leader(); leader == "" {
+		why = append(why, "no raft leader")
+	}
+	if n.nats != nil && !n.nats.Ready() {
+		why = append(why, "nats not ready")
+	}
+	return why
+}
+
+func (n *Node) serveReady(w http.ResponseWriter, _ *http.Request) {
+	why := n.readiness()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if len(why) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(map[string]any{"ready": len(why) == 0, "reasons": why, "applied_index": n.raft.State().AppliedIndex()})
+}
+
+// BaseURL is the base that tenant issuers derive from.
+func (n *Node) BaseURL() string { return n.base }
+
+// Addr is the address the HTTP server listens on.
+func (n *Node) Addr() string { return n.ln.Addr().String() }
+
+// Issuer returns a tenant's issuer URL.
+func (n *Node) Issuer(tenant string) string { return n.iss.Issuer(tenant) }
+
+// NATSURL is the embedded NATS server's client URL, or "" when it is off.
+func (n *Node) NATSURL() string {
+	if n.nats == nil {
+		return ""
+	}
+	return n.nats.ClientURL()
+}
+
+// Run serves until ctx is cancelled, then shuts down gracefully and closes
+// the node.
+func (n *Node) Run(ctx context.Context) error {
+	sctx, cancel := context.WithCancel(context.Background())
+	n.sweepCancel = cancel
+	n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
+
+	errc := make(chan error, 1)
+	go func() { errc <- n.http.Serve(n.ln) }()
+	n.ready.Store(true)
+	n.log.Info("serving", "addr", n.Addr(), "issuer", n.iss.Issuer(DefaultTenant), "nats", n.NATSURL())
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	n.ready.Store(false)
+	shCtx, shCancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
+	defer shCancel()
+	if err := n.http.Shutdown(shCtx); err != nil {
+		n.log.Warn("http shutdown", "err", err)
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	return errors.Join(serveErr, n.Close())
+}
+
+// Close stops everything New started, in reverse order. It is safe to call
+// more than once.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.sweepCancel != nil {
+			n.sweepCancel()
+		}
+		if n.http != nil {
+			errs = append(errs, n.http.Close())
+		} else if n.ln != nil {
+			n.ln.Close()
+		}
+		if n.nats != nil {
+			n.nats.Shutdown()
+		}
+		if n.raft != nil {
+			errs = append(errs, n.raft.Close())
+		}
+		if n.tel != nil {
+			errs = append(errs, n.tel.shutdown(context.Background()))
+		}
+		for _, e := range errs {
+			if e != nil && !errors.Is(e, http.ErrServerClosed) {
+				n.closeErr = errors.Join(n.closeErr, e)
+			}
+		}
+	})
+	return n.closeErr
+}

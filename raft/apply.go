@@ -1,0 +1,428 @@
+package raft
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+
+	hraft "github.com/hashicorp/raft"
+	"go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tallyauth/tally/raft/raftpb"
+)
+
+// applier applies the commands of one batch inside one bbolt write
+// transaction and records what changed for the read view.
+//
+// Every operation checks all of its preconditions before its first write, so
+// a command that ends in a domain error leaves the transaction untouched. A
+// bbolt error or an undecodable stored record is a storage fault and panics.
+type applier struct {
+	tx      *bbolt.Tx
+	changes []change
+}
+
+// change is one record written or deleted, replayed into State after commit.
+type change struct {
+	kind   string // bucketTenants, kindClients, kindKeys or kindRevocations
+	tenant string
+	id     string        // client id, kid or jti; empty for tenant records
+	msg    proto.Message // nil: deleted
+}
+
+var marshalOpts = proto.MarshalOptions{Deterministic: true}
+
+func storageFault(format string, args ...any) {
+	panic(fmt.Sprintf("raft: state storage fault: "+format, args...))
+}
+
+func (a *applier) bucket(name string) *bbolt.Bucket {
+	b := a.tx.Bucket([]byte(name))
+	if b == nil {
+		storageFault("bucket %q missing", name)
+	}
+	return b
+}
+
+func (a *applier) tenantBucket(tenant, kind string) *bbolt.Bucket {
+	name := tenantBucket(tenant, kind)
+	b := a.tx.Bucket(name)
+	if b == nil {
+		storageFault("bucket %q missing", name)
+	}
+	return b
+}
+
+func (a *applier) tenantExists(tenant string) bool {
+	return a.bucket(bucketTenants).Get([]byte(tenant)) != nil
+}
+
+// get decodes the record stored under key into m; false if there is none.
+func (a *applier) get(b *bbolt.Bucket, key string, m proto.Message) bool {
+	v := b.Get([]byte(key))
+	if v == nil {
+		return false
+	}
+	if err := proto.Unmarshal(v, m); err != nil {
+		storageFault("record %q undecodable: %v", key, err)
+	}
+	return true
+}
+
+func (a *applier) put(b *bbolt.Bucket, key []byte, v []byte) {
+	if err := b.Put(key, v); err != nil {
+		storageFault("put %q: %v", key, err)
+	}
+}
+
+func (a *applier) del(b *bbolt.Bucket, key []byte) {
+	if err := b.Delete(key); err != nil {
+		storageFault("delete %q: %v", key, err)
+	}
+}
+
+func (a *applier) putRecord(b *bbolt.Bucket, kind, tenant, id string, m proto.Message) {
+	v, err := marshalOpts.Marshal(m)
+	if err != nil {
+		storageFault("marshal %s %q: %v", kind, id, err)
+	}
+	key := id
+	if kind == bucketTenants {
+		key = tenant
+	}
+	a.put(b, []byte(key), v)
+	a.changes = append(a.changes, change{kind: kind, tenant: tenant, id: id, msg: m})
+}
+
+func (a *applier) delRecord(b *bbolt.Bucket, kind, tenant, id string) {
+	a.del(b, []byte(id))
+	a.changes = append(a.changes, change{kind: kind, tenant: tenant, id: id})
+}
+
+// applyLog applies one LogCommand entry. It panics on an entry this node
+// cannot decode or understand (see doc.go).
+func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
+	cmd := new(raftpb.Command)
+	if err := proto.Unmarshal(l.Data, cmd); err != nil {
+		panic(fmt.Sprintf("raft: log entry %d: undecodable command: %v", l.Index, err))
+	}
+	if cmd.GetVersion() != CommandVersion {
+		panic(fmt.Sprintf("raft: log entry %d: command version %d, this node understands %d; upgrade this node",
+			l.Index, cmd.GetVersion(), CommandVersion))
+	}
+	if cmd.GetOp() == nil && len(cmd.ProtoReflect().GetUnknown()) > 0 {
+		panic(fmt.Sprintf("raft: log entry %d: unknown operation; upgrade this node", l.Index))
+	}
+
+	now := cmd.GetTimeUnixNano()
+	rid := cmd.GetRequestId()
+	remember := rid != "" && len(rid) <= maxRequestIDLen && now > 0
+	if remember {
+		if v := a.bucket(bucketRequests).Get([]byte(rid)); v != nil {
+			code, idx, _, ok := decodeRequestValue(v)
+			if !ok {
+				storageFault("request %q: bad value", rid)
+			}
+			return Result{Index: idx, Err: code.err()}, cmd
+		}
+	}
+
+	err := checkCommand(cmd)
+	if err == nil {
+		err = a.dispatch(cmd, now)
+	}
+	if remember {
+		a.put(a.bucket(bucketRequests), []byte(rid), requestValue(codeOf(err), l.Index, now))
+		a.put(a.bucket(bucketRequestTimes), timeKey(now, rid), nil)
+	}
+	return Result{Index: l.Index, Err: err}, cmd
+}
+
+func (a *applier) dispatch(cmd *raftpb.Command, now int64) error {
+	switch op := cmd.GetOp().(type) {
+	case *raftpb.Command_CreateTenant:
+		return a.createTenant(op.CreateTenant, now)
+	case *raftpb.Command_CreateClient:
+		return a.createClient(op.CreateClient, now)
+	case *raftpb.Command_UpdateClient:
+		return a.updateClient(op.UpdateClient, now)
+	case *raftpb.Command_RotateClientSecret:
+		return a.rotateClientSecret(op.RotateClientSecret, now)
+	case *raftpb.Command_SetClientDisabled:
+		return a.setClientDisabled(op.SetClientDisabled, now)
+	case *raftpb.Command_AddKeys:
+		return a.addKeys(op.AddKeys.GetTenant(), op.AddKeys.GetKeys(), now)
+	case *raftpb.Command_RevokeToken:
+		return a.revokeToken(op.RevokeToken.GetRevocation(), now)
+	case *raftpb.Command_Sweep:
+		a.sweep(now)
+		return nil
+	default:
+		return invalidf("unknown operation %T", op) // unreachable after checkCommand
+	}
+}
+
+func notFoundTenant(id string) error { return fmt.Errorf("%w: tenant %q", ErrNotFound, id) }
+
+func notFoundClient(tenant, id string) error {
+	return fmt.Errorf("%w: client %q in tenant %q", ErrNotFound, id, tenant)
+}
+
+func (a *applier) createTenant(c *raftpb.CreateTenant, now int64) error {
+	id := c.GetTenant().GetId()
+	if a.tenantExists(id) {
+		return fmt.Errorf("%w: tenant %q", ErrExists, id)
+	}
+	t := proto.Clone(c.GetTenant()).(*raftpb.Tenant)
+	if t.CreatedUnixNano == 0 {
+		t.CreatedUnixNano = now
+	}
+	for _, kind := range tenantKinds() {
+		if _, err := a.tx.CreateBucket(tenantBucket(id, kind)); err != nil {
+			storageFault("create bucket for tenant %q: %v", id, err)
+		}
+	}
+	a.putRecord(a.bucket(bucketTenants), bucketTenants, id, "", t)
+	// A new tenant has no keys, so addKeys cannot fail with ErrExists.
+	return a.addKeys(id, c.GetKeys(), now)
+}
+
+func (a *applier) getClient(tenant, id string) (*raftpb.Client, error) {
+	if !a.tenantExists(tenant) {
+		return nil, notFoundTenant(tenant)
+	}
+	c := new(raftpb.Client)
+	if !a.get(a.tenantBucket(tenant, kindClients), id, c) {
+		return nil, notFoundClient(tenant, id)
+	}
+	return c, nil
+}
+
+func (a *applier) putClient(c *raftpb.Client) {
+	a.putRecord(a.tenantBucket(c.Tenant, kindClients), kindClients, c.Tenant, c.Id, c)
+}
+
+func (a *applier) createClient(cc *raftpb.CreateClient, now int64) error {
+	in := cc.GetClient()
+	if !a.tenantExists(in.GetTenant()) {
+		return notFoundTenant(in.GetTenant())
+	}
+	if a.tenantBucket(in.GetTenant(), kindClients).Get([]byte(in.GetId())) != nil {
+		return fmt.Errorf("%w: client %q in tenant %q", ErrExists, in.GetId(), in.GetTenant())
+	}
+	c := proto.Clone(in).(*raftpb.Client)
+	c.Revision = 1
+	c.CreatedUnixNano = now
+	c.UpdatedUnixNano = now
+	for _, s := range c.Secrets {
+		if s.CreatedUnixNano == 0 {
+			s.CreatedUnixNano = now
+		}
+	}
+	a.putClient(c)
+	return nil
+}
+
+// updateClient replaces the mutable settings. Secrets, created time, id,
+// tenant, the public flag and the disabled flag (changed only by
+// SetClientDisabled) are kept from the stored record.
+func (a *applier) updateClient(u *raftpb.UpdateClient, now int64) error {
+	in := u.GetClient()
+	old, err := a.getClient(in.GetTenant(), in.GetId())
+	if err != nil {
+		return err
+	}
+	if u.GetExpectedRevision() != 0 && u.GetExpectedRevision() != old.GetRevision() {
+		return fmt.Errorf("%w: client %q is at revision %d, not %d",
+			ErrConflict, old.GetId(), old.GetRevision(), u.GetExpectedRevision())
+	}
+	c := proto.Clone(in).(*raftpb.Client)
+	c.Tenant = old.Tenant
+	c.Id = old.Id
+	c.Secrets = old.Secrets
+	c.CreatedUnixNano = old.CreatedUnixNano
+	c.Public = old.Public
+	c.Disabled = old.Disabled
+	c.Revision = old.Revision + 1
+	c.UpdatedUnixNano = now
+	a.putClient(c)
+	return nil
+}
+
+// rotateClientSecret puts the new secret first. Older secrets still valid at
+// now expire at previous_expires_unix_nano (never later than they already
+// did); those that would expire at or before now are dropped.
+func (a *applier) rotateClientSecret(r *raftpb.RotateClientSecret, now int64) error {
+	c, err := a.getClient(r.GetTenant(), r.GetClientId())
+	if err != nil {
+		return err
+	}
+	if c.GetPublic() {
+		return invalidf("client %q is public and has no secret", c.GetId())
+	}
+	ns := proto.Clone(r.GetNewSecret()).(*raftpb.SecretHash)
+	if ns.ExpiresUnixNano != 0 && ns.ExpiresUnixNano <= now {
+		return invalidf("new secret already expired")
+	}
+	if ns.CreatedUnixNano == 0 {
+		ns.CreatedUnixNano = now
+	}
+	secrets := []*raftpb.SecretHash{ns}
+	for _, s := range c.Secrets {
+		exp := r.GetPreviousExpiresUnixNano()
+		if s.ExpiresUnixNano != 0 && s.ExpiresUnixNano < exp {
+			exp = s.ExpiresUnixNano
+		}
+		if exp <= now {
+			continue
+		}
+		s.ExpiresUnixNano = exp
+		secrets = append(secrets, s)
+	}
+	if len(secrets) > maxListLen {
+		secrets = secrets[:maxListLen]
+	}
+	c.Secrets = secrets
+	c.Revision++
+	c.UpdatedUnixNano = now
+	a.putClient(c)
+	return nil
+}
+
+func (a *applier) setClientDisabled(s *raftpb.SetClientDisabled, now int64) error {
+	c, err := a.getClient(s.GetTenant(), s.GetClientId())
+	if err != nil {
+		return err
+	}
+	c.Disabled = s.GetDisabled()
+	c.Revision++
+	c.UpdatedUnixNano = now
+	a.putClient(c)
+	return nil
+}
+
+// addKeys stores keys for tenant. Before each new key is stored, every
+// stored key of the same use that is not retired yet is retired at the new
+// key's not_before and expires its own retention_nanos after that.
+func (a *applier) addKeys(tenant string, keys []*raftpb.Key, now int64) error {
+	if !a.tenantExists(tenant) {
+		return notFoundTenant(tenant)
+	}
+	b := a.tenantBucket(tenant, kindKeys)
+	for _, k := range keys {
+		if b.Get([]byte(k.GetKid())) != nil {
+			return fmt.Errorf("%w: key %q in tenant %q", ErrExists, k.GetKid(), tenant)
+		}
+	}
+	for _, in := range keys {
+		k := proto.Clone(in).(*raftpb.Key)
+		k.Tenant = tenant
+		if k.CreatedUnixNano == 0 {
+			k.CreatedUnixNano = now
+		}
+		if k.NotBeforeUnixNano == 0 {
+			k.NotBeforeUnixNano = k.CreatedUnixNano
+		}
+		var retire []*raftpb.Key
+		c := b.Cursor()
+		for kid, v := c.First(); kid != nil; kid, v = c.Next() {
+			old := new(raftpb.Key)
+			if err := proto.Unmarshal(v, old); err != nil {
+				storageFault("key %q undecodable: %v", kid, err)
+			}
+			if old.Use == k.Use && old.RetiredUnixNano == 0 {
+				retire = append(retire, old)
+			}
+		}
+		for _, old := range retire {
+			old.RetiredUnixNano = k.NotBeforeUnixNano
+			old.ExpiresUnixNano = addSat(old.RetiredUnixNano, old.RetentionNanos)
+			a.putRecord(b, kindKeys, tenant, old.Kid, old)
+		}
+		a.putRecord(b, kindKeys, tenant, k.Kid, k)
+	}
+	return nil
+}
+
+// revokeToken is idempotent: a jti already revoked keeps its first record,
+// and a token already expired at now needs no record.
+func (a *applier) revokeToken(in *raftpb.Revocation, now int64) error {
+	if !a.tenantExists(in.GetTenant()) {
+		return notFoundTenant(in.GetTenant())
+	}
+	b := a.tenantBucket(in.GetTenant(), kindRevocations)
+	if b.Get([]byte(in.GetJti())) != nil || in.GetExpiresUnixNano() <= now {
+		return nil
+	}
+	r := proto.Clone(in).(*raftpb.Revocation)
+	if r.RevokedUnixNano == 0 {
+		r.RevokedUnixNano = now
+	}
+	a.putRecord(b, kindRevocations, r.Tenant, r.Jti, r)
+	a.put(a.tenantBucket(r.Tenant, kindRevocationExpiry), timeKey(r.ExpiresUnixNano, r.Jti), nil)
+	return nil
+}
+
+// sweep removes revocations and keys that expired at or before now, and
+// request ids remembered for longer than requestRetentionNanos.
+func (a *applier) sweep(now int64) {
+	var tenants []string
+	tc := a.bucket(bucketTenants).Cursor()
+	for k, _ := tc.First(); k != nil; k, _ = tc.Next() {
+		tenants = append(tenants, string(k))
+	}
+	for _, t := range tenants {
+		revs := a.tenantBucket(t, kindRevocations)
+		exp := a.tenantBucket(t, kindRevocationExpiry)
+		for _, k := range expiredIndexKeys(exp, now) {
+			a.del(exp, k)
+			a.delRecord(revs, kindRevocations, t, string(k[8:]))
+		}
+
+		keys := a.tenantBucket(t, kindKeys)
+		var expired []string
+		kc := keys.Cursor()
+		for kid, v := kc.First(); kid != nil; kid, v = kc.Next() {
+			k := new(raftpb.Key)
+			if err := proto.Unmarshal(v, k); err != nil {
+				storageFault("key %q undecodable: %v", kid, err)
+			}
+			if k.ExpiresUnixNano != 0 && k.ExpiresUnixNano <= now {
+				expired = append(expired, string(kid))
+			}
+		}
+		for _, kid := range expired {
+			a.delRecord(keys, kindKeys, t, kid)
+		}
+	}
+
+	cutoff := now - requestRetentionNanos
+	if cutoff <= 0 {
+		return
+	}
+	reqs := a.bucket(bucketRequests)
+	times := a.bucket(bucketRequestTimes)
+	for _, k := range expiredIndexKeys(times, cutoff) {
+		a.del(times, k)
+		a.del(reqs, k[8:])
+	}
+}
+
+// expiredIndexKeys returns the keys of a time index (see timeKey) whose time
+// is at or before t. Keys are collected first and deleted by the caller:
+// deleting under a bbolt cursor can skip entries.
+func expiredIndexKeys(b *bbolt.Bucket, t int64) [][]byte {
+	var out [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		if len(k) <= 8 {
+			storageFault("time index key %x too short", k)
+		}
+		if int64(binary.BigEndian.Uint64(k[:8])) > t {
+			break
+		}
+		out = append(out, bytes.Clone(k))
+	}
+	return out
+}

@@ -1,0 +1,286 @@
+package raft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tallyauth/tally/raft/raftpb"
+)
+
+// initialMmapSize keeps bbolt from re-mapping (which waits for open read
+// transactions, such as a snapshot being streamed) until the state database
+// outgrows it. It reserves address space, not memory.
+const initialMmapSize = 1 << 30
+
+// FSM is tally's hashicorp/raft state machine: it applies committed commands
+// to a bbolt database and keeps a State view current. It implements
+// hraft.BatchingFSM; see the package documentation for its contract.
+//
+// Apply, ApplyBatch, Snapshot and Restore are called by hashicorp/raft from
+// one goroutine; State and AppliedIndex are safe for concurrent use.
+type FSM struct {
+	path   string
+	logger *slog.Logger
+	state  *State
+
+	mu sync.Mutex // guards db: held while applying, snapshotting, restoring, closing
+	db *bbolt.DB
+
+	obsMu     sync.Mutex
+	observers []func(index uint64, cmd *raftpb.Command, res Result)
+}
+
+var _ hraft.BatchingFSM = (*FSM)(nil)
+
+// OpenFSM opens (creating if needed) the state database at path and builds
+// the read view from it. A nil logger discards.
+func OpenFSM(path string, logger *slog.Logger) (*FSM, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	db, err := openStateDB(path)
+	if err != nil {
+		return nil, err
+	}
+	f := &FSM{path: path, logger: logger, state: newState(), db: db}
+	if err := f.loadView(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func openStateDB(path string) (*bbolt.DB, error) {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+		Timeout:         5 * time.Second,
+		NoFreelistSync:  true,
+		FreelistType:    bbolt.FreelistMapType,
+		InitialMmapSize: initialMmapSize,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("raft: open state %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range globalBuckets() {
+			if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket([]byte(bucketMeta))
+		v := meta.Get([]byte(metaSchemaVersion))
+		if v == nil {
+			return meta.Put([]byte(metaSchemaVersion), u64(SchemaVersion))
+		}
+		if len(v) != 8 || binary.BigEndian.Uint64(v) != SchemaVersion {
+			return fmt.Errorf("schema version %x, this node understands %d", v, SchemaVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("raft: open state %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// State returns the read view. The pointer stays the same for the FSM's
+// life, across restores.
+func (f *FSM) State() *State { return f.state }
+
+// AppliedIndex is the index of the last log entry applied to the state
+// database (and published in the view).
+func (f *FSM) AppliedIndex() uint64 { return f.state.AppliedIndex() }
+
+// OnApplied registers fn to be called for every command entry after its
+// batch has committed, in log order, on the FSM goroutine and outside any
+// bbolt transaction. For a repeated request_id, res is the first result, so
+// res.Index != index. fn must be quick and must not modify cmd; it is not
+// called for entries skipped on replay because the state database already
+// had them. Register observers before the node starts applying.
+func (f *FSM) OnApplied(fn func(index uint64, cmd *raftpb.Command, res Result)) {
+	f.obsMu.Lock()
+	f.observers = append(f.observers, fn)
+	f.obsMu.Unlock()
+}
+
+// Close closes the state database. The FSM must not be used afterwards.
+func (f *FSM) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.db == nil {
+		return nil
+	}
+	err := f.db.Close()
+	f.db = nil
+	if err != nil {
+		return fmt.Errorf("raft: close state: %w", err)
+	}
+	return nil
+}
+
+// Apply applies one log entry; see ApplyBatch.
+func (f *FSM) Apply(l *hraft.Log) any {
+	return f.ApplyBatch([]*hraft.Log{l})[0]
+}
+
+type appliedCommand struct {
+	index uint64
+	cmd   *raftpb.Command
+	res   Result
+}
+
+// ApplyBatch applies a batch of committed entries in one bbolt write
+// transaction, which also records the last applied index and term. The
+// response for a command entry is a Result; for other entries it is nil.
+// Entries at or below the stored applied index (replayed after a restart)
+// are skipped and answered with Result{Index: index}.
+//
+// It panics on a storage fault or on an entry it cannot decode (see doc.go).
+func (f *FSM) ApplyBatch(logs []*hraft.Log) []any {
+	resp := make([]any, len(logs))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.db == nil {
+		panic("raft: apply on a closed FSM")
+	}
+	tx, err := f.db.Begin(true)
+	if err != nil {
+		storageFault("begin: %v", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = tx.Rollback()
+		}
+	}()
+
+	a := &applier{tx: tx}
+	meta := a.bucket(bucketMeta)
+	applied := readU64(meta, metaAppliedIndex)
+	last, lastTerm := applied, uint64(0)
+	var done []appliedCommand
+	for i, l := range logs {
+		if l.Index <= applied {
+			if l.Type == hraft.LogCommand {
+				resp[i] = Result{Index: l.Index}
+			}
+			continue
+		}
+		if l.Type == hraft.LogCommand {
+			res, cmd := a.applyLog(l)
+			resp[i] = res
+			done = append(done, appliedCommand{index: l.Index, cmd: cmd, res: res})
+		}
+		last, lastTerm = l.Index, l.Term
+	}
+	if last == applied {
+		return resp // nothing new; nothing written
+	}
+	a.put(meta, []byte(metaAppliedIndex), u64(last))
+	a.put(meta, []byte(metaAppliedTerm), u64(lastTerm))
+	if err := tx.Commit(); err != nil {
+		storageFault("commit at index %d: %v", last, err)
+	}
+	committed = true
+	f.state.apply(a.changes, last)
+
+	if len(done) > 0 {
+		f.obsMu.Lock()
+		obs := f.observers
+		f.obsMu.Unlock()
+		for _, fn := range obs {
+			for _, d := range done {
+				fn(d.index, d.cmd, d.res)
+			}
+		}
+	}
+	return resp
+}
+
+func readU64(b *bbolt.Bucket, key string) uint64 {
+	v := b.Get([]byte(key))
+	if v == nil {
+		return 0
+	}
+	if len(v) != 8 {
+		storageFault("meta %q: %d bytes", key, len(v))
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+// loadView rebuilds the read view from the database. Called with f.mu held
+// or before the FSM is shared.
+func (f *FSM) loadView() error {
+	tenants, applied, err := readView(f.db)
+	if err != nil {
+		return err
+	}
+	f.state.replace(tenants, applied)
+	return nil
+}
+
+// readView reads every record of the database into view maps.
+func readView(db *bbolt.DB) (map[string]*tenantView, uint64, error) {
+	tenants := make(map[string]*tenantView)
+	var applied uint64
+	err := db.View(func(tx *bbolt.Tx) error {
+		switch v := tx.Bucket([]byte(bucketMeta)).Get([]byte(metaAppliedIndex)); len(v) {
+		case 0:
+		case 8:
+			applied = binary.BigEndian.Uint64(v)
+		default:
+			return fmt.Errorf("applied index: %d bytes", len(v))
+		}
+		return tx.Bucket([]byte(bucketTenants)).ForEach(func(k, v []byte) error {
+			t := new(raftpb.Tenant)
+			if err := proto.Unmarshal(v, t); err != nil {
+				return fmt.Errorf("tenant %q: %w", k, err)
+			}
+			tv := newTenantView(t)
+			tenants[string(k)] = tv
+			if err := loadRecords(tx, t.Id, kindClients, func(id string) proto.Message {
+				c := new(raftpb.Client)
+				tv.clients[id] = c
+				return c
+			}); err != nil {
+				return err
+			}
+			if err := loadRecords(tx, t.Id, kindKeys, func(id string) proto.Message {
+				k := new(raftpb.Key)
+				tv.keys[id] = k
+				return k
+			}); err != nil {
+				return err
+			}
+			return loadRecords(tx, t.Id, kindRevocations, func(id string) proto.Message {
+				r := new(raftpb.Revocation)
+				tv.revocations[id] = r
+				return r
+			})
+		})
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("raft: load state view: %w", err)
+	}
+	return tenants, applied, nil
+}
+
+func loadRecords(tx *bbolt.Tx, tenant, kind string, alloc func(id string) proto.Message) error {
+	b := tx.Bucket(tenantBucket(tenant, kind))
+	if b == nil {
+		return fmt.Errorf("bucket %s missing", tenantBucket(tenant, kind))
+	}
+	return b.ForEach(func(k, v []byte) error {
+		if err := proto.Unmarshal(v, alloc(string(k))); err != nil {
+			return fmt.Errorf("%s %q of tenant %q: %w", kind, k, tenant, err)
+		}
+		return nil
+	})
+}

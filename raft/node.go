@@ -1,0 +1,353 @@
+package raft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	hraft "github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/tallyauth/tally/raft/raftpb"
+)
+
+// Node is one member of the Raft group: hashicorp/raft with the bbolt FSM,
+// its log and stable store, snapshot store and transport. Its methods are
+// safe for concurrent use.
+type Node struct {
+	cfg    Config
+	logger *slog.Logger
+	fsm    *FSM
+	raft   *hraft.Raft
+	logs   *raftboltdb.BoltStore
+	trans  hraft.Transport
+	own    *hraft.NetworkTransport // the TCP transport Open created, closed by Close
+
+	closing   chan struct{}
+	wg        sync.WaitGroup // sweepers
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts a node with the state in cfg.DataDir: <DataDir>/state.db (the
+// FSM), <DataDir>/raft.db (Raft log and stable store) and
+// <DataDir>/snapshots. If cfg.Bootstrap is set and the node has no Raft
+// state yet, it bootstraps a cluster whose only voter is itself.
+//
+// On restart the FSM keeps its own state database and skips the entries it
+// already applied; a snapshot is restored at start only when the state
+// database is behind the latest snapshot (for example, after it was lost).
+func Open(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("raft_id", cfg.ID)
+	hlog := newHCLogAdapter(logger.With("component", "hashicorp-raft"), hclog.Info)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("raft: open: %w", err)
+	}
+	n := &Node{cfg: cfg, logger: logger, closing: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			n.closeStores()
+		}
+	}()
+
+	var err error
+	if n.fsm, err = OpenFSM(filepath.Join(cfg.DataDir, "state.db"), logger); err != nil {
+		return nil, err
+	}
+	if n.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
+		return nil, fmt.Errorf("raft: open log store: %w", err)
+	}
+	snaps, err := hraft.NewFileSnapshotStoreWithLogger(cfg.DataDir, cfg.SnapshotRetain, hlog)
+	if err != nil {
+		return nil, fmt.Errorf("raft: open snapshot store: %w", err)
+	}
+	if cfg.Transport != nil {
+		n.trans = cfg.Transport
+	} else {
+		var adv net.Addr
+		if cfg.AdvertiseAddr != "" {
+			if adv, err = net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr); err != nil {
+				return nil, fmt.Errorf("raft: advertise address: %w", err)
+			}
+		}
+		n.own, err = hraft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 3, 10*time.Second, hlog)
+		if err != nil {
+			return nil, fmt.Errorf("raft: transport: %w", err)
+		}
+		n.trans = n.own
+	}
+
+	rc := cfg.raftConfig(hlog)
+	metas, err := snaps.List()
+	if err != nil {
+		return nil, fmt.Errorf("raft: list snapshots: %w", err)
+	}
+	rc.NoSnapshotRestoreOnStart = len(metas) == 0 || metas[0].Index <= n.fsm.AppliedIndex()
+
+	exists, err := hraft.HasExistingState(n.logs, n.logs, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("raft: open: %w", err)
+	}
+	if cfg.Bootstrap && !exists {
+		conf := hraft.Configuration{Servers: []hraft.Server{{
+			Suffrage: hraft.Voter,
+			ID:       hraft.ServerID(cfg.ID),
+			Address:  n.trans.LocalAddr(),
+		}}}
+		if err := hraft.BootstrapCluster(rc, n.logs, n.logs, snaps, n.trans, conf); err != nil {
+			return nil, fmt.Errorf("raft: bootstrap: %w", err)
+		}
+		logger.Info("bootstrapped a one-voter cluster", "addr", n.trans.LocalAddr())
+	}
+	if n.raft, err = hraft.NewRaft(rc, n.fsm, n.logs, n.logs, snaps, n.trans); err != nil {
+		return nil, fmt.Errorf("raft: start: %w", err)
+	}
+	ok = true
+	return n, nil
+}
+
+// closeStores closes what Open opened, in reverse order.
+func (n *Node) closeStores() error {
+	var errs []error
+	if n.own != nil {
+		if err := n.own.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("raft: close transport: %w", err))
+		}
+	}
+	if n.logs != nil {
+		if err := n.logs.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("raft: close log store: %w", err))
+		}
+	}
+	if n.fsm != nil {
+		if err := n.fsm.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops the sweepers, shuts Raft down and closes the stores. It is
+// idempotent; later calls return the first call's error.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		close(n.closing)
+		var errs []error
+		if err := n.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("raft: shutdown: %w", err))
+		}
+		n.wg.Wait()
+		if err := n.closeStores(); err != nil {
+			errs = append(errs, err)
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// ID is this node's Raft server id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Addr is the address peers reach this node's transport at.
+func (n *Node) Addr() string { return string(n.trans.LocalAddr()) }
+
+// State is the node's read view of the replicated state.
+func (n *Node) State() *State { return n.fsm.State() }
+
+// FSM is the node's state machine (for OnApplied observers).
+func (n *Node) FSM() *FSM { return n.fsm }
+
+// IsLeader reports whether this node is the leader now.
+func (n *Node) IsLeader() bool { return n.raft.State() == hraft.Leader }
+
+// Leader returns the current leader's id and address, or empty strings when
+// there is none known.
+func (n *Node) Leader() (id, addr string) {
+	a, i := n.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// WaitLeader polls until some node (this one or another) is known as the
+// leader, or ctx ends.
+func (n *Node) WaitLeader(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if id, _ := n.Leader(); id != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("raft: wait for leader: %w", ctx.Err())
+		case <-n.closing:
+			return ErrClosed
+		case <-t.C:
+		}
+	}
+}
+
+// LastContact is when this node last heard from the leader (zero on the
+// leader itself).
+func (n *Node) LastContact() time.Time { return n.raft.LastContact() }
+
+// Stats returns hashicorp/raft's statistics.
+func (n *Node) Stats() map[string]string { return n.raft.Stats() }
+
+// Snapshot takes a snapshot now (and compacts the log).
+func (n *Node) Snapshot() error {
+	if err := n.raft.Snapshot().Error(); err != nil {
+		return n.mapErr(err)
+	}
+	return nil
+}
+
+// AddVoter adds (or updates) a voting member and waits until the
+// configuration change is committed. Only the leader can do it.
+func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
+	f := n.raft.AddVoter(hraft.ServerID(id), hraft.ServerAddress(addr), 0, n.timeout(ctx))
+	if err := n.wait(ctx, f); err != nil {
+		return err
+	}
+	return nil
+}
+
+// timeout is ApplyTimeout, bounded by ctx's deadline.
+func (n *Node) timeout(ctx context.Context) time.Duration {
+	d := n.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		if r := time.Until(dl); r < d {
+			d = max(r, time.Millisecond)
+		}
+	}
+	return d
+}
+
+// wait waits for f or ctx, mapping errors.
+func (n *Node) wait(ctx context.Context, f hraft.Future) error {
+	if ctx.Done() == nil {
+		return n.mapErr(f.Error())
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return n.mapErr(err)
+	case <-ctx.Done():
+		return fmt.Errorf("raft: %w", ctx.Err())
+	}
+}
+
+func (n *Node) mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, hraft.ErrNotLeader):
+		_, addr := n.Leader()
+		return fmt.Errorf("%w (leader at %q): %w", ErrNotLeader, addr, err)
+	case errors.Is(err, hraft.ErrLeadershipLost):
+		return fmt.Errorf("%w: %w", ErrLeadershipLost, err)
+	case errors.Is(err, hraft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	case errors.Is(err, hraft.ErrRaftShutdown):
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	default:
+		return fmt.Errorf("raft: %w", err)
+	}
+}
+
+// Propose replicates cmd and returns its Result once it is committed and
+// applied on this node (the leader), so the caller reads its own write in
+// State. A command that fails checks without reading state (wrong version,
+// missing fields) is not proposed: Propose returns Result{Err: ErrInvalid…}.
+//
+// The error is non-nil when the outcome is not known to be applied:
+// ErrNotLeader (nothing appended; forward or retry), ErrLeadershipLost
+// (outcome unknown: retry with the same request_id), ErrTimeout, ErrClosed,
+// or ctx's error. cmd must not be modified until Propose returns.
+func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error) {
+	if err := ctx.Err(); err != nil {
+		return Result{}, fmt.Errorf("raft: propose: %w", err)
+	}
+	if cmd == nil {
+		return Result{Err: invalidf("nil command")}, nil
+	}
+	if cmd.GetVersion() != CommandVersion {
+		return Result{Err: invalidf("command version %d, want %d", cmd.GetVersion(), CommandVersion)}, nil
+	}
+	if err := checkCommand(cmd); err != nil {
+		return Result{Err: err}, nil
+	}
+	data, err := marshalOpts.Marshal(cmd)
+	if err != nil {
+		return Result{Err: invalidf("marshal: %v", err)}, nil
+	}
+	f := n.raft.Apply(data, n.timeout(ctx))
+	if err := n.wait(ctx, f); err != nil {
+		return Result{}, err
+	}
+	res, ok := f.Response().(Result)
+	if !ok {
+		return Result{}, fmt.Errorf("raft: unexpected apply response %T", f.Response())
+	}
+	return res, nil
+}
+
+// StartSweeper proposes a Sweep command every interval while this node is
+// the leader, with now() as the command's time, until ctx ends or the node
+// closes. It is the FSM's only source of expiry: the clock is read here, by
+// the proposer, never in the FSM. A non-positive every starts nothing.
+func (n *Node) StartSweeper(ctx context.Context, every time.Duration, now func() time.Time) {
+	if every <= 0 {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-n.closing:
+				return
+			case <-t.C:
+			}
+			if !n.IsLeader() {
+				continue
+			}
+			cmd := &raftpb.Command{
+				Version:      CommandVersion,
+				TimeUnixNano: now().UnixNano(),
+				Op:           &raftpb.Command_Sweep{Sweep: &raftpb.Sweep{}},
+			}
+			pctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+			res, err := n.Propose(pctx, cmd)
+			cancel()
+			switch {
+			case err != nil:
+				n.logger.Warn("sweep not applied", "err", err)
+			case res.Err != nil:
+				n.logger.Error("sweep failed", "err", res.Err, "index", res.Index)
+			default:
+				n.logger.Debug("swept", "index", res.Index)
+			}
+		}
+	}()
+}

@@ -1,0 +1,93 @@
+package raft
+
+import (
+	"encoding/binary"
+)
+
+// SchemaVersion is the layout version of the state database, stored under
+// metaSchemaVersion. A node refuses to open a database of another version.
+const SchemaVersion = 1
+
+// Every bbolt bucket of the state database is declared here, and only here.
+//
+// Global buckets:
+//
+//	meta           applied_index, applied_term (uint64 big-endian), schema_version
+//	tenants        tenant id → raftpb.Tenant
+//	requests       request_id → result code (1 byte) | index (8) | command time (8)
+//	request_times  command time (8, big-endian) | request_id → empty; sweep order
+//
+// Per tenant, named "t/<tenant>/<kind>" (tenant ids cannot contain '/'):
+//
+//	clients            client id → raftpb.Client
+//	keys               kid → raftpb.Key
+//	revocations        jti → raftpb.Revocation
+//	revocation_expiry  expires (8, big-endian) | jti → empty; sweep order
+const (
+	bucketMeta         = "meta"
+	bucketTenants      = "tenants"
+	bucketRequests     = "requests"
+	bucketRequestTimes = "request_times"
+
+	tenantBucketPrefix = "t/"
+
+	kindClients          = "clients"
+	kindKeys             = "keys"
+	kindRevocations      = "revocations"
+	kindRevocationExpiry = "revocation_expiry"
+)
+
+// Keys of the meta bucket.
+const (
+	metaAppliedIndex  = "applied_index"
+	metaAppliedTerm   = "applied_term"
+	metaSchemaVersion = "schema_version"
+)
+
+// globalBuckets are created when a state database is opened.
+func globalBuckets() []string {
+	return []string{bucketMeta, bucketTenants, bucketRequests, bucketRequestTimes}
+}
+
+// tenantKinds are the buckets created with each tenant.
+func tenantKinds() []string {
+	return []string{kindClients, kindKeys, kindRevocations, kindRevocationExpiry}
+}
+
+// tenantBucket names the bucket of one kind for one tenant.
+func tenantBucket(tenant, kind string) []byte {
+	return []byte(tenantBucketPrefix + tenant + "/" + kind)
+}
+
+// requestRetentionNanos is how long (in command time) a request id is
+// remembered for idempotency before Sweep forgets it.
+const requestRetentionNanos = int64(24 * 60 * 60 * 1e9)
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+// timeKey is an index key ordered by time: big-endian t (t > 0), then id.
+func timeKey(t int64, id string) []byte {
+	k := make([]byte, 8, 8+len(id))
+	binary.BigEndian.PutUint64(k, uint64(t))
+	return append(k, id...)
+}
+
+// requestValue encodes a remembered result.
+func requestValue(code resultCode, index uint64, t int64) []byte {
+	v := make([]byte, 17)
+	v[0] = byte(code)
+	binary.BigEndian.PutUint64(v[1:9], index)
+	binary.BigEndian.PutUint64(v[9:17], uint64(t))
+	return v
+}
+
+func decodeRequestValue(v []byte) (resultCode, uint64, int64, bool) {
+	if len(v) != 17 {
+		return 0, 0, 0, false
+	}
+	return resultCode(v[0]), binary.BigEndian.Uint64(v[1:9]), int64(binary.BigEndian.Uint64(v[9:17])), true
+}
