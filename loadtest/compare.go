@@ -178,12 +178,15 @@ func WaitForToken(ctx context.Context, e Endpoint) error {
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	last := "none"
 	for {
 		r, err := RunClientCredentials(ctx, cfg)
 		if err == nil && r.OK == 1 {
 			return nil
 		}
-		last := r.ErrorSummary()
+		if r.Requests > 0 {
+			last = r.ErrorSummary()
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("loadtest: %s issued no token (last outcome %s): %w", e.Name, last, ctx.Err())

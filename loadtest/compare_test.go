@@ -116,7 +116,7 @@ func TestWaitForToken(t *testing.T) {
 		writeOAuthError(w, http.StatusUnauthorized, "invalid_client", "")
 	})
 	e.TokenURL = never.URL + "/token"
-	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	ctx, cancel = context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	err := WaitForToken(ctx, e)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "invalid_client") {

@@ -22,7 +22,8 @@
 //     standards-compliant issuer.
 //
 // Compare runs the same load against two endpoints alternately and reports
-// both and their ratio. Results are Reports, written as a text table or JSON
+// both and their ratio; WaitForToken holds off until a freshly started
+// issuer issues tokens. Results are Reports, written as a text table or JSON
 // (durations in milliseconds). Measured results are kept in BENCHMARKS.md
 // beside this file.
 //

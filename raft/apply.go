@@ -303,8 +303,10 @@ func (a *applier) setClientDisabled(s *raftpb.SetClientDisabled, now int64) erro
 }
 
 // addKeys stores keys for tenant. Before each new key is stored, every
-// stored key of the same use that is not retired yet is retired at the new
-// key's not_before and expires its own retention_nanos after that.
+// stored key of the same use that is not retired by the new key's
+// not_before is retired then, and expires its own retention_nanos after
+// that. This includes a pending key (published, not yet used) that a newer
+// rotation supersedes: it never signs.
 func (a *applier) addKeys(tenant string, keys []*raftpb.Key, now int64) error {
 	if !a.tenantExists(tenant) {
 		return notFoundTenant(tenant)
@@ -331,7 +333,7 @@ func (a *applier) addKeys(tenant string, keys []*raftpb.Key, now int64) error {
 			if err := proto.Unmarshal(v, old); err != nil {
 				storageFault("key %q undecodable: %v", kid, err)
 			}
-			if old.Use == k.Use && old.RetiredUnixNano == 0 {
+			if old.Use == k.Use && (old.RetiredUnixNano == 0 || old.RetiredUnixNano > k.NotBeforeUnixNano) {
 				retire = append(retire, old)
 			}
 		}

@@ -318,6 +318,27 @@ func TestFSMConformance(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "add keys retires a pending key that a sooner key supersedes",
+			setup: []*raftpb.Command{
+				createTenant(t0, "acme", sigKey("k1", t0, 30*sec)),
+				addKeys("acme", sigKey("k2", now+hour, hour)), // pending: retires k1 at now+hour
+			},
+			cmd: addKeys("acme", sigKey("k3", now, hour)), // immediate rotation
+			check: func(t *testing.T, s *State) {
+				keys := s.Keys("acme")
+				k1, k2, k3 := keys[0], keys[1], keys[2]
+				if k1.RetiredUnixNano != now || k1.ExpiresUnixNano != now+30*sec {
+					t.Fatalf("k1 = %v, want retired at k3's not_before", k1)
+				}
+				if k2.RetiredUnixNano != now || k2.ExpiresUnixNano != now+hour {
+					t.Fatalf("pending k2 = %v, want retired before it ever signs", k2)
+				}
+				if k3.RetiredUnixNano != 0 {
+					t.Fatalf("k3 = %v", k3)
+				}
+			},
+		},
 		{name: "add existing kid", setup: []*raftpb.Command{createTenant(t0, "acme", sigKey("k1", t0, 0))}, cmd: addKeys("acme", sealKey("s9", now, 0), sigKey("k1", now, 0)), want: ErrExists},
 		{name: "add keys tenant missing", cmd: addKeys("acme", sigKey("k1", now, 0)), want: ErrNotFound},
 		{name: "add no keys", setup: []*raftpb.Command{createTenant(t0, "acme")}, cmd: addKeys("acme"), want: ErrInvalid},

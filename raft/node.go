@@ -202,8 +202,8 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 	}
 }
 
-// LastContact is when this node last heard from the leader (zero on the
-// leader itself).
+// LastContact is when this follower last heard from the leader (meaningful
+// only on followers; see hashicorp/raft's Raft.LastContact).
 func (n *Node) LastContact() time.Time { return n.raft.LastContact() }
 
 // Stats returns hashicorp/raft's statistics.
@@ -238,11 +238,10 @@ func (n *Node) timeout(ctx context.Context) time.Duration {
 	return d
 }
 
-// wait waits for f or ctx, mapping errors.
+// wait waits for f, ctx or Close, mapping errors. hashicorp/raft does not
+// answer an apply future that is still queued when it shuts down, so Close
+// must release waiters itself.
 func (n *Node) wait(ctx context.Context, f hraft.Future) error {
-	if ctx.Done() == nil {
-		return n.mapErr(f.Error())
-	}
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
 	select {
@@ -250,6 +249,8 @@ func (n *Node) wait(ctx context.Context, f hraft.Future) error {
 		return n.mapErr(err)
 	case <-ctx.Done():
 		return fmt.Errorf("raft: %w", ctx.Err())
+	case <-n.closing:
+		return ErrClosed
 	}
 }
 
@@ -283,6 +284,11 @@ func (n *Node) mapErr(err error) error {
 func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return Result{}, fmt.Errorf("raft: propose: %w", err)
+	}
+	select {
+	case <-n.closing:
+		return Result{}, ErrClosed
+	default:
 	}
 	if cmd == nil {
 		return Result{Err: invalidf("nil command")}, nil

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/rafttest"
 )
 
@@ -64,5 +63,3 @@ func BenchmarkNodePropose(b *testing.B) {
 		})
 	}
 }
-
-var _ = raft.Result{}

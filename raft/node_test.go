@@ -301,9 +301,12 @@ func TestClusterJoinInstallsSnapshot(t *testing.T) {
 	c.Join()
 	c.WaitApplied(last.Index)
 	c.CheckConverged()
-	for _, n := range c.Running() {
+	for i, n := range c.Running() {
 		if !n.State().Revoked("acme", "j19") {
 			t.Fatalf("%s misses the snapshotted state", n.ID())
+		}
+		if s := n.Stats()["last_snapshot_index"]; i > 0 && (s == "" || s == "0") {
+			t.Fatalf("%s did not install a snapshot (last_snapshot_index %q)", n.ID(), s)
 		}
 	}
 }

@@ -184,6 +184,7 @@ func (s *State) apply(changes []change, applied uint64) {
 			keysChanged[tv] = true
 		case kindRevocations:
 			if c.msg == nil {
+				delete(tv.revocations, c.id)
 			} else {
 				tv.revocations[c.id] = c.msg.(*raftpb.Revocation)
 			}

@@ -522,8 +522,9 @@ func (x *SetClientDisabled) GetDisabled() bool {
 }
 
 // AddKeys adds keys to a tenant. For each added key, older keys of the same
-// use that are not yet retired are retired at the new key's not_before and
-// expire retention_nanos (stored on the old key) after that.
+// use that are not retired by the new key's not_before (including pending
+// keys that it supersedes) are retired then and expire retention_nanos
+// (stored on the old key) after that.
 type AddKeys struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
