@@ -3,8 +3,8 @@
 GO        ?= go
 PKGS      := ./...
 # Packages whose concurrency the race detector must see on every run.
-RACE_PKGS := ./raft/... ./node/... ./replication/... ./issuance/...
-RACE_RE   := /(raft|node|replication|issuance)(/|$$)
+RACE_PKGS := ./raft/... ./node/... ./replication/... ./issuance/... ./revocation/...
+RACE_RE   := /(raft|node|replication|issuance|revocation)(/|$$)
 BUF       := $(GO) tool -modfile=.ci/buf.mod buf
 FUZZTIME  ?= 30s
 BENCH_DURATION ?= 10s
@@ -13,8 +13,8 @@ BENCH_CONCURRENCY ?= 32
 .PHONY: run test lint vet staticcheck fmt-check generate check-generate bench fuzz build clean
 
 ## run: a complete single node on 127.0.0.1:8080 with embedded NATS and ./data
-run:
-	$(GO) run ./cmd/tally serve --dev
+run: build
+	./bin/tally serve --dev
 
 ## build: the tally binary in ./bin
 build:
@@ -41,6 +41,7 @@ staticcheck:
 generate:
 	$(BUF) generate raft/raftpb --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"raft/raftpb","opt":"paths=source_relative"}]}'
 	$(BUF) generate node/api/admin/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/admin/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/admin/v1","opt":"paths=source_relative"}]}'
+	$(BUF) generate node/api/events/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/events/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/events/v1","opt":"paths=source_relative"}]}'
 
 ## check-generate: fails if the committed generated code is stale
 check-generate: generate
