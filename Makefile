@@ -10,7 +10,7 @@ FUZZTIME  ?= 30s
 BENCH_DURATION ?= 10s
 BENCH_CONCURRENCY ?= 32
 
-.PHONY: run test lint vet staticcheck fmt-check generate check-generate bench fuzz build clean
+.PHONY: cluster cluster-stop run test lint vet staticcheck fmt-check generate check-generate bench fuzz build clean
 
 ## run: a complete single node on 127.0.0.1:8080 with embedded NATS and ./data
 run: build
@@ -41,6 +41,7 @@ staticcheck:
 generate:
 	$(BUF) generate raft/raftpb --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"raft/raftpb","opt":"paths=source_relative"}]}'
 	$(BUF) generate node/api/admin/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/admin/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/admin/v1","opt":"paths=source_relative"}]}'
+	$(BUF) generate node/api/cluster/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/cluster/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/cluster/v1","opt":"paths=source_relative"}]}'
 	$(BUF) generate node/api/events/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/events/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/events/v1","opt":"paths=source_relative"}]}'
 
 ## check-generate: fails if the committed generated code is stale
@@ -51,11 +52,29 @@ check-generate: generate
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./issuance/ ./raft/ ./loadtest/
 	$(GO) run ./cmd/tally loadtest compare --concurrency $(BENCH_CONCURRENCY) --duration $(BENCH_DURATION)
+	$(GO) test -run '^$$' -bench 'AuthCodeRedemption|RefreshRotation' -benchtime 2000x -count=1 ./node/
 
 ## fuzz: each fuzz target for FUZZTIME (default 30s)
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenRequest$$' -fuzztime $(FUZZTIME) ./issuance/
 	$(GO) test -run '^$$' -fuzz '^FuzzUnseal$$' -fuzztime $(FUZZTIME) ./issuance/
+	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeUserCode$$' -fuzztime $(FUZZTIME) ./issuance/
+	$(GO) test -run '^$$' -fuzz '^FuzzAuthorizeRequest$$' -fuzztime $(FUZZTIME) ./issuance/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./revocation/
+
+## soak: the fault-injection and linearizability tests with more rounds (TALLY_SOAK=1), SOAK_COUNT times
+SOAK_COUNT ?= 5
+.PHONY: soak
+soak:
+	TALLY_SOAK=1 $(GO) test -race -count=$(SOAK_COUNT) -timeout 60m -run 'Fault|Linearizab' ./raft/ ./node/
+
+## cluster: a local 3-node cluster in two regions on 127.0.0.1:8081-8083 (deploy/local)
+cluster:
+	GO=$(GO) deploy/local/cluster.sh start
+
+## cluster-stop: stop the local cluster (its state is kept; cluster.sh clean deletes it)
+cluster-stop:
+	deploy/local/cluster.sh stop
 
 clean:
 	rm -rf bin data

@@ -11,17 +11,19 @@ import (
 const discoveryMaxAge = "public, max-age=300"
 
 // metadata is the authorization server metadata of a tenant. It lists only
-// what exists today:
+// what exists:
 //
-//   - RFC 8414 §2 requires response_types_supported; with no authorization
-//     endpoint the honest value is the empty list.
-//   - OpenID Connect Discovery 1.0 §3 also requires authorization_endpoint,
-//     subject_types_supported and id_token_signing_alg_values_supported;
-//     they are added together with the authorization endpoint and ID tokens,
-//     not before.
-//   - scopes_supported is omitted: the allowed scopes are per client.
+//   - Without the end-user flows (no Users configured) there is no
+//     authorization endpoint and response_types_supported is the empty
+//     list; the OpenID fields are absent.
+//   - With them: response_type code only, PKCE S256 only, the iss
+//     authorization response parameter (RFC 9207 §3), public subjects,
+//     ID tokens signed with the tenant's algorithms, userinfo, device
+//     authorization (RFC 8628 §4) and the OIDC scopes the server gives a
+//     meaning to (clients may have more).
 type metadata struct {
 	Issuer                                    string   `json:"issuer"`
+	AuthorizationEndpoint                     string   `json:"authorization_endpoint,omitempty"`
 	TokenEndpoint                             string   `json:"token_endpoint"`
 	JWKSURI                                   string   `json:"jwks_uri"`
 	IntrospectionEndpoint                     string   `json:"introspection_endpoint"`
@@ -31,6 +33,17 @@ type metadata struct {
 	TokenEndpointAuthMethodsSupported         []string `json:"token_endpoint_auth_methods_supported"`
 	IntrospectionEndpointAuthMethodsSupported []string `json:"introspection_endpoint_auth_methods_supported"`
 	RevocationEndpointAuthMethodsSupported    []string `json:"revocation_endpoint_auth_methods_supported"`
+
+	UserinfoEndpoint                           string   `json:"userinfo_endpoint,omitempty"`
+	DeviceAuthorizationEndpoint                string   `json:"device_authorization_endpoint,omitempty"`
+	ScopesSupported                            []string `json:"scopes_supported,omitempty"`
+	ResponseModesSupported                     []string `json:"response_modes_supported,omitempty"`
+	SubjectTypesSupported                      []string `json:"subject_types_supported,omitempty"`
+	IDTokenSigningAlgValuesSupported           []string `json:"id_token_signing_alg_values_supported,omitempty"`
+	CodeChallengeMethodsSupported              []string `json:"code_challenge_methods_supported,omitempty"`
+	AuthorizationResponseIssParameterSupported bool     `json:"authorization_response_iss_parameter_supported,omitempty"`
+	ClaimsSupported                            []string `json:"claims_supported,omitempty"`
+	PromptValuesSupported                      []string `json:"prompt_values_supported,omitempty"`
 }
 
 // handleDiscovery serves the tenant's metadata at all three locations:
@@ -49,7 +62,7 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		grants = append(grants, g)
 	}
 	slices.Sort(grants)
-	s.respond(w, r, http.StatusOK, metadata{
+	md := metadata{
 		Issuer:                            iss,
 		TokenEndpoint:                     iss + "/oauth2/token",
 		JWKSURI:                           iss + "/jwks.json",
@@ -60,7 +73,29 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		TokenEndpointAuthMethodsSupported: authMethods,
 		IntrospectionEndpointAuthMethodsSupported: authMethods,
 		RevocationEndpointAuthMethodsSupported:    authMethods,
-	}, discoveryMaxAge)
+	}
+	if s.users != nil {
+		md.AuthorizationEndpoint = iss + "/oauth2/authorize"
+		md.UserinfoEndpoint = iss + "/oauth2/userinfo"
+		md.DeviceAuthorizationEndpoint = iss + "/oauth2/device_authorization"
+		md.ResponseTypesSupported = []string{"code"}
+		md.ResponseModesSupported = []string{"query"}
+		md.ScopesSupported = []string{ScopeOpenID, ScopeProfile, ScopeEmail, ScopeOfflineAccess}
+		md.SubjectTypesSupported = []string{"public"}
+		md.IDTokenSigningAlgValuesSupported = jwtAlgs
+		if slices.Contains(jwtAlgs, t.SigningAlg) {
+			md.IDTokenSigningAlgValuesSupported = []string{t.SigningAlg}
+		}
+		md.CodeChallengeMethodsSupported = []string{"S256"}
+		md.AuthorizationResponseIssParameterSupported = true
+		md.ClaimsSupported = []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "azp",
+			"name", "preferred_username", "email", "email_verified"}
+		md.PromptValuesSupported = []string{"none", "login", "consent"}
+		// Public clients authenticate with client_id only (RFC 8414 §2).
+		md.TokenEndpointAuthMethodsSupported = append(slices.Clone(authMethods), "none")
+		md.RevocationEndpointAuthMethodsSupported = md.TokenEndpointAuthMethodsSupported
+	}
+	s.respond(w, r, http.StatusOK, md, discoveryMaxAge)
 }
 
 // handleJWKS serves the tenant's JWK Set (RFC 7517 §5): every signing key

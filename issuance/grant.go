@@ -20,6 +20,10 @@ type TokenResponse struct {
 	TokenType   string `json:"token_type"`
 	ExpiresIn   int64  `json:"expires_in"`
 	Scope       string `json:"scope,omitempty"`
+	// RefreshToken (RFC 6749 §5.1) and IDToken (OIDC Core §3.1.3.3) are
+	// issued by the end-user grants.
+	RefreshToken string `json:"refresh_token,omitempty"`
+	IDToken      string `json:"id_token,omitempty"`
 }
 
 // GrantHandler issues tokens for one grant type (RFC 6749 §4). The token
@@ -35,7 +39,13 @@ type GrantHandler interface {
 // is one file with its handler plus one line here; discovery advertises the
 // registry's keys.
 func (s *Server) grantHandlers() map[string]GrantHandler {
-	return map[string]GrantHandler{
+	m := map[string]GrantHandler{
 		GrantClientCredentials: &clientCredentialsGrant{mint: s.minter, ttl: s.cfg.AccessTokenTTL},
 	}
+	if s.users != nil {
+		m[GrantAuthorizationCode] = &authorizationCodeGrant{s: s}
+		m[GrantRefreshToken] = &refreshTokenGrant{s: s}
+		m[GrantDeviceCode] = &deviceCodeGrant{s: s}
+	}
+	return m
 }

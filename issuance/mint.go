@@ -18,7 +18,9 @@ type minter struct {
 
 var errNoKey = errors.New("tenant has no current key for this token format")
 
-// mint fills in Tenant, Issuer, JTI and Format of d and returns the token.
+// mint fills in Tenant, Issuer, JTI (unless the caller chose it, as the
+// end-user grants do to record it before minting) and Format of d and
+// returns the token.
 // The key is the one current at now — not at d.IssuedAt, which is truncated
 // to the second and may precede a key that became current a moment ago.
 // When the key that signs or seals it has an expiry before d.ExpiresAt,
@@ -28,11 +30,14 @@ func (m *minter) mint(ctx context.Context, t Tenant, format TokenFormat, d *toke
 	if err != nil {
 		return "", errUnavailable("keys unavailable", err)
 	}
-	jti, err := NewJTI(m.rnd)
-	if err != nil {
-		return "", errUnavailable("randomness unavailable", err)
+	if d.JTI == "" {
+		jti, err := NewJTI(m.rnd)
+		if err != nil {
+			return "", errUnavailable("randomness unavailable", err)
+		}
+		d.JTI = jti
 	}
-	d.Tenant, d.Issuer, d.JTI, d.Format = t.ID, m.issuer(t.ID), jti, format
+	d.Tenant, d.Issuer, d.Format = t.ID, m.issuer(t.ID), format
 	switch format {
 	case FormatOpaque:
 		k := set.sealingKey(now)

@@ -25,6 +25,15 @@ type TokenRequest struct {
 	Resources []string
 	// Client holds the presented client credentials, not yet checked.
 	Client ClientCredentials
+	// Code, RedirectURI and CodeVerifier are the authorization_code grant's
+	// parameters (RFC 6749 §4.1.3, RFC 7636 §4.5).
+	Code         string
+	RedirectURI  string
+	CodeVerifier string
+	// RefreshToken is the refresh_token grant's parameter (RFC 6749 §6).
+	RefreshToken string
+	// DeviceCode is the device grant's parameter (RFC 8628 §3.4).
+	DeviceCode string
 }
 
 // Parameter names (RFC 6749 §4.4.2, RFC 8707 §2, RFC 7662 §2.1, RFC 7009 §2.1).
@@ -118,7 +127,9 @@ func parseTokenRequest(r *http.Request, maxBody int64) (*TokenRequest, error) {
 	if err != nil {
 		return nil, err
 	}
-	req := &TokenRequest{GrantType: form.Get(paramGrantType), Client: cc}
+	req := &TokenRequest{GrantType: form.Get(paramGrantType), Client: cc,
+		Code: form.Get("code"), RedirectURI: form.Get("redirect_uri"), CodeVerifier: form.Get("code_verifier"),
+		RefreshToken: form.Get("refresh_token"), DeviceCode: form.Get("device_code")}
 	if req.GrantType == "" {
 		return nil, errInvalidRequest("missing grant_type")
 	}

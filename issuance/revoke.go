@@ -1,8 +1,10 @@
 package issuance
 
 import (
+	"context"
 	"errors"
 	"net/http"
+	"strings"
 )
 
 // RevocationReason is the Revocation.Reason of revocations requested by a
@@ -42,13 +44,22 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		now := s.cfg.Now()
-		c, err := s.authenticateClient(ctx, t.ID, cc, now)
+		authenticate := s.authenticateClient
+		if s.users != nil {
+			// Public clients revoke their own tokens by client_id
+			// (RFC 7009 §2.1, RFC 6749 §2.1).
+			authenticate = s.authenticateFlowClient
+		}
+		c, err := authenticate(ctx, t.ID, cc, now)
 		if err != nil {
 			return err
 		}
 		token := form.Get(paramToken)
 		if token == "" {
 			return errInvalidRequest("missing token")
+		}
+		if s.users != nil && strings.HasPrefix(token, refreshPrefix) {
+			return s.revokeRefresh(ctx, t.ID, c, token)
 		}
 		d, err := s.readToken(ctx, t.ID, token, now, false)
 		if errors.Is(err, ErrInvalidToken) {
@@ -86,4 +97,24 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("Pragma", "no-cache")
 	w.WriteHeader(http.StatusOK)
+}
+
+// revokeRefresh revokes the family of a refresh token (RFC 7009 §2.1: and,
+// as RFC 9700 §4.14.2 recommends, the access tokens issued from it). A
+// token that is not ours or whose family is gone is 200 with nothing
+// written; a family of another client is refused.
+func (s *Server) revokeRefresh(ctx context.Context, tenant string, c Client, token string) error {
+	family, _, ok := s.parseRefreshToken(tenant, token)
+	if !ok {
+		return nil
+	}
+	err := s.grantW.RevokeFamily(ctx, tenant, c.ID, family, RevocationReason)
+	switch {
+	case err == nil, errors.Is(err, ErrNotFound):
+		return nil
+	case errors.Is(err, ErrGrantInvalid):
+		return newError(CodeUnauthorizedClient, http.StatusBadRequest, "token was not issued to this client", nil)
+	default:
+		return errUnavailable("revocation could not be committed, retry", err)
+	}
 }

@@ -46,6 +46,46 @@ type Config struct {
 	// AccessTokenTTL is the access token lifetime of clients that set none;
 	// default DefaultAccessTokenTTL.
 	AccessTokenTTL time.Duration
+
+	// Users and Grants enable the end-user flows: /authorize with its login
+	// and consent pages, the authorization_code, refresh_token and device
+	// grants, device authorization, the device page and userinfo. With
+	// both nil only client credentials are served. Set both or neither.
+	Users  Users
+	Grants Grants
+	// InsecureCookies drops the Secure attribute of the browser cookies
+	// (dev mode on plain http).
+	InsecureCookies bool
+	// SessionTTL bounds a browser session; default 8h.
+	SessionTTL time.Duration
+	// CodeTTL is the lifetime of authorization codes; default 60s.
+	CodeTTL time.Duration
+	// IDTokenTTL is the lifetime of ID tokens; default 1h.
+	IDTokenTTL time.Duration
+	// RefreshTTL is the absolute lifetime of a refresh family; default 30
+	// days. RefreshIdleTimeout ends a family unused that long; default 7
+	// days, 0 disables.
+	RefreshTTL         time.Duration
+	RefreshIdleTimeout time.Duration
+	// RefreshReuseInterval: presenting the just-superseded refresh token
+	// again within this interval returns the same successor instead of
+	// revoking the family. Default 0 (off); typical 2-10s.
+	RefreshReuseInterval time.Duration
+	// ConsentTTL is how long a remembered consent lasts; 0: until revoked.
+	ConsentTTL time.Duration
+	// DeviceCodeTTL and DevicePollInterval are RFC 8628 §3.2 expires_in
+	// and interval; defaults 10m and 5s.
+	DeviceCodeTTL      time.Duration
+	DevicePollInterval time.Duration
+	// UserCodeAttemptsPerMinute limits user-code entries per browser
+	// session and per client IP (RFC 8628 §5.1); default 10.
+	UserCodeAttemptsPerMinute int
+	// LoginAttemptsPerMinute limits password attempts per client IP;
+	// default 20.
+	LoginAttemptsPerMinute int
+	// NodeID and Region label security events (refresh-token reuse).
+	NodeID string
+	Region string
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -57,6 +97,16 @@ func DefaultConfig() Config {
 		JWKSMaxAge:     5 * time.Minute,
 		Leeway:         30 * time.Second,
 		AccessTokenTTL: DefaultAccessTokenTTL,
+
+		SessionTTL:                8 * time.Hour,
+		CodeTTL:                   60 * time.Second,
+		IDTokenTTL:                time.Hour,
+		RefreshTTL:                30 * 24 * time.Hour,
+		RefreshIdleTimeout:        7 * 24 * time.Hour,
+		DeviceCodeTTL:             10 * time.Minute,
+		DevicePollInterval:        5 * time.Second,
+		UserCodeAttemptsPerMinute: 10,
+		LoginAttemptsPerMinute:    20,
 	}
 }
 
@@ -85,6 +135,29 @@ func (c Config) Validate() error {
 		return errors.New("issuance: config: Leeway must be between 0 and 10m")
 	case c.AccessTokenTTL < time.Second:
 		return errors.New("issuance: config: AccessTokenTTL must be at least 1s")
+	case (c.Users == nil) != (c.Grants == nil):
+		return errors.New("issuance: config: set both Users and Grants, or neither")
+	}
+	if c.Users == nil {
+		return nil
+	}
+	switch {
+	case c.SessionTTL < time.Minute:
+		return errors.New("issuance: config: SessionTTL must be at least 1m")
+	case c.CodeTTL < time.Second || c.CodeTTL > 10*time.Minute:
+		return errors.New("issuance: config: CodeTTL must be between 1s and 10m (RFC 6749 §4.1.2)")
+	case c.IDTokenTTL < time.Second:
+		return errors.New("issuance: config: IDTokenTTL must be at least 1s")
+	case c.RefreshTTL < time.Minute || c.RefreshIdleTimeout < 0:
+		return errors.New("issuance: config: RefreshTTL must be at least 1m and RefreshIdleTimeout not negative")
+	case c.RefreshReuseInterval < 0 || c.RefreshReuseInterval > time.Minute:
+		return errors.New("issuance: config: RefreshReuseInterval must be between 0 and 1m")
+	case c.ConsentTTL < 0:
+		return errors.New("issuance: config: ConsentTTL must not be negative")
+	case c.DeviceCodeTTL < 10*time.Second || c.DevicePollInterval < time.Second:
+		return errors.New("issuance: config: DeviceCodeTTL must be at least 10s and DevicePollInterval at least 1s")
+	case c.UserCodeAttemptsPerMinute < 1 || c.LoginAttemptsPerMinute < 1:
+		return errors.New("issuance: config: attempt limits must be at least 1 per minute")
 	}
 	return nil
 }
@@ -103,6 +176,15 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	handler http.Handler
+
+	// End-user flows; nil unless Config.Users and Config.Grants are set.
+	users       Users
+	grantW      Grants
+	flow        *flowKeys
+	dummyHash   PasswordHash
+	loginLimit  *limiters
+	codeIPLimit *limiters
+	codeSLimit  *limiters
 }
 
 // NewServer returns a Server reading st and revoking through rv.
@@ -133,6 +215,11 @@ func NewServer(cfg Config, st State, rv Revoker) (*Server, error) {
 	s := &Server{cfg: cfg, st: st, rv: rv, metrics: m, log: cfg.Logger}
 	s.keys = newKeyring(cfg.KEK, cfg.Logger)
 	s.minter = &minter{st: st, keys: s.keys, rnd: cfg.Rand, issuer: s.Issuer}
+	if cfg.Users != nil {
+		if err := s.initFlows(); err != nil {
+			return nil, err
+		}
+	}
 	s.grants = s.grantHandlers()
 	s.mux = http.NewServeMux()
 	s.routes()
@@ -157,6 +244,9 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /t/{tenant}/oauth2/token", s.handleToken)
 	s.mux.HandleFunc("POST /t/{tenant}/oauth2/introspect", s.handleIntrospect)
 	s.mux.HandleFunc("POST /t/{tenant}/oauth2/revoke", s.handleRevoke)
+	if s.users != nil {
+		s.flowRoutes()
+	}
 	s.mux.HandleFunc("/", s.handleUnrouted)
 }
 

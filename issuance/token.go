@@ -29,7 +29,12 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		}
 		grantType = req.GrantType
 		now := s.cfg.Now()
-		c, err := s.authenticateClient(ctx, t.ID, req.Client, now)
+		authenticate := s.authenticateClient
+		if req.GrantType != GrantClientCredentials {
+			// Public clients use the end-user grants (RFC 6749 §2.1).
+			authenticate = s.authenticateFlowClient
+		}
+		c, err := authenticate(ctx, t.ID, req.Client, now)
 		if err != nil {
 			return nil, err
 		}

@@ -31,6 +31,9 @@ type adminService struct {
 	cfg  Config
 	now  func() time.Time
 	base string
+	// pwParams overrides the argon2id parameters of new password hashes
+	// (tests); nil: issuance.DefaultPasswordParams (admin_users.go).
+	pwParams *issuance.PasswordParams
 }
 
 var _ adminv1connect.AdminServiceHandler = (*adminService)(nil)
@@ -171,7 +174,7 @@ func (a *adminService) CreateClient(ctx context.Context, req *connect.Request[ad
 	c := &raftpb.Client{
 		Tenant:                m.Tenant,
 		Name:                  m.Name,
-		GrantTypes:            dedupe(grants),
+		GrantTypes:            dedupe(normalizeGrants(grants)),
 		Scopes:                dedupe(m.Scopes),
 		Audiences:             dedupe(m.Audiences),
 		AccessTokenTtlSeconds: m.AccessTokenTtlSeconds,
@@ -255,7 +258,7 @@ func (a *adminService) UpdateClient(ctx context.Context, req *connect.Request[ad
 		c.Name = *m.Name
 	}
 	if m.GrantTypes != nil {
-		c.GrantTypes = dedupe(m.GrantTypes.Values)
+		c.GrantTypes = dedupe(normalizeGrants(m.GrantTypes.Values))
 	}
 	if m.Scopes != nil {
 		c.Scopes = dedupe(m.Scopes.Values)
@@ -402,6 +405,9 @@ func validateClient(c *raftpb.Client) error {
 	}
 	if c.Public && slices.Contains(c.GrantTypes, issuance.GrantClientCredentials) {
 		return invalid("a public client cannot use client_credentials")
+	}
+	if slices.Contains(c.GrantTypes, issuance.GrantAuthorizationCode) && len(c.RedirectUris) == 0 {
+		return invalid("the authorization_code grant needs at least one redirect URI (--redirect-uri)")
 	}
 	if len(c.Scopes) > maxListLen || len(c.Audiences) > maxListLen || len(c.RedirectUris) > maxListLen {
 		return invalid("at most %d scopes, audiences and redirect URIs", maxListLen)

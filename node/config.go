@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"regexp"
 	"time"
+
+	"github.com/tallyauth/tally/raft"
 )
 
 // Config is the configuration of one node. Flags, environment variables and
@@ -28,11 +30,56 @@ type Config struct {
 	// Issuer is the base URL tenants' issuers are derived from
 	// ({Issuer}/t/{tenant}); empty derives http://{Listen}.
 	Issuer string
-	// RaftBind is the host:port of the Raft transport.
+	// RaftBind is the host:port of the cluster port: Raft traffic and the
+	// internal cluster Connect service, both over mutual TLS.
 	RaftBind string
+	// RaftAdvertise is the host:port peers dial; empty means RaftBind
+	// (which must then be a specific address, not 0.0.0.0).
+	RaftAdvertise string
+	// Peers is the initial configuration of a new cluster, the same list
+	// on every initial member and including this node: each bootstraps with
+	// it if it has no Raft state yet. Empty (and no Join) makes a one-voter
+	// cluster of this node.
+	Peers []Peer
+	// Join is the cluster address (RaftAdvertise) of any member: a node
+	// without Raft state asks it to add this node (as a voter, or a
+	// non-voter with Nonvoter), retrying until it is in. Exclusive with
+	// Peers.
+	Join string
+	// Nonvoter makes a joining node a non-voter: it replicates the state and
+	// serves reads and issuance, but does not vote or count for a quorum.
+	Nonvoter bool
+	// RaftProfile is the Raft timing profile, "lan" or "wan" (see
+	// raft.Config.ApplyProfile).
+	RaftProfile string
+	// RaftTuning, if set, adjusts the Raft configuration last (tests use it
+	// for short timeouts and small snapshot thresholds).
+	RaftTuning func(*raft.Config)
+	// MaxStale is the staleness bound: a node that has not heard from a
+	// Raft leader for longer refuses issuance, introspection, JWKS and
+	// discovery with temporarily_unavailable and reports not ready, so that a
+	// partitioned node cannot honour a disabled client or a revoked token
+	// indefinitely.
+	MaxStale time.Duration
+	// LeaderRegion, if set, is the region the leader should be in: a leader
+	// elsewhere hands leadership to a healthy, caught-up voter of that
+	// region when there is one (checked every second). Set the same value on
+	// every node.
+	LeaderRegion string
+	// TLSDir holds the node's cluster identity: ca.pem, node.pem and
+	// node-key.pem (tally admin cluster ca init / node-cert). Empty: a single
+	// node generates a private CA and certificate in DataDir/tls; a node with
+	// Peers or Join needs it (or TLS).
+	TLSDir string
+	// TLS, if set, is the node's cluster identity and takes precedence over
+	// TLSDir.
+	TLS *raft.NodeTLS
 	// NATSListen is the host:port of the embedded NATS server; "" disables
 	// it.
 	NATSListen string
+	// Events configures the event log (external NATS, retention); see
+	// events.go.
+	Events EventsConfig
 
 	// KEKFile names a file with the 32-byte key-encryption key (raw, or
 	// base64 text). KEK, if set, takes precedence.
@@ -69,6 +116,18 @@ type Config struct {
 	DefaultSigningAlg string
 }
 
+// Peer is one member of a new cluster's initial configuration.
+type Peer struct {
+	ID       string
+	RaftAddr string
+	Nonvoter bool
+}
+
+// DefaultMaxStale is the default staleness bound (Config.MaxStale), like
+// Consul's max_stale: several election timeouts, so a leader election does
+// not stop issuance, but short enough that a partitioned node stops soon.
+const DefaultMaxStale = 5 * time.Second
+
 // MaxAccessTokenTTL is the longest access-token lifetime a client may have.
 const MaxAccessTokenTTL = time.Hour
 
@@ -81,9 +140,12 @@ func DefaultConfig() Config {
 		Listen:            "127.0.0.1:8080",
 		RaftBind:          "127.0.0.1:7946",
 		NATSListen:        "127.0.0.1:4222",
+		Events:            DefaultEventsConfig(),
 		JWKSMaxAge:        5 * time.Minute,
 		KeyRetention:      MaxAccessTokenTTL + 10*time.Minute,
 		SweepInterval:     time.Minute,
+		RaftProfile:       raft.ProfileLAN,
+		MaxStale:          DefaultMaxStale,
 		WriteTimeout:      5 * time.Second,
 		ShutdownTimeout:   10 * time.Second,
 		MaxBodyBytes:      16 << 10,
@@ -105,6 +167,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("node: %s address %q: %w", name, addr, err)
 		}
+	}
+	if err := c.Events.Validate(); err != nil {
+		return err
 	}
 	if c.NATSListen != "" {
 		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
@@ -132,6 +197,9 @@ func (c Config) Validate() error {
 	if c.KeyRetention < MaxAccessTokenTTL {
 		return fmt.Errorf("node: key retention %s must cover the longest access-token lifetime (%s)", c.KeyRetention, MaxAccessTokenTTL)
 	}
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
 	if c.SweepInterval <= 0 || c.WriteTimeout <= 0 || c.ShutdownTimeout <= 0 {
 		return errors.New("node: sweep interval, write timeout and shutdown timeout must be positive")
 	}
@@ -142,6 +210,61 @@ func (c Config) Validate() error {
 	case "ES256", "EdDSA", "RS256":
 	default:
 		return fmt.Errorf("node: signing algorithm %q: want ES256, EdDSA or RS256", c.DefaultSigningAlg)
+	}
+	return nil
+}
+
+// validateCluster checks the settings of a multi-node cluster.
+func (c Config) validateCluster() error {
+	if c.RaftAdvertise != "" {
+		if _, _, err := net.SplitHostPort(c.RaftAdvertise); err != nil {
+			return fmt.Errorf("node: raft advertise address %q: %w", c.RaftAdvertise, err)
+		}
+	}
+	if len(c.Peers) > 0 && c.Join != "" {
+		return errors.New("node: peers (bootstrap) and join are exclusive")
+	}
+	if c.Join != "" {
+		if _, _, err := net.SplitHostPort(c.Join); err != nil {
+			return fmt.Errorf("node: join address %q: %w", c.Join, err)
+		}
+	}
+	if len(c.Peers) > 0 {
+		seen := map[string]bool{}
+		self := false
+		for _, p := range c.Peers {
+			if !nodeIDPattern.MatchString(p.ID) {
+				return fmt.Errorf("node: peer id %q is not a node id", p.ID)
+			}
+			if seen[p.ID] {
+				return fmt.Errorf("node: peer %q listed twice", p.ID)
+			}
+			seen[p.ID] = true
+			if _, _, err := net.SplitHostPort(p.RaftAddr); err != nil {
+				return fmt.Errorf("node: peer %q raft address %q: %w", p.ID, p.RaftAddr, err)
+			}
+			if p.ID == c.NodeID {
+				self = true
+				if p.Nonvoter {
+					return fmt.Errorf("node: peer %q (this node) bootstraps the cluster and must be a voter", p.ID)
+				}
+			}
+		}
+		if !self {
+			return fmt.Errorf("node: peers do not include this node %q", c.NodeID)
+		}
+	}
+	if c.Nonvoter && c.Join == "" {
+		return errors.New("node: a non-voter must join an existing cluster (join)")
+	}
+	if (len(c.Peers) > 1 || c.Join != "") && c.TLS == nil && c.TLSDir == "" {
+		return errors.New("node: a multi-node cluster needs node certificates (tls dir; see tally admin cluster ca init)")
+	}
+	if c.RaftProfile != raft.ProfileLAN && c.RaftProfile != raft.ProfileWAN {
+		return fmt.Errorf("node: raft profile %q: want %q or %q", c.RaftProfile, raft.ProfileLAN, raft.ProfileWAN)
+	}
+	if c.MaxStale <= 0 {
+		return errors.New("node: max stale must be positive")
 	}
 	return nil
 }

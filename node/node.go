@@ -19,6 +19,7 @@ import (
 
 	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
+	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
 	"github.com/tallyauth/tally/replication"
@@ -35,14 +36,18 @@ type Node struct {
 	now  func() time.Time
 	base string
 
-	tel   *telemetry
-	raft  *raft.Node
-	rep   *replica
-	iss   *issuance.Server
-	nats  *replication.Embedded
-	ln    net.Listener
-	http  *http.Server
-	ready atomic.Bool
+	tel       *telemetry
+	raft      *raft.Node
+	cl        *cluster // cluster port, forwarding, membership (cluster.go)
+	clusterLn *raft.ClusterListener
+	kek       *issuance.KEK
+	rep       *replica
+	iss       *issuance.Server
+	nats      *replication.Embedded
+	events    *eventLog // event publisher and events API (events.go)
+	ln        net.Listener
+	http      *http.Server
+	ready     atomic.Bool
 
 	sweepCancel context.CancelFunc
 	closeOnce   sync.Once
@@ -98,16 +103,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		n.base = "http://" + n.ln.Addr().String()
 	}
 
-	rc := raft.DefaultConfig()
-	rc.ID = cfg.NodeID
-	rc.DataDir = filepath.Join(cfg.DataDir, "raft")
-	rc.BindAddr = cfg.RaftBind
-	rc.Bootstrap = true
-	rc.Logger = n.log.With("component", "raft")
-	if n.raft, err = raft.Open(rc); err != nil {
+	if err := n.openRaft(); err != nil {
 		return nil, err
 	}
-	n.rep = newReplica(n.raft, n.now)
 
 	ic := issuance.DefaultConfig()
 	ic.BaseURL = n.base
@@ -117,10 +115,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.Meter = n.tel.meter
 	ic.MaxBodyBytes = cfg.MaxBodyBytes
 	ic.JWKSMaxAge = cfg.JWKSMaxAge
+	// End-user flows (node/grants.go); cookies are Secure outside dev.
+	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region}
+	ic.Users, ic.Grants = flows, flows
+	ic.InsecureCookies = cfg.Dev
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
 
+	n.kek = kek
 	if err := n.bootstrap(ctx, kek); err != nil {
 		return nil, err
 	}
@@ -134,6 +137,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		if n.nats, err = replication.StartEmbedded(nc); err != nil {
 			return nil, err
 		}
+	}
+
+	if n.events, err = n.startEvents(kek); err != nil {
+		return nil, err
 	}
 
 	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base}
@@ -155,6 +162,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 // bootstrap waits for a leader and, if this node leads a cluster without a
 // default tenant, creates it with its first keys.
 func (n *Node) bootstrap(ctx context.Context, kek *issuance.KEK) error {
+	if !n.soleVoter(ctx) {
+		return nil // the leader creates it once elected (ensureDefaultTenant)
+	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := n.raft.WaitLeader(wctx); err != nil {
@@ -163,8 +173,13 @@ func (n *Node) bootstrap(ctx context.Context, kek *issuance.KEK) error {
 	if _, ok := n.raft.State().Tenant(DefaultTenant); ok || !n.raft.IsLeader() {
 		return nil
 	}
+	return n.createDefaultTenant(wctx)
+}
+
+// createDefaultTenant proposes the default tenant with its first keys.
+func (n *Node) createDefaultTenant(wctx context.Context) error {
 	now := n.now()
-	a := &adminService{rep: n.rep, kek: kek, cfg: n.cfg, now: n.now}
+	a := &adminService{rep: n.rep, kek: n.kek, cfg: n.cfg, now: n.now}
 	keys, err := a.newKeys(DefaultTenant, n.cfg.DefaultSigningAlg, now, now)
 	if err != nil {
 		return err
@@ -191,6 +206,14 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 		connect.WithReadMaxBytes(1<<20),
 	)
 	mux.Handle(path, h)
+	cpath, ch := clusterv1connect.NewClusterAdminServiceHandler(&clusterAdminService{c: n.cl, auth: auth},
+		connect.WithInterceptors(adminAuthInterceptor(auth)),
+		connect.WithReadMaxBytes(1<<20),
+	)
+	mux.Handle(cpath, ch)
+	if n.events != nil {
+		mux.Handle((&eventsService{n: n, ev: n.events, kek: n.events.kek, admin: auth}).handler())
+	}
 	mux.Handle("/", n.iss.Handler())
 	return n.tel.traced(mux)
 }
@@ -215,6 +238,9 @@ func (n *Node) readiness() []string {
 	}
 	if leader, _ := n.raft.Leader(); leader == "" {
 		why = append(why, "no raft leader")
+	}
+	if err := n.cl.stale(); err != nil {
+		why = append(why, err.Error())
 	}
 	if n.nats != nil && !n.nats.Ready() {
 		why = append(why, "nats not ready")
@@ -255,6 +281,7 @@ func (n *Node) Run(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(context.Background())
 	n.sweepCancel = cancel
 	n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
+	n.startCluster(sctx)
 
 	errc := make(chan error, 1)
 	go func() { errc <- n.http.Serve(n.ln) }()
@@ -291,11 +318,18 @@ func (n *Node) Close() error {
 		} else if n.ln != nil {
 			n.ln.Close()
 		}
+		n.events.close()
 		if n.nats != nil {
 			n.nats.Shutdown()
 		}
+		if n.cl != nil {
+			n.cl.close()
+		}
 		if n.raft != nil {
 			errs = append(errs, n.raft.Close())
+		}
+		if n.clusterLn != nil {
+			n.clusterLn.Close()
 		}
 		if n.tel != nil {
 			errs = append(errs, n.tel.shutdown(context.Background()))

@@ -21,6 +21,12 @@ import (
 type replica struct {
 	rn  *raft.Node
 	now func() time.Time
+	// forward commits a command through the leader and waits until it is
+	// applied here (cluster.propose); nil proposes on rn directly.
+	forward func(context.Context, *raftpb.Command) (raft.Result, error)
+	// fresh reports ErrStale when the replica is beyond the staleness
+	// bound; reads then fail closed. nil means always fresh.
+	fresh func() error
 
 	mu   sync.RWMutex
 	keys map[string]keyCacheEntry // tenant → converted keys
@@ -39,6 +45,14 @@ var _ issuance.State = (*replica)(nil)
 var _ issuance.Revoker = (*replica)(nil)
 
 func (r *replica) Tenant(_ context.Context, id string) (issuance.Tenant, error) {
+	// Every OAuth endpoint looks the tenant up first, so this one check
+	// makes issuance, introspection, JWKS and discovery fail closed
+	// (temporarily_unavailable) on a stale replica.
+	if r.fresh != nil {
+		if err := r.fresh(); err != nil {
+			return issuance.Tenant{}, err
+		}
+	}
 	t, ok := r.rn.State().Tenant(id)
 	if !ok {
 		return issuance.Tenant{}, issuance.ErrNotFound
@@ -116,8 +130,15 @@ func (r *replica) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 		}
 		cmd.RequestId = base64.RawURLEncoding.EncodeToString(b[:])
 	}
-	res, err := r.rn.Propose(ctx, cmd)
+	propose := r.rn.Propose
+	if r.forward != nil {
+		propose = r.forward
+	}
+	res, err := propose(ctx, cmd)
 	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return res, err
+		}
 		return res, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return res, res.Err

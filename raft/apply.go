@@ -21,6 +21,9 @@ import (
 type applier struct {
 	tx      *bbolt.Tx
 	changes []change
+
+	index  uint64 // Raft index of the command being applied
+	events uint32 // outbox events written for it so far (see events.go)
 }
 
 // change is one record written or deleted, replayed into State after commit.
@@ -124,19 +127,25 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 			if !ok {
 				storageFault("request %q: bad value", rid)
 			}
-			return Result{Index: idx, Err: code.err()}, cmd
+			return Result{Index: idx, Err: code.err(), Grant: decodeRequestGrant(v)}, cmd
 		}
 	}
 
+	a.index, a.events = l.Index, 0
 	err := checkCommand(cmd)
+	var grant *raftpb.GrantResult
 	if err == nil {
-		err = a.dispatch(cmd, now)
+		if ok, g, ferr := a.dispatchFlow(cmd, now); ok {
+			grant, err = g, ferr
+		} else {
+			err = a.dispatch(cmd, now)
+		}
 	}
 	if remember {
-		a.put(a.bucket(bucketRequests), []byte(rid), requestValue(codeOf(err), l.Index, now))
+		a.put(a.bucket(bucketRequests), []byte(rid), appendRequestGrant(requestValue(codeOf(err), l.Index, now), grant))
 		a.put(a.bucket(bucketRequestTimes), timeKey(now, rid), nil)
 	}
-	return Result{Index: l.Index, Err: err}, cmd
+	return Result{Index: l.Index, Err: err, Grant: grant}, cmd
 }
 
 func (a *applier) dispatch(cmd *raftpb.Command, now int64) error {
@@ -152,11 +161,16 @@ func (a *applier) dispatch(cmd *raftpb.Command, now int64) error {
 	case *raftpb.Command_SetClientDisabled:
 		return a.setClientDisabled(op.SetClientDisabled, now)
 	case *raftpb.Command_AddKeys:
-		return a.addKeys(op.AddKeys.GetTenant(), op.AddKeys.GetKeys(), now)
+		if err := a.addKeys(op.AddKeys.GetTenant(), op.AddKeys.GetKeys(), now); err != nil {
+			return err
+		}
+		a.emitKeysAdded(op.AddKeys.GetTenant(), op.AddKeys.GetKeys(), now)
+		return nil
 	case *raftpb.Command_RevokeToken:
 		return a.revokeToken(op.RevokeToken.GetRevocation(), now)
 	case *raftpb.Command_Sweep:
 		a.sweep(now)
+		a.sweepEvents(op.Sweep.GetEventsBeforeUnixNano())
 		return nil
 	default:
 		return invalidf("unknown operation %T", op) // unreachable after checkCommand
@@ -295,10 +309,14 @@ func (a *applier) setClientDisabled(s *raftpb.SetClientDisabled, now int64) erro
 	if err != nil {
 		return err
 	}
+	was := c.Disabled
 	c.Disabled = s.GetDisabled()
 	c.Revision++
 	c.UpdatedUnixNano = now
 	a.putClient(c)
+	if was != c.Disabled {
+		a.emitClientDisabled(c.Tenant, c.Id, c.Disabled, now)
+	}
 	return nil
 }
 
@@ -363,6 +381,7 @@ func (a *applier) revokeToken(in *raftpb.Revocation, now int64) error {
 	}
 	a.putRecord(b, kindRevocations, r.Tenant, r.Jti, r)
 	a.put(a.tenantBucket(r.Tenant, kindRevocationExpiry), timeKey(r.ExpiresUnixNano, r.Jti), nil)
+	a.emitRevoked(r, now)
 	return nil
 }
 
@@ -397,6 +416,7 @@ func (a *applier) sweep(now int64) {
 		for _, kid := range expired {
 			a.delRecord(keys, kindKeys, t, kid)
 		}
+		a.sweepGrants(t, now)
 	}
 
 	cutoff := now - requestRetentionNanos

@@ -25,9 +25,18 @@ type Config struct {
 	// Bootstrap makes a node without any Raft state start a one-voter
 	// cluster of itself. It is ignored when state exists.
 	Bootstrap bool
+	// BootstrapServers is the initial configuration a Bootstrap node
+	// writes when it has no Raft state: every initial voter is given the
+	// same list (including itself), so any of them may bootstrap and they
+	// agree. Empty means a one-voter cluster of this node.
+	BootstrapServers []Member
 	// Transport, if set, is used instead of a TCP transport (tests inject an
 	// in-memory one). The caller keeps ownership and closes it.
 	Transport hraft.Transport
+	// StreamLayer, if set (and Transport is not), carries Raft traffic
+	// instead of plain TCP: pass ClusterListener.StreamLayer() for mutual
+	// TLS. Open builds a NetworkTransport on it and closes it on Close.
+	StreamLayer hraft.StreamLayer
 	// Logger receives the node's and hashicorp/raft's logs; nil discards.
 	Logger *slog.Logger
 
@@ -81,8 +90,30 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		bad("DataDir is empty")
 	}
-	if c.Transport == nil && c.BindAddr == "" {
-		bad("BindAddr is empty and no Transport is set")
+	if c.Transport == nil && c.StreamLayer == nil && c.BindAddr == "" {
+		bad("BindAddr is empty and no Transport or StreamLayer is set")
+	}
+	if len(c.BootstrapServers) > 0 {
+		self := false
+		seen := map[string]bool{}
+		for _, m := range c.BootstrapServers {
+			if m.ID == "" || m.Addr == "" {
+				bad("bootstrap server %+v: id and address are required", m)
+			}
+			if seen[m.ID] {
+				bad("bootstrap server %q listed twice", m.ID)
+			}
+			seen[m.ID] = true
+			if m.ID == c.ID {
+				self = true
+				if !m.Voter {
+					bad("bootstrap server %q (this node) must be a voter", m.ID)
+				}
+			}
+		}
+		if !self && c.ID != "" {
+			bad("bootstrap servers do not include this node %q", c.ID)
+		}
 	}
 	for _, d := range []struct {
 		name string
@@ -130,4 +161,41 @@ func (c Config) raftConfig(logger *hclogAdapter) *hraft.Config {
 	rc.TrailingLogs = c.TrailingLogs
 	rc.Logger = logger
 	return rc
+}
+
+// Raft timing profiles (see ApplyProfile).
+const (
+	ProfileLAN = "lan"
+	ProfileWAN = "wan"
+)
+
+// ApplyProfile sets the Raft timing for a network profile:
+//
+//   - "lan" (DefaultConfig): voters in one data centre or in nearby zones,
+//     round trips under ~5 ms. Heartbeat and election timeouts of 1 s, a
+//     500 ms leader lease, 50 ms commit timeout, batches of up to 64
+//     entries. A dead leader is replaced in about 1-2 s.
+//   - "wan": voters in different regions, round trips up to ~150 ms.
+//     Timeouts of 2.5 s and a 1.25 s lease, so that a few delayed
+//     heartbeats do not start an election; batches of up to 256 entries, so
+//     one replication round trip carries more writes when commits queue up
+//     behind the latency. A dead leader is replaced in about 3-5 s.
+//
+// Both keep batching of the apply queue on. Other fields are left alone.
+func (c *Config) ApplyProfile(name string) error {
+	switch name {
+	case ProfileLAN, "":
+		d := DefaultConfig()
+		c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = d.HeartbeatTimeout, d.ElectionTimeout, d.LeaderLeaseTimeout
+		c.CommitTimeout, c.MaxAppendEntries = d.CommitTimeout, d.MaxAppendEntries
+	case ProfileWAN:
+		c.HeartbeatTimeout = 2500 * time.Millisecond
+		c.ElectionTimeout = 2500 * time.Millisecond
+		c.LeaderLeaseTimeout = 1250 * time.Millisecond
+		c.CommitTimeout = 50 * time.Millisecond
+		c.MaxAppendEntries = 256
+	default:
+		return fmt.Errorf("raft: profile %q: want %q or %q", name, ProfileLAN, ProfileWAN)
+	}
+	return nil
 }

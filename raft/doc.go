@@ -48,4 +48,47 @@
 // transaction while applies continue. Restore writes it to a temporary file
 // beside the database, syncs it, checks it, and renames it over the live
 // file.
+//
+// A consistent copy of the state can also be taken without Raft
+// (Node.CopyState, for backups) and installed on a leader as a user
+// snapshot (Node.RestoreFile) when a cluster is rebuilt from a backup.
+//
+// # Cluster transport and node identity
+//
+// Nodes talk to each other on one cluster port (ClusterListener): TCP with
+// mutual TLS 1.3, split by ALPN into Raft traffic (ALPNRaft, carried by
+// hashicorp/raft's NetworkTransport over ClusterListener.StreamLayer) and
+// internal HTTP (ALPNHTTP, ClusterListener.RPCListener, where the node
+// package serves its internal Connect service). Both sides present a node
+// certificate (NodeTLS) and both verify the peer's: it must chain to the
+// cluster CA and carry exactly one DNS name "<node id>.node.tally"
+// (NodeNameSuffix); a client also checks the dialled IP or host name against
+// the certificate. A connection that fails this is closed after the
+// handshake and never reaches Raft, so a node without a valid certificate can
+// neither join nor send or receive Raft traffic. NewCA, NewNodeCert,
+// InitCADir and IssueNodeCertDir create ECDSA P-256 certificates with
+// crypto/x509 only.
+//
+// Config.StreamLayer selects this transport; without it (and without
+// Config.Transport) Open uses plain TCP, which tests and single-process
+// tools use.
+//
+// # Membership
+//
+// A new cluster starts either from one node (Bootstrap without
+// BootstrapServers) that others join with AddVoter / AddNonvoter, or from
+// the same BootstrapServers list on every initial voter. Members,
+// AddNonvoter, RemoveServer and TransferLeadership change or read the
+// configuration; they need the leader (the node package forwards them).
+// Status reports term, indexes and the time of last leader contact;
+// LastLeaderContact is the basis of the node's staleness bound. WaitApplied
+// lets a follower wait for an index committed through the leader
+// (read-your-writes for forwarded writes).
+//
+// # Timing
+//
+// Config.ApplyProfile sets heartbeat, election, leader-lease and commit
+// timeouts and MaxAppendEntries for a LAN ("lan", the default) or for voters
+// spread across regions ("wan"); see its documentation for the figures and
+// why.
 package raft

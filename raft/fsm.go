@@ -259,11 +259,14 @@ func readView(db *bbolt.DB) (map[string]*tenantView, uint64, error) {
 			}); err != nil {
 				return err
 			}
-			return loadRecords(tx, t.Id, kindRevocations, func(id string) proto.Message {
+			if err := loadRecords(tx, t.Id, kindRevocations, func(id string) proto.Message {
 				r := new(raftpb.Revocation)
 				tv.revocations[id] = r
 				return r
-			})
+			}); err != nil {
+				return err
+			}
+			return loadFlowRecords(tx, t.Id, tv)
 		})
 	})
 	if err != nil {

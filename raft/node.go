@@ -39,7 +39,10 @@ type Node struct {
 // Open starts a node with the state in cfg.DataDir: <DataDir>/state.db (the
 // FSM), <DataDir>/raft.db (Raft log and stable store) and
 // <DataDir>/snapshots. If cfg.Bootstrap is set and the node has no Raft
-// state yet, it bootstraps a cluster whose only voter is itself.
+// state yet, it bootstraps a cluster of cfg.BootstrapServers, or one whose
+// only voter is itself. Raft traffic uses cfg.Transport, or a
+// NetworkTransport on cfg.StreamLayer (mutual TLS, see ClusterListener), or
+// plain TCP on cfg.BindAddr.
 //
 // On restart the FSM keeps its own state database and skips the entries it
 // already applied; a snapshot is restored at start only when the state
@@ -77,9 +80,18 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft: open snapshot store: %w", err)
 	}
-	if cfg.Transport != nil {
+	switch {
+	case cfg.Transport != nil:
 		n.trans = cfg.Transport
-	} else {
+	case cfg.StreamLayer != nil:
+		n.own = hraft.NewNetworkTransportWithConfig(&hraft.NetworkTransportConfig{
+			Stream:  cfg.StreamLayer,
+			MaxPool: 3,
+			Timeout: 10 * time.Second,
+			Logger:  hlog,
+		})
+		n.trans = n.own
+	default:
 		var adv net.Addr
 		if cfg.AdvertiseAddr != "" {
 			if adv, err = net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr); err != nil {
@@ -110,10 +122,20 @@ func Open(cfg Config) (*Node, error) {
 			ID:       hraft.ServerID(cfg.ID),
 			Address:  n.trans.LocalAddr(),
 		}}}
+		if len(cfg.BootstrapServers) > 0 {
+			conf.Servers = conf.Servers[:0]
+			for _, m := range cfg.BootstrapServers {
+				s := hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(m.ID), Address: hraft.ServerAddress(m.Addr)}
+				if !m.Voter {
+					s.Suffrage = hraft.Nonvoter
+				}
+				conf.Servers = append(conf.Servers, s)
+			}
+		}
 		if err := hraft.BootstrapCluster(rc, n.logs, n.logs, snaps, n.trans, conf); err != nil {
 			return nil, fmt.Errorf("raft: bootstrap: %w", err)
 		}
-		logger.Info("bootstrapped a one-voter cluster", "addr", n.trans.LocalAddr())
+		logger.Info("bootstrapped a cluster", "addr", n.trans.LocalAddr(), "servers", len(conf.Servers))
 	}
 	if n.raft, err = hraft.NewRaft(rc, n.fsm, n.logs, n.logs, snaps, n.trans); err != nil {
 		return nil, fmt.Errorf("raft: start: %w", err)

@@ -2,6 +2,8 @@ package raft
 
 import (
 	"errors"
+
+	"github.com/tallyauth/tally/raft/raftpb"
 )
 
 // CommandVersion is the encoding version of the commands this package writes
@@ -46,6 +48,11 @@ var (
 type Result struct {
 	Index uint64
 	Err   error
+	// Grant is the value outcome of an end-user command (RedeemCode,
+	// RotateRefresh, RevokeFamily, DecideDeviceCode, PollDeviceCode): nil
+	// for other commands. A repeated request_id gets the first one back.
+	// Forwarders must carry it (it is a protobuf message).
+	Grant *raftpb.GrantResult
 }
 
 // resultCode is the stored form of Result.Err in the requests bucket.

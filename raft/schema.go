@@ -16,6 +16,8 @@ const SchemaVersion = 1
 //	tenants        tenant id → raftpb.Tenant
 //	requests       request_id → result code (1 byte) | index (8) | command time (8)
 //	request_times  command time (8, big-endian) | request_id → empty; sweep order
+//	events         Raft index (8) | ordinal (2), big-endian → raftpb.Event; the
+//	               outbox of the event log (see events.go)
 //
 // Per tenant, named "t/<tenant>/<kind>" (tenant ids cannot contain '/'):
 //
@@ -23,11 +25,23 @@ const SchemaVersion = 1
 //	keys               kid → raftpb.Key
 //	revocations        jti → raftpb.Revocation
 //	revocation_expiry  expires (8, big-endian) | jti → empty; sweep order
+//
+// Per tenant, end-user flows (created on first use, see apply_users.go):
+//
+//	users              user id → raftpb.User
+//	usernames          lower-case username → user id
+//	consents           user id | 0x00 | client id → raftpb.Consent
+//	used_codes         SHA-256 of a redeemed code → raftpb.UsedCode
+//	used_code_expiry   expires (8, big-endian) | code hash → empty; sweep order
+//	families           family id → raftpb.Family
+//	device_codes       SHA-256 of a device code → raftpb.DeviceCode
+//	user_codes         normalized user code → device code hash
 const (
 	bucketMeta         = "meta"
 	bucketTenants      = "tenants"
 	bucketRequests     = "requests"
 	bucketRequestTimes = "request_times"
+	bucketEvents       = "events"
 
 	tenantBucketPrefix = "t/"
 
@@ -35,6 +49,15 @@ const (
 	kindKeys             = "keys"
 	kindRevocations      = "revocations"
 	kindRevocationExpiry = "revocation_expiry"
+
+	kindUsers          = "users"
+	kindUsernames      = "usernames"
+	kindConsents       = "consents"
+	kindUsedCodes      = "used_codes"
+	kindUsedCodeExpiry = "used_code_expiry"
+	kindFamilies       = "families"
+	kindDeviceCodes    = "device_codes"
+	kindUserCodes      = "user_codes"
 )
 
 // Keys of the meta bucket.
@@ -42,11 +65,13 @@ const (
 	metaAppliedIndex  = "applied_index"
 	metaAppliedTerm   = "applied_term"
 	metaSchemaVersion = "schema_version"
+	// metaEventsSweptThrough is the highest outbox index a Sweep removed.
+	metaEventsSweptThrough = "events_swept_through"
 )
 
 // globalBuckets are created when a state database is opened.
 func globalBuckets() []string {
-	return []string{bucketMeta, bucketTenants, bucketRequests, bucketRequestTimes}
+	return []string{bucketMeta, bucketTenants, bucketRequests, bucketRequestTimes, bucketEvents}
 }
 
 // tenantKinds are the buckets created with each tenant.
@@ -86,7 +111,7 @@ func requestValue(code resultCode, index uint64, t int64) []byte {
 }
 
 func decodeRequestValue(v []byte) (resultCode, uint64, int64, bool) {
-	if len(v) != 17 {
+	if len(v) < 17 {
 		return 0, 0, 0, false
 	}
 	return resultCode(v[0]), binary.BigEndian.Uint64(v[1:9]), int64(binary.BigEndian.Uint64(v[9:17])), true

@@ -32,6 +32,7 @@ type tenantView struct {
 	keys        map[string]*raftpb.Key
 	keyOrder    []*raftpb.Key // keys sorted by created time, then kid
 	revocations map[string]*raftpb.Revocation
+	flow        flowView // users, consents, device codes (state_users.go)
 }
 
 func newState() *State {
@@ -44,6 +45,7 @@ func newTenantView(t *raftpb.Tenant) *tenantView {
 		clients:     make(map[string]*raftpb.Client),
 		keys:        make(map[string]*raftpb.Key),
 		revocations: make(map[string]*raftpb.Revocation),
+		flow:        newFlowView(),
 	}
 }
 
@@ -167,6 +169,9 @@ func (s *State) apply(changes []change, applied uint64) {
 		if tv == nil {
 			// The FSM writes a tenant record before anything in it.
 			panic("raft: view change for unknown tenant " + c.tenant)
+		}
+		if tv.applyFlowChange(c) {
+			continue
 		}
 		switch c.kind {
 		case kindClients:

@@ -100,6 +100,9 @@ func checkCommand(cmd *raftpb.Command) error {
 	if cmd.GetTimeUnixNano() <= 0 {
 		return invalidf("time_unix_nano must be positive")
 	}
+	if ok, err := checkFlowCommand(cmd); ok {
+		return err
+	}
 	switch op := cmd.GetOp().(type) {
 	case *raftpb.Command_CreateTenant:
 		return checkCreateTenant(op.CreateTenant)

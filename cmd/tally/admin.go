@@ -55,6 +55,10 @@ Commands:
   key list|rotate               list or rotate a tenant's signing and sealing keys
   revoke                        revoke an access token, by value or by jti and expiry
   revocation list               list a tenant's revocations
+  cluster status|add-voter|add-nonvoter|remove|transfer-leadership
+                                inspect and change the Raft membership (any node)
+  cluster ca init|node-cert     create the cluster CA and node certificates (local)
+  snapshot save FILE            save a consistent copy of a node's state
 
 Global flags (before the command, or with any command):
   --server URL             admin API base URL (env TALLY_SERVER; default ` + adminDefaultServer + `)
@@ -170,6 +174,8 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, clientCommands()...)
 	cmds = append(cmds, keyCommands()...)
 	cmds = append(cmds, revokeCommands()...)
+	cmds = append(cmds, clusterCommands()...)
+	cmds = append(cmds, userCommands()...)
 	return cmds
 }
 

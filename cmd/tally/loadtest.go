@@ -56,6 +56,13 @@ Usage:
       baseline, tally, …), then print every run, both sides merged, and the
       ratios tally/baseline of throughput and p99.
 
+  tally loadtest revoke-propagation [--revocations 10000] [--transport nats|connect]
+        [--verify-duration 5s] [--output text|json]
+      Start a real single tally node and the resource-server SDK, revoke token
+      ids one at a time and report the latency from each admin
+      acknowledgement to the SDK's revocation set (p50/p99), then SDK local
+      verification ops/s beside a bare golang-jwt verify.
+
 Exit status: 0 success, 1 the run failed or no request succeeded, 2 usage error.
 `
 
@@ -74,6 +81,8 @@ func runLoadtest(ctx context.Context, args []string, e env) int {
 		return runLoadtestBaseline(ctx, args[1:], e)
 	case "compare":
 		return runLoadtestCompare(ctx, args[1:], e)
+	case "revoke-propagation":
+		return runLoadtestRevokePropagation(ctx, args[1:], e)
 	case "help", "-h", "--help":
 		fmt.Fprint(e.stdout, loadtestUsage)
 		return 0

@@ -15,12 +15,14 @@ const serveUsage = `Usage: tally serve [flags]
 
 Runs one tally node. Every flag has an environment equivalent: --data-dir is
 TALLY_DATA_DIR, --listen is TALLY_LISTEN, and so on; a flag on the command
-line wins over the environment. TALLY_KEK (base64) and TALLY_ADMIN_TOKEN give
+line wins over the environment, which wins over --config FILE (TALLY_CONFIG). TALLY_KEK (base64) and TALLY_ADMIN_TOKEN give
 the key-encryption key and the admin credential directly.
 
   tally serve --dev     a complete single node on loopback: embedded NATS,
                         ./data, generated key-encryption key and admin
                         credential (./data/kek, ./data/admin-token)
+  tally serve --config deploy/local/node1.json
+                        one node of a cluster (see make cluster)
 
 Flags:
 `
@@ -36,14 +38,37 @@ func runServe(ctx context.Context, args []string, e env) int {
 		fs.PrintDefaults()
 	}
 	logLevel := "info"
+	// A configuration file sets the defaults that environment variables and
+	// flags then override.
+	configPath, ok := configArg(args)
+	if !ok {
+		configPath = e.getenv("TALLY_CONFIG")
+	}
+	if configPath != "" {
+		if err := loadServeFile(configPath, &cfg, &logLevel); err != nil {
+			fmt.Fprintf(e.stderr, "tally serve: --config: %v\n", err)
+			return 2
+		}
+	}
+	fs.String("config", configPath, "JSON configuration `file` (keys are the flag names in snake_case; see deploy/local); flags and environment override it")
 	fs.BoolVar(&cfg.Dev, "dev", cfg.Dev, "single node on loopback; generate the key-encryption key and admin credential in the data dir")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the Raft log, state, snapshots and NATS files")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "host:port of the OAuth endpoints and Connect services (HTTP/1.1 and h2c)")
 	fs.StringVar(&cfg.Issuer, "issuer", cfg.Issuer, "base URL of tenant issuers ({issuer}/t/{tenant}); default http://{listen}")
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "this node's id in the Raft cluster")
 	fs.StringVar(&cfg.Region, "region", cfg.Region, "this node's region label")
-	fs.StringVar(&cfg.RaftBind, "raft-bind", cfg.RaftBind, "host:port of the Raft transport")
+	fs.StringVar(&cfg.RaftBind, "raft-bind", cfg.RaftBind, "host:port of the cluster port: Raft and the internal cluster service, over mutual TLS")
+	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", cfg.RaftAdvertise, "host:port peers dial for the cluster port (default: --raft-bind)")
+	fs.Var(peersFlag{&cfg.Peers}, "peers", "initial voters of a new cluster, the same on each: `id=host:port,...` including this node")
+	fs.StringVar(&cfg.Join, "join", cfg.Join, "cluster address (host:port) of any member to join through, for a node not in --peers")
+	fs.BoolVar(&cfg.Nonvoter, "nonvoter", cfg.Nonvoter, "join as a non-voter (replicates and serves, does not vote)")
+	fs.StringVar(&cfg.RaftProfile, "raft-profile", cfg.RaftProfile, "Raft timing: lan (voters in one region) or wan (voters across regions)")
+	fs.DurationVar(&cfg.MaxStale, "max-stale", cfg.MaxStale, "staleness bound: without contact from a Raft leader for longer, OAuth endpoints answer temporarily_unavailable and /readyz fails")
+	fs.StringVar(&cfg.LeaderRegion, "leader-region", cfg.LeaderRegion, "region the Raft leader should be in (same on every node); a leader elsewhere hands over to a healthy voter there")
+	fs.StringVar(&cfg.TLSDir, "tls-dir", cfg.TLSDir, "directory with ca.pem, node.pem, node-key.pem (tally admin cluster node-cert); default: a single node generates them in the data dir")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", cfg.WriteTimeout, "bound on a write (forwarding to the leader included); no leader within it: temporarily unavailable")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, `host:port of the embedded NATS server ("" disables it)`)
+	eventFlags(fs, &cfg.Events)
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "export traces over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318)")

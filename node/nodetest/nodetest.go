@@ -1,6 +1,17 @@
 // Package nodetest starts real tally nodes — a one-voter Raft cluster on
 // bbolt, embedded NATS and the HTTP server, all on loopback with ephemeral
 // ports — for tests, benchmarks and tools.
+//
+// StartCluster starts several such nodes in one process as one Raft group:
+// real TCP with mutual TLS between them (a CA generated per cluster), node 0
+// bootstrapping and the others joining it, fast Raft timeouts (FastRaft).
+//
+//	c := nodetest.StartCluster(t, 3)
+//	f := c.Follower()
+//	id, secret := f.CreateClient(t, req) // forwarded to the leader
+//	c.Stop(c.LeaderIndex())              // a new leader is elected
+//	c.Restart(i)                         // same data directory and ports
+//	c.WaitConverged()
 package nodetest
 
 import (
@@ -19,6 +30,7 @@ import (
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
+	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
 )
 
 // Option changes the node's configuration before it starts.
@@ -33,6 +45,8 @@ type Node struct {
 	DataDir    string
 	AdminToken string
 	Admin      adminv1connect.AdminServiceClient
+	// ClusterAdmin is the operators' cluster API of this node.
+	ClusterAdmin clusterv1connect.ClusterAdminServiceClient
 
 	cancel context.CancelFunc
 	done   chan error
@@ -87,6 +101,7 @@ func StartDir(ctx context.Context, dir string, opts ...Option) (*Node, error) {
 	rctx, cancel := context.WithCancel(context.Background())
 	n := &Node{Node: nd, DataDir: dir, AdminToken: strings.TrimSpace(string(tok)), cancel: cancel, done: make(chan error, 1), opts: opts}
 	n.Admin = adminv1connect.NewAdminServiceClient(http.DefaultClient, nd.BaseURL(), connect.WithInterceptors(bearer(n.AdminToken)))
+	n.ClusterAdmin = clusterv1connect.NewClusterAdminServiceClient(http.DefaultClient, nd.BaseURL(), connect.WithInterceptors(bearer(n.AdminToken)))
 	go func() { n.done <- nd.Run(rctx) }()
 	if err := n.waitReady(ctx, 30*time.Second); err != nil {
 		n.Close()
@@ -155,11 +170,26 @@ func (n *Node) CreateClient(tb testing.TB, req *adminv1.CreateClientRequest) (id
 	return resp.Msg.Client.ClientId, resp.Msg.ClientSecret
 }
 
-func bearer(token string) connect.UnaryInterceptorFunc {
-	return func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+token)
-			return next(ctx, req)
-		}
+// bearer adds the admin credential to unary and streaming calls.
+func bearer(token string) connect.Interceptor { return bearerInterceptor("Bearer " + token) }
+
+type bearerInterceptor string
+
+func (b bearerInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", string(b))
+		return next(ctx, req)
 	}
+}
+
+func (b bearerInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", string(b))
+		return conn
+	}
+}
+
+func (b bearerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }

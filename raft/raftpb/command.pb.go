@@ -28,6 +28,77 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// EventKind names what an outbox Event announces.
+type EventKind int32
+
+const (
+	EventKind_EVENT_KIND_UNSPECIFIED EventKind = 0
+	// A token was revoked (RevokeToken that stored a new revocation).
+	EventKind_EVENT_KIND_TOKEN_REVOKED EventKind = 1
+	// A client went from enabled to disabled (SetClientDisabled).
+	EventKind_EVENT_KIND_CLIENT_DISABLED EventKind = 2
+	// Signing keys were added to a tenant (AddKeys).
+	EventKind_EVENT_KIND_KEY_ROTATED EventKind = 3
+	// Reserved for the user-flows commands: a refresh-token family revoked
+	// (also on reuse), reuse detected, a user locked.
+	EventKind_EVENT_KIND_FAMILY_REVOKED EventKind = 4
+	EventKind_EVENT_KIND_REUSE_DETECTED EventKind = 5
+	EventKind_EVENT_KIND_USER_LOCKED    EventKind = 6
+	// A disabled client was enabled again (SetClientDisabled).
+	EventKind_EVENT_KIND_CLIENT_ENABLED EventKind = 7
+)
+
+// Enum value maps for EventKind.
+var (
+	EventKind_name = map[int32]string{
+		0: "EVENT_KIND_UNSPECIFIED",
+		1: "EVENT_KIND_TOKEN_REVOKED",
+		2: "EVENT_KIND_CLIENT_DISABLED",
+		3: "EVENT_KIND_KEY_ROTATED",
+		4: "EVENT_KIND_FAMILY_REVOKED",
+		5: "EVENT_KIND_REUSE_DETECTED",
+		6: "EVENT_KIND_USER_LOCKED",
+		7: "EVENT_KIND_CLIENT_ENABLED",
+	}
+	EventKind_value = map[string]int32{
+		"EVENT_KIND_UNSPECIFIED":     0,
+		"EVENT_KIND_TOKEN_REVOKED":   1,
+		"EVENT_KIND_CLIENT_DISABLED": 2,
+		"EVENT_KIND_KEY_ROTATED":     3,
+		"EVENT_KIND_FAMILY_REVOKED":  4,
+		"EVENT_KIND_REUSE_DETECTED":  5,
+		"EVENT_KIND_USER_LOCKED":     6,
+		"EVENT_KIND_CLIENT_ENABLED":  7,
+	}
+)
+
+func (x EventKind) Enum() *EventKind {
+	p := new(EventKind)
+	*p = x
+	return p
+}
+
+func (x EventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[0].Descriptor()
+}
+
+func (EventKind) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[0]
+}
+
+func (x EventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EventKind.Descriptor instead.
+func (EventKind) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{0}
+}
+
 // Command is one entry of the Raft log.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -48,6 +119,16 @@ type Command struct {
 	//	*Command_AddKeys
 	//	*Command_RevokeToken
 	//	*Command_Sweep
+	//	*Command_CreateUser
+	//	*Command_SetUserPassword
+	//	*Command_SetUserStatus
+	//	*Command_RememberConsent
+	//	*Command_RedeemCode
+	//	*Command_RotateRefresh
+	//	*Command_RevokeFamily
+	//	*Command_CreateDeviceCode
+	//	*Command_DecideDeviceCode
+	//	*Command_PollDeviceCode
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -183,6 +264,96 @@ func (x *Command) GetSweep() *Sweep {
 	return nil
 }
 
+func (x *Command) GetCreateUser() *CreateUser {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateUser); ok {
+			return x.CreateUser
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetUserPassword() *SetUserPassword {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetUserPassword); ok {
+			return x.SetUserPassword
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetUserStatus() *SetUserStatus {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetUserStatus); ok {
+			return x.SetUserStatus
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRememberConsent() *RememberConsent {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RememberConsent); ok {
+			return x.RememberConsent
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRedeemCode() *RedeemCode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RedeemCode); ok {
+			return x.RedeemCode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRotateRefresh() *RotateRefresh {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RotateRefresh); ok {
+			return x.RotateRefresh
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeFamily() *RevokeFamily {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeFamily); ok {
+			return x.RevokeFamily
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreateDeviceCode() *CreateDeviceCode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateDeviceCode); ok {
+			return x.CreateDeviceCode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDecideDeviceCode() *DecideDeviceCode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DecideDeviceCode); ok {
+			return x.DecideDeviceCode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPollDeviceCode() *PollDeviceCode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PollDeviceCode); ok {
+			return x.PollDeviceCode
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -219,6 +390,48 @@ type Command_Sweep struct {
 	Sweep *Sweep `protobuf:"bytes,23,opt,name=sweep,proto3,oneof"`
 }
 
+type Command_CreateUser struct {
+	// End-user flows (issue 4): users, consent, codes, refresh families,
+	// device authorization. See the messages below.
+	CreateUser *CreateUser `protobuf:"bytes,32,opt,name=create_user,json=createUser,proto3,oneof"`
+}
+
+type Command_SetUserPassword struct {
+	SetUserPassword *SetUserPassword `protobuf:"bytes,33,opt,name=set_user_password,json=setUserPassword,proto3,oneof"`
+}
+
+type Command_SetUserStatus struct {
+	SetUserStatus *SetUserStatus `protobuf:"bytes,34,opt,name=set_user_status,json=setUserStatus,proto3,oneof"`
+}
+
+type Command_RememberConsent struct {
+	RememberConsent *RememberConsent `protobuf:"bytes,35,opt,name=remember_consent,json=rememberConsent,proto3,oneof"`
+}
+
+type Command_RedeemCode struct {
+	RedeemCode *RedeemCode `protobuf:"bytes,36,opt,name=redeem_code,json=redeemCode,proto3,oneof"`
+}
+
+type Command_RotateRefresh struct {
+	RotateRefresh *RotateRefresh `protobuf:"bytes,37,opt,name=rotate_refresh,json=rotateRefresh,proto3,oneof"`
+}
+
+type Command_RevokeFamily struct {
+	RevokeFamily *RevokeFamily `protobuf:"bytes,38,opt,name=revoke_family,json=revokeFamily,proto3,oneof"`
+}
+
+type Command_CreateDeviceCode struct {
+	CreateDeviceCode *CreateDeviceCode `protobuf:"bytes,39,opt,name=create_device_code,json=createDeviceCode,proto3,oneof"`
+}
+
+type Command_DecideDeviceCode struct {
+	DecideDeviceCode *DecideDeviceCode `protobuf:"bytes,40,opt,name=decide_device_code,json=decideDeviceCode,proto3,oneof"`
+}
+
+type Command_PollDeviceCode struct {
+	PollDeviceCode *PollDeviceCode `protobuf:"bytes,41,opt,name=poll_device_code,json=pollDeviceCode,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -234,6 +447,26 @@ func (*Command_AddKeys) isCommand_Op() {}
 func (*Command_RevokeToken) isCommand_Op() {}
 
 func (*Command_Sweep) isCommand_Op() {}
+
+func (*Command_CreateUser) isCommand_Op() {}
+
+func (*Command_SetUserPassword) isCommand_Op() {}
+
+func (*Command_SetUserStatus) isCommand_Op() {}
+
+func (*Command_RememberConsent) isCommand_Op() {}
+
+func (*Command_RedeemCode) isCommand_Op() {}
+
+func (*Command_RotateRefresh) isCommand_Op() {}
+
+func (*Command_RevokeFamily) isCommand_Op() {}
+
+func (*Command_CreateDeviceCode) isCommand_Op() {}
+
+func (*Command_DecideDeviceCode) isCommand_Op() {}
+
+func (*Command_PollDeviceCode) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -624,9 +857,13 @@ func (x *RevokeToken) GetRevocation() *Revocation {
 
 // Sweep removes revocations and keys that expired before the command's time.
 type Sweep struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Outbox events (see Event) whose time is at or before this are removed
+	// too; 0 keeps every event. The proposer computes it from its configured
+	// retention, so the FSM reads no node config.
+	EventsBeforeUnixNano int64 `protobuf:"varint,1,opt,name=events_before_unix_nano,json=eventsBeforeUnixNano,proto3" json:"events_before_unix_nano,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Sweep) Reset() {
@@ -657,6 +894,13 @@ func (x *Sweep) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Sweep.ProtoReflect.Descriptor instead.
 func (*Sweep) Descriptor() ([]byte, []int) {
 	return file_command_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Sweep) GetEventsBeforeUnixNano() int64 {
+	if x != nil {
+		return x.EventsBeforeUnixNano
+	}
+	return 0
 }
 
 type Tenant struct {
@@ -1183,11 +1427,1833 @@ func (x *Revocation) GetSubject() string {
 	return ""
 }
 
+// Event is one outbox record: something the outside world must learn about,
+// written by the FSM in the same transaction as the change it announces and
+// keyed by the Raft index of that command. Its content is derived from the
+// command only, so every replica stores the same bytes.
+type Event struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Index  uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Tenant string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Kind   EventKind              `protobuf:"varint,3,opt,name=kind,proto3,enum=tally.raft.v1.EventKind" json:"kind,omitempty"`
+	// The command's time.
+	TimeUnixNano int64 `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// TOKEN_REVOKED: the stored revocation.
+	Revocation *Revocation `protobuf:"bytes,5,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// CLIENT_DISABLED (and FAMILY_REVOKED, REUSE_DETECTED): the client.
+	ClientId string `protobuf:"bytes,6,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// KEY_ROTATED: the kids of the added signing keys.
+	Kids []string `protobuf:"bytes,7,rep,name=kids,proto3" json:"kids,omitempty"`
+	// USER_LOCKED, FAMILY_REVOKED: the subject.
+	Subject string `protobuf:"bytes,8,opt,name=subject,proto3" json:"subject,omitempty"`
+	// FAMILY_REVOKED, REUSE_DETECTED: the refresh-token family.
+	FamilyId string `protobuf:"bytes,9,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
+	// Position among the events of one command (0 for the first): the
+	// outbox key is index (8 bytes) | ordinal (2 bytes), both big-endian.
+	Ordinal       uint32 `protobuf:"varint,10,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_command_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Event) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Event) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Event) GetKind() EventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return EventKind_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *Event) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *Event) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+func (x *Event) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *Event) GetKids() []string {
+	if x != nil {
+		return x.Kids
+	}
+	return nil
+}
+
+func (x *Event) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Event) GetFamilyId() string {
+	if x != nil {
+		return x.FamilyId
+	}
+	return ""
+}
+
+func (x *Event) GetOrdinal() uint32 {
+	if x != nil {
+		return x.Ordinal
+	}
+	return 0
+}
+
+// CreateUser stores a new user; "already exists" if the id or the username
+// is taken in the tenant.
+type CreateUser struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUser) Reset() {
+	*x = CreateUser{}
+	mi := &file_command_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUser) ProtoMessage() {}
+
+func (x *CreateUser) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUser.ProtoReflect.Descriptor instead.
+func (*CreateUser) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CreateUser) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+// SetUserPassword replaces a user's password hash.
+type SetUserPassword struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Password      *PasswordHash          `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetUserPassword) Reset() {
+	*x = SetUserPassword{}
+	mi := &file_command_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetUserPassword) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetUserPassword) ProtoMessage() {}
+
+func (x *SetUserPassword) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetUserPassword.ProtoReflect.Descriptor instead.
+func (*SetUserPassword) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SetUserPassword) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetUserPassword) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SetUserPassword) GetPassword() *PasswordHash {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+// SetUserStatus sets the disabled and locked flags of a user.
+type SetUserStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Disabled      bool                   `protobuf:"varint,3,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	Locked        bool                   `protobuf:"varint,4,opt,name=locked,proto3" json:"locked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetUserStatus) Reset() {
+	*x = SetUserStatus{}
+	mi := &file_command_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetUserStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetUserStatus) ProtoMessage() {}
+
+func (x *SetUserStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetUserStatus.ProtoReflect.Descriptor instead.
+func (*SetUserStatus) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetUserStatus) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetUserStatus) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SetUserStatus) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *SetUserStatus) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+// RememberConsent records that a user approved a client for a scope set.
+type RememberConsent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consent       *Consent               `protobuf:"bytes,1,opt,name=consent,proto3" json:"consent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RememberConsent) Reset() {
+	*x = RememberConsent{}
+	mi := &file_command_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RememberConsent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RememberConsent) ProtoMessage() {}
+
+func (x *RememberConsent) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RememberConsent.ProtoReflect.Descriptor instead.
+func (*RememberConsent) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RememberConsent) GetConsent() *Consent {
+	if x != nil {
+		return x.Consent
+	}
+	return nil
+}
+
+// RedeemCode redeems an authorization code once, cluster-wide. The code is
+// known only by its hash. First redemption: the hash is recorded until
+// code_expires and, if family is set, the refresh family is created; the
+// access token's jti is recorded on the family (or on the used-code record).
+// A later redemption of the same hash revokes every token issued from the
+// first one and answers outcome "code_reused".
+type RedeemCode struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Tenant              string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	CodeHash            []byte                 `protobuf:"bytes,2,opt,name=code_hash,json=codeHash,proto3" json:"code_hash,omitempty"`
+	CodeExpiresUnixNano int64                  `protobuf:"varint,3,opt,name=code_expires_unix_nano,json=codeExpiresUnixNano,proto3" json:"code_expires_unix_nano,omitempty"`
+	ClientId            string                 `protobuf:"bytes,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	UserId              string                 `protobuf:"bytes,5,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Optional: the refresh family to create (offline_access granted).
+	Family        *Family      `protobuf:"bytes,6,opt,name=family,proto3" json:"family,omitempty"`
+	AccessToken   *AccessToken `protobuf:"bytes,7,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeemCode) Reset() {
+	*x = RedeemCode{}
+	mi := &file_command_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeemCode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeemCode) ProtoMessage() {}
+
+func (x *RedeemCode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeemCode.ProtoReflect.Descriptor instead.
+func (*RedeemCode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RedeemCode) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RedeemCode) GetCodeHash() []byte {
+	if x != nil {
+		return x.CodeHash
+	}
+	return nil
+}
+
+func (x *RedeemCode) GetCodeExpiresUnixNano() int64 {
+	if x != nil {
+		return x.CodeExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *RedeemCode) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *RedeemCode) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RedeemCode) GetFamily() *Family {
+	if x != nil {
+		return x.Family
+	}
+	return nil
+}
+
+func (x *RedeemCode) GetAccessToken() *AccessToken {
+	if x != nil {
+		return x.AccessToken
+	}
+	return nil
+}
+
+// RotateRefresh is the compare-and-swap of a refresh family: if generation
+// and token_hash are the family's current ones, the family moves to
+// generation+1 with new_hash. The just-superseded token presented again by
+// the same client within reuse_interval_nanos answers the stored successor
+// (outcome "reuse_interval"); any other older generation revokes the family
+// (outcome "reuse_detected").
+type RotateRefresh struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Tenant     string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	FamilyId   string                 `protobuf:"bytes,2,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
+	Generation uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	TokenHash  []byte                 `protobuf:"bytes,4,opt,name=token_hash,json=tokenHash,proto3" json:"token_hash,omitempty"`
+	ClientId   string                 `protobuf:"bytes,5,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	NewHash    []byte                 `protobuf:"bytes,6,opt,name=new_hash,json=newHash,proto3" json:"new_hash,omitempty"`
+	// The successor token sealed by the proposer, returned on an idempotent
+	// replay within the reuse interval.
+	SealedSuccessor    []byte       `protobuf:"bytes,7,opt,name=sealed_successor,json=sealedSuccessor,proto3" json:"sealed_successor,omitempty"`
+	ReuseIntervalNanos int64        `protobuf:"varint,8,opt,name=reuse_interval_nanos,json=reuseIntervalNanos,proto3" json:"reuse_interval_nanos,omitempty"`
+	AccessToken        *AccessToken `protobuf:"bytes,9,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	// Where the request was served, for the reuse-detection event.
+	Node          string `protobuf:"bytes,10,opt,name=node,proto3" json:"node,omitempty"`
+	Region        string `protobuf:"bytes,11,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateRefresh) Reset() {
+	*x = RotateRefresh{}
+	mi := &file_command_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateRefresh) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateRefresh) ProtoMessage() {}
+
+func (x *RotateRefresh) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateRefresh.ProtoReflect.Descriptor instead.
+func (*RotateRefresh) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RotateRefresh) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RotateRefresh) GetFamilyId() string {
+	if x != nil {
+		return x.FamilyId
+	}
+	return ""
+}
+
+func (x *RotateRefresh) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RotateRefresh) GetTokenHash() []byte {
+	if x != nil {
+		return x.TokenHash
+	}
+	return nil
+}
+
+func (x *RotateRefresh) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *RotateRefresh) GetNewHash() []byte {
+	if x != nil {
+		return x.NewHash
+	}
+	return nil
+}
+
+func (x *RotateRefresh) GetSealedSuccessor() []byte {
+	if x != nil {
+		return x.SealedSuccessor
+	}
+	return nil
+}
+
+func (x *RotateRefresh) GetReuseIntervalNanos() int64 {
+	if x != nil {
+		return x.ReuseIntervalNanos
+	}
+	return 0
+}
+
+func (x *RotateRefresh) GetAccessToken() *AccessToken {
+	if x != nil {
+		return x.AccessToken
+	}
+	return nil
+}
+
+func (x *RotateRefresh) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RotateRefresh) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+// RevokeFamily revokes a refresh family and its recorded access tokens.
+// With client_id set, a family of another client is left alone (outcome
+// "invalid").
+type RevokeFamily struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	FamilyId      string                 `protobuf:"bytes,2,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	ClientId      string                 `protobuf:"bytes,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeFamily) Reset() {
+	*x = RevokeFamily{}
+	mi := &file_command_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeFamily) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeFamily) ProtoMessage() {}
+
+func (x *RevokeFamily) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeFamily.ProtoReflect.Descriptor instead.
+func (*RevokeFamily) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeFamily) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RevokeFamily) GetFamilyId() string {
+	if x != nil {
+		return x.FamilyId
+	}
+	return ""
+}
+
+func (x *RevokeFamily) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokeFamily) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+// CreateDeviceCode stores a pending device authorization (RFC 8628 §3.2).
+type CreateDeviceCode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceCode    *DeviceCode            `protobuf:"bytes,1,opt,name=device_code,json=deviceCode,proto3" json:"device_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateDeviceCode) Reset() {
+	*x = CreateDeviceCode{}
+	mi := &file_command_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateDeviceCode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateDeviceCode) ProtoMessage() {}
+
+func (x *CreateDeviceCode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateDeviceCode.ProtoReflect.Descriptor instead.
+func (*CreateDeviceCode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CreateDeviceCode) GetDeviceCode() *DeviceCode {
+	if x != nil {
+		return x.DeviceCode
+	}
+	return nil
+}
+
+// DecideDeviceCode approves or denies the pending device code with
+// user_code (RFC 8628 §3.3).
+type DecideDeviceCode struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Tenant           string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UserCode         string                 `protobuf:"bytes,2,opt,name=user_code,json=userCode,proto3" json:"user_code,omitempty"`
+	Approve          bool                   `protobuf:"varint,3,opt,name=approve,proto3" json:"approve,omitempty"`
+	UserId           string                 `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	AuthTimeUnixNano int64                  `protobuf:"varint,5,opt,name=auth_time_unix_nano,json=authTimeUnixNano,proto3" json:"auth_time_unix_nano,omitempty"`
+	Scopes           []string               `protobuf:"bytes,6,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DecideDeviceCode) Reset() {
+	*x = DecideDeviceCode{}
+	mi := &file_command_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideDeviceCode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideDeviceCode) ProtoMessage() {}
+
+func (x *DecideDeviceCode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideDeviceCode.ProtoReflect.Descriptor instead.
+func (*DecideDeviceCode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DecideDeviceCode) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *DecideDeviceCode) GetUserCode() string {
+	if x != nil {
+		return x.UserCode
+	}
+	return ""
+}
+
+func (x *DecideDeviceCode) GetApprove() bool {
+	if x != nil {
+		return x.Approve
+	}
+	return false
+}
+
+func (x *DecideDeviceCode) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DecideDeviceCode) GetAuthTimeUnixNano() int64 {
+	if x != nil {
+		return x.AuthTimeUnixNano
+	}
+	return 0
+}
+
+func (x *DecideDeviceCode) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+// PollDeviceCode is one poll of the token endpoint (RFC 8628 §3.4, §3.5).
+// It enforces the polling interval (outcome "slow_down", interval +5 s),
+// answers "authorization_pending", "access_denied" or "expired_token", and
+// on an approved code redeems it once, creating the family if it is set
+// and the approved scopes include offline_access.
+type PollDeviceCode struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Tenant         string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	DeviceCodeHash []byte                 `protobuf:"bytes,2,opt,name=device_code_hash,json=deviceCodeHash,proto3" json:"device_code_hash,omitempty"`
+	ClientId       string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Family         *Family                `protobuf:"bytes,4,opt,name=family,proto3" json:"family,omitempty"`
+	AccessToken    *AccessToken           `protobuf:"bytes,5,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PollDeviceCode) Reset() {
+	*x = PollDeviceCode{}
+	mi := &file_command_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PollDeviceCode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PollDeviceCode) ProtoMessage() {}
+
+func (x *PollDeviceCode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PollDeviceCode.ProtoReflect.Descriptor instead.
+func (*PollDeviceCode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PollDeviceCode) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *PollDeviceCode) GetDeviceCodeHash() []byte {
+	if x != nil {
+		return x.DeviceCodeHash
+	}
+	return nil
+}
+
+func (x *PollDeviceCode) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *PollDeviceCode) GetFamily() *Family {
+	if x != nil {
+		return x.Family
+	}
+	return nil
+}
+
+func (x *PollDeviceCode) GetAccessToken() *AccessToken {
+	if x != nil {
+		return x.AccessToken
+	}
+	return nil
+}
+
+// PasswordHash is an argon2id hash with the parameters it was made with.
+type PasswordHash struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Alg           string                 `protobuf:"bytes,1,opt,name=alg,proto3" json:"alg,omitempty"` // "argon2id"
+	Salt          []byte                 `protobuf:"bytes,2,opt,name=salt,proto3" json:"salt,omitempty"`
+	Hash          []byte                 `protobuf:"bytes,3,opt,name=hash,proto3" json:"hash,omitempty"`
+	Time          uint32                 `protobuf:"varint,4,opt,name=time,proto3" json:"time,omitempty"`
+	MemoryKib     uint32                 `protobuf:"varint,5,opt,name=memory_kib,json=memoryKib,proto3" json:"memory_kib,omitempty"`
+	Threads       uint32                 `protobuf:"varint,6,opt,name=threads,proto3" json:"threads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PasswordHash) Reset() {
+	*x = PasswordHash{}
+	mi := &file_command_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PasswordHash) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PasswordHash) ProtoMessage() {}
+
+func (x *PasswordHash) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
+func (*PasswordHash) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PasswordHash) GetAlg() string {
+	if x != nil {
+		return x.Alg
+	}
+	return ""
+}
+
+func (x *PasswordHash) GetSalt() []byte {
+	if x != nil {
+		return x.Salt
+	}
+	return nil
+}
+
+func (x *PasswordHash) GetHash() []byte {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *PasswordHash) GetTime() uint32 {
+	if x != nil {
+		return x.Time
+	}
+	return 0
+}
+
+func (x *PasswordHash) GetMemoryKib() uint32 {
+	if x != nil {
+		return x.MemoryKib
+	}
+	return 0
+}
+
+func (x *PasswordHash) GetThreads() uint32 {
+	if x != nil {
+		return x.Threads
+	}
+	return 0
+}
+
+type User struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Tenant          string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id              string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Username        string                 `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
+	Email           string                 `protobuf:"bytes,4,opt,name=email,proto3" json:"email,omitempty"`
+	Name            string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	Password        *PasswordHash          `protobuf:"bytes,6,opt,name=password,proto3" json:"password,omitempty"`
+	Disabled        bool                   `protobuf:"varint,7,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	Locked          bool                   `protobuf:"varint,8,opt,name=locked,proto3" json:"locked,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,9,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	UpdatedUnixNano int64                  `protobuf:"varint,10,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	Revision        uint64                 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
+	EmailVerified   bool                   `protobuf:"varint,12,opt,name=email_verified,json=emailVerified,proto3" json:"email_verified,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *User) Reset() {
+	*x = User{}
+	mi := &file_command_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *User) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*User) ProtoMessage() {}
+
+func (x *User) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use User.ProtoReflect.Descriptor instead.
+func (*User) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *User) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *User) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *User) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *User) GetEmail() string {
+	if x != nil {
+		return x.Email
+	}
+	return ""
+}
+
+func (x *User) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *User) GetPassword() *PasswordHash {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+func (x *User) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *User) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+func (x *User) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *User) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
+func (x *User) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *User) GetEmailVerified() bool {
+	if x != nil {
+		return x.EmailVerified
+	}
+	return false
+}
+
+type Consent struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Tenant          string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UserId          string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	ClientId        string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Scopes          []string               `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,5,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// 0: never expires.
+	ExpiresUnixNano int64 `protobuf:"varint,6,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Consent) Reset() {
+	*x = Consent{}
+	mi := &file_command_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Consent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Consent) ProtoMessage() {}
+
+func (x *Consent) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Consent.ProtoReflect.Descriptor instead.
+func (*Consent) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Consent) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Consent) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *Consent) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *Consent) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *Consent) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *Consent) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+// AccessToken is an access token issued from a code or family, recorded so
+// that revoking the family revokes it.
+type AccessToken struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Jti             string                 `protobuf:"bytes,1,opt,name=jti,proto3" json:"jti,omitempty"`
+	ExpiresUnixNano int64                  `protobuf:"varint,2,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AccessToken) Reset() {
+	*x = AccessToken{}
+	mi := &file_command_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessToken) ProtoMessage() {}
+
+func (x *AccessToken) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessToken.ProtoReflect.Descriptor instead.
+func (*AccessToken) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AccessToken) GetJti() string {
+	if x != nil {
+		return x.Jti
+	}
+	return ""
+}
+
+func (x *AccessToken) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+// Family is a refresh-token family: one login's chain of refresh tokens.
+type Family struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Tenant           string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id               string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	ClientId         string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	UserId           string                 `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Scopes           []string               `protobuf:"bytes,5,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	AuthTimeUnixNano int64                  `protobuf:"varint,6,opt,name=auth_time_unix_nano,json=authTimeUnixNano,proto3" json:"auth_time_unix_nano,omitempty"`
+	CreatedUnixNano  int64                  `protobuf:"varint,7,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// Absolute end of the family.
+	ExpiresUnixNano int64 `protobuf:"varint,8,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	// The family dies if unused for this long (0: no idle timeout).
+	IdleTimeoutNanos   int64          `protobuf:"varint,9,opt,name=idle_timeout_nanos,json=idleTimeoutNanos,proto3" json:"idle_timeout_nanos,omitempty"`
+	LastUsedUnixNano   int64          `protobuf:"varint,10,opt,name=last_used_unix_nano,json=lastUsedUnixNano,proto3" json:"last_used_unix_nano,omitempty"`
+	Generation         uint64         `protobuf:"varint,11,opt,name=generation,proto3" json:"generation,omitempty"`
+	CurrentHash        []byte         `protobuf:"bytes,12,opt,name=current_hash,json=currentHash,proto3" json:"current_hash,omitempty"`
+	PreviousHash       []byte         `protobuf:"bytes,13,opt,name=previous_hash,json=previousHash,proto3" json:"previous_hash,omitempty"`
+	SupersededUnixNano int64          `protobuf:"varint,14,opt,name=superseded_unix_nano,json=supersededUnixNano,proto3" json:"superseded_unix_nano,omitempty"`
+	SealedSuccessor    []byte         `protobuf:"bytes,15,opt,name=sealed_successor,json=sealedSuccessor,proto3" json:"sealed_successor,omitempty"`
+	RevokedUnixNano    int64          `protobuf:"varint,16,opt,name=revoked_unix_nano,json=revokedUnixNano,proto3" json:"revoked_unix_nano,omitempty"`
+	RevokeReason       string         `protobuf:"bytes,17,opt,name=revoke_reason,json=revokeReason,proto3" json:"revoke_reason,omitempty"`
+	AccessTokens       []*AccessToken `protobuf:"bytes,18,rep,name=access_tokens,json=accessTokens,proto3" json:"access_tokens,omitempty"`
+	CodeHash           []byte         `protobuf:"bytes,19,opt,name=code_hash,json=codeHash,proto3" json:"code_hash,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Family) Reset() {
+	*x = Family{}
+	mi := &file_command_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Family) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Family) ProtoMessage() {}
+
+func (x *Family) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Family.ProtoReflect.Descriptor instead.
+func (*Family) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *Family) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Family) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Family) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *Family) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *Family) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *Family) GetAuthTimeUnixNano() int64 {
+	if x != nil {
+		return x.AuthTimeUnixNano
+	}
+	return 0
+}
+
+func (x *Family) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *Family) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *Family) GetIdleTimeoutNanos() int64 {
+	if x != nil {
+		return x.IdleTimeoutNanos
+	}
+	return 0
+}
+
+func (x *Family) GetLastUsedUnixNano() int64 {
+	if x != nil {
+		return x.LastUsedUnixNano
+	}
+	return 0
+}
+
+func (x *Family) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Family) GetCurrentHash() []byte {
+	if x != nil {
+		return x.CurrentHash
+	}
+	return nil
+}
+
+func (x *Family) GetPreviousHash() []byte {
+	if x != nil {
+		return x.PreviousHash
+	}
+	return nil
+}
+
+func (x *Family) GetSupersededUnixNano() int64 {
+	if x != nil {
+		return x.SupersededUnixNano
+	}
+	return 0
+}
+
+func (x *Family) GetSealedSuccessor() []byte {
+	if x != nil {
+		return x.SealedSuccessor
+	}
+	return nil
+}
+
+func (x *Family) GetRevokedUnixNano() int64 {
+	if x != nil {
+		return x.RevokedUnixNano
+	}
+	return 0
+}
+
+func (x *Family) GetRevokeReason() string {
+	if x != nil {
+		return x.RevokeReason
+	}
+	return ""
+}
+
+func (x *Family) GetAccessTokens() []*AccessToken {
+	if x != nil {
+		return x.AccessTokens
+	}
+	return nil
+}
+
+func (x *Family) GetCodeHash() []byte {
+	if x != nil {
+		return x.CodeHash
+	}
+	return nil
+}
+
+// UsedCode records a redeemed authorization code until it expires.
+type UsedCode struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	CodeHash        []byte                 `protobuf:"bytes,1,opt,name=code_hash,json=codeHash,proto3" json:"code_hash,omitempty"`
+	ClientId        string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	UserId          string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	FamilyId        string                 `protobuf:"bytes,4,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
+	ExpiresUnixNano int64                  `protobuf:"varint,5,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	AccessTokens    []*AccessToken         `protobuf:"bytes,6,rep,name=access_tokens,json=accessTokens,proto3" json:"access_tokens,omitempty"`
+	Replayed        bool                   `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *UsedCode) Reset() {
+	*x = UsedCode{}
+	mi := &file_command_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsedCode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsedCode) ProtoMessage() {}
+
+func (x *UsedCode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsedCode.ProtoReflect.Descriptor instead.
+func (*UsedCode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UsedCode) GetCodeHash() []byte {
+	if x != nil {
+		return x.CodeHash
+	}
+	return nil
+}
+
+func (x *UsedCode) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *UsedCode) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UsedCode) GetFamilyId() string {
+	if x != nil {
+		return x.FamilyId
+	}
+	return ""
+}
+
+func (x *UsedCode) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *UsedCode) GetAccessTokens() []*AccessToken {
+	if x != nil {
+		return x.AccessTokens
+	}
+	return nil
+}
+
+func (x *UsedCode) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
+type DeviceCode struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Tenant         string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	DeviceCodeHash []byte                 `protobuf:"bytes,2,opt,name=device_code_hash,json=deviceCodeHash,proto3" json:"device_code_hash,omitempty"`
+	// Normalized: 8 characters of the RFC 8628 §6.1 alphabet, no dash.
+	UserCode         string   `protobuf:"bytes,3,opt,name=user_code,json=userCode,proto3" json:"user_code,omitempty"`
+	ClientId         string   `protobuf:"bytes,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Scopes           []string `protobuf:"bytes,5,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	CreatedUnixNano  int64    `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	ExpiresUnixNano  int64    `protobuf:"varint,7,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	IntervalNanos    int64    `protobuf:"varint,8,opt,name=interval_nanos,json=intervalNanos,proto3" json:"interval_nanos,omitempty"`
+	LastPollUnixNano int64    `protobuf:"varint,9,opt,name=last_poll_unix_nano,json=lastPollUnixNano,proto3" json:"last_poll_unix_nano,omitempty"`
+	// "pending", "approved", "denied" or "redeemed".
+	Status           string `protobuf:"bytes,10,opt,name=status,proto3" json:"status,omitempty"`
+	UserId           string `protobuf:"bytes,11,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	AuthTimeUnixNano int64  `protobuf:"varint,12,opt,name=auth_time_unix_nano,json=authTimeUnixNano,proto3" json:"auth_time_unix_nano,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DeviceCode) Reset() {
+	*x = DeviceCode{}
+	mi := &file_command_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceCode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceCode) ProtoMessage() {}
+
+func (x *DeviceCode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceCode.ProtoReflect.Descriptor instead.
+func (*DeviceCode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DeviceCode) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *DeviceCode) GetDeviceCodeHash() []byte {
+	if x != nil {
+		return x.DeviceCodeHash
+	}
+	return nil
+}
+
+func (x *DeviceCode) GetUserCode() string {
+	if x != nil {
+		return x.UserCode
+	}
+	return ""
+}
+
+func (x *DeviceCode) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *DeviceCode) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *DeviceCode) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *DeviceCode) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *DeviceCode) GetIntervalNanos() int64 {
+	if x != nil {
+		return x.IntervalNanos
+	}
+	return 0
+}
+
+func (x *DeviceCode) GetLastPollUnixNano() int64 {
+	if x != nil {
+		return x.LastPollUnixNano
+	}
+	return 0
+}
+
+func (x *DeviceCode) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *DeviceCode) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DeviceCode) GetAuthTimeUnixNano() int64 {
+	if x != nil {
+		return x.AuthTimeUnixNano
+	}
+	return 0
+}
+
+// GrantEvent is a security event a command produced, for the event log:
+// kind "reuse_detected" (a superseded refresh token was presented),
+// "family_revoked" or "code_reused".
+type GrantEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	ClientId      string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	FamilyId      string                 `protobuf:"bytes,5,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
+	Node          string                 `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
+	Region        string                 `protobuf:"bytes,7,opt,name=region,proto3" json:"region,omitempty"`
+	RevokedJtis   []string               `protobuf:"bytes,8,rep,name=revoked_jtis,json=revokedJtis,proto3" json:"revoked_jtis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrantEvent) Reset() {
+	*x = GrantEvent{}
+	mi := &file_command_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantEvent) ProtoMessage() {}
+
+func (x *GrantEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantEvent.ProtoReflect.Descriptor instead.
+func (*GrantEvent) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GrantEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *GrantEvent) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *GrantEvent) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *GrantEvent) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *GrantEvent) GetFamilyId() string {
+	if x != nil {
+		return x.FamilyId
+	}
+	return ""
+}
+
+func (x *GrantEvent) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *GrantEvent) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *GrantEvent) GetRevokedJtis() []string {
+	if x != nil {
+		return x.RevokedJtis
+	}
+	return nil
+}
+
+// GrantResult is the value outcome of an end-user command.
+type GrantResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" (done), "code_reused", "reuse_interval", "reuse_detected",
+	// "family_revoked", "family_expired", "invalid", "authorization_pending",
+	// "slow_down", "access_denied", "expired_token", "not_found".
+	Outcome         string        `protobuf:"bytes,1,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Family          *Family       `protobuf:"bytes,2,opt,name=family,proto3" json:"family,omitempty"`
+	SealedSuccessor []byte        `protobuf:"bytes,3,opt,name=sealed_successor,json=sealedSuccessor,proto3" json:"sealed_successor,omitempty"`
+	DeviceCode      *DeviceCode   `protobuf:"bytes,4,opt,name=device_code,json=deviceCode,proto3" json:"device_code,omitempty"`
+	Events          []*GrantEvent `protobuf:"bytes,5,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GrantResult) Reset() {
+	*x = GrantResult{}
+	mi := &file_command_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrantResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrantResult) ProtoMessage() {}
+
+func (x *GrantResult) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrantResult.ProtoReflect.Descriptor instead.
+func (*GrantResult) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GrantResult) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *GrantResult) GetFamily() *Family {
+	if x != nil {
+		return x.Family
+	}
+	return nil
+}
+
+func (x *GrantResult) GetSealedSuccessor() []byte {
+	if x != nil {
+		return x.SealedSuccessor
+	}
+	return nil
+}
+
+func (x *GrantResult) GetDeviceCode() *DeviceCode {
+	if x != nil {
+		return x.DeviceCode
+	}
+	return nil
+}
+
+func (x *GrantResult) GetEvents() []*GrantEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x89\x05\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xe0\n" +
+	"\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -1200,7 +3266,19 @@ const file_command_proto_rawDesc = "" +
 	"\x13set_client_disabled\x18\x14 \x01(\v2 .tally.raft.v1.SetClientDisabledH\x00R\x11setClientDisabled\x123\n" +
 	"\badd_keys\x18\x15 \x01(\v2\x16.tally.raft.v1.AddKeysH\x00R\aaddKeys\x12?\n" +
 	"\frevoke_token\x18\x16 \x01(\v2\x1a.tally.raft.v1.RevokeTokenH\x00R\vrevokeToken\x12,\n" +
-	"\x05sweep\x18\x17 \x01(\v2\x14.tally.raft.v1.SweepH\x00R\x05sweepB\x04\n" +
+	"\x05sweep\x18\x17 \x01(\v2\x14.tally.raft.v1.SweepH\x00R\x05sweep\x12<\n" +
+	"\vcreate_user\x18  \x01(\v2\x19.tally.raft.v1.CreateUserH\x00R\n" +
+	"createUser\x12L\n" +
+	"\x11set_user_password\x18! \x01(\v2\x1e.tally.raft.v1.SetUserPasswordH\x00R\x0fsetUserPassword\x12F\n" +
+	"\x0fset_user_status\x18\" \x01(\v2\x1c.tally.raft.v1.SetUserStatusH\x00R\rsetUserStatus\x12K\n" +
+	"\x10remember_consent\x18# \x01(\v2\x1e.tally.raft.v1.RememberConsentH\x00R\x0frememberConsent\x12<\n" +
+	"\vredeem_code\x18$ \x01(\v2\x19.tally.raft.v1.RedeemCodeH\x00R\n" +
+	"redeemCode\x12E\n" +
+	"\x0erotate_refresh\x18% \x01(\v2\x1c.tally.raft.v1.RotateRefreshH\x00R\rrotateRefresh\x12B\n" +
+	"\rrevoke_family\x18& \x01(\v2\x1b.tally.raft.v1.RevokeFamilyH\x00R\frevokeFamily\x12O\n" +
+	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
+	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
+	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCodeB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -1226,8 +3304,9 @@ const file_command_proto_rawDesc = "" +
 	"\vRevokeToken\x129\n" +
 	"\n" +
 	"revocation\x18\x01 \x01(\v2\x19.tally.raft.v1.RevocationR\n" +
-	"revocation\"\a\n" +
-	"\x05Sweep\"\xa4\x01\n" +
+	"revocation\">\n" +
+	"\x05Sweep\x125\n" +
+	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\"\xa4\x01\n" +
 	"\x06Tenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12*\n" +
@@ -1280,7 +3359,185 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x04 \x01(\x03R\x0frevokedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
-	"\asubject\x18\a \x01(\tR\asubjectB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\asubject\x18\a \x01(\tR\asubject\"\xc6\x02\n" +
+	"\x05Event\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12,\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x18.tally.raft.v1.EventKindR\x04kind\x12$\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x129\n" +
+	"\n" +
+	"revocation\x18\x05 \x01(\v2\x19.tally.raft.v1.RevocationR\n" +
+	"revocation\x12\x1b\n" +
+	"\tclient_id\x18\x06 \x01(\tR\bclientId\x12\x12\n" +
+	"\x04kids\x18\a \x03(\tR\x04kids\x12\x18\n" +
+	"\asubject\x18\b \x01(\tR\asubject\x12\x1b\n" +
+	"\tfamily_id\x18\t \x01(\tR\bfamilyId\x12\x18\n" +
+	"\aordinal\x18\n" +
+	" \x01(\rR\aordinal\"5\n" +
+	"\n" +
+	"CreateUser\x12'\n" +
+	"\x04user\x18\x01 \x01(\v2\x13.tally.raft.v1.UserR\x04user\"{\n" +
+	"\x0fSetUserPassword\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x127\n" +
+	"\bpassword\x18\x03 \x01(\v2\x1b.tally.raft.v1.PasswordHashR\bpassword\"t\n" +
+	"\rSetUserStatus\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1a\n" +
+	"\bdisabled\x18\x03 \x01(\bR\bdisabled\x12\x16\n" +
+	"\x06locked\x18\x04 \x01(\bR\x06locked\"C\n" +
+	"\x0fRememberConsent\x120\n" +
+	"\aconsent\x18\x01 \x01(\v2\x16.tally.raft.v1.ConsentR\aconsent\"\x9a\x02\n" +
+	"\n" +
+	"RedeemCode\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tcode_hash\x18\x02 \x01(\fR\bcodeHash\x123\n" +
+	"\x16code_expires_unix_nano\x18\x03 \x01(\x03R\x13codeExpiresUnixNano\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x17\n" +
+	"\auser_id\x18\x05 \x01(\tR\x06userId\x12-\n" +
+	"\x06family\x18\x06 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12=\n" +
+	"\faccess_token\x18\a \x01(\v2\x1a.tally.raft.v1.AccessTokenR\vaccessToken\"\x83\x03\n" +
+	"\rRotateRefresh\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tfamily_id\x18\x02 \x01(\tR\bfamilyId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x12\x1d\n" +
+	"\n" +
+	"token_hash\x18\x04 \x01(\fR\ttokenHash\x12\x1b\n" +
+	"\tclient_id\x18\x05 \x01(\tR\bclientId\x12\x19\n" +
+	"\bnew_hash\x18\x06 \x01(\fR\anewHash\x12)\n" +
+	"\x10sealed_successor\x18\a \x01(\fR\x0fsealedSuccessor\x120\n" +
+	"\x14reuse_interval_nanos\x18\b \x01(\x03R\x12reuseIntervalNanos\x12=\n" +
+	"\faccess_token\x18\t \x01(\v2\x1a.tally.raft.v1.AccessTokenR\vaccessToken\x12\x12\n" +
+	"\x04node\x18\n" +
+	" \x01(\tR\x04node\x12\x16\n" +
+	"\x06region\x18\v \x01(\tR\x06region\"x\n" +
+	"\fRevokeFamily\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tfamily_id\x18\x02 \x01(\tR\bfamilyId\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\tR\bclientId\"N\n" +
+	"\x10CreateDeviceCode\x12:\n" +
+	"\vdevice_code\x18\x01 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
+	"deviceCode\"\xc1\x01\n" +
+	"\x10DecideDeviceCode\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tuser_code\x18\x02 \x01(\tR\buserCode\x12\x18\n" +
+	"\aapprove\x18\x03 \x01(\bR\aapprove\x12\x17\n" +
+	"\auser_id\x18\x04 \x01(\tR\x06userId\x12-\n" +
+	"\x13auth_time_unix_nano\x18\x05 \x01(\x03R\x10authTimeUnixNano\x12\x16\n" +
+	"\x06scopes\x18\x06 \x03(\tR\x06scopes\"\xdd\x01\n" +
+	"\x0ePollDeviceCode\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12(\n" +
+	"\x10device_code_hash\x18\x02 \x01(\fR\x0edeviceCodeHash\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12-\n" +
+	"\x06family\x18\x04 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12=\n" +
+	"\faccess_token\x18\x05 \x01(\v2\x1a.tally.raft.v1.AccessTokenR\vaccessToken\"\x95\x01\n" +
+	"\fPasswordHash\x12\x10\n" +
+	"\x03alg\x18\x01 \x01(\tR\x03alg\x12\x12\n" +
+	"\x04salt\x18\x02 \x01(\fR\x04salt\x12\x12\n" +
+	"\x04hash\x18\x03 \x01(\fR\x04hash\x12\x12\n" +
+	"\x04time\x18\x04 \x01(\rR\x04time\x12\x1d\n" +
+	"\n" +
+	"memory_kib\x18\x05 \x01(\rR\tmemoryKib\x12\x18\n" +
+	"\athreads\x18\x06 \x01(\rR\athreads\"\xfc\x02\n" +
+	"\x04User\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1a\n" +
+	"\busername\x18\x03 \x01(\tR\busername\x12\x14\n" +
+	"\x05email\x18\x04 \x01(\tR\x05email\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x127\n" +
+	"\bpassword\x18\x06 \x01(\v2\x1b.tally.raft.v1.PasswordHashR\bpassword\x12\x1a\n" +
+	"\bdisabled\x18\a \x01(\bR\bdisabled\x12\x16\n" +
+	"\x06locked\x18\b \x01(\bR\x06locked\x12*\n" +
+	"\x11created_unix_nano\x18\t \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
+	"\x11updated_unix_nano\x18\n" +
+	" \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
+	"\brevision\x18\v \x01(\x04R\brevision\x12%\n" +
+	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\"\xc7\x01\n" +
+	"\aConsent\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06scopes\x18\x04 \x03(\tR\x06scopes\x12*\n" +
+	"\x11created_unix_nano\x18\x05 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
+	"\x11expires_unix_nano\x18\x06 \x01(\x03R\x0fexpiresUnixNano\"K\n" +
+	"\vAccessToken\x12\x10\n" +
+	"\x03jti\x18\x01 \x01(\tR\x03jti\x12*\n" +
+	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\"\xd6\x05\n" +
+	"\x06Family\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12\x17\n" +
+	"\auser_id\x18\x04 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06scopes\x18\x05 \x03(\tR\x06scopes\x12-\n" +
+	"\x13auth_time_unix_nano\x18\x06 \x01(\x03R\x10authTimeUnixNano\x12*\n" +
+	"\x11created_unix_nano\x18\a \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
+	"\x11expires_unix_nano\x18\b \x01(\x03R\x0fexpiresUnixNano\x12,\n" +
+	"\x12idle_timeout_nanos\x18\t \x01(\x03R\x10idleTimeoutNanos\x12-\n" +
+	"\x13last_used_unix_nano\x18\n" +
+	" \x01(\x03R\x10lastUsedUnixNano\x12\x1e\n" +
+	"\n" +
+	"generation\x18\v \x01(\x04R\n" +
+	"generation\x12!\n" +
+	"\fcurrent_hash\x18\f \x01(\fR\vcurrentHash\x12#\n" +
+	"\rprevious_hash\x18\r \x01(\fR\fpreviousHash\x120\n" +
+	"\x14superseded_unix_nano\x18\x0e \x01(\x03R\x12supersededUnixNano\x12)\n" +
+	"\x10sealed_successor\x18\x0f \x01(\fR\x0fsealedSuccessor\x12*\n" +
+	"\x11revoked_unix_nano\x18\x10 \x01(\x03R\x0frevokedUnixNano\x12#\n" +
+	"\rrevoke_reason\x18\x11 \x01(\tR\frevokeReason\x12?\n" +
+	"\raccess_tokens\x18\x12 \x03(\v2\x1a.tally.raft.v1.AccessTokenR\faccessTokens\x12\x1b\n" +
+	"\tcode_hash\x18\x13 \x01(\fR\bcodeHash\"\x83\x02\n" +
+	"\bUsedCode\x12\x1b\n" +
+	"\tcode_hash\x18\x01 \x01(\fR\bcodeHash\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tfamily_id\x18\x04 \x01(\tR\bfamilyId\x12*\n" +
+	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12?\n" +
+	"\raccess_tokens\x18\x06 \x03(\v2\x1a.tally.raft.v1.AccessTokenR\faccessTokens\x12\x1a\n" +
+	"\breplayed\x18\a \x01(\bR\breplayed\"\xae\x03\n" +
+	"\n" +
+	"DeviceCode\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12(\n" +
+	"\x10device_code_hash\x18\x02 \x01(\fR\x0edeviceCodeHash\x12\x1b\n" +
+	"\tuser_code\x18\x03 \x01(\tR\buserCode\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06scopes\x18\x05 \x03(\tR\x06scopes\x12*\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
+	"\x11expires_unix_nano\x18\a \x01(\x03R\x0fexpiresUnixNano\x12%\n" +
+	"\x0einterval_nanos\x18\b \x01(\x03R\rintervalNanos\x12-\n" +
+	"\x13last_poll_unix_nano\x18\t \x01(\x03R\x10lastPollUnixNano\x12\x16\n" +
+	"\x06status\x18\n" +
+	" \x01(\tR\x06status\x12\x17\n" +
+	"\auser_id\x18\v \x01(\tR\x06userId\x12-\n" +
+	"\x13auth_time_unix_nano\x18\f \x01(\x03R\x10authTimeUnixNano\"\xda\x01\n" +
+	"\n" +
+	"GrantEvent\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12\x17\n" +
+	"\auser_id\x18\x04 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tfamily_id\x18\x05 \x01(\tR\bfamilyId\x12\x12\n" +
+	"\x04node\x18\x06 \x01(\tR\x04node\x12\x16\n" +
+	"\x06region\x18\a \x01(\tR\x06region\x12!\n" +
+	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\"\xf0\x01\n" +
+	"\vGrantResult\x12\x18\n" +
+	"\aoutcome\x18\x01 \x01(\tR\aoutcome\x12-\n" +
+	"\x06family\x18\x02 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12)\n" +
+	"\x10sealed_successor\x18\x03 \x01(\fR\x0fsealedSuccessor\x12:\n" +
+	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
+	"deviceCode\x121\n" +
+	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events*\xfa\x01\n" +
+	"\tEventKind\x12\x1a\n" +
+	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
+	"\x1aEVENT_KIND_CLIENT_DISABLED\x10\x02\x12\x1a\n" +
+	"\x16EVENT_KIND_KEY_ROTATED\x10\x03\x12\x1d\n" +
+	"\x19EVENT_KIND_FAMILY_REVOKED\x10\x04\x12\x1d\n" +
+	"\x19EVENT_KIND_REUSE_DETECTED\x10\x05\x12\x1a\n" +
+	"\x16EVENT_KIND_USER_LOCKED\x10\x06\x12\x1d\n" +
+	"\x19EVENT_KIND_CLIENT_ENABLED\x10\aB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -1294,45 +3551,94 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_command_proto_goTypes = []any{
-	(*Command)(nil),            // 0: tally.raft.v1.Command
-	(*CreateTenant)(nil),       // 1: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),       // 2: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),       // 3: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil), // 4: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),  // 5: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),            // 6: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),        // 7: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),              // 8: tally.raft.v1.Sweep
-	(*Tenant)(nil),             // 9: tally.raft.v1.Tenant
-	(*SecretHash)(nil),         // 10: tally.raft.v1.SecretHash
-	(*Client)(nil),             // 11: tally.raft.v1.Client
-	(*Key)(nil),                // 12: tally.raft.v1.Key
-	(*Revocation)(nil),         // 13: tally.raft.v1.Revocation
+	(EventKind)(0),             // 0: tally.raft.v1.EventKind
+	(*Command)(nil),            // 1: tally.raft.v1.Command
+	(*CreateTenant)(nil),       // 2: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),       // 3: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),       // 4: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil), // 5: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),  // 6: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),            // 7: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),        // 8: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),              // 9: tally.raft.v1.Sweep
+	(*Tenant)(nil),             // 10: tally.raft.v1.Tenant
+	(*SecretHash)(nil),         // 11: tally.raft.v1.SecretHash
+	(*Client)(nil),             // 12: tally.raft.v1.Client
+	(*Key)(nil),                // 13: tally.raft.v1.Key
+	(*Revocation)(nil),         // 14: tally.raft.v1.Revocation
+	(*Event)(nil),              // 15: tally.raft.v1.Event
+	(*CreateUser)(nil),         // 16: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),    // 17: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),      // 18: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),    // 19: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),         // 20: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),      // 21: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),       // 22: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),   // 23: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),   // 24: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),     // 25: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),       // 26: tally.raft.v1.PasswordHash
+	(*User)(nil),               // 27: tally.raft.v1.User
+	(*Consent)(nil),            // 28: tally.raft.v1.Consent
+	(*AccessToken)(nil),        // 29: tally.raft.v1.AccessToken
+	(*Family)(nil),             // 30: tally.raft.v1.Family
+	(*UsedCode)(nil),           // 31: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),         // 32: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),         // 33: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),        // 34: tally.raft.v1.GrantResult
 }
 var file_command_proto_depIdxs = []int32{
-	1,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
-	2,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
-	3,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
-	4,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
-	5,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
-	6,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
-	7,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
-	8,  // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	9,  // 8: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	12, // 9: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	11, // 10: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	11, // 11: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	10, // 12: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	12, // 13: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	13, // 14: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	10, // 15: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
+	3,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
+	4,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
+	5,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
+	6,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
+	7,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
+	8,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
+	9,  // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
+	16, // 8: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	17, // 9: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	18, // 10: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	19, // 11: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	20, // 12: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	21, // 13: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	22, // 14: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	23, // 15: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	24, // 16: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	25, // 17: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
+	10, // 18: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	13, // 19: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	12, // 20: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	12, // 21: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	11, // 22: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	13, // 23: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	14, // 24: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	11, // 25: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 26: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	14, // 27: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	27, // 28: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	26, // 29: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	28, // 30: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	30, // 31: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	29, // 32: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	29, // 33: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	32, // 34: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	30, // 35: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	29, // 36: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	26, // 37: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 38: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	29, // 39: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 40: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	32, // 41: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	33, // 42: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -1349,19 +3655,30 @@ func file_command_proto_init() {
 		(*Command_AddKeys)(nil),
 		(*Command_RevokeToken)(nil),
 		(*Command_Sweep)(nil),
+		(*Command_CreateUser)(nil),
+		(*Command_SetUserPassword)(nil),
+		(*Command_SetUserStatus)(nil),
+		(*Command_RememberConsent)(nil),
+		(*Command_RedeemCode)(nil),
+		(*Command_RotateRefresh)(nil),
+		(*Command_RevokeFamily)(nil),
+		(*Command_CreateDeviceCode)(nil),
+		(*Command_DecideDeviceCode)(nil),
+		(*Command_PollDeviceCode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   14,
+			NumEnums:      1,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_command_proto_goTypes,
 		DependencyIndexes: file_command_proto_depIdxs,
+		EnumInfos:         file_command_proto_enumTypes,
 		MessageInfos:      file_command_proto_msgTypes,
 	}.Build()
 	File_command_proto = out.File

@@ -74,6 +74,20 @@ const (
 	// AdminServiceListRevocationsProcedure is the fully-qualified name of the AdminService's
 	// ListRevocations RPC.
 	AdminServiceListRevocationsProcedure = "/tally.admin.v1.AdminService/ListRevocations"
+	// AdminServiceCreateUserProcedure is the fully-qualified name of the AdminService's CreateUser RPC.
+	AdminServiceCreateUserProcedure = "/tally.admin.v1.AdminService/CreateUser"
+	// AdminServiceGetUserProcedure is the fully-qualified name of the AdminService's GetUser RPC.
+	AdminServiceGetUserProcedure = "/tally.admin.v1.AdminService/GetUser"
+	// AdminServiceListUsersProcedure is the fully-qualified name of the AdminService's ListUsers RPC.
+	AdminServiceListUsersProcedure = "/tally.admin.v1.AdminService/ListUsers"
+	// AdminServiceDisableUserProcedure is the fully-qualified name of the AdminService's DisableUser
+	// RPC.
+	AdminServiceDisableUserProcedure = "/tally.admin.v1.AdminService/DisableUser"
+	// AdminServiceEnableUserProcedure is the fully-qualified name of the AdminService's EnableUser RPC.
+	AdminServiceEnableUserProcedure = "/tally.admin.v1.AdminService/EnableUser"
+	// AdminServiceSetUserPasswordProcedure is the fully-qualified name of the AdminService's
+	// SetUserPassword RPC.
+	AdminServiceSetUserPasswordProcedure = "/tally.admin.v1.AdminService/SetUserPassword"
 )
 
 // AdminServiceClient is a client for the tally.admin.v1.AdminService service.
@@ -92,6 +106,13 @@ type AdminServiceClient interface {
 	RotateKeys(context.Context, *connect.Request[v1.RotateKeysRequest]) (*connect.Response[v1.RotateKeysResponse], error)
 	RevokeToken(context.Context, *connect.Request[v1.RevokeTokenRequest]) (*connect.Response[v1.RevokeTokenResponse], error)
 	ListRevocations(context.Context, *connect.Request[v1.ListRevocationsRequest]) (*connect.Response[v1.ListRevocationsResponse], error)
+	// End users of a tenant (authorization code and device flows).
+	CreateUser(context.Context, *connect.Request[v1.CreateUserRequest]) (*connect.Response[v1.CreateUserResponse], error)
+	GetUser(context.Context, *connect.Request[v1.GetUserRequest]) (*connect.Response[v1.GetUserResponse], error)
+	ListUsers(context.Context, *connect.Request[v1.ListUsersRequest]) (*connect.Response[v1.ListUsersResponse], error)
+	DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error)
+	EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error)
+	SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tally.admin.v1.AdminService service. By
@@ -189,6 +210,42 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("ListRevocations")),
 			connect.WithClientOptions(opts...),
 		),
+		createUser: connect.NewClient[v1.CreateUserRequest, v1.CreateUserResponse](
+			httpClient,
+			baseURL+AdminServiceCreateUserProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("CreateUser")),
+			connect.WithClientOptions(opts...),
+		),
+		getUser: connect.NewClient[v1.GetUserRequest, v1.GetUserResponse](
+			httpClient,
+			baseURL+AdminServiceGetUserProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("GetUser")),
+			connect.WithClientOptions(opts...),
+		),
+		listUsers: connect.NewClient[v1.ListUsersRequest, v1.ListUsersResponse](
+			httpClient,
+			baseURL+AdminServiceListUsersProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListUsers")),
+			connect.WithClientOptions(opts...),
+		),
+		disableUser: connect.NewClient[v1.DisableUserRequest, v1.DisableUserResponse](
+			httpClient,
+			baseURL+AdminServiceDisableUserProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("DisableUser")),
+			connect.WithClientOptions(opts...),
+		),
+		enableUser: connect.NewClient[v1.EnableUserRequest, v1.EnableUserResponse](
+			httpClient,
+			baseURL+AdminServiceEnableUserProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("EnableUser")),
+			connect.WithClientOptions(opts...),
+		),
+		setUserPassword: connect.NewClient[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse](
+			httpClient,
+			baseURL+AdminServiceSetUserPasswordProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetUserPassword")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -208,6 +265,12 @@ type adminServiceClient struct {
 	rotateKeys         *connect.Client[v1.RotateKeysRequest, v1.RotateKeysResponse]
 	revokeToken        *connect.Client[v1.RevokeTokenRequest, v1.RevokeTokenResponse]
 	listRevocations    *connect.Client[v1.ListRevocationsRequest, v1.ListRevocationsResponse]
+	createUser         *connect.Client[v1.CreateUserRequest, v1.CreateUserResponse]
+	getUser            *connect.Client[v1.GetUserRequest, v1.GetUserResponse]
+	listUsers          *connect.Client[v1.ListUsersRequest, v1.ListUsersResponse]
+	disableUser        *connect.Client[v1.DisableUserRequest, v1.DisableUserResponse]
+	enableUser         *connect.Client[v1.EnableUserRequest, v1.EnableUserResponse]
+	setUserPassword    *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
 }
 
 // CreateTenant calls tally.admin.v1.AdminService.CreateTenant.
@@ -280,6 +343,36 @@ func (c *adminServiceClient) ListRevocations(ctx context.Context, req *connect.R
 	return c.listRevocations.CallUnary(ctx, req)
 }
 
+// CreateUser calls tally.admin.v1.AdminService.CreateUser.
+func (c *adminServiceClient) CreateUser(ctx context.Context, req *connect.Request[v1.CreateUserRequest]) (*connect.Response[v1.CreateUserResponse], error) {
+	return c.createUser.CallUnary(ctx, req)
+}
+
+// GetUser calls tally.admin.v1.AdminService.GetUser.
+func (c *adminServiceClient) GetUser(ctx context.Context, req *connect.Request[v1.GetUserRequest]) (*connect.Response[v1.GetUserResponse], error) {
+	return c.getUser.CallUnary(ctx, req)
+}
+
+// ListUsers calls tally.admin.v1.AdminService.ListUsers.
+func (c *adminServiceClient) ListUsers(ctx context.Context, req *connect.Request[v1.ListUsersRequest]) (*connect.Response[v1.ListUsersResponse], error) {
+	return c.listUsers.CallUnary(ctx, req)
+}
+
+// DisableUser calls tally.admin.v1.AdminService.DisableUser.
+func (c *adminServiceClient) DisableUser(ctx context.Context, req *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error) {
+	return c.disableUser.CallUnary(ctx, req)
+}
+
+// EnableUser calls tally.admin.v1.AdminService.EnableUser.
+func (c *adminServiceClient) EnableUser(ctx context.Context, req *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error) {
+	return c.enableUser.CallUnary(ctx, req)
+}
+
+// SetUserPassword calls tally.admin.v1.AdminService.SetUserPassword.
+func (c *adminServiceClient) SetUserPassword(ctx context.Context, req *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error) {
+	return c.setUserPassword.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tally.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
@@ -296,6 +389,13 @@ type AdminServiceHandler interface {
 	RotateKeys(context.Context, *connect.Request[v1.RotateKeysRequest]) (*connect.Response[v1.RotateKeysResponse], error)
 	RevokeToken(context.Context, *connect.Request[v1.RevokeTokenRequest]) (*connect.Response[v1.RevokeTokenResponse], error)
 	ListRevocations(context.Context, *connect.Request[v1.ListRevocationsRequest]) (*connect.Response[v1.ListRevocationsResponse], error)
+	// End users of a tenant (authorization code and device flows).
+	CreateUser(context.Context, *connect.Request[v1.CreateUserRequest]) (*connect.Response[v1.CreateUserResponse], error)
+	GetUser(context.Context, *connect.Request[v1.GetUserRequest]) (*connect.Response[v1.GetUserResponse], error)
+	ListUsers(context.Context, *connect.Request[v1.ListUsersRequest]) (*connect.Response[v1.ListUsersResponse], error)
+	DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error)
+	EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error)
+	SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -389,6 +489,42 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("ListRevocations")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceCreateUserHandler := connect.NewUnaryHandler(
+		AdminServiceCreateUserProcedure,
+		svc.CreateUser,
+		connect.WithSchema(adminServiceMethods.ByName("CreateUser")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceGetUserHandler := connect.NewUnaryHandler(
+		AdminServiceGetUserProcedure,
+		svc.GetUser,
+		connect.WithSchema(adminServiceMethods.ByName("GetUser")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceListUsersHandler := connect.NewUnaryHandler(
+		AdminServiceListUsersProcedure,
+		svc.ListUsers,
+		connect.WithSchema(adminServiceMethods.ByName("ListUsers")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceDisableUserHandler := connect.NewUnaryHandler(
+		AdminServiceDisableUserProcedure,
+		svc.DisableUser,
+		connect.WithSchema(adminServiceMethods.ByName("DisableUser")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceEnableUserHandler := connect.NewUnaryHandler(
+		AdminServiceEnableUserProcedure,
+		svc.EnableUser,
+		connect.WithSchema(adminServiceMethods.ByName("EnableUser")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceSetUserPasswordHandler := connect.NewUnaryHandler(
+		AdminServiceSetUserPasswordProcedure,
+		svc.SetUserPassword,
+		connect.WithSchema(adminServiceMethods.ByName("SetUserPassword")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateTenantProcedure:
@@ -419,6 +555,18 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceRevokeTokenHandler.ServeHTTP(w, r)
 		case AdminServiceListRevocationsProcedure:
 			adminServiceListRevocationsHandler.ServeHTTP(w, r)
+		case AdminServiceCreateUserProcedure:
+			adminServiceCreateUserHandler.ServeHTTP(w, r)
+		case AdminServiceGetUserProcedure:
+			adminServiceGetUserHandler.ServeHTTP(w, r)
+		case AdminServiceListUsersProcedure:
+			adminServiceListUsersHandler.ServeHTTP(w, r)
+		case AdminServiceDisableUserProcedure:
+			adminServiceDisableUserHandler.ServeHTTP(w, r)
+		case AdminServiceEnableUserProcedure:
+			adminServiceEnableUserHandler.ServeHTTP(w, r)
+		case AdminServiceSetUserPasswordProcedure:
+			adminServiceSetUserPasswordHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -482,4 +630,28 @@ func (UnimplementedAdminServiceHandler) RevokeToken(context.Context, *connect.Re
 
 func (UnimplementedAdminServiceHandler) ListRevocations(context.Context, *connect.Request[v1.ListRevocationsRequest]) (*connect.Response[v1.ListRevocationsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.ListRevocations is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) CreateUser(context.Context, *connect.Request[v1.CreateUserRequest]) (*connect.Response[v1.CreateUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.CreateUser is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) GetUser(context.Context, *connect.Request[v1.GetUserRequest]) (*connect.Response[v1.GetUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.GetUser is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListUsers(context.Context, *connect.Request[v1.ListUsersRequest]) (*connect.Response[v1.ListUsersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.ListUsers is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.DisableUser is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.EnableUser is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetUserPassword is not implemented"))
 }

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"io"
+	"strconv"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+)
+
+// readPasswordStdin reads a password: the first line of stdin, without its
+// line ending. Passwords are never taken from flags (they would show in ps
+// and shell history).
+func readPasswordStdin(r io.Reader) (string, error) {
+	line, err := bufio.NewReader(io.LimitReader(r, 4096)).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return "", err
+	}
+	pw := strings.TrimRight(line, "\r\n")
+	if pw == "" {
+		return "", usagef("--password-stdin: no password on standard input")
+	}
+	return pw, nil
+}
+
+func userFields(u *adminv1.User) []field {
+	return []field{
+		{"user_id", u.GetUserId()},
+		{"tenant", u.GetTenant()},
+		{"username", u.GetUsername()},
+		{"email", u.GetEmail()},
+		{"email_verified", textBool(u.GetEmailVerified())},
+		{"name", u.GetName()},
+		{"disabled", textBool(u.GetDisabled())},
+		{"locked", textBool(u.GetLocked())},
+		{"has_password", textBool(u.GetHasPassword())},
+		{"created_at", textTime(u.GetCreatedAt())},
+		{"updated_at", textTime(u.GetUpdatedAt())},
+		{"revision", strconv.FormatUint(u.GetRevision(), 10)},
+	}
+}
+
+func (s *adminSession) printUser(u *adminv1.User) error { return s.printOne(u, userFields(u)) }
+
+// userTarget checks the tenant and returns the USER argument (id or
+// username).
+func userTarget(args []string, tenant string) (string, error) {
+	u, err := oneArg(args, "USER")
+	if err != nil {
+		return "", err
+	}
+	return u, requireFlag("tenant", tenant)
+}
+
+func userCommands() []adminCommand {
+	return []adminCommand{
+		{
+			path:     "user create",
+			synopsis: "[--tenant T] --username U [--email E] [--name N] [--email-verified] [--password-stdin]",
+			summary:  "Create an end user who signs in at the login page.",
+			detail: "With --password-stdin the password is the first line of standard input; it\n" +
+				"is hashed with argon2id by the server and never stored. Without it the user\n" +
+				"cannot sign in until set-password.",
+			examples: []string{
+				`printf '%s\n' "$PASSWORD" | tally admin user create --tenant default --username alice --email alice@example.com --password-stdin`,
+				`tally admin user create --username bob --name "Bob B" --output json | jq -r .user_id`,
+			},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				username := fs.String("username", "", "`username` (required)")
+				email := fs.String("email", "", "e-mail `address`")
+				name := fs.String("name", "", "display `name`")
+				verified := fs.Bool("email-verified", false, "the e-mail address is verified")
+				pwStdin := fs.Bool("password-stdin", false, "read the password from standard input")
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					if err := noArgs(args); err != nil {
+						return err
+					}
+					if err := requireFlag("tenant", *tenant); err != nil {
+						return err
+					}
+					if err := requireFlag("username", *username); err != nil {
+						return err
+					}
+					var pw string
+					if *pwStdin {
+						var err error
+						if pw, err = readPasswordStdin(s.stdin()); err != nil {
+							return err
+						}
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{
+						Tenant: *tenant, Username: *username, Email: *email, Name: *name, Password: pw, EmailVerified: *verified,
+					}))
+					if err != nil {
+						return err
+					}
+					return s.printUser(res.Msg.GetUser())
+				}
+			},
+		},
+		{
+			path:     "user get",
+			takesArg: true,
+			synopsis: "[--tenant T] USER",
+			summary:  "Show a user, named by id or username.",
+			examples: []string{`tally admin user get --tenant default alice`, `tally admin user get u_3f9c2a7e --output json`},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					user, err := userTarget(args, *tenant)
+					if err != nil {
+						return err
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.GetUser(ctx, connect.NewRequest(&adminv1.GetUserRequest{Tenant: *tenant, User: user}))
+					if err != nil {
+						return err
+					}
+					return s.printUser(res.Msg.GetUser())
+				}
+			},
+		},
+		{
+			path:     "user list",
+			synopsis: "[--tenant T]",
+			summary:  "List the users of a tenant.",
+			examples: []string{`tally admin user list --tenant default`, `tally admin user list --output json | jq -r '.[].username'`},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					if err := noArgs(args); err != nil {
+						return err
+					}
+					if err := requireFlag("tenant", *tenant); err != nil {
+						return err
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.ListUsers(ctx, connect.NewRequest(&adminv1.ListUsersRequest{Tenant: *tenant}))
+					if err != nil {
+						return err
+					}
+					return printList(s, res.Msg.GetUsers(),
+						[]string{"USER ID", "USERNAME", "EMAIL", "NAME", "DISABLED", "LOCKED"},
+						func(u *adminv1.User) []string {
+							return []string{u.GetUserId(), u.GetUsername(), u.GetEmail(), u.GetName(),
+								textBool(u.GetDisabled()), textBool(u.GetLocked())}
+						})
+				}
+			},
+		},
+		{
+			path:     "user disable",
+			takesArg: true,
+			synopsis: "[--tenant T] USER",
+			summary:  "Disable a user: no sign-in, no refresh, userinfo refuses their tokens.",
+			examples: []string{`tally admin user disable --tenant default alice`},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					user, err := userTarget(args, *tenant)
+					if err != nil {
+						return err
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.DisableUser(ctx, connect.NewRequest(&adminv1.DisableUserRequest{Tenant: *tenant, User: user}))
+					if err != nil {
+						return err
+					}
+					return s.printUser(res.Msg.GetUser())
+				}
+			},
+		},
+		{
+			path:     "user enable",
+			takesArg: true,
+			synopsis: "[--tenant T] USER",
+			summary:  "Enable a disabled user.",
+			examples: []string{`tally admin user enable --tenant default alice`},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					user, err := userTarget(args, *tenant)
+					if err != nil {
+						return err
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.EnableUser(ctx, connect.NewRequest(&adminv1.EnableUserRequest{Tenant: *tenant, User: user}))
+					if err != nil {
+						return err
+					}
+					return s.printUser(res.Msg.GetUser())
+				}
+			},
+		},
+		{
+			path:     "user set-password",
+			takesArg: true,
+			synopsis: "[--tenant T] USER --password-stdin",
+			summary:  "Replace a user's password (read from standard input).",
+			examples: []string{`printf '%s\n' "$NEW" | tally admin user set-password --tenant default alice --password-stdin`},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				pwStdin := fs.Bool("password-stdin", false, "read the password from standard input (required)")
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					user, err := userTarget(args, *tenant)
+					if err != nil {
+						return err
+					}
+					if !*pwStdin {
+						return usagef("--password-stdin is required")
+					}
+					pw, err := readPasswordStdin(s.stdin())
+					if err != nil {
+						return err
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.SetUserPassword(ctx, connect.NewRequest(&adminv1.SetUserPasswordRequest{Tenant: *tenant, User: user, Password: pw}))
+					if err != nil {
+						return err
+					}
+					return s.printUser(res.Msg.GetUser())
+				}
+			},
+		},
+	}
+}

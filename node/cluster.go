@@ -1,0 +1,457 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
+	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
+	"github.com/tallyauth/tally/raft"
+)
+
+// cluster is a node's side of the multi-node machinery: the cluster port
+// (Raft and the internal Connect service over mutual TLS), the client for
+// calling peers, write forwarding and membership.
+type cluster struct {
+	cfg    Config
+	rn     *raft.Node
+	ln     *raft.ClusterListener
+	tls    *raft.NodeTLS
+	client *http.Client // internal calls to peers, node mTLS
+	srv    *http.Server // internal Connect service on ln.RPCListener
+	now    func() time.Time
+	http   func() string // this node's public HTTP address, for status
+
+	wg sync.WaitGroup
+}
+
+// loadNodeTLS returns the node's cluster identity: Config.TLS, the files in
+// TLSDir, or (for a node that needs no peers) a private CA and certificate
+// generated in DataDir/tls on first start.
+func loadNodeTLS(cfg Config) (*raft.NodeTLS, error) {
+	if cfg.TLS != nil {
+		return cfg.TLS, nil
+	}
+	if cfg.TLSDir != "" {
+		return raft.LoadNodeTLSDir(cfg.TLSDir)
+	}
+	dir := filepath.Join(cfg.DataDir, "tls")
+	if _, err := os.Stat(filepath.Join(dir, raft.NodeCertFile)); err == nil {
+		return raft.LoadNodeTLSDir(dir)
+	}
+	caDir := filepath.Join(dir, "ca")
+	if err := raft.InitCADir(caDir, time.Time{}); err != nil {
+		return nil, fmt.Errorf("node: generating a cluster CA: %w", err)
+	}
+	o := raft.CertOptions{NodeID: cfg.NodeID}
+	for _, a := range []string{cfg.RaftAdvertise, cfg.RaftBind} {
+		if host, _, err := net.SplitHostPort(a); err == nil {
+			if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+				o.IPs = append(o.IPs, ip)
+			} else if host != "" && ip == nil {
+				o.DNSNames = append(o.DNSNames, host)
+			}
+		}
+	}
+	o.IPs = append(o.IPs, net.IPv4(127, 0, 0, 1), net.IPv6loopback)
+	if err := raft.IssueNodeCertDir(caDir, dir, o); err != nil {
+		return nil, fmt.Errorf("node: generating a node certificate: %w", err)
+	}
+	return raft.LoadNodeTLSDir(dir)
+}
+
+// raftConfig is the Raft configuration of this node on the cluster port.
+func raftConfig(cfg Config, ln *raft.ClusterListener) (raft.Config, error) {
+	rc := raft.DefaultConfig()
+	if err := rc.ApplyProfile(cfg.RaftProfile); err != nil {
+		return rc, err
+	}
+	rc.ID = cfg.NodeID
+	rc.DataDir = filepath.Join(cfg.DataDir, "raft")
+	rc.StreamLayer = ln.StreamLayer()
+	rc.Bootstrap = cfg.Join == ""
+	for _, p := range cfg.Peers {
+		rc.BootstrapServers = append(rc.BootstrapServers, raft.Member{ID: p.ID, Addr: p.RaftAddr, Voter: !p.Nonvoter})
+	}
+	if cfg.RaftTuning != nil {
+		cfg.RaftTuning(&rc)
+	}
+	return rc, nil
+}
+
+// soleVoter reports whether this node is the only voter of its
+// configuration, so that it can wait for its own leadership while starting.
+// A member of a larger cluster must not: its peers may not be up yet.
+func (n *Node) soleVoter(ctx context.Context) bool {
+	ms, err := n.raft.Members(ctx)
+	if err != nil {
+		return false
+	}
+	voters := 0
+	self := false
+	for _, m := range ms {
+		if m.Voter {
+			voters++
+			self = self || m.ID == n.cfg.NodeID
+		}
+	}
+	return voters == 1 && self
+}
+
+func newCluster(cfg Config, rn *raft.Node, ln *raft.ClusterListener, now func() time.Time, httpAddr func() string) *cluster {
+	return &cluster{
+		cfg: cfg, rn: rn, ln: ln, tls: ln.TLS(), now: now, http: httpAddr,
+		client: &http.Client{Transport: ln.TLS().HTTPTransport()},
+	}
+}
+
+// peer returns a client of the internal service at a cluster address.
+func (c *cluster) peer(addr string) clusterv1connect.ClusterServiceClient {
+	return clusterv1connect.NewClusterServiceClient(c.client, "https://"+addr, connect.WithSendMaxBytes(8<<20), connect.WithReadMaxBytes(8<<20))
+}
+
+// serve starts the internal Connect service on the cluster port.
+func (c *cluster) serve(svc clusterv1connect.ClusterServiceHandler) {
+	mux := http.NewServeMux()
+	path, h := clusterv1connect.NewClusterServiceHandler(svc, connect.WithReadMaxBytes(8<<20))
+	mux.Handle(path, h)
+	c.srv = &http.Server{
+		Handler:           peerIdentity(mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		_ = c.srv.Serve(c.ln.RPCListener())
+	}()
+}
+
+// close stops the internal service and the client; the listener is closed
+// by closeListener, after Raft.
+func (c *cluster) close() {
+	if c.srv != nil {
+		_ = c.srv.Close()
+	}
+	c.wg.Wait()
+	if t, ok := c.client.Transport.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
+}
+
+type peerIDKey struct{}
+
+// peerIdentity puts the verified node id of the caller's certificate into
+// the request context.
+func peerIdentity(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := ""
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			id = raft.NodeIDOf(r.TLS.PeerCertificates[0])
+		}
+		if id == "" { // unreachable: the listener verified the certificate
+			http.Error(w, "node certificate required", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerIDKey{}, id)))
+	})
+}
+
+// joinLoop asks the member at cfg.Join to add this node until this node is
+// in the configuration or ctx ends.
+func (c *cluster) joinLoop(ctx context.Context, log func(msg string, args ...any)) {
+	if c.cfg.Join == "" {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if c.isMember(ctx) {
+				return
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := c.peer(c.cfg.Join).Join(cctx, connect.NewRequest(&clusterv1.JoinRequest{
+				Id: c.cfg.NodeID, Address: c.ln.Addr().String(), Nonvoter: c.cfg.Nonvoter,
+			}))
+			cancel()
+			if err == nil {
+				log("joined the cluster", "via", c.cfg.Join, "nonvoter", c.cfg.Nonvoter)
+				return
+			}
+			log("join failed; retrying", "via", c.cfg.Join, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// isMember reports whether this node is in its own latest configuration.
+func (c *cluster) isMember(ctx context.Context) bool {
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	ms, err := c.rn.Members(cctx)
+	if err != nil {
+		return false
+	}
+	for _, m := range ms {
+		if m.ID == c.cfg.NodeID {
+			return true
+		}
+	}
+	return false
+}
+
+// stale reports why this node's replica is beyond the staleness bound, or
+// nil.
+func (c *cluster) stale() error {
+	last := c.rn.LastLeaderContact()
+	if last.IsZero() {
+		return fmt.Errorf("%w: never heard from a raft leader", ErrStale)
+	}
+	if d := time.Since(last); d > c.cfg.MaxStale {
+		return fmt.Errorf("%w: last heard from a raft leader %s ago (bound %s)", ErrStale, d.Round(time.Millisecond), c.cfg.MaxStale)
+	}
+	return nil
+}
+
+// ErrStale marks a read refused because the local replica has not heard
+// from a leader within the staleness bound (Config.MaxStale).
+var ErrStale = errors.New("node: replica is stale")
+
+// localStatus is this node's own status.
+func (c *cluster) localStatus(ctx context.Context) *clusterv1.MemberStatus {
+	st := c.rn.Status()
+	ms := &clusterv1.MemberStatus{
+		Id:           c.cfg.NodeID,
+		Region:       c.cfg.Region,
+		RaftAddress:  c.ln.Addr().String(),
+		HttpAddress:  c.http(),
+		Leader:       st.State == "Leader",
+		State:        st.State,
+		Term:         st.Term,
+		LastIndex:    st.LastIndex,
+		CommitIndex:  st.CommitIndex,
+		AppliedIndex: st.AppliedIndex,
+		LastContactMs: func() int64 {
+			if st.LastContact.IsZero() {
+				return -1
+			}
+			return max(time.Since(st.LastContact).Milliseconds(), 0)
+		}(),
+		LeaderId: st.LeaderID,
+		Health:   "healthy",
+	}
+	if ms.Leader {
+		ms.LastContactMs = 0
+	}
+	if err := c.stale(); err != nil {
+		ms.Health, ms.Error = "stale", err.Error()
+	}
+	if members, err := c.rn.Members(ctx); err == nil {
+		for _, m := range members {
+			if m.ID == c.cfg.NodeID {
+				ms.Voter = m.Voter
+			}
+		}
+	}
+	return ms
+}
+
+// laggingEntries is how far behind the leader's commit index a member may
+// be before status reports it as lagging.
+const laggingEntries = 1000
+
+// status gathers every member's status, asking each over the internal
+// service with timeout; members that do not answer are "unreachable".
+func (c *cluster) status(ctx context.Context, timeout time.Duration) (*clusterv1.StatusResponse, error) {
+	members, err := c.rn.Members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*clusterv1.MemberStatus, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		if m.ID == c.cfg.NodeID {
+			out[i] = c.localStatus(ctx)
+			out[i].Voter = m.Voter
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			resp, err := c.peer(m.Addr).LocalStatus(cctx, connect.NewRequest(&clusterv1.LocalStatusRequest{}))
+			if err != nil || resp.Msg.Status == nil {
+				out[i] = &clusterv1.MemberStatus{Id: m.ID, RaftAddress: m.Addr, Voter: m.Voter, State: "unreachable", Health: "unreachable", LastContactMs: -1}
+				if err != nil {
+					out[i].Error = err.Error()
+				}
+				return
+			}
+			s := resp.Msg.Status
+			s.Voter = m.Voter
+			if s.Id != m.ID {
+				s.Health, s.Error = "unreachable", fmt.Sprintf("answered as %q", s.Id)
+			}
+			out[i] = s
+		}()
+	}
+	wg.Wait()
+	resp := &clusterv1.StatusResponse{Members: out}
+	var commit uint64
+	for _, s := range out {
+		if s.Leader {
+			resp.LeaderId, commit = s.Id, s.CommitIndex
+		}
+	}
+	for _, s := range out {
+		if s.State == "unreachable" {
+			continue
+		}
+		if commit > s.AppliedIndex {
+			s.Lag = commit - s.AppliedIndex
+		}
+		if s.Health == "healthy" && s.Lag > laggingEntries {
+			s.Health = "lagging"
+		}
+	}
+	return resp, nil
+}
+
+// openRaft opens the cluster port and the Raft replica on it, and wires the
+// replica adapter to forward writes and to fail closed when stale.
+func (n *Node) openRaft() error {
+	nodeTLS, err := loadNodeTLS(n.cfg)
+	if err != nil {
+		return err
+	}
+	clog := n.log.With("component", "cluster")
+	if n.clusterLn, err = raft.ListenCluster(n.cfg.RaftBind, n.cfg.RaftAdvertise, nodeTLS, clog); err != nil {
+		return fmt.Errorf("node: cluster port: %w", err)
+	}
+	rc, err := raftConfig(n.cfg, n.clusterLn)
+	if err != nil {
+		return err
+	}
+	rc.Logger = n.log.With("component", "raft")
+	if n.raft, err = raft.Open(rc); err != nil {
+		return err
+	}
+	n.cl = newCluster(n.cfg, n.raft, n.clusterLn, n.now, func() string { return n.Addr() })
+	n.rep = newReplica(n.raft, n.now)
+	n.rep.forward = n.cl.propose
+	n.rep.fresh = n.cl.stale
+	return nil
+}
+
+// startCluster serves the internal service, joins through cfg.Join if this
+// node is new, and keeps the default tenant created by whichever node
+// leads.
+func (n *Node) startCluster(ctx context.Context) {
+	n.cl.serve(&clusterService{c: n.cl})
+	logInfo := func(msg string, args ...any) { n.log.Info(msg, args...) }
+	n.cl.joinLoop(ctx, logInfo)
+	n.cl.preferLeaderRegion(ctx, logInfo)
+	n.cl.wg.Add(1)
+	go func() {
+		defer n.cl.wg.Done()
+		n.ensureDefaultTenant(ctx)
+	}()
+}
+
+// ensureDefaultTenant creates the default tenant when this node leads a
+// cluster without one, polling until the tenant exists or ctx ends.
+func (n *Node) ensureDefaultTenant(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if _, ok := n.raft.State().Tenant(DefaultTenant); ok {
+			return
+		}
+		if n.raft.IsLeader() {
+			if err := n.createDefaultTenant(ctx); err != nil {
+				n.log.Warn("creating the default tenant", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Raft is the node's Raft replica (for tests and tools).
+func (n *Node) Raft() *raft.Node { return n.raft }
+
+// ClusterAddr is the advertised address of the cluster port (Raft and the
+// internal service).
+func (n *Node) ClusterAddr() string { return n.clusterLn.Addr().String() }
+
+// NodeID is this node's id.
+func (n *Node) NodeID() string { return n.cfg.NodeID }
+
+// Region is this node's region label.
+func (n *Node) Region() string { return n.cfg.Region }
+
+// Stale reports why the replica is beyond the staleness bound, or nil.
+func (n *Node) Stale() error { return n.cl.stale() }
+
+// leaderRegionEvery is how often a leader outside Config.LeaderRegion looks
+// for a voter of that region to hand leadership to.
+const leaderRegionEvery = time.Second
+
+// preferLeaderRegion moves leadership into cfg.LeaderRegion: while this
+// node leads from another region, it transfers leadership to a healthy voter
+// of that region with no lag, if there is one.
+func (c *cluster) preferLeaderRegion(ctx context.Context, log func(msg string, args ...any)) {
+	if c.cfg.LeaderRegion == "" || c.cfg.LeaderRegion == c.cfg.Region {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		t := time.NewTicker(leaderRegionEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if !c.rn.IsLeader() {
+				continue
+			}
+			st, err := c.status(ctx, statusTimeout)
+			if err != nil {
+				continue
+			}
+			for _, m := range st.Members {
+				if m.Voter && !m.Leader && m.Region == c.cfg.LeaderRegion && m.Health == "healthy" && m.Lag == 0 {
+					tctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
+					err := c.rn.TransferLeadership(tctx, m.Id)
+					cancel()
+					log("moved leadership to the preferred region", "to", m.Id, "region", m.Region, "err", err)
+					break
+				}
+			}
+		}
+	}()
+}

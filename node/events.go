@@ -1,0 +1,436 @@
+package node
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tallyauth/tally/issuance"
+	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
+	"github.com/tallyauth/tally/node/api/events/v1/eventsv1connect"
+	"github.com/tallyauth/tally/raft"
+	"github.com/tallyauth/tally/raft/raftpb"
+	"github.com/tallyauth/tally/replication"
+	"github.com/tallyauth/tally/revocation"
+)
+
+// EventsConfig configures the event log: where the node publishes its
+// replica's events (JetStream) and how long they are kept.
+type EventsConfig struct {
+	// NATSURL is an external NATS cluster (comma-separated URLs). Empty uses
+	// the embedded server (Config.NATSListen); with neither, the node
+	// publishes no events and serves no events API.
+	NATSURL string
+	// NATSCredsFile is a NATS credentials file (user JWT and nkey seed) for
+	// NATSURL.
+	NATSCredsFile string
+	// NATSCAFile is a PEM CA bundle that verifies NATSURL's TLS certificate.
+	NATSCAFile string
+	// Retention is the stream's max age and the outbox retention: at least
+	// the longest access-token lifetime (1h) plus a margin. Default 2h.
+	Retention time.Duration
+	// ClusterID prefixes message and SET ids; the same on every node of a
+	// cluster. Default "tally".
+	ClusterID string
+	// Audience is the "aud" of every SET; empty means the tenant's issuer.
+	Audience []string
+	// StreamReplicas is the JetStream replication factor of the stream.
+	StreamReplicas int
+}
+
+// DefaultEventsConfig: embedded NATS, 2h retention.
+func DefaultEventsConfig() EventsConfig {
+	return EventsConfig{Retention: 2 * time.Hour, ClusterID: "tally", StreamReplicas: 1}
+}
+
+// Validate reports the first invalid field.
+func (c EventsConfig) Validate() error {
+	if c.Retention < time.Hour {
+		return errors.New("node: event retention must be at least 1h (the longest access-token lifetime)")
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		return errors.New("node: event stream replicas must be 1 to 5")
+	}
+	if c.NATSURL != "" {
+		for _, s := range strings.Split(c.NATSURL, ",") {
+			u, err := url.Parse(strings.TrimSpace(s))
+			if err != nil || (u.Scheme != "nats" && u.Scheme != "tls") || u.Host == "" {
+				return fmt.Errorf("node: nats url %q: want nats://host:port or tls://host:port", s)
+			}
+		}
+	}
+	return nil
+}
+
+// eventLog is the node's side of the event log: its NATS connection, its
+// publisher and the events Connect service.
+type eventLog struct {
+	cfg    EventsConfig
+	kek    *issuance.KEK
+	log    *slog.Logger
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	pub    *replication.Publisher
+	stream string
+	// streamConfig is the stream's configuration (replication.PublisherConfig.StreamConfig).
+	streamConfig jetstream.StreamConfig
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+}
+
+// startEvents connects to NATS, ensures the stream and starts the
+// publisher and the outbox sweeper. No NATS configured: nil, nil.
+func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
+	ec := n.cfg.Events
+	url := ec.NATSURL
+	if url == "" && n.nats != nil {
+		url = n.nats.ClientURL()
+	}
+	if url == "" {
+		return nil, nil
+	}
+	opts := []nats.Option{
+		nats.Name("tally " + n.cfg.NodeID),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(100 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+	}
+	if ec.NATSCredsFile != "" {
+		opts = append(opts, nats.UserCredentials(ec.NATSCredsFile))
+	}
+	if ec.NATSCAFile != "" {
+		opts = append(opts, nats.RootCAs(ec.NATSCAFile))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("node: nats: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("node: jetstream: %w", err)
+	}
+	pc := replication.DefaultPublisherConfig()
+	pc.ClusterID = ec.ClusterID
+	pc.Retention = ec.Retention
+	pc.Replicas = ec.StreamReplicas
+	pc.PositionFile = filepath.Join(n.cfg.DataDir, "events-published")
+	pc.Issuer = n.iss.Issuer
+	if len(ec.Audience) > 0 {
+		aud := ec.Audience
+		pc.Audience = func(string) []string { return aud }
+	}
+	pc.Logger = n.log
+	pc.Meter = n.tel.meter
+	pub, err := replication.NewPublisher(pc, nc, n.raft.FSM(), n.iss)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	e := &eventLog{cfg: ec, kek: kek, log: n.log.With("component", "events"), nc: nc, js: js, pub: pub, stream: pc.Stream, streamConfig: pc.StreamConfig()}
+	// Create the stream now, so the events API serves as soon as the node
+	// does; the publisher ensures it again after every reconnect. An
+	// unreachable external NATS does not stop the node: revocations are
+	// acknowledged on the Raft commit, and the publisher catches up.
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if _, err := js.CreateOrUpdateStream(cctx, e.streamConfig); err != nil {
+		e.log.Warn("event stream not created yet", "err", err)
+	}
+	ccancel()
+	n.raft.FSM().OnApplied(func(uint64, *raftpb.Command, raft.Result) { pub.Notify() })
+	pub.Start()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		n.sweepEvents(ctx, ec.Retention)
+	}()
+	return e, nil
+}
+
+// sweepEvents proposes, while this node leads, a Sweep that removes outbox
+// events older than the retention: the cutoff travels in the command, so
+// the FSM reads no configuration.
+func (n *Node) sweepEvents(ctx context.Context, retention time.Duration) {
+	t := time.NewTicker(n.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !n.raft.IsLeader() {
+			continue
+		}
+		now := n.now()
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := n.rep.propose(pctx, &raftpb.Command{Op: &raftpb.Command_Sweep{Sweep: &raftpb.Sweep{
+			EventsBeforeUnixNano: now.Add(-retention).UnixNano(),
+		}}})
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			n.log.Warn("event outbox sweep not applied", "err", err)
+		}
+	}
+}
+
+func (e *eventLog) close() {
+	if e == nil {
+		return
+	}
+	e.cancel()
+	e.wg.Wait()
+	e.pub.Stop()
+	e.nc.Close()
+}
+
+// Publisher is the node's event publisher, nil without NATS.
+func (n *Node) Publisher() *replication.Publisher {
+	if n.events == nil {
+		return nil
+	}
+	return n.events.pub
+}
+
+// eventsService implements the events Connect API (node/api/events/v1).
+//
+// WatchRevocations reads the JetStream stream (not the Raft outbox), so the
+// sequence numbers are the stream's and a resource server can move between
+// NATS and Connect without losing its place. GetRevocationSet reads the
+// replica.
+//
+// Authentication, either: HTTP Basic with the id and secret of an enabled
+// confidential client of the requested tenant (RFC 6749 §2.3.1), or
+// "Bearer <admin token>".
+type eventsService struct {
+	n     *Node
+	ev    *eventLog
+	kek   *issuance.KEK
+	admin adminAuth
+	// heartbeat is the interval of StreamState messages on a watch.
+	heartbeat time.Duration
+}
+
+var _ eventsv1connect.EventsServiceHandler = (*eventsService)(nil)
+
+func (s *eventsService) handler() (string, http.Handler) {
+	return eventsv1connect.NewEventsServiceHandler(s, connect.WithReadMaxBytes(64<<10))
+}
+
+// authorize admits the admin or a client of tenant.
+func (s *eventsService) authorize(h http.Header, tenant string) error {
+	authz := h.Get("Authorization")
+	if strings.HasPrefix(authz, "Bearer ") && s.admin.check(authz) {
+		return nil
+	}
+	unauth := connect.NewError(connect.CodeUnauthenticated, errors.New("admin token or client credentials of the tenant required"))
+	id, secret, ok := parseBasicAuth(authz)
+	if !ok {
+		return unauth
+	}
+	c, err := s.n.rep.Client(context.Background(), tenant, id)
+	if err != nil {
+		s.kek.VerifySecret(issuance.Client{}, secret, s.n.now()) // same work either way
+		return unauth
+	}
+	if !s.kek.VerifySecret(c, secret, s.n.now()) || c.Disabled || c.Public {
+		return unauth
+	}
+	return nil
+}
+
+// parseBasicAuth reads RFC 7617 Basic credentials with the RFC 6749 §2.3.1
+// form-encoding of id and secret.
+func parseBasicAuth(h string) (id, secret string, ok bool) {
+	const prefix = "Basic "
+	if len(h) < len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return "", "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(h[len(prefix):]))
+	if err != nil {
+		return "", "", false
+	}
+	i, s, found := strings.Cut(string(raw), ":")
+	if !found {
+		return "", "", false
+	}
+	if id, err = url.QueryUnescape(i); err != nil || id == "" {
+		return "", "", false
+	}
+	if secret, err = url.QueryUnescape(s); err != nil {
+		return "", "", false
+	}
+	return id, secret, true
+}
+
+func (s *eventsService) checkTenant(tenant string) error {
+	if tenant == "" {
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("tenant is required"))
+	}
+	if _, ok := s.n.raft.State().Tenant(tenant); !ok {
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("tenant %q not found", tenant))
+	}
+	return nil
+}
+
+func (s *eventsService) streamHandle(ctx context.Context) (jetstream.Stream, *jetstream.StreamInfo, error) {
+	st, err := s.ev.js.Stream(ctx, s.ev.stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		st, err = s.ev.js.CreateOrUpdateStream(ctx, s.ev.streamConfig)
+	}
+	if err != nil {
+		return nil, nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream: %w", err))
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream: %w", err))
+	}
+	return st, info, nil
+}
+
+// WatchRevocations streams the tenant's events from from_sequence on.
+func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Request[eventsv1.WatchRevocationsRequest], out *connect.ServerStream[eventsv1.WatchRevocationsResponse]) error {
+	tenant := req.Msg.GetTenant()
+	if err := s.authorize(req.Header(), tenant); err != nil {
+		return err
+	}
+	if err := s.checkTenant(tenant); err != nil {
+		return err
+	}
+	_, info, err := s.streamHandle(ctx)
+	if err != nil {
+		return err
+	}
+	from := req.Msg.GetFromSequence()
+	first := max(info.State.FirstSeq, 1)
+	state := &eventsv1.StreamState{FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq}
+	if from > 1 && from < first {
+		state.Gap = true
+	}
+	if from < first {
+		from = first
+	}
+	if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: state}}); err != nil {
+		return err
+	}
+	cons, err := s.ev.js.OrderedConsumer(ctx, s.ev.stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{revocation.TenantSubjects(tenant)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	})
+	if err != nil {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
+	}
+	msgs := make(chan jetstream.Msg, 256)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
+	}
+	defer cc.Stop()
+	hb := s.heartbeat
+	if hb <= 0 {
+		hb = 15 * time.Second
+	}
+	tick := time.NewTicker(hb)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-msgs:
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			idx, _ := strconv.ParseUint(m.Headers().Get(replication.HeaderRaftIndex), 10, 64)
+			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_Event{Event: &eventsv1.Event{
+				Sequence: md.Sequence.Stream, Subject: m.Subject(), Set: string(m.Data()), RaftIndex: idx,
+			}}}); err != nil {
+				return err
+			}
+		case <-tick.C:
+			_, info, err := s.streamHandle(ctx)
+			if err != nil {
+				continue
+			}
+			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: &eventsv1.StreamState{
+				FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq,
+			}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// GetRevocationSet returns the tenant's revocations and disabled clients
+// with the Raft index they reflect and the stream sequence to resume after.
+// It reads the stream head first and waits until the replica has applied
+// the head's Raft index, so every event up to stream_sequence is reflected.
+func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
+	tenant := req.Msg.GetTenant()
+	if err := s.authorize(req.Header(), tenant); err != nil {
+		return nil, err
+	}
+	if err := s.checkTenant(tenant); err != nil {
+		return nil, err
+	}
+	st, info, err := s.streamHandle(ctx)
+	if err != nil {
+		return nil, err
+	}
+	last := info.State.LastSeq
+	var need uint64
+	if last > 0 && info.State.Msgs > 0 {
+		m, err := st.GetMsg(ctx, last)
+		if err != nil {
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream head: %w", err))
+		}
+		need, _ = strconv.ParseUint(m.Header.Get(replication.HeaderRaftIndex), 10, 64)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.n.raft.State().AppliedIndex() < need {
+		if time.Now().After(deadline) {
+			return nil, connect.NewError(connect.CodeUnavailable, errors.New("replica behind the event stream; retry"))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	idx, revs := s.n.raft.State().RevocationsSnapshot(tenant)
+	resp := &eventsv1.GetRevocationSetResponse{RaftIndex: idx, StreamSequence: last}
+	for _, r := range revs {
+		resp.Tokens = append(resp.Tokens, &eventsv1.RevokedToken{
+			Jti: r.Jti, ClientId: r.ClientId, Subject: r.Subject,
+			ExpiresUnix: (r.ExpiresUnixNano + int64(time.Second) - 1) / int64(time.Second),
+		})
+	}
+	for _, c := range s.n.raft.State().Clients(tenant) {
+		if c.Disabled {
+			resp.DisabledClients = append(resp.DisabledClients, c.Id)
+		}
+	}
+	return connect.NewResponse(resp), nil
+}

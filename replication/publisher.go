@@ -1,0 +1,506 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/tallyauth/tally/raft/raftpb"
+	"github.com/tallyauth/tally/revocation"
+)
+
+// Headers set on every published event.
+const (
+	// HeaderRaftIndex is the Raft index of the event's command (decimal).
+	HeaderRaftIndex = "Tally-Raft-Index"
+	// HeaderCluster is the publishing cluster's id.
+	HeaderCluster = "Tally-Cluster"
+)
+
+// EventSource is the outbox of this node's replica; raft.FSM satisfies it.
+type EventSource interface {
+	// EventsSince returns up to limit events with an index above after, in
+	// log order, never splitting the events of one command.
+	EventsSince(after uint64, limit int) ([]*raftpb.Event, error)
+	// EventsSweptThrough is the highest index a Sweep removed.
+	EventsSweptThrough() uint64
+}
+
+// SETSigner signs Security Event Tokens with a tenant's signing key;
+// issuance.Server satisfies it.
+type SETSigner interface {
+	SignSET(ctx context.Context, tenant string, claims map[string]any) (string, error)
+}
+
+// PublisherConfig configures a Publisher. Start from DefaultPublisherConfig.
+type PublisherConfig struct {
+	// ClusterID prefixes message ids and SET ids; every node of a cluster
+	// uses the same one. Default "tally".
+	ClusterID string
+	// Stream is the JetStream stream name; default "TALLY_EVENTS".
+	Stream string
+	// Retention is the stream's max age: at least the longest access-token
+	// lifetime plus a margin, so a resource server that reconnects within
+	// it replays what it missed. Default 2h.
+	Retention time.Duration
+	// Duplicates is the stream's de-duplication window; default (and
+	// maximum) Retention.
+	Duplicates time.Duration
+	// Replicas of the stream (1 for a single NATS server).
+	Replicas int
+	// PositionFile keeps the highest Raft index this node has published.
+	// It is local to the node, never replicated. Required.
+	PositionFile string
+	// Issuer returns a tenant's issuer (the SET's iss). Required.
+	Issuer func(tenant string) string
+	// Audience returns a tenant's SET audience; nil means the issuer.
+	Audience func(tenant string) []string
+	// Batch is how many events are read and published at a time; default 256.
+	Batch int
+	// PollInterval bounds how long a new event waits when Notify is not
+	// called; default 1s.
+	PollInterval time.Duration
+	// AckTimeout bounds the wait for JetStream's acknowledgements of a
+	// batch before it is retried; default 5s.
+	AckTimeout time.Duration
+	// Logger, nil discards; Meter, nil is a no-op.
+	Logger *slog.Logger
+	Meter  metric.Meter
+}
+
+// DefaultPublisherConfig returns the defaults; PositionFile and Issuer have
+// none.
+func DefaultPublisherConfig() PublisherConfig {
+	return PublisherConfig{
+		ClusterID:    "tally",
+		Stream:       "TALLY_EVENTS",
+		Retention:    2 * time.Hour,
+		Replicas:     1,
+		Batch:        256,
+		PollInterval: time.Second,
+		AckTimeout:   5 * time.Second,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c PublisherConfig) Validate() error {
+	switch {
+	case c.ClusterID == "" || strings.ContainsAny(c.ClusterID, " .*>:\t\r\n"):
+		return errors.New("replication: cluster id must be non-empty without spaces, dots, wildcards or colons")
+	case c.Stream == "" || strings.ContainsAny(c.Stream, " .*>\t\r\n/\\"):
+		return errors.New("replication: stream name is invalid")
+	case c.Retention < time.Minute:
+		return errors.New("replication: event retention must be at least 1m")
+	case c.Duplicates < 0 || c.Duplicates > c.Retention:
+		return errors.New("replication: duplicates window must be between 0 and the retention")
+	case c.Replicas < 1 || c.Replicas > 5:
+		return errors.New("replication: stream replicas must be 1 to 5")
+	case c.PositionFile == "":
+		return errors.New("replication: position file is required")
+	case c.Issuer == nil:
+		return errors.New("replication: Issuer is required")
+	case c.Batch < 1 || c.PollInterval <= 0 || c.AckTimeout <= 0:
+		return errors.New("replication: batch, poll interval and ack timeout must be positive")
+	}
+	return nil
+}
+
+// StreamConfig is the JetStream configuration of the event log.
+func (c PublisherConfig) StreamConfig() jetstream.StreamConfig {
+	dup := c.Duplicates
+	if dup == 0 {
+		dup = c.Retention
+	}
+	return jetstream.StreamConfig{
+		Name:        c.Stream,
+		Description: "tally revocation and security events (Security Event Tokens)",
+		Subjects:    revocation.StreamSubjects,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      c.Retention,
+		Duplicates:  dup,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		Discard:     jetstream.DiscardOld,
+	}
+}
+
+// Publisher publishes the events of this node's replica to JetStream. Every
+// node runs one: each event is published with Nats-Msg-Id
+// "<cluster>:<index>.<ordinal>", so the stream's de-duplication window keeps
+// one copy whichever nodes publish it, and no single node's crash loses it.
+// The publisher keeps its own position (the highest index it saw
+// acknowledged) in PositionFile and resumes after it; when NATS is down it
+// retries until it is back, so nothing applied is skipped. On start it also
+// skips what the stream already holds (the last message's Raft index), which
+// keeps old events from being published twice after the duplicates window.
+//
+// Events reach the stream in Raft order: each node publishes in order and
+// waits for acknowledgements before moving on, and a message id already in
+// the window is dropped.
+type Publisher struct {
+	cfg    PublisherConfig
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	src    EventSource
+	signer SETSigner
+	log    *slog.Logger
+
+	wake     chan struct{}
+	pos      atomic.Uint64
+	ensured  atomic.Bool
+	lastErr  atomic.Value // string
+	done     chan struct{}
+	stopOnce sync.Once
+	cancel   context.CancelFunc
+
+	published metric.Int64Counter
+	failures  metric.Int64Counter
+	lost      metric.Int64Counter
+}
+
+// NewPublisher returns a publisher on nc. It does not start; call Start.
+// nc should reconnect forever (nats.MaxReconnects(-1)); the caller owns it.
+func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SETSigner) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if nc == nil || src == nil || signer == nil {
+		return nil, errors.New("replication: NewPublisher needs a NATS connection, an event source and a signer")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = noop.NewMeterProvider().Meter("tally/replication")
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("replication: jetstream: %w", err)
+	}
+	p := &Publisher{
+		cfg: cfg, nc: nc, js: js, src: src, signer: signer,
+		log:  cfg.Logger.With("component", "event-publisher"),
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+	if p.published, err = cfg.Meter.Int64Counter("tally.events.published", metric.WithDescription("outbox events acknowledged by JetStream (including duplicates dropped by the stream)")); err != nil {
+		return nil, err
+	}
+	if p.failures, err = cfg.Meter.Int64Counter("tally.events.publish_failures", metric.WithDescription("failed attempts to publish outbox events")); err != nil {
+		return nil, err
+	}
+	if p.lost, err = cfg.Meter.Int64Counter("tally.events.lost", metric.WithDescription("times the publisher fell behind the outbox retention")); err != nil {
+		return nil, err
+	}
+	pos, err := readPosition(cfg.PositionFile)
+	if err != nil {
+		return nil, err
+	}
+	p.pos.Store(pos)
+	return p, nil
+}
+
+// Start runs the publisher until Stop. It returns at once.
+func (p *Publisher) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go p.run(ctx)
+}
+
+// Stop stops the publisher and waits for it. Safe to call more than once,
+// and before Start.
+func (p *Publisher) Stop() {
+	p.stopOnce.Do(func() {
+		if p.cancel == nil {
+			close(p.done)
+			return
+		}
+		p.cancel()
+		<-p.done
+	})
+}
+
+// Notify wakes the publisher: new events were applied. It never blocks.
+func (p *Publisher) Notify() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Position is the highest Raft index published and acknowledged.
+func (p *Publisher) Position() uint64 { return p.pos.Load() }
+
+// LastError is the last publishing error, "" after a success.
+func (p *Publisher) LastError() string {
+	s, _ := p.lastErr.Load().(string)
+	return s
+}
+
+// MsgID is the Nats-Msg-Id of an event.
+func MsgID(cluster string, index uint64, ordinal uint32) string {
+	return cluster + ":" + strconv.FormatUint(index, 10) + "." + strconv.FormatUint(uint64(ordinal), 10)
+}
+
+func (p *Publisher) run(ctx context.Context) {
+	defer close(p.done)
+	// A NATS reconnect may follow a server restart that lost the stream;
+	// ensure it again then.
+	p.nc.SetReconnectHandler(func(*nats.Conn) {
+		p.ensured.Store(false)
+		p.Notify()
+	})
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		more, err := p.step(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			p.failures.Add(ctx, 1)
+			if p.LastError() != err.Error() {
+				p.log.Warn("publishing events", "err", err, "position", p.Position())
+			}
+			p.lastErr.Store(err.Error())
+			p.wait(ctx, backoff)
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		p.lastErr.Store("")
+		if !more {
+			p.wait(ctx, p.cfg.PollInterval)
+		}
+	}
+}
+
+func (p *Publisher) wait(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-p.wake:
+	case <-t.C:
+	}
+}
+
+// step publishes one batch; more reports that a full batch was published.
+func (p *Publisher) step(ctx context.Context) (more bool, err error) {
+	if !p.ensured.Load() {
+		if err := p.ensure(ctx); err != nil {
+			return false, err
+		}
+	}
+	pos := p.Position()
+	evs, err := p.src.EventsSince(pos, p.cfg.Batch)
+	if err != nil {
+		swept := p.src.EventsSweptThrough()
+		if swept <= pos {
+			return false, fmt.Errorf("replication: reading the outbox: %w", err)
+		}
+		// Fell behind the outbox retention (NATS was down for longer than
+		// it): those events are gone. Resource servers resync from the
+		// revocation set; say so loudly and go on.
+		p.lost.Add(ctx, 1)
+		p.log.Error("events were swept from the outbox before this node published them",
+			"position", pos, "swept_through", swept)
+		p.setPosition(swept)
+		return true, nil
+	}
+	if len(evs) == 0 {
+		return false, nil
+	}
+	acks := make([]jetstream.PubAckFuture, 0, len(evs))
+	for _, ev := range evs {
+		msg, err := p.message(ctx, ev)
+		if err != nil {
+			return false, err
+		}
+		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(MsgID(p.cfg.ClusterID, ev.Index, ev.Ordinal)),
+			jetstream.WithExpectStream(p.cfg.Stream))
+		if err != nil {
+			p.ensured.Store(false)
+			return false, fmt.Errorf("replication: publish event %d: %w", ev.Index, err)
+		}
+		acks = append(acks, f)
+	}
+	tctx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
+	defer cancel()
+	var acked uint64
+	for i, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			p.ensured.Store(false)
+			if acked > 0 {
+				p.setPosition(acked)
+			}
+			return false, fmt.Errorf("replication: publish event %d: %w", evs[i].Index, err)
+		case <-tctx.Done():
+			if acked > 0 {
+				p.setPosition(acked)
+			}
+			return false, fmt.Errorf("replication: publish event %d: no acknowledgement: %w", evs[i].Index, tctx.Err())
+		}
+		// Position moves only past whole commands.
+		if i == len(evs)-1 || evs[i+1].Index != evs[i].Index {
+			acked = evs[i].Index
+		}
+	}
+	p.published.Add(ctx, int64(len(evs)))
+	p.setPosition(evs[len(evs)-1].Index)
+	return len(evs) >= p.cfg.Batch, nil
+}
+
+// ensure creates or updates the stream and skips past what it already holds.
+func (p *Publisher) ensure(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	s, err := p.js.CreateOrUpdateStream(cctx, p.cfg.StreamConfig())
+	if err != nil {
+		return fmt.Errorf("replication: create stream %s: %w", p.cfg.Stream, err)
+	}
+	info, err := s.Info(cctx)
+	if err != nil {
+		return fmt.Errorf("replication: stream info: %w", err)
+	}
+	if last := info.State.LastSeq; last > 0 {
+		m, err := s.GetMsg(cctx, last)
+		if err == nil && m.Header.Get(HeaderCluster) == p.cfg.ClusterID {
+			if idx, err := strconv.ParseUint(m.Header.Get(HeaderRaftIndex), 10, 64); err == nil && idx > p.Position() {
+				p.setPosition(idx)
+			}
+		}
+	}
+	p.ensured.Store(true)
+	return nil
+}
+
+func (p *Publisher) setPosition(idx uint64) {
+	if idx <= p.Position() {
+		return
+	}
+	p.pos.Store(idx)
+	if err := writePosition(p.cfg.PositionFile, idx); err != nil {
+		p.log.Warn("saving the publisher position", "err", err)
+	}
+}
+
+// message builds the NATS message of an event: its SET and headers.
+func (p *Publisher) message(ctx context.Context, ev *raftpb.Event) (*nats.Msg, error) {
+	typ, claims := SETClaims(p.cfg.ClusterID, p.cfg.Issuer(ev.Tenant), p.audience(ev.Tenant), ev)
+	if typ == "" {
+		return nil, fmt.Errorf("replication: event %d has unknown kind %v", ev.Index, ev.Kind)
+	}
+	set, err := p.signer.SignSET(ctx, ev.Tenant, claims)
+	if err != nil {
+		return nil, fmt.Errorf("replication: sign event %d: %w", ev.Index, err)
+	}
+	m := nats.NewMsg(revocation.Subject(ev.Tenant, typ))
+	m.Data = []byte(set)
+	m.Header.Set(HeaderRaftIndex, strconv.FormatUint(ev.Index, 10))
+	m.Header.Set(HeaderCluster, p.cfg.ClusterID)
+	m.Header.Set("Content-Type", "application/secevent+jwt")
+	return m, nil
+}
+
+func (p *Publisher) audience(tenant string) []string {
+	if p.cfg.Audience != nil {
+		if a := p.cfg.Audience(tenant); len(a) > 0 {
+			return a
+		}
+	}
+	return []string{p.cfg.Issuer(tenant)}
+}
+
+// SETClaims returns the event type and SET claims (RFC 8417 §2.2) of an
+// outbox event; "" for a kind it does not know. The claims are derived from
+// the event alone, so every node builds the same ones: jti is
+// "<cluster>-<index>-<ordinal>", iat and toe are the command's time.
+func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, map[string]any) {
+	d := revocation.EventDetails{
+		SchemaVersion: revocation.SchemaVersion,
+		Tenant:        ev.Tenant,
+		RaftIndex:     ev.Index,
+		ClientID:      ev.ClientId,
+		Subject:       ev.Subject,
+		FamilyID:      ev.FamilyId,
+	}
+	var typ string
+	switch ev.Kind {
+	case raftpb.EventKind_EVENT_KIND_TOKEN_REVOKED:
+		typ = revocation.EventTokenRevoked
+		r := ev.GetRevocation()
+		d.JTI = r.GetJti()
+		d.ClientID = r.GetClientId()
+		d.Subject = r.GetSubject()
+		d.ExpiresAt = (r.GetExpiresUnixNano() + int64(time.Second) - 1) / int64(time.Second)
+	case raftpb.EventKind_EVENT_KIND_CLIENT_DISABLED:
+		typ = revocation.EventClientDisabled
+	case raftpb.EventKind_EVENT_KIND_CLIENT_ENABLED:
+		typ = revocation.EventClientEnabled
+	case raftpb.EventKind_EVENT_KIND_KEY_ROTATED:
+		typ = revocation.EventKeyRotated
+		d.KeyIDs = ev.Kids
+	case raftpb.EventKind_EVENT_KIND_FAMILY_REVOKED:
+		typ = revocation.EventFamilyRevoked
+	case raftpb.EventKind_EVENT_KIND_REUSE_DETECTED:
+		typ = revocation.EventReuseDetected
+	case raftpb.EventKind_EVENT_KIND_USER_LOCKED:
+		typ = revocation.EventUserLocked
+	default:
+		return "", nil
+	}
+	sec := ev.TimeUnixNano / int64(time.Second)
+	var audClaim any = aud
+	if len(aud) == 1 {
+		audClaim = aud[0]
+	}
+	return typ, map[string]any{
+		"iss":    issuer,
+		"iat":    sec,
+		"toe":    sec,
+		"jti":    fmt.Sprintf("%s-%d-%d", cluster, ev.Index, ev.Ordinal),
+		"aud":    audClaim,
+		"events": map[string]any{typ: d},
+	}
+}
+
+func readPosition(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("replication: read position: %w", err)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("replication: position file %s: %w", path, err)
+	}
+	return v, nil
+}
+
+// writePosition replaces the file atomically. It does not fsync: a lost
+// update only republishes events that the stream de-duplicates or that
+// the start-up check skips.
+func writePosition(path string, v uint64) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(v, 10)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

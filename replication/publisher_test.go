@@ -1,0 +1,335 @@
+package replication
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	hraft "github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tallyauth/tally/raft"
+	"github.com/tallyauth/tally/raft/raftpb"
+	"github.com/tallyauth/tally/revocation"
+)
+
+// checkFor polls fn every `every` until it returns nil or timeout passes.
+func checkFor(t testing.TB, timeout, every time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", timeout, err)
+		}
+		time.Sleep(every)
+	}
+}
+
+// testSigner signs SETs with one ES256 key.
+type testSigner struct {
+	key   *ecdsa.PrivateKey
+	fails atomic.Bool
+}
+
+func newTestSigner(t *testing.T) *testSigner {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testSigner{key: k}
+}
+
+func (s *testSigner) SignSET(_ context.Context, _ string, claims map[string]any) (string, error) {
+	if s.fails.Load() {
+		return "", errors.New("signer down")
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims(claims))
+	tok.Header["typ"] = revocation.SETType
+	tok.Header["kid"] = "k1"
+	return tok.SignedString(s.key)
+}
+
+// testFSM is a real FSM fed log entries directly.
+type testFSM struct {
+	*raft.FSM
+	t     *testing.T
+	index uint64
+	now   int64
+}
+
+func newTestFSM(t *testing.T) *testFSM {
+	f, err := raft.OpenFSM(filepath.Join(t.TempDir(), "state.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	tf := &testFSM{FSM: f, t: t, now: time.Now().UnixNano()}
+	tf.apply(&raftpb.Command{Op: &raftpb.Command_CreateTenant{CreateTenant: &raftpb.CreateTenant{
+		Tenant: &raftpb.Tenant{Id: "acme", SigningAlg: "ES256"},
+	}}})
+	return tf
+}
+
+func (f *testFSM) apply(cmd *raftpb.Command) {
+	f.t.Helper()
+	f.index++
+	f.now += int64(time.Millisecond)
+	cmd.Version = raft.CommandVersion
+	cmd.TimeUnixNano = f.now
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	res := f.Apply(&hraft.Log{Index: f.index, Term: 1, Type: hraft.LogCommand, Data: data}).(raft.Result)
+	if res.Err != nil {
+		f.t.Fatal(res.Err)
+	}
+}
+
+func (f *testFSM) revoke(jti string) {
+	f.apply(&raftpb.Command{Op: &raftpb.Command_RevokeToken{RevokeToken: &raftpb.RevokeToken{Revocation: &raftpb.Revocation{
+		Tenant: "acme", Jti: jti, ClientId: "c1", ExpiresUnixNano: f.now + int64(time.Hour),
+	}}}})
+}
+
+func startNATS(t *testing.T, dir, listen string) *Embedded {
+	t.Helper()
+	cfg := DefaultEmbeddedConfig()
+	cfg.Listen = listen
+	cfg.StoreDir = dir
+	e, err := StartEmbedded(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func connect(t *testing.T, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func newTestPublisher(t *testing.T, nc *nats.Conn, src EventSource, signer SETSigner, posFile string) *Publisher {
+	t.Helper()
+	cfg := DefaultPublisherConfig()
+	cfg.PositionFile = posFile
+	cfg.Issuer = func(tenant string) string { return "https://issuer.test/t/" + tenant }
+	cfg.PollInterval = 20 * time.Millisecond
+	cfg.Batch = 16
+	cfg.AckTimeout = 300 * time.Millisecond
+	p, err := NewPublisher(cfg, nc, src, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Start()
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// streamIndexes reads every message of the stream and returns the Raft
+// indexes in stream order.
+func streamIndexes(t *testing.T, nc *nats.Conn) ([]uint64, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, "TALLY_EVENTS")
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			return nil, err
+		}
+		idx, err := strconv.ParseUint(m.Header.Get(HeaderRaftIndex), 10, 64)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, idx)
+	}
+	return out, nil
+}
+
+// wantExactly checks that the stream holds exactly the given indexes, in
+// order, each once.
+func wantExactly(t *testing.T, nc *nats.Conn, want []uint64) func() error {
+	return func() error {
+		got, err := streamIndexes(t, nc)
+		if err != nil {
+			return err
+		}
+		if len(got) != len(want) {
+			return fmt.Errorf("stream has %d events, want %d", len(got), len(want))
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				return fmt.Errorf("stream event %d has index %d, want %d", i, got[i], want[i])
+			}
+		}
+		return nil
+	}
+}
+
+func TestPublisherExactlyOnceAcrossNATSRestart(t *testing.T) {
+	natsDir := t.TempDir()
+	e := startNATS(t, natsDir, "127.0.0.1:0")
+	url := e.ClientURL()
+	nc := connect(t, url)
+	f := newTestFSM(t)
+	signer := newTestSigner(t)
+	posFile := filepath.Join(t.TempDir(), "pos")
+	p := newTestPublisher(t, nc, f, signer, posFile)
+
+	var want []uint64
+	for i := range 40 {
+		f.revoke(fmt.Sprintf("a%d", i))
+		want = append(want, f.index)
+		if i%7 == 0 {
+			p.Notify()
+		}
+	}
+	p.Notify()
+	checkFor(t, 10*time.Second, 20*time.Millisecond, wantExactly(t, nc, want))
+
+	// NATS goes down while revocations keep being applied.
+	e.Shutdown()
+	for i := range 40 {
+		f.revoke(fmt.Sprintf("b%d", i))
+		want = append(want, f.index)
+		p.Notify()
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if p.LastError() == "" {
+			return errors.New("no publishing error while NATS is down")
+		}
+		return nil
+	})
+	host := url[len("nats://"):]
+	e = startNATS(t, natsDir, host)
+	defer e.Shutdown()
+	checkFor(t, 15*time.Second, 20*time.Millisecond, wantExactly(t, nc, want))
+	if p.Position() != f.index {
+		t.Fatalf("position %d, want %d", p.Position(), f.index)
+	}
+
+	// A second node's publisher, starting from nothing, publishes the same
+	// events: the stream skips them (start-up check and message ids).
+	other := newTestPublisher(t, nc, f, signer, filepath.Join(t.TempDir(), "pos2"))
+	f.revoke("c0")
+	want = append(want, f.index)
+	p.Notify()
+	other.Notify()
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if other.Position() != f.index {
+			return fmt.Errorf("second publisher at %d", other.Position())
+		}
+		return wantExactly(t, nc, want)()
+	})
+
+	// The position survives a restart of the publisher.
+	p.Stop()
+	if got, err := readPosition(posFile); err != nil || got != f.index {
+		t.Fatalf("position file: %d %v", got, err)
+	}
+}
+
+func TestPublisherSETPayload(t *testing.T) {
+	e := startNATS(t, t.TempDir(), "127.0.0.1:0")
+	defer e.Shutdown()
+	nc := connect(t, e.ClientURL())
+	f := newTestFSM(t)
+	signer := newTestSigner(t)
+	newTestPublisher(t, nc, f, signer, filepath.Join(t.TempDir(), "pos"))
+	f.revoke("tok-1")
+
+	js, _ := jetstream.New(nc)
+	var m *jetstream.RawStreamMsg
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		s, err := js.Stream(context.Background(), "TALLY_EVENTS")
+		if err != nil {
+			return err
+		}
+		m, err = s.GetMsg(context.Background(), 1)
+		return err
+	})
+	if m.Subject != "tally.acme.revocation.token" {
+		t.Fatalf("subject %q", m.Subject)
+	}
+	var c revocation.SETClaims
+	tok, err := jwt.ParseWithClaims(string(m.Data), &setClaims{SETClaims: &c}, func(*jwt.Token) (any, error) { return &signer.key.PublicKey, nil },
+		jwt.WithValidMethods([]string{"ES256"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Header["typ"] != revocation.SETType {
+		t.Fatalf("typ %v", tok.Header["typ"])
+	}
+	typ, d, err := c.Event()
+	if err != nil || typ != revocation.EventTokenRevoked || d.JTI != "tok-1" || d.ClientID != "c1" || d.RaftIndex != f.index || d.ExpiresAt == 0 {
+		t.Fatalf("event %s %+v %v", typ, d, err)
+	}
+	if c.Issuer != "https://issuer.test/t/acme" || len(c.Audience) != 1 || c.Audience[0] != c.Issuer || c.ID != fmt.Sprintf("tally-%d-0", f.index) {
+		t.Fatalf("claims %+v", c)
+	}
+}
+
+// setClaims adapts revocation.SETClaims to jwt.Claims for the test.
+type setClaims struct {
+	*revocation.SETClaims
+	jwt.RegisteredClaims
+}
+
+func (c *setClaims) UnmarshalJSON(b []byte) error { return jsonUnmarshal(b, c.SETClaims) }
+
+func TestPublisherConfigValidate(t *testing.T) {
+	base := DefaultPublisherConfig()
+	base.PositionFile = "x"
+	base.Issuer = func(string) string { return "" }
+	if err := base.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*PublisherConfig){
+		"cluster with dot":   func(c *PublisherConfig) { c.ClusterID = "a.b" },
+		"short retention":    func(c *PublisherConfig) { c.Retention = time.Second },
+		"dup over retention": func(c *PublisherConfig) { c.Duplicates = 3 * time.Hour },
+		"no position":        func(c *PublisherConfig) { c.PositionFile = "" },
+		"no issuer":          func(c *PublisherConfig) { c.Issuer = nil },
+	} {
+		c := base
+		mut(&c)
+		if c.Validate() == nil {
+			t.Errorf("%s: valid", name)
+		}
+	}
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -1,0 +1,207 @@
+package revocation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"golang.org/x/time/rate"
+)
+
+// maxDocBytes bounds discovery, JWKS and introspection responses.
+const maxDocBytes = 1 << 20
+
+// keyCache holds an issuer's JWKS, found through RFC 8414 discovery. It
+// refreshes when the cached set's max-age passed, and at most at the
+// limiter's rate when a token names a kid it does not know. Safe for
+// concurrent use.
+type keyCache struct {
+	issuer string
+	client *http.Client
+	now    func() time.Time
+	limit  *rate.Limiter
+	maxAge time.Duration // when the response names none
+
+	mu       sync.RWMutex
+	fetchMu  sync.Mutex
+	jwksURI  string
+	introURI string
+	keys     map[string]jose.JSONWebKey
+	expires  time.Time
+}
+
+func newKeyCache(issuer string, client *http.Client, now func() time.Time, refetch time.Duration) *keyCache {
+	return &keyCache{
+		issuer: issuer, client: client, now: now,
+		limit:  rate.NewLimiter(rate.Every(refetch), 1),
+		maxAge: 5 * time.Minute,
+	}
+}
+
+// discoveryURL is the RFC 8414 §3.1 metadata URL of the issuer: the
+// well-known path goes between the host and the issuer's path.
+func discoveryURL(issuer string) (string, error) {
+	u, err := url.Parse(issuer)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return "", fmt.Errorf("revocation: issuer %q is not an http(s) URL", issuer)
+	}
+	u.Path = "/.well-known/oauth-authorization-server" + strings.TrimSuffix(u.Path, "/")
+	u.RawPath = ""
+	return u.String(), nil
+}
+
+func (k *keyCache) getJSON(ctx context.Context, uri string, v any) (http.Header, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, uri, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := k.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", uri, resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDocBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxDocBytes {
+		return nil, fmt.Errorf("GET %s: response too large", uri)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return nil, fmt.Errorf("GET %s: %w", uri, err)
+	}
+	return resp.Header, nil
+}
+
+// discover reads the issuer's metadata once.
+func (k *keyCache) discover(ctx context.Context) (jwks, intro string, err error) {
+	k.mu.Lock()
+	jwks, intro = k.jwksURI, k.introURI
+	k.mu.Unlock()
+	if jwks != "" {
+		return jwks, intro, nil
+	}
+	du, err := discoveryURL(k.issuer)
+	if err != nil {
+		return "", "", err
+	}
+	var meta struct {
+		Issuer                string `json:"issuer"`
+		JWKSURI               string `json:"jwks_uri"`
+		IntrospectionEndpoint string `json:"introspection_endpoint"`
+	}
+	if _, err := k.getJSON(ctx, du, &meta); err != nil {
+		return "", "", fmt.Errorf("revocation: discovery: %w", err)
+	}
+	// RFC 8414 §3.3: the issuer in the metadata must be the one asked for.
+	if meta.Issuer != k.issuer || meta.JWKSURI == "" {
+		return "", "", fmt.Errorf("revocation: discovery: issuer %q, jwks_uri %q", meta.Issuer, meta.JWKSURI)
+	}
+	k.mu.Lock()
+	k.jwksURI, k.introURI = meta.JWKSURI, meta.IntrospectionEndpoint
+	k.mu.Unlock()
+	return meta.JWKSURI, meta.IntrospectionEndpoint, nil
+}
+
+// key returns the public key kid. force refreshes even a fresh cache,
+// subject to the rate limit (used when kid is unknown).
+func (k *keyCache) key(ctx context.Context, kid string) (jose.JSONWebKey, error) {
+	k.mu.RLock()
+	jwk, ok := k.keys[kid]
+	fresh := k.keys != nil && k.now().Before(k.expires)
+	k.mu.RUnlock()
+	if ok && fresh {
+		return jwk, nil
+	}
+	if fresh && !k.limit.Allow() {
+		return jose.JSONWebKey{}, errUnknownKid
+	}
+	if err := k.refresh(ctx, fresh); err != nil {
+		if ok {
+			return jwk, nil // a stale key beats none while the issuer is unreachable
+		}
+		return jose.JSONWebKey{}, err
+	}
+	k.mu.Lock()
+	jwk, ok = k.keys[kid]
+	k.mu.Unlock()
+	if !ok {
+		return jose.JSONWebKey{}, errUnknownKid
+	}
+	return jwk, nil
+}
+
+var errUnknownKid = errors.New("revocation: unknown kid")
+
+// invalidate makes the next lookup refetch the JWKS (a key was rotated).
+func (k *keyCache) invalidate() {
+	k.mu.Lock()
+	k.expires = time.Time{}
+	k.mu.Unlock()
+}
+
+// refresh fetches the JWKS. Without force it does nothing if another
+// caller refreshed it meanwhile.
+func (k *keyCache) refresh(ctx context.Context, force bool) error {
+	k.fetchMu.Lock()
+	defer k.fetchMu.Unlock()
+	k.mu.Lock()
+	fresh := k.keys != nil && k.now().Before(k.expires)
+	k.mu.Unlock()
+	if fresh && !force {
+		return nil
+	}
+	uri, _, err := k.discover(ctx)
+	if err != nil {
+		return err
+	}
+	var set jose.JSONWebKeySet
+	h, err := k.getJSON(ctx, uri, &set)
+	if err != nil {
+		return fmt.Errorf("revocation: jwks: %w", err)
+	}
+	keys := make(map[string]jose.JSONWebKey, len(set.Keys))
+	for _, jwk := range set.Keys {
+		if jwk.KeyID == "" || !jwk.IsPublic() || (jwk.Use != "" && jwk.Use != "sig") {
+			continue
+		}
+		keys[jwk.KeyID] = jwk
+	}
+	k.mu.Lock()
+	k.keys = keys
+	k.expires = k.now().Add(maxAge(h.Get("Cache-Control"), k.maxAge))
+	k.mu.Unlock()
+	return nil
+}
+
+// maxAge reads max-age from Cache-Control (RFC 9111 §5.2.2.1); no-store or
+// no-cache mean 0; absent means def. It is capped at a day.
+func maxAge(cc string, def time.Duration) time.Duration {
+	for _, d := range strings.Split(cc, ",") {
+		d = strings.ToLower(strings.TrimSpace(d))
+		if d == "no-store" || d == "no-cache" {
+			return 0
+		}
+		if v, ok := strings.CutPrefix(d, "max-age="); ok {
+			n, err := strconv.Atoi(strings.Trim(v, `"`))
+			if err != nil || n < 0 {
+				return def
+			}
+			return min(time.Duration(n)*time.Second, 24*time.Hour)
+		}
+	}
+	return def
+}

@@ -1,0 +1,552 @@
+package revocation
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/golang-jwt/jwt/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// allowedAlgs are the only JWS algorithms accepted (and each key accepts
+// only its own).
+var allowedAlgs = []string{"ES256", "EdDSA", "RS256"}
+
+// Errors of Verify; test with errors.Is.
+var (
+	// ErrInvalidToken: malformed, badly signed, wrong typ/iss/aud, expired
+	// or not yet valid, or inactive at introspection.
+	ErrInvalidToken = errors.New("revocation: invalid token")
+	// ErrRevoked: the token, its client or its subject is revoked.
+	ErrRevoked = errors.New("revocation: token revoked")
+	// ErrStale: the revocation set cannot be trusted now and the policy is
+	// to fail closed (or the introspection fallback failed).
+	ErrStale = errors.New("revocation: revocation state is stale")
+	// ErrUnavailable: the issuer's keys or introspection could not be
+	// reached.
+	ErrUnavailable = errors.New("revocation: issuer unavailable")
+	// ErrInsufficientScope: the token lacks a required scope (Middleware).
+	ErrInsufficientScope = errors.New("revocation: insufficient scope")
+)
+
+// StalePolicy says what Verify does while the Watcher is stale.
+type StalePolicy int
+
+const (
+	// FailClosed rejects every token with ErrStale.
+	FailClosed StalePolicy = iota
+	// FallbackIntrospection asks the issuer's introspection endpoint
+	// (needs ClientID and ClientSecret).
+	FallbackIntrospection
+)
+
+// Config configures a Verifier. Issuer and Audience are required.
+type Config struct {
+	// Issuer is the tenant's issuer URL, e.g. http://127.0.0.1:8080/t/default.
+	Issuer string
+	// Audience is this resource server's identifier; a token's aud must
+	// contain it.
+	Audience string
+	// HTTPClient for discovery, JWKS and introspection; default
+	// http.DefaultClient.
+	HTTPClient *http.Client
+	// Leeway allowed on exp, nbf and iat; default 30s, at most 5m.
+	Leeway time.Duration
+	// Watcher, if set, supplies the revocation set; without it, JWTs are
+	// checked for signature and claims only.
+	Watcher *Watcher
+	// StalePolicy applies while the Watcher is stale.
+	StalePolicy StalePolicy
+	// ClientID and ClientSecret authenticate to introspection (opaque
+	// tokens and FallbackIntrospection); without them opaque tokens are
+	// rejected.
+	ClientID, ClientSecret string
+	// IntrospectionCacheTTL bounds how long an introspection answer is
+	// reused (never past the token's exp); revocation events drop entries
+	// sooner. Default 1m.
+	IntrospectionCacheTTL time.Duration
+	// JWKSRefetchInterval rate-limits JWKS fetches for unknown kids;
+	// default 10s.
+	JWKSRefetchInterval time.Duration
+	Now                 func() time.Time
+	Meter               metric.Meter
+}
+
+// Claims are what a verified access token says.
+type Claims struct {
+	Issuer    string
+	Subject   string
+	ClientID  string
+	JTI       string
+	Scopes    []string
+	Audience  []string
+	IssuedAt  time.Time
+	NotBefore time.Time
+	ExpiresAt time.Time
+	// Introspected is true when the issuer's introspection endpoint
+	// vouched for the token (opaque tokens, or the stale fallback).
+	Introspected bool
+}
+
+// HasScope reports whether the token carries scope.
+func (c *Claims) HasScope(scope string) bool { return slices.Contains(c.Scopes, scope) }
+
+// Verifier verifies access tokens of one issuer for one audience. Safe for
+// concurrent use.
+type Verifier struct {
+	cfg   Config
+	keys  *keyCache
+	cache *introCache
+	mVer  metric.Int64Counter
+	// outcomes holds the attribute option of each outcome, built once:
+	// Verify is on every request's path.
+	outcomes map[string]metric.AddOption
+}
+
+// NewVerifier returns a Verifier. It fetches nothing until the first Verify.
+func NewVerifier(cfg Config) (*Verifier, error) {
+	if cfg.Issuer == "" || cfg.Audience == "" {
+		return nil, errors.New("revocation: Issuer and Audience are required")
+	}
+	if _, err := discoveryURL(cfg.Issuer); err != nil {
+		return nil, err
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	if cfg.Leeway == 0 {
+		cfg.Leeway = 30 * time.Second
+	}
+	if cfg.Leeway < 0 || cfg.Leeway > 5*time.Minute {
+		return nil, errors.New("revocation: Leeway must be between 0 and 5m")
+	}
+	if cfg.IntrospectionCacheTTL <= 0 {
+		cfg.IntrospectionCacheTTL = time.Minute
+	}
+	if cfg.JWKSRefetchInterval <= 0 {
+		cfg.JWKSRefetchInterval = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = noop.NewMeterProvider().Meter("tally/revocation")
+	}
+	if cfg.StalePolicy == FallbackIntrospection && cfg.ClientID == "" {
+		return nil, errors.New("revocation: FallbackIntrospection needs ClientID and ClientSecret")
+	}
+	v := &Verifier{
+		cfg:   cfg,
+		keys:  newKeyCache(cfg.Issuer, cfg.HTTPClient, cfg.Now, cfg.JWKSRefetchInterval),
+		cache: &introCache{m: map[[32]byte]introEntry{}},
+	}
+	var err error
+	v.outcomes = map[string]metric.AddOption{}
+	for _, o := range []string{"valid", "revoked", "stale", "unavailable", "invalid", "insufficient_scope"} {
+		v.outcomes[o] = metric.WithAttributes(attribute.String("outcome", o))
+	}
+	if v.mVer, err = cfg.Meter.Int64Counter("tally.rs.verifications", metric.WithDescription("token verifications by outcome")); err != nil {
+		return nil, err
+	}
+	if w := cfg.Watcher; w != nil {
+		w.OnEvent(func(typ string, d EventDetails) {
+			switch typ {
+			case EventKeyRotated:
+				v.keys.invalidate()
+			case EventTokenRevoked, EventClientDisabled, EventUserLocked:
+				v.cache.drop(d)
+			}
+		})
+		w.OnResync(v.cache.clear)
+	}
+	return v, nil
+}
+
+func (v *Verifier) record(ctx context.Context, err error) {
+	outcome := "valid"
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrRevoked):
+		outcome = "revoked"
+	case errors.Is(err, ErrStale):
+		outcome = "stale"
+	case errors.Is(err, ErrUnavailable):
+		outcome = "unavailable"
+	default:
+		outcome = "invalid"
+	}
+	v.mVer.Add(ctx, 1, v.outcomes[outcome])
+}
+
+// Verify checks an access token: a JWT locally (RFC 9068 §4), anything else
+// by introspection (RFC 7662). Then the revocation set: a revoked token,
+// disabled client or locked subject is ErrRevoked. While the Watcher is
+// stale it fails closed (ErrStale) or asks introspection, per StalePolicy.
+func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
+	c, err := v.verify(ctx, token)
+	v.record(ctx, err)
+	return c, err
+}
+
+func (v *Verifier) verify(ctx context.Context, token string) (*Claims, error) {
+	if token == "" || len(token) > 16<<10 {
+		return nil, fmt.Errorf("%w: empty or oversized", ErrInvalidToken)
+	}
+	if strings.Count(token, ".") != 2 {
+		return v.introspect(ctx, token)
+	}
+	c, err := v.verifyJWT(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	w := v.cfg.Watcher
+	if w == nil {
+		return c, nil
+	}
+	if w.Stale() {
+		if v.cfg.StalePolicy == FallbackIntrospection {
+			ic, err := v.introspect(ctx, token)
+			if errors.Is(err, ErrUnavailable) {
+				return nil, fmt.Errorf("%w: %w", ErrStale, err)
+			}
+			return ic, err
+		}
+		return nil, ErrStale
+	}
+	if err := v.checkSet(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (v *Verifier) checkSet(c *Claims) error {
+	w := v.cfg.Watcher
+	if w == nil {
+		return nil
+	}
+	s := w.Set()
+	if s.Revoked(c.JTI) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) {
+		return ErrRevoked
+	}
+	return nil
+}
+
+// accessClaims is the RFC 9068 §2.2 claim set.
+type accessClaims struct {
+	Issuer    string   `json:"iss"`
+	Subject   string   `json:"sub"`
+	Audience  Audience `json:"aud"`
+	ExpiresAt int64    `json:"exp"`
+	IssuedAt  int64    `json:"iat"`
+	NotBefore int64    `json:"nbf,omitempty"`
+	ID        string   `json:"jti"`
+	ClientID  string   `json:"client_id"`
+	Scope     string   `json:"scope,omitempty"`
+}
+
+func nd(sec int64) *jwt.NumericDate {
+	if sec == 0 {
+		return nil
+	}
+	return jwt.NewNumericDate(time.Unix(sec, 0))
+}
+
+func (c *accessClaims) GetExpirationTime() (*jwt.NumericDate, error) { return nd(c.ExpiresAt), nil }
+func (c *accessClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return nd(c.IssuedAt), nil }
+func (c *accessClaims) GetNotBefore() (*jwt.NumericDate, error)      { return nd(c.NotBefore), nil }
+func (c *accessClaims) GetIssuer() (string, error)                   { return c.Issuer, nil }
+func (c *accessClaims) GetSubject() (string, error)                  { return c.Subject, nil }
+func (c *accessClaims) GetAudience() (jwt.ClaimStrings, error) {
+	return jwt.ClaimStrings(c.Audience), nil
+}
+
+func tsOrZero(sec int64) time.Time {
+	if sec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0)
+}
+
+func (v *Verifier) verifyJWT(ctx context.Context, token string) (*Claims, error) {
+	var c accessClaims
+	_, err := jwt.NewParser(
+		jwt.WithValidMethods(allowedAlgs),
+		jwt.WithIssuer(v.cfg.Issuer),
+		jwt.WithAudience(v.cfg.Audience),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(v.cfg.Leeway),
+		jwt.WithTimeFunc(v.cfg.Now),
+	).ParseWithClaims(token, &c, func(t *jwt.Token) (any, error) {
+		// RFC 9068 §4: typ must be at+jwt (or its full media type).
+		typ, _ := t.Header["typ"].(string)
+		if !strings.EqualFold(typ, "at+jwt") && !strings.EqualFold(typ, "application/at+jwt") {
+			return nil, errors.New("typ is not at+jwt")
+		}
+		return keyFor(ctx, v.keys, t)
+	})
+	if err != nil {
+		if errors.Is(err, errKeysUnavailable) {
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	if c.ID == "" || c.ClientID == "" {
+		return nil, fmt.Errorf("%w: jti or client_id missing", ErrInvalidToken)
+	}
+	return &Claims{
+		Issuer: c.Issuer, Subject: c.Subject, ClientID: c.ClientID, JTI: c.ID,
+		Scopes: strings.Fields(c.Scope), Audience: c.Audience,
+		IssuedAt: tsOrZero(c.IssuedAt), NotBefore: tsOrZero(c.NotBefore), ExpiresAt: tsOrZero(c.ExpiresAt),
+	}, nil
+}
+
+// keyFor finds the token's key by kid and pins the algorithm to the key's:
+// the JWK's alg if it names one, else the one its type implies.
+func keyFor(ctx context.Context, keys *keyCache, t *jwt.Token) (any, error) {
+	kid, _ := t.Header["kid"].(string)
+	if kid == "" {
+		return nil, errors.New("no kid")
+	}
+	jwk, err := keys.key(ctx, kid)
+	if errors.Is(err, errUnknownKid) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errKeysUnavailable, err)
+	}
+	alg := jwk.Algorithm
+	if alg == "" {
+		alg = algOf(jwk)
+	}
+	if t.Method == nil || t.Method.Alg() != alg {
+		return nil, fmt.Errorf("alg %v does not match key %s (%s)", t.Header["alg"], kid, alg)
+	}
+	return jwk.Key, nil
+}
+
+func algOf(jwk jose.JSONWebKey) string {
+	switch k := jwk.Key.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve == elliptic.P256() {
+			return "ES256"
+		}
+	case ed25519.PublicKey:
+		return "EdDSA"
+	case *rsa.PublicKey:
+		return "RS256"
+	}
+	return ""
+}
+
+// ----- introspection (RFC 7662) -----
+
+type introEntry struct {
+	c     *Claims
+	until time.Time
+}
+
+// introCache keeps introspection answers for active tokens, keyed by the
+// token's SHA-256; revocation events drop matching entries.
+type introCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]introEntry
+}
+
+const maxIntroEntries = 10000
+
+func (c *introCache) get(k [32]byte, now time.Time) *Claims {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[k]
+	if !ok || !now.Before(e.until) {
+		delete(c.m, k)
+		return nil
+	}
+	return e.c
+}
+
+func (c *introCache) put(k [32]byte, e introEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= maxIntroEntries {
+		for k := range c.m { // drop an arbitrary tenth
+			delete(c.m, k)
+			if len(c.m) < maxIntroEntries*9/10 {
+				break
+			}
+		}
+	}
+	c.m[k] = e
+}
+
+func (c *introCache) drop(d EventDetails) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.m {
+		if (d.JTI != "" && e.c.JTI == d.JTI) ||
+			(d.JTI == "" && d.ClientID != "" && e.c.ClientID == d.ClientID) ||
+			(d.Subject != "" && d.JTI == "" && e.c.Subject == d.Subject) {
+			delete(c.m, k)
+		}
+	}
+}
+
+func (c *introCache) clear() {
+	c.mu.Lock()
+	clear(c.m)
+	c.mu.Unlock()
+}
+
+// Len is the number of cached introspection answers (for tests and metrics).
+func (v *Verifier) introspectionCacheLen() int {
+	v.cache.mu.Lock()
+	defer v.cache.mu.Unlock()
+	return len(v.cache.m)
+}
+
+type introResponse struct {
+	Active   bool     `json:"active"`
+	Scope    string   `json:"scope"`
+	ClientID string   `json:"client_id"`
+	Exp      int64    `json:"exp"`
+	Iat      int64    `json:"iat"`
+	Nbf      int64    `json:"nbf"`
+	Sub      string   `json:"sub"`
+	Aud      Audience `json:"aud"`
+	Iss      string   `json:"iss"`
+	Jti      string   `json:"jti"`
+}
+
+func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error) {
+	if v.cfg.ClientID == "" {
+		return nil, fmt.Errorf("%w: opaque token and no introspection credentials", ErrInvalidToken)
+	}
+	key := sha256.Sum256([]byte(token))
+	now := v.cfg.Now()
+	if c := v.cache.get(key, now); c != nil {
+		if err := v.checkSet(c); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	_, endpoint, err := v.keys.discover(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if endpoint == "" {
+		return nil, fmt.Errorf("%w: issuer has no introspection endpoint", ErrUnavailable)
+	}
+	form := url.Values{"token": {token}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	// RFC 6749 §2.3.1: id and secret are form-encoded before Basic.
+	req.SetBasicAuth(url.QueryEscape(v.cfg.ClientID), url.QueryEscape(v.cfg.ClientSecret))
+	resp, err := v.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: introspection: %w", ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDocBytes))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%w: introspection: %s %v", ErrUnavailable, resp.Status, err)
+	}
+	var r introResponse
+	if err := json.Unmarshal(body, &r); err != nil {
+		return nil, fmt.Errorf("%w: introspection response: %w", ErrUnavailable, err)
+	}
+	if !r.Active {
+		return nil, fmt.Errorf("%w: inactive", ErrInvalidToken)
+	}
+	if (r.Iss != "" && r.Iss != v.cfg.Issuer) || (len(r.Aud) > 0 && !r.Aud.contains(v.cfg.Audience)) {
+		return nil, fmt.Errorf("%w: issuer or audience mismatch", ErrInvalidToken)
+	}
+	c := &Claims{
+		Issuer: r.Iss, Subject: r.Sub, ClientID: r.ClientID, JTI: r.Jti,
+		Scopes: strings.Fields(r.Scope), Audience: r.Aud,
+		IssuedAt: tsOrZero(r.Iat), NotBefore: tsOrZero(r.Nbf), ExpiresAt: tsOrZero(r.Exp),
+		Introspected: true,
+	}
+	until := now.Add(v.cfg.IntrospectionCacheTTL)
+	if !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(until) {
+		until = c.ExpiresAt
+	}
+	v.cache.put(key, introEntry{c: c, until: until})
+	if w := v.cfg.Watcher; w != nil && !w.Stale() {
+		if err := v.checkSet(c); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// ----- net/http -----
+
+type claimsKey struct{}
+
+// ClaimsFromContext returns the claims Middleware stored for the request.
+func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
+	c, ok := ctx.Value(claimsKey{}).(*Claims)
+	return c, ok
+}
+
+// Middleware returns net/http middleware that admits requests whose Bearer
+// token (RFC 6750 §2.1) verifies and carries every required scope. It
+// answers 401 with WWW-Authenticate error="invalid_token" for a missing,
+// invalid or revoked token (RFC 6750 §3.1), 403 error="insufficient_scope"
+// naming the scopes, and 503 when it cannot decide (stale revocation state,
+// issuer unreachable). The handler finds the claims with ClaimsFromContext.
+func (v *Verifier) Middleware(requiredScopes ...string) func(http.Handler) http.Handler {
+	scope := strings.Join(requiredScopes, " ")
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			authz := r.Header.Values("Authorization")
+			if len(authz) != 1 || len(authz[0]) < 7 || !strings.EqualFold(authz[0][:7], "Bearer ") {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="`+v.cfg.Audience+`"`)
+				http.Error(w, "missing bearer token", http.StatusUnauthorized)
+				return
+			}
+			c, err := v.Verify(r.Context(), strings.TrimSpace(authz[0][7:]))
+			switch {
+			case errors.Is(err, ErrStale) || errors.Is(err, ErrUnavailable):
+				w.Header().Set("Retry-After", "5")
+				http.Error(w, "cannot verify tokens now", http.StatusServiceUnavailable)
+				return
+			case err != nil:
+				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+				http.Error(w, "invalid token", http.StatusUnauthorized)
+				return
+			}
+			for _, s := range requiredScopes {
+				if !c.HasScope(s) {
+					v.mVer.Add(r.Context(), 1, v.outcomes["insufficient_scope"])
+					w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope", scope="`+scope+`"`)
+					http.Error(w, "insufficient scope", http.StatusForbidden)
+					return
+				}
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, c)))
+		})
+	}
+}

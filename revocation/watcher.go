@@ -1,0 +1,638 @@
+package revocation
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
+	"github.com/tallyauth/tally/node/api/events/v1/eventsv1connect"
+)
+
+// WatcherConfig configures a Watcher. Issuer, Tenant and ServerURL are
+// required; NATS is optional (without it the Connect stream is the source).
+type WatcherConfig struct {
+	// Issuer is the tenant's issuer: SETs must carry it as iss, and their
+	// signatures are checked with its JWKS.
+	Issuer string
+	// Tenant is the tenant whose events are followed.
+	Tenant string
+	// ServerURL is a tally node's base URL, for GetRevocationSet (resync)
+	// and, without NATS, WatchRevocations.
+	ServerURL string
+	// ClientID and ClientSecret of a confidential client of the tenant
+	// authenticate to the events API (HTTP Basic); or AdminToken.
+	ClientID, ClientSecret string
+	AdminToken             string
+	// HTTPClient for discovery, JWKS and the events API; default
+	// http.DefaultClient. Streams need no client timeout.
+	HTTPClient *http.Client
+	// NATS, if set, is the live source: an ordered JetStream consumer on
+	// Stream. The caller owns the connection.
+	NATS *nats.Conn
+	// Stream is the JetStream stream name; default "TALLY_EVENTS".
+	Stream string
+	// SETAudience is the aud that SETs must carry; default Issuer.
+	SETAudience string
+	// SETIssuers are further iss values accepted on SETs, for a cluster
+	// whose nodes are reached under different base URLs (each node's
+	// issuer derives from its own address unless they share --issuer).
+	// Signatures are still checked against Issuer's JWKS.
+	SETIssuers []string
+	// PositionFile, if set, keeps the set and its stream sequence across
+	// restarts, so the watcher replays only what it missed.
+	PositionFile string
+	// MaxDisconnect is how long the watcher may be disconnected before it
+	// reports itself stale; default 1m.
+	MaxDisconnect time.Duration
+	// IdleTimeout restarts a Connect stream that delivered nothing (not
+	// even a heartbeat) for this long; default 45s.
+	IdleTimeout time.Duration
+	// SaveInterval bounds how often PositionFile is written; default 1s.
+	SaveInterval time.Duration
+	// JWKSRefetchInterval rate-limits JWKS fetches for unknown kids;
+	// default 10s.
+	JWKSRefetchInterval time.Duration
+	Now                 func() time.Time
+	Meter               metric.Meter
+	Logger              *slog.Logger
+}
+
+func (c *WatcherConfig) fill() error {
+	if c.Issuer == "" || c.Tenant == "" || c.ServerURL == "" {
+		return errors.New("revocation: watcher needs Issuer, Tenant and ServerURL")
+	}
+	if strings.ContainsAny(c.Tenant, ".*> \t") {
+		return fmt.Errorf("revocation: tenant %q is not a valid subject token", c.Tenant)
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = http.DefaultClient
+	}
+	if c.Stream == "" {
+		c.Stream = "TALLY_EVENTS"
+	}
+	if c.SETAudience == "" {
+		c.SETAudience = c.Issuer
+	}
+	if c.MaxDisconnect <= 0 {
+		c.MaxDisconnect = time.Minute
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 45 * time.Second
+	}
+	if c.SaveInterval <= 0 {
+		c.SaveInterval = time.Second
+	}
+	if c.JWKSRefetchInterval <= 0 {
+		c.JWKSRefetchInterval = 10 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Meter == nil {
+		c.Meter = noop.NewMeterProvider().Meter("tally/revocation")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Watcher keeps a tenant's revocation Set current from the event log. See
+// the package documentation for replay, gaps and staleness. Safe for
+// concurrent use; register hooks with OnEvent before Start.
+type Watcher struct {
+	cfg    WatcherConfig
+	set    *Set
+	keys   *keyCache
+	client eventsv1connect.EventsServiceClient
+	log    *slog.Logger
+
+	synced       atomic.Bool
+	connected    atomic.Bool
+	disconnected atomic.Int64 // unix nano since when; 0 while connected
+	head         atomic.Uint64
+	applied      atomic.Int64
+	resyncs      atomic.Int64
+	rejected     atomic.Int64
+
+	hooksMu sync.Mutex
+	hooks   []func(typ string, d EventDetails)
+	resyncH []func()
+
+	saveMu   sync.Mutex
+	lastSave time.Time
+
+	runMu  sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mApplied metric.Int64Counter
+	mResyncs metric.Int64Counter
+	mLag     metric.Int64ObservableGauge
+}
+
+// NewWatcher returns a watcher; it loads PositionFile if it exists (a set
+// loaded from it counts as synced up to its sequence). It does not connect
+// until Start or Run.
+func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	w := &Watcher{
+		cfg:  cfg,
+		set:  NewSet(),
+		keys: newKeyCache(cfg.Issuer, cfg.HTTPClient, cfg.Now, cfg.JWKSRefetchInterval),
+		log:  cfg.Logger.With("component", "revocation-watcher", "tenant", cfg.Tenant),
+	}
+	w.client = eventsv1connect.NewEventsServiceClient(cfg.HTTPClient, strings.TrimRight(cfg.ServerURL, "/"),
+		connect.WithInterceptors(w.authInterceptor()))
+	w.disconnected.Store(cfg.Now().UnixNano())
+	if cfg.PositionFile != "" {
+		s, err := loadSet(cfg.PositionFile, cfg.Tenant)
+		if err != nil {
+			return nil, err
+		}
+		if s != nil {
+			w.set = s
+			w.synced.Store(true)
+		}
+	}
+	var err error
+	if w.mApplied, err = cfg.Meter.Int64Counter("tally.rs.events.applied", metric.WithDescription("revocation events applied to the local set")); err != nil {
+		return nil, err
+	}
+	if w.mResyncs, err = cfg.Meter.Int64Counter("tally.rs.resyncs", metric.WithDescription("full resyncs of the revocation set")); err != nil {
+		return nil, err
+	}
+	if w.mLag, err = cfg.Meter.Int64ObservableGauge("tally.rs.lag", metric.WithDescription("events between the local set and the stream head"),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(w.Lag()))
+			return nil
+		})); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// Set is the revocation set the watcher maintains.
+func (w *Watcher) Set() *Set { return w.set }
+
+// OnEvent registers fn to be called for every new event applied, after the
+// set changed. fn must be quick.
+func (w *Watcher) OnEvent(fn func(typ string, d EventDetails)) {
+	w.hooksMu.Lock()
+	w.hooks = append(w.hooks, fn)
+	w.hooksMu.Unlock()
+}
+
+// OnResync registers fn to be called after every resync.
+func (w *Watcher) OnResync(fn func()) {
+	w.hooksMu.Lock()
+	w.resyncH = append(w.resyncH, fn)
+	w.hooksMu.Unlock()
+}
+
+// Synced reports whether the set has a trusted baseline.
+func (w *Watcher) Synced() bool { return w.synced.Load() }
+
+// Connected reports whether the watcher is following the live stream.
+func (w *Watcher) Connected() bool { return w.connected.Load() }
+
+// Stale reports whether tokens must not be trusted on the set alone: it was
+// never synced, a gap was found and not resynced yet, or it has been
+// disconnected for longer than MaxDisconnect.
+func (w *Watcher) Stale() bool {
+	if !w.synced.Load() {
+		return true
+	}
+	since := w.disconnected.Load()
+	return since != 0 && w.cfg.Now().Sub(time.Unix(0, since)) > w.cfg.MaxDisconnect
+}
+
+// Position is the stream sequence of the last event applied.
+func (w *Watcher) Position() uint64 { return w.set.Sequence() }
+
+// Lag is how many stream sequences the set is behind the last known head.
+func (w *Watcher) Lag() uint64 {
+	h, p := w.head.Load(), w.set.Sequence()
+	if h > p {
+		return h - p
+	}
+	return 0
+}
+
+// Applied counts events applied (replays of known sequences excluded).
+func (w *Watcher) Applied() int64 { return w.applied.Load() }
+
+// Resyncs counts full resyncs (the first sync included).
+func (w *Watcher) Resyncs() int64 { return w.resyncs.Load() }
+
+// Rejected counts events dropped because their SET did not verify.
+func (w *Watcher) Rejected() int64 { return w.rejected.Load() }
+
+// Start runs the watcher in the background until Stop.
+func (w *Watcher) Start() {
+	w.runMu.Lock()
+	defer w.runMu.Unlock()
+	if w.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel, w.done = cancel, make(chan struct{})
+	go func() {
+		defer close(w.done)
+		_ = w.Run(ctx)
+	}()
+}
+
+// Stop stops a watcher started with Start, waits for it and saves the
+// position. The watcher may be started again.
+func (w *Watcher) Stop() {
+	w.runMu.Lock()
+	cancel, done := w.cancel, w.done
+	w.cancel, w.done = nil, nil
+	w.runMu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// WaitSynced waits until the watcher is synced and connected, or ctx ends.
+func (w *Watcher) WaitSynced(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for !(w.Synced() && w.Connected()) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+var errGap = errors.New("revocation: gap in the event stream")
+
+// Run follows the event log until ctx ends, reconnecting and resyncing as
+// needed. It returns ctx's error after saving the position.
+func (w *Watcher) Run(ctx context.Context) error {
+	defer w.save(true)
+	defer w.setConnected(false)
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		if !w.synced.Load() {
+			if err := w.Resync(ctx); err != nil {
+				if ctx.Err() == nil {
+					w.log.Warn("resync failed", "err", err)
+				}
+				sleep(ctx, backoff)
+				backoff = min(2*backoff, 5*time.Second)
+				continue
+			}
+		}
+		var err error
+		if w.cfg.NATS != nil {
+			err = w.followNATS(ctx)
+		} else {
+			err = w.followConnect(ctx)
+		}
+		w.setConnected(false)
+		w.save(true)
+		if errors.Is(err, errGap) {
+			w.log.Warn("position older than the stream's first sequence; resyncing", "position", w.Position())
+			w.synced.Store(false)
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			w.log.Info("event stream interrupted", "err", err)
+		}
+		sleep(ctx, backoff)
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return ctx.Err()
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func (w *Watcher) setConnected(on bool) {
+	if on {
+		w.connected.Store(true)
+		w.disconnected.Store(0)
+		return
+	}
+	if w.connected.Swap(false) || w.disconnected.Load() == 0 {
+		w.disconnected.Store(w.cfg.Now().UnixNano())
+	}
+}
+
+// Resync replaces the set with the server's current revocation set
+// (GetRevocationSet) and resumes after the stream sequence it reflects.
+func (w *Watcher) Resync(ctx context.Context) error {
+	resp, err := w.client.GetRevocationSet(ctx, connect.NewRequest(&eventsv1.GetRevocationSetRequest{Tenant: w.cfg.Tenant}))
+	if err != nil {
+		return fmt.Errorf("revocation: GetRevocationSet: %w", err)
+	}
+	m := resp.Msg
+	ns := NewSet()
+	ns.seq = m.GetStreamSequence()
+	for _, t := range m.GetTokens() {
+		ns.tokens[t.GetJti()] = t.GetExpiresUnix()
+	}
+	for _, c := range m.GetDisabledClients() {
+		ns.clients[c] = true
+	}
+	w.set.replace(ns)
+	w.head.Store(max(w.head.Load(), ns.seq))
+	w.synced.Store(true)
+	w.resyncs.Add(1)
+	w.mResyncs.Add(ctx, 1)
+	w.keys.invalidate()
+	w.save(true)
+	w.hooksMu.Lock()
+	hs := w.resyncH
+	w.hooksMu.Unlock()
+	for _, h := range hs {
+		h()
+	}
+	w.log.Info("revocation set resynced", "raft_index", m.GetRaftIndex(), "sequence", ns.seq, "tokens", len(m.GetTokens()))
+	return nil
+}
+
+func (w *Watcher) followNATS(ctx context.Context) error {
+	js, err := jetstream.New(w.cfg.NATS)
+	if err != nil {
+		return err
+	}
+	st, err := js.Stream(ctx, w.cfg.Stream)
+	if err != nil {
+		return fmt.Errorf("revocation: stream %s: %w", w.cfg.Stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	from := w.set.Sequence() + 1
+	if from < info.State.FirstSeq {
+		return errGap
+	}
+	w.head.Store(max(w.head.Load(), info.State.LastSeq))
+	cons, err := js.OrderedConsumer(ctx, w.cfg.Stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{TenantSubjects(w.cfg.Tenant)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	})
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	w.setConnected(true)
+
+	// The ordered consumer survives NATS reconnects by itself; follow the
+	// connection's state for staleness.
+	mon, cancelMon := context.WithCancel(ctx)
+	monDone := make(chan struct{})
+	defer func() { cancelMon(); <-monDone }()
+	go func() {
+		defer close(monDone)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-mon.Done():
+				return
+			case <-t.C:
+				w.setConnected(w.cfg.NATS.IsConnected())
+			}
+		}
+	}()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			continue
+		}
+		w.head.Store(max(w.head.Load(), md.Sequence.Stream+md.NumPending))
+		if err := w.handle(ctx, md.Sequence.Stream, m.Data()); err != nil {
+			return err
+		}
+	}
+}
+
+func (w *Watcher) followConnect(ctx context.Context) error {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	from := w.set.Sequence() + 1
+	stream, err := w.client.WatchRevocations(cctx, connect.NewRequest(&eventsv1.WatchRevocationsRequest{
+		Tenant: w.cfg.Tenant, FromSequence: from,
+	}))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	idle := time.AfterFunc(w.cfg.IdleTimeout, cancel)
+	defer idle.Stop()
+	first := true
+	for stream.Receive() {
+		idle.Reset(w.cfg.IdleTimeout)
+		switch m := stream.Msg().GetMsg().(type) {
+		case *eventsv1.WatchRevocationsResponse_State:
+			if first && (m.State.GetGap() || from < m.State.GetFirstSequence()) {
+				return errGap
+			}
+			w.head.Store(max(w.head.Load(), m.State.GetLastSequence()))
+			w.setConnected(true)
+		case *eventsv1.WatchRevocationsResponse_Event:
+			w.head.Store(max(w.head.Load(), m.Event.GetSequence()))
+			if err := w.handle(ctx, m.Event.GetSequence(), []byte(m.Event.GetSet())); err != nil {
+				return err
+			}
+		}
+		first = false
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err := stream.Err(); err != nil {
+		return err
+	}
+	return errors.New("revocation: event stream ended")
+}
+
+// handle verifies one SET and applies it at seq. An error means the event
+// could not be checked now (keys unreachable): the caller reconnects and
+// retries from the same position. A SET that does not verify is dropped.
+func (w *Watcher) handle(ctx context.Context, seq uint64, raw []byte) error {
+	if seq <= w.set.Sequence() {
+		return nil // replay
+	}
+	c, err := w.verifySET(ctx, string(raw))
+	if errors.Is(err, errKeysUnavailable) {
+		return err
+	}
+	if err != nil {
+		w.rejected.Add(1)
+		w.log.Warn("dropping an event whose SET does not verify", "sequence", seq, "err", err)
+		w.set.advance(seq)
+		return nil
+	}
+	typ, d, err := c.Event()
+	if err != nil || d.Tenant != w.cfg.Tenant {
+		w.rejected.Add(1)
+		w.set.advance(seq)
+		return nil
+	}
+	if !w.set.apply(seq, typ, d) {
+		return nil
+	}
+	if typ == EventKeyRotated {
+		w.keys.invalidate()
+	}
+	w.applied.Add(1)
+	w.mApplied.Add(ctx, 1)
+	w.hooksMu.Lock()
+	hs := w.hooks
+	w.hooksMu.Unlock()
+	for _, h := range hs {
+		h(typ, d)
+	}
+	if w.applied.Load()%1024 == 0 {
+		w.set.prune(w.cfg.Now().Add(-time.Minute))
+	}
+	w.save(false)
+	return nil
+}
+
+var errKeysUnavailable = errors.New("revocation: issuer keys unavailable")
+
+// setJWT adapts SETClaims to golang-jwt.
+type setJWT struct {
+	SETClaims
+}
+
+func (c *setJWT) GetExpirationTime() (*jwt.NumericDate, error) { return nil, nil }
+func (c *setJWT) GetIssuedAt() (*jwt.NumericDate, error)       { return nil, nil }
+func (c *setJWT) GetNotBefore() (*jwt.NumericDate, error)      { return nil, nil }
+func (c *setJWT) GetIssuer() (string, error)                   { return c.Issuer, nil }
+func (c *setJWT) GetSubject() (string, error)                  { return "", nil }
+func (c *setJWT) GetAudience() (jwt.ClaimStrings, error) {
+	return jwt.ClaimStrings(c.Audience), nil
+}
+
+// verifySET checks a SET: typ secevent+jwt (RFC 8417 §2.3), a pinned alg
+// equal to the key's, the signature against the issuer's JWKS, iss and aud.
+func (w *Watcher) verifySET(ctx context.Context, raw string) (*SETClaims, error) {
+	var c setJWT
+	_, err := jwt.NewParser(jwt.WithValidMethods(allowedAlgs), jwt.WithAudience(w.cfg.SETAudience)).
+		ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
+			if typ, _ := t.Header["typ"].(string); !strings.EqualFold(typ, SETType) && !strings.EqualFold(typ, "application/"+SETType) {
+				return nil, errors.New("typ is not secevent+jwt")
+			}
+			return keyFor(ctx, w.keys, t)
+		})
+	if err != nil {
+		if errors.Is(err, errKeysUnavailable) {
+			return nil, errKeysUnavailable
+		}
+		return nil, err
+	}
+	if c.Issuer != w.cfg.Issuer && !slices.Contains(w.cfg.SETIssuers, c.Issuer) {
+		return nil, fmt.Errorf("SET issuer %q is not %q", c.Issuer, w.cfg.Issuer)
+	}
+	return &c.SETClaims, nil
+}
+
+func (w *Watcher) save(force bool) {
+	if w.cfg.PositionFile == "" {
+		return
+	}
+	w.saveMu.Lock()
+	defer w.saveMu.Unlock()
+	now := time.Now()
+	if !force && now.Sub(w.lastSave) < w.cfg.SaveInterval {
+		return
+	}
+	w.lastSave = now
+	if err := w.set.save(w.cfg.PositionFile, w.cfg.Tenant); err != nil {
+		w.log.Warn("saving the revocation position", "err", err)
+	}
+}
+
+func (w *Watcher) authInterceptor() connect.Interceptor {
+	return authInterceptor{w: w}
+}
+
+type authInterceptor struct{ w *Watcher }
+
+func (a authInterceptor) header() string {
+	if a.w.cfg.AdminToken != "" {
+		return "Bearer " + a.w.cfg.AdminToken
+	}
+	if a.w.cfg.ClientID != "" {
+		cred := url.QueryEscape(a.w.cfg.ClientID) + ":" + url.QueryEscape(a.w.cfg.ClientSecret)
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(cred))
+	}
+	return ""
+}
+
+func (a authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if h := a.header(); h != "" {
+			req.Header().Set("Authorization", h)
+		}
+		return next(ctx, req)
+	}
+}
+
+func (a authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		if h := a.header(); h != "" {
+			conn.RequestHeader().Set("Authorization", h)
+		}
+		return conn
+	}
+}
+
+func (a authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
