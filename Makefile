@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # tally — the two commands a new user needs are `make run` and `make test`.
 
 GO        ?= go
@@ -44,9 +45,16 @@ generate:
 	$(BUF) generate node/api/cluster/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/cluster/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/cluster/v1","opt":"paths=source_relative"}]}'
 	$(BUF) generate node/api/events/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/events/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/events/v1","opt":"paths=source_relative"}]}'
 
-## check-generate: fails if the committed generated code is stale
-check-generate: generate
-	@git diff --exit-code -- '*.pb.go' '*.connect.go' || { echo "generated code is stale: run make generate"; exit 1; }
+## check-generate: fails if regenerating changes any generated file
+GENERATED = $$(git ls-files -co --exclude-standard '*.pb.go' '*.connect.go')
+check-generate:
+	@before=$$(sha256sum $(GENERATED)); \
+	$(MAKE) --no-print-directory generate; \
+	after=$$(sha256sum $(GENERATED)); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "generated code is stale: run make generate and commit the result"; \
+	  diff <(echo "$$before") <(echo "$$after"); exit 1; \
+	fi
 
 ## bench: Go benchmarks, then the token endpoint against a bare net/http baseline
 bench:
@@ -58,8 +66,10 @@ bench:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenRequest$$' -fuzztime $(FUZZTIME) ./issuance/
 	$(GO) test -run '^$$' -fuzz '^FuzzUnseal$$' -fuzztime $(FUZZTIME) ./issuance/
+	$(GO) test -run '^$$' -fuzz '^FuzzServeConfig$$' -fuzztime $(FUZZTIME) ./cmd/tally/
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeUserCode$$' -fuzztime $(FUZZTIME) ./issuance/
 	$(GO) test -run '^$$' -fuzz '^FuzzAuthorizeRequest$$' -fuzztime $(FUZZTIME) ./issuance/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRefreshToken$$' -fuzztime $(FUZZTIME) ./issuance/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./revocation/
 
 ## soak: the fault-injection and linearizability tests with more rounds (TALLY_SOAK=1), SOAK_COUNT times

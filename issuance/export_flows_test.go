@@ -4,7 +4,9 @@ package issuance
 
 func VerifyPKCEForTest(verifier, challenge string) bool { return verifyPKCE(verifier, challenge) }
 
-func MatchRedirectForTest(c Client, presented string) (string, bool) { return matchRedirect(c, presented) }
+func MatchRedirectForTest(c Client, presented string) (string, bool) {
+	return matchRedirect(c, presented)
+}
 
 func (s *Server) NewRefreshTokenForTest(tenant, family string, gen uint64) (string, error) {
 	return s.newRefreshToken(tenant, family, gen)

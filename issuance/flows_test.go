@@ -3,6 +3,7 @@ package issuance_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -102,11 +103,17 @@ func (g *scriptedGrants) PollDeviceCode(context.Context, issuance.DevicePoll) (i
 	return issuance.DeviceGrant{UserID: "u1", Scopes: []string{"openid"}}, nil
 }
 
-func newFlowTestEnv(t testing.TB) (*env, *scriptedGrants) {
+// flowTestEnv is an env with the end-user flows over fakes.
+type flowTestEnv struct {
+	*env
+	srvUsers *fakeUsers
+}
+
+func newFlowTestEnv(t testing.TB) (*flowTestEnv, *scriptedGrants) {
 	t.Helper()
 	g := &scriptedGrants{}
 	users := &fakeUsers{users: map[string]issuance.User{"u1": {Tenant: "t", ID: "u1", Username: "alice"}}}
-	e := newEnv(t, func(c *issuance.Config) { c.Users, c.Grants = users, g })
+	e := &flowTestEnv{env: newEnv(t, func(c *issuance.Config) { c.Users, c.Grants = users, g }), srvUsers: users}
 	e.addTenant("t", issuance.AlgES256)
 	e.addClient("t", "pub", func(c *issuance.Client) {
 		c.Public, c.Secrets = true, nil
@@ -296,4 +303,82 @@ func TestRefreshReuseIntervalReturnsSameSuccessor(t *testing.T) {
 	if f, gen, ok := e.srv.ParseRefreshTokenForTest("t", first["refresh_token"].(string)); !ok || f != "AAAAAAAAAAAAAAAAAAAAAA" || gen != 2 {
 		t.Errorf("successor = %q %d %v", f, gen, ok)
 	}
+}
+
+// TestBrowserCookies: outside dev the CSRF and session cookies are Secure,
+// HttpOnly, SameSite=Lax, scoped to the tenant and bounded in time.
+func TestBrowserCookies(t *testing.T) {
+	e, _ := newFlowTestEnv(t)
+	pw, err := issuance.HashPassword(issuance.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}, "pw-123", strings.NewReader(strings.Repeat("s", 16)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := e.srvUsers
+	users.mu.Lock()
+	users.users["u1"] = issuance.User{Tenant: "t", ID: "u1", Username: "alice", Password: pw}
+	users.mu.Unlock()
+	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	q := url.Values{"client_id": {"pub"}, "response_type": {"code"}, "code_challenge": {"E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"},
+		"code_challenge_method": {"S256"}, "scope": {"openid"}}
+	resp, err := hc.Get(e.url("/t/t/oauth2/authorize?" + q.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp)
+	check := func(c *http.Cookie) {
+		t.Helper()
+		if !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/t/t/" || c.MaxAge <= 0 || c.MaxAge > 8*3600 {
+			t.Errorf("cookie %s: %+v", c.Name, c)
+		}
+	}
+	var csrf *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "tally_csrf" {
+			csrf = c
+		}
+	}
+	if csrf == nil {
+		t.Fatal("no CSRF cookie")
+	}
+	check(csrf)
+	req := reqFieldOf(t, body)
+	form := url.Values{"req": {req}, "action": {"login"}, "username": {"ALICE"}, "password": {"pw-123"}}
+	r, _ := http.NewRequest(http.MethodPost, e.url("/t/t/oauth2/authorize"), strings.NewReader(form.Encode()))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.AddCookie(&http.Cookie{Name: csrf.Name, Value: csrf.Value})
+	resp, err = hc.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	var sess *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "tally_session" {
+			sess = c
+		}
+	}
+	if sess == nil {
+		t.Fatalf("no session cookie after login (%d)", resp.StatusCode)
+	}
+	check(sess)
+}
+
+func readAll(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	var b strings.Builder
+	if _, err := io.Copy(&b, resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func reqFieldOf(t *testing.T, body string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(body, `name="req" value="`)
+	if !ok {
+		t.Fatalf("no form: %s", body)
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	return v
 }

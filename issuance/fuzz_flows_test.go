@@ -50,3 +50,22 @@ func FuzzAuthorizeRequest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseRefreshToken: a presented refresh token is accepted only with a
+// valid MAC, so no input but our own tokens names a family; never a panic.
+func FuzzParseRefreshToken(f *testing.F) {
+	e, _ := newFlowTestEnv(f)
+	tok, err := e.srv.NewRefreshTokenForTest("t", "AAAAAAAAAAAAAAAAAAAAAA", 3)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{tok, "tlyr1.", "tlyr1.a.1.b.c", tok + ".", strings.Replace(tok, ".3.", ".4.", 1)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		fam, gen, ok := e.srv.ParseRefreshTokenForTest("t", in)
+		if ok && in != tok {
+			t.Fatalf("forged token %q accepted as %s/%d", in, fam, gen)
+		}
+	})
+}

@@ -82,7 +82,7 @@ func TestForwardedWritesReadYourWrites(t *testing.T) {
 // staleness bound it keeps issuing tokens from its replica; beyond the bound
 // it fails closed and reports not ready.
 func TestNoQuorumAndStaleness(t *testing.T) {
-	const bound = 4 * time.Second
+	const bound = 6 * time.Second
 	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(func(cfg *node.Config) {
 		cfg.MaxStale = bound
 		cfg.WriteTimeout = 1500 * time.Millisecond

@@ -61,6 +61,14 @@ type Config struct {
 	// partitioned node cannot honour a disabled client or a revoked token
 	// indefinitely.
 	MaxStale time.Duration
+	// RefreshTTL is the absolute lifetime of a refresh-token family, and
+	// RefreshIdleTimeout ends a family unused for that long.
+	RefreshTTL         time.Duration
+	RefreshIdleTimeout time.Duration
+	// RefreshReuseInterval lets a client whose response was lost present
+	// the just-superseded refresh token again within this interval and get
+	// the same successor instead of a family revocation; 0 turns it off.
+	RefreshReuseInterval time.Duration
 	// LeaderRegion, if set, is the region the leader should be in: a leader
 	// elsewhere hands leadership to a healthy, caught-up voter of that
 	// region when there is one (checked every second). Set the same value on
@@ -134,22 +142,24 @@ const MaxAccessTokenTTL = time.Hour
 // DefaultConfig returns a configuration for a single node on loopback.
 func DefaultConfig() Config {
 	return Config{
-		NodeID:            "node1",
-		Region:            "local",
-		DataDir:           "./data",
-		Listen:            "127.0.0.1:8080",
-		RaftBind:          "127.0.0.1:7946",
-		NATSListen:        "127.0.0.1:4222",
-		Events:            DefaultEventsConfig(),
-		JWKSMaxAge:        5 * time.Minute,
-		KeyRetention:      MaxAccessTokenTTL + 10*time.Minute,
-		SweepInterval:     time.Minute,
-		RaftProfile:       raft.ProfileLAN,
-		MaxStale:          DefaultMaxStale,
-		WriteTimeout:      5 * time.Second,
-		ShutdownTimeout:   10 * time.Second,
-		MaxBodyBytes:      16 << 10,
-		DefaultSigningAlg: "ES256",
+		NodeID:             "node1",
+		Region:             "local",
+		DataDir:            "./data",
+		Listen:             "127.0.0.1:8080",
+		RaftBind:           "127.0.0.1:7946",
+		NATSListen:         "127.0.0.1:4222",
+		Events:             DefaultEventsConfig(),
+		JWKSMaxAge:         5 * time.Minute,
+		KeyRetention:       MaxAccessTokenTTL + 10*time.Minute,
+		SweepInterval:      time.Minute,
+		RaftProfile:        raft.ProfileLAN,
+		MaxStale:           DefaultMaxStale,
+		RefreshTTL:         30 * 24 * time.Hour,
+		RefreshIdleTimeout: 7 * 24 * time.Hour,
+		WriteTimeout:       5 * time.Second,
+		ShutdownTimeout:    10 * time.Second,
+		MaxBodyBytes:       16 << 10,
+		DefaultSigningAlg:  "ES256",
 	}
 }
 
@@ -265,6 +275,12 @@ func (c Config) validateCluster() error {
 	}
 	if c.MaxStale <= 0 {
 		return errors.New("node: max stale must be positive")
+	}
+	if c.RefreshTTL < time.Minute || c.RefreshIdleTimeout < 0 {
+		return errors.New("node: refresh-token lifetime must be at least 1m and its idle timeout not negative")
+	}
+	if c.RefreshReuseInterval < 0 || c.RefreshReuseInterval > time.Minute {
+		return errors.New("node: refresh reuse interval must be between 0 (off) and 1m")
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -585,4 +586,58 @@ func TestExternalNATSRestart(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSDKResyncsAfterLongOutage: a watcher restarted from a position file
+// older than MaxDisconnect resyncs before it trusts the saved set (events
+// may have been lost where no gap shows).
+func TestSDKResyncsAfterLongOutage(t *testing.T) {
+	n := nodetest.Start(t)
+	f := newRSFixture(t, n)
+	wc := f.watcherConfig
+	wc.NATS = f.connectNATS(t)
+	wc.PositionFile = filepath.Join(t.TempDir(), "position.json")
+	wc.MaxDisconnect = time.Minute
+	w, _ := f.start(t, wc)
+	w.Stop()
+
+	// Restarted at once: replay, no resync.
+	w2, err := revocation.NewWatcher(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w2.Synced() {
+		t.Fatal("a fresh position file is not trusted")
+	}
+	w2.Start()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := w2.WaitSynced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w2.Stop()
+	if w2.Resyncs() != 0 {
+		t.Fatalf("quick restart resynced %d times", w2.Resyncs())
+	}
+
+	// Down for longer than MaxDisconnect: stale until it resyncs.
+	old := time.Now().Add(-2 * time.Minute)
+	if err := os.Chtimes(wc.PositionFile, old, old); err != nil {
+		t.Fatal(err)
+	}
+	w3, err := revocation.NewWatcher(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w3.Stale() {
+		t.Fatal("a watcher restarted from an old position file is not stale")
+	}
+	w3.Start()
+	defer w3.Stop()
+	if err := w3.WaitSynced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w3.Resyncs() != 1 || w3.Stale() {
+		t.Fatalf("resyncs %d, stale %v", w3.Resyncs(), w3.Stale())
+	}
 }

@@ -573,3 +573,80 @@ func TestRevokeRefreshToken(t *testing.T) {
 		t.Fatalf("access token after family revocation: %d", s)
 	}
 }
+
+// TestUserinfoErrors: RFC 6750 §3 errors of the userinfo endpoint.
+func TestUserinfoErrors(t *testing.T) {
+	n := nodetest.Start(t)
+	e := newFlowEnv(t, n)
+	ctx := context.Background()
+	verifier := oauth2.GenerateVerifier()
+	b := newBrowser(t)
+	// A token without the openid scope.
+	loc := e.signIn(t, b, e.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("scope", "profile")))
+	tok, err := e.conf.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.RefreshToken != "" || tok.Extra("id_token") != nil {
+		t.Errorf("no offline_access and no openid, yet got refresh %q id_token %v", tok.RefreshToken, tok.Extra("id_token"))
+	}
+	for _, tc := range []struct {
+		name, authz string
+		status      int
+		code        string
+	}{
+		{"no token", "", 401, ""},
+		{"garbage", "Bearer garbage", 401, "invalid_token"},
+		{"basic", "Basic YTpi", 400, "invalid_request"},
+		{"no openid scope", "Bearer " + tok.AccessToken, 403, "insufficient_scope"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, e.issuer+"/oauth2/userinfo", nil)
+			if tc.authz != "" {
+				req.Header.Set("Authorization", tc.authz)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			ch := resp.Header.Get("WWW-Authenticate")
+			if resp.StatusCode != tc.status || !strings.HasPrefix(ch, "Bearer ") || !strings.Contains(ch, tc.code) {
+				t.Fatalf("%d %q", resp.StatusCode, ch)
+			}
+		})
+	}
+	// prompt=none for a client the user never approved: consent_required.
+	other := newFlowEnv(t, n)
+	p := b.get(other.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("prompt", "none")))
+	if p.location == nil || p.location.Query().Get("error") != "consent_required" {
+		t.Fatalf("prompt=none without consent: %d %v", p.status, p.location)
+	}
+	// A disabled user: sign-in, refresh and userinfo are refused.
+	loc = e.signIn(t, b, e.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)))
+	full, err := e.conf.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Admin.DisableUser(ctx, connect.NewRequest(&adminv1.DisableUserRequest{Tenant: "default", User: "alice"})); err != nil {
+		t.Fatal(err)
+	}
+	fresh := newBrowser(t)
+	p = fresh.get(e.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)))
+	p = fresh.post(e.conf.Endpoint.AuthURL, url.Values{"req": {p.req(t)}, "action": {"login"}, "username": {"alice"}, "password": {alicePassword}})
+	if p.status != http.StatusUnauthorized || !p.isLogin() {
+		t.Fatalf("login of a disabled user: %d", p.status)
+	}
+	_, err = e.conf.TokenSource(ctx, &oauth2.Token{RefreshToken: full.RefreshToken}).Token()
+	if c, s := tokenError(t, err); c != "invalid_grant" || s != http.StatusBadRequest {
+		t.Fatalf("refresh of a disabled user: %s %d", c, s)
+	}
+	if s := userinfoStatus(t, e.issuer, full.AccessToken); s != http.StatusUnauthorized {
+		t.Fatalf("userinfo of a disabled user: %d", s)
+	}
+	// The old browser session no longer signs anyone in.
+	p = b.get(e.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)))
+	if !p.isLogin() {
+		t.Fatalf("session of a disabled user: %d %v", p.status, p.location)
+	}
+}

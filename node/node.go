@@ -119,6 +119,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region}
 	ic.Users, ic.Grants = flows, flows
 	ic.InsecureCookies = cfg.Dev
+	ic.RefreshTTL = cfg.RefreshTTL
+	ic.RefreshIdleTimeout = cfg.RefreshIdleTimeout
+	ic.RefreshReuseInterval = cfg.RefreshReuseInterval
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}

@@ -266,7 +266,7 @@ func (a *applier) rotateRefresh(r *raftpb.RotateRefresh, now int64) (*raftpb.Gra
 		// RFC 9700 §4.14.2: a superseded refresh token was presented; one of
 		// its holders is not legitimate. Revoke the whole family.
 		a.emit(&raftpb.Event{Tenant: f.Tenant, Kind: raftpb.EventKind_EVENT_KIND_REUSE_DETECTED, TimeUnixNano: now,
-			ClientId: f.ClientId, Subject: f.UserId, FamilyId: f.Id})
+			ClientId: f.ClientId, Subject: f.UserId, FamilyId: f.Id, Node: r.GetNode(), Region: r.GetRegion()})
 		fe := a.revokeFamilyRecord(f, ReasonRefreshReuse, now)
 		fe.Node, fe.Region = r.GetNode(), r.GetRegion()
 		ev := &raftpb.GrantEvent{Kind: EventReuseDetected, Tenant: f.Tenant, ClientId: f.ClientId, UserId: f.UserId,

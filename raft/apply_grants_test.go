@@ -252,7 +252,8 @@ func TestRotateRefresh(t *testing.T) {
 		kinds := map[raftpb.EventKind]int{}
 		for _, ev := range evs {
 			kinds[ev.Kind]++
-			if ev.Kind == raftpb.EventKind_EVENT_KIND_REUSE_DETECTED && (ev.FamilyId != "f1" || ev.Subject != "u1" || ev.ClientId != "c1") {
+			if ev.Kind == raftpb.EventKind_EVENT_KIND_REUSE_DETECTED && (ev.FamilyId != "f1" || ev.Subject != "u1" || ev.ClientId != "c1" ||
+				ev.Node != "n1" || ev.Region != "eu") {
 				t.Errorf("reuse event %v", ev)
 			}
 		}

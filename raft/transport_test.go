@@ -234,3 +234,40 @@ func TestRaftOverMutualTLS(t *testing.T) {
 		t.Fatalf("after the rogue RPCs: term %d (was %d), leader %v", got, st.Term, leader.IsLeader())
 	}
 }
+
+// TestExpiredNodeCertificateRejected: a node certificate of the right CA
+// that has expired does not get through.
+func TestExpiredNodeCertificateRejected(t *testing.T) {
+	ca := newTestCA(t)
+	srv := listen(t, ca.node("a"))
+	accepted := acceptOne(srv)
+	out := filepath.Join(t.TempDir(), "old")
+	if err := raft.IssueNodeCertDir(ca.dir, out, raft.CertOptions{NodeID: "old", IPs: []net.IP{net.IPv4(127, 0, 0, 1)},
+		Now: time.Now().Add(-48 * time.Hour), Validity: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raft.LoadNodeTLSDir(out); !errors.Is(err, raft.ErrPeerCertificate) {
+		t.Fatalf("loading an expired certificate: %v, want ErrPeerCertificate", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Present it anyway, with a hand-made client configuration.
+	cert, err := tls.LoadX509KeyPair(filepath.Join(out, raft.NodeCertFile), filepath.Join(out, raft.NodeKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := dialRaw(ctx, srv.Addr().String(), &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}, NextProtos: []string{raft.ALPNRaft}, MinVersion: tls.VersionTLS13})
+	if err == nil {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("expired certificate accepted (err %v)", err)
+	}
+	select {
+	case c := <-accepted:
+		t.Fatalf("an expired certificate reached Raft: %v", c.RemoteAddr())
+	default:
+	}
+}

@@ -21,7 +21,9 @@
 // with GetRevocationSet before it reports itself synced again. While it is
 // not synced, or disconnected longer than MaxDisconnect, it is stale, and
 // the Verifier either fails closed or falls back to introspection
-// (Config.StalePolicy).
+// (Config.StalePolicy); after such an outage (or a restart from a position
+// file older than MaxDisconnect) it resyncs before it trusts tokens again,
+// since events lost before publication leave no gap in the stream.
 //
 // The SDK stays light: it imports no Raft, bbolt, NATS server or tally
 // server package (deps_test.go).

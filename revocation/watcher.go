@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -172,6 +173,12 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		if s != nil {
 			w.set = s
 			w.synced.Store(true)
+			// Offline since the file was last written: a watcher that was
+			// down longer than MaxDisconnect resyncs before it trusts the
+			// saved set (see Run).
+			if fi, err := os.Stat(cfg.PositionFile); err == nil {
+				w.disconnected.Store(fi.ModTime().UnixNano())
+			}
 		}
 	}
 	var err error
@@ -289,7 +296,10 @@ func (w *Watcher) WaitSynced(ctx context.Context) error {
 	return nil
 }
 
-var errGap = errors.New("revocation: gap in the event stream")
+var (
+	errGap   = errors.New("revocation: gap in the event stream")
+	errStale = errors.New("revocation: reconnected after more than MaxDisconnect")
+)
 
 // Run follows the event log until ctx ends, reconnecting and resyncing as
 // needed. It returns ctx's error after saving the position.
@@ -298,6 +308,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 	defer w.setConnected(false)
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
+		// Disconnected for longer than MaxDisconnect (or restarted from an
+		// old position file): events may have been lost where no gap shows
+		// (an outbox swept before it was published), so resync first.
+		if w.synced.Load() && w.Stale() {
+			w.log.Warn("disconnected longer than MaxDisconnect; resyncing")
+			w.synced.Store(false)
+		}
 		if !w.synced.Load() {
 			if err := w.Resync(ctx); err != nil {
 				if ctx.Err() == nil {
@@ -316,6 +333,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		w.setConnected(false)
 		w.save(true)
+		if errors.Is(err, errStale) {
+			continue // the loop's staleness check resyncs
+		}
 		if errors.Is(err, errGap) {
 			w.log.Warn("position older than the stream's first sequence; resyncing", "position", w.Position())
 			w.synced.Store(false)
@@ -423,6 +443,7 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 
 	// The ordered consumer survives NATS reconnects by itself; follow the
 	// connection's state for staleness.
+	var staleBack atomic.Bool
 	mon, cancelMon := context.WithCancel(ctx)
 	monDone := make(chan struct{})
 	defer func() { cancelMon(); <-monDone }()
@@ -435,7 +456,15 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 			case <-mon.Done():
 				return
 			case <-t.C:
-				w.setConnected(w.cfg.NATS.IsConnected())
+				up := w.cfg.NATS.IsConnected()
+				if up && w.Stale() {
+					// Back after a long outage: resync (Run) before
+					// trusting the set again.
+					staleBack.Store(true)
+					it.Stop()
+					return
+				}
+				w.setConnected(up)
 			}
 		}
 	}()
@@ -444,6 +473,9 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if staleBack.Load() {
+				return errStale
 			}
 			return err
 		}

