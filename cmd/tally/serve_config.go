@@ -33,6 +33,7 @@ type serveFile struct {
 	TLSDir         *string       `json:"tls_dir"`
 	LeaderRegion   *string       `json:"leader_region"`
 	NATSListen     *string       `json:"nats_listen"`
+	NATSURL        *string       `json:"nats_url"`
 	KEKFile        *string       `json:"kek_file"`
 	AdminTokenFile *string       `json:"admin_token_file"`
 	OTLPEndpoint   *string       `json:"otlp_endpoint"`
@@ -124,6 +125,7 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setStr(&cfg.TLSDir, sf.TLSDir)
 	setStr(&cfg.LeaderRegion, sf.LeaderRegion)
 	setStr(&cfg.NATSListen, sf.NATSListen)
+	setStr(&cfg.Events.NATSURL, sf.NATSURL)
 	setStr(&cfg.KEKFile, sf.KEKFile)
 	setStr(&cfg.AdminTokenFile, sf.AdminTokenFile)
 	setStr(&cfg.OTLPEndpoint, sf.OTLPEndpoint)

@@ -15,6 +15,7 @@ func eventFlags(fs *flag.FlagSet, c *node.EventsConfig) {
 	fs.StringVar(&c.NATSCredsFile, "nats-creds", c.NATSCredsFile, "NATS credentials file (user JWT and nkey seed) for --nats-url")
 	fs.StringVar(&c.NATSCAFile, "nats-ca", c.NATSCAFile, "PEM CA bundle that verifies --nats-url's TLS certificate")
 	fs.DurationVar(&c.Retention, "event-retention", c.Retention, "how long events stay in the stream and the outbox: at least the longest access-token lifetime (1h) plus a margin")
+	fs.IntVar(&c.StreamReplicas, "event-stream-replicas", c.StreamReplicas, "JetStream replicas of the event stream (1-5; the size of an external NATS cluster)")
 	fs.StringVar(&c.ClusterID, "event-cluster-id", c.ClusterID, "prefix of event message ids and SET ids, the same on every node of a cluster")
 	fs.Func("event-audience", "aud of published Security Event Tokens, comma-separated (default: the tenant's issuer)", func(s string) error {
 		c.Audience = nil
