@@ -38,6 +38,7 @@ func goldenV1() []struct {
 		{"revoke_token", command(t0+6, &raftpb.RevokeToken{Revocation: &raftpb.Revocation{Tenant: "acme", Jti: "jti-1",
 			ClientId: "c1", ExpiresUnixNano: t0 + 3*hour, Reason: "golden", Subject: "alice"}})},
 		{"sweep", sweep(t0 + 2*hour)},
+		{"sweep_events", command(t0+2*hour+1, &raftpb.Sweep{EventsBeforeUnixNano: t0 + hour})},
 	}
 }
 
