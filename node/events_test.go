@@ -29,22 +29,8 @@ import (
 	"github.com/tallyauth/tally/revocation"
 )
 
-// checkFor polls fn every `every` until it returns nil, failing the test
-// with fn's last error after timeout.
-func checkFor(t testing.TB, timeout, every time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(every)
-	}
-}
+// checkFor polls fn until it returns nil (see nodetest.CheckFor).
+var checkFor = nodetest.CheckFor
 
 const ordersAPI = "https://orders.example"
 

@@ -65,6 +65,24 @@ func newFlowEnv(t testing.TB, n *nodetest.Node, grants ...string) *flowEnv {
 	return e
 }
 
+// codeTokens signs alice in through the authorization-code flow with PKCE
+// and redeems the code.
+func (e *flowEnv) codeTokens(t testing.TB) *oauth2.Token {
+	t.Helper()
+	verifier := oauth2.GenerateVerifier()
+	loc := e.signIn(t, newBrowser(t), e.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)))
+	tok, err := e.conf.Exchange(context.Background(), loc.Query().Get("code"), oauth2.VerifierOption(verifier))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// refresh redeems a refresh token.
+func (e *flowEnv) refresh(rt string) (*oauth2.Token, error) {
+	return e.conf.TokenSource(context.Background(), &oauth2.Token{RefreshToken: rt}).Token()
+}
+
 // browser is a cookie-keeping HTTP client that does not follow redirects.
 type browser struct {
 	t  testing.TB
@@ -312,16 +330,8 @@ func jsonString(v any) string {
 func TestRefreshReuseRevokesFamily(t *testing.T) {
 	n := nodetest.Start(t)
 	e := newFlowEnv(t, n)
-	ctx := context.Background()
-	verifier := oauth2.GenerateVerifier()
-	loc := e.signIn(t, newBrowser(t), e.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)))
-	tok, err := e.conf.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
-	if err != nil {
-		t.Fatal(err)
-	}
-	refresh := func(rt string) (*oauth2.Token, error) {
-		return e.conf.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
-	}
+	tok := e.codeTokens(t)
+	refresh := e.refresh
 	t2, err := refresh(tok.RefreshToken)
 	if err != nil {
 		t.Fatal(err)

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/oauth2"
-
 	"github.com/tallyauth/tally/node"
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/revocation"
@@ -51,15 +49,8 @@ func TestRefreshReuseReachesSDK(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	verifier := oauth2.GenerateVerifier()
-	loc := e.signIn(t, newBrowser(t), e.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)))
-	tok, err := e.conf.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
-	if err != nil {
-		t.Fatal(err)
-	}
-	refresh := func(rt string) (*oauth2.Token, error) {
-		return e.conf.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
-	}
+	tok := e.codeTokens(t)
+	refresh := e.refresh
 	t2, err := refresh(tok.RefreshToken)
 	if err != nil {
 		t.Fatal(err)
@@ -98,16 +89,8 @@ func TestRefreshReuseReachesSDK(t *testing.T) {
 func TestRefreshReuseIntervalFromConfig(t *testing.T) {
 	n := nodetest.Start(t, nodetest.WithConfig(func(c *node.Config) { c.RefreshReuseInterval = time.Minute }))
 	e := newFlowEnv(t, n)
-	ctx := context.Background()
-	verifier := oauth2.GenerateVerifier()
-	loc := e.signIn(t, newBrowser(t), e.conf.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)))
-	tok, err := e.conf.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
-	if err != nil {
-		t.Fatal(err)
-	}
-	refresh := func(rt string) (*oauth2.Token, error) {
-		return e.conf.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
-	}
+	tok := e.codeTokens(t)
+	refresh := e.refresh
 	first, err := refresh(tok.RefreshToken)
 	if err != nil {
 		t.Fatal(err)

@@ -14,26 +14,17 @@ import (
 
 	"github.com/tallyauth/tally/node"
 	"github.com/tallyauth/tally/raft"
+	"github.com/tallyauth/tally/raft/rafttest"
 )
 
 // Timeout bounds every wait of the cluster helpers.
 const Timeout = 30 * time.Second
 
 // CheckFor calls fn every `every` until it returns nil; after timeout it
-// fails tb with fn's last error.
+// fails tb with fn's last error (rafttest.CheckFor, for node-level tests).
 func CheckFor(tb testing.TB, timeout, every time.Duration, fn func() error) {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("after %v: %v", timeout, err)
-		}
-		<-time.After(every)
-	}
+	rafttest.CheckFor(tb, timeout, every, fn)
 }
 
 // ClusterOption adjusts how StartCluster starts its nodes.
