@@ -113,12 +113,39 @@ func (n *Node) TransferLeadership(ctx context.Context, id string) error {
 // is the leader itself (hashicorp/raft makes a leader step down when it
 // cannot reach a quorum within LeaderLeaseTimeout), the time of the last
 // accepted AppendEntries or InstallSnapshot otherwise, and zero if it has
-// never heard from one.
+// never heard from one. A node that was leader until recently counts the
+// moment it stepped down, less the lease, as a contact: until the next
+// leader's first heartbeat its last AppendEntries dates from before its own
+// term, and a leadership transfer must not make it look stale.
 func (n *Node) LastLeaderContact() time.Time {
-	if n.raft.State() == hraft.Leader {
+	// leading is cleared just after hashicorp/raft leaves the Leader state
+	// (and well before it refreshes LastContact on the way out).
+	if n.raft.State() == hraft.Leader || n.leading.Load() {
 		return time.Now()
 	}
-	return n.raft.LastContact()
+	last := n.raft.LastContact()
+	if left := n.leftLeadership.Load(); left != 0 {
+		if t := time.Unix(0, left).Add(-n.leaseTimeout); t.After(last) {
+			return t
+		}
+	}
+	return last
+}
+
+// observeState is a hashicorp/raft observer filter (called synchronously
+// on every observation, it never lets one through): it records when this
+// node stops being the leader.
+func (n *Node) observeState(o *hraft.Observation) bool {
+	st, ok := o.Data.(hraft.RaftState)
+	if !ok {
+		return false
+	}
+	if st == hraft.Leader {
+		n.leading.Store(true)
+	} else if n.leading.Swap(false) {
+		n.leftLeadership.Store(time.Now().UnixNano())
+	}
+	return false
 }
 
 // Status reports this node's view of the group.

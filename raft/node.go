@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -29,6 +30,13 @@ type Node struct {
 	logs   *raftboltdb.BoltStore
 	trans  hraft.Transport
 	own    *hraft.NetworkTransport // the TCP transport Open created, closed by Close
+
+	// leading and leftLeadership (unix nanoseconds) follow this node's
+	// own leadership, for LastLeaderContact: a leader that steps down has
+	// heard from a quorum within the lease before it did.
+	leading        atomic.Bool
+	leftLeadership atomic.Int64
+	leaseTimeout   time.Duration
 
 	closing   chan struct{}
 	wg        sync.WaitGroup // sweepers
@@ -139,6 +147,11 @@ func Open(cfg Config) (*Node, error) {
 	}
 	if n.raft, err = hraft.NewRaft(rc, n.fsm, n.logs, n.logs, snaps, n.trans); err != nil {
 		return nil, fmt.Errorf("raft: start: %w", err)
+	}
+	n.leaseTimeout = rc.LeaderLeaseTimeout
+	n.raft.RegisterObserver(hraft.NewObserver(nil, false, n.observeState))
+	if n.raft.State() == hraft.Leader { // elected before the observer
+		n.leading.Store(true)
 	}
 	ok = true
 	return n, nil
