@@ -32,15 +32,19 @@ import (
 const loadtestUsage = `tally loadtest — measure how fast a token endpoint issues tokens
 
 Usage:
-  tally loadtest client-credentials --target ISSUER_URL [--token-url URL]
-        --client-id ID --client-secret SECRET [--scope S]
+  tally loadtest client-credentials|introspect|refresh|authcode|mixed|revoke-propagation
+        --target ISSUER_URL [--target …] [--client-id ID --client-secret SECRET]
+        [--admin-server URL] [--mix name=weight,…]
         [--concurrency 32 | --rate N] [--duration 10s] [--requests N]
         [--warmup 1s] [--timeout 10s] [--output text|json]
-      Closed-loop load (--concurrency workers) or, with --rate, open-loop load
-      at N requests/s with at most --concurrency in flight, latency measured
-      from each request's scheduled start. The token endpoint is discovered
-      from the issuer's RFC 8414 / OpenID metadata unless --token-url is
-      given. The secret may come from TALLY_CLIENT_SECRET instead.
+        [--report FILE.html] [--compare BASE.json]
+      Closed-loop load (--concurrency virtual clients) or, with --rate,
+      open-loop load at N iterations/s with at most --concurrency in flight,
+      latency measured from each iteration's scheduled start. Endpoints are
+      discovered from each issuer's RFC 8414 / OpenID metadata (client-
+      credentials also takes --token-url); several --target flags spread the
+      load round-robin. Users, clients and token pools are created through
+      the admin API when not given. "tally loadtest SCENARIO -h" for all flags.
 
   tally loadtest baseline [--listen 127.0.0.1:0] [--alg ES256|EdDSA]
         [--client-id ID] [--client-secret SECRET] [--scope S] [--output text|json]
@@ -55,6 +59,11 @@ Usage:
       client_credentials load against each alternately (baseline, tally,
       baseline, tally, …), then print every run, both sides merged, and the
       ratios tally/baseline of throughput and p99.
+
+  tally loadtest revoke-propagation --target ISSUER_URL --admin-server URL [flags as above]
+      Revocations through the admin API of a running node or cluster, each
+      timed until the resource-server SDK (over Connect) has it; a scenario
+      like the others (also a part of --mix).
 
   tally loadtest revoke-propagation [--revocations 10000] [--transport nats|connect]
         [--verify-duration 5s] [--output text|json]
@@ -75,13 +84,17 @@ func runLoadtest(ctx context.Context, args []string, e env) int {
 		return 2
 	}
 	switch args[0] {
-	case "client-credentials":
-		return runLoadtestClientCredentials(ctx, args[1:], e)
+	case loadtest.ScenarioClientCredentials, loadtest.ScenarioIntrospect, loadtest.ScenarioRefresh,
+		loadtest.ScenarioAuthCode, loadtest.ScenarioMixed:
+		return runLoadtestScenario(ctx, args[0], args[1:], e)
 	case "baseline":
 		return runLoadtestBaseline(ctx, args[1:], e)
 	case "compare":
 		return runLoadtestCompare(ctx, args[1:], e)
 	case "revoke-propagation":
+		if loadtestHasTarget(args[1:]) {
+			return runLoadtestScenario(ctx, args[0], args[1:], e)
+		}
 		return runLoadtestRevokePropagation(ctx, args[1:], e)
 	case "help", "-h", "--help":
 		fmt.Fprint(e.stdout, loadtestUsage)
@@ -125,79 +138,6 @@ func loadtestCheckOutput(output string, e env, cmd string) bool {
 		return false
 	}
 	return true
-}
-
-func runLoadtestClientCredentials(ctx context.Context, args []string, e env) int {
-	def := loadtest.DefaultClientCredentialsConfig()
-	fs := loadtestFlags("client-credentials", e)
-	target := fs.String("target", "", "issuer URL whose metadata names the token endpoint")
-	tokenURL := fs.String("token-url", "", "token endpoint URL (skips discovery)")
-	clientID := fs.String("client-id", "", "client id")
-	clientSecret := fs.String("client-secret", "", "client secret (env TALLY_CLIENT_SECRET)")
-	scope := fs.String("scope", "", "scope to request (space-separated)")
-	concurrency := fs.Int("concurrency", def.Concurrency, "closed-loop workers; with --rate, the bound on requests in flight")
-	rate := fs.Float64("rate", 0, "open-loop arrival rate in requests/s (0: closed loop)")
-	duration := fs.Duration("duration", def.Duration, "recorded time after the warm-up (0: until --requests)")
-	requests := fs.Int64("requests", 0, "stop after this many recorded requests (0: until --duration)")
-	warmup := fs.Duration("warmup", def.Warmup, "unrecorded warm-up before the run")
-	timeout := fs.Duration("timeout", def.Timeout, "timeout of one request")
-	output := fs.String("output", "text", "text or json")
-	if code := loadtestParse(fs, args, e); code >= 0 {
-		return code
-	}
-	if !loadtestCheckOutput(*output, e, "client-credentials") {
-		return 2
-	}
-	if *clientSecret == "" {
-		*clientSecret = e.getenv("TALLY_CLIENT_SECRET")
-	}
-	if *target == "" && *tokenURL == "" {
-		fmt.Fprintln(e.stderr, "tally loadtest client-credentials: --target or --token-url is required")
-		return 2
-	}
-
-	cfg := def
-	cfg.ClientID, cfg.ClientSecret, cfg.Scope = *clientID, *clientSecret, *scope
-	cfg.Concurrency, cfg.Rate = *concurrency, *rate
-	cfg.Duration, cfg.Requests, cfg.Warmup, cfg.Timeout = *duration, *requests, *warmup, *timeout
-	cfg.TokenURL = *tokenURL
-	if cfg.TokenURL == "" {
-		// Validate the rest first, so that a usage error costs no request.
-		cfg.TokenURL = "http://placeholder.invalid/token"
-	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(e.stderr, "tally loadtest client-credentials: %v\n", err)
-		return 2
-	}
-	if *tokenURL == "" {
-		md, err := loadtest.Discover(ctx, *target)
-		if err != nil {
-			fmt.Fprintf(e.stderr, "tally loadtest client-credentials: %v\n", err)
-			return 1
-		}
-		cfg.TokenURL = md.TokenEndpoint
-		if err := cfg.Validate(); err != nil {
-			fmt.Fprintf(e.stderr, "tally loadtest client-credentials: %v\n", err)
-			return 1
-		}
-	}
-	cfg.Progress = loadtestProgress(e, "")
-
-	rep, err := loadtest.RunClientCredentials(ctx, cfg)
-	loadtestEndProgress(e, cfg.Progress)
-	if werr := loadtestWrite(e, *output, rep, rep.WriteText); werr != nil {
-		fmt.Fprintf(e.stderr, "tally loadtest client-credentials: %v\n", werr)
-		return 1
-	}
-	if err != nil {
-		fmt.Fprintf(e.stderr, "tally loadtest client-credentials: stopped early: %v\n", err)
-		return 1
-	}
-	if rep.OK == 0 {
-		fmt.Fprintln(e.stderr, "tally loadtest client-credentials: no request succeeded")
-		return 1
-	}
-	return 0
 }
 
 // loadtestBaselineInfo is what "tally loadtest baseline" prints.
