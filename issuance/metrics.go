@@ -3,6 +3,7 @@ package issuance
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -33,6 +34,28 @@ type metrics struct {
 	tokenDuration metric.Float64Histogram
 	introspects   metric.Int64Counter
 	revokes       metric.Int64Counter
+
+	// attrs caches the attribute option of each (grant type, outcome)
+	// pair, so that a request does not build and sort an attribute set.
+	// Both values come from small fixed sets (grantUnknown, the OAuth
+	// error codes), so the cache stays small.
+	attrs sync.Map // attrKey → metric.MeasurementOption
+}
+
+type attrKey struct{ grantType, outcome string }
+
+// option returns the cached attribute option for k (an empty grantType:
+// the outcome alone).
+func (m *metrics) option(k attrKey) metric.MeasurementOption {
+	if o, ok := m.attrs.Load(k); ok {
+		return o.(metric.MeasurementOption)
+	}
+	kvs := []attribute.KeyValue{attribute.String(attrOutcome, k.outcome)}
+	if k.grantType != "" {
+		kvs = append(kvs, attribute.String(attrGrantType, k.grantType))
+	}
+	o, _ := m.attrs.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(kvs...)))
+	return o.(metric.MeasurementOption)
 }
 
 func newMetrics(m metric.Meter) (*metrics, error) {
@@ -65,17 +88,17 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 }
 
 func (m *metrics) token(ctx context.Context, grantType, outcome string, d time.Duration) {
-	attrs := metric.WithAttributes(attribute.String(attrGrantType, grantType), attribute.String(attrOutcome, outcome))
+	attrs := m.option(attrKey{grantType, outcome})
 	m.tokenRequests.Add(ctx, 1, attrs)
 	m.tokenDuration.Record(ctx, d.Seconds(), attrs)
 }
 
 func (m *metrics) introspect(ctx context.Context, outcome string) {
-	m.introspects.Add(ctx, 1, metric.WithAttributes(attribute.String(attrOutcome, outcome)))
+	m.introspects.Add(ctx, 1, m.option(attrKey{outcome: outcome}))
 }
 
 func (m *metrics) revoke(ctx context.Context, outcome string) {
-	m.revokes.Add(ctx, 1, metric.WithAttributes(attribute.String(attrOutcome, outcome)))
+	m.revokes.Add(ctx, 1, m.option(attrKey{outcome: outcome}))
 }
 
 // outcomeOf is the metric outcome of a failed request: its OAuth error code.

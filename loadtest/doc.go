@@ -27,6 +27,13 @@
 // (durations in milliseconds). Measured results are kept in BENCHMARKS.md
 // beside this file.
 //
+// RunDrill breaks a cluster under load: client-credentials requests to
+// every node and revocations (the writes) through the serving ones while a
+// caller-supplied Fault (kill, leadership transfer, partition) is injected
+// and healed; it reports the write unavailability window, the issuance
+// error rate in it and the time to recover, then checks on every node that
+// no acknowledged revocation was lost. A DrillReport ends in a verdict.
+//
 // Load is sent only where the caller points it; the tally command points it
 // at loopback addresses.
 package loadtest

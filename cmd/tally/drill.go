@@ -1,0 +1,413 @@
+package main
+
+// tally drill failover|partition: break a cluster under load and check that
+// no acknowledged write was lost (loadtest.RunDrill).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/tallyauth/tally/loadtest"
+	"github.com/tallyauth/tally/node"
+	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
+	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
+	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
+)
+
+const drillUsage = `Usage:
+  tally drill failover  [flags]   kill the leader (or --graceful: transfer leadership) under load
+  tally drill partition [flags]   isolate a node or a region under load
+
+By default the drill starts its own cluster in this process (--nodes, on
+loopback, in a temporary directory). "tally drill failover --graceful
+--server URL" drills a running cluster through its admin API instead.
+Each drill ends with PASS or FAIL; a violated invariant exits with 1.
+
+Run "tally drill <drill> -h" for the flags.
+`
+
+func runDrill(ctx context.Context, args []string, e env) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, drillUsage)
+		return 2
+	}
+	switch args[0] {
+	case "failover", "partition":
+		return runDrillKind(ctx, args[0], args[1:], e)
+	case "help", "-h", "--help":
+		fmt.Fprint(e.stdout, drillUsage)
+		return 0
+	default:
+		fmt.Fprintf(e.stderr, "tally drill: unknown drill %q\n\n%s", args[0], drillUsage)
+		return 2
+	}
+}
+
+// drillFlags are the flags of both drills.
+type drillFlags struct {
+	kind         string
+	graceful     bool
+	isolate      string
+	nodes        int
+	regions      string
+	profile      string
+	dataDir      string
+	server       string
+	adminToken   string
+	tenant       string
+	clientID     string
+	clientSecret string
+	output       string
+	report       string
+	cfg          loadtest.DrillConfig
+}
+
+func runDrillKind(ctx context.Context, kind string, args []string, e env) int {
+	f := drillFlags{kind: kind, cfg: loadtest.DefaultDrillConfig()}
+	fs := flag.NewFlagSet("tally drill "+kind, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	if kind == "failover" {
+		fs.BoolVar(&f.graceful, "graceful", false, "transfer leadership instead of killing the leader")
+	} else {
+		fs.StringVar(&f.isolate, "isolate", "follower", "what to cut off: follower, leader, a node id (node1), or region:NAME")
+	}
+	fs.IntVar(&f.nodes, "nodes", 3, "voters of the cluster the drill starts")
+	fs.StringVar(&f.regions, "regions", "east,west", "region labels, assigned to the started nodes in turn")
+	fs.StringVar(&f.profile, "raft-profile", "lan", "Raft timing of the started cluster: lan, wan, or fast (300 ms timeouts)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the started cluster (default: a temporary one, removed after)")
+	fs.StringVar(&f.server, "server", "", "drill a running cluster through this node's admin API `URL` instead (failover --graceful only)")
+	fs.StringVar(&f.adminToken, "admin-token", "", "admin bearer token for --server (env TALLY_ADMIN_TOKEN)")
+	fs.StringVar(&f.tenant, "tenant", node.DefaultTenant, "tenant of the load (with --server)")
+	fs.StringVar(&f.clientID, "client-id", "", "client_credentials client for the load (with --server; default: one created through the admin API)")
+	fs.StringVar(&f.clientSecret, "client-secret", "", "its secret (env TALLY_CLIENT_SECRET)")
+	fs.DurationVar(&f.cfg.Before, "before", f.cfg.Before, "load before the fault")
+	fs.DurationVar(&f.cfg.FaultFor, "fault-for", f.cfg.FaultFor, "time from the fault to the heal (restart, end of the partition)")
+	fs.DurationVar(&f.cfg.After, "after", f.cfg.After, "load after the heal")
+	fs.IntVar(&f.cfg.IssueWorkers, "issue-workers", f.cfg.IssueWorkers, "client-credentials workers")
+	fs.IntVar(&f.cfg.WriteWorkers, "write-workers", f.cfg.WriteWorkers, "revocation workers")
+	fs.DurationVar(&f.cfg.MaxStale, "max-stale", f.cfg.MaxStale, "staleness bound of the nodes (set on the started cluster)")
+	fs.DurationVar(&f.cfg.StaleGrace, "stale-grace", f.cfg.StaleGrace, "slack past --max-stale before an isolated node that still issues is a violation")
+	fs.DurationVar(&f.cfg.VerifyTimeout, "verify-timeout", f.cfg.VerifyTimeout, "bound on the wait for every node to show every acknowledged write")
+	fs.StringVar(&f.output, "output", "text", "text or json")
+	fs.StringVar(&f.report, "report", "", "also write a self-contained HTML report (latency and throughput over time, the drill's events marked) to `FILE`")
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "Usage of tally drill %s:\n", kind)
+		fs.PrintDefaults()
+	}
+	if code := loadtestParse(fs, args, e); code >= 0 {
+		return code
+	}
+	if f.output != "text" && f.output != "json" {
+		fmt.Fprintf(e.stderr, "tally drill %s: --output must be text or json, not %q\n", kind, f.output)
+		return 2
+	}
+	if f.clientSecret == "" {
+		f.clientSecret = e.getenv("TALLY_CLIENT_SECRET")
+	}
+	if f.adminToken == "" {
+		f.adminToken = strings.TrimSpace(e.getenv("TALLY_ADMIN_TOKEN"))
+	}
+	f.cfg.Name = kind
+	if f.output == "text" {
+		f.cfg.Event = func(ev loadtest.DrillEvent) {
+			fmt.Fprintf(e.stderr, "%8.3fs  %s\n", ev.At.Seconds(), ev.Name)
+		}
+	}
+
+	var rep loadtest.DrillReport
+	var err error
+	if f.server != "" {
+		if kind != "failover" || !f.graceful {
+			fmt.Fprintf(e.stderr, "tally drill %s: --server drills only \"failover --graceful\" (a hard kill or a partition needs the cluster the drill starts)\n", kind)
+			return 2
+		}
+		rep, err = drillRemote(ctx, f, e)
+	} else {
+		if f.nodes < 3 || f.nodes > 9 {
+			fmt.Fprintf(e.stderr, "tally drill %s: --nodes must be in [3, 9]\n", kind)
+			return 2
+		}
+		if f.profile != "fast" && f.profile != "lan" && f.profile != "wan" {
+			fmt.Fprintf(e.stderr, "tally drill %s: --raft-profile must be lan, wan or fast\n", kind)
+			return 2
+		}
+		rep, err = drillLocal(ctx, f, e)
+	}
+	var usage *adminUsageError
+	if errors.As(err, &usage) {
+		fmt.Fprintf(e.stderr, "tally drill %s: %v\n", kind, err)
+		return 2
+	}
+	if err != nil && !errors.Is(err, loadtest.ErrDrillFailed) {
+		fmt.Fprintf(e.stderr, "tally drill %s: %v\n", kind, err)
+		return 1
+	}
+	if f.report != "" {
+		if werr := writeDrillHTML(f.report, "tally drill "+strings.Join(append([]string{kind}, args...), " "), rep); werr != nil {
+			fmt.Fprintf(e.stderr, "tally drill %s: %v\n", kind, werr)
+			return 1
+		}
+	}
+	if f.output == "json" {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if werr := enc.Encode(rep); werr != nil {
+			return 1
+		}
+	} else if werr := rep.WriteText(e.stdout); werr != nil {
+		return 1
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+// drillLocal starts a cluster in this process and drills it.
+func drillLocal(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport, error) {
+	dir := f.dataDir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "tally-drill-")
+		if err != nil {
+			return loadtest.DrillReport{}, err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	regions := strings.Split(f.regions, ",")
+	if slices.Contains(regions, "") {
+		return loadtest.DrillReport{}, usagef("--regions holds an empty label")
+	}
+	ccfg := localClusterConfig{dir: dir, nodes: f.nodes, regions: regions, profile: f.profile, maxStale: f.cfg.MaxStale}
+	if f.kind == "partition" {
+		if _, err := partitionGroup(&localCluster{cfg: ccfg}, -1, f.isolate); err != nil {
+			return loadtest.DrillReport{}, err
+		}
+	}
+	if f.output == "text" {
+		fmt.Fprintf(e.stderr, "starting %d nodes in %s …\n", f.nodes, dir)
+	}
+	c, err := startLocalCluster(ctx, ccfg)
+	if err != nil {
+		return loadtest.DrillReport{}, fmt.Errorf("starting the cluster: %w", err)
+	}
+	defer c.Close()
+	l, err := c.leader(ctx, 30*time.Second)
+	if err != nil {
+		return loadtest.DrillReport{}, err
+	}
+	resp, err := c.node(l).Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
+		Tenant: node.DefaultTenant, Name: "drill", AccessTokenTtlSeconds: 3600,
+	}))
+	if err != nil {
+		return loadtest.DrillReport{}, fmt.Errorf("creating the drill client: %w", err)
+	}
+	if err := c.waitConverged(ctx, 30*time.Second); err != nil {
+		return loadtest.DrillReport{}, err
+	}
+	cfg := f.cfg
+	cfg.Nodes = c.drillNodes()
+	cfg.ClientID, cfg.ClientSecret = resp.Msg.Client.ClientId, resp.Msg.ClientSecret
+	switch {
+	case f.kind == "failover" && f.graceful:
+		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localTransfer(ctx, c) }
+	case f.kind == "failover":
+		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localKill(ctx, c) }
+	default:
+		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localPartition(ctx, c, f.isolate) }
+	}
+	return loadtest.RunDrill(ctx, cfg)
+}
+
+// localKill plans a hard kill of the current leader, healed by a restart
+// on the same data directory and ports.
+func localKill(ctx context.Context, c *localCluster) (loadtest.Fault, error) {
+	l, err := c.leader(ctx, 10*time.Second)
+	if err != nil {
+		return loadtest.Fault{}, err
+	}
+	id := c.id(l)
+	return loadtest.Fault{
+		Event: "leader " + id + " killed",
+		Down:  []string{id},
+		Inject: func(context.Context) error {
+			c.kill(l)
+			return nil
+		},
+		HealEvent: id + " restarted",
+		Heal:      func(ctx context.Context) error { return c.restart(ctx, l) },
+	}, nil
+}
+
+// localTransfer plans a leadership transfer through the admin API of a
+// follower (Raft picks the most caught-up voter).
+func localTransfer(ctx context.Context, c *localCluster) (loadtest.Fault, error) {
+	l, err := c.leader(ctx, 10*time.Second)
+	if err != nil {
+		return loadtest.Fault{}, err
+	}
+	f := c.node((l + 1) % c.cfg.nodes)
+	return loadtest.Fault{
+		Event: "leadership of " + c.id(l) + " transferred",
+		Inject: func(ctx context.Context) error {
+			_, err := f.ClusterAdmin.TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{}))
+			return err
+		},
+	}, nil
+}
+
+// partitionGroup resolves --isolate to the node indexes cut off: a
+// follower, the leader (l), a node id, or every node of region:NAME.
+func partitionGroup(c *localCluster, l int, isolate string) ([]int, error) {
+	switch {
+	case isolate == "follower":
+		if l < 0 {
+			return nil, nil
+		}
+		return []int{(l + 1) % c.cfg.nodes}, nil
+	case isolate == "leader":
+		if l < 0 {
+			return nil, nil
+		}
+		return []int{l}, nil
+	case strings.HasPrefix(isolate, "region:"):
+		var out []int
+		for i := range c.cfg.nodes {
+			if c.region(i) == strings.TrimPrefix(isolate, "region:") {
+				out = append(out, i)
+			}
+		}
+		if len(out) == 0 || len(out) == c.cfg.nodes {
+			return nil, usagef("--isolate %s: the region must hold some but not all nodes", isolate)
+		}
+		return out, nil
+	default:
+		for i := range c.cfg.nodes {
+			if c.id(i) == isolate {
+				return []int{i}, nil
+			}
+		}
+		return nil, usagef("--isolate %q: want follower, leader, a node id (node0…node%d) or region:NAME", isolate, c.cfg.nodes-1)
+	}
+}
+
+// localPartition plans a partition of the --isolate group from the rest.
+// The side without a majority of the voters is the one expected to fail
+// closed.
+func localPartition(ctx context.Context, c *localCluster, isolate string) (loadtest.Fault, error) {
+	l, err := c.leader(ctx, 10*time.Second)
+	if err != nil {
+		return loadtest.Fault{}, err
+	}
+	group, err := partitionGroup(c, l, isolate)
+	if err != nil {
+		return loadtest.Fault{}, err
+	}
+	in := map[int]bool{}
+	var groupIDs, rest []string
+	for _, i := range group {
+		in[i] = true
+		groupIDs = append(groupIDs, c.id(i))
+	}
+	for i := range c.cfg.nodes {
+		if !in[i] {
+			rest = append(rest, c.id(i))
+		}
+	}
+	minority := groupIDs
+	if 2*len(groupIDs) > c.cfg.nodes {
+		minority = rest
+	}
+	return loadtest.Fault{
+		Event:    fmt.Sprintf("%s (%s) cut off from %s", isolate, strings.Join(groupIDs, ","), strings.Join(rest, ",")),
+		Isolated: minority,
+		Inject: func(context.Context) error {
+			c.nw.Partition(c.ids(), groupIDs...)
+			return nil
+		},
+		HealEvent: "partition healed",
+		Heal: func(context.Context) error {
+			c.nw.Heal()
+			return nil
+		},
+	}, nil
+}
+
+// drillRemote drills a running cluster through the admin API of the node
+// at f.server: the nodes and the leader come from the cluster status, the
+// fault is a leadership transfer.
+func drillRemote(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport, error) {
+	base, err := url.Parse(f.server)
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return loadtest.DrillReport{}, usagef("--server %q is not an absolute http(s) URL", f.server)
+	}
+	if f.adminToken == "" {
+		return loadtest.DrillReport{}, usagef("--server needs the admin token: --admin-token or TALLY_ADMIN_TOKEN")
+	}
+	hc := &http.Client{Timeout: 30 * time.Second}
+	auth := connect.WithInterceptors(bearerAuth("Bearer " + f.adminToken))
+	server := strings.TrimRight(f.server, "/")
+	ca := clusterv1connect.NewClusterAdminServiceClient(hc, server, auth)
+	st, err := ca.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
+	if err != nil {
+		return loadtest.DrillReport{}, fmt.Errorf("cluster status: %w", err)
+	}
+	cfg := f.cfg
+	for _, m := range st.Msg.Members {
+		if m.HttpAddress == "" {
+			return loadtest.DrillReport{}, fmt.Errorf("member %s did not report its HTTP address (state %s)", m.Id, m.State)
+		}
+		cfg.Nodes = append(cfg.Nodes, loadtest.DrillNode{ID: m.Id, Issuer: base.Scheme + "://" + m.HttpAddress + "/t/" + url.PathEscape(f.tenant)})
+	}
+	cfg.ClientID, cfg.ClientSecret = f.clientID, f.clientSecret
+	if cfg.ClientID == "" {
+		admin := adminv1connect.NewAdminServiceClient(hc, server, auth)
+		resp, err := admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: f.tenant, Name: "drill", AccessTokenTtlSeconds: 3600}))
+		if err != nil {
+			return loadtest.DrillReport{}, fmt.Errorf("creating the drill client: %w", err)
+		}
+		cfg.ClientID, cfg.ClientSecret = resp.Msg.Client.ClientId, resp.Msg.ClientSecret
+		if f.output == "text" {
+			fmt.Fprintf(e.stderr, "created client %s for the drill\n", cfg.ClientID)
+		}
+	}
+	cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) {
+		st, err := ca.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
+		if err != nil {
+			return loadtest.Fault{}, err
+		}
+		return loadtest.Fault{
+			Event: "leadership of " + st.Msg.LeaderId + " transferred",
+			Inject: func(ctx context.Context) error {
+				_, err := ca.TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{}))
+				return err
+			},
+		}, nil
+	}
+	return loadtest.RunDrill(ctx, cfg)
+}
+
+// writeDrillHTML writes the drill's load and events as an HTML report.
+func writeDrillHTML(path, title string, rep loadtest.DrillReport) error {
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := loadtest.WriteHTML(out, title, rep.Load); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

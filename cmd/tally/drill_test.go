@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runDrillCmd runs "tally drill args..." and returns the exit code, stdout
+// and stderr.
+func runDrillCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), append([]string{"drill"}, args...), env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }})
+	return code, out.String(), errb.String()
+}
+
+// TestDrills runs each drill on a cluster it starts, briefly, with fast
+// Raft timeouts: each must pass (exit 0) and report what it measured.
+func TestDrills(t *testing.T) {
+	short := []string{"--raft-profile", "fast", "--before", "700ms", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--output", "json"}
+	tests := []struct {
+		name string
+		args []string
+		// isolated: the report must show the isolated node failing closed.
+		isolated bool
+	}{
+		{"failover kill", []string{"failover", "--fault-for", "1500ms", "--max-stale", "2s"}, false},
+		{"failover graceful", []string{"failover", "--graceful", "--fault-for", "1s", "--max-stale", "2s"}, false},
+		{"partition follower", []string{"partition", "--isolate", "follower", "--fault-for", "3s", "--max-stale", "1500ms", "--stale-grace", "700ms"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			html := filepath.Join(t.TempDir(), "drill.html")
+			code, out, errs := runDrillCmd(t, append(append(tt.args, short...), "--report", html)...)
+			if code != 0 {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+			}
+			var rep struct {
+				Pass               bool     `json:"pass"`
+				Violations         []string `json:"violations"`
+				Issued             int64    `json:"issued"`
+				WritesAcked        int64    `json:"writes_acked"`
+				Verified           int64    `json:"verified"`
+				Nodes              int      `json:"nodes"`
+				IsolatedFailClosed int64    `json:"isolated_fail_closed"`
+				Events             []struct {
+					Name string `json:"name"`
+				} `json:"events"`
+			}
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				t.Fatalf("report: %v\n%s", err, out)
+			}
+			if !rep.Pass || len(rep.Violations) != 0 || rep.Issued == 0 || rep.WritesAcked == 0 || rep.Verified < rep.WritesAcked || rep.Nodes != 3 {
+				t.Fatalf("report: %+v", rep)
+			}
+			if tt.isolated && rep.IsolatedFailClosed == 0 {
+				t.Fatalf("the isolated node never failed closed: %+v", rep)
+			}
+			if len(rep.Events) < 3 {
+				t.Fatalf("events: %+v", rep.Events)
+			}
+			page, err := os.ReadFile(html)
+			if err != nil || !strings.Contains(string(page), rep.Events[1].Name) || !strings.Contains(string(page), "<svg") {
+				t.Fatalf("HTML report (%v) lacks the fault event %q or charts", err, rep.Events[1].Name)
+			}
+		})
+	}
+}
+
+func TestDrillUsage(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no drill", nil, "Usage"},
+		{"unknown drill", []string{"chaos"}, "unknown drill"},
+		{"kill through the admin API", []string{"failover", "--server", "http://127.0.0.1:1"}, "--graceful"},
+		{"partition through the admin API", []string{"partition", "--server", "http://127.0.0.1:1"}, "--graceful"},
+		{"bad output", []string{"failover", "--output", "xml"}, "--output"},
+		{"too few nodes", []string{"failover", "--nodes", "2"}, "--nodes"},
+		{"bad profile", []string{"partition", "--raft-profile", "moon"}, "--raft-profile"},
+		{"remote without token", []string{"failover", "--graceful", "--server", "http://127.0.0.1:1"}, "admin token"},
+		{"bad isolate", []string{"partition", "--isolate", "moon"}, "--isolate"},
+		{"region with every node", []string{"partition", "--isolate", "region:all", "--regions", "all"}, "--isolate"},
+		{"positional", []string{"failover", "extra"}, "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, errs := runDrillCmd(t, tt.args...)
+			if code != 2 || !strings.Contains(errs, tt.want) {
+				t.Fatalf("exit %d, stderr %q; want 2 and %q", code, errs, tt.want)
+			}
+		})
+	}
+}
+
+// TestDrillRemoteGraceful drills a running cluster through its admin API
+// (the cluster status names the nodes, TransferLeadership is the fault).
+func TestDrillRemoteGraceful(t *testing.T) {
+	c, err := startLocalCluster(context.Background(), localClusterConfig{dir: t.TempDir(), nodes: 3, regions: []string{"east", "west"}, profile: "fast", maxStale: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	l, err := c.leader(context.Background(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.node(l).BaseURL(), "--admin-token", c.adminToken,
+		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--max-stale", "2s", "--output", "json")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	var rep struct {
+		Pass        bool   `json:"pass"`
+		Fault       string `json:"fault"`
+		Nodes       int    `json:"nodes"`
+		WritesAcked int64  `json:"writes_acked"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.Pass || rep.Nodes != 3 || rep.WritesAcked == 0 || !strings.Contains(rep.Fault, c.id(l)) {
+		t.Fatalf("report (%v): %s", err, out)
+	}
+	if now, err := c.leader(context.Background(), 10*time.Second); err != nil || now == l {
+		t.Fatalf("leader after the drill: node%d (%v), before node%d", now, err, l)
+	}
+}

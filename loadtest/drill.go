@@ -1,0 +1,804 @@
+package loadtest
+
+// Drills: a client-credentials and revocation load across every node of a
+// cluster while a fault is injected and healed, then a check that no
+// acknowledged write was lost. The fault itself (kill, leadership
+// transfer, partition) is the caller's: RunDrill only needs the nodes'
+// issuer URLs and a plan.
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DrillNode is one node of the cluster under a drill.
+type DrillNode struct {
+	// ID is the node's Raft id.
+	ID string
+	// Issuer is the tenant's issuer URL on this node ({base}/t/{tenant}):
+	// the token, revocation and introspection endpoints are below it.
+	Issuer string
+}
+
+// Fault is what a drill does to the cluster, chosen by DrillConfig.Plan
+// when it is due.
+type Fault struct {
+	// Event names the fault on the timeline ("leader node0 killed").
+	Event string
+	// Down are the nodes that stop answering from Inject until Heal
+	// returns: requests to them in that time are not counted.
+	Down []string
+	// Isolated are the nodes cut off from the quorum: they may keep
+	// issuing until the staleness bound and must then fail closed (503
+	// temporarily_unavailable) until healed.
+	Isolated []string
+	// Inject applies the fault; it may block until it has taken effect
+	// (a leadership transfer returns when the new leader is known).
+	Inject func(ctx context.Context) error
+	// Heal, if set, undoes the fault (restarts the killed node, heals the
+	// partition) and returns once it is done; HealEvent names it.
+	Heal      func(ctx context.Context) error
+	HealEvent string
+}
+
+// DrillConfig configures RunDrill.
+type DrillConfig struct {
+	// Name labels the report ("failover", "partition").
+	Name string
+	// Nodes are every node of the cluster.
+	Nodes []DrillNode
+	// ClientID and ClientSecret are a confidential client_credentials
+	// client of the tenant (HTTP Basic); it also revokes and introspects
+	// its tokens. Its access tokens must outlive the drill.
+	ClientID     string
+	ClientSecret string
+	// Plan returns the fault when it is due (so it can ask who leads at
+	// that moment).
+	Plan func(ctx context.Context) (Fault, error)
+	// Before is the load before the fault, FaultFor the time from the
+	// injection to the heal, After the load after the heal.
+	Before, FaultFor, After time.Duration
+	// IssueWorkers send client-credentials requests round-robin to every
+	// node that is not down; WriteWorkers obtain a token and revoke it
+	// (RFC 7009) through a node that is neither down nor isolated.
+	IssueWorkers, WriteWorkers int
+	// MaxStale is the nodes' staleness bound; StaleGrace the slack allowed
+	// past it (heartbeat and election timing) before an isolated node that
+	// still issues is a violation.
+	MaxStale, StaleGrace time.Duration
+	// Timeout bounds each request; VerifyTimeout bounds the wait for every
+	// node to show every acknowledged revocation after the load.
+	Timeout, VerifyTimeout time.Duration
+	// HTTPClient sends every request; nil means a client made for the run.
+	HTTPClient *http.Client
+	// Event, if set, is called with each timeline event as it happens.
+	Event func(DrillEvent)
+
+	// loseWrite makes the verifier count one token that was issued but
+	// never revoked as acknowledged: a deliberately lost write, so tests
+	// can see the drill fail.
+	loseWrite bool
+}
+
+// DefaultDrillConfig returns a drill of 3 s before the fault, 3 s of fault
+// and 3 s after the heal, with 4 issuing and 2 writing workers and the
+// default staleness bound of a node (5 s). Name, Nodes, the client and
+// Plan must still be set.
+func DefaultDrillConfig() DrillConfig {
+	return DrillConfig{
+		Before:        3 * time.Second,
+		FaultFor:      3 * time.Second,
+		After:         3 * time.Second,
+		IssueWorkers:  4,
+		WriteWorkers:  2,
+		MaxStale:      5 * time.Second,
+		StaleGrace:    time.Second,
+		Timeout:       10 * time.Second,
+		VerifyTimeout: 30 * time.Second,
+	}
+}
+
+// Validate reports the first problem with c, or nil.
+func (c DrillConfig) Validate() error {
+	if len(c.Nodes) == 0 {
+		return errors.New("loadtest: a drill needs at least one node")
+	}
+	seen := map[string]bool{}
+	for _, n := range c.Nodes {
+		u, err := url.Parse(n.Issuer)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("loadtest: issuer %q of node %q is not an absolute http(s) URL", n.Issuer, n.ID)
+		}
+		if n.ID == "" || seen[n.ID] {
+			return fmt.Errorf("loadtest: node id %q is empty or repeated", n.ID)
+		}
+		seen[n.ID] = true
+	}
+	if c.ClientID == "" || c.ClientSecret == "" {
+		return errors.New("loadtest: a drill needs a confidential client (id and secret)")
+	}
+	if c.Plan == nil {
+		return errors.New("loadtest: a drill needs a fault plan")
+	}
+	if c.Before <= 0 || c.FaultFor <= 0 || c.After <= 0 {
+		return errors.New("loadtest: before, fault and after durations must be positive")
+	}
+	if c.IssueWorkers < 1 || c.WriteWorkers < 1 || c.IssueWorkers > maxConcurrency || c.WriteWorkers > maxConcurrency {
+		return fmt.Errorf("loadtest: issue and write workers must be in [1, %d]", maxConcurrency)
+	}
+	if c.MaxStale <= 0 || c.StaleGrace < 0 || c.Timeout <= 0 || c.VerifyTimeout <= 0 {
+		return errors.New("loadtest: max-stale, timeouts must be positive and the grace not negative")
+	}
+	return nil
+}
+
+// DrillEvent is one moment of a drill's timeline.
+type DrillEvent struct {
+	// At is the time since the load started.
+	At   time.Duration `json:"-"`
+	Name string        `json:"name"`
+}
+
+// MarshalJSON writes At in milliseconds, as the other reports do.
+func (e DrillEvent) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		AtMS float64 `json:"at_ms"`
+		Name string  `json:"name"`
+	}{ms(e.At), e.Name})
+}
+
+// DrillReport is the outcome of a drill. Durations are measured from the
+// injection of the fault.
+type DrillReport struct {
+	Name    string       `json:"name"`
+	Fault   string       `json:"fault"`
+	Started time.Time    `json:"started"`
+	Events  []DrillEvent `json:"events"`
+
+	// Issuance on the serving nodes (neither down nor isolated): every
+	// answer, the errors among them by outcome, and the requests and
+	// errors sent during the write unavailability window.
+	Issued            int64            `json:"issued"`
+	IssueErrors       map[string]int64 `json:"issue_errors"`
+	IssueErrorNodes   map[string]int64 `json:"issue_error_nodes"`
+	WindowIssued      int64            `json:"window_issued"`
+	WindowIssueErrors int64            `json:"window_issue_errors"`
+
+	// Writes (revocations) through serving nodes: attempted, acknowledged,
+	// failures by outcome.
+	Writes      int64            `json:"writes"`
+	WritesAcked int64            `json:"writes_acked"`
+	WriteErrors map[string]int64 `json:"write_errors"`
+	// WriteWindow is from the fault until the first acknowledgment of a
+	// write sent after it; Recovery is until the first acknowledgment of a
+	// write sent after the last failed request to a serving node.
+	WriteWindow time.Duration `json:"-"`
+	Recovery    time.Duration `json:"-"`
+
+	// Isolated nodes: tokens issued after the fault, fail-closed answers,
+	// and when the first fail-closed answer came.
+	IsolatedIssued     int64         `json:"isolated_issued"`
+	IsolatedFailClosed int64         `json:"isolated_fail_closed"`
+	FailClosedAfter    time.Duration `json:"-"`
+	// ToDownNodes counts requests to down nodes while they were down (not
+	// judged).
+	ToDownNodes int64 `json:"to_down_nodes"`
+
+	// Verification: acknowledged writes checked on every node, those
+	// missing on some node at the deadline, and how long after the load
+	// every node showed every acknowledged write.
+	Verified  int64         `json:"verified"`
+	Nodes     int           `json:"nodes"`
+	Lost      []string      `json:"lost,omitempty"`
+	Converged time.Duration `json:"-"`
+
+	Violations []string `json:"violations"`
+	Pass       bool     `json:"pass"`
+
+	// Load is the drill's load as a scenario Result (both kinds of
+	// request, per second, with the events as markers), for WriteHTML.
+	Load Result `json:"-"`
+}
+
+// MarshalJSON writes durations in milliseconds.
+func (r DrillReport) MarshalJSON() ([]byte, error) {
+	type plain DrillReport
+	return json.Marshal(struct {
+		plain
+		WriteWindowMS     float64 `json:"write_window_ms"`
+		RecoveryMS        float64 `json:"recovery_ms"`
+		FailClosedAfterMS float64 `json:"fail_closed_after_ms"`
+		ConvergedMS       float64 `json:"converged_ms"`
+		IssueErrorRate    float64 `json:"window_issue_error_rate"`
+	}{plain(r), ms(r.WriteWindow), ms(r.Recovery), ms(r.FailClosedAfter), ms(r.Converged), r.WindowIssueErrorRate()})
+}
+
+// WindowIssueErrorRate is the fraction of issuance requests to serving
+// nodes during the write unavailability window that failed.
+func (r DrillReport) WindowIssueErrorRate() float64 {
+	if r.WindowIssued == 0 {
+		return 0
+	}
+	return float64(r.WindowIssueErrors) / float64(r.WindowIssued)
+}
+
+// WriteText writes the report for a terminal.
+func (r DrillReport) WriteText(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "drill %s: %s\n", r.Name, r.Fault)
+	for _, e := range r.Events {
+		fmt.Fprintf(&b, "  %8.3fs  %s\n", e.At.Seconds(), e.Name)
+	}
+	fmt.Fprintf(&b, "issuance (serving nodes): %d requests, errors %s\n", r.Issued, fmtCounts(r.IssueErrors))
+	fmt.Fprintf(&b, "writes: %d sent, %d acknowledged, errors %s\n", r.Writes, r.WritesAcked, fmtCounts(r.WriteErrors))
+	fmt.Fprintf(&b, "write unavailability window: %s\n", fmtLatency(r.WriteWindow))
+	fmt.Fprintf(&b, "issuance error rate in the window: %d/%d (%.4f)\n", r.WindowIssueErrors, r.WindowIssued, r.WindowIssueErrorRate())
+	fmt.Fprintf(&b, "time to recover: %s\n", fmtLatency(r.Recovery))
+	if r.IsolatedIssued+r.IsolatedFailClosed > 0 {
+		fmt.Fprintf(&b, "isolated nodes: %d tokens after the fault, %d fail-closed answers, first after %s\n", r.IsolatedIssued, r.IsolatedFailClosed, fmtLatency(r.FailClosedAfter))
+	}
+	fmt.Fprintf(&b, "verified: %d acknowledged writes on %d nodes, converged %s after the load; lost %d\n", r.Verified, r.Nodes, fmtLatency(r.Converged), len(r.Lost))
+	if r.Pass {
+		b.WriteString("PASS\n")
+	} else {
+		for _, v := range r.Violations {
+			fmt.Fprintf(&b, "violation: %s\n", v)
+		}
+		b.WriteString("FAIL\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func fmtCounts(m map[string]int64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+// ErrDrillFailed is returned by RunDrill, with the report, when an
+// invariant was violated.
+var ErrDrillFailed = errors.New("loadtest: drill found a violated invariant")
+
+// drillSample is one request of the load.
+type drillSample struct {
+	start, end time.Time
+	node       string
+	write      bool
+	outcome    string // OutcomeOK, an OAuth error code, http_<status>, transport
+}
+
+// drillPhase is the fault state the workers see.
+type drillPhase struct {
+	down, isolated map[string]bool
+}
+
+type drillRun struct {
+	cfg    DrillConfig
+	client *http.Client
+	auth   string
+	t0     time.Time
+
+	phase atomic.Pointer[drillPhase]
+
+	mu      sync.Mutex
+	samples []drillSample
+	acked   []string // access tokens whose revocation was acknowledged
+	events  []DrillEvent
+}
+
+// RunDrill runs the load for cfg.Before, injects the fault cfg.Plan
+// returns, heals it cfg.FaultFor later, keeps the load for cfg.After, then
+// checks on every node that every acknowledged revocation is there. The
+// invariants judged: no acknowledged write is lost; serving nodes issue
+// without error; no answer is a server error other than 503
+// temporarily_unavailable; isolated nodes fail closed after the staleness
+// bound; writes are acknowledged again after the heal. A violation makes
+// the report's Pass false and the error ErrDrillFailed; other errors (bad
+// config, a fault that could not be injected) come with a partial report.
+func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
+	if err := cfg.Validate(); err != nil {
+		return DrillReport{}, err
+	}
+	d := &drillRun{cfg: cfg, client: cfg.HTTPClient}
+	if d.client == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = cfg.IssueWorkers + cfg.WriteWorkers + 8
+		d.client = &http.Client{Transport: tr, Timeout: cfg.Timeout}
+		defer tr.CloseIdleConnections()
+	}
+	// RFC 6749 section 2.3.1: form-encode each part, then Basic.
+	d.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(cfg.ClientID)+":"+url.QueryEscape(cfg.ClientSecret)))
+	d.phase.Store(&drillPhase{})
+	rep := DrillReport{Name: cfg.Name, Started: time.Now()}
+	d.t0 = rep.Started
+
+	// Every node must know the client before the load starts (one created
+	// just now may not have reached every replica yet). The first token is
+	// the control: issued before anything and never revoked, the verifier
+	// must see it active on every node, or it cannot tell a revoked token
+	// from a verifier that sees nothing.
+	var control string
+	for i, n := range cfg.Nodes {
+		deadline := time.Now().Add(cfg.VerifyTimeout)
+		for {
+			tok, err := d.token(ctx, n)
+			if err == nil {
+				if i == 0 {
+					control = tok
+				}
+				break
+			}
+			if time.Now().After(deadline) || wait(ctx, 20*time.Millisecond) != nil {
+				return rep, fmt.Errorf("loadtest: drill: no token from %s before the load: %w", n.Issuer, err)
+			}
+		}
+	}
+	d.event("load started")
+
+	lctx, stopLoad := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i := range cfg.IssueWorkers {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.issueWorker(lctx, i) }()
+	}
+	for i := range cfg.WriteWorkers {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.writeWorker(lctx, i) }()
+	}
+
+	var fault Fault
+	var faultAt, healAt time.Time
+	runErr := func() error {
+		if err := wait(ctx, cfg.Before); err != nil {
+			return err
+		}
+		f, err := cfg.Plan(ctx)
+		if err != nil {
+			return fmt.Errorf("loadtest: drill: planning the fault: %w", err)
+		}
+		fault = f
+		rep.Fault = f.Event
+		faultAt = time.Now()
+		d.phase.Store(&drillPhase{down: setOf(f.Down), isolated: setOf(f.Isolated)})
+		if err := f.Inject(ctx); err != nil {
+			return fmt.Errorf("loadtest: drill: %s: %w", f.Event, err)
+		}
+		d.eventAt(faultAt, f.Event)
+		if err := wait(ctx, cfg.FaultFor-time.Since(faultAt)); err != nil {
+			return err
+		}
+		if f.Heal != nil {
+			if err := f.Heal(ctx); err != nil {
+				return fmt.Errorf("loadtest: drill: %s: %w", f.HealEvent, err)
+			}
+		}
+		healAt = time.Now()
+		if f.Heal != nil {
+			d.eventAt(healAt, f.HealEvent)
+		}
+		d.phase.Store(&drillPhase{})
+		return wait(ctx, cfg.After)
+	}()
+	stopLoad()
+	wg.Wait()
+	d.event("load stopped")
+	loadEnd := time.Now()
+	if runErr != nil {
+		rep.Events = d.events
+		return rep, runErr
+	}
+
+	d.judge(&rep, fault, faultAt, healAt)
+	d.verify(ctx, &rep, control)
+	rep.Events = d.events
+	rep.Load = d.drillResult(loadEnd)
+	rep.Pass = len(rep.Violations) == 0
+	if !rep.Pass {
+		return rep, ErrDrillFailed
+	}
+	return rep, nil
+}
+
+func setOf(ids []string) map[string]bool {
+	m := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		m[id] = true
+	}
+	return m
+}
+
+// wait waits d or until ctx ends.
+func wait(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (d *drillRun) event(name string) { d.eventAt(time.Now(), name) }
+
+func (d *drillRun) eventAt(at time.Time, name string) {
+	e := DrillEvent{At: at.Sub(d.t0), Name: name}
+	d.mu.Lock()
+	d.events = append(d.events, e)
+	d.mu.Unlock()
+	if d.cfg.Event != nil {
+		d.cfg.Event(e)
+	}
+}
+
+// pick returns the i-th node (round robin) among those the phase allows.
+func (d *drillRun) pick(i int, serving bool) DrillNode {
+	p := d.phase.Load()
+	var ok []DrillNode
+	for _, n := range d.cfg.Nodes {
+		if p.down[n.ID] || (serving && p.isolated[n.ID]) {
+			continue
+		}
+		ok = append(ok, n)
+	}
+	if len(ok) == 0 {
+		return d.cfg.Nodes[i%len(d.cfg.Nodes)]
+	}
+	return ok[i%len(ok)]
+}
+
+func (d *drillRun) record(s []drillSample, acked []string) {
+	d.mu.Lock()
+	d.samples = append(d.samples, s...)
+	d.acked = append(d.acked, acked...)
+	d.mu.Unlock()
+}
+
+func (d *drillRun) issueWorker(ctx context.Context, w int) {
+	var local []drillSample
+	for i := w; ctx.Err() == nil; i++ {
+		n := d.pick(i, false)
+		start := time.Now()
+		status, body, err := d.post(ctx, n.Issuer+"/oauth2/token", url.Values{"grant_type": {"client_credentials"}})
+		if ctx.Err() != nil {
+			break
+		}
+		outcome := OutcomeTransport
+		if err == nil {
+			outcome = classify(status, body)
+		}
+		local = append(local, drillSample{start: start, end: time.Now(), node: n.ID, outcome: outcome})
+		if ctx.Err() == nil && outcome != OutcomeOK {
+			// A refused connection answers at once: do not spin.
+			_ = wait(ctx, 5*time.Millisecond)
+		}
+	}
+	d.record(local, nil)
+}
+
+// writeWorker obtains a token from one serving node and revokes it through
+// the next: the revocation is the write.
+func (d *drillRun) writeWorker(ctx context.Context, w int) {
+	var local []drillSample
+	var acked []string
+	for i := w; ctx.Err() == nil; i++ {
+		tn := d.pick(i, true)
+		token, err := d.token(ctx, tn)
+		if err != nil {
+			// Issuance failures are the issue workers' to count.
+			_ = wait(ctx, 5*time.Millisecond)
+			continue
+		}
+		n := d.pick(i+1, true)
+		start := time.Now()
+		status, body, err := d.post(ctx, n.Issuer+"/oauth2/revoke", url.Values{"token": {token}})
+		if ctx.Err() != nil {
+			break
+		}
+		outcome := OutcomeTransport
+		if err == nil {
+			outcome = classify(status, body)
+			if status == http.StatusOK {
+				outcome = OutcomeOK
+			}
+		}
+		local = append(local, drillSample{start: start, end: time.Now(), node: n.ID, write: true, outcome: outcome})
+		if outcome == OutcomeOK {
+			acked = append(acked, token)
+		} else {
+			_ = wait(ctx, 5*time.Millisecond)
+		}
+	}
+	d.record(local, acked)
+}
+
+// post sends a form with the client's Basic credentials.
+func (d *drillRun) post(ctx context.Context, endpoint string, form url.Values) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", d.auth)
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxResponseBytes)); err != nil {
+		return 0, nil, err
+	}
+	return resp.StatusCode, buf.Bytes(), nil
+}
+
+// token obtains an access token from n.
+func (d *drillRun) token(ctx context.Context, n DrillNode) (string, error) {
+	status, body, err := d.post(ctx, n.Issuer+"/oauth2/token", url.Values{"grant_type": {"client_credentials"}})
+	if err != nil {
+		return "", err
+	}
+	var tr struct {
+		AccessToken string `json:"access_token"`
+	}
+	if status != http.StatusOK || json.Unmarshal(body, &tr) != nil || tr.AccessToken == "" {
+		return "", fmt.Errorf("token endpoint answered %d (%s)", status, classify(status, body))
+	}
+	return tr.AccessToken, nil
+}
+
+// judge computes the figures and the load's invariants from the samples.
+func (d *drillRun) judge(rep *DrillReport, f Fault, faultAt, healAt time.Time) {
+	down, isolated := setOf(f.Down), setOf(f.Isolated)
+	rep.IssueErrors = map[string]int64{}
+	rep.IssueErrorNodes = map[string]int64{}
+	rep.WriteErrors = map[string]int64{}
+	grace := d.cfg.StaleGrace
+	// faulted: the sample overlaps the time its node was down or isolated
+	// (an isolated node needs a moment after the heal to hear the leader).
+	faulted := func(s drillSample) bool {
+		switch {
+		case down[s.node]:
+			return s.end.After(faultAt) && s.start.Before(healAt)
+		case isolated[s.node]:
+			return s.end.After(faultAt) && s.start.Before(healAt.Add(grace))
+		}
+		return false
+	}
+	sort.Slice(d.samples, func(i, j int) bool { return d.samples[i].start.Before(d.samples[j].start) })
+
+	var firstAck, lastFail, ackAfterHeal time.Time
+	var failClosedMissing = isolated != nil && len(f.Isolated) > 0 && healAt.Sub(faultAt) > d.cfg.MaxStale+grace
+	var stillIssuing []string
+	for _, s := range d.samples {
+		if faulted(s) {
+			if down[s.node] {
+				rep.ToDownNodes++
+				continue
+			}
+			// Isolated node (RFC-independent tally contract: fail closed
+			// after max-stale with 503 temporarily_unavailable).
+			switch s.outcome {
+			case OutcomeOK:
+				if s.start.After(faultAt) {
+					rep.IsolatedIssued++
+				}
+				if s.start.After(faultAt.Add(d.cfg.MaxStale+grace)) && s.end.Before(healAt) {
+					stillIssuing = append(stillIssuing, fmt.Sprintf("%s at %.3fs", s.node, s.start.Sub(d.t0).Seconds()))
+				}
+			case "temporarily_unavailable":
+				if rep.IsolatedFailClosed == 0 || s.end.Sub(faultAt) < rep.FailClosedAfter {
+					rep.FailClosedAfter = s.end.Sub(faultAt)
+				}
+				rep.IsolatedFailClosed++
+				failClosedMissing = false
+			case OutcomeTransport:
+				// A write or token request cut when the partition closed
+				// a connection is not an answer.
+			default:
+				if !s.write {
+					rep.Violations = append(rep.Violations, fmt.Sprintf("isolated %s answered %s, want a token or 503 temporarily_unavailable", s.node, s.outcome))
+				}
+			}
+			continue
+		}
+		if !s.write {
+			rep.Issued++
+			if s.outcome != OutcomeOK {
+				rep.IssueErrors[s.outcome]++
+				rep.IssueErrorNodes[s.node]++
+			}
+			continue
+		}
+		rep.Writes++
+		if s.outcome == OutcomeOK {
+			rep.WritesAcked++
+			if !faultAt.IsZero() && !s.start.Before(faultAt) && firstAck.IsZero() {
+				firstAck = s.end
+			}
+			if !healAt.IsZero() && !s.start.Before(healAt) {
+				ackAfterHeal = s.end
+			}
+		} else {
+			rep.WriteErrors[s.outcome]++
+			if s.outcome != "temporarily_unavailable" {
+				rep.Violations = append(rep.Violations, fmt.Sprintf("write through %s answered %s, want 200 or 503 temporarily_unavailable", s.node, s.outcome))
+			}
+		}
+	}
+	for _, s := range d.samples {
+		if !faulted(s) && s.outcome != OutcomeOK && s.end.After(faultAt) && s.end.After(lastFail) {
+			lastFail = s.end
+		}
+	}
+	if !firstAck.IsZero() {
+		rep.WriteWindow = firstAck.Sub(faultAt)
+	}
+	rep.Recovery = rep.WriteWindow
+	if !lastFail.IsZero() {
+		for _, s := range d.samples {
+			if s.write && s.outcome == OutcomeOK && !faulted(s) && !s.start.Before(lastFail) {
+				rep.Recovery = s.end.Sub(faultAt)
+				break
+			}
+		}
+	}
+	windowEnd := faultAt.Add(rep.WriteWindow)
+	for _, s := range d.samples {
+		if s.write || faulted(s) || s.end.Before(faultAt) || s.start.After(windowEnd) {
+			continue
+		}
+		rep.WindowIssued++
+		if s.outcome != OutcomeOK {
+			rep.WindowIssueErrors++
+		}
+	}
+
+	if n := int64(len(rep.IssueErrors)); n > 0 {
+		var total int64
+		for _, c := range rep.IssueErrors {
+			total += c
+		}
+		rep.Violations = append(rep.Violations, fmt.Sprintf("%d client-credentials requests to serving nodes failed (%s; by node %s); want none", total, fmtCounts(rep.IssueErrors), fmtCounts(rep.IssueErrorNodes)))
+	}
+	if firstAck.IsZero() {
+		rep.Violations = append(rep.Violations, "no write sent after the fault was acknowledged")
+	}
+	if ackAfterHeal.IsZero() {
+		rep.Violations = append(rep.Violations, "no write sent after the heal was acknowledged: the cluster did not recover")
+	}
+	if len(stillIssuing) > 0 {
+		rep.Violations = append(rep.Violations, fmt.Sprintf("isolated node issued %d tokens after the staleness bound %v (+%v): %s", len(stillIssuing), d.cfg.MaxStale, grace, strings.Join(stillIssuing[:min(3, len(stillIssuing))], ", ")))
+	}
+	if failClosedMissing {
+		rep.Violations = append(rep.Violations, fmt.Sprintf("isolated nodes never failed closed in %v of isolation (bound %v)", healAt.Sub(faultAt).Round(time.Millisecond), d.cfg.MaxStale))
+	}
+}
+
+// verify checks that every node reports every acknowledged revocation
+// (introspection, RFC 7662 section 2.2: a revoked token is inactive),
+// polling until cfg.VerifyTimeout, and that the control token is active
+// everywhere.
+func (d *drillRun) verify(ctx context.Context, rep *DrillReport, control string) {
+	acked := slices.Clone(d.acked)
+	if d.cfg.loseWrite {
+		// The "lost" write: a token nobody revoked, counted as revoked.
+		if tok, err := d.token(ctx, d.cfg.Nodes[0]); err == nil {
+			acked = append(acked, tok)
+		}
+	}
+	rep.Verified = int64(len(acked))
+	rep.Nodes = len(d.cfg.Nodes)
+	start := time.Now()
+	deadline := start.Add(d.cfg.VerifyTimeout)
+	lost := map[string]bool{}
+	for _, n := range d.cfg.Nodes {
+		pending := acked
+		for len(pending) > 0 {
+			pending = d.stillActive(ctx, n, pending)
+			if len(pending) == 0 || time.Now().After(deadline) || wait(ctx, 50*time.Millisecond) != nil {
+				break
+			}
+		}
+		for _, tok := range pending {
+			lost[fmt.Sprintf("%s: %s", n.ID, tokenLabel(tok))] = true
+		}
+	}
+	rep.Converged = time.Since(start)
+	for k := range lost {
+		rep.Lost = append(rep.Lost, k)
+	}
+	sort.Strings(rep.Lost)
+	if len(rep.Lost) > 0 {
+		rep.Violations = append(rep.Violations, fmt.Sprintf("%d acknowledged revocations missing on some node after %v (first: %s)", len(rep.Lost), d.cfg.VerifyTimeout, rep.Lost[0]))
+	}
+	for _, n := range d.cfg.Nodes {
+		active, err := d.introspect(ctx, n, control)
+		if err != nil || !active {
+			rep.Violations = append(rep.Violations, fmt.Sprintf("verifier control: the unrevoked token is not active on %s (%v)", n.ID, err))
+		}
+	}
+}
+
+// tokenLabel names a token in a report without printing a usable
+// credential.
+func tokenLabel(tok string) string {
+	if len(tok) > 12 {
+		return "…" + tok[len(tok)-12:]
+	}
+	return tok
+}
+
+// stillActive introspects tokens on n (a few at a time) and returns those
+// not yet shown inactive (active, or no answer).
+func (d *drillRun) stillActive(ctx context.Context, n DrillNode, tokens []string) []string {
+	const parallel = 8
+	out := make([]bool, len(tokens))
+	var wg sync.WaitGroup
+	next := atomic.Int64{}
+	for range min(parallel, len(tokens)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(tokens) || ctx.Err() != nil {
+					return
+				}
+				active, err := d.introspect(ctx, n, tokens[i])
+				out[i] = active || err != nil
+			}
+		}()
+	}
+	wg.Wait()
+	var pending []string
+	for i, still := range out {
+		if still {
+			pending = append(pending, tokens[i])
+		}
+	}
+	return pending
+}
+
+// introspect asks n whether token is active (RFC 7662 section 2.1).
+func (d *drillRun) introspect(ctx context.Context, n DrillNode, token string) (bool, error) {
+	status, body, err := d.post(ctx, n.Issuer+"/oauth2/introspect", url.Values{"token": {token}})
+	if err != nil {
+		return false, err
+	}
+	var ir struct {
+		Active *bool `json:"active"`
+	}
+	if status != http.StatusOK || json.Unmarshal(body, &ir) != nil || ir.Active == nil {
+		return false, fmt.Errorf("introspection answered %d (%s)", status, classify(status, body))
+	}
+	return *ir.Active, nil
+}
