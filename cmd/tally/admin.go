@@ -523,6 +523,18 @@ func (s *adminSession) getenv(key string) string {
 }
 
 // client returns the admin API client, resolving the token on first use.
+// tenantClient checks the arguments of a tenant-wide command (no
+// positional arguments, --tenant set) and returns the admin API client.
+func (s *adminSession) tenantClient(args []string, tenant string) (adminv1connect.AdminServiceClient, error) {
+	if err := noArgs(args); err != nil {
+		return nil, err
+	}
+	if err := requireFlag("tenant", tenant); err != nil {
+		return nil, err
+	}
+	return s.client()
+}
+
 func (s *adminSession) client() (adminv1connect.AdminServiceClient, error) {
 	if s.api != nil {
 		return s.api, nil

@@ -141,13 +141,7 @@ func userCommands() []adminCommand {
 			setup: func(fs *flag.FlagSet) adminAction {
 				tenant := tenantFlag(fs)
 				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					if err := requireFlag("tenant", *tenant); err != nil {
-						return err
-					}
-					api, err := s.client()
+					api, err := s.tenantClient(args, *tenant)
 					if err != nil {
 						return err
 					}
