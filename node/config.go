@@ -101,6 +101,9 @@ type Config struct {
 	// OTLPEndpoint, if set, exports traces over OTLP/HTTP to this
 	// host:port (or URL).
 	OTLPEndpoint string
+	// MetricsListen, if set, is the host:port of a separate HTTP listener
+	// for /metrics, which the public listener then does not serve.
+	MetricsListen string
 
 	// JWKSMaxAge is the Cache-Control max-age of JWKS responses.
 	JWKSMaxAge time.Duration
@@ -184,6 +187,11 @@ func (c Config) Validate() error {
 	if c.NATSListen != "" {
 		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
 			return fmt.Errorf("node: nats listen address %q: %w", c.NATSListen, err)
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("node: metrics listen address %q: %w", c.MetricsListen, err)
 		}
 	}
 	if c.Issuer != "" {

@@ -36,18 +36,20 @@ type Node struct {
 	now  func() time.Time
 	base string
 
-	tel       *telemetry
-	raft      *raft.Node
-	cl        *cluster // cluster port, forwarding, membership (cluster.go)
-	clusterLn *raft.ClusterListener
-	kek       *issuance.KEK
-	rep       *replica
-	iss       *issuance.Server
-	nats      *replication.Embedded
-	events    *eventLog // event publisher and events API (events.go)
-	ln        net.Listener
-	http      *http.Server
-	ready     atomic.Bool
+	tel        *telemetry
+	metrics    *nodeMetrics   // node/metrics.go
+	metricsSrv *metricsServer // --metrics-listen
+	raft       *raft.Node
+	cl         *cluster // cluster port, forwarding, membership (cluster.go)
+	clusterLn  *raft.ClusterListener
+	kek        *issuance.KEK
+	rep        *replica
+	iss        *issuance.Server
+	nats       *replication.Embedded
+	events     *eventLog // event publisher and events API (events.go)
+	ln         net.Listener
+	http       *http.Server
+	ready      atomic.Bool
 
 	sweepCancel context.CancelFunc
 	closeOnce   sync.Once
@@ -146,6 +148,14 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, err
 	}
 
+	if n.metrics, err = newNodeMetrics(n); err != nil {
+		return nil, fmt.Errorf("node: metrics: %w", err)
+	}
+	n.rep.onWrite = n.metrics.write
+	if n.metricsSrv, err = n.listenMetrics(); err != nil {
+		return nil, fmt.Errorf("node: metrics listen: %w", err)
+	}
+
 	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base}
 	n.http = &http.Server{
 		Handler:           n.routes(admin, newAdminAuth(adminToken)),
@@ -203,7 +213,9 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", n.serveReady)
-	mux.Handle("GET /metrics", n.tel.metricsHandler())
+	if n.cfg.MetricsListen == "" {
+		mux.Handle("GET /metrics", n.tel.metricsHandler())
+	}
 	path, h := adminv1connect.NewAdminServiceHandler(admin,
 		connect.WithInterceptors(adminAuthInterceptor(auth)),
 		connect.WithReadMaxBytes(1<<20),
@@ -218,7 +230,7 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 		mux.Handle((&eventsService{n: n, ev: n.events, kek: n.events.kek, admin: auth}).handler())
 	}
 	mux.Handle("/", n.iss.Handler())
-	return n.tel.traced(mux)
+	return n.tel.traced(n.metrics.instrument(mux))
 }
 
 // adminAuthInterceptor rejects admin calls without the admin credential.
@@ -285,6 +297,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.sweepCancel = cancel
 	n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
 	n.startCluster(sctx)
+	n.startMetrics(sctx)
 
 	errc := make(chan error, 1)
 	go func() { errc <- n.http.Serve(n.ln) }()
@@ -321,6 +334,7 @@ func (n *Node) Close() error {
 		} else if n.ln != nil {
 			n.ln.Close()
 		}
+		errs = append(errs, n.metricsSrv.close())
 		n.events.close()
 		if n.nats != nil {
 			n.nats.Shutdown()

@@ -75,6 +75,9 @@ func runServe(ctx context.Context, args []string, e env) int {
 	eventFlags(fs, &cfg.Events)
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "serve /metrics on this host:port instead of on --listen")
+	checkOnly := false
+	fs.BoolVar(&checkOnly, "check-config", false, "validate the configuration (flags, environment, config file, TLS, key and credential files) and exit without starting")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "export traces over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318)")
 	fs.DurationVar(&cfg.JWKSMaxAge, "jwks-max-age", cfg.JWKSMaxAge, "Cache-Control max-age of JWKS responses")
 	fs.DurationVar(&cfg.KeyPublishDelay, "key-publish-delay", cfg.KeyPublishDelay, "how long a rotated key is published before it signs (default: the JWKS max-age)")
@@ -112,6 +115,14 @@ func runServe(ctx context.Context, args []string, e env) int {
 		return 2
 	}
 	logger := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	if checkOnly {
+		if err := node.CheckConfig(cfg); err != nil {
+			fmt.Fprintf(e.stderr, "tally serve: --check-config: %v\n", err)
+			return 2
+		}
+		fmt.Fprintf(e.stdout, "tally serve: configuration of node %s is valid\n", cfg.NodeID)
+		return 0
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
 		return 2

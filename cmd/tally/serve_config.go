@@ -37,6 +37,7 @@ type serveFile struct {
 	KEKFile        *string       `json:"kek_file"`
 	AdminTokenFile *string       `json:"admin_token_file"`
 	OTLPEndpoint   *string       `json:"otlp_endpoint"`
+	MetricsListen  *string       `json:"metrics_listen"`
 	JWKSMaxAge     *fileDuration `json:"jwks_max_age"`
 	KeyPublish     *fileDuration `json:"key_publish_delay"`
 	SweepInterval  *fileDuration `json:"sweep_interval"`
@@ -129,6 +130,7 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setStr(&cfg.KEKFile, sf.KEKFile)
 	setStr(&cfg.AdminTokenFile, sf.AdminTokenFile)
 	setStr(&cfg.OTLPEndpoint, sf.OTLPEndpoint)
+	setStr(&cfg.MetricsListen, sf.MetricsListen)
 	setStr(&cfg.DefaultSigningAlg, sf.SigningAlg)
 	setStr(logLevel, sf.LogLevel)
 	setDur(&cfg.MaxStale, sf.MaxStale)
