@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node"
+	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/nodetest"
 )
 
