@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -66,15 +67,26 @@ func ListenCluster(bind, advertise string, t *NodeTLS, logger *slog.Logger) (*Cl
 		return nil, fmt.Errorf("raft: listen: %w", err)
 	}
 	var adv net.Addr = tcp.Addr()
-	if advertise != "" {
-		if adv, err = net.ResolveTCPAddr("tcp", advertise); err != nil {
+	if host, port, serr := net.SplitHostPort(advertise); serr == nil && host != "" && net.ParseIP(host) == nil {
+		// A host name stays a host name: peers resolve it when they dial,
+		// so the address survives a new IP (a rescheduled pod) and matches
+		// the DNS name in the node certificate.
+		if p, perr := strconv.Atoi(port); perr != nil || p <= 0 || p > 65535 {
 			tcp.Close()
-			return nil, fmt.Errorf("raft: advertise address: %w", err)
+			return nil, fmt.Errorf("raft: advertise address %q: bad port", advertise)
 		}
-	}
-	if ta, ok := adv.(*net.TCPAddr); !ok || ta.IP == nil || ta.IP.IsUnspecified() {
-		tcp.Close()
-		return nil, fmt.Errorf("raft: advertise address %v is not dialable; set it", adv)
+		adv = hostAddr(advertise)
+	} else {
+		if advertise != "" {
+			if adv, err = net.ResolveTCPAddr("tcp", advertise); err != nil {
+				tcp.Close()
+				return nil, fmt.Errorf("raft: advertise address: %w", err)
+			}
+		}
+		if ta, ok := adv.(*net.TCPAddr); !ok || ta.IP == nil || ta.IP.IsUnspecified() {
+			tcp.Close()
+			return nil, fmt.Errorf("raft: advertise address %v is not dialable; set it", adv)
+		}
 	}
 	l := &ClusterListener{
 		tcp: tcp, adv: adv, tls: t, logger: logger,
@@ -88,6 +100,12 @@ func ListenCluster(bind, advertise string, t *NodeTLS, logger *slog.Logger) (*Cl
 
 // Addr is the advertised address.
 func (l *ClusterListener) Addr() net.Addr { return l.adv }
+
+// hostAddr is an advertised address given as host name:port.
+type hostAddr string
+
+func (a hostAddr) Network() string { return "tcp" }
+func (a hostAddr) String() string  { return string(a) }
 
 // TLS is the node identity the listener serves with.
 func (l *ClusterListener) TLS() *NodeTLS { return l.tls }
