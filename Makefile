@@ -88,3 +88,12 @@ cluster-stop:
 
 clean:
 	rm -rf bin data
+
+## k8s-check: render deploy/kubernetes (kustomize as a library), decode every object strictly into the
+## k8s.io/api types, check the deployment's invariants and run tally serve --check-config per pod (offline)
+.PHONY: k8s-check
+k8s-check:
+	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	$(GO) build -o "$$d/tally" ./cmd/tally && \
+	cd deploy/kubernetes/check && $(GO) run . -dir .. -tally "$$d/tally" && \
+	TALLY_BIN="$$d/tally" $(GO) test -count=1 .
