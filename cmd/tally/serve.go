@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"sort"
 	"strings"
 
 	"github.com/tallyauth/tally/node"
@@ -120,6 +122,9 @@ func runServe(ctx context.Context, args []string, e env) int {
 			fmt.Fprintf(e.stderr, "tally serve: --check-config: %v\n", err)
 			return 2
 		}
+		for _, name := range unknownEnv(fs, os.Environ()) {
+			fmt.Fprintf(e.stderr, "tally serve: --check-config: warning: %s is not a setting of tally serve (misspelt?)\n", name)
+		}
 		fmt.Fprintf(e.stdout, "tally serve: configuration of node %s is valid\n", cfg.NodeID)
 		return 0
 	}
@@ -158,6 +163,29 @@ func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 		}
 	})
 	return err
+}
+
+// clientEnv are TALLY_* variables of the other commands (tally admin,
+// make cluster's exports), not settings of tally serve.
+var clientEnv = map[string]bool{
+	"TALLY_KEK": true, "TALLY_ADMIN_TOKEN": true, "TALLY_CONFIG": true,
+	"TALLY_SERVER": true, "TALLY_ISSUER_BASE": true, "TALLY_NODES": true,
+}
+
+// unknownEnv lists the TALLY_* variables of environ that no flag reads:
+// likely misspelt settings, which would otherwise be ignored silently.
+func unknownEnv(fs *flag.FlagSet, environ []string) []string {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { known[envName(f.Name)] = true })
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "TALLY_") && !known[name] && !clientEnv[name] {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func envName(flagName string) string {

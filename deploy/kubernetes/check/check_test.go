@@ -96,6 +96,7 @@ func TestRejects(t *testing.T) {
 		{"bad flag value", "base/statefulset.yaml", "- --raft-profile=lan", "- --raft-profile=moon", "--check-config"},
 		{"secret key tally does not read", "base/statefulset.yaml", "- key: kek\n", "- key: kek-v2\n", "not one tally reads"},
 		{"node id not the pod name", "base/statefulset.yaml", "fieldPath: metadata.name", "fieldPath: metadata.uid", "TALLY_NODE_ID"},
+		{"misspelt setting", "base/statefulset.yaml", "- name: TALLY_LOG_LEVEL", "- name: TALLY_LOGLEVEL", "not a setting of tally serve"},
 		{"no zone spread", "overlays/three-zones/zones.yaml", "topology.kubernetes.io/zone", "topology.kubernetes.io/region", "spread the pods over zones"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -126,6 +126,9 @@ func checkPod(s *appsv1.StatefulSet, c *corev1.Container, pod, root, ca, tally s
 		msg, _, _ := strings.Cut(strings.TrimSpace(out.String()), "\nUsage:")
 		return fmt.Errorf("tally serve --check-config: %v: %s", err, msg)
 	}
+	if strings.Contains(out.String(), "warning:") {
+		return fmt.Errorf("tally serve --check-config: %s", strings.TrimSpace(out.String()))
+	}
 	return nil
 }
 
