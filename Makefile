@@ -97,3 +97,9 @@ k8s-check:
 	$(GO) build -o "$$d/tally" ./cmd/tally && \
 	cd deploy/kubernetes/check && $(GO) run . -dir .. -tally "$$d/tally" && \
 	TALLY_BIN="$$d/tally" $(GO) test -count=1 .
+
+## systemd-check: systemd-analyze verify + security score of deploy/systemd/tally.service, and the
+## example settings through tally serve --check-config (skips without systemd-analyze)
+.PHONY: systemd-check
+systemd-check:
+	GO=$(GO) deploy/systemd/check.sh
