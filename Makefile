@@ -103,3 +103,11 @@ k8s-check:
 .PHONY: systemd-check
 systemd-check:
 	GO=$(GO) deploy/systemd/check.sh
+
+## alerts-check: promtool check rules + promtool test rules on deploy/observability/prometheus
+## (Debian: apt-get install prometheus for promtool); node's TestDashboardAndAlertMetricsExist checks the names
+.PHONY: alerts-check
+alerts-check:
+	@command -v promtool >/dev/null || { echo "alerts-check: promtool not found (apt-get install -y --no-install-recommends prometheus)"; exit 1; }
+	promtool check rules deploy/observability/prometheus/alerts.yml
+	cd deploy/observability/prometheus && promtool test rules alerts_test.yml

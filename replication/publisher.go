@@ -205,6 +205,11 @@ func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SE
 	if p.lost, err = cfg.Meter.Int64Counter("tally.events.lost", metric.WithDescription("times the publisher fell behind the outbox retention")); err != nil {
 		return nil, err
 	}
+	// The counters start at 0, so that rates and alerts over them are
+	// defined before the first event.
+	for _, c := range []metric.Int64Counter{p.published, p.failures, p.lost} {
+		c.Add(context.Background(), 0)
+	}
 	pos, err := readPosition(cfg.PositionFile)
 	if err != nil {
 		return nil, err
