@@ -175,6 +175,7 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, keyCommands()...)
 	cmds = append(cmds, revokeCommands()...)
 	cmds = append(cmds, clusterCommands()...)
+	cmds = append(cmds, recoverCommand())
 	cmds = append(cmds, userCommands()...)
 	return cmds
 }
