@@ -52,17 +52,7 @@ Usage:
   tally admin [global flags] <command> [flags] [args]
 
 Commands:
-  tenant create|get|list        manage tenants
-  client create|get|list|update|disable|enable|rotate-secret
-                                manage the OAuth clients of a tenant
-  key list|rotate               list or rotate a tenant's signing and sealing keys
-  revoke                        revoke an access token, by value or by jti and expiry
-  revocation list               list a tenant's revocations
-  cluster status|add-voter|add-nonvoter|remove|transfer-leadership
-                                inspect and change the Raft membership (any node)
-  cluster ca init|node-cert     create the cluster CA and node certificates (local)
-  snapshot save FILE            save a consistent copy of a node's state
-
+{{commands}}
 Global flags (before the command, or with any command):
   --server URL             admin API base URL (env TALLY_SERVER; default ` + adminDefaultServer + `)
   --admin-token TOKEN      admin bearer token (env TALLY_ADMIN_TOKEN)
@@ -92,6 +82,18 @@ Examples:
 Run "tally admin <command> -h" for the flags of a command.
 `
 
+// adminHelp is adminUsage with every command of adminCommands listed, so
+// the list cannot miss one.
+func adminHelp() string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	for _, c := range adminCommands() {
+		fmt.Fprintf(tw, "  %s\t%s\n", c.path, c.summary)
+	}
+	tw.Flush()
+	return strings.Replace(adminUsage, "{{commands}}\n", b.String()+"\n", 1)
+}
+
 // runAdmin runs "tally admin …" and returns the exit code: 0 success,
 // 1 failure reported by the server or the connection, 2 usage error.
 func runAdmin(ctx context.Context, args []string, e env) int {
@@ -102,7 +104,7 @@ func runAdmin(ctx context.Context, args []string, e env) int {
 	g.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(e.stdout, adminUsage)
+			fmt.Fprint(e.stdout, adminHelp())
 			return 0
 		}
 		fmt.Fprintln(e.stderr, `Run "tally admin -h" for usage.`)
@@ -110,11 +112,11 @@ func runAdmin(ctx context.Context, args []string, e env) int {
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
-		fmt.Fprint(e.stderr, adminUsage)
+		fmt.Fprint(e.stderr, adminHelp())
 		return 2
 	}
 	if rest[0] == "help" {
-		fmt.Fprint(e.stdout, adminUsage)
+		fmt.Fprint(e.stdout, adminHelp())
 		return 0
 	}
 

@@ -1088,3 +1088,13 @@ func TestSecondsFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminHelpListsEveryCommand: "tally admin -h" names every command.
+func TestAdminHelpListsEveryCommand(t *testing.T) {
+	help := adminHelp()
+	for _, c := range adminCommands() {
+		if !strings.Contains(help, "  "+c.path+" ") {
+			t.Errorf("tally admin -h does not list %q", c.path)
+		}
+	}
+}
