@@ -12,6 +12,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // ReadPeersJSON reads a hashicorp/raft peers.json file (format 3: a JSON
@@ -61,7 +62,7 @@ func Recover(dir, id string, members []Member, logger *slog.Logger) (lastIndex u
 	}
 	logs, err := raftboltdb.New(raftboltdb.Options{Path: logPath, BoltOptions: &bbolt.Options{Timeout: 2 * time.Second}})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return 0, fmt.Errorf("raft: recover: %s is locked: stop the node first", logPath)
 		}
 		return 0, fmt.Errorf("raft: recover: open log store: %w", err)
