@@ -81,6 +81,8 @@ type nodeMetrics struct {
 	// followers is the leader's last view of its followers (nil on a
 	// follower).
 	followers atomic.Pointer[[]followerStatus]
+
+	stream streamMetrics // metrics_stream.go
 }
 
 type followerStatus struct {
@@ -132,6 +134,9 @@ func newNodeMetrics(n *Node) (*nodeMetrics, error) {
 		return nil, err
 	}
 	if err := m.registerObservers(meter); err != nil {
+		return nil, err
+	}
+	if err := m.registerStream(meter); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -327,4 +332,11 @@ func (n *Node) startMetrics(ctx context.Context) {
 		defer n.cl.wg.Done()
 		n.metrics.pollFollowers(ctx)
 	}()
+	if n.events != nil {
+		n.cl.wg.Add(1)
+		go func() {
+			defer n.cl.wg.Done()
+			n.metrics.pollStream(ctx, n.events)
+		}()
+	}
 }

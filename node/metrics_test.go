@@ -172,6 +172,9 @@ func TestMetricsOfARealCluster(t *testing.T) {
 			{"tally_http_request_duration_seconds_bucket", `endpoint="token"`},
 			{"tally_events_published_total", ""},
 			{"tally_events_publish_failures_total", ""},
+			{"tally_events_stream_up", ""},
+			{"tally_events_stream_replicas_current", ""},
+			{"tally_events_stream_last_sequence", ""},
 			{"tally_signin_failures_total", `outcome="bad_credentials"`},
 		} {
 			if _, ok := value(ss, want.name, want.labels); !ok {
@@ -180,6 +183,9 @@ func TestMetricsOfARealCluster(t *testing.T) {
 		}
 		if v, _ := value(ss, "tally_raft_leader", ""); v != 1 {
 			return fmt.Errorf("leader reports tally_raft_leader %v", v)
+		}
+		if v, _ := value(ss, "tally_events_stream_up", ""); v != 1 {
+			return fmt.Errorf("leader: event stream up = %v", v)
 		}
 		if v, _ := value(ss, "tally_raft_voters", ""); v != 3 {
 			return fmt.Errorf("leader reports %v voters", v)
