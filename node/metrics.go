@@ -74,8 +74,8 @@ type nodeMetrics struct {
 	httpRequests      metric.Int64Counter
 	httpDuration      metric.Float64Histogram
 
-	// attrs caches attribute options by key (writeKey, routeKey), all from
-	// small fixed sets.
+	// attrs caches the attribute options of writes by key (writeKey,
+	// resultKey), all from small fixed sets.
 	attrs sync.Map
 
 	// followers is the leader's last view of its followers (nil on a

@@ -11,30 +11,37 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // Endpoint labels of tally_http_requests_total: a fixed set, so that the
 // label's cardinality does not depend on what clients send (tenant ids and
 // unknown paths never become label values).
 const (
-	routeToken         = "token"
-	routeAuthorize     = "authorize"
-	routeUserinfo      = "userinfo"
-	routeDeviceAuth    = "device_authorization"
-	routeDevice        = "device"
-	routeIntrospection = "introspection"
-	routeRevocation    = "revocation"
-	routeJWKS          = "jwks"
-	routeDiscovery     = "discovery"
-	routeAdmin         = "admin"
-	routeClusterAdmin  = "cluster_admin"
-	routeEvents        = "events"
-	routeProbe         = "probe"
-	routeOther         = "other"
+	routeToken = iota
+	routeAuthorize
+	routeUserinfo
+	routeDeviceAuth
+	routeDevice
+	routeIntrospection
+	routeRevocation
+	routeJWKS
+	routeDiscovery
+	routeAdmin
+	routeClusterAdmin
+	routeEvents
+	routeProbe
+	routeOther
+	numRoutes
 )
 
-// routeOf maps a request path to its endpoint label without allocating.
-func routeOf(path string) string {
+var routeNames = [numRoutes]string{
+	"token", "authorize", "userinfo", "device_authorization", "device", "introspection", "revocation",
+	"jwks", "discovery", "admin", "cluster_admin", "events", "probe", "other",
+}
+
+// routeOf maps a request path to its endpoint without allocating.
+func routeOf(path string) int {
 	if rest, ok := strings.CutPrefix(path, "/t/"); ok {
 		i := strings.IndexByte(rest, '/')
 		if i < 0 {
@@ -77,12 +84,28 @@ func routeOf(path string) string {
 	return routeOther
 }
 
-type routeKey struct {
-	route string
-	class int // status / 100
+var statusClasses = [...]string{"1xx", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// httpOptions are the attribute sets of every (endpoint, status class) and
+// endpoint, built once.
+// They are kept as ready slices: passing a slice with ... to Add and Record
+// allocates nothing.
+type httpOptions struct {
+	requests [numRoutes][len(statusClasses)][]metric.AddOption
+	duration [numRoutes][]metric.RecordOption
 }
 
-var statusClasses = [...]string{"1xx", "1xx", "2xx", "3xx", "4xx", "5xx"}
+func newHTTPOptions() *httpOptions {
+	o := &httpOptions{}
+	for r, name := range routeNames {
+		ep := attribute.String("endpoint", name)
+		for c, class := range statusClasses {
+			o.requests[r][c] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(ep, attribute.String("code", class)))}
+		}
+		o.duration[r] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(ep))}
+	}
+	return o
+}
 
 // statusWriter remembers the status code; pooled, so that a request costs
 // no allocation for it.
@@ -125,6 +148,8 @@ func (m *nodeMetrics) instrument(next http.Handler) http.Handler {
 	if m == nil {
 		return next
 	}
+	opts := newHTTPOptions()
+	ctx := context.Background()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := statusWriters.Get().(*statusWriter)
@@ -138,13 +163,8 @@ func (m *nodeMetrics) instrument(next http.Handler) http.Handler {
 				status = http.StatusOK
 			}
 			class := min(max(status/100, 1), 5)
-			ctx := context.Background()
-			m.httpRequests.Add(ctx, 1, m.option(routeKey{route, class}, func() []attribute.KeyValue {
-				return []attribute.KeyValue{attribute.String("endpoint", route), attribute.String("code", statusClasses[class])}
-			}))
-			m.httpDuration.Record(ctx, time.Since(start).Seconds(), m.option(routeKey{route, 0}, func() []attribute.KeyValue {
-				return []attribute.KeyValue{attribute.String("endpoint", route)}
-			}))
+			m.httpRequests.Add(ctx, 1, opts.requests[route][class]...)
+			m.httpDuration.Record(ctx, time.Since(start).Seconds(), opts.duration[route]...)
 		}()
 		next.ServeHTTP(sw, r)
 	})
