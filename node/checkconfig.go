@@ -19,6 +19,9 @@ func CheckConfig(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if err := validateMetricsListen(cfg); err != nil {
+		return err
+	}
 	if len(cfg.KEK) > 0 || cfg.KEKFile != "" {
 		if _, err := loadKEK(cfg); err != nil {
 			return err

@@ -200,11 +200,6 @@ func (c Config) Validate() error {
 			return fmt.Errorf("node: nats listen address %q: %w", c.NATSListen, err)
 		}
 	}
-	if c.MetricsListen != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
-			return fmt.Errorf("node: metrics listen address %q: %w", c.MetricsListen, err)
-		}
-	}
 	if c.Issuer != "" {
 		u, err := url.Parse(c.Issuer)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {

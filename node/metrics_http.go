@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -170,6 +171,19 @@ func (m *nodeMetrics) instrument(next http.Handler) http.Handler {
 	})
 }
 
+// validateMetricsListen checks Config.MetricsListen (kept out of
+// Config.Validate, which many branches extend; New and CheckConfig call
+// it).
+func validateMetricsListen(c Config) error {
+	if c.MetricsListen == "" {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+		return fmt.Errorf("node: metrics listen address %q: %w", c.MetricsListen, err)
+	}
+	return nil
+}
+
 // metricsServer serves /metrics alone on Config.MetricsListen.
 type metricsServer struct {
 	ln  net.Listener
@@ -182,6 +196,9 @@ type metricsServer struct {
 func (n *Node) listenMetrics() (*metricsServer, error) {
 	if n.cfg.MetricsListen == "" {
 		return nil, nil
+	}
+	if err := validateMetricsListen(n.cfg); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", n.cfg.MetricsListen)
 	if err != nil {
