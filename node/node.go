@@ -36,20 +36,21 @@ type Node struct {
 	now  func() time.Time
 	base string
 
-	tel        *telemetry
+	tel       *telemetry
+	raft      *raft.Node
+	cl        *cluster // cluster port, forwarding, membership (cluster.go)
+	clusterLn *raft.ClusterListener
+	kek       *issuance.KEK
+	rep       *replica
+	iss       *issuance.Server
+	nats      *replication.Embedded
+	events    *eventLog // event publisher and events API (events.go)
+	ln        net.Listener
+	http      *http.Server
+	ready     atomic.Bool
+
 	metrics    *nodeMetrics   // node/metrics.go
 	metricsSrv *metricsServer // --metrics-listen
-	raft       *raft.Node
-	cl         *cluster // cluster port, forwarding, membership (cluster.go)
-	clusterLn  *raft.ClusterListener
-	kek        *issuance.KEK
-	rep        *replica
-	iss        *issuance.Server
-	nats       *replication.Embedded
-	events     *eventLog // event publisher and events API (events.go)
-	ln         net.Listener
-	http       *http.Server
-	ready      atomic.Bool
 
 	lock        *dataDirLock
 	sweepCancel context.CancelFunc
@@ -301,10 +302,10 @@ func (n *Node) Run(ctx context.Context) error {
 	n.sweepCancel = cancel
 	n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
 	n.startCluster(sctx)
-	n.startMetrics(sctx)
 
 	errc := make(chan error, 1)
 	go func() { errc <- n.http.Serve(n.ln) }()
+	n.startMetrics(sctx)
 	n.ready.Store(true)
 	n.log.Info("serving", "addr", n.Addr(), "issuer", n.iss.Issuer(DefaultTenant), "nats", n.NATSURL())
 
