@@ -212,6 +212,18 @@ func checkStatefulSet(p *problems, s *appsv1.StatefulSet, services map[string]*c
 			p.add("%s: volumeClaimTemplate %q requests no storage", name, t.Name)
 		}
 	}
+	peers, join := 0, 0
+	for _, a := range c.Args {
+		switch {
+		case strings.HasPrefix(a, "--peers=") || a == "--peers":
+			peers++
+		case strings.HasPrefix(a, "--join=") || a == "--join":
+			join++
+		}
+	}
+	if peers+join != 1 {
+		p.add("%s: give exactly one of --peers (a new cluster) and --join (an existing one)", name)
+	}
 	env := map[string]corev1.EnvVar{}
 	for _, e := range c.Env {
 		env[e.Name] = e
