@@ -67,6 +67,8 @@ func newTyped(apiVersion, kind string) (any, error) {
 		return &corev1.Secret{}, nil
 	case "v1/ConfigMap":
 		return &corev1.ConfigMap{}, nil
+	case "v1/Pod":
+		return &corev1.Pod{}, nil
 	case "apps/v1/StatefulSet":
 		return &appsv1.StatefulSet{}, nil
 	case "policy/v1/PodDisruptionBudget":
