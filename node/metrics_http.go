@@ -21,6 +21,7 @@ import (
 const (
 	routeToken = iota
 	routeAuthorize
+	routeLogin
 	routeUserinfo
 	routeDeviceAuth
 	routeDevice
@@ -37,12 +38,13 @@ const (
 )
 
 var routeNames = [numRoutes]string{
-	"token", "authorize", "userinfo", "device_authorization", "device", "introspection", "revocation",
+	"token", "authorize", "login", "userinfo", "device_authorization", "device", "introspection", "revocation",
 	"jwks", "discovery", "admin", "cluster_admin", "events", "probe", "other",
 }
 
-// routeOf maps a request path to its endpoint without allocating.
-func routeOf(path string) int {
+// routeOf maps a request to its endpoint without allocating. A POST to
+// the authorization endpoint is the sign-in (and consent) form: "login".
+func routeOf(method, path string) int {
 	if rest, ok := strings.CutPrefix(path, "/t/"); ok {
 		i := strings.IndexByte(rest, '/')
 		if i < 0 {
@@ -52,6 +54,9 @@ func routeOf(path string) int {
 		case "/oauth2/token":
 			return routeToken
 		case "/oauth2/authorize":
+			if method == http.MethodPost {
+				return routeLogin
+			}
 			return routeAuthorize
 		case "/oauth2/userinfo":
 			return routeUserinfo
@@ -156,7 +161,7 @@ func (m *nodeMetrics) instrument(next http.Handler) http.Handler {
 		sw := statusWriters.Get().(*statusWriter)
 		sw.ResponseWriter, sw.status = w, 0
 		defer func() {
-			route := routeOf(r.URL.Path)
+			route := routeOf(r.Method, r.URL.Path)
 			status := sw.status
 			sw.ResponseWriter = nil
 			statusWriters.Put(sw)

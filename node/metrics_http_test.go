@@ -42,3 +42,30 @@ func BenchmarkInstrument(b *testing.B) {
 		}
 	})
 }
+
+func TestRouteOf(t *testing.T) {
+	for _, tc := range []struct{ method, path, want string }{
+		{"POST", "/t/acme/oauth2/token", "token"},
+		{"GET", "/t/acme/oauth2/authorize", "authorize"},
+		{"POST", "/t/acme/oauth2/authorize", "login"},
+		{"GET", "/t/acme/oauth2/userinfo", "userinfo"},
+		{"POST", "/t/acme/oauth2/device_authorization", "device_authorization"},
+		{"POST", "/t/acme/device", "device"},
+		{"POST", "/t/acme/oauth2/introspect", "introspection"},
+		{"POST", "/t/acme/oauth2/revoke", "revocation"},
+		{"GET", "/t/acme/jwks.json", "jwks"},
+		{"GET", "/t/acme/.well-known/openid-configuration", "discovery"},
+		{"GET", "/.well-known/oauth-authorization-server/t/acme", "discovery"},
+		{"POST", "/tally.admin.v1.AdminService/CreateClient", "admin"},
+		{"POST", "/tally.cluster.v1.ClusterAdminService/Status", "cluster_admin"},
+		{"POST", "/tally.events.v1.EventsService/WatchRevocations", "events"},
+		{"GET", "/readyz", "probe"},
+		{"GET", "/t/acme/oauth2/token/extra", "other"},
+		{"GET", "/t/acme", "other"},
+		{"GET", "/anything/an/attacker/sends", "other"},
+	} {
+		if got := routeNames[routeOf(tc.method, tc.path)]; got != tc.want {
+			t.Errorf("%s %s: %s, want %s", tc.method, tc.path, got, tc.want)
+		}
+	}
+}
