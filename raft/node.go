@@ -38,6 +38,8 @@ type Node struct {
 	leftLeadership atomic.Int64
 	leaseTimeout   time.Duration
 
+	gate atomic.Pointer[func() error] // SetProposeGate (clock.go)
+
 	closing   chan struct{}
 	wg        sync.WaitGroup // sweepers
 	closeOnce sync.Once
@@ -333,6 +335,9 @@ func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error)
 	}
 	if err := checkCommand(cmd); err != nil {
 		return Result{Err: err}, nil
+	}
+	if err := n.checkGate(); err != nil {
+		return Result{}, err
 	}
 	data, err := marshalOpts.Marshal(cmd)
 	if err != nil {
