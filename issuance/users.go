@@ -108,6 +108,8 @@ type DeviceCode struct {
 	Scopes    []string
 	ExpiresAt time.Time
 	Status    string
+	// Interval is the polling interval advertised for the code.
+	Interval time.Duration
 }
 
 // Users is the read view of end users that the interactive endpoints need.

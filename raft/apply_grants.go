@@ -44,9 +44,14 @@ const (
 	ReasonCodeReuse    = "code_reuse"
 )
 
-// DeviceSlowDownNanos is what a too-early poll adds to a device code's
-// interval (RFC 8628 §3.5: "increased by 5 seconds").
+// DeviceSlowDownNanos is what a client adds to its polling interval on
+// each slow_down (RFC 8628 §3.5: "increased by 5 seconds").
 const DeviceSlowDownNanos = int64(5e9)
+
+// devicePollJitter is how much sooner than the interval a poll may arrive
+// and still count as on time (network jitter, clocks of different nodes):
+// a quarter of the interval, at most 1 s. issuance applies the same rule.
+func devicePollJitter(interval int64) int64 { return min(interval/4, int64(1e9)) }
 
 // Device code states.
 const (
@@ -377,10 +382,17 @@ func (a *applier) pollDeviceCode(c *raftpb.PollDeviceCode, now int64) (*raftpb.G
 	case d.ExpiresUnixNano <= now:
 		return outcome(OutcomeExpiredToken), nil
 	}
-	// RFC 8628 §3.5: polling faster than the interval is slow_down, and the
-	// interval grows by 5 seconds for this and all later requests.
-	if d.LastPollUnixNano != 0 && now-d.LastPollUnixNano < d.IntervalNanos {
-		d.IntervalNanos = addSat(d.IntervalNanos, DeviceSlowDownNanos)
+	// RFC 8628 §3.5: a poll sooner than the interval after the previous
+	// one is slow_down. The interval enforced here is the advertised one
+	// (less DevicePollJitter) and does not grow: a client that adds 5 s per
+	// slow_down it received is always at or above it, whatever happened
+	// before, so it converges. (Growing the stored interval on every
+	// slow_down, as this did before, kept a client that joined late 5 s
+	// behind for ever.) Nodes answer pending and too-fast polls from their
+	// replica without a write (issuance/device_pace.go, which also applies
+	// the 5 s growth to clients that keep polling faster than advertised);
+	// this check remains for a write proposed anyway.
+	if d.LastPollUnixNano != 0 && now-d.LastPollUnixNano < d.IntervalNanos-devicePollJitter(d.IntervalNanos) {
 		d.LastPollUnixNano = now
 		a.putDevice(d)
 		return &raftpb.GrantResult{Outcome: OutcomeSlowDown, DeviceCode: d}, nil

@@ -355,9 +355,10 @@ func TestDeviceCodes(t *testing.T) {
 		want string
 	}{
 		{t0 + sec, OutcomeAuthorizationPending},
-		{t0 + 3*sec, OutcomeSlowDown},              // 2 s after the last poll, interval 5 s
-		{t0 + 9*sec, OutcomeSlowDown},              // 6 s: interval is now 10 s
-		{t0 + 25*sec, OutcomeAuthorizationPending}, // 16 s >= 15 s
+		{t0 + 3*sec, OutcomeSlowDown},                      // 2 s after the last poll, interval 5 s
+		{t0 + 6*sec + sec/2, OutcomeSlowDown},              // 3.5 s: sooner than 5 s less 1 s of jitter
+		{t0 + 10*sec + sec/2, OutcomeAuthorizationPending}, // 4 s: on time within the jitter
+		{t0 + 15*sec + sec/2, OutcomeAuthorizationPending}, // the interval did not grow: never starved
 	}
 	for i, s := range steps {
 		if g := poll(s.now, "d1"); g.Outcome != s.want {
