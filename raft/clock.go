@@ -164,11 +164,11 @@ func (n *Node) checkGate() error {
 }
 
 // StartTicker proposes a Tick every interval while this node is the
-// leader, with now() as the command's time, until ctx ends or the node
-// closes. The interval is timed by the monotonic clock, so a step of the
-// wall clock does not make ticks come faster; the ticks are what lets the
-// FSM's clock advance (see ClockTickInterval). A non-positive interval
-// starts nothing.
+// leader, the first as soon as it leads, with now() as the command's time,
+// until ctx ends or the node closes. The interval is timed by the
+// monotonic clock, so a step of the wall clock does not make ticks come
+// faster; the ticks are what lets the FSM's clock advance (see
+// ClockTickInterval). A non-positive interval starts nothing.
 func (n *Node) StartTicker(ctx context.Context, every time.Duration, now func() time.Time) {
 	if every <= 0 {
 		return
@@ -176,8 +176,10 @@ func (n *Node) StartTicker(ctx context.Context, every time.Duration, now func() 
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		t := time.NewTicker(every)
+		poll := max(every/10, time.Millisecond)
+		t := time.NewTicker(poll)
 		defer t.Stop()
+		var last time.Time // monotonic: when the last tick was proposed
 		for {
 			select {
 			case <-ctx.Done():
@@ -187,8 +189,13 @@ func (n *Node) StartTicker(ctx context.Context, every time.Duration, now func() 
 			case <-t.C:
 			}
 			if !n.IsLeader() {
+				last = time.Time{}
 				continue
 			}
+			if !last.IsZero() && time.Since(last) < every {
+				continue
+			}
+			last = time.Now()
 			cmd := &raftpb.Command{
 				Version:      CommandVersion,
 				TimeUnixNano: now().UnixNano(),
