@@ -15,8 +15,8 @@ import (
 	"golang.org/x/oauth2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node"
+	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
@@ -25,7 +25,7 @@ import (
 // jumpClock is a node clock that can be moved by an offset.
 type jumpClock struct{ off atomic.Int64 }
 
-func (c *jumpClock) now() time.Time      { return time.Now().Add(time.Duration(c.off.Load())) }
+func (c *jumpClock) now() time.Time       { return time.Now().Add(time.Duration(c.off.Load())) }
 func (c *jumpClock) jump(d time.Duration) { c.off.Store(int64(d)) }
 
 func readyReasons(t *testing.T, n *nodetest.Node) (int, []string) {
