@@ -34,8 +34,9 @@ import (
 // A peer's clock is read from the clockHeader of its LocalStatus answer
 // (the internal service on the cluster port, node mTLS) and corrected by
 // half the round trip, as NTP does: offset = peer − (sent + rtt/2). The
-// median is over this node and every voter that answered within
-// clockProbeTimeout; a verdict needs a majority of the voters. Without one
+// median is over the voters that answered within clockProbeTimeout and
+// this node if it is a voter (a non-voter is measured against the voters
+// only); a verdict needs a majority of the voters. Without one
 // (a lone node, a partition) the node keeps its last verdict for
 // clockVerdictTTL and then counts as agreeing: a node that cannot reach a
 // quorum cannot commit writes anyway. With two answers the median is
@@ -111,17 +112,16 @@ type probe struct {
 }
 
 // measure asks every other voter for its clock and returns the offsets
-// (peer minus this node) of those that answered, and the voter count.
-func (g *clockGuard) measure(ctx context.Context) ([]probe, int, error) {
+// (peer minus this node) of those that answered, the voter count and
+// whether this node is a voter.
+func (g *clockGuard) measure(ctx context.Context) (out []probe, voters int, selfVoter bool, err error) {
 	members, err := g.c.rn.Members(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	var (
-		mu     sync.Mutex
-		out    []probe
-		wg     sync.WaitGroup
-		voters int
+		mu sync.Mutex
+		wg sync.WaitGroup
 	)
 	for _, m := range members {
 		if !m.Voter {
@@ -129,6 +129,7 @@ func (g *clockGuard) measure(ctx context.Context) ([]probe, int, error) {
 		}
 		voters++
 		if m.ID == g.c.cfg.NodeID {
+			selfVoter = true
 			continue
 		}
 		wg.Add(1)
@@ -152,7 +153,7 @@ func (g *clockGuard) measure(ctx context.Context) ([]probe, int, error) {
 		}()
 	}
 	wg.Wait()
-	return out, voters, nil
+	return out, voters, selfVoter, nil
 }
 
 // medianOf returns the median of ds (the mean of the middle two for an
@@ -169,14 +170,17 @@ func medianOf(ds []time.Duration) time.Duration {
 // check measures once, updates the verdict and, on a skewed leader, hands
 // leadership to a voter whose clock agrees with the median.
 func (g *clockGuard) check(ctx context.Context) {
-	probes, voters, err := g.measure(ctx)
+	probes, voters, selfVoter, err := g.measure(ctx)
 	if err != nil {
 		return
 	}
-	if 2*(len(probes)+1) <= voters {
+	var offsets []time.Duration
+	if selfVoter {
+		offsets = append(offsets, 0) // this node's own clock is one of the voters'
+	}
+	if 2*(len(probes)+len(offsets)) <= voters || len(probes) == 0 {
 		return // no majority answered: keep the last verdict until it ages out
 	}
-	offsets := []time.Duration{0}
 	for _, p := range probes {
 		offsets = append(offsets, p.offset)
 	}
