@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -106,6 +107,12 @@ func TestClusterLeaderClockJump(t *testing.T) {
 		}
 		return nil
 	})
+	nodetest.CheckFor(t, nodetest.Timeout, 50*time.Millisecond, func() error {
+		if m := metricLines(t, old, "tally_clock_write_refused"); !strings.HasSuffix(m, " 1") {
+			return fmt.Errorf("jumped node metric: %q", m)
+		}
+		return nil
+	})
 	// The jumped node refuses to stamp writes with its clock.
 	if _, err := old.Admin.RevokeToken(ctx, connect.NewRequest(&adminv1.RevokeTokenRequest{
 		Tenant: "default", Jti: "from-jumped", ExpiresAt: timestamppb.New(time.Now().Add(time.Hour))})); connect.CodeOf(err) != connect.CodeUnavailable ||
@@ -160,4 +167,23 @@ func TestClusterLeaderClockJump(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// metricLines returns the /metrics sample lines of n whose name starts with
+// name.
+func metricLines(t *testing.T, n *nodetest.Node, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + n.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, name) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
