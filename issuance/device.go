@@ -410,6 +410,7 @@ func (g *deviceCodeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*To
 	case err != nil:
 		return nil, errUnavailable("the device code could not be checked now, retry", err)
 	}
+	s.device.pacer.forget(string(hash)) // redeemed: later polls are invalid_grant
 	u, err := s.users.User(ctx, gr.Tenant.ID, dg.UserID)
 	if err != nil || !u.Active() {
 		return nil, errInvalidGrant("the user is unknown or disabled", err)
