@@ -187,3 +187,54 @@ func metricLines(t *testing.T, n *nodetest.Node, name string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A follower whose clock jumps behind refuses to stamp writes and reports
+// not ready; the leader keeps writing; nothing moves the FSM's clock back.
+func TestClusterFollowerClockBehind(t *testing.T) {
+	clocks := []*jumpClock{{}, {}, {}}
+	opts := []nodetest.ClusterOption{nodetest.WithNodeOptions(nodetest.FastRaft)}
+	for i, c := range clocks {
+		opts = append(opts, nodetest.WithNode(i, func(cfg *node.Config) { cfg.Now = c.now }))
+	}
+	c := nodetest.StartCluster(t, 3, opts...)
+	l := c.LeaderIndex()
+	fi := (l + 1) % 3
+	f := c.Node(fi)
+	ctx := context.Background()
+	c.WaitConverged()
+	before, _ := c.Node(l).Raft().FSM().Clock()
+
+	clocks[fi].jump(-time.Hour)
+	nodetest.CheckFor(t, nodetest.Timeout, 50*time.Millisecond, func() error {
+		status, reasons := readyReasons(t, f)
+		if status != http.StatusServiceUnavailable || !strings.Contains(strings.Join(reasons, ";"), "behind") {
+			return fmt.Errorf("follower readyz: %d %v", status, reasons)
+		}
+		return nil
+	})
+	if _, err := f.Admin.RevokeToken(ctx, connect.NewRequest(&adminv1.RevokeTokenRequest{
+		Tenant: "default", Jti: "from-behind", ExpiresAt: timestamppb.New(time.Now().Add(time.Hour))})); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("write on the follower behind: %v", err)
+	}
+	if l2 := c.LeaderIndex(); l2 != l {
+		t.Logf("leadership moved from node%d to node%d", l, l2)
+	}
+	leader := c.Leader()
+	if _, err := leader.Admin.RevokeToken(ctx, connect.NewRequest(&adminv1.RevokeTokenRequest{
+		Tenant: "default", Jti: "from-leader", ExpiresAt: timestamppb.New(time.Now().Add(time.Hour))})); err != nil {
+		t.Fatalf("write on the leader: %v", err)
+	}
+	c.WaitConverged()
+	for _, i := range c.Running() {
+		if fc, _ := c.Node(i).Raft().FSM().Clock(); fc.Before(before) {
+			t.Errorf("node%d: FSM clock went back from %s to %s", i, before, fc)
+		}
+	}
+	clocks[fi].jump(0)
+	nodetest.CheckFor(t, nodetest.Timeout, 50*time.Millisecond, func() error {
+		if status, reasons := readyReasons(t, f); status != http.StatusOK {
+			return fmt.Errorf("fixed follower readyz: %d %v", status, reasons)
+		}
+		return nil
+	})
+}
