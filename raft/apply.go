@@ -135,8 +135,7 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 	err := checkCommand(cmd)
 	var grant *raftpb.GrantResult
 	if err == nil {
-		now = a.boundTime(cmd)
-
+		now = a.boundTime(cmd) // clock.go
 		if ok, g, ferr := a.dispatchFlow(cmd, now); ok {
 			grant, err = g, ferr
 		} else {
