@@ -46,6 +46,9 @@ const (
 	EventKind_EVENT_KIND_USER_LOCKED    EventKind = 6
 	// A disabled client was enabled again (SetClientDisabled).
 	EventKind_EVENT_KIND_CLIENT_ENABLED EventKind = 7
+	// A user that was disabled or locked may sign in again (SetUserStatus
+	// clearing both flags): the reverse of USER_LOCKED.
+	EventKind_EVENT_KIND_USER_UNLOCKED EventKind = 8
 )
 
 // Enum value maps for EventKind.
@@ -59,6 +62,7 @@ var (
 		5: "EVENT_KIND_REUSE_DETECTED",
 		6: "EVENT_KIND_USER_LOCKED",
 		7: "EVENT_KIND_CLIENT_ENABLED",
+		8: "EVENT_KIND_USER_UNLOCKED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":     0,
@@ -69,6 +73,7 @@ var (
 		"EVENT_KIND_REUSE_DETECTED":  5,
 		"EVENT_KIND_USER_LOCKED":     6,
 		"EVENT_KIND_CLIENT_ENABLED":  7,
+		"EVENT_KIND_USER_UNLOCKED":   8,
 	}
 )
 
@@ -1444,7 +1449,7 @@ type Event struct {
 	ClientId string `protobuf:"bytes,6,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// KEY_ROTATED: the kids of the added signing keys.
 	Kids []string `protobuf:"bytes,7,rep,name=kids,proto3" json:"kids,omitempty"`
-	// USER_LOCKED, FAMILY_REVOKED: the subject.
+	// USER_LOCKED, USER_UNLOCKED, FAMILY_REVOKED: the subject.
 	Subject string `protobuf:"bytes,8,opt,name=subject,proto3" json:"subject,omitempty"`
 	// FAMILY_REVOKED, REUSE_DETECTED: the refresh-token family.
 	FamilyId string `protobuf:"bytes,9,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
@@ -3548,7 +3553,7 @@ const file_command_proto_rawDesc = "" +
 	"\x10sealed_successor\x18\x03 \x01(\fR\x0fsealedSuccessor\x12:\n" +
 	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
 	"deviceCode\x121\n" +
-	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events*\xfa\x01\n" +
+	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events*\x98\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3557,7 +3562,8 @@ const file_command_proto_rawDesc = "" +
 	"\x19EVENT_KIND_FAMILY_REVOKED\x10\x04\x12\x1d\n" +
 	"\x19EVENT_KIND_REUSE_DETECTED\x10\x05\x12\x1a\n" +
 	"\x16EVENT_KIND_USER_LOCKED\x10\x06\x12\x1d\n" +
-	"\x19EVENT_KIND_CLIENT_ENABLED\x10\aB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\x19EVENT_KIND_CLIENT_ENABLED\x10\a\x12\x1c\n" +
+	"\x18EVENT_KIND_USER_UNLOCKED\x10\bB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once

@@ -172,9 +172,13 @@ type StreamState struct {
 	LastSequence  uint64                 `protobuf:"varint,2,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
 	// from_sequence is older than first_sequence: events were lost to
 	// retention; resync before trusting tokens.
-	Gap           bool `protobuf:"varint,3,opt,name=gap,proto3" json:"gap,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Gap bool `protobuf:"varint,3,opt,name=gap,proto3" json:"gap,omitempty"`
+	// When the stream was created (unix nanoseconds): the stream's identity.
+	// A watcher that sees it change (the stream was deleted and created
+	// again, its sequences restarted) must resync.
+	StreamCreatedUnixNano int64 `protobuf:"varint,4,opt,name=stream_created_unix_nano,json=streamCreatedUnixNano,proto3" json:"stream_created_unix_nano,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *StreamState) Reset() {
@@ -226,6 +230,13 @@ func (x *StreamState) GetGap() bool {
 		return x.Gap
 	}
 	return false
+}
+
+func (x *StreamState) GetStreamCreatedUnixNano() int64 {
+	if x != nil {
+		return x.StreamCreatedUnixNano
+	}
+	return 0
 }
 
 // Event is one message of the event log.
@@ -352,8 +363,12 @@ type GetRevocationSetResponse struct {
 	StreamSequence  uint64                 `protobuf:"varint,2,opt,name=stream_sequence,json=streamSequence,proto3" json:"stream_sequence,omitempty"`
 	Tokens          []*RevokedToken        `protobuf:"bytes,3,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	DisabledClients []string               `protobuf:"bytes,4,rep,name=disabled_clients,json=disabledClients,proto3" json:"disabled_clients,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Users that are disabled or locked: their tokens are not valid.
+	LockedSubjects []string `protobuf:"bytes,5,rep,name=locked_subjects,json=lockedSubjects,proto3" json:"locked_subjects,omitempty"`
+	// The stream's identity (see StreamState.stream_created_unix_nano).
+	StreamCreatedUnixNano int64 `protobuf:"varint,6,opt,name=stream_created_unix_nano,json=streamCreatedUnixNano,proto3" json:"stream_created_unix_nano,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *GetRevocationSetResponse) Reset() {
@@ -412,6 +427,20 @@ func (x *GetRevocationSetResponse) GetDisabledClients() []string {
 		return x.DisabledClients
 	}
 	return nil
+}
+
+func (x *GetRevocationSetResponse) GetLockedSubjects() []string {
+	if x != nil {
+		return x.LockedSubjects
+	}
+	return nil
+}
+
+func (x *GetRevocationSetResponse) GetStreamCreatedUnixNano() int64 {
+	if x != nil {
+		return x.StreamCreatedUnixNano
+	}
+	return 0
 }
 
 type RevokedToken struct {
@@ -494,11 +523,12 @@ const file_events_proto_rawDesc = "" +
 	"\x18WatchRevocationsResponse\x12.\n" +
 	"\x05event\x18\x01 \x01(\v2\x16.tally.events.v1.EventH\x00R\x05event\x124\n" +
 	"\x05state\x18\x02 \x01(\v2\x1c.tally.events.v1.StreamStateH\x00R\x05stateB\x05\n" +
-	"\x03msg\"k\n" +
+	"\x03msg\"\xa4\x01\n" +
 	"\vStreamState\x12%\n" +
 	"\x0efirst_sequence\x18\x01 \x01(\x04R\rfirstSequence\x12#\n" +
 	"\rlast_sequence\x18\x02 \x01(\x04R\flastSequence\x12\x10\n" +
-	"\x03gap\x18\x03 \x01(\bR\x03gap\"n\n" +
+	"\x03gap\x18\x03 \x01(\bR\x03gap\x127\n" +
+	"\x18stream_created_unix_nano\x18\x04 \x01(\x03R\x15streamCreatedUnixNano\"n\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x10\n" +
@@ -506,13 +536,15 @@ const file_events_proto_rawDesc = "" +
 	"\n" +
 	"raft_index\x18\x04 \x01(\x04R\traftIndex\"1\n" +
 	"\x17GetRevocationSetRequest\x12\x16\n" +
-	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xc4\x01\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xa6\x02\n" +
 	"\x18GetRevocationSetResponse\x12\x1d\n" +
 	"\n" +
 	"raft_index\x18\x01 \x01(\x04R\traftIndex\x12'\n" +
 	"\x0fstream_sequence\x18\x02 \x01(\x04R\x0estreamSequence\x125\n" +
 	"\x06tokens\x18\x03 \x03(\v2\x1d.tally.events.v1.RevokedTokenR\x06tokens\x12)\n" +
-	"\x10disabled_clients\x18\x04 \x03(\tR\x0fdisabledClients\"z\n" +
+	"\x10disabled_clients\x18\x04 \x03(\tR\x0fdisabledClients\x12'\n" +
+	"\x0flocked_subjects\x18\x05 \x03(\tR\x0elockedSubjects\x127\n" +
+	"\x18stream_created_unix_nano\x18\x06 \x01(\x03R\x15streamCreatedUnixNano\"z\n" +
 	"\fRevokedToken\x12\x10\n" +
 	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x18\n" +
