@@ -319,12 +319,15 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 	}
 	from := req.Msg.GetFromSequence()
 	first := max(info.State.FirstSeq, 1)
-	state := &eventsv1.StreamState{FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq}
-	if from > 1 && from < first {
+	state := streamState(info)
+	// A position older than the first retained event lost events to
+	// retention; one beyond the head belongs to a stream that was reset or
+	// recreated since. Either way the caller must resync.
+	if (from > 1 && from < first) || from > info.State.LastSeq+1 {
 		state.Gap = true
 	}
-	if from < first {
-		from = first
+	if from < first || state.Gap {
+		from = max(first, min(from, info.State.LastSeq+1))
 	}
 	if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: state}}); err != nil {
 		return err
@@ -374,17 +377,22 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 			if err != nil {
 				continue
 			}
-			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: &eventsv1.StreamState{
-				FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq,
-			}}}); err != nil {
+			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: streamState(info)}}); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-// GetRevocationSet returns the tenant's revocations and disabled clients
-// with the Raft index they reflect and the stream sequence to resume after.
+// streamState is the StreamState of info: its retained sequences and its
+// identity (creation time).
+func streamState(info *jetstream.StreamInfo) *eventsv1.StreamState {
+	return &eventsv1.StreamState{FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq,
+		StreamCreatedUnixNano: info.Created.UnixNano()}
+}
+
+// GetRevocationSet returns the tenant's revocations, disabled clients and
+// disabled or locked users with the Raft index they reflect and the stream sequence to resume after.
 // It reads the stream head first and waits until the replica has applied
 // the head's Raft index, so every event up to stream_sequence is reflected.
 func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
@@ -420,7 +428,7 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 		}
 	}
 	idx, revs := s.n.raft.State().RevocationsSnapshot(tenant)
-	resp := &eventsv1.GetRevocationSetResponse{RaftIndex: idx, StreamSequence: last}
+	resp := &eventsv1.GetRevocationSetResponse{RaftIndex: idx, StreamSequence: last, StreamCreatedUnixNano: info.Created.UnixNano()}
 	for _, r := range revs {
 		resp.Tokens = append(resp.Tokens, &eventsv1.RevokedToken{
 			Jti: r.Jti, ClientId: r.ClientId, Subject: r.Subject,
@@ -430,6 +438,11 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 	for _, c := range s.n.raft.State().Clients(tenant) {
 		if c.Disabled {
 			resp.DisabledClients = append(resp.DisabledClients, c.Id)
+		}
+	}
+	for _, u := range s.n.raft.State().Users(tenant) {
+		if u.Disabled || u.Locked {
+			resp.LockedSubjects = append(resp.LockedSubjects, u.Id)
 		}
 	}
 	return connect.NewResponse(resp), nil

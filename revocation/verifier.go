@@ -166,6 +166,9 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		return nil, err
 	}
 	if w := cfg.Watcher; w != nil {
+		// Revocations stay in the set while this verifier still accepts
+		// their tokens.
+		w.noteLeeway(cfg.Leeway)
 		w.OnEvent(func(typ string, d EventDetails) {
 			switch typ {
 			case EventKeyRotated:
@@ -209,7 +212,7 @@ func (v *Verifier) verify(ctx context.Context, token string) (*Claims, error) {
 	if token == "" || len(token) > 16<<10 {
 		return nil, fmt.Errorf("%w: empty or oversized", ErrInvalidToken)
 	}
-	if strings.Count(token, ".") != 2 {
+	if isOpaque(token) {
 		return v.introspect(ctx, token)
 	}
 	c, err := v.verifyJWT(ctx, token)
@@ -234,6 +237,17 @@ func (v *Verifier) verify(ctx context.Context, token string) (*Claims, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// opaqueTokenPrefix starts tally's sealed opaque tokens:
+// "tly1.<kid>.<ciphertext>" has two dots but is no JWT.
+const opaqueTokenPrefix = "tly1."
+
+// isOpaque reports whether token is not a compact JWS (RFC 7515 §7.1: three
+// base64url parts, the header a JSON object, so "eyJ…"): tally's opaque
+// tokens and any other issuer's go to introspection.
+func isOpaque(token string) bool {
+	return strings.HasPrefix(token, opaqueTokenPrefix) || strings.Count(token, ".") != 2
 }
 
 func (v *Verifier) checkSet(c *Claims) error {

@@ -70,6 +70,14 @@ type WatcherConfig struct {
 	// JWKSRefetchInterval rate-limits JWKS fetches for unknown kids;
 	// default 10s.
 	JWKSRefetchInterval time.Duration
+	// UnknownKeyGrace is how long an event signed with a kid the JWKS does
+	// not (yet) list is retried, refetching the JWKS with backoff, before
+	// it is dropped as invalid; default 1m. Events after it wait.
+	UnknownKeyGrace time.Duration
+	// StreamCheckInterval is how often a NATS watcher compares the
+	// stream's identity and head with its position (a Connect watcher does
+	// it on every heartbeat); default 5s.
+	StreamCheckInterval time.Duration
 	Now                 func() time.Time
 	Meter               metric.Meter
 	Logger              *slog.Logger
@@ -103,6 +111,12 @@ func (c *WatcherConfig) fill() error {
 	if c.JWKSRefetchInterval <= 0 {
 		c.JWKSRefetchInterval = 10 * time.Second
 	}
+	if c.UnknownKeyGrace <= 0 {
+		c.UnknownKeyGrace = time.Minute
+	}
+	if c.StreamCheckInterval <= 0 {
+		c.StreamCheckInterval = 5 * time.Second
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -132,6 +146,13 @@ type Watcher struct {
 	applied      atomic.Int64
 	resyncs      atomic.Int64
 	rejected     atomic.Int64
+	retried      atomic.Int64
+	// leeway is the largest Leeway of the verifiers using this watcher: a
+	// revocation is kept until its token's exp plus it.
+	leeway atomic.Int64
+	// adoptStream: the last resync did not name the stream's identity;
+	// the next connection adopts the one it finds.
+	adoptStream atomic.Bool
 
 	hooksMu sync.Mutex
 	hooks   []func(typ string, d EventDetails)
@@ -144,9 +165,10 @@ type Watcher struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mApplied metric.Int64Counter
-	mResyncs metric.Int64Counter
-	mLag     metric.Int64ObservableGauge
+	mApplied  metric.Int64Counter
+	mResyncs  metric.Int64Counter
+	mRejected metric.Int64Counter
+	mLag      metric.Int64ObservableGauge
 }
 
 // NewWatcher returns a watcher; it loads PositionFile if it exists (a set
@@ -186,6 +208,9 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		return nil, err
 	}
 	if w.mResyncs, err = cfg.Meter.Int64Counter("tally.rs.resyncs", metric.WithDescription("full resyncs of the revocation set")); err != nil {
+		return nil, err
+	}
+	if w.mRejected, err = cfg.Meter.Int64Counter("tally.rs.events.rejected", metric.WithDescription("events dropped because their SET is permanently invalid")); err != nil {
 		return nil, err
 	}
 	if w.mLag, err = cfg.Meter.Int64ObservableGauge("tally.rs.lag", metric.WithDescription("events between the local set and the stream head"),
@@ -251,8 +276,30 @@ func (w *Watcher) Applied() int64 { return w.applied.Load() }
 // Resyncs counts full resyncs (the first sync included).
 func (w *Watcher) Resyncs() int64 { return w.resyncs.Load() }
 
-// Rejected counts events dropped because their SET did not verify.
+// Rejected counts events dropped because their SET is permanently invalid
+// (bad signature, wrong iss, aud or tenant, unknown kid after
+// UnknownKeyGrace).
 func (w *Watcher) Rejected() int64 { return w.rejected.Load() }
+
+// Retried counts verification attempts of events that failed for a
+// transient reason (unknown kid, keys unreachable) and were retried.
+func (w *Watcher) Retried() int64 { return w.retried.Load() }
+
+// noteLeeway raises the time revocations are kept after their token's exp
+// to at least d (a Verifier's Leeway).
+func (w *Watcher) noteLeeway(d time.Duration) {
+	for {
+		cur := w.leeway.Load()
+		if int64(d) <= cur || w.leeway.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
+}
+
+// keepAfter is the expiry before which a revocation no longer matters.
+func (w *Watcher) keepAfter() time.Time {
+	return w.cfg.Now().Add(-time.Duration(w.leeway.Load()) - time.Second)
+}
 
 // Start runs the watcher in the background until Stop.
 func (w *Watcher) Start() {
@@ -299,6 +346,9 @@ func (w *Watcher) WaitSynced(ctx context.Context) error {
 var (
 	errGap   = errors.New("revocation: gap in the event stream")
 	errStale = errors.New("revocation: reconnected after more than MaxDisconnect")
+	// errReset: the stream is not the one the position belongs to (it was
+	// recreated or reset: another identity, or a head below the position).
+	errReset = errors.New("revocation: event stream recreated or reset")
 )
 
 // Run follows the event log until ctx ends, reconnecting and resyncing as
@@ -337,7 +387,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 			continue // the loop's staleness check resyncs
 		}
 		if errors.Is(err, errGap) {
-			w.log.Warn("position older than the stream's first sequence; resyncing", "position", w.Position())
+			w.log.Warn("position outside the stream's retained sequences; resyncing", "position", w.Position())
+			w.synced.Store(false)
+			continue
+		}
+		if errors.Is(err, errReset) {
+			w.log.Warn("the event stream was recreated or reset; resyncing", "position", w.Position())
 			w.synced.Store(false)
 			continue
 		}
@@ -383,13 +438,19 @@ func (w *Watcher) Resync(ctx context.Context) error {
 	m := resp.Msg
 	ns := NewSet()
 	ns.seq = m.GetStreamSequence()
+	ns.stream = m.GetStreamCreatedUnixNano()
+	ns.floor = m.GetRaftIndex()
 	for _, t := range m.GetTokens() {
 		ns.tokens[t.GetJti()] = t.GetExpiresUnix()
 	}
 	for _, c := range m.GetDisabledClients() {
-		ns.clients[c] = true
+		ns.clients[c] = toggle{on: true}
 	}
-	w.set.replace(ns)
+	for _, u := range m.GetLockedSubjects() {
+		ns.subjects[u] = toggle{on: true}
+	}
+	w.adoptStream.Store(ns.stream == 0)
+	w.set.replace(ns, w.keepAfter())
 	w.head.Store(max(w.head.Load(), ns.seq))
 	w.synced.Store(true)
 	w.resyncs.Add(1)
@@ -402,7 +463,30 @@ func (w *Watcher) Resync(ctx context.Context) error {
 	for _, h := range hs {
 		h()
 	}
-	w.log.Info("revocation set resynced", "raft_index", m.GetRaftIndex(), "sequence", ns.seq, "tokens", len(m.GetTokens()))
+	w.log.Info("revocation set resynced", "raft_index", m.GetRaftIndex(), "sequence", ns.seq, "tokens", len(m.GetTokens()),
+		"disabled_clients", len(m.GetDisabledClients()), "locked_subjects", len(m.GetLockedSubjects()))
+	return nil
+}
+
+// checkStream compares the stream's identity (creation time) and head with
+// the set's position: errReset if the position belongs to another stream
+// (recreated: other identity; reset: head below the position). A set that
+// knows no identity adopts it right after a resync, and otherwise resyncs
+// once (a position file from before identities were kept).
+func (w *Watcher) checkStream(created int64, last uint64) error {
+	pos, id := w.set.Sequence(), w.set.streamID()
+	if last < pos {
+		return fmt.Errorf("%w: head %d below position %d", errReset, last, pos)
+	}
+	switch {
+	case created == 0:
+		return nil // a server that does not say
+	case id == 0 && (w.adoptStream.Load() || pos == 0):
+		w.set.setStreamID(created)
+		w.adoptStream.Store(false)
+	case id != created:
+		return fmt.Errorf("%w: stream created at %d, position of the stream created at %d", errReset, created, id)
+	}
 	return nil
 }
 
@@ -417,6 +501,9 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
+		return err
+	}
+	if err := w.checkStream(info.Created.UnixNano(), info.State.LastSeq); err != nil {
 		return err
 	}
 	from := w.set.Sequence() + 1
@@ -444,6 +531,7 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	// The ordered consumer survives NATS reconnects by itself; follow the
 	// connection's state for staleness.
 	var staleBack atomic.Bool
+	var streamErr atomic.Pointer[error]
 	mon, cancelMon := context.WithCancel(ctx)
 	monDone := make(chan struct{})
 	defer func() { cancelMon(); <-monDone }()
@@ -451,6 +539,7 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 		defer close(monDone)
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
+		lastCheck := time.Now()
 		for {
 			select {
 			case <-mon.Done():
@@ -465,6 +554,25 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 					return
 				}
 				w.setConnected(up)
+				if !up || time.Since(lastCheck) < w.cfg.StreamCheckInterval {
+					continue
+				}
+				lastCheck = time.Now()
+				// The ordered consumer waits forever at a position beyond
+				// the head of a recreated stream: compare identities.
+				ictx, cancel := context.WithTimeout(mon, 5*time.Second)
+				info, err := st.Info(ictx)
+				cancel()
+				if err == nil {
+					err = w.checkStream(info.Created.UnixNano(), info.State.LastSeq)
+				} else if errors.Is(err, jetstream.ErrStreamNotFound) {
+					err = fmt.Errorf("%w: %w", errReset, err)
+				}
+				if errors.Is(err, errReset) {
+					streamErr.Store(&err)
+					it.Stop()
+					return
+				}
 			}
 		}
 	}()
@@ -476,6 +584,9 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 			}
 			if staleBack.Load() {
 				return errStale
+			}
+			if e := streamErr.Load(); e != nil {
+				return *e
 			}
 			return err
 		}
@@ -511,6 +622,9 @@ func (w *Watcher) followConnect(ctx context.Context) error {
 			if first && (m.State.GetGap() || from < m.State.GetFirstSequence()) {
 				return errGap
 			}
+			if err := w.checkStream(m.State.GetStreamCreatedUnixNano(), m.State.GetLastSequence()); err != nil {
+				return err
+			}
 			w.head.Store(max(w.head.Load(), m.State.GetLastSequence()))
 			w.setConnected(true)
 		case *eventsv1.WatchRevocationsResponse_Event:
@@ -530,27 +644,30 @@ func (w *Watcher) followConnect(ctx context.Context) error {
 	return errors.New("revocation: event stream ended")
 }
 
-// handle verifies one SET and applies it at seq. An error means the event
-// could not be checked now (keys unreachable): the caller reconnects and
-// retries from the same position. A SET that does not verify is dropped.
+// handle verifies one SET and applies it at seq. A SET signed with a kid
+// the JWKS does not list yet (a key rotated with no publish delay) is
+// retried with backoff, refetching the JWKS, for up to UnknownKeyGrace. An
+// error means the event could not be checked now (keys unreachable): the
+// caller reconnects and retries from the same position. Only a
+// permanently invalid SET is dropped, counted and logged.
 func (w *Watcher) handle(ctx context.Context, seq uint64, raw []byte) error {
 	if seq <= w.set.Sequence() {
 		return nil // replay
 	}
-	c, err := w.verifySET(ctx, string(raw))
-	if errors.Is(err, errKeysUnavailable) {
+	c, err := w.verifySETRetrying(ctx, seq, string(raw))
+	if errors.Is(err, errKeysUnavailable) || ctx.Err() != nil {
 		return err
 	}
 	if err != nil {
-		w.rejected.Add(1)
-		w.log.Warn("dropping an event whose SET does not verify", "sequence", seq, "err", err)
-		w.set.advance(seq)
+		w.reject(ctx, seq, err)
 		return nil
 	}
 	typ, d, err := c.Event()
-	if err != nil || d.Tenant != w.cfg.Tenant {
-		w.rejected.Add(1)
-		w.set.advance(seq)
+	if err == nil && d.Tenant != w.cfg.Tenant {
+		err = fmt.Errorf("SET of tenant %q", d.Tenant)
+	}
+	if err != nil {
+		w.reject(ctx, seq, err)
 		return nil
 	}
 	if !w.set.apply(seq, typ, d) {
@@ -568,13 +685,46 @@ func (w *Watcher) handle(ctx context.Context, seq uint64, raw []byte) error {
 		h(typ, d)
 	}
 	if w.applied.Load()%1024 == 0 {
-		w.set.prune(w.cfg.Now().Add(-time.Minute))
+		w.set.prune(w.keepAfter())
 	}
 	w.save(false)
 	return nil
 }
 
 var errKeysUnavailable = errors.New("revocation: issuer keys unavailable")
+
+func (w *Watcher) reject(ctx context.Context, seq uint64, err error) {
+	w.rejected.Add(1)
+	w.mRejected.Add(ctx, 1)
+	w.log.Warn("dropping an invalid event", "sequence", seq, "err", err)
+	w.set.advance(seq)
+}
+
+// verifySETRetrying is verifySET that retries an unknown kid: each retry
+// refetches the JWKS (past the rate limit, which the backoff replaces).
+func (w *Watcher) verifySETRetrying(ctx context.Context, seq uint64, raw string) (*SETClaims, error) {
+	start := time.Now()
+	backoff := 50 * time.Millisecond
+	for {
+		c, err := w.verifySET(ctx, raw)
+		if !errors.Is(err, errUnknownKid) {
+			return c, err
+		}
+		if time.Since(start) >= w.cfg.UnknownKeyGrace {
+			return nil, fmt.Errorf("%w after %v of retries", err, w.cfg.UnknownKeyGrace)
+		}
+		w.retried.Add(1)
+		w.log.Info("event signed with a key not in the JWKS yet; retrying", "sequence", seq, "backoff", backoff)
+		sleep(ctx, backoff)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		backoff = min(2*backoff, 5*time.Second)
+		if err := w.keys.refresh(ctx, true); err != nil {
+			return nil, fmt.Errorf("%w: %w", errKeysUnavailable, err)
+		}
+	}
+}
 
 // setJWT adapts SETClaims to golang-jwt.
 type setJWT struct {
