@@ -288,4 +288,3 @@ func TestStolenRefreshRotated100Times(t *testing.T) {
 		return nil
 	})
 }
-
