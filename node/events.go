@@ -341,12 +341,21 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
 	}
 	msgs := make(chan jetstream.Msg, 256)
+	// The stream was deleted (its consumers go with it): end the watch, so
+	// that the caller reconnects at once and finds the new stream's
+	// identity, instead of at the next heartbeat.
+	gone := make(chan struct{})
+	var goneOnce sync.Once
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
 		case <-ctx.Done():
 		}
-	})
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			goneOnce.Do(func() { close(gone) })
+		}
+	}))
 	if err != nil {
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
 	}
@@ -361,6 +370,8 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-gone:
+			return connect.NewError(connect.CodeUnavailable, errors.New("event stream deleted or reset; reconnect"))
 		case m := <-msgs:
 			md, err := m.Metadata()
 			if err != nil {

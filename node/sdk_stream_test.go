@@ -1,0 +1,254 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+	"github.com/tallyauth/tally/node/nodetest"
+	"github.com/tallyauth/tally/revocation"
+)
+
+func revokedBy(jti string, ps ...*sdkPair) func() error {
+	return func() error {
+		for _, p := range ps {
+			if !p.w.Set().Revoked(jti) {
+				return fmt.Errorf("%s: %s not revoked yet (position %d, resyncs %d)", p.name, jti, p.w.Position(), p.w.Resyncs())
+			}
+		}
+		return nil
+	}
+}
+
+// TestSDKResyncsWhenStreamRecreated (issue 9): the event stream is deleted
+// and created again from empty (its sequences restart). Watchers following
+// it over NATS and Connect notice and resync, and a watcher that was
+// offline meanwhile is not blinded by its position file: a revocation made
+// after the recreation reaches all of them.
+func TestSDKResyncsWhenStreamRecreated(t *testing.T) {
+	n := nodetest.Start(t)
+	f := newRSFixture(t, n)
+	ctx := context.Background()
+	dir := t.TempDir()
+	nc := f.connectNATS(t)
+	vc := f.verifierConfig
+	wcOf := func(name string) revocation.WatcherConfig {
+		wc := f.watcherConfig
+		wc.PositionFile = filepath.Join(dir, name+".json")
+		wc.StreamCheckInterval = 100 * time.Millisecond
+		if name == "nats" {
+			wc.NATS = nc
+		}
+		return wc
+	}
+	live := []*sdkPair{startSDK(t, "nats", wcOf("nats"), vc), startSDK(t, "connect", wcOf("connect"), vc)}
+	offline := startSDK(t, "offline", wcOf("offline"), vc)
+	for i := range 3 {
+		jti := fmt.Sprintf("before-%d", i)
+		if err := f.revokeJTI(ctx, jti); err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy(jti, append(live, offline)...))
+	}
+	offline.w.Stop()
+	base := map[string]int64{}
+	for _, p := range live {
+		base[p.name] = p.w.Resyncs()
+	}
+
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, "TALLY_EVENTS"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.revokeJTI(ctx, "after"); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		for _, p := range live {
+			if p.w.Resyncs() <= base[p.name] {
+				return fmt.Errorf("%s: no resync after the stream was recreated", p.name)
+			}
+		}
+		return revokedBy("after", live...)()
+	})
+	restarted := startSDK(t, "offline-restarted", wcOf("offline"), vc)
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if restarted.w.Resyncs() < 1 {
+			return errors.New("restarted from a position of the old stream without resyncing")
+		}
+		return revokedBy("after", restarted)()
+	})
+	// And they follow the new stream.
+	if err := f.revokeJTI(ctx, "after-2"); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy("after-2", append(live, restarted)...))
+}
+
+// lagJWKS serves a saved (old) JWKS while lagging is set, like a JWKS
+// endpoint behind a cache or a replica that has not applied a rotation.
+type lagJWKS struct {
+	mu      sync.Mutex
+	lagging bool
+	old     []byte
+	served  int
+}
+
+func (l *lagJWKS) RoundTrip(r *http.Request) (*http.Response, error) {
+	l.mu.Lock()
+	lag := l.lagging && strings.HasSuffix(r.URL.Path, "/jwks.json")
+	if lag {
+		l.served++
+	}
+	old := l.old
+	l.mu.Unlock()
+	if !lag {
+		return http.DefaultTransport.RoundTrip(r)
+	}
+	return &http.Response{StatusCode: http.StatusOK, Status: "200 OK", Request: r, Body: io.NopCloser(bytes.NewReader(old)),
+		Header: http.Header{"Content-Type": {"application/json"}, "Cache-Control": {"max-age=300"}}}, nil
+}
+
+func (l *lagJWKS) set(lagging bool) {
+	l.mu.Lock()
+	l.lagging = lagging
+	l.mu.Unlock()
+}
+
+// TestSDKRetriesUnknownKid (issue 9): keys rotated with no publish delay
+// sign the next events with a kid the watcher's JWKS does not list yet;
+// while the JWKS it fetches still lacks the key, the events are retried,
+// not dropped, and applied once the key is there.
+func TestSDKRetriesUnknownKid(t *testing.T) {
+	n := nodetest.Start(t)
+	f := newRSFixture(t, n)
+	ctx := context.Background()
+	resp, err := http.Get(f.issuer + "/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	lag := &lagJWKS{old: old}
+	for _, transport := range []string{"nats", "connect"} {
+		t.Run(transport, func(t *testing.T) {
+			wc := f.watcherConfig
+			wc.HTTPClient = &http.Client{Transport: lag}
+			wc.JWKSRefetchInterval = time.Hour // an unknown kid gets one refetch, then the limit
+			if transport == "nats" {
+				wc.NATS = f.connectNATS(t)
+			}
+			sdk := startSDK(t, transport, wc, f.verifierConfig)
+			jti := "kid-" + transport
+			if err := f.revokeJTI(ctx, jti+"-warm"); err != nil { // the watcher holds a fresh JWKS
+				t.Fatal(err)
+			}
+			checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy(jti+"-warm", sdk))
+
+			lag.set(true)
+			zero := int64(0)
+			if _, err := n.Admin.RotateKeys(ctx, connect.NewRequest(&adminv1.RotateKeysRequest{Tenant: "default", PublishDelaySeconds: &zero})); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.revokeJTI(ctx, jti); err != nil {
+				t.Fatal(err)
+			}
+			checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+				if sdk.w.Retried() < 2 {
+					return fmt.Errorf("retries %d", sdk.w.Retried())
+				}
+				return nil
+			})
+			lag.set(false)
+			checkFor(t, 20*time.Second, 10*time.Millisecond, revokedBy(jti, sdk))
+
+			// Once more with the real JWKS and the refetch limit spent.
+			if _, err := n.Admin.RotateKeys(ctx, connect.NewRequest(&adminv1.RotateKeysRequest{Tenant: "default", PublishDelaySeconds: &zero})); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.revokeJTI(ctx, jti+"-2"); err != nil {
+				t.Fatal(err)
+			}
+			checkFor(t, 20*time.Second, 10*time.Millisecond, revokedBy(jti+"-2", sdk))
+			if r := sdk.w.Rejected(); r != 0 {
+				t.Fatalf("%d events dropped", r)
+			}
+		})
+	}
+}
+
+// TestSDKIgnoresReplayedStateChange (issue 9): an old, validly signed
+// client-enabled SET published again later does not re-enable a client
+// disabled since.
+func TestSDKIgnoresReplayedStateChange(t *testing.T) {
+	n := nodetest.Start(t)
+	f := newRSFixture(t, n)
+	ctx := context.Background()
+	nc := f.connectNATS(t)
+	wc := f.watcherConfig
+	wc.NATS = nc
+	sdk := startSDK(t, "nats", wc, f.verifierConfig)
+	other, _ := n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "victim"})
+	disable := func(on bool) {
+		t.Helper()
+		var err error
+		if on {
+			_, err = n.Admin.DisableClient(ctx, connect.NewRequest(&adminv1.DisableClientRequest{Tenant: "default", ClientId: other}))
+		} else {
+			_, err = n.Admin.EnableClient(ctx, connect.NewRequest(&adminv1.EnableClientRequest{Tenant: "default", ClientId: other}))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+			if sdk.w.Set().ClientDisabled(other) != on {
+				return fmt.Errorf("client disabled = %v, want %v", !on, on)
+			}
+			return nil
+		})
+	}
+	disable(true)
+	disable(false)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "TALLY_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enabled, err := st.GetLastMsgForSubject(ctx, revocation.Subject("default", revocation.EventClientEnabled))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disable(true)
+	// Replay the old enable event: a new message, a new stream sequence.
+	replay := nats.NewMsg(enabled.Subject)
+	replay.Data = enabled.Data
+	if _, err := js.PublishMsg(ctx, replay); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.revokeJTI(ctx, "marker"); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy("marker", sdk))
+	if !sdk.w.Set().ClientDisabled(other) {
+		t.Fatal("a replayed client-enabled event re-enabled the client")
+	}
+}
