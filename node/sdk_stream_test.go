@@ -18,6 +18,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
+	"github.com/tallyauth/tally/node/api/events/v1/eventsv1connect"
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/revocation"
 )
@@ -250,5 +252,61 @@ func TestSDKIgnoresReplayedStateChange(t *testing.T) {
 	checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy("marker", sdk))
 	if !sdk.w.Set().ClientDisabled(other) {
 		t.Fatal("a replayed client-enabled event re-enabled the client")
+	}
+}
+
+// TestWatchRevocationsGapBeyondHead (issue 9): a position beyond the
+// stream's head belongs to a stream that was reset or recreated; the
+// first StreamState says so (gap) and names the stream's identity, as
+// GetRevocationSet does, with the disabled users.
+func TestWatchRevocationsGapBeyondHead(t *testing.T) {
+	n := nodetest.Start(t)
+	f := newRSFixture(t, n)
+	ctx := context.Background()
+	if err := f.revokeJTI(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	cl := eventsv1connect.NewEventsServiceClient(http.DefaultClient, n.BaseURL())
+	auth := "Bearer " + n.AdminToken
+	var set *eventsv1.GetRevocationSetResponse
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		req := connect.NewRequest(&eventsv1.GetRevocationSetRequest{Tenant: "default"})
+		req.Header().Set("Authorization", auth)
+		resp, err := cl.GetRevocationSet(ctx, req)
+		if err != nil {
+			return err
+		}
+		if set = resp.Msg; set.StreamSequence == 0 {
+			return errors.New("revocation not in the stream yet")
+		}
+		return nil
+	})
+	if set.StreamCreatedUnixNano == 0 {
+		t.Fatal("GetRevocationSet names no stream identity")
+	}
+	for _, tc := range []struct {
+		from uint64
+		gap  bool
+	}{
+		{0, false}, {1, false}, {set.StreamSequence + 1, false}, {set.StreamSequence + 2, true}, {set.StreamSequence + 1000, true},
+	} {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		req := connect.NewRequest(&eventsv1.WatchRevocationsRequest{Tenant: "default", FromSequence: tc.from})
+		req.Header().Set("Authorization", auth)
+		stream, err := cl.WatchRevocations(wctx, req)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if !stream.Receive() {
+			cancel()
+			t.Fatalf("from %d: no first message: %v", tc.from, stream.Err())
+		}
+		st := stream.Msg().GetState()
+		stream.Close()
+		cancel()
+		if st == nil || st.Gap != tc.gap || st.StreamCreatedUnixNano != set.StreamCreatedUnixNano {
+			t.Fatalf("from %d (head %d): state %v, want gap %v and the stream's identity", tc.from, set.StreamSequence, st, tc.gap)
+		}
 	}
 }
