@@ -122,5 +122,10 @@ func (s *Server) subjectActive(ctx context.Context, tenant string, d tokenData) 
 	case err != nil:
 		return false, err
 	}
+	// Tokens issued before the user's last lock stay dead after it is
+	// enabled again (iat has whole seconds: the lock's second counts).
+	if !u.LockedAt.IsZero() && d.IssuedAt.Unix() <= u.LockedAt.Unix() {
+		return false, nil
+	}
 	return u.Active(), nil
 }

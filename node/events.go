@@ -451,9 +451,16 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 			resp.DisabledClients = append(resp.DisabledClients, c.Id)
 		}
 	}
+	// A lock older than the longest token lifetime (plus the largest
+	// verifier leeway) invalidates no live token any more.
+	recent := s.n.now().Add(-MaxAccessTokenTTL - 10*time.Minute).UnixNano()
 	for _, u := range s.n.raft.State().Users(tenant) {
 		if u.Disabled || u.Locked {
 			resp.LockedSubjects = append(resp.LockedSubjects, u.Id)
+		}
+		if u.LockedUnixNano > recent {
+			resp.SubjectCutoffs = append(resp.SubjectCutoffs, &eventsv1.SubjectCutoff{
+				Subject: u.Id, TokensIssuedUntilUnix: u.LockedUnixNano / int64(time.Second)})
 		}
 	}
 	return connect.NewResponse(resp), nil

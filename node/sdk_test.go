@@ -200,6 +200,7 @@ func TestUserDisableEnableReachesSDK(t *testing.T) {
 	if _, err := n.Admin.DisableUser(ctx, connect.NewRequest(&adminv1.DisableUserRequest{Tenant: "default", User: e.userID})); err != nil {
 		t.Fatal(err)
 	}
+	lockedBy := time.Now()
 	for _, tok := range []string{withFamily.AccessToken, plain} {
 		if active(tok) {
 			t.Fatal("introspection: a disabled user's token is active")
@@ -228,13 +229,39 @@ func TestUserDisableEnableReachesSDK(t *testing.T) {
 	if active(withFamily.AccessToken) {
 		t.Fatal("the family's access token is active again after the user was enabled")
 	}
+	// Tokens issued before the lock stay dead: a stolen one does not come
+	// back with the user. (iat has whole seconds: a token issued in the
+	// lock's second counts as before it, so the new sign-in waits for the
+	// next second.)
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if time.Now().Unix() <= lockedBy.Unix() {
+			return errors.New("still the lock's second")
+		}
+		return nil
+	})
 	again := e.codeTokens(t).AccessToken
 	checkFor(t, 10*time.Second, 5*time.Millisecond, all(func(p *sdkPair) error { return p.accepted(again) }))
-	for _, p := range sdks {
-		if _, err := p.v.Verify(ctx, withFamily.AccessToken); !errors.Is(err, revocation.ErrRevoked) {
-			t.Fatalf("%s: the ended family's access token: %v, want ErrRevoked", p.name, err)
+	if !active(again) {
+		t.Fatal("introspection: a fresh token of the enabled user is inactive")
+	}
+	for _, tok := range []string{withFamily.AccessToken, plain} {
+		if active(tok) {
+			t.Fatal("introspection: a token issued before the lock is active again")
+		}
+		for _, p := range sdks {
+			if _, err := p.v.Verify(ctx, tok); !errors.Is(err, revocation.ErrRevoked) {
+				t.Fatalf("%s: a token issued before the lock: %v, want ErrRevoked", p.name, err)
+			}
 		}
 	}
+	resynced := startSDK(t, "resynced-after-enable", f.watcherConfig, vc)
+	if err := resynced.accepted(again); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resynced.v.Verify(ctx, plain); !errors.Is(err, revocation.ErrRevoked) {
+		t.Fatalf("after a resync, a token issued before the lock: %v, want ErrRevoked", err)
+	}
+	resynced.w.Stop()
 
 	// Restarted from their position files, they still accept the user.
 	for _, p := range sdks {
@@ -243,7 +270,12 @@ func TestUserDisableEnableReachesSDK(t *testing.T) {
 	for i, transport := range []string{"nats", "connect"} {
 		sdks[i] = startSDK(t, transport+"-restarted", wcOf(transport), vc)
 	}
-	checkFor(t, 10*time.Second, 5*time.Millisecond, all(func(p *sdkPair) error { return p.accepted(again) }))
+	checkFor(t, 10*time.Second, 5*time.Millisecond, all(func(p *sdkPair) error {
+		if _, err := p.v.Verify(ctx, plain); !errors.Is(err, revocation.ErrRevoked) {
+			return fmt.Errorf("%s: a token issued before the lock: %v, want ErrRevoked", p.name, err)
+		}
+		return p.accepted(again)
+	}))
 }
 
 // TestStolenRefreshRotated100Times (issue 9): a thief rotates a stolen

@@ -100,10 +100,13 @@ func (a *applier) setUserStatus(s *raftpb.SetUserStatus, now int64) error {
 		// they issued.
 		a.emit(&raftpb.Event{Tenant: u.Tenant, Kind: raftpb.EventKind_EVENT_KIND_USER_LOCKED, TimeUnixNano: now, Subject: u.Id})
 		a.revokeUserFamilies(u.Tenant, u.Id, ReasonUserLocked, now)
+		u.LockedUnixNano = now
 	case !wasActive && active:
 		// The reverse event: resource servers that reject the user's
-		// tokens on the lock accept fresh ones again.
-		a.emit(&raftpb.Event{Tenant: u.Tenant, Kind: raftpb.EventKind_EVENT_KIND_USER_UNLOCKED, TimeUnixNano: now, Subject: u.Id})
+		// tokens on the lock accept fresh ones again, but not those issued
+		// before the lock (a stolen token does not come back).
+		a.emit(&raftpb.Event{Tenant: u.Tenant, Kind: raftpb.EventKind_EVENT_KIND_USER_UNLOCKED, TimeUnixNano: now, Subject: u.Id,
+			LockedUnixNano: u.LockedUnixNano})
 	}
 	u.Revision++
 	u.UpdatedUnixNano = now

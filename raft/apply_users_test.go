@@ -56,6 +56,15 @@ func TestUserLockEndsFamiliesAndUnlockIsAnnounced(t *testing.T) {
 	if k := eventKinds(t, f, r.Index-1); len(k) != 1 || k[0] != raftpb.EventKind_EVENT_KIND_USER_UNLOCKED {
 		t.Fatalf("events of enabling the user: %v, want one USER_UNLOCKED", k)
 	}
+	// Tokens issued before the lock stay invalid: the user and the event
+	// carry when it was locked.
+	evs, err := f.EventsSince(r.Index-1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := f.State().User("t", "u1"); u.LockedUnixNano != t0+2*sec || evs[0].LockedUnixNano != t0+2*sec {
+		t.Fatalf("lock time: user %d, event %d, want %d", u.LockedUnixNano, evs[0].LockedUnixNano, t0+2*sec)
+	}
 }
 
 // TestFamilyRecordsEveryLiveAccessToken: a family never issues an access

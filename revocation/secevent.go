@@ -87,6 +87,9 @@ type EventDetails struct {
 	ExpiresAt int64    `json:"exp,omitempty"`
 	KeyIDs    []string `json:"kids,omitempty"`
 	FamilyID  string   `json:"family_id,omitempty"`
+	// TokensIssuedUntil (user-unlocked): the user's access tokens with an
+	// iat at or before it (unix seconds; the user's lock) stay invalid.
+	TokensIssuedUntil int64 `json:"tokens_issued_until,omitempty"`
 }
 
 // SETClaims is the claim set of a tally Security Event Token (RFC 8417

@@ -29,6 +29,9 @@ type Set struct {
 	clients  map[string]toggle
 	subjects map[string]toggle
 	families map[string]bool // revoked refresh-token families
+	// cutoffs: a user enabled again after a lock; its tokens with an iat
+	// at or before the value (unix seconds) stay invalid.
+	cutoffs map[string]int64
 }
 
 // toggle is the state of a client (disabled) or user (locked) and the
@@ -41,7 +44,8 @@ type toggle struct {
 
 // NewSet returns an empty set at sequence 0.
 func NewSet() *Set {
-	return &Set{tokens: map[string]int64{}, clients: map[string]toggle{}, subjects: map[string]toggle{}, families: map[string]bool{}}
+	return &Set{tokens: map[string]int64{}, clients: map[string]toggle{}, subjects: map[string]toggle{}, families: map[string]bool{},
+		cutoffs: map[string]int64{}}
 }
 
 // Revoked reports whether the token jti is revoked.
@@ -64,6 +68,15 @@ func (s *Set) SubjectLocked(sub string) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return sub != "" && s.subjects[sub].on
+}
+
+// IssuedBeforeLock reports whether a token of subject issued at iat
+// (unix seconds) predates the subject's last lock.
+func (s *Set) IssuedBeforeLock(sub string, iat int64) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.cutoffs[sub]
+	return ok && sub != "" && iat <= c
 }
 
 // FamilyRevoked reports whether the refresh-token family is revoked.
@@ -138,6 +151,9 @@ func (s *Set) apply(seq uint64, typ string, d EventDetails) bool {
 		s.flip(s.subjects, d.Subject, true, d.RaftIndex)
 	case EventUserUnlocked:
 		s.flip(s.subjects, d.Subject, false, d.RaftIndex)
+		if d.Subject != "" && d.TokensIssuedUntil > s.cutoffs[d.Subject] {
+			s.cutoffs[d.Subject] = d.TokensIssuedUntil
+		}
 	case EventFamilyRevoked, EventReuseDetected:
 		if d.FamilyID != "" {
 			s.families[d.FamilyID] = true
@@ -171,8 +187,13 @@ func (s *Set) replace(o *Set, keepAfter time.Time) {
 			o.tokens[jti] = exp
 		}
 	}
+	for sub, c := range s.cutoffs {
+		if c > o.cutoffs[sub] {
+			o.cutoffs[sub] = c // as monotonic as a revocation
+		}
+	}
 	s.seq, s.stream, s.floor = o.seq, o.stream, o.floor
-	s.tokens, s.clients, s.subjects, s.families = o.tokens, o.clients, o.subjects, o.families
+	s.tokens, s.clients, s.subjects, s.families, s.cutoffs = o.tokens, o.clients, o.subjects, o.families, o.cutoffs
 }
 
 // prune drops revocations of tokens that expired before cut (the caller
@@ -186,7 +207,16 @@ func (s *Set) prune(cut time.Time) {
 			delete(s.tokens, jti)
 		}
 	}
+	for sub, until := range s.cutoffs {
+		if until+int64(maxTokenLifetime/time.Second) < c {
+			delete(s.cutoffs, sub)
+		}
+	}
 }
+
+// maxTokenLifetime bounds the lifetime of a tally access token: a lock
+// older than it invalidates nothing live.
+const maxTokenLifetime = time.Hour
 
 // setFile is the saved form of a Set (PositionFile). Version 2 adds the
 // stream identity, the baseline index and the index of each state change;
@@ -205,12 +235,14 @@ type setFile struct {
 	// Changes: the Raft index of the last state change of each client
 	// ("client:<id>") and user ("user:<id>").
 	Changes map[string]uint64 `json:"changes,omitempty"`
+	// Cutoffs: users' tokens issued at or before (unix seconds) are invalid.
+	Cutoffs map[string]int64 `json:"subject_cutoffs,omitempty"`
 }
 
 func (s *Set) save(path, tenant string) error {
 	s.mu.RLock()
 	f := setFile{Version: 2, Tenant: tenant, Sequence: s.seq, Stream: s.stream, Floor: s.floor, Tokens: s.tokens,
-		Changes: map[string]uint64{}}
+		Changes: map[string]uint64{}, Cutoffs: s.cutoffs}
 	for id, t := range s.clients {
 		if t.on {
 			f.Clients = append(f.Clients, id)
@@ -283,6 +315,9 @@ func loadSet(path, tenant string) (*Set, error) {
 	}
 	for _, c := range f.Families {
 		s.families[c] = true
+	}
+	if f.Cutoffs != nil {
+		s.cutoffs = f.Cutoffs
 	}
 	return s, nil
 }

@@ -171,3 +171,31 @@ func TestWatcherDropsOnlyPermanentlyInvalidEvents(t *testing.T) {
 		t.Fatalf("unknown kid: revoked %v, rejected %d, retried %d, position %d", w.Set().Revoked("j3"), w.Rejected(), w.Retried(), w.Position())
 	}
 }
+
+// TestSetCutoffAfterUnlock: a user enabled again keeps its tokens issued
+// before the lock invalid, across a save, a resync and until no such token
+// can be live.
+func TestSetCutoffAfterUnlock(t *testing.T) {
+	s := NewSet()
+	s.apply(1, EventUserLocked, EventDetails{Subject: "u", RaftIndex: 5})
+	s.apply(2, EventUserUnlocked, EventDetails{Subject: "u", RaftIndex: 6, TokensIssuedUntil: 1000})
+	if s.SubjectLocked("u") || !s.IssuedBeforeLock("u", 1000) || s.IssuedBeforeLock("u", 1001) || s.IssuedBeforeLock("v", 1) {
+		t.Fatal("cutoff not applied")
+	}
+	path := t.TempDir() + "/pos.json"
+	if err := s.save(path, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := loadSet(path, "acme")
+	if err != nil || !l.IssuedBeforeLock("u", 999) {
+		t.Fatalf("after a restart: %v", err)
+	}
+	l.replace(NewSet(), time.Unix(1000, 0))
+	if !l.IssuedBeforeLock("u", 999) {
+		t.Fatal("a resync dropped a cutoff")
+	}
+	l.prune(time.Unix(1000+3600+1, 0))
+	if l.IssuedBeforeLock("u", 999) {
+		t.Fatal("a cutoff older than the longest token lifetime kept")
+	}
+}

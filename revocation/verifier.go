@@ -268,7 +268,8 @@ func (v *Verifier) checkSet(c *Claims) error {
 		return nil
 	}
 	s := w.Set()
-	if s.Revoked(c.JTI) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) {
+	if s.Revoked(c.JTI) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) ||
+		(!c.IssuedAt.IsZero() && s.IssuedBeforeLock(c.Subject, c.IssuedAt.Unix())) {
 		return ErrRevoked
 	}
 	return nil

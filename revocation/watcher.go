@@ -449,6 +449,9 @@ func (w *Watcher) Resync(ctx context.Context) error {
 	for _, u := range m.GetLockedSubjects() {
 		ns.subjects[u] = toggle{on: true}
 	}
+	for _, c := range m.GetSubjectCutoffs() {
+		ns.cutoffs[c.GetSubject()] = c.GetTokensIssuedUntilUnix()
+	}
 	w.adoptStream.Store(ns.stream == 0)
 	w.set.replace(ns, w.keepAfter())
 	w.head.Store(max(w.head.Load(), ns.seq))

@@ -1458,10 +1458,13 @@ type Event struct {
 	Ordinal uint32 `protobuf:"varint,10,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
 	// REUSE_DETECTED: the node and region that served the request that
 	// presented the superseded refresh token (from the command).
-	Node          string `protobuf:"bytes,11,opt,name=node,proto3" json:"node,omitempty"`
-	Region        string `protobuf:"bytes,12,opt,name=region,proto3" json:"region,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Node   string `protobuf:"bytes,11,opt,name=node,proto3" json:"node,omitempty"`
+	Region string `protobuf:"bytes,12,opt,name=region,proto3" json:"region,omitempty"`
+	// USER_UNLOCKED: when the user was made inactive; the user's access
+	// tokens issued at or before it stay invalid.
+	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
@@ -1576,6 +1579,13 @@ func (x *Event) GetRegion() string {
 		return x.Region
 	}
 	return ""
+}
+
+func (x *Event) GetLockedUnixNano() int64 {
+	if x != nil {
+		return x.LockedUnixNano
+	}
+	return 0
 }
 
 // CreateUser stores a new user; "already exists" if the id or the username
@@ -2413,8 +2423,12 @@ type User struct {
 	UpdatedUnixNano int64                  `protobuf:"varint,10,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Revision        uint64                 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
 	EmailVerified   bool                   `protobuf:"varint,12,opt,name=email_verified,json=emailVerified,proto3" json:"email_verified,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When the user was last made inactive (disabled or locked); 0 if never.
+	// Access tokens issued at or before it stay invalid after the user is
+	// enabled again.
+	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *User) Reset() {
@@ -2529,6 +2543,13 @@ func (x *User) GetEmailVerified() bool {
 		return x.EmailVerified
 	}
 	return false
+}
+
+func (x *User) GetLockedUnixNano() int64 {
+	if x != nil {
+		return x.LockedUnixNano
+	}
+	return 0
 }
 
 type Consent struct {
@@ -3382,7 +3403,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x04 \x01(\x03R\x0frevokedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
-	"\asubject\x18\a \x01(\tR\asubject\"\xf2\x02\n" +
+	"\asubject\x18\a \x01(\tR\asubject\"\x9c\x03\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12,\n" +
@@ -3398,7 +3419,8 @@ const file_command_proto_rawDesc = "" +
 	"\aordinal\x18\n" +
 	" \x01(\rR\aordinal\x12\x12\n" +
 	"\x04node\x18\v \x01(\tR\x04node\x12\x16\n" +
-	"\x06region\x18\f \x01(\tR\x06region\"5\n" +
+	"\x06region\x18\f \x01(\tR\x06region\x12(\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"5\n" +
 	"\n" +
 	"CreateUser\x12'\n" +
 	"\x04user\x18\x01 \x01(\v2\x13.tally.raft.v1.UserR\x04user\"{\n" +
@@ -3466,7 +3488,7 @@ const file_command_proto_rawDesc = "" +
 	"\x04time\x18\x04 \x01(\rR\x04time\x12\x1d\n" +
 	"\n" +
 	"memory_kib\x18\x05 \x01(\rR\tmemoryKib\x12\x18\n" +
-	"\athreads\x18\x06 \x01(\rR\athreads\"\xfc\x02\n" +
+	"\athreads\x18\x06 \x01(\rR\athreads\"\xa6\x03\n" +
 	"\x04User\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1a\n" +
@@ -3480,7 +3502,8 @@ const file_command_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\n" +
 	" \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\v \x01(\x04R\brevision\x12%\n" +
-	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\"\xc7\x01\n" +
+	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\x12(\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"\xc7\x01\n" +
 	"\aConsent\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
