@@ -310,3 +310,38 @@ func TestWatchRevocationsGapBeyondHead(t *testing.T) {
 		}
 	}
 }
+
+// TestWatcherCredentialsAndFailover (issue 16): wrong events-API
+// credentials stop the watcher with ErrUnauthorized instead of retrying
+// forever; with several node URLs it fails over past one that is down.
+func TestWatcherCredentialsAndFailover(t *testing.T) {
+	n := nodetest.Start(t)
+	f := newRSFixture(t, n)
+	ctx := context.Background()
+
+	wc := f.watcherConfig
+	wc.ClientSecret = "wrong"
+	w, err := revocation.NewWatcher(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := w.Run(wctx); !errors.Is(err, revocation.ErrUnauthorized) {
+		t.Fatalf("Run with a wrong secret: %v, want ErrUnauthorized", err)
+	}
+	w.Start()
+	if err := w.WaitSynced(wctx); !errors.Is(err, revocation.ErrUnauthorized) {
+		t.Fatalf("WaitSynced with a wrong secret: %v, want ErrUnauthorized", err)
+	}
+	w.Stop()
+
+	wc = f.watcherConfig
+	wc.ServerURL = "http://127.0.0.1:1" // nothing listens there
+	wc.ServerURLs = []string{n.BaseURL()}
+	sdk := startSDK(t, "failover", wc, f.verifierConfig)
+	if err := f.revokeJTI(ctx, "via-second-node"); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy("via-second-node", sdk))
+}

@@ -34,9 +34,13 @@ type WatcherConfig struct {
 	Issuer string
 	// Tenant is the tenant whose events are followed.
 	Tenant string
-	// ServerURL is a tally node's base URL, for GetRevocationSet (resync)
-	// and, without NATS, WatchRevocations.
+	// ServerURL is a tally node's base URL (or the cluster's one issuer
+	// base URL), for GetRevocationSet (resync) and, without NATS,
+	// WatchRevocations.
 	ServerURL string
+	// ServerURLs are further nodes' base URLs: after a failed call the
+	// watcher moves on to the next one.
+	ServerURLs []string
 	// ClientID and ClientSecret of a confidential client of the tenant
 	// authenticate to the events API (HTTP Basic); or AdminToken.
 	ClientID, ClientSecret string
@@ -136,7 +140,12 @@ type Watcher struct {
 	cfg    WatcherConfig
 	set    *Set
 	keys   *keyCache
-	client eventsv1connect.EventsServiceClient
+	clients []eventsv1connect.EventsServiceClient
+	cur     atomic.Int64 // index into clients
+	// authFailures counts consecutive refusals of the credentials; fatal
+	// holds the error that stopped Run.
+	authFailures int
+	fatal        atomic.Pointer[error]
 	log    *slog.Logger
 
 	synced       atomic.Bool
@@ -184,8 +193,10 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		keys: newKeyCache(cfg.Issuer, cfg.HTTPClient, cfg.Now, cfg.JWKSRefetchInterval),
 		log:  cfg.Logger.With("component", "revocation-watcher", "tenant", cfg.Tenant),
 	}
-	w.client = eventsv1connect.NewEventsServiceClient(cfg.HTTPClient, strings.TrimRight(cfg.ServerURL, "/"),
-		connect.WithInterceptors(w.authInterceptor()))
+	for _, u := range append([]string{cfg.ServerURL}, cfg.ServerURLs...) {
+		w.clients = append(w.clients, eventsv1connect.NewEventsServiceClient(cfg.HTTPClient, strings.TrimRight(u, "/"),
+			connect.WithInterceptors(w.authInterceptor())))
+	}
 	w.disconnected.Store(cfg.Now().UnixNano())
 	if cfg.PositionFile != "" {
 		s, err := loadSet(cfg.PositionFile, cfg.Tenant)
@@ -309,9 +320,10 @@ func (w *Watcher) Start() {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel, w.done = cancel, make(chan struct{})
+	done := make(chan struct{})
+	w.cancel, w.done = cancel, done
 	go func() {
-		defer close(w.done)
+		defer close(done) // not w.done: Stop clears it
 		_ = w.Run(ctx)
 	}()
 }
@@ -329,16 +341,58 @@ func (w *Watcher) Stop() {
 	}
 }
 
-// WaitSynced waits until the watcher is synced and connected, or ctx ends.
+// WaitSynced waits until the watcher is synced and connected, or ctx ends,
+// or the watcher stopped for good (Err: the credentials were refused).
 func (w *Watcher) WaitSynced(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for !(w.Synced() && w.Connected()) {
+		if err := w.Err(); err != nil {
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
 		}
+	}
+	return nil
+}
+
+// ErrUnauthorized: the events API keeps refusing the watcher's credentials
+// (ClientID and ClientSecret of an enabled confidential client of the
+// tenant, or AdminToken). Run stops with it: retrying will not help.
+var ErrUnauthorized = errors.New("revocation: the events API refuses the credentials")
+
+// Err is the error that stopped Run for good (ErrUnauthorized), or nil.
+func (w *Watcher) Err() error {
+	if e := w.fatal.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// client is the events API client of the current node.
+func (w *Watcher) client() eventsv1connect.EventsServiceClient {
+	return w.clients[int(w.cur.Load())%len(w.clients)]
+}
+
+// failed notes a failed call: credentials refused three times in a row
+// (not a replica that has not seen a new client yet) stop the watcher;
+// otherwise the next call goes to the next node.
+func (w *Watcher) failed(err error) error {
+	if c := connect.CodeOf(err); c == connect.CodeUnauthenticated || c == connect.CodePermissionDenied {
+		w.authFailures++
+		if w.authFailures >= 3*len(w.clients) {
+			ferr := fmt.Errorf("%w: %w", ErrUnauthorized, err)
+			w.fatal.Store(&ferr)
+			return ferr
+		}
+	} else {
+		w.authFailures = 0
+	}
+	if len(w.clients) > 1 {
+		w.cur.Add(1)
 	}
 	return nil
 }
@@ -352,8 +406,12 @@ var (
 )
 
 // Run follows the event log until ctx ends, reconnecting and resyncing as
-// needed. It returns ctx's error after saving the position.
+// needed, failing over between ServerURL and ServerURLs. It returns ctx's
+// error after saving the position, or ErrUnauthorized at once when the
+// credentials are refused.
 func (w *Watcher) Run(ctx context.Context) error {
+	w.fatal.Store(nil)
+	w.authFailures = 0
 	defer w.save(true)
 	defer w.setConnected(false)
 	backoff := 50 * time.Millisecond
@@ -367,13 +425,20 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		if !w.synced.Load() {
 			if err := w.Resync(ctx); err != nil {
-				if ctx.Err() == nil {
-					w.log.Warn("resync failed", "err", err)
+				if ctx.Err() != nil {
+					break
+				}
+				w.log.Warn("resync failed", "err", err)
+				if ferr := w.failed(err); ferr != nil {
+					w.log.Error("stopping: the events API refuses the credentials", "err", ferr)
+					return ferr
 				}
 				sleep(ctx, backoff)
 				backoff = min(2*backoff, 5*time.Second)
 				continue
 			}
+			w.authFailures = 0
+			backoff = 50 * time.Millisecond
 		}
 		var err error
 		if w.cfg.NATS != nil {
@@ -401,6 +466,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			w.log.Info("event stream interrupted", "err", err)
+			if w.cfg.NATS == nil {
+				if ferr := w.failed(err); ferr != nil {
+					w.log.Error("stopping: the events API refuses the credentials", "err", ferr)
+					return ferr
+				}
+			}
 		}
 		sleep(ctx, backoff)
 		backoff = min(2*backoff, 5*time.Second)
@@ -431,7 +502,7 @@ func (w *Watcher) setConnected(on bool) {
 // Resync replaces the set with the server's current revocation set
 // (GetRevocationSet) and resumes after the stream sequence it reflects.
 func (w *Watcher) Resync(ctx context.Context) error {
-	resp, err := w.client.GetRevocationSet(ctx, connect.NewRequest(&eventsv1.GetRevocationSetRequest{Tenant: w.cfg.Tenant}))
+	resp, err := w.client().GetRevocationSet(ctx, connect.NewRequest(&eventsv1.GetRevocationSetRequest{Tenant: w.cfg.Tenant}))
 	if err != nil {
 		return fmt.Errorf("revocation: GetRevocationSet: %w", err)
 	}
@@ -608,7 +679,7 @@ func (w *Watcher) followConnect(ctx context.Context) error {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	from := w.set.Sequence() + 1
-	stream, err := w.client.WatchRevocations(cctx, connect.NewRequest(&eventsv1.WatchRevocationsRequest{
+	stream, err := w.client().WatchRevocations(cctx, connect.NewRequest(&eventsv1.WatchRevocationsRequest{
 		Tenant: w.cfg.Tenant, FromSequence: from,
 	}))
 	if err != nil {
