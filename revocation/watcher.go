@@ -137,16 +137,16 @@ func (c *WatcherConfig) fill() error {
 // the package documentation for replay, gaps and staleness. Safe for
 // concurrent use; register hooks with OnEvent before Start.
 type Watcher struct {
-	cfg    WatcherConfig
-	set    *Set
-	keys   *keyCache
+	cfg     WatcherConfig
+	set     *Set
+	keys    *keyCache
 	clients []eventsv1connect.EventsServiceClient
 	cur     atomic.Int64 // index into clients
 	// authFailures counts consecutive refusals of the credentials; fatal
 	// holds the error that stopped Run.
 	authFailures int
 	fatal        atomic.Pointer[error]
-	log    *slog.Logger
+	log          *slog.Logger
 
 	synced       atomic.Bool
 	connected    atomic.Bool
