@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
 	"github.com/tallyauth/tally/node/api/events/v1/eventsv1connect"
@@ -35,13 +38,25 @@ func revokedBy(jti string, ps ...*sdkPair) func() error {
 	}
 }
 
-// TestSDKResyncsWhenStreamRecreated (issue 9): the event stream is deleted
-// and created again from empty (its sequences restart). Watchers following
-// it over NATS and Connect notice and resync, and a watcher that was
-// offline meanwhile is not blinded by its position file: a revocation made
-// after the recreation reaches all of them.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestSDKResyncsWhenStreamRecreated (issue 9): the node's JetStream store
+// is wiped and the node restarted, so the event stream is created again
+// from empty (its sequences restart). Watchers following it over NATS and
+// Connect notice and resync, and a watcher that was offline meanwhile is
+// not blinded by its position file: a revocation made after the
+// recreation reaches all of them.
 func TestSDKResyncsWhenStreamRecreated(t *testing.T) {
-	n := nodetest.Start(t)
+	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	n := nodetest.Start(t, nodetest.WithConfig(func(c *node.Config) { c.Listen, c.NATSListen = httpAddr, natsAddr }))
 	f := newRSFixture(t, n)
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -58,7 +73,7 @@ func TestSDKResyncsWhenStreamRecreated(t *testing.T) {
 	}
 	live := []*sdkPair{startSDK(t, "nats", wcOf("nats"), vc), startSDK(t, "connect", wcOf("connect"), vc)}
 	offline := startSDK(t, "offline", wcOf("offline"), vc)
-	for i := range 3 {
+	for i := range 5 {
 		jti := fmt.Sprintf("before-%d", i)
 		if err := f.revokeJTI(ctx, jti); err != nil {
 			t.Fatal(err)
@@ -71,13 +86,14 @@ func TestSDKResyncsWhenStreamRecreated(t *testing.T) {
 		base[p.name] = p.w.Resyncs()
 	}
 
-	js, err := jetstream.New(nc)
-	if err != nil {
+	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := js.DeleteStream(ctx, "TALLY_EVENTS"); err != nil {
+	if err := os.RemoveAll(filepath.Join(n.DataDir, "nats")); err != nil {
 		t.Fatal(err)
 	}
+	n = n.Restart(t)
+	f.n = n
 	if err := f.revokeJTI(ctx, "after"); err != nil {
 		t.Fatal(err)
 	}
@@ -96,11 +112,13 @@ func TestSDKResyncsWhenStreamRecreated(t *testing.T) {
 		}
 		return revokedBy("after", restarted)()
 	})
-	// And they follow the new stream.
+	// And they follow the new stream, with the old revocations kept.
 	if err := f.revokeJTI(ctx, "after-2"); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy("after-2", append(live, restarted)...))
+	all := append(live, restarted)
+	checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy("after-2", all...))
+	checkFor(t, time.Second, 5*time.Millisecond, revokedBy("before-0", all...))
 }
 
 // lagJWKS serves a saved (old) JWKS while lagging is set, like a JWKS
