@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -243,6 +244,12 @@ func TestUserDisableEnableReachesSDK(t *testing.T) {
 	checkFor(t, 10*time.Second, 5*time.Millisecond, all(func(p *sdkPair) error { return p.accepted(again) }))
 	if !active(again) {
 		t.Fatal("introspection: a fresh token of the enabled user is inactive")
+	}
+	if got, want := userinfoStatus(t, e.issuer, plain), http.StatusUnauthorized; got != want {
+		t.Fatalf("userinfo with a token issued before the lock: %d, want %d", got, want)
+	}
+	if got := userinfoStatus(t, e.issuer, again); got != http.StatusOK {
+		t.Fatalf("userinfo with a fresh token: %d", got)
 	}
 	for _, tok := range []string{withFamily.AccessToken, plain} {
 		if active(tok) {
