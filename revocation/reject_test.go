@@ -76,3 +76,30 @@ func TestRejectionReasons(t *testing.T) {
 		t.Fatalf("OnReject saw %v", hooked)
 	}
 }
+
+// TestLeewayAfterResync: inside the leeway after exp, a token is accepted
+// only if the set followed the stream since before exp (the server forgets
+// a revocation when its token expires, so a later resync may lack it).
+func TestLeewayAfterResync(t *testing.T) {
+	ti := newTestIssuer(t)
+	w := newTestWatcher(t, ti)
+	v, err := NewVerifier(Config{Issuer: ti.issuer, Audience: "https://orders", Watcher: w, Leeway: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.synced.Store(true)
+	w.setConnected(true)
+	ctx := context.Background()
+	now := time.Now()
+	tok := ti.sign("k1", "at+jwt", ti.accessClaims(func(c jwt.MapClaims) {
+		c["iat"], c["exp"] = now.Add(-time.Minute).Unix(), now.Add(-10*time.Second).Unix()
+	}))
+	w.resyncedAt.Store(now.Add(-time.Hour).UnixNano())
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatalf("inside the leeway, set followed since before exp: %v", err)
+	}
+	w.resyncedAt.Store(now.Add(-time.Second).UnixNano())
+	if _, err := v.Verify(ctx, tok); ReasonOf(err) != ReasonExpired {
+		t.Fatalf("inside the leeway, set resynced after exp: %v (%s), want expired", err, ReasonOf(err))
+	}
+}

@@ -248,6 +248,11 @@ func (v *Verifier) verify(ctx context.Context, token string) (*Claims, error) {
 	if err := v.checkSet(c); err != nil {
 		return nil, err
 	}
+	// Within the leeway after exp, only a set that followed the stream
+	// since before exp can vouch for the token.
+	if !c.ExpiresAt.IsZero() && v.cfg.Now().After(c.ExpiresAt) && !w.vouchesAfterExpiry(c.ExpiresAt) {
+		return nil, fmt.Errorf("%w: %w: expired, and the revocation set was resynced since", ErrInvalidToken, jwt.ErrTokenExpired)
+	}
 	return c, nil
 }
 

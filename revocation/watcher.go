@@ -159,6 +159,9 @@ type Watcher struct {
 	// leeway is the largest Leeway of the verifiers using this watcher: a
 	// revocation is kept until its token's exp plus it.
 	leeway atomic.Int64
+	// resyncedAt is when the set was last replaced by the server's (unix
+	// nanoseconds, 0 if never in this process).
+	resyncedAt atomic.Int64
 	// adoptStream: the last resync did not name the stream's identity;
 	// the next connection adopts the one it finds.
 	adoptStream atomic.Bool
@@ -305,6 +308,15 @@ func (w *Watcher) noteLeeway(d time.Duration) {
 			return
 		}
 	}
+}
+
+// vouchesAfterExpiry reports whether the set can still say whether a token
+// that expired at exp is revoked: the server forgets a revocation when its
+// token expires, so a set resynced after exp may lack one that a verifier's
+// leeway still needs.
+func (w *Watcher) vouchesAfterExpiry(exp time.Time) bool {
+	r := w.resyncedAt.Load()
+	return r == 0 || r <= exp.UnixNano()
 }
 
 // keepAfter is the expiry before which a revocation no longer matters.
@@ -525,6 +537,7 @@ func (w *Watcher) Resync(ctx context.Context) error {
 	}
 	w.adoptStream.Store(ns.stream == 0)
 	w.set.replace(ns, w.keepAfter())
+	w.resyncedAt.Store(w.cfg.Now().UnixNano())
 	w.head.Store(max(w.head.Load(), ns.seq))
 	w.synced.Store(true)
 	w.resyncs.Add(1)
