@@ -82,10 +82,12 @@ func jwtHeader(t *testing.T, tok string) map[string]any {
 	return m
 }
 
-// TestSDKVerifiesRealTokens (issue 16 bug 1): the SDK accepts the tokens a
-// real node issues, in every format and with every signing algorithm, and
-// rejects them once revoked or once their client is disabled; an enabled
-// client's fresh tokens are accepted again.
+// TestSDKVerifiesRealTokens (issue 16 bug 1): the SDK, following the event
+// log over Connect and over NATS, accepts the tokens a real node issues, in
+// every format and with every signing algorithm, and rejects them once
+// revoked or once their client is disabled; an enabled client's fresh
+// tokens are accepted again, and so are tokens signed with keys rotated
+// with no publish delay.
 func TestSDKVerifiesRealTokens(t *testing.T) {
 	n := nodetest.Start(t)
 	ctx := context.Background()
@@ -97,9 +99,23 @@ func TestSDKVerifiesRealTokens(t *testing.T) {
 			}
 			iss := n.Issuer(tenant)
 			rsID, rsSecret := n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: tenant, Name: "orders-api"})
-			sdk := startSDK(t, alg,
-				revocation.WatcherConfig{Issuer: iss, Tenant: tenant, ServerURL: n.BaseURL(), ClientID: rsID, ClientSecret: rsSecret},
-				revocation.Config{Issuer: iss, Audience: ordersAPI, ClientID: rsID, ClientSecret: rsSecret})
+			wc := revocation.WatcherConfig{Issuer: iss, Tenant: tenant, ServerURL: n.BaseURL(), ClientID: rsID, ClientSecret: rsSecret}
+			vc := revocation.Config{Issuer: iss, Audience: ordersAPI, ClientID: rsID, ClientSecret: rsSecret}
+			sdks := []*sdkPair{startSDK(t, alg+"/connect", wc, vc)}
+			wc.NATS = (&rsFixture{n: n}).connectNATS(t)
+			sdks = append(sdks, startSDK(t, alg+"/nats", wc, vc))
+			each := func(fn func(p *sdkPair) error) func() error {
+				return func() error {
+					for _, p := range sdks {
+						if err := fn(p); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+			}
+			rejected := func(tok string) func() error { return each(func(p *sdkPair) error { return p.rejected(tok) }) }
+			accepted := func(tok string) func() error { return each(func(p *sdkPair) error { return p.accepted(tok) }) }
 			for _, format := range []string{"jwt", "opaque"} {
 				t.Run(format, func(t *testing.T) {
 					id, secret := n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: tenant, Name: format,
@@ -112,35 +128,55 @@ func TestSDKVerifiesRealTokens(t *testing.T) {
 					} else if got := jwtHeader(t, tok)["alg"]; got != alg {
 						t.Fatalf("JWT alg %v, want %s", got, alg)
 					}
-					c, err := sdk.v.Verify(ctx, tok)
-					if err != nil {
-						t.Fatalf("the SDK rejects a fresh %s token: %v", format, err)
-					}
-					if c.ClientID != id || !c.HasScope("read:orders") || c.Issuer != iss || c.Introspected != (format == "opaque") {
-						t.Fatalf("claims %+v", c)
+					for _, p := range sdks {
+						c, err := p.v.Verify(ctx, tok)
+						if err != nil {
+							t.Fatalf("%s: the SDK rejects a fresh %s token: %v", p.name, format, err)
+						}
+						if c.ClientID != id || !c.HasScope("read:orders") || c.Issuer != iss || c.Introspected != (format == "opaque") {
+							t.Fatalf("claims %+v", c)
+						}
 					}
 					if _, err := n.Admin.RevokeToken(ctx, connect.NewRequest(&adminv1.RevokeTokenRequest{Tenant: tenant, Token: tok})); err != nil {
 						t.Fatal(err)
 					}
-					checkFor(t, 10*time.Second, 5*time.Millisecond, func() error { return sdk.rejected(tok) })
+					checkFor(t, 10*time.Second, 5*time.Millisecond, rejected(tok))
 
 					tok2 := token(t, iss, id, secret, oauth2.AuthStyleInHeader, "read:orders").AccessToken
-					if err := sdk.accepted(tok2); err != nil {
+					if err := accepted(tok2)(); err != nil {
 						t.Fatal(err)
 					}
 					if _, err := n.Admin.DisableClient(ctx, connect.NewRequest(&adminv1.DisableClientRequest{Tenant: tenant, ClientId: id})); err != nil {
 						t.Fatal(err)
 					}
-					checkFor(t, 10*time.Second, 5*time.Millisecond, func() error { return sdk.rejected(tok2) })
+					checkFor(t, 10*time.Second, 5*time.Millisecond, rejected(tok2))
 					if _, err := n.Admin.EnableClient(ctx, connect.NewRequest(&adminv1.EnableClientRequest{Tenant: tenant, ClientId: id})); err != nil {
 						t.Fatal(err)
 					}
 					tok3 := token(t, iss, id, secret, oauth2.AuthStyleInHeader, "read:orders").AccessToken
-					checkFor(t, 10*time.Second, 5*time.Millisecond, func() error { return sdk.accepted(tok3) })
+					checkFor(t, 10*time.Second, 5*time.Millisecond, accepted(tok3))
+
+					// Keys rotated with no publish delay: new tokens and the
+					// events signed with the new key verify at once.
+					zero := int64(0)
+					if _, err := n.Admin.RotateKeys(ctx, connect.NewRequest(&adminv1.RotateKeysRequest{Tenant: tenant, PublishDelaySeconds: &zero})); err != nil {
+						t.Fatal(err)
+					}
+					tok4 := token(t, iss, id, secret, oauth2.AuthStyleInHeader, "read:orders").AccessToken
+					if format == "jwt" && jwtHeader(t, tok4)["kid"] == jwtHeader(t, tok3)["kid"] {
+						t.Fatal("the rotation did not change the signing key")
+					}
+					checkFor(t, 10*time.Second, 5*time.Millisecond, accepted(tok4))
+					if _, err := n.Admin.RevokeToken(ctx, connect.NewRequest(&adminv1.RevokeTokenRequest{Tenant: tenant, Token: tok4})); err != nil {
+						t.Fatal(err)
+					}
+					checkFor(t, 10*time.Second, 5*time.Millisecond, rejected(tok4))
 				})
 			}
-			if r := sdk.w.Rejected(); r != 0 {
-				t.Errorf("the watcher dropped %d events", r)
+			for _, p := range sdks {
+				if r := p.w.Rejected(); r != 0 {
+					t.Errorf("%s: the watcher dropped %d events", p.name, r)
+				}
 			}
 		})
 	}
