@@ -86,6 +86,19 @@ func TestSDKResyncsWhenStreamRecreated(t *testing.T) {
 		base[p.name] = p.w.Resyncs()
 	}
 
+	// A plain restart keeps the stream (and its identity): no resync.
+	n = n.Restart(t)
+	f.n = n
+	if err := f.revokeJTI(ctx, "after-restart"); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, 10*time.Millisecond, revokedBy("after-restart", live...))
+	for _, p := range live {
+		if p.w.Resyncs() != base[p.name] {
+			t.Fatalf("%s: resynced after a plain node restart", p.name)
+		}
+	}
+
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -450,13 +450,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 				continue
 			}
 			w.authFailures = 0
-			backoff = 50 * time.Millisecond
 		}
 		var err error
+		followed := time.Now()
 		if w.cfg.NATS != nil {
 			err = w.followNATS(ctx)
 		} else {
 			err = w.followConnect(ctx)
+		}
+		if time.Since(followed) > 10*time.Second {
+			backoff = 50 * time.Millisecond // a healthy session: start over
 		}
 		w.setConnected(false)
 		w.save(true)
@@ -469,8 +472,17 @@ func (w *Watcher) Run(ctx context.Context) error {
 			continue
 		}
 		if errors.Is(err, errReset) {
-			w.log.Warn("the event stream was recreated or reset; resyncing", "position", w.Position())
 			w.synced.Store(false)
+			if time.Duration(w.cfg.Now().UnixNano()-w.resyncedAt.Load()) < time.Second {
+				// Right after a resync: the server's stream is not the one
+				// followed (NATS of another cluster than ServerURL?). Do
+				// not hammer the server.
+				w.log.Error("the stream followed is not the one the events API resyncs from; check ServerURL and NATS", "err", err)
+				sleep(ctx, backoff)
+				backoff = min(2*backoff, 5*time.Second)
+				continue
+			}
+			w.log.Warn("the event stream was recreated or reset; resyncing", "position", w.Position(), "err", err)
 			continue
 		}
 		if ctx.Err() != nil {
