@@ -3,7 +3,10 @@ package revocation
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,5 +200,41 @@ func TestSetCutoffAfterUnlock(t *testing.T) {
 	l.prune(time.Unix(1000+3600+1, 0))
 	if l.IssuedBeforeLock("u", 999) {
 		t.Fatal("a cutoff older than the longest token lifetime kept")
+	}
+}
+
+// failJWKS fails JWKS requests while down is set.
+type failJWKS struct{ down *atomic.Bool }
+
+func (f failJWKS) RoundTrip(r *http.Request) (*http.Response, error) {
+	if f.down.Load() && strings.HasSuffix(r.URL.Path, "/jwks.json") {
+		return nil, errors.New("connection refused")
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestWatcherKeepsEventsWhileJWKSUnreachable: an event whose keys cannot
+// be fetched is not dropped: handle reports it, the position stays, and
+// the same event applies once the JWKS is back.
+func TestWatcherKeepsEventsWhileJWKSUnreachable(t *testing.T) {
+	ti := newTestIssuer(t)
+	var down atomic.Bool
+	down.Store(true)
+	w, err := NewWatcher(WatcherConfig{Issuer: ti.issuer, Tenant: "acme", ServerURL: ti.srv.URL,
+		HTTPClient: &http.Client{Transport: failJWKS{&down}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ev := ti.set(EventTokenRevoked, EventDetails{JTI: "j1", RaftIndex: 1})
+	if err := w.handle(ctx, 1, ev); !errors.Is(err, errKeysUnavailable) {
+		t.Fatalf("JWKS unreachable: %v, want errKeysUnavailable", err)
+	}
+	if w.Position() != 0 || w.Rejected() != 0 {
+		t.Fatalf("position %d, rejected %d: the event was dropped", w.Position(), w.Rejected())
+	}
+	down.Store(false)
+	if err := w.handle(ctx, 1, ev); err != nil || !w.Set().Revoked("j1") || w.Position() != 1 {
+		t.Fatalf("JWKS back: %v, revoked %v, position %d", err, w.Set().Revoked("j1"), w.Position())
 	}
 }
