@@ -141,6 +141,15 @@ func TestSDKVerifiesRealTokens(t *testing.T) {
 						t.Fatal(err)
 					}
 					checkFor(t, 10*time.Second, 5*time.Millisecond, rejected(tok))
+					want := revocation.ReasonRevoked
+					if format == "opaque" {
+						want = revocation.ReasonInactive // introspection says so first
+					}
+					for _, p := range sdks {
+						if _, err := p.v.Verify(ctx, tok); revocation.ReasonOf(err) != want {
+							t.Fatalf("%s: revoked %s token: reason %q (%v), want %q", p.name, format, revocation.ReasonOf(err), err, want)
+						}
+					}
 
 					tok2 := token(t, iss, id, secret, oauth2.AuthStyleInHeader, "read:orders").AccessToken
 					if err := accepted(tok2)(); err != nil {
@@ -172,6 +181,14 @@ func TestSDKVerifiesRealTokens(t *testing.T) {
 					}
 					checkFor(t, 10*time.Second, 5*time.Millisecond, rejected(tok4))
 				})
+			}
+			// A client created without --audience gets tokens for the
+			// tenant issuer: a resource server with its own Audience says
+			// why it refuses them.
+			plainID, plainSecret := n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: tenant, Name: "no-audience", Scopes: []string{"read:orders"}})
+			noAud := token(t, iss, plainID, plainSecret, oauth2.AuthStyleInHeader, "read:orders").AccessToken
+			if _, err := sdks[0].v.Verify(ctx, noAud); revocation.ReasonOf(err) != revocation.ReasonWrongAudience {
+				t.Fatalf("token without the API's audience: reason %q (%v)", revocation.ReasonOf(err), err)
 			}
 			for _, p := range sdks {
 				if r := p.w.Rejected(); r != 0 {
