@@ -402,9 +402,10 @@ func streamState(info *jetstream.StreamInfo) *eventsv1.StreamState {
 		StreamCreatedUnixNano: info.Created.UnixNano()}
 }
 
-// GetRevocationSet returns the tenant's revocations, disabled clients and
-// disabled or locked users with the Raft index they reflect and the stream sequence to resume after.
-// It reads the stream head first and waits until the replica has applied
+// GetRevocationSet returns the tenant's revocations, disabled clients,
+// disabled or locked users and recent lock cutoffs, with the Raft index
+// they reflect, the stream sequence to resume after and the stream's
+// identity. It reads the stream head first and waits until the replica has applied
 // the head's Raft index, so every event up to stream_sequence is reflected.
 func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
 	tenant := req.Msg.GetTenant()
