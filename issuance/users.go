@@ -22,6 +22,9 @@ type User struct {
 	Password      PasswordHash
 	Disabled      bool
 	Locked        bool
+	// LockedAt is when the user was last disabled or locked (zero if
+	// never): its access tokens issued at or before it stay invalid.
+	LockedAt time.Time
 }
 
 // Active reports whether the user may sign in and get tokens.

@@ -299,8 +299,9 @@ func TestRotateRefresh(t *testing.T) {
 		{"idle timeout", nil, rotate(t0+25*hour, 1, "1", "2", "j", 0), OutcomeFamilyExpired},
 		{"absolute lifetime", []*raftpb.Command{rotate(t0+20*hour, 1, "1", "2", "j", 0), rotate(t0+40*hour, 2, "2", "3", "j", 0)},
 			rotate(t0+31*24*hour, 3, "3", "4", "j", 0), OutcomeFamilyExpired},
+		// Disabling the user ends the family in the same command.
 		{"disabled user", []*raftpb.Command{flowCmd(t0, &raftpb.SetUserStatus{Tenant: "t", UserId: "u1", Disabled: true})},
-			rotate(t0+sec, 1, "1", "2", "j", 0), OutcomeInvalid},
+			rotate(t0+sec, 1, "1", "2", "j", 0), OutcomeFamilyRevoked},
 		{"disabled client", []*raftpb.Command{command(t0, &raftpb.SetClientDisabled{Tenant: "t", ClientId: "c1", Disabled: true})},
 			rotate(t0+sec, 1, "1", "2", "j", 0), OutcomeInvalid},
 		{"revoked family", []*raftpb.Command{flowCmd(t0, &raftpb.RevokeFamily{Tenant: "t", FamilyId: "f1", Reason: "admin"})},

@@ -46,6 +46,9 @@ const (
 	EventKind_EVENT_KIND_USER_LOCKED    EventKind = 6
 	// A disabled client was enabled again (SetClientDisabled).
 	EventKind_EVENT_KIND_CLIENT_ENABLED EventKind = 7
+	// A user that was disabled or locked may sign in again (SetUserStatus
+	// clearing both flags): the reverse of USER_LOCKED.
+	EventKind_EVENT_KIND_USER_UNLOCKED EventKind = 8
 )
 
 // Enum value maps for EventKind.
@@ -59,6 +62,7 @@ var (
 		5: "EVENT_KIND_REUSE_DETECTED",
 		6: "EVENT_KIND_USER_LOCKED",
 		7: "EVENT_KIND_CLIENT_ENABLED",
+		8: "EVENT_KIND_USER_UNLOCKED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":     0,
@@ -69,6 +73,7 @@ var (
 		"EVENT_KIND_REUSE_DETECTED":  5,
 		"EVENT_KIND_USER_LOCKED":     6,
 		"EVENT_KIND_CLIENT_ENABLED":  7,
+		"EVENT_KIND_USER_UNLOCKED":   8,
 	}
 )
 
@@ -1501,7 +1506,7 @@ type Event struct {
 	ClientId string `protobuf:"bytes,6,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// KEY_ROTATED: the kids of the added signing keys.
 	Kids []string `protobuf:"bytes,7,rep,name=kids,proto3" json:"kids,omitempty"`
-	// USER_LOCKED, FAMILY_REVOKED: the subject.
+	// USER_LOCKED, USER_UNLOCKED, FAMILY_REVOKED: the subject.
 	Subject string `protobuf:"bytes,8,opt,name=subject,proto3" json:"subject,omitempty"`
 	// FAMILY_REVOKED, REUSE_DETECTED: the refresh-token family.
 	FamilyId string `protobuf:"bytes,9,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
@@ -1510,10 +1515,13 @@ type Event struct {
 	Ordinal uint32 `protobuf:"varint,10,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
 	// REUSE_DETECTED: the node and region that served the request that
 	// presented the superseded refresh token (from the command).
-	Node          string `protobuf:"bytes,11,opt,name=node,proto3" json:"node,omitempty"`
-	Region        string `protobuf:"bytes,12,opt,name=region,proto3" json:"region,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Node   string `protobuf:"bytes,11,opt,name=node,proto3" json:"node,omitempty"`
+	Region string `protobuf:"bytes,12,opt,name=region,proto3" json:"region,omitempty"`
+	// USER_UNLOCKED: when the user was made inactive; the user's access
+	// tokens issued at or before it stay invalid.
+	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
@@ -1628,6 +1636,13 @@ func (x *Event) GetRegion() string {
 		return x.Region
 	}
 	return ""
+}
+
+func (x *Event) GetLockedUnixNano() int64 {
+	if x != nil {
+		return x.LockedUnixNano
+	}
+	return 0
 }
 
 // CreateUser stores a new user; "already exists" if the id or the username
@@ -2465,8 +2480,12 @@ type User struct {
 	UpdatedUnixNano int64                  `protobuf:"varint,10,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Revision        uint64                 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
 	EmailVerified   bool                   `protobuf:"varint,12,opt,name=email_verified,json=emailVerified,proto3" json:"email_verified,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When the user was last made inactive (disabled or locked); 0 if never.
+	// Access tokens issued at or before it stay invalid after the user is
+	// enabled again.
+	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *User) Reset() {
@@ -2581,6 +2600,13 @@ func (x *User) GetEmailVerified() bool {
 		return x.EmailVerified
 	}
 	return false
+}
+
+func (x *User) GetLockedUnixNano() int64 {
+	if x != nil {
+		return x.LockedUnixNano
+	}
+	return 0
 }
 
 type Consent struct {
@@ -3435,7 +3461,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x04 \x01(\x03R\x0frevokedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
-	"\asubject\x18\a \x01(\tR\asubject\"\xf2\x02\n" +
+	"\asubject\x18\a \x01(\tR\asubject\"\x9c\x03\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12,\n" +
@@ -3451,7 +3477,8 @@ const file_command_proto_rawDesc = "" +
 	"\aordinal\x18\n" +
 	" \x01(\rR\aordinal\x12\x12\n" +
 	"\x04node\x18\v \x01(\tR\x04node\x12\x16\n" +
-	"\x06region\x18\f \x01(\tR\x06region\"5\n" +
+	"\x06region\x18\f \x01(\tR\x06region\x12(\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"5\n" +
 	"\n" +
 	"CreateUser\x12'\n" +
 	"\x04user\x18\x01 \x01(\v2\x13.tally.raft.v1.UserR\x04user\"{\n" +
@@ -3519,7 +3546,7 @@ const file_command_proto_rawDesc = "" +
 	"\x04time\x18\x04 \x01(\rR\x04time\x12\x1d\n" +
 	"\n" +
 	"memory_kib\x18\x05 \x01(\rR\tmemoryKib\x12\x18\n" +
-	"\athreads\x18\x06 \x01(\rR\athreads\"\xfc\x02\n" +
+	"\athreads\x18\x06 \x01(\rR\athreads\"\xa6\x03\n" +
 	"\x04User\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1a\n" +
@@ -3533,7 +3560,8 @@ const file_command_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\n" +
 	" \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\v \x01(\x04R\brevision\x12%\n" +
-	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\"\xc7\x01\n" +
+	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\x12(\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"\xc7\x01\n" +
 	"\aConsent\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
@@ -3606,7 +3634,7 @@ const file_command_proto_rawDesc = "" +
 	"\x10sealed_successor\x18\x03 \x01(\fR\x0fsealedSuccessor\x12:\n" +
 	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
 	"deviceCode\x121\n" +
-	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events*\xfa\x01\n" +
+	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events*\x98\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3615,7 +3643,8 @@ const file_command_proto_rawDesc = "" +
 	"\x19EVENT_KIND_FAMILY_REVOKED\x10\x04\x12\x1d\n" +
 	"\x19EVENT_KIND_REUSE_DETECTED\x10\x05\x12\x1a\n" +
 	"\x16EVENT_KIND_USER_LOCKED\x10\x06\x12\x1d\n" +
-	"\x19EVENT_KIND_CLIENT_ENABLED\x10\aB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\x19EVENT_KIND_CLIENT_ENABLED\x10\a\x12\x1c\n" +
+	"\x18EVENT_KIND_USER_UNLOCKED\x10\bB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
