@@ -230,8 +230,13 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	}, &aresp); err == nil {
 		t.Fatalf("a rogue node's AppendEntries was answered: %+v", aresp)
 	}
-	if got := leader.Status().Term; got != st.Term || !leader.IsLeader() {
-		t.Fatalf("after the rogue RPCs: term %d (was %d), leader %v", got, st.Term, leader.IsLeader())
+	// Had either RPC been served, its node would have taken the rogue
+	// term. (A loaded machine may make the leader step down and hold an
+	// election on its own, which raises the term by one, not by ten.)
+	for _, n := range nodes {
+		if got := n.Status().Term; got >= st.Term+10 {
+			t.Fatalf("after the rogue RPCs: %s is at term %d (was %d): it took the rogue's term", n.ID(), got, st.Term)
+		}
 	}
 }
 
