@@ -67,6 +67,9 @@ const (
 	metaSchemaVersion = "schema_version"
 	// metaEventsSweptThrough is the highest outbox index a Sweep removed.
 	metaEventsSweptThrough = "events_swept_through"
+	// metaCluster is the raftpb.ClusterMeta record: the cluster's issuer
+	// and the node ids removed for good (apply_cluster.go).
+	metaCluster = "cluster"
 )
 
 // globalBuckets are created when a state database is opened.

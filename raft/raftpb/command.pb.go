@@ -129,6 +129,8 @@ type Command struct {
 	//	*Command_CreateDeviceCode
 	//	*Command_DecideDeviceCode
 	//	*Command_PollDeviceCode
+	//	*Command_SetClusterIssuer
+	//	*Command_DenyNode
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -354,6 +356,24 @@ func (x *Command) GetPollDeviceCode() *PollDeviceCode {
 	return nil
 }
 
+func (x *Command) GetSetClusterIssuer() *SetClusterIssuer {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetClusterIssuer); ok {
+			return x.SetClusterIssuer
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDenyNode() *DenyNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DenyNode); ok {
+			return x.DenyNode
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -432,6 +452,16 @@ type Command_PollDeviceCode struct {
 	PollDeviceCode *PollDeviceCode `protobuf:"bytes,41,opt,name=poll_device_code,json=pollDeviceCode,proto3,oneof"`
 }
 
+type Command_SetClusterIssuer struct {
+	// Cluster identity (issue 9): the one issuer of the cluster and the
+	// node ids whose removal is final. See ClusterMeta.
+	SetClusterIssuer *SetClusterIssuer `protobuf:"bytes,48,opt,name=set_cluster_issuer,json=setClusterIssuer,proto3,oneof"`
+}
+
+type Command_DenyNode struct {
+	DenyNode *DenyNode `protobuf:"bytes,49,opt,name=deny_node,json=denyNode,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -467,6 +497,10 @@ func (*Command_CreateDeviceCode) isCommand_Op() {}
 func (*Command_DecideDeviceCode) isCommand_Op() {}
 
 func (*Command_PollDeviceCode) isCommand_Op() {}
+
+func (*Command_SetClusterIssuer) isCommand_Op() {}
+
+func (*Command_DenyNode) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -3266,12 +3300,227 @@ func (x *GrantResult) GetEvents() []*GrantEvent {
 	return nil
 }
 
+// SetClusterIssuer records the cluster's issuer base URL (tenant issuers are
+// {issuer}/t/{tenant}). It is set once, by the first leader configured with
+// an issuer; setting a different value is a conflict.
+type SetClusterIssuer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issuer        string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClusterIssuer) Reset() {
+	*x = SetClusterIssuer{}
+	mi := &file_command_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClusterIssuer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClusterIssuer) ProtoMessage() {}
+
+func (x *SetClusterIssuer) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClusterIssuer.ProtoReflect.Descriptor instead.
+func (*SetClusterIssuer) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *SetClusterIssuer) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+// DenyNode records that a node id was removed from the cluster for good:
+// its certificate is refused on every node's cluster port from then on.
+type DenyNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyNode) Reset() {
+	*x = DenyNode{}
+	mi := &file_command_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyNode) ProtoMessage() {}
+
+func (x *DenyNode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyNode.ProtoReflect.Descriptor instead.
+func (*DenyNode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DenyNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DenyNode) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ClusterMeta is the cluster-wide identity record (meta bucket, key
+// "cluster"): the issuer and the denied node ids.
+type ClusterMeta struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issuer        string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Denied        []*DeniedNode          `protobuf:"bytes,2,rep,name=denied,proto3" json:"denied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterMeta) Reset() {
+	*x = ClusterMeta{}
+	mi := &file_command_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterMeta) ProtoMessage() {}
+
+func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterMeta.ProtoReflect.Descriptor instead.
+func (*ClusterMeta) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ClusterMeta) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *ClusterMeta) GetDenied() []*DeniedNode {
+	if x != nil {
+		return x.Denied
+	}
+	return nil
+}
+
+// DeniedNode is one entry of ClusterMeta's deny list.
+type DeniedNode struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	NodeId         string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	DeniedUnixNano int64                  `protobuf:"varint,2,opt,name=denied_unix_nano,json=deniedUnixNano,proto3" json:"denied_unix_nano,omitempty"`
+	Reason         string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeniedNode) Reset() {
+	*x = DeniedNode{}
+	mi := &file_command_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeniedNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeniedNode) ProtoMessage() {}
+
+func (x *DeniedNode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeniedNode.ProtoReflect.Descriptor instead.
+func (*DeniedNode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *DeniedNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DeniedNode) GetDeniedUnixNano() int64 {
+	if x != nil {
+		return x.DeniedUnixNano
+	}
+	return 0
+}
+
+func (x *DeniedNode) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\xe0\n" +
-	"\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xe9\v\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3296,7 +3545,9 @@ const file_command_proto_rawDesc = "" +
 	"\rrevoke_family\x18& \x01(\v2\x1b.tally.raft.v1.RevokeFamilyH\x00R\frevokeFamily\x12O\n" +
 	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
 	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
-	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCodeB\x04\n" +
+	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCode\x12O\n" +
+	"\x12set_cluster_issuer\x180 \x01(\v2\x1f.tally.raft.v1.SetClusterIssuerH\x00R\x10setClusterIssuer\x126\n" +
+	"\tdeny_node\x181 \x01(\v2\x17.tally.raft.v1.DenyNodeH\x00R\bdenyNodeB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -3548,7 +3799,20 @@ const file_command_proto_rawDesc = "" +
 	"\x10sealed_successor\x18\x03 \x01(\fR\x0fsealedSuccessor\x12:\n" +
 	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
 	"deviceCode\x121\n" +
-	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events*\xfa\x01\n" +
+	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\"*\n" +
+	"\x10SetClusterIssuer\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\";\n" +
+	"\bDenyNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"X\n" +
+	"\vClusterMeta\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x121\n" +
+	"\x06denied\x18\x02 \x03(\v2\x19.tally.raft.v1.DeniedNodeR\x06denied\"g\n" +
+	"\n" +
+	"DeniedNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12(\n" +
+	"\x10denied_unix_nano\x18\x02 \x01(\x03R\x0edeniedUnixNano\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason*\xfa\x01\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3572,7 +3836,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),             // 0: tally.raft.v1.EventKind
 	(*Command)(nil),            // 1: tally.raft.v1.Command
@@ -3609,6 +3873,10 @@ var file_command_proto_goTypes = []any{
 	(*DeviceCode)(nil),         // 32: tally.raft.v1.DeviceCode
 	(*GrantEvent)(nil),         // 33: tally.raft.v1.GrantEvent
 	(*GrantResult)(nil),        // 34: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),   // 35: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),           // 36: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),        // 37: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),         // 38: tally.raft.v1.DeniedNode
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -3629,36 +3897,39 @@ var file_command_proto_depIdxs = []int32{
 	23, // 15: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
 	24, // 16: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
 	25, // 17: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	10, // 18: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	13, // 19: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	12, // 20: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	12, // 21: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	11, // 22: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	13, // 23: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	14, // 24: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	11, // 25: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 26: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	14, // 27: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	27, // 28: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	26, // 29: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	28, // 30: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	30, // 31: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	29, // 32: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	29, // 33: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	32, // 34: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	30, // 35: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	29, // 36: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	26, // 37: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 38: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	29, // 39: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 40: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	32, // 41: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	33, // 42: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	35, // 18: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	36, // 19: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	10, // 20: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	13, // 21: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	12, // 22: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	12, // 23: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	11, // 24: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	13, // 25: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	14, // 26: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	11, // 27: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 28: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	14, // 29: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	27, // 30: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	26, // 31: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	28, // 32: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	30, // 33: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	29, // 34: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	29, // 35: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	32, // 36: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	30, // 37: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	29, // 38: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	26, // 39: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 40: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	29, // 41: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 42: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	32, // 43: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	33, // 44: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	38, // 45: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	46, // [46:46] is the sub-list for method output_type
+	46, // [46:46] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -3685,6 +3956,8 @@ func file_command_proto_init() {
 		(*Command_CreateDeviceCode)(nil),
 		(*Command_DecideDeviceCode)(nil),
 		(*Command_PollDeviceCode)(nil),
+		(*Command_SetClusterIssuer)(nil),
+		(*Command_DenyNode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3692,7 +3965,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
