@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/tallyauth/tally/raft"
@@ -28,7 +29,11 @@ type Config struct {
 	// endpoints and the Connect services (HTTP/1.1 and h2c).
 	Listen string
 	// Issuer is the base URL tenants' issuers are derived from
-	// ({Issuer}/t/{tenant}); empty derives http://{Listen}.
+	// ({Issuer}/t/{tenant}): the one public URL of the cluster, the same on
+	// every node (the first leader records it in the replicated state, and
+	// a node configured with another one refuses to start or join).
+	// Required outside Dev; a Dev node without one derives http://{Listen}
+	// and answers only for itself.
 	Issuer string
 	// RaftBind is the host:port of the cluster port: Raft traffic and the
 	// internal cluster Connect service, both over mutual TLS.
@@ -186,7 +191,17 @@ func (c Config) Validate() error {
 			return fmt.Errorf("node: nats listen address %q: %w", c.NATSListen, err)
 		}
 	}
+	if c.Dev {
+		if host, _, err := net.SplitHostPort(c.Listen); err == nil && !isLoopbackHost(host) {
+			return fmt.Errorf("node: --dev listens on loopback only, not %q; run a cluster node (with --issuer) to serve beyond this machine", c.Listen)
+		}
+	} else if c.Issuer == "" {
+		return errors.New("node: --issuer is required (TALLY_ISSUER, config key issuer): the one public base URL of the cluster, the same on every node, e.g. https://auth.example.com; only --dev derives it from the listen address")
+	}
 	if c.Issuer != "" {
+		if err := raft.CheckIssuer(strings.TrimSuffix(c.Issuer, "/")); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
 		u, err := url.Parse(c.Issuer)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 			return fmt.Errorf("node: issuer %q: want an http(s) URL without query or fragment", c.Issuer)

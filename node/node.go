@@ -48,6 +48,7 @@ type Node struct {
 	ln        net.Listener
 	http      *http.Server
 	ready     atomic.Bool
+	fatal     chan error // a reason to stop (cluster.go: fail)
 
 	sweepCancel context.CancelFunc
 	closeOnce   sync.Once
@@ -70,7 +71,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
-	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now}
+	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now, fatal: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -104,6 +105,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	}
 
 	if err := n.openRaft(); err != nil {
+		return nil, err
+	}
+	if err := n.issuerMismatch(); err != nil {
 		return nil, err
 	}
 
@@ -295,6 +299,7 @@ func (n *Node) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
+	case serveErr = <-n.fatal:
 	}
 	n.ready.Store(false)
 	shCtx, shCancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)

@@ -252,10 +252,13 @@ func (x *ApplyResponse) GetMessage() string {
 }
 
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	Nonvoter      bool                   `protobuf:"varint,3,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address  string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Nonvoter bool                   `protobuf:"varint,3,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	// issuer is the joining node's configured issuer base URL; a member
+	// refuses the join when the cluster has a different one.
+	Issuer        string `protobuf:"bytes,4,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -309,6 +312,13 @@ func (x *JoinRequest) GetNonvoter() bool {
 		return x.Nonvoter
 	}
 	return false
+}
+
+func (x *JoinRequest) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
 }
 
 type JoinResponse struct {
@@ -1326,11 +1336,12 @@ const file_cluster_proto_rawDesc = "" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x124\n" +
 	"\x06result\x18\x02 \x01(\x0e2\x1c.tally.cluster.v1.ResultCodeR\x06result\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"S\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"k\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
-	"\bnonvoter\x18\x03 \x01(\bR\bnonvoter\"\x0e\n" +
+	"\bnonvoter\x18\x03 \x01(\bR\bnonvoter\x12\x16\n" +
+	"\x06issuer\x18\x04 \x01(\tR\x06issuer\"\x0e\n" +
 	"\fJoinResponse\"\x7f\n" +
 	"\x17ChangeMembershipRequest\x12:\n" +
 	"\x06change\x18\x01 \x01(\x0e2\".tally.cluster.v1.MembershipChangeR\x06change\x12\x0e\n" +
