@@ -74,10 +74,12 @@ func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
 }
 
 // RemoveServer removes a member for good. Only the leader can do it. It
-// first records id in the replicated deny list (a DenyNode command), so
-// that every node refuses id's certificate on its cluster port from then on
-// and id can never be added again, and then removes it from the Raft
-// configuration; a call that failed half way can be repeated.
+// removes id from the Raft configuration and then records it in the
+// replicated deny list (a DenyNode command), so that every node refuses
+// id's certificate on its cluster port from then on and id can never be
+// added again. (In this order, removing a dead voter that a quorum needs
+// gone still works.) If the leader loses leadership between the two, the
+// error says so and the id is removed but not denied.
 //
 // A leader that removes itself steps down once the change is committed,
 // and is not added to the deny list (its followers would refuse the very
@@ -95,20 +97,24 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	if !found {
 		return fmt.Errorf("%w: %q", ErrUnknownMember, id)
 	}
-	if id != n.cfg.ID && !n.fsm.State().NodeDenied(id) {
-		cmd := &raftpb.Command{
-			Version: CommandVersion, TimeUnixNano: time.Now().UnixNano(),
-			Op: &raftpb.Command_DenyNode{DenyNode: &raftpb.DenyNode{NodeId: id, Reason: "removed from the cluster"}},
-		}
-		res, err := n.Propose(ctx, cmd)
-		if err != nil {
-			return err
-		}
-		if res.Err != nil {
-			return res.Err
-		}
+	if err := n.wait(ctx, n.raft.RemoveServer(hraft.ServerID(id), 0, n.timeout(ctx))); err != nil {
+		return err
 	}
-	return n.wait(ctx, n.raft.RemoveServer(hraft.ServerID(id), 0, n.timeout(ctx)))
+	if id == n.cfg.ID || n.fsm.State().NodeDenied(id) {
+		return nil
+	}
+	cmd := &raftpb.Command{
+		Version: CommandVersion, TimeUnixNano: time.Now().UnixNano(),
+		Op: &raftpb.Command_DenyNode{DenyNode: &raftpb.DenyNode{NodeId: id, Reason: "removed from the cluster"}},
+	}
+	res, err := n.Propose(ctx, cmd)
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return fmt.Errorf("raft: %q was removed but could not be added to the deny list: %w", id, err)
+	}
+	return nil
 }
 
 // TransferLeadership hands leadership to the voter id, or to the most
