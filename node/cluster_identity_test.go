@@ -204,11 +204,16 @@ func TestClusterPortAuthorisesByRole(t *testing.T) {
 	}
 
 	// A member forwards ordinary writes, not cluster identity commands.
+	nodetest.CheckFor(t, nodetest.Timeout, 50*time.Millisecond, func() error {
+		// From a follower to whichever node leads now (leadership may move
+		// on a busy machine).
+		li := c.LeaderIndex()
+		f := c.Node(1 - li)
+		_, err := internal(t, filepath.Join(f.DataDir, "tls"), c.Node(li).ClusterAddr()).Apply(ctx, applyRequest(t))
+		return err
+	})
 	f := c.Follower()
-	mc := internal(t, filepath.Join(f.DataDir, "tls"), leader.ClusterAddr())
-	if _, err := mc.Apply(ctx, applyRequest(t)); err != nil {
-		t.Fatalf("Apply from a member: %v", err)
-	}
+	mc := internal(t, filepath.Join(f.DataDir, "tls"), c.Leader().ClusterAddr())
 	deny := &raftpb.Command{Version: raft.CommandVersion, TimeUnixNano: time.Now().UnixNano(),
 		Op: &raftpb.Command_DenyNode{DenyNode: &raftpb.DenyNode{NodeId: leader.NodeID()}}}
 	data, _ := proto.Marshal(deny)

@@ -101,6 +101,10 @@ func runFront(ctx context.Context, args []string, e env) int {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// HTTP/1.1 and h2c, like a node.
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	logger.Info("front door serving", "addr", ln.Addr().String(), "backends", []string(backends))
