@@ -18,13 +18,15 @@ import (
 	"github.com/tallyauth/tally/node/nodetest"
 )
 
-// oneIssuerCluster is what crossNodeTokens needs of a cluster: each node's
-// own URL (http://host:port), the one issuer base they share, and an admin
-// client of any node.
+// oneIssuerCluster is what crossNodeTokens needs of a cluster: the URLs
+// its checks use as nodes 0, 1, 2 (each node's own http://host:port, or
+// the front door), every node's own URL (replicas, to wait for
+// replication), the one issuer base they share, and an admin client.
 type oneIssuerCluster struct {
-	nodes  []string
-	issuer string
-	admin  adminv1connect.AdminServiceClient
+	nodes    []string
+	replicas []string
+	issuer   string
+	admin    adminv1connect.AdminServiceClient
 }
 
 // appliedIndex is the applied index a node's /readyz reports.
@@ -43,15 +45,21 @@ func appliedIndex(nodeURL string) (uint64, error) {
 	return r.AppliedIndex, nil
 }
 
-// converge waits until every node has applied what node from has.
-func (c *oneIssuerCluster) converge(t *testing.T, from int) {
+// converge waits until every node has applied everything any node had
+// applied when it was called (so a write acknowledged by any node is
+// visible at all).
+func (c *oneIssuerCluster) converge(t *testing.T) {
 	t.Helper()
-	want, err := appliedIndex(c.nodes[from])
-	if err != nil {
-		t.Fatal(err)
+	var want uint64
+	for _, u := range c.replicas {
+		got, err := appliedIndex(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = max(want, got)
 	}
 	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
-		for i, u := range c.nodes {
+		for i, u := range c.replicas {
 			got, err := appliedIndex(u)
 			if err != nil {
 				return err
@@ -82,17 +90,22 @@ func (c *oneIssuerCluster) at(e *flowEnv, i int) *flowEnv {
 // their own addresses; every token names the one issuer. It needs at least
 // three nodes.
 func crossNodeTokens(t *testing.T, c *oneIssuerCluster) {
+	crossNodeTokensCC(t, c)
+	crossNodeFlows(t, c)
+}
+
+// crossNodeTokensCC is the client-credentials part of crossNodeTokens.
+func crossNodeTokensCC(t *testing.T, c *oneIssuerCluster) {
 	ctx := context.Background()
 	n0, n1, n2 := 0, 1, 2
 	tenantIss := c.issuer + "/t/default"
-
 	for _, format := range []string{"jwt", "opaque"} {
 		cr, err := c.admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: "default", Name: "svc-" + format, TokenFormat: format, AccessTokenTtlSeconds: 300}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		id, secret := cr.Msg.Client.ClientId, cr.Msg.ClientSecret
-		c.converge(t, n0)
+		c.converge(t)
 		tok := token(t, c.nodes[n0]+"/t/default", id, secret, oauth2.AuthStyleInHeader).AccessToken
 		if got := introspect(t, c.nodes[n1]+"/t/default", id, secret, tok); got["active"] != true || got["iss"] != tenantIss {
 			t.Fatalf("%s token of node %d at node %d: %v", format, n0, n1, got)
@@ -100,13 +113,20 @@ func crossNodeTokens(t *testing.T, c *oneIssuerCluster) {
 		if status, body, _ := postForm(t, c.nodes[n2]+"/t/default/oauth2/revoke", id, secret, url.Values{"token": {tok}}); status != 200 {
 			t.Fatalf("%s: revoke at node %d: %d %v", format, n2, status, body)
 		}
-		c.converge(t, n2)
+		c.converge(t)
 		for i, u := range c.nodes {
 			if got := introspect(t, u+"/t/default", id, secret, tok); got["active"] != false {
 				t.Fatalf("%s: node %d honours a token revoked at node %d: %v", format, i, n2, got)
 			}
 		}
 	}
+}
+
+// crossNodeFlows is the end-user part of crossNodeTokens.
+func crossNodeFlows(t *testing.T, c *oneIssuerCluster) {
+	ctx := context.Background()
+	n0, n1, n2 := 0, 1, 2
+	tenantIss := c.issuer + "/t/default"
 
 	// End-user flows: a user and a public client.
 	u, err := c.admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{
@@ -122,7 +142,7 @@ func crossNodeTokens(t *testing.T, c *oneIssuerCluster) {
 	}
 	base := &flowEnv{userID: u.Msg.User.UserId, conf: &oauth2.Config{ClientID: pc.Msg.Client.ClientId, RedirectURL: callback,
 		Scopes: []string{"openid", "profile", "email", "offline_access"}}}
-	c.converge(t, n0)
+	c.converge(t)
 
 	// Authorization code: issued at node 0, redeemed at node 1.
 	e0, e1, e2 := c.at(base, n0), c.at(base, n1), c.at(base, n2)
@@ -140,7 +160,7 @@ func crossNodeTokens(t *testing.T, c *oneIssuerCluster) {
 		t.Fatal("no id_token")
 	}
 	// Its refresh token (issued at node 1) rotated at node 2.
-	c.converge(t, n1)
+	c.converge(t)
 	tok2, err := e2.refresh(tok.RefreshToken)
 	if err != nil {
 		t.Fatalf("refresh token of node %d at node %d: %v", n1, n2, err)
@@ -149,7 +169,7 @@ func crossNodeTokens(t *testing.T, c *oneIssuerCluster) {
 		t.Fatalf("refreshed %+v", tok2)
 	}
 	// Userinfo at node 0 for the access token node 2 issued.
-	c.converge(t, n2)
+	c.converge(t)
 	if s := userinfoStatus(t, e0.issuer, tok2.AccessToken); s != http.StatusOK {
 		t.Fatalf("userinfo at node %d for a token of node %d: %d", n0, n2, s)
 	}
@@ -162,11 +182,11 @@ func crossNodeTokens(t *testing.T, c *oneIssuerCluster) {
 	if !strings.HasPrefix(da.VerificationURI, tenantIss) {
 		t.Fatalf("verification URI %q is not under the issuer %q", da.VerificationURI, tenantIss)
 	}
-	c.converge(t, n0)
+	c.converge(t)
 	if p := approveDevice(t, e1, newBrowser(t), da.UserCode, true); p.status != http.StatusOK || !strings.Contains(p.body, "Device approved") {
 		t.Fatalf("approve at node %d: %d %s", n1, p.status, p.body)
 	}
-	c.converge(t, n1)
+	c.converge(t)
 	pctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
 	dt, err := e2.conf.DeviceAccessToken(pctx, da)
@@ -188,5 +208,6 @@ func TestCrossNodeTokensInProcess(t *testing.T) {
 	for i := range 3 {
 		oc.nodes = append(oc.nodes, c.Node(i).URL())
 	}
+	oc.replicas = oc.nodes
 	crossNodeTokens(t, oc)
 }
