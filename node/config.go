@@ -202,13 +202,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("node: nats listen address %q: %w", c.NATSListen, err)
 		}
 	}
-	if c.Dev {
-		for _, a := range []string{c.Listen, c.RaftBind, c.NATSListen} {
-			if host, _, err := net.SplitHostPort(a); err == nil && !isLoopbackHost(host) {
-				return fmt.Errorf("node: --dev listens on loopback only, not %q; run a cluster node (with --issuer) to serve beyond this machine", a)
-			}
-		}
-	} else if c.Issuer == "" {
+	if !c.Dev && c.Issuer == "" {
 		return errors.New("node: --issuer is required (TALLY_ISSUER, config key issuer): the one public base URL of the cluster, the same on every node, e.g. https://auth.example.com; only --dev derives it from the listen address")
 	}
 	if c.Issuer != "" {
