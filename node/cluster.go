@@ -123,7 +123,7 @@ func newCluster(cfg Config, rn *raft.Node, ln *raft.ClusterListener, now func() 
 		log:    slog.New(slog.DiscardHandler), fail: func(error) {},
 	}
 	if cfg.Issuer != "" {
-		c.issuer = strings.TrimSuffix(cfg.Issuer, "/")
+		c.issuer = trimIssuer(cfg.Issuer)
 	}
 	ln.SetPeerCheck(c.peerAllowed)
 	return c
@@ -400,7 +400,10 @@ func (n *Node) openRaft() error {
 	n.rep = newReplica(n.raft, n.now)
 	n.rep.forward = n.cl.propose
 	n.rep.fresh = n.cl.stale
-	return nil
+	n.fatal = make(chan error, 1)
+	// A node configured with another issuer than the cluster's refuses to
+	// start.
+	return n.issuerMismatch()
 }
 
 // startCluster serves the internal service, joins through cfg.Join if this
@@ -571,3 +574,6 @@ func (n *Node) keepIssuer(ctx context.Context) {
 		}
 	}
 }
+
+// trimIssuer is an issuer base URL as recorded: without a trailing slash.
+func trimIssuer(s string) string { return strings.TrimSuffix(s, "/") }

@@ -202,13 +202,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("node: nats listen address %q: %w", c.NATSListen, err)
 		}
 	}
-	if !c.Dev && c.Issuer == "" {
-		return errors.New("node: --issuer is required (TALLY_ISSUER, config key issuer): the one public base URL of the cluster, the same on every node, e.g. https://auth.example.com; only --dev derives it from the listen address")
-	}
 	if c.Issuer != "" {
-		if err := raft.CheckIssuer(strings.TrimSuffix(c.Issuer, "/")); err != nil {
-			return fmt.Errorf("node: %w", err)
-		}
 		u, err := url.Parse(c.Issuer)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 			return fmt.Errorf("node: issuer %q: want an http(s) URL without query or fragment", c.Issuer)
@@ -216,6 +210,12 @@ func (c Config) Validate() error {
 		if u.Scheme == "http" && !c.Dev && !isLoopbackHost(u.Hostname()) {
 			return fmt.Errorf("node: issuer %q: plain http is only allowed on loopback or with --dev", c.Issuer)
 		}
+
+		if err := raft.CheckIssuer(strings.TrimSuffix(c.Issuer, "/")); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+	} else if !c.Dev {
+		return errors.New("node: --issuer is required (TALLY_ISSUER, config key issuer): the one public base URL of the cluster, the same on every node, e.g. https://auth.example.com; only --dev derives it from the listen address")
 	}
 	if !c.Dev && len(c.KEK) == 0 && c.KEKFile == "" {
 		return errors.New("node: a key-encryption key is required (--kek-file or TALLY_KEK); --dev generates one")

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -330,7 +329,7 @@ func (s *clusterService) Join(ctx context.Context, req *connect.Request[clusterv
 	if err := s.c.peerAllowed(req.Msg.Id); err != nil {
 		return nil, connect.NewError(connect.CodePermissionDenied, err)
 	}
-	if cluster := s.c.rn.State().ClusterIssuer(); cluster != "" && strings.TrimSuffix(req.Msg.Issuer, "/") != cluster {
+	if cluster := s.c.rn.State().ClusterIssuer(); cluster != "" && trimIssuer(req.Msg.Issuer) != cluster {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%w: node %q is configured with --issuer %q but the cluster's issuer is %q; every node of a cluster must use the same issuer",
 			ErrIssuerMismatch, req.Msg.Id, req.Msg.Issuer, cluster))
 	}

@@ -72,7 +72,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
-	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now, fatal: make(chan error, 1)}
+	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -109,9 +109,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	}
 
 	if err := n.openRaft(); err != nil {
-		return nil, err
-	}
-	if err := n.issuerMismatch(); err != nil {
 		return nil, err
 	}
 
