@@ -397,13 +397,16 @@ func (n *Node) openRaft() error {
 	}
 	n.cl = newCluster(n.cfg, n.raft, n.clusterLn, n.now, func() string { return n.Addr() })
 	n.cl.log, n.cl.fail = clog, n.fail
-	n.rep = newReplica(n.raft, n.now)
-	n.rep.forward = n.cl.propose
-	n.rep.fresh = n.cl.stale
 	n.fatal = make(chan error, 1)
 	// A node configured with another issuer than the cluster's refuses to
 	// start.
-	return n.issuerMismatch()
+	if err := n.issuerMismatch(); err != nil {
+		return err
+	}
+	n.rep = newReplica(n.raft, n.now)
+	n.rep.forward = n.cl.propose
+	n.rep.fresh = n.cl.stale
+	return nil
 }
 
 // startCluster serves the internal service, joins through cfg.Join if this

@@ -65,11 +65,11 @@ const (
 	metaAppliedIndex  = "applied_index"
 	metaAppliedTerm   = "applied_term"
 	metaSchemaVersion = "schema_version"
-	// metaEventsSweptThrough is the highest outbox index a Sweep removed.
-	metaEventsSweptThrough = "events_swept_through"
 	// metaCluster is the raftpb.ClusterMeta record: the cluster's issuer
 	// and the node ids removed for good (apply_cluster.go).
 	metaCluster = "cluster"
+	// metaEventsSweptThrough is the highest outbox index a Sweep removed.
+	metaEventsSweptThrough = "events_swept_through"
 )
 
 // globalBuckets are created when a state database is opened.

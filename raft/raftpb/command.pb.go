@@ -119,6 +119,8 @@ type Command struct {
 	//	*Command_AddKeys
 	//	*Command_RevokeToken
 	//	*Command_Sweep
+	//	*Command_SetClusterIssuer
+	//	*Command_DenyNode
 	//	*Command_CreateUser
 	//	*Command_SetUserPassword
 	//	*Command_SetUserStatus
@@ -129,8 +131,6 @@ type Command struct {
 	//	*Command_CreateDeviceCode
 	//	*Command_DecideDeviceCode
 	//	*Command_PollDeviceCode
-	//	*Command_SetClusterIssuer
-	//	*Command_DenyNode
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -266,6 +266,24 @@ func (x *Command) GetSweep() *Sweep {
 	return nil
 }
 
+func (x *Command) GetSetClusterIssuer() *SetClusterIssuer {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetClusterIssuer); ok {
+			return x.SetClusterIssuer
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDenyNode() *DenyNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DenyNode); ok {
+			return x.DenyNode
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetCreateUser() *CreateUser {
 	if x != nil {
 		if x, ok := x.Op.(*Command_CreateUser); ok {
@@ -356,24 +374,6 @@ func (x *Command) GetPollDeviceCode() *PollDeviceCode {
 	return nil
 }
 
-func (x *Command) GetSetClusterIssuer() *SetClusterIssuer {
-	if x != nil {
-		if x, ok := x.Op.(*Command_SetClusterIssuer); ok {
-			return x.SetClusterIssuer
-		}
-	}
-	return nil
-}
-
-func (x *Command) GetDenyNode() *DenyNode {
-	if x != nil {
-		if x, ok := x.Op.(*Command_DenyNode); ok {
-			return x.DenyNode
-		}
-	}
-	return nil
-}
-
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -408,6 +408,16 @@ type Command_RevokeToken struct {
 
 type Command_Sweep struct {
 	Sweep *Sweep `protobuf:"bytes,23,opt,name=sweep,proto3,oneof"`
+}
+
+type Command_SetClusterIssuer struct {
+	// Cluster identity (issue 9): the one issuer of the cluster and the
+	// node ids whose removal is final. See ClusterMeta.
+	SetClusterIssuer *SetClusterIssuer `protobuf:"bytes,48,opt,name=set_cluster_issuer,json=setClusterIssuer,proto3,oneof"`
+}
+
+type Command_DenyNode struct {
+	DenyNode *DenyNode `protobuf:"bytes,49,opt,name=deny_node,json=denyNode,proto3,oneof"`
 }
 
 type Command_CreateUser struct {
@@ -452,16 +462,6 @@ type Command_PollDeviceCode struct {
 	PollDeviceCode *PollDeviceCode `protobuf:"bytes,41,opt,name=poll_device_code,json=pollDeviceCode,proto3,oneof"`
 }
 
-type Command_SetClusterIssuer struct {
-	// Cluster identity (issue 9): the one issuer of the cluster and the
-	// node ids whose removal is final. See ClusterMeta.
-	SetClusterIssuer *SetClusterIssuer `protobuf:"bytes,48,opt,name=set_cluster_issuer,json=setClusterIssuer,proto3,oneof"`
-}
-
-type Command_DenyNode struct {
-	DenyNode *DenyNode `protobuf:"bytes,49,opt,name=deny_node,json=denyNode,proto3,oneof"`
-}
-
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -477,6 +477,10 @@ func (*Command_AddKeys) isCommand_Op() {}
 func (*Command_RevokeToken) isCommand_Op() {}
 
 func (*Command_Sweep) isCommand_Op() {}
+
+func (*Command_SetClusterIssuer) isCommand_Op() {}
+
+func (*Command_DenyNode) isCommand_Op() {}
 
 func (*Command_CreateUser) isCommand_Op() {}
 
@@ -497,10 +501,6 @@ func (*Command_CreateDeviceCode) isCommand_Op() {}
 func (*Command_DecideDeviceCode) isCommand_Op() {}
 
 func (*Command_PollDeviceCode) isCommand_Op() {}
-
-func (*Command_SetClusterIssuer) isCommand_Op() {}
-
-func (*Command_DenyNode) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -3533,7 +3533,9 @@ const file_command_proto_rawDesc = "" +
 	"\x13set_client_disabled\x18\x14 \x01(\v2 .tally.raft.v1.SetClientDisabledH\x00R\x11setClientDisabled\x123\n" +
 	"\badd_keys\x18\x15 \x01(\v2\x16.tally.raft.v1.AddKeysH\x00R\aaddKeys\x12?\n" +
 	"\frevoke_token\x18\x16 \x01(\v2\x1a.tally.raft.v1.RevokeTokenH\x00R\vrevokeToken\x12,\n" +
-	"\x05sweep\x18\x17 \x01(\v2\x14.tally.raft.v1.SweepH\x00R\x05sweep\x12<\n" +
+	"\x05sweep\x18\x17 \x01(\v2\x14.tally.raft.v1.SweepH\x00R\x05sweep\x12O\n" +
+	"\x12set_cluster_issuer\x180 \x01(\v2\x1f.tally.raft.v1.SetClusterIssuerH\x00R\x10setClusterIssuer\x126\n" +
+	"\tdeny_node\x181 \x01(\v2\x17.tally.raft.v1.DenyNodeH\x00R\bdenyNode\x12<\n" +
 	"\vcreate_user\x18  \x01(\v2\x19.tally.raft.v1.CreateUserH\x00R\n" +
 	"createUser\x12L\n" +
 	"\x11set_user_password\x18! \x01(\v2\x1e.tally.raft.v1.SetUserPasswordH\x00R\x0fsetUserPassword\x12F\n" +
@@ -3545,9 +3547,7 @@ const file_command_proto_rawDesc = "" +
 	"\rrevoke_family\x18& \x01(\v2\x1b.tally.raft.v1.RevokeFamilyH\x00R\frevokeFamily\x12O\n" +
 	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
 	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
-	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCode\x12O\n" +
-	"\x12set_cluster_issuer\x180 \x01(\v2\x1f.tally.raft.v1.SetClusterIssuerH\x00R\x10setClusterIssuer\x126\n" +
-	"\tdeny_node\x181 \x01(\v2\x17.tally.raft.v1.DenyNodeH\x00R\bdenyNodeB\x04\n" +
+	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCodeB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -3887,18 +3887,18 @@ var file_command_proto_depIdxs = []int32{
 	7,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
 	8,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
 	9,  // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	16, // 8: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
-	17, // 9: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
-	18, // 10: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
-	19, // 11: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
-	20, // 12: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
-	21, // 13: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
-	22, // 14: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
-	23, // 15: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
-	24, // 16: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
-	25, // 17: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	35, // 18: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
-	36, // 19: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	35, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	36, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	16, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	17, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	18, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	19, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	20, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	21, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	22, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	23, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	24, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	25, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
 	10, // 20: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
 	13, // 21: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
 	12, // 22: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
@@ -3946,6 +3946,8 @@ func file_command_proto_init() {
 		(*Command_AddKeys)(nil),
 		(*Command_RevokeToken)(nil),
 		(*Command_Sweep)(nil),
+		(*Command_SetClusterIssuer)(nil),
+		(*Command_DenyNode)(nil),
 		(*Command_CreateUser)(nil),
 		(*Command_SetUserPassword)(nil),
 		(*Command_SetUserStatus)(nil),
@@ -3956,8 +3958,6 @@ func file_command_proto_init() {
 		(*Command_CreateDeviceCode)(nil),
 		(*Command_DecideDeviceCode)(nil),
 		(*Command_PollDeviceCode)(nil),
-		(*Command_SetClusterIssuer)(nil),
-		(*Command_DenyNode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
