@@ -87,10 +87,11 @@ shift_ports() {
 	}' "$1"
 }
 
-# wait_ready NAME URL: poll URL/readyz until it answers 200.
+# wait_ready NAME URL [PATH]: poll URL/PATH (default /readyz) until it
+# answers 200.
 wait_ready() {
 	i=0
-	until curl -fsS "$2/readyz" >/dev/null 2>&1; do
+	until curl -fsS "$2${3:-/readyz}" >/dev/null 2>&1; do
 		i=$((i + 1))
 		if [ "$i" -gt 600 ] || ! running "$1"; then
 			echo "$1 is not ready; see $dir/$1.log" >&2
@@ -139,6 +140,11 @@ start() {
 		wait_ready "node$n" "http://127.0.0.1:$((8080 + off + n))"
 	done
 	wait_ready front "$issuer"
+	# The leader creates the default tenant once elected: wait until every
+	# node serves it.
+	for n in $nodes; do
+		wait_ready "node$n" "http://127.0.0.1:$((8080 + off + n))" /t/default/.well-known/openid-configuration
+	done
 	echo "tally cluster ready: 3 nodes (east: node1 node2, west: node3) behind the front door $issuer; logs and pids in $dir"
 	echo "export TALLY_SERVER=$issuer TALLY_ADMIN_TOKEN=$(cat "$dir/admin-token")"
 	echo "export TALLY_ISSUER_BASE=$issuer"
