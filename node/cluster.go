@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -297,6 +298,7 @@ func (c *cluster) localStatus(ctx context.Context) *clusterv1.MemberStatus {
 		}(),
 		LeaderId: st.LeaderID,
 		Health:   "healthy",
+		Features: features,
 	}
 	if ms.Leader {
 		ms.LastContactMs = 0
@@ -558,7 +560,7 @@ func (n *Node) keepIssuer(ctx context.Context) {
 		case n.cl.issuer:
 			return
 		case "":
-			if n.raft.IsLeader() {
+			if n.raft.IsLeader() && n.cl.allSupport(ctx, featureClusterIdentity) {
 				cmd := &raftpb.Command{Op: &raftpb.Command_SetClusterIssuer{SetClusterIssuer: &raftpb.SetClusterIssuer{Issuer: n.cl.issuer}}}
 				_, err := n.rep.propose(ctx, cmd)
 				if err == nil {
@@ -580,3 +582,29 @@ func (n *Node) keepIssuer(ctx context.Context) {
 
 // trimIssuer is an issuer base URL as recorded: without a trailing slash.
 func trimIssuer(s string) string { return strings.TrimSuffix(s, "/") }
+
+// featureClusterIdentity names the SetClusterIssuer and DenyNode
+// operations (raft ops 48, 49) in MemberStatus.features.
+const featureClusterIdentity = "cluster_identity"
+
+// features are the Raft operations this binary applies beyond the first
+// release's (MemberStatus.features).
+var features = []string{featureClusterIdentity}
+
+// allSupport reports whether every member of the configuration answers
+// its status and lists feature, so that a leader does not propose an
+// operation a member running an older binary would not understand (it
+// would stop at that entry): during a rolling upgrade the cluster's issuer
+// is recorded once the last node runs this version.
+func (c *cluster) allSupport(ctx context.Context, feature string) bool {
+	st, err := c.status(ctx, statusTimeout)
+	if err != nil {
+		return false
+	}
+	for _, m := range st.Members {
+		if !slices.Contains(m.Features, feature) {
+			return false
+		}
+	}
+	return true
+}

@@ -557,9 +557,13 @@ type MemberStatus struct {
 	LastContactMs int64 `protobuf:"varint,13,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
 	// "healthy", "stale" (beyond the staleness bound), "lagging",
 	// "unreachable".
-	Health        string `protobuf:"bytes,14,opt,name=health,proto3" json:"health,omitempty"`
-	Error         string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
-	LeaderId      string `protobuf:"bytes,16,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Health   string `protobuf:"bytes,14,opt,name=health,proto3" json:"health,omitempty"`
+	Error    string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	LeaderId string `protobuf:"bytes,16,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	// Raft operations this member's binary applies beyond the first
+	// release's, by name (e.g. "cluster_identity"); a leader proposes a new
+	// operation only once every member lists it.
+	Features      []string `protobuf:"bytes,30,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -704,6 +708,13 @@ func (x *MemberStatus) GetLeaderId() string {
 		return x.LeaderId
 	}
 	return ""
+}
+
+func (x *MemberStatus) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
 }
 
 type StatusRequest struct {
@@ -1350,7 +1361,7 @@ const file_cluster_proto_rawDesc = "" +
 	"\x18ChangeMembershipResponse\"\x14\n" +
 	"\x12LocalStatusRequest\"M\n" +
 	"\x13LocalStatusResponse\x126\n" +
-	"\x06status\x18\x01 \x01(\v2\x1e.tally.cluster.v1.MemberStatusR\x06status\"\xc0\x03\n" +
+	"\x06status\x18\x01 \x01(\v2\x1e.tally.cluster.v1.MemberStatusR\x06status\"\xdc\x03\n" +
 	"\fMemberStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x12!\n" +
@@ -1369,7 +1380,8 @@ const file_cluster_proto_rawDesc = "" +
 	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\x12\x16\n" +
 	"\x06health\x18\x0e \x01(\tR\x06health\x12\x14\n" +
 	"\x05error\x18\x0f \x01(\tR\x05error\x12\x1b\n" +
-	"\tleader_id\x18\x10 \x01(\tR\bleaderId\"\x0f\n" +
+	"\tleader_id\x18\x10 \x01(\tR\bleaderId\x12\x1a\n" +
+	"\bfeatures\x18\x1e \x03(\tR\bfeatures\"\x0f\n" +
 	"\rStatusRequest\"g\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x128\n" +
