@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,6 +59,17 @@ func waitClusterIssuer(t *testing.T, c *nodetest.Cluster, iss string) {
 func TestOneIssuerAcrossNodes(t *testing.T) {
 	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(withIssuer(sharedIssuer)))
 	waitClusterIssuer(t, c, sharedIssuer)
+	// Every member says it applies the cluster identity operations (the
+	// leader records the issuer only then).
+	st, err := c.Node(1).ClusterAdmin.Status(context.Background(), connect.NewRequest(&clusterv1.StatusRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.Msg.Members {
+		if !slices.Contains(m.Features, "cluster_identity") {
+			t.Fatalf("member %s features %v", m.Id, m.Features)
+		}
+	}
 	for _, format := range []string{"jwt", "opaque"} {
 		id, secret := c.Node(0).CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "svc-" + format, TokenFormat: format, AccessTokenTtlSeconds: 300})
 		c.WaitApplied(c.Node(0).Raft().State().AppliedIndex())
