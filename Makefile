@@ -80,7 +80,7 @@ SOAK_COUNT ?= 5
 soak:
 	TALLY_SOAK=1 $(GO) test -race -count=$(SOAK_COUNT) -timeout 60m -run 'Fault|Linearizab' ./raft/ ./node/
 
-## cluster: a local 3-node cluster in two regions on 127.0.0.1:8081-8083 (deploy/local)
+## cluster: a local 3-node cluster in two regions on 127.0.0.1:8081-8083 behind the one-issuer front door on 127.0.0.1:8080 (deploy/local)
 cluster:
 	GO=$(GO) deploy/local/cluster.sh start
 

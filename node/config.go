@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/tallyauth/tally/issuance"
@@ -29,7 +30,11 @@ type Config struct {
 	// endpoints and the Connect services (HTTP/1.1 and h2c).
 	Listen string
 	// Issuer is the base URL tenants' issuers are derived from
-	// ({Issuer}/t/{tenant}); empty derives http://{Listen}.
+	// ({Issuer}/t/{tenant}): the one public URL of the cluster, the same on
+	// every node (the first leader records it in the replicated state, and
+	// a node configured with another one refuses to start or join).
+	// Required outside Dev; a Dev node without one derives http://{Listen}
+	// and answers only for itself.
 	Issuer string
 	// RaftBind is the host:port of the cluster port: Raft traffic and the
 	// internal cluster Connect service, both over mutual TLS.
@@ -218,6 +223,12 @@ func (c Config) Validate() error {
 		if u.Scheme == "http" && !c.Dev && !isLoopbackHost(u.Hostname()) {
 			return fmt.Errorf("node: issuer %q: plain http is only allowed on loopback or with --dev", c.Issuer)
 		}
+
+		if err := raft.CheckIssuer(strings.TrimSuffix(c.Issuer, "/")); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+	} else if !c.Dev {
+		return errors.New("node: --issuer is required (TALLY_ISSUER, config key issuer): the one public base URL of the cluster, the same on every node, e.g. https://auth.example.com; only --dev derives it from the listen address")
 	}
 	if !c.Dev && len(c.KEK) == 0 && c.KEKFile == "" {
 		return errors.New("node: a key-encryption key is required (--kek-file or TALLY_KEK); --dev generates one")

@@ -195,6 +195,15 @@ func (c *cluster) changeLocal(ctx context.Context, req *clusterv1.ChangeMembersh
 	case clusterv1.MembershipChange_MEMBERSHIP_CHANGE_ADD_NONVOTER:
 		return c.rn.AddNonvoter(ctx, req.Id, req.Address)
 	case clusterv1.MembershipChange_MEMBERSHIP_CHANGE_REMOVE:
+		if req.Id == c.cfg.NodeID {
+			// Removal is final (the id goes on the deny list), and a
+			// leader cannot deny itself: hand leadership over and let the
+			// caller repeat the change at the new leader.
+			if err := c.rn.TransferLeadership(ctx, ""); err != nil {
+				return err
+			}
+			return raft.ErrNotLeader
+		}
 		return c.rn.RemoveServer(ctx, req.Id)
 	case clusterv1.MembershipChange_MEMBERSHIP_CHANGE_TRANSFER_LEADERSHIP:
 		return c.rn.TransferLeadership(ctx, req.Id)
@@ -239,9 +248,39 @@ func validMembership(req *clusterv1.ChangeMembershipRequest) error {
 
 // clusterService implements the internal Connect service. Every caller has
 // presented a node certificate of the cluster CA (the cluster port verified
-// it); its node id is in the context.
+// it) and was not removed from the cluster (cluster.peerIdentity); its node
+// id is in the context. Each method then authorises by role:
+//
+//	Apply             a member of the Raft configuration (voter or not),
+//	                  forwarding a write; not the cluster identity commands,
+//	                  which only a leader proposes itself
+//	ChangeMembership  a member, forwarding an operator's change
+//	Join              any node, as itself only, with the cluster's issuer
+//	LocalStatus       any node not removed
 type clusterService struct {
 	c *cluster
+}
+
+// caller is the node id of the calling node's certificate.
+func caller(ctx context.Context) string {
+	id, _ := ctx.Value(peerIDKey{}).(string)
+	return id
+}
+
+// requireMember refuses a caller that is not in this node's latest Raft
+// configuration.
+func (s *clusterService) requireMember(ctx context.Context, what string) error {
+	id := caller(ctx)
+	ms, err := s.c.rn.Members(ctx)
+	if err != nil {
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	for _, m := range ms {
+		if m.ID == id {
+			return nil
+		}
+	}
+	return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %q is not a member of the cluster: only members may %s", id, what))
 }
 
 var _ clusterv1connect.ClusterServiceHandler = (*clusterService)(nil)
@@ -249,9 +288,16 @@ var _ clusterv1connect.ClusterServiceHandler = (*clusterService)(nil)
 // Apply proposes a forwarded command on this node, which must be the
 // leader.
 func (s *clusterService) Apply(ctx context.Context, req *connect.Request[clusterv1.ApplyRequest]) (*connect.Response[clusterv1.ApplyResponse], error) {
+	if err := s.requireMember(ctx, "forward writes"); err != nil {
+		return nil, err
+	}
 	cmd := &raftpb.Command{}
 	if err := proto.Unmarshal(req.Msg.Command, cmd); err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("command: %w", err))
+	}
+	switch cmd.GetOp().(type) {
+	case *raftpb.Command_SetClusterIssuer, *raftpb.Command_DenyNode:
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %q may not forward %T: the leader proposes cluster identity commands itself", caller(ctx), cmd.GetOp()))
 	}
 	if !s.c.rn.IsLeader() {
 		return nil, notLeader(s.c.rn)
@@ -278,9 +324,15 @@ func notLeader(rn *raft.Node) error {
 // Join adds the calling node. A node may only add itself: the id must be
 // the one in its certificate.
 func (s *clusterService) Join(ctx context.Context, req *connect.Request[clusterv1.JoinRequest]) (*connect.Response[clusterv1.JoinResponse], error) {
-	caller, _ := ctx.Value(peerIDKey{}).(string)
-	if caller != req.Msg.Id {
-		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %q may not join as %q", caller, req.Msg.Id))
+	if id := caller(ctx); id != req.Msg.Id {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %q may not join as %q", id, req.Msg.Id))
+	}
+	if err := s.c.peerAllowed(req.Msg.Id); err != nil {
+		return nil, connect.NewError(connect.CodePermissionDenied, err)
+	}
+	if cluster := s.c.rn.State().ClusterIssuer(); cluster != "" && trimIssuer(req.Msg.Issuer) != cluster {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%w: node %q is configured with --issuer %q but the cluster's issuer is %q; every node of a cluster must use the same issuer",
+			ErrIssuerMismatch, req.Msg.Id, req.Msg.Issuer, cluster))
 	}
 	change := clusterv1.MembershipChange_MEMBERSHIP_CHANGE_ADD_VOTER
 	if req.Msg.Nonvoter {
@@ -299,6 +351,9 @@ func (s *clusterService) Join(ctx context.Context, req *connect.Request[clusterv
 // ChangeMembership applies a change on this node, which must be the
 // leader (followers forward to the leader before calling it).
 func (s *clusterService) ChangeMembership(ctx context.Context, req *connect.Request[clusterv1.ChangeMembershipRequest]) (*connect.Response[clusterv1.ChangeMembershipResponse], error) {
+	if err := s.requireMember(ctx, "change the membership"); err != nil {
+		return nil, err
+	}
 	if err := validMembership(req.Msg); err != nil {
 		return nil, connectError(err)
 	}

@@ -49,6 +49,7 @@ type Node struct {
 	ln        net.Listener
 	http      *http.Server
 	ready     atomic.Bool
+	fatal     chan error // a reason to stop (cluster.go: fail)
 
 	metrics    *nodeMetrics   // node/metrics.go
 	metricsSrv *metricsServer // --metrics-listen
@@ -321,6 +322,7 @@ func (n *Node) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
+	case serveErr = <-n.fatal:
 	}
 	n.ready.Store(false)
 	shCtx, shCancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)

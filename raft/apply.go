@@ -138,6 +138,8 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 		now = a.boundTime(cmd) // clock.go
 		if ok, g, ferr := a.dispatchFlow(cmd, now); ok {
 			grant, err = g, ferr
+		} else if ok, cerr := a.dispatchCluster(cmd, now); ok {
+			err = cerr
 		} else {
 			err = a.dispatch(cmd, now)
 		}

@@ -222,6 +222,11 @@ func (f *FSM) loadView() error {
 	if err != nil {
 		return err
 	}
+	var cm *raftpb.ClusterMeta
+	if err := f.db.View(func(tx *bbolt.Tx) (err error) { cm, err = readClusterMeta(tx); return err }); err != nil {
+		return err
+	}
+	f.state.cluster.Store(cm)
 	f.state.replace(tenants, applied)
 	return nil
 }

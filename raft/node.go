@@ -256,7 +256,12 @@ func (n *Node) Snapshot() error {
 
 // AddVoter adds (or updates) a voting member and waits until the
 // configuration change is committed. Only the leader can do it.
+//
+// A removed id (see RemoveServer) is refused with ErrNodeDenied.
 func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
+	if n.fsm.State().NodeDenied(id) {
+		return fmt.Errorf("%w: %q", ErrNodeDenied, id)
+	}
 	f := n.raft.AddVoter(hraft.ServerID(id), hraft.ServerAddress(addr), 0, n.timeout(ctx))
 	if err := n.wait(ctx, f); err != nil {
 		return err

@@ -66,6 +66,9 @@ const (
 	metaAppliedIndex  = "applied_index"
 	metaAppliedTerm   = "applied_term"
 	metaSchemaVersion = "schema_version"
+	// metaCluster is the raftpb.ClusterMeta record: the cluster's issuer
+	// and the node ids removed for good (apply_cluster.go).
+	metaCluster = "cluster"
 	// metaEventsSweptThrough is the highest outbox index a Sweep removed.
 	metaEventsSweptThrough = "events_swept_through"
 	// metaClock is the FSM's bounded clock (clock.go); absent until the

@@ -26,6 +26,7 @@ const usage = `tally — OAuth 2.0 / OpenID Connect token service
 
 Usage:
   tally serve [flags]        run a node (tally serve --dev for a local single node)
+  tally front [flags]        the one-issuer front door: a proxy over a cluster's nodes
   tally admin <command> ...  administer tenants, clients, keys and revocations
   tally loadtest <scenario>  run a load test against an issuer
   tally drill <drill>        break a cluster under load: failover, partition
@@ -51,6 +52,8 @@ func run(ctx context.Context, args []string, e env) int {
 	switch args[0] {
 	case "serve":
 		return runServe(ctx, args[1:], e)
+	case "front":
+		return runFront(ctx, args[1:], e)
 	case "admin":
 		return runAdmin(ctx, args[1:], e)
 	case "loadtest":

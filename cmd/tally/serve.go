@@ -57,7 +57,7 @@ func runServe(ctx context.Context, args []string, e env) int {
 	fs.BoolVar(&cfg.Dev, "dev", cfg.Dev, "single node on loopback; generate the key-encryption key and admin credential in the data dir")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the Raft log, state, snapshots and NATS files")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "host:port of the OAuth endpoints and Connect services (HTTP/1.1 and h2c)")
-	fs.StringVar(&cfg.Issuer, "issuer", cfg.Issuer, "base URL of tenant issuers ({issuer}/t/{tenant}); default http://{listen}")
+	fs.StringVar(&cfg.Issuer, "issuer", cfg.Issuer, "the cluster's one public base URL, the same on every node; tenant issuers are {issuer}/t/{tenant} (required; --dev derives http://{listen})")
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "this node's id in the Raft cluster")
 	fs.StringVar(&cfg.Region, "region", cfg.Region, "this node's region label")
 	fs.StringVar(&cfg.RaftBind, "raft-bind", cfg.RaftBind, "host:port of the cluster port: Raft and the internal cluster service, over mutual TLS")

@@ -124,6 +124,8 @@ type Command struct {
 	//	*Command_AddKeys
 	//	*Command_RevokeToken
 	//	*Command_Sweep
+	//	*Command_SetClusterIssuer
+	//	*Command_DenyNode
 	//	*Command_CreateUser
 	//	*Command_SetUserPassword
 	//	*Command_SetUserStatus
@@ -270,6 +272,24 @@ func (x *Command) GetSweep() *Sweep {
 	return nil
 }
 
+func (x *Command) GetSetClusterIssuer() *SetClusterIssuer {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetClusterIssuer); ok {
+			return x.SetClusterIssuer
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDenyNode() *DenyNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DenyNode); ok {
+			return x.DenyNode
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetCreateUser() *CreateUser {
 	if x != nil {
 		if x, ok := x.Op.(*Command_CreateUser); ok {
@@ -405,6 +425,16 @@ type Command_Sweep struct {
 	Sweep *Sweep `protobuf:"bytes,23,opt,name=sweep,proto3,oneof"`
 }
 
+type Command_SetClusterIssuer struct {
+	// Cluster identity (issue 9): the one issuer of the cluster and the
+	// node ids whose removal is final. See ClusterMeta.
+	SetClusterIssuer *SetClusterIssuer `protobuf:"bytes,48,opt,name=set_cluster_issuer,json=setClusterIssuer,proto3,oneof"`
+}
+
+type Command_DenyNode struct {
+	DenyNode *DenyNode `protobuf:"bytes,49,opt,name=deny_node,json=denyNode,proto3,oneof"`
+}
+
 type Command_CreateUser struct {
 	// End-user flows (issue 4): users, consent, codes, refresh families,
 	// device authorization. See the messages below.
@@ -467,6 +497,10 @@ func (*Command_AddKeys) isCommand_Op() {}
 func (*Command_RevokeToken) isCommand_Op() {}
 
 func (*Command_Sweep) isCommand_Op() {}
+
+func (*Command_SetClusterIssuer) isCommand_Op() {}
+
+func (*Command_DenyNode) isCommand_Op() {}
 
 func (*Command_CreateUser) isCommand_Op() {}
 
@@ -3349,11 +3383,227 @@ func (x *GrantResult) GetEvents() []*GrantEvent {
 	return nil
 }
 
+// SetClusterIssuer records the cluster's issuer base URL (tenant issuers are
+// {issuer}/t/{tenant}). It is set once, by the first leader configured with
+// an issuer; setting a different value is a conflict.
+type SetClusterIssuer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issuer        string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClusterIssuer) Reset() {
+	*x = SetClusterIssuer{}
+	mi := &file_command_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClusterIssuer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClusterIssuer) ProtoMessage() {}
+
+func (x *SetClusterIssuer) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClusterIssuer.ProtoReflect.Descriptor instead.
+func (*SetClusterIssuer) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *SetClusterIssuer) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+// DenyNode records that a node id was removed from the cluster for good:
+// its certificate is refused on every node's cluster port from then on.
+type DenyNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyNode) Reset() {
+	*x = DenyNode{}
+	mi := &file_command_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyNode) ProtoMessage() {}
+
+func (x *DenyNode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyNode.ProtoReflect.Descriptor instead.
+func (*DenyNode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *DenyNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DenyNode) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ClusterMeta is the cluster-wide identity record (meta bucket, key
+// "cluster"): the issuer and the denied node ids.
+type ClusterMeta struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issuer        string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Denied        []*DeniedNode          `protobuf:"bytes,2,rep,name=denied,proto3" json:"denied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterMeta) Reset() {
+	*x = ClusterMeta{}
+	mi := &file_command_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterMeta) ProtoMessage() {}
+
+func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterMeta.ProtoReflect.Descriptor instead.
+func (*ClusterMeta) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ClusterMeta) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *ClusterMeta) GetDenied() []*DeniedNode {
+	if x != nil {
+		return x.Denied
+	}
+	return nil
+}
+
+// DeniedNode is one entry of ClusterMeta's deny list.
+type DeniedNode struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	NodeId         string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	DeniedUnixNano int64                  `protobuf:"varint,2,opt,name=denied_unix_nano,json=deniedUnixNano,proto3" json:"denied_unix_nano,omitempty"`
+	Reason         string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeniedNode) Reset() {
+	*x = DeniedNode{}
+	mi := &file_command_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeniedNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeniedNode) ProtoMessage() {}
+
+func (x *DeniedNode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeniedNode.ProtoReflect.Descriptor instead.
+func (*DeniedNode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DeniedNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DeniedNode) GetDeniedUnixNano() int64 {
+	if x != nil {
+		return x.DeniedUnixNano
+	}
+	return 0
+}
+
+func (x *DeniedNode) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x8b\v\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\x94\f\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3366,7 +3616,9 @@ const file_command_proto_rawDesc = "" +
 	"\x13set_client_disabled\x18\x14 \x01(\v2 .tally.raft.v1.SetClientDisabledH\x00R\x11setClientDisabled\x123\n" +
 	"\badd_keys\x18\x15 \x01(\v2\x16.tally.raft.v1.AddKeysH\x00R\aaddKeys\x12?\n" +
 	"\frevoke_token\x18\x16 \x01(\v2\x1a.tally.raft.v1.RevokeTokenH\x00R\vrevokeToken\x12,\n" +
-	"\x05sweep\x18\x17 \x01(\v2\x14.tally.raft.v1.SweepH\x00R\x05sweep\x12<\n" +
+	"\x05sweep\x18\x17 \x01(\v2\x14.tally.raft.v1.SweepH\x00R\x05sweep\x12O\n" +
+	"\x12set_cluster_issuer\x180 \x01(\v2\x1f.tally.raft.v1.SetClusterIssuerH\x00R\x10setClusterIssuer\x126\n" +
+	"\tdeny_node\x181 \x01(\v2\x17.tally.raft.v1.DenyNodeH\x00R\bdenyNode\x12<\n" +
 	"\vcreate_user\x18  \x01(\v2\x19.tally.raft.v1.CreateUserH\x00R\n" +
 	"createUser\x12L\n" +
 	"\x11set_user_password\x18! \x01(\v2\x1e.tally.raft.v1.SetUserPasswordH\x00R\x0fsetUserPassword\x12F\n" +
@@ -3634,7 +3886,20 @@ const file_command_proto_rawDesc = "" +
 	"\x10sealed_successor\x18\x03 \x01(\fR\x0fsealedSuccessor\x12:\n" +
 	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
 	"deviceCode\x121\n" +
-	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events*\x98\x02\n" +
+	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\"*\n" +
+	"\x10SetClusterIssuer\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\";\n" +
+	"\bDenyNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"X\n" +
+	"\vClusterMeta\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x121\n" +
+	"\x06denied\x18\x02 \x03(\v2\x19.tally.raft.v1.DeniedNodeR\x06denied\"g\n" +
+	"\n" +
+	"DeniedNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12(\n" +
+	"\x10denied_unix_nano\x18\x02 \x01(\x03R\x0edeniedUnixNano\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason*\x98\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3659,7 +3924,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),             // 0: tally.raft.v1.EventKind
 	(*Command)(nil),            // 1: tally.raft.v1.Command
@@ -3697,6 +3962,10 @@ var file_command_proto_goTypes = []any{
 	(*DeviceCode)(nil),         // 33: tally.raft.v1.DeviceCode
 	(*GrantEvent)(nil),         // 34: tally.raft.v1.GrantEvent
 	(*GrantResult)(nil),        // 35: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),   // 36: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),           // 37: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),        // 38: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),         // 39: tally.raft.v1.DeniedNode
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -3707,47 +3976,50 @@ var file_command_proto_depIdxs = []int32{
 	7,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
 	8,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
 	9,  // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	17, // 8: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
-	18, // 9: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
-	19, // 10: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
-	20, // 11: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
-	21, // 12: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
-	22, // 13: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
-	23, // 14: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
-	24, // 15: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
-	25, // 16: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
-	26, // 17: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	10, // 18: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	11, // 19: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 20: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 21: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 22: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 23: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 24: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 25: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	12, // 26: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 27: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 28: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 29: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 30: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 31: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 32: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 33: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 34: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 35: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 36: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 37: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 38: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 39: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 40: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 41: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 42: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 43: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	36, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	37, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	17, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	18, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	19, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	20, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	21, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	22, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	23, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	24, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
+	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
+	11, // 21: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 22: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 23: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 24: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 25: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 26: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 27: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	12, // 28: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 29: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 30: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 31: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 32: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 33: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 34: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 35: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 36: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 37: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 38: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 39: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 40: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 41: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 42: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 43: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 44: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 45: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	39, // 46: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -3764,6 +4036,8 @@ func file_command_proto_init() {
 		(*Command_AddKeys)(nil),
 		(*Command_RevokeToken)(nil),
 		(*Command_Sweep)(nil),
+		(*Command_SetClusterIssuer)(nil),
+		(*Command_DenyNode)(nil),
 		(*Command_CreateUser)(nil),
 		(*Command_SetUserPassword)(nil),
 		(*Command_SetUserStatus)(nil),
@@ -3782,7 +4056,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   35,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
