@@ -122,6 +122,13 @@ type Config struct {
 	// DefaultSigningAlg is the signing algorithm of tenants created without
 	// one.
 	DefaultSigningAlg string
+	// MinFreeDisk is the free-space watermark of the data file system in
+	// bytes: below it the node refuses writes (503 temporarily_unavailable,
+	// Connect Unavailable) and reports not ready, while it keeps issuing
+	// and introspecting from its replica; a leader hands leadership to a
+	// healthy voter. 0 turns the watermark off (a full disk still refuses
+	// writes instead of crashing). See disk.go.
+	MinFreeDisk uint64
 }
 
 // Peer is one member of a new cluster's initial configuration.
@@ -160,6 +167,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout:    10 * time.Second,
 		MaxBodyBytes:       16 << 10,
 		DefaultSigningAlg:  "ES256",
+		MinFreeDisk:        DefaultMinFreeDisk,
 	}
 }
 
