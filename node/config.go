@@ -186,6 +186,15 @@ func (c Config) Validate() error {
 			return fmt.Errorf("node: %s address %q: %w", name, addr, err)
 		}
 	}
+	if c.Dev {
+		// A dev node generates its own secrets and may speak plain HTTP:
+		// it stays on loopback.
+		for name, addr := range map[string]string{"listen": c.Listen, "raft bind": c.RaftBind, "nats listen": c.NATSListen} {
+			if host, _, err := net.SplitHostPort(addr); err == nil && !isLoopbackHost(host) {
+				return fmt.Errorf("node: --dev keeps everything on loopback: %s address %q is not a loopback address", name, addr)
+			}
+		}
+	}
 	if err := c.Events.Validate(); err != nil {
 		return err
 	}
