@@ -16,8 +16,7 @@ import (
 	"github.com/tallyauth/tally/node/proctest"
 )
 
-// gapWriteEvery is how often the client of the write-gap measurement
-// sends a write, whatever happened to the earlier ones.
+// gapWriteEvery is the pause between the writes of the write-gap client.
 const gapWriteEvery = 100 * time.Millisecond
 
 // gapRuns is how many faults a write-gap test injects
@@ -42,10 +41,10 @@ func revokeVia(c *proctest.Cluster, p *proctest.Proc, jti string) error {
 	}, nil)
 }
 
-// writeGap injects fault into the leader while a client sends an admin
-// write through a follower every gapWriteEvery, and returns the time from
-// the fault to the first acknowledged write sent after it. It then calls
-// heal and waits until every node is ready again.
+// writeGap injects fault into the leader while a client makes admin
+// writes through a follower one after another, gapWriteEvery apart, and
+// returns the time from the fault to the first write acknowledged after
+// it. It then calls heal and waits until every node is ready again.
 func writeGap(t *testing.T, c *proctest.Cluster, run int, fault, heal func(*proctest.Proc)) time.Duration {
 	t.Helper()
 	leader := c.Leader(30 * time.Second)
@@ -55,61 +54,58 @@ func writeGap(t *testing.T, c *proctest.Cluster, run int, fault, heal func(*proc
 		return revokeVia(c, via, fmt.Sprintf("warm-%d", run))
 	})
 
+	// One client, as in the issue: it sends a write, waits for the answer
+	// (success or failure), pauses gapWriteEvery and sends the next.
 	type outcome struct {
 		sent, done time.Time
 		err        error
 	}
 	var mu sync.Mutex
 	var outs []outcome
-	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	start := func(seq int) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for seq := 0; ; seq++ {
 			sent := time.Now()
 			err := revokeVia(c, via, fmt.Sprintf("gap-%d-%d", run, seq))
 			mu.Lock()
 			outs = append(outs, outcome{sent: sent, done: time.Now(), err: err})
 			mu.Unlock()
-		}()
-	}
-	go func() {
-		t := time.NewTicker(gapWriteEvery)
-		defer t.Stop()
-		for seq := 0; ; seq++ {
 			select {
 			case <-stop:
 				return
-			case <-t.C:
+			case <-time.After(gapWriteEvery):
 			}
-			start(seq)
 		}
 	}()
-	<-time.After(300 * time.Millisecond) // some writes before the fault
+	<-time.After(500 * time.Millisecond) // some writes before the fault
 	at := time.Now()
 	fault(leader)
-	var gap, elected time.Duration
+	// The gap ends with the first write acknowledged after the fault. An
+	// acknowledgement within gapSettle of the fault is one the leader
+	// sent before it stopped, and does not end the gap.
+	const gapSettle = 50 * time.Millisecond
+	var gap time.Duration
 	deadline := time.Now().Add(20 * time.Second)
 	for gap == 0 && time.Now().Before(deadline) {
 		<-time.After(20 * time.Millisecond)
-
 		mu.Lock()
 		for _, o := range outs {
-			if o.err == nil && !o.sent.Before(at) && (gap == 0 || o.done.Sub(at) < gap) {
-				gap = o.done.Sub(at)
+			if d := o.done.Sub(at); o.err == nil && d >= gapSettle && (gap == 0 || d < gap) {
+				gap = d
 			}
 		}
 		mu.Unlock()
 	}
 	close(stop)
-	wg.Wait()
+	<-finished
 	heal(leader)
 	c.WaitReady(90 * time.Second)
 	if gap == 0 {
 		t.Fatalf("run %d: no write through %s succeeded within 20s of the fault", run, via.ID)
 	}
-	elected = electedAfter(c, at)
+	elected := electedAfter(c, at)
 	t.Logf("run %d: a new leader was elected %s after the fault; the first write through %s succeeded after %s",
 		run, elected.Round(time.Millisecond), via.ID, gap.Round(time.Millisecond))
 	return gap
