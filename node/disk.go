@@ -14,6 +14,7 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 
+	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
 	"github.com/tallyauth/tally/raft"
 )
 
@@ -30,8 +31,8 @@ const DefaultMinFreeDisk = 256 << 20
 var ErrDiskLow = errors.New("node: disk space low")
 
 // Disk watch timing: how often the free space is measured in the
-// background, how old a measurement a write check may use, and how often a
-// leader low on disk may try to hand leadership over.
+// background, how old a measurement a write check may use, and how long a
+// leader low on disk waits after a leadership transfer before trying again.
 const (
 	diskCheckEvery    = time.Second
 	diskCheckMaxAge   = 250 * time.Millisecond
@@ -124,11 +125,12 @@ func (d *diskWatch) reasons() []string {
 
 // run measures every diskCheckEvery until ctx ends. While this node leads
 // and refuses writes, it hands leadership to a voter that is healthy (not
-// low on disk itself), caught up and reachable, at most every
-// diskTransferEvery: a leader that refuses proposals makes the whole
-// cluster read-only although a quorum of healthy nodes could take writes.
-// When no voter qualifies it stays leader and keeps refusing: a new leader
-// would refuse too, and an election costs a second of unavailability.
+// low on disk itself, not stale, reachable) and not lagging, trying again
+// diskTransferEvery after a transfer and at every tick while there is no
+// such voter: a leader that refuses proposals makes the whole cluster
+// read-only although a quorum of healthy nodes could take writes. When no
+// voter qualifies it stays leader and keeps refusing: a new leader would
+// refuse too, and an election costs a second of unavailability.
 func (d *diskWatch) run(ctx context.Context, c *cluster) {
 	t := time.NewTicker(diskCheckEvery)
 	defer t.Stop()
@@ -143,28 +145,38 @@ func (d *diskWatch) run(ctx context.Context, c *cluster) {
 		if c == nil || !d.rn.IsLeader() || d.refused() == nil || time.Since(lastTransfer) < diskTransferEvery {
 			continue
 		}
-		lastTransfer = time.Now()
-		d.handOver(ctx, c)
+		if d.handOver(ctx, c) {
+			lastTransfer = time.Now()
+		}
 	}
 }
 
-// handOver transfers leadership to a healthy, caught-up voter, if any.
-func (d *diskWatch) handOver(ctx context.Context, c *cluster) {
+// handOver transfers leadership to the healthy voter with the least lag,
+// if there is one; it reports whether it tried. hashicorp/raft catches the
+// target up before handing over, so a small lag is no obstacle.
+func (d *diskWatch) handOver(ctx context.Context, c *cluster) bool {
 	st, err := c.status(ctx, statusTimeout)
 	if err != nil {
-		return
+		return false
 	}
+	var best *clusterv1.MemberStatus
 	for _, m := range st.Members {
-		if m.Id == c.cfg.NodeID || !m.Voter || m.Leader || m.Health != "healthy" || m.Lag > 0 {
+		if m.Id == c.cfg.NodeID || !m.Voter || m.Leader || m.Health != "healthy" {
 			continue
 		}
-		tctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
-		err := d.rn.TransferLeadership(tctx, m.Id)
-		cancel()
-		d.log.Warn("leader low on disk: handing leadership to a healthy voter", "to", m.Id, "err", err)
-		return
+		if best == nil || m.Lag < best.Lag {
+			best = m
+		}
 	}
-	d.log.Warn("leader low on disk and no healthy, caught-up voter to hand leadership to: writes stay refused")
+	if best == nil {
+		d.log.Warn("leader low on disk and no healthy voter to hand leadership to: writes stay refused")
+		return false
+	}
+	tctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
+	err = d.rn.TransferLeadership(tctx, best.Id)
+	cancel()
+	d.log.Warn("leader low on disk: handing leadership to a healthy voter", "to", best.Id, "lag", best.Lag, "err", err)
+	return true
 }
 
 // observe registers the disk gauges: tally_disk_free_bytes,
