@@ -34,8 +34,8 @@ func isNoSpace(err error) bool {
 
 // StorageFault is a write to the node's own storage that is failing now.
 type StorageFault struct {
-	// Store is "state" (the FSM's database) or "log" (the Raft log and
-	// stable store).
+	// Store is "state" (the FSM's database), "log" (the Raft log) or
+	// "stable" (the Raft term and vote, kept in the log's database).
 	Store string
 	// Since is when the first failing write of this episode happened.
 	Since time.Time
@@ -132,7 +132,7 @@ const noSpaceRetry = 250 * time.Millisecond
 
 func (s *faultLogStore) retry(write func() error) error {
 	for {
-		err := s.faults.note("log", write())
+		err := s.faults.note("stable", write())
 		if !isNoSpace(err) {
 			return err
 		}
