@@ -62,10 +62,28 @@ func newDiskWatch(dir string, min uint64, rn *raft.Node, log *slog.Logger) *disk
 	return d
 }
 
+func (d *diskWatch) old() bool {
+	return time.Since(time.Unix(0, d.checked.Load())) > diskCheckMaxAge
+}
+
+// measureIfOld measures unless another caller just did: under a burst of
+// writes one statfs serves them all.
+func (d *diskWatch) measureIfOld() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.old() {
+		d.measureLocked()
+	}
+}
+
 // measure runs statfs on the data directory and logs a change of state.
 func (d *diskWatch) measure() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.measureLocked()
+}
+
+func (d *diskWatch) measureLocked() {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(d.dir, &st); err != nil {
 		// Unknown free space does not refuse writes: a failing write
@@ -97,8 +115,8 @@ func (d *diskWatch) measure() {
 // propose a write now, or nil. It re-measures when the last measurement is
 // older than diskCheckMaxAge.
 func (d *diskWatch) refused() error {
-	if time.Since(time.Unix(0, d.checked.Load())) > diskCheckMaxAge {
-		d.measure()
+	if d.old() {
+		d.measureIfOld()
 	}
 	if d.low.Load() {
 		return fmt.Errorf("%w: %s free on the data file system, below min_free_disk %s", ErrDiskLow,
