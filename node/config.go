@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/raft"
 )
 
@@ -143,8 +144,9 @@ type Peer struct {
 // not stop issuance, but short enough that a partitioned node stops soon.
 const DefaultMaxStale = 5 * time.Second
 
-// MaxAccessTokenTTL is the longest access-token lifetime a client may have.
-const MaxAccessTokenTTL = time.Hour
+// MaxAccessTokenTTL is the longest access-token lifetime a client may have
+// (issuance.MaxAccessTokenTTL).
+const MaxAccessTokenTTL = issuance.MaxAccessTokenTTL
 
 // DefaultConfig returns a configuration for a single node on loopback.
 func DefaultConfig() Config {
