@@ -324,8 +324,10 @@ func (n *Node) mapErr(err error) error {
 //
 // The error is non-nil when the outcome is not known to be applied:
 // ErrNotLeader (nothing appended; forward or retry), ErrLeadershipLost
-// (outcome unknown: retry with the same request_id), ErrTimeout, ErrClosed,
-// or ctx's error. cmd must not be modified until Propose returns.
+// (outcome unknown: retry with the same request_id), ErrWritesRefused
+// (nothing appended: this node's write gate refused, e.g. low on disk),
+// ErrTimeout, ErrClosed, or ctx's error. cmd must not be modified until
+// Propose returns.
 func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return Result{}, fmt.Errorf("raft: propose: %w", err)
