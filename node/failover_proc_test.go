@@ -100,8 +100,12 @@ func writeGap(t *testing.T, c *proctest.Cluster, run int, fault, heal func(*proc
 	}
 	close(stop)
 	<-finished
+	healAt := time.Now()
 	heal(leader)
 	c.WaitReady(90 * time.Second)
+	if d := time.Since(healAt); d > 10*time.Second {
+		t.Logf("run %d: the cluster took %s to be ready again after healing %s", run, d.Round(time.Millisecond), leader.ID)
+	}
 	if gap == 0 {
 		t.Fatalf("run %d: no write through %s succeeded within 20s of the fault", run, via.ID)
 	}
