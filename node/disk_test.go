@@ -332,3 +332,58 @@ func TestDiskFull(t *testing.T) {
 		checkAllHave()
 	})
 }
+
+// TestDiskFullWithoutWatermark: with the watermark off (min_free_disk 0)
+// the leader's disk fills completely before anything refuses writes. The
+// failing write itself then refuses further writes on that node (storage
+// fault), leadership leaves it, the others keep taking writes, nothing
+// panics, and it recovers once space is freed.
+func TestDiskFullWithoutWatermark(t *testing.T) {
+	var disks [3]*rafttest.SmallDisk
+	for i := range disks {
+		disks[i] = rafttest.MountSmallDisk(t, 64<<20)
+	}
+	opts := []nodetest.ClusterOption{nodetest.WithNodeOptions(func(cfg *node.Config) { cfg.MinFreeDisk = 0 })}
+	for i, d := range disks {
+		opts = append(opts, nodetest.WithNode(i, func(cfg *node.Config) { cfg.DataDir = filepath.Join(d.Dir, "data") }))
+	}
+	c := nodetest.StartCluster(t, 3, opts...)
+	li := c.LeaderIndex()
+	old := c.Node(li)
+	other := c.Node((li + 1) % 3)
+	disks[li].Fill(0)
+	var acked []string
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		name := fmt.Sprintf("w-%d", len(acked))
+		if err := createClient(other, name); err != nil {
+			return err
+		}
+		acked = append(acked, name)
+		if len(acked) < 20 {
+			return fmt.Errorf("%d writes acknowledged", len(acked))
+		}
+		return nil
+	})
+	if err := createClient(old, "via-full"); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Errorf("write through the node with a full disk: %v, want Unavailable", err)
+	}
+	disks[li].Free()
+	nodetest.CheckFor(t, nodetest.Timeout, 50*time.Millisecond, func() error {
+		if code, why := readyz(t, old); code != http.StatusOK {
+			return fmt.Errorf("/readyz %d %v", code, why)
+		}
+		return createClient(old, "after")
+	})
+	acked = append(acked, "after")
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		for _, i := range c.Running() {
+			have := clientNames(c.Node(i))
+			for _, name := range acked {
+				if !have[name] {
+					return fmt.Errorf("node%d lacks acknowledged write %s", i, name)
+				}
+			}
+		}
+		return nil
+	})
+}
