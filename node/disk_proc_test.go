@@ -240,7 +240,7 @@ func TestDiskFullProcesses(t *testing.T) {
 		load.end()
 		t.Logf("%s (%s on %s): %s", name, episode, p.ID, load)
 		for _, line := range strings.Split(p.LogTail(400), "\n") {
-			if strings.Contains(line, "leadership") || strings.Contains(line, "watermark") {
+			if strings.Contains(line, "leadership") || strings.Contains(line, "watermark") || strings.Contains(line, "JetStream") {
 				t.Logf("  %s: %.300s", p.ID, line)
 			}
 		}
