@@ -305,6 +305,8 @@ func (c *cluster) localStatus(ctx context.Context) *clusterv1.MemberStatus {
 	}
 	if err := c.stale(); err != nil {
 		ms.Health, ms.Error = "stale", err.Error()
+	} else if err := c.rn.WritesRefused(); err != nil {
+		ms.Health, ms.Error = "refusing writes", err.Error() // low on disk (disk.go)
 	}
 	if members, err := c.rn.Members(ctx); err == nil {
 		for _, m := range members {

@@ -140,6 +140,13 @@ type Config struct {
 	// Now is the node's clock; nil means time.Now. Tests inject a clock
 	// that jumps.
 	Now func() time.Time
+	// MinFreeDisk is the free-space watermark of the data file system in
+	// bytes: below it the node refuses writes (503 temporarily_unavailable,
+	// Connect Unavailable) and reports not ready, while it keeps issuing
+	// and introspecting from its replica; a leader hands leadership to a
+	// healthy voter. 0 turns the watermark off (a full disk still refuses
+	// writes instead of crashing). See disk.go.
+	MinFreeDisk uint64
 }
 
 // Peer is one member of a new cluster's initial configuration.
@@ -180,6 +187,7 @@ func DefaultConfig() Config {
 		MaxBodyBytes:       16 << 10,
 		DefaultSigningAlg:  "ES256",
 		MaxClockSkew:       DefaultMaxClockSkew,
+		MinFreeDisk:        DefaultMinFreeDisk,
 	}
 }
 

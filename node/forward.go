@@ -29,10 +29,22 @@ const retryEvery = 20 * time.Millisecond
 // makes a repeated commit answer with the first result) until
 // Config.WriteTimeout or ctx ends, and then fails with ErrUnavailable.
 //
+// A forwarded attempt is abandoned as soon as this node stops hearing from
+// the leader it forwarded to for longer than the leader lease, or learns of
+// another leader (see forward), so a leader that stopped answering costs
+// about one election, not the whole write timeout.
+//
+// A node that refuses writes itself (low on disk: raft.Node.WritesRefused)
+// fails at once, without forwarding: it could not apply the write locally,
+// so the caller could not read it here.
+//
 // Domain outcomes come back in Result.Err (a remote one wraps the same raft
 // sentinel); the error is non-nil only when the outcome is not known to be
 // applied here.
 func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result, error) {
+	if err := c.rn.WritesRefused(); err != nil {
+		return raft.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
 	defer cancel()
 	var data []byte
@@ -50,8 +62,8 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 			if err == nil {
 				return res, nil
 			}
-			if errors.Is(err, raft.ErrClosed) || ctx.Err() != nil {
-				return res, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			if errors.Is(err, raft.ErrClosed) || errors.Is(err, raft.ErrWritesRefused) || ctx.Err() != nil {
+				return res, fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
 			last = err // not leader any more, or leadership lost: retry
 			continue
@@ -61,13 +73,17 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 			last = errors.New("no raft leader")
 			continue
 		}
+		if err := c.leaderGone(addr); err != nil {
+			last = err // wait for an election or the leader's next heartbeat
+			continue
+		}
 		if data == nil {
 			var err error
 			if data, err = (proto.MarshalOptions{Deterministic: true}).Marshal(cmd); err != nil {
 				return raft.Result{Err: fmt.Errorf("%w: marshal: %v", raft.ErrInvalid, err)}, nil
 			}
 		}
-		resp, err := c.peer(addr).Apply(ctx, connect.NewRequest(&clusterv1.ApplyRequest{Command: data}))
+		resp, err := c.forward(ctx, addr, data)
 		if err != nil {
 			if code := connect.CodeOf(err); code == connect.CodeInvalidArgument || code == connect.CodePermissionDenied {
 				return raft.Result{Err: fmt.Errorf("%w: %v", raft.ErrInvalid, err)}, nil
@@ -75,12 +91,71 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 			last = err
 			continue
 		}
-		res := raft.Result{Index: resp.Msg.Index, Err: resultErr(resp.Msg.Result, resp.Msg.Message)}
+		res := raft.Result{Index: resp.Index, Err: resultErr(resp.Result, resp.Message)}
 		if err := c.rn.WaitApplied(ctx, res.Index); err != nil {
 			return res, fmt.Errorf("%w: committed at index %d but not yet applied here: %v", ErrUnavailable, res.Index, err)
 		}
 		return res, nil
 	}
+}
+
+// leaderWatchEvery is how often a forwarded attempt checks that its leader
+// is still there.
+const leaderWatchEvery = 25 * time.Millisecond
+
+// forward sends one attempt of a write to the leader at addr. The attempt
+// has no fixed deadline of its own (a live leader that is slow to commit
+// under load is waited for), but it is abandoned as soon as leaderGone
+// says the leader is gone: no contact for longer than the leader lease, or
+// another leader known. The peer client speaks HTTP/1.1 with one request
+// per connection at a time, and abandoning an attempt closes its
+// connection, so a stopped leader pins no connection that a later attempt
+// would reuse to the new leader.
+func (c *cluster) forward(ctx context.Context, addr string, data []byte) (*clusterv1.ApplyResponse, error) {
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(leaderWatchEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if err := c.leaderGone(addr); err != nil {
+				cancel(err)
+				return
+			}
+		}
+	}()
+	resp, err := c.peer(addr).Apply(actx, connect.NewRequest(&clusterv1.ApplyRequest{Command: data}))
+	if err != nil {
+		if cause := context.Cause(actx); cause != nil && ctx.Err() == nil && !errors.Is(cause, context.Canceled) {
+			return nil, fmt.Errorf("forward abandoned: %w", cause)
+		}
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
+// leaderGone reports why the leader at addr should no longer be waited for:
+// this node knows another (or no) leader, or has not heard from it for
+// longer than the leader lease (a leader that cannot reach a quorum for that
+// long steps down; one that reaches nobody, e.g. stopped by SIGSTOP, is
+// replaced after an election timeout). It is nil while the leader is
+// heard from.
+func (c *cluster) leaderGone(addr string) error {
+	if _, cur := c.rn.Leader(); cur != addr {
+		return fmt.Errorf("leader moved from %q to %q", addr, cur)
+	}
+	lease := c.rn.LeaseTimeout()
+	if d := time.Since(c.rn.LastContact()); d > lease {
+		return fmt.Errorf("no contact with the leader at %q for %s (lease %s)", addr, d.Round(time.Millisecond), lease)
+	}
+	return nil
 }
 
 // remoteResult is a domain outcome decided on the leader.

@@ -42,6 +42,7 @@ type Node struct {
 	clusterLn *raft.ClusterListener
 	kek       *issuance.KEK
 	rep       *replica
+	disk      *diskWatch // free space, write gate (disk.go)
 	iss       *issuance.Server
 	nats      *replication.Embedded
 	events    *eventLog   // event publisher and events API (events.go)
@@ -117,6 +118,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 
 	if err := n.openRaft(); err != nil {
 		return nil, err
+	}
+	n.disk = newDiskWatch(cfg.DataDir, cfg.MinFreeDisk, n.raft, n.log.With("component", "disk"))
+	n.raft.SetWriteGate(n.disk.refused)
+	n.rep.fresh = n.fresh
+	if err := n.disk.observe(n.tel.meter); err != nil {
+		return nil, fmt.Errorf("node: telemetry: %w", err)
 	}
 
 	ic := issuance.DefaultConfig()
@@ -273,7 +280,22 @@ func (n *Node) readiness() []string {
 	if err := n.clock.err(); err != nil {
 		why = append(why, err.Error())
 	}
+	why = append(why, n.disk.reasons()...)
 	return why
+}
+
+// fresh is the replica's read check: the staleness bound, and a replica
+// whose storage has been failing (disk full) for longer than the same
+// bound, since its view then no longer follows the log. A node merely
+// below the free-space watermark still follows the log and stays fresh.
+func (n *Node) fresh() error {
+	if err := n.cl.stale(); err != nil {
+		return err
+	}
+	if sf, ok := n.raft.StorageFault(); ok && time.Since(sf.Since) > n.cfg.MaxStale {
+		return fmt.Errorf("%w: its storage cannot follow the log: %v", ErrStale, sf)
+	}
+	return nil
 }
 
 func (n *Node) serveReady(w http.ResponseWriter, _ *http.Request) {
@@ -311,6 +333,11 @@ func (n *Node) Run(ctx context.Context) error {
 	n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
 	n.raft.StartTicker(sctx, raft.ClockTickInterval, n.now)
 	n.startCluster(sctx)
+	n.cl.wg.Add(1)
+	go func() {
+		defer n.cl.wg.Done()
+		n.disk.run(sctx, n.cl)
+	}()
 
 	errc := make(chan error, 1)
 	go func() { errc <- n.http.Serve(n.ln) }()

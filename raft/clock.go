@@ -148,14 +148,14 @@ var ErrClockSkew = errors.New("raft: clock skew")
 // whose clock is off the cluster's from writing. nil removes the gate.
 func (n *Node) SetProposeGate(fn func() error) {
 	if fn == nil {
-		n.gate.Store(nil)
+		n.clockGate.Store(nil)
 		return
 	}
-	n.gate.Store(&fn)
+	n.clockGate.Store(&fn)
 }
 
 func (n *Node) checkGate() error {
-	if g := n.gate.Load(); g != nil {
+	if g := n.clockGate.Load(); g != nil {
 		if err := (*g)(); err != nil {
 			return fmt.Errorf("raft: propose refused: %w", err)
 		}

@@ -37,6 +37,14 @@
 //     this node does not know. As in Vault, stopping loudly is the safe
 //     choice; the node recovers after an upgrade or repair by replaying the
 //     log.
+//   - One storage fault does not panic: a full file system (ENOSPC,
+//     EDQUOT). ApplyBatch then waits and applies the same batch again in a
+//     new transaction until it commits, reporting a StorageFault meanwhile;
+//     nothing of the batch is applied before that, so determinism holds and
+//     the node keeps serving reads while an operator frees space. Writes to
+//     the Raft log that fail for lack of space are recorded the same way,
+//     and a Node can refuse proposals before the disk fills
+//     (Node.SetWriteGate).
 //
 // A non-empty Command.request_id makes a command idempotent: the first
 // result is remembered (for 24 hours of command time) and a repeated id is

@@ -48,6 +48,7 @@ type serveFile struct {
 	RefreshReuse   *fileDuration `json:"refresh_reuse_interval"`
 	SigningAlg     *string       `json:"signing_alg"`
 	LogLevel       *string       `json:"log_level"`
+	MinFreeDisk    *fileByteSize `json:"min_free_disk"`
 }
 
 type filePeer struct {
@@ -69,6 +70,48 @@ func (d *fileDuration) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*d = fileDuration(v)
+	return nil
+}
+
+// fileByteSize is a byte count written as a number or as a string with an
+// optional binary suffix ("256MiB").
+type fileByteSize uint64
+
+func (b *fileByteSize) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		var n uint64
+		if nerr := json.Unmarshal(data, &n); nerr != nil {
+			return fmt.Errorf("want a byte size like \"256MiB\" or a number of bytes: %w", err)
+		}
+		*b = fileByteSize(n)
+		return nil
+	}
+	v, err := node.ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = fileByteSize(v)
+	return nil
+}
+
+// byteSizeFlag is a flag holding a byte count ("256MiB"; see
+// node.ParseByteSize).
+type byteSizeFlag struct{ v *uint64 }
+
+func (f byteSizeFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return node.FormatByteSize(*f.v)
+}
+
+func (f byteSizeFlag) Set(s string) error {
+	v, err := node.ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*f.v = v
 	return nil
 }
 
@@ -143,6 +186,9 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setDur(&cfg.RefreshIdleTimeout, sf.RefreshIdle)
 	setDur(&cfg.RefreshReuseInterval, sf.RefreshReuse)
 	setDur(&cfg.WriteTimeout, sf.WriteTimeout)
+	if sf.MinFreeDisk != nil {
+		cfg.MinFreeDisk = uint64(*sf.MinFreeDisk)
+	}
 	if sf.Peers != nil {
 		cfg.Peers = nil
 		for _, p := range sf.Peers {

@@ -79,6 +79,9 @@ func StartDir(ctx context.Context, dir string, opts ...Option) (*Node, error) {
 	cfg.RaftBind = "127.0.0.1:0"
 	cfg.NATSListen = "127.0.0.1:0"
 	cfg.ShutdownTimeout = 5 * time.Second
+	// No free-space watermark: a test machine with a small TMPDIR must not
+	// refuse writes; disk tests set MinFreeDisk themselves.
+	cfg.MinFreeDisk = 0
 	for _, o := range opts {
 		o(&cfg)
 	}
