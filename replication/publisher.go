@@ -134,6 +134,10 @@ func (c PublisherConfig) StreamConfig() jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    c.Replicas,
 		Discard:     jetstream.DiscardOld,
+		// Nobody removes events: the permissions of the embedded server
+		// deny stream delete and purge too.
+		DenyDelete: true,
+		DenyPurge:  true,
 	}
 }
 
@@ -143,9 +147,9 @@ func (c PublisherConfig) StreamConfig() jetstream.StreamConfig {
 // one copy whichever nodes publish it, and no single node's crash loses it.
 // The publisher keeps its own position (the highest index it saw
 // acknowledged) in PositionFile and resumes after it; when NATS is down it
-// retries until it is back, so nothing applied is skipped. On start it also
-// skips what the stream already holds (the last message's Raft index), which
-// keeps old events from being published twice after the duplicates window.
+// retries until it is back, so nothing applied is skipped. Nothing read
+// from the stream moves the position (see ensure); a node that starts from
+// nothing republishes its outbox, which the duplicates window drops.
 //
 // Events reach the stream in Raft order: each node publishes in order and
 // waits for acknowledgements before moving on, and a message id already in
@@ -160,6 +164,7 @@ type Publisher struct {
 
 	wake     chan struct{}
 	pos      atomic.Uint64
+	fresh    atomic.Bool // no position saved yet: a new node (or data dir)
 	ensured  atomic.Bool
 	lastErr  atomic.Value // string
 	done     chan struct{}
@@ -210,6 +215,9 @@ func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SE
 		return nil, err
 	}
 	p.pos.Store(pos)
+	if _, err := os.Stat(cfg.PositionFile); errors.Is(err, os.ErrNotExist) {
+		p.fresh.Store(true)
+	}
 	return p, nil
 }
 
@@ -311,6 +319,14 @@ func (p *Publisher) step(ctx context.Context) (more bool, err error) {
 		if swept <= pos {
 			return false, fmt.Errorf("replication: reading the outbox: %w", err)
 		}
+		if p.fresh.Load() {
+			// A node that never published starts after what was swept:
+			// those events are older than the retention, so they have
+			// left the stream too, and other nodes published them.
+			p.log.Info("publishing starts after the swept outbox", "swept_through", swept)
+			p.setPosition(swept)
+			return true, nil
+		}
 		// Fell behind the outbox retention (NATS was down for longer than
 		// it): those events are gone. Resource servers resync from the
 		// revocation set; say so loudly and go on.
@@ -365,25 +381,17 @@ func (p *Publisher) step(ctx context.Context) (more bool, err error) {
 	return len(evs) >= p.cfg.Batch, nil
 }
 
-// ensure creates or updates the stream and skips past what it already holds.
+// ensure creates or updates the stream. It does not look at what the
+// stream holds: anyone who can publish on the stream's subjects could set
+// a message's headers, so the position comes only from this node's outbox
+// and JetStream's acknowledgements, and the stream's duplicates window
+// (equal to the outbox retention) drops what another node published
+// already.
 func (p *Publisher) ensure(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	s, err := p.js.CreateOrUpdateStream(cctx, p.cfg.StreamConfig())
-	if err != nil {
+	if _, err := p.js.CreateOrUpdateStream(cctx, p.cfg.StreamConfig()); err != nil {
 		return fmt.Errorf("replication: create stream %s: %w", p.cfg.Stream, err)
-	}
-	info, err := s.Info(cctx)
-	if err != nil {
-		return fmt.Errorf("replication: stream info: %w", err)
-	}
-	if last := info.State.LastSeq; last > 0 {
-		m, err := s.GetMsg(cctx, last)
-		if err == nil && m.Header.Get(HeaderCluster) == p.cfg.ClusterID {
-			if idx, err := strconv.ParseUint(m.Header.Get(HeaderRaftIndex), 10, 64); err == nil && idx > p.Position() {
-				p.setPosition(idx)
-			}
-		}
 	}
 	p.ensured.Store(true)
 	return nil
@@ -394,6 +402,7 @@ func (p *Publisher) setPosition(idx uint64) {
 		return
 	}
 	p.pos.Store(idx)
+	p.fresh.Store(false)
 	if err := writePosition(p.cfg.PositionFile, idx); err != nil {
 		p.log.Warn("saving the publisher position", "err", err)
 	}
@@ -495,8 +504,7 @@ func readPosition(path string) (uint64, error) {
 }
 
 // writePosition replaces the file atomically. It does not fsync: a lost
-// update only republishes events that the stream de-duplicates or that
-// the start-up check skips.
+// update only republishes events that the stream de-duplicates.
 func writePosition(path string, v uint64) error {
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(v, 10)+"\n"), 0o600); err != nil {

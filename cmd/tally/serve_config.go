@@ -46,6 +46,10 @@ type serveFile struct {
 	RefreshReuse   *fileDuration `json:"refresh_reuse_interval"`
 	SigningAlg     *string       `json:"signing_alg"`
 	LogLevel       *string       `json:"log_level"`
+
+	NATSClusterListen   *string  `json:"nats_cluster_listen"`
+	NATSRoutes          []string `json:"nats_routes"`
+	EventStreamReplicas *int     `json:"event_stream_replicas"`
 }
 
 type filePeer struct {
@@ -139,6 +143,13 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setDur(&cfg.RefreshIdleTimeout, sf.RefreshIdle)
 	setDur(&cfg.RefreshReuseInterval, sf.RefreshReuse)
 	setDur(&cfg.WriteTimeout, sf.WriteTimeout)
+	setStr(&cfg.NATSClusterListen, sf.NATSClusterListen)
+	if sf.NATSRoutes != nil {
+		cfg.NATSRoutes = sf.NATSRoutes
+	}
+	if sf.EventStreamReplicas != nil {
+		cfg.Events.StreamReplicas = *sf.EventStreamReplicas
+	}
 	if sf.Peers != nil {
 		cfg.Peers = nil
 		for _, p := range sf.Peers {
