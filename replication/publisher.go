@@ -163,6 +163,7 @@ type Publisher struct {
 	log    *slog.Logger
 
 	wake     chan struct{}
+	window   int // messages in flight at once (step's goroutine only)
 	pos      atomic.Uint64
 	fresh    atomic.Bool // no position saved yet: a new node (or data dir)
 	ensured  atomic.Bool
@@ -200,6 +201,8 @@ func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SE
 		log:  cfg.Logger.With("component", "event-publisher"),
 		wake: make(chan struct{}, 1),
 		done: make(chan struct{}),
+		// Start careful: the stream may be failing over.
+		window: 1,
 	}
 	if p.published, err = cfg.Meter.Int64Counter("tally.events.published", metric.WithDescription("outbox events acknowledged by JetStream (including duplicates dropped by the stream)")); err != nil {
 		return nil, err
@@ -339,46 +342,68 @@ func (p *Publisher) step(ctx context.Context) (more bool, err error) {
 	if len(evs) == 0 {
 		return false, nil
 	}
+	// Events go out in windows: all of a window's messages are sent, then
+	// its acknowledgements awaited. After a failure the window is one
+	// message (each sent only once the previous is stored), and it doubles
+	// with every clean window: a message that failed is never overtaken by
+	// a later one sent while the stream was failing over, so events reach
+	// the stream in Raft order.
+	var acked uint64
+	for start := 0; start < len(evs); {
+		end := min(start+p.window, len(evs))
+		if err := p.publishWindow(ctx, evs[start:end], &acked); err != nil {
+			p.window = 1
+			if acked > 0 {
+				p.setPosition(acked)
+			}
+			return false, err
+		}
+		p.window = min(2*p.window, p.cfg.Batch)
+		start = end
+	}
+	p.published.Add(ctx, int64(len(evs)))
+	p.setPosition(evs[len(evs)-1].Index)
+	return len(evs) >= p.cfg.Batch, nil
+}
+
+// publishWindow sends evs and waits for their acknowledgements; acked
+// moves past every command whose events are all acknowledged and followed
+// by another command's in evs (the window's last command may continue in
+// the next window, so it counts only at the batch's end).
+func (p *Publisher) publishWindow(ctx context.Context, evs []*raftpb.Event, acked *uint64) error {
 	acks := make([]jetstream.PubAckFuture, 0, len(evs))
 	for _, ev := range evs {
 		msg, err := p.message(ctx, ev)
 		if err != nil {
-			return false, err
+			return err
 		}
 		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(MsgID(p.cfg.ClusterID, ev.Index, ev.Ordinal)),
 			jetstream.WithExpectStream(p.cfg.Stream))
 		if err != nil {
 			p.ensured.Store(false)
-			return false, fmt.Errorf("replication: publish event %d: %w", ev.Index, err)
+			return fmt.Errorf("replication: publish event %d: %w", ev.Index, err)
 		}
 		acks = append(acks, f)
 	}
 	tctx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
 	defer cancel()
-	var acked uint64
 	for i, f := range acks {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
 			p.ensured.Store(false)
-			if acked > 0 {
-				p.setPosition(acked)
-			}
-			return false, fmt.Errorf("replication: publish event %d: %w", evs[i].Index, err)
+			return fmt.Errorf("replication: publish event %d: %w", evs[i].Index, err)
 		case <-tctx.Done():
-			if acked > 0 {
-				p.setPosition(acked)
-			}
-			return false, fmt.Errorf("replication: publish event %d: no acknowledgement: %w", evs[i].Index, tctx.Err())
+			return fmt.Errorf("replication: publish event %d: no acknowledgement: %w", evs[i].Index, tctx.Err())
 		}
-		// Position moves only past whole commands.
-		if i == len(evs)-1 || evs[i+1].Index != evs[i].Index {
-			acked = evs[i].Index
+		// Position moves only past whole commands: the command's last
+		// event is followed by another command's (or ends the outbox
+		// read, which never splits a command).
+		if i < len(evs)-1 && evs[i+1].Index != evs[i].Index {
+			*acked = evs[i].Index
 		}
 	}
-	p.published.Add(ctx, int64(len(evs)))
-	p.setPosition(evs[len(evs)-1].Index)
-	return len(evs) >= p.cfg.Batch, nil
+	return nil
 }
 
 // ensure creates or updates the stream. It does not look at what the
