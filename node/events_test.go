@@ -38,6 +38,7 @@ type rsFixture struct {
 	n              *nodetest.Node
 	issuer         string
 	clientID, sec  string
+	rsID, rsSecret string // the resource server's client
 	watcherConfig  revocation.WatcherConfig
 	verifierConfig revocation.Config
 }
@@ -48,9 +49,13 @@ func newRSFixture(t *testing.T, n *nodetest.Node) *rsFixture {
 		Tenant: "default", Name: "orders-client", Scopes: []string{"read:orders"}, Audiences: []string{ordersAPI},
 	})
 	f := &rsFixture{n: n, issuer: n.Issuer("default"), clientID: id, sec: secret}
+	// The resource server's own confidential client authenticates it to
+	// the events API and NATS: disabling the client whose tokens it
+	// verifies must not cut it off.
+	f.rsID, f.rsSecret = n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "orders-api"})
 	f.watcherConfig = revocation.WatcherConfig{
 		Issuer: f.issuer, Tenant: "default", ServerURL: n.BaseURL(),
-		ClientID: id, ClientSecret: secret, MaxDisconnect: time.Minute,
+		ClientID: f.rsID, ClientSecret: f.rsSecret, MaxDisconnect: time.Minute,
 	}
 	f.verifierConfig = revocation.Config{Issuer: f.issuer, Audience: ordersAPI}
 	return f
@@ -58,7 +63,9 @@ func newRSFixture(t *testing.T, n *nodetest.Node) *rsFixture {
 
 func (f *rsFixture) connectNATS(t *testing.T) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(f.n.NATSURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	// A resource server authenticates with its confidential client.
+	rc := revocation.NATSConfig{URLs: f.n.NATSURL(), Tenant: "default", ClientID: f.rsID, ClientSecret: f.rsSecret}
+	nc, err := nats.Connect(rc.URLs, append(rc.NATSOptions(), nats.ReconnectWait(20*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +357,7 @@ func TestEventStreamSurvivesNodeRestart(t *testing.T) {
 		}
 		acked = append(acked, jti)
 	}
-	nc, err := nats.Connect(n.NATSURL())
+	nc, err := nats.Connect(n.NATSURL(), n.NATSOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +426,11 @@ func TestSETVerifiesWithJWKS(t *testing.T) {
 	if err := f.revokeJTI(ctx, "set-1"); err != nil {
 		t.Fatal(err)
 	}
-	nc := f.connectNATS(t)
+	nc, err := nats.Connect(n.NATSURL(), n.NATSOptions()...) // reads messages by sequence: a node's access
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	var raw []byte
 	var subject string
@@ -519,6 +530,7 @@ func TestExternalNATSRestart(t *testing.T) {
 	start := func(listen string) *replication.Embedded {
 		cfg := replication.DefaultEmbeddedConfig()
 		cfg.Listen, cfg.StoreDir = listen, natsDir
+		cfg.AllowAnonymous = true // an external NATS server without auth
 		e, err := replication.StartEmbedded(cfg)
 		if err != nil {
 			t.Fatal(err)

@@ -179,6 +179,11 @@ func (n *Node) natsOptions() []nats.Option {
 	return opts
 }
 
+// NATSOptions are the options of this node's own connection to NATS,
+// credentials included: for in-process tools and tests that act as the
+// node. Never hand them to a resource server.
+func (n *Node) NATSOptions() []nats.Option { return n.natsOptions() }
+
 // authenticateClient reports whether id and secret are those of an enabled
 // confidential client of tenant. It is the one check of a resource
 // server's credentials, for the events API (HTTP Basic) and the embedded
