@@ -328,7 +328,7 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		case msgs <- m:
 		case <-ctx.Done():
 		}
-	})
+	}, replication.ConsumerHeartbeat)
 	if err != nil {
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
 	}

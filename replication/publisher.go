@@ -30,6 +30,11 @@ const (
 	HeaderCluster = "Tally-Cluster"
 )
 
+// ConsumerHeartbeat is the idle heartbeat of the ordered consumers that
+// follow the stream (revocation.NATSConsumerHeartbeat): a consumer whose
+// server went away is recreated after two missed heartbeats.
+var ConsumerHeartbeat = revocation.NATSConsumerHeartbeat
+
 // EventSource is the outbox of this node's replica; raft.FSM satisfies it.
 type EventSource interface {
 	// EventsSince returns up to limit events with an index above after, in

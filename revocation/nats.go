@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // NATSInboxPrefix is the inbox prefix of a resource server's NATS
@@ -15,6 +16,13 @@ import (
 func NATSInboxPrefix(tenant, clientID string) string {
 	return "_TALLY_RS." + tenant + "." + clientID
 }
+
+// NATSConsumerHeartbeat makes the server send an idle heartbeat every
+// second on an ordered consumer: when the server that holds the consumer
+// goes away while the client's own connection stays up (a stream leader
+// failing over in a NATS cluster), two missed heartbeats recreate the
+// consumer elsewhere within seconds instead of nats.go's default 30 s.
+var NATSConsumerHeartbeat = jetstream.PullHeartbeat(time.Second)
 
 // NATSConfig is how a resource server connects to tally's NATS servers.
 type NATSConfig struct {

@@ -432,7 +432,7 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(NATSConsumerHeartbeat)
 	if err != nil {
 		return err
 	}
