@@ -37,6 +37,10 @@ type EmbeddedConfig struct {
 	// ClusterName names the NATS cluster, the same on every server;
 	// default "tally".
 	ClusterName string
+	// ClusterAdvertise, if set, is the host:port other servers reach this
+	// server's route listener at (behind NAT or a proxy); they learn it
+	// from each other.
+	ClusterAdvertise string
 	// Routes are the host:port route listeners of the other servers.
 	Routes []string
 	// RoutePassword authenticates routes in both directions (user
@@ -175,6 +179,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 			Name: cfg.ClusterName, Host: chost, Port: cport,
 			Username: RouteUser, Password: cfg.RoutePassword,
 			TLSConfig: cfg.RouteTLS, TLSTimeout: 2,
+			Advertise: cfg.ClusterAdvertise,
 		}
 		for _, r := range cfg.Routes {
 			opts.Routes = append(opts.Routes, &url.URL{Scheme: "nats-route", User: url.UserPassword(RouteUser, cfg.RoutePassword), Host: r})
