@@ -289,10 +289,19 @@ func TestSDKResyncsAfterGap(t *testing.T) {
 			if err := f.revokeJTI(ctx, "gap-b-"+transport); err != nil {
 				t.Fatal(err)
 			}
-			js, err := jetstream.New(nc)
+			// The stream denies purge: age the events out instead, with
+			// the node's credential (a short max age, then the old one).
+			nodeConn, err := nats.Connect(n.NATSURL(), n.NATSOptions()...)
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer nodeConn.Close()
+			js, err := jetstream.New(nodeConn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var orig jetstream.StreamConfig
+			var last uint64
 			checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 				st, err := js.Stream(ctx, "TALLY_EVENTS")
 				if err != nil {
@@ -305,8 +314,25 @@ func TestSDKResyncsAfterGap(t *testing.T) {
 				if info.State.LastSeq <= w.Position() {
 					return errors.New("second revocation not in the stream yet")
 				}
-				return st.Purge(ctx)
+				orig, last = info.Config, info.State.LastSeq
+				short := info.Config
+				short.MaxAge, short.Duplicates = time.Second, time.Second
+				_, err = js.UpdateStream(ctx, short)
+				return err
 			})
+			checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+				st, err := js.Stream(ctx, "TALLY_EVENTS")
+				if err != nil {
+					return err
+				}
+				if st.CachedInfo().State.FirstSeq <= last {
+					return errors.New("events not aged out yet")
+				}
+				return nil
+			})
+			if _, err := js.UpdateStream(ctx, orig); err != nil {
+				t.Fatal(err)
+			}
 
 			w2, err := revocation.NewWatcher(wc)
 			if err != nil {
