@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -288,6 +289,55 @@ func TestEmbeddedNATSCluster(t *testing.T) {
 			if got[j] != 1 {
 				return fmt.Errorf("%s is in the stream %d times", j, got[j])
 			}
+		}
+		return nil
+	})
+}
+
+// TestEmbeddedNATSTLSBeyondLoopback: an embedded server listening beyond
+// loopback requires TLS with the node certificate; a resource server that
+// trusts the cluster CA connects with its client credentials, a plain
+// connection is refused, and the node's own publisher works over TLS.
+func TestEmbeddedNATSTLSBeyondLoopback(t *testing.T) {
+	listen := freeAddrs(t, 1)[0]
+	n := nodetest.Start(t, nodetest.WithConfig(func(cfg *node.Config) {
+		cfg.Dev = false // --dev keeps everything on loopback
+		cfg.KEK = make([]byte, 32)
+		cfg.AdminToken = "admin-token-for-tests-0123456789"
+		cfg.Listen = listen
+		cfg.Issuer = "http://" + listen
+		cfg.NATSListen = "0.0.0.0:0"
+	}))
+	f := newRSFixture(t, n)
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(n.NATSURL(), "tls://"), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(n.NATSURL(), "tls://") {
+		t.Fatalf("NATS URL %s: want tls://", n.NATSURL())
+	}
+	addr := "127.0.0.1:" + port
+	if nc, err := nats.Connect("nats://"+addr, nats.UserInfo(f.rsID, f.rsSecret), nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("plain-text connection accepted beyond loopback")
+	}
+	rsc, err := revocation.ConnectNATS(revocation.NATSConfig{
+		URLs: "tls://" + addr, Tenant: "default", ClientID: f.rsID, ClientSecret: f.rsSecret,
+		CAFile: filepath.Join(n.DataDir, "tls", "ca.pem"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rsc.Close()
+	wc := f.watcherConfig
+	wc.NATS = rsc
+	w, _ := f.start(t, wc)
+	if err := f.revokeJTI(context.Background(), "over-tls"); err != nil {
+		t.Fatal(err)
+	}
+	nodetest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if !w.Set().Revoked("over-tls") {
+			return errors.New("revocation not seen over TLS")
 		}
 		return nil
 	})
