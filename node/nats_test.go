@@ -342,3 +342,63 @@ func TestEmbeddedNATSTLSBeyondLoopback(t *testing.T) {
 		return nil
 	})
 }
+
+// TestNATSClientCredentialsApplyAtOnce: a resource server's NATS
+// connection is checked against the replicated client: disabling the
+// client or rotating its secret (without overlap) closes the connection
+// and keeps the old credentials out; the new secret connects.
+func TestNATSClientCredentialsApplyAtOnce(t *testing.T) {
+	n := nodetest.Start(t)
+	ctx := context.Background()
+	id, secret := n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "orders-api"})
+	dial := func(secret string) (*nats.Conn, error) {
+		return revocation.ConnectNATS(revocation.NATSConfig{URLs: n.NATSURL(), Tenant: "default", ClientID: id, ClientSecret: secret})
+	}
+	closedSoon := func(nc *nats.Conn) {
+		t.Helper()
+		nodetest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+			if nc.IsConnected() {
+				return errors.New("still connected")
+			}
+			return nil
+		})
+	}
+	if _, err := dial("wrong"); err == nil {
+		t.Fatal("wrong secret accepted")
+	}
+	nc, err := dial(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := n.Admin.DisableClient(ctx, connect.NewRequest(&adminv1.DisableClientRequest{Tenant: "default", ClientId: id})); err != nil {
+		t.Fatal(err)
+	}
+	closedSoon(nc)
+	if c, err := dial(secret); err == nil {
+		c.Close()
+		t.Fatal("disabled client connected")
+	}
+	if _, err := n.Admin.EnableClient(ctx, connect.NewRequest(&adminv1.EnableClientRequest{Tenant: "default", ClientId: id})); err != nil {
+		t.Fatal(err)
+	}
+	nc2, err := dial(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc2.Close()
+	rot, err := n.Admin.RotateClientSecret(ctx, connect.NewRequest(&adminv1.RotateClientSecretRequest{Tenant: "default", ClientId: id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedSoon(nc2)
+	if c, err := dial(secret); err == nil {
+		c.Close()
+		t.Fatal("rotated-out secret connected")
+	}
+	nc3, err := dial(rot.Msg.ClientSecret)
+	if err != nil {
+		t.Fatalf("new secret: %v", err)
+	}
+	nc3.Close()
+}
