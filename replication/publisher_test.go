@@ -396,3 +396,27 @@ func TestPublisherIgnoresForgedPosition(t *testing.T) {
 		})
 	}
 }
+
+// TestFreshPublisherStartsAfterTheSweptOutbox: a node that never published
+// (no position file) starts after what the outbox swept, quietly: those
+// events are older than the retention and were published by others.
+func TestFreshPublisherStartsAfterTheSweptOutbox(t *testing.T) {
+	e := startNATS(t, t.TempDir(), "127.0.0.1:0")
+	defer e.Shutdown()
+	nc := connect(t, e.ClientURL())
+	f := newTestFSM(t)
+	for i := range 5 {
+		f.revoke(fmt.Sprintf("old%d", i))
+	}
+	f.apply(&raftpb.Command{Op: &raftpb.Command_Sweep{Sweep: &raftpb.Sweep{EventsBeforeUnixNano: f.now + 1}}})
+	if f.EventsSweptThrough() == 0 {
+		t.Fatal("nothing swept")
+	}
+	f.revoke("new")
+	p := newTestPublisher(t, nc, f, newTestSigner(t), filepath.Join(t.TempDir(), "pos"))
+	p.Notify()
+	checkFor(t, 10*time.Second, 20*time.Millisecond, wantExactly(t, nc, []uint64{f.index}))
+	if p.Position() != f.index || p.LastError() != "" {
+		t.Fatalf("position %d (want %d), last error %q", p.Position(), f.index, p.LastError())
+	}
+}
