@@ -292,7 +292,9 @@ func (p *Publisher) run(ctx context.Context) {
 			}
 			p.lastErr.Store(err.Error())
 			p.wait(ctx, backoff)
-			backoff = min(2*backoff, 2*time.Second)
+			// Short: a stream failing over has a new leader within
+			// seconds, and every retry of one message is cheap.
+			backoff = min(2*backoff, 500*time.Millisecond)
 			continue
 		}
 		backoff = 50 * time.Millisecond
