@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,13 +51,25 @@ func (c Config) validateNATSCluster() error {
 	if c.NATSListen == "" {
 		return errors.New("node: a nats cluster listen address needs the embedded nats server (--nats-listen)")
 	}
-	if _, _, err := net.SplitHostPort(c.NATSClusterListen); err != nil {
+	if err := checkHostPort(c.NATSClusterListen); err != nil {
 		return fmt.Errorf("node: nats cluster listen address %q: %w", c.NATSClusterListen, err)
 	}
 	for _, r := range c.NATSRoutes {
-		if _, _, err := net.SplitHostPort(r); err != nil {
+		if err := checkHostPort(r); err != nil {
 			return fmt.Errorf("node: nats route %q: want host:port: %w", r, err)
 		}
+	}
+	return nil
+}
+
+// checkHostPort accepts host:port with a numeric port (0 to 65535).
+func checkHostPort(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("bad port %q", port)
 	}
 	return nil
 }
