@@ -273,3 +273,51 @@ func TestClusterRoutesNeedTheRoutePassword(t *testing.T) {
 		t.Fatalf("a server with the wrong route password has %d routes", n)
 	}
 }
+
+// TestLiveEventsWithoutAStreamLeader: with the stream unable to store
+// (two of three servers gone), an applied event still reaches a core
+// subscriber of the live subjects at once.
+func TestLiveEventsWithoutAStreamLeader(t *testing.T) {
+	c := startNATSCluster(t, 3, false)
+	f := newTestFSM(t)
+	nc := c.connectNode(t, 0)
+	cfg := DefaultPublisherConfig()
+	cfg.Replicas = 3
+	cfg.PositionFile = filepath.Join(t.TempDir(), "pos")
+	cfg.Issuer = func(tenant string) string { return "https://issuer.test/t/" + tenant }
+	cfg.PollInterval = 20 * time.Millisecond
+	cfg.AckTimeout = time.Second
+	p, err := NewPublisher(cfg, nc, f, newTestSigner(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Start()
+	t.Cleanup(p.Stop)
+	f.revoke("before")
+	p.Notify()
+	checkFor(t, 30*time.Second, 20*time.Millisecond, wantExactly(t, nc, []uint64{f.index}))
+
+	sub, err := c.connectNode(t, 0).SubscribeSync("tally.acme.live.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 2} {
+		c.servers[i].Shutdown()
+		c.servers[i] = nil
+	}
+	f.revoke("during")
+	p.Notify()
+	m, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "tally.acme.live.revocation.token" || m.Header.Get(HeaderRaftIndex) != fmt.Sprint(f.index) {
+		t.Fatalf("live message %s index %s, want index %d", m.Subject, m.Header.Get(HeaderRaftIndex), f.index)
+	}
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if p.LastError() == "" || p.Position() == f.index {
+			return errors.New("the stream acknowledged without a quorum")
+		}
+		return nil
+	})
+}

@@ -168,12 +168,13 @@ type Publisher struct {
 	log    *slog.Logger
 
 	wake     chan struct{}
+	liveWake chan struct{}
 	window   int // messages in flight at once (step's goroutine only)
 	pos      atomic.Uint64
 	fresh    atomic.Bool // no position saved yet: a new node (or data dir)
 	ensured  atomic.Bool
 	lastErr  atomic.Value // string
-	done     chan struct{}
+	wg       sync.WaitGroup
 	stopOnce sync.Once
 	cancel   context.CancelFunc
 
@@ -203,9 +204,9 @@ func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SE
 	}
 	p := &Publisher{
 		cfg: cfg, nc: nc, js: js, src: src, signer: signer,
-		log:  cfg.Logger.With("component", "event-publisher"),
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
+		log:      cfg.Logger.With("component", "event-publisher"),
+		wake:     make(chan struct{}, 1),
+		liveWake: make(chan struct{}, 1),
 		// Start careful: the stream may be failing over.
 		window: 1,
 	}
@@ -233,7 +234,9 @@ func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SE
 func (p *Publisher) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
+	p.wg.Add(2)
 	go p.run(ctx)
+	go p.live(ctx)
 }
 
 // Stop stops the publisher and waits for it. Safe to call more than once,
@@ -241,19 +244,20 @@ func (p *Publisher) Start() {
 func (p *Publisher) Stop() {
 	p.stopOnce.Do(func() {
 		if p.cancel == nil {
-			close(p.done)
 			return
 		}
 		p.cancel()
-		<-p.done
+		p.wg.Wait()
 	})
 }
 
 // Notify wakes the publisher: new events were applied. It never blocks.
 func (p *Publisher) Notify() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{p.wake, p.liveWake} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -272,7 +276,7 @@ func MsgID(cluster string, index uint64, ordinal uint32) string {
 }
 
 func (p *Publisher) run(ctx context.Context) {
-	defer close(p.done)
+	defer p.wg.Done()
 	// A NATS reconnect may follow a server restart that lost the stream;
 	// ensure it again then.
 	p.nc.SetReconnectHandler(func(*nats.Conn) {
@@ -306,12 +310,61 @@ func (p *Publisher) run(ctx context.Context) {
 }
 
 func (p *Publisher) wait(ctx context.Context, d time.Duration) {
+	waitOn(ctx, p.wake, d)
+}
+
+func waitOn(ctx context.Context, wake <-chan struct{}, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-	case <-p.wake:
+	case <-wake:
 	case <-t.C:
+	}
+}
+
+// LiveSubject is the subject on which an event of subject
+// tally.<tenant>.<rest> is also sent at once, without JetStream:
+// tally.<tenant>.live.<rest>. It is outside the stream, inside a resource
+// server's subscribe permission (revocation.NATSLiveSubjects).
+func LiveSubject(subject string) string {
+	parts := strings.SplitN(subject, ".", 3)
+	if len(parts) != 3 {
+		return ""
+	}
+	return parts[0] + "." + parts[1] + ".live." + parts[2]
+}
+
+// live sends every event it has not sent yet as a core NATS message on
+// its LiveSubject as soon as it is applied, whether or not the stream
+// acknowledges it: a stream without a leader (JetStream elects one within
+// 4-9 s after its server died) holds up the stream, not this. Every node
+// sends every event, so a subscriber sees each once per node and keeps
+// one by SET jti; the stream stays the ordered, durable log that replays.
+// Nothing is retried here: the stream path is the one that guarantees
+// delivery.
+func (p *Publisher) live(ctx context.Context) {
+	defer p.wg.Done()
+	pos := p.Position()
+	for ctx.Err() == nil {
+		evs, err := p.src.EventsSince(pos, p.cfg.Batch)
+		if err != nil {
+			pos = max(pos, p.src.EventsSweptThrough(), p.Position())
+			waitOn(ctx, p.liveWake, p.cfg.PollInterval)
+			continue
+		}
+		for _, ev := range evs {
+			msg, err := p.message(ctx, ev)
+			if err != nil {
+				break // the stream path reports it
+			}
+			msg.Subject = LiveSubject(msg.Subject)
+			p.nc.PublishMsg(msg) // buffered while reconnecting; best effort
+			pos = ev.Index
+		}
+		if len(evs) < p.cfg.Batch {
+			waitOn(ctx, p.liveWake, p.cfg.PollInterval)
+		}
 	}
 }
 

@@ -17,6 +17,14 @@ func NATSInboxPrefix(tenant, clientID string) string {
 	return "_TALLY_RS." + tenant + "." + clientID
 }
 
+// NATSLiveSubjects is the core NATS subject filter of a tenant's live
+// events: every tally node sends each event's SET there as soon as it is
+// applied, besides publishing it to the stream, so a subscriber learns it
+// within milliseconds even while the stream elects a new leader (4-9 s
+// after the server holding it died). Each node sends it, so keep one per
+// SET jti; the stream remains the ordered log to replay from.
+func NATSLiveSubjects(tenant string) string { return "tally." + tenant + ".live.>" }
+
 // NATSConsumerHeartbeat makes the server send an idle heartbeat every
 // second on an ordered consumer: when the server that holds the consumer
 // goes away while the client's own connection stays up (a stream leader
