@@ -203,6 +203,7 @@ func TestEventLogKill9(t *testing.T) {
 	// Revocation load through every running node, round robin.
 	var mu sync.Mutex
 	ackedAt := map[string]time.Time{}
+	unseen := map[string]bool{} // acknowledged, not yet in the NATS SDK's set
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -225,6 +226,7 @@ func TestEventLogKill9(t *testing.T) {
 			if err == nil {
 				mu.Lock()
 				ackedAt[jti] = time.Now()
+				unseen[jti] = true
 				mu.Unlock()
 			}
 		}
@@ -246,18 +248,21 @@ func TestEventLogKill9(t *testing.T) {
 			}
 			mu.Lock()
 			var pending []string
-			for j := range ackedAt {
+			for j := range unseen {
 				pending = append(pending, j)
 			}
 			mu.Unlock()
 			now := time.Now()
-			inSetMu.Lock()
 			for _, j := range pending {
-				if _, ok := inSet[j]; !ok && wNATS.Set().Revoked(j) {
+				if wNATS.Set().Revoked(j) {
+					inSetMu.Lock()
 					inSet[j] = now
+					inSetMu.Unlock()
+					mu.Lock()
+					delete(unseen, j)
+					mu.Unlock()
 				}
 			}
-			inSetMu.Unlock()
 		}
 	})
 	acked := func() int {
