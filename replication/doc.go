@@ -18,6 +18,11 @@
 // acknowledgements, never from what the stream holds: a message's headers
 // are whatever its publisher wrote.
 //
+// Every publisher also sends each event at once, without JetStream, on
+// its LiveSubject (tally.<tenant>.live.<rest>): a clustered stream has no
+// leader for 4-9 s after the server holding it died, core NATS needs none.
+// Subscribers keep one copy per SET jti; the stream stays the ordered log.
+//
 // The stream is created idempotently (file storage, max age = the
 // configured retention, duplicates window = the retention, deny delete and
 // purge), so a resource server that reconnects within the retention
