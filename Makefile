@@ -4,8 +4,8 @@ SHELL := /bin/bash
 GO        ?= go
 PKGS      := ./...
 # Packages whose concurrency the race detector must see on every run.
-RACE_PKGS := ./raft/... ./node/... ./replication/... ./issuance/... ./revocation/...
-RACE_RE   := /(raft|node|replication|issuance|revocation)(/|$$)
+RACE_PKGS := ./raft/... ./node/... ./replication/... ./issuance/... ./revocation/... ./loadtest/...
+RACE_RE   := /(raft|node|replication|issuance|revocation|loadtest)(/|$$)
 BUF       := $(GO) tool -modfile=.ci/buf.mod buf
 FUZZTIME  ?= 30s
 BENCH_DURATION ?= 10s
@@ -62,15 +62,17 @@ bench:
 	$(GO) run ./cmd/tally loadtest compare --concurrency $(BENCH_CONCURRENCY) --duration $(BENCH_DURATION)
 	$(GO) test -run '^$$' -bench 'AuthCodeRedemption|RefreshRotation' -benchtime 2000x -count=1 ./node/
 
-## fuzz: each fuzz target for FUZZTIME (default 30s)
+## fuzz: every fuzz target in the repository (found by go test -list), each for FUZZTIME (default 30s)
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenRequest$$' -fuzztime $(FUZZTIME) ./issuance/
-	$(GO) test -run '^$$' -fuzz '^FuzzUnseal$$' -fuzztime $(FUZZTIME) ./issuance/
-	$(GO) test -run '^$$' -fuzz '^FuzzServeConfig$$' -fuzztime $(FUZZTIME) ./cmd/tally/
-	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeUserCode$$' -fuzztime $(FUZZTIME) ./issuance/
-	$(GO) test -run '^$$' -fuzz '^FuzzAuthorizeRequest$$' -fuzztime $(FUZZTIME) ./issuance/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseRefreshToken$$' -fuzztime $(FUZZTIME) ./issuance/
-	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./revocation/
+	@failed=""; \
+	for dir in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+	  list=$$($(GO) test -list '^Fuzz' $$dir/) || { echo "$$list"; failed="$$failed $$dir/"; continue; }; \
+	  for target in $$(echo "$$list" | grep '^Fuzz'); do \
+	    echo "== $$target $$dir/"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$dir/ || failed="$$failed $$target($$dir/)"; \
+	  done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets failed:$$failed"; exit 1; fi
 
 ## soak: the fault-injection and linearizability tests with more rounds (TALLY_SOAK=1), SOAK_COUNT times
 SOAK_COUNT ?= 5

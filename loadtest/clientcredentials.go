@@ -70,6 +70,11 @@ type ClientCredentialsConfig struct {
 	// goroutine while the run lasts.
 	Progress         func(Progress)
 	ProgressInterval time.Duration
+
+	// now, if set, replaces time.Now for a closed loop's warm-up, end and
+	// latencies (tests drive it; an open loop's timers need the real
+	// clock).
+	now func() time.Time
 }
 
 // Progress is a snapshot of a running load.
@@ -163,7 +168,7 @@ func runClientCredentials(ctx context.Context, cfg ClientCredentialsConfig) (Rep
 		}
 	} else {
 		g.closedLoop(ctx)
-		elapsed = time.Since(g.recordFrom)
+		elapsed = g.now().Sub(g.recordFrom)
 	}
 	elapsed = max(elapsed, 0)
 	if stopProgress != nil {
@@ -211,6 +216,7 @@ type generator struct {
 	start      time.Time
 	recordFrom time.Time
 	end        time.Time // zero: no time limit
+	now        func() time.Time
 	claimed    atomic.Int64
 	workers    []*worker
 	notSent    int64 // written by the open-loop scheduler before workers are merged
@@ -267,7 +273,11 @@ func newGenerator(cfg ClientCredentialsConfig) *generator {
 			outcomes: make(map[string]int64, 4),
 		}
 	}
-	g.start = time.Now()
+	g.now = cfg.now
+	if g.now == nil {
+		g.now = time.Now
+	}
+	g.start = g.now()
 	g.recordFrom = g.start.Add(cfg.Warmup)
 	if cfg.Duration > 0 {
 		g.end = g.recordFrom.Add(cfg.Duration)
@@ -288,7 +298,7 @@ func (g *generator) closedLoop(ctx context.Context) {
 	for _, w := range g.workers {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				start := time.Now()
+				start := g.now()
 				if g.pastEnd(start) {
 					return
 				}
@@ -301,7 +311,7 @@ func (g *generator) closedLoop(ctx context.Context) {
 					return
 				}
 				if record {
-					w.record(outcome, time.Since(start))
+					w.record(outcome, g.now().Sub(start))
 				}
 			}
 		})

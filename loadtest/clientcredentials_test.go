@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -119,19 +120,30 @@ func TestClosedLoopCountsOutcomes(t *testing.T) {
 }
 
 func TestWarmupNotRecorded(t *testing.T) {
-	s := newTokenServer(t, func(_ int64, w http.ResponseWriter, _ *http.Request) { writeToken(w) })
+	// The run's clock moves only when the server answers, 10 ms a request,
+	// so the split between warm-up and recording does not depend on the
+	// machine's speed. The j-th request answered started at most at
+	// (j-1)*10 ms: the first 15 are warm-up. With two workers it started
+	// at least at (j-2)*10 ms: the 17th to the 35th are recorded.
+	var clock atomic.Int64
+	t0 := time.Unix(1_700_000_000, 0)
+	s := newTokenServer(t, func(_ int64, w http.ResponseWriter, _ *http.Request) {
+		clock.Add(int64(10 * time.Millisecond))
+		writeToken(w)
+	})
 	cfg := loadConfig(s.URL + "/token")
 	cfg.Concurrency = 2
 	cfg.Warmup = 150 * time.Millisecond
 	cfg.Duration = 200 * time.Millisecond
+	cfg.now = func() time.Time { return t0.Add(time.Duration(clock.Load())) }
 	rep, err := RunClientCredentials(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Requests == 0 || rep.OK != rep.Requests {
+	if rep.Requests < 19 || rep.OK != rep.Requests {
 		t.Fatalf("report = %+v", rep)
 	}
-	if hits := s.hits.Load(); hits <= rep.Requests {
+	if hits := s.hits.Load(); hits-rep.Requests < 15 {
 		t.Errorf("server saw %d requests, report recorded %d: warm-up was recorded", hits, rep.Requests)
 	}
 	if rep.Duration < cfg.Duration {
@@ -215,14 +227,11 @@ func TestOutcomesBounded(t *testing.T) {
 
 func TestOpenLoopPacing(t *testing.T) {
 	var mu sync.Mutex
-	var first, last time.Time
+	var arrivals []time.Time
 	s := newTokenServer(t, func(_ int64, w http.ResponseWriter, _ *http.Request) {
 		now := time.Now()
 		mu.Lock()
-		if first.IsZero() {
-			first = now
-		}
-		last = now
+		arrivals = append(arrivals, now)
 		mu.Unlock()
 		writeToken(w)
 	})
@@ -230,6 +239,7 @@ func TestOpenLoopPacing(t *testing.T) {
 	cfg.Rate = 200
 	cfg.Concurrency = 16
 	cfg.Duration = time.Second
+	before := time.Now()
 	rep, err := RunClientCredentials(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -242,12 +252,21 @@ func TestOpenLoopPacing(t *testing.T) {
 	if rep.Rate != 200 || rep.Duration < cfg.Duration {
 		t.Errorf("rate %v over %v", rep.Rate, rep.Duration)
 	}
-	// Paced, not sent in a burst: the arrivals span most of the second.
+	// Paced, not sent in a burst: request i is handed out no earlier than
+	// i/200 s after the start, so by the time k+1 requests have arrived,
+	// at least k*5 ms have passed. A slow machine only delays arrivals.
 	mu.Lock()
-	span := last.Sub(first)
+	got := slices.Clone(arrivals)
 	mu.Unlock()
-	if span < 500*time.Millisecond {
-		t.Errorf("200 requests arrived within %v; the schedule was not paced", span)
+	slices.SortFunc(got, time.Time.Compare)
+	for k, at := range got {
+		if early := time.Duration(k)*5*time.Millisecond - at.Sub(before); early > 0 {
+			t.Errorf("request %d arrived %v before its schedule; not paced", k, early)
+			break
+		}
+	}
+	if len(got) < 2 {
+		t.Errorf("only %d of 200 requests arrived: nothing to pace", len(got))
 	}
 
 	cfg.Duration, cfg.Requests, cfg.Rate = 0, 30, 1000
@@ -319,9 +338,18 @@ func TestRunStopsWithContext(t *testing.T) {
 		t.Run(strconv.FormatFloat(rate, 'f', -1, 64), func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			s := newTokenServer(t, func(n int64, w http.ResponseWriter, _ *http.Request) {
-				if n == 20 {
+			// Only the first 20 requests are answered: the 20th cancels
+			// the run, and a later one (sent by a worker before it saw
+			// the cancellation, or even before the 20th handler ran)
+			// waits until the client gives up. So at most 20 can be
+			// counted however the goroutines are scheduled.
+			s := newTokenServer(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+				switch {
+				case n == 20:
 					cancel()
+				case n > 20:
+					<-r.Context().Done()
+					return
 				}
 				writeToken(w)
 			})
@@ -332,7 +360,9 @@ func TestRunStopsWithContext(t *testing.T) {
 			if !errors.Is(err, context.Canceled) {
 				t.Errorf("err = %v, want context.Canceled", err)
 			}
-			// Requests cut short by the cancellation are not counted.
+			// Requests cut short by the cancellation are not counted; of
+			// the 20 answered ones, those still in flight when the run
+			// was cancelled (at most one per worker) may not be either.
 			if rep.Requests < 20-int64(cfg.Concurrency) || rep.Requests > 20 || rep.OK != rep.Requests {
 				t.Errorf("report = %+v", rep)
 			}
@@ -341,7 +371,18 @@ func TestRunStopsWithContext(t *testing.T) {
 }
 
 func TestProgress(t *testing.T) {
-	s := newTokenServer(t, func(_ int64, w http.ResponseWriter, _ *http.Request) { writeToken(w) })
+	// The first requests are answered only once progress was reported,
+	// so the run cannot end before a report however late the ticker's
+	// goroutine is scheduled.
+	reported := make(chan struct{})
+	var once sync.Once
+	s := newTokenServer(t, func(_ int64, w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-reported:
+		case <-r.Context().Done():
+		}
+		writeToken(w)
+	})
 	cfg := loadConfig(s.URL + "/token")
 	cfg.Duration = 300 * time.Millisecond
 	cfg.ProgressInterval = 20 * time.Millisecond
@@ -351,6 +392,7 @@ func TestProgress(t *testing.T) {
 		mu.Lock()
 		seen = append(seen, p)
 		mu.Unlock()
+		once.Do(func() { close(reported) })
 	}
 	rep, err := RunClientCredentials(context.Background(), cfg)
 	if err != nil {

@@ -69,7 +69,9 @@ type DrillConfig struct {
 	// that moment).
 	Plan func(ctx context.Context) (Fault, error)
 	// Before is the load before the fault, FaultFor the time from the
-	// injection to the heal, After the load after the heal.
+	// injection to the heal, After the load after the heal (longer, by at
+	// most VerifyTimeout, until a write sent after the heal is
+	// acknowledged: a healed node may need seconds to catch up).
 	Before, FaultFor, After time.Duration
 	// IssueWorkers send client-credentials requests round-robin to every
 	// node that is not down; WriteWorkers obtain a token and revoke it
@@ -80,7 +82,8 @@ type DrillConfig struct {
 	// still issues is a violation.
 	MaxStale, StaleGrace time.Duration
 	// Timeout bounds each request; VerifyTimeout bounds the wait for every
-	// node to show every acknowledged revocation after the load.
+	// node to show every acknowledged revocation after the load, and the
+	// wait past After for a write acknowledged after the heal.
 	Timeout, VerifyTimeout time.Duration
 	// HTTPClient sends every request; nil means a client made for the run.
 	HTTPClient *http.Client
@@ -303,6 +306,8 @@ type drillRun struct {
 	t0     time.Time
 
 	phase atomic.Pointer[drillPhase]
+	// lastAck is when (since t0) the latest acknowledged write was sent.
+	lastAck atomic.Int64
 
 	mu      sync.Mutex
 	samples []drillSample
@@ -311,8 +316,9 @@ type drillRun struct {
 }
 
 // RunDrill runs the load for cfg.Before, injects the fault cfg.Plan
-// returns, heals it cfg.FaultFor later, keeps the load for cfg.After, then
-// checks on every node that every acknowledged revocation is there. The
+// returns, heals it cfg.FaultFor later, keeps the load for cfg.After (and
+// until a write sent after the heal is acknowledged, for at most
+// cfg.VerifyTimeout more), then checks on every node that every acknowledged revocation is there. The
 // invariants judged: no acknowledged write is lost; serving nodes issue
 // without error; no answer is a server error other than 503
 // temporarily_unavailable; isolated nodes fail closed after the staleness
@@ -401,7 +407,10 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 			d.eventAt(healAt, f.HealEvent)
 		}
 		d.phase.Store(&drillPhase{})
-		return wait(ctx, cfg.After)
+		if err := wait(ctx, cfg.After); err != nil {
+			return err
+		}
+		return d.waitAckSince(ctx, healAt, cfg.VerifyTimeout)
 	}()
 	stopLoad()
 	wg.Wait()
@@ -444,6 +453,20 @@ func wait(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// waitAckSince waits until a write sent at or after since was acknowledged,
+// for at most limit: after a heal, writes through a node that was cut off
+// wait until it has caught up, which hashicorp/raft's replication backoff
+// can delay by seconds, longer than a short After on a loaded machine.
+func (d *drillRun) waitAckSince(ctx context.Context, since time.Time, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for d.lastAck.Load() < int64(since.Sub(d.t0)) && time.Now().Before(deadline) {
+		if err := wait(ctx, 10*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (d *drillRun) event(name string) { d.eventAt(time.Now(), name) }
@@ -532,6 +555,12 @@ func (d *drillRun) writeWorker(ctx context.Context, w int) {
 		local = append(local, drillSample{start: start, end: time.Now(), node: n.ID, write: true, outcome: outcome})
 		if outcome == OutcomeOK {
 			acked = append(acked, token)
+			for sent := int64(start.Sub(d.t0)); ; {
+				last := d.lastAck.Load()
+				if sent <= last || d.lastAck.CompareAndSwap(last, sent) {
+					break
+				}
+			}
 		} else {
 			_ = wait(ctx, 5*time.Millisecond)
 		}

@@ -3,7 +3,10 @@ package loadtest
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,11 +31,45 @@ func drillOnNode(t *testing.T, loseWrite bool) (DrillReport, error) {
 	cfg.Before, cfg.FaultFor, cfg.After = 200*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond
 	cfg.IssueWorkers, cfg.WriteWorkers = 1, 1
 	cfg.VerifyTimeout = time.Second
+	// A loaded machine may take longer than a phase for one write, and the
+	// drill wants a write sent after the fault and one sent after the heal
+	// acknowledged. So the fault lasts, and the load goes on after the
+	// heal, until three more writes were acknowledged: the only write
+	// worker sent the second of them after the phase began and recorded
+	// it before sending the third.
+	var acks atomic.Int64
+	cfg.HTTPClient = &http.Client{Timeout: cfg.Timeout, Transport: revokeAcks{&acks}}
+	threeMore := func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		for from := acks.Load(); acks.Load() < from+3; {
+			if err := wait(ctx, 5*time.Millisecond); err != nil {
+				return fmt.Errorf("no writes acknowledged: %w", err)
+			}
+		}
+		return nil
+	}
 	cfg.Plan = func(context.Context) (Fault, error) {
-		return Fault{Event: "nothing", Inject: func(context.Context) error { return nil }}, nil
+		return Fault{Event: "nothing", Inject: func(context.Context) error { return nil }, Heal: threeMore, HealEvent: "healed"}, nil
+	}
+	cfg.Event = func(e DrillEvent) {
+		if e.Name == "healed" { // called before the after phase begins
+			_ = threeMore(context.Background())
+		}
 	}
 	cfg.loseWrite = loseWrite
 	return RunDrill(context.Background(), cfg)
+}
+
+// revokeAcks counts the revocations answered 200.
+type revokeAcks struct{ n *atomic.Int64 }
+
+func (r revokeAcks) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusOK && strings.HasSuffix(req.URL.Path, "/oauth2/revoke") {
+		r.n.Add(1)
+	}
+	return resp, err
 }
 
 func TestDrillPassesOnAHealthyNode(t *testing.T) {

@@ -358,7 +358,10 @@ func (n *Node) openRaft() error {
 	n.rep = newReplica(n.raft, n.now)
 	n.rep.forward = n.cl.propose
 	n.rep.fresh = n.cl.stale
-	return nil
+	n.clock = newClockGuard(n.cl, n.now, n.cfg.MaxClockSkew, func(msg string, args ...any) { n.log.Warn(msg, args...) })
+	n.raft.SetProposeGate(n.clock.err)
+	n.rep.clockErr = n.clock.err
+	return n.clock.registerMetrics(n.tel.meter)
 }
 
 // startCluster serves the internal service, joins through cfg.Join if this
@@ -369,6 +372,7 @@ func (n *Node) startCluster(ctx context.Context) {
 	logInfo := func(msg string, args ...any) { n.log.Info(msg, args...) }
 	n.cl.joinLoop(ctx, logInfo)
 	n.cl.preferLeaderRegion(ctx, logInfo)
+	n.clock.run(ctx)
 	n.cl.wg.Add(1)
 	go func() {
 		defer n.cl.wg.Done()

@@ -131,6 +131,15 @@ type Config struct {
 	// DefaultSigningAlg is the signing algorithm of tenants created without
 	// one.
 	DefaultSigningAlg string
+
+	// MaxClockSkew is how far this node's clock may be from the median of
+	// the voters' clocks before it refuses writes, reports not ready and,
+	// if it leads, hands leadership to a voter whose clock agrees (see
+	// clock.go); 0 turns the check off.
+	MaxClockSkew time.Duration
+	// Now is the node's clock; nil means time.Now. Tests inject a clock
+	// that jumps.
+	Now func() time.Time
 }
 
 // Peer is one member of a new cluster's initial configuration.
@@ -170,6 +179,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout:    10 * time.Second,
 		MaxBodyBytes:       16 << 10,
 		DefaultSigningAlg:  "ES256",
+		MaxClockSkew:       DefaultMaxClockSkew,
 	}
 }
 
@@ -234,6 +244,9 @@ func (c Config) Validate() error {
 	}
 	if c.SweepInterval <= 0 || c.WriteTimeout <= 0 || c.ShutdownTimeout <= 0 {
 		return errors.New("node: sweep interval, write timeout and shutdown timeout must be positive")
+	}
+	if c.MaxClockSkew < 0 {
+		return errors.New("node: max clock skew must not be negative (0 turns the check off)")
 	}
 	if c.MaxBodyBytes < 1024 {
 		return errors.New("node: max body bytes must be at least 1024")

@@ -304,12 +304,15 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 	}
 	from := req.Msg.GetFromSequence()
 	first := max(info.State.FirstSeq, 1)
-	state := &eventsv1.StreamState{FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq}
-	if from > 1 && from < first {
+	state := streamState(info)
+	// A position older than the first retained event lost events to
+	// retention; one beyond the head belongs to a stream that was reset or
+	// recreated since. Either way the caller must resync.
+	if (from > 1 && from < first) || from > info.State.LastSeq+1 {
 		state.Gap = true
 	}
-	if from < first {
-		from = first
+	if from < first || state.Gap {
+		from = max(first, min(from, info.State.LastSeq+1))
 	}
 	if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: state}}); err != nil {
 		return err
@@ -323,12 +326,21 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
 	}
 	msgs := make(chan jetstream.Msg, 256)
+	// The stream was deleted (its consumers go with it): end the watch, so
+	// that the caller reconnects at once and finds the new stream's
+	// identity, instead of at the next heartbeat.
+	gone := make(chan struct{})
+	var goneOnce sync.Once
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
 		case <-ctx.Done():
 		}
-	}, replication.ConsumerHeartbeat)
+	}, replication.ConsumerHeartbeat, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			goneOnce.Do(func() { close(gone) })
+		}
+	}))
 	if err != nil {
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
 	}
@@ -343,6 +355,8 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-gone:
+			return connect.NewError(connect.CodeUnavailable, errors.New("event stream deleted or reset; reconnect"))
 		case m := <-msgs:
 			md, err := m.Metadata()
 			if err != nil {
@@ -359,18 +373,24 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 			if err != nil {
 				continue
 			}
-			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: &eventsv1.StreamState{
-				FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq,
-			}}}); err != nil {
+			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: streamState(info)}}); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-// GetRevocationSet returns the tenant's revocations and disabled clients
-// with the Raft index they reflect and the stream sequence to resume after.
-// It reads the stream head first and waits until the replica has applied
+// streamState is the StreamState of info: its retained sequences and its
+// identity (creation time).
+func streamState(info *jetstream.StreamInfo) *eventsv1.StreamState {
+	return &eventsv1.StreamState{FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq,
+		StreamCreatedUnixNano: info.Created.UnixNano()}
+}
+
+// GetRevocationSet returns the tenant's revocations, disabled clients,
+// disabled or locked users and recent lock cutoffs, with the Raft index
+// they reflect, the stream sequence to resume after and the stream's
+// identity. It reads the stream head first and waits until the replica has applied
 // the head's Raft index, so every event up to stream_sequence is reflected.
 func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
 	tenant := req.Msg.GetTenant()
@@ -405,7 +425,7 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 		}
 	}
 	idx, revs := s.n.raft.State().RevocationsSnapshot(tenant)
-	resp := &eventsv1.GetRevocationSetResponse{RaftIndex: idx, StreamSequence: last}
+	resp := &eventsv1.GetRevocationSetResponse{RaftIndex: idx, StreamSequence: last, StreamCreatedUnixNano: info.Created.UnixNano()}
 	for _, r := range revs {
 		resp.Tokens = append(resp.Tokens, &eventsv1.RevokedToken{
 			Jti: r.Jti, ClientId: r.ClientId, Subject: r.Subject,
@@ -415,6 +435,18 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 	for _, c := range s.n.raft.State().Clients(tenant) {
 		if c.Disabled {
 			resp.DisabledClients = append(resp.DisabledClients, c.Id)
+		}
+	}
+	// A lock older than the longest token lifetime (plus the largest
+	// verifier leeway) invalidates no live token any more.
+	recent := s.n.now().Add(-MaxAccessTokenTTL - 10*time.Minute).UnixNano()
+	for _, u := range s.n.raft.State().Users(tenant) {
+		if u.Disabled || u.Locked {
+			resp.LockedSubjects = append(resp.LockedSubjects, u.Id)
+		}
+		if u.LockedUnixNano > recent {
+			resp.SubjectCutoffs = append(resp.SubjectCutoffs, &eventsv1.SubjectCutoff{
+				Subject: u.Id, TokensIssuedUntilUnix: u.LockedUnixNano / int64(time.Second)})
 		}
 	}
 	return connect.NewResponse(resp), nil

@@ -557,10 +557,14 @@ func TestExternalNATSRestart(t *testing.T) {
 		cfg := replication.DefaultEmbeddedConfig()
 		cfg.Listen, cfg.StoreDir = listen, natsDir
 		cfg.AllowAnonymous = true // an external NATS server without auth
-		e, err := replication.StartEmbedded(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
+		// The restart binds the port the first server just released,
+		// which another process may hold for a moment: try until it binds.
+		var e *replication.Embedded
+		checkFor(t, time.Minute, 50*time.Millisecond, func() error {
+			var err error
+			e, err = replication.StartEmbedded(cfg)
+			return err
+		})
 		return e
 	}
 	ext := start("127.0.0.1:0")

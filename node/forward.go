@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -315,5 +316,7 @@ func (s *clusterService) ChangeMembership(ctx context.Context, req *connect.Requ
 
 // LocalStatus reports this node's own status.
 func (s *clusterService) LocalStatus(ctx context.Context, _ *connect.Request[clusterv1.LocalStatusRequest]) (*connect.Response[clusterv1.LocalStatusResponse], error) {
-	return connect.NewResponse(&clusterv1.LocalStatusResponse{Status: s.c.localStatus(ctx)}), nil
+	resp := connect.NewResponse(&clusterv1.LocalStatusResponse{Status: s.c.localStatus(ctx)})
+	resp.Header().Set(clockHeader, strconv.FormatInt(s.c.now().UnixNano(), 10)) // clock.go
+	return resp, nil
 }

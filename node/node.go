@@ -44,7 +44,8 @@ type Node struct {
 	rep       *replica
 	iss       *issuance.Server
 	nats      *replication.Embedded
-	events    *eventLog // event publisher and events API (events.go)
+	events    *eventLog   // event publisher and events API (events.go)
+	clock     *clockGuard // clock skew against the voters (clock.go)
 	ln        net.Listener
 	http      *http.Server
 	ready     atomic.Bool
@@ -77,6 +78,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
 	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now}
+	if cfg.Now != nil {
+		n.now = cfg.Now
+	}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -250,6 +254,9 @@ func (n *Node) readiness() []string {
 	if n.nats != nil && !n.nats.Ready() {
 		why = append(why, "nats not ready")
 	}
+	if err := n.clock.err(); err != nil {
+		why = append(why, err.Error())
+	}
 	return why
 }
 
@@ -286,6 +293,7 @@ func (n *Node) Run(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(context.Background())
 	n.sweepCancel = cancel
 	n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
+	n.raft.StartTicker(sctx, raft.ClockTickInterval, n.now)
 	n.startCluster(sctx)
 
 	errc := make(chan error, 1)

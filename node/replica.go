@@ -27,6 +27,9 @@ type replica struct {
 	// fresh reports ErrStale when the replica is beyond the staleness
 	// bound; reads then fail closed. nil means always fresh.
 	fresh func() error
+	// clockErr refuses to stamp a command with this node's clock while it
+	// is off the voters' (clock.go). nil means never.
+	clockErr func() error
 
 	mu   sync.RWMutex
 	keys map[string]keyCacheEntry // tenant → converted keys
@@ -121,6 +124,11 @@ var ErrUnavailable = errors.New("node: temporarily unavailable")
 // outcomes come back as the FSM's sentinel errors; anything that means "not
 // committed now" wraps ErrUnavailable.
 func (r *replica) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result, error) {
+	if r.clockErr != nil {
+		if err := r.clockErr(); err != nil {
+			return raft.Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
 	cmd.Version = raft.CommandVersion
 	cmd.TimeUnixNano = r.now().UnixNano()
 	if cmd.RequestId == "" {

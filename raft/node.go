@@ -38,6 +38,8 @@ type Node struct {
 	leftLeadership atomic.Int64
 	leaseTimeout   time.Duration
 
+	gate atomic.Pointer[func() error] // SetProposeGate (clock.go)
+
 	closing   chan struct{}
 	wg        sync.WaitGroup // sweepers
 	closeOnce sync.Once
@@ -315,7 +317,8 @@ func (n *Node) mapErr(err error) error {
 // The error is non-nil when the outcome is not known to be applied:
 // ErrNotLeader (nothing appended; forward or retry), ErrLeadershipLost
 // (outcome unknown: retry with the same request_id), ErrTimeout, ErrClosed,
-// or ctx's error. cmd must not be modified until Propose returns.
+// the propose gate's error (nothing appended; see SetProposeGate), or
+// ctx's error. cmd must not be modified until Propose returns.
 func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return Result{}, fmt.Errorf("raft: propose: %w", err)
@@ -333,6 +336,9 @@ func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error)
 	}
 	if err := checkCommand(cmd); err != nil {
 		return Result{Err: err}, nil
+	}
+	if err := n.checkGate(); err != nil {
+		return Result{}, err
 	}
 	data, err := marshalOpts.Marshal(cmd)
 	if err != nil {

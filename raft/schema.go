@@ -12,7 +12,8 @@ const SchemaVersion = 1
 //
 // Global buckets:
 //
-//	meta           applied_index, applied_term (uint64 big-endian), schema_version
+//	meta           applied_index, applied_term (uint64 big-endian), schema_version,
+//	               clock (time | tick anchor, 2×int64 big-endian; see clock.go)
 //	tenants        tenant id → raftpb.Tenant
 //	requests       request_id → result code (1 byte) | index (8) | command time (8)
 //	request_times  command time (8, big-endian) | request_id → empty; sweep order
@@ -67,6 +68,9 @@ const (
 	metaSchemaVersion = "schema_version"
 	// metaEventsSweptThrough is the highest outbox index a Sweep removed.
 	metaEventsSweptThrough = "events_swept_through"
+	// metaClock is the FSM's bounded clock (clock.go); absent until the
+	// first Tick.
+	metaClock = "clock"
 )
 
 // globalBuckets are created when a state database is opened.

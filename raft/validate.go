@@ -127,7 +127,7 @@ func checkCommand(cmd *raftpb.Command) error {
 		return checkKeys(op.AddKeys.GetTenant(), op.AddKeys.GetKeys())
 	case *raftpb.Command_RevokeToken:
 		return checkRevocation(op.RevokeToken.GetRevocation())
-	case *raftpb.Command_Sweep:
+	case *raftpb.Command_Sweep, *raftpb.Command_Tick:
 		return nil
 	case nil:
 		return invalidf("no operation")

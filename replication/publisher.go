@@ -555,6 +555,9 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 		typ = revocation.EventReuseDetected
 	case raftpb.EventKind_EVENT_KIND_USER_LOCKED:
 		typ = revocation.EventUserLocked
+	case raftpb.EventKind_EVENT_KIND_USER_UNLOCKED:
+		typ = revocation.EventUserUnlocked
+		d.TokensIssuedUntil = ev.LockedUnixNano / int64(time.Second)
 	default:
 		return "", nil
 	}

@@ -114,10 +114,14 @@ func startNATS(t *testing.T, dir, listen string) *Embedded {
 	cfg.Listen = listen
 	cfg.StoreDir = dir
 	cfg.AllowAnonymous = true // an unauthenticated, external server
-	e, err := StartEmbedded(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A restart binds the port the previous server just released, which
+	// another process may hold for a moment: try again until it binds.
+	var e *Embedded
+	checkFor(t, time.Minute, 50*time.Millisecond, func() error {
+		var err error
+		e, err = StartEmbedded(cfg)
+		return err
+	})
 	return e
 }
 

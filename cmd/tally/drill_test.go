@@ -30,8 +30,11 @@ func TestDrills(t *testing.T) {
 		// isolated: the report must show the isolated node failing closed.
 		isolated bool
 	}{
-		{"failover kill", []string{"failover", "--fault-for", "1500ms", "--max-stale", "2s"}, false},
-		{"failover graceful", []string{"failover", "--graceful", "--fault-for", "1s", "--max-stale", "2s"}, false},
+		// The followers must keep issuing through the election: a
+		// staleness bound of 5 s (the default) leaves room for a slow
+		// election on a loaded machine.
+		{"failover kill", []string{"failover", "--fault-for", "1500ms", "--max-stale", "5s"}, false},
+		{"failover graceful", []string{"failover", "--graceful", "--fault-for", "1s", "--max-stale", "5s"}, false},
 		{"partition follower", []string{"partition", "--isolate", "follower", "--fault-for", "3s", "--max-stale", "1500ms", "--stale-grace", "700ms"}, true},
 	}
 	for _, tt := range tests {
@@ -104,7 +107,7 @@ func TestDrillUsage(t *testing.T) {
 // TestDrillRemoteGraceful drills a running cluster through its admin API
 // (the cluster status names the nodes, TransferLeadership is the fault).
 func TestDrillRemoteGraceful(t *testing.T) {
-	c, err := startLocalCluster(context.Background(), localClusterConfig{dir: t.TempDir(), nodes: 3, regions: []string{"east", "west"}, profile: "fast", maxStale: 2 * time.Second})
+	c, err := startLocalCluster(context.Background(), localClusterConfig{dir: t.TempDir(), nodes: 3, regions: []string{"east", "west"}, profile: "fast", maxStale: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +117,7 @@ func TestDrillRemoteGraceful(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.node(l).BaseURL(), "--admin-token", c.adminToken,
-		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--max-stale", "2s", "--output", "json")
+		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--max-stale", "5s", "--output", "json")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
 	}

@@ -68,6 +68,7 @@ func runServe(ctx context.Context, args []string, e env) int {
 	fs.DurationVar(&cfg.RefreshIdleTimeout, "refresh-idle-timeout", cfg.RefreshIdleTimeout, "a refresh-token family unused this long ends (0: no idle limit)")
 	fs.DurationVar(&cfg.RefreshReuseInterval, "refresh-reuse-interval", cfg.RefreshReuseInterval, "within this interval the just-superseded refresh token returns the same successor instead of revoking the family (0: off; typical 2s-10s)")
 	fs.DurationVar(&cfg.MaxStale, "max-stale", cfg.MaxStale, "staleness bound: without contact from a Raft leader for longer, OAuth endpoints answer temporarily_unavailable and /readyz fails")
+	fs.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", cfg.MaxClockSkew, "a node whose clock is further than this from the voters' median refuses writes, is not ready and hands off leadership (0: off)")
 	fs.StringVar(&cfg.LeaderRegion, "leader-region", cfg.LeaderRegion, "region the Raft leader should be in (same on every node); a leader elsewhere hands over to a healthy voter there")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", cfg.TLSDir, "directory with ca.pem, node.pem, node-key.pem (tally admin cluster node-cert); default: a single node generates them in the data dir")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", cfg.WriteTimeout, "bound on a write (forwarding to the leader included); no leader within it: temporarily unavailable")

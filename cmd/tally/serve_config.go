@@ -30,6 +30,7 @@ type serveFile struct {
 	Join           *string       `json:"join"`
 	Nonvoter       *bool         `json:"nonvoter"`
 	MaxStale       *fileDuration `json:"max_stale"`
+	MaxClockSkew   *fileDuration `json:"max_clock_skew"`
 	TLSDir         *string       `json:"tls_dir"`
 	LeaderRegion   *string       `json:"leader_region"`
 	NATSListen     *string       `json:"nats_listen"`
@@ -136,6 +137,7 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setStr(&cfg.DefaultSigningAlg, sf.SigningAlg)
 	setStr(logLevel, sf.LogLevel)
 	setDur(&cfg.MaxStale, sf.MaxStale)
+	setDur(&cfg.MaxClockSkew, sf.MaxClockSkew)
 	setDur(&cfg.JWKSMaxAge, sf.JWKSMaxAge)
 	setDur(&cfg.KeyPublishDelay, sf.KeyPublish)
 	setDur(&cfg.SweepInterval, sf.SweepInterval)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -29,6 +30,24 @@ func freeAddr(t *testing.T) string {
 // exit code.
 func startServe(t *testing.T, dataDir string) (string, func() int) {
 	t.Helper()
+	// freeAddr's ports are free when found, but another process (another
+	// test binary) may take one before serve binds it: then serve exits at
+	// once and it starts again on other ports.
+	for attempt := 1; ; attempt++ {
+		base, stop, exit := tryServe(t, dataDir)
+		if stop != nil {
+			return base, stop
+		}
+		if attempt == 5 || !strings.Contains(exit, "address already in use") {
+			t.Fatal(exit)
+		}
+	}
+}
+
+// tryServe is one attempt of startServe; when serve exits before it is
+// ready, stop is nil and exit says why.
+func tryServe(t *testing.T, dataDir string) (base string, stop func() int, exit string) {
+	t.Helper()
 	listen := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr bytes.Buffer
@@ -38,7 +57,7 @@ func startServe(t *testing.T, dataDir string) (string, func() int) {
 			"--raft-bind", freeAddr(t), "--nats-listen", freeAddr(t), "--log-level", "warn"},
 			env{stdin: strings.NewReader(""), stdout: new(bytes.Buffer), stderr: &stderr, getenv: func(string) string { return "" }})
 	}()
-	base := "http://" + listen
+	base = "http://" + listen
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get(base + "/readyz")
@@ -50,7 +69,8 @@ func startServe(t *testing.T, dataDir string) (string, func() int) {
 		}
 		select {
 		case code := <-done:
-			t.Fatalf("serve exited with %d: %s", code, stderr.String())
+			cancel()
+			return "", nil, fmt.Sprintf("serve exited with %d: %s", code, stderr.String())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -59,7 +79,7 @@ func startServe(t *testing.T, dataDir string) (string, func() int) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	stopped := false
-	stop := func() int {
+	stop = func() int {
 		if stopped {
 			return 0
 		}
@@ -74,7 +94,7 @@ func startServe(t *testing.T, dataDir string) (string, func() int) {
 		}
 	}
 	t.Cleanup(func() { stop() })
-	return base, stop
+	return base, stop, ""
 }
 
 func cli(t *testing.T, base, token string, args ...string) string {

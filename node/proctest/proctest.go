@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -143,15 +144,65 @@ type Proc struct {
 	frozen bool
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that is free now and stays
+// reserved for the test: a node binds it seconds later, and binds it again
+// after a restart. A port the kernel picks for ":0" lies in its ephemeral
+// range, where any process's next outgoing connection may take it in the
+// meantime (and hold it through TIME_WAIT); so the port is picked below
+// that range, and a lock file keeps other proctest users (other test
+// binaries on the machine) off it until the test ends.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	low := ephemeralLow()
+	if low < 12000 {
+		// No room below the ephemeral range: let the kernel pick.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	dir := filepath.Join(os.TempDir(), "tally-proctest-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
 		tb.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	for range 1000 {
+		port := 10000 + mrand.IntN(low-10000)
+		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			f.Close() // another test holds it
+			continue
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			f.Close()
+			continue
+		}
+		ln.Close()
+		tb.Cleanup(func() { f.Close() })
+		return port
+	}
+	tb.Fatal("proctest: no free port below the ephemeral range")
+	return 0
+}
+
+// ephemeralLow is the lowest port of the kernel's ephemeral range (Linux
+// default 32768), or 0 if unknown.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[0])
+	return n
 }
 
 // Start creates the cluster's secrets and certificates and starts every

@@ -82,12 +82,23 @@ func run() error {
 	v, err := revocation.NewVerifier(revocation.Config{
 		Issuer: *issuer, Audience: *audience, Watcher: w, StalePolicy: policy,
 		ClientID: *clientID, ClientSecret: secret,
+		Logger: log, // rejections at debug level
+		OnReject: func(ctx context.Context, reason revocation.Reason, _ error) {
+			log.InfoContext(ctx, "token rejected", "reason", string(reason))
+		},
 	})
 	if err != nil {
 		return err
 	}
 	w.Start()
-	defer w.Stop()
+	defer w.Stop() // saves the position file
+	// Serve only with a trusted revocation set; wrong credentials fail here.
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	err = w.WaitSynced(sctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("revocation set not synced: %w", err)
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /orders", v.Middleware("read:orders")(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
