@@ -33,7 +33,7 @@ func eventFlags(fs *flag.FlagSet, c *node.EventsConfig) {
 // (TALLY_NATS_ROUTES, comma-separated).
 func natsClusterFlags(fs *flag.FlagSet, c *node.Config) {
 	fs.StringVar(&c.NATSClusterListen, "nats-cluster-listen", c.NATSClusterListen, "host:port of the embedded NATS server's route listener; with --nats-routes the nodes' embedded servers form one NATS cluster and replicate the event stream")
-	fs.Func("nats-routes", "the other nodes' --nats-cluster-listen addresses, `host:port,...`", func(s string) error {
+	fs.Func("nats-routes", "the other nodes' --nats-cluster-listen addresses, a comma-separated `host:port` list", func(s string) error {
 		c.NATSRoutes = nil
 		for _, r := range strings.Split(s, ",") {
 			if r = strings.TrimSpace(r); r != "" {
