@@ -89,8 +89,16 @@ type Config struct {
 	// TLSDir.
 	TLS *raft.NodeTLS
 	// NATSListen is the host:port of the embedded NATS server; "" disables
-	// it.
+	// it. Beyond loopback it requires TLS (the node certificate).
 	NATSListen string
+	// NATSClusterListen is the host:port of the embedded NATS server's
+	// route listener: with NATSRoutes, the embedded servers of the cluster
+	// form one NATS cluster and the event stream is replicated (see
+	// nats.go). Empty: a standalone server.
+	NATSClusterListen string
+	// NATSRoutes are the other nodes' NATSClusterListen addresses
+	// (host:port).
+	NATSRoutes []string
 	// Events configures the event log (external NATS, retention); see
 	// events.go.
 	Events EventsConfig
@@ -222,6 +230,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {
 			return fmt.Errorf("node: nats listen address %q: %w", c.NATSListen, err)
 		}
+	}
+	if err := c.validateNATSCluster(); err != nil {
+		return err
 	}
 	if c.Issuer != "" {
 		u, err := url.Parse(c.Issuer)

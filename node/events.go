@@ -47,13 +47,15 @@ type EventsConfig struct {
 	ClusterID string
 	// Audience is the "aud" of every SET; empty means the tenant's issuer.
 	Audience []string
-	// StreamReplicas is the JetStream replication factor of the stream.
+	// StreamReplicas is the JetStream replication factor of the stream; 0
+	// means min(3, NATS servers) with the embedded NATS cluster and 1 with
+	// an external one.
 	StreamReplicas int
 }
 
 // DefaultEventsConfig: embedded NATS, 2h retention.
 func DefaultEventsConfig() EventsConfig {
-	return EventsConfig{Retention: 2 * time.Hour, ClusterID: "tally", StreamReplicas: 1}
+	return EventsConfig{Retention: 2 * time.Hour, ClusterID: "tally"}
 }
 
 // Validate reports the first invalid field.
@@ -61,8 +63,8 @@ func (c EventsConfig) Validate() error {
 	if c.Retention < time.Hour {
 		return errors.New("node: event retention must be at least 1h (the longest access-token lifetime)")
 	}
-	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
-		return errors.New("node: event stream replicas must be 1 to 5")
+	if c.StreamReplicas < 0 || c.StreamReplicas > 5 {
+		return errors.New("node: event stream replicas must be 1 to 5 (0: automatic)")
 	}
 	if c.NATSURL != "" {
 		for _, s := range strings.Split(c.NATSURL, ",") {
@@ -102,19 +104,7 @@ func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
 	if url == "" {
 		return nil, nil
 	}
-	opts := []nats.Option{
-		nats.Name("tally " + n.cfg.NodeID),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(100 * time.Millisecond),
-		nats.RetryOnFailedConnect(true),
-	}
-	if ec.NATSCredsFile != "" {
-		opts = append(opts, nats.UserCredentials(ec.NATSCredsFile))
-	}
-	if ec.NATSCAFile != "" {
-		opts = append(opts, nats.RootCAs(ec.NATSCAFile))
-	}
-	nc, err := nats.Connect(url, opts...)
+	nc, err := nats.Connect(url, n.natsOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("node: nats: %w", err)
 	}
@@ -126,7 +116,7 @@ func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
 	pc := replication.DefaultPublisherConfig()
 	pc.ClusterID = ec.ClusterID
 	pc.Retention = ec.Retention
-	pc.Replicas = ec.StreamReplicas
+	pc.Replicas = n.cfg.streamReplicas()
 	pc.PositionFile = filepath.Join(n.cfg.DataDir, "events-published")
 	pc.Issuer = n.iss.Issuer
 	if len(ec.Audience) > 0 {
@@ -244,12 +234,7 @@ func (s *eventsService) authorize(h http.Header, tenant string) error {
 	if !ok {
 		return unauth
 	}
-	c, err := s.n.rep.Client(context.Background(), tenant, id)
-	if err != nil {
-		s.kek.VerifySecret(issuance.Client{}, secret, s.n.now()) // same work either way
-		return unauth
-	}
-	if !s.kek.VerifySecret(c, secret, s.n.now()) || c.Disabled || c.Public {
+	if !s.n.authenticateClient(tenant, id, secret) {
 		return unauth
 	}
 	return nil
@@ -351,7 +336,7 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		case msgs <- m:
 		case <-ctx.Done():
 		}
-	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	}, replication.ConsumerHeartbeat, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) {
 			goneOnce.Do(func() { close(gone) })
 		}

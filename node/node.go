@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,6 +59,11 @@ type Node struct {
 	sweepCancel context.CancelFunc
 	closeOnce   sync.Once
 	closeErr    error
+
+	// natsNodePass and natsTLS are the node's credentials on the embedded
+	// NATS server (nats.go).
+	natsNodePass string
+	natsTLS      *tls.Config
 }
 
 // New opens the node's data directory, starts its Raft replica (bootstrapping
@@ -150,15 +155,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, err
 	}
 
-	if cfg.NATSListen != "" {
-		nc := replication.DefaultEmbeddedConfig()
-		nc.Listen = cfg.NATSListen
-		nc.StoreDir = filepath.Join(cfg.DataDir, "nats")
-		nc.ServerName = cfg.NodeID
-		nc.Logger = n.log
-		if n.nats, err = replication.StartEmbedded(nc); err != nil {
-			return nil, err
-		}
+	if err := n.startNATS(kekRaw); err != nil {
+		return nil, err
 	}
 
 	if n.events, err = n.startEvents(kek); err != nil {

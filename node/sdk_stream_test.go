@@ -258,7 +258,14 @@ func TestSDKIgnoresReplayedStateChange(t *testing.T) {
 	}
 	disable(true)
 	disable(false)
-	js, err := jetstream.New(nc)
+	// Reading a message by subject and republishing it takes a node's
+	// credential: a resource server may do neither.
+	nodeConn, err := nats.Connect(n.NATSURL(), n.NATSOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeConn.Close()
+	js, err := jetstream.New(nodeConn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -618,7 +618,7 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(NATSConsumerHeartbeat)
 	if err != nil {
 		return err
 	}
@@ -626,6 +626,9 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	w.setConnected(true)
+	if stopLive, err := w.followLive(ctx); err == nil {
+		defer stopLive()
+	}
 
 	// The ordered consumer survives NATS reconnects by itself; follow the
 	// connection's state for staleness.

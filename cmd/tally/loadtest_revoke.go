@@ -10,7 +10,6 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/go-jose/go-jose/v4"
-	"github.com/nats-io/nats.go"
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tallyauth/tally/loadtest"
@@ -77,7 +76,7 @@ func runLoadtestRevokePropagation(ctx context.Context, args []string, e env) int
 
 	wc := revocation.WatcherConfig{Issuer: issuer, Tenant: tenant, ServerURL: n.BaseURL(), ClientID: id, ClientSecret: secret}
 	if *transport == "nats" {
-		nc, err := nats.Connect(n.NATSURL(), nats.MaxReconnects(-1))
+		nc, err := revocation.ConnectNATS(revocation.NATSConfig{URLs: n.NATSURL(), Tenant: tenant, ClientID: id, ClientSecret: secret})
 		if err != nil {
 			return fail("nats: %v", err)
 		}

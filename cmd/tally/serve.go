@@ -76,6 +76,7 @@ func runServe(ctx context.Context, args []string, e env) int {
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", cfg.WriteTimeout, "bound on a write (forwarding to the leader included); no leader within it: temporarily unavailable")
 	fs.Var(byteSizeFlag{&cfg.MinFreeDisk}, "min-free-disk", "free-space watermark of the data file system (`bytes`, KiB/MiB/GiB suffix): below it the node refuses writes and reports not ready, but keeps issuing tokens (0: off)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, `host:port of the embedded NATS server ("" disables it)`)
+	natsClusterFlags(fs, &cfg)
 	eventFlags(fs, &cfg.Events)
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")

@@ -49,6 +49,10 @@ type serveFile struct {
 	SigningAlg     *string       `json:"signing_alg"`
 	LogLevel       *string       `json:"log_level"`
 	MinFreeDisk    *fileByteSize `json:"min_free_disk"`
+
+	NATSClusterListen   *string  `json:"nats_cluster_listen"`
+	NATSRoutes          []string `json:"nats_routes"`
+	EventStreamReplicas *int     `json:"event_stream_replicas"`
 }
 
 type filePeer struct {
@@ -188,6 +192,13 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setDur(&cfg.WriteTimeout, sf.WriteTimeout)
 	if sf.MinFreeDisk != nil {
 		cfg.MinFreeDisk = uint64(*sf.MinFreeDisk)
+	}
+	setStr(&cfg.NATSClusterListen, sf.NATSClusterListen)
+	if sf.NATSRoutes != nil {
+		cfg.NATSRoutes = sf.NATSRoutes
+	}
+	if sf.EventStreamReplicas != nil {
+		cfg.Events.StreamReplicas = *sf.EventStreamReplicas
 	}
 	if sf.Peers != nil {
 		cfg.Peers = nil

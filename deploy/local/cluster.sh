@@ -4,6 +4,10 @@
 #   node1 (east)  http://127.0.0.1:8081  cluster port 127.0.0.1:7101
 #   node2 (east)  http://127.0.0.1:8082  cluster port 127.0.0.1:7102
 #   node3 (west)  http://127.0.0.1:8083  cluster port 127.0.0.1:7103
+# Each node runs an embedded NATS server (clients nats://127.0.0.1:4231-4233,
+# routes 127.0.0.1:6231-6233); the three form one NATS cluster and the
+# TALLY_EVENTS stream has three replicas. NATS requires authentication:
+# resource servers connect with a confidential client's id and secret.
 #
 # Every node runs with --issuer http://127.0.0.1:8080: a token any node
 # issued is honoured by every node, at its own port or through the front
