@@ -72,7 +72,6 @@ type clockGuard struct {
 	skew      time.Duration // this node's clock minus the voters' median
 	skewed    bool
 	checkedAt time.Time // monotonic: when the verdict was reached
-	median    map[string]time.Duration
 	transfer  time.Time
 }
 
