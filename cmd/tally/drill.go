@@ -24,6 +24,7 @@ import (
 	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
 	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
 	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
+	"github.com/tallyauth/tally/node/localcluster"
 )
 
 const drillUsage = `Usage:
@@ -190,35 +191,35 @@ func drillLocal(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport,
 	if slices.Contains(regions, "") {
 		return loadtest.DrillReport{}, usagef("--regions holds an empty label")
 	}
-	ccfg := localClusterConfig{dir: dir, nodes: f.nodes, regions: regions, profile: f.profile, maxStale: f.cfg.MaxStale}
+	ccfg := localcluster.Config{Dir: dir, Nodes: f.nodes, Regions: regions, Profile: f.profile, MaxStale: f.cfg.MaxStale}
 	if f.kind == "partition" {
-		if _, err := partitionGroup(&localCluster{cfg: ccfg}, -1, f.isolate); err != nil {
+		if _, err := partitionGroup(ccfg, -1, f.isolate); err != nil {
 			return loadtest.DrillReport{}, err
 		}
 	}
 	if f.output == "text" {
 		fmt.Fprintf(e.stderr, "starting %d nodes in %s …\n", f.nodes, dir)
 	}
-	c, err := startLocalCluster(ctx, ccfg)
+	c, err := localcluster.Start(ctx, ccfg)
 	if err != nil {
 		return loadtest.DrillReport{}, fmt.Errorf("starting the cluster: %w", err)
 	}
 	defer c.Close()
-	l, err := c.leader(ctx, 30*time.Second)
+	l, err := c.Leader(ctx, 30*time.Second)
 	if err != nil {
 		return loadtest.DrillReport{}, err
 	}
-	resp, err := c.node(l).Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
+	resp, err := c.Node(l).Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
 		Tenant: node.DefaultTenant, Name: "drill", AccessTokenTtlSeconds: 3600,
 	}))
 	if err != nil {
 		return loadtest.DrillReport{}, fmt.Errorf("creating the drill client: %w", err)
 	}
-	if err := c.waitConverged(ctx, 30*time.Second); err != nil {
+	if err := c.WaitConverged(ctx, 30*time.Second); err != nil {
 		return loadtest.DrillReport{}, err
 	}
 	cfg := f.cfg
-	cfg.Nodes = c.drillNodes()
+	cfg.Nodes = localDrillNodes(c)
 	cfg.ClientID, cfg.ClientSecret = resp.Msg.Client.ClientId, resp.Msg.ClientSecret
 	switch {
 	case f.kind == "failover" && f.graceful:
@@ -233,34 +234,34 @@ func drillLocal(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport,
 
 // localKill plans a hard kill of the current leader, healed by a restart
 // on the same data directory and ports.
-func localKill(ctx context.Context, c *localCluster) (loadtest.Fault, error) {
-	l, err := c.leader(ctx, 10*time.Second)
+func localKill(ctx context.Context, c *localcluster.Cluster) (loadtest.Fault, error) {
+	l, err := c.Leader(ctx, 10*time.Second)
 	if err != nil {
 		return loadtest.Fault{}, err
 	}
-	id := c.id(l)
+	id := c.ID(l)
 	return loadtest.Fault{
 		Event: "leader " + id + " killed",
 		Down:  []string{id},
 		Inject: func(context.Context) error {
-			c.kill(l)
+			c.Kill(l)
 			return nil
 		},
 		HealEvent: id + " restarted",
-		Heal:      func(ctx context.Context) error { return c.restart(ctx, l) },
+		Heal:      func(ctx context.Context) error { return c.Restart(ctx, l) },
 	}, nil
 }
 
 // localTransfer plans a leadership transfer through the admin API of a
 // follower (Raft picks the most caught-up voter).
-func localTransfer(ctx context.Context, c *localCluster) (loadtest.Fault, error) {
-	l, err := c.leader(ctx, 10*time.Second)
+func localTransfer(ctx context.Context, c *localcluster.Cluster) (loadtest.Fault, error) {
+	l, err := c.Leader(ctx, 10*time.Second)
 	if err != nil {
 		return loadtest.Fault{}, err
 	}
-	f := c.node((l + 1) % c.cfg.nodes)
+	f := c.Node((l + 1) % c.Len())
 	return loadtest.Fault{
-		Event: "leadership of " + c.id(l) + " transferred",
+		Event: "leadership of " + c.ID(l) + " transferred",
 		Inject: func(ctx context.Context) error {
 			_, err := f.ClusterAdmin.TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{}))
 			return err
@@ -270,13 +271,14 @@ func localTransfer(ctx context.Context, c *localCluster) (loadtest.Fault, error)
 
 // partitionGroup resolves --isolate to the node indexes cut off: a
 // follower, the leader (l), a node id, or every node of region:NAME.
-func partitionGroup(c *localCluster, l int, isolate string) ([]int, error) {
+func partitionGroup(cfg localcluster.Config, l int, isolate string) ([]int, error) {
+	id := func(i int) string { return fmt.Sprintf("node%d", i) }
 	switch {
 	case isolate == "follower":
 		if l < 0 {
 			return nil, nil
 		}
-		return []int{(l + 1) % c.cfg.nodes}, nil
+		return []int{(l + 1) % cfg.Nodes}, nil
 	case isolate == "leader":
 		if l < 0 {
 			return nil, nil
@@ -284,34 +286,34 @@ func partitionGroup(c *localCluster, l int, isolate string) ([]int, error) {
 		return []int{l}, nil
 	case strings.HasPrefix(isolate, "region:"):
 		var out []int
-		for i := range c.cfg.nodes {
-			if c.region(i) == strings.TrimPrefix(isolate, "region:") {
+		for i := range cfg.Nodes {
+			if cfg.Regions[i%len(cfg.Regions)] == strings.TrimPrefix(isolate, "region:") {
 				out = append(out, i)
 			}
 		}
-		if len(out) == 0 || len(out) == c.cfg.nodes {
+		if len(out) == 0 || len(out) == cfg.Nodes {
 			return nil, usagef("--isolate %s: the region must hold some but not all nodes", isolate)
 		}
 		return out, nil
 	default:
-		for i := range c.cfg.nodes {
-			if c.id(i) == isolate {
+		for i := range cfg.Nodes {
+			if id(i) == isolate {
 				return []int{i}, nil
 			}
 		}
-		return nil, usagef("--isolate %q: want follower, leader, a node id (node0…node%d) or region:NAME", isolate, c.cfg.nodes-1)
+		return nil, usagef("--isolate %q: want follower, leader, a node id (node0…node%d) or region:NAME", isolate, cfg.Nodes-1)
 	}
 }
 
 // localPartition plans a partition of the --isolate group from the rest.
 // The side without a majority of the voters is the one expected to fail
 // closed.
-func localPartition(ctx context.Context, c *localCluster, isolate string) (loadtest.Fault, error) {
-	l, err := c.leader(ctx, 10*time.Second)
+func localPartition(ctx context.Context, c *localcluster.Cluster, isolate string) (loadtest.Fault, error) {
+	l, err := c.Leader(ctx, 10*time.Second)
 	if err != nil {
 		return loadtest.Fault{}, err
 	}
-	group, err := partitionGroup(c, l, isolate)
+	group, err := partitionGroup(c.Config(), l, isolate)
 	if err != nil {
 		return loadtest.Fault{}, err
 	}
@@ -319,27 +321,27 @@ func localPartition(ctx context.Context, c *localCluster, isolate string) (loadt
 	var groupIDs, rest []string
 	for _, i := range group {
 		in[i] = true
-		groupIDs = append(groupIDs, c.id(i))
+		groupIDs = append(groupIDs, c.ID(i))
 	}
-	for i := range c.cfg.nodes {
+	for i := range c.Len() {
 		if !in[i] {
-			rest = append(rest, c.id(i))
+			rest = append(rest, c.ID(i))
 		}
 	}
 	minority := groupIDs
-	if 2*len(groupIDs) > c.cfg.nodes {
+	if 2*len(groupIDs) > c.Len() {
 		minority = rest
 	}
 	return loadtest.Fault{
 		Event:    fmt.Sprintf("%s (%s) cut off from %s", isolate, strings.Join(groupIDs, ","), strings.Join(rest, ",")),
 		Isolated: minority,
 		Inject: func(context.Context) error {
-			c.nw.Partition(c.ids(), groupIDs...)
+			c.Net.Partition(c.IDs(), groupIDs...)
 			return nil
 		},
 		HealEvent: "partition healed",
 		Heal: func(context.Context) error {
-			c.nw.Heal()
+			c.Net.Heal()
 			return nil
 		},
 	}, nil

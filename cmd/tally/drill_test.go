@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tallyauth/tally/node/localcluster"
 )
 
 // runDrillCmd runs "tally drill args..." and returns the exit code, stdout
@@ -104,16 +106,16 @@ func TestDrillUsage(t *testing.T) {
 // TestDrillRemoteGraceful drills a running cluster through its admin API
 // (the cluster status names the nodes, TransferLeadership is the fault).
 func TestDrillRemoteGraceful(t *testing.T) {
-	c, err := startLocalCluster(context.Background(), localClusterConfig{dir: t.TempDir(), nodes: 3, regions: []string{"east", "west"}, profile: "fast", maxStale: 2 * time.Second})
+	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "west"}, Profile: "fast", MaxStale: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	l, err := c.leader(context.Background(), 10*time.Second)
+	l, err := c.Leader(context.Background(), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.node(l).BaseURL(), "--admin-token", c.adminToken,
+	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.Node(l).BaseURL(), "--admin-token", c.AdminToken(),
 		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--max-stale", "2s", "--output", "json")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
@@ -124,10 +126,10 @@ func TestDrillRemoteGraceful(t *testing.T) {
 		Nodes       int    `json:"nodes"`
 		WritesAcked int64  `json:"writes_acked"`
 	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.Pass || rep.Nodes != 3 || rep.WritesAcked == 0 || !strings.Contains(rep.Fault, c.id(l)) {
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.Pass || rep.Nodes != 3 || rep.WritesAcked == 0 || !strings.Contains(rep.Fault, c.ID(l)) {
 		t.Fatalf("report (%v): %s", err, out)
 	}
-	if now, err := c.leader(context.Background(), 10*time.Second); err != nil || now == l {
+	if now, err := c.Leader(context.Background(), 10*time.Second); err != nil || now == l {
 		t.Fatalf("leader after the drill: node%d (%v), before node%d", now, err, l)
 	}
 }
