@@ -58,6 +58,7 @@ Commands:
   cluster status|add-voter|add-nonvoter|remove|transfer-leadership
                                 inspect and change the Raft membership (any node)
   cluster ca init|node-cert     create the cluster CA and node certificates (local)
+  cluster init                  create CA, node certificates, KEK and admin token (local)
   snapshot save FILE            save a consistent copy of a node's state
 
 Global flags (before the command, or with any command):
@@ -175,6 +176,7 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, keyCommands()...)
 	cmds = append(cmds, revokeCommands()...)
 	cmds = append(cmds, clusterCommands()...)
+	cmds = append(cmds, clusterInitCommands()...)
 	cmds = append(cmds, userCommands()...)
 	return cmds
 }
