@@ -91,7 +91,7 @@ func TestDrillJudge(t *testing.T) {
 			d := &drillRun{cfg: DrillConfig{MaxStale: time.Second, StaleGrace: 500 * time.Millisecond}, t0: t0}
 			d.samples = append(append([]drillSample(nil), healthy...), tt.extra...)
 			var rep DrillReport
-			d.judge(&rep, tt.fault, at(1), at(4))
+			d.judge(&rep, []appliedFault{{Fault: tt.fault, at: at(1), healAt: at(4)}})
 			got := strings.Join(rep.Violations, "\n")
 			if (tt.violates == "") != (got == "") || !strings.Contains(got, tt.violates) {
 				t.Fatalf("violations %q, want %q", got, tt.violates)

@@ -9,8 +9,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -21,19 +19,30 @@ import (
 	"github.com/tallyauth/tally/loadtest"
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
 	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
-	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
 	"github.com/tallyauth/tally/node/localcluster"
 )
 
 const drillUsage = `Usage:
-  tally drill failover  [flags]   kill the leader (or --graceful: transfer leadership) under load
-  tally drill partition [flags]   isolate a node or a region under load
+  tally drill failover        [flags]   kill the leader (or --graceful: transfer leadership) under load
+  tally drill partition       [flags]   isolate a node or a region under load
+  tally drill rolling-restart [flags]   restart every node in turn under load, followers first
 
 By default the drill starts its own cluster in this process (--nodes, on
-loopback, in a temporary directory). "tally drill failover --graceful
---server URL" drills a running cluster through its admin API instead.
+loopback, in a temporary directory). With --server URL it drills a running
+cluster: the members come from the cluster status (admin API), their HTTP
+URLs from --node ID=URL or TALLY_NODES, and the fault from your commands,
+run with /bin/sh -c, {node} and {region} substituted:
+
+  tally drill failover --server $TALLY_SERVER \
+      --kill-cmd 'docker kill {node}' --restart-cmd 'docker start {node}'
+  tally drill partition --server $TALLY_SERVER --isolate node3 \
+      --partition-cmd 'docker network disconnect {region} {node}' \
+      --heal-cmd 'docker network connect --alias {node}.{region} {region} {node}'
+  tally drill rolling-restart --server $TALLY_SERVER \
+      --kill-cmd 'docker stop -t 20 {node}' --restart-cmd 'docker start {node}'
+
+Templates for Docker Compose, Kubernetes and systemd: deploy/drill/.
 Each drill ends with PASS or FAIL; a violated invariant exits with 1.
 
 Run "tally drill <drill> -h" for the flags.
@@ -45,7 +54,7 @@ func runDrill(ctx context.Context, args []string, e env) int {
 		return 2
 	}
 	switch args[0] {
-	case "failover", "partition":
+	case "failover", "partition", "rolling-restart":
 		return runDrillKind(ctx, args[0], args[1:], e)
 	case "help", "-h", "--help":
 		fmt.Fprint(e.stdout, drillUsage)
@@ -73,22 +82,42 @@ type drillFlags struct {
 	output       string
 	report       string
 	cfg          loadtest.DrillConfig
+
+	// Against a running cluster (--server).
+	nodeURLs     []string
+	target       string
+	killCmd      string
+	restartCmd   string
+	partitionCmd string
+	healCmd      string
+	readyTimeout time.Duration
 }
 
 func runDrillKind(ctx context.Context, kind string, args []string, e env) int {
 	f := drillFlags{kind: kind, cfg: loadtest.DefaultDrillConfig()}
 	fs := flag.NewFlagSet("tally drill "+kind, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	if kind == "failover" {
+	switch kind {
+	case "failover":
 		fs.BoolVar(&f.graceful, "graceful", false, "transfer leadership instead of killing the leader")
-	} else {
+		fs.StringVar(&f.target, "target", "leader", "with --server: what to kill: leader, follower, a member id, or region:NAME")
+	case "partition":
 		fs.StringVar(&f.isolate, "isolate", "follower", "what to cut off: follower, leader, a node id (node1), or region:NAME")
 	}
+	fs.Func("node", "with --server: a member's HTTP base `ID=URL` (or URL: the id is read from its /metrics); repeatable; default TALLY_NODES (URLs separated by spaces)", func(v string) error {
+		f.nodeURLs = append(f.nodeURLs, v)
+		return nil
+	})
+	fs.StringVar(&f.killCmd, "kill-cmd", "", "with --server: `command` that kills (failover) or stops (rolling-restart) {node} in {region}")
+	fs.StringVar(&f.restartCmd, "restart-cmd", "", "with --server: `command` that starts {node} again")
+	fs.StringVar(&f.partitionCmd, "partition-cmd", "", "with --server: `command` that cuts {node} in {region} off from the other nodes")
+	fs.StringVar(&f.healCmd, "heal-cmd", "", "with --server: `command` that undoes --partition-cmd")
+	fs.DurationVar(&f.readyTimeout, "ready-timeout", 2*time.Minute, "with --server: bound on the wait for a restarted or healed node's /readyz")
 	fs.IntVar(&f.nodes, "nodes", 3, "voters of the cluster the drill starts")
 	fs.StringVar(&f.regions, "regions", "east,west", "region labels, assigned to the started nodes in turn")
 	fs.StringVar(&f.profile, "raft-profile", "lan", "Raft timing of the started cluster: lan, wan, or fast (300 ms timeouts)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the started cluster (default: a temporary one, removed after)")
-	fs.StringVar(&f.server, "server", "", "drill a running cluster through this node's admin API `URL` instead (failover --graceful only)")
+	fs.StringVar(&f.server, "server", "", "drill a running cluster through this admin API `URL` (a node or the front door) instead")
 	fs.StringVar(&f.adminToken, "admin-token", "", "admin bearer token for --server (env TALLY_ADMIN_TOKEN)")
 	fs.StringVar(&f.tenant, "tenant", node.DefaultTenant, "tenant of the load (with --server)")
 	fs.StringVar(&f.clientID, "client-id", "", "client_credentials client for the load (with --server; default: one created through the admin API)")
@@ -130,10 +159,6 @@ func runDrillKind(ctx context.Context, kind string, args []string, e env) int {
 	var rep loadtest.DrillReport
 	var err error
 	if f.server != "" {
-		if kind != "failover" || !f.graceful {
-			fmt.Fprintf(e.stderr, "tally drill %s: --server drills only \"failover --graceful\" (a hard kill or a partition needs the cluster the drill starts)\n", kind)
-			return 2
-		}
 		rep, err = drillRemote(ctx, f, e)
 	} else {
 		if f.nodes < 3 || f.nodes > 9 {
@@ -226,10 +251,56 @@ func drillLocal(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport,
 		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localTransfer(ctx, c) }
 	case f.kind == "failover":
 		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localKill(ctx, c) }
+	case f.kind == "rolling-restart":
+		cfg.Steps = c.Len()
+		done := map[int]bool{}
+		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localRollingStep(ctx, c, done) }
 	default:
 		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localPartition(ctx, c, f.isolate) }
 	}
 	return loadtest.RunDrill(ctx, cfg)
+}
+
+// localRollingStep plans the restart of the next node not restarted yet,
+// the leader last.
+func localRollingStep(ctx context.Context, c *localcluster.Cluster, done map[int]bool) (loadtest.Fault, error) {
+	l, err := c.Leader(ctx, 10*time.Second)
+	if err != nil {
+		return loadtest.Fault{}, err
+	}
+	next := -1
+	for i := range c.Len() {
+		if !done[i] && (next < 0 || next == l) {
+			next = i
+		}
+	}
+	if next < 0 {
+		return loadtest.Fault{}, errors.New("every node was restarted already")
+	}
+	done[next] = true
+	id := c.ID(next)
+	what := id
+	if next == l {
+		what = "leader " + id
+	}
+	return loadtest.Fault{
+		Event:     what + " stopped",
+		Down:      []string{id},
+		Inject:    func(context.Context) error { c.Kill(next); return nil },
+		HealEvent: id + " restarted and ready",
+		Heal:      func(ctx context.Context) error { return c.Restart(ctx, next) },
+	}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // localKill plans a hard kill of the current leader, healed by a restart
@@ -345,60 +416,6 @@ func localPartition(ctx context.Context, c *localcluster.Cluster, isolate string
 			return nil
 		},
 	}, nil
-}
-
-// drillRemote drills a running cluster through the admin API of the node
-// at f.server: the nodes and the leader come from the cluster status, the
-// fault is a leadership transfer.
-func drillRemote(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport, error) {
-	base, err := url.Parse(f.server)
-	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return loadtest.DrillReport{}, usagef("--server %q is not an absolute http(s) URL", f.server)
-	}
-	if f.adminToken == "" {
-		return loadtest.DrillReport{}, usagef("--server needs the admin token: --admin-token or TALLY_ADMIN_TOKEN")
-	}
-	hc := &http.Client{Timeout: 30 * time.Second}
-	auth := connect.WithInterceptors(bearerAuth("Bearer " + f.adminToken))
-	server := strings.TrimRight(f.server, "/")
-	ca := clusterv1connect.NewClusterAdminServiceClient(hc, server, auth)
-	st, err := ca.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
-	if err != nil {
-		return loadtest.DrillReport{}, fmt.Errorf("cluster status: %w", err)
-	}
-	cfg := f.cfg
-	for _, m := range st.Msg.Members {
-		if m.HttpAddress == "" {
-			return loadtest.DrillReport{}, fmt.Errorf("member %s did not report its HTTP address (state %s)", m.Id, m.State)
-		}
-		cfg.Nodes = append(cfg.Nodes, loadtest.DrillNode{ID: m.Id, Issuer: base.Scheme + "://" + m.HttpAddress + "/t/" + url.PathEscape(f.tenant)})
-	}
-	cfg.ClientID, cfg.ClientSecret = f.clientID, f.clientSecret
-	if cfg.ClientID == "" {
-		admin := adminv1connect.NewAdminServiceClient(hc, server, auth)
-		resp, err := admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: f.tenant, Name: "drill", AccessTokenTtlSeconds: 3600}))
-		if err != nil {
-			return loadtest.DrillReport{}, fmt.Errorf("creating the drill client: %w", err)
-		}
-		cfg.ClientID, cfg.ClientSecret = resp.Msg.Client.ClientId, resp.Msg.ClientSecret
-		if f.output == "text" {
-			fmt.Fprintf(e.stderr, "created client %s for the drill\n", cfg.ClientID)
-		}
-	}
-	cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) {
-		st, err := ca.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
-		if err != nil {
-			return loadtest.Fault{}, err
-		}
-		return loadtest.Fault{
-			Event: "leadership of " + st.Msg.LeaderId + " transferred",
-			Inject: func(ctx context.Context) error {
-				_, err := ca.TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{}))
-				return err
-			},
-		}, nil
-	}
-	return loadtest.RunDrill(ctx, cfg)
 }
 
 // writeDrillHTML writes the drill's load and events as an HTML report.
