@@ -48,10 +48,19 @@ type Fault struct {
 	// Inject applies the fault; it may block until it has taken effect
 	// (a leadership transfer returns when the new leader is known).
 	Inject func(ctx context.Context) error
+	// EffectiveOnReturn says the fault takes effect when Inject returns
+	// rather than when it is called (an operator's command that takes a
+	// while, like docker kill): the fault's time, from which the windows
+	// are measured, is then Inject's return.
+	EffectiveOnReturn bool
 	// Heal, if set, undoes the fault (restarts the killed node, heals the
 	// partition) and returns once it is done; HealEvent names it.
 	Heal      func(ctx context.Context) error
 	HealEvent string
+	// Settle, if set, waits after Heal until the faulted nodes serve again
+	// (a restarted node answers /readyz); until it returns they stay down
+	// or isolated for the load and the judge.
+	Settle func(ctx context.Context) error
 }
 
 // DrillConfig configures RunDrill.
@@ -393,14 +402,19 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 				rep.Fault += "; " + f.Event
 			}
 			af := appliedFault{Fault: f, at: time.Now()}
+			af.injected = af.at
 			d.phase.Store(&drillPhase{down: setOf(f.Down), isolated: setOf(f.Isolated)})
 			if err := f.Inject(ctx); err != nil {
 				return fmt.Errorf("loadtest: drill: %s: %w", f.Event, err)
+			}
+			if f.EffectiveOnReturn {
+				af.at = time.Now()
 			}
 			d.eventAt(af.at, f.Event)
 			if err := wait(ctx, cfg.FaultFor-time.Since(af.at)); err != nil {
 				return err
 			}
+			af.healing = time.Now()
 			if f.Heal != nil {
 				if err := f.Heal(ctx); err != nil {
 					return fmt.Errorf("loadtest: drill: %s: %w", f.HealEvent, err)
@@ -409,6 +423,14 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 			af.healAt = time.Now()
 			if f.Heal != nil {
 				d.eventAt(af.healAt, f.HealEvent)
+			}
+			af.settled = af.healAt
+			if f.Settle != nil {
+				if err := f.Settle(ctx); err != nil {
+					return fmt.Errorf("loadtest: drill: after %s: %w", f.HealEvent, err)
+				}
+				af.settled = time.Now()
+				d.eventAt(af.settled, strings.Join(append(slices.Clone(f.Down), f.Isolated...), ",")+" serving again")
 			}
 			d.phase.Store(&drillPhase{})
 			faults = append(faults, af)
@@ -441,7 +463,21 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 // appliedFault is a fault with the times it was injected and healed.
 type appliedFault struct {
 	Fault
-	at, healAt time.Time
+	// injected is when Inject was called, at when the fault took effect
+	// (the same unless EffectiveOnReturn), healing when Heal was called,
+	// healAt when it returned, settled when the faulted nodes served again
+	// (healAt without Settle). The staleness bound runs from injected to
+	// healing (the strict reading: the fault may bite as soon as its
+	// command starts, and end as soon as the heal starts); the write
+	// window from at.
+	injected, at, healing, healAt, settled time.Time
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func setOf(ids []string) map[string]bool {
@@ -614,8 +650,14 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 	}
 	fs := make([]*faultState, len(faults))
 	for i, f := range faults {
+		if f.healing.IsZero() {
+			f.healing = f.healAt
+		}
+		if f.injected.IsZero() {
+			f.injected = f.at
+		}
 		fs[i] = &faultState{appliedFault: f, down: setOf(f.Down), isolated: setOf(f.Isolated)}
-		fs[i].failClosedMissing = len(f.Isolated) > 0 && f.healAt.Sub(f.at) > d.cfg.MaxStale+grace
+		fs[i].failClosedMissing = len(f.Isolated) > 0 && f.healing.Sub(f.injected) > d.cfg.MaxStale+grace
 	}
 	first, last := fs[0], fs[len(fs)-1]
 	// faulted: the fault during which the sample's node was down or
@@ -624,9 +666,9 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 	faulted := func(s drillSample) *faultState {
 		for _, f := range fs {
 			switch {
-			case f.down[s.node] && s.end.After(f.at) && s.start.Before(f.healAt):
+			case f.down[s.node] && s.end.After(f.at) && s.start.Before(later(f.healAt, f.settled)):
 				return f
-			case f.isolated[s.node] && s.end.After(f.at) && s.start.Before(f.healAt.Add(grace)):
+			case f.isolated[s.node] && s.end.After(f.at) && s.start.Before(later(f.healAt.Add(grace), f.settled)):
 				return f
 			}
 		}
@@ -649,12 +691,12 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 				if s.start.After(f.at) {
 					rep.IsolatedIssued++
 				}
-				if s.start.After(f.at.Add(d.cfg.MaxStale+grace)) && s.end.Before(f.healAt) {
+				if s.start.After(f.injected.Add(d.cfg.MaxStale+grace)) && s.end.Before(f.healing) {
 					stillIssuing = append(stillIssuing, fmt.Sprintf("%s at %.3fs", s.node, s.start.Sub(d.t0).Seconds()))
 				}
 			case "temporarily_unavailable":
-				if rep.IsolatedFailClosed == 0 || s.end.Sub(f.at) < rep.FailClosedAfter {
-					rep.FailClosedAfter = s.end.Sub(f.at)
+				if rep.IsolatedFailClosed == 0 || s.end.Sub(f.injected) < rep.FailClosedAfter {
+					rep.FailClosedAfter = s.end.Sub(f.injected)
 				}
 				rep.IsolatedFailClosed++
 				f.failClosedMissing = false
@@ -684,7 +726,7 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 					f.firstAck = s.end
 				}
 			}
-			if !s.start.Before(last.healAt) {
+			if !s.start.Before(later(last.healAt, last.settled)) {
 				ackAfterHeal = s.end
 			}
 		} else {
@@ -755,7 +797,7 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 	}
 	for _, f := range fs {
 		if f.failClosedMissing {
-			rep.Violations = append(rep.Violations, fmt.Sprintf("isolated nodes never failed closed in %v of isolation (bound %v)", f.healAt.Sub(f.at).Round(time.Millisecond), d.cfg.MaxStale))
+			rep.Violations = append(rep.Violations, fmt.Sprintf("isolated nodes never failed closed in %v of isolation (bound %v)", f.healing.Sub(f.injected).Round(time.Millisecond), d.cfg.MaxStale))
 		}
 	}
 }

@@ -357,10 +357,11 @@ func drillRemote(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport
 				minority = rest
 			}
 			return loadtest.Fault{
-				Event:     fmt.Sprintf("%s (%s) cut off from %s", what, strings.Join(ids(group), ","), strings.Join(rest, ",")),
-				Isolated:  minority,
-				Inject:    func(ctx context.Context) error { return c.run(ctx, f.partitionCmd, group) },
-				HealEvent: "partition healed",
+				Event:             fmt.Sprintf("%s (%s) cut off from %s", what, strings.Join(ids(group), ","), strings.Join(rest, ",")),
+				Isolated:          minority,
+				Inject:            func(ctx context.Context) error { return c.run(ctx, f.partitionCmd, group) },
+				EffectiveOnReturn: true,
+				HealEvent:         "partition healed",
 				Heal: func(ctx context.Context) error {
 					if err := c.run(ctx, f.healCmd, group); err != nil {
 						return err
@@ -412,20 +413,17 @@ func (c *remoteCluster) killFault(what string, nodes []remoteNode) loadtest.Faul
 		}
 	}
 	return loadtest.Fault{
-		Event: fmt.Sprintf("%s %s", what, verb),
-		Down:  ids(nodes),
+		Event:             fmt.Sprintf("%s %s", what, verb),
+		Down:              ids(nodes),
+		EffectiveOnReturn: true,
 		Inject: func(ctx context.Context) error {
 			if c.f.killCmd == "" {
 				return nil
 			}
 			return c.run(ctx, c.f.killCmd, nodes)
 		},
-		HealEvent: strings.Join(ids(nodes), ",") + " restarted and ready",
-		Heal: func(ctx context.Context) error {
-			if err := c.run(ctx, c.f.restartCmd, nodes); err != nil {
-				return err
-			}
-			return c.waitReady(ctx, c.nodes)
-		},
+		HealEvent: strings.Join(ids(nodes), ",") + " restarted",
+		Heal:      func(ctx context.Context) error { return c.run(ctx, c.f.restartCmd, nodes) },
+		Settle:    func(ctx context.Context) error { return c.waitReady(ctx, c.nodes) },
 	}
 }
