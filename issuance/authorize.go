@@ -404,8 +404,13 @@ func (s *Server) showConsent(w http.ResponseWriter, r *http.Request, t Tenant, c
 		s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
 		return
 	}
-	s.renderPage(w, r, http.StatusOK, "consent.html", pageData{Title: "Allow access?", ClientName: clientName(c),
-		Username: u.Username, Action: s.formAction(t, kind), Req: req, Scopes: p.Scopes})
+	data := pageData{Title: "Allow access?", ClientName: clientName(c),
+		Username: u.Username, Action: s.formAction(t, kind), Req: req, Scopes: p.Scopes}
+	if kind == "device" && p.UserCode != "" {
+		// RFC 8628 §5.4: let the user compare the code with the device's.
+		data.UserCode = formatUserCode(p.UserCode)
+	}
+	s.renderPage(w, r, http.StatusOK, "consent.html", data)
 }
 
 func clientName(c Client) string {

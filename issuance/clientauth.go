@@ -54,7 +54,9 @@ const maxCredentialLen = 512
 // (RFC 6749 §2.3.1, Appendix B), so they are decoded here. Using both methods
 // at once is invalid_request (RFC 6749 §2.3: a client MUST NOT use more than
 // one authentication method per request); a client_id form parameter next to
-// Basic is allowed only if it names the same client. An Authorization header
+// Basic is allowed only if it names the same client. Basic with an empty
+// password only identifies the client (as a public client's client_id
+// parameter does) and carries no Method. An Authorization header
 // that is not a well-formed Basic credential is invalid_client (401).
 func readClientCredentials(h http.Header, form url.Values) (ClientCredentials, error) {
 	formID, formSecret := form.Get(paramClientID), form.Get(paramClientSecret)
@@ -72,6 +74,13 @@ func readClientCredentials(h http.Header, form url.Values) (ClientCredentials, e
 		}
 		if formID != "" && formID != id {
 			return ClientCredentials{}, errInvalidRequest("client_id does not match the Authorization header")
+		}
+		if secret == "" {
+			// "client_id:" with no password identifies a public client
+			// (golang.org/x/oauth2 sends it first by default); it proves
+			// nothing, so it counts as no authentication: a confidential
+			// client still fails with invalid_client.
+			return ClientCredentials{ID: id}, nil
 		}
 		return ClientCredentials{Method: AuthMethodClientSecretBasic, ID: id, Secret: secret}, nil
 	case formSecret != "":

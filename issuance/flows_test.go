@@ -157,12 +157,18 @@ func TestGrantOutcomesOnTheWire(t *testing.T) {
 		{"forged refresh token", url.Values{"grant_type": {"refresh_token"}, "client_id": {"pub"}, "refresh_token": {flipLast(rt)}}, nil, "invalid_grant", 400},
 		{"code without code", url.Values{"grant_type": {"authorization_code"}, "client_id": {"pub"}}, nil, "invalid_request", 400},
 		{"public client unknown", url.Values{"grant_type": {"refresh_token"}, "client_id": {"nope"}, "refresh_token": {rt}}, nil, "invalid_client", 401},
+		// x/oauth2's default: Basic with the client id and an empty password.
+		{"public client basic no password", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}}, nil, "", 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g.mu.Lock()
 			g.err = tc.err
 			g.mu.Unlock()
-			r := e.postForm("/t/t/oauth2/token", tc.form, "", "")
+			id := ""
+			if tc.form.Get("client_id") == "" {
+				id = "pub"
+			}
+			r := e.postForm("/t/t/oauth2/token", tc.form, id, "")
 			body := r.json(t)
 			if r.status != tc.status || (tc.code != "" && body["error"] != tc.code) {
 				t.Fatalf("got %d %v, want %d %s", r.status, body, tc.status, tc.code)

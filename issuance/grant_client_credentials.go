@@ -6,9 +6,15 @@ import (
 	"time"
 )
 
-// DefaultAccessTokenTTL is the access token lifetime of a client that sets
-// none (Config.AccessTokenTTL overrides it).
-const DefaultAccessTokenTTL = time.Hour
+// Access-token lifetimes: DefaultAccessTokenTTL is the lifetime of a client
+// that sets none (Config.AccessTokenTTL overrides it); a client's own
+// lifetime is between MinAccessTokenTTL and MaxAccessTokenTTL. These are the
+// only definitions; the admin API and the node use them.
+const (
+	DefaultAccessTokenTTL = 10 * time.Minute
+	MinAccessTokenTTL     = time.Minute
+	MaxAccessTokenTTL     = time.Hour
+)
 
 // clientCredentialsGrant implements the client credentials grant, RFC 6749
 // §4.4. The client is its own resource owner: the token's subject is its

@@ -39,7 +39,7 @@ func TestIntrospectActive(t *testing.T) {
 			now := e.clock.Now().Unix()
 			want := map[string]any{
 				"active": true, "scope": "write", "client_id": "svc", "token_type": "Bearer",
-				"exp": float64(now + 3600), "iat": float64(now), "sub": "svc",
+				"exp": float64(now + int64(issuance.DefaultAccessTokenTTL/time.Second)), "iat": float64(now), "sub": "svc",
 				"aud": []any{"https://a.example", "https://b.example"}, "iss": e.srv.Issuer("acme"),
 			}
 			for k, v := range want {
@@ -56,7 +56,7 @@ func TestIntrospectActive(t *testing.T) {
 				t.Errorf("wrong hint made the token inactive: %s", res.body)
 			}
 			// Within the leeway still active, past it inactive.
-			e.clock.Advance(time.Hour + 29*time.Second)
+			e.clock.Advance(issuance.DefaultAccessTokenTTL + 29*time.Second)
 			if m := e.introspect("acme", "rs", rs, tok); m["active"] != true {
 				t.Error("token inactive within the leeway")
 			}
@@ -64,7 +64,7 @@ func TestIntrospectActive(t *testing.T) {
 			if m := e.introspect("acme", "rs", rs, tok); m["active"] != false {
 				t.Error("expired token active")
 			}
-			e.clock.Advance(-time.Hour - 31*time.Second)
+			e.clock.Advance(-issuance.DefaultAccessTokenTTL - 31*time.Second)
 		})
 	}
 }

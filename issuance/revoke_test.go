@@ -122,7 +122,7 @@ func TestInspect(t *testing.T) {
 		t.Fatal(err)
 	}
 	if info.ClientID != "svc" || info.Subject != "svc" || info.Format != issuance.FormatJWT ||
-		len(info.Scopes) != 1 || info.Scopes[0] != "read" || info.ExpiresAt.Sub(info.IssuedAt) != time.Hour {
+		len(info.Scopes) != 1 || info.Scopes[0] != "read" || info.ExpiresAt.Sub(info.IssuedAt) != issuance.DefaultAccessTokenTTL {
 		t.Errorf("Inspect = %+v", info)
 	}
 	for name, tc := range map[string]struct{ tenant, tok string }{

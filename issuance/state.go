@@ -105,8 +105,9 @@ type State interface {
 	Tenant(ctx context.Context, id string) (Tenant, error)
 	// Client returns ErrNotFound for an unknown client.
 	Client(ctx context.Context, tenant, id string) (Client, error)
-	// Keys returns every key of the tenant that has not expired, in the
-	// order they were created.
+	// Keys returns every key of the tenant that is still in the state, in
+	// the order they were created: an expired key stays until a sweep
+	// removes it, so callers check its times (the keyring does).
 	Keys(ctx context.Context, tenant string) ([]Key, error)
 	// Revoked reports whether the token with this jti is revoked.
 	Revoked(ctx context.Context, tenant, jti string) bool

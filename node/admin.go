@@ -40,8 +40,8 @@ var _ adminv1connect.AdminServiceHandler = (*adminService)(nil)
 
 // Defaults and bounds of client settings.
 const (
-	DefaultAccessTokenTTL = 10 * time.Minute
-	MinAccessTokenTTL     = time.Minute
+	DefaultAccessTokenTTL = issuance.DefaultAccessTokenTTL
+	MinAccessTokenTTL     = issuance.MinAccessTokenTTL
 	maxNameLen            = 200
 	maxListLen            = 100
 )

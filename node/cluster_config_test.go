@@ -31,6 +31,9 @@ func TestValidateCluster(t *testing.T) {
 		{"bad advertise", func(c *Config) { c.RaftAdvertise = "x" }, "advertise"},
 		{"bad profile", func(c *Config) { c.RaftProfile = "moon" }, "raft profile"},
 		{"zero max stale", func(c *Config) { c.MaxStale = 0 }, "max stale"},
+		{"dev listens beyond loopback", func(c *Config) { c.Listen = "0.0.0.0:8080" }, "keeps everything on loopback"},
+		{"dev nats beyond loopback", func(c *Config) { c.NATSListen = "10.0.0.1:4222" }, "nats listen"},
+		{"dev on ::1", func(c *Config) { c.Listen = "[::1]:8080" }, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()

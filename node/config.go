@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/raft"
 )
 
@@ -136,8 +137,9 @@ type Peer struct {
 // not stop issuance, but short enough that a partitioned node stops soon.
 const DefaultMaxStale = 5 * time.Second
 
-// MaxAccessTokenTTL is the longest access-token lifetime a client may have.
-const MaxAccessTokenTTL = time.Hour
+// MaxAccessTokenTTL is the longest access-token lifetime a client may have
+// (issuance.MaxAccessTokenTTL).
+const MaxAccessTokenTTL = issuance.MaxAccessTokenTTL
 
 // DefaultConfig returns a configuration for a single node on loopback.
 func DefaultConfig() Config {
@@ -176,6 +178,15 @@ func (c Config) Validate() error {
 	for name, addr := range map[string]string{"listen": c.Listen, "raft bind": c.RaftBind} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("node: %s address %q: %w", name, addr, err)
+		}
+	}
+	if c.Dev {
+		// A dev node generates its own secrets and may speak plain HTTP:
+		// it stays on loopback.
+		for name, addr := range map[string]string{"listen": c.Listen, "raft bind": c.RaftBind, "nats listen": c.NATSListen} {
+			if host, _, err := net.SplitHostPort(addr); err == nil && !isLoopbackHost(host) {
+				return fmt.Errorf("node: --dev keeps everything on loopback: %s address %q is not a loopback address", name, addr)
+			}
 		}
 	}
 	if err := c.Events.Validate(); err != nil {

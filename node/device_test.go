@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/node/nodetest"
 )
 
@@ -43,6 +44,10 @@ func approveDevice(t *testing.T, e *flowEnv, b *browser, userCode string, approv
 	}
 	if !p.isConsent() || !strings.Contains(p.body, "Web App") {
 		t.Fatalf("device confirmation page: %d %s", p.status, p.body)
+	}
+	// The page shows the code so the user can compare it with the device's.
+	if norm, ok := issuance.NormalizeUserCode(userCode); !ok || !strings.Contains(p.body, `id="device_user_code">`+norm[:4]+"-"+norm[4:]+"<") {
+		t.Fatalf("device confirmation page does not show the user code %s: %s", userCode, p.body)
 	}
 	action := "deny"
 	if approve {

@@ -49,6 +49,7 @@ type Node struct {
 	http      *http.Server
 	ready     atomic.Bool
 
+	lock        *dataDirLock
 	sweepCancel context.CancelFunc
 	closeOnce   sync.Once
 	closeErr    error
@@ -76,6 +77,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 			n.Close()
 		}
 	}()
+	if n.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
 
 	kekRaw, err := loadKEK(cfg)
 	if err != nil {
@@ -337,6 +341,7 @@ func (n *Node) Close() error {
 		if n.tel != nil {
 			errs = append(errs, n.tel.shutdown(context.Background()))
 		}
+		n.lock.release()
 		for _, e := range errs {
 			if e != nil && !errors.Is(e, http.ErrServerClosed) {
 				n.closeErr = errors.Join(n.closeErr, e)

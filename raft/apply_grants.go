@@ -215,7 +215,7 @@ func (a *applier) redeemCode(c *raftpb.RedeemCode, now int64) (*raftpb.GrantResu
 	return res, nil
 }
 
-// familyLive reports why f cannot be used at now, or "".
+// familyState reports why f cannot be used at now (an Outcome), or "".
 func (a *applier) familyState(f *raftpb.Family, now int64) string {
 	switch {
 	case f.RevokedUnixNano != 0:

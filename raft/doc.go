@@ -5,7 +5,9 @@
 // # The FSM contract
 //
 // FSM applies committed raftpb.Command entries. It is deterministic: the
-// same log gives byte-identical state databases on every replica. Apply never
+// same log gives every replica the same keys and values in every bucket
+// (the tests compare contents, not the bbolt files, whose page layout may
+// differ). Apply never
 // reads the clock, randomness, the network or node configuration; "now" is
 // Command.time_unix_nano, chosen by the proposer, and expired rows leave the
 // state only through Sweep commands that the leader proposes (see

@@ -21,7 +21,7 @@ import (
 // change itself, keyed by the command's Raft index and an ordinal within the
 // command. Its content is derived from the command and the stored state
 // only, so the outbox is part of the deterministic state: two replicas fed
-// the same log hold byte-identical events buckets. Every node's publisher
+// the same log hold events buckets with identical keys and values. Every node's publisher
 // (package replication) reads its own replica's outbox with EventsSince and
 // publishes each event to JetStream with a message id derived from the
 // index; the stream's de-duplication keeps one copy.

@@ -64,7 +64,7 @@ func Open(cfg Config) (*Node, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("raft_id", cfg.ID)
-	hlog := newHCLogAdapter(logger.With("component", "hashicorp-raft"), hclog.Info)
+	hlog := newHCLogAdapter(logger.With("library", "hashicorp-raft"), hclog.Info)
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("raft: open: %w", err)

@@ -13,9 +13,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,6 +27,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
@@ -49,18 +52,7 @@ Usage:
   tally admin [global flags] <command> [flags] [args]
 
 Commands:
-  tenant create|get|list        manage tenants
-  client create|get|list|update|disable|enable|rotate-secret
-                                manage the OAuth clients of a tenant
-  key list|rotate               list or rotate a tenant's signing and sealing keys
-  revoke                        revoke an access token, by value or by jti and expiry
-  revocation list               list a tenant's revocations
-  cluster status|add-voter|add-nonvoter|remove|transfer-leadership
-                                inspect and change the Raft membership (any node)
-  cluster ca init|node-cert     create the cluster CA and node certificates (local)
-  cluster init                  create CA, node certificates, KEK and admin token (local)
-  snapshot save FILE            save a consistent copy of a node's state
-
+{{commands}}
 Global flags (before the command, or with any command):
   --server URL             admin API base URL (env TALLY_SERVER; default ` + adminDefaultServer + `)
   --admin-token TOKEN      admin bearer token (env TALLY_ADMIN_TOKEN)
@@ -90,6 +82,18 @@ Examples:
 Run "tally admin <command> -h" for the flags of a command.
 `
 
+// adminHelp is adminUsage with every command of adminCommands listed, so
+// the list cannot miss one.
+func adminHelp() string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	for _, c := range adminCommands() {
+		fmt.Fprintf(tw, "  %s\t%s\n", c.path, c.summary)
+	}
+	tw.Flush()
+	return strings.Replace(adminUsage, "{{commands}}\n", b.String()+"\n", 1)
+}
+
 // runAdmin runs "tally admin …" and returns the exit code: 0 success,
 // 1 failure reported by the server or the connection, 2 usage error.
 func runAdmin(ctx context.Context, args []string, e env) int {
@@ -100,7 +104,7 @@ func runAdmin(ctx context.Context, args []string, e env) int {
 	g.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(e.stdout, adminUsage)
+			fmt.Fprint(e.stdout, adminHelp())
 			return 0
 		}
 		fmt.Fprintln(e.stderr, `Run "tally admin -h" for usage.`)
@@ -108,11 +112,11 @@ func runAdmin(ctx context.Context, args []string, e env) int {
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
-		fmt.Fprint(e.stderr, adminUsage)
+		fmt.Fprint(e.stderr, adminHelp())
 		return 2
 	}
 	if rest[0] == "help" {
-		fmt.Fprint(e.stdout, adminUsage)
+		fmt.Fprint(e.stdout, adminHelp())
 		return 0
 	}
 
@@ -576,17 +580,75 @@ func (s *adminSession) stdin() io.Reader {
 }
 
 // protoJSON renders m as compact JSON with the proto (snake_case) field
-// names, every field present, and RFC 3339 timestamps.
+// names, every field present, RFC 3339 timestamps, and 64-bit integers as
+// JSON numbers (protojson writes them as strings, which makes jq
+// comparisons silently false; every value tally uses fits a float64's 53
+// bits or is an index that jq users compare, not add).
 func protoJSON(m proto.Message) ([]byte, error) {
 	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, b); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	return json.Marshal(int64Numbers(v, m.ProtoReflect().Descriptor()))
+}
+
+// int64Numbers turns the string-encoded 64-bit integer fields of md in the
+// decoded protojson value v into JSON numbers.
+func int64Numbers(v any, md protoreflect.MessageDescriptor) any {
+	obj, ok := v.(map[string]any)
+	if !ok || strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
+		return v
+	}
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		name := string(fd.Name())
+		val, ok := obj[name]
+		if !ok {
+			continue
+		}
+		conv := func(x any) any { return int64Field(x, fd.MapValue()) }
+		if !fd.IsMap() {
+			conv = func(x any) any { return int64Field(x, fd) }
+		}
+		switch {
+		case fd.IsList():
+			if list, ok := val.([]any); ok {
+				for j := range list {
+					list[j] = conv(list[j])
+				}
+			}
+		case fd.IsMap():
+			if m, ok := val.(map[string]any); ok {
+				for k := range m {
+					m[k] = conv(m[k])
+				}
+			}
+		default:
+			obj[name] = conv(val)
+		}
+	}
+	return obj
+}
+
+// int64Field converts one value of field fd.
+func int64Field(x any, fd protoreflect.FieldDescriptor) any {
+	switch fd.Kind() {
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind,
+		protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		if s, ok := x.(string); ok {
+			return json.Number(s)
+		}
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return int64Numbers(x, fd.Message())
+	}
+	return x
 }
 
 // protoJSONList renders ms as a compact JSON array.
@@ -739,4 +801,33 @@ func textBool(b bool) string {
 
 func textList(vs []string) string {
 	return strings.Join(vs, " ")
+}
+
+// seconds is a duration flag that takes a Go duration ("10m", "90s") or a
+// plain number of seconds ("600"); wholeSeconds checks the result.
+type seconds time.Duration
+
+func (d *seconds) String() string { return time.Duration(*d).String() }
+
+func (d *seconds) Set(s string) error {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if n < 0 || n > math.MaxInt64/int64(time.Second) {
+			return errors.New("out of range")
+		}
+		*d = seconds(time.Duration(n) * time.Second)
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New(`want a duration like "10m" or "90s", or a number of seconds`)
+	}
+	*d = seconds(v)
+	return nil
+}
+
+// secondsFlag defines a seconds flag on fs.
+func secondsFlag(fs *flag.FlagSet, name string, def time.Duration, usage string) *time.Duration {
+	d := seconds(def)
+	fs.Var(&d, name, usage)
+	return (*time.Duration)(&d)
 }

@@ -27,8 +27,8 @@ func clientCommands() []adminCommand {
 			synopsis: "[--tenant T] --name N [--grant G]... [--scope S]... [--audience A]... [--ttl 10m] [--format jwt|opaque] [--public] [--redirect-uri U]...",
 			summary:  "Register an OAuth client and print its client_id and client_secret.",
 			detail: "The secret is shown once; only a keyed hash is stored. --scope may be repeated\n" +
-				"or hold a space-separated list. --ttl is the access token lifetime in whole\n" +
-				"seconds (the server allows 1m to 1h; unset means its default, 10m).\n" +
+				"or hold a space-separated list. --ttl is the access token lifetime, a duration\n" +
+				"(10m) or a number of seconds (600); the server allows 1m to 1h, unset means 10m.\n" +
 				"A --public client (RFC 6749 section 2.1) gets no secret.",
 			examples: []string{
 				`tally admin client create --tenant acme --name orders-svc --scope "read:orders write:orders" --audience https://orders.example`,
@@ -44,7 +44,7 @@ func clientCommands() []adminCommand {
 				fs.Var(scopes, "scope", "allowed `scope`s, repeatable or space-separated")
 				audiences := &listFlag{}
 				fs.Var(audiences, "audience", "allowed `audience`, repeatable")
-				ttl := fs.Duration("ttl", 0, "access token `lifetime`, whole seconds (default: the server's)")
+				ttl := secondsFlag(fs, "ttl", 0, "access token `lifetime`: a duration (10m) or seconds (600) (default: the server's)")
 				format := fs.String("format", "", "access token `format`: jwt or opaque (default: the server's, jwt)")
 				public := fs.Bool("public", false, "public client, without a secret")
 				redirects := &listFlag{}
@@ -166,7 +166,7 @@ func clientCommands() []adminCommand {
 				fs.Var(scopes, "scope", "`scope`s, repeatable or space-separated; replaces the list")
 				audiences := &listFlag{}
 				fs.Var(audiences, "audience", "`audience`, repeatable; replaces the list")
-				ttl := fs.Duration("ttl", 0, "access token `lifetime`, whole seconds")
+				ttl := secondsFlag(fs, "ttl", 0, "access token `lifetime`: a duration (10m) or seconds (600)")
 				format := fs.String("format", "", "access token `format`: jwt or opaque")
 				redirects := &listFlag{}
 				fs.Var(redirects, "redirect-uri", "redirect `URI`, repeatable; replaces the list")
@@ -293,7 +293,7 @@ func clientCommands() []adminCommand {
 			},
 			setup: func(fs *flag.FlagSet) adminAction {
 				tenant := tenantFlag(fs)
-				overlap := fs.Duration("overlap", 24*time.Hour, "how long the previous secret keeps working, whole seconds")
+				overlap := secondsFlag(fs, "overlap", 24*time.Hour, "how long the previous secret keeps working: a duration (24h) or seconds")
 				return func(ctx context.Context, s *adminSession, args []string) error {
 					id, err := clientTarget(args, *tenant)
 					if err != nil {

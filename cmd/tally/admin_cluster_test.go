@@ -77,7 +77,7 @@ func TestAdminClusterAgainstNodes(t *testing.T) {
 			Region string `json:"region"`
 			Voter  bool   `json:"voter"`
 			Leader bool   `json:"leader"`
-			Term   string `json:"term"`
+			Term   uint64 `json:"term"`
 			Health string `json:"health"`
 		} `json:"members"`
 	}
@@ -88,7 +88,7 @@ func TestAdminClusterAgainstNodes(t *testing.T) {
 		t.Fatalf("status = %+v", st)
 	}
 	for _, m := range st.Members {
-		if !m.Voter || m.Health != "healthy" || m.Region == "" || m.Term == "" {
+		if !m.Voter || m.Health != "healthy" || m.Region == "" || m.Term == 0 {
 			t.Errorf("member %+v", m)
 		}
 	}

@@ -47,7 +47,7 @@ func keyCommands() []adminCommand {
 			setup: func(fs *flag.FlagSet) adminAction {
 				tenant := tenantFlag(fs)
 				alg := fs.String("alg", "", "signing `algorithm` of the new key: ES256, EdDSA or RS256 (default: the tenant's)")
-				delay := fs.Duration("publish-delay", 0, "how long the new keys are published before use, whole seconds (default: the node's)")
+				delay := secondsFlag(fs, "publish-delay", 0, "how long the new keys are published before use: a duration (5m) or seconds (default: the node's)")
 				return func(ctx context.Context, s *adminSession, args []string) error {
 					if err := noArgs(args); err != nil {
 						return err

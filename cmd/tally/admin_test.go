@@ -533,7 +533,7 @@ func TestAdminJSONOutput(t *testing.T) {
 				if m["client_id"] != fakeClientID || m["client_secret"] != fakeSecret {
 					t.Errorf("client_id = %v, client_secret = %v", m["client_id"], m["client_secret"])
 				}
-				if m["access_token_ttl_seconds"] != "600" || m["token_format"] != "jwt" {
+				if m["access_token_ttl_seconds"] != float64(600) || m["token_format"] != "jwt" { // a JSON number, not a string
 					t.Errorf("snake_case fields missing: %v", m)
 				}
 				if m["created_at"] != "2025-01-02T03:04:05Z" {
@@ -1070,4 +1070,31 @@ func FuzzAdminArgs(f *testing.F) {
 			t.Fatalf("exit %d", res.code)
 		}
 	})
+}
+
+// TestSecondsFlag: duration flags of the admin CLI take Go durations or
+// plain seconds.
+func TestSecondsFlag(t *testing.T) {
+	for in, want := range map[string]time.Duration{"600": 10 * time.Minute, "10m": 10 * time.Minute, "90s": 90 * time.Second, "0": 0} {
+		var d seconds
+		if err := d.Set(in); err != nil || time.Duration(d) != want {
+			t.Errorf("Set(%q) = %v, %v; want %v", in, time.Duration(d), err, want)
+		}
+	}
+	for _, in := range []string{"", "ten", "-5", "99999999999999999999"} {
+		var d seconds
+		if err := d.Set(in); err == nil {
+			t.Errorf("Set(%q) accepted", in)
+		}
+	}
+}
+
+// TestAdminHelpListsEveryCommand: "tally admin -h" names every command.
+func TestAdminHelpListsEveryCommand(t *testing.T) {
+	help := adminHelp()
+	for _, c := range adminCommands() {
+		if !strings.Contains(help, "  "+c.path+" ") {
+			t.Errorf("tally admin -h does not list %q", c.path)
+		}
+	}
 }

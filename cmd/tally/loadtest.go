@@ -409,7 +409,7 @@ func runLoadtestCompare(ctx context.Context, args []string, e env) int {
 	loadtestEndProgress(e, cfg.Load.Progress)
 	res := loadtestComparison{
 		Date:       time.Now().UTC().Truncate(time.Second),
-		Command:    strings.TrimSpace("tally loadtest compare " + strings.Join(args, " ")),
+		Command:    redactedCommand("tally loadtest compare", args),
 		Machine:    machine,
 		Alg:        *alg,
 		Format:     *format,

@@ -370,7 +370,7 @@ func runLoadtestScenario(ctx context.Context, name string, args []string, e env)
 	if runErr != nil && res.Report.Scenario == "" {
 		return fail("%v", runErr)
 	}
-	out := loadtestResultOutput{Command: strings.TrimSpace("tally loadtest " + name + " " + strings.Join(args, " ")), Result: res}
+	out := loadtestResultOutput{Command: redactedCommand("tally loadtest "+name, args), Result: res}
 	if base != nil {
 		out.Compare = loadtest.CompareResults(*base, res)
 	}

@@ -29,7 +29,7 @@ type TB interface {
 
 // FastRaft sets Raft timeouts short enough for quick elections
 // (300 ms heartbeat and election timeouts, 150 ms lease, 5 ms commit
-// timeout) and a 3 s write timeout.
+// timeout, 5 s apply timeout) and a 3 s write timeout.
 func FastRaft(c *node.Config) {
 	prev := c.RaftTuning
 	c.RaftTuning = func(rc *raft.Config) {
