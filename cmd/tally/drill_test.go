@@ -123,7 +123,7 @@ func TestDrillRemoteGraceful(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.Node(l).BaseURL(), "--admin-token", c.AdminToken(),
+	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.Node(l).URL(), "--admin-token", c.AdminToken(),
 		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--max-stale", "2s", "--output", "json")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
@@ -189,11 +189,11 @@ func TestDrillRemoteCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	common := []string{"--server", c.Node(l).BaseURL(), "--admin-token", c.AdminToken(),
+	common := []string{"--server", c.Node(l).URL(), "--admin-token", c.AdminToken(),
 		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2",
 		"--max-stale", "2s", "--output", "json", "--ready-timeout", "30s"}
 	for i := range c.Len() {
-		common = append(common, "--node", c.Node(i).BaseURL())
+		common = append(common, "--node", c.Node(i).URL())
 	}
 	tests := []struct {
 		name  string

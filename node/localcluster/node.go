@@ -96,8 +96,8 @@ func StartDir(ctx context.Context, dir string, opts ...Option) (*Node, error) {
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	n := &Node{Node: nd, DataDir: dir, AdminToken: strings.TrimSpace(string(tok)), cancel: cancel, done: make(chan error, 1), opts: opts}
-	n.Admin = adminv1connect.NewAdminServiceClient(http.DefaultClient, nd.BaseURL(), connect.WithInterceptors(bearer(n.AdminToken)))
-	n.ClusterAdmin = clusterv1connect.NewClusterAdminServiceClient(http.DefaultClient, nd.BaseURL(), connect.WithInterceptors(bearer(n.AdminToken)))
+	n.Admin = adminv1connect.NewAdminServiceClient(http.DefaultClient, n.URL(), connect.WithInterceptors(bearer(n.AdminToken)))
+	n.ClusterAdmin = clusterv1connect.NewClusterAdminServiceClient(http.DefaultClient, n.URL(), connect.WithInterceptors(bearer(n.AdminToken)))
 	go func() { n.done <- nd.Run(rctx) }()
 	if err := n.waitReady(ctx, 30*time.Second); err != nil {
 		n.Close()
@@ -109,7 +109,7 @@ func StartDir(ctx context.Context, dir string, opts ...Option) (*Node, error) {
 func (n *Node) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, n.BaseURL()+"/readyz", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/readyz", nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
@@ -118,7 +118,7 @@ func (n *Node) waitReady(ctx context.Context, timeout time.Duration) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("localcluster: node at %s not ready after %s (last error %v)", n.BaseURL(), timeout, err)
+			return fmt.Errorf("localcluster: node at %s not ready after %s (last error %v)", n.URL(), timeout, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -152,6 +152,11 @@ func (n *Node) Restart(tb TB) *Node {
 	tb.Cleanup(func() { m.Close() })
 	return m
 }
+
+// URL is the node's own HTTP address as a URL (http://host:port). It
+// differs from BaseURL when the node is configured with the cluster's
+// issuer: admin calls and readiness go here.
+func (n *Node) URL() string { return "http://" + n.Addr() }
 
 // TokenURL is a tenant's token endpoint.
 func (n *Node) TokenURL(tenant string) string { return n.Issuer(tenant) + "/oauth2/token" }
