@@ -180,8 +180,8 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, keyCommands()...)
 	cmds = append(cmds, revokeCommands()...)
 	cmds = append(cmds, clusterCommands()...)
-	cmds = append(cmds, clusterInitCommands()...)
 	cmds = append(cmds, userCommands()...)
+	cmds = append(cmds, clusterInitCommands()...)
 	return cmds
 }
 
