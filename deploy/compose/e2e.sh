@@ -129,14 +129,15 @@ checker() {
 		if [ -n "$t" ] && [ "$(orders_status "$t")" = 200 ] &&
 			curl -fsS -o /dev/null --max-time 5 -u "$id:$secret" -d "token=$t" "$u/t/default/oauth2/revoke" 2>/dev/null; then
 			s=$(now_ms)
-			while [ "$(orders_status "$t")" != 401 ]; do
-				if [ $(($(now_ms) - s)) -gt 1000 ]; then
-					echo "FAIL round $i via $n: revoked token accepted after 1 s" >>"$out/checker"
-					break
-				fi
+			while [ "$(orders_status "$t")" != 401 ] && [ $(($(now_ms) - s)) -lt 15000 ]; do
 				sleep 0.05
 			done
-			[ $(($(now_ms) - s)) -gt 1000 ] || echo "ok round $i via $n $(($(now_ms) - s)) ms" >>"$out/checker"
+			took=$(($(now_ms) - s))
+			if [ "$took" -gt 1000 ]; then
+				echo "FAIL round $i at $(date -u +%H:%M:%S) via $n: orders-api refused the revoked token only after $took ms" >>"$out/checker"
+			else
+				echo "ok round $i via $n $took ms" >>"$out/checker"
+			fi
 		else
 			echo "skip round $i via $n" >>"$out/checker"
 		fi
