@@ -154,7 +154,7 @@ drill() { # name, args… : the drill must PASS with no client-credentials error
 	name=$1
 	shift
 	log "tally drill $name $*"
-	if ! "$tally" drill "$@" --server "$TALLY_SERVER" --output json --report "$out/$name.html" >"$out/$name.json" 2>"$out/$name.log"; then
+	if ! "$tally" drill "$@" --server "$TALLY_SERVER" --max-stale "${TALLY_MAX_STALE:-5s}" --output json --report "$out/$name.html" >"$out/$name.json" 2>"$out/$name.log"; then
 		cat "$out/$name.log" >&2
 		cat "$out/$name.json" >&2
 		fail "drill $name did not pass"
