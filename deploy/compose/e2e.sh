@@ -27,8 +27,8 @@ root=$(cd "$here/../.." && pwd)
 out=${E2E_OUT:-${TMPDIR:-/tmp}/tally-e2e}
 tally=${TALLY_BIN:-$root/bin/tally-linux}
 export TALLY_COMPOSE_DIR=${TALLY_COMPOSE_DIR:-$out/compose}
-rm -rf "$out"
 mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.html "$out"/*.log "$out"/checker "$out"/exports
 start=$(date +%s)
 
 log() { printf '%s e2e: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
