@@ -81,6 +81,20 @@ up() {
 	ORDERS_CLIENT_ID=$(field "$orders" client_id) ORDERS_CLIENT_SECRET=$(field "$orders" client_secret) \
 		compose --profile rs up -d orders-api >&2
 	wait_http http://127.0.0.1:9090/healthz 60 || fail "orders-api is not healthy"
+	# Ready means the event path works end to end (the replicated stream
+	# exists and orders-api follows it): a token revoked now is refused.
+	id=$(field "$orders" client_id)
+	sec=$(field "$orders" client_secret)
+	tok=$(curl -fsS -u "$id:$sec" -d grant_type=client_credentials http://127.0.0.1:8081/t/default/oauth2/token |
+		sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+	[ -n "$tok" ] || fail "no token for the orders-api client"
+	curl -fsS -o /dev/null -u "$id:$sec" -d "token=$tok" http://127.0.0.1:8081/t/default/oauth2/revoke || fail "cannot revoke a token"
+	i=0
+	until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tok" http://127.0.0.1:9090/orders)" = 401 ]; do
+		i=$((i + 1))
+		[ "$i" -le 300 ] || fail "orders-api does not follow revocations after 60s"
+		sleep 0.2
+	done
 
 	echo "tally compose cluster ready: node1 (east) node2 (central) node3 (west), front door http://localhost:8080, orders-api http://127.0.0.1:9090" >&2
 	echo "export TALLY_SERVER=http://127.0.0.1:8080 TALLY_ADMIN_TOKEN=$token TALLY_ISSUER_BASE=http://localhost:8080"
