@@ -144,22 +144,31 @@ func newRemoteCluster(ctx context.Context, f drillFlags, e env) (*remoteCluster,
 	return c, nil
 }
 
-// status asks --server, then every node, for the cluster status.
+// status asks --server, then every node, for the cluster status, until
+// one names a leader (an election may be under way) or 30 s have passed.
 func (c *remoteCluster) status(ctx context.Context) (*clusterv1.StatusResponse, error) {
-	var errs []error
-	for _, u := range c.admin {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := clusterv1connect.NewClusterAdminServiceClient(c.hc, u, c.auth).Status(cctx, connect.NewRequest(&clusterv1.StatusRequest{}))
-		cancel()
-		if err == nil && st.Msg.LeaderId != "" {
-			return st.Msg, nil
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var errs []error
+		for _, u := range c.admin {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			st, err := clusterv1connect.NewClusterAdminServiceClient(c.hc, u, c.auth).Status(cctx, connect.NewRequest(&clusterv1.StatusRequest{}))
+			cancel()
+			if err == nil && st.Msg.LeaderId != "" {
+				return st.Msg, nil
+			}
+			if err == nil {
+				err = errors.New("no leader")
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", u, err))
 		}
-		if err == nil {
-			err = errors.New("no leader")
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, errors.Join(errs...)
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", u, err))
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return nil, err
+		}
 	}
-	return nil, errors.Join(errs...)
 }
 
 func (c *remoteCluster) node(id string) (remoteNode, bool) {
