@@ -666,9 +666,11 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 	faulted := func(s drillSample) *faultState {
 		for _, f := range fs {
 			switch {
-			case f.down[s.node] && s.end.After(f.at) && s.start.Before(later(f.healAt, f.settled)):
+			// From the start of the injection: a command's fault may bite
+			// before the command returns.
+			case f.down[s.node] && s.end.After(f.injected) && s.start.Before(later(f.healAt, f.settled)):
 				return f
-			case f.isolated[s.node] && s.end.After(f.at) && s.start.Before(later(f.healAt.Add(grace), f.settled)):
+			case f.isolated[s.node] && s.end.After(f.injected) && s.start.Before(later(f.healAt.Add(grace), f.settled)):
 				return f
 			}
 		}
@@ -688,7 +690,7 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 			// after max-stale with 503 temporarily_unavailable).
 			switch s.outcome {
 			case OutcomeOK:
-				if s.start.After(f.at) {
+				if s.start.After(f.injected) {
 					rep.IsolatedIssued++
 				}
 				if s.start.After(f.injected.Add(d.cfg.MaxStale+grace)) && s.end.Before(f.healing) {
