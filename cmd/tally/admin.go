@@ -182,6 +182,7 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, clusterCommands()...)
 	cmds = append(cmds, recoverCommand())
 	cmds = append(cmds, userCommands()...)
+	cmds = append(cmds, clusterInitCommands()...)
 	return cmds
 }
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/tallyauth/tally/loadtest"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	"github.com/tallyauth/tally/node/nodetest"
+	"github.com/tallyauth/tally/node/localcluster"
 	"github.com/tallyauth/tally/revocation"
 )
 
@@ -58,7 +58,7 @@ func runLoadtestRevokePropagation(ctx context.Context, args []string, e env) int
 	}
 	defer os.RemoveAll(dir)
 	fmt.Fprintf(e.stderr, "starting a tally node in %s …\n", dir)
-	n, err := nodetest.StartDir(ctx, dir)
+	n, err := localcluster.StartDir(ctx, dir)
 	if err != nil {
 		return fail("starting node: %v", err)
 	}
