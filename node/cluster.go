@@ -40,6 +40,9 @@ type cluster struct {
 	// issuer is the configured issuer base URL, "" for a --dev node that
 	// derives its own (it neither records nor checks the cluster's).
 	issuer string
+	// catch keeps the node stale after a stale period (and at start) until
+	// its replica holds what the leader had committed (catchup.go).
+	catch catchUp
 
 	wg sync.WaitGroup
 }
@@ -127,6 +130,8 @@ func newCluster(cfg Config, rn *raft.Node, ln *raft.ClusterListener, now func() 
 		c.issuer = trimIssuer(cfg.Issuer)
 	}
 	ln.SetPeerCheck(c.peerAllowed)
+	// A node that starts may be far behind: it serves once it caught up.
+	c.catch.mark()
 	return c
 }
 
@@ -267,9 +272,10 @@ func (c *cluster) stale() error {
 		return fmt.Errorf("%w: never heard from a raft leader", ErrStale)
 	}
 	if d := time.Since(last); d > c.cfg.MaxStale {
+		c.catch.mark()
 		return fmt.Errorf("%w: last heard from a raft leader %s ago (bound %s)", ErrStale, d.Round(time.Millisecond), c.cfg.MaxStale)
 	}
-	return nil
+	return c.catchingUp()
 }
 
 // ErrStale marks a read refused because the local replica has not heard
