@@ -355,6 +355,10 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.n.stopping:
+			// End the stream at once on shutdown (http.Server.Shutdown
+			// would wait for it): the watcher reconnects elsewhere.
+			return connect.NewError(connect.CodeUnavailable, errors.New("node shutting down; reconnect to another node"))
 		case <-gone:
 			return connect.NewError(connect.CodeUnavailable, errors.New("event stream deleted or reset; reconnect"))
 		case m := <-msgs:

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,7 @@ type Node struct {
 	metricsSrv *metricsServer // --metrics-listen
 
 	lock        *dataDirLock
+	stopping    chan struct{} // closed when Run begins to shut down
 	sweepCancel context.CancelFunc
 	closeOnce   sync.Once
 	closeErr    error
@@ -82,7 +84,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
-	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now}
+	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now, stopping: make(chan struct{})}
 	if cfg.Now != nil {
 		n.now = cfg.Now
 	}
@@ -336,20 +338,34 @@ func (n *Node) Run(ctx context.Context) error {
 		defer n.cl.wg.Done()
 		n.disk.run(sctx, n.cl)
 	}()
+	if n.nats != nil {
+		n.cl.wg.Add(1)
+		go func() {
+			defer n.cl.wg.Done()
+			n.reviveJetStream(sctx)
+		}()
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- n.http.Serve(n.ln) }()
 	n.startMetrics(sctx)
 	n.ready.Store(true)
-	n.log.Info("serving", "addr", n.Addr(), "issuer", n.iss.Issuer(DefaultTenant), "nats", n.NATSURL())
+	attrs := []any{"addr", n.Addr(), "issuer", n.iss.Issuer(DefaultTenant), "nats", n.NATSURL()}
+	if n.cfg.Dev && n.cfg.AdminToken == "" && n.cfg.AdminTokenFile == "" {
+		// Where the generated admin credential is (never the credential).
+		attrs = append(attrs, "admin_token_file", filepath.Join(n.cfg.DataDir, adminTokenFileName))
+	}
+	n.log.Info("serving", attrs...)
 
 	var serveErr error
 	select {
 	case <-ctx.Done():
+		n.log.Info("shutting down: signal received")
 	case serveErr = <-errc:
 	case serveErr = <-n.fatal:
 	}
 	n.ready.Store(false)
+	close(n.stopping) // ends event streams now, so resource servers move on
 	shCtx, shCancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 	defer shCancel()
 	if err := n.http.Shutdown(shCtx); err != nil {
@@ -399,4 +415,28 @@ func (n *Node) Close() error {
 		}
 	})
 	return n.closeErr
+}
+
+// reviveJetStream turns the embedded server's JetStream on again once the
+// disk has room: nats-server disables it for good after a write fails for
+// lack of space, which would leave the node's event log (and /readyz) down
+// after the disk was freed.
+func (n *Node) reviveJetStream(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n.nats.Ready() || n.disk.refused() != nil {
+			continue
+		}
+		if err := n.nats.RestartJetStream(); err != nil {
+			n.log.Warn("nats: JetStream could not be enabled again", "err", err)
+		} else if n.nats.Ready() {
+			n.log.Info("nats: JetStream enabled again after the disk was freed")
+		}
+	}
 }

@@ -385,3 +385,32 @@ func TestWatcherCredentialsAndFailover(t *testing.T) {
 	}
 	checkFor(t, 10*time.Second, 5*time.Millisecond, revokedBy("via-second-node", sdk))
 }
+
+// TestShutdownEndsEventStreams (issue 16): on shutdown a node ends its
+// events streams at once with Unavailable ("reconnect to another node")
+// instead of holding resource servers until the HTTP shutdown timeout.
+func TestShutdownEndsEventStreams(t *testing.T) {
+	n := nodetest.Start(t)
+	cl := eventsv1connect.NewEventsServiceClient(http.DefaultClient, n.URL())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req := connect.NewRequest(&eventsv1.WatchRevocationsRequest{Tenant: "default"})
+	req.Header().Set("Authorization", "Bearer "+n.AdminToken)
+	stream, err := cl.WatchRevocations(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stream.Receive() {
+		t.Fatalf("no first message: %v", stream.Err())
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	for stream.Receive() {
+	}
+	if code := connect.CodeOf(stream.Err()); code != connect.CodeUnavailable || !strings.Contains(stream.Err().Error(), "shutting down") {
+		t.Fatalf("stream ended with %v (%v), want unavailable: node shutting down", stream.Err(), code)
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -115,10 +115,11 @@ func (c EmbeddedConfig) Validate() error {
 
 // Embedded is a running in-process NATS server.
 type Embedded struct {
-	srv  *server.Server
-	auth *authenticator
-	stop chan struct{}
-	wg   sync.WaitGroup
+	srv      *server.Server
+	storeDir string
+	auth     *authenticator
+	stop     chan struct{}
+	wg       sync.WaitGroup
 }
 
 // StartEmbedded starts a NATS server with JetStream and waits until it
@@ -165,7 +166,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		opts.TLSConfig = cfg.ClientTLS
 		opts.TLSTimeout = 2
 	}
-	e := &Embedded{stop: make(chan struct{})}
+	e := &Embedded{stop: make(chan struct{}), storeDir: filepath.Clean(cfg.StoreDir)}
 	if !cfg.AllowAnonymous {
 		e.auth = &authenticator{nodePass: cfg.NodePassword, rs: cfg.ResourceServers, stream: cfg.Stream, conns: map[uint64]func() bool{}, wake: make(chan struct{}, 1)}
 		opts.CustomClientAuthentication = e.auth
@@ -214,6 +215,18 @@ func (e *Embedded) ClusterAddr() *net.TCPAddr { return e.srv.ClusterAddr() }
 // Ready reports whether the server accepts clients and JetStream is on.
 func (e *Embedded) Ready() bool {
 	return e.srv.Running() && e.srv.JetStreamEnabled()
+}
+
+// RestartJetStream enables JetStream again after the server disabled it
+// (nats-server turns JetStream off for good when a write fails for lack of
+// disk space). Call it once space is back; it is a no-op while JetStream is
+// on. In a cluster the server rejoins the JetStream meta group and its
+// stream replicas catch up from the others.
+func (e *Embedded) RestartJetStream() error {
+	if !e.srv.Running() || e.srv.JetStreamEnabled() {
+		return nil
+	}
+	return e.srv.EnableJetStream(&server.JetStreamConfig{StoreDir: e.storeDir})
 }
 
 // Server is the NATS server, for tests and diagnostics.
