@@ -156,9 +156,12 @@ func (c PublisherConfig) StreamConfig() jetstream.StreamConfig {
 // from the stream moves the position (see ensure); a node that starts from
 // nothing republishes its outbox, which the duplicates window drops.
 //
-// Events reach the stream in Raft order: each node publishes in order and
-// waits for acknowledgements before moving on, and a message id already in
-// the window is dropped.
+// Events reach the stream in Raft order while its leader stays: each node
+// publishes in order and waits for acknowledgements before moving on, and a
+// message id already in the window is dropped. When the stream's leader
+// fails over in a NATS cluster, messages of a window in flight may be
+// stored out of order (each event still exactly once); consumers order
+// state changes by the event's raft_index, never by stream position.
 type Publisher struct {
 	cfg    PublisherConfig
 	nc     *nats.Conn
