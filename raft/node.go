@@ -97,6 +97,14 @@ func Open(cfg Config) (*Node, error) {
 			MaxPool: 3,
 			Timeout: 10 * time.Second,
 			Logger:  hlog,
+			// No pipelined replication. When a follower answers an append
+			// with Success=false (its disk is full, or it needs older
+			// entries), hashicorp/raft's pipeline can deadlock: the leader
+			// keeps sending heartbeats but never another entry to that
+			// follower, and Shutdown hangs (hashicorp/raft#612; Grafana
+			// Pyroscope disabled pipelining for it). With batching
+			// (MaxAppendEntries) pipelining buys little (hashicorp/raft#541).
+			MaxRPCsInFlight: 1,
 		})
 		n.trans = n.own
 	default:
