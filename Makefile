@@ -80,7 +80,7 @@ SOAK_COUNT ?= 5
 soak:
 	TALLY_SOAK=1 $(GO) test -race -count=$(SOAK_COUNT) -timeout 60m -run 'Fault|Linearizab' ./raft/ ./node/
 
-## cluster: a local 3-node cluster in two regions on 127.0.0.1:8081-8083 (deploy/local)
+## cluster: a local 3-node cluster in two regions on 127.0.0.1:8081-8083 behind the one-issuer front door on 127.0.0.1:8080 (deploy/local)
 cluster:
 	GO=$(GO) deploy/local/cluster.sh start
 
@@ -90,3 +90,55 @@ cluster-stop:
 
 clean:
 	rm -rf bin data
+
+## k8s-check: render deploy/kubernetes (kustomize as a library), decode every object strictly into the
+## k8s.io/api types, check the deployment's invariants and run tally serve --check-config per pod (offline)
+.PHONY: k8s-check
+k8s-check:
+	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	$(GO) build -o "$$d/tally" ./cmd/tally && \
+	cd deploy/kubernetes/check && $(GO) run . -dir .. -tally "$$d/tally" && \
+	TALLY_BIN="$$d/tally" $(GO) test -count=1 .
+
+## systemd-check: systemd-analyze verify + security score of deploy/systemd/tally.service, and the
+## example settings through tally serve --check-config (skips without systemd-analyze)
+.PHONY: systemd-check
+systemd-check:
+	GO=$(GO) deploy/systemd/check.sh
+
+## alerts-check: promtool check rules + promtool test rules on deploy/observability/prometheus
+## (Debian: apt-get install prometheus for promtool); node's TestDashboardAndAlertMetricsExist checks the names
+.PHONY: alerts-check
+alerts-check:
+	@command -v promtool >/dev/null || { echo "alerts-check: promtool not found (apt-get install -y --no-install-recommends prometheus)"; exit 1; }
+	promtool check rules deploy/observability/prometheus/alerts.yml
+	cd deploy/observability/prometheus && promtool test rules alerts_test.yml
+
+## image: the container images from static binaries (FROM scratch; no registry needed)
+IMAGE        ?= tally:local
+DOCKER_CTX   := bin/docker
+STATIC_BUILD := CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags '-s -w -X main.version=$(shell git describe --always --dirty 2>/dev/null || echo dev)'
+.PHONY: image compose-up compose-down e2e
+image:
+	@echo "building the static binaries and the images (tally:local, tally-orders-api:local, tally-wanlink:local)" >&2
+	@rm -rf $(DOCKER_CTX) && mkdir -p $(DOCKER_CTX)/data
+	@$(STATIC_BUILD) -o bin/tally-linux ./cmd/tally
+	@$(STATIC_BUILD) -o $(DOCKER_CTX)/orders-api ./deploy/examples/orders-api
+	@$(STATIC_BUILD) -o $(DOCKER_CTX)/wanlink ./deploy/compose/wanlink
+	@cp bin/tally-linux $(DOCKER_CTX)/tally
+	@docker build -q -f deploy/docker/Dockerfile -t $(IMAGE) $(DOCKER_CTX) >&2
+	@docker build -q -f deploy/examples/orders-api/Dockerfile -t tally-orders-api:local $(DOCKER_CTX) >&2
+	@docker build -q -f deploy/compose/wanlink/Dockerfile -t tally-wanlink:local $(DOCKER_CTX) >&2
+	@docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^(tally|tally-orders-api|tally-wanlink):local ' >&2
+
+## compose-up: a three-region cluster in Docker (deploy/compose); prints the exports
+compose-up: image
+	@TALLY_IMAGE=$(IMAGE) deploy/compose/cluster.sh up
+
+## compose-down: remove the compose cluster's containers, networks and volumes
+compose-down:
+	@deploy/compose/cluster.sh down
+
+## e2e: the compose cluster checked as a user would (needs Docker), then torn down
+e2e: image
+	@TALLY_IMAGE=$(IMAGE) deploy/compose/e2e.sh

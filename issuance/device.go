@@ -102,6 +102,11 @@ func (s *Server) handleDeviceAuthorization(w http.ResponseWriter, r *http.Reques
 		if err != nil {
 			return nil, err
 		}
+		// Every authorization is a Raft write: bound them per IP before
+		// anything else, and per client once it is known (RFC 8628 §5.2).
+		if ok, wait := s.device.authIP.allow(ipKey(clientIP(r)), s.cfg.Now()); !ok {
+			return nil, errRateLimited(wait)
+		}
 		form, err := readForm(r, s.cfg.MaxBodyBytes)
 		if err != nil {
 			return nil, err
@@ -117,6 +122,9 @@ func (s *Server) handleDeviceAuthorization(w http.ResponseWriter, r *http.Reques
 		}
 		if !slices.Contains(c.GrantTypes, GrantDeviceCode) && !slices.Contains(c.GrantTypes, "device_code") {
 			return nil, newError(CodeUnauthorizedClient, http.StatusBadRequest, "client is not allowed to use the device grant", nil)
+		}
+		if ok, wait := s.device.authClient.allow(c.ID, now); !ok {
+			return nil, errRateLimited(wait)
 		}
 		scope := c.Scopes
 		if v := form.Get(paramScope); v != "" {
@@ -206,6 +214,7 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 	switch vals.Get("action") {
 	case "login":
 		if !s.loginLimit.allow(clientIP(r), now) {
+			s.metrics.signinFailure(r.Context(), "rate_limited")
 			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Too many attempts. Wait a minute and try again.")
 			return
 		}
@@ -296,23 +305,86 @@ func (s *Server) deviceLookup(w http.ResponseWriter, r *http.Request, t Tenant, 
 }
 
 // deviceCodeGrant is the device access token request, RFC 8628 §3.4 and
-// §3.5. Every poll is one replicated command: it enforces the interval
-// across nodes (slow_down adds 5 s) and redeems an approved code once.
+// §3.5. Polls that change nothing (pending, too early, denied, expired,
+// unknown) are answered from the local replica without a write, paced per
+// device code on this node (see device_pace.go); a poll of an approved
+// code is one replicated command that redeems it once, cluster-wide.
 type deviceCodeGrant struct{ s *Server }
+
+var (
+	errSlowDown = newError("slow_down", http.StatusBadRequest, "polling too fast, add 5 seconds to the interval", nil)
+	errPending  = newError("authorization_pending", http.StatusBadRequest, "the user has not yet approved", nil)
+	errDenied   = newError(CodeAccessDenied, http.StatusBadRequest, "the user denied the request", nil)
+	errExpired  = newError("expired_token", http.StatusBadRequest, "the device code has expired", nil)
+)
+
+// errRateLimited is 429 with Retry-After. Its code is slow_down, which a
+// device client understands (it waits 5 s longer) and others read as an
+// error.
+func errRateLimited(wait time.Duration) *Error {
+	return newError("slow_down", http.StatusTooManyRequests, "too many requests, retry later", &RateLimited{RetryAfter: wait})
+}
+
+// localPoll answers a poll from the local replica when it changes nothing.
+// It returns nil when the code is approved and must be redeemed by a
+// command.
+func (g *deviceCodeGrant) localPoll(ctx context.Context, rd DeviceCodeReader, gr GrantRequest, hash []byte, allowed bool, wait time.Duration) error {
+	s := g.s
+	d, err := rd.DeviceCodeByHash(ctx, gr.Tenant.ID, hash)
+	switch {
+	case errors.Is(err, ErrNotFound) || (err == nil && (d.ClientID != gr.Client.ID || d.Status == "redeemed")):
+		if !allowed {
+			return errRateLimited(wait)
+		}
+		return errInvalidGrant("invalid device code", err)
+	case err != nil:
+		return errUnavailable("the device code could not be checked now, retry", err)
+	case !allowed:
+		return errSlowDown
+	case !gr.Now.Before(d.ExpiresAt):
+		return errExpired
+	}
+	interval := d.Interval
+	if interval <= 0 {
+		interval = s.cfg.DevicePollInterval
+	}
+	if s.device.pacer.poll(string(hash), interval, d.ExpiresAt, gr.Now) != paceOnTime {
+		return errSlowDown
+	}
+	switch d.Status {
+	case "pending":
+		return errPending
+	case "denied":
+		return errDenied
+	}
+	return nil
+}
 
 func (g *deviceCodeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*TokenResponse, error) {
 	s, req, c := g.s, gr.Request, gr.Client
 	if req.DeviceCode == "" {
 		return nil, errInvalidRequest("missing device_code")
 	}
+	allowed, wait := allowBoth(s.device.pollIP, s.device.pollClient, gr.ClientIP, c.ID, gr.Now)
 	if len(req.DeviceCode) > 128 || !strings.HasPrefix(req.DeviceCode, "tlyd1.") {
+		if !allowed {
+			return nil, errRateLimited(wait)
+		}
 		return nil, errInvalidGrant("invalid device code", nil)
+	}
+	hash := sha256Sum(req.DeviceCode)
+	if rd, ok := s.users.(DeviceCodeReader); ok {
+		if err := g.localPoll(ctx, rd, gr, hash, allowed, wait); err != nil {
+			return nil, err
+		}
+	} else if !allowed {
+		return nil, errRateLimited(wait)
 	}
 	iss, err := s.prepareAccess(gr, "", nil, gr.Now)
 	if err != nil {
 		return nil, err
 	}
-	poll := DevicePoll{Tenant: gr.Tenant.ID, CodeHash: sha256Sum(req.DeviceCode), ClientID: c.ID, AccessToken: iss.accessRef()}
+	poll := DevicePoll{Tenant: gr.Tenant.ID, CodeHash: hash, ClientID: c.ID, AccessToken: iss.accessRef()}
 	var refresh string
 	if slices.Contains(c.GrantTypes, GrantRefreshToken) {
 		fam, err := randomID(s.cfg.Rand)
@@ -327,18 +399,19 @@ func (g *deviceCodeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*To
 	dg, err := s.grantW.PollDeviceCode(ctx, poll)
 	switch {
 	case errors.Is(err, ErrAuthorizationPending):
-		return nil, newError("authorization_pending", http.StatusBadRequest, "the user has not yet approved", nil)
+		return nil, errPending
 	case errors.Is(err, ErrSlowDown):
-		return nil, newError("slow_down", http.StatusBadRequest, "polling too fast, add 5 seconds to the interval", nil)
+		return nil, errSlowDown
 	case errors.Is(err, ErrAccessDenied):
-		return nil, newError(CodeAccessDenied, http.StatusBadRequest, "the user denied the request", nil)
+		return nil, errDenied
 	case errors.Is(err, ErrExpiredToken):
-		return nil, newError("expired_token", http.StatusBadRequest, "the device code has expired", nil)
+		return nil, errExpired
 	case errors.Is(err, ErrGrantInvalid):
 		return nil, errInvalidGrant("invalid device code", err)
 	case err != nil:
 		return nil, errUnavailable("the device code could not be checked now, retry", err)
 	}
+	s.device.pacer.forget(string(hash)) // redeemed: later polls are invalid_grant
 	u, err := s.users.User(ctx, gr.Tenant.ID, dg.UserID)
 	if err != nil || !u.Active() {
 		return nil, errInvalidGrant("the user is unknown or disabled", err)

@@ -17,6 +17,7 @@ func (s *Server) initFlows() error {
 	s.loginLimit = newLimiters(s.cfg.LoginAttemptsPerMinute, s.cfg.LoginAttemptsPerMinute)
 	s.codeIPLimit = newLimiters(s.cfg.UserCodeAttemptsPerMinute, s.cfg.UserCodeAttemptsPerMinute)
 	s.codeSLimit = newLimiters(s.cfg.UserCodeAttemptsPerMinute, s.cfg.UserCodeAttemptsPerMinute)
+	s.device = newDeviceGuard(s.cfg.DeviceLimits.withDefaults())
 	return nil
 }
 

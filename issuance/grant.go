@@ -12,6 +12,8 @@ type GrantRequest struct {
 	Client  Client
 	Request *TokenRequest
 	Now     time.Time
+	// ClientIP is the caller's address, for rate limits.
+	ClientIP string
 }
 
 // TokenResponse is the RFC 6749 §5.1 successful token response.

@@ -1,6 +1,7 @@
 package issuance
 
 import (
+	"context"
 	"errors"
 	"net/http"
 )
@@ -30,8 +31,9 @@ var inactive = []byte(`{"active":false}`)
 // the policy to the server). token_type_hint is only a hint: the token's
 // shape decides. A token is inactive when it is malformed, of another tenant
 // (unknown kid, other issuer, seal that does not authenticate for this
-// tenant), expired beyond Leeway, revoked, or when its client is now disabled
-// or deleted. Introspection performs no write.
+// tenant), expired beyond Leeway, revoked, when its client is now disabled
+// or deleted, or when the user it was issued to is now disabled, locked or
+// deleted. Introspection performs no write.
 func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	out, err := func() (*introspection, error) {
@@ -74,6 +76,11 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		case c.Disabled:
 			return nil, nil
 		}
+		if active, err := s.subjectActive(ctx, t.ID, d); err != nil {
+			return nil, errUnavailable("user lookup failed", err)
+		} else if !active {
+			return nil, nil
+		}
 		return &introspection{
 			Active:    true,
 			Scope:     joinScope(d.Scope),
@@ -99,4 +106,26 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		s.metrics.introspect(ctx, outcomeActive)
 		s.respond(w, r, http.StatusOK, out, "no-store")
 	}
+}
+
+// subjectActive reports whether the user a token was issued to may still
+// use it. A token whose subject is its client (client credentials) has no
+// user.
+func (s *Server) subjectActive(ctx context.Context, tenant string, d tokenData) (bool, error) {
+	if s.users == nil || d.Subject == "" || d.Subject == d.ClientID {
+		return true, nil
+	}
+	u, err := s.users.User(ctx, tenant, d.Subject)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	// Tokens issued before the user's last lock stay dead after it is
+	// enabled again (iat has whole seconds: the lock's second counts).
+	if !u.LockedAt.IsZero() && d.IssuedAt.Unix() <= u.LockedAt.Unix() {
+		return false, nil
+	}
+	return u.Active(), nil
 }

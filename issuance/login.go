@@ -113,17 +113,20 @@ var errBadLogin = errors.New("invalid username or password")
 // usernames exist.
 func (s *Server) checkPassword(ctx context.Context, tenant, username, password string) (User, error) {
 	if username == "" || password == "" || len(username) > 255 || len(password) > MaxPasswordLen {
+		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	}
 	u, err := s.users.UserByUsername(ctx, tenant, username)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		s.dummyHash.Verify(password)
+		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	case err != nil:
 		return User{}, errUnavailable("user lookup failed", err)
 	}
 	if !u.Password.Verify(password) || !u.Active() {
+		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	}
 	return u, nil

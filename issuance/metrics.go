@@ -16,6 +16,7 @@ const (
 	metricTokenDuration      = "tally.token.duration"
 	metricIntrospectRequests = "tally.introspection.requests"
 	metricRevokeRequests     = "tally.revocation.requests"
+	metricSigninFailures     = "tally.signin.failures"
 
 	attrGrantType = "grant_type"
 	attrOutcome   = "outcome"
@@ -34,6 +35,7 @@ type metrics struct {
 	tokenDuration metric.Float64Histogram
 	introspects   metric.Int64Counter
 	revokes       metric.Int64Counter
+	signinFails   metric.Int64Counter
 
 	// attrs caches the attribute option of each (grant type, outcome)
 	// pair, so that a request does not build and sort an attribute set.
@@ -84,7 +86,22 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 		metric.WithUnit("{request}")); err != nil {
 		return nil, fmt.Errorf("issuance: metric %s: %w", metricRevokeRequests, err)
 	}
+	if ms.signinFails, err = m.Int64Counter(metricSigninFailures,
+		metric.WithDescription("Failed end-user sign-ins (authorize and device pages) by reason: bad_credentials or rate_limited."),
+		metric.WithUnit("{attempt}")); err != nil {
+		return nil, fmt.Errorf("issuance: metric %s: %w", metricSigninFailures, err)
+	}
+	// Known reasons start at 0, so that a rate over them is defined
+	// before the first failure.
+	for _, reason := range []string{"bad_credentials", "rate_limited"} {
+		ms.signinFails.Add(context.Background(), 0, ms.option(attrKey{outcome: reason}))
+	}
 	return &ms, nil
+}
+
+// signinFailure counts a failed sign-in; reason is a fixed string.
+func (m *metrics) signinFailure(ctx context.Context, reason string) {
+	m.signinFails.Add(ctx, 1, m.option(attrKey{outcome: reason}))
 }
 
 func (m *metrics) token(ctx context.Context, grantType, outcome string, d time.Duration) {

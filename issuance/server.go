@@ -83,6 +83,9 @@ type Config struct {
 	// LoginAttemptsPerMinute limits password attempts per client IP;
 	// default 20.
 	LoginAttemptsPerMinute int
+	// DeviceLimits bounds device authorizations and polls per client IP
+	// and per client; zero fields take DefaultDeviceLimits.
+	DeviceLimits DeviceLimits
 	// NodeID and Region label security events (refresh-token reuse).
 	NodeID string
 	Region string
@@ -185,6 +188,7 @@ type Server struct {
 	loginLimit  *limiters
 	codeIPLimit *limiters
 	codeSLimit  *limiters
+	device      *deviceGuard // device_pace.go
 }
 
 // NewServer returns a Server reading st and revoking through rv.
@@ -339,6 +343,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "1")
+	}
+	if rl := (*RateLimited)(nil); e.Status == http.StatusTooManyRequests && errors.As(e.Debug, &rl) {
+		h.Set("Retry-After", retryAfterSeconds(rl.RetryAfter))
 	}
 	body, _ := json.Marshal(wireError{Error: e.Code, Description: e.Description})
 	writeJSON(w, e.Status, body, "no-store")

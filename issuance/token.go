@@ -41,7 +41,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		if !slices.Contains(c.GrantTypes, req.GrantType) {
 			return nil, newError(CodeUnauthorizedClient, http.StatusBadRequest, "client is not allowed to use this grant type", nil)
 		}
-		return h.HandleGrant(ctx, GrantRequest{Tenant: t, Client: c, Request: req, Now: now})
+		return h.HandleGrant(ctx, GrantRequest{Tenant: t, Client: c, Request: req, Now: now, ClientIP: clientIP(r)})
 	}()
 	if err != nil {
 		s.metrics.token(ctx, grantType, outcomeOf(err), time.Since(start))

@@ -76,7 +76,7 @@ func (s *Server) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u, err := s.users.User(ctx, t.ID, d.Subject)
-	if err != nil || !u.Active() {
+	if err != nil || !u.Active() || (!u.LockedAt.IsZero() && d.IssuedAt.Unix() <= u.LockedAt.Unix()) {
 		s.bearerError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid or expired")
 		return
 	}

@@ -22,6 +22,9 @@ type User struct {
 	Password      PasswordHash
 	Disabled      bool
 	Locked        bool
+	// LockedAt is when the user was last disabled or locked (zero if
+	// never): its access tokens issued at or before it stay invalid.
+	LockedAt time.Time
 }
 
 // Active reports whether the user may sign in and get tokens.
@@ -108,6 +111,8 @@ type DeviceCode struct {
 	Scopes    []string
 	ExpiresAt time.Time
 	Status    string
+	// Interval is the polling interval advertised for the code.
+	Interval time.Duration
 }
 
 // Users is the read view of end users that the interactive endpoints need.

@@ -48,10 +48,19 @@ type Fault struct {
 	// Inject applies the fault; it may block until it has taken effect
 	// (a leadership transfer returns when the new leader is known).
 	Inject func(ctx context.Context) error
+	// EffectiveOnReturn says the fault takes effect when Inject returns
+	// rather than when it is called (an operator's command that takes a
+	// while, like docker kill): the fault's time, from which the windows
+	// are measured, is then Inject's return.
+	EffectiveOnReturn bool
 	// Heal, if set, undoes the fault (restarts the killed node, heals the
 	// partition) and returns once it is done; HealEvent names it.
 	Heal      func(ctx context.Context) error
 	HealEvent string
+	// Settle, if set, waits after Heal until the faulted nodes serve again
+	// (a restarted node answers /readyz); until it returns they stay down
+	// or isolated for the load and the judge.
+	Settle func(ctx context.Context) error
 }
 
 // DrillConfig configures RunDrill.
@@ -73,6 +82,10 @@ type DrillConfig struct {
 	// most VerifyTimeout, until a write sent after the heal is
 	// acknowledged: a healed node may need seconds to catch up).
 	Before, FaultFor, After time.Duration
+	// Steps is how many faults are injected one after another (a rolling
+	// restart: one per node), each planned, injected, held for FaultFor
+	// and healed, with After of load between them; 0 means 1.
+	Steps int
 	// IssueWorkers send client-credentials requests round-robin to every
 	// node that is not down; WriteWorkers obtain a token and revoke it
 	// (RFC 7009) through a node that is neither down nor isolated.
@@ -135,6 +148,9 @@ func (c DrillConfig) Validate() error {
 	}
 	if c.Plan == nil {
 		return errors.New("loadtest: a drill needs a fault plan")
+	}
+	if c.Steps < 0 || c.Steps > 64 {
+		return errors.New("loadtest: a drill takes between 1 and 64 steps")
 	}
 	if c.Before <= 0 || c.FaultFor <= 0 || c.After <= 0 {
 		return errors.New("loadtest: before, fault and after durations must be positive")
@@ -376,41 +392,61 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 		go func() { defer wg.Done(); d.writeWorker(lctx, i) }()
 	}
 
-	var fault Fault
-	var faultAt, healAt time.Time
+	var faults []appliedFault
 	runErr := func() error {
 		if err := wait(ctx, cfg.Before); err != nil {
 			return err
 		}
-		f, err := cfg.Plan(ctx)
-		if err != nil {
-			return fmt.Errorf("loadtest: drill: planning the fault: %w", err)
-		}
-		fault = f
-		rep.Fault = f.Event
-		faultAt = time.Now()
-		d.phase.Store(&drillPhase{down: setOf(f.Down), isolated: setOf(f.Isolated)})
-		if err := f.Inject(ctx); err != nil {
-			return fmt.Errorf("loadtest: drill: %s: %w", f.Event, err)
-		}
-		d.eventAt(faultAt, f.Event)
-		if err := wait(ctx, cfg.FaultFor-time.Since(faultAt)); err != nil {
-			return err
-		}
-		if f.Heal != nil {
-			if err := f.Heal(ctx); err != nil {
-				return fmt.Errorf("loadtest: drill: %s: %w", f.HealEvent, err)
+		for range max(cfg.Steps, 1) {
+			f, err := cfg.Plan(ctx)
+			if err != nil {
+				return fmt.Errorf("loadtest: drill: planning the fault: %w", err)
+			}
+			if rep.Fault == "" {
+				rep.Fault = f.Event
+			} else {
+				rep.Fault += "; " + f.Event
+			}
+			af := appliedFault{Fault: f, at: time.Now()}
+			af.injected = af.at
+			d.phase.Store(&drillPhase{down: setOf(f.Down), isolated: setOf(f.Isolated)})
+			if err := f.Inject(ctx); err != nil {
+				return fmt.Errorf("loadtest: drill: %s: %w", f.Event, err)
+			}
+			if f.EffectiveOnReturn {
+				af.at = time.Now()
+			}
+			d.eventAt(af.at, f.Event)
+			if err := wait(ctx, cfg.FaultFor-time.Since(af.at)); err != nil {
+				return err
+			}
+			af.healing = time.Now()
+			if f.Heal != nil {
+				if err := f.Heal(ctx); err != nil {
+					return fmt.Errorf("loadtest: drill: %s: %w", f.HealEvent, err)
+				}
+			}
+			af.healAt = time.Now()
+			if f.Heal != nil {
+				d.eventAt(af.healAt, f.HealEvent)
+			}
+			af.settled = af.healAt
+			if f.Settle != nil {
+				if err := f.Settle(ctx); err != nil {
+					return fmt.Errorf("loadtest: drill: after %s: %w", f.HealEvent, err)
+				}
+				af.settled = time.Now()
+				d.eventAt(af.settled, strings.Join(append(slices.Clone(f.Down), f.Isolated...), ",")+" serving again")
+			}
+			d.phase.Store(&drillPhase{})
+			faults = append(faults, af)
+			if err := wait(ctx, cfg.After); err != nil {
+				return err
 			}
 		}
-		healAt = time.Now()
-		if f.Heal != nil {
-			d.eventAt(healAt, f.HealEvent)
-		}
-		d.phase.Store(&drillPhase{})
-		if err := wait(ctx, cfg.After); err != nil {
-			return err
-		}
-		return d.waitAckSince(ctx, healAt, cfg.VerifyTimeout)
+		// A healed node may need seconds to catch up: keep the load on
+		// until a write sent after the last heal is acknowledged.
+		return d.waitAckSince(ctx, faults[len(faults)-1].healAt, cfg.VerifyTimeout)
 	}()
 	stopLoad()
 	wg.Wait()
@@ -421,7 +457,7 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 		return rep, runErr
 	}
 
-	d.judge(&rep, fault, faultAt, healAt)
+	d.judge(&rep, faults)
 	d.verify(ctx, &rep, control)
 	rep.Events = d.events
 	rep.Load = d.drillResult(loadEnd)
@@ -430,6 +466,26 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 		return rep, ErrDrillFailed
 	}
 	return rep, nil
+}
+
+// appliedFault is a fault with the times it was injected and healed.
+type appliedFault struct {
+	Fault
+	// injected is when Inject was called, at when the fault took effect
+	// (the same unless EffectiveOnReturn), healing when Heal was called,
+	// healAt when it returned, settled when the faulted nodes served again
+	// (healAt without Settle). The staleness bound runs from injected to
+	// healing (the strict reading: the fault may bite as soon as its
+	// command starts, and end as soon as the heal starts); the write
+	// window from at.
+	injected, at, healing, healAt, settled time.Time
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func setOf(ids []string) map[string]bool {
@@ -604,32 +660,57 @@ func (d *drillRun) token(ctx context.Context, n DrillNode) (string, error) {
 	return tr.AccessToken, nil
 }
 
-// judge computes the figures and the load's invariants from the samples.
-func (d *drillRun) judge(rep *DrillReport, f Fault, faultAt, healAt time.Time) {
-	down, isolated := setOf(f.Down), setOf(f.Isolated)
+// judge computes the figures and the load's invariants from the samples,
+// for the faults applied one after another.
+func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 	rep.IssueErrors = map[string]int64{}
 	rep.IssueErrorNodes = map[string]int64{}
 	rep.WriteErrors = map[string]int64{}
+	if len(faults) == 0 {
+		return
+	}
 	grace := d.cfg.StaleGrace
-	// faulted: the sample overlaps the time its node was down or isolated
-	// (an isolated node needs a moment after the heal to hear the leader).
-	faulted := func(s drillSample) bool {
-		switch {
-		case down[s.node]:
-			return s.end.After(faultAt) && s.start.Before(healAt)
-		case isolated[s.node]:
-			return s.end.After(faultAt) && s.start.Before(healAt.Add(grace))
+	type faultState struct {
+		appliedFault
+		down, isolated    map[string]bool
+		firstAck          time.Time
+		failClosedMissing bool
+	}
+	fs := make([]*faultState, len(faults))
+	for i, f := range faults {
+		if f.healing.IsZero() {
+			f.healing = f.healAt
 		}
-		return false
+		if f.injected.IsZero() {
+			f.injected = f.at
+		}
+		fs[i] = &faultState{appliedFault: f, down: setOf(f.Down), isolated: setOf(f.Isolated)}
+		fs[i].failClosedMissing = len(f.Isolated) > 0 && f.healing.Sub(f.injected) > d.cfg.MaxStale+grace
+	}
+	first, last := fs[0], fs[len(fs)-1]
+	// faulted: the fault during which the sample's node was down or
+	// isolated (an isolated node needs a moment after the heal to hear the
+	// leader), or nil.
+	faulted := func(s drillSample) *faultState {
+		for _, f := range fs {
+			switch {
+			// From the start of the injection: a command's fault may bite
+			// before the command returns.
+			case f.down[s.node] && s.end.After(f.injected) && s.start.Before(later(f.healAt, f.settled)):
+				return f
+			case f.isolated[s.node] && s.end.After(f.injected) && s.start.Before(later(f.healAt.Add(grace), f.settled)):
+				return f
+			}
+		}
+		return nil
 	}
 	sort.Slice(d.samples, func(i, j int) bool { return d.samples[i].start.Before(d.samples[j].start) })
 
-	var firstAck, lastFail, ackAfterHeal time.Time
-	var failClosedMissing = isolated != nil && len(f.Isolated) > 0 && healAt.Sub(faultAt) > d.cfg.MaxStale+grace
+	var lastFail, ackAfterHeal time.Time
 	var stillIssuing []string
 	for _, s := range d.samples {
-		if faulted(s) {
-			if down[s.node] {
+		if f := faulted(s); f != nil {
+			if f.down[s.node] {
 				rep.ToDownNodes++
 				continue
 			}
@@ -637,18 +718,18 @@ func (d *drillRun) judge(rep *DrillReport, f Fault, faultAt, healAt time.Time) {
 			// after max-stale with 503 temporarily_unavailable).
 			switch s.outcome {
 			case OutcomeOK:
-				if s.start.After(faultAt) {
+				if s.start.After(f.injected) {
 					rep.IsolatedIssued++
 				}
-				if s.start.After(faultAt.Add(d.cfg.MaxStale+grace)) && s.end.Before(healAt) {
+				if s.start.After(f.injected.Add(d.cfg.MaxStale+grace)) && s.end.Before(f.healing) {
 					stillIssuing = append(stillIssuing, fmt.Sprintf("%s at %.3fs", s.node, s.start.Sub(d.t0).Seconds()))
 				}
 			case "temporarily_unavailable":
-				if rep.IsolatedFailClosed == 0 || s.end.Sub(faultAt) < rep.FailClosedAfter {
-					rep.FailClosedAfter = s.end.Sub(faultAt)
+				if rep.IsolatedFailClosed == 0 || s.end.Sub(f.injected) < rep.FailClosedAfter {
+					rep.FailClosedAfter = s.end.Sub(f.injected)
 				}
 				rep.IsolatedFailClosed++
-				failClosedMissing = false
+				f.failClosedMissing = false
 			case OutcomeTransport:
 				// A write or token request cut when the partition closed
 				// a connection is not an answer.
@@ -670,10 +751,12 @@ func (d *drillRun) judge(rep *DrillReport, f Fault, faultAt, healAt time.Time) {
 		rep.Writes++
 		if s.outcome == OutcomeOK {
 			rep.WritesAcked++
-			if !faultAt.IsZero() && !s.start.Before(faultAt) && firstAck.IsZero() {
-				firstAck = s.end
+			for _, f := range fs {
+				if !s.start.Before(f.at) && f.firstAck.IsZero() {
+					f.firstAck = s.end
+				}
 			}
-			if !healAt.IsZero() && !s.start.Before(healAt) {
+			if !s.start.Before(later(last.healAt, last.settled)) {
 				ackAfterHeal = s.end
 			}
 		} else {
@@ -684,30 +767,45 @@ func (d *drillRun) judge(rep *DrillReport, f Fault, faultAt, healAt time.Time) {
 		}
 	}
 	for _, s := range d.samples {
-		if !faulted(s) && s.outcome != OutcomeOK && s.end.After(faultAt) && s.end.After(lastFail) {
+		if faulted(s) == nil && s.outcome != OutcomeOK && s.end.After(first.at) && s.end.After(lastFail) {
 			lastFail = s.end
 		}
 	}
-	if !firstAck.IsZero() {
-		rep.WriteWindow = firstAck.Sub(faultAt)
+	// The write window is the longest of the faults'.
+	noAck := 0
+	for _, f := range fs {
+		if f.firstAck.IsZero() {
+			noAck++
+			continue
+		}
+		rep.WriteWindow = max(rep.WriteWindow, f.firstAck.Sub(f.at))
 	}
 	rep.Recovery = rep.WriteWindow
 	if !lastFail.IsZero() {
 		for _, s := range d.samples {
-			if s.write && s.outcome == OutcomeOK && !faulted(s) && !s.start.Before(lastFail) {
-				rep.Recovery = s.end.Sub(faultAt)
+			if s.write && s.outcome == OutcomeOK && faulted(s) == nil && !s.start.Before(lastFail) {
+				rep.Recovery = s.end.Sub(first.at)
 				break
 			}
 		}
 	}
-	windowEnd := faultAt.Add(rep.WriteWindow)
 	for _, s := range d.samples {
-		if s.write || faulted(s) || s.end.Before(faultAt) || s.start.After(windowEnd) {
+		if s.write || faulted(s) != nil {
 			continue
 		}
-		rep.WindowIssued++
-		if s.outcome != OutcomeOK {
-			rep.WindowIssueErrors++
+		for _, f := range fs {
+			end := f.at.Add(f.firstAck.Sub(f.at))
+			if f.firstAck.IsZero() {
+				end = f.at
+			}
+			if s.end.Before(f.at) || s.start.After(end) {
+				continue
+			}
+			rep.WindowIssued++
+			if s.outcome != OutcomeOK {
+				rep.WindowIssueErrors++
+			}
+			break
 		}
 	}
 
@@ -718,8 +816,8 @@ func (d *drillRun) judge(rep *DrillReport, f Fault, faultAt, healAt time.Time) {
 		}
 		rep.Violations = append(rep.Violations, fmt.Sprintf("%d client-credentials requests to serving nodes failed (%s; by node %s); want none", total, fmtCounts(rep.IssueErrors), fmtCounts(rep.IssueErrorNodes)))
 	}
-	if firstAck.IsZero() {
-		rep.Violations = append(rep.Violations, "no write sent after the fault was acknowledged")
+	if noAck > 0 {
+		rep.Violations = append(rep.Violations, fmt.Sprintf("no write sent after the fault was acknowledged (%d of %d faults)", noAck, len(fs)))
 	}
 	if ackAfterHeal.IsZero() {
 		rep.Violations = append(rep.Violations, "no write sent after the heal was acknowledged: the cluster did not recover")
@@ -727,8 +825,10 @@ func (d *drillRun) judge(rep *DrillReport, f Fault, faultAt, healAt time.Time) {
 	if len(stillIssuing) > 0 {
 		rep.Violations = append(rep.Violations, fmt.Sprintf("isolated node issued %d tokens after the staleness bound %v (+%v): %s", len(stillIssuing), d.cfg.MaxStale, grace, strings.Join(stillIssuing[:min(3, len(stillIssuing))], ", ")))
 	}
-	if failClosedMissing {
-		rep.Violations = append(rep.Violations, fmt.Sprintf("isolated nodes never failed closed in %v of isolation (bound %v)", healAt.Sub(faultAt).Round(time.Millisecond), d.cfg.MaxStale))
+	for _, f := range fs {
+		if f.failClosedMissing {
+			rep.Violations = append(rep.Violations, fmt.Sprintf("isolated nodes never failed closed in %v of isolation (bound %v)", f.healing.Sub(f.injected).Round(time.Millisecond), d.cfg.MaxStale))
+		}
 	}
 }
 

@@ -128,7 +128,7 @@ func TestDrillJudge(t *testing.T) {
 			d := &drillRun{cfg: DrillConfig{MaxStale: time.Second, StaleGrace: 500 * time.Millisecond}, t0: t0}
 			d.samples = append(append([]drillSample(nil), healthy...), tt.extra...)
 			var rep DrillReport
-			d.judge(&rep, tt.fault, at(1), at(4))
+			d.judge(&rep, []appliedFault{{Fault: tt.fault, at: at(1), healAt: at(4)}})
 			got := strings.Join(rep.Violations, "\n")
 			if (tt.violates == "") != (got == "") || !strings.Contains(got, tt.violates) {
 				t.Fatalf("violations %q, want %q", got, tt.violates)
@@ -137,5 +137,42 @@ func TestDrillJudge(t *testing.T) {
 				t.Fatalf("write window %v, want 800ms", rep.WriteWindow)
 			}
 		})
+	}
+}
+
+// TestDrillJudgeSteps judges a rolling restart: node a down from 1 s to
+// 2 s, node b from 3 s to 4 s (settled at 4.5 s); requests to each while it
+// is down or settling are not judged, the write window is the longest.
+func TestDrillJudgeSteps(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	issue := func(node string, s float64, outcome string) drillSample {
+		return drillSample{start: at(s), end: at(s + 0.001), node: node, outcome: outcome}
+	}
+	write := func(node string, s, e float64, outcome string) drillSample {
+		return drillSample{start: at(s), end: at(e), node: node, write: true, outcome: outcome}
+	}
+	faults := []appliedFault{
+		{Fault: Fault{Down: []string{"a"}}, injected: at(1), at: at(1), healing: at(2), healAt: at(2), settled: at(2)},
+		{Fault: Fault{Down: []string{"b"}}, injected: at(3), at: at(3), healing: at(4), healAt: at(4), settled: at(4.5)},
+	}
+	base := []drillSample{
+		write("b", 1.1, 1.3, OutcomeOK),                                      // window of the first: 0.3 s
+		write("a", 3.2, 3.9, OutcomeOK),                                      // window of the second: 0.9 s
+		issue("a", 1.5, OutcomeTransport), issue("b", 4.2, OutcomeTransport), // down or settling
+		write("c", 4.6, 4.61, OutcomeOK), issue("c", 4.7, OutcomeOK),
+	}
+	d := &drillRun{cfg: DrillConfig{MaxStale: time.Second, StaleGrace: 500 * time.Millisecond}, t0: t0, samples: base}
+	var rep DrillReport
+	d.judge(&rep, faults)
+	if len(rep.Violations) > 0 || rep.WriteWindow != 900*time.Millisecond || rep.ToDownNodes != 2 {
+		t.Fatalf("violations %q, window %v, to down nodes %d; want none, 900ms, 2", rep.Violations, rep.WriteWindow, rep.ToDownNodes)
+	}
+	// b answering an error after it settled is judged.
+	d = &drillRun{cfg: d.cfg, t0: t0, samples: append(append([]drillSample(nil), base...), issue("b", 4.8, OutcomeTransport))}
+	rep = DrillReport{}
+	d.judge(&rep, faults)
+	if got := strings.Join(rep.Violations, "\n"); !strings.Contains(got, "client-credentials requests to serving nodes failed") {
+		t.Fatalf("violations %q, want the serving-node error", got)
 	}
 }

@@ -2,12 +2,16 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +20,7 @@ import (
 	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
 	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
 	"github.com/tallyauth/tally/raft"
+	"github.com/tallyauth/tally/raft/raftpb"
 )
 
 // cluster is a node's side of the multi-node machinery: the cluster port
@@ -30,6 +35,11 @@ type cluster struct {
 	srv    *http.Server // internal Connect service on ln.RPCListener
 	now    func() time.Time
 	http   func() string // this node's public HTTP address, for status
+	log    *slog.Logger
+	fail   func(error) // stops the node (Node.fail)
+	// issuer is the configured issuer base URL, "" for a --dev node that
+	// derives its own (it neither records nor checks the cluster's).
+	issuer string
 
 	wg sync.WaitGroup
 }
@@ -108,10 +118,16 @@ func (n *Node) soleVoter(ctx context.Context) bool {
 }
 
 func newCluster(cfg Config, rn *raft.Node, ln *raft.ClusterListener, now func() time.Time, httpAddr func() string) *cluster {
-	return &cluster{
+	c := &cluster{
 		cfg: cfg, rn: rn, ln: ln, tls: ln.TLS(), now: now, http: httpAddr,
 		client: &http.Client{Transport: ln.TLS().HTTPTransport()},
+		log:    slog.New(slog.DiscardHandler), fail: func(error) {},
 	}
+	if cfg.Issuer != "" {
+		c.issuer = trimIssuer(cfg.Issuer)
+	}
+	ln.SetPeerCheck(c.peerAllowed)
+	return c
 }
 
 // peer returns a client of the internal service at a cluster address.
@@ -125,7 +141,7 @@ func (c *cluster) serve(svc clusterv1connect.ClusterServiceHandler) {
 	path, h := clusterv1connect.NewClusterServiceHandler(svc, connect.WithReadMaxBytes(8<<20))
 	mux.Handle(path, h)
 	c.srv = &http.Server{
-		Handler:           peerIdentity(mux),
+		Handler:           c.peerIdentity(mux),
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -152,8 +168,10 @@ func (c *cluster) close() {
 type peerIDKey struct{}
 
 // peerIdentity puts the verified node id of the caller's certificate into
-// the request context.
-func peerIdentity(next http.Handler) http.Handler {
+// the request context, and refuses a node that was removed from the
+// cluster (the replicated deny list) with a Connect permission_denied
+// error that says so.
+func (c *cluster) peerIdentity(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := ""
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
@@ -163,8 +181,25 @@ func peerIdentity(next http.Handler) http.Handler {
 			http.Error(w, "node certificate required", http.StatusForbidden)
 			return
 		}
+		if err := c.peerAllowed(id); err != nil {
+			c.log.Warn("refused an internal call", "peer", id, "path", r.URL.Path, "err", err)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			_ = json.NewEncoder(w).Encode(map[string]string{"code": "permission_denied", "message": err.Error()})
+			return
+		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerIDKey{}, id)))
 	})
+}
+
+// peerAllowed refuses a node id that was removed from the cluster; it is
+// the check on both sides of the cluster port (Raft connections, see
+// raft.ClusterListener.SetPeerCheck, and internal calls).
+func (c *cluster) peerAllowed(id string) error {
+	if c.rn.State().NodeDenied(id) {
+		return fmt.Errorf("%w: node %q (its certificate is refused on the cluster port; start the replacement with a new node id)", raft.ErrNodeDenied, id)
+	}
+	return nil
 }
 
 // joinLoop asks the member at cfg.Join to add this node until this node is
@@ -184,11 +219,18 @@ func (c *cluster) joinLoop(ctx context.Context, log func(msg string, args ...any
 			}
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err := c.peer(c.cfg.Join).Join(cctx, connect.NewRequest(&clusterv1.JoinRequest{
-				Id: c.cfg.NodeID, Address: c.ln.Addr().String(), Nonvoter: c.cfg.Nonvoter,
+				Id: c.cfg.NodeID, Address: c.ln.Addr().String(), Nonvoter: c.cfg.Nonvoter, Issuer: c.issuer,
 			}))
 			cancel()
 			if err == nil {
 				log("joined the cluster", "via", c.cfg.Join, "nonvoter", c.cfg.Nonvoter)
+				return
+			}
+			switch connect.CodeOf(err) {
+			case connect.CodePermissionDenied, connect.CodeFailedPrecondition, connect.CodeInvalidArgument:
+				// A removed id, another issuer, a bad address: retrying
+				// cannot help.
+				c.fail(fmt.Errorf("node: the cluster at %s refused to let this node join: %w", c.cfg.Join, err))
 				return
 			}
 			log("join failed; retrying", "via", c.cfg.Join, "err", err)
@@ -256,12 +298,15 @@ func (c *cluster) localStatus(ctx context.Context) *clusterv1.MemberStatus {
 		}(),
 		LeaderId: st.LeaderID,
 		Health:   "healthy",
+		Features: features,
 	}
 	if ms.Leader {
 		ms.LastContactMs = 0
 	}
 	if err := c.stale(); err != nil {
 		ms.Health, ms.Error = "stale", err.Error()
+	} else if err := c.rn.WritesRefused(); err != nil {
+		ms.Health, ms.Error = "refusing writes", err.Error() // low on disk (disk.go)
 	}
 	if members, err := c.rn.Members(ctx); err == nil {
 		for _, m := range members {
@@ -355,10 +400,20 @@ func (n *Node) openRaft() error {
 		return err
 	}
 	n.cl = newCluster(n.cfg, n.raft, n.clusterLn, n.now, func() string { return n.Addr() })
+	n.cl.log, n.cl.fail = clog, n.fail
+	n.fatal = make(chan error, 1)
+	// A node configured with another issuer than the cluster's refuses to
+	// start.
+	if err := n.issuerMismatch(); err != nil {
+		return err
+	}
 	n.rep = newReplica(n.raft, n.now)
 	n.rep.forward = n.cl.propose
 	n.rep.fresh = n.cl.stale
-	return nil
+	n.clock = newClockGuard(n.cl, n.now, n.cfg.MaxClockSkew, func(msg string, args ...any) { n.log.Warn(msg, args...) })
+	n.raft.SetProposeGate(n.clock.err)
+	n.rep.clockErr = n.clock.err
+	return n.clock.registerMetrics(n.tel.meter)
 }
 
 // startCluster serves the internal service, joins through cfg.Join if this
@@ -368,7 +423,13 @@ func (n *Node) startCluster(ctx context.Context) {
 	n.cl.serve(&clusterService{c: n.cl})
 	logInfo := func(msg string, args ...any) { n.log.Info(msg, args...) }
 	n.cl.joinLoop(ctx, logInfo)
+	n.cl.wg.Add(1)
+	go func() {
+		defer n.cl.wg.Done()
+		n.keepIssuer(ctx)
+	}()
 	n.cl.preferLeaderRegion(ctx, logInfo)
+	n.clock.run(ctx)
 	n.cl.wg.Add(1)
 	go func() {
 		defer n.cl.wg.Done()
@@ -454,4 +515,102 @@ func (c *cluster) preferLeaderRegion(ctx context.Context, log func(msg string, a
 			}
 		}
 	}()
+}
+
+// fail stops the node: Run returns err. Only the first reason is kept.
+func (n *Node) fail(err error) {
+	n.log.Error("stopping the node", "err", err)
+	select {
+	case n.fatal <- err:
+	default:
+	}
+}
+
+// ErrIssuerMismatch marks a node whose configured issuer is not the
+// cluster's: it refuses to start or join.
+var ErrIssuerMismatch = errors.New("node: issuer differs from the cluster's")
+
+// issuerMismatch reports a configured issuer that differs from the one the
+// cluster recorded (nil while none is recorded, and for a --dev node that
+// derives its own).
+func (n *Node) issuerMismatch() error {
+	cluster := n.raft.State().ClusterIssuer()
+	if n.cl.issuer == "" || cluster == "" || cluster == n.cl.issuer {
+		return nil
+	}
+	return fmt.Errorf("%w: this node is configured with --issuer %q but the cluster's issuer is %q; every node of a cluster must use the same issuer (the one URL clients use)",
+		ErrIssuerMismatch, n.cl.issuer, cluster)
+}
+
+// issuerEvery is how often keepIssuer looks at the cluster's issuer.
+const issuerEvery = 250 * time.Millisecond
+
+// keepIssuer records this node's configured issuer as the cluster's when
+// it leads a cluster that has none yet (the first leader with an issuer
+// does, once), and stops the node if the cluster's issuer, as replicated
+// here, is another one (a node that joined or bootstrapped with the wrong
+// --issuer learns it once it has caught up). It returns once the cluster's
+// issuer is this node's, or ctx ends.
+func (n *Node) keepIssuer(ctx context.Context) {
+	if n.cl.issuer == "" {
+		return // --dev without --issuer: this node answers only for itself
+	}
+	t := time.NewTicker(issuerEvery)
+	defer t.Stop()
+	for {
+		if err := n.issuerMismatch(); err != nil {
+			n.fail(err)
+			return
+		}
+		switch n.raft.State().ClusterIssuer() {
+		case n.cl.issuer:
+			return
+		case "":
+			if n.raft.IsLeader() && n.cl.allSupport(ctx, featureClusterIdentity) {
+				cmd := &raftpb.Command{Op: &raftpb.Command_SetClusterIssuer{SetClusterIssuer: &raftpb.SetClusterIssuer{Issuer: n.cl.issuer}}}
+				_, err := n.rep.propose(ctx, cmd)
+				if err == nil {
+					n.log.Info("recorded the cluster's issuer", "issuer", n.cl.issuer)
+				}
+				if err == nil || errors.Is(err, raft.ErrConflict) {
+					continue // look again at once
+				}
+				n.log.Warn("recording the cluster's issuer", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// trimIssuer is an issuer base URL as recorded: without a trailing slash.
+func trimIssuer(s string) string { return strings.TrimSuffix(s, "/") }
+
+// featureClusterIdentity names the SetClusterIssuer and DenyNode
+// operations (raft ops 48, 49) in MemberStatus.features.
+const featureClusterIdentity = "cluster_identity"
+
+// features are the Raft operations this binary applies beyond the first
+// release's (MemberStatus.features).
+var features = []string{featureClusterIdentity}
+
+// allSupport reports whether every member of the configuration answers
+// its status and lists feature, so that a leader does not propose an
+// operation a member running an older binary would not understand (it
+// would stop at that entry): during a rolling upgrade the cluster's issuer
+// is recorded once the last node runs this version.
+func (c *cluster) allSupport(ctx context.Context, feature string) bool {
+	st, err := c.status(ctx, statusTimeout)
+	if err != nil {
+		return false
+	}
+	for _, m := range st.Members {
+		if !slices.Contains(m.Features, feature) {
+			return false
+		}
+	}
+	return true
 }

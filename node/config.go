@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/tallyauth/tally/issuance"
@@ -29,7 +30,11 @@ type Config struct {
 	// endpoints and the Connect services (HTTP/1.1 and h2c).
 	Listen string
 	// Issuer is the base URL tenants' issuers are derived from
-	// ({Issuer}/t/{tenant}); empty derives http://{Listen}.
+	// ({Issuer}/t/{tenant}): the one public URL of the cluster, the same on
+	// every node (the first leader records it in the replicated state, and
+	// a node configured with another one refuses to start or join).
+	// Required outside Dev; a Dev node without one derives http://{Listen}
+	// and answers only for itself.
 	Issuer string
 	// RaftBind is the host:port of the cluster port: Raft traffic and the
 	// internal cluster Connect service, both over mutual TLS.
@@ -84,8 +89,16 @@ type Config struct {
 	// TLSDir.
 	TLS *raft.NodeTLS
 	// NATSListen is the host:port of the embedded NATS server; "" disables
-	// it.
+	// it. Beyond loopback it requires TLS (the node certificate).
 	NATSListen string
+	// NATSClusterListen is the host:port of the embedded NATS server's
+	// route listener: with NATSRoutes, the embedded servers of the cluster
+	// form one NATS cluster and the event stream is replicated (see
+	// nats.go). Empty: a standalone server.
+	NATSClusterListen string
+	// NATSRoutes are the other nodes' NATSClusterListen addresses
+	// (host:port).
+	NATSRoutes []string
 	// Events configures the event log (external NATS, retention); see
 	// events.go.
 	Events EventsConfig
@@ -102,6 +115,9 @@ type Config struct {
 	// OTLPEndpoint, if set, exports traces over OTLP/HTTP to this
 	// host:port (or URL).
 	OTLPEndpoint string
+	// MetricsListen, if set, is the host:port of a separate HTTP listener
+	// for /metrics, which the public listener then does not serve.
+	MetricsListen string
 
 	// JWKSMaxAge is the Cache-Control max-age of JWKS responses.
 	JWKSMaxAge time.Duration
@@ -123,6 +139,22 @@ type Config struct {
 	// DefaultSigningAlg is the signing algorithm of tenants created without
 	// one.
 	DefaultSigningAlg string
+
+	// MaxClockSkew is how far this node's clock may be from the median of
+	// the voters' clocks before it refuses writes, reports not ready and,
+	// if it leads, hands leadership to a voter whose clock agrees (see
+	// clock.go); 0 turns the check off.
+	MaxClockSkew time.Duration
+	// Now is the node's clock; nil means time.Now. Tests inject a clock
+	// that jumps.
+	Now func() time.Time
+	// MinFreeDisk is the free-space watermark of the data file system in
+	// bytes: below it the node refuses writes (503 temporarily_unavailable,
+	// Connect Unavailable) and reports not ready, while it keeps issuing
+	// and introspecting from its replica; a leader hands leadership to a
+	// healthy voter. 0 turns the watermark off (a full disk still refuses
+	// writes instead of crashing). See disk.go.
+	MinFreeDisk uint64
 }
 
 // Peer is one member of a new cluster's initial configuration.
@@ -162,6 +194,8 @@ func DefaultConfig() Config {
 		ShutdownTimeout:    10 * time.Second,
 		MaxBodyBytes:       16 << 10,
 		DefaultSigningAlg:  "ES256",
+		MaxClockSkew:       DefaultMaxClockSkew,
+		MinFreeDisk:        DefaultMinFreeDisk,
 	}
 }
 
@@ -197,6 +231,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("node: nats listen address %q: %w", c.NATSListen, err)
 		}
 	}
+	if err := c.validateNATSCluster(); err != nil {
+		return err
+	}
 	if c.Issuer != "" {
 		u, err := url.Parse(c.Issuer)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
@@ -205,6 +242,12 @@ func (c Config) Validate() error {
 		if u.Scheme == "http" && !c.Dev && !isLoopbackHost(u.Hostname()) {
 			return fmt.Errorf("node: issuer %q: plain http is only allowed on loopback or with --dev", c.Issuer)
 		}
+
+		if err := raft.CheckIssuer(strings.TrimSuffix(c.Issuer, "/")); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+	} else if !c.Dev {
+		return errors.New("node: --issuer is required (TALLY_ISSUER, config key issuer): the one public base URL of the cluster, the same on every node, e.g. https://auth.example.com; only --dev derives it from the listen address")
 	}
 	if !c.Dev && len(c.KEK) == 0 && c.KEKFile == "" {
 		return errors.New("node: a key-encryption key is required (--kek-file or TALLY_KEK); --dev generates one")
@@ -223,6 +266,9 @@ func (c Config) Validate() error {
 	}
 	if c.SweepInterval <= 0 || c.WriteTimeout <= 0 || c.ShutdownTimeout <= 0 {
 		return errors.New("node: sweep interval, write timeout and shutdown timeout must be positive")
+	}
+	if c.MaxClockSkew < 0 {
+		return errors.New("node: max clock skew must not be negative (0 turns the check off)")
 	}
 	if c.MaxBodyBytes < 1024 {
 		return errors.New("node: max body bytes must be at least 1024")

@@ -42,5 +42,17 @@
 // not ready, so a partitioned node stops honouring clients and tokens that
 // may have been disabled or revoked meanwhile.
 //
+// A forwarded write is abandoned as soon as the follower stops hearing
+// from that leader for longer than the leader lease, and retried at the
+// next leader, so a leader that stops answering costs about one election.
+//
+// Disk: below Config.MinFreeDisk free bytes on the data file system, or
+// while a write to its storage fails (disk full), a node refuses writes
+// (ErrDiskLow, Connect Unavailable, OAuth 503), reports not ready and hands
+// leadership to a healthy voter, and keeps issuing and introspecting from
+// its replica; a replica whose storage has failed for longer than MaxStale
+// fails closed like a partitioned one. It recovers by itself once space is
+// freed (disk.go).
+//
 // nodetest.StartCluster runs a whole cluster in one test process.
 package node

@@ -47,13 +47,15 @@ type EventsConfig struct {
 	ClusterID string
 	// Audience is the "aud" of every SET; empty means the tenant's issuer.
 	Audience []string
-	// StreamReplicas is the JetStream replication factor of the stream.
+	// StreamReplicas is the JetStream replication factor of the stream; 0
+	// means min(3, NATS servers) with the embedded NATS cluster and 1 with
+	// an external one.
 	StreamReplicas int
 }
 
 // DefaultEventsConfig: embedded NATS, 2h retention.
 func DefaultEventsConfig() EventsConfig {
-	return EventsConfig{Retention: 2 * time.Hour, ClusterID: "tally", StreamReplicas: 1}
+	return EventsConfig{Retention: 2 * time.Hour, ClusterID: "tally"}
 }
 
 // Validate reports the first invalid field.
@@ -61,8 +63,8 @@ func (c EventsConfig) Validate() error {
 	if c.Retention < time.Hour {
 		return errors.New("node: event retention must be at least 1h (the longest access-token lifetime)")
 	}
-	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
-		return errors.New("node: event stream replicas must be 1 to 5")
+	if c.StreamReplicas < 0 || c.StreamReplicas > 5 {
+		return errors.New("node: event stream replicas must be 1 to 5 (0: automatic)")
 	}
 	if c.NATSURL != "" {
 		for _, s := range strings.Split(c.NATSURL, ",") {
@@ -102,19 +104,7 @@ func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
 	if url == "" {
 		return nil, nil
 	}
-	opts := []nats.Option{
-		nats.Name("tally " + n.cfg.NodeID),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(100 * time.Millisecond),
-		nats.RetryOnFailedConnect(true),
-	}
-	if ec.NATSCredsFile != "" {
-		opts = append(opts, nats.UserCredentials(ec.NATSCredsFile))
-	}
-	if ec.NATSCAFile != "" {
-		opts = append(opts, nats.RootCAs(ec.NATSCAFile))
-	}
-	nc, err := nats.Connect(url, opts...)
+	nc, err := nats.Connect(url, n.natsOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("node: nats: %w", err)
 	}
@@ -126,7 +116,7 @@ func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
 	pc := replication.DefaultPublisherConfig()
 	pc.ClusterID = ec.ClusterID
 	pc.Retention = ec.Retention
-	pc.Replicas = ec.StreamReplicas
+	pc.Replicas = n.cfg.streamReplicas()
 	pc.PositionFile = filepath.Join(n.cfg.DataDir, "events-published")
 	pc.Issuer = n.iss.Issuer
 	if len(ec.Audience) > 0 {
@@ -244,12 +234,7 @@ func (s *eventsService) authorize(h http.Header, tenant string) error {
 	if !ok {
 		return unauth
 	}
-	c, err := s.n.rep.Client(context.Background(), tenant, id)
-	if err != nil {
-		s.kek.VerifySecret(issuance.Client{}, secret, s.n.now()) // same work either way
-		return unauth
-	}
-	if !s.kek.VerifySecret(c, secret, s.n.now()) || c.Disabled || c.Public {
+	if !s.n.authenticateClient(tenant, id, secret) {
 		return unauth
 	}
 	return nil
@@ -319,12 +304,15 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 	}
 	from := req.Msg.GetFromSequence()
 	first := max(info.State.FirstSeq, 1)
-	state := &eventsv1.StreamState{FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq}
-	if from > 1 && from < first {
+	state := streamState(info)
+	// A position older than the first retained event lost events to
+	// retention; one beyond the head belongs to a stream that was reset or
+	// recreated since. Either way the caller must resync.
+	if (from > 1 && from < first) || from > info.State.LastSeq+1 {
 		state.Gap = true
 	}
-	if from < first {
-		from = first
+	if from < first || state.Gap {
+		from = max(first, min(from, info.State.LastSeq+1))
 	}
 	if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: state}}); err != nil {
 		return err
@@ -338,12 +326,21 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
 	}
 	msgs := make(chan jetstream.Msg, 256)
+	// The stream was deleted (its consumers go with it): end the watch, so
+	// that the caller reconnects at once and finds the new stream's
+	// identity, instead of at the next heartbeat.
+	gone := make(chan struct{})
+	var goneOnce sync.Once
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
 		case <-ctx.Done():
 		}
-	})
+	}, replication.ConsumerHeartbeat, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			goneOnce.Do(func() { close(gone) })
+		}
+	}))
 	if err != nil {
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
 	}
@@ -358,6 +355,8 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-gone:
+			return connect.NewError(connect.CodeUnavailable, errors.New("event stream deleted or reset; reconnect"))
 		case m := <-msgs:
 			md, err := m.Metadata()
 			if err != nil {
@@ -374,18 +373,24 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 			if err != nil {
 				continue
 			}
-			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: &eventsv1.StreamState{
-				FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq,
-			}}}); err != nil {
+			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: streamState(info)}}); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-// GetRevocationSet returns the tenant's revocations and disabled clients
-// with the Raft index they reflect and the stream sequence to resume after.
-// It reads the stream head first and waits until the replica has applied
+// streamState is the StreamState of info: its retained sequences and its
+// identity (creation time).
+func streamState(info *jetstream.StreamInfo) *eventsv1.StreamState {
+	return &eventsv1.StreamState{FirstSequence: info.State.FirstSeq, LastSequence: info.State.LastSeq,
+		StreamCreatedUnixNano: info.Created.UnixNano()}
+}
+
+// GetRevocationSet returns the tenant's revocations, disabled clients,
+// disabled or locked users and recent lock cutoffs, with the Raft index
+// they reflect, the stream sequence to resume after and the stream's
+// identity. It reads the stream head first and waits until the replica has applied
 // the head's Raft index, so every event up to stream_sequence is reflected.
 func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
 	tenant := req.Msg.GetTenant()
@@ -420,7 +425,7 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 		}
 	}
 	idx, revs := s.n.raft.State().RevocationsSnapshot(tenant)
-	resp := &eventsv1.GetRevocationSetResponse{RaftIndex: idx, StreamSequence: last}
+	resp := &eventsv1.GetRevocationSetResponse{RaftIndex: idx, StreamSequence: last, StreamCreatedUnixNano: info.Created.UnixNano()}
 	for _, r := range revs {
 		resp.Tokens = append(resp.Tokens, &eventsv1.RevokedToken{
 			Jti: r.Jti, ClientId: r.ClientId, Subject: r.Subject,
@@ -430,6 +435,18 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 	for _, c := range s.n.raft.State().Clients(tenant) {
 		if c.Disabled {
 			resp.DisabledClients = append(resp.DisabledClients, c.Id)
+		}
+	}
+	// A lock older than the longest token lifetime (plus the largest
+	// verifier leeway) invalidates no live token any more.
+	recent := s.n.now().Add(-MaxAccessTokenTTL - 10*time.Minute).UnixNano()
+	for _, u := range s.n.raft.State().Users(tenant) {
+		if u.Disabled || u.Locked {
+			resp.LockedSubjects = append(resp.LockedSubjects, u.Id)
+		}
+		if u.LockedUnixNano > recent {
+			resp.SubjectCutoffs = append(resp.SubjectCutoffs, &eventsv1.SubjectCutoff{
+				Subject: u.Id, TokensIssuedUntilUnix: u.LockedUnixNano / int64(time.Second)})
 		}
 	}
 	return connect.NewResponse(resp), nil

@@ -23,6 +23,7 @@ import (
 func BenchmarkRevokePropagation3Nodes(b *testing.B) {
 	ncfg := replication.DefaultEmbeddedConfig()
 	ncfg.Listen, ncfg.StoreDir = "127.0.0.1:0", b.TempDir()
+	ncfg.AllowAnonymous = true // an external NATS server without auth
 	ext, err := replication.StartEmbedded(ncfg)
 	if err != nil {
 		b.Fatal(err)

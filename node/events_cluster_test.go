@@ -29,6 +29,7 @@ import (
 func TestClusterEventLog(t *testing.T) {
 	ncfg := replication.DefaultEmbeddedConfig()
 	ncfg.Listen, ncfg.StoreDir = "127.0.0.1:0", t.TempDir()
+	ncfg.AllowAnonymous = true // an external NATS server without auth
 	ext, err := replication.StartEmbedded(ncfg)
 	if err != nil {
 		t.Fatal(err)

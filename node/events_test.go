@@ -38,6 +38,7 @@ type rsFixture struct {
 	n              *nodetest.Node
 	issuer         string
 	clientID, sec  string
+	rsID, rsSecret string // the resource server's client
 	watcherConfig  revocation.WatcherConfig
 	verifierConfig revocation.Config
 }
@@ -48,9 +49,13 @@ func newRSFixture(t *testing.T, n *nodetest.Node) *rsFixture {
 		Tenant: "default", Name: "orders-client", Scopes: []string{"read:orders"}, Audiences: []string{ordersAPI},
 	})
 	f := &rsFixture{n: n, issuer: n.Issuer("default"), clientID: id, sec: secret}
+	// The resource server's own confidential client authenticates it to
+	// the events API and NATS: disabling the client whose tokens it
+	// verifies must not cut it off.
+	f.rsID, f.rsSecret = n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "orders-api"})
 	f.watcherConfig = revocation.WatcherConfig{
 		Issuer: f.issuer, Tenant: "default", ServerURL: n.BaseURL(),
-		ClientID: id, ClientSecret: secret, MaxDisconnect: time.Minute,
+		ClientID: f.rsID, ClientSecret: f.rsSecret, MaxDisconnect: time.Minute,
 	}
 	f.verifierConfig = revocation.Config{Issuer: f.issuer, Audience: ordersAPI}
 	return f
@@ -58,7 +63,9 @@ func newRSFixture(t *testing.T, n *nodetest.Node) *rsFixture {
 
 func (f *rsFixture) connectNATS(t *testing.T) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(f.n.NATSURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	// A resource server authenticates with its confidential client.
+	rc := revocation.NATSConfig{URLs: f.n.NATSURL(), Tenant: "default", ClientID: f.rsID, ClientSecret: f.rsSecret}
+	nc, err := nats.Connect(rc.URLs, append(rc.NATSOptions(), nats.ReconnectWait(20*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,10 +289,19 @@ func TestSDKResyncsAfterGap(t *testing.T) {
 			if err := f.revokeJTI(ctx, "gap-b-"+transport); err != nil {
 				t.Fatal(err)
 			}
-			js, err := jetstream.New(nc)
+			// The stream denies purge: age the events out instead, with
+			// the node's credential (a short max age, then the old one).
+			nodeConn, err := nats.Connect(n.NATSURL(), n.NATSOptions()...)
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer nodeConn.Close()
+			js, err := jetstream.New(nodeConn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var orig jetstream.StreamConfig
+			var last uint64
 			checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 				st, err := js.Stream(ctx, "TALLY_EVENTS")
 				if err != nil {
@@ -298,8 +314,25 @@ func TestSDKResyncsAfterGap(t *testing.T) {
 				if info.State.LastSeq <= w.Position() {
 					return errors.New("second revocation not in the stream yet")
 				}
-				return st.Purge(ctx)
+				orig, last = info.Config, info.State.LastSeq
+				short := info.Config
+				short.MaxAge, short.Duplicates = time.Second, time.Second
+				_, err = js.UpdateStream(ctx, short)
+				return err
 			})
+			checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+				st, err := js.Stream(ctx, "TALLY_EVENTS")
+				if err != nil {
+					return err
+				}
+				if st.CachedInfo().State.FirstSeq <= last {
+					return errors.New("events not aged out yet")
+				}
+				return nil
+			})
+			if _, err := js.UpdateStream(ctx, orig); err != nil {
+				t.Fatal(err)
+			}
 
 			w2, err := revocation.NewWatcher(wc)
 			if err != nil {
@@ -350,7 +383,7 @@ func TestEventStreamSurvivesNodeRestart(t *testing.T) {
 		}
 		acked = append(acked, jti)
 	}
-	nc, err := nats.Connect(n.NATSURL())
+	nc, err := nats.Connect(n.NATSURL(), n.NATSOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +452,11 @@ func TestSETVerifiesWithJWKS(t *testing.T) {
 	if err := f.revokeJTI(ctx, "set-1"); err != nil {
 		t.Fatal(err)
 	}
-	nc := f.connectNATS(t)
+	nc, err := nats.Connect(n.NATSURL(), n.NATSOptions()...) // reads messages by sequence: a node's access
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	var raw []byte
 	var subject string
@@ -519,6 +556,7 @@ func TestExternalNATSRestart(t *testing.T) {
 	start := func(listen string) *replication.Embedded {
 		cfg := replication.DefaultEmbeddedConfig()
 		cfg.Listen, cfg.StoreDir = listen, natsDir
+		cfg.AllowAnonymous = true // an external NATS server without auth
 		// The restart binds the port the first server just released,
 		// which another process may hold for a moment: try until it binds.
 		var e *replication.Embedded

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -28,10 +29,22 @@ const retryEvery = 20 * time.Millisecond
 // makes a repeated commit answer with the first result) until
 // Config.WriteTimeout or ctx ends, and then fails with ErrUnavailable.
 //
+// A forwarded attempt is abandoned as soon as this node stops hearing from
+// the leader it forwarded to for longer than the leader lease, or learns of
+// another leader (see forward), so a leader that stopped answering costs
+// about one election, not the whole write timeout.
+//
+// A node that refuses writes itself (low on disk: raft.Node.WritesRefused)
+// fails at once, without forwarding: it could not apply the write locally,
+// so the caller could not read it here.
+//
 // Domain outcomes come back in Result.Err (a remote one wraps the same raft
 // sentinel); the error is non-nil only when the outcome is not known to be
 // applied here.
 func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result, error) {
+	if err := c.rn.WritesRefused(); err != nil {
+		return raft.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
 	defer cancel()
 	var data []byte
@@ -49,8 +62,8 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 			if err == nil {
 				return res, nil
 			}
-			if errors.Is(err, raft.ErrClosed) || ctx.Err() != nil {
-				return res, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			if errors.Is(err, raft.ErrClosed) || errors.Is(err, raft.ErrWritesRefused) || ctx.Err() != nil {
+				return res, fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
 			last = err // not leader any more, or leadership lost: retry
 			continue
@@ -60,13 +73,17 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 			last = errors.New("no raft leader")
 			continue
 		}
+		if err := c.leaderGone(addr); err != nil {
+			last = err // wait for an election or the leader's next heartbeat
+			continue
+		}
 		if data == nil {
 			var err error
 			if data, err = (proto.MarshalOptions{Deterministic: true}).Marshal(cmd); err != nil {
 				return raft.Result{Err: fmt.Errorf("%w: marshal: %v", raft.ErrInvalid, err)}, nil
 			}
 		}
-		resp, err := c.peer(addr).Apply(ctx, connect.NewRequest(&clusterv1.ApplyRequest{Command: data}))
+		resp, err := c.forward(ctx, addr, data)
 		if err != nil {
 			if code := connect.CodeOf(err); code == connect.CodeInvalidArgument || code == connect.CodePermissionDenied {
 				return raft.Result{Err: fmt.Errorf("%w: %v", raft.ErrInvalid, err)}, nil
@@ -74,12 +91,71 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 			last = err
 			continue
 		}
-		res := raft.Result{Index: resp.Msg.Index, Err: resultErr(resp.Msg.Result, resp.Msg.Message)}
+		res := raft.Result{Index: resp.Index, Err: resultErr(resp.Result, resp.Message)}
 		if err := c.rn.WaitApplied(ctx, res.Index); err != nil {
 			return res, fmt.Errorf("%w: committed at index %d but not yet applied here: %v", ErrUnavailable, res.Index, err)
 		}
 		return res, nil
 	}
+}
+
+// leaderWatchEvery is how often a forwarded attempt checks that its leader
+// is still there.
+const leaderWatchEvery = 25 * time.Millisecond
+
+// forward sends one attempt of a write to the leader at addr. The attempt
+// has no fixed deadline of its own (a live leader that is slow to commit
+// under load is waited for), but it is abandoned as soon as leaderGone
+// says the leader is gone: no contact for longer than the leader lease, or
+// another leader known. The peer client speaks HTTP/1.1 with one request
+// per connection at a time, and abandoning an attempt closes its
+// connection, so a stopped leader pins no connection that a later attempt
+// would reuse to the new leader.
+func (c *cluster) forward(ctx context.Context, addr string, data []byte) (*clusterv1.ApplyResponse, error) {
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(leaderWatchEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if err := c.leaderGone(addr); err != nil {
+				cancel(err)
+				return
+			}
+		}
+	}()
+	resp, err := c.peer(addr).Apply(actx, connect.NewRequest(&clusterv1.ApplyRequest{Command: data}))
+	if err != nil {
+		if cause := context.Cause(actx); cause != nil && ctx.Err() == nil && !errors.Is(cause, context.Canceled) {
+			return nil, fmt.Errorf("forward abandoned: %w", cause)
+		}
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
+// leaderGone reports why the leader at addr should no longer be waited for:
+// this node knows another (or no) leader, or has not heard from it for
+// longer than the leader lease (a leader that cannot reach a quorum for that
+// long steps down; one that reaches nobody, e.g. stopped by SIGSTOP, is
+// replaced after an election timeout). It is nil while the leader is
+// heard from.
+func (c *cluster) leaderGone(addr string) error {
+	if _, cur := c.rn.Leader(); cur != addr {
+		return fmt.Errorf("leader moved from %q to %q", addr, cur)
+	}
+	lease := c.rn.LeaseTimeout()
+	if d := time.Since(c.rn.LastContact()); d > lease {
+		return fmt.Errorf("no contact with the leader at %q for %s (lease %s)", addr, d.Round(time.Millisecond), lease)
+	}
+	return nil
 }
 
 // remoteResult is a domain outcome decided on the leader.
@@ -194,6 +270,15 @@ func (c *cluster) changeLocal(ctx context.Context, req *clusterv1.ChangeMembersh
 	case clusterv1.MembershipChange_MEMBERSHIP_CHANGE_ADD_NONVOTER:
 		return c.rn.AddNonvoter(ctx, req.Id, req.Address)
 	case clusterv1.MembershipChange_MEMBERSHIP_CHANGE_REMOVE:
+		if req.Id == c.cfg.NodeID {
+			// Removal is final (the id goes on the deny list), and a
+			// leader cannot deny itself: hand leadership over and let the
+			// caller repeat the change at the new leader.
+			if err := c.rn.TransferLeadership(ctx, ""); err != nil {
+				return err
+			}
+			return raft.ErrNotLeader
+		}
 		return c.rn.RemoveServer(ctx, req.Id)
 	case clusterv1.MembershipChange_MEMBERSHIP_CHANGE_TRANSFER_LEADERSHIP:
 		return c.rn.TransferLeadership(ctx, req.Id)
@@ -238,9 +323,39 @@ func validMembership(req *clusterv1.ChangeMembershipRequest) error {
 
 // clusterService implements the internal Connect service. Every caller has
 // presented a node certificate of the cluster CA (the cluster port verified
-// it); its node id is in the context.
+// it) and was not removed from the cluster (cluster.peerIdentity); its node
+// id is in the context. Each method then authorises by role:
+//
+//	Apply             a member of the Raft configuration (voter or not),
+//	                  forwarding a write; not the cluster identity commands,
+//	                  which only a leader proposes itself
+//	ChangeMembership  a member, forwarding an operator's change
+//	Join              any node, as itself only, with the cluster's issuer
+//	LocalStatus       any node not removed
 type clusterService struct {
 	c *cluster
+}
+
+// caller is the node id of the calling node's certificate.
+func caller(ctx context.Context) string {
+	id, _ := ctx.Value(peerIDKey{}).(string)
+	return id
+}
+
+// requireMember refuses a caller that is not in this node's latest Raft
+// configuration.
+func (s *clusterService) requireMember(ctx context.Context, what string) error {
+	id := caller(ctx)
+	ms, err := s.c.rn.Members(ctx)
+	if err != nil {
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	for _, m := range ms {
+		if m.ID == id {
+			return nil
+		}
+	}
+	return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %q is not a member of the cluster: only members may %s", id, what))
 }
 
 var _ clusterv1connect.ClusterServiceHandler = (*clusterService)(nil)
@@ -248,9 +363,16 @@ var _ clusterv1connect.ClusterServiceHandler = (*clusterService)(nil)
 // Apply proposes a forwarded command on this node, which must be the
 // leader.
 func (s *clusterService) Apply(ctx context.Context, req *connect.Request[clusterv1.ApplyRequest]) (*connect.Response[clusterv1.ApplyResponse], error) {
+	if err := s.requireMember(ctx, "forward writes"); err != nil {
+		return nil, err
+	}
 	cmd := &raftpb.Command{}
 	if err := proto.Unmarshal(req.Msg.Command, cmd); err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("command: %w", err))
+	}
+	switch cmd.GetOp().(type) {
+	case *raftpb.Command_SetClusterIssuer, *raftpb.Command_DenyNode:
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %q may not forward %T: the leader proposes cluster identity commands itself", caller(ctx), cmd.GetOp()))
 	}
 	if !s.c.rn.IsLeader() {
 		return nil, notLeader(s.c.rn)
@@ -277,9 +399,15 @@ func notLeader(rn *raft.Node) error {
 // Join adds the calling node. A node may only add itself: the id must be
 // the one in its certificate.
 func (s *clusterService) Join(ctx context.Context, req *connect.Request[clusterv1.JoinRequest]) (*connect.Response[clusterv1.JoinResponse], error) {
-	caller, _ := ctx.Value(peerIDKey{}).(string)
-	if caller != req.Msg.Id {
-		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %q may not join as %q", caller, req.Msg.Id))
+	if id := caller(ctx); id != req.Msg.Id {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %q may not join as %q", id, req.Msg.Id))
+	}
+	if err := s.c.peerAllowed(req.Msg.Id); err != nil {
+		return nil, connect.NewError(connect.CodePermissionDenied, err)
+	}
+	if cluster := s.c.rn.State().ClusterIssuer(); cluster != "" && trimIssuer(req.Msg.Issuer) != cluster {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%w: node %q is configured with --issuer %q but the cluster's issuer is %q; every node of a cluster must use the same issuer",
+			ErrIssuerMismatch, req.Msg.Id, req.Msg.Issuer, cluster))
 	}
 	change := clusterv1.MembershipChange_MEMBERSHIP_CHANGE_ADD_VOTER
 	if req.Msg.Nonvoter {
@@ -298,6 +426,9 @@ func (s *clusterService) Join(ctx context.Context, req *connect.Request[clusterv
 // ChangeMembership applies a change on this node, which must be the
 // leader (followers forward to the leader before calling it).
 func (s *clusterService) ChangeMembership(ctx context.Context, req *connect.Request[clusterv1.ChangeMembershipRequest]) (*connect.Response[clusterv1.ChangeMembershipResponse], error) {
+	if err := s.requireMember(ctx, "change the membership"); err != nil {
+		return nil, err
+	}
 	if err := validMembership(req.Msg); err != nil {
 		return nil, connectError(err)
 	}
@@ -315,5 +446,7 @@ func (s *clusterService) ChangeMembership(ctx context.Context, req *connect.Requ
 
 // LocalStatus reports this node's own status.
 func (s *clusterService) LocalStatus(ctx context.Context, _ *connect.Request[clusterv1.LocalStatusRequest]) (*connect.Response[clusterv1.LocalStatusResponse], error) {
-	return connect.NewResponse(&clusterv1.LocalStatusResponse{Status: s.c.localStatus(ctx)}), nil
+	resp := connect.NewResponse(&clusterv1.LocalStatusResponse{Status: s.c.localStatus(ctx)})
+	resp.Header().Set(clockHeader, strconv.FormatInt(s.c.now().UnixNano(), 10)) // clock.go
+	return resp, nil
 }

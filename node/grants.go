@@ -19,8 +19,9 @@ type flowStore struct {
 }
 
 var (
-	_ issuance.Users  = (*flowStore)(nil)
-	_ issuance.Grants = (*flowStore)(nil)
+	_ issuance.Users            = (*flowStore)(nil)
+	_ issuance.Grants           = (*flowStore)(nil)
+	_ issuance.DeviceCodeReader = (*flowStore)(nil)
 )
 
 func (f *flowStore) state() *raft.State { return f.rep.rn.State() }
@@ -54,13 +55,27 @@ func (f *flowStore) DeviceCode(_ context.Context, tenant, userCode string) (issu
 	if !ok {
 		return issuance.DeviceCode{}, issuance.ErrNotFound
 	}
+	return deviceFromPB(d), nil
+}
+
+// DeviceCodeByHash implements issuance.DeviceCodeReader: device polls that
+// change nothing are answered from this replica, without a Raft write.
+func (f *flowStore) DeviceCodeByHash(_ context.Context, tenant string, hash []byte) (issuance.DeviceCode, error) {
+	d, ok := f.state().DeviceCodeByHash(tenant, hash)
+	if !ok {
+		return issuance.DeviceCode{}, issuance.ErrNotFound
+	}
+	return deviceFromPB(d), nil
+}
+
+func deviceFromPB(d *raftpb.DeviceCode) issuance.DeviceCode {
 	return issuance.DeviceCode{Tenant: d.Tenant, UserCode: d.UserCode, ClientID: d.ClientId, Scopes: d.Scopes,
-		ExpiresAt: unixNano(d.ExpiresUnixNano), Status: d.Status}, nil
+		ExpiresAt: unixNano(d.ExpiresUnixNano), Status: d.Status, Interval: time.Duration(d.IntervalNanos)}
 }
 
 func userFromPB(u *raftpb.User) issuance.User {
 	out := issuance.User{Tenant: u.Tenant, ID: u.Id, Username: u.Username, Email: u.Email, EmailVerified: u.EmailVerified,
-		Name: u.Name, Disabled: u.Disabled, Locked: u.Locked}
+		Name: u.Name, Disabled: u.Disabled, Locked: u.Locked, LockedAt: unixNano(u.LockedUnixNano)}
 	if p := u.Password; p != nil {
 		out.Password = issuance.PasswordHash{Alg: p.Alg, Salt: p.Salt, Hash: p.Hash, Time: p.Time, MemoryKiB: p.MemoryKib, Threads: uint8(min(p.Threads, 255))}
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,17 +42,28 @@ type Node struct {
 	clusterLn *raft.ClusterListener
 	kek       *issuance.KEK
 	rep       *replica
+	disk      *diskWatch // free space, write gate (disk.go)
 	iss       *issuance.Server
 	nats      *replication.Embedded
-	events    *eventLog // event publisher and events API (events.go)
+	events    *eventLog   // event publisher and events API (events.go)
+	clock     *clockGuard // clock skew against the voters (clock.go)
 	ln        net.Listener
 	http      *http.Server
 	ready     atomic.Bool
+	fatal     chan error // a reason to stop (cluster.go: fail)
+
+	metrics    *nodeMetrics   // node/metrics.go
+	metricsSrv *metricsServer // --metrics-listen
 
 	lock        *dataDirLock
 	sweepCancel context.CancelFunc
 	closeOnce   sync.Once
 	closeErr    error
+
+	// natsNodePass and natsTLS are the node's credentials on the embedded
+	// NATS server (nats.go).
+	natsNodePass string
+	natsTLS      *tls.Config
 }
 
 // New opens the node's data directory, starts its Raft replica (bootstrapping
@@ -72,6 +83,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
 	n := &Node{cfg: cfg, log: logger.With("node", cfg.NodeID), now: time.Now}
+	if cfg.Now != nil {
+		n.now = cfg.Now
+	}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -110,6 +124,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if err := n.openRaft(); err != nil {
 		return nil, err
 	}
+	n.disk = newDiskWatch(cfg.DataDir, cfg.MinFreeDisk, n.raft, n.log.With("component", "disk"))
+	n.raft.SetWriteGate(n.disk.refused)
+	n.rep.fresh = n.fresh
+	if err := n.disk.observe(n.tel.meter); err != nil {
+		return nil, fmt.Errorf("node: telemetry: %w", err)
+	}
 
 	ic := issuance.DefaultConfig()
 	ic.BaseURL = n.base
@@ -135,19 +155,20 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, err
 	}
 
-	if cfg.NATSListen != "" {
-		nc := replication.DefaultEmbeddedConfig()
-		nc.Listen = cfg.NATSListen
-		nc.StoreDir = filepath.Join(cfg.DataDir, "nats")
-		nc.ServerName = cfg.NodeID
-		nc.Logger = n.log
-		if n.nats, err = replication.StartEmbedded(nc); err != nil {
-			return nil, err
-		}
+	if err := n.startNATS(kekRaw); err != nil {
+		return nil, err
 	}
 
 	if n.events, err = n.startEvents(kek); err != nil {
 		return nil, err
+	}
+
+	if n.metrics, err = newNodeMetrics(n); err != nil {
+		return nil, fmt.Errorf("node: metrics: %w", err)
+	}
+	n.rep.onWrite = n.metrics.write
+	if n.metricsSrv, err = n.listenMetrics(); err != nil {
+		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
 
 	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base}
@@ -207,7 +228,9 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", n.serveReady)
-	mux.Handle("GET /metrics", n.tel.metricsHandler())
+	if n.cfg.MetricsListen == "" {
+		mux.Handle("GET /metrics", n.tel.metricsHandler())
+	}
 	path, h := adminv1connect.NewAdminServiceHandler(admin,
 		connect.WithInterceptors(adminAuthInterceptor(auth)),
 		connect.WithReadMaxBytes(1<<20),
@@ -222,7 +245,7 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 		mux.Handle((&eventsService{n: n, ev: n.events, kek: n.events.kek, admin: auth}).handler())
 	}
 	mux.Handle("/", n.iss.Handler())
-	return n.tel.traced(mux)
+	return n.tel.traced(n.metrics.instrument(mux))
 }
 
 // adminAuthInterceptor rejects admin calls without the admin credential.
@@ -252,7 +275,25 @@ func (n *Node) readiness() []string {
 	if n.nats != nil && !n.nats.Ready() {
 		why = append(why, "nats not ready")
 	}
+	if err := n.clock.err(); err != nil {
+		why = append(why, err.Error())
+	}
+	why = append(why, n.disk.reasons()...)
 	return why
+}
+
+// fresh is the replica's read check: the staleness bound, and a replica
+// whose storage has been failing (disk full) for longer than the same
+// bound, since its view then no longer follows the log. A node merely
+// below the free-space watermark still follows the log and stays fresh.
+func (n *Node) fresh() error {
+	if err := n.cl.stale(); err != nil {
+		return err
+	}
+	if sf, ok := n.raft.StorageFault(); ok && time.Since(sf.Since) > n.cfg.MaxStale {
+		return fmt.Errorf("%w: its storage cannot follow the log: %v", ErrStale, sf)
+	}
+	return nil
 }
 
 func (n *Node) serveReady(w http.ResponseWriter, _ *http.Request) {
@@ -288,10 +329,17 @@ func (n *Node) Run(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(context.Background())
 	n.sweepCancel = cancel
 	n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
+	n.raft.StartTicker(sctx, raft.ClockTickInterval, n.now)
 	n.startCluster(sctx)
+	n.cl.wg.Add(1)
+	go func() {
+		defer n.cl.wg.Done()
+		n.disk.run(sctx, n.cl)
+	}()
 
 	errc := make(chan error, 1)
 	go func() { errc <- n.http.Serve(n.ln) }()
+	n.startMetrics(sctx)
 	n.ready.Store(true)
 	n.log.Info("serving", "addr", n.Addr(), "issuer", n.iss.Issuer(DefaultTenant), "nats", n.NATSURL())
 
@@ -299,6 +347,7 @@ func (n *Node) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
+	case serveErr = <-n.fatal:
 	}
 	n.ready.Store(false)
 	shCtx, shCancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
@@ -325,6 +374,7 @@ func (n *Node) Close() error {
 		} else if n.ln != nil {
 			n.ln.Close()
 		}
+		errs = append(errs, n.metricsSrv.close())
 		n.events.close()
 		if n.nats != nil {
 			n.nats.Shutdown()

@@ -27,6 +27,12 @@ type replica struct {
 	// fresh reports ErrStale when the replica is beyond the staleness
 	// bound; reads then fail closed. nil means always fresh.
 	fresh func() error
+	// clockErr refuses to stamp a command with this node's clock while it
+	// is off the voters' (clock.go). nil means never.
+	clockErr func() error
+	// onWrite, if set, records each write's kind, path and outcome
+	// (nodeMetrics.write).
+	onWrite func(ctx context.Context, cmd *raftpb.Command, forwarded bool, d time.Duration, err error)
 
 	mu   sync.RWMutex
 	keys map[string]keyCacheEntry // tenant → converted keys
@@ -120,7 +126,16 @@ var ErrUnavailable = errors.New("node: temporarily unavailable")
 // proposer's clock, proposes it, and returns the FSM's result. Domain
 // outcomes come back as the FSM's sentinel errors; anything that means "not
 // committed now" wraps ErrUnavailable.
-func (r *replica) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result, error) {
+func (r *replica) propose(ctx context.Context, cmd *raftpb.Command) (_ raft.Result, err error) {
+	if r.onWrite != nil {
+		start, forwarded := time.Now(), !r.rn.IsLeader()
+		defer func() { r.onWrite(ctx, cmd, forwarded, time.Since(start), err) }()
+	}
+	if r.clockErr != nil {
+		if err := r.clockErr(); err != nil {
+			return raft.Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
 	cmd.Version = raft.CommandVersion
 	cmd.TimeUnixNano = r.now().UnixNano()
 	if cmd.RequestId == "" {

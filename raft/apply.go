@@ -135,8 +135,11 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 	err := checkCommand(cmd)
 	var grant *raftpb.GrantResult
 	if err == nil {
+		now = a.boundTime(cmd) // clock.go
 		if ok, g, ferr := a.dispatchFlow(cmd, now); ok {
 			grant, err = g, ferr
+		} else if ok, cerr := a.dispatchCluster(cmd, now); ok {
+			err = cerr
 		} else {
 			err = a.dispatch(cmd, now)
 		}
@@ -170,8 +173,10 @@ func (a *applier) dispatch(cmd *raftpb.Command, now int64) error {
 		return a.revokeToken(op.RevokeToken.GetRevocation(), now)
 	case *raftpb.Command_Sweep:
 		a.sweep(now)
-		a.sweepEvents(op.Sweep.GetEventsBeforeUnixNano())
+		a.sweepEvents(a.boundCutoff(op.Sweep.GetEventsBeforeUnixNano(), cmd.GetTimeUnixNano(), now))
 		return nil
+	case *raftpb.Command_Tick:
+		return nil // its work is boundTime's
 	default:
 		return invalidf("unknown operation %T", op) // unreachable after checkCommand
 	}

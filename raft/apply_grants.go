@@ -42,11 +42,17 @@ const (
 const (
 	ReasonRefreshReuse = "refresh_reuse"
 	ReasonCodeReuse    = "code_reuse"
+	ReasonUserLocked   = "user_locked"
 )
 
-// DeviceSlowDownNanos is what a too-early poll adds to a device code's
-// interval (RFC 8628 §3.5: "increased by 5 seconds").
+// DeviceSlowDownNanos is what a client adds to its polling interval on
+// each slow_down (RFC 8628 §3.5: "increased by 5 seconds").
 const DeviceSlowDownNanos = int64(5e9)
+
+// devicePollJitter is how much sooner than the interval a poll may arrive
+// and still count as on time (network jitter, clocks of different nodes):
+// a quarter of the interval, at most 1 s. issuance applies the same rule.
+func devicePollJitter(interval int64) int64 { return min(interval/4, int64(1e9)) }
 
 // Device code states.
 const (
@@ -56,9 +62,13 @@ const (
 	DeviceRedeemed = "redeemed"
 )
 
-// maxFamilyAccessTokens bounds the access tokens recorded on one family;
-// expired ones are dropped first.
-const maxFamilyAccessTokens = 64
+// maxFamilyAccessTokens bounds the live access tokens recorded on one
+// family. A family never issues a token it cannot record (revoking the
+// family must revoke every access token it issued): a rotation that would
+// exceed the bound is refused (outcome "invalid"; the client signs in
+// again). Expired tokens are dropped first. A client that refreshes only
+// when its access token expires holds one or two.
+const maxFamilyAccessTokens = 1024
 
 func outcome(o string) *raftpb.GrantResult { return &raftpb.GrantResult{Outcome: o} }
 
@@ -73,22 +83,52 @@ func (a *applier) clientActive(tenant, id string) bool {
 	return err == nil && !c.GetDisabled()
 }
 
-// addAccessToken records at on f, dropping tokens expired at now and the
-// oldest beyond maxFamilyAccessTokens.
-func addAccessToken(list []*raftpb.AccessToken, at *raftpb.AccessToken, now int64) []*raftpb.AccessToken {
+// liveAccessTokens returns the tokens of list not expired at now.
+func liveAccessTokens(list []*raftpb.AccessToken, now int64) []*raftpb.AccessToken {
 	out := list[:0:0]
 	for _, t := range list {
 		if t.GetExpiresUnixNano() > now {
 			out = append(out, t)
 		}
 	}
+	return out
+}
+
+// addAccessToken records at after the tokens of list still live at now.
+// Callers check familyFull first, so nothing live is ever dropped.
+func addAccessToken(list []*raftpb.AccessToken, at *raftpb.AccessToken, now int64) []*raftpb.AccessToken {
+	out := liveAccessTokens(list, now)
 	if at != nil && at.GetJti() != "" {
 		out = append(out, proto.Clone(at).(*raftpb.AccessToken))
 	}
-	if len(out) > maxFamilyAccessTokens {
-		out = out[len(out)-maxFamilyAccessTokens:]
-	}
 	return out
+}
+
+// familyFull reports whether f cannot record one more access token.
+func familyFull(f *raftpb.Family, at *raftpb.AccessToken, now int64) bool {
+	return at.GetJti() != "" && len(liveAccessTokens(f.AccessTokens, now)) >= maxFamilyAccessTokens
+}
+
+// revokeUserFamilies revokes every live refresh family of a user (the user
+// was disabled or locked).
+func (a *applier) revokeUserFamilies(tenant, userID, reason string, now int64) {
+	if a.tx.Bucket(tenantBucket(tenant, kindFamilies)) == nil {
+		return
+	}
+	var fams []*raftpb.Family
+	_ = a.flowBucket(tenant, kindFamilies).ForEach(func(k, v []byte) error {
+		f := new(raftpb.Family)
+		if err := proto.Unmarshal(v, f); err != nil {
+			storageFault("family %q undecodable: %v", k, err)
+		}
+		if f.UserId == userID && f.RevokedUnixNano == 0 {
+			fams = append(fams, f)
+		}
+		return nil
+	})
+	for _, f := range fams { // bbolt: no writes while iterating
+		a.revokeFamilyRecord(f, reason, now)
+	}
 }
 
 // revokeAccessTokens writes a revocation for each token still live at now
@@ -245,6 +285,9 @@ func (a *applier) rotateRefresh(r *raftpb.RotateRefresh, now int64) (*raftpb.Gra
 	gen := r.GetGeneration()
 	switch {
 	case gen == f.Generation && bytes.Equal(r.GetTokenHash(), f.CurrentHash):
+		if familyFull(f, r.GetAccessToken(), now) {
+			return outcome(OutcomeInvalid), nil
+		}
 		f.PreviousHash = f.CurrentHash
 		f.CurrentHash = r.GetNewHash()
 		f.Generation++
@@ -258,6 +301,9 @@ func (a *applier) rotateRefresh(r *raftpb.RotateRefresh, now int64) (*raftpb.Gra
 		r.GetReuseIntervalNanos() > 0 && now-f.SupersededUnixNano <= r.GetReuseIntervalNanos() &&
 		len(f.SealedSuccessor) > 0:
 		// The client lost the response: hand out the same successor.
+		if familyFull(f, r.GetAccessToken(), now) {
+			return outcome(OutcomeInvalid), nil
+		}
 		f.LastUsedUnixNano = now
 		f.AccessTokens = addAccessToken(f.AccessTokens, r.GetAccessToken(), now)
 		a.putFamily(f)
@@ -377,10 +423,17 @@ func (a *applier) pollDeviceCode(c *raftpb.PollDeviceCode, now int64) (*raftpb.G
 	case d.ExpiresUnixNano <= now:
 		return outcome(OutcomeExpiredToken), nil
 	}
-	// RFC 8628 §3.5: polling faster than the interval is slow_down, and the
-	// interval grows by 5 seconds for this and all later requests.
-	if d.LastPollUnixNano != 0 && now-d.LastPollUnixNano < d.IntervalNanos {
-		d.IntervalNanos = addSat(d.IntervalNanos, DeviceSlowDownNanos)
+	// RFC 8628 §3.5: a poll sooner than the interval after the previous
+	// one is slow_down. The interval enforced here is the advertised one
+	// (less DevicePollJitter) and does not grow: a client that adds 5 s per
+	// slow_down it received is always at or above it, whatever happened
+	// before, so it converges. (Growing the stored interval on every
+	// slow_down, as this did before, kept a client that joined late 5 s
+	// behind for ever.) Nodes answer pending and too-fast polls from their
+	// replica without a write (issuance/device_pace.go, which also applies
+	// the 5 s growth to clients that keep polling faster than advertised);
+	// this check remains for a write proposed anyway.
+	if d.LastPollUnixNano != 0 && now-d.LastPollUnixNano < d.IntervalNanos-devicePollJitter(d.IntervalNanos) {
 		d.LastPollUnixNano = now
 		a.putDevice(d)
 		return &raftpb.GrantResult{Outcome: OutcomeSlowDown, DeviceCode: d}, nil

@@ -299,8 +299,9 @@ func TestRotateRefresh(t *testing.T) {
 		{"idle timeout", nil, rotate(t0+25*hour, 1, "1", "2", "j", 0), OutcomeFamilyExpired},
 		{"absolute lifetime", []*raftpb.Command{rotate(t0+20*hour, 1, "1", "2", "j", 0), rotate(t0+40*hour, 2, "2", "3", "j", 0)},
 			rotate(t0+31*24*hour, 3, "3", "4", "j", 0), OutcomeFamilyExpired},
+		// Disabling the user ends the family in the same command.
 		{"disabled user", []*raftpb.Command{flowCmd(t0, &raftpb.SetUserStatus{Tenant: "t", UserId: "u1", Disabled: true})},
-			rotate(t0+sec, 1, "1", "2", "j", 0), OutcomeInvalid},
+			rotate(t0+sec, 1, "1", "2", "j", 0), OutcomeFamilyRevoked},
 		{"disabled client", []*raftpb.Command{command(t0, &raftpb.SetClientDisabled{Tenant: "t", ClientId: "c1", Disabled: true})},
 			rotate(t0+sec, 1, "1", "2", "j", 0), OutcomeInvalid},
 		{"revoked family", []*raftpb.Command{flowCmd(t0, &raftpb.RevokeFamily{Tenant: "t", FamilyId: "f1", Reason: "admin"})},
@@ -355,9 +356,10 @@ func TestDeviceCodes(t *testing.T) {
 		want string
 	}{
 		{t0 + sec, OutcomeAuthorizationPending},
-		{t0 + 3*sec, OutcomeSlowDown},              // 2 s after the last poll, interval 5 s
-		{t0 + 9*sec, OutcomeSlowDown},              // 6 s: interval is now 10 s
-		{t0 + 25*sec, OutcomeAuthorizationPending}, // 16 s >= 15 s
+		{t0 + 3*sec, OutcomeSlowDown},                      // 2 s after the last poll, interval 5 s
+		{t0 + 6*sec + sec/2, OutcomeSlowDown},              // 3.5 s: sooner than 5 s less 1 s of jitter
+		{t0 + 10*sec + sec/2, OutcomeAuthorizationPending}, // 4 s: on time within the jitter
+		{t0 + 15*sec + sec/2, OutcomeAuthorizationPending}, // the interval did not grow: never starved
 	}
 	for i, s := range steps {
 		if g := poll(s.now, "d1"); g.Outcome != s.want {

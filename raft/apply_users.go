@@ -91,10 +91,22 @@ func (a *applier) setUserStatus(s *raftpb.SetUserStatus, now int64) error {
 	wasActive := !u.Disabled && !u.Locked
 	u.Disabled = s.GetDisabled()
 	u.Locked = s.GetLocked()
-	if wasActive && (u.Disabled || u.Locked) {
+	active := !u.Disabled && !u.Locked
+	switch {
+	case wasActive && !active:
 		// A user locked out (disabled or locked): resource servers and
-		// SIEMs learn it from the event log.
+		// SIEMs learn it from the event log, and the user's refresh
+		// families end here, in the same command, with the access tokens
+		// they issued.
 		a.emit(&raftpb.Event{Tenant: u.Tenant, Kind: raftpb.EventKind_EVENT_KIND_USER_LOCKED, TimeUnixNano: now, Subject: u.Id})
+		a.revokeUserFamilies(u.Tenant, u.Id, ReasonUserLocked, now)
+		u.LockedUnixNano = now
+	case !wasActive && active:
+		// The reverse event: resource servers that reject the user's
+		// tokens on the lock accept fresh ones again, but not those issued
+		// before the lock (a stolen token does not come back).
+		a.emit(&raftpb.Event{Tenant: u.Tenant, Kind: raftpb.EventKind_EVENT_KIND_USER_UNLOCKED, TimeUnixNano: now, Subject: u.Id,
+			LockedUnixNano: u.LockedUnixNano})
 	}
 	u.Revision++
 	u.UpdatedUnixNano = now

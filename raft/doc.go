@@ -11,7 +11,11 @@
 // reads the clock, randomness, the network or node configuration; "now" is
 // Command.time_unix_nano, chosen by the proposer, and expired rows leave the
 // state only through Sweep commands that the leader proposes (see
-// Node.StartSweeper). Records are stored as deterministic protobuf.
+// Node.StartSweeper). The FSM bounds that time (clock.go): it never goes
+// backwards, and no entry may move it past the last Tick (proposed by the
+// leader every ClockTickInterval, see Node.StartTicker) plus MaxClockStep,
+// so a proposer whose wall clock jumps cannot expire live records early.
+// Records are stored as deterministic protobuf.
 //
 // A batch of entries is applied in one bbolt write transaction, which also
 // stores the last applied index and term in the meta bucket, so after a
@@ -33,6 +37,14 @@
 //     this node does not know. As in Vault, stopping loudly is the safe
 //     choice; the node recovers after an upgrade or repair by replaying the
 //     log.
+//   - One storage fault does not panic: a full file system (ENOSPC,
+//     EDQUOT). ApplyBatch then waits and applies the same batch again in a
+//     new transaction until it commits, reporting a StorageFault meanwhile;
+//     nothing of the batch is applied before that, so determinism holds and
+//     the node keeps serving reads while an operator frees space. Writes to
+//     the Raft log that fail for lack of space are recorded the same way,
+//     and a Node can refuse proposals before the disk fills
+//     (Node.SetWriteGate).
 //
 // A non-empty Command.request_id makes a command idempotent: the first
 // result is remembered (for 24 hours of command time) and a repeated id is

@@ -31,10 +31,17 @@ import (
 //	RevokeToken that stores a new revocation   EVENT_KIND_TOKEN_REVOKED
 //	SetClientDisabled that changes the flag    EVENT_KIND_CLIENT_DISABLED / _ENABLED
 //	AddKeys with signing keys                  EVENT_KIND_KEY_ROTATED
+//	RotateRefresh presenting an old generation EVENT_KIND_REUSE_DETECTED, then as below
+//	a family revocation (reuse, code replay,   EVENT_KIND_TOKEN_REVOKED per live access
+//	  RevokeFamily, the user made inactive)      token, EVENT_KIND_FAMILY_REVOKED
+//	SetUserStatus active → inactive            EVENT_KIND_USER_LOCKED, then the family
+//	                                             revocations of the user
+//	SetUserStatus inactive → active            EVENT_KIND_USER_UNLOCKED (with the lock time)
 //
-// Commands added later (refresh-family revocation and reuse detection, user
-// lockout) call emit with their kind from their apply function, after all of
-// their checks passed (a failed command emits nothing).
+// Every reversible change has its reverse event, so a receiver that applies
+// the events in order (or resyncs) converges to the replica's state. Apply
+// functions call emit after all of their checks passed (a failed command
+// emits nothing).
 //
 // A Sweep command carrying events_before_unix_nano removes events of that
 // time or older, in index order, stopping at the first newer one, and

@@ -35,6 +35,11 @@ type FSM struct {
 
 	obsMu     sync.Mutex
 	observers []func(index uint64, cmd *raftpb.Command, res Result)
+
+	faults   *faults       // shared with the Node's log store
+	halt     chan struct{} // closed by Halt
+	haltOnce sync.Once
+	halted   bool // a batch was abandoned; guarded by mu
 }
 
 var _ hraft.BatchingFSM = (*FSM)(nil)
@@ -49,7 +54,7 @@ func OpenFSM(path string, logger *slog.Logger) (*FSM, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &FSM{path: path, logger: logger, state: newState(), db: db}
+	f := &FSM{path: path, logger: logger, state: newState(), db: db, faults: new(faults), halt: make(chan struct{})}
 	if err := f.loadView(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -142,17 +147,75 @@ type appliedCommand struct {
 // Entries at or below the stored applied index (replayed after a restart)
 // are skipped and answered with Result{Index: index}.
 //
-// It panics on a storage fault or on an entry it cannot decode (see doc.go).
+// When the commit fails because the file system is full, nothing of the
+// batch is applied: ApplyBatch records a storage fault (StorageFault), waits
+// and applies the same batch again in a new transaction, until it commits
+// or the FSM is halted. It never skips or partly applies an entry, so
+// replicas stay identical; meanwhile this node's view stops at the last
+// committed batch. When halted while waiting (the node is closing), it
+// answers every command entry with ErrClosed and applies nothing more: the
+// entries are applied again from the log when the node restarts.
+//
+// It panics on any other storage fault or on an entry it cannot decode (see
+// doc.go).
 func (f *FSM) ApplyBatch(logs []*hraft.Log) []any {
-	resp := make([]any, len(logs))
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.db == nil {
 		panic("raft: apply on a closed FSM")
 	}
+	wait := noSpaceRetry
+	var lastLog time.Time
+	for {
+		if f.halted {
+			return closedResponses(logs)
+		}
+		resp, done, err := f.applyOnce(logs)
+		if err == nil {
+			if _, open := f.faults.oldestOf("state"); open {
+				f.logger.Info("state storage recovered: the waiting batch is applied", "last_index", logs[len(logs)-1].Index)
+			}
+			f.faults.note("state", nil)
+			f.notify(done)
+			return resp
+		}
+		if !isNoSpace(err) {
+			storageFault("%v", err)
+		}
+		f.faults.note("state", err)
+		if now := time.Now(); now.Sub(lastLog) >= 30*time.Second {
+			lastLog = now
+			f.logger.Error("state storage full: applying paused until space is freed; writes are refused meanwhile",
+				"first_index", logs[0].Index, "last_index", logs[len(logs)-1].Index, "err", err)
+		}
+		select {
+		case <-f.halt:
+			f.halted = true
+		case <-time.After(wait):
+			wait = min(2*wait, 2*time.Second)
+		}
+	}
+}
+
+// closedResponses answers a batch that was not applied.
+func closedResponses(logs []*hraft.Log) []any {
+	resp := make([]any, len(logs))
+	for i, l := range logs {
+		if l.Type == hraft.LogCommand {
+			resp[i] = ErrClosed
+		}
+	}
+	return resp
+}
+
+// applyOnce applies logs in one write transaction. It returns an error only
+// when the transaction could not be begun or committed; nothing of the
+// batch is then applied.
+func (f *FSM) applyOnce(logs []*hraft.Log) ([]any, []appliedCommand, error) {
+	resp := make([]any, len(logs))
 	tx, err := f.db.Begin(true)
 	if err != nil {
-		storageFault("begin: %v", err)
+		return nil, nil, fmt.Errorf("begin: %w", err)
 	}
 	committed := false
 	defer func() {
@@ -181,28 +244,40 @@ func (f *FSM) ApplyBatch(logs []*hraft.Log) []any {
 		last, lastTerm = l.Index, l.Term
 	}
 	if last == applied {
-		return resp // nothing new; nothing written
+		return resp, nil, nil // nothing new; nothing written
 	}
 	a.put(meta, []byte(metaAppliedIndex), u64(last))
 	a.put(meta, []byte(metaAppliedTerm), u64(lastTerm))
 	if err := tx.Commit(); err != nil {
-		storageFault("commit at index %d: %v", last, err)
+		return nil, nil, fmt.Errorf("commit at index %d: %w", last, err)
 	}
 	committed = true
 	f.state.apply(a.changes, last)
+	return resp, done, nil
+}
 
-	if len(done) > 0 {
-		f.obsMu.Lock()
-		obs := f.observers
-		f.obsMu.Unlock()
-		for _, fn := range obs {
-			for _, d := range done {
-				fn(d.index, d.cmd, d.res)
-			}
+// notify calls the OnApplied observers for a committed batch.
+func (f *FSM) notify(done []appliedCommand) {
+	if len(done) == 0 {
+		return
+	}
+	f.obsMu.Lock()
+	obs := f.observers
+	f.obsMu.Unlock()
+	for _, fn := range obs {
+		for _, d := range done {
+			fn(d.index, d.cmd, d.res)
 		}
 	}
-	return resp
 }
+
+// Halt makes an ApplyBatch that waits for disk space give up (see
+// ApplyBatch); call it before shutting Raft down, which waits for the FSM.
+// It is idempotent and safe for concurrent use.
+func (f *FSM) Halt() { f.haltOnce.Do(func() { close(f.halt) }) }
+
+// StorageFault reports the state database's open storage fault, if any.
+func (f *FSM) StorageFault() (StorageFault, bool) { return f.faults.oldestOf("state") }
 
 func readU64(b *bbolt.Bucket, key string) uint64 {
 	v := b.Get([]byte(key))
@@ -222,6 +297,11 @@ func (f *FSM) loadView() error {
 	if err != nil {
 		return err
 	}
+	var cm *raftpb.ClusterMeta
+	if err := f.db.View(func(tx *bbolt.Tx) (err error) { cm, err = readClusterMeta(tx); return err }); err != nil {
+		return err
+	}
+	f.state.cluster.Store(cm)
 	f.state.replace(tenants, applied)
 	return nil
 }

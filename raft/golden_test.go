@@ -39,6 +39,7 @@ func goldenV1() []struct {
 			ClientId: "c1", ExpiresUnixNano: t0 + 3*hour, Reason: "golden", Subject: "alice"}})},
 		{"sweep", sweep(t0 + 2*hour)},
 		{"sweep_events", command(t0+2*hour+1, &raftpb.Sweep{EventsBeforeUnixNano: t0 + hour})},
+		{"tick", tick(t0 + 2*hour + 2)},
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 
 	hraft "github.com/hashicorp/raft"
 	"go.etcd.io/bbolt"
+
+	"github.com/tallyauth/tally/raft/raftpb"
 )
 
 // Member is one server of the Raft configuration.
@@ -63,12 +65,26 @@ func (n *Node) Members(ctx context.Context) ([]Member, error) {
 
 // AddNonvoter adds (or updates) a non-voting member, which receives the log
 // but neither votes nor counts towards a quorum. Only the leader can do it.
+// A removed id (see RemoveServer) is refused with ErrNodeDenied.
 func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
+	if n.fsm.State().NodeDenied(id) {
+		return fmt.Errorf("%w: %q", ErrNodeDenied, id)
+	}
 	return n.wait(ctx, n.raft.AddNonvoter(hraft.ServerID(id), hraft.ServerAddress(addr), 0, n.timeout(ctx)))
 }
 
-// RemoveServer removes a member. Only the leader can do it; a leader that
-// removes itself steps down once the change is committed.
+// RemoveServer removes a member for good. Only the leader can do it. It
+// removes id from the Raft configuration and then records it in the
+// replicated deny list (a DenyNode command), so that every node refuses
+// id's certificate on its cluster port from then on and id can never be
+// added again. (In this order, removing a dead voter that a quorum needs
+// gone still works.) If the leader loses leadership between the two, the
+// error says so and the id is removed but not denied.
+//
+// A leader that removes itself steps down once the change is committed,
+// and is not added to the deny list (its followers would refuse the very
+// connections that carry the change): to remove a leader for good, move
+// leadership first and remove it from the new leader (node does).
 func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	members, err := n.Members(ctx)
 	if err != nil {
@@ -81,7 +97,24 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	if !found {
 		return fmt.Errorf("%w: %q", ErrUnknownMember, id)
 	}
-	return n.wait(ctx, n.raft.RemoveServer(hraft.ServerID(id), 0, n.timeout(ctx)))
+	if err := n.wait(ctx, n.raft.RemoveServer(hraft.ServerID(id), 0, n.timeout(ctx))); err != nil {
+		return err
+	}
+	if id == n.cfg.ID || n.fsm.State().NodeDenied(id) {
+		return nil
+	}
+	cmd := &raftpb.Command{
+		Version: CommandVersion, TimeUnixNano: time.Now().UnixNano(),
+		Op: &raftpb.Command_DenyNode{DenyNode: &raftpb.DenyNode{NodeId: id, Reason: "removed from the cluster"}},
+	}
+	res, err := n.Propose(ctx, cmd)
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return fmt.Errorf("raft: %q was removed but could not be added to the deny list: %w", id, err)
+	}
+	return nil
 }
 
 // TransferLeadership hands leadership to the voter id, or to the most

@@ -15,8 +15,8 @@ func TestApplyProfile(t *testing.T) {
 		batch     int
 		wantErr   bool
 	}{
-		{raft.ProfileLAN, time.Second, 64, false},
-		{"", time.Second, 64, false},
+		{raft.ProfileLAN, 500 * time.Millisecond, 64, false},
+		{"", 500 * time.Millisecond, 64, false},
 		{raft.ProfileWAN, 2500 * time.Millisecond, 256, false},
 		{"moon", 0, 0, true},
 	} {

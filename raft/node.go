@@ -28,6 +28,7 @@ type Node struct {
 	fsm    *FSM
 	raft   *hraft.Raft
 	logs   *raftboltdb.BoltStore
+	store  *faultLogStore // logs, with its write failures recorded
 	trans  hraft.Transport
 	own    *hraft.NetworkTransport // the TCP transport Open created, closed by Close
 
@@ -37,6 +38,9 @@ type Node struct {
 	leading        atomic.Bool
 	leftLeadership atomic.Int64
 	leaseTimeout   time.Duration
+
+	gate      atomic.Pointer[func() error] // SetWriteGate
+	clockGate atomic.Pointer[func() error] // SetProposeGate (clock.go)
 
 	closing   chan struct{}
 	wg        sync.WaitGroup // sweepers
@@ -84,6 +88,7 @@ func Open(cfg Config) (*Node, error) {
 	if n.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
 		return nil, fmt.Errorf("raft: open log store: %w", err)
 	}
+	n.store = &faultLogStore{BoltStore: n.logs, faults: n.fsm.faults, halt: n.closing}
 	snaps, err := hraft.NewFileSnapshotStoreWithLogger(cfg.DataDir, cfg.SnapshotRetain, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("raft: open snapshot store: %w", err)
@@ -128,7 +133,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	rc.NoSnapshotRestoreOnStart = len(metas) == 0 || metas[0].Index <= n.fsm.AppliedIndex()
 
-	exists, err := hraft.HasExistingState(n.logs, n.logs, snaps)
+	exists, err := hraft.HasExistingState(n.store, n.store, snaps)
 	if err != nil {
 		return nil, fmt.Errorf("raft: open: %w", err)
 	}
@@ -148,12 +153,12 @@ func Open(cfg Config) (*Node, error) {
 				conf.Servers = append(conf.Servers, s)
 			}
 		}
-		if err := hraft.BootstrapCluster(rc, n.logs, n.logs, snaps, n.trans, conf); err != nil {
+		if err := hraft.BootstrapCluster(rc, n.store, n.store, snaps, n.trans, conf); err != nil {
 			return nil, fmt.Errorf("raft: bootstrap: %w", err)
 		}
 		logger.Info("bootstrapped a cluster", "addr", n.trans.LocalAddr(), "servers", len(conf.Servers))
 	}
-	if n.raft, err = hraft.NewRaft(rc, n.fsm, n.logs, n.logs, snaps, n.trans); err != nil {
+	if n.raft, err = hraft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.trans); err != nil {
 		return nil, fmt.Errorf("raft: start: %w", err)
 	}
 	n.leaseTimeout = rc.LeaderLeaseTimeout
@@ -191,6 +196,7 @@ func (n *Node) closeStores() error {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		close(n.closing)
+		n.fsm.Halt() // an apply waiting for disk space must not hold up Shutdown
 		var errs []error
 		if err := n.raft.Shutdown().Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft: shutdown: %w", err))
@@ -245,6 +251,11 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 	}
 }
 
+// LeaseTimeout is the leader lease (Config.LeaderLeaseTimeout): a leader
+// that has not heard from a quorum for that long steps down, and a follower
+// that has not heard from its leader for that long may treat it as gone.
+func (n *Node) LeaseTimeout() time.Duration { return n.leaseTimeout }
+
 // LastContact is when this follower last heard from the leader (meaningful
 // only on followers; see hashicorp/raft's Raft.LastContact).
 func (n *Node) LastContact() time.Time { return n.raft.LastContact() }
@@ -262,7 +273,12 @@ func (n *Node) Snapshot() error {
 
 // AddVoter adds (or updates) a voting member and waits until the
 // configuration change is committed. Only the leader can do it.
+//
+// A removed id (see RemoveServer) is refused with ErrNodeDenied.
 func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
+	if n.fsm.State().NodeDenied(id) {
+		return fmt.Errorf("%w: %q", ErrNodeDenied, id)
+	}
 	f := n.raft.AddVoter(hraft.ServerID(id), hraft.ServerAddress(addr), 0, n.timeout(ctx))
 	if err := n.wait(ctx, f); err != nil {
 		return err
@@ -322,8 +338,11 @@ func (n *Node) mapErr(err error) error {
 //
 // The error is non-nil when the outcome is not known to be applied:
 // ErrNotLeader (nothing appended; forward or retry), ErrLeadershipLost
-// (outcome unknown: retry with the same request_id), ErrTimeout, ErrClosed,
-// or ctx's error. cmd must not be modified until Propose returns.
+// (outcome unknown: retry with the same request_id), ErrWritesRefused
+// (nothing appended: this node's write gate refused, e.g. low on disk),
+// the propose gate's error (nothing appended: this node's clock is off the
+// cluster's; see SetProposeGate), ErrTimeout, ErrClosed, or ctx's error.
+// cmd must not be modified until Propose returns.
 func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return Result{}, fmt.Errorf("raft: propose: %w", err)
@@ -342,12 +361,21 @@ func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error)
 	if err := checkCommand(cmd); err != nil {
 		return Result{Err: err}, nil
 	}
+	if err := n.checkGate(); err != nil {
+		return Result{}, err
+	}
 	data, err := marshalOpts.Marshal(cmd)
 	if err != nil {
 		return Result{Err: invalidf("marshal: %v", err)}, nil
 	}
+	if err := n.WritesRefused(); err != nil {
+		return Result{}, err
+	}
 	f := n.raft.Apply(data, n.timeout(ctx))
 	if err := n.wait(ctx, f); err != nil {
+		return Result{}, err
+	}
+	if err, ok := f.Response().(error); ok { // the FSM halted before applying it
 		return Result{}, err
 	}
 	res, ok := f.Response().(Result)
@@ -356,6 +384,42 @@ func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error)
 	}
 	return res, nil
 }
+
+// SetWriteGate installs a check that Propose runs before appending a
+// command: while gate returns an error, Propose refuses every command with
+// ErrWritesRefused wrapping it (nothing is appended). The node package uses
+// it to stop proposing when the data file system runs low on space, so that
+// the Raft log never fills on a leader. nil removes the gate.
+func (n *Node) SetWriteGate(gate func() error) {
+	if gate == nil {
+		n.gate.Store(nil)
+		return
+	}
+	n.gate.Store(&gate)
+}
+
+// WritesRefused returns why Propose refuses commands now (see SetWriteGate),
+// or nil.
+func (n *Node) WritesRefused() error {
+	g := n.gate.Load()
+	if g == nil {
+		return nil
+	}
+	if err := (*g)(); err != nil {
+		return fmt.Errorf("%w: %w", ErrWritesRefused, err)
+	}
+	return nil
+}
+
+// ErrWritesRefused: this node refuses to propose commands now (see
+// SetWriteGate); nothing was appended. Another node may accept them.
+var ErrWritesRefused = errors.New("raft: writes refused")
+
+// StorageFault reports the oldest write to this node's storage (state
+// database or Raft log) that is failing now, if any. A node with a fault
+// does not crash: it waits for space (see FSM.ApplyBatch), but its view
+// stops following the log meanwhile.
+func (n *Node) StorageFault() (StorageFault, bool) { return n.fsm.faults.oldest() }
 
 // StartSweeper proposes a Sweep command every interval while this node is
 // the leader, with now() as the command's time, until ctx ends or the node

@@ -12,7 +12,8 @@ const SchemaVersion = 1
 //
 // Global buckets:
 //
-//	meta           applied_index, applied_term (uint64 big-endian), schema_version
+//	meta           applied_index, applied_term (uint64 big-endian), schema_version,
+//	               clock (time | tick anchor, 2×int64 big-endian; see clock.go)
 //	tenants        tenant id → raftpb.Tenant
 //	requests       request_id → result code (1 byte) | index (8) | command time (8)
 //	request_times  command time (8, big-endian) | request_id → empty; sweep order
@@ -65,8 +66,14 @@ const (
 	metaAppliedIndex  = "applied_index"
 	metaAppliedTerm   = "applied_term"
 	metaSchemaVersion = "schema_version"
+	// metaCluster is the raftpb.ClusterMeta record: the cluster's issuer
+	// and the node ids removed for good (apply_cluster.go).
+	metaCluster = "cluster"
 	// metaEventsSweptThrough is the highest outbox index a Sweep removed.
 	metaEventsSweptThrough = "events_swept_through"
+	// metaClock is the FSM's bounded clock (clock.go); absent until the
+	// first Tick.
+	metaClock = "clock"
 )
 
 // globalBuckets are created when a state database is opened.

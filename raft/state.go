@@ -24,6 +24,8 @@ type State struct {
 
 	mu      sync.RWMutex
 	tenants map[string]*tenantView
+
+	cluster atomic.Pointer[raftpb.ClusterMeta] // apply_cluster.go
 }
 
 type tenantView struct {
@@ -156,6 +158,10 @@ func (s *State) apply(changes []change, applied uint64) {
 	defer s.mu.Unlock()
 	keysChanged := make(map[*tenantView]bool)
 	for _, c := range changes {
+		if c.kind == kindClusterMeta {
+			s.cluster.Store(c.msg.(*raftpb.ClusterMeta))
+			continue
+		}
 		if c.kind == bucketTenants {
 			t := c.msg.(*raftpb.Tenant)
 			if tv := s.tenants[c.tenant]; tv != nil {

@@ -175,3 +175,15 @@ func (s *State) DeviceCodeByUserCode(tenant, userCode string) (*raftpb.DeviceCod
 	}
 	return nil, false
 }
+
+// DeviceCodeByHash returns the device code record with this device code
+// hash (SHA-256 of the device code).
+func (s *State) DeviceCodeByHash(tenant string, hash []byte) (*raftpb.DeviceCode, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if tv := s.tenants[tenant]; tv != nil {
+		d, ok := tv.flow.devices[string(hash)]
+		return d, ok
+	}
+	return nil, false
+}

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -49,6 +51,8 @@ type ClusterListener struct {
 	rpcOnce   sync.Once
 	rpcDone   chan struct{}
 	wg        sync.WaitGroup
+
+	peerCheck atomic.Pointer[func(nodeID string) error] // SetPeerCheck
 }
 
 // ListenCluster binds bind ("127.0.0.1:0" for an ephemeral port) and serves
@@ -66,15 +70,26 @@ func ListenCluster(bind, advertise string, t *NodeTLS, logger *slog.Logger) (*Cl
 		return nil, fmt.Errorf("raft: listen: %w", err)
 	}
 	var adv net.Addr = tcp.Addr()
-	if advertise != "" {
-		if adv, err = net.ResolveTCPAddr("tcp", advertise); err != nil {
+	if host, port, serr := net.SplitHostPort(advertise); serr == nil && host != "" && net.ParseIP(host) == nil {
+		// A host name stays a host name: peers resolve it when they dial,
+		// so the address survives a new IP (a rescheduled pod) and matches
+		// the DNS name in the node certificate.
+		if p, perr := strconv.Atoi(port); perr != nil || p <= 0 || p > 65535 {
 			tcp.Close()
-			return nil, fmt.Errorf("raft: advertise address: %w", err)
+			return nil, fmt.Errorf("raft: advertise address %q: bad port", advertise)
 		}
-	}
-	if ta, ok := adv.(*net.TCPAddr); !ok || ta.IP == nil || ta.IP.IsUnspecified() {
-		tcp.Close()
-		return nil, fmt.Errorf("raft: advertise address %v is not dialable; set it", adv)
+		adv = hostAddr(advertise)
+	} else {
+		if advertise != "" {
+			if adv, err = net.ResolveTCPAddr("tcp", advertise); err != nil {
+				tcp.Close()
+				return nil, fmt.Errorf("raft: advertise address: %w", err)
+			}
+		}
+		if ta, ok := adv.(*net.TCPAddr); !ok || ta.IP == nil || ta.IP.IsUnspecified() {
+			tcp.Close()
+			return nil, fmt.Errorf("raft: advertise address %v is not dialable; set it", adv)
+		}
 	}
 	l := &ClusterListener{
 		tcp: tcp, adv: adv, tls: t, logger: logger,
@@ -88,6 +103,12 @@ func ListenCluster(bind, advertise string, t *NodeTLS, logger *slog.Logger) (*Cl
 
 // Addr is the advertised address.
 func (l *ClusterListener) Addr() net.Addr { return l.adv }
+
+// hostAddr is an advertised address given as host name:port.
+type hostAddr string
+
+func (a hostAddr) Network() string { return "tcp" }
+func (a hostAddr) String() string  { return string(a) }
 
 // TLS is the node identity the listener serves with.
 func (l *ClusterListener) TLS() *NodeTLS { return l.tls }
@@ -150,16 +171,66 @@ func (l *ClusterListener) handshake(c *tls.Conn) {
 		return
 	}
 	ch, side := l.rpcConns, l.rpcDone
+	var out net.Conn = c
 	if c.ConnectionState().NegotiatedProtocol == ALPNRaft {
 		ch, side = l.raftConns, l.raftDone
+		id := NodeIDOf(c.ConnectionState().PeerCertificates[0])
+		if err := l.checkPeer(id); err != nil {
+			l.logger.Warn("refused a raft connection", "remote", c.RemoteAddr().String(), "peer", id, "err", err)
+			c.Close()
+			return
+		}
+		out = &checkedConn{Conn: c, l: l, id: id}
 	}
 	select {
-	case ch <- c:
+	case ch <- out:
 	case <-side:
 		c.Close()
 	case <-l.done:
 		c.Close()
 	}
+}
+
+// SetPeerCheck installs check, which decides whether a peer (by the node id
+// of its verified certificate) may use the Raft side of the port: it is
+// called when a Raft connection is accepted and again before every read
+// from it, so a peer refused later (a removed node) loses the connections
+// it already has. A non-nil error refuses the peer and is logged. The
+// internal HTTP side applies its own check per request (see node). nil
+// removes the check.
+func (l *ClusterListener) SetPeerCheck(check func(nodeID string) error) {
+	if check == nil {
+		l.peerCheck.Store(nil)
+		return
+	}
+	l.peerCheck.Store(&check)
+}
+
+func (l *ClusterListener) checkPeer(id string) error {
+	if p := l.peerCheck.Load(); p != nil {
+		return (*p)(id)
+	}
+	return nil
+}
+
+// checkedConn is an accepted Raft connection that applies the listener's
+// peer check before each read.
+type checkedConn struct {
+	net.Conn
+	l       *ClusterListener
+	id      string
+	refused atomic.Bool
+}
+
+func (c *checkedConn) Read(b []byte) (int, error) {
+	if err := c.l.checkPeer(c.id); err != nil {
+		if !c.refused.Swap(true) {
+			c.l.logger.Warn("closed a raft connection of a refused peer", "remote", c.RemoteAddr().String(), "peer", c.id, "err", err)
+		}
+		c.Conn.Close()
+		return 0, err
+	}
+	return c.Conn.Read(b)
 }
 
 // StreamLayer is the Raft side of the listener, for

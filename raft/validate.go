@@ -103,6 +103,9 @@ func checkCommand(cmd *raftpb.Command) error {
 	if ok, err := checkFlowCommand(cmd); ok {
 		return err
 	}
+	if ok, err := checkClusterCommand(cmd); ok {
+		return err
+	}
 	switch op := cmd.GetOp().(type) {
 	case *raftpb.Command_CreateTenant:
 		return checkCreateTenant(op.CreateTenant)
@@ -127,7 +130,7 @@ func checkCommand(cmd *raftpb.Command) error {
 		return checkKeys(op.AddKeys.GetTenant(), op.AddKeys.GetKeys())
 	case *raftpb.Command_RevokeToken:
 		return checkRevocation(op.RevokeToken.GetRevocation())
-	case *raftpb.Command_Sweep:
+	case *raftpb.Command_Sweep, *raftpb.Command_Tick:
 		return nil
 	case nil:
 		return invalidf("no operation")

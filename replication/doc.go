@@ -13,14 +13,31 @@
 // Nats-Msg-Id "<cluster>:<raft index>.<ordinal>". The stream's duplicates
 // window makes each event appear once however many nodes publish it, and no
 // single node's crash loses one. Each publisher keeps its own position in a
-// local file and resumes from it after a restart or a NATS outage; on start
-// it also skips what the stream already holds.
+// local file and resumes from it after a restart or a NATS outage. The
+// position comes only from the node's own outbox and JetStream's
+// acknowledgements, never from what the stream holds: a message's headers
+// are whatever its publisher wrote.
+//
+// Every publisher also sends each event at once, without JetStream, on
+// its LiveSubject (tally.<tenant>.live.<rest>): a clustered stream has no
+// leader for 4-9 s after the server holding it died, core NATS needs none.
+// Subscribers keep one copy per SET jti; the stream stays the ordered log.
 //
 // The stream is created idempotently (file storage, max age = the
-// configured retention, duplicates window = the retention), so a resource
-// server that reconnects within the retention replays what it missed.
+// configured retention, duplicates window = the retention, deny delete and
+// purge), so a resource server that reconnects within the retention
+// replays what it missed.
 //
-// Embedded mode runs one NATS server per node; nodes of a multi-node
-// cluster share one NATS cluster through an external URL instead (see
-// node.EventsConfig), so that de-duplication spans all publishers.
+// # The embedded server
+//
+// Every node runs an embedded NATS server (StartEmbedded). In a
+// multi-node cluster the embedded servers form one NATS cluster (routes,
+// clustered JetStream, the stream replicated on up to three servers), so
+// de-duplication spans all publishers and no single node holds the log.
+// The server refuses anonymous clients: nodes connect as NodeUser with a
+// password derived from the cluster's key-encryption key, resource servers
+// with a confidential client's id and secret (ResourceServerAuth), limited
+// to their tenant's events (ResourceServerPermissions). Routes authenticate
+// as RouteUser, and use TLS with the node certificates when they leave
+// loopback, as client connections do.
 package replication

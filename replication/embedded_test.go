@@ -13,6 +13,7 @@ func TestEmbeddedJetStreamPersistsAcrossRestart(t *testing.T) {
 	cfg := DefaultEmbeddedConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.StoreDir = dir
+	cfg.AllowAnonymous = true
 
 	publish := func() {
 		e, err := StartEmbedded(cfg)
@@ -73,6 +74,9 @@ func TestEmbeddedConfigValidate(t *testing.T) {
 		{Listen: "127.0.0.1:99999", StoreDir: "x", StartTimeout: time.Second},
 		{Listen: "127.0.0.1:0", StartTimeout: time.Second},
 		{Listen: "127.0.0.1:0", StoreDir: "x"},
+		{Listen: "127.0.0.1:0", StoreDir: "x", StartTimeout: time.Second}, // no node password
+		{Listen: "127.0.0.1:0", StoreDir: "x", StartTimeout: time.Second, NodePassword: "p", Routes: []string{"127.0.0.1:1"}},
+		{Listen: "127.0.0.1:0", StoreDir: "x", StartTimeout: time.Second, NodePassword: "p", ClusterListen: "127.0.0.1:0"},
 	} {
 		if err := c.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil, want an error", c)

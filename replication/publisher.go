@@ -30,6 +30,11 @@ const (
 	HeaderCluster = "Tally-Cluster"
 )
 
+// ConsumerHeartbeat is the idle heartbeat of the ordered consumers that
+// follow the stream (revocation.NATSConsumerHeartbeat): a consumer whose
+// server went away is recreated after two missed heartbeats.
+var ConsumerHeartbeat = revocation.NATSConsumerHeartbeat
+
 // EventSource is the outbox of this node's replica; raft.FSM satisfies it.
 type EventSource interface {
 	// EventsSince returns up to limit events with an index above after, in
@@ -134,6 +139,10 @@ func (c PublisherConfig) StreamConfig() jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    c.Replicas,
 		Discard:     jetstream.DiscardOld,
+		// Nobody removes events: the permissions of the embedded server
+		// deny stream delete and purge too.
+		DenyDelete: true,
+		DenyPurge:  true,
 	}
 }
 
@@ -143,9 +152,9 @@ func (c PublisherConfig) StreamConfig() jetstream.StreamConfig {
 // one copy whichever nodes publish it, and no single node's crash loses it.
 // The publisher keeps its own position (the highest index it saw
 // acknowledged) in PositionFile and resumes after it; when NATS is down it
-// retries until it is back, so nothing applied is skipped. On start it also
-// skips what the stream already holds (the last message's Raft index), which
-// keeps old events from being published twice after the duplicates window.
+// retries until it is back, so nothing applied is skipped. Nothing read
+// from the stream moves the position (see ensure); a node that starts from
+// nothing republishes its outbox, which the duplicates window drops.
 //
 // Events reach the stream in Raft order: each node publishes in order and
 // waits for acknowledgements before moving on, and a message id already in
@@ -159,10 +168,13 @@ type Publisher struct {
 	log    *slog.Logger
 
 	wake     chan struct{}
+	liveWake chan struct{}
+	window   int // messages in flight at once (step's goroutine only)
 	pos      atomic.Uint64
+	fresh    atomic.Bool // no position saved yet: a new node (or data dir)
 	ensured  atomic.Bool
 	lastErr  atomic.Value // string
-	done     chan struct{}
+	wg       sync.WaitGroup
 	stopOnce sync.Once
 	cancel   context.CancelFunc
 
@@ -192,9 +204,11 @@ func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SE
 	}
 	p := &Publisher{
 		cfg: cfg, nc: nc, js: js, src: src, signer: signer,
-		log:  cfg.Logger.With("component", "event-publisher"),
-		wake: make(chan struct{}, 1),
-		done: make(chan struct{}),
+		log:      cfg.Logger.With("component", "event-publisher"),
+		wake:     make(chan struct{}, 1),
+		liveWake: make(chan struct{}, 1),
+		// Start careful: the stream may be failing over.
+		window: 1,
 	}
 	if p.published, err = cfg.Meter.Int64Counter("tally.events.published", metric.WithDescription("outbox events acknowledged by JetStream (including duplicates dropped by the stream)")); err != nil {
 		return nil, err
@@ -205,11 +219,19 @@ func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SE
 	if p.lost, err = cfg.Meter.Int64Counter("tally.events.lost", metric.WithDescription("times the publisher fell behind the outbox retention")); err != nil {
 		return nil, err
 	}
+	// The counters start at 0, so that rates and alerts over them are
+	// defined before the first event.
+	for _, c := range []metric.Int64Counter{p.published, p.failures, p.lost} {
+		c.Add(context.Background(), 0)
+	}
 	pos, err := readPosition(cfg.PositionFile)
 	if err != nil {
 		return nil, err
 	}
 	p.pos.Store(pos)
+	if _, err := os.Stat(cfg.PositionFile); errors.Is(err, os.ErrNotExist) {
+		p.fresh.Store(true)
+	}
 	return p, nil
 }
 
@@ -217,7 +239,9 @@ func NewPublisher(cfg PublisherConfig, nc *nats.Conn, src EventSource, signer SE
 func (p *Publisher) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
+	p.wg.Add(2)
 	go p.run(ctx)
+	go p.live(ctx)
 }
 
 // Stop stops the publisher and waits for it. Safe to call more than once,
@@ -225,19 +249,20 @@ func (p *Publisher) Start() {
 func (p *Publisher) Stop() {
 	p.stopOnce.Do(func() {
 		if p.cancel == nil {
-			close(p.done)
 			return
 		}
 		p.cancel()
-		<-p.done
+		p.wg.Wait()
 	})
 }
 
 // Notify wakes the publisher: new events were applied. It never blocks.
 func (p *Publisher) Notify() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{p.wake, p.liveWake} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -256,7 +281,7 @@ func MsgID(cluster string, index uint64, ordinal uint32) string {
 }
 
 func (p *Publisher) run(ctx context.Context) {
-	defer close(p.done)
+	defer p.wg.Done()
 	// A NATS reconnect may follow a server restart that lost the stream;
 	// ensure it again then.
 	p.nc.SetReconnectHandler(func(*nats.Conn) {
@@ -276,7 +301,9 @@ func (p *Publisher) run(ctx context.Context) {
 			}
 			p.lastErr.Store(err.Error())
 			p.wait(ctx, backoff)
-			backoff = min(2*backoff, 2*time.Second)
+			// Short: a stream failing over has a new leader within
+			// seconds, and every retry of one message is cheap.
+			backoff = min(2*backoff, 500*time.Millisecond)
 			continue
 		}
 		backoff = 50 * time.Millisecond
@@ -288,12 +315,61 @@ func (p *Publisher) run(ctx context.Context) {
 }
 
 func (p *Publisher) wait(ctx context.Context, d time.Duration) {
+	waitOn(ctx, p.wake, d)
+}
+
+func waitOn(ctx context.Context, wake <-chan struct{}, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-	case <-p.wake:
+	case <-wake:
 	case <-t.C:
+	}
+}
+
+// LiveSubject is the subject on which an event of subject
+// tally.<tenant>.<rest> is also sent at once, without JetStream:
+// tally.<tenant>.live.<rest>. It is outside the stream, inside a resource
+// server's subscribe permission (revocation.NATSLiveSubjects).
+func LiveSubject(subject string) string {
+	parts := strings.SplitN(subject, ".", 3)
+	if len(parts) != 3 {
+		return ""
+	}
+	return parts[0] + "." + parts[1] + ".live." + parts[2]
+}
+
+// live sends every event it has not sent yet as a core NATS message on
+// its LiveSubject as soon as it is applied, whether or not the stream
+// acknowledges it: a stream without a leader (JetStream elects one within
+// 4-9 s after its server died) holds up the stream, not this. Every node
+// sends every event, so a subscriber sees each once per node and keeps
+// one by SET jti; the stream stays the ordered, durable log that replays.
+// Nothing is retried here: the stream path is the one that guarantees
+// delivery.
+func (p *Publisher) live(ctx context.Context) {
+	defer p.wg.Done()
+	pos := p.Position()
+	for ctx.Err() == nil {
+		evs, err := p.src.EventsSince(pos, p.cfg.Batch)
+		if err != nil {
+			pos = max(pos, p.src.EventsSweptThrough(), p.Position())
+			waitOn(ctx, p.liveWake, p.cfg.PollInterval)
+			continue
+		}
+		for _, ev := range evs {
+			msg, err := p.message(ctx, ev)
+			if err != nil {
+				break // the stream path reports it
+			}
+			msg.Subject = LiveSubject(msg.Subject)
+			p.nc.PublishMsg(msg) // buffered while reconnecting; best effort
+			pos = ev.Index
+		}
+		if len(evs) < p.cfg.Batch {
+			waitOn(ctx, p.liveWake, p.cfg.PollInterval)
+		}
 	}
 }
 
@@ -311,6 +387,14 @@ func (p *Publisher) step(ctx context.Context) (more bool, err error) {
 		if swept <= pos {
 			return false, fmt.Errorf("replication: reading the outbox: %w", err)
 		}
+		if p.fresh.Load() {
+			// A node that never published starts after what was swept:
+			// those events are older than the retention, so they have
+			// left the stream too, and other nodes published them.
+			p.log.Info("publishing starts after the swept outbox", "swept_through", swept)
+			p.setPosition(swept)
+			return true, nil
+		}
 		// Fell behind the outbox retention (NATS was down for longer than
 		// it): those events are gone. Resource servers resync from the
 		// revocation set; say so loudly and go on.
@@ -323,67 +407,81 @@ func (p *Publisher) step(ctx context.Context) (more bool, err error) {
 	if len(evs) == 0 {
 		return false, nil
 	}
-	acks := make([]jetstream.PubAckFuture, 0, len(evs))
-	for _, ev := range evs {
-		msg, err := p.message(ctx, ev)
-		if err != nil {
+	// Events go out in windows: all of a window's messages are sent, then
+	// its acknowledgements awaited. After a failure the window is one
+	// message (each sent only once the previous is stored), and it doubles
+	// with every clean window: a message that failed is never overtaken by
+	// a later one sent while the stream was failing over, so events reach
+	// the stream in Raft order.
+	var acked uint64
+	for start := 0; start < len(evs); {
+		end := min(start+p.window, len(evs))
+		if err := p.publishWindow(ctx, evs[start:end], &acked); err != nil {
+			p.window = 1
+			if acked > 0 {
+				p.setPosition(acked)
+			}
 			return false, err
 		}
-		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(MsgID(p.cfg.ClusterID, ev.Index, ev.Ordinal)),
-			jetstream.WithExpectStream(p.cfg.Stream))
-		if err != nil {
-			p.ensured.Store(false)
-			return false, fmt.Errorf("replication: publish event %d: %w", ev.Index, err)
-		}
-		acks = append(acks, f)
-	}
-	tctx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
-	defer cancel()
-	var acked uint64
-	for i, f := range acks {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			p.ensured.Store(false)
-			if acked > 0 {
-				p.setPosition(acked)
-			}
-			return false, fmt.Errorf("replication: publish event %d: %w", evs[i].Index, err)
-		case <-tctx.Done():
-			if acked > 0 {
-				p.setPosition(acked)
-			}
-			return false, fmt.Errorf("replication: publish event %d: no acknowledgement: %w", evs[i].Index, tctx.Err())
-		}
-		// Position moves only past whole commands.
-		if i == len(evs)-1 || evs[i+1].Index != evs[i].Index {
-			acked = evs[i].Index
-		}
+		p.window = min(2*p.window, p.cfg.Batch)
+		start = end
 	}
 	p.published.Add(ctx, int64(len(evs)))
 	p.setPosition(evs[len(evs)-1].Index)
 	return len(evs) >= p.cfg.Batch, nil
 }
 
-// ensure creates or updates the stream and skips past what it already holds.
+// publishWindow sends evs and waits for their acknowledgements; acked
+// moves past every command whose events are all acknowledged and followed
+// by another command's in evs (the window's last command may continue in
+// the next window, so it counts only at the batch's end).
+func (p *Publisher) publishWindow(ctx context.Context, evs []*raftpb.Event, acked *uint64) error {
+	acks := make([]jetstream.PubAckFuture, 0, len(evs))
+	for _, ev := range evs {
+		msg, err := p.message(ctx, ev)
+		if err != nil {
+			return err
+		}
+		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(MsgID(p.cfg.ClusterID, ev.Index, ev.Ordinal)),
+			jetstream.WithExpectStream(p.cfg.Stream))
+		if err != nil {
+			p.ensured.Store(false)
+			return fmt.Errorf("replication: publish event %d: %w", ev.Index, err)
+		}
+		acks = append(acks, f)
+	}
+	tctx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
+	defer cancel()
+	for i, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			p.ensured.Store(false)
+			return fmt.Errorf("replication: publish event %d: %w", evs[i].Index, err)
+		case <-tctx.Done():
+			return fmt.Errorf("replication: publish event %d: no acknowledgement: %w", evs[i].Index, tctx.Err())
+		}
+		// Position moves only past whole commands: the command's last
+		// event is followed by another command's (or ends the outbox
+		// read, which never splits a command).
+		if i < len(evs)-1 && evs[i+1].Index != evs[i].Index {
+			*acked = evs[i].Index
+		}
+	}
+	return nil
+}
+
+// ensure creates or updates the stream. It does not look at what the
+// stream holds: anyone who can publish on the stream's subjects could set
+// a message's headers, so the position comes only from this node's outbox
+// and JetStream's acknowledgements, and the stream's duplicates window
+// (equal to the outbox retention) drops what another node published
+// already.
 func (p *Publisher) ensure(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	s, err := p.js.CreateOrUpdateStream(cctx, p.cfg.StreamConfig())
-	if err != nil {
+	if _, err := p.js.CreateOrUpdateStream(cctx, p.cfg.StreamConfig()); err != nil {
 		return fmt.Errorf("replication: create stream %s: %w", p.cfg.Stream, err)
-	}
-	info, err := s.Info(cctx)
-	if err != nil {
-		return fmt.Errorf("replication: stream info: %w", err)
-	}
-	if last := info.State.LastSeq; last > 0 {
-		m, err := s.GetMsg(cctx, last)
-		if err == nil && m.Header.Get(HeaderCluster) == p.cfg.ClusterID {
-			if idx, err := strconv.ParseUint(m.Header.Get(HeaderRaftIndex), 10, 64); err == nil && idx > p.Position() {
-				p.setPosition(idx)
-			}
-		}
 	}
 	p.ensured.Store(true)
 	return nil
@@ -394,6 +492,7 @@ func (p *Publisher) setPosition(idx uint64) {
 		return
 	}
 	p.pos.Store(idx)
+	p.fresh.Store(false)
 	if err := writePosition(p.cfg.PositionFile, idx); err != nil {
 		p.log.Warn("saving the publisher position", "err", err)
 	}
@@ -461,6 +560,9 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 		typ = revocation.EventReuseDetected
 	case raftpb.EventKind_EVENT_KIND_USER_LOCKED:
 		typ = revocation.EventUserLocked
+	case raftpb.EventKind_EVENT_KIND_USER_UNLOCKED:
+		typ = revocation.EventUserUnlocked
+		d.TokensIssuedUntil = ev.LockedUnixNano / int64(time.Second)
 	default:
 		return "", nil
 	}
@@ -495,8 +597,7 @@ func readPosition(path string) (uint64, error) {
 }
 
 // writePosition replaces the file atomically. It does not fsync: a lost
-// update only republishes events that the stream de-duplicates or that
-// the start-up check skips.
+// update only republishes events that the stream de-duplicates.
 func writePosition(path string, v uint64) error {
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(v, 10)+"\n"), 0o600); err != nil {

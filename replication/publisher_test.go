@@ -113,6 +113,7 @@ func startNATS(t *testing.T, dir, listen string) *Embedded {
 	cfg := DefaultEmbeddedConfig()
 	cfg.Listen = listen
 	cfg.StoreDir = dir
+	cfg.AllowAnonymous = true // an unauthenticated, external server
 	// A restart binds the port the previous server just released, which
 	// another process may hold for a moment: try again until it binds.
 	var e *Embedded
@@ -196,7 +197,7 @@ func wantExactly(t *testing.T, nc *nats.Conn, want []uint64) func() error {
 		}
 		for i := range got {
 			if got[i] != want[i] {
-				return fmt.Errorf("stream event %d has index %d, want %d", i, got[i], want[i])
+				return fmt.Errorf("stream event %d has index %d, want %d (stream %v)", i, got[i], want[i], got)
 			}
 		}
 		return nil
@@ -337,3 +338,89 @@ func TestPublisherConfigValidate(t *testing.T) {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// TestPublisherIgnoresForgedPosition is the regression test of a forged
+// message whose Tally-Raft-Index header once stopped publishing for good:
+// whoever can publish on the stream's subjects (here an anonymous client
+// of an unauthenticated external server, or a holder of the node
+// credential of the embedded one) cannot move a publisher's position.
+func TestPublisherIgnoresForgedPosition(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		server func(t *testing.T) (*Embedded, func(t *testing.T) *nats.Conn)
+	}{
+		{"anonymous on an external server", func(t *testing.T) (*Embedded, func(t *testing.T) *nats.Conn) {
+			e := startNATS(t, t.TempDir(), "127.0.0.1:0")
+			t.Cleanup(e.Shutdown)
+			return e, func(t *testing.T) *nats.Conn { return connect(t, e.ClientURL()) }
+		}},
+		{"node credential on the embedded server", func(t *testing.T) (*Embedded, func(t *testing.T) *nats.Conn) {
+			e := startAuthNATS(t, nil)
+			return e, func(t *testing.T) *nats.Conn { return connectNode(t, e.ClientURL()) }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, conn := tc.server(t)
+			nc := conn(t)
+			f := newTestFSM(t)
+			signer := newTestSigner(t)
+			posFile := filepath.Join(t.TempDir(), "pos")
+			p := newTestPublisher(t, nc, f, signer, posFile)
+			f.revoke("a")
+			want := []uint64{f.index}
+			p.Notify()
+			checkFor(t, 10*time.Second, 20*time.Millisecond, wantExactly(t, nc, want))
+
+			forger := conn(t)
+			forged := nats.NewMsg("tally.acme.revocation.token")
+			forged.Header.Set(HeaderCluster, "tally")
+			forged.Header.Set(HeaderRaftIndex, "18446744073709551000")
+			forged.Data = []byte("forged")
+			js, _ := jetstream.New(forger)
+			if _, err := js.PublishMsg(t.Context(), forged); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, 18446744073709551000)
+
+			// The node restarts: a new publisher on the same position file.
+			p.Stop()
+			p = newTestPublisher(t, nc, f, signer, posFile)
+			f.revoke("b")
+			want = append(want, f.index)
+			p.Notify()
+			checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+				if p.Position() != f.index {
+					return fmt.Errorf("position %d, want %d", p.Position(), f.index)
+				}
+				return wantExactly(t, nc, want)()
+			})
+			if got, err := readPosition(posFile); err != nil || got != f.index {
+				t.Fatalf("position file: %d %v, want %d", got, err, f.index)
+			}
+		})
+	}
+}
+
+// TestFreshPublisherStartsAfterTheSweptOutbox: a node that never published
+// (no position file) starts after what the outbox swept, quietly: those
+// events are older than the retention and were published by others.
+func TestFreshPublisherStartsAfterTheSweptOutbox(t *testing.T) {
+	e := startNATS(t, t.TempDir(), "127.0.0.1:0")
+	defer e.Shutdown()
+	nc := connect(t, e.ClientURL())
+	f := newTestFSM(t)
+	for i := range 5 {
+		f.revoke(fmt.Sprintf("old%d", i))
+	}
+	f.apply(&raftpb.Command{Op: &raftpb.Command_Sweep{Sweep: &raftpb.Sweep{EventsBeforeUnixNano: f.now + 1}}})
+	if f.EventsSweptThrough() == 0 {
+		t.Fatal("nothing swept")
+	}
+	f.revoke("new")
+	p := newTestPublisher(t, nc, f, newTestSigner(t), filepath.Join(t.TempDir(), "pos"))
+	p.Notify()
+	checkFor(t, 10*time.Second, 20*time.Millisecond, wantExactly(t, nc, []uint64{f.index}))
+	if p.Position() != f.index || p.LastError() != "" {
+		t.Fatalf("position %d (want %d), last error %q", p.Position(), f.index, p.LastError())
+	}
+}

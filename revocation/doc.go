@@ -6,9 +6,13 @@
 // found through RFC 8414 discovery and cached per Cache-Control, refetched
 // (rate limited) when a token names an unknown kid. Algorithms are pinned
 // (ES256, EdDSA, RS256, and always the key's own), typ must be at+jwt, and
-// iss, aud, exp and nbf are checked with a small leeway. Opaque tokens go to
-// RFC 7662 introspection, whose answers are cached until a revocation event
-// drops them. Middleware wraps a net/http handler and answers per RFC 6750.
+// iss, aud, exp and nbf are checked with a small leeway. Opaque tokens
+// (tally's "tly1.<kid>.<ciphertext>", or anything that is not a compact JWS)
+// go to RFC 7662 introspection, whose answers are cached until a revocation
+// event drops them. A rejection is a *RejectionError naming its Reason
+// (expired, revoked, wrong_audience, …; see ReasonOf and Config.OnReject).
+// Middleware wraps a net/http handler and answers per RFC 6750, with an
+// error_description.
 //
 // A Watcher keeps the tenant's revocation set current from tally's event
 // log: Security Event Tokens (RFC 8417) on NATS JetStream subjects
@@ -24,6 +28,24 @@
 // (Config.StalePolicy); after such an outage (or a restart from a position
 // file older than MaxDisconnect) it resyncs before it trusts tokens again,
 // since events lost before publication leave no gap in the stream.
+//
+// The watcher never fails open silently. Its position belongs to one
+// stream, named by the stream's creation time: a stream that was recreated
+// (another identity) or reset (a head below the position) is noticed on
+// connect, on every heartbeat (Connect) or every StreamCheckInterval (NATS),
+// and the watcher resyncs, also when it starts from an older position file.
+// A SET signed with a kid the JWKS does not list yet (keys rotated with no
+// publish delay) is retried with backoff and a JWKS refetch for
+// UnknownKeyGrace; if the keys are unreachable it reconnects and retries
+// from the same position; only a SET that is permanently invalid (bad
+// signature, iss, aud or tenant) is dropped, counted (Rejected, metric
+// tally.rs.events.rejected) and logged. Every SET's signature, iss and aud
+// are checked; a state change (client disabled or enabled, user locked or
+// unlocked) is applied only if its Raft index is above the last applied for
+// that client or user, so a replayed old SET cannot undo a newer change.
+// Revoked token ids are kept until the token's exp plus the largest Leeway
+// of the verifiers that use the watcher. A user enabled again keeps its
+// tokens issued before the lock invalid (EventDetails.TokensIssuedUntil).
 //
 // The SDK stays light: it imports no Raft, bbolt, NATS server or tally
 // server package (deps_test.go).

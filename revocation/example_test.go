@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"net/http"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -30,14 +31,24 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	w.Start()
-	defer w.Stop()
 	v, err := revocation.NewVerifier(revocation.Config{
 		Issuer:   "http://127.0.0.1:8080/t/default",
 		Audience: "https://orders.example",
 		Watcher:  w,
+		// Opaque tokens are introspected with the same client.
+		ClientID: "orders-api", ClientSecret: "…",
+		OnReject: func(_ context.Context, reason revocation.Reason, err error) {
+			log.Printf("token rejected: %s: %v", reason, err)
+		},
 	})
 	if err != nil {
+		log.Fatal(err)
+	}
+	w.Start()
+	defer w.Stop() // saves the position
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.WaitSynced(ctx); err != nil { // serve only with a trusted set
 		log.Fatal(err)
 	}
 	mux := http.NewServeMux()
@@ -57,7 +68,10 @@ func ExampleVerifier_Verify() {
 	}
 	_, err = v.Verify(context.Background(), "not-a-token")
 	fmt.Println(err)
-	// Output: revocation: invalid token: opaque token and no introspection credentials
+	fmt.Println(revocation.ReasonOf(err), "-", revocation.ReasonOf(err).Description())
+	// Output:
+	// revocation: invalid token: opaque token and no introspection credentials
+	// malformed - the access token is malformed
 }
 
 // Subject names the NATS subject an event type is published on.

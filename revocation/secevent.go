@@ -28,8 +28,12 @@ const (
 	// Reuse of a rotated refresh token was detected: family_id, client_id,
 	// sub. Subject tally.<tenant>.security.reuse_detected.
 	EventReuseDetected = "https://tally.dev/secevent/reuse-detected"
-	// A user was locked: sub. Subject tally.<tenant>.security.user_locked.
+	// A user was disabled or locked: sub. Its tokens are no longer valid.
+	// Subject tally.<tenant>.security.user_locked.
 	EventUserLocked = "https://tally.dev/secevent/user-locked"
+	// A disabled or locked user was enabled again: sub. The reverse of
+	// EventUserLocked. Subject tally.<tenant>.security.user_unlocked.
+	EventUserUnlocked = "https://tally.dev/secevent/user-unlocked"
 )
 
 // SchemaVersion is the version of EventDetails; the JSON schema of the
@@ -51,6 +55,7 @@ var subjectSuffix = map[string]string{
 	EventKeyRotated:     "security.key_rotated",
 	EventReuseDetected:  "security.reuse_detected",
 	EventUserLocked:     "security.user_locked",
+	EventUserUnlocked:   "security.user_unlocked",
 }
 
 // Subject returns the NATS subject of an event type in tenant, e.g.
@@ -70,7 +75,11 @@ func TenantSubjects(tenant string) string { return "tally." + tenant + ".>" }
 type EventDetails struct {
 	SchemaVersion int    `json:"schema_version"`
 	Tenant        string `json:"tenant"`
-	// RaftIndex of the command that produced the event.
+	// RaftIndex of the command that produced the event: events of one
+	// cluster are ordered by it. A state change (client disabled/enabled,
+	// user locked/unlocked) is applied only if its index is above the last
+	// one applied for the same client or user, so a replayed old event
+	// cannot undo a newer one.
 	RaftIndex uint64   `json:"raft_index"`
 	JTI       string   `json:"jti,omitempty"`
 	ClientID  string   `json:"client_id,omitempty"`
@@ -78,6 +87,9 @@ type EventDetails struct {
 	ExpiresAt int64    `json:"exp,omitempty"`
 	KeyIDs    []string `json:"kids,omitempty"`
 	FamilyID  string   `json:"family_id,omitempty"`
+	// TokensIssuedUntil (user-unlocked): the user's access tokens with an
+	// iat at or before it (unix seconds; the user's lock) stay invalid.
+	TokensIssuedUntil int64 `json:"tokens_issued_until,omitempty"`
 }
 
 // SETClaims is the claim set of a tally Security Event Token (RFC 8417

@@ -60,6 +60,7 @@ func TestSubjects(t *testing.T) {
 		EventKeyRotated:     "tally.acme.security.key_rotated",
 		EventReuseDetected:  "tally.acme.security.reuse_detected",
 		EventUserLocked:     "tally.acme.security.user_locked",
+		EventUserUnlocked:   "tally.acme.security.user_unlocked",
 		"https://unknown":   "",
 	} {
 		if got := Subject("acme", typ); got != want {

@@ -11,21 +11,41 @@ import (
 )
 
 // Set is one tenant's revocation state as a resource server needs it:
-// revoked token ids (kept until the token would have expired anyway),
-// disabled clients, locked subjects and revoked refresh-token families, and
-// the stream sequence it reflects. Safe for concurrent use.
+// revoked token ids (kept until the token would have expired anyway, plus
+// the verifiers' leeway), disabled clients, locked subjects and revoked
+// refresh-token families, the stream sequence and stream identity it
+// reflects, and the Raft index of its baseline. Safe for concurrent use.
 type Set struct {
-	mu       sync.RWMutex
-	seq      uint64
+	mu sync.RWMutex
+	// seq is the stream sequence of the last event reflected; stream the
+	// identity (creation time, unix nanoseconds) of that stream, 0 if
+	// unknown.
+	seq    uint64
+	stream int64
+	// floor is the Raft index the last resync reflected: a state change
+	// at or below it is already in the set.
+	floor    uint64
 	tokens   map[string]int64 // jti → exp (unix seconds)
-	clients  map[string]bool  // disabled client ids
-	subjects map[string]bool  // locked subjects
-	families map[string]bool  // revoked refresh-token families
+	clients  map[string]toggle
+	subjects map[string]toggle
+	families map[string]bool // revoked refresh-token families
+	// cutoffs: a user enabled again after a lock; its tokens with an iat
+	// at or before the value (unix seconds) stay invalid.
+	cutoffs map[string]int64
+}
+
+// toggle is the state of a client (disabled) or user (locked) and the
+// Raft index of the change that set it, so that a replayed older event
+// cannot undo a newer change.
+type toggle struct {
+	on    bool
+	index uint64
 }
 
 // NewSet returns an empty set at sequence 0.
 func NewSet() *Set {
-	return &Set{tokens: map[string]int64{}, clients: map[string]bool{}, subjects: map[string]bool{}, families: map[string]bool{}}
+	return &Set{tokens: map[string]int64{}, clients: map[string]toggle{}, subjects: map[string]toggle{}, families: map[string]bool{},
+		cutoffs: map[string]int64{}}
 }
 
 // Revoked reports whether the token jti is revoked.
@@ -40,14 +60,30 @@ func (s *Set) Revoked(jti string) bool {
 func (s *Set) ClientDisabled(id string) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.clients[id]
+	return s.clients[id].on
 }
 
-// SubjectLocked reports whether the subject (user) is locked.
+// SubjectLocked reports whether the subject (user) is disabled or locked.
 func (s *Set) SubjectLocked(sub string) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return sub != "" && s.subjects[sub]
+	return sub != "" && s.subjects[sub].on
+}
+
+// IssuedBeforeLock reports whether a token of subject issued at iat
+// (unix seconds) predates the subject's last lock.
+func (s *Set) IssuedBeforeLock(sub string, iat int64) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.cutoffs[sub]
+	return ok && sub != "" && iat <= c
+}
+
+// FamilyRevoked reports whether the refresh-token family is revoked.
+func (s *Set) FamilyRevoked(id string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.families[id]
 }
 
 // Sequence is the stream sequence of the last event reflected.
@@ -57,11 +93,37 @@ func (s *Set) Sequence() uint64 {
 	return s.seq
 }
 
+// stream returns the identity of the stream the sequence belongs to.
+func (s *Set) streamID() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.stream
+}
+
+func (s *Set) setStreamID(id int64) {
+	s.mu.Lock()
+	s.stream = id
+	s.mu.Unlock()
+}
+
 // Len is the number of revoked tokens held.
 func (s *Set) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return len(s.tokens)
+}
+
+// flip applies a state change of a client or user carrying Raft index
+// idx, unless a newer change (or the resync baseline) already covers it.
+// Events without an index (older publishers) apply in stream order.
+func (s *Set) flip(m map[string]toggle, key string, on bool, idx uint64) {
+	if key == "" {
+		return
+	}
+	if idx != 0 && (idx <= s.floor || idx <= m[key].index) {
+		return
+	}
+	m[key] = toggle{on: on, index: max(idx, m[key].index)}
 }
 
 // apply records one event at stream sequence seq. It reports whether the
@@ -79,14 +141,19 @@ func (s *Set) apply(seq uint64, typ string, d EventDetails) bool {
 	switch typ {
 	case EventTokenRevoked:
 		if d.JTI != "" {
-			s.tokens[d.JTI] = d.ExpiresAt
+			s.tokens[d.JTI] = max(d.ExpiresAt, s.tokens[d.JTI])
 		}
 	case EventClientDisabled:
-		s.clients[d.ClientID] = true
+		s.flip(s.clients, d.ClientID, true, d.RaftIndex)
 	case EventClientEnabled:
-		delete(s.clients, d.ClientID)
+		s.flip(s.clients, d.ClientID, false, d.RaftIndex)
 	case EventUserLocked:
-		s.subjects[d.Subject] = true
+		s.flip(s.subjects, d.Subject, true, d.RaftIndex)
+	case EventUserUnlocked:
+		s.flip(s.subjects, d.Subject, false, d.RaftIndex)
+		if d.Subject != "" && d.TokensIssuedUntil > s.cutoffs[d.Subject] {
+			s.cutoffs[d.Subject] = d.TokensIssuedUntil
+		}
 	case EventFamilyRevoked, EventReuseDetected:
 		if d.FamilyID != "" {
 			s.families[d.FamilyID] = true
@@ -104,50 +171,97 @@ func (s *Set) advance(seq uint64) {
 	s.mu.Unlock()
 }
 
-// replace swaps the whole state (after a resync).
-func (s *Set) replace(o *Set) {
+// replace swaps the whole state (after a resync). Token revocations of s
+// that o lacks but that still matter at keepAfter (exp at or after it) are
+// kept: a revocation is never undone, and the server forgets one as soon
+// as its token expires while a verifier still accepts the token for its
+// leeway.
+func (s *Set) replace(o *Set, keepAfter time.Time) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.seq, s.tokens, s.clients, s.subjects, s.families = o.seq, o.tokens, o.clients, o.subjects, o.families
+	cut := keepAfter.Unix()
+	for jti, exp := range s.tokens {
+		if _, ok := o.tokens[jti]; !ok && (exp == 0 || exp >= cut) {
+			o.tokens[jti] = exp
+		}
+	}
+	for sub, c := range s.cutoffs {
+		if c > o.cutoffs[sub] {
+			o.cutoffs[sub] = c // as monotonic as a revocation
+		}
+	}
+	s.seq, s.stream, s.floor = o.seq, o.stream, o.floor
+	s.tokens, s.clients, s.subjects, s.families, s.cutoffs = o.tokens, o.clients, o.subjects, o.families, o.cutoffs
 }
 
-// prune drops revocations of tokens expired before now (minus leeway).
-func (s *Set) prune(now time.Time) {
-	cut := now.Unix()
+// prune drops revocations of tokens that expired before cut (the caller
+// subtracts the largest leeway a verifier allows).
+func (s *Set) prune(cut time.Time) {
+	c := cut.Unix()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for jti, exp := range s.tokens {
-		if exp != 0 && exp < cut {
+		if exp != 0 && exp < c {
 			delete(s.tokens, jti)
+		}
+	}
+	for sub, until := range s.cutoffs {
+		if until+int64(maxTokenLifetime/time.Second) < c {
+			delete(s.cutoffs, sub)
 		}
 	}
 }
 
-// setFile is the saved form of a Set (PositionFile).
+// maxTokenLifetime bounds the lifetime of a tally access token: a lock
+// older than it invalidates nothing live.
+const maxTokenLifetime = time.Hour
+
+// setFile is the saved form of a Set (PositionFile). Version 2 adds the
+// stream identity, the baseline index and the index of each state change;
+// a version 1 file loads with none of them (and resyncs on connect, as its
+// stream cannot be told from a recreated one).
 type setFile struct {
 	Version  int              `json:"version"`
 	Tenant   string           `json:"tenant"`
 	Sequence uint64           `json:"sequence"`
+	Stream   int64            `json:"stream_created_unix_nano,omitempty"`
+	Floor    uint64           `json:"raft_index,omitempty"`
 	Tokens   map[string]int64 `json:"tokens"`
 	Clients  []string         `json:"disabled_clients,omitempty"`
 	Subjects []string         `json:"locked_subjects,omitempty"`
 	Families []string         `json:"revoked_families,omitempty"`
-}
-
-func keys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
+	// Changes: the Raft index of the last state change of each client
+	// ("client:<id>") and user ("user:<id>").
+	Changes map[string]uint64 `json:"changes,omitempty"`
+	// Cutoffs: users' tokens issued at or before (unix seconds) are invalid.
+	Cutoffs map[string]int64 `json:"subject_cutoffs,omitempty"`
 }
 
 func (s *Set) save(path, tenant string) error {
 	s.mu.RLock()
-	f := setFile{Version: 1, Tenant: tenant, Sequence: s.seq, Tokens: s.tokens,
-		Clients: keys(s.clients), Subjects: keys(s.subjects), Families: keys(s.families)}
+	f := setFile{Version: 2, Tenant: tenant, Sequence: s.seq, Stream: s.stream, Floor: s.floor, Tokens: s.tokens,
+		Changes: map[string]uint64{}, Cutoffs: s.cutoffs}
+	for id, t := range s.clients {
+		if t.on {
+			f.Clients = append(f.Clients, id)
+		}
+		if t.index > s.floor {
+			f.Changes["client:"+id] = t.index
+		}
+	}
+	for id, t := range s.subjects {
+		if t.on {
+			f.Subjects = append(f.Subjects, id)
+		}
+		if t.index > s.floor {
+			f.Changes["user:"+id] = t.index
+		}
+	}
+	for id := range s.families {
+		f.Families = append(f.Families, id)
+	}
 	b, err := json.Marshal(f)
 	s.mu.RUnlock()
 	if err != nil {
@@ -170,25 +284,40 @@ func loadSet(path, tenant string) (*Set, error) {
 		return nil, err
 	}
 	var f setFile
-	if err := json.Unmarshal(b, &f); err != nil || f.Version != 1 {
+	if err := json.Unmarshal(b, &f); err != nil || (f.Version != 1 && f.Version != 2) {
 		return nil, fmt.Errorf("revocation: position file %s is unreadable (delete it to resync): %v", path, err)
 	}
 	if f.Tenant != tenant {
 		return nil, fmt.Errorf("revocation: position file %s is for tenant %q", path, f.Tenant)
 	}
 	s := NewSet()
-	s.seq = f.Sequence
+	s.seq, s.stream, s.floor = f.Sequence, f.Stream, f.Floor
 	if f.Tokens != nil {
 		s.tokens = f.Tokens
 	}
 	for _, c := range f.Clients {
-		s.clients[c] = true
+		s.clients[c] = toggle{on: true}
 	}
 	for _, c := range f.Subjects {
-		s.subjects[c] = true
+		s.subjects[c] = toggle{on: true}
+	}
+	for k, idx := range f.Changes {
+		switch {
+		case len(k) > 7 && k[:7] == "client:":
+			t := s.clients[k[7:]]
+			t.index = idx
+			s.clients[k[7:]] = t
+		case len(k) > 5 && k[:5] == "user:":
+			t := s.subjects[k[5:]]
+			t.index = idx
+			s.subjects[k[5:]] = t
+		}
 	}
 	for _, c := range f.Families {
 		s.families[c] = true
+	}
+	if f.Cutoffs != nil {
+		s.cutoffs = f.Cutoffs
 	}
 	return s, nil
 }

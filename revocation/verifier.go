@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -85,8 +86,14 @@ type Config struct {
 	// JWKSRefetchInterval rate-limits JWKS fetches for unknown kids;
 	// default 10s.
 	JWKSRefetchInterval time.Duration
-	Now                 func() time.Time
-	Meter               metric.Meter
+	// OnReject, if set, is called for every rejected token with the
+	// reason (see Reason) and the cause; it must be quick. The token
+	// itself is not passed: it is a credential.
+	OnReject func(ctx context.Context, reason Reason, err error)
+	// Logger, if set, logs every rejection at debug level.
+	Logger *slog.Logger
+	Now    func() time.Time
+	Meter  metric.Meter
 }
 
 // Claims are what a verified access token says.
@@ -166,6 +173,9 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		return nil, err
 	}
 	if w := cfg.Watcher; w != nil {
+		// Revocations stay in the set while this verifier still accepts
+		// their tokens.
+		w.noteLeeway(cfg.Leeway)
 		w.OnEvent(func(typ string, d EventDetails) {
 			switch typ {
 			case EventKeyRotated:
@@ -199,17 +209,22 @@ func (v *Verifier) record(ctx context.Context, err error) {
 // by introspection (RFC 7662). Then the revocation set: a revoked token,
 // disabled client or locked subject is ErrRevoked. While the Watcher is
 // stale it fails closed (ErrStale) or asks introspection, per StalePolicy.
+// A rejection is a *RejectionError naming the Reason (ReasonOf); it wraps
+// ErrInvalidToken, ErrRevoked, ErrStale or ErrUnavailable.
 func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	c, err := v.verify(ctx, token)
 	v.record(ctx, err)
-	return c, err
+	if err != nil {
+		return nil, v.reject(ctx, err)
+	}
+	return c, nil
 }
 
 func (v *Verifier) verify(ctx context.Context, token string) (*Claims, error) {
 	if token == "" || len(token) > 16<<10 {
 		return nil, fmt.Errorf("%w: empty or oversized", ErrInvalidToken)
 	}
-	if strings.Count(token, ".") != 2 {
+	if isOpaque(token) {
 		return v.introspect(ctx, token)
 	}
 	c, err := v.verifyJWT(ctx, token)
@@ -233,7 +248,23 @@ func (v *Verifier) verify(ctx context.Context, token string) (*Claims, error) {
 	if err := v.checkSet(c); err != nil {
 		return nil, err
 	}
+	// Within the leeway after exp, only a set that followed the stream
+	// since before exp can vouch for the token.
+	if !c.ExpiresAt.IsZero() && v.cfg.Now().After(c.ExpiresAt) && !w.vouchesAfterExpiry(c.ExpiresAt) {
+		return nil, fmt.Errorf("%w: %w: expired, and the revocation set was resynced since", ErrInvalidToken, jwt.ErrTokenExpired)
+	}
 	return c, nil
+}
+
+// opaqueTokenPrefix starts tally's sealed opaque tokens:
+// "tly1.<kid>.<ciphertext>" has two dots but is no JWT.
+const opaqueTokenPrefix = "tly1."
+
+// isOpaque reports whether token is not a compact JWS (RFC 7515 §7.1: three
+// base64url parts, the header a JSON object, so "eyJ…"): tally's opaque
+// tokens and any other issuer's go to introspection.
+func isOpaque(token string) bool {
+	return strings.HasPrefix(token, opaqueTokenPrefix) || strings.Count(token, ".") != 2
 }
 
 func (v *Verifier) checkSet(c *Claims) error {
@@ -242,7 +273,8 @@ func (v *Verifier) checkSet(c *Claims) error {
 		return nil
 	}
 	s := w.Set()
-	if s.Revoked(c.JTI) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) {
+	if s.Revoked(c.JTI) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) ||
+		(!c.IssuedAt.IsZero() && s.IssuedBeforeLock(c.Subject, c.IssuedAt.Unix())) {
 		return ErrRevoked
 	}
 	return nil
@@ -477,10 +509,13 @@ func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error
 		return nil, fmt.Errorf("%w: introspection response: %w", ErrUnavailable, err)
 	}
 	if !r.Active {
-		return nil, fmt.Errorf("%w: inactive", ErrInvalidToken)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errInactive)
 	}
-	if (r.Iss != "" && r.Iss != v.cfg.Issuer) || (len(r.Aud) > 0 && !r.Aud.contains(v.cfg.Audience)) {
-		return nil, fmt.Errorf("%w: issuer or audience mismatch", ErrInvalidToken)
+	if r.Iss != "" && r.Iss != v.cfg.Issuer {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errWrongIssuer)
+	}
+	if len(r.Aud) > 0 && !r.Aud.contains(v.cfg.Audience) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errWrongAudience)
 	}
 	c := &Claims{
 		Issuer: r.Iss, Subject: r.Sub, ClientID: r.ClientID, JTI: r.Jti,
@@ -531,17 +566,20 @@ func (v *Verifier) Middleware(requiredScopes ...string) func(http.Handler) http.
 			switch {
 			case errors.Is(err, ErrStale) || errors.Is(err, ErrUnavailable):
 				w.Header().Set("Retry-After", "5")
-				http.Error(w, "cannot verify tokens now", http.StatusServiceUnavailable)
+				http.Error(w, "cannot verify tokens now: "+ReasonOf(err).Description(), http.StatusServiceUnavailable)
 				return
 			case err != nil:
-				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-				http.Error(w, "invalid token", http.StatusUnauthorized)
+				// RFC 6750 §3: error_description says why, in words.
+				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+ReasonOf(err).Description()+`"`)
+				http.Error(w, "invalid token: "+ReasonOf(err).Description(), http.StatusUnauthorized)
 				return
 			}
 			for _, s := range requiredScopes {
 				if !c.HasScope(s) {
 					v.mVer.Add(r.Context(), 1, v.outcomes["insufficient_scope"])
-					w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope", scope="`+scope+`"`)
+					_ = v.reject(r.Context(), fmt.Errorf("%w: %s", ErrInsufficientScope, s))
+					w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope", error_description="`+
+						ReasonScope.Description()+`", scope="`+scope+`"`)
 					http.Error(w, "insufficient scope", http.StatusForbidden)
 					return
 				}

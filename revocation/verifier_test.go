@@ -422,8 +422,11 @@ func TestMiddleware(t *testing.T) {
 		{"ok", "Bearer " + ti.sign("k1", "at+jwt", ti.accessClaims(nil)), 200, ""},
 		{"no token", "", 401, `Bearer realm=`},
 		{"basic", "Basic abc", 401, `Bearer realm=`},
-		{"invalid", "Bearer x.y.z", 401, `error="invalid_token"`},
-		{"scope", "Bearer " + ti.sign("k1", "at+jwt", ti.accessClaims(func(c jwt.MapClaims) { c["scope"] = "write:orders" })), 403, `error="insufficient_scope", scope="read:orders"`},
+		{"invalid", "Bearer x.y.z", 401, `error="invalid_token", error_description="the access token is malformed"`},
+		{"expired", "Bearer " + ti.sign("k1", "at+jwt", ti.accessClaims(func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Hour).Unix() })),
+			401, `error="invalid_token", error_description="the access token expired"`},
+		{"scope", "Bearer " + ti.sign("k1", "at+jwt", ti.accessClaims(func(c jwt.MapClaims) { c["scope"] = "write:orders" })), 403,
+			`error="insufficient_scope", error_description="the access token lacks a required scope", scope="read:orders"`},
 	} {
 		resp, body := get(tc.authz)
 		if resp.StatusCode != tc.status || !strings.Contains(resp.Header.Get("WWW-Authenticate"), tc.www) {

@@ -34,9 +34,13 @@ type WatcherConfig struct {
 	Issuer string
 	// Tenant is the tenant whose events are followed.
 	Tenant string
-	// ServerURL is a tally node's base URL, for GetRevocationSet (resync)
-	// and, without NATS, WatchRevocations.
+	// ServerURL is a tally node's base URL (or the cluster's one issuer
+	// base URL), for GetRevocationSet (resync) and, without NATS,
+	// WatchRevocations.
 	ServerURL string
+	// ServerURLs are further nodes' base URLs: after a failed call the
+	// watcher moves on to the next one.
+	ServerURLs []string
 	// ClientID and ClientSecret of a confidential client of the tenant
 	// authenticate to the events API (HTTP Basic); or AdminToken.
 	ClientID, ClientSecret string
@@ -70,6 +74,14 @@ type WatcherConfig struct {
 	// JWKSRefetchInterval rate-limits JWKS fetches for unknown kids;
 	// default 10s.
 	JWKSRefetchInterval time.Duration
+	// UnknownKeyGrace is how long an event signed with a kid the JWKS does
+	// not (yet) list is retried, refetching the JWKS with backoff, before
+	// it is dropped as invalid; default 1m. Events after it wait.
+	UnknownKeyGrace time.Duration
+	// StreamCheckInterval is how often a NATS watcher compares the
+	// stream's identity and head with its position (a Connect watcher does
+	// it on every heartbeat); default 5s.
+	StreamCheckInterval time.Duration
 	Now                 func() time.Time
 	Meter               metric.Meter
 	Logger              *slog.Logger
@@ -103,6 +115,12 @@ func (c *WatcherConfig) fill() error {
 	if c.JWKSRefetchInterval <= 0 {
 		c.JWKSRefetchInterval = 10 * time.Second
 	}
+	if c.UnknownKeyGrace <= 0 {
+		c.UnknownKeyGrace = time.Minute
+	}
+	if c.StreamCheckInterval <= 0 {
+		c.StreamCheckInterval = 5 * time.Second
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -119,11 +137,16 @@ func (c *WatcherConfig) fill() error {
 // the package documentation for replay, gaps and staleness. Safe for
 // concurrent use; register hooks with OnEvent before Start.
 type Watcher struct {
-	cfg    WatcherConfig
-	set    *Set
-	keys   *keyCache
-	client eventsv1connect.EventsServiceClient
-	log    *slog.Logger
+	cfg     WatcherConfig
+	set     *Set
+	keys    *keyCache
+	clients []eventsv1connect.EventsServiceClient
+	cur     atomic.Int64 // index into clients
+	// authFailures counts consecutive refusals of the credentials; fatal
+	// holds the error that stopped Run.
+	authFailures int
+	fatal        atomic.Pointer[error]
+	log          *slog.Logger
 
 	synced       atomic.Bool
 	connected    atomic.Bool
@@ -132,6 +155,16 @@ type Watcher struct {
 	applied      atomic.Int64
 	resyncs      atomic.Int64
 	rejected     atomic.Int64
+	retried      atomic.Int64
+	// leeway is the largest Leeway of the verifiers using this watcher: a
+	// revocation is kept until its token's exp plus it.
+	leeway atomic.Int64
+	// resyncedAt is when the set was last replaced by the server's (unix
+	// nanoseconds, 0 if never in this process).
+	resyncedAt atomic.Int64
+	// adoptStream: the last resync did not name the stream's identity;
+	// the next connection adopts the one it finds.
+	adoptStream atomic.Bool
 
 	hooksMu sync.Mutex
 	hooks   []func(typ string, d EventDetails)
@@ -144,9 +177,10 @@ type Watcher struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mApplied metric.Int64Counter
-	mResyncs metric.Int64Counter
-	mLag     metric.Int64ObservableGauge
+	mApplied  metric.Int64Counter
+	mResyncs  metric.Int64Counter
+	mRejected metric.Int64Counter
+	mLag      metric.Int64ObservableGauge
 }
 
 // NewWatcher returns a watcher; it loads PositionFile if it exists (a set
@@ -162,8 +196,10 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		keys: newKeyCache(cfg.Issuer, cfg.HTTPClient, cfg.Now, cfg.JWKSRefetchInterval),
 		log:  cfg.Logger.With("component", "revocation-watcher", "tenant", cfg.Tenant),
 	}
-	w.client = eventsv1connect.NewEventsServiceClient(cfg.HTTPClient, strings.TrimRight(cfg.ServerURL, "/"),
-		connect.WithInterceptors(w.authInterceptor()))
+	for _, u := range append([]string{cfg.ServerURL}, cfg.ServerURLs...) {
+		w.clients = append(w.clients, eventsv1connect.NewEventsServiceClient(cfg.HTTPClient, strings.TrimRight(u, "/"),
+			connect.WithInterceptors(w.authInterceptor())))
+	}
 	w.disconnected.Store(cfg.Now().UnixNano())
 	if cfg.PositionFile != "" {
 		s, err := loadSet(cfg.PositionFile, cfg.Tenant)
@@ -186,6 +222,9 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		return nil, err
 	}
 	if w.mResyncs, err = cfg.Meter.Int64Counter("tally.rs.resyncs", metric.WithDescription("full resyncs of the revocation set")); err != nil {
+		return nil, err
+	}
+	if w.mRejected, err = cfg.Meter.Int64Counter("tally.rs.events.rejected", metric.WithDescription("events dropped because their SET is permanently invalid")); err != nil {
 		return nil, err
 	}
 	if w.mLag, err = cfg.Meter.Int64ObservableGauge("tally.rs.lag", metric.WithDescription("events between the local set and the stream head"),
@@ -251,8 +290,39 @@ func (w *Watcher) Applied() int64 { return w.applied.Load() }
 // Resyncs counts full resyncs (the first sync included).
 func (w *Watcher) Resyncs() int64 { return w.resyncs.Load() }
 
-// Rejected counts events dropped because their SET did not verify.
+// Rejected counts events dropped because their SET is permanently invalid
+// (bad signature, wrong iss, aud or tenant, unknown kid after
+// UnknownKeyGrace).
 func (w *Watcher) Rejected() int64 { return w.rejected.Load() }
+
+// Retried counts verification attempts of events that failed for a
+// transient reason (unknown kid, keys unreachable) and were retried.
+func (w *Watcher) Retried() int64 { return w.retried.Load() }
+
+// noteLeeway raises the time revocations are kept after their token's exp
+// to at least d (a Verifier's Leeway).
+func (w *Watcher) noteLeeway(d time.Duration) {
+	for {
+		cur := w.leeway.Load()
+		if int64(d) <= cur || w.leeway.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
+}
+
+// vouchesAfterExpiry reports whether the set can still say whether a token
+// that expired at exp is revoked: the server forgets a revocation when its
+// token expires, so a set resynced after exp may lack one that a verifier's
+// leeway still needs.
+func (w *Watcher) vouchesAfterExpiry(exp time.Time) bool {
+	r := w.resyncedAt.Load()
+	return r == 0 || r <= exp.UnixNano()
+}
+
+// keepAfter is the expiry before which a revocation no longer matters.
+func (w *Watcher) keepAfter() time.Time {
+	return w.cfg.Now().Add(-time.Duration(w.leeway.Load()) - time.Second)
+}
 
 // Start runs the watcher in the background until Stop.
 func (w *Watcher) Start() {
@@ -262,9 +332,10 @@ func (w *Watcher) Start() {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel, w.done = cancel, make(chan struct{})
+	done := make(chan struct{})
+	w.cancel, w.done = cancel, done
 	go func() {
-		defer close(w.done)
+		defer close(done) // not w.done: Stop clears it
 		_ = w.Run(ctx)
 	}()
 }
@@ -282,11 +353,15 @@ func (w *Watcher) Stop() {
 	}
 }
 
-// WaitSynced waits until the watcher is synced and connected, or ctx ends.
+// WaitSynced waits until the watcher is synced and connected, or ctx ends,
+// or the watcher stopped for good (Err: the credentials were refused).
 func (w *Watcher) WaitSynced(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for !(w.Synced() && w.Connected()) {
+		if err := w.Err(); err != nil {
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -296,14 +371,59 @@ func (w *Watcher) WaitSynced(ctx context.Context) error {
 	return nil
 }
 
+// ErrUnauthorized: the events API keeps refusing the watcher's credentials
+// (ClientID and ClientSecret of an enabled confidential client of the
+// tenant, or AdminToken). Run stops with it: retrying will not help.
+var ErrUnauthorized = errors.New("revocation: the events API refuses the credentials")
+
+// Err is the error that stopped Run for good (ErrUnauthorized), or nil.
+func (w *Watcher) Err() error {
+	if e := w.fatal.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// client is the events API client of the current node.
+func (w *Watcher) client() eventsv1connect.EventsServiceClient {
+	return w.clients[int(w.cur.Load())%len(w.clients)]
+}
+
+// failed notes a failed call: credentials refused three times in a row
+// (not a replica that has not seen a new client yet) stop the watcher;
+// otherwise the next call goes to the next node.
+func (w *Watcher) failed(err error) error {
+	if c := connect.CodeOf(err); c == connect.CodeUnauthenticated || c == connect.CodePermissionDenied {
+		w.authFailures++
+		if w.authFailures >= 3*len(w.clients) {
+			ferr := fmt.Errorf("%w: %w", ErrUnauthorized, err)
+			w.fatal.Store(&ferr)
+			return ferr
+		}
+	} else {
+		w.authFailures = 0
+	}
+	if len(w.clients) > 1 {
+		w.cur.Add(1)
+	}
+	return nil
+}
+
 var (
 	errGap   = errors.New("revocation: gap in the event stream")
 	errStale = errors.New("revocation: reconnected after more than MaxDisconnect")
+	// errReset: the stream is not the one the position belongs to (it was
+	// recreated or reset: another identity, or a head below the position).
+	errReset = errors.New("revocation: event stream recreated or reset")
 )
 
 // Run follows the event log until ctx ends, reconnecting and resyncing as
-// needed. It returns ctx's error after saving the position.
+// needed, failing over between ServerURL and ServerURLs. It returns ctx's
+// error after saving the position, or ErrUnauthorized at once when the
+// credentials are refused.
 func (w *Watcher) Run(ctx context.Context) error {
+	w.fatal.Store(nil)
+	w.authFailures = 0
 	defer w.save(true)
 	defer w.setConnected(false)
 	backoff := 50 * time.Millisecond
@@ -317,19 +437,29 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		if !w.synced.Load() {
 			if err := w.Resync(ctx); err != nil {
-				if ctx.Err() == nil {
-					w.log.Warn("resync failed", "err", err)
+				if ctx.Err() != nil {
+					break
+				}
+				w.log.Warn("resync failed", "err", err)
+				if ferr := w.failed(err); ferr != nil {
+					w.log.Error("stopping: the events API refuses the credentials", "err", ferr)
+					return ferr
 				}
 				sleep(ctx, backoff)
 				backoff = min(2*backoff, 5*time.Second)
 				continue
 			}
+			w.authFailures = 0
 		}
 		var err error
+		followed := time.Now()
 		if w.cfg.NATS != nil {
 			err = w.followNATS(ctx)
 		} else {
 			err = w.followConnect(ctx)
+		}
+		if time.Since(followed) > 10*time.Second {
+			backoff = 50 * time.Millisecond // a healthy session: start over
 		}
 		w.setConnected(false)
 		w.save(true)
@@ -337,8 +467,22 @@ func (w *Watcher) Run(ctx context.Context) error {
 			continue // the loop's staleness check resyncs
 		}
 		if errors.Is(err, errGap) {
-			w.log.Warn("position older than the stream's first sequence; resyncing", "position", w.Position())
+			w.log.Warn("position outside the stream's retained sequences; resyncing", "position", w.Position())
 			w.synced.Store(false)
+			continue
+		}
+		if errors.Is(err, errReset) {
+			w.synced.Store(false)
+			if time.Duration(w.cfg.Now().UnixNano()-w.resyncedAt.Load()) < time.Second {
+				// Right after a resync: the server's stream is not the one
+				// followed (NATS of another cluster than ServerURL?). Do
+				// not hammer the server.
+				w.log.Error("the stream followed is not the one the events API resyncs from; check ServerURL and NATS", "err", err)
+				sleep(ctx, backoff)
+				backoff = min(2*backoff, 5*time.Second)
+				continue
+			}
+			w.log.Warn("the event stream was recreated or reset; resyncing", "position", w.Position(), "err", err)
 			continue
 		}
 		if ctx.Err() != nil {
@@ -346,6 +490,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			w.log.Info("event stream interrupted", "err", err)
+			if w.cfg.NATS == nil {
+				if ferr := w.failed(err); ferr != nil {
+					w.log.Error("stopping: the events API refuses the credentials", "err", ferr)
+					return ferr
+				}
+			}
 		}
 		sleep(ctx, backoff)
 		backoff = min(2*backoff, 5*time.Second)
@@ -376,20 +526,30 @@ func (w *Watcher) setConnected(on bool) {
 // Resync replaces the set with the server's current revocation set
 // (GetRevocationSet) and resumes after the stream sequence it reflects.
 func (w *Watcher) Resync(ctx context.Context) error {
-	resp, err := w.client.GetRevocationSet(ctx, connect.NewRequest(&eventsv1.GetRevocationSetRequest{Tenant: w.cfg.Tenant}))
+	resp, err := w.client().GetRevocationSet(ctx, connect.NewRequest(&eventsv1.GetRevocationSetRequest{Tenant: w.cfg.Tenant}))
 	if err != nil {
 		return fmt.Errorf("revocation: GetRevocationSet: %w", err)
 	}
 	m := resp.Msg
 	ns := NewSet()
 	ns.seq = m.GetStreamSequence()
+	ns.stream = m.GetStreamCreatedUnixNano()
+	ns.floor = m.GetRaftIndex()
 	for _, t := range m.GetTokens() {
 		ns.tokens[t.GetJti()] = t.GetExpiresUnix()
 	}
 	for _, c := range m.GetDisabledClients() {
-		ns.clients[c] = true
+		ns.clients[c] = toggle{on: true}
 	}
-	w.set.replace(ns)
+	for _, u := range m.GetLockedSubjects() {
+		ns.subjects[u] = toggle{on: true}
+	}
+	for _, c := range m.GetSubjectCutoffs() {
+		ns.cutoffs[c.GetSubject()] = c.GetTokensIssuedUntilUnix()
+	}
+	w.adoptStream.Store(ns.stream == 0)
+	w.set.replace(ns, w.keepAfter())
+	w.resyncedAt.Store(w.cfg.Now().UnixNano())
 	w.head.Store(max(w.head.Load(), ns.seq))
 	w.synced.Store(true)
 	w.resyncs.Add(1)
@@ -402,7 +562,30 @@ func (w *Watcher) Resync(ctx context.Context) error {
 	for _, h := range hs {
 		h()
 	}
-	w.log.Info("revocation set resynced", "raft_index", m.GetRaftIndex(), "sequence", ns.seq, "tokens", len(m.GetTokens()))
+	w.log.Info("revocation set resynced", "raft_index", m.GetRaftIndex(), "sequence", ns.seq, "tokens", len(m.GetTokens()),
+		"disabled_clients", len(m.GetDisabledClients()), "locked_subjects", len(m.GetLockedSubjects()))
+	return nil
+}
+
+// checkStream compares the stream's identity (creation time) and head with
+// the set's position: errReset if the position belongs to another stream
+// (recreated: other identity; reset: head below the position). A set that
+// knows no identity adopts it right after a resync, and otherwise resyncs
+// once (a position file from before identities were kept).
+func (w *Watcher) checkStream(created int64, last uint64) error {
+	pos, id := w.set.Sequence(), w.set.streamID()
+	if last < pos {
+		return fmt.Errorf("%w: head %d below position %d", errReset, last, pos)
+	}
+	switch {
+	case created == 0:
+		return nil // a server that does not say
+	case id == 0 && (w.adoptStream.Load() || pos == 0):
+		w.set.setStreamID(created)
+		w.adoptStream.Store(false)
+	case id != created:
+		return fmt.Errorf("%w: stream created at %d, position of the stream created at %d", errReset, created, id)
+	}
 	return nil
 }
 
@@ -419,6 +602,9 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := w.checkStream(info.Created.UnixNano(), info.State.LastSeq); err != nil {
+		return err
+	}
 	from := w.set.Sequence() + 1
 	if from < info.State.FirstSeq {
 		return errGap
@@ -432,7 +618,7 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(NATSConsumerHeartbeat)
 	if err != nil {
 		return err
 	}
@@ -440,10 +626,14 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	w.setConnected(true)
+	if stopLive, err := w.followLive(ctx); err == nil {
+		defer stopLive()
+	}
 
 	// The ordered consumer survives NATS reconnects by itself; follow the
 	// connection's state for staleness.
 	var staleBack atomic.Bool
+	var streamErr atomic.Pointer[error]
 	mon, cancelMon := context.WithCancel(ctx)
 	monDone := make(chan struct{})
 	defer func() { cancelMon(); <-monDone }()
@@ -451,6 +641,7 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 		defer close(monDone)
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
+		lastCheck := time.Now()
 		for {
 			select {
 			case <-mon.Done():
@@ -465,6 +656,25 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 					return
 				}
 				w.setConnected(up)
+				if !up || time.Since(lastCheck) < w.cfg.StreamCheckInterval {
+					continue
+				}
+				lastCheck = time.Now()
+				// The ordered consumer waits forever at a position beyond
+				// the head of a recreated stream: compare identities.
+				ictx, cancel := context.WithTimeout(mon, 5*time.Second)
+				info, err := st.Info(ictx)
+				cancel()
+				if err == nil {
+					err = w.checkStream(info.Created.UnixNano(), info.State.LastSeq)
+				} else if errors.Is(err, jetstream.ErrStreamNotFound) {
+					err = fmt.Errorf("%w: %w", errReset, err)
+				}
+				if errors.Is(err, errReset) {
+					streamErr.Store(&err)
+					it.Stop()
+					return
+				}
 			}
 		}
 	}()
@@ -476,6 +686,9 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 			}
 			if staleBack.Load() {
 				return errStale
+			}
+			if e := streamErr.Load(); e != nil {
+				return *e
 			}
 			return err
 		}
@@ -494,7 +707,7 @@ func (w *Watcher) followConnect(ctx context.Context) error {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	from := w.set.Sequence() + 1
-	stream, err := w.client.WatchRevocations(cctx, connect.NewRequest(&eventsv1.WatchRevocationsRequest{
+	stream, err := w.client().WatchRevocations(cctx, connect.NewRequest(&eventsv1.WatchRevocationsRequest{
 		Tenant: w.cfg.Tenant, FromSequence: from,
 	}))
 	if err != nil {
@@ -510,6 +723,9 @@ func (w *Watcher) followConnect(ctx context.Context) error {
 		case *eventsv1.WatchRevocationsResponse_State:
 			if first && (m.State.GetGap() || from < m.State.GetFirstSequence()) {
 				return errGap
+			}
+			if err := w.checkStream(m.State.GetStreamCreatedUnixNano(), m.State.GetLastSequence()); err != nil {
+				return err
 			}
 			w.head.Store(max(w.head.Load(), m.State.GetLastSequence()))
 			w.setConnected(true)
@@ -530,27 +746,30 @@ func (w *Watcher) followConnect(ctx context.Context) error {
 	return errors.New("revocation: event stream ended")
 }
 
-// handle verifies one SET and applies it at seq. An error means the event
-// could not be checked now (keys unreachable): the caller reconnects and
-// retries from the same position. A SET that does not verify is dropped.
+// handle verifies one SET and applies it at seq. A SET signed with a kid
+// the JWKS does not list yet (a key rotated with no publish delay) is
+// retried with backoff, refetching the JWKS, for up to UnknownKeyGrace. An
+// error means the event could not be checked now (keys unreachable): the
+// caller reconnects and retries from the same position. Only a
+// permanently invalid SET is dropped, counted and logged.
 func (w *Watcher) handle(ctx context.Context, seq uint64, raw []byte) error {
 	if seq <= w.set.Sequence() {
 		return nil // replay
 	}
-	c, err := w.verifySET(ctx, string(raw))
-	if errors.Is(err, errKeysUnavailable) {
+	c, err := w.verifySETRetrying(ctx, seq, string(raw))
+	if errors.Is(err, errKeysUnavailable) || ctx.Err() != nil {
 		return err
 	}
 	if err != nil {
-		w.rejected.Add(1)
-		w.log.Warn("dropping an event whose SET does not verify", "sequence", seq, "err", err)
-		w.set.advance(seq)
+		w.reject(ctx, seq, err)
 		return nil
 	}
 	typ, d, err := c.Event()
-	if err != nil || d.Tenant != w.cfg.Tenant {
-		w.rejected.Add(1)
-		w.set.advance(seq)
+	if err == nil && d.Tenant != w.cfg.Tenant {
+		err = fmt.Errorf("SET of tenant %q", d.Tenant)
+	}
+	if err != nil {
+		w.reject(ctx, seq, err)
 		return nil
 	}
 	if !w.set.apply(seq, typ, d) {
@@ -568,13 +787,46 @@ func (w *Watcher) handle(ctx context.Context, seq uint64, raw []byte) error {
 		h(typ, d)
 	}
 	if w.applied.Load()%1024 == 0 {
-		w.set.prune(w.cfg.Now().Add(-time.Minute))
+		w.set.prune(w.keepAfter())
 	}
 	w.save(false)
 	return nil
 }
 
 var errKeysUnavailable = errors.New("revocation: issuer keys unavailable")
+
+func (w *Watcher) reject(ctx context.Context, seq uint64, err error) {
+	w.rejected.Add(1)
+	w.mRejected.Add(ctx, 1)
+	w.log.Warn("dropping an invalid event", "sequence", seq, "err", err)
+	w.set.advance(seq)
+}
+
+// verifySETRetrying is verifySET that retries an unknown kid: each retry
+// refetches the JWKS (past the rate limit, which the backoff replaces).
+func (w *Watcher) verifySETRetrying(ctx context.Context, seq uint64, raw string) (*SETClaims, error) {
+	start := time.Now()
+	backoff := 50 * time.Millisecond
+	for {
+		c, err := w.verifySET(ctx, raw)
+		if !errors.Is(err, errUnknownKid) {
+			return c, err
+		}
+		if time.Since(start) >= w.cfg.UnknownKeyGrace {
+			return nil, fmt.Errorf("%w after %v of retries", err, w.cfg.UnknownKeyGrace)
+		}
+		w.retried.Add(1)
+		w.log.Info("event signed with a key not in the JWKS yet; retrying", "sequence", seq, "backoff", backoff)
+		sleep(ctx, backoff)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		backoff = min(2*backoff, 5*time.Second)
+		if err := w.keys.refresh(ctx, true); err != nil {
+			return nil, fmt.Errorf("%w: %w", errKeysUnavailable, err)
+		}
+	}
+}
 
 // setJWT adapts SETClaims to golang-jwt.
 type setJWT struct {

@@ -180,7 +180,9 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, keyCommands()...)
 	cmds = append(cmds, revokeCommands()...)
 	cmds = append(cmds, clusterCommands()...)
+	cmds = append(cmds, recoverCommand())
 	cmds = append(cmds, userCommands()...)
+	cmds = append(cmds, clusterInitCommands()...)
 	return cmds
 }
 

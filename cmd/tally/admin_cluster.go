@@ -107,7 +107,7 @@ func clusterCommands() []adminCommand {
 			takesArg: true,
 			synopsis: "ID",
 			summary:  "Remove a member from the Raft configuration.",
-			detail:   "Stop the node afterwards. Removing voters below a majority of the remaining ones loses the quorum.",
+			detail:   "Stop the node afterwards. Removing voters below a majority of the remaining ones loses the quorum. Removal is final: the id goes on the cluster's deny list and its certificate is refused on every node's cluster port; bring a replacement up under a new node id.",
 			examples: []string{`tally admin cluster remove node4`},
 			setup: func(fs *flag.FlagSet) adminAction {
 				return func(ctx context.Context, s *adminSession, args []string) error {

@@ -9,8 +9,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -21,18 +19,30 @@ import (
 	"github.com/tallyauth/tally/loadtest"
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
 	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
-	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
+	"github.com/tallyauth/tally/node/localcluster"
 )
 
 const drillUsage = `Usage:
-  tally drill failover  [flags]   kill the leader (or --graceful: transfer leadership) under load
-  tally drill partition [flags]   isolate a node or a region under load
+  tally drill failover        [flags]   kill the leader (or --graceful: transfer leadership) under load
+  tally drill partition       [flags]   isolate a node or a region under load
+  tally drill rolling-restart [flags]   restart every node in turn under load, followers first
 
 By default the drill starts its own cluster in this process (--nodes, on
-loopback, in a temporary directory). "tally drill failover --graceful
---server URL" drills a running cluster through its admin API instead.
+loopback, in a temporary directory). With --server URL it drills a running
+cluster: the members come from the cluster status (admin API), their HTTP
+URLs from --node ID=URL or TALLY_NODES, and the fault from your commands,
+run with /bin/sh -c, {node} and {region} substituted:
+
+  tally drill failover --server $TALLY_SERVER \
+      --kill-cmd 'docker kill {node}' --restart-cmd 'docker start {node}'
+  tally drill partition --server $TALLY_SERVER --isolate node3 \
+      --partition-cmd 'docker network disconnect {region} {node}' \
+      --heal-cmd 'docker network connect --alias {node}.{region} {region} {node}'
+  tally drill rolling-restart --server $TALLY_SERVER \
+      --kill-cmd 'docker stop -t 20 {node}' --restart-cmd 'docker start {node}'
+
+Templates for Docker Compose, Kubernetes and systemd: deploy/drill/.
 Each drill ends with PASS or FAIL; a violated invariant exits with 1.
 
 Run "tally drill <drill> -h" for the flags.
@@ -44,7 +54,7 @@ func runDrill(ctx context.Context, args []string, e env) int {
 		return 2
 	}
 	switch args[0] {
-	case "failover", "partition":
+	case "failover", "partition", "rolling-restart":
 		return runDrillKind(ctx, args[0], args[1:], e)
 	case "help", "-h", "--help":
 		fmt.Fprint(e.stdout, drillUsage)
@@ -72,22 +82,42 @@ type drillFlags struct {
 	output       string
 	report       string
 	cfg          loadtest.DrillConfig
+
+	// Against a running cluster (--server).
+	nodeURLs     []string
+	target       string
+	killCmd      string
+	restartCmd   string
+	partitionCmd string
+	healCmd      string
+	readyTimeout time.Duration
 }
 
 func runDrillKind(ctx context.Context, kind string, args []string, e env) int {
 	f := drillFlags{kind: kind, cfg: loadtest.DefaultDrillConfig()}
 	fs := flag.NewFlagSet("tally drill "+kind, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	if kind == "failover" {
+	switch kind {
+	case "failover":
 		fs.BoolVar(&f.graceful, "graceful", false, "transfer leadership instead of killing the leader")
-	} else {
+		fs.StringVar(&f.target, "target", "leader", "with --server: what to kill: leader, follower, a member id, or region:NAME")
+	case "partition":
 		fs.StringVar(&f.isolate, "isolate", "follower", "what to cut off: follower, leader, a node id (node1), or region:NAME")
 	}
+	fs.Func("node", "with --server: a member's HTTP base `ID=URL` (or URL: the id is read from its /metrics); repeatable; default TALLY_NODES (URLs separated by spaces)", func(v string) error {
+		f.nodeURLs = append(f.nodeURLs, v)
+		return nil
+	})
+	fs.StringVar(&f.killCmd, "kill-cmd", "", "with --server: `command` that kills (failover) or stops (rolling-restart) {node} in {region}")
+	fs.StringVar(&f.restartCmd, "restart-cmd", "", "with --server: `command` that starts {node} again")
+	fs.StringVar(&f.partitionCmd, "partition-cmd", "", "with --server: `command` that cuts {node} in {region} off from the other nodes")
+	fs.StringVar(&f.healCmd, "heal-cmd", "", "with --server: `command` that undoes --partition-cmd")
+	fs.DurationVar(&f.readyTimeout, "ready-timeout", 2*time.Minute, "with --server: bound on the wait for a restarted or healed node's /readyz")
 	fs.IntVar(&f.nodes, "nodes", 3, "voters of the cluster the drill starts")
 	fs.StringVar(&f.regions, "regions", "east,west", "region labels, assigned to the started nodes in turn")
 	fs.StringVar(&f.profile, "raft-profile", "lan", "Raft timing of the started cluster: lan, wan, or fast (300 ms timeouts)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the started cluster (default: a temporary one, removed after)")
-	fs.StringVar(&f.server, "server", "", "drill a running cluster through this node's admin API `URL` instead (failover --graceful only)")
+	fs.StringVar(&f.server, "server", "", "drill a running cluster through this admin API `URL` (a node or the front door) instead")
 	fs.StringVar(&f.adminToken, "admin-token", "", "admin bearer token for --server (env TALLY_ADMIN_TOKEN)")
 	fs.StringVar(&f.tenant, "tenant", node.DefaultTenant, "tenant of the load (with --server)")
 	fs.StringVar(&f.clientID, "client-id", "", "client_credentials client for the load (with --server; default: one created through the admin API)")
@@ -129,10 +159,6 @@ func runDrillKind(ctx context.Context, kind string, args []string, e env) int {
 	var rep loadtest.DrillReport
 	var err error
 	if f.server != "" {
-		if kind != "failover" || !f.graceful {
-			fmt.Fprintf(e.stderr, "tally drill %s: --server drills only \"failover --graceful\" (a hard kill or a partition needs the cluster the drill starts)\n", kind)
-			return 2
-		}
 		rep, err = drillRemote(ctx, f, e)
 	} else {
 		if f.nodes < 3 || f.nodes > 9 {
@@ -190,77 +216,123 @@ func drillLocal(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport,
 	if slices.Contains(regions, "") {
 		return loadtest.DrillReport{}, usagef("--regions holds an empty label")
 	}
-	ccfg := localClusterConfig{dir: dir, nodes: f.nodes, regions: regions, profile: f.profile, maxStale: f.cfg.MaxStale}
+	ccfg := localcluster.Config{Dir: dir, Nodes: f.nodes, Regions: regions, Profile: f.profile, MaxStale: f.cfg.MaxStale}
 	if f.kind == "partition" {
-		if _, err := partitionGroup(&localCluster{cfg: ccfg}, -1, f.isolate); err != nil {
+		if _, err := partitionGroup(ccfg, -1, f.isolate); err != nil {
 			return loadtest.DrillReport{}, err
 		}
 	}
 	if f.output == "text" {
 		fmt.Fprintf(e.stderr, "starting %d nodes in %s …\n", f.nodes, dir)
 	}
-	c, err := startLocalCluster(ctx, ccfg)
+	c, err := localcluster.Start(ctx, ccfg)
 	if err != nil {
 		return loadtest.DrillReport{}, fmt.Errorf("starting the cluster: %w", err)
 	}
 	defer c.Close()
-	l, err := c.leader(ctx, 30*time.Second)
+	l, err := c.Leader(ctx, 30*time.Second)
 	if err != nil {
 		return loadtest.DrillReport{}, err
 	}
-	resp, err := c.node(l).Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
+	resp, err := c.Node(l).Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
 		Tenant: node.DefaultTenant, Name: "drill", AccessTokenTtlSeconds: 3600,
 	}))
 	if err != nil {
 		return loadtest.DrillReport{}, fmt.Errorf("creating the drill client: %w", err)
 	}
-	if err := c.waitConverged(ctx, 30*time.Second); err != nil {
+	if err := c.WaitConverged(ctx, 30*time.Second); err != nil {
 		return loadtest.DrillReport{}, err
 	}
 	cfg := f.cfg
-	cfg.Nodes = c.drillNodes()
+	cfg.Nodes = localDrillNodes(c)
 	cfg.ClientID, cfg.ClientSecret = resp.Msg.Client.ClientId, resp.Msg.ClientSecret
 	switch {
 	case f.kind == "failover" && f.graceful:
 		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localTransfer(ctx, c) }
 	case f.kind == "failover":
 		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localKill(ctx, c) }
+	case f.kind == "rolling-restart":
+		cfg.Steps = c.Len()
+		done := map[int]bool{}
+		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localRollingStep(ctx, c, done) }
 	default:
 		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) { return localPartition(ctx, c, f.isolate) }
 	}
 	return loadtest.RunDrill(ctx, cfg)
 }
 
-// localKill plans a hard kill of the current leader, healed by a restart
-// on the same data directory and ports.
-func localKill(ctx context.Context, c *localCluster) (loadtest.Fault, error) {
-	l, err := c.leader(ctx, 10*time.Second)
+// localRollingStep plans the restart of the next node not restarted yet,
+// the leader last.
+func localRollingStep(ctx context.Context, c *localcluster.Cluster, done map[int]bool) (loadtest.Fault, error) {
+	l, err := c.Leader(ctx, 10*time.Second)
 	if err != nil {
 		return loadtest.Fault{}, err
 	}
-	id := c.id(l)
+	next := -1
+	for i := range c.Len() {
+		if !done[i] && (next < 0 || next == l) {
+			next = i
+		}
+	}
+	if next < 0 {
+		return loadtest.Fault{}, errors.New("every node was restarted already")
+	}
+	done[next] = true
+	id := c.ID(next)
+	what := id
+	if next == l {
+		what = "leader " + id
+	}
+	return loadtest.Fault{
+		Event:     what + " stopped",
+		Down:      []string{id},
+		Inject:    func(context.Context) error { c.Kill(next); return nil },
+		HealEvent: id + " restarted and ready",
+		Heal:      func(ctx context.Context) error { return c.Restart(ctx, next) },
+	}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// localKill plans a hard kill of the current leader, healed by a restart
+// on the same data directory and ports.
+func localKill(ctx context.Context, c *localcluster.Cluster) (loadtest.Fault, error) {
+	l, err := c.Leader(ctx, 10*time.Second)
+	if err != nil {
+		return loadtest.Fault{}, err
+	}
+	id := c.ID(l)
 	return loadtest.Fault{
 		Event: "leader " + id + " killed",
 		Down:  []string{id},
 		Inject: func(context.Context) error {
-			c.kill(l)
+			c.Kill(l)
 			return nil
 		},
 		HealEvent: id + " restarted",
-		Heal:      func(ctx context.Context) error { return c.restart(ctx, l) },
+		Heal:      func(ctx context.Context) error { return c.Restart(ctx, l) },
 	}, nil
 }
 
 // localTransfer plans a leadership transfer through the admin API of a
 // follower (Raft picks the most caught-up voter).
-func localTransfer(ctx context.Context, c *localCluster) (loadtest.Fault, error) {
-	l, err := c.leader(ctx, 10*time.Second)
+func localTransfer(ctx context.Context, c *localcluster.Cluster) (loadtest.Fault, error) {
+	l, err := c.Leader(ctx, 10*time.Second)
 	if err != nil {
 		return loadtest.Fault{}, err
 	}
-	f := c.node((l + 1) % c.cfg.nodes)
+	f := c.Node((l + 1) % c.Len())
 	return loadtest.Fault{
-		Event: "leadership of " + c.id(l) + " transferred",
+		Event: "leadership of " + c.ID(l) + " transferred",
 		Inject: func(ctx context.Context) error {
 			_, err := f.ClusterAdmin.TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{}))
 			return err
@@ -270,13 +342,14 @@ func localTransfer(ctx context.Context, c *localCluster) (loadtest.Fault, error)
 
 // partitionGroup resolves --isolate to the node indexes cut off: a
 // follower, the leader (l), a node id, or every node of region:NAME.
-func partitionGroup(c *localCluster, l int, isolate string) ([]int, error) {
+func partitionGroup(cfg localcluster.Config, l int, isolate string) ([]int, error) {
+	id := func(i int) string { return fmt.Sprintf("node%d", i) }
 	switch {
 	case isolate == "follower":
 		if l < 0 {
 			return nil, nil
 		}
-		return []int{(l + 1) % c.cfg.nodes}, nil
+		return []int{(l + 1) % cfg.Nodes}, nil
 	case isolate == "leader":
 		if l < 0 {
 			return nil, nil
@@ -284,34 +357,34 @@ func partitionGroup(c *localCluster, l int, isolate string) ([]int, error) {
 		return []int{l}, nil
 	case strings.HasPrefix(isolate, "region:"):
 		var out []int
-		for i := range c.cfg.nodes {
-			if c.region(i) == strings.TrimPrefix(isolate, "region:") {
+		for i := range cfg.Nodes {
+			if cfg.Regions[i%len(cfg.Regions)] == strings.TrimPrefix(isolate, "region:") {
 				out = append(out, i)
 			}
 		}
-		if len(out) == 0 || len(out) == c.cfg.nodes {
+		if len(out) == 0 || len(out) == cfg.Nodes {
 			return nil, usagef("--isolate %s: the region must hold some but not all nodes", isolate)
 		}
 		return out, nil
 	default:
-		for i := range c.cfg.nodes {
-			if c.id(i) == isolate {
+		for i := range cfg.Nodes {
+			if id(i) == isolate {
 				return []int{i}, nil
 			}
 		}
-		return nil, usagef("--isolate %q: want follower, leader, a node id (node0…node%d) or region:NAME", isolate, c.cfg.nodes-1)
+		return nil, usagef("--isolate %q: want follower, leader, a node id (node0…node%d) or region:NAME", isolate, cfg.Nodes-1)
 	}
 }
 
 // localPartition plans a partition of the --isolate group from the rest.
 // The side without a majority of the voters is the one expected to fail
 // closed.
-func localPartition(ctx context.Context, c *localCluster, isolate string) (loadtest.Fault, error) {
-	l, err := c.leader(ctx, 10*time.Second)
+func localPartition(ctx context.Context, c *localcluster.Cluster, isolate string) (loadtest.Fault, error) {
+	l, err := c.Leader(ctx, 10*time.Second)
 	if err != nil {
 		return loadtest.Fault{}, err
 	}
-	group, err := partitionGroup(c, l, isolate)
+	group, err := partitionGroup(c.Config(), l, isolate)
 	if err != nil {
 		return loadtest.Fault{}, err
 	}
@@ -319,84 +392,30 @@ func localPartition(ctx context.Context, c *localCluster, isolate string) (loadt
 	var groupIDs, rest []string
 	for _, i := range group {
 		in[i] = true
-		groupIDs = append(groupIDs, c.id(i))
+		groupIDs = append(groupIDs, c.ID(i))
 	}
-	for i := range c.cfg.nodes {
+	for i := range c.Len() {
 		if !in[i] {
-			rest = append(rest, c.id(i))
+			rest = append(rest, c.ID(i))
 		}
 	}
 	minority := groupIDs
-	if 2*len(groupIDs) > c.cfg.nodes {
+	if 2*len(groupIDs) > c.Len() {
 		minority = rest
 	}
 	return loadtest.Fault{
 		Event:    fmt.Sprintf("%s (%s) cut off from %s", isolate, strings.Join(groupIDs, ","), strings.Join(rest, ",")),
 		Isolated: minority,
 		Inject: func(context.Context) error {
-			c.nw.Partition(c.ids(), groupIDs...)
+			c.Net.Partition(c.IDs(), groupIDs...)
 			return nil
 		},
 		HealEvent: "partition healed",
 		Heal: func(context.Context) error {
-			c.nw.Heal()
+			c.Net.Heal()
 			return nil
 		},
 	}, nil
-}
-
-// drillRemote drills a running cluster through the admin API of the node
-// at f.server: the nodes and the leader come from the cluster status, the
-// fault is a leadership transfer.
-func drillRemote(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport, error) {
-	base, err := url.Parse(f.server)
-	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return loadtest.DrillReport{}, usagef("--server %q is not an absolute http(s) URL", f.server)
-	}
-	if f.adminToken == "" {
-		return loadtest.DrillReport{}, usagef("--server needs the admin token: --admin-token or TALLY_ADMIN_TOKEN")
-	}
-	hc := &http.Client{Timeout: 30 * time.Second}
-	auth := connect.WithInterceptors(bearerAuth("Bearer " + f.adminToken))
-	server := strings.TrimRight(f.server, "/")
-	ca := clusterv1connect.NewClusterAdminServiceClient(hc, server, auth)
-	st, err := ca.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
-	if err != nil {
-		return loadtest.DrillReport{}, fmt.Errorf("cluster status: %w", err)
-	}
-	cfg := f.cfg
-	for _, m := range st.Msg.Members {
-		if m.HttpAddress == "" {
-			return loadtest.DrillReport{}, fmt.Errorf("member %s did not report its HTTP address (state %s)", m.Id, m.State)
-		}
-		cfg.Nodes = append(cfg.Nodes, loadtest.DrillNode{ID: m.Id, Issuer: base.Scheme + "://" + m.HttpAddress + "/t/" + url.PathEscape(f.tenant)})
-	}
-	cfg.ClientID, cfg.ClientSecret = f.clientID, f.clientSecret
-	if cfg.ClientID == "" {
-		admin := adminv1connect.NewAdminServiceClient(hc, server, auth)
-		resp, err := admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: f.tenant, Name: "drill", AccessTokenTtlSeconds: 3600}))
-		if err != nil {
-			return loadtest.DrillReport{}, fmt.Errorf("creating the drill client: %w", err)
-		}
-		cfg.ClientID, cfg.ClientSecret = resp.Msg.Client.ClientId, resp.Msg.ClientSecret
-		if f.output == "text" {
-			fmt.Fprintf(e.stderr, "created client %s for the drill\n", cfg.ClientID)
-		}
-	}
-	cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) {
-		st, err := ca.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
-		if err != nil {
-			return loadtest.Fault{}, err
-		}
-		return loadtest.Fault{
-			Event: "leadership of " + st.Msg.LeaderId + " transferred",
-			Inject: func(ctx context.Context) error {
-				_, err := ca.TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{}))
-				return err
-			},
-		}, nil
-	}
-	return loadtest.RunDrill(ctx, cfg)
 }
 
 // writeDrillHTML writes the drill's load and events as an HTML report.

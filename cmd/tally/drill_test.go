@@ -4,11 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/tallyauth/tally/node/localcluster"
 )
 
 // runDrillCmd runs "tally drill args..." and returns the exit code, stdout
@@ -85,7 +92,10 @@ func TestDrillUsage(t *testing.T) {
 		{"no drill", nil, "Usage"},
 		{"unknown drill", []string{"chaos"}, "unknown drill"},
 		{"kill through the admin API", []string{"failover", "--server", "http://127.0.0.1:1"}, "--graceful"},
-		{"partition through the admin API", []string{"partition", "--server", "http://127.0.0.1:1"}, "--graceful"},
+		{"partition without commands", []string{"partition", "--server", "http://127.0.0.1:1"}, "--partition-cmd"},
+		{"failover without commands", []string{"failover", "--server", "http://127.0.0.1:1"}, "--kill-cmd"},
+		{"rolling restart without a command", []string{"rolling-restart", "--server", "http://127.0.0.1:1"}, "--restart-cmd"},
+		{"bad node URL", []string{"failover", "--graceful", "--server", "http://127.0.0.1:1", "--admin-token", "x", "--node", "node1=ftp://x"}, "--node"},
 		{"bad output", []string{"failover", "--output", "xml"}, "--output"},
 		{"too few nodes", []string{"failover", "--nodes", "2"}, "--nodes"},
 		{"bad profile", []string{"partition", "--raft-profile", "moon"}, "--raft-profile"},
@@ -107,16 +117,16 @@ func TestDrillUsage(t *testing.T) {
 // TestDrillRemoteGraceful drills a running cluster through its admin API
 // (the cluster status names the nodes, TransferLeadership is the fault).
 func TestDrillRemoteGraceful(t *testing.T) {
-	c, err := startLocalCluster(context.Background(), localClusterConfig{dir: t.TempDir(), nodes: 3, regions: []string{"east", "west"}, profile: "fast", maxStale: 5 * time.Second})
+	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "west"}, Profile: "fast", MaxStale: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	l, err := c.leader(context.Background(), 10*time.Second)
+	l, err := c.Leader(context.Background(), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.node(l).BaseURL(), "--admin-token", c.adminToken,
+	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.Node(l).URL(), "--admin-token", c.AdminToken(),
 		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--max-stale", "5s", "--output", "json")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
@@ -127,10 +137,103 @@ func TestDrillRemoteGraceful(t *testing.T) {
 		Nodes       int    `json:"nodes"`
 		WritesAcked int64  `json:"writes_acked"`
 	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.Pass || rep.Nodes != 3 || rep.WritesAcked == 0 || !strings.Contains(rep.Fault, c.id(l)) {
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.Pass || rep.Nodes != 3 || rep.WritesAcked == 0 || !strings.Contains(rep.Fault, c.ID(l)) {
 		t.Fatalf("report (%v): %s", err, out)
 	}
-	if now, err := c.leader(context.Background(), 10*time.Second); err != nil || now == l {
+	if now, err := c.Leader(context.Background(), 10*time.Second); err != nil || now == l {
 		t.Fatalf("leader after the drill: node%d (%v), before node%d", now, err, l)
+	}
+}
+
+// TestDrillRemoteCommands drills a running cluster the way an operator
+// does: the nodes given by URL (ids read from their /metrics), the faults
+// injected by shell commands with {node} and {region} substituted (here
+// curl calls to a fault service in the test that kills, restarts or
+// partitions the in-process nodes).
+func TestDrillRemoteCommands(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("needs curl for the operator commands")
+	}
+	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "central", "west"}, Profile: "fast", MaxStale: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	var mu sync.Mutex
+	var calls []string
+	faults := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, region := r.URL.Query().Get("node"), r.URL.Query().Get("region")
+		i := slices.Index(c.IDs(), id)
+		if i < 0 || c.Region(i) != region {
+			http.Error(w, "no node "+id+" in "+region, http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		calls = append(calls, r.URL.Path+" "+id)
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/kill":
+			c.Kill(i)
+		case "/restart":
+			if err := c.Restart(r.Context(), i); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+			}
+		case "/partition":
+			c.Net.Partition(c.IDs(), id)
+		case "/heal":
+			c.Net.Heal()
+		}
+	}))
+	t.Cleanup(faults.Close)
+	cmd := func(path string) string {
+		return `curl -fsS "` + faults.URL + path + `?node={node}&region={region}"`
+	}
+	l, err := c.Leader(context.Background(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--server", c.Node(l).URL(), "--admin-token", c.AdminToken(),
+		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2",
+		"--max-stale", "2s", "--output", "json", "--ready-timeout", "30s"}
+	for i := range c.Len() {
+		common = append(common, "--node", c.Node(i).URL())
+	}
+	tests := []struct {
+		name  string
+		args  []string
+		calls []string
+	}{
+		{"failover", []string{"failover", "--kill-cmd", cmd("/kill"), "--restart-cmd", cmd("/restart")}, []string{"/kill", "/restart"}},
+		{"partition", []string{"partition", "--isolate", "follower", "--fault-for", "3500ms", "--partition-cmd", cmd("/partition"), "--heal-cmd", cmd("/heal")}, []string{"/partition", "/heal"}},
+		{"rolling-restart", []string{"rolling-restart", "--kill-cmd", cmd("/kill"), "--restart-cmd", cmd("/restart")}, []string{"/kill", "/restart", "/kill", "/restart", "/kill", "/restart"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mu.Lock()
+			calls = nil
+			mu.Unlock()
+			code, out, errs := runDrillCmd(t, append(tt.args, common...)...)
+			if code != 0 {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+			}
+			var rep struct {
+				Pass        bool  `json:"pass"`
+				Nodes       int   `json:"nodes"`
+				WritesAcked int64 `json:"writes_acked"`
+			}
+			if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.Pass || rep.Nodes != 3 || rep.WritesAcked == 0 {
+				t.Fatalf("report (%v): %s", err, out)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			var paths []string
+			for _, c := range calls {
+				p, _, _ := strings.Cut(c, " ")
+				paths = append(paths, p)
+			}
+			if !slices.Equal(paths, tt.calls) {
+				t.Fatalf("operator commands %q, want %q", calls, tt.calls)
+			}
+		})
 	}
 }

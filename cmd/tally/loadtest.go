@@ -26,7 +26,7 @@ import (
 	"github.com/tallyauth/tally/loadtest"
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	"github.com/tallyauth/tally/node/nodetest"
+	"github.com/tallyauth/tally/node/localcluster"
 )
 
 const loadtestUsage = `tally loadtest — measure how fast a token endpoint issues tokens
@@ -359,7 +359,7 @@ func runLoadtestCompare(ctx context.Context, args []string, e env) int {
 	defer os.RemoveAll(dir)
 
 	fmt.Fprintf(e.stderr, "starting a tally node in %s …\n", dir)
-	n, err := nodetest.StartDir(ctx, dir, nodetest.WithConfig(func(c *node.Config) {
+	n, err := localcluster.StartDir(ctx, dir, localcluster.WithConfig(func(c *node.Config) {
 		c.DefaultSigningAlg = *alg
 	}))
 	if err != nil {

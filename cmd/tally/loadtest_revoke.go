@@ -10,12 +10,11 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/go-jose/go-jose/v4"
-	"github.com/nats-io/nats.go"
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tallyauth/tally/loadtest"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	"github.com/tallyauth/tally/node/nodetest"
+	"github.com/tallyauth/tally/node/localcluster"
 	"github.com/tallyauth/tally/revocation"
 )
 
@@ -59,7 +58,7 @@ func runLoadtestRevokePropagation(ctx context.Context, args []string, e env) int
 	}
 	defer os.RemoveAll(dir)
 	fmt.Fprintf(e.stderr, "starting a tally node in %s …\n", dir)
-	n, err := nodetest.StartDir(ctx, dir)
+	n, err := localcluster.StartDir(ctx, dir)
 	if err != nil {
 		return fail("starting node: %v", err)
 	}
@@ -77,7 +76,7 @@ func runLoadtestRevokePropagation(ctx context.Context, args []string, e env) int
 
 	wc := revocation.WatcherConfig{Issuer: issuer, Tenant: tenant, ServerURL: n.BaseURL(), ClientID: id, ClientSecret: secret}
 	if *transport == "nats" {
-		nc, err := nats.Connect(n.NATSURL(), nats.MaxReconnects(-1))
+		nc, err := revocation.ConnectNATS(revocation.NATSConfig{URLs: n.NATSURL(), Tenant: tenant, ClientID: id, ClientSecret: secret})
 		if err != nil {
 			return fail("nats: %v", err)
 		}

@@ -26,9 +26,11 @@ const usage = `tally — OAuth 2.0 / OpenID Connect token service
 
 Usage:
   tally serve [flags]        run a node (tally serve --dev for a local single node)
+  tally front [flags]        the one-issuer front door: a proxy over a cluster's nodes
   tally admin <command> ...  administer tenants, clients, keys and revocations
   tally loadtest <scenario>  run a load test against an issuer
-  tally drill <drill>        break a cluster under load: failover, partition
+  tally drill <drill>        break a cluster under load: failover, partition, rolling-restart
+  tally healthcheck          exit 0 if a node answers /readyz (container HEALTHCHECK)
   tally version              print the version
 
 Run "tally <command> -h" for the flags of a command.
@@ -51,12 +53,16 @@ func run(ctx context.Context, args []string, e env) int {
 	switch args[0] {
 	case "serve":
 		return runServe(ctx, args[1:], e)
+	case "front":
+		return runFront(ctx, args[1:], e)
 	case "admin":
 		return runAdmin(ctx, args[1:], e)
 	case "loadtest":
 		return runLoadtest(ctx, args[1:], e)
 	case "drill":
 		return runDrill(ctx, args[1:], e)
+	case "healthcheck":
+		return runHealthcheck(ctx, args[1:], e)
 	case "version", "--version", "-version":
 		fmt.Fprintf(e.stdout, "tally %s\n", version)
 		return 0

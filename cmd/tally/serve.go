@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"sort"
 	"strings"
 
 	"github.com/tallyauth/tally/node"
@@ -55,7 +57,7 @@ func runServe(ctx context.Context, args []string, e env) int {
 	fs.BoolVar(&cfg.Dev, "dev", cfg.Dev, "single node on loopback; generate the key-encryption key and admin credential in the data dir")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the Raft log, state, snapshots and NATS files")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "host:port of the OAuth endpoints and Connect services (HTTP/1.1 and h2c)")
-	fs.StringVar(&cfg.Issuer, "issuer", cfg.Issuer, "base URL of tenant issuers ({issuer}/t/{tenant}); default http://{listen}")
+	fs.StringVar(&cfg.Issuer, "issuer", cfg.Issuer, "the cluster's one public base URL, the same on every node; tenant issuers are {issuer}/t/{tenant} (required; --dev derives http://{listen})")
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "this node's id in the Raft cluster")
 	fs.StringVar(&cfg.Region, "region", cfg.Region, "this node's region label")
 	fs.StringVar(&cfg.RaftBind, "raft-bind", cfg.RaftBind, "host:port of the cluster port: Raft and the internal cluster service, over mutual TLS")
@@ -68,13 +70,19 @@ func runServe(ctx context.Context, args []string, e env) int {
 	fs.DurationVar(&cfg.RefreshIdleTimeout, "refresh-idle-timeout", cfg.RefreshIdleTimeout, "a refresh-token family unused this long ends (0: no idle limit)")
 	fs.DurationVar(&cfg.RefreshReuseInterval, "refresh-reuse-interval", cfg.RefreshReuseInterval, "within this interval the just-superseded refresh token returns the same successor instead of revoking the family (0: off; typical 2s-10s)")
 	fs.DurationVar(&cfg.MaxStale, "max-stale", cfg.MaxStale, "staleness bound: without contact from a Raft leader for longer, OAuth endpoints answer temporarily_unavailable and /readyz fails")
+	fs.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", cfg.MaxClockSkew, "a node whose clock is further than this from the voters' median refuses writes, is not ready and hands off leadership (0: off)")
 	fs.StringVar(&cfg.LeaderRegion, "leader-region", cfg.LeaderRegion, "region the Raft leader should be in (same on every node); a leader elsewhere hands over to a healthy voter there")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", cfg.TLSDir, "directory with ca.pem, node.pem, node-key.pem (tally admin cluster node-cert); default: a single node generates them in the data dir")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", cfg.WriteTimeout, "bound on a write (forwarding to the leader included); no leader within it: temporarily unavailable")
+	fs.Var(byteSizeFlag{&cfg.MinFreeDisk}, "min-free-disk", "free-space watermark of the data file system (`bytes`, KiB/MiB/GiB suffix): below it the node refuses writes and reports not ready, but keeps issuing tokens (0: off)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, `host:port of the embedded NATS server ("" disables it)`)
+	natsClusterFlags(fs, &cfg)
 	eventFlags(fs, &cfg.Events)
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "serve /metrics on this host:port instead of on --listen")
+	checkOnly := false
+	fs.BoolVar(&checkOnly, "check-config", false, "validate the configuration (flags, environment, config file, TLS, key and credential files) and exit without starting")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "export traces over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318)")
 	fs.DurationVar(&cfg.JWKSMaxAge, "jwks-max-age", cfg.JWKSMaxAge, "Cache-Control max-age of JWKS responses")
 	fs.DurationVar(&cfg.KeyPublishDelay, "key-publish-delay", cfg.KeyPublishDelay, "how long a rotated key is published before it signs (default: the JWKS max-age)")
@@ -112,6 +120,17 @@ func runServe(ctx context.Context, args []string, e env) int {
 		return 2
 	}
 	logger := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	if checkOnly {
+		if err := node.CheckConfig(cfg); err != nil {
+			fmt.Fprintf(e.stderr, "tally serve: --check-config: %v\n", err)
+			return 2
+		}
+		for _, name := range unknownEnv(fs, os.Environ()) {
+			fmt.Fprintf(e.stderr, "tally serve: --check-config: warning: %s is not a setting of tally serve (misspelt?)\n", name)
+		}
+		fmt.Fprintf(e.stdout, "tally serve: configuration of node %s is valid\n", cfg.NodeID)
+		return 0
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
 		return 2
@@ -147,6 +166,29 @@ func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 		}
 	})
 	return err
+}
+
+// clientEnv are TALLY_* variables of the other commands (tally admin,
+// make cluster's exports), not settings of tally serve.
+var clientEnv = map[string]bool{
+	"TALLY_KEK": true, "TALLY_ADMIN_TOKEN": true, "TALLY_CONFIG": true,
+	"TALLY_SERVER": true, "TALLY_ISSUER_BASE": true, "TALLY_NODES": true,
+}
+
+// unknownEnv lists the TALLY_* variables of environ that no flag reads:
+// likely misspelt settings, which would otherwise be ignored silently.
+func unknownEnv(fs *flag.FlagSet, environ []string) []string {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { known[envName(f.Name)] = true })
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "TALLY_") && !known[name] && !clientEnv[name] {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func envName(flagName string) string {

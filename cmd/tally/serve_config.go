@@ -30,6 +30,7 @@ type serveFile struct {
 	Join           *string       `json:"join"`
 	Nonvoter       *bool         `json:"nonvoter"`
 	MaxStale       *fileDuration `json:"max_stale"`
+	MaxClockSkew   *fileDuration `json:"max_clock_skew"`
 	TLSDir         *string       `json:"tls_dir"`
 	LeaderRegion   *string       `json:"leader_region"`
 	NATSListen     *string       `json:"nats_listen"`
@@ -37,6 +38,7 @@ type serveFile struct {
 	KEKFile        *string       `json:"kek_file"`
 	AdminTokenFile *string       `json:"admin_token_file"`
 	OTLPEndpoint   *string       `json:"otlp_endpoint"`
+	MetricsListen  *string       `json:"metrics_listen"`
 	JWKSMaxAge     *fileDuration `json:"jwks_max_age"`
 	KeyPublish     *fileDuration `json:"key_publish_delay"`
 	SweepInterval  *fileDuration `json:"sweep_interval"`
@@ -46,6 +48,11 @@ type serveFile struct {
 	RefreshReuse   *fileDuration `json:"refresh_reuse_interval"`
 	SigningAlg     *string       `json:"signing_alg"`
 	LogLevel       *string       `json:"log_level"`
+	MinFreeDisk    *fileByteSize `json:"min_free_disk"`
+
+	NATSClusterListen   *string  `json:"nats_cluster_listen"`
+	NATSRoutes          []string `json:"nats_routes"`
+	EventStreamReplicas *int     `json:"event_stream_replicas"`
 }
 
 type filePeer struct {
@@ -67,6 +74,48 @@ func (d *fileDuration) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*d = fileDuration(v)
+	return nil
+}
+
+// fileByteSize is a byte count written as a number or as a string with an
+// optional binary suffix ("256MiB").
+type fileByteSize uint64
+
+func (b *fileByteSize) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		var n uint64
+		if nerr := json.Unmarshal(data, &n); nerr != nil {
+			return fmt.Errorf("want a byte size like \"256MiB\" or a number of bytes: %w", err)
+		}
+		*b = fileByteSize(n)
+		return nil
+	}
+	v, err := node.ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = fileByteSize(v)
+	return nil
+}
+
+// byteSizeFlag is a flag holding a byte count ("256MiB"; see
+// node.ParseByteSize).
+type byteSizeFlag struct{ v *uint64 }
+
+func (f byteSizeFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return node.FormatByteSize(*f.v)
+}
+
+func (f byteSizeFlag) Set(s string) error {
+	v, err := node.ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*f.v = v
 	return nil
 }
 
@@ -129,9 +178,11 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setStr(&cfg.KEKFile, sf.KEKFile)
 	setStr(&cfg.AdminTokenFile, sf.AdminTokenFile)
 	setStr(&cfg.OTLPEndpoint, sf.OTLPEndpoint)
+	setStr(&cfg.MetricsListen, sf.MetricsListen)
 	setStr(&cfg.DefaultSigningAlg, sf.SigningAlg)
 	setStr(logLevel, sf.LogLevel)
 	setDur(&cfg.MaxStale, sf.MaxStale)
+	setDur(&cfg.MaxClockSkew, sf.MaxClockSkew)
 	setDur(&cfg.JWKSMaxAge, sf.JWKSMaxAge)
 	setDur(&cfg.KeyPublishDelay, sf.KeyPublish)
 	setDur(&cfg.SweepInterval, sf.SweepInterval)
@@ -139,6 +190,16 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 	setDur(&cfg.RefreshIdleTimeout, sf.RefreshIdle)
 	setDur(&cfg.RefreshReuseInterval, sf.RefreshReuse)
 	setDur(&cfg.WriteTimeout, sf.WriteTimeout)
+	if sf.MinFreeDisk != nil {
+		cfg.MinFreeDisk = uint64(*sf.MinFreeDisk)
+	}
+	setStr(&cfg.NATSClusterListen, sf.NATSClusterListen)
+	if sf.NATSRoutes != nil {
+		cfg.NATSRoutes = sf.NATSRoutes
+	}
+	if sf.EventStreamReplicas != nil {
+		cfg.Events.StreamReplicas = *sf.EventStreamReplicas
+	}
 	if sf.Peers != nil {
 		cfg.Peers = nil
 		for _, p := range sf.Peers {

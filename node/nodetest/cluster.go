@@ -59,24 +59,6 @@ func WithNonvoter(i int) ClusterOption {
 	return func(s *clusterSpec) { s.nonvoter[i] = true }
 }
 
-// FastRaft sets Raft timeouts short enough for quick elections in tests
-// (300 ms heartbeat and election timeouts, 150 ms lease, 5 ms commit
-// timeout, 5 s apply timeout) and a 3 s write timeout.
-func FastRaft(c *node.Config) {
-	prev := c.RaftTuning
-	c.RaftTuning = func(rc *raft.Config) {
-		rc.HeartbeatTimeout = 300 * time.Millisecond
-		rc.ElectionTimeout = 300 * time.Millisecond
-		rc.LeaderLeaseTimeout = 150 * time.Millisecond
-		rc.CommitTimeout = 5 * time.Millisecond
-		rc.ApplyTimeout = 5 * time.Second
-		if prev != nil {
-			prev(rc)
-		}
-	}
-	c.WriteTimeout = 3 * time.Second
-}
-
 // Cluster is a group of real tally nodes in one process: each with its own
 // data directory, HTTP server, embedded NATS and cluster port (Raft and the
 // internal service over mutual TLS with a generated CA), all on loopback

@@ -298,10 +298,17 @@ func (p *Proc) Args() []string {
 		"--max-stale", p.c.opts.MaxStale.String(),
 		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", p.Ports.NATS),
 	}
-	// The event log as `make cluster` wires it today: every node publishes
-	// to the first node's NATS server.
-	if p.Index > 0 {
-		args = append(args, "--nats-listen", "", "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", p.c.nodes[0].Ports.NATS))
+	// The event log as `make cluster` wires it: the nodes' embedded NATS
+	// servers form one NATS cluster.
+	if len(p.c.nodes) > 1 {
+		var routes []string
+		for _, o := range p.c.nodes {
+			if o != p {
+				routes = append(routes, fmt.Sprintf("127.0.0.1:%d", o.Ports.NATSCluster))
+			}
+		}
+		args = append(args, "--nats-cluster-listen", fmt.Sprintf("127.0.0.1:%d", p.Ports.NATSCluster),
+			"--nats-routes", strings.Join(routes, ","))
 	}
 	if p.c.opts.Args != nil {
 		args = append(args, p.c.opts.Args(p.Index, p.c)...)
@@ -439,6 +446,16 @@ func (p *Proc) Thaw() {
 
 // URL is the node's own HTTP base URL.
 func (p *Proc) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", p.Ports.HTTP) }
+
+// NATSURLs are every node's embedded NATS client URL, comma-separated
+// (what make cluster prints as TALLY_NATS_URL).
+func (c *Cluster) NATSURLs() string {
+	var urls []string
+	for _, p := range c.nodes {
+		urls = append(urls, p.NATSURL())
+	}
+	return strings.Join(urls, ",")
+}
 
 // NATSURL is the node's embedded NATS client URL.
 func (p *Proc) NATSURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", p.Ports.NATS) }

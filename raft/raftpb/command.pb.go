@@ -46,6 +46,9 @@ const (
 	EventKind_EVENT_KIND_USER_LOCKED    EventKind = 6
 	// A disabled client was enabled again (SetClientDisabled).
 	EventKind_EVENT_KIND_CLIENT_ENABLED EventKind = 7
+	// A user that was disabled or locked may sign in again (SetUserStatus
+	// clearing both flags): the reverse of USER_LOCKED.
+	EventKind_EVENT_KIND_USER_UNLOCKED EventKind = 8
 )
 
 // Enum value maps for EventKind.
@@ -59,6 +62,7 @@ var (
 		5: "EVENT_KIND_REUSE_DETECTED",
 		6: "EVENT_KIND_USER_LOCKED",
 		7: "EVENT_KIND_CLIENT_ENABLED",
+		8: "EVENT_KIND_USER_UNLOCKED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":     0,
@@ -69,6 +73,7 @@ var (
 		"EVENT_KIND_REUSE_DETECTED":  5,
 		"EVENT_KIND_USER_LOCKED":     6,
 		"EVENT_KIND_CLIENT_ENABLED":  7,
+		"EVENT_KIND_USER_UNLOCKED":   8,
 	}
 )
 
@@ -119,6 +124,8 @@ type Command struct {
 	//	*Command_AddKeys
 	//	*Command_RevokeToken
 	//	*Command_Sweep
+	//	*Command_SetClusterIssuer
+	//	*Command_DenyNode
 	//	*Command_CreateUser
 	//	*Command_SetUserPassword
 	//	*Command_SetUserStatus
@@ -129,6 +136,7 @@ type Command struct {
 	//	*Command_CreateDeviceCode
 	//	*Command_DecideDeviceCode
 	//	*Command_PollDeviceCode
+	//	*Command_Tick
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -264,6 +272,24 @@ func (x *Command) GetSweep() *Sweep {
 	return nil
 }
 
+func (x *Command) GetSetClusterIssuer() *SetClusterIssuer {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetClusterIssuer); ok {
+			return x.SetClusterIssuer
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDenyNode() *DenyNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DenyNode); ok {
+			return x.DenyNode
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetCreateUser() *CreateUser {
 	if x != nil {
 		if x, ok := x.Op.(*Command_CreateUser); ok {
@@ -354,6 +380,15 @@ func (x *Command) GetPollDeviceCode() *PollDeviceCode {
 	return nil
 }
 
+func (x *Command) GetTick() *Tick {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Tick); ok {
+			return x.Tick
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -388,6 +423,16 @@ type Command_RevokeToken struct {
 
 type Command_Sweep struct {
 	Sweep *Sweep `protobuf:"bytes,23,opt,name=sweep,proto3,oneof"`
+}
+
+type Command_SetClusterIssuer struct {
+	// Cluster identity (issue 9): the one issuer of the cluster and the
+	// node ids whose removal is final. See ClusterMeta.
+	SetClusterIssuer *SetClusterIssuer `protobuf:"bytes,48,opt,name=set_cluster_issuer,json=setClusterIssuer,proto3,oneof"`
+}
+
+type Command_DenyNode struct {
+	DenyNode *DenyNode `protobuf:"bytes,49,opt,name=deny_node,json=denyNode,proto3,oneof"`
 }
 
 type Command_CreateUser struct {
@@ -432,6 +477,11 @@ type Command_PollDeviceCode struct {
 	PollDeviceCode *PollDeviceCode `protobuf:"bytes,41,opt,name=poll_device_code,json=pollDeviceCode,proto3,oneof"`
 }
 
+type Command_Tick struct {
+	// Issue 9: the leader's clock tick (see Tick).
+	Tick *Tick `protobuf:"bytes,62,opt,name=tick,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -447,6 +497,10 @@ func (*Command_AddKeys) isCommand_Op() {}
 func (*Command_RevokeToken) isCommand_Op() {}
 
 func (*Command_Sweep) isCommand_Op() {}
+
+func (*Command_SetClusterIssuer) isCommand_Op() {}
+
+func (*Command_DenyNode) isCommand_Op() {}
 
 func (*Command_CreateUser) isCommand_Op() {}
 
@@ -467,6 +521,8 @@ func (*Command_CreateDeviceCode) isCommand_Op() {}
 func (*Command_DecideDeviceCode) isCommand_Op() {}
 
 func (*Command_PollDeviceCode) isCommand_Op() {}
+
+func (*Command_Tick) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -903,6 +959,46 @@ func (x *Sweep) GetEventsBeforeUnixNano() int64 {
 	return 0
 }
 
+// Tick is proposed by the leader once a second (raft.ClockTickInterval,
+// timed by its monotonic clock). The first Tick applied turns on the FSM's
+// time bound: from then on no entry's time may pass the last Tick's time
+// plus raft.MaxClockStep, and time never goes backwards (see raft/clock.go).
+type Tick struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tick) Reset() {
+	*x = Tick{}
+	mi := &file_command_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tick) ProtoMessage() {}
+
+func (x *Tick) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tick.ProtoReflect.Descriptor instead.
+func (*Tick) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{9}
+}
+
 type Tenant struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -917,7 +1013,7 @@ type Tenant struct {
 
 func (x *Tenant) Reset() {
 	*x = Tenant{}
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1025,7 @@ func (x *Tenant) String() string {
 func (*Tenant) ProtoMessage() {}
 
 func (x *Tenant) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[9]
+	mi := &file_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1038,7 @@ func (x *Tenant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tenant.ProtoReflect.Descriptor instead.
 func (*Tenant) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{9}
+	return file_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Tenant) GetId() string {
@@ -993,7 +1089,7 @@ type SecretHash struct {
 
 func (x *SecretHash) Reset() {
 	*x = SecretHash{}
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1101,7 @@ func (x *SecretHash) String() string {
 func (*SecretHash) ProtoMessage() {}
 
 func (x *SecretHash) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[10]
+	mi := &file_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1114,7 @@ func (x *SecretHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretHash.ProtoReflect.Descriptor instead.
 func (*SecretHash) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{10}
+	return file_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SecretHash) GetHash() []byte {
@@ -1068,7 +1164,7 @@ type Client struct {
 
 func (x *Client) Reset() {
 	*x = Client{}
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1176,7 @@ func (x *Client) String() string {
 func (*Client) ProtoMessage() {}
 
 func (x *Client) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[11]
+	mi := &file_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1189,7 @@ func (x *Client) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Client.ProtoReflect.Descriptor instead.
 func (*Client) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{11}
+	return file_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Client) GetTenant() string {
@@ -1229,7 +1325,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1337,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[12]
+	mi := &file_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1350,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{12}
+	return file_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Key) GetTenant() string {
@@ -1350,7 +1446,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1458,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[13]
+	mi := &file_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1471,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{13}
+	return file_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Revocation) GetTenant() string {
@@ -1444,7 +1540,7 @@ type Event struct {
 	ClientId string `protobuf:"bytes,6,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// KEY_ROTATED: the kids of the added signing keys.
 	Kids []string `protobuf:"bytes,7,rep,name=kids,proto3" json:"kids,omitempty"`
-	// USER_LOCKED, FAMILY_REVOKED: the subject.
+	// USER_LOCKED, USER_UNLOCKED, FAMILY_REVOKED: the subject.
 	Subject string `protobuf:"bytes,8,opt,name=subject,proto3" json:"subject,omitempty"`
 	// FAMILY_REVOKED, REUSE_DETECTED: the refresh-token family.
 	FamilyId string `protobuf:"bytes,9,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
@@ -1453,15 +1549,18 @@ type Event struct {
 	Ordinal uint32 `protobuf:"varint,10,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
 	// REUSE_DETECTED: the node and region that served the request that
 	// presented the superseded refresh token (from the command).
-	Node          string `protobuf:"bytes,11,opt,name=node,proto3" json:"node,omitempty"`
-	Region        string `protobuf:"bytes,12,opt,name=region,proto3" json:"region,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Node   string `protobuf:"bytes,11,opt,name=node,proto3" json:"node,omitempty"`
+	Region string `protobuf:"bytes,12,opt,name=region,proto3" json:"region,omitempty"`
+	// USER_UNLOCKED: when the user was made inactive; the user's access
+	// tokens issued at or before it stay invalid.
+	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1572,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[14]
+	mi := &file_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1585,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{14}
+	return file_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Event) GetIndex() uint64 {
@@ -1573,6 +1672,13 @@ func (x *Event) GetRegion() string {
 	return ""
 }
 
+func (x *Event) GetLockedUnixNano() int64 {
+	if x != nil {
+		return x.LockedUnixNano
+	}
+	return 0
+}
+
 // CreateUser stores a new user; "already exists" if the id or the username
 // is taken in the tenant.
 type CreateUser struct {
@@ -1584,7 +1690,7 @@ type CreateUser struct {
 
 func (x *CreateUser) Reset() {
 	*x = CreateUser{}
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +1702,7 @@ func (x *CreateUser) String() string {
 func (*CreateUser) ProtoMessage() {}
 
 func (x *CreateUser) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[15]
+	mi := &file_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +1715,7 @@ func (x *CreateUser) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateUser.ProtoReflect.Descriptor instead.
 func (*CreateUser) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{15}
+	return file_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateUser) GetUser() *User {
@@ -1631,7 +1737,7 @@ type SetUserPassword struct {
 
 func (x *SetUserPassword) Reset() {
 	*x = SetUserPassword{}
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1749,7 @@ func (x *SetUserPassword) String() string {
 func (*SetUserPassword) ProtoMessage() {}
 
 func (x *SetUserPassword) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[16]
+	mi := &file_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1762,7 @@ func (x *SetUserPassword) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetUserPassword.ProtoReflect.Descriptor instead.
 func (*SetUserPassword) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{16}
+	return file_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetUserPassword) GetTenant() string {
@@ -1693,7 +1799,7 @@ type SetUserStatus struct {
 
 func (x *SetUserStatus) Reset() {
 	*x = SetUserStatus{}
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1811,7 @@ func (x *SetUserStatus) String() string {
 func (*SetUserStatus) ProtoMessage() {}
 
 func (x *SetUserStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[17]
+	mi := &file_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1824,7 @@ func (x *SetUserStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetUserStatus.ProtoReflect.Descriptor instead.
 func (*SetUserStatus) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{17}
+	return file_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetUserStatus) GetTenant() string {
@@ -1759,7 +1865,7 @@ type RememberConsent struct {
 
 func (x *RememberConsent) Reset() {
 	*x = RememberConsent{}
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1877,7 @@ func (x *RememberConsent) String() string {
 func (*RememberConsent) ProtoMessage() {}
 
 func (x *RememberConsent) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[18]
+	mi := &file_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1890,7 @@ func (x *RememberConsent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RememberConsent.ProtoReflect.Descriptor instead.
 func (*RememberConsent) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{18}
+	return file_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RememberConsent) GetConsent() *Consent {
@@ -1816,7 +1922,7 @@ type RedeemCode struct {
 
 func (x *RedeemCode) Reset() {
 	*x = RedeemCode{}
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1934,7 @@ func (x *RedeemCode) String() string {
 func (*RedeemCode) ProtoMessage() {}
 
 func (x *RedeemCode) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[19]
+	mi := &file_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +1947,7 @@ func (x *RedeemCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeemCode.ProtoReflect.Descriptor instead.
 func (*RedeemCode) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{19}
+	return file_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RedeemCode) GetTenant() string {
@@ -1921,7 +2027,7 @@ type RotateRefresh struct {
 
 func (x *RotateRefresh) Reset() {
 	*x = RotateRefresh{}
-	mi := &file_command_proto_msgTypes[20]
+	mi := &file_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +2039,7 @@ func (x *RotateRefresh) String() string {
 func (*RotateRefresh) ProtoMessage() {}
 
 func (x *RotateRefresh) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[20]
+	mi := &file_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +2052,7 @@ func (x *RotateRefresh) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRefresh.ProtoReflect.Descriptor instead.
 func (*RotateRefresh) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{20}
+	return file_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RotateRefresh) GetTenant() string {
@@ -2041,7 +2147,7 @@ type RevokeFamily struct {
 
 func (x *RevokeFamily) Reset() {
 	*x = RevokeFamily{}
-	mi := &file_command_proto_msgTypes[21]
+	mi := &file_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2159,7 @@ func (x *RevokeFamily) String() string {
 func (*RevokeFamily) ProtoMessage() {}
 
 func (x *RevokeFamily) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[21]
+	mi := &file_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2172,7 @@ func (x *RevokeFamily) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeFamily.ProtoReflect.Descriptor instead.
 func (*RevokeFamily) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{21}
+	return file_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeFamily) GetTenant() string {
@@ -2107,7 +2213,7 @@ type CreateDeviceCode struct {
 
 func (x *CreateDeviceCode) Reset() {
 	*x = CreateDeviceCode{}
-	mi := &file_command_proto_msgTypes[22]
+	mi := &file_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2119,7 +2225,7 @@ func (x *CreateDeviceCode) String() string {
 func (*CreateDeviceCode) ProtoMessage() {}
 
 func (x *CreateDeviceCode) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[22]
+	mi := &file_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2132,7 +2238,7 @@ func (x *CreateDeviceCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDeviceCode.ProtoReflect.Descriptor instead.
 func (*CreateDeviceCode) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{22}
+	return file_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateDeviceCode) GetDeviceCode() *DeviceCode {
@@ -2158,7 +2264,7 @@ type DecideDeviceCode struct {
 
 func (x *DecideDeviceCode) Reset() {
 	*x = DecideDeviceCode{}
-	mi := &file_command_proto_msgTypes[23]
+	mi := &file_command_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2170,7 +2276,7 @@ func (x *DecideDeviceCode) String() string {
 func (*DecideDeviceCode) ProtoMessage() {}
 
 func (x *DecideDeviceCode) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[23]
+	mi := &file_command_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2183,7 +2289,7 @@ func (x *DecideDeviceCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideDeviceCode.ProtoReflect.Descriptor instead.
 func (*DecideDeviceCode) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{23}
+	return file_command_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DecideDeviceCode) GetTenant() string {
@@ -2246,7 +2352,7 @@ type PollDeviceCode struct {
 
 func (x *PollDeviceCode) Reset() {
 	*x = PollDeviceCode{}
-	mi := &file_command_proto_msgTypes[24]
+	mi := &file_command_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2364,7 @@ func (x *PollDeviceCode) String() string {
 func (*PollDeviceCode) ProtoMessage() {}
 
 func (x *PollDeviceCode) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[24]
+	mi := &file_command_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2377,7 @@ func (x *PollDeviceCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollDeviceCode.ProtoReflect.Descriptor instead.
 func (*PollDeviceCode) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{24}
+	return file_command_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PollDeviceCode) GetTenant() string {
@@ -2324,7 +2430,7 @@ type PasswordHash struct {
 
 func (x *PasswordHash) Reset() {
 	*x = PasswordHash{}
-	mi := &file_command_proto_msgTypes[25]
+	mi := &file_command_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2336,7 +2442,7 @@ func (x *PasswordHash) String() string {
 func (*PasswordHash) ProtoMessage() {}
 
 func (x *PasswordHash) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[25]
+	mi := &file_command_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2349,7 +2455,7 @@ func (x *PasswordHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
 func (*PasswordHash) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{25}
+	return file_command_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PasswordHash) GetAlg() string {
@@ -2408,13 +2514,17 @@ type User struct {
 	UpdatedUnixNano int64                  `protobuf:"varint,10,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Revision        uint64                 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
 	EmailVerified   bool                   `protobuf:"varint,12,opt,name=email_verified,json=emailVerified,proto3" json:"email_verified,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When the user was last made inactive (disabled or locked); 0 if never.
+	// Access tokens issued at or before it stay invalid after the user is
+	// enabled again.
+	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *User) Reset() {
 	*x = User{}
-	mi := &file_command_proto_msgTypes[26]
+	mi := &file_command_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2426,7 +2536,7 @@ func (x *User) String() string {
 func (*User) ProtoMessage() {}
 
 func (x *User) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[26]
+	mi := &file_command_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2439,7 +2549,7 @@ func (x *User) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use User.ProtoReflect.Descriptor instead.
 func (*User) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{26}
+	return file_command_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *User) GetTenant() string {
@@ -2526,6 +2636,13 @@ func (x *User) GetEmailVerified() bool {
 	return false
 }
 
+func (x *User) GetLockedUnixNano() int64 {
+	if x != nil {
+		return x.LockedUnixNano
+	}
+	return 0
+}
+
 type Consent struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Tenant          string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -2541,7 +2658,7 @@ type Consent struct {
 
 func (x *Consent) Reset() {
 	*x = Consent{}
-	mi := &file_command_proto_msgTypes[27]
+	mi := &file_command_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2553,7 +2670,7 @@ func (x *Consent) String() string {
 func (*Consent) ProtoMessage() {}
 
 func (x *Consent) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[27]
+	mi := &file_command_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2566,7 +2683,7 @@ func (x *Consent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consent.ProtoReflect.Descriptor instead.
 func (*Consent) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{27}
+	return file_command_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Consent) GetTenant() string {
@@ -2623,7 +2740,7 @@ type AccessToken struct {
 
 func (x *AccessToken) Reset() {
 	*x = AccessToken{}
-	mi := &file_command_proto_msgTypes[28]
+	mi := &file_command_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2635,7 +2752,7 @@ func (x *AccessToken) String() string {
 func (*AccessToken) ProtoMessage() {}
 
 func (x *AccessToken) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[28]
+	mi := &file_command_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2648,7 +2765,7 @@ func (x *AccessToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessToken.ProtoReflect.Descriptor instead.
 func (*AccessToken) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{28}
+	return file_command_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AccessToken) GetJti() string {
@@ -2695,7 +2812,7 @@ type Family struct {
 
 func (x *Family) Reset() {
 	*x = Family{}
-	mi := &file_command_proto_msgTypes[29]
+	mi := &file_command_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2707,7 +2824,7 @@ func (x *Family) String() string {
 func (*Family) ProtoMessage() {}
 
 func (x *Family) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[29]
+	mi := &file_command_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2720,7 +2837,7 @@ func (x *Family) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Family.ProtoReflect.Descriptor instead.
 func (*Family) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{29}
+	return file_command_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Family) GetTenant() string {
@@ -2872,7 +2989,7 @@ type UsedCode struct {
 
 func (x *UsedCode) Reset() {
 	*x = UsedCode{}
-	mi := &file_command_proto_msgTypes[30]
+	mi := &file_command_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2884,7 +3001,7 @@ func (x *UsedCode) String() string {
 func (*UsedCode) ProtoMessage() {}
 
 func (x *UsedCode) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[30]
+	mi := &file_command_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2897,7 +3014,7 @@ func (x *UsedCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsedCode.ProtoReflect.Descriptor instead.
 func (*UsedCode) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{30}
+	return file_command_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UsedCode) GetCodeHash() []byte {
@@ -2971,7 +3088,7 @@ type DeviceCode struct {
 
 func (x *DeviceCode) Reset() {
 	*x = DeviceCode{}
-	mi := &file_command_proto_msgTypes[31]
+	mi := &file_command_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3100,7 @@ func (x *DeviceCode) String() string {
 func (*DeviceCode) ProtoMessage() {}
 
 func (x *DeviceCode) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[31]
+	mi := &file_command_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3113,7 @@ func (x *DeviceCode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceCode.ProtoReflect.Descriptor instead.
 func (*DeviceCode) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{31}
+	return file_command_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeviceCode) GetTenant() string {
@@ -3102,7 +3219,7 @@ type GrantEvent struct {
 
 func (x *GrantEvent) Reset() {
 	*x = GrantEvent{}
-	mi := &file_command_proto_msgTypes[32]
+	mi := &file_command_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3114,7 +3231,7 @@ func (x *GrantEvent) String() string {
 func (*GrantEvent) ProtoMessage() {}
 
 func (x *GrantEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[32]
+	mi := &file_command_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3127,7 +3244,7 @@ func (x *GrantEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantEvent.ProtoReflect.Descriptor instead.
 func (*GrantEvent) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{32}
+	return file_command_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GrantEvent) GetKind() string {
@@ -3203,7 +3320,7 @@ type GrantResult struct {
 
 func (x *GrantResult) Reset() {
 	*x = GrantResult{}
-	mi := &file_command_proto_msgTypes[33]
+	mi := &file_command_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3215,7 +3332,7 @@ func (x *GrantResult) String() string {
 func (*GrantResult) ProtoMessage() {}
 
 func (x *GrantResult) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[33]
+	mi := &file_command_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3228,7 +3345,7 @@ func (x *GrantResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantResult.ProtoReflect.Descriptor instead.
 func (*GrantResult) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{33}
+	return file_command_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GrantResult) GetOutcome() string {
@@ -3266,12 +3383,227 @@ func (x *GrantResult) GetEvents() []*GrantEvent {
 	return nil
 }
 
+// SetClusterIssuer records the cluster's issuer base URL (tenant issuers are
+// {issuer}/t/{tenant}). It is set once, by the first leader configured with
+// an issuer; setting a different value is a conflict.
+type SetClusterIssuer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issuer        string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClusterIssuer) Reset() {
+	*x = SetClusterIssuer{}
+	mi := &file_command_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClusterIssuer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClusterIssuer) ProtoMessage() {}
+
+func (x *SetClusterIssuer) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClusterIssuer.ProtoReflect.Descriptor instead.
+func (*SetClusterIssuer) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *SetClusterIssuer) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+// DenyNode records that a node id was removed from the cluster for good:
+// its certificate is refused on every node's cluster port from then on.
+type DenyNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyNode) Reset() {
+	*x = DenyNode{}
+	mi := &file_command_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyNode) ProtoMessage() {}
+
+func (x *DenyNode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyNode.ProtoReflect.Descriptor instead.
+func (*DenyNode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *DenyNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DenyNode) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ClusterMeta is the cluster-wide identity record (meta bucket, key
+// "cluster"): the issuer and the denied node ids.
+type ClusterMeta struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issuer        string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Denied        []*DeniedNode          `protobuf:"bytes,2,rep,name=denied,proto3" json:"denied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterMeta) Reset() {
+	*x = ClusterMeta{}
+	mi := &file_command_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterMeta) ProtoMessage() {}
+
+func (x *ClusterMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterMeta.ProtoReflect.Descriptor instead.
+func (*ClusterMeta) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ClusterMeta) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *ClusterMeta) GetDenied() []*DeniedNode {
+	if x != nil {
+		return x.Denied
+	}
+	return nil
+}
+
+// DeniedNode is one entry of ClusterMeta's deny list.
+type DeniedNode struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	NodeId         string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	DeniedUnixNano int64                  `protobuf:"varint,2,opt,name=denied_unix_nano,json=deniedUnixNano,proto3" json:"denied_unix_nano,omitempty"`
+	Reason         string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeniedNode) Reset() {
+	*x = DeniedNode{}
+	mi := &file_command_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeniedNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeniedNode) ProtoMessage() {}
+
+func (x *DeniedNode) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeniedNode.ProtoReflect.Descriptor instead.
+func (*DeniedNode) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DeniedNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DeniedNode) GetDeniedUnixNano() int64 {
+	if x != nil {
+		return x.DeniedUnixNano
+	}
+	return 0
+}
+
+func (x *DeniedNode) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\xe0\n" +
-	"\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\x94\f\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3284,7 +3616,9 @@ const file_command_proto_rawDesc = "" +
 	"\x13set_client_disabled\x18\x14 \x01(\v2 .tally.raft.v1.SetClientDisabledH\x00R\x11setClientDisabled\x123\n" +
 	"\badd_keys\x18\x15 \x01(\v2\x16.tally.raft.v1.AddKeysH\x00R\aaddKeys\x12?\n" +
 	"\frevoke_token\x18\x16 \x01(\v2\x1a.tally.raft.v1.RevokeTokenH\x00R\vrevokeToken\x12,\n" +
-	"\x05sweep\x18\x17 \x01(\v2\x14.tally.raft.v1.SweepH\x00R\x05sweep\x12<\n" +
+	"\x05sweep\x18\x17 \x01(\v2\x14.tally.raft.v1.SweepH\x00R\x05sweep\x12O\n" +
+	"\x12set_cluster_issuer\x180 \x01(\v2\x1f.tally.raft.v1.SetClusterIssuerH\x00R\x10setClusterIssuer\x126\n" +
+	"\tdeny_node\x181 \x01(\v2\x17.tally.raft.v1.DenyNodeH\x00R\bdenyNode\x12<\n" +
 	"\vcreate_user\x18  \x01(\v2\x19.tally.raft.v1.CreateUserH\x00R\n" +
 	"createUser\x12L\n" +
 	"\x11set_user_password\x18! \x01(\v2\x1e.tally.raft.v1.SetUserPasswordH\x00R\x0fsetUserPassword\x12F\n" +
@@ -3296,7 +3630,8 @@ const file_command_proto_rawDesc = "" +
 	"\rrevoke_family\x18& \x01(\v2\x1b.tally.raft.v1.RevokeFamilyH\x00R\frevokeFamily\x12O\n" +
 	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
 	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
-	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCodeB\x04\n" +
+	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCode\x12)\n" +
+	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tickB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -3324,7 +3659,8 @@ const file_command_proto_rawDesc = "" +
 	"revocation\x18\x01 \x01(\v2\x19.tally.raft.v1.RevocationR\n" +
 	"revocation\">\n" +
 	"\x05Sweep\x125\n" +
-	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\"\xa4\x01\n" +
+	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\"\x06\n" +
+	"\x04Tick\"\xa4\x01\n" +
 	"\x06Tenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12*\n" +
@@ -3377,7 +3713,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x04 \x01(\x03R\x0frevokedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
-	"\asubject\x18\a \x01(\tR\asubject\"\xf2\x02\n" +
+	"\asubject\x18\a \x01(\tR\asubject\"\x9c\x03\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12,\n" +
@@ -3393,7 +3729,8 @@ const file_command_proto_rawDesc = "" +
 	"\aordinal\x18\n" +
 	" \x01(\rR\aordinal\x12\x12\n" +
 	"\x04node\x18\v \x01(\tR\x04node\x12\x16\n" +
-	"\x06region\x18\f \x01(\tR\x06region\"5\n" +
+	"\x06region\x18\f \x01(\tR\x06region\x12(\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"5\n" +
 	"\n" +
 	"CreateUser\x12'\n" +
 	"\x04user\x18\x01 \x01(\v2\x13.tally.raft.v1.UserR\x04user\"{\n" +
@@ -3461,7 +3798,7 @@ const file_command_proto_rawDesc = "" +
 	"\x04time\x18\x04 \x01(\rR\x04time\x12\x1d\n" +
 	"\n" +
 	"memory_kib\x18\x05 \x01(\rR\tmemoryKib\x12\x18\n" +
-	"\athreads\x18\x06 \x01(\rR\athreads\"\xfc\x02\n" +
+	"\athreads\x18\x06 \x01(\rR\athreads\"\xa6\x03\n" +
 	"\x04User\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1a\n" +
@@ -3475,7 +3812,8 @@ const file_command_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\n" +
 	" \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\v \x01(\x04R\brevision\x12%\n" +
-	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\"\xc7\x01\n" +
+	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\x12(\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"\xc7\x01\n" +
 	"\aConsent\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
@@ -3548,7 +3886,20 @@ const file_command_proto_rawDesc = "" +
 	"\x10sealed_successor\x18\x03 \x01(\fR\x0fsealedSuccessor\x12:\n" +
 	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
 	"deviceCode\x121\n" +
-	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events*\xfa\x01\n" +
+	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\"*\n" +
+	"\x10SetClusterIssuer\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\";\n" +
+	"\bDenyNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"X\n" +
+	"\vClusterMeta\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x121\n" +
+	"\x06denied\x18\x02 \x03(\v2\x19.tally.raft.v1.DeniedNodeR\x06denied\"g\n" +
+	"\n" +
+	"DeniedNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12(\n" +
+	"\x10denied_unix_nano\x18\x02 \x01(\x03R\x0edeniedUnixNano\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason*\x98\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3557,7 +3908,8 @@ const file_command_proto_rawDesc = "" +
 	"\x19EVENT_KIND_FAMILY_REVOKED\x10\x04\x12\x1d\n" +
 	"\x19EVENT_KIND_REUSE_DETECTED\x10\x05\x12\x1a\n" +
 	"\x16EVENT_KIND_USER_LOCKED\x10\x06\x12\x1d\n" +
-	"\x19EVENT_KIND_CLIENT_ENABLED\x10\aB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\x19EVENT_KIND_CLIENT_ENABLED\x10\a\x12\x1c\n" +
+	"\x18EVENT_KIND_USER_UNLOCKED\x10\bB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -3572,7 +3924,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),             // 0: tally.raft.v1.EventKind
 	(*Command)(nil),            // 1: tally.raft.v1.Command
@@ -3584,31 +3936,36 @@ var file_command_proto_goTypes = []any{
 	(*AddKeys)(nil),            // 7: tally.raft.v1.AddKeys
 	(*RevokeToken)(nil),        // 8: tally.raft.v1.RevokeToken
 	(*Sweep)(nil),              // 9: tally.raft.v1.Sweep
-	(*Tenant)(nil),             // 10: tally.raft.v1.Tenant
-	(*SecretHash)(nil),         // 11: tally.raft.v1.SecretHash
-	(*Client)(nil),             // 12: tally.raft.v1.Client
-	(*Key)(nil),                // 13: tally.raft.v1.Key
-	(*Revocation)(nil),         // 14: tally.raft.v1.Revocation
-	(*Event)(nil),              // 15: tally.raft.v1.Event
-	(*CreateUser)(nil),         // 16: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),    // 17: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),      // 18: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),    // 19: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),         // 20: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),      // 21: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),       // 22: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),   // 23: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),   // 24: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),     // 25: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),       // 26: tally.raft.v1.PasswordHash
-	(*User)(nil),               // 27: tally.raft.v1.User
-	(*Consent)(nil),            // 28: tally.raft.v1.Consent
-	(*AccessToken)(nil),        // 29: tally.raft.v1.AccessToken
-	(*Family)(nil),             // 30: tally.raft.v1.Family
-	(*UsedCode)(nil),           // 31: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),         // 32: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),         // 33: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),        // 34: tally.raft.v1.GrantResult
+	(*Tick)(nil),               // 10: tally.raft.v1.Tick
+	(*Tenant)(nil),             // 11: tally.raft.v1.Tenant
+	(*SecretHash)(nil),         // 12: tally.raft.v1.SecretHash
+	(*Client)(nil),             // 13: tally.raft.v1.Client
+	(*Key)(nil),                // 14: tally.raft.v1.Key
+	(*Revocation)(nil),         // 15: tally.raft.v1.Revocation
+	(*Event)(nil),              // 16: tally.raft.v1.Event
+	(*CreateUser)(nil),         // 17: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),    // 18: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),      // 19: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),    // 20: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),         // 21: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),      // 22: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),       // 23: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),   // 24: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),   // 25: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),     // 26: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),       // 27: tally.raft.v1.PasswordHash
+	(*User)(nil),               // 28: tally.raft.v1.User
+	(*Consent)(nil),            // 29: tally.raft.v1.Consent
+	(*AccessToken)(nil),        // 30: tally.raft.v1.AccessToken
+	(*Family)(nil),             // 31: tally.raft.v1.Family
+	(*UsedCode)(nil),           // 32: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),         // 33: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),         // 34: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),        // 35: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),   // 36: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),           // 37: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),        // 38: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),         // 39: tally.raft.v1.DeniedNode
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -3619,46 +3976,50 @@ var file_command_proto_depIdxs = []int32{
 	7,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
 	8,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
 	9,  // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	16, // 8: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
-	17, // 9: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
-	18, // 10: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
-	19, // 11: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
-	20, // 12: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
-	21, // 13: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
-	22, // 14: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
-	23, // 15: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
-	24, // 16: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
-	25, // 17: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	10, // 18: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	13, // 19: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	12, // 20: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	12, // 21: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	11, // 22: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	13, // 23: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	14, // 24: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	11, // 25: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 26: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	14, // 27: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	27, // 28: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	26, // 29: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	28, // 30: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	30, // 31: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	29, // 32: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	29, // 33: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	32, // 34: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	30, // 35: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	29, // 36: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	26, // 37: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 38: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	29, // 39: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 40: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	32, // 41: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	33, // 42: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	36, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	37, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	17, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	18, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	19, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	20, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	21, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	22, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	23, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	24, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
+	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
+	11, // 21: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 22: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 23: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 24: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 25: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 26: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 27: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	12, // 28: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 29: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 30: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 31: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 32: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 33: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 34: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 35: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 36: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 37: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 38: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 39: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 40: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 41: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 42: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 43: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 44: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 45: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	39, // 46: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -3675,6 +4036,8 @@ func file_command_proto_init() {
 		(*Command_AddKeys)(nil),
 		(*Command_RevokeToken)(nil),
 		(*Command_Sweep)(nil),
+		(*Command_SetClusterIssuer)(nil),
+		(*Command_DenyNode)(nil),
 		(*Command_CreateUser)(nil),
 		(*Command_SetUserPassword)(nil),
 		(*Command_SetUserStatus)(nil),
@@ -3685,6 +4048,7 @@ func file_command_proto_init() {
 		(*Command_CreateDeviceCode)(nil),
 		(*Command_DecideDeviceCode)(nil),
 		(*Command_PollDeviceCode)(nil),
+		(*Command_Tick)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3692,7 +4056,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

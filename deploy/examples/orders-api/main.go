@@ -5,10 +5,12 @@
 //
 //	go run ./deploy/examples/orders-api \
 //	    --issuer http://127.0.0.1:8080/t/default --server http://127.0.0.1:8080 \
-//	    --client-id "$ID" --audience https://orders.example --nats-url nats://127.0.0.1:4222
+//	    --client-id "$ID" --audience https://orders.example --nats-url "$TALLY_NATS_URL"
 //
 // The client secret comes from ORDERS_CLIENT_SECRET (never a flag, so it
-// stays out of process listings).
+// stays out of process listings). The same client authenticates to NATS
+// (user = client id, password = secret); --nats-url takes every node's URL,
+// comma-separated, and --nats-ca the cluster CA for tls:// URLs.
 package main
 
 import (
@@ -22,8 +24,6 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/tallyauth/tally/revocation"
 )
@@ -41,7 +41,8 @@ func run() error {
 	tenant := flag.String("tenant", "default", "the tenant")
 	audience := flag.String("audience", "https://orders.example", "this API's identifier: tokens' aud must contain it")
 	clientID := flag.String("client-id", "", "a confidential client of the tenant, for the events API and introspection (secret in ORDERS_CLIENT_SECRET)")
-	natsURL := flag.String("nats-url", "", "NATS URL of the event log; empty follows the Connect stream")
+	natsURL := flag.String("nats-url", os.Getenv("TALLY_NATS_URL"), "NATS URLs of the event log, comma-separated (TALLY_NATS_URL); empty follows the Connect stream")
+	natsCA := flag.String("nats-ca", "", "PEM file of the cluster CA, for tls:// NATS URLs")
 	listen := flag.String("listen", "127.0.0.1:9090", "host:port to serve on")
 	position := flag.String("position-file", "", "file that keeps the revocation set across restarts")
 	failOpen := flag.Bool("fallback-introspection", false, "when the revocation set is stale, ask introspection instead of refusing tokens")
@@ -61,7 +62,9 @@ func run() error {
 		PositionFile: *position, Logger: log,
 	}
 	if *natsURL != "" {
-		nc, err := nats.Connect(*natsURL, nats.MaxReconnects(-1), nats.Name("orders-api"))
+		nc, err := revocation.ConnectNATS(revocation.NATSConfig{
+			URLs: *natsURL, Tenant: *tenant, ClientID: *clientID, ClientSecret: secret, CAFile: *natsCA, Name: "orders-api",
+		})
 		if err != nil {
 			return err
 		}
@@ -79,12 +82,23 @@ func run() error {
 	v, err := revocation.NewVerifier(revocation.Config{
 		Issuer: *issuer, Audience: *audience, Watcher: w, StalePolicy: policy,
 		ClientID: *clientID, ClientSecret: secret,
+		Logger: log, // rejections at debug level
+		OnReject: func(ctx context.Context, reason revocation.Reason, _ error) {
+			log.InfoContext(ctx, "token rejected", "reason", string(reason))
+		},
 	})
 	if err != nil {
 		return err
 	}
 	w.Start()
-	defer w.Stop()
+	defer w.Stop() // saves the position file
+	// Serve only with a trusted revocation set; wrong credentials fail here.
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	err = w.WaitSynced(sctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("revocation set not synced: %w", err)
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /orders", v.Middleware("read:orders")(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {

@@ -252,10 +252,13 @@ func (x *ApplyResponse) GetMessage() string {
 }
 
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	Nonvoter      bool                   `protobuf:"varint,3,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address  string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Nonvoter bool                   `protobuf:"varint,3,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	// issuer is the joining node's configured issuer base URL; a member
+	// refuses the join when the cluster has a different one.
+	Issuer        string `protobuf:"bytes,4,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -309,6 +312,13 @@ func (x *JoinRequest) GetNonvoter() bool {
 		return x.Nonvoter
 	}
 	return false
+}
+
+func (x *JoinRequest) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
 }
 
 type JoinResponse struct {
@@ -547,9 +557,13 @@ type MemberStatus struct {
 	LastContactMs int64 `protobuf:"varint,13,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
 	// "healthy", "stale" (beyond the staleness bound), "lagging",
 	// "unreachable".
-	Health        string `protobuf:"bytes,14,opt,name=health,proto3" json:"health,omitempty"`
-	Error         string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
-	LeaderId      string `protobuf:"bytes,16,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Health   string `protobuf:"bytes,14,opt,name=health,proto3" json:"health,omitempty"`
+	Error    string `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	LeaderId string `protobuf:"bytes,16,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	// Raft operations this member's binary applies beyond the first
+	// release's, by name (e.g. "cluster_identity"); a leader proposes a new
+	// operation only once every member lists it.
+	Features      []string `protobuf:"bytes,30,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -694,6 +708,13 @@ func (x *MemberStatus) GetLeaderId() string {
 		return x.LeaderId
 	}
 	return ""
+}
+
+func (x *MemberStatus) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
 }
 
 type StatusRequest struct {
@@ -1326,11 +1347,12 @@ const file_cluster_proto_rawDesc = "" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x124\n" +
 	"\x06result\x18\x02 \x01(\x0e2\x1c.tally.cluster.v1.ResultCodeR\x06result\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"S\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"k\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
-	"\bnonvoter\x18\x03 \x01(\bR\bnonvoter\"\x0e\n" +
+	"\bnonvoter\x18\x03 \x01(\bR\bnonvoter\x12\x16\n" +
+	"\x06issuer\x18\x04 \x01(\tR\x06issuer\"\x0e\n" +
 	"\fJoinResponse\"\x7f\n" +
 	"\x17ChangeMembershipRequest\x12:\n" +
 	"\x06change\x18\x01 \x01(\x0e2\".tally.cluster.v1.MembershipChangeR\x06change\x12\x0e\n" +
@@ -1339,7 +1361,7 @@ const file_cluster_proto_rawDesc = "" +
 	"\x18ChangeMembershipResponse\"\x14\n" +
 	"\x12LocalStatusRequest\"M\n" +
 	"\x13LocalStatusResponse\x126\n" +
-	"\x06status\x18\x01 \x01(\v2\x1e.tally.cluster.v1.MemberStatusR\x06status\"\xc0\x03\n" +
+	"\x06status\x18\x01 \x01(\v2\x1e.tally.cluster.v1.MemberStatusR\x06status\"\xdc\x03\n" +
 	"\fMemberStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x12!\n" +
@@ -1358,7 +1380,8 @@ const file_cluster_proto_rawDesc = "" +
 	"\x0flast_contact_ms\x18\r \x01(\x03R\rlastContactMs\x12\x16\n" +
 	"\x06health\x18\x0e \x01(\tR\x06health\x12\x14\n" +
 	"\x05error\x18\x0f \x01(\tR\x05error\x12\x1b\n" +
-	"\tleader_id\x18\x10 \x01(\tR\bleaderId\"\x0f\n" +
+	"\tleader_id\x18\x10 \x01(\tR\bleaderId\x12\x1a\n" +
+	"\bfeatures\x18\x1e \x03(\tR\bfeatures\"\x0f\n" +
 	"\rStatusRequest\"g\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x128\n" +

@@ -172,9 +172,13 @@ type StreamState struct {
 	LastSequence  uint64                 `protobuf:"varint,2,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
 	// from_sequence is older than first_sequence: events were lost to
 	// retention; resync before trusting tokens.
-	Gap           bool `protobuf:"varint,3,opt,name=gap,proto3" json:"gap,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Gap bool `protobuf:"varint,3,opt,name=gap,proto3" json:"gap,omitempty"`
+	// When the stream was created (unix nanoseconds): the stream's identity.
+	// A watcher that sees it change (the stream was deleted and created
+	// again, its sequences restarted) must resync.
+	StreamCreatedUnixNano int64 `protobuf:"varint,4,opt,name=stream_created_unix_nano,json=streamCreatedUnixNano,proto3" json:"stream_created_unix_nano,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *StreamState) Reset() {
@@ -226,6 +230,13 @@ func (x *StreamState) GetGap() bool {
 		return x.Gap
 	}
 	return false
+}
+
+func (x *StreamState) GetStreamCreatedUnixNano() int64 {
+	if x != nil {
+		return x.StreamCreatedUnixNano
+	}
+	return 0
 }
 
 // Event is one message of the event log.
@@ -352,8 +363,15 @@ type GetRevocationSetResponse struct {
 	StreamSequence  uint64                 `protobuf:"varint,2,opt,name=stream_sequence,json=streamSequence,proto3" json:"stream_sequence,omitempty"`
 	Tokens          []*RevokedToken        `protobuf:"bytes,3,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	DisabledClients []string               `protobuf:"bytes,4,rep,name=disabled_clients,json=disabledClients,proto3" json:"disabled_clients,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Users that are disabled or locked: their tokens are not valid.
+	LockedSubjects []string `protobuf:"bytes,5,rep,name=locked_subjects,json=lockedSubjects,proto3" json:"locked_subjects,omitempty"`
+	// The stream's identity (see StreamState.stream_created_unix_nano).
+	StreamCreatedUnixNano int64 `protobuf:"varint,6,opt,name=stream_created_unix_nano,json=streamCreatedUnixNano,proto3" json:"stream_created_unix_nano,omitempty"`
+	// Users enabled again after a recent lock: their access tokens issued
+	// at or before tokens_issued_until_unix stay invalid.
+	SubjectCutoffs []*SubjectCutoff `protobuf:"bytes,7,rep,name=subject_cutoffs,json=subjectCutoffs,proto3" json:"subject_cutoffs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetRevocationSetResponse) Reset() {
@@ -414,6 +432,82 @@ func (x *GetRevocationSetResponse) GetDisabledClients() []string {
 	return nil
 }
 
+func (x *GetRevocationSetResponse) GetLockedSubjects() []string {
+	if x != nil {
+		return x.LockedSubjects
+	}
+	return nil
+}
+
+func (x *GetRevocationSetResponse) GetStreamCreatedUnixNano() int64 {
+	if x != nil {
+		return x.StreamCreatedUnixNano
+	}
+	return 0
+}
+
+func (x *GetRevocationSetResponse) GetSubjectCutoffs() []*SubjectCutoff {
+	if x != nil {
+		return x.SubjectCutoffs
+	}
+	return nil
+}
+
+// SubjectCutoff invalidates a user's access tokens issued at or before a
+// time (the user's last lock).
+type SubjectCutoff struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Unix seconds: tokens with iat at or before it are invalid.
+	TokensIssuedUntilUnix int64 `protobuf:"varint,2,opt,name=tokens_issued_until_unix,json=tokensIssuedUntilUnix,proto3" json:"tokens_issued_until_unix,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *SubjectCutoff) Reset() {
+	*x = SubjectCutoff{}
+	mi := &file_events_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubjectCutoff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubjectCutoff) ProtoMessage() {}
+
+func (x *SubjectCutoff) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubjectCutoff.ProtoReflect.Descriptor instead.
+func (*SubjectCutoff) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SubjectCutoff) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *SubjectCutoff) GetTokensIssuedUntilUnix() int64 {
+	if x != nil {
+		return x.TokensIssuedUntilUnix
+	}
+	return 0
+}
+
 type RevokedToken struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Jti      string                 `protobuf:"bytes,1,opt,name=jti,proto3" json:"jti,omitempty"`
@@ -427,7 +521,7 @@ type RevokedToken struct {
 
 func (x *RevokedToken) Reset() {
 	*x = RevokedToken{}
-	mi := &file_events_proto_msgTypes[6]
+	mi := &file_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +533,7 @@ func (x *RevokedToken) String() string {
 func (*RevokedToken) ProtoMessage() {}
 
 func (x *RevokedToken) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[6]
+	mi := &file_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +546,7 @@ func (x *RevokedToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedToken.ProtoReflect.Descriptor instead.
 func (*RevokedToken) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{6}
+	return file_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RevokedToken) GetJti() string {
@@ -494,11 +588,12 @@ const file_events_proto_rawDesc = "" +
 	"\x18WatchRevocationsResponse\x12.\n" +
 	"\x05event\x18\x01 \x01(\v2\x16.tally.events.v1.EventH\x00R\x05event\x124\n" +
 	"\x05state\x18\x02 \x01(\v2\x1c.tally.events.v1.StreamStateH\x00R\x05stateB\x05\n" +
-	"\x03msg\"k\n" +
+	"\x03msg\"\xa4\x01\n" +
 	"\vStreamState\x12%\n" +
 	"\x0efirst_sequence\x18\x01 \x01(\x04R\rfirstSequence\x12#\n" +
 	"\rlast_sequence\x18\x02 \x01(\x04R\flastSequence\x12\x10\n" +
-	"\x03gap\x18\x03 \x01(\bR\x03gap\"n\n" +
+	"\x03gap\x18\x03 \x01(\bR\x03gap\x127\n" +
+	"\x18stream_created_unix_nano\x18\x04 \x01(\x03R\x15streamCreatedUnixNano\"n\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x10\n" +
@@ -506,13 +601,19 @@ const file_events_proto_rawDesc = "" +
 	"\n" +
 	"raft_index\x18\x04 \x01(\x04R\traftIndex\"1\n" +
 	"\x17GetRevocationSetRequest\x12\x16\n" +
-	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xc4\x01\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xef\x02\n" +
 	"\x18GetRevocationSetResponse\x12\x1d\n" +
 	"\n" +
 	"raft_index\x18\x01 \x01(\x04R\traftIndex\x12'\n" +
 	"\x0fstream_sequence\x18\x02 \x01(\x04R\x0estreamSequence\x125\n" +
 	"\x06tokens\x18\x03 \x03(\v2\x1d.tally.events.v1.RevokedTokenR\x06tokens\x12)\n" +
-	"\x10disabled_clients\x18\x04 \x03(\tR\x0fdisabledClients\"z\n" +
+	"\x10disabled_clients\x18\x04 \x03(\tR\x0fdisabledClients\x12'\n" +
+	"\x0flocked_subjects\x18\x05 \x03(\tR\x0elockedSubjects\x127\n" +
+	"\x18stream_created_unix_nano\x18\x06 \x01(\x03R\x15streamCreatedUnixNano\x12G\n" +
+	"\x0fsubject_cutoffs\x18\a \x03(\v2\x1e.tally.events.v1.SubjectCutoffR\x0esubjectCutoffs\"b\n" +
+	"\rSubjectCutoff\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x127\n" +
+	"\x18tokens_issued_until_unix\x18\x02 \x01(\x03R\x15tokensIssuedUntilUnix\"z\n" +
 	"\fRevokedToken\x12\x10\n" +
 	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x18\n" +
@@ -534,7 +635,7 @@ func file_events_proto_rawDescGZIP() []byte {
 	return file_events_proto_rawDescData
 }
 
-var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_events_proto_goTypes = []any{
 	(*WatchRevocationsRequest)(nil),  // 0: tally.events.v1.WatchRevocationsRequest
 	(*WatchRevocationsResponse)(nil), // 1: tally.events.v1.WatchRevocationsResponse
@@ -542,21 +643,23 @@ var file_events_proto_goTypes = []any{
 	(*Event)(nil),                    // 3: tally.events.v1.Event
 	(*GetRevocationSetRequest)(nil),  // 4: tally.events.v1.GetRevocationSetRequest
 	(*GetRevocationSetResponse)(nil), // 5: tally.events.v1.GetRevocationSetResponse
-	(*RevokedToken)(nil),             // 6: tally.events.v1.RevokedToken
+	(*SubjectCutoff)(nil),            // 6: tally.events.v1.SubjectCutoff
+	(*RevokedToken)(nil),             // 7: tally.events.v1.RevokedToken
 }
 var file_events_proto_depIdxs = []int32{
 	3, // 0: tally.events.v1.WatchRevocationsResponse.event:type_name -> tally.events.v1.Event
 	2, // 1: tally.events.v1.WatchRevocationsResponse.state:type_name -> tally.events.v1.StreamState
-	6, // 2: tally.events.v1.GetRevocationSetResponse.tokens:type_name -> tally.events.v1.RevokedToken
-	0, // 3: tally.events.v1.EventsService.WatchRevocations:input_type -> tally.events.v1.WatchRevocationsRequest
-	4, // 4: tally.events.v1.EventsService.GetRevocationSet:input_type -> tally.events.v1.GetRevocationSetRequest
-	1, // 5: tally.events.v1.EventsService.WatchRevocations:output_type -> tally.events.v1.WatchRevocationsResponse
-	5, // 6: tally.events.v1.EventsService.GetRevocationSet:output_type -> tally.events.v1.GetRevocationSetResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	7, // 2: tally.events.v1.GetRevocationSetResponse.tokens:type_name -> tally.events.v1.RevokedToken
+	6, // 3: tally.events.v1.GetRevocationSetResponse.subject_cutoffs:type_name -> tally.events.v1.SubjectCutoff
+	0, // 4: tally.events.v1.EventsService.WatchRevocations:input_type -> tally.events.v1.WatchRevocationsRequest
+	4, // 5: tally.events.v1.EventsService.GetRevocationSet:input_type -> tally.events.v1.GetRevocationSetRequest
+	1, // 6: tally.events.v1.EventsService.WatchRevocations:output_type -> tally.events.v1.WatchRevocationsResponse
+	5, // 7: tally.events.v1.EventsService.GetRevocationSet:output_type -> tally.events.v1.GetRevocationSetResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_events_proto_init() }
@@ -574,7 +677,7 @@ func file_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_events_proto_rawDesc), len(file_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

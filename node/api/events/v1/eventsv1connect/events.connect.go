@@ -58,11 +58,13 @@ type EventsServiceClient interface {
 	// JetStream stream, starting at from_sequence (0 or 1: the oldest
 	// retained), then follows the stream head. The first message is a
 	// StreamState; if from_sequence is older than the stream's first
-	// retained sequence, it has gap set and the caller must resync with
-	// GetRevocationSet. StreamState messages repeat as heartbeats.
+	// retained sequence, or beyond its head (last_sequence + 1: the stream
+	// was reset or recreated since the caller's position), it has gap set
+	// and the caller must resync with GetRevocationSet. StreamState messages
+	// repeat as heartbeats.
 	WatchRevocations(context.Context, *connect.Request[v1.WatchRevocationsRequest]) (*connect.ServerStreamForClient[v1.WatchRevocationsResponse], error)
-	// GetRevocationSet returns the tenant's current revocations and disabled
-	// clients, the Raft index they reflect, and the stream sequence to watch
+	// GetRevocationSet returns the tenant's current revocations, disabled
+	// clients and locked users, the Raft index they reflect, and the stream sequence to watch
 	// after (every event at or before it is reflected in the set).
 	GetRevocationSet(context.Context, *connect.Request[v1.GetRevocationSetRequest]) (*connect.Response[v1.GetRevocationSetResponse], error)
 }
@@ -116,11 +118,13 @@ type EventsServiceHandler interface {
 	// JetStream stream, starting at from_sequence (0 or 1: the oldest
 	// retained), then follows the stream head. The first message is a
 	// StreamState; if from_sequence is older than the stream's first
-	// retained sequence, it has gap set and the caller must resync with
-	// GetRevocationSet. StreamState messages repeat as heartbeats.
+	// retained sequence, or beyond its head (last_sequence + 1: the stream
+	// was reset or recreated since the caller's position), it has gap set
+	// and the caller must resync with GetRevocationSet. StreamState messages
+	// repeat as heartbeats.
 	WatchRevocations(context.Context, *connect.Request[v1.WatchRevocationsRequest], *connect.ServerStream[v1.WatchRevocationsResponse]) error
-	// GetRevocationSet returns the tenant's current revocations and disabled
-	// clients, the Raft index they reflect, and the stream sequence to watch
+	// GetRevocationSet returns the tenant's current revocations, disabled
+	// clients and locked users, the Raft index they reflect, and the stream sequence to watch
 	// after (every event at or before it is reflected in the set).
 	GetRevocationSet(context.Context, *connect.Request[v1.GetRevocationSetRequest]) (*connect.Response[v1.GetRevocationSetResponse], error)
 }
