@@ -447,10 +447,21 @@ func TestSnapshotCatchUpAndSave(t *testing.T) {
 	if _, err := restore(b.Follower()); connect.CodeOf(err) != connect.CodeFailedPrecondition {
 		t.Fatalf("restore on a follower: %v, want FailedPrecondition", err)
 	}
-	res, err := restore(b.Leader())
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The two nodes may trade leadership between finding the leader and
+	// the restore reaching it (a loaded machine, a 150 ms lease): a
+	// refusal as not the leader goes again to whichever leads.
+	var res *connect.Response[clusterv1.RestoreSnapshotResponse]
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		var err error
+		res, err = restore(b.Leader())
+		if connect.CodeOf(err) == connect.CodeFailedPrecondition {
+			return err
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nil
+	})
 	if res.Msg.StateIndex != index {
 		t.Errorf("restored state index %d, want %d", res.Msg.StateIndex, index)
 	}
@@ -508,8 +519,21 @@ func TestForwardIsIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := clusterv1connect.NewClusterServiceClient(&http.Client{Transport: nt.HTTPTransport()}, "https://"+leader.ClusterAddr())
 	ctx := context.Background()
+	// The two nodes may trade leadership between finding the leader and a
+	// call reaching it (a loaded machine, a 150 ms lease): a call refused
+	// as not the leader goes again to whichever leads.
+	apply := func(req *clusterv1.ApplyRequest) (resp *connect.Response[clusterv1.ApplyResponse], err error) {
+		nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+			leader = c.Leader()
+			cl := clusterv1connect.NewClusterServiceClient(&http.Client{Transport: nt.HTTPTransport()}, "https://"+leader.ClusterAddr())
+			if resp, err = cl.Apply(ctx, connect.NewRequest(req)); connect.CodeOf(err) == connect.CodeFailedPrecondition {
+				return err
+			}
+			return nil
+		})
+		return resp, err
+	}
 	cmd := &raftpb.Command{Version: raft.CommandVersion, TimeUnixNano: time.Now().UnixNano(), RequestId: "retry-1",
 		Op: &raftpb.Command_RevokeToken{RevokeToken: &raftpb.RevokeToken{Revocation: &raftpb.Revocation{
 			Tenant: "default", Jti: "j1", ExpiresUnixNano: time.Now().Add(time.Hour).UnixNano()}}}}
@@ -519,7 +543,7 @@ func TestForwardIsIdempotent(t *testing.T) {
 	}
 	var first *clusterv1.ApplyResponse
 	for range 3 {
-		resp, err := cl.Apply(ctx, connect.NewRequest(&clusterv1.ApplyRequest{Command: data}))
+		resp, err := apply(&clusterv1.ApplyRequest{Command: data})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -535,26 +559,47 @@ func TestForwardIsIdempotent(t *testing.T) {
 	if n := len(leader.Raft().State().Revocations("default")); n != 1 {
 		t.Fatalf("%d revocations after three tries, want 1", n)
 	}
-	_, err = cl.Apply(ctx, connect.NewRequest(&clusterv1.ApplyRequest{Command: []byte{0xff, 0x01, 0x02}}))
+	_, err = apply(&clusterv1.ApplyRequest{Command: []byte{0xff, 0x01, 0x02}})
 	if connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("garbage command: %v, want InvalidArgument", err)
 	}
-	resp, err := cl.Apply(ctx, connect.NewRequest(&clusterv1.ApplyRequest{}))
+	resp, err := apply(&clusterv1.ApplyRequest{})
 	if err != nil || resp.Msg.Result != clusterv1.ResultCode_RESULT_CODE_INVALID {
 		t.Fatalf("empty command: %v, %v; want an invalid result", resp, err)
 	}
-	// A follower asked directly says who leads.
-	fc := clusterv1connect.NewClusterServiceClient(&http.Client{Transport: nt.HTTPTransport()}, "https://"+c.Follower().ClusterAddr())
-	if _, err := fc.Apply(ctx, connect.NewRequest(&clusterv1.ApplyRequest{Command: data})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
-		t.Fatalf("apply on a follower: %v, want FailedPrecondition", err)
-	}
+	// A follower asked directly says who leads. (Should it lead by the
+	// time the call arrives, it answers the repeat with the first result:
+	// ask the follower again.)
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		fc := clusterv1connect.NewClusterServiceClient(&http.Client{Transport: nt.HTTPTransport()}, "https://"+c.Follower().ClusterAddr())
+		_, err := fc.Apply(ctx, connect.NewRequest(&clusterv1.ApplyRequest{Command: data}))
+		switch {
+		case err == nil:
+			return errors.New("the follower led by the time the call arrived")
+		case connect.CodeOf(err) != connect.CodeFailedPrecondition:
+			t.Fatalf("apply on a follower: %v, want FailedPrecondition", err)
+		}
+		return nil
+	})
 	// A restore of something that is not a state database changes nothing.
-	st := leader.ClusterAdmin.RestoreSnapshot(ctx)
-	st.Send(&clusterv1.RestoreSnapshotRequest{Chunk: []byte("not a database")})
-	if _, err := st.CloseAndReceive(); connect.CodeOf(err) != connect.CodeInvalidArgument {
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		leader = c.Leader()
+		st := leader.ClusterAdmin.RestoreSnapshot(ctx)
+		st.Send(&clusterv1.RestoreSnapshotRequest{Chunk: []byte("not a database")})
+		_, err := st.CloseAndReceive()
+		switch connect.CodeOf(err) {
+		case connect.CodeInvalidArgument:
+			return nil
+		case connect.CodeFailedPrecondition:
+			return err // not the leader any more
+		}
 		t.Fatalf("restoring garbage: %v, want InvalidArgument", err)
-	}
-	if n := len(leader.Raft().State().Revocations("default")); n != 1 {
-		t.Fatalf("state changed by a refused restore: %d revocations", n)
-	}
+		return nil
+	})
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		if n := len(leader.Raft().State().Revocations("default")); n != 1 {
+			return fmt.Errorf("state changed by a refused restore: %d revocations", n)
+		}
+		return nil
+	})
 }

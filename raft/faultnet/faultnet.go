@@ -94,6 +94,10 @@ func (nw *Network) Transport(id, bindAddr string) (*hraft.NetworkTransport, erro
 		MaxPool: 3,
 		Timeout: 2 * time.Second,
 		Logger:  hclog.NewNullLogger(),
+		// No pipelined replication, as on a node's own transport: the
+		// pipeline can deadlock after a refused append, which hung
+		// TestLastLeaderContactAcrossTransfers's cluster shutdown.
+		MaxRPCsInFlight: 1,
 	}), nil
 }
 
