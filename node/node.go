@@ -168,7 +168,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if n.metrics, err = newNodeMetrics(n); err != nil {
 		return nil, fmt.Errorf("node: metrics: %w", err)
 	}
-	n.rep.onWrite = n.metrics.write
+	hook := writeHook(n.metrics.write)
+	n.rep.onWrite.Store(&hook)
 	if n.metricsSrv, err = n.listenMetrics(); err != nil {
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tallyauth/tally/issuance"
@@ -32,7 +33,9 @@ type replica struct {
 	clockErr func() error
 	// onWrite, if set, records each write's kind, path and outcome
 	// (nodeMetrics.write).
-	onWrite func(ctx context.Context, cmd *raftpb.Command, forwarded bool, d time.Duration, err error)
+	// It is set once the metrics exist, after goroutines that write have
+	// started, hence atomic.
+	onWrite atomic.Pointer[writeHook]
 
 	mu   sync.RWMutex
 	keys map[string]keyCacheEntry // tenant → converted keys
@@ -127,9 +130,9 @@ var ErrUnavailable = errors.New("node: temporarily unavailable")
 // outcomes come back as the FSM's sentinel errors; anything that means "not
 // committed now" wraps ErrUnavailable.
 func (r *replica) propose(ctx context.Context, cmd *raftpb.Command) (_ raft.Result, err error) {
-	if r.onWrite != nil {
+	if hook := r.onWrite.Load(); hook != nil {
 		start, forwarded := time.Now(), !r.rn.IsLeader()
-		defer func() { r.onWrite(ctx, cmd, forwarded, time.Since(start), err) }()
+		defer func() { (*hook)(ctx, cmd, forwarded, time.Since(start), err) }()
 	}
 	if r.clockErr != nil {
 		if err := r.clockErr(); err != nil {
@@ -219,3 +222,6 @@ func unixNano(n int64) time.Time {
 	}
 	return time.Unix(0, n)
 }
+
+// writeHook records one write (replica.onWrite).
+type writeHook func(ctx context.Context, cmd *raftpb.Command, forwarded bool, d time.Duration, err error)
