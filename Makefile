@@ -23,7 +23,7 @@ build:
 
 ## test: vet, staticcheck, the race detector on the concurrent packages, all tests
 test: fmt-check vet staticcheck
-	$(GO) test -race -count=1 -timeout 10m $(RACE_PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 10m $$($(GO) list $(PKGS) | grep -Ev '$(RACE_RE)')
 
 lint: fmt-check vet staticcheck
