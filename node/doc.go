@@ -40,7 +40,10 @@
 // fresh). Beyond it the OAuth endpoints (token, introspection, revocation,
 // JWKS, discovery) answer 503 temporarily_unavailable and /readyz reports
 // not ready, so a partitioned node stops honouring clients and tokens that
-// may have been disabled or revoked meanwhile.
+// may have been disabled or revoked meanwhile. A node that starts, or that
+// was stale, stays stale until its replica has applied the leader's commit
+// index as of the moment contact resumed (catchup.go), since hashicorp/raft
+// reports contact with the first heartbeat, before the missed entries.
 //
 // A forwarded write is abandoned as soon as the follower stops hearing
 // from that leader for longer than the leader lease, and retried at the
