@@ -292,17 +292,6 @@ func localRollingStep(ctx context.Context, c *localcluster.Cluster, done map[int
 	}, nil
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // localKill plans a hard kill of the current leader, healed by a restart
 // on the same data directory and ports.
 func localKill(ctx context.Context, c *localcluster.Cluster) (loadtest.Fault, error) {

@@ -27,6 +27,7 @@ import (
 	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
 	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
 	"github.com/tallyauth/tally/node/api/cluster/v1/clusterv1connect"
+	"github.com/tallyauth/tally/node/localcluster"
 )
 
 // remoteNode is one member of the drilled cluster.
@@ -165,7 +166,7 @@ func (c *remoteCluster) status(ctx context.Context) (*clusterv1.StatusResponse, 
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, errors.Join(errs...)
 		}
-		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+		if err := localcluster.Sleep(ctx, 200*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
@@ -258,7 +259,7 @@ func (c *remoteCluster) waitReady(ctx context.Context, nodes []remoteNode) error
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%s not ready after %v", n.id, c.f.readyTimeout)
 			}
-			if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			if err := localcluster.Sleep(ctx, 100*time.Millisecond); err != nil {
 				return err
 			}
 		}

@@ -163,13 +163,15 @@ func (c *Cluster) start(ctx context.Context, i int) error {
 		if !errors.As(err, &oe) || oe.Op != "listen" || time.Now().After(deadline) {
 			return fmt.Errorf("starting %s: %w", id, err)
 		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
+// Sleep waits for d or until ctx ends, whichever comes first, and returns
+// ctx's error in the second case.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -204,7 +206,7 @@ func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (int, error
 		if time.Now().After(deadline) {
 			return -1, errors.New("no single leader")
 		}
-		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 10*time.Millisecond); err != nil {
 			return -1, err
 		}
 	}
@@ -222,7 +224,7 @@ func (c *Cluster) WaitConverged(ctx context.Context, timeout time.Duration) erro
 		if time.Now().After(deadline) {
 			return fmt.Errorf("cluster not converged after %v: %w", timeout, err)
 		}
-		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 10*time.Millisecond); err != nil {
 			return err
 		}
 	}
