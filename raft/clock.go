@@ -146,19 +146,11 @@ var ErrClockSkew = errors.New("raft: clock skew")
 // proposed: a non-nil error refuses the command (Propose returns it
 // wrapped, nothing is appended). The node package uses it to stop a leader
 // whose clock is off the cluster's from writing. nil removes the gate.
-func (n *Node) SetProposeGate(fn func() error) {
-	if fn == nil {
-		n.clockGate.Store(nil)
-		return
-	}
-	n.clockGate.Store(&fn)
-}
+func (n *Node) SetProposeGate(fn func() error) { storeGate(&n.clockGate, fn) }
 
 func (n *Node) checkGate() error {
-	if g := n.clockGate.Load(); g != nil {
-		if err := (*g)(); err != nil {
-			return fmt.Errorf("raft: propose refused: %w", err)
-		}
+	if err := callGate(&n.clockGate); err != nil {
+		return fmt.Errorf("raft: propose refused: %w", err)
 	}
 	return nil
 }

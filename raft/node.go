@@ -390,23 +390,30 @@ func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error)
 // ErrWritesRefused wrapping it (nothing is appended). The node package uses
 // it to stop proposing when the data file system runs low on space, so that
 // the Raft log never fills on a leader. nil removes the gate.
-func (n *Node) SetWriteGate(gate func() error) {
-	if gate == nil {
-		n.gate.Store(nil)
-		return
-	}
-	n.gate.Store(&gate)
-}
+func (n *Node) SetWriteGate(gate func() error) { storeGate(&n.gate, gate) }
 
 // WritesRefused returns why Propose refuses commands now (see SetWriteGate),
 // or nil.
 func (n *Node) WritesRefused() error {
-	g := n.gate.Load()
-	if g == nil {
-		return nil
-	}
-	if err := (*g)(); err != nil {
+	if err := callGate(&n.gate); err != nil {
 		return fmt.Errorf("%w: %w", ErrWritesRefused, err)
+	}
+	return nil
+}
+
+// storeGate installs fn in p (nil removes it); callGate runs the installed
+// check, nil when there is none. Both gates of Propose use them.
+func storeGate(p *atomic.Pointer[func() error], fn func() error) {
+	if fn == nil {
+		p.Store(nil)
+		return
+	}
+	p.Store(&fn)
+}
+
+func callGate(p *atomic.Pointer[func() error]) error {
+	if g := p.Load(); g != nil {
+		return (*g)()
 	}
 	return nil
 }
