@@ -141,4 +141,5 @@ compose-down:
 
 ## e2e: the compose cluster checked as a user would (needs Docker), then torn down
 e2e: image
+	@$(GO) build -o bin/rscheck ./deploy/compose/rscheck
 	@TALLY_IMAGE=$(IMAGE) deploy/compose/e2e.sh

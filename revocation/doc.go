@@ -29,6 +29,14 @@
 // file older than MaxDisconnect) it resyncs before it trusts tokens again,
 // since events lost before publication leave no gap in the stream.
 //
+// Over NATS the watcher also follows the live subjects
+// (NATSLiveSubjects), on which every node sends each event as it applies
+// it, for its whole run and on every connection of WatcherConfig.LiveNATS
+// (ConnectNATSEach: one per server): a revocation reaches the set within
+// milliseconds while the stream elects a leader or the watcher's
+// connection moves to another server. The stream still sets the position
+// and runs the OnEvent hooks.
+//
 // The watcher never fails open silently. Its position belongs to one
 // stream, named by the stream's creation time: a stream that was recreated
 // (another identity) or reset (a head below the position) is noticed on

@@ -60,6 +60,9 @@ func (c NATSConfig) NATSOptions() []nats.Option {
 		nats.CustomInboxPrefix(NATSInboxPrefix(c.Tenant, c.ClientID)),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		// nats.go adds up to 1 s of jitter to each wait over TLS by
+		// default; a resource server is one client, not a herd.
+		nats.ReconnectJitter(50*time.Millisecond, 50*time.Millisecond),
 		nats.Timeout(2 * time.Second),
 		// A server cut off by a partition leaves the TCP connection
 		// half-open: nothing arrives and nothing fails. Ping every second
@@ -88,4 +91,36 @@ func ConnectNATS(c NATSConfig) (*nats.Conn, error) {
 		return nil, errors.New("revocation: tenant and client id must be valid subject tokens")
 	}
 	return nats.Connect(c.URLs, c.NATSOptions()...)
+}
+
+// ConnectNATSEach opens one connection per URL of c.URLs, each held to its
+// own server (it reconnects to that server only, and ignores the servers
+// the cluster advertises), for WatcherConfig.LiveNATS: whichever server
+// stops, the connections to the others keep receiving live events. A
+// server that is down now is connected to when it comes up (the first
+// connect is retried in the background); a connection that cannot start
+// at all (a bad URL) is an error. The caller owns (and closes) them.
+func ConnectNATSEach(c NATSConfig) ([]*nats.Conn, error) {
+	if c.URLs == "" || c.Tenant == "" || c.ClientID == "" || c.ClientSecret == "" {
+		return nil, errors.New("revocation: ConnectNATSEach needs URLs, Tenant, ClientID and ClientSecret")
+	}
+	if strings.ContainsAny(c.Tenant+c.ClientID, ".*> \t\r\n") {
+		return nil, errors.New("revocation: tenant and client id must be valid subject tokens")
+	}
+	var conns []*nats.Conn
+	for _, u := range strings.Split(c.URLs, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		nc, err := nats.Connect(u, append(c.NATSOptions(), nats.IgnoreDiscoveredServers(), nats.RetryOnFailedConnect(true))...)
+		if err != nil {
+			for _, o := range conns {
+				o.Close()
+			}
+			return nil, err
+		}
+		conns = append(conns, nc)
+	}
+	return conns, nil
 }

@@ -49,8 +49,17 @@ type WatcherConfig struct {
 	// http.DefaultClient. Streams need no client timeout.
 	HTTPClient *http.Client
 	// NATS, if set, is the live source: an ordered JetStream consumer on
-	// Stream. The caller owns the connection.
+	// Stream, and the live subjects (NATSLiveSubjects). The caller owns the
+	// connection.
 	NATS *nats.Conn
+	// LiveNATS are further NATS connections on which the watcher follows
+	// the live subjects too, best one held to each server (ConnectNATSEach
+	// does that): a core NATS message sent while a connection reconnects
+	// is lost to that connection only, so with them a revocation reaches
+	// the set within milliseconds also while NATS moves to another server
+	// (the server it was on stopped). Each SET is verified once whatever
+	// the number of copies. The caller owns them.
+	LiveNATS []*nats.Conn
 	// Stream is the JetStream stream name; default "TALLY_EVENTS".
 	Stream string
 	// SETAudience is the aud that SETs must carry; default Issuer.
@@ -153,6 +162,7 @@ type Watcher struct {
 	disconnected atomic.Int64 // unix nano since when; 0 while connected
 	head         atomic.Uint64
 	applied      atomic.Int64
+	liveApplied  atomic.Int64
 	resyncs      atomic.Int64
 	rejected     atomic.Int64
 	retried      atomic.Int64
@@ -286,6 +296,10 @@ func (w *Watcher) Lag() uint64 {
 
 // Applied counts events applied (replays of known sequences excluded).
 func (w *Watcher) Applied() int64 { return w.applied.Load() }
+
+// LiveApplied counts live events applied ahead of the stream (each SET
+// once, however many copies arrived; see WatcherConfig.LiveNATS).
+func (w *Watcher) LiveApplied() int64 { return w.liveApplied.Load() }
 
 // Resyncs counts full resyncs (the first sync included).
 func (w *Watcher) Resyncs() int64 { return w.resyncs.Load() }
@@ -426,6 +440,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.authFailures = 0
 	defer w.save(true)
 	defer w.setConnected(false)
+	if w.cfg.NATS != nil {
+		// For the whole run, not per stream session: see followLive.
+		defer w.followLive(ctx)()
+	}
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		// Disconnected for longer than MaxDisconnect (or restarted from an
@@ -626,9 +644,6 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	w.setConnected(true)
-	if stopLive, err := w.followLive(ctx); err == nil {
-		defer stopLive()
-	}
 
 	// The ordered consumer survives NATS reconnects by itself; follow the
 	// connection's state for staleness.

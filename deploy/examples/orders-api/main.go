@@ -10,7 +10,11 @@
 // The client secret comes from ORDERS_CLIENT_SECRET (never a flag, so it
 // stays out of process listings). The same client authenticates to NATS
 // (user = client id, password = secret); --nats-url takes every node's URL,
-// comma-separated, and --nats-ca the cluster CA for tls:// URLs.
+// comma-separated, and --nats-ca the cluster CA for tls:// URLs. Besides the
+// connection that follows the stream, orders-api holds one connection to
+// each of those servers for live revocations (revocation.ConnectNATSEach),
+// so a revoked token is refused within milliseconds also while a node
+// restarts.
 package main
 
 import (
@@ -62,14 +66,25 @@ func run() error {
 		PositionFile: *position, Logger: log,
 	}
 	if *natsURL != "" {
-		nc, err := revocation.ConnectNATS(revocation.NATSConfig{
+		nc := revocation.NATSConfig{
 			URLs: *natsURL, Tenant: *tenant, ClientID: *clientID, ClientSecret: secret, CAFile: *natsCA, Name: "orders-api",
-		})
+		}
+		conn, err := revocation.ConnectNATS(nc)
 		if err != nil {
 			return err
 		}
-		defer nc.Close()
-		wc.NATS = nc
+		defer conn.Close()
+		wc.NATS = conn
+		// Live revocations on a connection to each server too: while
+		// the main connection moves to another server, they keep coming.
+		live, err := revocation.ConnectNATSEach(nc)
+		if err != nil {
+			return err
+		}
+		for _, c := range live {
+			defer c.Close()
+		}
+		wc.LiveNATS = live
 	}
 	w, err := revocation.NewWatcher(wc)
 	if err != nil {
