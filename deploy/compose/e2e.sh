@@ -17,7 +17,9 @@
 #   refuse it within 1 s (deploy/compose/rscheck)
 #
 # E2E_RS_MAX_MS (default 1000) is the bound on orders-api's refusal of a
-# revoked token. Everything is torn down at the end, also on failure (E2E_KEEP=1 keeps the
+# revoked token, E2E_RS_INTERVAL (default 2s) the pause between two
+# revocation rounds; E2E_ROLLING_RESTARTS (default 1) repeats the rolling
+# restart (E2E_RS_INTERVAL=300ms E2E_ROLLING_RESTARTS=3 hunts rare delays). Everything is torn down at the end, also on failure (E2E_KEEP=1 keeps the
 # cluster). Reports (JSON and HTML) go to $E2E_OUT (default
 # ${TMPDIR:-/tmp}/tally-e2e).
 set -eu
@@ -127,7 +129,7 @@ log "  took $(($(now_ms) - t0)) ms"
 : >"$out/checker"
 RSCHECK_CLIENT_SECRET=$secret "$rscheck" --client-id "$id" --rs http://127.0.0.1:9090/orders \
 	--node node1="$(node_url node1)" --node node2="$(node_url node2)" --node node3="$(node_url node3)" \
-	--max "${E2E_RS_MAX_MS:-1000}ms" >"$out/checker" 2>&1 &
+	--max "${E2E_RS_MAX_MS:-1000}ms" --interval "${E2E_RS_INTERVAL:-2s}" >"$out/checker" 2>&1 &
 checker_pid=$!
 
 . "$root/deploy/drill/compose.env"
@@ -150,7 +152,9 @@ drill() { # name, args… : the drill must PASS with no client-credentials error
 drill failover failover --kill-cmd "$KILL_CMD" --restart-cmd "$RESTART_CMD"
 drill partition partition --isolate node3 --fault-for 8s --after 5s \
 	--partition-cmd "$PARTITION_CMD" --heal-cmd "$HEAL_CMD"
-drill rolling-restart rolling-restart --kill-cmd "$STOP_CMD" --restart-cmd "$RESTART_CMD" --fault-for 2s
+for r in $(seq "${E2E_ROLLING_RESTARTS:-1}"); do
+	drill rolling-restart rolling-restart --kill-cmd "$STOP_CMD" --restart-cmd "$RESTART_CMD" --fault-for 2s
+done
 
 kill "$checker_pid" 2>/dev/null || true
 wait "$checker_pid" 2>/dev/null || true
