@@ -20,6 +20,13 @@
 //
 // It runs until SIGINT or SIGTERM. The secret comes from the environment,
 // never a flag.
+//
+// With --propagation it makes one check instead and exits: a token from
+// the first --node is introspected active at the last one and accepted by
+// the resource server, revoked through the second node, and then every
+// node's introspection and the resource server are polled at once until
+// the token is inactive (401 at the resource server); each one's time is
+// printed, and rscheck exits 1 if any took longer than --max.
 package main
 
 import (
@@ -34,6 +41,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -56,6 +64,7 @@ func main() {
 	poll := flag.Duration("poll", 10*time.Millisecond, "pause between two checks of one round")
 	giveUp := flag.Duration("give-up", 15*time.Second, "stop polling a round after this long")
 	rounds := flag.Int("rounds", 0, "stop after this many rounds (0: until a signal)")
+	propagation := flag.Bool("propagation", false, "one check: issue at the first node, revoke at the second, poll every node and the resource server (see the package doc)")
 	flag.Parse()
 	secret := os.Getenv("RSCHECK_CLIENT_SECRET")
 	if *clientID == "" || secret == "" || len(nf) == 0 {
@@ -76,6 +85,13 @@ func main() {
 	c := &checker{
 		client: &http.Client{Timeout: 5 * time.Second},
 		id:     *clientID, secret: secret, tenant: *tenant, rs: *rs,
+	}
+	if *propagation {
+		if err := c.propagation(ctx, nodes, *poll, *maxDelay); err != nil {
+			fmt.Fprintln(os.Stderr, "rscheck:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	for i := 1; ctx.Err() == nil && (*rounds == 0 || i <= *rounds); i++ {
 		n := nodes[i%len(nodes)]
@@ -182,4 +198,84 @@ func (c *checker) rsStatus(ctx context.Context, tok string) (int, error) {
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// propagation is the --propagation check.
+func (c *checker) propagation(ctx context.Context, nodes []node, poll, maxDelay time.Duration) error {
+	if len(nodes) < 2 {
+		return errors.New("--propagation needs at least two --node")
+	}
+	from, via, last := nodes[0], nodes[1], nodes[len(nodes)-1]
+	tok, err := c.token(ctx, from)
+	if err != nil {
+		return fmt.Errorf("token from %s: %w", from.name, err)
+	}
+	if active, err := c.active(ctx, last, tok); err != nil || !active {
+		return fmt.Errorf("%s does not see %s's token active (%v)", last.name, from.name, err)
+	}
+	if st, err := c.rsStatus(ctx, tok); err != nil || st != http.StatusOK {
+		return fmt.Errorf("the resource server refuses a fresh token: %d %v", st, err)
+	}
+	if err := c.revoke(ctx, via, tok); err != nil {
+		return fmt.Errorf("revoke through %s: %w", via.name, err)
+	}
+	start := time.Now()
+	type result struct {
+		name string
+		took time.Duration
+	}
+	var mu sync.Mutex
+	var results []result
+	var wg sync.WaitGroup
+	wait := func(name string, done func() bool) {
+		wg.Go(func() {
+			for !done() && time.Since(start) <= 3*maxDelay && ctx.Err() == nil {
+				time.Sleep(poll)
+			}
+			mu.Lock()
+			results = append(results, result{name, time.Since(start)})
+			mu.Unlock()
+		})
+	}
+	for _, n := range nodes {
+		wait(n.name, func() bool {
+			active, err := c.active(ctx, n, tok)
+			return err == nil && !active
+		})
+	}
+	wait("resource server", func() bool {
+		st, _ := c.rsStatus(ctx, tok)
+		return st == http.StatusUnauthorized
+	})
+	wg.Wait()
+	var slow []string
+	for _, r := range results {
+		fmt.Printf("%s: revoked token refused after %d ms\n", r.name, r.took.Milliseconds())
+		if r.took > maxDelay {
+			slow = append(slow, r.name)
+		}
+	}
+	if len(slow) > 0 {
+		return fmt.Errorf("revoked token still accepted after %v by %s", maxDelay, strings.Join(slow, ", "))
+	}
+	return nil
+}
+
+// active introspects tok at n (RFC 7662).
+func (c *checker) active(ctx context.Context, n node, tok string) (bool, error) {
+	resp, err := c.post(ctx, n.base+"/t/"+c.tenant+"/oauth2/introspect", url.Values{"token": {tok}})
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, errors.New(resp.Status)
+	}
+	var body struct {
+		Active *bool `json:"active"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil || body.Active == nil {
+		return false, fmt.Errorf("no active in the introspection response: %v", err)
+	}
+	return *body.Active, nil
 }
