@@ -39,3 +39,14 @@ func FuzzVerify(f *testing.F) {
 		_ = w.handle(context.Background(), w.Position()+1, []byte(tok))
 	})
 }
+
+// FuzzUnverifiedJTI: reading the jti of any message on the live subjects
+// never panics.
+func FuzzUnverifiedJTI(f *testing.F) {
+	f.Add("eyJhbGciOiJub25lIn0.eyJqdGkiOiJ0YWxseS03LTAiLCJhdWQiOlsiYSIsImIiXX0.")
+	f.Add("a.b.c")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, raw string) {
+		_ = unverifiedJTI([]byte(raw))
+	})
+}

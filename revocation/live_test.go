@@ -34,3 +34,40 @@ func TestUnverifiedJTI(t *testing.T) {
 		}
 	}
 }
+
+func TestConnectNATSEachRefusesBadConfig(t *testing.T) {
+	ok := NATSConfig{URLs: "nats://127.0.0.1:1", Tenant: "default", ClientID: "rs", ClientSecret: "s"}
+	for name, c := range map[string]NATSConfig{
+		"no urls":        {Tenant: ok.Tenant, ClientID: ok.ClientID, ClientSecret: ok.ClientSecret},
+		"no secret":      {URLs: ok.URLs, Tenant: ok.Tenant, ClientID: ok.ClientID},
+		"wildcard id":    {URLs: ok.URLs, Tenant: ok.Tenant, ClientID: "rs.*", ClientSecret: "s"},
+		"tenant with >":  {URLs: ok.URLs, Tenant: "a>", ClientID: ok.ClientID, ClientSecret: "s"},
+		"not a nats url": {URLs: "nats://[::1", Tenant: ok.Tenant, ClientID: ok.ClientID, ClientSecret: "s"},
+	} {
+		conns, err := ConnectNATSEach(c)
+		if err == nil {
+			for _, nc := range conns {
+				nc.Close()
+			}
+			t.Errorf("%s: ConnectNATSEach accepted %+v", name, c)
+		}
+	}
+	// A server that is not up yet: one connection per URL, retrying.
+	conns, err := ConnectNATSEach(NATSConfig{URLs: "nats://127.0.0.1:1, nats://127.0.0.1:2", Tenant: "default", ClientID: "rs", ClientSecret: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	}()
+	if len(conns) != 2 {
+		t.Fatalf("%d connections for 2 URLs", len(conns))
+	}
+	for _, nc := range conns {
+		if nc.IsConnected() || nc.IsClosed() {
+			t.Errorf("connection to a closed port: connected %v, closed %v; want reconnecting", nc.IsConnected(), nc.IsClosed())
+		}
+	}
+}
