@@ -309,4 +309,3 @@ func TestDeleteNotFoundAndInvalid(t *testing.T) {
 	}
 	checkViewMatchesDB(t, f)
 }
-
