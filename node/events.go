@@ -125,6 +125,7 @@ func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
 	}
 	pc.Logger = n.log
 	pc.Meter = n.tel.meter
+	pc.TenantExists = func(t string) bool { _, ok := n.raft.State().Tenant(t); return ok }
 	pub, err := replication.NewPublisher(pc, nc, n.raft.FSM(), n.iss)
 	if err != nil {
 		nc.Close()
@@ -453,5 +454,6 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 				Subject: u.Id, TokensIssuedUntilUnix: u.LockedUnixNano / int64(time.Second)})
 		}
 	}
+	addDeletionCutoffs(resp, s.n.raft.State(), tenant) // admin_delete.go
 	return connect.NewResponse(resp), nil
 }

@@ -174,7 +174,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
 
-	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base}
+	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature}
 	n.http = &http.Server{
 		Handler:           n.routes(admin, newAdminAuth(adminToken)),
 		ReadHeaderTimeout: 5 * time.Second,

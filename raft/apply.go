@@ -24,6 +24,7 @@ type applier struct {
 
 	index  uint64 // Raft index of the command being applied
 	events uint32 // outbox events written for it so far (see events.go)
+	erased bool   // personal data was deleted: compact the file (apply_delete.go)
 }
 
 // change is one record written or deleted, replayed into State after commit.
@@ -140,6 +141,8 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 			grant, err = g, ferr
 		} else if ok, cerr := a.dispatchCluster(cmd, now); ok {
 			err = cerr
+		} else if ok, derr := a.dispatchDelete(cmd, now); ok {
+			err = derr
 		} else {
 			err = a.dispatch(cmd, now)
 		}
@@ -229,6 +232,9 @@ func (a *applier) createClient(cc *raftpb.CreateClient, now int64) error {
 	}
 	if a.tenantBucket(in.GetTenant(), kindClients).Get([]byte(in.GetId())) != nil {
 		return fmt.Errorf("%w: client %q in tenant %q", ErrExists, in.GetId(), in.GetTenant())
+	}
+	if a.tombstoned(in.GetTenant(), kindDeletedClients, in.GetId()) {
+		return errTombstoned("client", in.GetTenant(), in.GetId())
 	}
 	c := proto.Clone(in).(*raftpb.Client)
 	c.Revision = 1
@@ -422,6 +428,7 @@ func (a *applier) sweep(now int64) {
 			a.delRecord(keys, kindKeys, t, kid)
 		}
 		a.sweepGrants(t, now)
+		a.sweepTombstones(t, now)
 	}
 
 	cutoff := now - requestRetentionNanos

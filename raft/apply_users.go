@@ -58,6 +58,9 @@ func (a *applier) createUser(c *raftpb.CreateUser, now int64) error {
 	if users.Get([]byte(in.GetId())) != nil {
 		return fmt.Errorf("%w: user %q in tenant %q", ErrExists, in.GetId(), in.GetTenant())
 	}
+	if a.tombstoned(in.GetTenant(), kindDeletedUsers, in.GetId()) {
+		return errTombstoned("user", in.GetTenant(), in.GetId())
+	}
 	uname := normalizeUsername(in.GetUsername())
 	if names.Get([]byte(uname)) != nil {
 		return fmt.Errorf("%w: username %q in tenant %q", ErrExists, in.GetUsername(), in.GetTenant())

@@ -37,6 +37,12 @@ import (
 //	SetUserStatus active → inactive            EVENT_KIND_USER_LOCKED, then the family
 //	                                             revocations of the user
 //	SetUserStatus inactive → active            EVENT_KIND_USER_UNLOCKED (with the lock time)
+//	DeleteClient                               the family revocations of the client, then
+//	                                             EVENT_KIND_CLIENT_DELETED
+//	DeleteUser                                 the family revocations of the user, then
+//	                                             EVENT_KIND_USER_DELETED (the user id only)
+//	DeleteTenant                               EVENT_KIND_TENANT_DELETED (not published:
+//	                                             no key of the tenant is left to sign it)
 //
 // Every reversible change has its reverse event, so a receiver that applies
 // the events in order (or resyncs) converges to the replica's state. Apply

@@ -253,6 +253,9 @@ func (f *FSM) applyOnce(logs []*hraft.Log) ([]any, []appliedCommand, error) {
 	}
 	committed = true
 	f.state.apply(a.changes, last)
+	if a.erased {
+		f.compactLocked() // compact.go
+	}
 	return resp, done, nil
 }
 
@@ -346,7 +349,10 @@ func readView(db *bbolt.DB) (map[string]*tenantView, uint64, error) {
 			}); err != nil {
 				return err
 			}
-			return loadFlowRecords(tx, t.Id, tv)
+			if err := loadFlowRecords(tx, t.Id, tv); err != nil {
+				return err
+			}
+			return loadDeletedRecords(tx, t.Id, tv)
 		})
 	})
 	if err != nil {

@@ -37,6 +37,12 @@ const SchemaVersion = 1
 //	families           family id → raftpb.Family
 //	device_codes       SHA-256 of a device code → raftpb.DeviceCode
 //	user_codes         normalized user code → device code hash
+//
+// Per tenant, tombstones of deletions (created on first use, see
+// apply_delete.go; kinds declared there):
+//
+//	deleted_clients    client id → raftpb.Deleted
+//	deleted_users      user id → raftpb.Deleted
 const (
 	bucketMeta         = "meta"
 	bucketTenants      = "tenants"

@@ -34,7 +34,8 @@ type tenantView struct {
 	keys        map[string]*raftpb.Key
 	keyOrder    []*raftpb.Key // keys sorted by created time, then kid
 	revocations map[string]*raftpb.Revocation
-	flow        flowView // users, consents, device codes (state_users.go)
+	flow        flowView    // users, consents, device codes (state_users.go)
+	deleted     deletedView // tombstones (apply_delete.go)
 }
 
 func newState() *State {
@@ -162,6 +163,10 @@ func (s *State) apply(changes []change, applied uint64) {
 			s.cluster.Store(c.msg.(*raftpb.ClusterMeta))
 			continue
 		}
+		if c.kind == bucketTenants && c.msg == nil {
+			delete(s.tenants, c.tenant) // DeleteTenant
+			continue
+		}
 		if c.kind == bucketTenants {
 			t := c.msg.(*raftpb.Tenant)
 			if tv := s.tenants[c.tenant]; tv != nil {
@@ -176,7 +181,7 @@ func (s *State) apply(changes []change, applied uint64) {
 			// The FSM writes a tenant record before anything in it.
 			panic("raft: view change for unknown tenant " + c.tenant)
 		}
-		if tv.applyFlowChange(c) {
+		if tv.applyFlowChange(c) || tv.applyDeleteChange(c) {
 			continue
 		}
 		switch c.kind {

@@ -73,6 +73,9 @@ type PublisherConfig struct {
 	Issuer func(tenant string) string
 	// Audience returns a tenant's SET audience; nil means the issuer.
 	Audience func(tenant string) []string
+	// TenantExists reports whether a tenant is in the state; the events of
+	// a deleted tenant are skipped (see publishable). nil: all exist.
+	TenantExists func(tenant string) bool
 	// Batch is how many events are read and published at a time; default 256.
 	Batch int
 	// PollInterval bounds how long a new event waits when Notify is not
@@ -416,6 +419,8 @@ func (p *Publisher) step(ctx context.Context) (more bool, err error) {
 	// with every clean window: a message that failed is never overtaken by
 	// a later one sent while the stream was failing over, so events reach
 	// the stream in Raft order.
+	all := evs
+	evs = p.publishable(evs)
 	var acked uint64
 	for start := 0; start < len(evs); {
 		end := min(start+p.window, len(evs))
@@ -430,8 +435,8 @@ func (p *Publisher) step(ctx context.Context) (more bool, err error) {
 		start = end
 	}
 	p.published.Add(ctx, int64(len(evs)))
-	p.setPosition(evs[len(evs)-1].Index)
-	return len(evs) >= p.cfg.Batch, nil
+	p.setPosition(all[len(all)-1].Index)
+	return len(all) >= p.cfg.Batch, nil
 }
 
 // publishWindow sends evs and waits for their acknowledgements; acked
@@ -566,6 +571,12 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 	case raftpb.EventKind_EVENT_KIND_USER_UNLOCKED:
 		typ = revocation.EventUserUnlocked
 		d.TokensIssuedUntil = ev.LockedUnixNano / int64(time.Second)
+	case raftpb.EventKind_EVENT_KIND_CLIENT_DELETED:
+		typ = revocation.EventClientDeleted
+		d.TokensIssuedUntil = ev.TimeUnixNano / int64(time.Second)
+	case raftpb.EventKind_EVENT_KIND_USER_DELETED:
+		typ = revocation.EventUserDeleted
+		d.TokensIssuedUntil = ev.TimeUnixNano / int64(time.Second)
 	default:
 		return "", nil
 	}
@@ -607,4 +618,21 @@ func writePosition(path string, v uint64) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// publishable drops the events no node can sign (issue 16): a deleted
+// tenant's keys are gone with it, so its TENANT_DELETED event and any of
+// its events not yet published when it was deleted are skipped (logged)
+// rather than blocking the outbox for ever. Its resource servers learn it
+// from their watcher (the tenant's event API and JWKS answer 404).
+func (p *Publisher) publishable(evs []*raftpb.Event) []*raftpb.Event {
+	out := evs[:0:0]
+	for _, ev := range evs {
+		if ev.Kind == raftpb.EventKind_EVENT_KIND_TENANT_DELETED || (p.cfg.TenantExists != nil && !p.cfg.TenantExists(ev.Tenant)) {
+			p.log.Info("skipping an event of a deleted tenant", "tenant", ev.Tenant, "index", ev.Index, "kind", ev.Kind.String())
+			continue
+		}
+		out = append(out, ev)
+	}
+	return out
 }

@@ -54,6 +54,9 @@
 // Revoked token ids are kept until the token's exp plus the largest Leeway
 // of the verifiers that use the watcher. A user enabled again keeps its
 // tokens issued before the lock invalid (EventDetails.TokensIssuedUntil).
+// A deleted client or user (EventClientDeleted, EventUserDeleted) has its
+// tokens issued at or before the deletion rejected for good; a resync
+// reproduces it (GetRevocationSet's client_cutoffs and subject_cutoffs).
 //
 // The SDK stays light: it imports no Raft, bbolt, NATS server or tally
 // server package (deps_test.go).

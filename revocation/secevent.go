@@ -34,6 +34,15 @@ const (
 	// A disabled or locked user was enabled again: sub. The reverse of
 	// EventUserLocked. Subject tally.<tenant>.security.user_unlocked.
 	EventUserUnlocked = "https://tally.dev/secevent/user-unlocked"
+	// A client was deleted: client_id, tokens_issued_until (the deletion).
+	// Its access tokens issued at or before it are invalid for good.
+	// Subject tally.<tenant>.security.client_deleted.
+	EventClientDeleted = "https://tally.dev/secevent/client-deleted"
+	// A user was deleted: sub (the user id; its personal data is erased),
+	// tokens_issued_until (the deletion). Its access tokens issued at or
+	// before it are invalid for good. Subject
+	// tally.<tenant>.security.user_deleted.
+	EventUserDeleted = "https://tally.dev/secevent/user-deleted"
 )
 
 // SchemaVersion is the version of EventDetails; the JSON schema of the
@@ -56,6 +65,8 @@ var subjectSuffix = map[string]string{
 	EventReuseDetected:  "security.reuse_detected",
 	EventUserLocked:     "security.user_locked",
 	EventUserUnlocked:   "security.user_unlocked",
+	EventClientDeleted:  "security.client_deleted",
+	EventUserDeleted:    "security.user_deleted",
 }
 
 // Subject returns the NATS subject of an event type in tenant, e.g.
@@ -89,6 +100,8 @@ type EventDetails struct {
 	FamilyID  string   `json:"family_id,omitempty"`
 	// TokensIssuedUntil (user-unlocked): the user's access tokens with an
 	// iat at or before it (unix seconds; the user's lock) stay invalid.
+	// (client-deleted, user-deleted): the deletion; the client's or user's
+	// access tokens with an iat at or before it are invalid for good.
 	TokensIssuedUntil int64 `json:"tokens_issued_until,omitempty"`
 }
 

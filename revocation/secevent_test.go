@@ -61,6 +61,8 @@ func TestSubjects(t *testing.T) {
 		EventReuseDetected:  "tally.acme.security.reuse_detected",
 		EventUserLocked:     "tally.acme.security.user_locked",
 		EventUserUnlocked:   "tally.acme.security.user_unlocked",
+		EventClientDeleted:  "tally.acme.security.client_deleted",
+		EventUserDeleted:    "tally.acme.security.user_deleted",
 		"https://unknown":   "",
 	} {
 		if got := Subject("acme", typ); got != want {

@@ -32,6 +32,9 @@ type Set struct {
 	// cutoffs: a user enabled again after a lock; its tokens with an iat
 	// at or before the value (unix seconds) stay invalid.
 	cutoffs map[string]int64
+	// clientCutoffs: a deleted client; its tokens with an iat at or
+	// before the value (unix seconds) are invalid.
+	clientCutoffs map[string]int64
 }
 
 // toggle is the state of a client (disabled) or user (locked) and the
@@ -45,7 +48,7 @@ type toggle struct {
 // NewSet returns an empty set at sequence 0.
 func NewSet() *Set {
 	return &Set{tokens: map[string]int64{}, clients: map[string]toggle{}, subjects: map[string]toggle{}, families: map[string]bool{},
-		cutoffs: map[string]int64{}}
+		cutoffs: map[string]int64{}, clientCutoffs: map[string]int64{}}
 }
 
 // Revoked reports whether the token jti is revoked.
@@ -77,6 +80,15 @@ func (s *Set) IssuedBeforeLock(sub string, iat int64) bool {
 	defer s.mu.RUnlock()
 	c, ok := s.cutoffs[sub]
 	return ok && sub != "" && iat <= c
+}
+
+// IssuedBeforeClientDeleted reports whether a token of client issued at
+// iat (unix seconds) predates the client's deletion.
+func (s *Set) IssuedBeforeClientDeleted(client string, iat int64) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.clientCutoffs[client]
+	return ok && client != "" && iat <= c
 }
 
 // FamilyRevoked reports whether the refresh-token family is revoked.
@@ -154,6 +166,19 @@ func (s *Set) apply(seq uint64, typ string, d EventDetails) bool {
 		if d.Subject != "" && d.TokensIssuedUntil > s.cutoffs[d.Subject] {
 			s.cutoffs[d.Subject] = d.TokensIssuedUntil
 		}
+	case EventClientDeleted:
+		// Deleted for good: the disabled flag goes (a client created
+		// later with the same id starts enabled, as the server's state
+		// says), the cutoff keeps every token issued before invalid.
+		s.flip(s.clients, d.ClientID, false, d.RaftIndex)
+		if d.ClientID != "" && d.TokensIssuedUntil > s.clientCutoffs[d.ClientID] {
+			s.clientCutoffs[d.ClientID] = d.TokensIssuedUntil
+		}
+	case EventUserDeleted:
+		s.flip(s.subjects, d.Subject, false, d.RaftIndex)
+		if d.Subject != "" && d.TokensIssuedUntil > s.cutoffs[d.Subject] {
+			s.cutoffs[d.Subject] = d.TokensIssuedUntil
+		}
 	case EventFamilyRevoked, EventReuseDetected:
 		if d.FamilyID != "" {
 			s.families[d.FamilyID] = true
@@ -192,8 +217,14 @@ func (s *Set) replace(o *Set, keepAfter time.Time) {
 			o.cutoffs[sub] = c // as monotonic as a revocation
 		}
 	}
+	for id, c := range s.clientCutoffs {
+		if c > o.clientCutoffs[id] {
+			o.clientCutoffs[id] = c
+		}
+	}
 	s.seq, s.stream, s.floor = o.seq, o.stream, o.floor
 	s.tokens, s.clients, s.subjects, s.families, s.cutoffs = o.tokens, o.clients, o.subjects, o.families, o.cutoffs
+	s.clientCutoffs = o.clientCutoffs
 }
 
 // prune drops revocations of tokens that expired before cut (the caller
@@ -210,6 +241,11 @@ func (s *Set) prune(cut time.Time) {
 	for sub, until := range s.cutoffs {
 		if until+int64(maxTokenLifetime/time.Second) < c {
 			delete(s.cutoffs, sub)
+		}
+	}
+	for id, until := range s.clientCutoffs {
+		if until+int64(maxTokenLifetime/time.Second) < c {
+			delete(s.clientCutoffs, id)
 		}
 	}
 }
@@ -237,12 +273,15 @@ type setFile struct {
 	Changes map[string]uint64 `json:"changes,omitempty"`
 	// Cutoffs: users' tokens issued at or before (unix seconds) are invalid.
 	Cutoffs map[string]int64 `json:"subject_cutoffs,omitempty"`
+	// ClientCutoffs: deleted clients' tokens issued at or before (unix
+	// seconds) are invalid.
+	ClientCutoffs map[string]int64 `json:"client_cutoffs,omitempty"`
 }
 
 func (s *Set) save(path, tenant string) error {
 	s.mu.RLock()
 	f := setFile{Version: 2, Tenant: tenant, Sequence: s.seq, Stream: s.stream, Floor: s.floor, Tokens: s.tokens,
-		Changes: map[string]uint64{}, Cutoffs: s.cutoffs}
+		Changes: map[string]uint64{}, Cutoffs: s.cutoffs, ClientCutoffs: s.clientCutoffs}
 	for id, t := range s.clients {
 		if t.on {
 			f.Clients = append(f.Clients, id)
@@ -318,6 +357,9 @@ func loadSet(path, tenant string) (*Set, error) {
 	}
 	if f.Cutoffs != nil {
 		s.cutoffs = f.Cutoffs
+	}
+	if f.ClientCutoffs != nil {
+		s.clientCutoffs = f.ClientCutoffs
 	}
 	return s, nil
 }

@@ -238,3 +238,52 @@ func TestWatcherKeepsEventsWhileJWKSUnreachable(t *testing.T) {
 		t.Fatalf("JWKS back: %v, revoked %v, position %d", err, w.Set().Revoked("j1"), w.Position())
 	}
 }
+
+// TestSetDeletions (issue 16): a deleted client or user has its tokens
+// issued at or before the deletion rejected for good (not undone by a
+// replayed older enable, kept across a restart and a resync that lacks
+// it), and loses its disabled/locked flag, as the server's state does, so
+// that the set converges with a resync.
+func TestSetDeletions(t *testing.T) {
+	s := NewSet()
+	s.apply(1, EventClientDisabled, EventDetails{ClientID: "c", RaftIndex: 5})
+	s.apply(2, EventClientDeleted, EventDetails{ClientID: "c", RaftIndex: 7, TokensIssuedUntil: 1000})
+	s.apply(3, EventUserLocked, EventDetails{Subject: "u", RaftIndex: 8})
+	s.apply(4, EventUserDeleted, EventDetails{Subject: "u", RaftIndex: 9, TokensIssuedUntil: 1001})
+	s.apply(5, EventClientEnabled, EventDetails{ClientID: "c", RaftIndex: 6}) // replayed, older
+	check := func(what string, s *Set) {
+		t.Helper()
+		if !s.IssuedBeforeClientDeleted("c", 1000) || s.IssuedBeforeClientDeleted("c", 1001) || s.IssuedBeforeClientDeleted("d", 1) {
+			t.Fatalf("%s: client cutoff", what)
+		}
+		if !s.IssuedBeforeLock("u", 1001) || s.IssuedBeforeLock("u", 1002) {
+			t.Fatalf("%s: user cutoff", what)
+		}
+		if s.ClientDisabled("c") || s.SubjectLocked("u") {
+			t.Fatalf("%s: a deleted client or user keeps its flag", what)
+		}
+	}
+	check("events", s)
+	path := t.TempDir() + "/pos.json"
+	if err := s.save(path, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := loadSet(path, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("restart", l)
+	// The server's resync answer: the cutoffs, no flags.
+	r := NewSet()
+	r.clientCutoffs["c"] = 1000
+	r.cutoffs["u"] = 1001
+	n := NewSet()
+	n.replace(r, time.Unix(1000, 0))
+	check("resync", n)
+	l.replace(NewSet(), time.Unix(1000, 0))
+	check("resync that lacks them", l)
+	l.prune(time.Unix(1001+3600+1, 0))
+	if l.IssuedBeforeClientDeleted("c", 999) {
+		t.Fatal("a cutoff older than the longest token lifetime kept")
+	}
+}

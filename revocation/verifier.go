@@ -180,7 +180,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 			switch typ {
 			case EventKeyRotated:
 				v.keys.invalidate()
-			case EventTokenRevoked, EventClientDisabled, EventUserLocked:
+			case EventTokenRevoked, EventClientDisabled, EventUserLocked, EventClientDeleted, EventUserDeleted:
 				v.cache.drop(d)
 			}
 		})
@@ -274,7 +274,8 @@ func (v *Verifier) checkSet(c *Claims) error {
 	}
 	s := w.Set()
 	if s.Revoked(c.JTI) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) ||
-		(!c.IssuedAt.IsZero() && s.IssuedBeforeLock(c.Subject, c.IssuedAt.Unix())) {
+		(!c.IssuedAt.IsZero() && s.IssuedBeforeLock(c.Subject, c.IssuedAt.Unix())) ||
+		(!c.IssuedAt.IsZero() && s.IssuedBeforeClientDeleted(c.ClientID, c.IssuedAt.Unix())) {
 		return ErrRevoked
 	}
 	return nil

@@ -565,6 +565,9 @@ func (w *Watcher) Resync(ctx context.Context) error {
 	for _, c := range m.GetSubjectCutoffs() {
 		ns.cutoffs[c.GetSubject()] = c.GetTokensIssuedUntilUnix()
 	}
+	for _, c := range m.GetClientCutoffs() {
+		ns.clientCutoffs[c.GetClientId()] = c.GetTokensIssuedUntilUnix()
+	}
 	w.adoptStream.Store(ns.stream == 0)
 	w.set.replace(ns, w.keepAfter())
 	w.resyncedAt.Store(w.cfg.Now().UnixNano())

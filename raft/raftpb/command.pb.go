@@ -49,20 +49,34 @@ const (
 	// A user that was disabled or locked may sign in again (SetUserStatus
 	// clearing both flags): the reverse of USER_LOCKED.
 	EventKind_EVENT_KIND_USER_UNLOCKED EventKind = 8
+	// Issue 16: a client was deleted (DeleteClient): client_id. Its access
+	// tokens issued at or before the event's time stay invalid for good.
+	EventKind_EVENT_KIND_CLIENT_DELETED EventKind = 20
+	// A user was deleted (DeleteUser): subject (the user id, never the
+	// username, email or name). Its access tokens issued at or before the
+	// event's time stay invalid for good.
+	EventKind_EVENT_KIND_USER_DELETED EventKind = 21
+	// A tenant was deleted (DeleteTenant). Its keys are gone with it, so no
+	// node can sign this event: publishers drop it (and any other unpublished
+	// event of the tenant); it stays in the outbox for the record until swept.
+	EventKind_EVENT_KIND_TENANT_DELETED EventKind = 22
 )
 
 // Enum value maps for EventKind.
 var (
 	EventKind_name = map[int32]string{
-		0: "EVENT_KIND_UNSPECIFIED",
-		1: "EVENT_KIND_TOKEN_REVOKED",
-		2: "EVENT_KIND_CLIENT_DISABLED",
-		3: "EVENT_KIND_KEY_ROTATED",
-		4: "EVENT_KIND_FAMILY_REVOKED",
-		5: "EVENT_KIND_REUSE_DETECTED",
-		6: "EVENT_KIND_USER_LOCKED",
-		7: "EVENT_KIND_CLIENT_ENABLED",
-		8: "EVENT_KIND_USER_UNLOCKED",
+		0:  "EVENT_KIND_UNSPECIFIED",
+		1:  "EVENT_KIND_TOKEN_REVOKED",
+		2:  "EVENT_KIND_CLIENT_DISABLED",
+		3:  "EVENT_KIND_KEY_ROTATED",
+		4:  "EVENT_KIND_FAMILY_REVOKED",
+		5:  "EVENT_KIND_REUSE_DETECTED",
+		6:  "EVENT_KIND_USER_LOCKED",
+		7:  "EVENT_KIND_CLIENT_ENABLED",
+		8:  "EVENT_KIND_USER_UNLOCKED",
+		20: "EVENT_KIND_CLIENT_DELETED",
+		21: "EVENT_KIND_USER_DELETED",
+		22: "EVENT_KIND_TENANT_DELETED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":     0,
@@ -74,6 +88,9 @@ var (
 		"EVENT_KIND_USER_LOCKED":     6,
 		"EVENT_KIND_CLIENT_ENABLED":  7,
 		"EVENT_KIND_USER_UNLOCKED":   8,
+		"EVENT_KIND_CLIENT_DELETED":  20,
+		"EVENT_KIND_USER_DELETED":    21,
+		"EVENT_KIND_TENANT_DELETED":  22,
 	}
 )
 
@@ -137,6 +154,9 @@ type Command struct {
 	//	*Command_DecideDeviceCode
 	//	*Command_PollDeviceCode
 	//	*Command_Tick
+	//	*Command_DeleteClient
+	//	*Command_DeleteUser
+	//	*Command_DeleteTenant
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -389,6 +409,33 @@ func (x *Command) GetTick() *Tick {
 	return nil
 }
 
+func (x *Command) GetDeleteClient() *DeleteClient {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteClient); ok {
+			return x.DeleteClient
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteUser() *DeleteUser {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteUser); ok {
+			return x.DeleteUser
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteTenant() *DeleteTenant {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteTenant); ok {
+			return x.DeleteTenant
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -482,6 +529,19 @@ type Command_Tick struct {
 	Tick *Tick `protobuf:"bytes,62,opt,name=tick,proto3,oneof"`
 }
 
+type Command_DeleteClient struct {
+	// Issue 16: deleting clients, users and tenants (feature "delete_v1").
+	DeleteClient *DeleteClient `protobuf:"bytes,80,opt,name=delete_client,json=deleteClient,proto3,oneof"`
+}
+
+type Command_DeleteUser struct {
+	DeleteUser *DeleteUser `protobuf:"bytes,81,opt,name=delete_user,json=deleteUser,proto3,oneof"`
+}
+
+type Command_DeleteTenant struct {
+	DeleteTenant *DeleteTenant `protobuf:"bytes,82,opt,name=delete_tenant,json=deleteTenant,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -523,6 +583,12 @@ func (*Command_DecideDeviceCode) isCommand_Op() {}
 func (*Command_PollDeviceCode) isCommand_Op() {}
 
 func (*Command_Tick) isCommand_Op() {}
+
+func (*Command_DeleteClient) isCommand_Op() {}
+
+func (*Command_DeleteUser) isCommand_Op() {}
+
+func (*Command_DeleteTenant) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -3599,11 +3665,222 @@ func (x *DeniedNode) GetReason() string {
 	return ""
 }
 
+// DeleteClient deletes a client: its refresh families are revoked, its
+// consents, device codes and used codes removed; "not found" if absent.
+type DeleteClient struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	ClientId      string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteClient) Reset() {
+	*x = DeleteClient{}
+	mi := &file_command_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteClient) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteClient) ProtoMessage() {}
+
+func (x *DeleteClient) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteClient.ProtoReflect.Descriptor instead.
+func (*DeleteClient) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *DeleteClient) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *DeleteClient) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+// DeleteUser deletes a user and erases its personal data (username,
+// email, name, password hash) from the state: its refresh families are
+// revoked, its consents, device grants and used codes removed, its
+// username freed; "not found" if absent.
+type DeleteUser struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUser) Reset() {
+	*x = DeleteUser{}
+	mi := &file_command_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUser) ProtoMessage() {}
+
+func (x *DeleteUser) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUser.ProtoReflect.Descriptor instead.
+func (*DeleteUser) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *DeleteUser) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *DeleteUser) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// DeleteTenant deletes a tenant and everything in it: clients, users,
+// keys, revocations and every other record of its buckets; "not found" if
+// absent.
+type DeleteTenant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTenant) Reset() {
+	*x = DeleteTenant{}
+	mi := &file_command_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTenant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTenant) ProtoMessage() {}
+
+func (x *DeleteTenant) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTenant.ProtoReflect.Descriptor instead.
+func (*DeleteTenant) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *DeleteTenant) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+// Deleted is the tombstone of a deleted client or user (buckets
+// deleted_clients and deleted_users of the tenant).
+type Deleted struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DeletedUnixNano int64                  `protobuf:"varint,2,opt,name=deleted_unix_nano,json=deletedUnixNano,proto3" json:"deleted_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Deleted) Reset() {
+	*x = Deleted{}
+	mi := &file_command_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Deleted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Deleted) ProtoMessage() {}
+
+func (x *Deleted) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Deleted.ProtoReflect.Descriptor instead.
+func (*Deleted) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *Deleted) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Deleted) GetDeletedUnixNano() int64 {
+	if x != nil {
+		return x.DeletedUnixNano
+	}
+	return 0
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x94\f\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xda\r\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3631,7 +3908,11 @@ const file_command_proto_rawDesc = "" +
 	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
 	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
 	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCode\x12)\n" +
-	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tickB\x04\n" +
+	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tick\x12B\n" +
+	"\rdelete_client\x18P \x01(\v2\x1b.tally.raft.v1.DeleteClientH\x00R\fdeleteClient\x12<\n" +
+	"\vdelete_user\x18Q \x01(\v2\x19.tally.raft.v1.DeleteUserH\x00R\n" +
+	"deleteUser\x12B\n" +
+	"\rdelete_tenant\x18R \x01(\v2\x1b.tally.raft.v1.DeleteTenantH\x00R\fdeleteTenantB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -3899,7 +4180,19 @@ const file_command_proto_rawDesc = "" +
 	"DeniedNode\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12(\n" +
 	"\x10denied_unix_nano\x18\x02 \x01(\x03R\x0edeniedUnixNano\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason*\x98\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"C\n" +
+	"\fDeleteClient\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\"=\n" +
+	"\n" +
+	"DeleteUser\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\"&\n" +
+	"\fDeleteTenant\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"E\n" +
+	"\aDeleted\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
+	"\x11deleted_unix_nano\x18\x02 \x01(\x03R\x0fdeletedUnixNano*\xf3\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3909,7 +4202,10 @@ const file_command_proto_rawDesc = "" +
 	"\x19EVENT_KIND_REUSE_DETECTED\x10\x05\x12\x1a\n" +
 	"\x16EVENT_KIND_USER_LOCKED\x10\x06\x12\x1d\n" +
 	"\x19EVENT_KIND_CLIENT_ENABLED\x10\a\x12\x1c\n" +
-	"\x18EVENT_KIND_USER_UNLOCKED\x10\bB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\x18EVENT_KIND_USER_UNLOCKED\x10\b\x12\x1d\n" +
+	"\x19EVENT_KIND_CLIENT_DELETED\x10\x14\x12\x1b\n" +
+	"\x17EVENT_KIND_USER_DELETED\x10\x15\x12\x1d\n" +
+	"\x19EVENT_KIND_TENANT_DELETED\x10\x16B(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -3924,7 +4220,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),             // 0: tally.raft.v1.EventKind
 	(*Command)(nil),            // 1: tally.raft.v1.Command
@@ -3966,6 +4262,10 @@ var file_command_proto_goTypes = []any{
 	(*DenyNode)(nil),           // 37: tally.raft.v1.DenyNode
 	(*ClusterMeta)(nil),        // 38: tally.raft.v1.ClusterMeta
 	(*DeniedNode)(nil),         // 39: tally.raft.v1.DeniedNode
+	(*DeleteClient)(nil),       // 40: tally.raft.v1.DeleteClient
+	(*DeleteUser)(nil),         // 41: tally.raft.v1.DeleteUser
+	(*DeleteTenant)(nil),       // 42: tally.raft.v1.DeleteTenant
+	(*Deleted)(nil),            // 43: tally.raft.v1.Deleted
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -3989,37 +4289,40 @@ var file_command_proto_depIdxs = []int32{
 	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
 	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
 	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	11, // 21: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 22: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 23: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 24: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 25: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 26: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 27: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	12, // 28: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 29: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 30: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 31: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 32: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 33: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 34: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 35: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 36: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 37: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 38: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 39: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 40: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 41: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 42: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 43: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 44: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 45: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	39, // 46: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	40, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
+	41, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
+	42, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
+	11, // 24: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 25: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 26: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 27: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 28: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 29: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 30: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	12, // 31: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 32: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 33: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 34: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 35: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 36: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 37: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 38: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 39: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 40: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 41: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 42: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 43: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 44: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 45: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 46: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 47: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 48: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	39, // 49: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	50, // [50:50] is the sub-list for method output_type
+	50, // [50:50] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -4049,6 +4352,9 @@ func file_command_proto_init() {
 		(*Command_DecideDeviceCode)(nil),
 		(*Command_PollDeviceCode)(nil),
 		(*Command_Tick)(nil),
+		(*Command_DeleteClient)(nil),
+		(*Command_DeleteUser)(nil),
+		(*Command_DeleteTenant)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4056,7 +4362,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -370,8 +370,12 @@ type GetRevocationSetResponse struct {
 	// Users enabled again after a recent lock: their access tokens issued
 	// at or before tokens_issued_until_unix stay invalid.
 	SubjectCutoffs []*SubjectCutoff `protobuf:"bytes,7,rep,name=subject_cutoffs,json=subjectCutoffs,proto3" json:"subject_cutoffs,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Clients deleted recently (issue 16): their access tokens issued at or
+	// before the deletion are invalid for good. Deleted users are in
+	// subject_cutoffs (cut at the deletion) and not in locked_subjects.
+	ClientCutoffs []*ClientCutoff `protobuf:"bytes,8,rep,name=client_cutoffs,json=clientCutoffs,proto3" json:"client_cutoffs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetRevocationSetResponse) Reset() {
@@ -453,6 +457,67 @@ func (x *GetRevocationSetResponse) GetSubjectCutoffs() []*SubjectCutoff {
 	return nil
 }
 
+func (x *GetRevocationSetResponse) GetClientCutoffs() []*ClientCutoff {
+	if x != nil {
+		return x.ClientCutoffs
+	}
+	return nil
+}
+
+// ClientCutoff invalidates a deleted client's access tokens.
+type ClientCutoff struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ClientId string                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// Unix seconds: tokens with iat at or before it are invalid.
+	TokensIssuedUntilUnix int64 `protobuf:"varint,2,opt,name=tokens_issued_until_unix,json=tokensIssuedUntilUnix,proto3" json:"tokens_issued_until_unix,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *ClientCutoff) Reset() {
+	*x = ClientCutoff{}
+	mi := &file_events_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientCutoff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientCutoff) ProtoMessage() {}
+
+func (x *ClientCutoff) ProtoReflect() protoreflect.Message {
+	mi := &file_events_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientCutoff.ProtoReflect.Descriptor instead.
+func (*ClientCutoff) Descriptor() ([]byte, []int) {
+	return file_events_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ClientCutoff) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *ClientCutoff) GetTokensIssuedUntilUnix() int64 {
+	if x != nil {
+		return x.TokensIssuedUntilUnix
+	}
+	return 0
+}
+
 // SubjectCutoff invalidates a user's access tokens issued at or before a
 // time (the user's last lock).
 type SubjectCutoff struct {
@@ -466,7 +531,7 @@ type SubjectCutoff struct {
 
 func (x *SubjectCutoff) Reset() {
 	*x = SubjectCutoff{}
-	mi := &file_events_proto_msgTypes[6]
+	mi := &file_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -478,7 +543,7 @@ func (x *SubjectCutoff) String() string {
 func (*SubjectCutoff) ProtoMessage() {}
 
 func (x *SubjectCutoff) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[6]
+	mi := &file_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -491,7 +556,7 @@ func (x *SubjectCutoff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubjectCutoff.ProtoReflect.Descriptor instead.
 func (*SubjectCutoff) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{6}
+	return file_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubjectCutoff) GetSubject() string {
@@ -521,7 +586,7 @@ type RevokedToken struct {
 
 func (x *RevokedToken) Reset() {
 	*x = RevokedToken{}
-	mi := &file_events_proto_msgTypes[7]
+	mi := &file_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +598,7 @@ func (x *RevokedToken) String() string {
 func (*RevokedToken) ProtoMessage() {}
 
 func (x *RevokedToken) ProtoReflect() protoreflect.Message {
-	mi := &file_events_proto_msgTypes[7]
+	mi := &file_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +611,7 @@ func (x *RevokedToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedToken.ProtoReflect.Descriptor instead.
 func (*RevokedToken) Descriptor() ([]byte, []int) {
-	return file_events_proto_rawDescGZIP(), []int{7}
+	return file_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RevokedToken) GetJti() string {
@@ -601,7 +666,7 @@ const file_events_proto_rawDesc = "" +
 	"\n" +
 	"raft_index\x18\x04 \x01(\x04R\traftIndex\"1\n" +
 	"\x17GetRevocationSetRequest\x12\x16\n" +
-	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xef\x02\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xb5\x03\n" +
 	"\x18GetRevocationSetResponse\x12\x1d\n" +
 	"\n" +
 	"raft_index\x18\x01 \x01(\x04R\traftIndex\x12'\n" +
@@ -610,7 +675,11 @@ const file_events_proto_rawDesc = "" +
 	"\x10disabled_clients\x18\x04 \x03(\tR\x0fdisabledClients\x12'\n" +
 	"\x0flocked_subjects\x18\x05 \x03(\tR\x0elockedSubjects\x127\n" +
 	"\x18stream_created_unix_nano\x18\x06 \x01(\x03R\x15streamCreatedUnixNano\x12G\n" +
-	"\x0fsubject_cutoffs\x18\a \x03(\v2\x1e.tally.events.v1.SubjectCutoffR\x0esubjectCutoffs\"b\n" +
+	"\x0fsubject_cutoffs\x18\a \x03(\v2\x1e.tally.events.v1.SubjectCutoffR\x0esubjectCutoffs\x12D\n" +
+	"\x0eclient_cutoffs\x18\b \x03(\v2\x1d.tally.events.v1.ClientCutoffR\rclientCutoffs\"d\n" +
+	"\fClientCutoff\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x127\n" +
+	"\x18tokens_issued_until_unix\x18\x02 \x01(\x03R\x15tokensIssuedUntilUnix\"b\n" +
 	"\rSubjectCutoff\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x127\n" +
 	"\x18tokens_issued_until_unix\x18\x02 \x01(\x03R\x15tokensIssuedUntilUnix\"z\n" +
@@ -635,7 +704,7 @@ func file_events_proto_rawDescGZIP() []byte {
 	return file_events_proto_rawDescData
 }
 
-var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_events_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_events_proto_goTypes = []any{
 	(*WatchRevocationsRequest)(nil),  // 0: tally.events.v1.WatchRevocationsRequest
 	(*WatchRevocationsResponse)(nil), // 1: tally.events.v1.WatchRevocationsResponse
@@ -643,23 +712,25 @@ var file_events_proto_goTypes = []any{
 	(*Event)(nil),                    // 3: tally.events.v1.Event
 	(*GetRevocationSetRequest)(nil),  // 4: tally.events.v1.GetRevocationSetRequest
 	(*GetRevocationSetResponse)(nil), // 5: tally.events.v1.GetRevocationSetResponse
-	(*SubjectCutoff)(nil),            // 6: tally.events.v1.SubjectCutoff
-	(*RevokedToken)(nil),             // 7: tally.events.v1.RevokedToken
+	(*ClientCutoff)(nil),             // 6: tally.events.v1.ClientCutoff
+	(*SubjectCutoff)(nil),            // 7: tally.events.v1.SubjectCutoff
+	(*RevokedToken)(nil),             // 8: tally.events.v1.RevokedToken
 }
 var file_events_proto_depIdxs = []int32{
 	3, // 0: tally.events.v1.WatchRevocationsResponse.event:type_name -> tally.events.v1.Event
 	2, // 1: tally.events.v1.WatchRevocationsResponse.state:type_name -> tally.events.v1.StreamState
-	7, // 2: tally.events.v1.GetRevocationSetResponse.tokens:type_name -> tally.events.v1.RevokedToken
-	6, // 3: tally.events.v1.GetRevocationSetResponse.subject_cutoffs:type_name -> tally.events.v1.SubjectCutoff
-	0, // 4: tally.events.v1.EventsService.WatchRevocations:input_type -> tally.events.v1.WatchRevocationsRequest
-	4, // 5: tally.events.v1.EventsService.GetRevocationSet:input_type -> tally.events.v1.GetRevocationSetRequest
-	1, // 6: tally.events.v1.EventsService.WatchRevocations:output_type -> tally.events.v1.WatchRevocationsResponse
-	5, // 7: tally.events.v1.EventsService.GetRevocationSet:output_type -> tally.events.v1.GetRevocationSetResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8, // 2: tally.events.v1.GetRevocationSetResponse.tokens:type_name -> tally.events.v1.RevokedToken
+	7, // 3: tally.events.v1.GetRevocationSetResponse.subject_cutoffs:type_name -> tally.events.v1.SubjectCutoff
+	6, // 4: tally.events.v1.GetRevocationSetResponse.client_cutoffs:type_name -> tally.events.v1.ClientCutoff
+	0, // 5: tally.events.v1.EventsService.WatchRevocations:input_type -> tally.events.v1.WatchRevocationsRequest
+	4, // 6: tally.events.v1.EventsService.GetRevocationSet:input_type -> tally.events.v1.GetRevocationSetRequest
+	1, // 7: tally.events.v1.EventsService.WatchRevocations:output_type -> tally.events.v1.WatchRevocationsResponse
+	5, // 8: tally.events.v1.EventsService.GetRevocationSet:output_type -> tally.events.v1.GetRevocationSetResponse
+	7, // [7:9] is the sub-list for method output_type
+	5, // [5:7] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_events_proto_init() }
@@ -677,7 +748,7 @@ func file_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_events_proto_rawDesc), len(file_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -88,6 +88,14 @@ const (
 	// AdminServiceSetUserPasswordProcedure is the fully-qualified name of the AdminService's
 	// SetUserPassword RPC.
 	AdminServiceSetUserPasswordProcedure = "/tally.admin.v1.AdminService/SetUserPassword"
+	// AdminServiceDeleteClientProcedure is the fully-qualified name of the AdminService's DeleteClient
+	// RPC.
+	AdminServiceDeleteClientProcedure = "/tally.admin.v1.AdminService/DeleteClient"
+	// AdminServiceDeleteUserProcedure is the fully-qualified name of the AdminService's DeleteUser RPC.
+	AdminServiceDeleteUserProcedure = "/tally.admin.v1.AdminService/DeleteUser"
+	// AdminServiceDeleteTenantProcedure is the fully-qualified name of the AdminService's DeleteTenant
+	// RPC.
+	AdminServiceDeleteTenantProcedure = "/tally.admin.v1.AdminService/DeleteTenant"
 )
 
 // AdminServiceClient is a client for the tally.admin.v1.AdminService service.
@@ -113,6 +121,15 @@ type AdminServiceClient interface {
 	DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error)
 	EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error)
 	SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error)
+	// Deleting (issue 16): final; revokes what the deleted record held and
+	// tells resource servers to reject its tokens. NOT_FOUND for an unknown
+	// id; FAILED_PRECONDITION while a cluster member runs a binary without
+	// the "delete_v1" feature, and for the default tenant.
+	DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error)
+	// Also erases the user's personal data (username, email, name, password
+	// hash) from the replicated state (right to erasure; see README).
+	DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error)
+	DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tally.admin.v1.AdminService service. By
@@ -246,6 +263,24 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("SetUserPassword")),
 			connect.WithClientOptions(opts...),
 		),
+		deleteClient: connect.NewClient[v1.DeleteClientRequest, v1.DeleteClientResponse](
+			httpClient,
+			baseURL+AdminServiceDeleteClientProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("DeleteClient")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteUser: connect.NewClient[v1.DeleteUserRequest, v1.DeleteUserResponse](
+			httpClient,
+			baseURL+AdminServiceDeleteUserProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("DeleteUser")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteTenant: connect.NewClient[v1.DeleteTenantRequest, v1.DeleteTenantResponse](
+			httpClient,
+			baseURL+AdminServiceDeleteTenantProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("DeleteTenant")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -271,6 +306,9 @@ type adminServiceClient struct {
 	disableUser        *connect.Client[v1.DisableUserRequest, v1.DisableUserResponse]
 	enableUser         *connect.Client[v1.EnableUserRequest, v1.EnableUserResponse]
 	setUserPassword    *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
+	deleteClient       *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
+	deleteUser         *connect.Client[v1.DeleteUserRequest, v1.DeleteUserResponse]
+	deleteTenant       *connect.Client[v1.DeleteTenantRequest, v1.DeleteTenantResponse]
 }
 
 // CreateTenant calls tally.admin.v1.AdminService.CreateTenant.
@@ -373,6 +411,21 @@ func (c *adminServiceClient) SetUserPassword(ctx context.Context, req *connect.R
 	return c.setUserPassword.CallUnary(ctx, req)
 }
 
+// DeleteClient calls tally.admin.v1.AdminService.DeleteClient.
+func (c *adminServiceClient) DeleteClient(ctx context.Context, req *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error) {
+	return c.deleteClient.CallUnary(ctx, req)
+}
+
+// DeleteUser calls tally.admin.v1.AdminService.DeleteUser.
+func (c *adminServiceClient) DeleteUser(ctx context.Context, req *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error) {
+	return c.deleteUser.CallUnary(ctx, req)
+}
+
+// DeleteTenant calls tally.admin.v1.AdminService.DeleteTenant.
+func (c *adminServiceClient) DeleteTenant(ctx context.Context, req *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error) {
+	return c.deleteTenant.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tally.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
@@ -396,6 +449,15 @@ type AdminServiceHandler interface {
 	DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error)
 	EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error)
 	SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error)
+	// Deleting (issue 16): final; revokes what the deleted record held and
+	// tells resource servers to reject its tokens. NOT_FOUND for an unknown
+	// id; FAILED_PRECONDITION while a cluster member runs a binary without
+	// the "delete_v1" feature, and for the default tenant.
+	DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error)
+	// Also erases the user's personal data (username, email, name, password
+	// hash) from the replicated state (right to erasure; see README).
+	DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error)
+	DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -525,6 +587,24 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("SetUserPassword")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceDeleteClientHandler := connect.NewUnaryHandler(
+		AdminServiceDeleteClientProcedure,
+		svc.DeleteClient,
+		connect.WithSchema(adminServiceMethods.ByName("DeleteClient")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceDeleteUserHandler := connect.NewUnaryHandler(
+		AdminServiceDeleteUserProcedure,
+		svc.DeleteUser,
+		connect.WithSchema(adminServiceMethods.ByName("DeleteUser")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceDeleteTenantHandler := connect.NewUnaryHandler(
+		AdminServiceDeleteTenantProcedure,
+		svc.DeleteTenant,
+		connect.WithSchema(adminServiceMethods.ByName("DeleteTenant")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateTenantProcedure:
@@ -567,6 +647,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceEnableUserHandler.ServeHTTP(w, r)
 		case AdminServiceSetUserPasswordProcedure:
 			adminServiceSetUserPasswordHandler.ServeHTTP(w, r)
+		case AdminServiceDeleteClientProcedure:
+			adminServiceDeleteClientHandler.ServeHTTP(w, r)
+		case AdminServiceDeleteUserProcedure:
+			adminServiceDeleteUserHandler.ServeHTTP(w, r)
+		case AdminServiceDeleteTenantProcedure:
+			adminServiceDeleteTenantHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -654,4 +740,16 @@ func (UnimplementedAdminServiceHandler) EnableUser(context.Context, *connect.Req
 
 func (UnimplementedAdminServiceHandler) SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetUserPassword is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) DeleteClient(context.Context, *connect.Request[v1.DeleteClientRequest]) (*connect.Response[v1.DeleteClientResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.DeleteClient is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.DeleteUser is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.DeleteTenant is not implemented"))
 }
