@@ -43,7 +43,7 @@ generate:
 	$(BUF) generate raft/raftpb --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"raft/raftpb","opt":"paths=source_relative"}]}'
 	$(BUF) generate node/api/admin/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/admin/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/admin/v1","opt":"paths=source_relative"}]}'
 	$(BUF) generate node/api/cluster/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/cluster/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/cluster/v1","opt":"paths=source_relative"}]}'
-	$(BUF) generate node/api/events/v1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"node/api/events/v1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"node/api/events/v1","opt":"paths=source_relative"}]}'
+	$(BUF) generate revocation/eventwire/eventsv1 --template '{"version":"v2","plugins":[{"local":["go","tool","protoc-gen-go"],"out":"revocation/eventwire/eventsv1","opt":"paths=source_relative"},{"local":["go","tool","protoc-gen-connect-go"],"out":"revocation/eventwire/eventsv1","opt":"paths=source_relative"}]}'
 
 ## check-generate: fails if regenerating changes any generated file
 GENERATED = $$(git ls-files -co --exclude-standard '*.pb.go' '*.connect.go')

@@ -159,3 +159,46 @@ func (s *Server) authenticateClient(ctx context.Context, tenant string, cc Clien
 	}
 	return c, nil
 }
+
+// AuthenticateClientSecret is the client authentication of the endpoints
+// outside this package that take a client's id and secret (the events API
+// with HTTP Basic, the embedded NATS server with user and password): the
+// same check as the token, introspection and revocation endpoints — the
+// tenant must exist and be enabled, the client must be an enabled
+// confidential client of it with a matching, unexpired secret — with the
+// same constant work for an unknown client. Every failure is an *Error
+// with code invalid_client (401), except a disabled or unknown tenant
+// (404, as on the token endpoint) and a State failure (503
+// temporarily_unavailable).
+func (s *Server) AuthenticateClientSecret(ctx context.Context, tenant, id, secret string) (Client, error) {
+	now := s.cfg.Now()
+	t, err := s.st.Tenant(ctx, tenant)
+	switch {
+	case errors.Is(err, ErrNotFound) || (err == nil && t.Disabled):
+		// Same work as a client check, so a missing tenant is not faster.
+		s.cfg.KEK.VerifySecret(Client{Secrets: dummySecretHash}, secret, now)
+		return Client{}, errUnknownTenant
+	case err != nil:
+		return Client{}, errUnavailable("tenant lookup failed", err)
+	}
+	if len(id) > maxCredentialLen || len(secret) > maxCredentialLen {
+		return Client{}, errInvalidClient("client authentication failed", errors.New("credential too long"))
+	}
+	cc := ClientCredentials{ID: id, Secret: secret}
+	if secret != "" {
+		cc.Method = AuthMethodClientSecretBasic
+	}
+	return s.authenticateClient(ctx, tenant, cc, now)
+}
+
+// AuthenticateBasic reads HTTP Basic client credentials (RFC 6749 §2.3.1,
+// form-encoded id and secret) from an Authorization header value and
+// checks them with AuthenticateClientSecret. A header that is not a
+// well-formed Basic credential is invalid_client.
+func (s *Server) AuthenticateBasic(ctx context.Context, tenant, authorization string) (Client, error) {
+	id, secret, err := parseBasic(authorization)
+	if err != nil {
+		return Client{}, err
+	}
+	return s.AuthenticateClientSecret(ctx, tenant, id, secret)
+}

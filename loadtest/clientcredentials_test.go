@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // tokenServer is a token endpoint on 127.0.0.1 whose answers a test
@@ -213,15 +215,18 @@ func TestClassify(t *testing.T) {
 }
 
 func TestOutcomesBounded(t *testing.T) {
-	w := &worker{hist: newHistogram(), outcomes: map[string]int64{}}
-	for i := range 3 * maxOutcomes {
-		w.record("code_"+string(rune('A'+i%26))+string(rune('a'+i/26)), time.Millisecond)
+	e := &engine{name: ScenarioClientCredentials, seconds: map[int]*secondAgg{}, now: time.Now}
+	w := &engineWorker{e: e, hists: map[string]*hdrhistogram.Histogram{}, outcomes: map[string]map[string]int64{}, sec: -1}
+	const n = 5 * maxOutcomes
+	for i := range n {
+		w.record(Outcome{Code: "code_" + string(rune('A'+i%26)) + string(rune('a'+i/26))}, time.Now(), time.Millisecond)
 	}
-	if len(w.outcomes) > maxOutcomes+1 || w.outcomes[OutcomeOther] == 0 {
-		t.Errorf("%d outcomes, other=%d", len(w.outcomes), w.outcomes[OutcomeOther])
+	oc := w.outcomes[ScenarioClientCredentials]
+	if len(oc) > 4*maxOutcomes+1 || oc[OutcomeOther] == 0 {
+		t.Errorf("%d outcomes, other=%d", len(oc), oc[OutcomeOther])
 	}
-	if w.requests.Load() != 3*maxOutcomes || w.hist.TotalCount() != 3*maxOutcomes {
-		t.Errorf("lost samples: %d requests, %d in histogram", w.requests.Load(), w.hist.TotalCount())
+	if w.requests.Load() != n || w.hists[ScenarioClientCredentials].TotalCount() != n {
+		t.Errorf("lost samples: %d requests, %d in histogram", w.requests.Load(), w.hists[ScenarioClientCredentials].TotalCount())
 	}
 }
 

@@ -4,22 +4,26 @@
 //
 // It holds three parts:
 //
-//   - RunClientCredentials, a load generator for the client_credentials grant
-//     (RFC 6749 section 4.4). Closed loop (Concurrency workers, each sending
-//     its next request when the previous answer arrives) or open loop (Rate
-//     requests per second on a fixed schedule, latency measured from each
-//     request's intended start so that a stalled server cannot hide behind
-//     the requests it prevented: no coordinated omission). Latencies go into
-//     one HDR histogram per worker, merged at the end, so the hot path takes
-//     no lock.
+//   - Run, the one load engine: it drives a Scenario's virtual clients
+//     closed loop (Concurrency workers, each sending its next request when
+//     the previous answer arrives) or open loop (Rate requests per second
+//     on a fixed schedule, latency measured from each request's intended
+//     start so that a stalled server cannot hide behind the requests it
+//     prevented: no coordinated omission). Latencies go into one HDR
+//     histogram per worker, merged at the end, so the hot path takes no
+//     lock. Every scenario (client credentials, introspection, refresh,
+//     authorization code, mixed, revocation propagation) and the drills run
+//     on it; RunClientCredentials is Run with a ClientCredentialsScenario
+//     against one token endpoint.
 //   - NewBaseline, a bare net/http token endpoint that parses the same form,
 //     authenticates one client with HTTP Basic, signs the same RFC 9068 claim
 //     set with the same kind of key and writes the same JSON as tally, with
 //     no tenancy, lookups or metrics: the honest lower bound against which
 //     the real endpoint is compared.
-//   - Discover, which reads RFC 8414 (or OpenID Connect) metadata to find an
-//     issuer's token endpoint, so the generator works against any
-//     standards-compliant issuer.
+//   - Discover, which reads RFC 8414 (or OpenID Connect) metadata with the
+//     SDK's discovery client (revocation.Discover) to find an issuer's token
+//     endpoint, so the generator works against any standards-compliant
+//     issuer.
 //
 // Compare runs the same load against two endpoints alternately and reports
 // both and their ratio; WaitForToken holds off until a freshly started

@@ -382,15 +382,8 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 	d.event("load started")
 
 	lctx, stopLoad := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for i := range cfg.IssueWorkers {
-		wg.Add(1)
-		go func() { defer wg.Done(); d.issueWorker(lctx, i) }()
-	}
-	for i := range cfg.WriteWorkers {
-		wg.Add(1)
-		go func() { defer wg.Done(); d.writeWorker(lctx, i) }()
-	}
+	loadDone := make(chan Result, 1)
+	go func() { loadDone <- d.runLoad(lctx) }()
 
 	var faults []appliedFault
 	runErr := func() error {
@@ -449,9 +442,8 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 		return d.waitAckSince(ctx, faults[len(faults)-1].healAt, cfg.VerifyTimeout)
 	}()
 	stopLoad()
-	wg.Wait()
+	load := <-loadDone
 	d.event("load stopped")
-	loadEnd := time.Now()
 	if runErr != nil {
 		rep.Events = d.events
 		return rep, runErr
@@ -460,7 +452,7 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 	d.judge(&rep, faults)
 	d.verify(ctx, &rep, control)
 	rep.Events = d.events
-	rep.Load = d.drillResult(loadEnd)
+	rep.Load = d.loadResult(load)
 	rep.Pass = len(rep.Violations) == 0
 	if !rep.Pass {
 		return rep, ErrDrillFailed
@@ -558,70 +550,6 @@ func (d *drillRun) record(s []drillSample, acked []string) {
 	d.samples = append(d.samples, s...)
 	d.acked = append(d.acked, acked...)
 	d.mu.Unlock()
-}
-
-func (d *drillRun) issueWorker(ctx context.Context, w int) {
-	var local []drillSample
-	for i := w; ctx.Err() == nil; i++ {
-		n := d.pick(i, false)
-		start := time.Now()
-		status, body, err := d.post(ctx, n.Issuer+"/oauth2/token", url.Values{"grant_type": {"client_credentials"}})
-		if ctx.Err() != nil {
-			break
-		}
-		outcome := OutcomeTransport
-		if err == nil {
-			outcome = classify(status, body)
-		}
-		local = append(local, drillSample{start: start, end: time.Now(), node: n.ID, outcome: outcome})
-		if ctx.Err() == nil && outcome != OutcomeOK {
-			// A refused connection answers at once: do not spin.
-			_ = wait(ctx, 5*time.Millisecond)
-		}
-	}
-	d.record(local, nil)
-}
-
-// writeWorker obtains a token from one serving node and revokes it through
-// the next: the revocation is the write.
-func (d *drillRun) writeWorker(ctx context.Context, w int) {
-	var local []drillSample
-	var acked []string
-	for i := w; ctx.Err() == nil; i++ {
-		tn := d.pick(i, true)
-		token, err := d.token(ctx, tn)
-		if err != nil {
-			// Issuance failures are the issue workers' to count.
-			_ = wait(ctx, 5*time.Millisecond)
-			continue
-		}
-		n := d.pick(i+1, true)
-		start := time.Now()
-		status, body, err := d.post(ctx, n.Issuer+"/oauth2/revoke", url.Values{"token": {token}})
-		if ctx.Err() != nil {
-			break
-		}
-		outcome := OutcomeTransport
-		if err == nil {
-			outcome = classify(status, body)
-			if status == http.StatusOK {
-				outcome = OutcomeOK
-			}
-		}
-		local = append(local, drillSample{start: start, end: time.Now(), node: n.ID, write: true, outcome: outcome})
-		if outcome == OutcomeOK {
-			acked = append(acked, token)
-			for sent := int64(start.Sub(d.t0)); ; {
-				last := d.lastAck.Load()
-				if sent <= last || d.lastAck.CompareAndSwap(last, sent) {
-					break
-				}
-			}
-		} else {
-			_ = wait(ctx, 5*time.Millisecond)
-		}
-	}
-	d.record(local, acked)
 }
 
 // post sends a form with the client's Basic credentials.

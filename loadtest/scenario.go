@@ -71,6 +71,11 @@ type RunConfig struct {
 	// Markers, if set, collects events (a leader killed, a new leader)
 	// that the result places on its timeline.
 	Markers *Markers
+
+	// now, if set, replaces time.Now for a closed loop's warm-up, end and
+	// latencies (tests drive it; an open loop's timers need the real
+	// clock).
+	now func() time.Time
 }
 
 // DefaultRunConfig returns a closed-loop run of 32 virtual clients for ten
@@ -207,13 +212,23 @@ func newSecondHistogram() *hdrhistogram.Histogram {
 // recorded is returned with ctx's error; an error preparing the clients or
 // an invalid cfg returns no result.
 func Run(ctx context.Context, cfg RunConfig, sc Scenario) (Result, error) {
+	res, _, err := run(ctx, cfg, sc)
+	return res, err
+}
+
+// run is Run that also returns the merged latency histogram of the
+// recorded iterations (nil when there is no result), for Compare.
+func run(ctx context.Context, cfg RunConfig, sc Scenario) (Result, *hdrhistogram.Histogram, error) {
 	if err := cfg.Validate(); err != nil {
-		return Result{}, err
+		return Result{}, nil, err
 	}
 	if c, ok := sc.(interface{ CloseIdleConnections() }); ok {
 		defer c.CloseIdleConnections()
 	}
-	e := &engine{cfg: cfg, name: sc.Name(), seconds: map[int]*secondAgg{}}
+	e := &engine{cfg: cfg, name: sc.Name(), seconds: map[int]*secondAgg{}, now: cfg.now}
+	if e.now == nil {
+		e.now = time.Now
+	}
 	e.workers = make([]*engineWorker, cfg.Concurrency)
 	var wg sync.WaitGroup
 	errs := make([]error, cfg.Concurrency)
@@ -232,10 +247,10 @@ func Run(ctx context.Context, cfg RunConfig, sc Scenario) (Result, error) {
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return Result{}, err
+		return Result{}, nil, err
 	}
 
-	e.start = time.Now()
+	e.start = e.now()
 	e.recordFrom = e.start.Add(cfg.Warmup)
 	if cfg.Duration > 0 {
 		e.end = e.recordFrom.Add(cfg.Duration)
@@ -253,13 +268,14 @@ func Run(ctx context.Context, cfg RunConfig, sc Scenario) (Result, error) {
 		}
 	} else {
 		e.closedLoop(ctx)
-		elapsed = time.Since(e.recordFrom)
+		elapsed = e.now().Sub(e.recordFrom)
 	}
 	elapsed = max(elapsed, 0)
 	if stopProgress != nil {
 		stopProgress()
 	}
-	return e.result(elapsed), ctx.Err()
+	res, total := e.result(elapsed)
+	return res, total, ctx.Err()
 }
 
 // engine is one Run's shared state.
@@ -270,6 +286,7 @@ type engine struct {
 	start      time.Time
 	recordFrom time.Time
 	end        time.Time
+	now        func() time.Time
 	claimed    atomic.Int64
 	notSent    int64
 
@@ -315,7 +332,7 @@ func (w *engineWorker) iterate(ctx context.Context, started time.Time) bool {
 		return false
 	}
 	if !started.Before(w.e.recordFrom) {
-		w.record(o, started, time.Since(started))
+		w.record(o, started, w.e.now().Sub(started))
 	}
 	if o.Code != OutcomeOK {
 		if r, ok := w.op.(Recoverer); ok {
@@ -330,7 +347,7 @@ func (e *engine) closedLoop(ctx context.Context) {
 	for _, w := range e.workers {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				start := time.Now()
+				start := e.now()
 				if e.pastEnd(start) {
 					break
 				}
@@ -391,6 +408,12 @@ schedule:
 			select {
 			case <-wait.C:
 			case <-ctx.Done():
+				break schedule
+			case <-endC:
+				// Unreachable in practice (intended is before the end),
+				// but a late timer must not block the run.
+				e.countNotSent(i, at)
+				scheduledToEnd = true
 				break schedule
 			}
 		}
@@ -529,10 +552,11 @@ func (e *engine) startProgress() (stop func()) {
 	return func() { close(done); <-finished }
 }
 
-// result merges the workers' histograms and counts.
-func (e *engine) result(elapsed time.Duration) Result {
-	res := Result{Started: e.recordFrom, Events: []Event{}}
-	total := newHistogram()
+// result merges the workers' histograms and counts; total is the merged
+// latency histogram.
+func (e *engine) result(elapsed time.Duration) (res Result, total *hdrhistogram.Histogram) {
+	res = Result{Started: e.recordFrom, Events: []Event{}}
+	total = newHistogram()
 	perSc := map[string]*merger{}
 	for _, w := range e.workers {
 		for sc, h := range w.hists {
@@ -601,7 +625,7 @@ func (e *engine) result(elapsed time.Duration) Result {
 	if e.cfg.Markers != nil {
 		res.Events = e.cfg.Markers.relativeTo(e.recordFrom)
 	}
-	return res
+	return res, total
 }
 
 // distribution samples h at distributionPercentiles.

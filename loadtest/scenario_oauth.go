@@ -49,26 +49,11 @@ func DiscoverTarget(ctx context.Context, issuer string) (Target, error) {
 		return Target{}, err
 	}
 	t := Target{Issuer: issuer, TokenURL: md.TokenEndpoint}
-	// Discover validated the document; read the fields it does not keep
-	// from the same URLs, in the same order.
-	oauthURL, oidcURL := metadataURLs(issuer)
-	client := &http.Client{Timeout: 10 * time.Second}
-	for _, u := range []string{oauthURL, oidcURL} {
-		var extra struct {
-			Issuer        string `json:"issuer"`
-			Introspection string `json:"introspection_endpoint"`
-			Authorization string `json:"authorization_endpoint"`
-		}
-		if getJSON(ctx, client, u, &extra) != nil || extra.Issuer != issuer {
-			continue
-		}
-		if absoluteHTTP(extra.Introspection) {
-			t.IntrospectURL = extra.Introspection
-		}
-		if absoluteHTTP(extra.Authorization) {
-			t.AuthorizeURL = extra.Authorization
-		}
-		break
+	if absoluteHTTP(md.IntrospectionEndpoint) {
+		t.IntrospectURL = md.IntrospectionEndpoint
+	}
+	if absoluteHTTP(md.AuthorizationEndpoint) {
+		t.AuthorizeURL = md.AuthorizationEndpoint
 	}
 	return t, nil
 }
@@ -76,23 +61,6 @@ func DiscoverTarget(ctx context.Context, issuer string) (Target, error) {
 func absoluteHTTP(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
-}
-
-func getJSON(ctx context.Context, client *http.Client, u string, into any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: status %d", u, resp.StatusCode)
-	}
-	return json.NewDecoder(io.LimitReader(resp.Body, maxMetadataBytes)).Decode(into)
 }
 
 // newLoadTransport is the keep-alive transport of one scenario's virtual

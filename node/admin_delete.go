@@ -11,7 +11,7 @@ import (
 	"connectrpc.com/connect"
 
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
+	eventsv1 "github.com/tallyauth/tally/revocation/eventwire/eventsv1"
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
 )

@@ -159,7 +159,7 @@ func (c *cluster) serve(svc clusterv1connect.ClusterServiceHandler) {
 }
 
 // close stops the internal service and the client; the listener is closed
-// by closeListener, after Raft.
+// by Node.Close (n.clusterLn), after Raft.
 func (c *cluster) close() {
 	if c.srv != nil {
 		_ = c.srv.Close()

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,12 +18,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tallyauth/tally/issuance"
-	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
-	"github.com/tallyauth/tally/node/api/events/v1/eventsv1connect"
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
 	"github.com/tallyauth/tally/replication"
-	"github.com/tallyauth/tally/revocation"
+	"github.com/tallyauth/tally/revocation/eventwire"
+	"github.com/tallyauth/tally/revocation/eventwire/eventsv1"
+	"github.com/tallyauth/tally/revocation/eventwire/eventsv1/eventsv1connect"
 )
 
 // EventsConfig configures the event log: where the node publishes its
@@ -199,7 +198,7 @@ func (n *Node) Publisher() *replication.Publisher {
 	return n.events.pub
 }
 
-// eventsService implements the events Connect API (node/api/events/v1).
+// eventsService implements the events Connect API (revocation/eventwire/eventsv1).
 //
 // WatchRevocations reads the JetStream stream (not the Raft outbox), so the
 // sequence numbers are the stream's and a resource server can move between
@@ -224,45 +223,18 @@ func (s *eventsService) handler() (string, http.Handler) {
 	return eventsv1connect.NewEventsServiceHandler(s, connect.WithReadMaxBytes(64<<10))
 }
 
-// authorize admits the admin or a client of tenant.
-func (s *eventsService) authorize(h http.Header, tenant string) error {
+// authorize admits the admin or a client of tenant (the client
+// authentication of the token endpoint: issuance.Server.AuthenticateBasic).
+func (s *eventsService) authorize(ctx context.Context, h http.Header, tenant string) error {
 	authz := h.Get("Authorization")
 	if strings.HasPrefix(authz, "Bearer ") && s.admin.check(authz) {
 		return nil
 	}
 	unauth := connect.NewError(connect.CodeUnauthenticated, errors.New("admin token or client credentials of the tenant required"))
-	id, secret, ok := parseBasicAuth(authz)
-	if !ok {
-		return unauth
-	}
-	if !s.n.authenticateClient(tenant, id, secret) {
+	if !s.n.authenticateClient(ctx, tenant, authz) {
 		return unauth
 	}
 	return nil
-}
-
-// parseBasicAuth reads RFC 7617 Basic credentials with the RFC 6749 §2.3.1
-// form-encoding of id and secret.
-func parseBasicAuth(h string) (id, secret string, ok bool) {
-	const prefix = "Basic "
-	if len(h) < len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
-		return "", "", false
-	}
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(h[len(prefix):]))
-	if err != nil {
-		return "", "", false
-	}
-	i, s, found := strings.Cut(string(raw), ":")
-	if !found {
-		return "", "", false
-	}
-	if id, err = url.QueryUnescape(i); err != nil || id == "" {
-		return "", "", false
-	}
-	if secret, err = url.QueryUnescape(s); err != nil {
-		return "", "", false
-	}
-	return id, secret, true
 }
 
 func (s *eventsService) checkTenant(tenant string) error {
@@ -293,7 +265,7 @@ func (s *eventsService) streamHandle(ctx context.Context) (jetstream.Stream, *je
 // WatchRevocations streams the tenant's events from from_sequence on.
 func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Request[eventsv1.WatchRevocationsRequest], out *connect.ServerStream[eventsv1.WatchRevocationsResponse]) error {
 	tenant := req.Msg.GetTenant()
-	if err := s.authorize(req.Header(), tenant); err != nil {
+	if err := s.authorize(ctx, req.Header(), tenant); err != nil {
 		return err
 	}
 	if err := s.checkTenant(tenant); err != nil {
@@ -319,7 +291,7 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 		return err
 	}
 	cons, err := s.ev.js.OrderedConsumer(ctx, s.ev.stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{revocation.TenantSubjects(tenant)},
+		FilterSubjects: []string{eventwire.TenantSubjects(tenant)},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    from,
 	})
@@ -367,7 +339,7 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 			if err != nil {
 				continue
 			}
-			idx, _ := strconv.ParseUint(m.Headers().Get(replication.HeaderRaftIndex), 10, 64)
+			idx, _ := strconv.ParseUint(m.Headers().Get(eventwire.HeaderRaftIndex), 10, 64)
 			if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_Event{Event: &eventsv1.Event{
 				Sequence: md.Sequence.Stream, Subject: m.Subject(), Set: string(m.Data()), RaftIndex: idx,
 			}}}); err != nil {
@@ -399,7 +371,7 @@ func streamState(info *jetstream.StreamInfo) *eventsv1.StreamState {
 // the head's Raft index, so every event up to stream_sequence is reflected.
 func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
 	tenant := req.Msg.GetTenant()
-	if err := s.authorize(req.Header(), tenant); err != nil {
+	if err := s.authorize(ctx, req.Header(), tenant); err != nil {
 		return nil, err
 	}
 	if err := s.checkTenant(tenant); err != nil {
@@ -416,7 +388,7 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 		if err != nil {
 			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream head: %w", err))
 		}
-		need, _ = strconv.ParseUint(m.Header.Get(replication.HeaderRaftIndex), 10, 64)
+		need, _ = strconv.ParseUint(m.Header.Get(eventwire.HeaderRaftIndex), 10, 64)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for s.n.raft.State().AppliedIndex() < need {

@@ -22,11 +22,11 @@ import (
 
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
-	"github.com/tallyauth/tally/node/api/events/v1/eventsv1connect"
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/replication"
 	"github.com/tallyauth/tally/revocation"
+	"github.com/tallyauth/tally/revocation/eventwire/eventsv1"
+	"github.com/tallyauth/tally/revocation/eventwire/eventsv1/eventsv1connect"
 )
 
 // checkFor polls fn until it returns nil (see nodetest.CheckFor).
@@ -131,9 +131,15 @@ func TestRevocationReachesSDK(t *testing.T) {
 				}
 				return nil
 			})
-			if w.Stale() || w.Applied() == 0 {
-				t.Fatalf("stale %v, applied %d", w.Stale(), w.Applied())
-			}
+			// The live subject may reject the token before the stream
+			// delivers the event (Applied counts stream events): wait for
+			// the stream too rather than assume which comes first.
+			checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+				if w.Stale() || w.Applied() == 0 {
+					return fmt.Errorf("stale %v, applied %d", w.Stale(), w.Applied())
+				}
+				return nil
+			})
 
 			// Disabling the client rejects its other tokens too.
 			tok2 := token(t, f.issuer, f.clientID, f.sec, oauth2.AuthStyleInHeader).AccessToken
@@ -534,6 +540,7 @@ func TestEventsAPIAuth(t *testing.T) {
 		{"wrong secret", basic(f.clientID, "nope"), "default", connect.CodeUnauthenticated},
 		{"wrong admin token", "Bearer nope", "default", connect.CodeUnauthenticated},
 		{"garbage basic", "Basic !!!", "default", connect.CodeUnauthenticated},
+		{"client of another tenant", basic(f.clientID, f.sec), "nope", connect.CodeUnauthenticated},
 		{"unknown tenant as admin", "Bearer " + n.AdminToken, "nope", connect.CodeNotFound},
 		{"empty tenant", "Bearer " + n.AdminToken, "", connect.CodeInvalidArgument},
 	} {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
 	"github.com/tallyauth/tally/replication"
@@ -197,17 +196,26 @@ func (n *Node) natsOptions() []nats.Option {
 // node. Never hand them to a resource server.
 func (n *Node) NATSOptions() []nats.Option { return n.natsOptions() }
 
-// authenticateClient reports whether id and secret are those of an enabled
-// confidential client of tenant. It is the one check of a resource
-// server's credentials, for the events API (HTTP Basic) and the embedded
-// NATS server alike.
-func (n *Node) authenticateClient(tenant, id, secret string) bool {
-	c, err := n.rep.Client(context.Background(), tenant, id)
-	if err != nil {
-		n.kek.VerifySecret(issuance.Client{}, secret, n.now()) // same work either way
+// authenticateClient reports whether the HTTP Basic credentials in
+// authorization are those of an enabled confidential client of the enabled
+// tenant: the events API's check, the token endpoint's client
+// authentication (issuance.Server.AuthenticateBasic).
+func (n *Node) authenticateClient(ctx context.Context, tenant, authorization string) bool {
+	if n.iss == nil {
 		return false
 	}
-	return n.kek.VerifySecret(c, secret, n.now()) && !c.Disabled && !c.Public
+	_, err := n.iss.AuthenticateBasic(ctx, tenant, authorization)
+	return err == nil
+}
+
+// authenticateClientSecret is authenticateClient for an id and secret
+// given apart (the embedded NATS server's user and password).
+func (n *Node) authenticateClientSecret(ctx context.Context, tenant, id, secret string) bool {
+	if n.iss == nil {
+		return false
+	}
+	_, err := n.iss.AuthenticateClientSecret(ctx, tenant, id, secret)
+	return err == nil
 }
 
 // natsResourceServers admits resource servers to the embedded NATS server
@@ -227,8 +235,10 @@ func (r natsResourceServers) AuthenticateResourceServer(id, secret string) (stri
 			break
 		}
 	}
-	if !r.n.authenticateClient(tenant, id, secret) {
+	// The NATS server's callbacks carry no context.
+	ctx := context.Background()
+	if !r.n.authenticateClientSecret(ctx, tenant, id, secret) {
 		return "", nil, false
 	}
-	return tenant, func() bool { return r.n.authenticateClient(tenant, id, secret) }, true
+	return tenant, func() bool { return r.n.authenticateClientSecret(ctx, tenant, id, secret) }, true
 }

@@ -21,10 +21,10 @@ import (
 
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
-	"github.com/tallyauth/tally/node/api/events/v1/eventsv1connect"
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/revocation"
+	"github.com/tallyauth/tally/revocation/eventwire/eventsv1"
+	"github.com/tallyauth/tally/revocation/eventwire/eventsv1/eventsv1connect"
 )
 
 func revokedBy(jti string, ps ...*sdkPair) func() error {

@@ -481,7 +481,8 @@ func flowViewDump(s *State) string {
 }
 
 // TestFlowDeterminismAndSnapshot: replicas fed the same end-user log in
-// different batchings are byte-identical with identical outcomes; the view
+// different batchings hold the same buckets, keys and values (dump: the
+// contents, not the database files) with identical outcomes; the view
 // rebuilt from the database (reopen, snapshot restore) equals the one kept
 // up to date by applies.
 func TestFlowDeterminismAndSnapshot(t *testing.T) {

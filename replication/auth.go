@@ -6,7 +6,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/tallyauth/tally/revocation"
+	"github.com/tallyauth/tally/revocation/eventwire"
 )
 
 // Users of the embedded NATS server.
@@ -50,7 +50,7 @@ func streamDestroyers(stream string) []string {
 // an ordered consumer on the stream filtered to exactly those subjects) and
 // nothing else. It publishes only to the JetStream API calls an ordered
 // consumer makes; replies reach it on its own inbox prefix
-// (revocation.NATSInboxPrefix), so it cannot read another client's replies
+// (eventwire.InboxPrefix), so it cannot read another client's replies
 // or deliveries.
 func ResourceServerPermissions(stream, tenant, clientID string) *server.Permissions {
 	const api = "$JS.API."
@@ -59,15 +59,15 @@ func ResourceServerPermissions(stream, tenant, clientID string) *server.Permissi
 			api + "STREAM.INFO." + stream,
 			// The filter is part of the subject, and the server refuses a
 			// request whose configured filter differs from it.
-			api + "CONSUMER.CREATE." + stream + ".*." + revocation.TenantSubjects(tenant),
+			api + "CONSUMER.CREATE." + stream + ".*." + eventwire.TenantSubjects(tenant),
 			api + "CONSUMER.MSG.NEXT." + stream + ".*",
 			api + "CONSUMER.INFO." + stream + ".*",
 			api + "CONSUMER.DELETE." + stream + ".*",
 			"$JS.FC." + stream + ".>",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
-			revocation.TenantSubjects(tenant),
-			revocation.NATSInboxPrefix(tenant, clientID) + ".>",
+			eventwire.TenantSubjects(tenant),
+			eventwire.InboxPrefix(tenant, clientID) + ".>",
 		}},
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tallyauth/tally/revocation"
+	"github.com/tallyauth/tally/revocation/eventwire"
 )
 
 // fakeClients is a ResourceServerAuth over an in-memory client table.
@@ -244,8 +245,8 @@ func TestEmbeddedPermissions(t *testing.T) {
 
 	// A forged event: refused, and the stream does not take it.
 	forged := nats.NewMsg("tally.acme.revocation.token")
-	forged.Header.Set(HeaderCluster, "tally")
-	forged.Header.Set(HeaderRaftIndex, "18446744073709551000")
+	forged.Header.Set(eventwire.HeaderCluster, "tally")
+	forged.Header.Set(eventwire.HeaderRaftIndex, "18446744073709551000")
 	forged.Data = []byte("forged")
 	if err := rsc.PublishMsg(forged); err != nil {
 		t.Fatal(err)

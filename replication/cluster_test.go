@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tallyauth/tally/raft"
+	"github.com/tallyauth/tally/revocation/eventwire"
 )
 
 // freePorts reserves n loopback ports (listen, then close).
@@ -313,8 +314,8 @@ func TestLiveEventsWithoutAStreamLeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Subject != "tally.acme.live.revocation.token" || m.Header.Get(HeaderRaftIndex) != fmt.Sprint(f.index) {
-		t.Fatalf("live message %s index %s, want index %d", m.Subject, m.Header.Get(HeaderRaftIndex), f.index)
+	if m.Subject != "tally.acme.live.revocation.token" || m.Header.Get(eventwire.HeaderRaftIndex) != fmt.Sprint(f.index) {
+		t.Fatalf("live message %s index %s, want index %d", m.Subject, m.Header.Get(eventwire.HeaderRaftIndex), f.index)
 	}
 	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if p.LastError() == "" || p.Position() == f.index {

@@ -19,8 +19,9 @@
 // are whatever its publisher wrote.
 //
 // Every publisher also sends each event at once, without JetStream, on
-// its LiveSubject (tally.<tenant>.live.<rest>): a clustered stream has no
-// leader for 4-9 s after the server holding it died, core NATS needs none.
+// its live subject (eventwire.LiveSubject, tally.<tenant>.live.<rest>): a
+// clustered stream has no leader for 4-9 s after the server holding it
+// died, core NATS needs none.
 // Subscribers keep one copy per SET jti; the stream stays the ordered log.
 //
 // The stream is created idempotently (file storage, max age = the

@@ -19,21 +19,13 @@ import (
 	"go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/tallyauth/tally/raft/raftpb"
-	"github.com/tallyauth/tally/revocation"
-)
-
-// Headers set on every published event.
-const (
-	// HeaderRaftIndex is the Raft index of the event's command (decimal).
-	HeaderRaftIndex = "Tally-Raft-Index"
-	// HeaderCluster is the publishing cluster's id.
-	HeaderCluster = "Tally-Cluster"
+	"github.com/tallyauth/tally/revocation/eventwire"
 )
 
 // ConsumerHeartbeat is the idle heartbeat of the ordered consumers that
-// follow the stream (revocation.NATSConsumerHeartbeat): a consumer whose
+// follow the stream (eventwire.ConsumerHeartbeat): a consumer whose
 // server went away is recreated after two missed heartbeats.
-var ConsumerHeartbeat = revocation.NATSConsumerHeartbeat
+var ConsumerHeartbeat = jetstream.PullHeartbeat(eventwire.ConsumerHeartbeat)
 
 // EventSource is the outbox of this node's replica; raft.FSM satisfies it.
 type EventSource interface {
@@ -135,7 +127,7 @@ func (c PublisherConfig) StreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        c.Stream,
 		Description: "tally revocation and security events (Security Event Tokens)",
-		Subjects:    revocation.StreamSubjects,
+		Subjects:    eventwire.StreamSubjects,
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      c.Retention,
 		Duplicates:  dup,
@@ -334,20 +326,8 @@ func waitOn(ctx context.Context, wake <-chan struct{}, d time.Duration) {
 	}
 }
 
-// LiveSubject is the subject on which an event of subject
-// tally.<tenant>.<rest> is also sent at once, without JetStream:
-// tally.<tenant>.live.<rest>. It is outside the stream, inside a resource
-// server's subscribe permission (revocation.NATSLiveSubjects).
-func LiveSubject(subject string) string {
-	parts := strings.SplitN(subject, ".", 3)
-	if len(parts) != 3 {
-		return ""
-	}
-	return parts[0] + "." + parts[1] + ".live." + parts[2]
-}
-
 // live sends every event it has not sent yet as a core NATS message on
-// its LiveSubject as soon as it is applied, whether or not the stream
+// its live subject (eventwire.LiveSubject) as soon as it is applied, whether or not the stream
 // acknowledges it: a stream without a leader (JetStream elects one within
 // 4-9 s after its server died) holds up the stream, not this. Every node
 // sends every event, so a subscriber sees each once per node and keeps
@@ -369,7 +349,7 @@ func (p *Publisher) live(ctx context.Context) {
 			if err != nil {
 				break // the stream path reports it
 			}
-			msg.Subject = LiveSubject(msg.Subject)
+			msg.Subject = eventwire.LiveSubject(msg.Subject)
 			p.nc.PublishMsg(msg) // buffered while reconnecting; best effort
 			pos = ev.Index
 		}
@@ -516,11 +496,11 @@ func (p *Publisher) message(ctx context.Context, ev *raftpb.Event) (*nats.Msg, e
 	if err != nil {
 		return nil, fmt.Errorf("replication: sign event %d: %w", ev.Index, err)
 	}
-	m := nats.NewMsg(revocation.Subject(ev.Tenant, typ))
+	m := nats.NewMsg(eventwire.Subject(ev.Tenant, typ))
 	m.Data = []byte(set)
-	m.Header.Set(HeaderRaftIndex, strconv.FormatUint(ev.Index, 10))
-	m.Header.Set(HeaderCluster, p.cfg.ClusterID)
-	m.Header.Set("Content-Type", "application/secevent+jwt")
+	m.Header.Set(eventwire.HeaderRaftIndex, strconv.FormatUint(ev.Index, 10))
+	m.Header.Set(eventwire.HeaderCluster, p.cfg.ClusterID)
+	m.Header.Set("Content-Type", eventwire.ContentType)
 	return m, nil
 }
 
@@ -538,8 +518,8 @@ func (p *Publisher) audience(tenant string) []string {
 // the event alone, so every node builds the same ones: jti is
 // "<cluster>-<index>-<ordinal>", iat and toe are the command's time.
 func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, map[string]any) {
-	d := revocation.EventDetails{
-		SchemaVersion: revocation.SchemaVersion,
+	d := eventwire.EventDetails{
+		SchemaVersion: eventwire.SchemaVersion,
 		Tenant:        ev.Tenant,
 		RaftIndex:     ev.Index,
 		ClientID:      ev.ClientId,
@@ -549,33 +529,33 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 	var typ string
 	switch ev.Kind {
 	case raftpb.EventKind_EVENT_KIND_TOKEN_REVOKED:
-		typ = revocation.EventTokenRevoked
+		typ = eventwire.EventTokenRevoked
 		r := ev.GetRevocation()
 		d.JTI = r.GetJti()
 		d.ClientID = r.GetClientId()
 		d.Subject = r.GetSubject()
 		d.ExpiresAt = (r.GetExpiresUnixNano() + int64(time.Second) - 1) / int64(time.Second)
 	case raftpb.EventKind_EVENT_KIND_CLIENT_DISABLED:
-		typ = revocation.EventClientDisabled
+		typ = eventwire.EventClientDisabled
 	case raftpb.EventKind_EVENT_KIND_CLIENT_ENABLED:
-		typ = revocation.EventClientEnabled
+		typ = eventwire.EventClientEnabled
 	case raftpb.EventKind_EVENT_KIND_KEY_ROTATED:
-		typ = revocation.EventKeyRotated
+		typ = eventwire.EventKeyRotated
 		d.KeyIDs = ev.Kids
 	case raftpb.EventKind_EVENT_KIND_FAMILY_REVOKED:
-		typ = revocation.EventFamilyRevoked
+		typ = eventwire.EventFamilyRevoked
 	case raftpb.EventKind_EVENT_KIND_REUSE_DETECTED:
-		typ = revocation.EventReuseDetected
+		typ = eventwire.EventReuseDetected
 	case raftpb.EventKind_EVENT_KIND_USER_LOCKED:
-		typ = revocation.EventUserLocked
+		typ = eventwire.EventUserLocked
 	case raftpb.EventKind_EVENT_KIND_USER_UNLOCKED:
-		typ = revocation.EventUserUnlocked
+		typ = eventwire.EventUserUnlocked
 		d.TokensIssuedUntil = ev.LockedUnixNano / int64(time.Second)
 	case raftpb.EventKind_EVENT_KIND_CLIENT_DELETED:
-		typ = revocation.EventClientDeleted
+		typ = eventwire.EventClientDeleted
 		d.TokensIssuedUntil = ev.TimeUnixNano / int64(time.Second)
 	case raftpb.EventKind_EVENT_KIND_USER_DELETED:
-		typ = revocation.EventUserDeleted
+		typ = eventwire.EventUserDeleted
 		d.TokensIssuedUntil = ev.TimeUnixNano / int64(time.Second)
 	default:
 		return "", nil

@@ -23,6 +23,7 @@ import (
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
 	"github.com/tallyauth/tally/revocation"
+	"github.com/tallyauth/tally/revocation/eventwire"
 )
 
 // checkFor polls fn every `every` until it returns nil or timeout passes.
@@ -175,7 +176,7 @@ func streamIndexes(t *testing.T, nc *nats.Conn) ([]uint64, error) {
 		if err != nil {
 			return nil, err
 		}
-		idx, err := strconv.ParseUint(m.Header.Get(HeaderRaftIndex), 10, 64)
+		idx, err := strconv.ParseUint(m.Header.Get(eventwire.HeaderRaftIndex), 10, 64)
 		if err != nil {
 			return nil, err
 		}
@@ -373,8 +374,8 @@ func TestPublisherIgnoresForgedPosition(t *testing.T) {
 
 			forger := conn(t)
 			forged := nats.NewMsg("tally.acme.revocation.token")
-			forged.Header.Set(HeaderCluster, "tally")
-			forged.Header.Set(HeaderRaftIndex, "18446744073709551000")
+			forged.Header.Set(eventwire.HeaderCluster, "tally")
+			forged.Header.Set(eventwire.HeaderRaftIndex, "18446744073709551000")
 			forged.Data = []byte("forged")
 			js, _ := jetstream.New(forger)
 			if _, err := js.PublishMsg(t.Context(), forged); err != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,13 +49,8 @@ func newKeyCache(issuer string, client *http.Client, now func() time.Time, refet
 // discoveryURL is the RFC 8414 §3.1 metadata URL of the issuer: the
 // well-known path goes between the host and the issuer's path.
 func discoveryURL(issuer string) (string, error) {
-	u, err := url.Parse(issuer)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return "", fmt.Errorf("revocation: issuer %q is not an http(s) URL", issuer)
-	}
-	u.Path = "/.well-known/oauth-authorization-server" + strings.TrimSuffix(u.Path, "/")
-	u.RawPath = ""
-	return u.String(), nil
+	u, _, err := MetadataURLs(issuer)
+	return u, err
 }
 
 func (k *keyCache) getJSON(ctx context.Context, uri string, v any) (http.Header, error) {
@@ -94,21 +88,14 @@ func (k *keyCache) discover(ctx context.Context) (jwks, intro string, err error)
 	if jwks != "" {
 		return jwks, intro, nil
 	}
-	du, err := discoveryURL(k.issuer)
+	meta, err := Discover(ctx, k.client, k.issuer, func(md Metadata) error {
+		if md.JWKSURI == "" {
+			return errors.New("no jwks_uri")
+		}
+		return nil
+	})
 	if err != nil {
-		return "", "", err
-	}
-	var meta struct {
-		Issuer                string `json:"issuer"`
-		JWKSURI               string `json:"jwks_uri"`
-		IntrospectionEndpoint string `json:"introspection_endpoint"`
-	}
-	if _, err := k.getJSON(ctx, du, &meta); err != nil {
 		return "", "", fmt.Errorf("revocation: discovery: %w", err)
-	}
-	// RFC 8414 §3.3: the issuer in the metadata must be the one asked for.
-	if meta.Issuer != k.issuer || meta.JWKSURI == "" {
-		return "", "", fmt.Errorf("revocation: discovery: issuer %q, jwks_uri %q", meta.Issuer, meta.JWKSURI)
 	}
 	k.mu.Lock()
 	k.jwksURI, k.introURI = meta.JWKSURI, meta.IntrospectionEndpoint

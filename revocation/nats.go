@@ -7,15 +7,15 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tallyauth/tally/revocation/eventwire"
 )
 
 // NATSInboxPrefix is the inbox prefix of a resource server's NATS
 // connection: a tally node's embedded NATS server lets a resource server
 // receive replies (and ordered-consumer deliveries) only under it, so that
 // no client reads another's. ConnectNATS sets it.
-func NATSInboxPrefix(tenant, clientID string) string {
-	return "_TALLY_RS." + tenant + "." + clientID
-}
+func NATSInboxPrefix(tenant, clientID string) string { return eventwire.InboxPrefix(tenant, clientID) }
 
 // NATSLiveSubjects is the core NATS subject filter of a tenant's live
 // events: every tally node sends each event's SET there as soon as it is
@@ -23,14 +23,14 @@ func NATSInboxPrefix(tenant, clientID string) string {
 // within milliseconds even while the stream elects a new leader (4-9 s
 // after the server holding it died). Each node sends it, so keep one per
 // SET jti; the stream remains the ordered log to replay from.
-func NATSLiveSubjects(tenant string) string { return "tally." + tenant + ".live.>" }
+func NATSLiveSubjects(tenant string) string { return eventwire.LiveSubjects(tenant) }
 
 // NATSConsumerHeartbeat makes the server send an idle heartbeat every
 // second on an ordered consumer: when the server that holds the consumer
 // goes away while the client's own connection stays up (a stream leader
 // failing over in a NATS cluster), two missed heartbeats recreate the
 // consumer elsewhere within seconds instead of nats.go's default 30 s.
-var NATSConsumerHeartbeat = jetstream.PullHeartbeat(time.Second)
+var NATSConsumerHeartbeat = jetstream.PullHeartbeat(eventwire.ConsumerHeartbeat)
 
 // NATSConfig is how a resource server connects to tally's NATS servers.
 type NATSConfig struct {

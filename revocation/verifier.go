@@ -515,7 +515,7 @@ func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error
 	if r.Iss != "" && r.Iss != v.cfg.Issuer {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errWrongIssuer)
 	}
-	if len(r.Aud) > 0 && !r.Aud.contains(v.cfg.Audience) {
+	if len(r.Aud) > 0 && !r.Aud.Contains(v.cfg.Audience) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errWrongAudience)
 	}
 	c := &Claims{

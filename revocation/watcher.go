@@ -22,8 +22,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 
-	eventsv1 "github.com/tallyauth/tally/node/api/events/v1"
-	"github.com/tallyauth/tally/node/api/events/v1/eventsv1connect"
+	"github.com/tallyauth/tally/revocation/eventwire/eventsv1"
+	"github.com/tallyauth/tally/revocation/eventwire/eventsv1/eventsv1connect"
 )
 
 // WatcherConfig configures a Watcher. Issuer, Tenant and ServerURL are

@@ -191,19 +191,10 @@ func TestServeConfigFile(t *testing.T) {
 		t.Fatalf("serve with env over the file: %d %s", code, errs)
 	}
 
-	for _, tc := range []struct {
-		args []string
-		want string
-		ok   bool
-	}{
-		{[]string{"--config", "a.json"}, "a.json", true},
-		{[]string{"-config=b.json", "--dev"}, "b.json", true},
-		{[]string{"--dev", "--", "--config", "c"}, "", false},
-		{[]string{"--dev"}, "", false},
-	} {
-		if got, ok := configArg(tc.args); got != tc.want || ok != tc.ok {
-			t.Errorf("configArg(%v) = %q, %v", tc.args, got, ok)
-		}
+	// TALLY_CONFIG names the file when --config does not.
+	code, _, errs = runCLI(t, map[string]string{"TALLY_CONFIG": filepath.Join(dir, "unknown.json")}, "serve")
+	if code != 2 || !strings.Contains(errs, "raft_bnid") {
+		t.Fatalf("serve with TALLY_CONFIG: %d %s", code, errs)
 	}
 }
 

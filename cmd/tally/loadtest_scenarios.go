@@ -106,288 +106,352 @@ type loadtestResultOutput struct {
 	Compare []loadtest.Ratio `json:"compare,omitempty"`
 }
 
+// scenarioCmd is one "tally loadtest SCENARIO" invocation: its flags,
+// then what its steps (plan, set-up, build, run, report) derive.
+type scenarioCmd struct {
+	name string
+	args []string
+	e    env
+
+	targets                                      stringsFlag
+	users                                        userFlag
+	tokenURL, clientID, clientSecret, scope, mix string
+	publicID, redirectURI, flowScope             string
+	adminServer, adminToken, tenant              string
+	output, htmlOut, compareWith                 string
+	pool, nUsers                                 int
+	timeout                                      time.Duration
+	cfg                                          loadtest.RunConfig
+	parts                                        []loadtest.MixEntry
+	needs                                        map[string]bool
+	tgs                                          []loadtest.Target
+	flow                                         loadtest.UserFlow
+	admin                                        adminv1connect.AdminServiceClient
+	closers                                      []func()
+}
+
 func runLoadtestScenario(ctx context.Context, name string, args []string, e env) int {
+	c := &scenarioCmd{name: name, args: args, e: e}
+	if code := c.parse(); code >= 0 {
+		return code
+	}
+	if code := c.plan(); code >= 0 {
+		return code
+	}
+	defer func() {
+		for _, f := range c.closers {
+			f()
+		}
+	}()
+	if err := c.discover(ctx); err != nil {
+		return c.fail("%v", err)
+	}
+	if code := c.credentials(ctx); code >= 0 {
+		return code
+	}
+	sc, err := c.scenario(ctx)
+	if err != nil {
+		return c.fail("%v", err)
+	}
+	return c.run(ctx, sc)
+}
+
+func (c *scenarioCmd) usage(format string, a ...any) int {
+	fmt.Fprintf(c.e.stderr, "tally loadtest %s: "+format+"\n", append([]any{c.name}, a...)...)
+	return 2
+}
+
+func (c *scenarioCmd) fail(format string, a ...any) int {
+	fmt.Fprintf(c.e.stderr, "tally loadtest %s: "+format+"\n", append([]any{c.name}, a...)...)
+	return 1
+}
+
+// parse reads the flags and the environment; a code >= 0 ends the command.
+func (c *scenarioCmd) parse() int {
+	e := c.e
 	def := loadtest.DefaultRunConfig()
-	fs := loadtestFlags(name, e)
+	fs := loadtestFlags(c.name, e)
 	fs.Usage = func() { fmt.Fprint(e.stderr, loadtestScenarioUsage); fs.PrintDefaults() }
-	var targets stringsFlag
-	var users userFlag
-	fs.Var(&targets, "target", "issuer `URL` (repeatable: round-robin)")
-	tokenURL := fs.String("token-url", "", "client-credentials only: token endpoint `URL` (skips discovery)")
-	clientID := fs.String("client-id", "", "confidential client id (client-credentials, introspect)")
-	clientSecret := fs.String("client-secret", "", "its secret (env TALLY_CLIENT_SECRET)")
-	scope := fs.String("scope", "", "scope of client_credentials requests")
-	mix := fs.String("mix", "", "mixed: `name=weight,…`")
-	pool := fs.Int("pool", 1000, "introspect: tokens minted before the run")
-	publicID := fs.String("public-client-id", "", "refresh, authcode: public client id")
-	redirectURI := fs.String("redirect-uri", "", "refresh, authcode: its registered redirect URI")
-	fs.Var(&users, "user", "refresh, authcode: `NAME:PASSWORD` of a user (repeatable)")
-	nUsers := fs.Int("users", 0, "refresh, authcode: users to create through the admin API, each signed in once (default: one per virtual client, at most 10; tally allows 20 password attempts a minute per client IP)")
-	flowScope := fs.String("flow-scope", loadtest.DefaultFlowScope, "refresh, authcode: scope requested at the authorization endpoint")
-	adminServer := fs.String("admin-server", "", "admin API base `URL` for set-up (env TALLY_SERVER)")
-	adminToken := fs.String("admin-token", "", "admin token (env TALLY_ADMIN_TOKEN, TALLY_ADMIN_TOKEN_FILE)")
-	tenant := fs.String("tenant", "default", "tenant of what is created for the run")
+	fs.Var(&c.targets, "target", "issuer `URL` (repeatable: round-robin)")
+	fs.StringVar(&c.tokenURL, "token-url", "", "client-credentials only: token endpoint `URL` (skips discovery)")
+	fs.StringVar(&c.clientID, "client-id", "", "confidential client id (client-credentials, introspect)")
+	fs.StringVar(&c.clientSecret, "client-secret", "", "its secret (env TALLY_CLIENT_SECRET)")
+	fs.StringVar(&c.scope, "scope", "", "scope of client_credentials requests")
+	fs.StringVar(&c.mix, "mix", "", "mixed: `name=weight,…`")
+	fs.IntVar(&c.pool, "pool", 1000, "introspect: tokens minted before the run")
+	fs.StringVar(&c.publicID, "public-client-id", "", "refresh, authcode: public client id")
+	fs.StringVar(&c.redirectURI, "redirect-uri", "", "refresh, authcode: its registered redirect URI")
+	fs.Var(&c.users, "user", "refresh, authcode: `NAME:PASSWORD` of a user (repeatable)")
+	fs.IntVar(&c.nUsers, "users", 0, "refresh, authcode: users to create through the admin API, each signed in once (default: one per virtual client, at most 10; tally allows 20 password attempts a minute per client IP)")
+	fs.StringVar(&c.flowScope, "flow-scope", loadtest.DefaultFlowScope, "refresh, authcode: scope requested at the authorization endpoint")
+	fs.StringVar(&c.adminServer, "admin-server", "", "admin API base `URL` for set-up (env TALLY_SERVER)")
+	fs.StringVar(&c.adminToken, "admin-token", "", "admin token (env TALLY_ADMIN_TOKEN, TALLY_ADMIN_TOKEN_FILE)")
+	fs.StringVar(&c.tenant, "tenant", "default", "tenant of what is created for the run")
 	concurrency := fs.Int("concurrency", def.Concurrency, "closed-loop virtual clients; with --rate, the bound on iterations in flight")
 	rate := fs.Float64("rate", 0, "open-loop arrival rate in iterations/s (0: closed loop)")
 	duration := fs.Duration("duration", def.Duration, "recorded time after the warm-up (0: until --requests)")
 	requests := fs.Int64("requests", 0, "stop after this many recorded iterations (0: until --duration)")
 	warmup := fs.Duration("warmup", def.Warmup, "unrecorded warm-up")
-	timeout := fs.Duration("timeout", 10*time.Second, "timeout of one HTTP request")
-	output := fs.String("output", "text", "text or json")
-	htmlOut := fs.String("report", "", "write a self-contained HTML report to `FILE`")
-	compareWith := fs.String("compare", "", "print ratios against the earlier --output json `FILE`")
-	if code := loadtestParse(fs, args, e); code >= 0 {
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "timeout of one HTTP request")
+	fs.StringVar(&c.output, "output", "text", "text or json")
+	fs.StringVar(&c.htmlOut, "report", "", "write a self-contained HTML report to `FILE`")
+	fs.StringVar(&c.compareWith, "compare", "", "print ratios against the earlier --output json `FILE`")
+	if code := loadtestParse(fs, c.args, e); code >= 0 {
 		return code
 	}
-	usage := func(format string, a ...any) int {
-		fmt.Fprintf(e.stderr, "tally loadtest %s: "+format+"\n", append([]any{name}, a...)...)
+	if !loadtestCheckOutput(c.output, e, c.name) {
 		return 2
 	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(e.stderr, "tally loadtest %s: "+format+"\n", append([]any{name}, a...)...)
-		return 1
+	if c.clientSecret == "" && e.getenv != nil {
+		c.clientSecret = e.getenv("TALLY_CLIENT_SECRET")
 	}
-	if !loadtestCheckOutput(*output, e, name) {
-		return 2
+	if c.adminServer == "" && e.getenv != nil {
+		c.adminServer = e.getenv("TALLY_SERVER")
 	}
-	if *clientSecret == "" && e.getenv != nil {
-		*clientSecret = e.getenv("TALLY_CLIENT_SECRET")
+	c.cfg = def
+	c.cfg.Concurrency, c.cfg.Rate, c.cfg.Duration, c.cfg.Requests, c.cfg.Warmup = *concurrency, *rate, *duration, *requests, *warmup
+	if err := c.cfg.Validate(); err != nil {
+		return c.usage("%v", err)
 	}
-	cfg := def
-	cfg.Concurrency, cfg.Rate, cfg.Duration, cfg.Requests, cfg.Warmup = *concurrency, *rate, *duration, *requests, *warmup
-	if err := cfg.Validate(); err != nil {
-		return usage("%v", err)
+	if c.timeout <= 0 || c.pool < 1 || c.nUsers < 0 {
+		return c.usage("--timeout and --pool must be positive, --users not negative")
 	}
-	if *timeout <= 0 || *pool < 1 || *nUsers < 0 {
-		return usage("--timeout and --pool must be positive, --users not negative")
-	}
+	return -1
+}
 
-	// Which scenarios run, and so what they need.
-	parts := []loadtest.MixEntry{{Scenario: name, Weight: 1}}
-	if name == loadtest.ScenarioMixed {
-		if *mix == "" {
-			return usage("--mix is required, e.g. --mix client-credentials=70,introspect=20,refresh=10")
+// premadeFlow reports whether user-flow credentials were given.
+func (c *scenarioCmd) premadeFlow() bool {
+	return c.publicID != "" || c.redirectURI != "" || len(c.users) > 0
+}
+
+// plan decides which scenarios run, and so what they need; a code >= 0
+// ends the command.
+func (c *scenarioCmd) plan() int {
+	c.parts = []loadtest.MixEntry{{Scenario: c.name, Weight: 1}}
+	if c.name == loadtest.ScenarioMixed {
+		if c.mix == "" {
+			return c.usage("--mix is required, e.g. --mix client-credentials=70,introspect=20,refresh=10")
 		}
 		var err error
-		if parts, err = loadtest.ParseMix(*mix); err != nil {
-			return usage("%v", err)
+		if c.parts, err = loadtest.ParseMix(c.mix); err != nil {
+			return c.usage("%v", err)
 		}
-		for _, p := range parts {
+		for _, p := range c.parts {
 			if p.Scenario == loadtest.ScenarioMixed || !slices.Contains(loadtestScenarioNames, p.Scenario) {
-				return usage("unknown scenario %q in --mix", p.Scenario)
+				return c.usage("unknown scenario %q in --mix", p.Scenario)
 			}
 		}
-	} else if *mix != "" {
-		return usage("--mix is for the mixed scenario")
+	} else if c.mix != "" {
+		return c.usage("--mix is for the mixed scenario")
 	}
-	needs := map[string]bool{}
-	for _, p := range parts {
-		needs[p.Scenario] = true
+	c.needs = map[string]bool{}
+	for _, p := range c.parts {
+		c.needs[p.Scenario] = true
 	}
-	needRevoke := needs[loadtest.ScenarioRevokePropagation]
-	needConfidential := needs[loadtest.ScenarioClientCredentials] || needs[loadtest.ScenarioIntrospect] || needRevoke
-	needFlow := needs[loadtest.ScenarioRefresh] || needs[loadtest.ScenarioAuthCode]
-	if *tokenURL != "" && (name != loadtest.ScenarioClientCredentials || len(targets) > 0) {
-		return usage("--token-url is for client-credentials without --target")
+	if c.tokenURL != "" && (c.name != loadtest.ScenarioClientCredentials || len(c.targets) > 0) {
+		return c.usage("--token-url is for client-credentials without --target")
 	}
-	if len(targets) == 0 && *tokenURL == "" {
-		return usage("--target is required")
+	if len(c.targets) == 0 && c.tokenURL == "" {
+		return c.usage("--target is required")
 	}
-	premadeFlow := *publicID != "" || *redirectURI != "" || len(users) > 0
-	if needFlow && premadeFlow && (*publicID == "" || *redirectURI == "" || len(users) == 0) {
-		return usage("pre-made user-flow credentials need --public-client-id, --redirect-uri and at least one --user")
+	if c.needFlow() && c.premadeFlow() && (c.publicID == "" || c.redirectURI == "" || len(c.users) == 0) {
+		return c.usage("pre-made user-flow credentials need --public-client-id, --redirect-uri and at least one --user")
 	}
+	if c.needs[loadtest.ScenarioRevokePropagation] && c.adminServer == "" {
+		return c.usage("revoke-propagation needs --admin-server (or TALLY_SERVER)")
+	}
+	return -1
+}
 
-	// The admin API, built only if something must be created or revoked.
-	if *adminServer == "" && e.getenv != nil {
-		*adminServer = e.getenv("TALLY_SERVER")
+func (c *scenarioCmd) needFlow() bool {
+	return c.needs[loadtest.ScenarioRefresh] || c.needs[loadtest.ScenarioAuthCode]
+}
+
+func (c *scenarioCmd) needConfidential() bool {
+	return c.needs[loadtest.ScenarioClientCredentials] || c.needs[loadtest.ScenarioIntrospect] || c.needs[loadtest.ScenarioRevokePropagation]
+}
+
+// adminAPI is the admin API client, built only if something must be
+// created or revoked.
+func (c *scenarioCmd) adminAPI() (adminv1connect.AdminServiceClient, error) {
+	if c.admin != nil {
+		return c.admin, nil
 	}
-	if needRevoke && *adminServer == "" {
-		return usage("revoke-propagation needs --admin-server (or TALLY_SERVER)")
+	g := newAdminGlobals()
+	g.server, g.token = c.adminServer, c.adminToken
+	if g.server == "" {
+		return nil, usagef("give the credentials, or --admin-server (or TALLY_SERVER) to create them")
 	}
-	var admin adminv1connect.AdminServiceClient
-	adminAPI := func() (adminv1connect.AdminServiceClient, error) {
-		if admin != nil {
-			return admin, nil
+	s, err := newAdminSession(g, c.e)
+	if err != nil {
+		return nil, err
+	}
+	c.admin, err = s.client()
+	return c.admin, err
+}
+
+// discover finds the targets' endpoints.
+func (c *scenarioCmd) discover(ctx context.Context) error {
+	if c.tokenURL != "" {
+		c.tgs = []loadtest.Target{{Issuer: c.tokenURL, TokenURL: c.tokenURL}}
+	}
+	for _, t := range c.targets {
+		tg, err := loadtest.DiscoverTarget(ctx, t)
+		if err != nil {
+			return err
 		}
-		g := newAdminGlobals()
-		g.server, g.token = *adminServer, *adminToken
-		if g.server == "" {
-			return nil, usagef("give the credentials, or --admin-server (or TALLY_SERVER) to create them")
+		c.tgs = append(c.tgs, tg)
+	}
+	c.cfg.Target = strings.Join(c.targets, ",")
+	if c.cfg.Target == "" {
+		c.cfg.Target = c.tokenURL
+	}
+	return nil
+}
+
+// credentials creates the confidential client and the user flow's public
+// client and users that were not given; a code >= 0 ends the command.
+func (c *scenarioCmd) credentials(ctx context.Context) int {
+	if c.needConfidential() && c.clientID == "" {
+		api, err := c.adminAPI()
+		if err != nil {
+			return c.fail("no --client-id: %v", err)
 		}
-		s, err := newAdminSession(g, e)
+		format := "jwt"
+		if c.needs[loadtest.ScenarioIntrospect] {
+			format = "opaque"
+		}
+		req := &adminv1.CreateClientRequest{Tenant: c.tenant, Name: "loadtest-" + c.name, GrantTypes: []string{"client_credentials"}, TokenFormat: format}
+		if c.scope != "" {
+			req.Scopes = strings.Fields(c.scope)
+		}
+		cl, err := api.CreateClient(ctx, connect.NewRequest(req))
+		if err != nil {
+			return c.fail("creating the confidential client: %v", err)
+		}
+		c.clientID, c.clientSecret = cl.Msg.Client.ClientId, cl.Msg.ClientSecret
+		fmt.Fprintf(c.e.stderr, "created client %s (%s tokens) in tenant %s\n", c.clientID, format, c.tenant)
+	}
+	if !c.needFlow() {
+		return -1
+	}
+	if c.premadeFlow() {
+		c.flow = loadtest.UserFlow{ClientID: c.publicID, RedirectURI: c.redirectURI, Users: c.users, Scope: c.flowScope, Timeout: c.timeout}
+		return -1
+	}
+	api, err := c.adminAPI()
+	if err != nil {
+		return c.fail("no --public-client-id and --user: %v", err)
+	}
+	n := c.nUsers
+	if n == 0 {
+		n = min(c.cfg.Concurrency, 10)
+	}
+	fmt.Fprintf(c.e.stderr, "creating %d users and a public client in tenant %s …\n", n, c.tenant)
+	if c.flow, err = loadtest.SetupUserFlow(ctx, api, c.tenant, n); err != nil {
+		return c.fail("%v", err)
+	}
+	c.flow.Timeout = c.timeout
+	if c.flowScope != loadtest.DefaultFlowScope {
+		c.flow.Scope = c.flowScope
+	}
+	return -1
+}
+
+// build makes one scenario.
+func (c *scenarioCmd) build(ctx context.Context, sc string) (loadtest.Scenario, error) {
+	switch sc {
+	case loadtest.ScenarioClientCredentials:
+		return loadtest.NewClientCredentialsScenario(c.tgs, c.clientID, c.clientSecret, c.scope, c.timeout)
+	case loadtest.ScenarioIntrospect:
+		fmt.Fprintf(c.e.stderr, "minting %d tokens to introspect …\n", c.pool)
+		toks, err := loadtest.MintTokens(ctx, c.tgs, c.clientID, c.clientSecret, c.scope, c.pool)
 		if err != nil {
 			return nil, err
 		}
-		admin, err = s.client()
-		return admin, err
+		return loadtest.NewIntrospectScenario(c.tgs, c.clientID, c.clientSecret, toks, c.timeout)
+	case loadtest.ScenarioRefresh:
+		return loadtest.NewRefreshScenario(c.tgs, c.flow)
+	case loadtest.ScenarioRevokePropagation:
+		api, err := c.adminAPI()
+		if err != nil {
+			return nil, err
+		}
+		wc := revocation.WatcherConfig{Issuer: c.tgs[0].Issuer, Tenant: c.tenant, ServerURL: c.adminServer, ClientID: c.clientID, ClientSecret: c.clientSecret}
+		for _, t := range c.tgs[1:] {
+			wc.SETIssuers = append(wc.SETIssuers, t.Issuer)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		rp, err := loadtest.NewRevokePropagationScenario(wctx, api, c.tenant, wc, c.timeout)
+		if err != nil {
+			return nil, err
+		}
+		c.closers = append(c.closers, rp.Close)
+		return rp, nil
+	default:
+		return loadtest.NewAuthCodeScenario(c.tgs, c.flow)
 	}
+}
 
-	// Targets.
-	var tgs []loadtest.Target
-	if *tokenURL != "" {
-		tgs = []loadtest.Target{{Issuer: *tokenURL, TokenURL: *tokenURL}}
+// scenario is the scenario to run: the one named, or the mix.
+func (c *scenarioCmd) scenario(ctx context.Context) (loadtest.Scenario, error) {
+	if c.name != loadtest.ScenarioMixed {
+		return c.build(ctx, c.name)
 	}
-	for _, t := range targets {
-		tg, err := loadtest.DiscoverTarget(ctx, t)
+	var ws []loadtest.WeightedScenario
+	for _, p := range c.parts {
+		s, err := c.build(ctx, p.Scenario)
 		if err != nil {
-			return fail("%v", err)
+			return nil, fmt.Errorf("%s: %w", p.Scenario, err)
 		}
-		tgs = append(tgs, tg)
+		ws = append(ws, loadtest.WeightedScenario{Scenario: s, Weight: p.Weight})
 	}
-	cfg.Target = strings.Join(targets, ",")
-	if cfg.Target == "" {
-		cfg.Target = *tokenURL
-	}
+	return loadtest.NewMixedScenario(ws)
+}
 
-	// Credentials.
-	if needConfidential && *clientID == "" {
-		api, err := adminAPI()
-		if err != nil {
-			return fail("no --client-id: %v", err)
-		}
-		format := "jwt"
-		if needs[loadtest.ScenarioIntrospect] {
-			format = "opaque"
-		}
-		req := &adminv1.CreateClientRequest{Tenant: *tenant, Name: "loadtest-" + name, GrantTypes: []string{"client_credentials"}, TokenFormat: format}
-		if *scope != "" {
-			req.Scopes = strings.Fields(*scope)
-		}
-		c, err := api.CreateClient(ctx, connect.NewRequest(req))
-		if err != nil {
-			return fail("creating the confidential client: %v", err)
-		}
-		*clientID, *clientSecret = c.Msg.Client.ClientId, c.Msg.ClientSecret
-		fmt.Fprintf(e.stderr, "created client %s (%s tokens) in tenant %s\n", *clientID, format, *tenant)
-	}
-	var flow loadtest.UserFlow
-	if needFlow {
-		if premadeFlow {
-			flow = loadtest.UserFlow{ClientID: *publicID, RedirectURI: *redirectURI, Users: users, Scope: *flowScope, Timeout: *timeout}
-		} else {
-			api, err := adminAPI()
-			if err != nil {
-				return fail("no --public-client-id and --user: %v", err)
-			}
-			n := *nUsers
-			if n == 0 {
-				n = min(cfg.Concurrency, 10)
-			}
-			fmt.Fprintf(e.stderr, "creating %d users and a public client in tenant %s …\n", n, *tenant)
-			if flow, err = loadtest.SetupUserFlow(ctx, api, *tenant, n); err != nil {
-				return fail("%v", err)
-			}
-			flow.Timeout = *timeout
-			if *flowScope != loadtest.DefaultFlowScope {
-				flow.Scope = *flowScope
-			}
-		}
-	}
-
-	// Scenarios.
-	var closers []func()
-	defer func() {
-		for _, c := range closers {
-			c()
-		}
-	}()
-	build := func(sc string) (loadtest.Scenario, error) {
-		switch sc {
-		case loadtest.ScenarioClientCredentials:
-			return loadtest.NewClientCredentialsScenario(tgs, *clientID, *clientSecret, *scope, *timeout)
-		case loadtest.ScenarioIntrospect:
-			fmt.Fprintf(e.stderr, "minting %d tokens to introspect …\n", *pool)
-			toks, err := loadtest.MintTokens(ctx, tgs, *clientID, *clientSecret, *scope, *pool)
-			if err != nil {
-				return nil, err
-			}
-			return loadtest.NewIntrospectScenario(tgs, *clientID, *clientSecret, toks, *timeout)
-		case loadtest.ScenarioRefresh:
-			return loadtest.NewRefreshScenario(tgs, flow)
-		case loadtest.ScenarioRevokePropagation:
-			api, err := adminAPI()
-			if err != nil {
-				return nil, err
-			}
-			wc := revocation.WatcherConfig{Issuer: tgs[0].Issuer, Tenant: *tenant, ServerURL: *adminServer, ClientID: *clientID, ClientSecret: *clientSecret}
-			for _, t := range tgs[1:] {
-				wc.SETIssuers = append(wc.SETIssuers, t.Issuer)
-			}
-			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			rp, err := loadtest.NewRevokePropagationScenario(wctx, api, *tenant, wc, *timeout)
-			if err != nil {
-				return nil, err
-			}
-			closers = append(closers, rp.Close)
-			return rp, nil
-		default:
-			return loadtest.NewAuthCodeScenario(tgs, flow)
-		}
-	}
-	var sc loadtest.Scenario
-	if name == loadtest.ScenarioMixed {
-		var ws []loadtest.WeightedScenario
-		for _, p := range parts {
-			s, err := build(p.Scenario)
-			if err != nil {
-				return fail("%s: %v", p.Scenario, err)
-			}
-			ws = append(ws, loadtest.WeightedScenario{Scenario: s, Weight: p.Weight})
-		}
-		m, err := loadtest.NewMixedScenario(ws)
-		if err != nil {
-			return fail("%v", err)
-		}
-		sc = m
-	} else {
-		s, err := build(name)
-		if err != nil {
-			return fail("%v", err)
-		}
-		sc = s
-	}
-
+// run runs sc and writes the reports.
+func (c *scenarioCmd) run(ctx context.Context, sc loadtest.Scenario) int {
+	e := c.e
 	var base *loadtest.Result
-	if *compareWith != "" {
-		f, err := os.Open(*compareWith)
+	if c.compareWith != "" {
+		f, err := os.Open(c.compareWith)
 		if err != nil {
-			return usage("--compare: %v", err)
+			return c.usage("--compare: %v", err)
 		}
 		b, err := loadtest.ReadResult(f)
 		f.Close()
 		if err != nil {
-			return usage("--compare %s: %v", *compareWith, err)
+			return c.usage("--compare %s: %v", c.compareWith, err)
 		}
 		base = &b
 	}
-
+	cfg := c.cfg
 	cfg.Progress = loadtestProgress(e, "")
 	fmt.Fprintf(e.stderr, "preparing %d virtual clients …\n", cfg.Concurrency)
 	res, runErr := loadtest.Run(ctx, cfg, sc)
 	loadtestEndProgress(e, cfg.Progress)
 	if runErr != nil && res.Report.Scenario == "" {
-		return fail("%v", runErr)
+		return c.fail("%v", runErr)
 	}
-	out := loadtestResultOutput{Command: redactedCommand("tally loadtest "+name, args), Result: res}
+	out := loadtestResultOutput{Command: redactedCommand("tally loadtest "+c.name, c.args), Result: res}
 	if base != nil {
 		out.Compare = loadtest.CompareResults(*base, res)
 	}
-	if err := loadtestWrite(e, *output, out, out.writeText); err != nil {
-		return fail("%v", err)
+	if err := loadtestWrite(e, c.output, out, out.writeText); err != nil {
+		return c.fail("%v", err)
 	}
-	if *htmlOut != "" {
-		if err := writeLoadtestHTML(*htmlOut, out.Command, res); err != nil {
-			return fail("--report: %v", err)
+	if c.htmlOut != "" {
+		if err := writeLoadtestHTML(c.htmlOut, out.Command, res); err != nil {
+			return c.fail("--report: %v", err)
 		}
-		fmt.Fprintf(e.stderr, "wrote %s\n", *htmlOut)
+		fmt.Fprintf(e.stderr, "wrote %s\n", c.htmlOut)
 	}
 	if runErr != nil {
-		return fail("stopped early: %v", runErr)
+		return c.fail("stopped early: %v", runErr)
 	}
 	if res.Report.OK == 0 {
-		return fail("no iteration succeeded")
+		return c.fail("no iteration succeeded")
 	}
 	return 0
 }

@@ -34,26 +34,94 @@ Flags:
 // node until ctx is cancelled (SIGINT/SIGTERM).
 func runServe(ctx context.Context, args []string, e env) int {
 	cfg := node.DefaultConfig()
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	logLevel := "info"
+	checkOnly := false
+	fs := serveFlagSet(&cfg, &logLevel, &checkOnly)
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() {
 		fmt.Fprint(e.stderr, serveUsage)
 		fs.PrintDefaults()
 	}
-	logLevel := "info"
-	// A configuration file sets the defaults that environment variables and
-	// flags then override.
-	configPath, ok := configArg(args)
-	if !ok {
+	if code, ok := parseServeSettings(fs, args, e); !ok {
+		return code
+	}
+	if v := e.getenv("TALLY_KEK"); v != "" && cfg.KEKFile == "" {
+		kek, err := node.DecodeKEK([]byte(v), "TALLY_KEK")
+		if err != nil {
+			fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
+			return 2
+		}
+		cfg.KEK = kek
+	}
+	if v := e.getenv("TALLY_ADMIN_TOKEN"); v != "" && cfg.AdminTokenFile == "" {
+		cfg.AdminToken = v
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		fmt.Fprintf(e.stderr, "tally serve: --log-level: %v\n", err)
+		return 2
+	}
+	logger := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	if checkOnly {
+		return checkServeConfig(cfg, fs, e)
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
+		return 2
+	}
+	n, err := node.New(ctx, cfg, logger)
+	if err != nil {
+		logger.Error("starting node", "err", err)
+		return 1
+	}
+	if err := n.Run(ctx); err != nil {
+		logger.Error("node stopped with an error", "err", err)
+		return 1
+	}
+	logger.Info("stopped")
+	return 0
+}
+
+// parseServeSettings sets the flags of fs from, in rising precedence, the
+// configuration file (--config or TALLY_CONFIG), the environment and the
+// command line. ok false: exit with code.
+func parseServeSettings(fs *flag.FlagSet, args []string, e env) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "tally serve: unexpected argument %q\n", fs.Arg(0))
+		return 2, false
+	}
+	cmdline := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { cmdline[f.Name] = true })
+	configPath := fs.Lookup("config").Value.String()
+	if configPath == "" {
 		configPath = e.getenv("TALLY_CONFIG")
 	}
 	if configPath != "" {
-		if err := loadServeFile(configPath, &cfg, &logLevel); err != nil {
+		if err := applyServeFile(fs, configPath, cmdline); err != nil {
 			fmt.Fprintf(e.stderr, "tally serve: --config: %v\n", err)
-			return 2
+			return 2, false
 		}
 	}
-	fs.String("config", configPath, "JSON configuration `file` (keys are the flag names in snake_case; see deploy/local); flags and environment override it")
+	if err := applyEnv(fs, e.getenv, cmdline); err != nil {
+		fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
+		return 2, false
+	}
+	return 0, true
+}
+
+// serveFlagSet is the flag set of tally serve, writing into cfg, the log
+// level and the --check-config switch. Every flag has a TALLY_ environment
+// variable (applyEnv) and, except --config and --check-config, a
+// configuration file key (applyServeFile).
+func serveFlagSet(cfg *node.Config, logLevel *string, checkOnly *bool) *flag.FlagSet {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.String("config", "", "JSON configuration `file` (keys are the flag names in snake_case; see deploy/local); flags and environment override it")
 	fs.BoolVar(&cfg.Dev, "dev", cfg.Dev, "single node on loopback; generate the key-encryption key and admin credential in the data dir")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the Raft log, state, snapshots and NATS files")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "host:port of the OAuth endpoints and Connect services (HTTP/1.1 and h2c)")
@@ -76,83 +144,38 @@ func runServe(ctx context.Context, args []string, e env) int {
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", cfg.WriteTimeout, "bound on a write (forwarding to the leader included); no leader within it: temporarily unavailable")
 	fs.Var(byteSizeFlag{&cfg.MinFreeDisk}, "min-free-disk", "free-space watermark of the data file system (`bytes`, KiB/MiB/GiB suffix): below it the node refuses writes and reports not ready, but keeps issuing tokens (0: off)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, `host:port of the embedded NATS server ("" disables it)`)
-	natsClusterFlags(fs, &cfg)
+	natsClusterFlags(fs, cfg)
 	eventFlags(fs, &cfg.Events)
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "serve /metrics on this host:port instead of on --listen")
-	checkOnly := false
-	fs.BoolVar(&checkOnly, "check-config", false, "validate the configuration (flags, environment, config file, TLS, key and credential files) and exit without starting")
+	fs.BoolVar(checkOnly, "check-config", false, "validate the configuration (flags, environment, config file, TLS, key and credential files) and exit without starting")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "export traces over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318)")
 	fs.DurationVar(&cfg.JWKSMaxAge, "jwks-max-age", cfg.JWKSMaxAge, "Cache-Control max-age of JWKS responses")
 	fs.DurationVar(&cfg.KeyPublishDelay, "key-publish-delay", cfg.KeyPublishDelay, "how long a rotated key is published before it signs (default: the JWKS max-age)")
 	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often expired revocations and keys are removed")
 	fs.StringVar(&cfg.DefaultSigningAlg, "signing-alg", cfg.DefaultSigningAlg, "signing algorithm of new tenants: ES256, EdDSA or RS256")
-	fs.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
+	fs.StringVar(logLevel, "log-level", *logLevel, "debug, info, warn or error")
+	return fs
+}
+
+// checkServeConfig is --check-config: validate and report, do not start.
+func checkServeConfig(cfg node.Config, fs *flag.FlagSet, e env) int {
+	if err := node.CheckConfig(cfg); err != nil {
+		fmt.Fprintf(e.stderr, "tally serve: --check-config: %v\n", err)
 		return 2
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(e.stderr, "tally serve: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	for _, name := range unknownEnv(fs, os.Environ()) {
+		fmt.Fprintf(e.stderr, "tally serve: --check-config: warning: %s is not a setting of tally serve (misspelt?)\n", name)
 	}
-	if err := applyEnv(fs, e.getenv); err != nil {
-		fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
-		return 2
-	}
-	if v := e.getenv("TALLY_KEK"); v != "" && cfg.KEKFile == "" {
-		kek, err := node.DecodeKEK([]byte(v), "TALLY_KEK")
-		if err != nil {
-			fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
-			return 2
-		}
-		cfg.KEK = kek
-	}
-	if v := e.getenv("TALLY_ADMIN_TOKEN"); v != "" && cfg.AdminTokenFile == "" {
-		cfg.AdminToken = v
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		fmt.Fprintf(e.stderr, "tally serve: --log-level: %v\n", err)
-		return 2
-	}
-	logger := slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: level}))
-	if checkOnly {
-		if err := node.CheckConfig(cfg); err != nil {
-			fmt.Fprintf(e.stderr, "tally serve: --check-config: %v\n", err)
-			return 2
-		}
-		for _, name := range unknownEnv(fs, os.Environ()) {
-			fmt.Fprintf(e.stderr, "tally serve: --check-config: warning: %s is not a setting of tally serve (misspelt?)\n", name)
-		}
-		fmt.Fprintf(e.stdout, "tally serve: configuration of node %s is valid\n", cfg.NodeID)
-		return 0
-	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(e.stderr, "tally serve: %v\n", err)
-		return 2
-	}
-	n, err := node.New(ctx, cfg, logger)
-	if err != nil {
-		logger.Error("starting node", "err", err)
-		return 1
-	}
-	if err := n.Run(ctx); err != nil {
-		logger.Error("node stopped with an error", "err", err)
-		return 1
-	}
-	logger.Info("stopped")
+	fmt.Fprintf(e.stdout, "tally serve: configuration of node %s is valid\n", cfg.NodeID)
 	return 0
 }
 
-// applyEnv sets every flag not given on the command line from its
-// environment variable: --data-dir from TALLY_DATA_DIR, and so on.
-func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+// applyEnv sets every flag not given on the command line (cmdline) from
+// its environment variable: --data-dir from TALLY_DATA_DIR, and so on.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string, cmdline map[string]bool) error {
+	set := cmdline
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || err != nil {

@@ -4,99 +4,47 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tallyauth/tally/node"
 )
 
-// serveFile is the configuration file of "tally serve --config FILE": JSON
-// with the flags' names in snake_case. Unknown keys are an error. Values
-// set here are overridden by environment variables and flags.
-type serveFile struct {
-	Dev            *bool         `json:"dev"`
-	NodeID         *string       `json:"node_id"`
-	Region         *string       `json:"region"`
-	DataDir        *string       `json:"data_dir"`
-	Listen         *string       `json:"listen"`
-	Issuer         *string       `json:"issuer"`
-	RaftBind       *string       `json:"raft_bind"`
-	RaftAdvertise  *string       `json:"raft_advertise"`
-	RaftProfile    *string       `json:"raft_profile"`
-	Peers          []filePeer    `json:"peers"`
-	Join           *string       `json:"join"`
-	Nonvoter       *bool         `json:"nonvoter"`
-	MaxStale       *fileDuration `json:"max_stale"`
-	MaxClockSkew   *fileDuration `json:"max_clock_skew"`
-	TLSDir         *string       `json:"tls_dir"`
-	LeaderRegion   *string       `json:"leader_region"`
-	NATSListen     *string       `json:"nats_listen"`
-	NATSURL        *string       `json:"nats_url"`
-	KEKFile        *string       `json:"kek_file"`
-	AdminTokenFile *string       `json:"admin_token_file"`
-	OTLPEndpoint   *string       `json:"otlp_endpoint"`
-	MetricsListen  *string       `json:"metrics_listen"`
-	JWKSMaxAge     *fileDuration `json:"jwks_max_age"`
-	KeyPublish     *fileDuration `json:"key_publish_delay"`
-	SweepInterval  *fileDuration `json:"sweep_interval"`
-	WriteTimeout   *fileDuration `json:"write_timeout"`
-	RefreshTTL     *fileDuration `json:"refresh_ttl"`
-	RefreshIdle    *fileDuration `json:"refresh_idle_timeout"`
-	RefreshReuse   *fileDuration `json:"refresh_reuse_interval"`
-	SigningAlg     *string       `json:"signing_alg"`
-	LogLevel       *string       `json:"log_level"`
-	MinFreeDisk    *fileByteSize `json:"min_free_disk"`
+// The configuration file of "tally serve --config FILE" is a JSON object
+// whose keys are the serve flags' names in snake_case (--data-dir is
+// "data_dir"), derived from the flag set itself, so every flag is a key and
+// no key exists without a flag. Values: a JSON string for string and
+// duration flags ("5s"), true/false for boolean flags, a number for integer
+// flags, a number or a string for byte sizes ("256MiB"), a string or an
+// array of strings for list flags (comma-separated as a flag), and for
+// "peers" an array of {"id", "raft_addr", "nonvoter"} objects (or the
+// flag's "id=host:port,..." string). null leaves a setting alone. Unknown
+// keys, trailing data and type mismatches are errors. Values set here are
+// overridden by environment variables and flags.
 
-	NATSClusterListen   *string  `json:"nats_cluster_listen"`
-	NATSRoutes          []string `json:"nats_routes"`
-	EventStreamReplicas *int     `json:"event_stream_replicas"`
+// notFileKeys are flags that are not settings: they have no file key.
+var notFileKeys = map[string]bool{"config": true, "check-config": true}
+
+// fileKey is the configuration file key of a flag.
+func fileKey(flagName string) string { return strings.ReplaceAll(flagName, "-", "_") }
+
+// jsonFlag is a flag.Value that also reads a JSON value of the
+// configuration file that is not a plain string (peersFlag's objects).
+type jsonFlag interface {
+	SetJSON(raw json.RawMessage) error
 }
 
 type filePeer struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raft_addr"`
 	Nonvoter bool   `json:"nonvoter"`
-}
-
-// fileDuration is a duration written as a Go duration string ("5s").
-type fileDuration time.Duration
-
-func (d *fileDuration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a duration string like \"5s\": %w", err)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = fileDuration(v)
-	return nil
-}
-
-// fileByteSize is a byte count written as a number or as a string with an
-// optional binary suffix ("256MiB").
-type fileByteSize uint64
-
-func (b *fileByteSize) UnmarshalJSON(data []byte) error {
-	var s string
-	if err := json.Unmarshal(data, &s); err != nil {
-		var n uint64
-		if nerr := json.Unmarshal(data, &n); nerr != nil {
-			return fmt.Errorf("want a byte size like \"256MiB\" or a number of bytes: %w", err)
-		}
-		*b = fileByteSize(n)
-		return nil
-	}
-	v, err := node.ParseByteSize(s)
-	if err != nil {
-		return err
-	}
-	*b = fileByteSize(v)
-	return nil
 }
 
 // byteSizeFlag is a flag holding a byte count ("256MiB"; see
@@ -122,9 +70,17 @@ func (f byteSizeFlag) Set(s string) error {
 // maxConfigBytes bounds the configuration file.
 const maxConfigBytes = 1 << 20
 
-// loadServeFile reads path into cfg (and the log level). Unknown keys,
-// trailing data and type mismatches are errors.
+// loadServeFile reads the configuration file at path into cfg and the log
+// level, through the serve flag set.
 func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
+	var checkOnly bool
+	return applyServeFile(serveFlagSet(cfg, logLevel, &checkOnly), path, nil)
+}
+
+// applyServeFile sets the flags of fs named by the keys of the
+// configuration file at path, except those in skip (given on the command
+// line, which wins).
+func applyServeFile(fs *flag.FlagSet, path string, skip map[string]bool) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -138,98 +94,92 @@ func loadServeFile(path string, cfg *node.Config, logLevel *string) error {
 		return fmt.Errorf("%s is larger than %d bytes", path, maxConfigBytes)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var sf serveFile
-	if err := dec.Decode(&sf); err != nil {
+	var keys map[string]json.RawMessage
+	if err := dec.Decode(&keys); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
+	}
+	if keys == nil {
+		return fmt.Errorf("%s: want a JSON object", path)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s: trailing data after the JSON object", path)
 	}
-	setStr := func(dst *string, v *string) {
-		if v != nil {
-			*dst = *v
+	byKey := map[string]*flag.Flag{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if !notFileKeys[f.Name] {
+			byKey[fileKey(f.Name)] = f
 		}
-	}
-	setDur := func(dst *time.Duration, v *fileDuration) {
-		if v != nil {
-			*dst = time.Duration(*v)
+	})
+	for _, key := range slices.Sorted(maps.Keys(keys)) {
+		f, ok := byKey[key]
+		if !ok {
+			return fmt.Errorf("%s: unknown key %q", path, key)
 		}
-	}
-	if sf.Dev != nil {
-		cfg.Dev = *sf.Dev
-	}
-	if sf.Nonvoter != nil {
-		cfg.Nonvoter = *sf.Nonvoter
-	}
-	setStr(&cfg.NodeID, sf.NodeID)
-	setStr(&cfg.Region, sf.Region)
-	setStr(&cfg.DataDir, sf.DataDir)
-	setStr(&cfg.Listen, sf.Listen)
-	setStr(&cfg.Issuer, sf.Issuer)
-	setStr(&cfg.RaftBind, sf.RaftBind)
-	setStr(&cfg.RaftAdvertise, sf.RaftAdvertise)
-	setStr(&cfg.RaftProfile, sf.RaftProfile)
-	setStr(&cfg.Join, sf.Join)
-	setStr(&cfg.TLSDir, sf.TLSDir)
-	setStr(&cfg.LeaderRegion, sf.LeaderRegion)
-	setStr(&cfg.NATSListen, sf.NATSListen)
-	setStr(&cfg.Events.NATSURL, sf.NATSURL)
-	setStr(&cfg.KEKFile, sf.KEKFile)
-	setStr(&cfg.AdminTokenFile, sf.AdminTokenFile)
-	setStr(&cfg.OTLPEndpoint, sf.OTLPEndpoint)
-	setStr(&cfg.MetricsListen, sf.MetricsListen)
-	setStr(&cfg.DefaultSigningAlg, sf.SigningAlg)
-	setStr(logLevel, sf.LogLevel)
-	setDur(&cfg.MaxStale, sf.MaxStale)
-	setDur(&cfg.MaxClockSkew, sf.MaxClockSkew)
-	setDur(&cfg.JWKSMaxAge, sf.JWKSMaxAge)
-	setDur(&cfg.KeyPublishDelay, sf.KeyPublish)
-	setDur(&cfg.SweepInterval, sf.SweepInterval)
-	setDur(&cfg.RefreshTTL, sf.RefreshTTL)
-	setDur(&cfg.RefreshIdleTimeout, sf.RefreshIdle)
-	setDur(&cfg.RefreshReuseInterval, sf.RefreshReuse)
-	setDur(&cfg.WriteTimeout, sf.WriteTimeout)
-	if sf.MinFreeDisk != nil {
-		cfg.MinFreeDisk = uint64(*sf.MinFreeDisk)
-	}
-	setStr(&cfg.NATSClusterListen, sf.NATSClusterListen)
-	if sf.NATSRoutes != nil {
-		cfg.NATSRoutes = sf.NATSRoutes
-	}
-	if sf.EventStreamReplicas != nil {
-		cfg.Events.StreamReplicas = *sf.EventStreamReplicas
-	}
-	if sf.Peers != nil {
-		cfg.Peers = nil
-		for _, p := range sf.Peers {
-			cfg.Peers = append(cfg.Peers, node.Peer(p))
+		raw := keys[key]
+		if skip[f.Name] || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+			continue
+		}
+		if err := setFromJSON(f, raw); err != nil {
+			return fmt.Errorf("%s: %q: %w", path, key, err)
 		}
 	}
 	return nil
 }
 
-// configArg finds --config FILE (or -config, =FILE) among args before flag
-// parsing, so the file can set the flags' defaults.
-func configArg(args []string) (string, bool) {
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			break
-		}
-		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") || name != "config" {
-			continue
-		}
-		if hasVal {
-			return val, true
-		}
-		if i+1 < len(args) {
-			return args[i+1], true
-		}
-		return "", true
+// setFromJSON sets a flag from a configuration file value of the JSON type
+// the flag's kind calls for.
+func setFromJSON(f *flag.Flag, raw json.RawMessage) error {
+	if j, ok := f.Value.(jsonFlag); ok {
+		return j.SetJSON(raw)
 	}
-	return "", false
+	var kind any
+	if g, ok := f.Value.(flag.Getter); ok {
+		kind = g.Get()
+	}
+	var s string
+	switch kind.(type) {
+	case bool:
+		var b bool
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return fmt.Errorf("want true or false: %w", err)
+		}
+		s = strconv.FormatBool(b)
+	case int, int64, uint, uint64:
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("want a number: %w", err)
+		}
+		n, ok := v.(json.Number)
+		if !ok {
+			return fmt.Errorf("want a number, not %s", raw)
+		}
+		s = n.String()
+	case time.Duration:
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return fmt.Errorf("want a duration string like \"5s\": %w", err)
+		}
+	case string:
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return fmt.Errorf("want a string: %w", err)
+		}
+	default:
+		// A flag of its own type (byte size, list): a string, a number or
+		// an array of strings, as the flag would take them.
+		var list []string
+		var n json.Number
+		switch {
+		case json.Unmarshal(raw, &s) == nil:
+		case json.Unmarshal(raw, &n) == nil:
+			s = n.String()
+		case json.Unmarshal(raw, &list) == nil:
+			s = strings.Join(list, ",")
+		default:
+			return errors.New("want a string, a number or an array of strings")
+		}
+	}
+	return f.Value.Set(s)
 }
 
 // peersFlag is --peers "id=host:port,id=host:port".
@@ -258,6 +208,27 @@ func (p peersFlag) Set(v string) error {
 			return fmt.Errorf("peer %q: want id=host:port", part)
 		}
 		out = append(out, node.Peer{ID: id, RaftAddr: addr})
+	}
+	*p.peers = out
+	return nil
+}
+
+// SetJSON reads the configuration file's "peers": an array of
+// {"id", "raft_addr", "nonvoter"} objects, or the flag's string.
+func (p peersFlag) SetJSON(raw json.RawMessage) error {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return p.Set(s)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var peers []filePeer
+	if err := dec.Decode(&peers); err != nil {
+		return fmt.Errorf("want an array of {\"id\", \"raft_addr\", \"nonvoter\"}: %w", err)
+	}
+	var out []node.Peer
+	for _, x := range peers {
+		out = append(out, node.Peer(x))
 	}
 	*p.peers = out
 	return nil

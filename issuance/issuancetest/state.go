@@ -8,13 +8,15 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tallyauth/tally/issuance"
 )
 
 // State is an in-memory issuance.State. It is safe for concurrent use.
-// Unlike the replica it does not drop expired keys from Keys, which is what a
-// slightly stale replica looks like: issuance must filter by its own clock.
+// Like the replica, Keys keeps returning a key after it expired until it is
+// deleted (as a sweep does): issuance must filter by its own clock.
+// RunStateConformance holds it to the replica's behaviour.
 type State struct {
 	mu       sync.RWMutex
 	tenants  map[string]issuance.Tenant
@@ -76,6 +78,22 @@ func (s *State) PutKey(k issuance.Key) {
 		ks = append(slices.Clip(ks), k)
 	}
 	s.keys[k.Tenant] = ks
+}
+
+// AddKey adds a new key as the replicated state does (AddKeys): the
+// tenant's current keys of the same use retire at k.NotBefore and expire
+// retention later.
+func (s *State) AddKey(k issuance.Key, retention time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ks := slices.Clone(s.keys[k.Tenant]) // readers may hold the old slice
+	for i, old := range ks {
+		if old.Use == k.Use && (old.RetiredAt.IsZero() || old.RetiredAt.After(k.NotBefore)) {
+			ks[i].RetiredAt = k.NotBefore
+			ks[i].ExpiresAt = k.NotBefore.Add(retention)
+		}
+	}
+	s.keys[k.Tenant] = append(ks, k)
 }
 
 // DeleteKey removes a key (as the sweep of an expired key does).

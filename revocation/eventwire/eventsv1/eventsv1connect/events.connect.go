@@ -18,7 +18,7 @@ import (
 	connect "connectrpc.com/connect"
 	context "context"
 	errors "errors"
-	v1 "github.com/tallyauth/tally/node/api/events/v1"
+	eventsv1 "github.com/tallyauth/tally/revocation/eventwire/eventsv1"
 	http "net/http"
 	strings "strings"
 )
@@ -62,11 +62,11 @@ type EventsServiceClient interface {
 	// was reset or recreated since the caller's position), it has gap set
 	// and the caller must resync with GetRevocationSet. StreamState messages
 	// repeat as heartbeats.
-	WatchRevocations(context.Context, *connect.Request[v1.WatchRevocationsRequest]) (*connect.ServerStreamForClient[v1.WatchRevocationsResponse], error)
+	WatchRevocations(context.Context, *connect.Request[eventsv1.WatchRevocationsRequest]) (*connect.ServerStreamForClient[eventsv1.WatchRevocationsResponse], error)
 	// GetRevocationSet returns the tenant's current revocations, disabled
 	// clients and locked users, the Raft index they reflect, and the stream sequence to watch
 	// after (every event at or before it is reflected in the set).
-	GetRevocationSet(context.Context, *connect.Request[v1.GetRevocationSetRequest]) (*connect.Response[v1.GetRevocationSetResponse], error)
+	GetRevocationSet(context.Context, *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error)
 }
 
 // NewEventsServiceClient constructs a client for the tally.events.v1.EventsService service. By
@@ -78,15 +78,15 @@ type EventsServiceClient interface {
 // http://api.acme.com or https://acme.com/grpc).
 func NewEventsServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) EventsServiceClient {
 	baseURL = strings.TrimRight(baseURL, "/")
-	eventsServiceMethods := v1.File_events_proto.Services().ByName("EventsService").Methods()
+	eventsServiceMethods := eventsv1.File_events_proto.Services().ByName("EventsService").Methods()
 	return &eventsServiceClient{
-		watchRevocations: connect.NewClient[v1.WatchRevocationsRequest, v1.WatchRevocationsResponse](
+		watchRevocations: connect.NewClient[eventsv1.WatchRevocationsRequest, eventsv1.WatchRevocationsResponse](
 			httpClient,
 			baseURL+EventsServiceWatchRevocationsProcedure,
 			connect.WithSchema(eventsServiceMethods.ByName("WatchRevocations")),
 			connect.WithClientOptions(opts...),
 		),
-		getRevocationSet: connect.NewClient[v1.GetRevocationSetRequest, v1.GetRevocationSetResponse](
+		getRevocationSet: connect.NewClient[eventsv1.GetRevocationSetRequest, eventsv1.GetRevocationSetResponse](
 			httpClient,
 			baseURL+EventsServiceGetRevocationSetProcedure,
 			connect.WithSchema(eventsServiceMethods.ByName("GetRevocationSet")),
@@ -97,17 +97,17 @@ func NewEventsServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 
 // eventsServiceClient implements EventsServiceClient.
 type eventsServiceClient struct {
-	watchRevocations *connect.Client[v1.WatchRevocationsRequest, v1.WatchRevocationsResponse]
-	getRevocationSet *connect.Client[v1.GetRevocationSetRequest, v1.GetRevocationSetResponse]
+	watchRevocations *connect.Client[eventsv1.WatchRevocationsRequest, eventsv1.WatchRevocationsResponse]
+	getRevocationSet *connect.Client[eventsv1.GetRevocationSetRequest, eventsv1.GetRevocationSetResponse]
 }
 
 // WatchRevocations calls tally.events.v1.EventsService.WatchRevocations.
-func (c *eventsServiceClient) WatchRevocations(ctx context.Context, req *connect.Request[v1.WatchRevocationsRequest]) (*connect.ServerStreamForClient[v1.WatchRevocationsResponse], error) {
+func (c *eventsServiceClient) WatchRevocations(ctx context.Context, req *connect.Request[eventsv1.WatchRevocationsRequest]) (*connect.ServerStreamForClient[eventsv1.WatchRevocationsResponse], error) {
 	return c.watchRevocations.CallServerStream(ctx, req)
 }
 
 // GetRevocationSet calls tally.events.v1.EventsService.GetRevocationSet.
-func (c *eventsServiceClient) GetRevocationSet(ctx context.Context, req *connect.Request[v1.GetRevocationSetRequest]) (*connect.Response[v1.GetRevocationSetResponse], error) {
+func (c *eventsServiceClient) GetRevocationSet(ctx context.Context, req *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
 	return c.getRevocationSet.CallUnary(ctx, req)
 }
 
@@ -122,11 +122,11 @@ type EventsServiceHandler interface {
 	// was reset or recreated since the caller's position), it has gap set
 	// and the caller must resync with GetRevocationSet. StreamState messages
 	// repeat as heartbeats.
-	WatchRevocations(context.Context, *connect.Request[v1.WatchRevocationsRequest], *connect.ServerStream[v1.WatchRevocationsResponse]) error
+	WatchRevocations(context.Context, *connect.Request[eventsv1.WatchRevocationsRequest], *connect.ServerStream[eventsv1.WatchRevocationsResponse]) error
 	// GetRevocationSet returns the tenant's current revocations, disabled
 	// clients and locked users, the Raft index they reflect, and the stream sequence to watch
 	// after (every event at or before it is reflected in the set).
-	GetRevocationSet(context.Context, *connect.Request[v1.GetRevocationSetRequest]) (*connect.Response[v1.GetRevocationSetResponse], error)
+	GetRevocationSet(context.Context, *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error)
 }
 
 // NewEventsServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -135,7 +135,7 @@ type EventsServiceHandler interface {
 // By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
 // and JSON codecs. They also support gzip compression.
 func NewEventsServiceHandler(svc EventsServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
-	eventsServiceMethods := v1.File_events_proto.Services().ByName("EventsService").Methods()
+	eventsServiceMethods := eventsv1.File_events_proto.Services().ByName("EventsService").Methods()
 	eventsServiceWatchRevocationsHandler := connect.NewServerStreamHandler(
 		EventsServiceWatchRevocationsProcedure,
 		svc.WatchRevocations,
@@ -163,10 +163,10 @@ func NewEventsServiceHandler(svc EventsServiceHandler, opts ...connect.HandlerOp
 // UnimplementedEventsServiceHandler returns CodeUnimplemented from all methods.
 type UnimplementedEventsServiceHandler struct{}
 
-func (UnimplementedEventsServiceHandler) WatchRevocations(context.Context, *connect.Request[v1.WatchRevocationsRequest], *connect.ServerStream[v1.WatchRevocationsResponse]) error {
+func (UnimplementedEventsServiceHandler) WatchRevocations(context.Context, *connect.Request[eventsv1.WatchRevocationsRequest], *connect.ServerStream[eventsv1.WatchRevocationsResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("tally.events.v1.EventsService.WatchRevocations is not implemented"))
 }
 
-func (UnimplementedEventsServiceHandler) GetRevocationSet(context.Context, *connect.Request[v1.GetRevocationSetRequest]) (*connect.Response[v1.GetRevocationSetResponse], error) {
+func (UnimplementedEventsServiceHandler) GetRevocationSet(context.Context, *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.events.v1.EventsService.GetRevocationSet is not implemented"))
 }

@@ -1,4 +1,4 @@
-package revocation
+package eventwire
 
 import (
 	"encoding/json"
@@ -69,7 +69,13 @@ func TestSubjects(t *testing.T) {
 			t.Errorf("%s: %q, want %q", typ, got, want)
 		}
 	}
-	if tenantOfSubject("tally.acme.revocation.token") != "acme" || tenantOfSubject("other.x") != "" {
-		t.Error("tenantOfSubject")
+	if TenantOfSubject("tally.acme.revocation.token") != "acme" || TenantOfSubject("other.x") != "" {
+		t.Error("TenantOfSubject")
+	}
+	if got := LiveSubject("tally.acme.revocation.token"); got != "tally.acme.live.revocation.token" {
+		t.Errorf("LiveSubject: %q", got)
+	}
+	if LiveSubject("tally.acme") != "" {
+		t.Error("LiveSubject of a short subject")
 	}
 }

@@ -690,7 +690,7 @@ const file_events_proto_rawDesc = "" +
 	"\fexpires_unix\x18\x04 \x01(\x03R\vexpiresUnix2\xe3\x01\n" +
 	"\rEventsService\x12i\n" +
 	"\x10WatchRevocations\x12(.tally.events.v1.WatchRevocationsRequest\x1a).tally.events.v1.WatchRevocationsResponse0\x01\x12g\n" +
-	"\x10GetRevocationSet\x12(.tally.events.v1.GetRevocationSetRequest\x1a).tally.events.v1.GetRevocationSetResponseB8Z6github.com/tallyauth/tally/node/api/events/v1;eventsv1b\x06proto3"
+	"\x10GetRevocationSet\x12(.tally.events.v1.GetRevocationSetRequest\x1a).tally.events.v1.GetRevocationSetResponseBCZAgithub.com/tallyauth/tally/revocation/eventwire/eventsv1;eventsv1b\x06proto3"
 
 var (
 	file_events_proto_rawDescOnce sync.Once
