@@ -11,9 +11,9 @@ import (
 	"connectrpc.com/connect"
 
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
-	eventsv1 "github.com/tallyauth/tally/revocation/eventwire/eventsv1"
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
+	eventsv1 "github.com/tallyauth/tally/revocation/eventwire/eventsv1"
 )
 
 // Deleting clients, users and tenants (issue 16): raft ops DeleteClient,
