@@ -25,7 +25,8 @@ type State struct {
 	mu      sync.RWMutex
 	tenants map[string]*tenantView
 
-	cluster atomic.Pointer[raftpb.ClusterMeta] // apply_cluster.go
+	cluster atomic.Pointer[raftpb.ClusterMeta]    // apply_cluster.go
+	version atomic.Pointer[raftpb.ClusterVersion] // apply_version.go
 }
 
 type tenantView struct {
@@ -160,6 +161,10 @@ func (s *State) apply(changes []change, applied uint64) {
 	for _, c := range changes {
 		if c.kind == kindClusterMeta {
 			s.cluster.Store(c.msg.(*raftpb.ClusterMeta))
+			continue
+		}
+		if c.kind == kindClusterVersion {
+			s.version.Store(c.msg.(*raftpb.ClusterVersion))
 			continue
 		}
 		if c.kind == bucketTenants {

@@ -137,6 +137,7 @@ type Command struct {
 	//	*Command_DecideDeviceCode
 	//	*Command_PollDeviceCode
 	//	*Command_Tick
+	//	*Command_SetClusterVersion
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -389,6 +390,15 @@ func (x *Command) GetTick() *Tick {
 	return nil
 }
 
+func (x *Command) GetSetClusterVersion() *SetClusterVersion {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetClusterVersion); ok {
+			return x.SetClusterVersion
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -482,6 +492,11 @@ type Command_Tick struct {
 	Tick *Tick `protobuf:"bytes,62,opt,name=tick,proto3,oneof"`
 }
 
+type Command_SetClusterVersion struct {
+	// Issue 15: the cluster's version and feature set (see ClusterVersion).
+	SetClusterVersion *SetClusterVersion `protobuf:"bytes,70,opt,name=set_cluster_version,json=setClusterVersion,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -523,6 +538,8 @@ func (*Command_DecideDeviceCode) isCommand_Op() {}
 func (*Command_PollDeviceCode) isCommand_Op() {}
 
 func (*Command_Tick) isCommand_Op() {}
+
+func (*Command_SetClusterVersion) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -3599,11 +3616,137 @@ func (x *DeniedNode) GetReason() string {
 	return ""
 }
 
+// SetClusterVersion records the cluster's version and enabled feature set
+// (issue 15). The leader proposes it once every member reports that it
+// supports the version and features (raising them); `tally admin cluster
+// downgrade` proposes it with hold set to lower them before older binaries
+// rejoin. See ClusterVersion.
+type SetClusterVersion struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ClusterVersion *ClusterVersion        `protobuf:"bytes,1,opt,name=cluster_version,json=clusterVersion,proto3" json:"cluster_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SetClusterVersion) Reset() {
+	*x = SetClusterVersion{}
+	mi := &file_command_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClusterVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClusterVersion) ProtoMessage() {}
+
+func (x *SetClusterVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClusterVersion.ProtoReflect.Descriptor instead.
+func (*SetClusterVersion) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SetClusterVersion) GetClusterVersion() *ClusterVersion {
+	if x != nil {
+		return x.ClusterVersion
+	}
+	return nil
+}
+
+// ClusterVersion is the cluster's recorded version (meta bucket, key
+// "cluster_version"). features are the names of the operations (and new
+// fields) a proposer may use; a node that does not know one of them stops
+// and asks to be upgraded.
+type ClusterVersion struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster version: the lowest raft.ClusterVersion of the members when
+	// it was recorded (v0.1.0 is 1 and never records one).
+	Version uint32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Sorted feature names, as in cluster.v1.MemberStatus.features.
+	Features []string `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
+	// Set by a downgrade: the leader does not raise the version again until
+	// an operator clears it.
+	Hold            bool  `protobuf:"varint,3,opt,name=hold,proto3" json:"hold,omitempty"`
+	UpdatedUnixNano int64 `protobuf:"varint,4,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ClusterVersion) Reset() {
+	*x = ClusterVersion{}
+	mi := &file_command_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterVersion) ProtoMessage() {}
+
+func (x *ClusterVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterVersion.ProtoReflect.Descriptor instead.
+func (*ClusterVersion) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ClusterVersion) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ClusterVersion) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+func (x *ClusterVersion) GetHold() bool {
+	if x != nil {
+		return x.Hold
+	}
+	return false
+}
+
+func (x *ClusterVersion) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x94\f\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xe8\f\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3631,7 +3774,8 @@ const file_command_proto_rawDesc = "" +
 	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
 	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
 	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCode\x12)\n" +
-	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tickB\x04\n" +
+	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tick\x12R\n" +
+	"\x13set_cluster_version\x18F \x01(\v2 .tally.raft.v1.SetClusterVersionH\x00R\x11setClusterVersionB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -3899,7 +4043,14 @@ const file_command_proto_rawDesc = "" +
 	"DeniedNode\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12(\n" +
 	"\x10denied_unix_nano\x18\x02 \x01(\x03R\x0edeniedUnixNano\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason*\x98\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"[\n" +
+	"\x11SetClusterVersion\x12F\n" +
+	"\x0fcluster_version\x18\x01 \x01(\v2\x1d.tally.raft.v1.ClusterVersionR\x0eclusterVersion\"\x86\x01\n" +
+	"\x0eClusterVersion\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1a\n" +
+	"\bfeatures\x18\x02 \x03(\tR\bfeatures\x12\x12\n" +
+	"\x04hold\x18\x03 \x01(\bR\x04hold\x12*\n" +
+	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano*\x98\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3924,7 +4075,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),             // 0: tally.raft.v1.EventKind
 	(*Command)(nil),            // 1: tally.raft.v1.Command
@@ -3966,6 +4117,8 @@ var file_command_proto_goTypes = []any{
 	(*DenyNode)(nil),           // 37: tally.raft.v1.DenyNode
 	(*ClusterMeta)(nil),        // 38: tally.raft.v1.ClusterMeta
 	(*DeniedNode)(nil),         // 39: tally.raft.v1.DeniedNode
+	(*SetClusterVersion)(nil),  // 40: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),     // 41: tally.raft.v1.ClusterVersion
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -3989,37 +4142,39 @@ var file_command_proto_depIdxs = []int32{
 	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
 	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
 	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	11, // 21: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 22: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 23: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 24: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 25: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 26: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 27: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	12, // 28: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 29: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 30: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 31: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 32: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 33: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 34: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 35: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 36: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 37: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 38: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 39: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 40: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 41: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 42: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 43: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 44: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 45: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	39, // 46: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	40, // 21: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
+	11, // 22: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 23: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 24: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 25: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 26: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 27: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 28: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	12, // 29: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 30: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 31: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 32: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 33: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 34: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 35: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 36: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 37: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 38: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 39: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 40: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 41: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 42: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 43: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 44: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 45: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 46: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	39, // 47: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	41, // 48: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	49, // [49:49] is the sub-list for method output_type
+	49, // [49:49] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -4049,6 +4204,7 @@ func file_command_proto_init() {
 		(*Command_DecideDeviceCode)(nil),
 		(*Command_PollDeviceCode)(nil),
 		(*Command_Tick)(nil),
+		(*Command_SetClusterVersion)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4056,7 +4212,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
