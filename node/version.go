@@ -127,7 +127,10 @@ var ErrTooOld = errors.New("node: this node's release is too old for the cluster
 // checkJoinVersion refuses a joining node that does not implement the
 // recorded cluster version (a v0.1.0 node reports version 0: 1).
 func (c *cluster) checkJoinVersion(req *clusterv1.JoinRequest) error {
-	v := c.rn.State().ClusterVersion()
+	return checkJoinVersion(c.rn.State().ClusterVersion(), req)
+}
+
+func checkJoinVersion(v *raftpb.ClusterVersion, req *clusterv1.JoinRequest) error {
 	if v == nil {
 		return nil
 	}
