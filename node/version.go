@@ -103,6 +103,9 @@ func (n *Node) keepClusterVersion(ctx context.Context) {
 		if cur.GetHold() {
 			continue // a downgrade in progress
 		}
+		if cur.GetVersion() >= raft.ClusterVersion && slices.Equal(cur.GetFeatures(), features) {
+			continue // nothing this leader could raise: no status round
+		}
 		st, err := n.cl.status(ctx, statusTimeout)
 		if err != nil {
 			continue

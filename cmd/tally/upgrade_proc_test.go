@@ -17,6 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
+	"github.com/tallyauth/tally/loadtest"
+	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
 	"github.com/tallyauth/tally/node/proctest"
 	"github.com/tallyauth/tally/raft"
 )
@@ -68,7 +72,8 @@ func TestRollingUpgrade(t *testing.T) {
 		return nil
 	})
 
-	l := startUpgradeLoad(t, c, clientID, secret)
+	refresh := refreshChains(t, c)
+	l := startUpgradeLoad(t, c, clientID, secret, refresh)
 
 	// Upgrade, followers first, the leader last.
 	roll(t, c, l, newBin, "this tree", func(i int, p *proctest.Proc) {
@@ -106,6 +111,9 @@ func TestRollingUpgrade(t *testing.T) {
 	if failed > 0 || ok == 0 {
 		t.Fatalf("client-credentials requests to nodes that were up: %d ok, %d failed (first: %s)", ok, failed, first)
 	}
+	if l.refreshOK.Load() == 0 || l.refreshFailed.Load() > 0 {
+		t.Fatalf("refresh rotations at nodes that were up: %d ok, %d failed (first: %v)", l.refreshOK.Load(), l.refreshFailed.Load(), l.refreshErr.Load())
+	}
 	acked := l.acked()
 	if len(acked) == 0 {
 		t.Fatal("no revocation was acknowledged")
@@ -124,8 +132,8 @@ func TestRollingUpgrade(t *testing.T) {
 			return nil
 		})
 	}
-	t.Logf("upgrade and downgrade under load: %d client-credentials requests, 0 failed; %d revocations acknowledged (%d refused while a node was switching), all on every node",
-		ok, len(acked), l.revokeFailed.Load())
+	t.Logf("upgrade and downgrade under load: %d client-credentials requests, 0 failed; %d refresh rotations, 0 failed; %d revocations acknowledged (%d refused while a node was switching), all on every node",
+		ok, l.refreshOK.Load(), len(acked), l.revokeFailed.Load())
 }
 
 var clientSecretRE = regexp.MustCompile(`"client_?[sS]ecret"\s*:\s*"([^"]+)"`)
@@ -222,17 +230,19 @@ func clientCredentials(cl *http.Client, p *proctest.Proc, id, secret string) err
 // node that is up, and revocations (admin API) through every node that is
 // up, remembering the acknowledged ones.
 type upgradeLoad struct {
-	down                   atomic.Int32 // index of the node being replaced, -1 none
-	ok, failed             atomic.Int64
-	revokeFailed           atomic.Int64
-	firstErr               atomic.Value
-	mu                     sync.Mutex
-	ackedJTIs              []string
-	stopCh, ccDone, rvDone chan struct{}
+	down                           atomic.Int32 // index of the node being replaced, -1 none
+	ok, failed                     atomic.Int64
+	revokeFailed                   atomic.Int64
+	refreshOK, refreshFailed       atomic.Int64
+	refreshErr                     atomic.Value
+	firstErr                       atomic.Value
+	mu                             sync.Mutex
+	ackedJTIs                      []string
+	stopCh, ccDone, rvDone, rfDone chan struct{}
 }
 
-func startUpgradeLoad(t *testing.T, c *proctest.Cluster, clientID, secret string) *upgradeLoad {
-	l := &upgradeLoad{stopCh: make(chan struct{}), ccDone: make(chan struct{}), rvDone: make(chan struct{})}
+func startUpgradeLoad(t *testing.T, c *proctest.Cluster, clientID, secret string, refresh []loadtest.Op) *upgradeLoad {
+	l := &upgradeLoad{stopCh: make(chan struct{}), ccDone: make(chan struct{}), rvDone: make(chan struct{}), rfDone: make(chan struct{})}
 	l.down.Store(-1)
 	stopped := func() bool {
 		select {
@@ -285,8 +295,58 @@ func startUpgradeLoad(t *testing.T, c *proctest.Cluster, clientID, secret string
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
+	go func() {
+		defer close(l.rfDone)
+		for k := 0; !stopped(); k++ {
+			i := k % 3
+			if int32(i) == l.down.Load() {
+				continue
+			}
+			oc, answered := refresh[i].Do(context.Background())
+			if int32(i) == l.down.Load() {
+				continue // its node stopped meanwhile: not counted
+			}
+			if !answered || oc.Code != loadtest.OutcomeOK {
+				l.refreshFailed.Add(1)
+				l.refreshErr.CompareAndSwap(nil, fmt.Sprintf("node%d: %q (answered %v)", i+1, oc.Code, answered))
+				if r, ok := refresh[i].(loadtest.Recoverer); ok {
+					_ = r.Recover(context.Background()) // a new chain
+				}
+				continue
+			}
+			l.refreshOK.Add(1)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
 	t.Cleanup(func() { l.stop() })
 	return l
+}
+
+// refreshChains creates users and a public client (loadtest.SetupUserFlow)
+// and starts one refresh-token chain per node, each rotated at its node.
+func refreshChains(t *testing.T, c *proctest.Cluster) []loadtest.Op {
+	t.Helper()
+	ctx := context.Background()
+	admin := adminv1connect.NewAdminServiceClient(http.DefaultClient, c.Node(0).URL(), connect.WithInterceptors(bearerAuth("Bearer "+c.AdminToken)))
+	var flow loadtest.UserFlow
+	proctestEventually(t, func() (err error) {
+		flow, err = loadtest.SetupUserFlow(ctx, admin, "default", 3)
+		return err
+	})
+	ops := make([]loadtest.Op, 3)
+	for i, p := range c.Nodes() {
+		tg := loadtest.Target{Issuer: c.Issuer + "/t/default", TokenURL: p.URL() + "/t/default/oauth2/token", AuthorizeURL: p.URL() + "/t/default/oauth2/authorize"}
+		sc, err := loadtest.NewRefreshScenario([]loadtest.Target{tg}, flow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(sc.CloseIdleConnections)
+		proctestEventually(t, func() (err error) {
+			ops[i], err = sc.NewOp(ctx, i)
+			return err
+		})
+	}
+	return ops
 }
 
 func (l *upgradeLoad) stop() (ok, failed int64, first string) {
@@ -297,6 +357,7 @@ func (l *upgradeLoad) stop() (ok, failed int64, first string) {
 	}
 	<-l.ccDone
 	<-l.rvDone
+	<-l.rfDone
 	if v := l.firstErr.Load(); v != nil {
 		first = v.(string)
 	}
