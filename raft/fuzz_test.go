@@ -17,7 +17,7 @@ import (
 // client), so a failure reproduces from its corpus file alone. Seeds: the
 // golden commands and testdata/fuzz/FuzzApplyCommand.
 func FuzzApplyCommand(f *testing.F) {
-	for _, g := range goldenV1() {
+	for _, g := range append(goldenV1(), goldenVersion()...) {
 		data, err := marshalOpts.Marshal(g.cmd)
 		if err != nil {
 			f.Fatal(err)
