@@ -56,6 +56,16 @@ check-generate:
 	  diff <(echo "$$before") <(echo "$$after"); exit 1; \
 	fi
 
+## proto-check: buf lint, and buf breaking against the last release in .ci/releases
+.PHONY: proto-check upgrade-test
+proto-check:
+	BUF="$(BUF)" .ci/proto-check
+
+## upgrade-test: the last release (.ci/releases) and this tree in one cluster of real processes,
+## upgraded and downgraded node by node under load (cmd/tally TestRollingUpgrade)
+upgrade-test:
+	TALLY_UPGRADE_TEST=1 $(GO) test -count=1 -timeout 20m -run '^TestRollingUpgrade$$' -v ./cmd/tally/
+
 ## bench: Go benchmarks, then the token endpoint against a bare net/http baseline
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./issuance/ ./raft/ ./loadtest/

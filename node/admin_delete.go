@@ -22,9 +22,7 @@ import (
 
 // featureDelete names the DeleteClient, DeleteUser and DeleteTenant
 // operations (raft ops 80-82) in MemberStatus.features.
-const featureDelete = "delete_v1"
-
-func init() { features = append(features, featureDelete) }
+const featureDelete = raft.FeatureDelete
 
 // errNoDeleteFeature answers a deletion while a member runs an older binary.
 var errNoDeleteFeature = connect.NewError(connect.CodeFailedPrecondition,

@@ -225,6 +225,7 @@ func (c *cluster) joinLoop(ctx context.Context, log func(msg string, args ...any
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err := c.peer(c.cfg.Join).Join(cctx, connect.NewRequest(&clusterv1.JoinRequest{
 				Id: c.cfg.NodeID, Address: c.ln.Addr().String(), Nonvoter: c.cfg.Nonvoter, Issuer: c.issuer,
+				ClusterVersion: raft.ClusterVersion, Features: features,
 			}))
 			cancel()
 			if err == nil {
@@ -302,14 +303,17 @@ func (c *cluster) localStatus(ctx context.Context) *clusterv1.MemberStatus {
 			}
 			return max(time.Since(st.LastContact).Milliseconds(), 0)
 		}(),
-		LeaderId: st.LeaderID,
-		Health:   "healthy",
-		Features: features,
+		LeaderId:       st.LeaderID,
+		Health:         "healthy",
+		Features:       features,
+		ClusterVersion: raft.ClusterVersion,
 	}
 	if ms.Leader {
 		ms.LastContactMs = 0
 	}
-	if err := c.stale(); err != nil {
+	if err := c.rn.NotUnderstood(); err != nil {
+		ms.Health, ms.Error = "stopped", err.Error() // too old for the log (version.go)
+	} else if err := c.stale(); err != nil {
 		ms.Health, ms.Error = "stale", err.Error()
 	} else if err := c.rn.WritesRefused(); err != nil {
 		ms.Health, ms.Error = "refusing writes", err.Error() // low on disk (disk.go)
@@ -365,7 +369,7 @@ func (c *cluster) status(ctx context.Context, timeout time.Duration) (*clusterv1
 		}()
 	}
 	wg.Wait()
-	resp := &clusterv1.StatusResponse{Members: out}
+	resp := &clusterv1.StatusResponse{Members: out, ClusterVersion: versionStatus(c.rn.State().ClusterVersion())}
 	var commit uint64
 	for _, s := range out {
 		if s.Leader {
@@ -433,6 +437,11 @@ func (n *Node) startCluster(ctx context.Context) {
 	go func() {
 		defer n.cl.wg.Done()
 		n.keepIssuer(ctx)
+	}()
+	n.cl.wg.Add(1)
+	go func() {
+		defer n.cl.wg.Done()
+		n.keepClusterVersion(ctx) // version.go
 	}()
 	n.cl.preferLeaderRegion(ctx, logInfo)
 	n.clock.run(ctx)

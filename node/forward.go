@@ -409,6 +409,9 @@ func (s *clusterService) Join(ctx context.Context, req *connect.Request[clusterv
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%w: node %q is configured with --issuer %q but the cluster's issuer is %q; every node of a cluster must use the same issuer",
 			ErrIssuerMismatch, req.Msg.Id, req.Msg.Issuer, cluster))
 	}
+	if err := s.c.checkJoinVersion(req.Msg); err != nil { // version.go
+		return nil, connect.NewError(connect.CodeFailedPrecondition, err)
+	}
 	change := clusterv1.MembershipChange_MEMBERSHIP_CHANGE_ADD_VOTER
 	if req.Msg.Nonvoter {
 		change = clusterv1.MembershipChange_MEMBERSHIP_CHANGE_ADD_NONVOTER

@@ -104,19 +104,21 @@ func (a *applier) delRecord(b *bbolt.Bucket, kind, tenant, id string) {
 	a.changes = append(a.changes, change{kind: kind, tenant: tenant, id: id})
 }
 
-// applyLog applies one LogCommand entry. It panics on an entry this node
-// cannot decode or understand (see doc.go).
-func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
+// applyLog applies one LogCommand entry. An entry this binary does not
+// understand (see understood) is not applied: applyLog returns an
+// *errNotUnderstood and the FSM stops there (fsm.go).
+func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command, *errNotUnderstood) {
 	cmd := new(raftpb.Command)
 	if err := proto.Unmarshal(l.Data, cmd); err != nil {
-		panic(fmt.Sprintf("raft: log entry %d: undecodable command: %v", l.Index, err))
+		return Result{}, nil, &errNotUnderstood{index: l.Index, reason: fmt.Sprintf("undecodable command: %v", err)}
 	}
-	if cmd.GetVersion() != CommandVersion {
-		panic(fmt.Sprintf("raft: log entry %d: command version %d, this node understands %d; upgrade this node",
-			l.Index, cmd.GetVersion(), CommandVersion))
+	if why := understood(cmd); why != "" {
+		return Result{}, nil, &errNotUnderstood{index: l.Index, reason: why}
 	}
-	if cmd.GetOp() == nil && len(cmd.ProtoReflect().GetUnknown()) > 0 {
-		panic(fmt.Sprintf("raft: log entry %d: unknown operation; upgrade this node", l.Index))
+	if s := cmd.GetSetClusterVersion(); s != nil && checkSetClusterVersion(s) == nil {
+		if why := tooNew(s.GetClusterVersion()); why != "" {
+			return Result{}, nil, &errNotUnderstood{index: l.Index, reason: why}
+		}
 	}
 
 	now := cmd.GetTimeUnixNano()
@@ -128,7 +130,7 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 			if !ok {
 				storageFault("request %q: bad value", rid)
 			}
-			return Result{Index: idx, Err: code.err(), Grant: decodeRequestGrant(v)}, cmd
+			return Result{Index: idx, Err: code.err(), Grant: decodeRequestGrant(v)}, cmd, nil
 		}
 	}
 
@@ -136,53 +138,14 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 	err := checkCommand(cmd)
 	var grant *raftpb.GrantResult
 	if err == nil {
-		now = a.boundTime(cmd) // clock.go
-		if ok, g, ferr := a.dispatchFlow(cmd, now); ok {
-			grant, err = g, ferr
-		} else if ok, cerr := a.dispatchCluster(cmd, now); ok {
-			err = cerr
-		} else if ok, derr := a.dispatchDelete(cmd, now); ok {
-			err = derr
-		} else {
-			err = a.dispatch(cmd, now)
-		}
+		now = a.boundTime(cmd)           // clock.go
+		grant, err = a.applyOp(cmd, now) // ops.go
 	}
 	if remember {
 		a.put(a.bucket(bucketRequests), []byte(rid), appendRequestGrant(requestValue(codeOf(err), l.Index, now), grant))
 		a.put(a.bucket(bucketRequestTimes), timeKey(now, rid), nil)
 	}
-	return Result{Index: l.Index, Err: err, Grant: grant}, cmd
-}
-
-func (a *applier) dispatch(cmd *raftpb.Command, now int64) error {
-	switch op := cmd.GetOp().(type) {
-	case *raftpb.Command_CreateTenant:
-		return a.createTenant(op.CreateTenant, now)
-	case *raftpb.Command_CreateClient:
-		return a.createClient(op.CreateClient, now)
-	case *raftpb.Command_UpdateClient:
-		return a.updateClient(op.UpdateClient, now)
-	case *raftpb.Command_RotateClientSecret:
-		return a.rotateClientSecret(op.RotateClientSecret, now)
-	case *raftpb.Command_SetClientDisabled:
-		return a.setClientDisabled(op.SetClientDisabled, now)
-	case *raftpb.Command_AddKeys:
-		if err := a.addKeys(op.AddKeys.GetTenant(), op.AddKeys.GetKeys(), now); err != nil {
-			return err
-		}
-		a.emitKeysAdded(op.AddKeys.GetTenant(), op.AddKeys.GetKeys(), now)
-		return nil
-	case *raftpb.Command_RevokeToken:
-		return a.revokeToken(op.RevokeToken.GetRevocation(), now)
-	case *raftpb.Command_Sweep:
-		a.sweep(now)
-		a.sweepEvents(a.boundCutoff(op.Sweep.GetEventsBeforeUnixNano(), cmd.GetTimeUnixNano(), now))
-		return nil
-	case *raftpb.Command_Tick:
-		return nil // its work is boundTime's
-	default:
-		return invalidf("unknown operation %T", op) // unreachable after checkCommand
-	}
+	return Result{Index: l.Index, Err: err, Grant: grant}, cmd, nil
 }
 
 func notFoundTenant(id string) error { return fmt.Errorf("%w: tenant %q", ErrNotFound, id) }

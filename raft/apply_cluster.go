@@ -43,37 +43,6 @@ func CheckIssuer(issuer string) error {
 	return nil
 }
 
-// checkClusterCommand validates the cluster identity commands; ok is false
-// for any other operation.
-func checkClusterCommand(cmd *raftpb.Command) (ok bool, err error) {
-	switch op := cmd.GetOp().(type) {
-	case *raftpb.Command_SetClusterIssuer:
-		return true, CheckIssuer(op.SetClusterIssuer.GetIssuer())
-	case *raftpb.Command_DenyNode:
-		if !nodeIDChars.MatchString(op.DenyNode.GetNodeId()) {
-			return true, invalidf("deny node: node id %q", op.DenyNode.GetNodeId())
-		}
-		if len(op.DenyNode.GetReason()) > 256 {
-			return true, invalidf("deny node: reason longer than 256 bytes")
-		}
-		return true, nil
-	}
-	return false, nil
-}
-
-// dispatchCluster applies the cluster identity commands; ok is false for
-// any other operation.
-func (a *applier) dispatchCluster(cmd *raftpb.Command, now int64) (ok bool, err error) {
-	switch op := cmd.GetOp().(type) {
-	case *raftpb.Command_SetClusterIssuer:
-		return true, a.setClusterIssuer(op.SetClusterIssuer.GetIssuer())
-	case *raftpb.Command_DenyNode:
-		a.denyNode(op.DenyNode.GetNodeId(), op.DenyNode.GetReason(), now)
-		return true, nil
-	}
-	return false, nil
-}
-
 func (a *applier) clusterMeta() *raftpb.ClusterMeta {
 	m := &raftpb.ClusterMeta{}
 	a.get(a.bucket(bucketMeta), metaCluster, m)

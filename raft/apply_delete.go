@@ -53,36 +53,23 @@ const (
 	ReasonUserDeleted   = "user_deleted"
 )
 
-// checkDeleteCommand validates the deletion commands; ok is false for any
-// other operation.
-func checkDeleteCommand(cmd *raftpb.Command) (ok bool, err error) {
-	switch op := cmd.GetOp().(type) {
-	case *raftpb.Command_DeleteClient:
-		if err := checkTenantID(op.DeleteClient.GetTenant()); err != nil {
-			return true, err
-		}
-		return true, checkClientID(op.DeleteClient.GetClientId())
-	case *raftpb.Command_DeleteUser:
-		return true, checkTenantUser(op.DeleteUser.GetTenant(), op.DeleteUser.GetUserId())
-	case *raftpb.Command_DeleteTenant:
-		return true, checkTenantID(op.DeleteTenant.GetTenant())
+// FeatureDelete names the DeleteClient, DeleteUser and DeleteTenant
+// operations (ops 80-82) in the cluster's feature set: a proposer uses them
+// only once every member applies them (opRegistry, State.FeatureEnabled).
+const FeatureDelete = "delete_v1"
+
+func checkDeleteClient(d *raftpb.DeleteClient) error {
+	if err := checkTenantID(d.GetTenant()); err != nil {
+		return err
 	}
-	return false, nil
+	return checkClientID(d.GetClientId())
 }
 
-// dispatchDelete applies the deletion commands; ok is false for any other
-// operation.
-func (a *applier) dispatchDelete(cmd *raftpb.Command, now int64) (ok bool, err error) {
-	switch op := cmd.GetOp().(type) {
-	case *raftpb.Command_DeleteClient:
-		return true, a.deleteClient(op.DeleteClient, now)
-	case *raftpb.Command_DeleteUser:
-		return true, a.deleteUser(op.DeleteUser, now)
-	case *raftpb.Command_DeleteTenant:
-		return true, a.deleteTenant(op.DeleteTenant, now)
-	}
-	return false, nil
+func checkDeleteUser(d *raftpb.DeleteUser) error {
+	return checkTenantUser(d.GetTenant(), d.GetUserId())
 }
+
+func checkDeleteTenant(d *raftpb.DeleteTenant) error { return checkTenantID(d.GetTenant()) }
 
 // tombstoned reports whether id has a tombstone of kind in tenant.
 func (a *applier) tombstoned(tenant, kind, id string) bool {

@@ -30,13 +30,18 @@
 //     replica reaches the same one, and a command that fails writes nothing
 //     except its idempotency record.
 //   - Faults panic, because a replica that skipped an entry it could not
-//     store or understand would silently diverge: a bbolt error, an
-//     undecodable stored record, a log entry that is not a valid protobuf
-//     Command, a Command whose version is not CommandVersion (a newer leader
-//     wrote it: upgrade this node), and a version-1 Command whose operation
-//     this node does not know. As in Vault, stopping loudly is the safe
-//     choice; the node recovers after an upgrade or repair by replaying the
-//     log.
+//     store would silently diverge: a bbolt error or an undecodable stored
+//     record. As in Vault, stopping loudly is the safe choice.
+//   - An entry this binary does not understand stops the FSM without a
+//     panic (a panic would repeat at every restart): a log entry that is
+//     not a valid protobuf Command, a Command.version newer than
+//     CommandVersion (or 0), an operation or a field it does not know
+//     anywhere in the command (a newer proposer's), or a SetClusterVersion
+//     naming a version or feature it does not implement. ApplyBatch commits
+//     the entries before it, reports it (FSM.NotUnderstood; the node's
+//     status says "stopped"), applies nothing more and waits until halted.
+//     The entry is applied after the node restarts with a binary that
+//     understands it. It is never skipped, so replicas cannot diverge.
 //   - One storage fault does not panic: a full file system (ENOSPC,
 //     EDQUOT). ApplyBatch then waits and applies the same batch again in a
 //     new transaction until it commits, reporting a StorageFault meanwhile;
@@ -49,6 +54,42 @@
 // A non-empty Command.request_id makes a command idempotent: the first
 // result is remembered (for 24 hours of command time) and a repeated id is
 // answered with it without applying the command again.
+//
+// # Operations and versions
+//
+// Every operation (a member of the Command.op oneof) is one entry of the
+// registry in ops.go: its stateless check (run by Propose and by the FSM),
+// its apply function (inside the batch's transaction) and the cluster
+// feature it needs. There is no other dispatch. Adding an operation:
+//
+//  1. Add the oneof member to raftpb/command.proto in your field range and
+//     run make generate.
+//  2. Write checkMyOp(*raftpb.MyOp) error and
+//     (*applier).myOp(*raftpb.MyOp, now int64) error (or one returning a
+//     *raftpb.GrantResult, registered with grantOpOf) as standalone
+//     functions that write nothing before all preconditions hold.
+//  3. Add one line to opRegistry:
+//     "my_op": opOf((*raftpb.Command).GetMyOp, checkMyOp, (*applier).myOp).since("my_feature"),
+//  4. Add its golden encoding (testdata/command_v1_my_op.bin, written by
+//     the golden test with -update) and tests of its outcomes.
+//
+// TestOpRegistryCoversTheOneof fails while step 3 is missing. since names
+// the feature that gates the operation: Node.Propose refuses it with
+// ErrFeatureDisabled until the cluster's recorded ClusterVersion enables
+// that feature, which the node package's leader records only once every
+// member of the configuration reports it (so an older follower never sees
+// the operation). Operations of v0.1.0 have no feature. A new field on an
+// existing operation needs a feature too (RegisterFeatures, checked by its
+// proposer): an older follower that meets an unknown field stops instead
+// of ignoring it.
+//
+// Command.version is the encoding version of a command: it changes only
+// when an existing operation's encoding or meaning changes, never for a new
+// operation. The FSM keeps applying every older version it ever wrote
+// (golden tests pin each one) and stops at a newer one. CommandVersion is
+// still 1. ClusterVersion (2 in this release; v0.1.0 is 1) and the feature
+// names are what a mixed cluster agrees on; see apply_version.go and
+// node/version.go.
 //
 // # Reads
 //

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -40,6 +41,8 @@ type FSM struct {
 	halt     chan struct{} // closed by Halt
 	haltOnce sync.Once
 	halted   bool // a batch was abandoned; guarded by mu
+
+	notUnderstood atomic.Pointer[error] // see ApplyBatch
 }
 
 var _ hraft.BatchingFSM = (*FSM)(nil)
@@ -156,8 +159,16 @@ type appliedCommand struct {
 // answers every command entry with ErrClosed and applies nothing more: the
 // entries are applied again from the log when the node restarts.
 //
-// It panics on any other storage fault or on an entry it cannot decode (see
-// doc.go).
+// At an entry this binary does not understand (undecodable, a newer
+// Command.version, an unknown operation or field, a cluster version it does
+// not implement) it commits the entries before it and stops: it reports the
+// entry (NotUnderstood, logged), applies nothing more and waits until
+// halted, then answers the rest with ErrClosed. The node keeps its state as
+// of the entry before, and applies the entry once restarted with a binary
+// that understands it. It never skips the entry (replicas would diverge)
+// and never panics on it (a panic repeats at every restart).
+//
+// It panics on any other storage fault (see doc.go).
 func (f *FSM) ApplyBatch(logs []*hraft.Log) []any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -170,13 +181,16 @@ func (f *FSM) ApplyBatch(logs []*hraft.Log) []any {
 		if f.halted {
 			return closedResponses(logs)
 		}
-		resp, done, err := f.applyOnce(logs)
+		resp, done, stop, err := f.applyOnce(logs)
 		if err == nil {
 			if _, open := f.faults.oldestOf("state"); open {
 				f.logger.Info("state storage recovered: the waiting batch is applied", "last_index", logs[len(logs)-1].Index)
 			}
 			f.faults.note("state", nil)
 			f.notify(done)
+			if stop != nil {
+				f.stopApplying(stop, logs, resp)
+			}
 			return resp
 		}
 		if !isNoSpace(err) {
@@ -197,6 +211,32 @@ func (f *FSM) ApplyBatch(logs []*hraft.Log) []any {
 	}
 }
 
+// stopApplying records stop, waits until the FSM is halted and answers the
+// entries of logs from stop's on with ErrClosed. Called with f.mu held: the
+// FSM applies nothing more.
+func (f *FSM) stopApplying(stop *errNotUnderstood, logs []*hraft.Log, resp []any) {
+	err := error(stop)
+	f.notUnderstood.Store(&err)
+	f.logger.Error("stopped applying the Raft log: this node is too old for an entry; upgrade it (its state stays at the entry before)",
+		"index", stop.index, "reason", stop.reason)
+	<-f.halt
+	f.halted = true
+	for i, l := range logs {
+		if l.Index >= stop.index && l.Type == hraft.LogCommand {
+			resp[i] = ErrClosed
+		}
+	}
+}
+
+// NotUnderstood reports the committed entry this node stopped applying at
+// because its binary does not understand it, or nil.
+func (f *FSM) NotUnderstood() error {
+	if p := f.notUnderstood.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // closedResponses answers a batch that was not applied.
 func closedResponses(logs []*hraft.Log) []any {
 	resp := make([]any, len(logs))
@@ -211,11 +251,11 @@ func closedResponses(logs []*hraft.Log) []any {
 // applyOnce applies logs in one write transaction. It returns an error only
 // when the transaction could not be begun or committed; nothing of the
 // batch is then applied.
-func (f *FSM) applyOnce(logs []*hraft.Log) ([]any, []appliedCommand, error) {
-	resp := make([]any, len(logs))
+func (f *FSM) applyOnce(logs []*hraft.Log) (resp []any, done []appliedCommand, stopped *errNotUnderstood, err error) {
+	resp = make([]any, len(logs))
 	tx, err := f.db.Begin(true)
 	if err != nil {
-		return nil, nil, fmt.Errorf("begin: %w", err)
+		return nil, nil, nil, fmt.Errorf("begin: %w", err)
 	}
 	committed := false
 	defer func() {
@@ -228,7 +268,6 @@ func (f *FSM) applyOnce(logs []*hraft.Log) ([]any, []appliedCommand, error) {
 	meta := a.bucket(bucketMeta)
 	applied := readU64(meta, metaAppliedIndex)
 	last, lastTerm := applied, uint64(0)
-	var done []appliedCommand
 	for i, l := range logs {
 		if l.Index <= applied {
 			if l.Type == hraft.LogCommand {
@@ -237,26 +276,33 @@ func (f *FSM) applyOnce(logs []*hraft.Log) ([]any, []appliedCommand, error) {
 			continue
 		}
 		if l.Type == hraft.LogCommand {
-			res, cmd := a.applyLog(l)
+			res, cmd, stop := a.applyLog(l)
+			if stop != nil {
+				// Stop before this entry (applyLog wrote nothing for it):
+				// the entries before it commit; it and the rest of the
+				// batch are not applied.
+				stopped = stop
+				break
+			}
 			resp[i] = res
 			done = append(done, appliedCommand{index: l.Index, cmd: cmd, res: res})
 		}
 		last, lastTerm = l.Index, l.Term
 	}
 	if last == applied {
-		return resp, nil, nil // nothing new; nothing written
+		return resp, nil, stopped, nil // nothing new; nothing written
 	}
 	a.put(meta, []byte(metaAppliedIndex), u64(last))
 	a.put(meta, []byte(metaAppliedTerm), u64(lastTerm))
 	if err := tx.Commit(); err != nil {
-		return nil, nil, fmt.Errorf("commit at index %d: %w", last, err)
+		return nil, nil, nil, fmt.Errorf("commit at index %d: %w", last, err)
 	}
 	committed = true
 	f.state.apply(a.changes, last)
 	if a.erased {
 		f.compactLocked() // compact.go
 	}
-	return resp, done, nil
+	return resp, done, stopped, nil
 }
 
 // notify calls the OnApplied observers for a committed batch.
@@ -305,6 +351,11 @@ func (f *FSM) loadView() error {
 		return err
 	}
 	f.state.cluster.Store(cm)
+	var cv *raftpb.ClusterVersion
+	if err := f.db.View(func(tx *bbolt.Tx) (err error) { cv, err = readClusterVersion(tx); return err }); err != nil {
+		return err
+	}
+	f.state.version.Store(cv)
 	f.state.replace(tenants, applied)
 	return nil
 }

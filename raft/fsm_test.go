@@ -6,9 +6,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 	"go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tallyauth/tally/raft/raftpb"
@@ -518,19 +520,24 @@ func TestFSMRevocationExpiresBySweepOnly(t *testing.T) {
 	checkViewMatchesDB(t, f)
 }
 
-func TestFSMPanicsOnFaults(t *testing.T) {
+// TestFSMStopsAtEntriesItDoesNotUnderstand: an entry from a newer binary
+// (or a corrupt one) is never skipped and never panics: the FSM commits the
+// entries before it, reports it, applies nothing more, and answers the rest
+// with ErrClosed once halted. The entry is applied after a restart with a
+// binary that understands it.
+func TestFSMStopsAtEntriesItDoesNotUnderstand(t *testing.T) {
 	cases := []struct {
-		name  string
-		data  []byte
-		panic string
+		name   string
+		data   []byte
+		reason string
 	}{
 		{"undecodable", []byte{0xff, 0xff, 0xff}, "undecodable command"},
 		{"newer version", func() []byte {
 			c := createTenant(t0, "acme")
-			c.Version = 2
+			c.Version = CommandVersion + 1
 			b, _ := proto.Marshal(c)
 			return b
-		}(), "command version 2"},
+		}(), "command version 2 is newer"},
 		{"version zero", func() []byte {
 			c := createTenant(t0, "acme")
 			c.Version = 0
@@ -542,25 +549,68 @@ func TestFSMPanicsOnFaults(t *testing.T) {
 			// Field 99, varint 1: an operation from a newer build.
 			return append(b, 0x98, 0x06, 0x01)
 		}(), "unknown operation"},
+		{"unknown field of a known operation", func() []byte {
+			tenant, _ := proto.Marshal(&raftpb.Tenant{Id: "gamma"})
+			tenant = append(tenant, 0xf8, 0x3f, 0x01) // field 1023, varint 1
+			ct := protowire.AppendTag(nil, 1, protowire.BytesType)
+			ct = protowire.AppendBytes(ct, tenant)
+			b, _ := proto.Marshal(&raftpb.Command{Version: 1, TimeUnixNano: t0})
+			b = protowire.AppendTag(b, 16, protowire.BytesType)
+			return protowire.AppendBytes(b, ct)
+		}(), "unknown field in command.create_tenant.tenant"},
+		{"newer cluster version", func() []byte {
+			b, _ := proto.Marshal(&raftpb.Command{Version: 1, TimeUnixNano: t0, Op: &raftpb.Command_SetClusterVersion{
+				SetClusterVersion: &raftpb.SetClusterVersion{ClusterVersion: &raftpb.ClusterVersion{Version: ClusterVersion + 1}}}})
+			return b
+		}(), "the cluster's version is 3"},
+		{"unknown feature", func() []byte {
+			b, _ := proto.Marshal(&raftpb.Command{Version: 1, TimeUnixNano: t0, Op: &raftpb.Command_SetClusterVersion{
+				SetClusterVersion: &raftpb.SetClusterVersion{ClusterVersion: &raftpb.ClusterVersion{Version: 2, Features: []string{"from_the_future"}}}}})
+			return b
+		}(), `feature "from_the_future"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			f := openTestFSM(t)
 			mustApply(t, f, createTenant(t0, "acme"))
 			before := dump(t, f)
-			mustPanic(t, tc.panic, func() {
-				f.ApplyBatch([]*hraft.Log{
+			done := make(chan []any)
+			go func() {
+				done <- f.ApplyBatch([]*hraft.Log{
 					logOf(t, 2, createTenant(t0, "beta"))[0],
 					{Index: 3, Term: 1, Type: hraft.LogCommand, Data: tc.data},
+					logOf(t, 4, createTenant(t0, "delta"))[0],
 				})
-			})
-			// Nothing of the batch was committed, and the FSM is still usable.
-			if dump(t, f) != before {
-				t.Fatal("a panicking batch changed the state")
+			}()
+			deadline := time.Now().Add(30 * time.Second)
+			for f.NotUnderstood() == nil {
+				if time.Now().After(deadline) {
+					t.Fatal("the FSM did not report the entry")
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
-			if _, ok := f.State().Tenant("beta"); ok {
-				t.Fatal("view shows a rolled-back write")
+			if err := f.NotUnderstood(); !strings.Contains(err.Error(), tc.reason) || !strings.Contains(err.Error(), "log entry 3") {
+				t.Fatalf("reported %v, want %q at entry 3", err, tc.reason)
 			}
+			f.Halt()
+			resp := <-done
+			if r, ok := resp[0].(Result); !ok || r.Err != nil {
+				t.Fatalf("entry 2: %v", resp[0])
+			}
+			if resp[1] != ErrClosed || resp[2] != ErrClosed {
+				t.Fatalf("entries 3, 4: %v %v, want ErrClosed", resp[1], resp[2])
+			}
+			// The entry before committed; nothing from it on did.
+			if _, ok := f.State().Tenant("beta"); !ok || f.AppliedIndex() != 2 {
+				t.Fatalf("beta applied: %v, applied index %d", ok, f.AppliedIndex())
+			}
+			if _, ok := f.State().Tenant("delta"); ok {
+				t.Fatal("an entry after the stop was applied")
+			}
+			if dump(t, f) == before {
+				t.Fatal("the entries before the stop were not committed")
+			}
+			checkViewMatchesDB(t, f)
 		})
 	}
 }

@@ -245,21 +245,6 @@ func (s *memSink) ID() string    { return "mem" }
 func (s *memSink) Cancel() error { s.canceled = true; return nil }
 func (s *memSink) Close() error  { s.closed = true; return nil }
 
-func mustPanic(t *testing.T, substr string, fn func()) {
-	t.Helper()
-	defer func() {
-		t.Helper()
-		r := recover()
-		if r == nil {
-			t.Fatalf("no panic, want one containing %q", substr)
-		}
-		if !strings.Contains(fmt.Sprint(r), substr) {
-			t.Fatalf("panic %q, want one containing %q", r, substr)
-		}
-	}()
-	fn()
-}
-
 func kids(keys []*raftpb.Key) []string {
 	out := make([]string, len(keys))
 	for i, k := range keys {

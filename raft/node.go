@@ -219,6 +219,10 @@ func (n *Node) Addr() string { return string(n.trans.LocalAddr()) }
 // State is the node's read view of the replicated state.
 func (n *Node) State() *State { return n.fsm.State() }
 
+// NotUnderstood reports the committed entry this node stopped applying at
+// because its binary is too old for it (FSM.NotUnderstood), or nil.
+func (n *Node) NotUnderstood() error { return n.fsm.NotUnderstood() }
+
 // FSM is the node's state machine (for OnApplied observers).
 func (n *Node) FSM() *FSM { return n.fsm }
 
@@ -360,6 +364,9 @@ func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error)
 	}
 	if err := checkCommand(cmd); err != nil {
 		return Result{Err: err}, nil
+	}
+	if f := OpFeature(cmd); f != "" && !n.State().FeatureEnabled(f) {
+		return Result{}, fmt.Errorf("%w: feature %q", ErrFeatureDisabled, f)
 	}
 	if err := n.checkGate(); err != nil {
 		return Result{}, err

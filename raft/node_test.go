@@ -338,3 +338,31 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestProposeRefusesDisabledFeatures: an operation gated on a feature is
+// refused before it reaches the log until the cluster's recorded version
+// enables the feature, and proposed normally afterwards.
+func TestProposeRefusesDisabledFeatures(t *testing.T) {
+	restore := raft.GateOpForTest("sweep", "test_feature")
+	defer restore()
+	cfg := rafttest.Config(t, "solo")
+	cfg.Bootstrap = true
+	n := rafttest.Open(t, cfg)
+	waitLeader(t, n)
+	sweep := func() *raftpb.Command {
+		return &raftpb.Command{Version: 1, TimeUnixNano: time.Now().UnixNano(), Op: &raftpb.Command_Sweep{Sweep: &raftpb.Sweep{}}}
+	}
+	applied := n.State().AppliedIndex()
+	if _, err := n.Propose(context.Background(), sweep()); !errors.Is(err, raft.ErrFeatureDisabled) {
+		t.Fatalf("gated operation before its feature: %v, want ErrFeatureDisabled", err)
+	}
+	if got := n.State().AppliedIndex(); got != applied {
+		t.Fatalf("a refused operation reached the log: applied %d → %d", applied, got)
+	}
+	mustPropose(t, n, &raftpb.Command{Version: 1, TimeUnixNano: time.Now().UnixNano(), Op: &raftpb.Command_SetClusterVersion{
+		SetClusterVersion: &raftpb.SetClusterVersion{ClusterVersion: &raftpb.ClusterVersion{Version: 2, Features: []string{"cluster_version", "test_feature"}}}}})
+	if !n.State().FeatureEnabled("test_feature") {
+		t.Fatal("feature not enabled after SetClusterVersion")
+	}
+	mustPropose(t, n, sweep())
+}

@@ -7,7 +7,9 @@ import (
 )
 
 // CommandVersion is the encoding version of the commands this package writes
-// and understands (raftpb.Command.version).
+// (raftpb.Command.version), and the newest it applies: the FSM applies
+// every version from 1 to CommandVersion and stops at a newer one (doc.go,
+// "Operations and versions"). A new operation does not change it.
 const CommandVersion = 1
 
 // Domain outcomes of a command. They come back in Result.Err, possibly

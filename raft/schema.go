@@ -75,6 +75,9 @@ const (
 	// metaCluster is the raftpb.ClusterMeta record: the cluster's issuer
 	// and the node ids removed for good (apply_cluster.go).
 	metaCluster = "cluster"
+	// metaClusterVersion is the raftpb.ClusterVersion record: the
+	// cluster's version and enabled feature set (apply_version.go).
+	metaClusterVersion = "cluster_version"
 	// metaEventsSweptThrough is the highest outbox index a Sweep removed.
 	metaEventsSweptThrough = "events_swept_through"
 	// metaClock is the FSM's bounded clock (clock.go); absent until the

@@ -25,7 +25,8 @@ type State struct {
 	mu      sync.RWMutex
 	tenants map[string]*tenantView
 
-	cluster atomic.Pointer[raftpb.ClusterMeta] // apply_cluster.go
+	cluster atomic.Pointer[raftpb.ClusterMeta]    // apply_cluster.go
+	version atomic.Pointer[raftpb.ClusterVersion] // apply_version.go
 }
 
 type tenantView struct {
@@ -165,6 +166,10 @@ func (s *State) apply(changes []change, applied uint64) {
 		}
 		if c.kind == bucketTenants && c.msg == nil {
 			delete(s.tenants, c.tenant) // DeleteTenant
+			continue
+		}
+		if c.kind == kindClusterVersion {
+			s.version.Store(c.msg.(*raftpb.ClusterVersion))
 			continue
 		}
 		if c.kind == bucketTenants {

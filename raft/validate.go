@@ -100,46 +100,7 @@ func checkCommand(cmd *raftpb.Command) error {
 	if cmd.GetTimeUnixNano() <= 0 {
 		return invalidf("time_unix_nano must be positive")
 	}
-	if ok, err := checkFlowCommand(cmd); ok {
-		return err
-	}
-	if ok, err := checkClusterCommand(cmd); ok {
-		return err
-	}
-	if ok, err := checkDeleteCommand(cmd); ok {
-		return err
-	}
-	switch op := cmd.GetOp().(type) {
-	case *raftpb.Command_CreateTenant:
-		return checkCreateTenant(op.CreateTenant)
-	case *raftpb.Command_CreateClient:
-		return checkClient(op.CreateClient.GetClient(), true)
-	case *raftpb.Command_UpdateClient:
-		return checkClient(op.UpdateClient.GetClient(), false)
-	case *raftpb.Command_RotateClientSecret:
-		return checkRotate(op.RotateClientSecret)
-	case *raftpb.Command_SetClientDisabled:
-		if err := checkTenantID(op.SetClientDisabled.GetTenant()); err != nil {
-			return err
-		}
-		return checkClientID(op.SetClientDisabled.GetClientId())
-	case *raftpb.Command_AddKeys:
-		if err := checkTenantID(op.AddKeys.GetTenant()); err != nil {
-			return err
-		}
-		if len(op.AddKeys.GetKeys()) == 0 {
-			return invalidf("add keys: no keys")
-		}
-		return checkKeys(op.AddKeys.GetTenant(), op.AddKeys.GetKeys())
-	case *raftpb.Command_RevokeToken:
-		return checkRevocation(op.RevokeToken.GetRevocation())
-	case *raftpb.Command_Sweep, *raftpb.Command_Tick:
-		return nil
-	case nil:
-		return invalidf("no operation")
-	default:
-		return invalidf("unknown operation %T", op)
-	}
+	return checkOp(cmd) // ops.go
 }
 
 func checkCreateTenant(c *raftpb.CreateTenant) error {

@@ -180,6 +180,7 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, keyCommands()...)
 	cmds = append(cmds, revokeCommands()...)
 	cmds = append(cmds, clusterCommands()...)
+	cmds = append(cmds, versionCommands()...)
 	cmds = append(cmds, recoverCommand())
 	cmds = append(cmds, userCommands()...)
 	cmds = append(cmds, clusterInitCommands()...)

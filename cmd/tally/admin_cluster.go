@@ -64,7 +64,7 @@ func clusterCommands() []adminCommand {
 		{
 			path:     "cluster status",
 			synopsis: "",
-			summary:  "Show every member: id, region, voter, leader, term, applied index, lag, health.",
+			summary:  "Show every member (id, region, voter, leader, term, applied index, lag, health) and the cluster version.",
 			detail: "Any node answers; it asks every member for its own view, with a short timeout,\n" +
 				"and marks members that do not answer as unreachable. Health is healthy,\n" +
 				"stale (has not heard from a leader within its staleness bound), lagging\n" +
@@ -96,7 +96,10 @@ func clusterCommands() []adminCommand {
 							strconv.FormatUint(m.Term, 10), strconv.FormatUint(m.AppliedIndex, 10), strconv.FormatUint(m.Lag, 10),
 							m.Health, m.RaftAddress, m.HttpAddress})
 					}
-					return writeTable(s.e.stdout, []string{"ID", "REGION", "VOTER", "LEADER", "STATE", "TERM", "APPLIED", "LAG", "HEALTH", "RAFT", "HTTP"}, rows)
+					if err := writeTable(s.e.stdout, []string{"ID", "REGION", "VOTER", "LEADER", "STATE", "TERM", "APPLIED", "LAG", "HEALTH", "RAFT", "HTTP"}, rows); err != nil {
+						return err
+					}
+					return writeClusterVersion(s.e.stdout, res.Msg) // admin_version.go
 				}
 			},
 		},

@@ -111,6 +111,9 @@ type Options struct {
 	Env []string
 	// NoWait starts the nodes without waiting until they are ready.
 	NoWait bool
+	// Bin is the tally binary the nodes start with (and that creates the
+	// cluster's secrets); default Binary(tb). Proc.Bin changes one node's.
+	Bin string
 }
 
 // Cluster is a set of tally processes that form one Raft cluster.
@@ -137,6 +140,9 @@ type Proc struct {
 	DataDir string
 	TLSDir  string
 	LogFile string
+	// Bin is the binary the next Start runs, if not the cluster's (a
+	// rolling upgrade sets it between Stop and Start).
+	Bin string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -227,7 +233,10 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	if len(opts.Regions) != opts.Nodes {
 		tb.Fatalf("proctest: %d regions for %d nodes", len(opts.Regions), opts.Nodes)
 	}
-	c := &Cluster{tb: tb, Bin: Binary(tb), Dir: tb.TempDir(), opts: opts}
+	c := &Cluster{tb: tb, Bin: opts.Bin, Dir: tb.TempDir(), opts: opts}
+	if c.Bin == "" {
+		c.Bin = Binary(tb)
+	}
 	c.Issuer = opts.Issuer
 	if c.Issuer == "" {
 		c.Issuer = fmt.Sprintf("http://127.0.0.1:%d", FreePort(tb))
@@ -335,7 +344,11 @@ func (p *Proc) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(p.c.Bin, p.Args()...)
+	bin := p.c.Bin
+	if p.Bin != "" {
+		bin = p.Bin
+	}
+	cmd := exec.Command(bin, p.Args()...)
 	cmd.Env = append(os.Environ(), p.c.opts.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -157,6 +157,7 @@ type Command struct {
 	//	*Command_DeleteClient
 	//	*Command_DeleteUser
 	//	*Command_DeleteTenant
+	//	*Command_SetClusterVersion
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -436,6 +437,15 @@ func (x *Command) GetDeleteTenant() *DeleteTenant {
 	return nil
 }
 
+func (x *Command) GetSetClusterVersion() *SetClusterVersion {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetClusterVersion); ok {
+			return x.SetClusterVersion
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -542,6 +552,11 @@ type Command_DeleteTenant struct {
 	DeleteTenant *DeleteTenant `protobuf:"bytes,82,opt,name=delete_tenant,json=deleteTenant,proto3,oneof"`
 }
 
+type Command_SetClusterVersion struct {
+	// Issue 15: the cluster's version and feature set (see ClusterVersion).
+	SetClusterVersion *SetClusterVersion `protobuf:"bytes,70,opt,name=set_cluster_version,json=setClusterVersion,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -589,6 +604,8 @@ func (*Command_DeleteClient) isCommand_Op() {}
 func (*Command_DeleteUser) isCommand_Op() {}
 
 func (*Command_DeleteTenant) isCommand_Op() {}
+
+func (*Command_SetClusterVersion) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -3876,11 +3893,137 @@ func (x *Deleted) GetDeletedUnixNano() int64 {
 	return 0
 }
 
+// SetClusterVersion records the cluster's version and enabled feature set
+// (issue 15). The leader proposes it once every member reports that it
+// supports the version and features (raising them); `tally admin cluster
+// downgrade` proposes it with hold set to lower them before older binaries
+// rejoin. See ClusterVersion.
+type SetClusterVersion struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ClusterVersion *ClusterVersion        `protobuf:"bytes,1,opt,name=cluster_version,json=clusterVersion,proto3" json:"cluster_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SetClusterVersion) Reset() {
+	*x = SetClusterVersion{}
+	mi := &file_command_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClusterVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClusterVersion) ProtoMessage() {}
+
+func (x *SetClusterVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClusterVersion.ProtoReflect.Descriptor instead.
+func (*SetClusterVersion) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SetClusterVersion) GetClusterVersion() *ClusterVersion {
+	if x != nil {
+		return x.ClusterVersion
+	}
+	return nil
+}
+
+// ClusterVersion is the cluster's recorded version (meta bucket, key
+// "cluster_version"). features are the names of the operations (and new
+// fields) a proposer may use; a node that does not know one of them stops
+// and asks to be upgraded.
+type ClusterVersion struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster version: the lowest raft.ClusterVersion of the members when
+	// it was recorded (v0.1.0 is 1 and never records one).
+	Version uint32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Sorted feature names, as in cluster.v1.MemberStatus.features.
+	Features []string `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
+	// Set by a downgrade: the leader does not raise the version again until
+	// an operator clears it.
+	Hold            bool  `protobuf:"varint,3,opt,name=hold,proto3" json:"hold,omitempty"`
+	UpdatedUnixNano int64 `protobuf:"varint,4,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ClusterVersion) Reset() {
+	*x = ClusterVersion{}
+	mi := &file_command_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterVersion) ProtoMessage() {}
+
+func (x *ClusterVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterVersion.ProtoReflect.Descriptor instead.
+func (*ClusterVersion) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ClusterVersion) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ClusterVersion) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+func (x *ClusterVersion) GetHold() bool {
+	if x != nil {
+		return x.Hold
+	}
+	return false
+}
+
+func (x *ClusterVersion) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\xda\r\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xae\x0e\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3912,7 +4055,8 @@ const file_command_proto_rawDesc = "" +
 	"\rdelete_client\x18P \x01(\v2\x1b.tally.raft.v1.DeleteClientH\x00R\fdeleteClient\x12<\n" +
 	"\vdelete_user\x18Q \x01(\v2\x19.tally.raft.v1.DeleteUserH\x00R\n" +
 	"deleteUser\x12B\n" +
-	"\rdelete_tenant\x18R \x01(\v2\x1b.tally.raft.v1.DeleteTenantH\x00R\fdeleteTenantB\x04\n" +
+	"\rdelete_tenant\x18R \x01(\v2\x1b.tally.raft.v1.DeleteTenantH\x00R\fdeleteTenant\x12R\n" +
+	"\x13set_cluster_version\x18F \x01(\v2 .tally.raft.v1.SetClusterVersionH\x00R\x11setClusterVersionB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -4192,7 +4336,14 @@ const file_command_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"E\n" +
 	"\aDeleted\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
-	"\x11deleted_unix_nano\x18\x02 \x01(\x03R\x0fdeletedUnixNano*\xf3\x02\n" +
+	"\x11deleted_unix_nano\x18\x02 \x01(\x03R\x0fdeletedUnixNano\"[\n" +
+	"\x11SetClusterVersion\x12F\n" +
+	"\x0fcluster_version\x18\x01 \x01(\v2\x1d.tally.raft.v1.ClusterVersionR\x0eclusterVersion\"\x86\x01\n" +
+	"\x0eClusterVersion\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1a\n" +
+	"\bfeatures\x18\x02 \x03(\tR\bfeatures\x12\x12\n" +
+	"\x04hold\x18\x03 \x01(\bR\x04hold\x12*\n" +
+	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano*\xf3\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -4220,7 +4371,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),             // 0: tally.raft.v1.EventKind
 	(*Command)(nil),            // 1: tally.raft.v1.Command
@@ -4266,6 +4417,8 @@ var file_command_proto_goTypes = []any{
 	(*DeleteUser)(nil),         // 41: tally.raft.v1.DeleteUser
 	(*DeleteTenant)(nil),       // 42: tally.raft.v1.DeleteTenant
 	(*Deleted)(nil),            // 43: tally.raft.v1.Deleted
+	(*SetClusterVersion)(nil),  // 44: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),     // 45: tally.raft.v1.ClusterVersion
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -4292,37 +4445,39 @@ var file_command_proto_depIdxs = []int32{
 	40, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
 	41, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
 	42, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
-	11, // 24: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 25: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 26: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 27: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 28: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 29: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 30: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	12, // 31: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 32: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 33: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 34: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 35: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 36: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 37: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 38: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 39: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 40: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 41: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 42: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 43: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 44: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 45: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 46: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 47: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 48: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	39, // 49: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	50, // [50:50] is the sub-list for method output_type
-	50, // [50:50] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	44, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
+	11, // 25: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 26: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 27: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 28: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 29: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 30: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 31: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	12, // 32: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 33: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 34: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 35: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 36: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 37: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 38: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 39: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 40: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 41: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 42: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 43: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 44: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 45: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 46: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 47: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 48: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 49: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	39, // 50: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	45, // 51: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	52, // [52:52] is the sub-list for method output_type
+	52, // [52:52] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -4355,6 +4510,7 @@ func file_command_proto_init() {
 		(*Command_DeleteClient)(nil),
 		(*Command_DeleteUser)(nil),
 		(*Command_DeleteTenant)(nil),
+		(*Command_SetClusterVersion)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4362,7 +4518,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   43,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -258,9 +258,15 @@ type JoinRequest struct {
 	Nonvoter bool                   `protobuf:"varint,3,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
 	// issuer is the joining node's configured issuer base URL; a member
 	// refuses the join when the cluster has a different one.
-	Issuer        string `protobuf:"bytes,4,opt,name=issuer,proto3" json:"issuer,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Issuer string `protobuf:"bytes,4,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The joining binary's cluster version and features (issue 15; 0 and
+	// empty from v0.1.0, which is version 1 with "cluster_identity"). A
+	// member refuses the join of a node too old for the cluster's recorded
+	// version.
+	ClusterVersion uint32   `protobuf:"varint,5,opt,name=cluster_version,json=clusterVersion,proto3" json:"cluster_version,omitempty"`
+	Features       []string `protobuf:"bytes,6,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -319,6 +325,20 @@ func (x *JoinRequest) GetIssuer() string {
 		return x.Issuer
 	}
 	return ""
+}
+
+func (x *JoinRequest) GetClusterVersion() uint32 {
+	if x != nil {
+		return x.ClusterVersion
+	}
+	return 0
+}
+
+func (x *JoinRequest) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
 }
 
 type JoinResponse struct {
@@ -563,9 +583,12 @@ type MemberStatus struct {
 	// Raft operations this member's binary applies beyond the first
 	// release's, by name (e.g. "cluster_identity"); a leader proposes a new
 	// operation only once every member lists it.
-	Features      []string `protobuf:"bytes,30,rep,name=features,proto3" json:"features,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Features []string `protobuf:"bytes,30,rep,name=features,proto3" json:"features,omitempty"`
+	// The cluster version this member's binary implements (issue 15; 0 from
+	// v0.1.0, meaning 1).
+	ClusterVersion uint32 `protobuf:"varint,31,opt,name=cluster_version,json=clusterVersion,proto3" json:"cluster_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *MemberStatus) Reset() {
@@ -717,6 +740,13 @@ func (x *MemberStatus) GetFeatures() []string {
 	return nil
 }
 
+func (x *MemberStatus) GetClusterVersion() uint32 {
+	if x != nil {
+		return x.ClusterVersion
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -754,11 +784,14 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LeaderId      string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	Members       []*MemberStatus        `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LeaderId string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Members  []*MemberStatus        `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	// The cluster's recorded version and feature set (issue 15), as
+	// replicated to the answering node; unset while none is recorded.
+	ClusterVersion *ClusterVersion `protobuf:"bytes,3,opt,name=cluster_version,json=clusterVersion,proto3" json:"cluster_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -805,6 +838,194 @@ func (x *StatusResponse) GetMembers() []*MemberStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetClusterVersion() *ClusterVersion {
+	if x != nil {
+		return x.ClusterVersion
+	}
+	return nil
+}
+
+// ClusterVersion is the cluster's recorded version: the operations a
+// proposer may use. See raftpb.ClusterVersion.
+type ClusterVersion struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Version  uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Features []string               `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
+	// A downgrade holds the version: the leader does not raise it again.
+	Hold            bool  `protobuf:"varint,3,opt,name=hold,proto3" json:"hold,omitempty"`
+	UpdatedUnixNano int64 `protobuf:"varint,4,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ClusterVersion) Reset() {
+	*x = ClusterVersion{}
+	mi := &file_cluster_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterVersion) ProtoMessage() {}
+
+func (x *ClusterVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterVersion.ProtoReflect.Descriptor instead.
+func (*ClusterVersion) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ClusterVersion) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ClusterVersion) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+func (x *ClusterVersion) GetHold() bool {
+	if x != nil {
+		return x.Hold
+	}
+	return false
+}
+
+func (x *ClusterVersion) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
+// DowngradeRequest lowers the cluster's recorded version to version (and
+// the features of that release) and holds it there, so that nodes of that
+// release can rejoin (runbook rolling-upgrade.md); cancel clears the hold
+// and lets the leader raise the version again.
+type DowngradeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Cancel        bool                   `protobuf:"varint,2,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DowngradeRequest) Reset() {
+	*x = DowngradeRequest{}
+	mi := &file_cluster_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DowngradeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DowngradeRequest) ProtoMessage() {}
+
+func (x *DowngradeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DowngradeRequest.ProtoReflect.Descriptor instead.
+func (*DowngradeRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DowngradeRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DowngradeRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+type DowngradeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Raft index of the recorded change: every member must have applied
+	// it before a node is replaced by the older binary.
+	Index          uint64          `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	ClusterVersion *ClusterVersion `protobuf:"bytes,2,opt,name=cluster_version,json=clusterVersion,proto3" json:"cluster_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DowngradeResponse) Reset() {
+	*x = DowngradeResponse{}
+	mi := &file_cluster_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DowngradeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DowngradeResponse) ProtoMessage() {}
+
+func (x *DowngradeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DowngradeResponse.ProtoReflect.Descriptor instead.
+func (*DowngradeResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DowngradeResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *DowngradeResponse) GetClusterVersion() *ClusterVersion {
+	if x != nil {
+		return x.ClusterVersion
+	}
+	return nil
+}
+
 type AddVoterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -815,7 +1036,7 @@ type AddVoterRequest struct {
 
 func (x *AddVoterRequest) Reset() {
 	*x = AddVoterRequest{}
-	mi := &file_cluster_proto_msgTypes[11]
+	mi := &file_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1048,7 @@ func (x *AddVoterRequest) String() string {
 func (*AddVoterRequest) ProtoMessage() {}
 
 func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[11]
+	mi := &file_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1061,7 @@ func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterRequest.ProtoReflect.Descriptor instead.
 func (*AddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{11}
+	return file_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AddVoterRequest) GetId() string {
@@ -865,7 +1086,7 @@ type AddVoterResponse struct {
 
 func (x *AddVoterResponse) Reset() {
 	*x = AddVoterResponse{}
-	mi := &file_cluster_proto_msgTypes[12]
+	mi := &file_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1098,7 @@ func (x *AddVoterResponse) String() string {
 func (*AddVoterResponse) ProtoMessage() {}
 
 func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[12]
+	mi := &file_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1111,7 @@ func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterResponse.ProtoReflect.Descriptor instead.
 func (*AddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{12}
+	return file_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 type AddNonvoterRequest struct {
@@ -903,7 +1124,7 @@ type AddNonvoterRequest struct {
 
 func (x *AddNonvoterRequest) Reset() {
 	*x = AddNonvoterRequest{}
-	mi := &file_cluster_proto_msgTypes[13]
+	mi := &file_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1136,7 @@ func (x *AddNonvoterRequest) String() string {
 func (*AddNonvoterRequest) ProtoMessage() {}
 
 func (x *AddNonvoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[13]
+	mi := &file_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1149,7 @@ func (x *AddNonvoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNonvoterRequest.ProtoReflect.Descriptor instead.
 func (*AddNonvoterRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{13}
+	return file_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AddNonvoterRequest) GetId() string {
@@ -953,7 +1174,7 @@ type AddNonvoterResponse struct {
 
 func (x *AddNonvoterResponse) Reset() {
 	*x = AddNonvoterResponse{}
-	mi := &file_cluster_proto_msgTypes[14]
+	mi := &file_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1186,7 @@ func (x *AddNonvoterResponse) String() string {
 func (*AddNonvoterResponse) ProtoMessage() {}
 
 func (x *AddNonvoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[14]
+	mi := &file_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1199,7 @@ func (x *AddNonvoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNonvoterResponse.ProtoReflect.Descriptor instead.
 func (*AddNonvoterResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{14}
+	return file_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 type RemoveServerRequest struct {
@@ -990,7 +1211,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_cluster_proto_msgTypes[15]
+	mi := &file_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1223,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[15]
+	mi := &file_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1236,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{15}
+	return file_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveServerRequest) GetId() string {
@@ -1033,7 +1254,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_cluster_proto_msgTypes[16]
+	mi := &file_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1266,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[16]
+	mi := &file_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1279,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{16}
+	return file_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 type TransferLeadershipRequest struct {
@@ -1071,7 +1292,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_cluster_proto_msgTypes[17]
+	mi := &file_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1304,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[17]
+	mi := &file_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1317,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{17}
+	return file_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -1115,7 +1336,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_cluster_proto_msgTypes[18]
+	mi := &file_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1348,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[18]
+	mi := &file_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1361,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{18}
+	return file_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -1158,7 +1379,7 @@ type SaveSnapshotRequest struct {
 
 func (x *SaveSnapshotRequest) Reset() {
 	*x = SaveSnapshotRequest{}
-	mi := &file_cluster_proto_msgTypes[19]
+	mi := &file_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1391,7 @@ func (x *SaveSnapshotRequest) String() string {
 func (*SaveSnapshotRequest) ProtoMessage() {}
 
 func (x *SaveSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[19]
+	mi := &file_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1404,7 @@ func (x *SaveSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SaveSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{19}
+	return file_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 type SaveSnapshotResponse struct {
@@ -1197,7 +1418,7 @@ type SaveSnapshotResponse struct {
 
 func (x *SaveSnapshotResponse) Reset() {
 	*x = SaveSnapshotResponse{}
-	mi := &file_cluster_proto_msgTypes[20]
+	mi := &file_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1430,7 @@ func (x *SaveSnapshotResponse) String() string {
 func (*SaveSnapshotResponse) ProtoMessage() {}
 
 func (x *SaveSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[20]
+	mi := &file_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1443,7 @@ func (x *SaveSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SaveSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{20}
+	return file_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SaveSnapshotResponse) GetChunk() []byte {
@@ -1248,7 +1469,7 @@ type RestoreSnapshotRequest struct {
 
 func (x *RestoreSnapshotRequest) Reset() {
 	*x = RestoreSnapshotRequest{}
-	mi := &file_cluster_proto_msgTypes[21]
+	mi := &file_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1481,7 @@ func (x *RestoreSnapshotRequest) String() string {
 func (*RestoreSnapshotRequest) ProtoMessage() {}
 
 func (x *RestoreSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[21]
+	mi := &file_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1494,7 @@ func (x *RestoreSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*RestoreSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{21}
+	return file_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RestoreSnapshotRequest) GetChunk() []byte {
@@ -1295,7 +1516,7 @@ type RestoreSnapshotResponse struct {
 
 func (x *RestoreSnapshotResponse) Reset() {
 	*x = RestoreSnapshotResponse{}
-	mi := &file_cluster_proto_msgTypes[22]
+	mi := &file_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1528,7 @@ func (x *RestoreSnapshotResponse) String() string {
 func (*RestoreSnapshotResponse) ProtoMessage() {}
 
 func (x *RestoreSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[22]
+	mi := &file_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1541,7 @@ func (x *RestoreSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*RestoreSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{22}
+	return file_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RestoreSnapshotResponse) GetStateIndex() uint64 {
@@ -1347,12 +1568,14 @@ const file_cluster_proto_rawDesc = "" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x124\n" +
 	"\x06result\x18\x02 \x01(\x0e2\x1c.tally.cluster.v1.ResultCodeR\x06result\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"k\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xb0\x01\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
 	"\bnonvoter\x18\x03 \x01(\bR\bnonvoter\x12\x16\n" +
-	"\x06issuer\x18\x04 \x01(\tR\x06issuer\"\x0e\n" +
+	"\x06issuer\x18\x04 \x01(\tR\x06issuer\x12'\n" +
+	"\x0fcluster_version\x18\x05 \x01(\rR\x0eclusterVersion\x12\x1a\n" +
+	"\bfeatures\x18\x06 \x03(\tR\bfeatures\"\x0e\n" +
 	"\fJoinResponse\"\x7f\n" +
 	"\x17ChangeMembershipRequest\x12:\n" +
 	"\x06change\x18\x01 \x01(\x0e2\".tally.cluster.v1.MembershipChangeR\x06change\x12\x0e\n" +
@@ -1361,7 +1584,7 @@ const file_cluster_proto_rawDesc = "" +
 	"\x18ChangeMembershipResponse\"\x14\n" +
 	"\x12LocalStatusRequest\"M\n" +
 	"\x13LocalStatusResponse\x126\n" +
-	"\x06status\x18\x01 \x01(\v2\x1e.tally.cluster.v1.MemberStatusR\x06status\"\xdc\x03\n" +
+	"\x06status\x18\x01 \x01(\v2\x1e.tally.cluster.v1.MemberStatusR\x06status\"\x85\x04\n" +
 	"\fMemberStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x12!\n" +
@@ -1381,11 +1604,24 @@ const file_cluster_proto_rawDesc = "" +
 	"\x06health\x18\x0e \x01(\tR\x06health\x12\x14\n" +
 	"\x05error\x18\x0f \x01(\tR\x05error\x12\x1b\n" +
 	"\tleader_id\x18\x10 \x01(\tR\bleaderId\x12\x1a\n" +
-	"\bfeatures\x18\x1e \x03(\tR\bfeatures\"\x0f\n" +
-	"\rStatusRequest\"g\n" +
+	"\bfeatures\x18\x1e \x03(\tR\bfeatures\x12'\n" +
+	"\x0fcluster_version\x18\x1f \x01(\rR\x0eclusterVersion\"\x0f\n" +
+	"\rStatusRequest\"\xb2\x01\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x128\n" +
-	"\amembers\x18\x02 \x03(\v2\x1e.tally.cluster.v1.MemberStatusR\amembers\";\n" +
+	"\amembers\x18\x02 \x03(\v2\x1e.tally.cluster.v1.MemberStatusR\amembers\x12I\n" +
+	"\x0fcluster_version\x18\x03 \x01(\v2 .tally.cluster.v1.ClusterVersionR\x0eclusterVersion\"\x86\x01\n" +
+	"\x0eClusterVersion\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1a\n" +
+	"\bfeatures\x18\x02 \x03(\tR\bfeatures\x12\x12\n" +
+	"\x04hold\x18\x03 \x01(\bR\x04hold\x12*\n" +
+	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano\"D\n" +
+	"\x10DowngradeRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x16\n" +
+	"\x06cancel\x18\x02 \x01(\bR\x06cancel\"t\n" +
+	"\x11DowngradeResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12I\n" +
+	"\x0fcluster_version\x18\x02 \x01(\v2 .tally.cluster.v1.ClusterVersionR\x0eclusterVersion\";\n" +
 	"\x0fAddVoterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x12\n" +
@@ -1430,7 +1666,7 @@ const file_cluster_proto_rawDesc = "" +
 	"\x05Apply\x12\x1e.tally.cluster.v1.ApplyRequest\x1a\x1f.tally.cluster.v1.ApplyResponse\x12E\n" +
 	"\x04Join\x12\x1d.tally.cluster.v1.JoinRequest\x1a\x1e.tally.cluster.v1.JoinResponse\x12i\n" +
 	"\x10ChangeMembership\x12).tally.cluster.v1.ChangeMembershipRequest\x1a*.tally.cluster.v1.ChangeMembershipResponse\x12Z\n" +
-	"\vLocalStatus\x12$.tally.cluster.v1.LocalStatusRequest\x1a%.tally.cluster.v1.LocalStatusResponse2\xac\x05\n" +
+	"\vLocalStatus\x12$.tally.cluster.v1.LocalStatusRequest\x1a%.tally.cluster.v1.LocalStatusResponse2\x82\x06\n" +
 	"\x13ClusterAdminService\x12K\n" +
 	"\x06Status\x12\x1f.tally.cluster.v1.StatusRequest\x1a .tally.cluster.v1.StatusResponse\x12Q\n" +
 	"\bAddVoter\x12!.tally.cluster.v1.AddVoterRequest\x1a\".tally.cluster.v1.AddVoterResponse\x12Z\n" +
@@ -1438,7 +1674,8 @@ const file_cluster_proto_rawDesc = "" +
 	"\fRemoveServer\x12%.tally.cluster.v1.RemoveServerRequest\x1a&.tally.cluster.v1.RemoveServerResponse\x12o\n" +
 	"\x12TransferLeadership\x12+.tally.cluster.v1.TransferLeadershipRequest\x1a,.tally.cluster.v1.TransferLeadershipResponse\x12_\n" +
 	"\fSaveSnapshot\x12%.tally.cluster.v1.SaveSnapshotRequest\x1a&.tally.cluster.v1.SaveSnapshotResponse0\x01\x12h\n" +
-	"\x0fRestoreSnapshot\x12(.tally.cluster.v1.RestoreSnapshotRequest\x1a).tally.cluster.v1.RestoreSnapshotResponse(\x01B:Z8github.com/tallyauth/tally/node/api/cluster/v1;clusterv1b\x06proto3"
+	"\x0fRestoreSnapshot\x12(.tally.cluster.v1.RestoreSnapshotRequest\x1a).tally.cluster.v1.RestoreSnapshotResponse(\x01\x12T\n" +
+	"\tDowngrade\x12\".tally.cluster.v1.DowngradeRequest\x1a#.tally.cluster.v1.DowngradeResponseB:Z8github.com/tallyauth/tally/node/api/cluster/v1;clusterv1b\x06proto3"
 
 var (
 	file_cluster_proto_rawDescOnce sync.Once
@@ -1453,7 +1690,7 @@ func file_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_cluster_proto_goTypes = []any{
 	(ResultCode)(0),                    // 0: tally.cluster.v1.ResultCode
 	(MembershipChange)(0),              // 1: tally.cluster.v1.MembershipChange
@@ -1468,51 +1705,58 @@ var file_cluster_proto_goTypes = []any{
 	(*MemberStatus)(nil),               // 10: tally.cluster.v1.MemberStatus
 	(*StatusRequest)(nil),              // 11: tally.cluster.v1.StatusRequest
 	(*StatusResponse)(nil),             // 12: tally.cluster.v1.StatusResponse
-	(*AddVoterRequest)(nil),            // 13: tally.cluster.v1.AddVoterRequest
-	(*AddVoterResponse)(nil),           // 14: tally.cluster.v1.AddVoterResponse
-	(*AddNonvoterRequest)(nil),         // 15: tally.cluster.v1.AddNonvoterRequest
-	(*AddNonvoterResponse)(nil),        // 16: tally.cluster.v1.AddNonvoterResponse
-	(*RemoveServerRequest)(nil),        // 17: tally.cluster.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 18: tally.cluster.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 19: tally.cluster.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 20: tally.cluster.v1.TransferLeadershipResponse
-	(*SaveSnapshotRequest)(nil),        // 21: tally.cluster.v1.SaveSnapshotRequest
-	(*SaveSnapshotResponse)(nil),       // 22: tally.cluster.v1.SaveSnapshotResponse
-	(*RestoreSnapshotRequest)(nil),     // 23: tally.cluster.v1.RestoreSnapshotRequest
-	(*RestoreSnapshotResponse)(nil),    // 24: tally.cluster.v1.RestoreSnapshotResponse
+	(*ClusterVersion)(nil),             // 13: tally.cluster.v1.ClusterVersion
+	(*DowngradeRequest)(nil),           // 14: tally.cluster.v1.DowngradeRequest
+	(*DowngradeResponse)(nil),          // 15: tally.cluster.v1.DowngradeResponse
+	(*AddVoterRequest)(nil),            // 16: tally.cluster.v1.AddVoterRequest
+	(*AddVoterResponse)(nil),           // 17: tally.cluster.v1.AddVoterResponse
+	(*AddNonvoterRequest)(nil),         // 18: tally.cluster.v1.AddNonvoterRequest
+	(*AddNonvoterResponse)(nil),        // 19: tally.cluster.v1.AddNonvoterResponse
+	(*RemoveServerRequest)(nil),        // 20: tally.cluster.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 21: tally.cluster.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 22: tally.cluster.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 23: tally.cluster.v1.TransferLeadershipResponse
+	(*SaveSnapshotRequest)(nil),        // 24: tally.cluster.v1.SaveSnapshotRequest
+	(*SaveSnapshotResponse)(nil),       // 25: tally.cluster.v1.SaveSnapshotResponse
+	(*RestoreSnapshotRequest)(nil),     // 26: tally.cluster.v1.RestoreSnapshotRequest
+	(*RestoreSnapshotResponse)(nil),    // 27: tally.cluster.v1.RestoreSnapshotResponse
 }
 var file_cluster_proto_depIdxs = []int32{
 	0,  // 0: tally.cluster.v1.ApplyResponse.result:type_name -> tally.cluster.v1.ResultCode
 	1,  // 1: tally.cluster.v1.ChangeMembershipRequest.change:type_name -> tally.cluster.v1.MembershipChange
 	10, // 2: tally.cluster.v1.LocalStatusResponse.status:type_name -> tally.cluster.v1.MemberStatus
 	10, // 3: tally.cluster.v1.StatusResponse.members:type_name -> tally.cluster.v1.MemberStatus
-	2,  // 4: tally.cluster.v1.ClusterService.Apply:input_type -> tally.cluster.v1.ApplyRequest
-	4,  // 5: tally.cluster.v1.ClusterService.Join:input_type -> tally.cluster.v1.JoinRequest
-	6,  // 6: tally.cluster.v1.ClusterService.ChangeMembership:input_type -> tally.cluster.v1.ChangeMembershipRequest
-	8,  // 7: tally.cluster.v1.ClusterService.LocalStatus:input_type -> tally.cluster.v1.LocalStatusRequest
-	11, // 8: tally.cluster.v1.ClusterAdminService.Status:input_type -> tally.cluster.v1.StatusRequest
-	13, // 9: tally.cluster.v1.ClusterAdminService.AddVoter:input_type -> tally.cluster.v1.AddVoterRequest
-	15, // 10: tally.cluster.v1.ClusterAdminService.AddNonvoter:input_type -> tally.cluster.v1.AddNonvoterRequest
-	17, // 11: tally.cluster.v1.ClusterAdminService.RemoveServer:input_type -> tally.cluster.v1.RemoveServerRequest
-	19, // 12: tally.cluster.v1.ClusterAdminService.TransferLeadership:input_type -> tally.cluster.v1.TransferLeadershipRequest
-	21, // 13: tally.cluster.v1.ClusterAdminService.SaveSnapshot:input_type -> tally.cluster.v1.SaveSnapshotRequest
-	23, // 14: tally.cluster.v1.ClusterAdminService.RestoreSnapshot:input_type -> tally.cluster.v1.RestoreSnapshotRequest
-	3,  // 15: tally.cluster.v1.ClusterService.Apply:output_type -> tally.cluster.v1.ApplyResponse
-	5,  // 16: tally.cluster.v1.ClusterService.Join:output_type -> tally.cluster.v1.JoinResponse
-	7,  // 17: tally.cluster.v1.ClusterService.ChangeMembership:output_type -> tally.cluster.v1.ChangeMembershipResponse
-	9,  // 18: tally.cluster.v1.ClusterService.LocalStatus:output_type -> tally.cluster.v1.LocalStatusResponse
-	12, // 19: tally.cluster.v1.ClusterAdminService.Status:output_type -> tally.cluster.v1.StatusResponse
-	14, // 20: tally.cluster.v1.ClusterAdminService.AddVoter:output_type -> tally.cluster.v1.AddVoterResponse
-	16, // 21: tally.cluster.v1.ClusterAdminService.AddNonvoter:output_type -> tally.cluster.v1.AddNonvoterResponse
-	18, // 22: tally.cluster.v1.ClusterAdminService.RemoveServer:output_type -> tally.cluster.v1.RemoveServerResponse
-	20, // 23: tally.cluster.v1.ClusterAdminService.TransferLeadership:output_type -> tally.cluster.v1.TransferLeadershipResponse
-	22, // 24: tally.cluster.v1.ClusterAdminService.SaveSnapshot:output_type -> tally.cluster.v1.SaveSnapshotResponse
-	24, // 25: tally.cluster.v1.ClusterAdminService.RestoreSnapshot:output_type -> tally.cluster.v1.RestoreSnapshotResponse
-	15, // [15:26] is the sub-list for method output_type
-	4,  // [4:15] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	13, // 4: tally.cluster.v1.StatusResponse.cluster_version:type_name -> tally.cluster.v1.ClusterVersion
+	13, // 5: tally.cluster.v1.DowngradeResponse.cluster_version:type_name -> tally.cluster.v1.ClusterVersion
+	2,  // 6: tally.cluster.v1.ClusterService.Apply:input_type -> tally.cluster.v1.ApplyRequest
+	4,  // 7: tally.cluster.v1.ClusterService.Join:input_type -> tally.cluster.v1.JoinRequest
+	6,  // 8: tally.cluster.v1.ClusterService.ChangeMembership:input_type -> tally.cluster.v1.ChangeMembershipRequest
+	8,  // 9: tally.cluster.v1.ClusterService.LocalStatus:input_type -> tally.cluster.v1.LocalStatusRequest
+	11, // 10: tally.cluster.v1.ClusterAdminService.Status:input_type -> tally.cluster.v1.StatusRequest
+	16, // 11: tally.cluster.v1.ClusterAdminService.AddVoter:input_type -> tally.cluster.v1.AddVoterRequest
+	18, // 12: tally.cluster.v1.ClusterAdminService.AddNonvoter:input_type -> tally.cluster.v1.AddNonvoterRequest
+	20, // 13: tally.cluster.v1.ClusterAdminService.RemoveServer:input_type -> tally.cluster.v1.RemoveServerRequest
+	22, // 14: tally.cluster.v1.ClusterAdminService.TransferLeadership:input_type -> tally.cluster.v1.TransferLeadershipRequest
+	24, // 15: tally.cluster.v1.ClusterAdminService.SaveSnapshot:input_type -> tally.cluster.v1.SaveSnapshotRequest
+	26, // 16: tally.cluster.v1.ClusterAdminService.RestoreSnapshot:input_type -> tally.cluster.v1.RestoreSnapshotRequest
+	14, // 17: tally.cluster.v1.ClusterAdminService.Downgrade:input_type -> tally.cluster.v1.DowngradeRequest
+	3,  // 18: tally.cluster.v1.ClusterService.Apply:output_type -> tally.cluster.v1.ApplyResponse
+	5,  // 19: tally.cluster.v1.ClusterService.Join:output_type -> tally.cluster.v1.JoinResponse
+	7,  // 20: tally.cluster.v1.ClusterService.ChangeMembership:output_type -> tally.cluster.v1.ChangeMembershipResponse
+	9,  // 21: tally.cluster.v1.ClusterService.LocalStatus:output_type -> tally.cluster.v1.LocalStatusResponse
+	12, // 22: tally.cluster.v1.ClusterAdminService.Status:output_type -> tally.cluster.v1.StatusResponse
+	17, // 23: tally.cluster.v1.ClusterAdminService.AddVoter:output_type -> tally.cluster.v1.AddVoterResponse
+	19, // 24: tally.cluster.v1.ClusterAdminService.AddNonvoter:output_type -> tally.cluster.v1.AddNonvoterResponse
+	21, // 25: tally.cluster.v1.ClusterAdminService.RemoveServer:output_type -> tally.cluster.v1.RemoveServerResponse
+	23, // 26: tally.cluster.v1.ClusterAdminService.TransferLeadership:output_type -> tally.cluster.v1.TransferLeadershipResponse
+	25, // 27: tally.cluster.v1.ClusterAdminService.SaveSnapshot:output_type -> tally.cluster.v1.SaveSnapshotResponse
+	27, // 28: tally.cluster.v1.ClusterAdminService.RestoreSnapshot:output_type -> tally.cluster.v1.RestoreSnapshotResponse
+	15, // 29: tally.cluster.v1.ClusterAdminService.Downgrade:output_type -> tally.cluster.v1.DowngradeResponse
+	18, // [18:30] is the sub-list for method output_type
+	6,  // [6:18] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_cluster_proto_init() }
@@ -1526,7 +1770,7 @@ func file_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_proto_rawDesc), len(file_cluster_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -77,6 +77,9 @@ const (
 	// ClusterAdminServiceRestoreSnapshotProcedure is the fully-qualified name of the
 	// ClusterAdminService's RestoreSnapshot RPC.
 	ClusterAdminServiceRestoreSnapshotProcedure = "/tally.cluster.v1.ClusterAdminService/RestoreSnapshot"
+	// ClusterAdminServiceDowngradeProcedure is the fully-qualified name of the ClusterAdminService's
+	// Downgrade RPC.
+	ClusterAdminServiceDowngradeProcedure = "/tally.cluster.v1.ClusterAdminService/Downgrade"
 )
 
 // ClusterServiceClient is a client for the tally.cluster.v1.ClusterService service.
@@ -258,6 +261,9 @@ type ClusterAdminServiceClient interface {
 	// the leader (FailedPrecondition otherwise, naming the leader); the leader
 	// installs it and replicates it to the others by snapshot install.
 	RestoreSnapshot(context.Context) *connect.ClientStreamForClient[v1.RestoreSnapshotRequest, v1.RestoreSnapshotResponse]
+	// Downgrade lowers and holds the cluster's version before older binaries
+	// are rolled in, or cancels that hold (issue 15).
+	Downgrade(context.Context, *connect.Request[v1.DowngradeRequest]) (*connect.Response[v1.DowngradeResponse], error)
 }
 
 // NewClusterAdminServiceClient constructs a client for the tally.cluster.v1.ClusterAdminService
@@ -313,6 +319,12 @@ func NewClusterAdminServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(clusterAdminServiceMethods.ByName("RestoreSnapshot")),
 			connect.WithClientOptions(opts...),
 		),
+		downgrade: connect.NewClient[v1.DowngradeRequest, v1.DowngradeResponse](
+			httpClient,
+			baseURL+ClusterAdminServiceDowngradeProcedure,
+			connect.WithSchema(clusterAdminServiceMethods.ByName("Downgrade")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -325,6 +337,7 @@ type clusterAdminServiceClient struct {
 	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
 	saveSnapshot       *connect.Client[v1.SaveSnapshotRequest, v1.SaveSnapshotResponse]
 	restoreSnapshot    *connect.Client[v1.RestoreSnapshotRequest, v1.RestoreSnapshotResponse]
+	downgrade          *connect.Client[v1.DowngradeRequest, v1.DowngradeResponse]
 }
 
 // Status calls tally.cluster.v1.ClusterAdminService.Status.
@@ -362,6 +375,11 @@ func (c *clusterAdminServiceClient) RestoreSnapshot(ctx context.Context) *connec
 	return c.restoreSnapshot.CallClientStream(ctx)
 }
 
+// Downgrade calls tally.cluster.v1.ClusterAdminService.Downgrade.
+func (c *clusterAdminServiceClient) Downgrade(ctx context.Context, req *connect.Request[v1.DowngradeRequest]) (*connect.Response[v1.DowngradeResponse], error) {
+	return c.downgrade.CallUnary(ctx, req)
+}
+
 // ClusterAdminServiceHandler is an implementation of the tally.cluster.v1.ClusterAdminService
 // service.
 type ClusterAdminServiceHandler interface {
@@ -380,6 +398,9 @@ type ClusterAdminServiceHandler interface {
 	// the leader (FailedPrecondition otherwise, naming the leader); the leader
 	// installs it and replicates it to the others by snapshot install.
 	RestoreSnapshot(context.Context, *connect.ClientStream[v1.RestoreSnapshotRequest]) (*connect.Response[v1.RestoreSnapshotResponse], error)
+	// Downgrade lowers and holds the cluster's version before older binaries
+	// are rolled in, or cancels that hold (issue 15).
+	Downgrade(context.Context, *connect.Request[v1.DowngradeRequest]) (*connect.Response[v1.DowngradeResponse], error)
 }
 
 // NewClusterAdminServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -431,6 +452,12 @@ func NewClusterAdminServiceHandler(svc ClusterAdminServiceHandler, opts ...conne
 		connect.WithSchema(clusterAdminServiceMethods.ByName("RestoreSnapshot")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterAdminServiceDowngradeHandler := connect.NewUnaryHandler(
+		ClusterAdminServiceDowngradeProcedure,
+		svc.Downgrade,
+		connect.WithSchema(clusterAdminServiceMethods.ByName("Downgrade")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.cluster.v1.ClusterAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterAdminServiceStatusProcedure:
@@ -447,6 +474,8 @@ func NewClusterAdminServiceHandler(svc ClusterAdminServiceHandler, opts ...conne
 			clusterAdminServiceSaveSnapshotHandler.ServeHTTP(w, r)
 		case ClusterAdminServiceRestoreSnapshotProcedure:
 			clusterAdminServiceRestoreSnapshotHandler.ServeHTTP(w, r)
+		case ClusterAdminServiceDowngradeProcedure:
+			clusterAdminServiceDowngradeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -482,4 +511,8 @@ func (UnimplementedClusterAdminServiceHandler) SaveSnapshot(context.Context, *co
 
 func (UnimplementedClusterAdminServiceHandler) RestoreSnapshot(context.Context, *connect.ClientStream[v1.RestoreSnapshotRequest]) (*connect.Response[v1.RestoreSnapshotResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.cluster.v1.ClusterAdminService.RestoreSnapshot is not implemented"))
+}
+
+func (UnimplementedClusterAdminServiceHandler) Downgrade(context.Context, *connect.Request[v1.DowngradeRequest]) (*connect.Response[v1.DowngradeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.cluster.v1.ClusterAdminService.Downgrade is not implemented"))
 }
