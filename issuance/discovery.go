@@ -44,6 +44,8 @@ type metadata struct {
 	AuthorizationResponseIssParameterSupported bool     `json:"authorization_response_iss_parameter_supported,omitempty"`
 	ClaimsSupported                            []string `json:"claims_supported,omitempty"`
 	PromptValuesSupported                      []string `json:"prompt_values_supported,omitempty"`
+
+	*ztMetadata // clientauth_zt.go
 }
 
 // handleDiscovery serves the tenant's metadata at all three locations:
@@ -95,6 +97,7 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		md.TokenEndpointAuthMethodsSupported = append(slices.Clone(authMethods), "none")
 		md.RevocationEndpointAuthMethodsSupported = md.TokenEndpointAuthMethodsSupported
 	}
+	md.ztMetadata = s.ztMetadata(iss, t.ID, md.UserinfoEndpoint != "")
 	s.respond(w, r, http.StatusOK, md, discoveryMaxAge)
 }
 

@@ -140,6 +140,8 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 			grant, err = g, ferr
 		} else if ok, cerr := a.dispatchCluster(cmd, now); ok {
 			err = cerr
+		} else if ok, zerr := a.dispatchZT(cmd, now); ok {
+			err = zerr
 		} else {
 			err = a.dispatch(cmd, now)
 		}
@@ -263,6 +265,9 @@ func (a *applier) updateClient(u *raftpb.UpdateClient, now int64) error {
 	c.CreatedUnixNano = old.CreatedUnixNano
 	c.Public = old.Public
 	c.Disabled = old.Disabled
+	if c.Auth == nil {
+		c.Auth = old.Auth // issue 11: an update without auth settings keeps them
+	}
 	c.Revision = old.Revision + 1
 	c.UpdatedUnixNano = now
 	a.putClient(c)
@@ -422,6 +427,7 @@ func (a *applier) sweep(now int64) {
 			a.delRecord(keys, kindKeys, t, kid)
 		}
 		a.sweepGrants(t, now)
+		a.sweepZT(t, now) // apply_ztauth.go
 	}
 
 	cutoff := now - requestRetentionNanos

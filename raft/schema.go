@@ -37,6 +37,12 @@ const SchemaVersion = 1
 //	families           family id → raftpb.Family
 //	device_codes       SHA-256 of a device code → raftpb.DeviceCode
 //	user_codes         normalized user code → device code hash
+//
+// Per tenant, zero-trust clients (issue 11, created on first use, see
+// apply_ztauth.go):
+//
+//	ztauth_jti         SHA-256(client_id | 0 | jti) → expires (8, big-endian)
+//	ztauth_jti_expiry  expires (8, big-endian) | key → empty; sweep order
 const (
 	bucketMeta         = "meta"
 	bucketTenants      = "tenants"
@@ -59,6 +65,9 @@ const (
 	kindFamilies       = "families"
 	kindDeviceCodes    = "device_codes"
 	kindUserCodes      = "user_codes"
+
+	kindZTJTI       = "ztauth_jti"
+	kindZTJTIExpiry = "ztauth_jti_expiry"
 )
 
 // Keys of the meta bucket.

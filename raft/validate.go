@@ -106,6 +106,9 @@ func checkCommand(cmd *raftpb.Command) error {
 	if ok, err := checkClusterCommand(cmd); ok {
 		return err
 	}
+	if ok, err := checkZTCommand(cmd); ok {
+		return err
+	}
 	switch op := cmd.GetOp().(type) {
 	case *raftpb.Command_CreateTenant:
 		return checkCreateTenant(op.CreateTenant)
@@ -196,6 +199,9 @@ func checkClient(c *raftpb.Client, create bool) error {
 	case "", "jwt", "opaque":
 	default:
 		return invalidf("token format %q: want jwt or opaque", c.GetTokenFormat())
+	}
+	if err := checkClientAuth(c.GetAuth()); err != nil { // apply_ztauth.go
+		return err
 	}
 	if !create {
 		return nil // secrets, times and revision of an update are ignored

@@ -88,6 +88,12 @@ const (
 	// AdminServiceSetUserPasswordProcedure is the fully-qualified name of the AdminService's
 	// SetUserPassword RPC.
 	AdminServiceSetUserPasswordProcedure = "/tally.admin.v1.AdminService/SetUserPassword"
+	// AdminServiceSetTenantTrustProcedure is the fully-qualified name of the AdminService's
+	// SetTenantTrust RPC.
+	AdminServiceSetTenantTrustProcedure = "/tally.admin.v1.AdminService/SetTenantTrust"
+	// AdminServiceGetTenantTrustProcedure is the fully-qualified name of the AdminService's
+	// GetTenantTrust RPC.
+	AdminServiceGetTenantTrustProcedure = "/tally.admin.v1.AdminService/GetTenantTrust"
 )
 
 // AdminServiceClient is a client for the tally.admin.v1.AdminService service.
@@ -113,6 +119,9 @@ type AdminServiceClient interface {
 	DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error)
 	EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error)
 	SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error)
+	// Issue 11: a tenant's client-certificate CAs and federation trusts.
+	SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error)
+	GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tally.admin.v1.AdminService service. By
@@ -246,6 +255,18 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("SetUserPassword")),
 			connect.WithClientOptions(opts...),
 		),
+		setTenantTrust: connect.NewClient[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse](
+			httpClient,
+			baseURL+AdminServiceSetTenantTrustProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetTenantTrust")),
+			connect.WithClientOptions(opts...),
+		),
+		getTenantTrust: connect.NewClient[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse](
+			httpClient,
+			baseURL+AdminServiceGetTenantTrustProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("GetTenantTrust")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -271,6 +292,8 @@ type adminServiceClient struct {
 	disableUser        *connect.Client[v1.DisableUserRequest, v1.DisableUserResponse]
 	enableUser         *connect.Client[v1.EnableUserRequest, v1.EnableUserResponse]
 	setUserPassword    *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
+	setTenantTrust     *connect.Client[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse]
+	getTenantTrust     *connect.Client[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse]
 }
 
 // CreateTenant calls tally.admin.v1.AdminService.CreateTenant.
@@ -373,6 +396,16 @@ func (c *adminServiceClient) SetUserPassword(ctx context.Context, req *connect.R
 	return c.setUserPassword.CallUnary(ctx, req)
 }
 
+// SetTenantTrust calls tally.admin.v1.AdminService.SetTenantTrust.
+func (c *adminServiceClient) SetTenantTrust(ctx context.Context, req *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error) {
+	return c.setTenantTrust.CallUnary(ctx, req)
+}
+
+// GetTenantTrust calls tally.admin.v1.AdminService.GetTenantTrust.
+func (c *adminServiceClient) GetTenantTrust(ctx context.Context, req *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error) {
+	return c.getTenantTrust.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tally.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
@@ -396,6 +429,9 @@ type AdminServiceHandler interface {
 	DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error)
 	EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error)
 	SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error)
+	// Issue 11: a tenant's client-certificate CAs and federation trusts.
+	SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error)
+	GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -525,6 +561,18 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("SetUserPassword")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceSetTenantTrustHandler := connect.NewUnaryHandler(
+		AdminServiceSetTenantTrustProcedure,
+		svc.SetTenantTrust,
+		connect.WithSchema(adminServiceMethods.ByName("SetTenantTrust")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceGetTenantTrustHandler := connect.NewUnaryHandler(
+		AdminServiceGetTenantTrustProcedure,
+		svc.GetTenantTrust,
+		connect.WithSchema(adminServiceMethods.ByName("GetTenantTrust")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateTenantProcedure:
@@ -567,6 +615,10 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceEnableUserHandler.ServeHTTP(w, r)
 		case AdminServiceSetUserPasswordProcedure:
 			adminServiceSetUserPasswordHandler.ServeHTTP(w, r)
+		case AdminServiceSetTenantTrustProcedure:
+			adminServiceSetTenantTrustHandler.ServeHTTP(w, r)
+		case AdminServiceGetTenantTrustProcedure:
+			adminServiceGetTenantTrustHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -654,4 +706,12 @@ func (UnimplementedAdminServiceHandler) EnableUser(context.Context, *connect.Req
 
 func (UnimplementedAdminServiceHandler) SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetUserPassword is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetTenantTrust is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.GetTenantTrust is not implemented"))
 }
