@@ -183,6 +183,7 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, recoverCommand())
 	cmds = append(cmds, userCommands()...)
 	cmds = append(cmds, clusterInitCommands()...)
+	cmds = append(cmds, trustCommands()...) // admin_ztauth.go
 	return cmds
 }
 
