@@ -94,6 +94,11 @@ type ZeroTrustConfig struct {
 	// from any other address is ignored.
 	TrustedProxies   []netip.Prefix
 	ClientCertHeader string
+	// ClientCertificates says client certificates can reach the server:
+	// its listener is TLS and requests them. With it, TrustedProxies or
+	// MTLSBaseURL, discovery advertises tls_client_auth,
+	// self_signed_tls_client_auth and certificate-bound tokens.
+	ClientCertificates bool
 	// MTLSBaseURL, if set, is a base URL where the OAuth endpoints are
 	// served with client certificates requested; discovery lists them as
 	// mtls_endpoint_aliases (RFC 8705 §5).
@@ -272,12 +277,12 @@ func (l *MemoryAssertionLedger) prune(now time.Time) {
 // ztMetadata is the issue-11 part of the authorization server metadata.
 type ztMetadata struct {
 	TokenEndpointAuthSigningAlgValuesSupported []string          `json:"token_endpoint_auth_signing_alg_values_supported"`
-	TLSClientCertificateBoundAccessTokens      bool              `json:"tls_client_certificate_bound_access_tokens"`
+	TLSClientCertificateBoundAccessTokens      bool              `json:"tls_client_certificate_bound_access_tokens,omitempty"`
 	MTLSEndpointAliases                        map[string]string `json:"mtls_endpoint_aliases,omitempty"`
 }
 
 func (s *Server) ztMetadata(iss, tenant string, flows bool) *ztMetadata {
-	md := &ztMetadata{TokenEndpointAuthSigningAlgValuesSupported: assertionAlgs, TLSClientCertificateBoundAccessTokens: true}
+	md := &ztMetadata{TokenEndpointAuthSigningAlgValuesSupported: assertionAlgs, TLSClientCertificateBoundAccessTokens: s.zt.mtls()}
 	if b := s.zt.cfg.MTLSBaseURL; b != "" {
 		base := b + "/t/" + url.PathEscape(tenant)
 		md.MTLSEndpointAliases = map[string]string{
@@ -292,4 +297,18 @@ func (s *Server) ztMetadata(iss, tenant string, flows bool) *ztMetadata {
 	}
 	_ = iss
 	return md
+}
+
+// mtls reports whether client certificates can reach this server.
+func (z *ztState) mtls() bool {
+	return z.cfg.ClientCertificates || len(z.cfg.TrustedProxies) > 0 || z.cfg.MTLSBaseURL != ""
+}
+
+// supportedAuthMethods are the client authentication methods discovery
+// lists: the certificate ones only when certificates can arrive.
+func (s *Server) supportedAuthMethods() []string {
+	if s.zt.mtls() {
+		return authMethods
+	}
+	return authMethods[:3]
 }

@@ -72,9 +72,9 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		RevocationEndpoint:                iss + "/oauth2/revoke",
 		ResponseTypesSupported:            []string{},
 		GrantTypesSupported:               grants,
-		TokenEndpointAuthMethodsSupported: authMethods,
-		IntrospectionEndpointAuthMethodsSupported: authMethods,
-		RevocationEndpointAuthMethodsSupported:    authMethods,
+		TokenEndpointAuthMethodsSupported: s.supportedAuthMethods(),
+		IntrospectionEndpointAuthMethodsSupported: s.supportedAuthMethods(),
+		RevocationEndpointAuthMethodsSupported:    s.supportedAuthMethods(),
 	}
 	if s.users != nil {
 		md.AuthorizationEndpoint = iss + "/oauth2/authorize"
@@ -94,7 +94,7 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 			"name", "preferred_username", "email", "email_verified"}
 		md.PromptValuesSupported = []string{"none", "login", "consent"}
 		// Public clients authenticate with client_id only (RFC 8414 §2).
-		md.TokenEndpointAuthMethodsSupported = append(slices.Clone(authMethods), "none")
+		md.TokenEndpointAuthMethodsSupported = append(slices.Clone(s.supportedAuthMethods()), "none")
 		md.RevocationEndpointAuthMethodsSupported = md.TokenEndpointAuthMethodsSupported
 	}
 	md.ztMetadata = s.ztMetadata(iss, t.ID, md.UserinfoEndpoint != "")

@@ -96,10 +96,11 @@ func (n *Node) ztIssuanceConfig() (issuance.ZeroTrustConfig, error) {
 		return issuance.ZeroTrustConfig{}, err
 	}
 	return issuance.ZeroTrustConfig{
-		Assertions:       &raftLedger{n: n, local: issuance.NewMemoryAssertionLedger(100_000)},
-		TrustedProxies:   prefixes,
-		ClientCertHeader: n.cfg.ZeroTrust.ClientCertHeader,
-		MTLSBaseURL:      n.cfg.ZeroTrust.MTLSBaseURL,
+		Assertions:         &raftLedger{n: n, local: issuance.NewMemoryAssertionLedger(100_000)},
+		TrustedProxies:     prefixes,
+		ClientCertHeader:   n.cfg.ZeroTrust.ClientCertHeader,
+		MTLSBaseURL:        n.cfg.ZeroTrust.MTLSBaseURL,
+		ClientCertificates: n.cfg.ZeroTrust.TLSCert != "",
 		Fetch: issuance.FetchPolicy{
 			AllowHTTP:    n.cfg.Dev,
 			AllowPrivate: n.cfg.Dev || n.cfg.ZeroTrust.AllowPrivateJWKS,
