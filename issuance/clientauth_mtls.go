@@ -83,12 +83,14 @@ func (s *Server) withClientCert(next http.Handler) http.Handler {
 		case r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
 			pc = &presentedCert{cert: r.TLS.PeerCertificates[0], chain: r.TLS.PeerCertificates[1:]}
 		case len(hv) == 1 && s.trustedProxy(r.RemoteAddr):
-			certs, err := ParseClientCertHeader(hv[0])
-			if err != nil {
-				s.writeError(w, r, errInvalidClient("client authentication failed", errors.New("malformed client certificate header")))
-				return
+			// A malformed header counts as no certificate: certificate
+			// authentication then fails (invalid_client), other requests
+			// are unaffected.
+			if certs, err := ParseClientCertHeader(hv[0]); err == nil {
+				pc = &presentedCert{cert: certs[0], chain: certs[1:]}
+			} else {
+				s.log.Debug("issuance: malformed client certificate header from a trusted proxy", "err", err)
 			}
-			pc = &presentedCert{cert: certs[0], chain: certs[1:]}
 		case len(hv) > 1 && s.trustedProxy(r.RemoteAddr):
 			s.writeError(w, r, errInvalidRequest("more than one client certificate header"))
 			return

@@ -129,7 +129,7 @@ func (a *applier) consumeAssertion(c *raftpb.ConsumeAssertion, now int64) error 
 	exp = min(exp, now+maxAssertionLifetimeNanos)
 	b := a.flowBucket(c.GetTenant(), kindZTJTI)
 	key := c.GetKey()
-	if v := b.Get(key); v != nil && len(v) == 8 && int64(binary.BigEndian.Uint64(v)) > now {
+	if v := b.Get(key); len(v) == 8 && int64(binary.BigEndian.Uint64(v)) > now {
 		return fmt.Errorf("%w: client assertion already used", ErrExists)
 	}
 	a.put(b, key, u64(uint64(exp)))
