@@ -8,18 +8,19 @@ import (
 
 // introspection is the RFC 7662 §2.2 response for an active token.
 type introspection struct {
-	Active    bool          `json:"active"`
-	Scope     string        `json:"scope,omitempty"`
-	ClientID  string        `json:"client_id"`
-	TokenType string        `json:"token_type"`
-	Exp       int64         `json:"exp"`
-	Iat       int64         `json:"iat"`
-	Nbf       int64         `json:"nbf,omitempty"`
-	Sub       string        `json:"sub,omitempty"`
-	Aud       audience      `json:"aud,omitempty"`
-	Iss       string        `json:"iss"`
-	Jti       string        `json:"jti"`
-	Cnf       *confirmation `json:"cnf,omitempty"` // cnf.go
+	Active    bool     `json:"active"`
+	Scope     string   `json:"scope,omitempty"`
+	ClientID  string   `json:"client_id"`
+	TokenType string   `json:"token_type"`
+	Exp       int64    `json:"exp"`
+	Iat       int64    `json:"iat"`
+	Nbf       int64    `json:"nbf,omitempty"`
+	Sub       string   `json:"sub,omitempty"`
+	Aud       audience `json:"aud,omitempty"`
+	Iss       string   `json:"iss"`
+	Jti       string   `json:"jti"`
+	// Cnf is what the token is bound to (RFC 8705 §3.2).
+	Cnf *confirmation `json:"cnf,omitempty"`
 }
 
 // inactive is the whole response for any token that is not active: RFC 7662
@@ -94,7 +95,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 			Aud:       audience(d.Audience),
 			Iss:       d.Issuer,
 			Jti:       d.JTI,
-			Cnf:       d.Cnf.ptr(),
+			Cnf:       confirmationOf(&d),
 		}, nil
 	}()
 	switch {

@@ -24,7 +24,9 @@ type tokenData struct {
 	NotBefore time.Time // zero when absent
 	ExpiresAt time.Time
 	KeyID     string
-	Cnf       confirmation // cnf.go
+	// X5T is the x5t#S256 of the client certificate the token is bound
+	// to (RFC 8705 §3), "" for a bearer token (cnf.go).
+	X5T string
 }
 
 // JWT access token header type (RFC 9068 §2.1). Verification also accepts the
@@ -61,16 +63,17 @@ func (a *audience) UnmarshalJSON(b []byte) error {
 // accessClaims is the RFC 9068 §2.2 claim set of a JWT access token.
 // NumericDates are whole seconds; 0 means absent.
 type accessClaims struct {
-	Issuer    string        `json:"iss"`
-	Subject   string        `json:"sub"`
-	Audience  audience      `json:"aud,omitempty"`
-	ExpiresAt int64         `json:"exp"`
-	IssuedAt  int64         `json:"iat"`
-	NotBefore int64         `json:"nbf,omitempty"`
-	ID        string        `json:"jti"`
-	ClientID  string        `json:"client_id"`
-	Scope     string        `json:"scope,omitempty"`
-	Cnf       *confirmation `json:"cnf,omitempty"`
+	Issuer    string   `json:"iss"`
+	Subject   string   `json:"sub"`
+	Audience  audience `json:"aud,omitempty"`
+	ExpiresAt int64    `json:"exp"`
+	IssuedAt  int64    `json:"iat"`
+	NotBefore int64    `json:"nbf,omitempty"`
+	ID        string   `json:"jti"`
+	ClientID  string   `json:"client_id"`
+	Scope     string   `json:"scope,omitempty"`
+	// Cnf binds the token to a key (RFC 7800; RFC 8705 §3.1).
+	Cnf *confirmation `json:"cnf,omitempty"`
 }
 
 func numericDate(sec int64) *jwt.NumericDate {
@@ -117,7 +120,7 @@ func signJWT(k *loadedKey, d *tokenData) (string, error) {
 		ID:        d.JTI,
 		ClientID:  d.ClientID,
 		Scope:     strings.Join(d.Scope, " "),
-		Cnf:       d.Cnf.ptr(),
+		Cnf:       confirmationOf(d),
 	}
 	t := &jwt.Token{
 		Header: map[string]any{"typ": jwtType, "alg": k.method.Alg(), "kid": k.meta.ID},
@@ -197,13 +200,6 @@ func verifyJWT(set *keySet, issuer, token string, now time.Time, leeway time.Dur
 		NotBefore: timeOrZero(c.NotBefore),
 		ExpiresAt: time.Unix(c.ExpiresAt, 0),
 		KeyID:     kid,
-		Cnf:       cnfOf(c.Cnf),
+		X5T:       c.Cnf.x5t(),
 	}, nil
-}
-
-func cnfOf(c *confirmation) confirmation {
-	if c == nil {
-		return confirmation{}
-	}
-	return *c
 }

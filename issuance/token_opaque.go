@@ -126,7 +126,7 @@ func encodeOpaque(d *tokenData) []byte {
 	}
 	b = binary.AppendVarint(b, d.IssuedAt.Unix())
 	b = binary.AppendVarint(b, d.ExpiresAt.Unix())
-	return appendOpaqueCnf(b, d.Cnf) // cnf.go
+	return appendOpaqueCnf(b, d) // cnf.go
 }
 
 // opaqueReader decodes the plaintext of an opaque token; the first error
@@ -201,7 +201,7 @@ func decodeOpaque(b []byte) (tokenData, error) {
 	}
 	iat := r.varint()
 	exp := r.varint()
-	readOpaqueCnf(r, &d.Cnf) // cnf.go
+	readOpaqueCnf(r, &d) // cnf.go
 	if r.err != nil {
 		return tokenData{}, r.err
 	}
