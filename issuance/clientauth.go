@@ -19,7 +19,8 @@ const (
 
 // authMethods are the client authentication methods of every endpoint that
 // authenticates clients (token, introspection, revocation).
-var authMethods = []string{AuthMethodClientSecretBasic, AuthMethodClientSecretPost}
+var authMethods = []string{AuthMethodClientSecretBasic, AuthMethodClientSecretPost,
+	AuthMethodPrivateKeyJWT, AuthMethodTLSClientAuth, AuthMethodSelfSignedTLSClientAuth} // clientauth_zt.go
 
 // ClientCredentials are the credentials a request presented, before they
 // are checked. Method is AuthMethodClientSecretBasic, AuthMethodClientSecretPost
@@ -29,6 +30,9 @@ type ClientCredentials struct {
 	Method string
 	ID     string
 	Secret string
+	// Assertion is an RFC 7523 client assertion (private_key_jwt or a
+	// federated platform token; Method is then AuthMethodPrivateKeyJWT).
+	Assertion string
 }
 
 // String implements fmt.Stringer without the secret.
@@ -61,6 +65,9 @@ const maxCredentialLen = 512
 func readClientCredentials(h http.Header, form url.Values) (ClientCredentials, error) {
 	formID, formSecret := form.Get(paramClientID), form.Get(paramClientSecret)
 	authz := h.Values("Authorization")
+	if form.Has(paramClientAssertion) || form.Has(paramClientAssertionType) {
+		return readClientAssertion(authz, form) // clientauth_jwt.go
+	}
 	switch {
 	case len(authz) > 1:
 		return ClientCredentials{}, errInvalidRequest("more than one Authorization header")
@@ -132,6 +139,9 @@ var dummySecretHash = []SecretHash{{Hash: make([]byte, 32)}}
 // (RFC 6749 §5.2), with the reason in Debug. A State failure other than
 // ErrNotFound is 503 temporarily_unavailable.
 func (s *Server) authenticateClient(ctx context.Context, tenant string, cc ClientCredentials, now time.Time) (Client, error) {
+	if cc.Assertion != "" || (cc.Method == "" && cc.ID != "" && clientCertFrom(ctx) != nil) {
+		return s.authenticateZT(ctx, tenant, cc, now) // clientauth_zt.go
+	}
 	if cc.ID == "" {
 		return Client{}, errInvalidClient("client authentication failed", errors.New("no client credentials"))
 	}
@@ -156,6 +166,8 @@ func (s *Server) authenticateClient(ctx context.Context, tenant string, cc Clien
 		return Client{}, errInvalidClient("client authentication failed", errors.New("client disabled"))
 	case c.Public:
 		return Client{}, errInvalidClient("client authentication failed", errors.New("public client"))
+	case !c.Auth.allows(cc.Method):
+		return Client{}, errInvalidClient("client authentication failed", errors.New("client may not use "+cc.Method))
 	}
 	return c, nil
 }

@@ -77,7 +77,7 @@ type deviceAuthResponse struct {
 // by client_id alone — PKCE, the one-time device code or the refresh
 // token's rotation protects them instead.
 func (s *Server) authenticateFlowClient(ctx context.Context, tenant string, cc ClientCredentials, now time.Time) (Client, error) {
-	if cc.Method != "" || cc.ID == "" || len(cc.ID) > maxCredentialLen {
+	if cc.Method != "" || cc.ID == "" || len(cc.ID) > maxCredentialLen || s.certAuthenticates(ctx, tenant, cc.ID) {
 		return s.authenticateClient(ctx, tenant, cc, now)
 	}
 	c, err := s.st.Client(ctx, tenant, cc.ID)

@@ -44,6 +44,8 @@ type metadata struct {
 	AuthorizationResponseIssParameterSupported bool     `json:"authorization_response_iss_parameter_supported,omitempty"`
 	ClaimsSupported                            []string `json:"claims_supported,omitempty"`
 	PromptValuesSupported                      []string `json:"prompt_values_supported,omitempty"`
+
+	*ztMetadata // clientauth_zt.go
 }
 
 // handleDiscovery serves the tenant's metadata at all three locations:
@@ -70,9 +72,9 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		RevocationEndpoint:                iss + "/oauth2/revoke",
 		ResponseTypesSupported:            []string{},
 		GrantTypesSupported:               grants,
-		TokenEndpointAuthMethodsSupported: authMethods,
-		IntrospectionEndpointAuthMethodsSupported: authMethods,
-		RevocationEndpointAuthMethodsSupported:    authMethods,
+		TokenEndpointAuthMethodsSupported: s.supportedAuthMethods(),
+		IntrospectionEndpointAuthMethodsSupported: s.supportedAuthMethods(),
+		RevocationEndpointAuthMethodsSupported:    s.supportedAuthMethods(),
 	}
 	if s.users != nil {
 		md.AuthorizationEndpoint = iss + "/oauth2/authorize"
@@ -92,9 +94,10 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 			"name", "preferred_username", "email", "email_verified"}
 		md.PromptValuesSupported = []string{"none", "login", "consent"}
 		// Public clients authenticate with client_id only (RFC 8414 §2).
-		md.TokenEndpointAuthMethodsSupported = append(slices.Clone(authMethods), "none")
+		md.TokenEndpointAuthMethodsSupported = append(slices.Clone(s.supportedAuthMethods()), "none")
 		md.RevocationEndpointAuthMethodsSupported = md.TokenEndpointAuthMethodsSupported
 	}
+	md.ztMetadata = s.ztMetadata(iss, t.ID, md.UserinfoEndpoint != "")
 	s.respond(w, r, http.StatusOK, md, discoveryMaxAge)
 }
 

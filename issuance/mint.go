@@ -38,6 +38,7 @@ func (m *minter) mint(ctx context.Context, t Tenant, format TokenFormat, d *toke
 		d.JTI = jti
 	}
 	d.Tenant, d.Issuer, d.Format = t.ID, m.issuer(t.ID), format
+	bindToken(ctx, d) // cnf.go
 	switch format {
 	case FormatOpaque:
 		k := set.sealingKey(now)

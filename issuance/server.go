@@ -89,6 +89,9 @@ type Config struct {
 	// NodeID and Region label security events (refresh-token reuse).
 	NodeID string
 	Region string
+	// ZeroTrust configures private_key_jwt, mutual TLS and workload
+	// identity federation (clientauth_zt.go).
+	ZeroTrust ZeroTrustConfig
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -189,6 +192,7 @@ type Server struct {
 	codeIPLimit *limiters
 	codeSLimit  *limiters
 	device      *deviceGuard // device_pace.go
+	zt          *ztState     // clientauth_zt.go
 }
 
 // NewServer returns a Server reading st and revoking through rv.
@@ -227,7 +231,8 @@ func NewServer(cfg Config, st State, rv Revoker) (*Server, error) {
 	s.grants = s.grantHandlers()
 	s.mux = http.NewServeMux()
 	s.routes()
-	s.handler = http.HandlerFunc(s.serve)
+	s.zt = newZT(cfg.ZeroTrust)
+	s.handler = s.withClientCert(http.HandlerFunc(s.serve))
 	return s, nil
 }
 

@@ -93,9 +93,11 @@ func TestDiscovery(t *testing.T) {
 		"revocation_endpoint":                   iss + "/oauth2/revoke",
 		"response_types_supported":              []any{},
 		"grant_types_supported":                 []any{"client_credentials"},
-		"token_endpoint_auth_methods_supported": []any{"client_secret_basic", "client_secret_post"},
-		"introspection_endpoint_auth_methods_supported": []any{"client_secret_basic", "client_secret_post"},
-		"revocation_endpoint_auth_methods_supported":    []any{"client_secret_basic", "client_secret_post"},
+		"token_endpoint_auth_methods_supported": []any{"client_secret_basic", "client_secret_post", "private_key_jwt"},
+		"introspection_endpoint_auth_methods_supported": []any{"client_secret_basic", "client_secret_post", "private_key_jwt"},
+		"revocation_endpoint_auth_methods_supported":    []any{"client_secret_basic", "client_secret_post", "private_key_jwt"},
+		// issue 11: private_key_jwt's algorithms (clientauth_zt.go)
+		"token_endpoint_auth_signing_alg_values_supported": []any{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"},
 	}
 	for k, v := range want {
 		if mustJSON(doc[k]) != mustJSON(v) {

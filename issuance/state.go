@@ -46,6 +46,7 @@ type Tenant struct {
 	DisplayName string
 	Disabled    bool
 	SigningAlg  string
+	Trust       TenantTrust // issue 11, clientauth_zt.go
 }
 
 // SecretHash is a keyed hash of a client secret. A zero ExpiresAt never
@@ -70,6 +71,7 @@ type Client struct {
 	Disabled       bool
 	Public         bool
 	RedirectURIs   []string
+	Auth           ClientAuth // issue 11, clientauth_zt.go
 }
 
 // Key is a tenant key as stored in the replica: public part in the clear,

@@ -126,7 +126,7 @@ func encodeOpaque(d *tokenData) []byte {
 	}
 	b = binary.AppendVarint(b, d.IssuedAt.Unix())
 	b = binary.AppendVarint(b, d.ExpiresAt.Unix())
-	return b
+	return appendOpaqueCnf(b, d) // cnf.go
 }
 
 // opaqueReader decodes the plaintext of an opaque token; the first error
@@ -201,6 +201,7 @@ func decodeOpaque(b []byte) (tokenData, error) {
 	}
 	iat := r.varint()
 	exp := r.varint()
+	readOpaqueCnf(r, &d) // cnf.go
 	if r.err != nil {
 		return tokenData{}, r.err
 	}

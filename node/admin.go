@@ -185,6 +185,10 @@ func (a *adminService) CreateClient(ctx context.Context, req *connect.Request[ad
 		Public:                m.Public,
 		RedirectUris:          dedupe(m.RedirectUris),
 	}
+	var err error
+	if c.Auth, err = clientAuthFromAdmin(m.Auth, m.Public); err != nil { // ztauth.go
+		return nil, err
+	}
 	if c.AccessTokenTtlSeconds == 0 {
 		c.AccessTokenTtlSeconds = int64(DefaultAccessTokenTTL / time.Second)
 	}
@@ -201,7 +205,7 @@ func (a *adminService) CreateClient(ctx context.Context, req *connect.Request[ad
 	c.Id = id
 	var secret string
 	now := a.now()
-	if !c.Public {
+	if !c.Public && needsSecret(c.Auth) {
 		if secret, err = issuance.NewClientSecret(rand.Reader); err != nil {
 			return nil, connectError(err)
 		}
@@ -381,6 +385,7 @@ func clientToAdmin(c *raftpb.Client, now time.Time) *adminv1.Client {
 		Revision:              c.Revision,
 		Public:                c.Public,
 		RedirectUris:          c.RedirectUris,
+		Auth:                  clientAuthToAdmin(c.Auth), // ztauth.go
 	}
 	for i, s := range c.Secrets {
 		if s.ExpiresUnixNano != 0 && s.ExpiresUnixNano <= now.UnixNano() {

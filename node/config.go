@@ -136,6 +136,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// MaxBodyBytes bounds OAuth request bodies.
 	MaxBodyBytes int64
+	// ZeroTrust: TLS and client certificates on the OAuth listener,
+	// trusted proxies, client assertion fetching (ztauth.go).
+	ZeroTrust ZTConfig
 	// DefaultSigningAlg is the signing algorithm of tenants created without
 	// one.
 	DefaultSigningAlg string

@@ -118,9 +118,16 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("node: listen: %w", err)
 	}
+	var oauthTLS bool
+	if n.ln, oauthTLS, err = cfg.ZeroTrust.oauthTLS(n.ln); err != nil { // ztauth.go
+		return nil, err
+	}
 	n.base = strings.TrimSuffix(cfg.Issuer, "/")
 	if n.base == "" {
 		n.base = "http://" + n.ln.Addr().String()
+		if oauthTLS {
+			n.base = "https://" + n.ln.Addr().String()
+		}
 	}
 
 	if err := n.openRaft(); err != nil {
@@ -148,6 +155,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.RefreshTTL = cfg.RefreshTTL
 	ic.RefreshIdleTimeout = cfg.RefreshIdleTimeout
 	ic.RefreshReuseInterval = cfg.RefreshReuseInterval
+	if ic.ZeroTrust, err = n.ztIssuanceConfig(); err != nil { // ztauth.go
+		return nil, err
+	}
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
@@ -187,6 +197,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	n.http.Protocols = new(http.Protocols)
 	n.http.Protocols.SetHTTP1(true)
 	n.http.Protocols.SetUnencryptedHTTP2(true)
+	n.http.Protocols.SetHTTP2(oauthTLS)
 	return n, nil
 }
 

@@ -232,6 +232,9 @@ func (a *applier) updateClient(u *raftpb.UpdateClient, now int64) error {
 	c.CreatedUnixNano = old.CreatedUnixNano
 	c.Public = old.Public
 	c.Disabled = old.Disabled
+	if c.Auth == nil {
+		c.Auth = old.Auth // issue 11: an update without auth settings keeps them
+	}
 	c.Revision = old.Revision + 1
 	c.UpdatedUnixNano = now
 	a.putClient(c)
@@ -392,6 +395,7 @@ func (a *applier) sweep(now int64) {
 		}
 		a.sweepGrants(t, now)
 		a.sweepTombstones(t, now)
+		a.sweepZT(t, now) // apply_ztauth.go
 	}
 
 	cutoff := now - requestRetentionNanos

@@ -118,10 +118,17 @@ var opRegistry = map[protoreflect.Name]opSpec{
 	// every member lists FeatureClusterVersion.
 	"set_cluster_version": opOf((*raftpb.Command).GetSetClusterVersion, checkSetClusterVersion, (*applier).setClusterVersion),
 
-	// Deleting clients, users and tenants (issue 16, apply_delete.go).
-	"delete_client": opOf((*raftpb.Command).GetDeleteClient, checkDeleteClient, (*applier).deleteClient).since(FeatureDelete),
-	"delete_user":   opOf((*raftpb.Command).GetDeleteUser, checkDeleteUser, (*applier).deleteUser).since(FeatureDelete),
-	"delete_tenant": opOf((*raftpb.Command).GetDeleteTenant, checkDeleteTenant, (*applier).deleteTenant).since(FeatureDelete),
+	// Deleting clients, users and tenants (issue 16, apply_delete.go) and
+	// zero-trust clients (issue 11, apply_ztauth.go). Like the cluster
+	// identity operations, these are gated by their proposer on every live
+	// member listing the feature (node: cluster.allSupport), not on the
+	// recorded feature set: the record lags a new cluster's start by a
+	// second, and a private_key_jwt request must not fail in that second.
+	"delete_client":     opOf((*raftpb.Command).GetDeleteClient, checkDeleteClient, (*applier).deleteClient),
+	"delete_user":       opOf((*raftpb.Command).GetDeleteUser, checkDeleteUser, (*applier).deleteUser),
+	"delete_tenant":     opOf((*raftpb.Command).GetDeleteTenant, checkDeleteTenant, (*applier).deleteTenant),
+	"consume_assertion": opOf((*raftpb.Command).GetConsumeAssertion, checkConsumeAssertion, (*applier).consumeAssertion),
+	"set_tenant_trust":  opOf((*raftpb.Command).GetSetTenantTrust, checkSetTenantTrust, (*applier).setTenantTrust),
 }
 
 // opOneof is the Command.op oneof.

@@ -43,6 +43,11 @@ const SchemaVersion = 1
 //
 //	deleted_clients    client id → raftpb.Deleted
 //	deleted_users      user id → raftpb.Deleted
+// Per tenant, zero-trust clients (issue 11, created on first use, see
+// apply_ztauth.go):
+//
+//	ztauth_jti         SHA-256(client_id | 0 | jti) → expires (8, big-endian)
+//	ztauth_jti_expiry  expires (8, big-endian) | key → empty; sweep order
 const (
 	bucketMeta         = "meta"
 	bucketTenants      = "tenants"
@@ -65,6 +70,9 @@ const (
 	kindFamilies       = "families"
 	kindDeviceCodes    = "device_codes"
 	kindUserCodes      = "user_codes"
+
+	kindZTJTI       = "ztauth_jti"
+	kindZTJTIExpiry = "ztauth_jti_expiry"
 )
 
 // Keys of the meta bucket.

@@ -161,6 +161,9 @@ func checkClient(c *raftpb.Client, create bool) error {
 	default:
 		return invalidf("token format %q: want jwt or opaque", c.GetTokenFormat())
 	}
+	if err := checkClientAuth(c.GetAuth()); err != nil { // apply_ztauth.go
+		return err
+	}
 	if !create {
 		return nil // secrets, times and revision of an update are ignored
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -93,7 +94,11 @@ type Config struct {
 	// Logger, if set, logs every rejection at debug level.
 	Logger *slog.Logger
 	Now    func() time.Time
-	Meter  metric.Meter
+	// ClientCertificate, if set, returns the client certificate of a
+	// request for Middleware's certificate-binding check (mtls.go), e.g.
+	// from a trusted proxy's header; default: the TLS connection's.
+	ClientCertificate func(*http.Request) *x509.Certificate
+	Meter             metric.Meter
 }
 
 // Claims are what a verified access token says.
@@ -110,6 +115,9 @@ type Claims struct {
 	// Introspected is true when the issuer's introspection endpoint
 	// vouched for the token (opaque tokens, or the stale fallback).
 	Introspected bool
+	// Cnf is the token's confirmation claim (mtls.go): a certificate-bound
+	// token has Cnf.X5TS256.
+	Cnf Confirmation
 }
 
 // HasScope reports whether the token carries scope.
@@ -283,15 +291,16 @@ func (v *Verifier) checkSet(c *Claims) error {
 
 // accessClaims is the RFC 9068 §2.2 claim set.
 type accessClaims struct {
-	Issuer    string   `json:"iss"`
-	Subject   string   `json:"sub"`
-	Audience  Audience `json:"aud"`
-	ExpiresAt int64    `json:"exp"`
-	IssuedAt  int64    `json:"iat"`
-	NotBefore int64    `json:"nbf,omitempty"`
-	ID        string   `json:"jti"`
-	ClientID  string   `json:"client_id"`
-	Scope     string   `json:"scope,omitempty"`
+	Issuer    string        `json:"iss"`
+	Subject   string        `json:"sub"`
+	Audience  Audience      `json:"aud"`
+	ExpiresAt int64         `json:"exp"`
+	IssuedAt  int64         `json:"iat"`
+	NotBefore int64         `json:"nbf,omitempty"`
+	ID        string        `json:"jti"`
+	ClientID  string        `json:"client_id"`
+	Scope     string        `json:"scope,omitempty"`
+	Cnf       *Confirmation `json:"cnf,omitempty"` // mtls.go
 }
 
 func nd(sec int64) *jwt.NumericDate {
@@ -348,6 +357,7 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string) (*Claims, error)
 		Issuer: c.Issuer, Subject: c.Subject, ClientID: c.ClientID, JTI: c.ID,
 		Scopes: strings.Fields(c.Scope), Audience: c.Audience,
 		IssuedAt: tsOrZero(c.IssuedAt), NotBefore: tsOrZero(c.NotBefore), ExpiresAt: tsOrZero(c.ExpiresAt),
+		Cnf: cnfOrZero(c.Cnf),
 	}, nil
 }
 
@@ -456,16 +466,17 @@ func (v *Verifier) introspectionCacheLen() int {
 }
 
 type introResponse struct {
-	Active   bool     `json:"active"`
-	Scope    string   `json:"scope"`
-	ClientID string   `json:"client_id"`
-	Exp      int64    `json:"exp"`
-	Iat      int64    `json:"iat"`
-	Nbf      int64    `json:"nbf"`
-	Sub      string   `json:"sub"`
-	Aud      Audience `json:"aud"`
-	Iss      string   `json:"iss"`
-	Jti      string   `json:"jti"`
+	Active   bool          `json:"active"`
+	Scope    string        `json:"scope"`
+	ClientID string        `json:"client_id"`
+	Exp      int64         `json:"exp"`
+	Iat      int64         `json:"iat"`
+	Nbf      int64         `json:"nbf"`
+	Sub      string        `json:"sub"`
+	Aud      Audience      `json:"aud"`
+	Iss      string        `json:"iss"`
+	Jti      string        `json:"jti"`
+	Cnf      *Confirmation `json:"cnf,omitempty"` // mtls.go
 }
 
 func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error) {
@@ -523,6 +534,7 @@ func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error
 		Scopes: strings.Fields(r.Scope), Audience: r.Aud,
 		IssuedAt: tsOrZero(r.Iat), NotBefore: tsOrZero(r.Nbf), ExpiresAt: tsOrZero(r.Exp),
 		Introspected: true,
+		Cnf:          cnfOrZero(r.Cnf),
 	}
 	until := now.Add(v.cfg.IntrospectionCacheTTL)
 	if !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(until) {
@@ -573,6 +585,11 @@ func (v *Verifier) Middleware(requiredScopes ...string) func(http.Handler) http.
 				// RFC 6750 §3: error_description says why, in words.
 				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+ReasonOf(err).Description()+`"`)
 				http.Error(w, "invalid token: "+ReasonOf(err).Description(), http.StatusUnauthorized)
+				return
+			}
+			if err := v.checkRequestBinding(r, c); err != nil { // mtls.go, RFC 8705 §3
+				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+ReasonCertBinding.Description()+`"`)
+				http.Error(w, "invalid token: "+ReasonCertBinding.Description(), http.StatusUnauthorized)
 				return
 			}
 			for _, s := range requiredScopes {

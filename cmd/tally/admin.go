@@ -185,6 +185,7 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, userCommands()...)
 	cmds = append(cmds, clusterInitCommands()...)
 	cmds = append(cmds, deleteCommands()...) // admin_delete.go
+	cmds = append(cmds, trustCommands()...) // admin_ztauth.go
 	return cmds
 }
 

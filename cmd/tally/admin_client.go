@@ -24,7 +24,7 @@ func clientCommands() []adminCommand {
 	return []adminCommand{
 		{
 			path:     "client create",
-			synopsis: "[--tenant T] --name N [--grant G]... [--scope S]... [--audience A]... [--ttl 10m] [--format jwt|opaque] [--public] [--redirect-uri U]...",
+			synopsis: "[--tenant T] --name N [--grant G]... [--scope S]... [--audience A]... [--ttl 10m] [--format jwt|opaque] [--public] [--redirect-uri U]... [--auth-method M]... [--jwks-file F | --jwks-uri U] [--tls-subject-dn DN | --tls-san-dns NAME]",
 			summary:  "Register an OAuth client and print its client_id and client_secret.",
 			detail: "The secret is shown once; only a keyed hash is stored. --scope may be repeated\n" +
 				"or hold a space-separated list. --ttl is the access token lifetime, a duration\n" +
@@ -49,6 +49,7 @@ func clientCommands() []adminCommand {
 				public := fs.Bool("public", false, "public client, without a secret")
 				redirects := &listFlag{}
 				fs.Var(redirects, "redirect-uri", "redirect `URI` for the authorization code grant, repeatable")
+				authFlags := clientAuthFlags(fs) // admin_ztauth.go
 				return func(ctx context.Context, s *adminSession, args []string) error {
 					if err := noArgs(args); err != nil {
 						return err
@@ -64,6 +65,10 @@ func clientCommands() []adminCommand {
 						return err
 					}
 					if err := oneOf("format", *format, true, tokenFormats()...); err != nil {
+						return err
+					}
+					auth, err := authFlags.build(s, *public)
+					if err != nil {
 						return err
 					}
 					grantTypes := grants.values
@@ -84,6 +89,7 @@ func clientCommands() []adminCommand {
 						TokenFormat:           *format,
 						Public:                *public,
 						RedirectUris:          redirects.values,
+						Auth:                  auth,
 					}))
 					if err != nil {
 						return err
@@ -384,6 +390,7 @@ func clientFields(c *adminv1.Client) []field {
 		{"previous_secret_expires_at", textTime(c.GetPreviousSecretExpiresAt())},
 		{"created_at", textTime(c.GetCreatedAt())},
 		{"updated_at", textTime(c.GetUpdatedAt())},
+		{"auth_methods", textList(c.GetAuth().GetMethods())},
 	}
 }
 

@@ -146,6 +146,7 @@ func serveFlagSet(cfg *node.Config, logLevel *string, checkOnly *bool) *flag.Fla
 	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, `host:port of the embedded NATS server ("" disables it)`)
 	natsClusterFlags(fs, cfg)
 	eventFlags(fs, &cfg.Events)
+	ztFlags(fs, &cfg.ZeroTrust) // serve_ztauth.go
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "serve /metrics on this host:port instead of on --listen")

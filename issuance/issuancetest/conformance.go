@@ -50,7 +50,7 @@ func RunStateConformance(t *testing.T, newBackend func(t *testing.T) Backend) {
 		b := newBackend(t)
 		b.CreateTenant(t, acme)
 		got, err := b.Tenant(ctx, "acme")
-		if err != nil || got != acme {
+		if err != nil || !reflect.DeepEqual(got, acme) {
 			t.Fatalf("Tenant = %+v, %v; want %+v", got, err, acme)
 		}
 	})

@@ -158,6 +158,8 @@ type Command struct {
 	//	*Command_DeleteUser
 	//	*Command_DeleteTenant
 	//	*Command_SetClusterVersion
+	//	*Command_ConsumeAssertion
+	//	*Command_SetTenantTrust
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -446,6 +448,24 @@ func (x *Command) GetSetClusterVersion() *SetClusterVersion {
 	return nil
 }
 
+func (x *Command) GetConsumeAssertion() *ConsumeAssertion {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ConsumeAssertion); ok {
+			return x.ConsumeAssertion
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetTenantTrust() *SetTenantTrust {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetTenantTrust); ok {
+			return x.SetTenantTrust
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -557,6 +577,16 @@ type Command_SetClusterVersion struct {
 	SetClusterVersion *SetClusterVersion `protobuf:"bytes,70,opt,name=set_cluster_version,json=setClusterVersion,proto3,oneof"`
 }
 
+type Command_ConsumeAssertion struct {
+	// Issue 11 (zero-trust clients): single-use client assertion ids and
+	// the tenant's client-certificate CAs and federation trusts.
+	ConsumeAssertion *ConsumeAssertion `protobuf:"bytes,90,opt,name=consume_assertion,json=consumeAssertion,proto3,oneof"`
+}
+
+type Command_SetTenantTrust struct {
+	SetTenantTrust *SetTenantTrust `protobuf:"bytes,91,opt,name=set_tenant_trust,json=setTenantTrust,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -606,6 +636,10 @@ func (*Command_DeleteUser) isCommand_Op() {}
 func (*Command_DeleteTenant) isCommand_Op() {}
 
 func (*Command_SetClusterVersion) isCommand_Op() {}
+
+func (*Command_ConsumeAssertion) isCommand_Op() {}
+
+func (*Command_SetTenantTrust) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -1089,7 +1123,10 @@ type Tenant struct {
 	CreatedUnixNano int64                  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	Disabled        bool                   `protobuf:"varint,4,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	// Signing algorithm of new signing keys: ES256, EdDSA or RS256.
-	SigningAlg    string `protobuf:"bytes,5,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
+	SigningAlg string `protobuf:"bytes,5,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
+	// Issue 11: CAs for tls_client_auth and trusted external issuers
+	// (workload identity federation); set by SetTenantTrust.
+	Trust         *TenantTrust `protobuf:"bytes,20,opt,name=trust,proto3" json:"trust,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1157,6 +1194,13 @@ func (x *Tenant) GetSigningAlg() string {
 		return x.SigningAlg
 	}
 	return ""
+}
+
+func (x *Tenant) GetTrust() *TenantTrust {
+	if x != nil {
+		return x.Trust
+	}
+	return nil
 }
 
 // SecretHash is a keyed hash of a client secret (never the secret).
@@ -1239,8 +1283,11 @@ type Client struct {
 	UpdatedUnixNano int64  `protobuf:"varint,12,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Revision        uint64 `protobuf:"varint,13,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Public clients have no secret (authorization code + PKCE; later issue).
-	Public        bool     `protobuf:"varint,14,opt,name=public,proto3" json:"public,omitempty"`
-	RedirectUris  []string `protobuf:"bytes,15,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
+	Public       bool     `protobuf:"varint,14,opt,name=public,proto3" json:"public,omitempty"`
+	RedirectUris []string `protobuf:"bytes,15,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
+	// Issue 11: how the client authenticates beyond a secret (RFC 7591
+	// token_endpoint_auth_method and its parameters). Absent: secret only.
+	Auth          *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1376,6 +1423,13 @@ func (x *Client) GetPublic() bool {
 func (x *Client) GetRedirectUris() []string {
 	if x != nil {
 		return x.RedirectUris
+	}
+	return nil
+}
+
+func (x *Client) GetAuth() *ClientAuth {
+	if x != nil {
+		return x.Auth
 	}
 	return nil
 }
@@ -4019,11 +4073,438 @@ func (x *ClusterVersion) GetUpdatedUnixNano() int64 {
 	return 0
 }
 
+// ClientAuth is a client's registered authentication methods (RFC 7591
+// §2 names) and what each needs. Methods empty means client_secret_basic
+// and client_secret_post (the behaviour before issue 11).
+type ClientAuth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Allowed token_endpoint_auth_method values: client_secret_basic,
+	// client_secret_post, private_key_jwt, tls_client_auth,
+	// self_signed_tls_client_auth.
+	Methods []string `protobuf:"bytes,1,rep,name=methods,proto3" json:"methods,omitempty"`
+	// JWKS (JSON) of the client's public keys: private_key_jwt and
+	// self_signed_tls_client_auth.
+	Jwks []byte `protobuf:"bytes,2,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	// jwks_uri of the client's public keys (private_key_jwt), instead of jwks.
+	JwksUri string `protobuf:"bytes,3,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
+	// tls_client_auth: RFC 4514 subject DN the certificate must carry, or
+	// one of its DNS SANs.
+	TlsSubjectDn  string `protobuf:"bytes,4,opt,name=tls_subject_dn,json=tlsSubjectDn,proto3" json:"tls_subject_dn,omitempty"`
+	TlsSanDns     string `protobuf:"bytes,5,opt,name=tls_san_dns,json=tlsSanDns,proto3" json:"tls_san_dns,omitempty"`
+	TlsSanUri     string `protobuf:"bytes,6,opt,name=tls_san_uri,json=tlsSanUri,proto3" json:"tls_san_uri,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientAuth) Reset() {
+	*x = ClientAuth{}
+	mi := &file_command_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientAuth) ProtoMessage() {}
+
+func (x *ClientAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientAuth.ProtoReflect.Descriptor instead.
+func (*ClientAuth) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ClientAuth) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *ClientAuth) GetJwks() []byte {
+	if x != nil {
+		return x.Jwks
+	}
+	return nil
+}
+
+func (x *ClientAuth) GetJwksUri() string {
+	if x != nil {
+		return x.JwksUri
+	}
+	return ""
+}
+
+func (x *ClientAuth) GetTlsSubjectDn() string {
+	if x != nil {
+		return x.TlsSubjectDn
+	}
+	return ""
+}
+
+func (x *ClientAuth) GetTlsSanDns() string {
+	if x != nil {
+		return x.TlsSanDns
+	}
+	return ""
+}
+
+func (x *ClientAuth) GetTlsSanUri() string {
+	if x != nil {
+		return x.TlsSanUri
+	}
+	return ""
+}
+
+// TenantTrust is what a tenant trusts besides its own clients' secrets.
+type TenantTrust struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM CA certificates client certificates must chain to
+	// (tls_client_auth).
+	ClientCaPem     []byte             `protobuf:"bytes,1,opt,name=client_ca_pem,json=clientCaPem,proto3" json:"client_ca_pem,omitempty"`
+	Federations     []*FederationTrust `protobuf:"bytes,2,rep,name=federations,proto3" json:"federations,omitempty"`
+	UpdatedUnixNano int64              `protobuf:"varint,3,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TenantTrust) Reset() {
+	*x = TenantTrust{}
+	mi := &file_command_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantTrust) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantTrust) ProtoMessage() {}
+
+func (x *TenantTrust) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantTrust.ProtoReflect.Descriptor instead.
+func (*TenantTrust) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *TenantTrust) GetClientCaPem() []byte {
+	if x != nil {
+		return x.ClientCaPem
+	}
+	return nil
+}
+
+func (x *TenantTrust) GetFederations() []*FederationTrust {
+	if x != nil {
+		return x.Federations
+	}
+	return nil
+}
+
+func (x *TenantTrust) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
+// FederationTrust trusts the tokens of an external issuer (a Kubernetes
+// service-account issuer, a SPIFFE trust domain, an OIDC provider) as
+// client assertions, for the subjects it maps to clients.
+type FederationTrust struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Exact "iss" of the external tokens.
+	Issuer string `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Keys: inline JWKS, a jwks_uri, or neither (discovery at
+	// issuer/.well-known/openid-configuration).
+	Jwks    []byte `protobuf:"bytes,3,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	JwksUri string `protobuf:"bytes,4,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
+	// Required "aud" value; empty: the tenant's issuer or token endpoint.
+	Audience      string            `protobuf:"bytes,5,opt,name=audience,proto3" json:"audience,omitempty"`
+	Subjects      []*SubjectMapping `protobuf:"bytes,6,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederationTrust) Reset() {
+	*x = FederationTrust{}
+	mi := &file_command_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationTrust) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationTrust) ProtoMessage() {}
+
+func (x *FederationTrust) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationTrust.ProtoReflect.Descriptor instead.
+func (*FederationTrust) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *FederationTrust) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetJwks() []byte {
+	if x != nil {
+		return x.Jwks
+	}
+	return nil
+}
+
+func (x *FederationTrust) GetJwksUri() string {
+	if x != nil {
+		return x.JwksUri
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetSubjects() []*SubjectMapping {
+	if x != nil {
+		return x.Subjects
+	}
+	return nil
+}
+
+// SubjectMapping maps one external subject to a client of the tenant.
+type SubjectMapping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subject       string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	ClientId      string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubjectMapping) Reset() {
+	*x = SubjectMapping{}
+	mi := &file_command_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubjectMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubjectMapping) ProtoMessage() {}
+
+func (x *SubjectMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubjectMapping.ProtoReflect.Descriptor instead.
+func (*SubjectMapping) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *SubjectMapping) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *SubjectMapping) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+// SetTenantTrust replaces a tenant's TenantTrust.
+type SetTenantTrust struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Trust         *TenantTrust           `protobuf:"bytes,2,opt,name=trust,proto3" json:"trust,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantTrust) Reset() {
+	*x = SetTenantTrust{}
+	mi := &file_command_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantTrust) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantTrust) ProtoMessage() {}
+
+func (x *SetTenantTrust) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantTrust.ProtoReflect.Descriptor instead.
+func (*SetTenantTrust) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *SetTenantTrust) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantTrust) GetTrust() *TenantTrust {
+	if x != nil {
+		return x.Trust
+	}
+	return nil
+}
+
+// ConsumeAssertion records that a client assertion id was used: the first
+// use succeeds, any later one (on any node) fails with "already exists"
+// until expires_unix_nano, when Sweep may forget it.
+type ConsumeAssertion struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Tenant   string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	ClientId string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// SHA-256 of client_id | 0x00 | jti (the raw jti is never stored).
+	Key             []byte `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	ExpiresUnixNano int64  `protobuf:"varint,4,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ConsumeAssertion) Reset() {
+	*x = ConsumeAssertion{}
+	mi := &file_command_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsumeAssertion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsumeAssertion) ProtoMessage() {}
+
+func (x *ConsumeAssertion) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsumeAssertion.ProtoReflect.Descriptor instead.
+func (*ConsumeAssertion) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ConsumeAssertion) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ConsumeAssertion) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *ConsumeAssertion) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ConsumeAssertion) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\xae\x0e\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xc9\x0f\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -4056,7 +4537,9 @@ const file_command_proto_rawDesc = "" +
 	"\vdelete_user\x18Q \x01(\v2\x19.tally.raft.v1.DeleteUserH\x00R\n" +
 	"deleteUser\x12B\n" +
 	"\rdelete_tenant\x18R \x01(\v2\x1b.tally.raft.v1.DeleteTenantH\x00R\fdeleteTenant\x12R\n" +
-	"\x13set_cluster_version\x18F \x01(\v2 .tally.raft.v1.SetClusterVersionH\x00R\x11setClusterVersionB\x04\n" +
+	"\x13set_cluster_version\x18F \x01(\v2 .tally.raft.v1.SetClusterVersionH\x00R\x11setClusterVersion\x12N\n" +
+	"\x11consume_assertion\x18Z \x01(\v2\x1f.tally.raft.v1.ConsumeAssertionH\x00R\x10consumeAssertion\x12I\n" +
+	"\x10set_tenant_trust\x18[ \x01(\v2\x1d.tally.raft.v1.SetTenantTrustH\x00R\x0esetTenantTrustB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -4085,19 +4568,20 @@ const file_command_proto_rawDesc = "" +
 	"revocation\">\n" +
 	"\x05Sweep\x125\n" +
 	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\"\x06\n" +
-	"\x04Tick\"\xa4\x01\n" +
+	"\x04Tick\"\xd6\x01\n" +
 	"\x06Tenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12*\n" +
 	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x1a\n" +
 	"\bdisabled\x18\x04 \x01(\bR\bdisabled\x12\x1f\n" +
 	"\vsigning_alg\x18\x05 \x01(\tR\n" +
-	"signingAlg\"x\n" +
+	"signingAlg\x120\n" +
+	"\x05trust\x18\x14 \x01(\v2\x1a.tally.raft.v1.TenantTrustR\x05trust\"x\n" +
 	"\n" +
 	"SecretHash\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
-	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\xf9\x03\n" +
+	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\xa8\x04\n" +
 	"\x06Client\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -4115,7 +4599,8 @@ const file_command_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\f \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\r \x01(\x04R\brevision\x12\x16\n" +
 	"\x06public\x18\x0e \x01(\bR\x06public\x12#\n" +
-	"\rredirect_uris\x18\x0f \x03(\tR\fredirectUris\"\xfd\x02\n" +
+	"\rredirect_uris\x18\x0f \x03(\tR\fredirectUris\x12-\n" +
+	"\x04auth\x18\x1e \x01(\v2\x19.tally.raft.v1.ClientAuthR\x04auth\"\xfd\x02\n" +
 	"\x03Key\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
@@ -4343,7 +4828,37 @@ const file_command_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1a\n" +
 	"\bfeatures\x18\x02 \x03(\tR\bfeatures\x12\x12\n" +
 	"\x04hold\x18\x03 \x01(\bR\x04hold\x12*\n" +
-	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano*\xf3\x02\n" +
+	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano\"\xbb\x01\n" +
+	"\n" +
+	"ClientAuth\x12\x18\n" +
+	"\amethods\x18\x01 \x03(\tR\amethods\x12\x12\n" +
+	"\x04jwks\x18\x02 \x01(\fR\x04jwks\x12\x19\n" +
+	"\bjwks_uri\x18\x03 \x01(\tR\ajwksUri\x12$\n" +
+	"\x0etls_subject_dn\x18\x04 \x01(\tR\ftlsSubjectDn\x12\x1e\n" +
+	"\vtls_san_dns\x18\x05 \x01(\tR\ttlsSanDns\x12\x1e\n" +
+	"\vtls_san_uri\x18\x06 \x01(\tR\ttlsSanUri\"\x9f\x01\n" +
+	"\vTenantTrust\x12\"\n" +
+	"\rclient_ca_pem\x18\x01 \x01(\fR\vclientCaPem\x12@\n" +
+	"\vfederations\x18\x02 \x03(\v2\x1e.tally.raft.v1.FederationTrustR\vfederations\x12*\n" +
+	"\x11updated_unix_nano\x18\x03 \x01(\x03R\x0fupdatedUnixNano\"\xc3\x01\n" +
+	"\x0fFederationTrust\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x12\n" +
+	"\x04jwks\x18\x03 \x01(\fR\x04jwks\x12\x19\n" +
+	"\bjwks_uri\x18\x04 \x01(\tR\ajwksUri\x12\x1a\n" +
+	"\baudience\x18\x05 \x01(\tR\baudience\x129\n" +
+	"\bsubjects\x18\x06 \x03(\v2\x1d.tally.raft.v1.SubjectMappingR\bsubjects\"G\n" +
+	"\x0eSubjectMapping\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\"Z\n" +
+	"\x0eSetTenantTrust\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x120\n" +
+	"\x05trust\x18\x02 \x01(\v2\x1a.tally.raft.v1.TenantTrustR\x05trust\"\x85\x01\n" +
+	"\x10ConsumeAssertion\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\x12*\n" +
+	"\x11expires_unix_nano\x18\x04 \x01(\x03R\x0fexpiresUnixNano*\xf3\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -4371,7 +4886,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),             // 0: tally.raft.v1.EventKind
 	(*Command)(nil),            // 1: tally.raft.v1.Command
@@ -4419,6 +4934,12 @@ var file_command_proto_goTypes = []any{
 	(*Deleted)(nil),            // 43: tally.raft.v1.Deleted
 	(*SetClusterVersion)(nil),  // 44: tally.raft.v1.SetClusterVersion
 	(*ClusterVersion)(nil),     // 45: tally.raft.v1.ClusterVersion
+	(*ClientAuth)(nil),         // 46: tally.raft.v1.ClientAuth
+	(*TenantTrust)(nil),        // 47: tally.raft.v1.TenantTrust
+	(*FederationTrust)(nil),    // 48: tally.raft.v1.FederationTrust
+	(*SubjectMapping)(nil),     // 49: tally.raft.v1.SubjectMapping
+	(*SetTenantTrust)(nil),     // 50: tally.raft.v1.SetTenantTrust
+	(*ConsumeAssertion)(nil),   // 51: tally.raft.v1.ConsumeAssertion
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -4446,38 +4967,45 @@ var file_command_proto_depIdxs = []int32{
 	41, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
 	42, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
 	44, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
-	11, // 25: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 26: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 27: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 28: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 29: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 30: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 31: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	12, // 32: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 33: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 34: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 35: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 36: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 37: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 38: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 39: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 40: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 41: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 42: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 43: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 44: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 45: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 46: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 47: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 48: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 49: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	39, // 50: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	45, // 51: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	52, // [52:52] is the sub-list for method output_type
-	52, // [52:52] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	51, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
+	50, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
+	11, // 27: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 28: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 29: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 30: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 31: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 32: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 33: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	47, // 34: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	12, // 35: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	46, // 36: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	0,  // 37: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 38: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 39: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 40: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 41: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 42: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 43: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 44: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 45: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 46: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 47: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 48: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 49: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 50: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 51: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 52: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 53: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	39, // 54: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	45, // 55: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	48, // 56: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	49, // 57: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	47, // 58: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	59, // [59:59] is the sub-list for method output_type
+	59, // [59:59] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -4511,6 +5039,8 @@ func file_command_proto_init() {
 		(*Command_DeleteUser)(nil),
 		(*Command_DeleteTenant)(nil),
 		(*Command_SetClusterVersion)(nil),
+		(*Command_ConsumeAssertion)(nil),
+		(*Command_SetTenantTrust)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4518,7 +5048,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   45,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

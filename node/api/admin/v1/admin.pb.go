@@ -405,8 +405,10 @@ type Client struct {
 	PreviousSecretExpiresAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=previous_secret_expires_at,json=previousSecretExpiresAt,proto3" json:"previous_secret_expires_at,omitempty"`
 	Public                  bool                   `protobuf:"varint,15,opt,name=public,proto3" json:"public,omitempty"`
 	RedirectUris            []string               `protobuf:"bytes,16,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// Issue 11: token endpoint authentication methods and their parameters.
+	Auth          *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Client) Reset() {
@@ -551,6 +553,13 @@ func (x *Client) GetRedirectUris() []string {
 	return nil
 }
 
+func (x *Client) GetAuth() *ClientAuth {
+	if x != nil {
+		return x.Auth
+	}
+	return nil
+}
+
 type CreateClientRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Tenant     string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -561,9 +570,13 @@ type CreateClientRequest struct {
 	// 0 means the default (600); allowed 60 to 3600.
 	AccessTokenTtlSeconds int64 `protobuf:"varint,6,opt,name=access_token_ttl_seconds,json=accessTokenTtlSeconds,proto3" json:"access_token_ttl_seconds,omitempty"`
 	// "jwt" (default) or "opaque".
-	TokenFormat   string   `protobuf:"bytes,7,opt,name=token_format,json=tokenFormat,proto3" json:"token_format,omitempty"`
-	Public        bool     `protobuf:"varint,8,opt,name=public,proto3" json:"public,omitempty"`
-	RedirectUris  []string `protobuf:"bytes,9,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
+	TokenFormat  string   `protobuf:"bytes,7,opt,name=token_format,json=tokenFormat,proto3" json:"token_format,omitempty"`
+	Public       bool     `protobuf:"varint,8,opt,name=public,proto3" json:"public,omitempty"`
+	RedirectUris []string `protobuf:"bytes,9,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
+	// Issue 11: authentication methods (RFC 7591 names); absent:
+	// client_secret_basic and client_secret_post. A secret is generated only
+	// when a client_secret_* method is allowed.
+	Auth          *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -657,6 +670,13 @@ func (x *CreateClientRequest) GetPublic() bool {
 func (x *CreateClientRequest) GetRedirectUris() []string {
 	if x != nil {
 		return x.RedirectUris
+	}
+	return nil
+}
+
+func (x *CreateClientRequest) GetAuth() *ClientAuth {
+	if x != nil {
+		return x.Auth
 	}
 	return nil
 }
@@ -3076,6 +3096,478 @@ func (x *DeleteTenantResponse) GetRaftIndex() uint64 {
 	return 0
 }
 
+// ClientAuth is a client's token_endpoint_auth_method values (RFC 7591
+// names: client_secret_basic, client_secret_post, private_key_jwt,
+// tls_client_auth, self_signed_tls_client_auth) and their parameters.
+type ClientAuth struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Methods []string               `protobuf:"bytes,1,rep,name=methods,proto3" json:"methods,omitempty"`
+	// JWKS (JSON) of public keys: private_key_jwt, self_signed_tls_client_auth.
+	Jwks    string `protobuf:"bytes,2,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	JwksUri string `protobuf:"bytes,3,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
+	// tls_client_auth: the certificate's RFC 4514 subject DN, DNS SAN or URI SAN.
+	TlsSubjectDn  string `protobuf:"bytes,4,opt,name=tls_subject_dn,json=tlsSubjectDn,proto3" json:"tls_subject_dn,omitempty"`
+	TlsSanDns     string `protobuf:"bytes,5,opt,name=tls_san_dns,json=tlsSanDns,proto3" json:"tls_san_dns,omitempty"`
+	TlsSanUri     string `protobuf:"bytes,6,opt,name=tls_san_uri,json=tlsSanUri,proto3" json:"tls_san_uri,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientAuth) Reset() {
+	*x = ClientAuth{}
+	mi := &file_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientAuth) ProtoMessage() {}
+
+func (x *ClientAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientAuth.ProtoReflect.Descriptor instead.
+func (*ClientAuth) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *ClientAuth) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *ClientAuth) GetJwks() string {
+	if x != nil {
+		return x.Jwks
+	}
+	return ""
+}
+
+func (x *ClientAuth) GetJwksUri() string {
+	if x != nil {
+		return x.JwksUri
+	}
+	return ""
+}
+
+func (x *ClientAuth) GetTlsSubjectDn() string {
+	if x != nil {
+		return x.TlsSubjectDn
+	}
+	return ""
+}
+
+func (x *ClientAuth) GetTlsSanDns() string {
+	if x != nil {
+		return x.TlsSanDns
+	}
+	return ""
+}
+
+func (x *ClientAuth) GetTlsSanUri() string {
+	if x != nil {
+		return x.TlsSanUri
+	}
+	return ""
+}
+
+type TenantTrust struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM CA certificates for tls_client_auth.
+	ClientCaPem   string                 `protobuf:"bytes,1,opt,name=client_ca_pem,json=clientCaPem,proto3" json:"client_ca_pem,omitempty"`
+	Federations   []*FederationTrust     `protobuf:"bytes,2,rep,name=federations,proto3" json:"federations,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantTrust) Reset() {
+	*x = TenantTrust{}
+	mi := &file_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantTrust) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantTrust) ProtoMessage() {}
+
+func (x *TenantTrust) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantTrust.ProtoReflect.Descriptor instead.
+func (*TenantTrust) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *TenantTrust) GetClientCaPem() string {
+	if x != nil {
+		return x.ClientCaPem
+	}
+	return ""
+}
+
+func (x *TenantTrust) GetFederations() []*FederationTrust {
+	if x != nil {
+		return x.Federations
+	}
+	return nil
+}
+
+func (x *TenantTrust) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+// FederationTrust: tokens of issuer (keys from jwks, jwks_uri or the
+// issuer's discovery document) authenticate the clients their subject maps to.
+type FederationTrust struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Issuer        string                 `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Jwks          string                 `protobuf:"bytes,3,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	JwksUri       string                 `protobuf:"bytes,4,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
+	Audience      string                 `protobuf:"bytes,5,opt,name=audience,proto3" json:"audience,omitempty"`
+	Subjects      []*SubjectMapping      `protobuf:"bytes,6,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederationTrust) Reset() {
+	*x = FederationTrust{}
+	mi := &file_admin_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationTrust) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationTrust) ProtoMessage() {}
+
+func (x *FederationTrust) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationTrust.ProtoReflect.Descriptor instead.
+func (*FederationTrust) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *FederationTrust) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetJwks() string {
+	if x != nil {
+		return x.Jwks
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetJwksUri() string {
+	if x != nil {
+		return x.JwksUri
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *FederationTrust) GetSubjects() []*SubjectMapping {
+	if x != nil {
+		return x.Subjects
+	}
+	return nil
+}
+
+type SubjectMapping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subject       string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	ClientId      string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubjectMapping) Reset() {
+	*x = SubjectMapping{}
+	mi := &file_admin_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubjectMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubjectMapping) ProtoMessage() {}
+
+func (x *SubjectMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubjectMapping.ProtoReflect.Descriptor instead.
+func (*SubjectMapping) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *SubjectMapping) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *SubjectMapping) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+type SetTenantTrustRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Trust         *TenantTrust           `protobuf:"bytes,2,opt,name=trust,proto3" json:"trust,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantTrustRequest) Reset() {
+	*x = SetTenantTrustRequest{}
+	mi := &file_admin_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantTrustRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantTrustRequest) ProtoMessage() {}
+
+func (x *SetTenantTrustRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantTrustRequest.ProtoReflect.Descriptor instead.
+func (*SetTenantTrustRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *SetTenantTrustRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantTrustRequest) GetTrust() *TenantTrust {
+	if x != nil {
+		return x.Trust
+	}
+	return nil
+}
+
+type SetTenantTrustResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Trust         *TenantTrust           `protobuf:"bytes,1,opt,name=trust,proto3" json:"trust,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantTrustResponse) Reset() {
+	*x = SetTenantTrustResponse{}
+	mi := &file_admin_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantTrustResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantTrustResponse) ProtoMessage() {}
+
+func (x *SetTenantTrustResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantTrustResponse.ProtoReflect.Descriptor instead.
+func (*SetTenantTrustResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *SetTenantTrustResponse) GetTrust() *TenantTrust {
+	if x != nil {
+		return x.Trust
+	}
+	return nil
+}
+
+type GetTenantTrustRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTenantTrustRequest) Reset() {
+	*x = GetTenantTrustRequest{}
+	mi := &file_admin_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTenantTrustRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTenantTrustRequest) ProtoMessage() {}
+
+func (x *GetTenantTrustRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTenantTrustRequest.ProtoReflect.Descriptor instead.
+func (*GetTenantTrustRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *GetTenantTrustRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+type GetTenantTrustResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Trust         *TenantTrust           `protobuf:"bytes,1,opt,name=trust,proto3" json:"trust,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTenantTrustResponse) Reset() {
+	*x = GetTenantTrustResponse{}
+	mi := &file_admin_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTenantTrustResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTenantTrustResponse) ProtoMessage() {}
+
+func (x *GetTenantTrustResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTenantTrustResponse.ProtoReflect.Descriptor instead.
+func (*GetTenantTrustResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *GetTenantTrustResponse) GetTrust() *TenantTrust {
+	if x != nil {
+		return x.Trust
+	}
+	return nil
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -3103,7 +3595,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.tally.admin.v1.TenantR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
 	"\x13ListTenantsResponse\x120\n" +
-	"\atenants\x18\x01 \x03(\v2\x16.tally.admin.v1.TenantR\atenants\"\xef\x04\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.tally.admin.v1.TenantR\atenants\"\x9f\x05\n" +
 	"\x06Client\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x12\n" +
@@ -3124,7 +3616,8 @@ const file_admin_proto_rawDesc = "" +
 	"\x0eactive_secrets\x18\r \x01(\x05R\ractiveSecrets\x12W\n" +
 	"\x1aprevious_secret_expires_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\x12\x16\n" +
 	"\x06public\x18\x0f \x01(\bR\x06public\x12#\n" +
-	"\rredirect_uris\x18\x10 \x03(\tR\fredirectUris\"\xb1\x02\n" +
+	"\rredirect_uris\x18\x10 \x03(\tR\fredirectUris\x12.\n" +
+	"\x04auth\x18\x1e \x01(\v2\x1a.tally.admin.v1.ClientAuthR\x04auth\"\xe1\x02\n" +
 	"\x13CreateClientRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
@@ -3135,7 +3628,8 @@ const file_admin_proto_rawDesc = "" +
 	"\x18access_token_ttl_seconds\x18\x06 \x01(\x03R\x15accessTokenTtlSeconds\x12!\n" +
 	"\ftoken_format\x18\a \x01(\tR\vtokenFormat\x12\x16\n" +
 	"\x06public\x18\b \x01(\bR\x06public\x12#\n" +
-	"\rredirect_uris\x18\t \x03(\tR\fredirectUris\"k\n" +
+	"\rredirect_uris\x18\t \x03(\tR\fredirectUris\x12.\n" +
+	"\x04auth\x18\x1e \x01(\v2\x1a.tally.admin.v1.ClientAuthR\x04auth\"k\n" +
 	"\x14CreateClientResponse\x12.\n" +
 	"\x06client\x18\x01 \x01(\v2\x16.tally.admin.v1.ClientR\x06client\x12#\n" +
 	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\"G\n" +
@@ -3308,7 +3802,39 @@ const file_admin_proto_rawDesc = "" +
 	"\x14DeleteTenantResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
-	"raft_index\x18\x02 \x01(\x04R\traftIndex2\x88\x10\n" +
+	"raft_index\x18\x02 \x01(\x04R\traftIndex\"\xbb\x01\n" +
+	"\n" +
+	"ClientAuth\x12\x18\n" +
+	"\amethods\x18\x01 \x03(\tR\amethods\x12\x12\n" +
+	"\x04jwks\x18\x02 \x01(\tR\x04jwks\x12\x19\n" +
+	"\bjwks_uri\x18\x03 \x01(\tR\ajwksUri\x12$\n" +
+	"\x0etls_subject_dn\x18\x04 \x01(\tR\ftlsSubjectDn\x12\x1e\n" +
+	"\vtls_san_dns\x18\x05 \x01(\tR\ttlsSanDns\x12\x1e\n" +
+	"\vtls_san_uri\x18\x06 \x01(\tR\ttlsSanUri\"\xaf\x01\n" +
+	"\vTenantTrust\x12\"\n" +
+	"\rclient_ca_pem\x18\x01 \x01(\tR\vclientCaPem\x12A\n" +
+	"\vfederations\x18\x02 \x03(\v2\x1f.tally.admin.v1.FederationTrustR\vfederations\x129\n" +
+	"\n" +
+	"updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xc4\x01\n" +
+	"\x0fFederationTrust\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x12\n" +
+	"\x04jwks\x18\x03 \x01(\tR\x04jwks\x12\x19\n" +
+	"\bjwks_uri\x18\x04 \x01(\tR\ajwksUri\x12\x1a\n" +
+	"\baudience\x18\x05 \x01(\tR\baudience\x12:\n" +
+	"\bsubjects\x18\x06 \x03(\v2\x1e.tally.admin.v1.SubjectMappingR\bsubjects\"G\n" +
+	"\x0eSubjectMapping\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\"b\n" +
+	"\x15SetTenantTrustRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x121\n" +
+	"\x05trust\x18\x02 \x01(\v2\x1b.tally.admin.v1.TenantTrustR\x05trust\"K\n" +
+	"\x16SetTenantTrustResponse\x121\n" +
+	"\x05trust\x18\x01 \x01(\v2\x1b.tally.admin.v1.TenantTrustR\x05trust\"/\n" +
+	"\x15GetTenantTrustRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"K\n" +
+	"\x16GetTenantTrustResponse\x121\n" +
+	"\x05trust\x18\x01 \x01(\v2\x1b.tally.admin.v1.TenantTrustR\x05trust2\xca\x11\n" +
 	"\fAdminService\x12Y\n" +
 	"\fCreateTenant\x12#.tally.admin.v1.CreateTenantRequest\x1a$.tally.admin.v1.CreateTenantResponse\x12P\n" +
 	"\tGetTenant\x12 .tally.admin.v1.GetTenantRequest\x1a!.tally.admin.v1.GetTenantResponse\x12V\n" +
@@ -3336,7 +3862,9 @@ const file_admin_proto_rawDesc = "" +
 	"\fDeleteClient\x12#.tally.admin.v1.DeleteClientRequest\x1a$.tally.admin.v1.DeleteClientResponse\x12S\n" +
 	"\n" +
 	"DeleteUser\x12!.tally.admin.v1.DeleteUserRequest\x1a\".tally.admin.v1.DeleteUserResponse\x12Y\n" +
-	"\fDeleteTenant\x12#.tally.admin.v1.DeleteTenantRequest\x1a$.tally.admin.v1.DeleteTenantResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
+	"\fDeleteTenant\x12#.tally.admin.v1.DeleteTenantRequest\x1a$.tally.admin.v1.DeleteTenantResponse\x12_\n" +
+	"\x0eSetTenantTrust\x12%.tally.admin.v1.SetTenantTrustRequest\x1a&.tally.admin.v1.SetTenantTrustResponse\x12_\n" +
+	"\x0eGetTenantTrust\x12%.tally.admin.v1.GetTenantTrustRequest\x1a&.tally.admin.v1.GetTenantTrustResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -3350,7 +3878,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_admin_proto_goTypes = []any{
 	(*Tenant)(nil),                     // 0: tally.admin.v1.Tenant
 	(*CreateTenantRequest)(nil),        // 1: tally.admin.v1.CreateTenantRequest
@@ -3404,97 +3932,117 @@ var file_admin_proto_goTypes = []any{
 	(*DeleteUserResponse)(nil),         // 49: tally.admin.v1.DeleteUserResponse
 	(*DeleteTenantRequest)(nil),        // 50: tally.admin.v1.DeleteTenantRequest
 	(*DeleteTenantResponse)(nil),       // 51: tally.admin.v1.DeleteTenantResponse
-	(*timestamppb.Timestamp)(nil),      // 52: google.protobuf.Timestamp
+	(*ClientAuth)(nil),                 // 52: tally.admin.v1.ClientAuth
+	(*TenantTrust)(nil),                // 53: tally.admin.v1.TenantTrust
+	(*FederationTrust)(nil),            // 54: tally.admin.v1.FederationTrust
+	(*SubjectMapping)(nil),             // 55: tally.admin.v1.SubjectMapping
+	(*SetTenantTrustRequest)(nil),      // 56: tally.admin.v1.SetTenantTrustRequest
+	(*SetTenantTrustResponse)(nil),     // 57: tally.admin.v1.SetTenantTrustResponse
+	(*GetTenantTrustRequest)(nil),      // 58: tally.admin.v1.GetTenantTrustRequest
+	(*GetTenantTrustResponse)(nil),     // 59: tally.admin.v1.GetTenantTrustResponse
+	(*timestamppb.Timestamp)(nil),      // 60: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	52, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
+	60, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 1: tally.admin.v1.CreateTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,  // 2: tally.admin.v1.GetTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,  // 3: tally.admin.v1.ListTenantsResponse.tenants:type_name -> tally.admin.v1.Tenant
-	52, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
-	52, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
-	52, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
-	7,  // 7: tally.admin.v1.CreateClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 8: tally.admin.v1.GetClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 9: tally.admin.v1.ListClientsResponse.clients:type_name -> tally.admin.v1.Client
-	14, // 10: tally.admin.v1.UpdateClientRequest.grant_types:type_name -> tally.admin.v1.StringList
-	14, // 11: tally.admin.v1.UpdateClientRequest.scopes:type_name -> tally.admin.v1.StringList
-	14, // 12: tally.admin.v1.UpdateClientRequest.audiences:type_name -> tally.admin.v1.StringList
-	14, // 13: tally.admin.v1.UpdateClientRequest.redirect_uris:type_name -> tally.admin.v1.StringList
-	7,  // 14: tally.admin.v1.UpdateClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 15: tally.admin.v1.DisableClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 16: tally.admin.v1.EnableClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 17: tally.admin.v1.RotateClientSecretResponse.client:type_name -> tally.admin.v1.Client
-	52, // 18: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	52, // 19: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
-	52, // 20: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
-	52, // 21: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
-	23, // 22: tally.admin.v1.ListKeysResponse.keys:type_name -> tally.admin.v1.Key
-	23, // 23: tally.admin.v1.RotateKeysResponse.keys:type_name -> tally.admin.v1.Key
-	52, // 24: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	52, // 25: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	52, // 26: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
-	28, // 27: tally.admin.v1.RevokeTokenResponse.revocation:type_name -> tally.admin.v1.Revocation
-	28, // 28: tally.admin.v1.ListRevocationsResponse.revocations:type_name -> tally.admin.v1.Revocation
-	52, // 29: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
-	52, // 30: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
-	33, // 31: tally.admin.v1.CreateUserResponse.user:type_name -> tally.admin.v1.User
-	33, // 32: tally.admin.v1.GetUserResponse.user:type_name -> tally.admin.v1.User
-	33, // 33: tally.admin.v1.ListUsersResponse.users:type_name -> tally.admin.v1.User
-	33, // 34: tally.admin.v1.DisableUserResponse.user:type_name -> tally.admin.v1.User
-	33, // 35: tally.admin.v1.EnableUserResponse.user:type_name -> tally.admin.v1.User
-	33, // 36: tally.admin.v1.SetUserPasswordResponse.user:type_name -> tally.admin.v1.User
-	1,  // 37: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
-	3,  // 38: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
-	5,  // 39: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
-	8,  // 40: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
-	10, // 41: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
-	12, // 42: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
-	15, // 43: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
-	17, // 44: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
-	19, // 45: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
-	21, // 46: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
-	24, // 47: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
-	26, // 48: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
-	29, // 49: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
-	31, // 50: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
-	34, // 51: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
-	36, // 52: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
-	38, // 53: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
-	40, // 54: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
-	42, // 55: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
-	44, // 56: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
-	46, // 57: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
-	48, // 58: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
-	50, // 59: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
-	2,  // 60: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
-	4,  // 61: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
-	6,  // 62: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
-	9,  // 63: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
-	11, // 64: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
-	13, // 65: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
-	16, // 66: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
-	18, // 67: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
-	20, // 68: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
-	22, // 69: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
-	25, // 70: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
-	27, // 71: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
-	30, // 72: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
-	32, // 73: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
-	35, // 74: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
-	37, // 75: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
-	39, // 76: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
-	41, // 77: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
-	43, // 78: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
-	45, // 79: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
-	47, // 80: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
-	49, // 81: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
-	51, // 82: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
-	60, // [60:83] is the sub-list for method output_type
-	37, // [37:60] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	60, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
+	60, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
+	60, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	52, // 7: tally.admin.v1.Client.auth:type_name -> tally.admin.v1.ClientAuth
+	52, // 8: tally.admin.v1.CreateClientRequest.auth:type_name -> tally.admin.v1.ClientAuth
+	7,  // 9: tally.admin.v1.CreateClientResponse.client:type_name -> tally.admin.v1.Client
+	7,  // 10: tally.admin.v1.GetClientResponse.client:type_name -> tally.admin.v1.Client
+	7,  // 11: tally.admin.v1.ListClientsResponse.clients:type_name -> tally.admin.v1.Client
+	14, // 12: tally.admin.v1.UpdateClientRequest.grant_types:type_name -> tally.admin.v1.StringList
+	14, // 13: tally.admin.v1.UpdateClientRequest.scopes:type_name -> tally.admin.v1.StringList
+	14, // 14: tally.admin.v1.UpdateClientRequest.audiences:type_name -> tally.admin.v1.StringList
+	14, // 15: tally.admin.v1.UpdateClientRequest.redirect_uris:type_name -> tally.admin.v1.StringList
+	7,  // 16: tally.admin.v1.UpdateClientResponse.client:type_name -> tally.admin.v1.Client
+	7,  // 17: tally.admin.v1.DisableClientResponse.client:type_name -> tally.admin.v1.Client
+	7,  // 18: tally.admin.v1.EnableClientResponse.client:type_name -> tally.admin.v1.Client
+	7,  // 19: tally.admin.v1.RotateClientSecretResponse.client:type_name -> tally.admin.v1.Client
+	60, // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	60, // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
+	60, // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	60, // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 24: tally.admin.v1.ListKeysResponse.keys:type_name -> tally.admin.v1.Key
+	23, // 25: tally.admin.v1.RotateKeysResponse.keys:type_name -> tally.admin.v1.Key
+	60, // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	60, // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	60, // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
+	28, // 29: tally.admin.v1.RevokeTokenResponse.revocation:type_name -> tally.admin.v1.Revocation
+	28, // 30: tally.admin.v1.ListRevocationsResponse.revocations:type_name -> tally.admin.v1.Revocation
+	60, // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
+	60, // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
+	33, // 33: tally.admin.v1.CreateUserResponse.user:type_name -> tally.admin.v1.User
+	33, // 34: tally.admin.v1.GetUserResponse.user:type_name -> tally.admin.v1.User
+	33, // 35: tally.admin.v1.ListUsersResponse.users:type_name -> tally.admin.v1.User
+	33, // 36: tally.admin.v1.DisableUserResponse.user:type_name -> tally.admin.v1.User
+	33, // 37: tally.admin.v1.EnableUserResponse.user:type_name -> tally.admin.v1.User
+	33, // 38: tally.admin.v1.SetUserPasswordResponse.user:type_name -> tally.admin.v1.User
+	54, // 39: tally.admin.v1.TenantTrust.federations:type_name -> tally.admin.v1.FederationTrust
+	60, // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
+	55, // 41: tally.admin.v1.FederationTrust.subjects:type_name -> tally.admin.v1.SubjectMapping
+	53, // 42: tally.admin.v1.SetTenantTrustRequest.trust:type_name -> tally.admin.v1.TenantTrust
+	53, // 43: tally.admin.v1.SetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
+	53, // 44: tally.admin.v1.GetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
+	1,  // 45: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
+	3,  // 46: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
+	5,  // 47: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
+	8,  // 48: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
+	10, // 49: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
+	12, // 50: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
+	15, // 51: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
+	17, // 52: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
+	19, // 53: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
+	21, // 54: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
+	24, // 55: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
+	26, // 56: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
+	29, // 57: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
+	31, // 58: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
+	34, // 59: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
+	36, // 60: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
+	38, // 61: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
+	40, // 62: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
+	42, // 63: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
+	44, // 64: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
+	46, // 65: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
+	48, // 66: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
+	50, // 67: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
+	56, // 68: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
+	58, // 69: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
+	2,  // 70: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
+	4,  // 71: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
+	6,  // 72: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
+	9,  // 73: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
+	11, // 74: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
+	13, // 75: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
+	16, // 76: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
+	18, // 77: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
+	20, // 78: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
+	22, // 79: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
+	25, // 80: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
+	27, // 81: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
+	30, // 82: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
+	32, // 83: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
+	35, // 84: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
+	37, // 85: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
+	39, // 86: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
+	41, // 87: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
+	43, // 88: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
+	45, // 89: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
+	47, // 90: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
+	49, // 91: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
+	51, // 92: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
+	57, // 93: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
+	59, // 94: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
+	70, // [70:95] is the sub-list for method output_type
+	45, // [45:70] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -3510,7 +4058,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   52,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -96,6 +96,12 @@ const (
 	// AdminServiceDeleteTenantProcedure is the fully-qualified name of the AdminService's DeleteTenant
 	// RPC.
 	AdminServiceDeleteTenantProcedure = "/tally.admin.v1.AdminService/DeleteTenant"
+	// AdminServiceSetTenantTrustProcedure is the fully-qualified name of the AdminService's
+	// SetTenantTrust RPC.
+	AdminServiceSetTenantTrustProcedure = "/tally.admin.v1.AdminService/SetTenantTrust"
+	// AdminServiceGetTenantTrustProcedure is the fully-qualified name of the AdminService's
+	// GetTenantTrust RPC.
+	AdminServiceGetTenantTrustProcedure = "/tally.admin.v1.AdminService/GetTenantTrust"
 )
 
 // AdminServiceClient is a client for the tally.admin.v1.AdminService service.
@@ -130,6 +136,9 @@ type AdminServiceClient interface {
 	// hash) from the replicated state (right to erasure; see README).
 	DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error)
 	DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error)
+	// Issue 11: a tenant's client-certificate CAs and federation trusts.
+	SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error)
+	GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tally.admin.v1.AdminService service. By
@@ -281,6 +290,18 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("DeleteTenant")),
 			connect.WithClientOptions(opts...),
 		),
+		setTenantTrust: connect.NewClient[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse](
+			httpClient,
+			baseURL+AdminServiceSetTenantTrustProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetTenantTrust")),
+			connect.WithClientOptions(opts...),
+		),
+		getTenantTrust: connect.NewClient[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse](
+			httpClient,
+			baseURL+AdminServiceGetTenantTrustProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("GetTenantTrust")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -309,6 +330,8 @@ type adminServiceClient struct {
 	deleteClient       *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
 	deleteUser         *connect.Client[v1.DeleteUserRequest, v1.DeleteUserResponse]
 	deleteTenant       *connect.Client[v1.DeleteTenantRequest, v1.DeleteTenantResponse]
+	setTenantTrust     *connect.Client[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse]
+	getTenantTrust     *connect.Client[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse]
 }
 
 // CreateTenant calls tally.admin.v1.AdminService.CreateTenant.
@@ -426,6 +449,16 @@ func (c *adminServiceClient) DeleteTenant(ctx context.Context, req *connect.Requ
 	return c.deleteTenant.CallUnary(ctx, req)
 }
 
+// SetTenantTrust calls tally.admin.v1.AdminService.SetTenantTrust.
+func (c *adminServiceClient) SetTenantTrust(ctx context.Context, req *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error) {
+	return c.setTenantTrust.CallUnary(ctx, req)
+}
+
+// GetTenantTrust calls tally.admin.v1.AdminService.GetTenantTrust.
+func (c *adminServiceClient) GetTenantTrust(ctx context.Context, req *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error) {
+	return c.getTenantTrust.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tally.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
@@ -458,6 +491,9 @@ type AdminServiceHandler interface {
 	// hash) from the replicated state (right to erasure; see README).
 	DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error)
 	DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error)
+	// Issue 11: a tenant's client-certificate CAs and federation trusts.
+	SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error)
+	GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -605,6 +641,18 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("DeleteTenant")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceSetTenantTrustHandler := connect.NewUnaryHandler(
+		AdminServiceSetTenantTrustProcedure,
+		svc.SetTenantTrust,
+		connect.WithSchema(adminServiceMethods.ByName("SetTenantTrust")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceGetTenantTrustHandler := connect.NewUnaryHandler(
+		AdminServiceGetTenantTrustProcedure,
+		svc.GetTenantTrust,
+		connect.WithSchema(adminServiceMethods.ByName("GetTenantTrust")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateTenantProcedure:
@@ -653,6 +701,10 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceDeleteUserHandler.ServeHTTP(w, r)
 		case AdminServiceDeleteTenantProcedure:
 			adminServiceDeleteTenantHandler.ServeHTTP(w, r)
+		case AdminServiceSetTenantTrustProcedure:
+			adminServiceSetTenantTrustHandler.ServeHTTP(w, r)
+		case AdminServiceGetTenantTrustProcedure:
+			adminServiceGetTenantTrustHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -752,4 +804,12 @@ func (UnimplementedAdminServiceHandler) DeleteUser(context.Context, *connect.Req
 
 func (UnimplementedAdminServiceHandler) DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.DeleteTenant is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetTenantTrust is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.GetTenantTrust is not implemented"))
 }

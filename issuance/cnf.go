@@ -1,0 +1,65 @@
+package issuance
+
+import "context"
+
+// confirmation is the RFC 7800 cnf claim of a sender-constrained access
+// token: x5t#S256 for a certificate-bound token (RFC 8705 §3.1), jkt for a
+// DPoP-bound one (RFC 9449 §6.1; the dpop branch fills JKT from
+// tokenData.JKT — merge note in /work/wt/notes/ztauth.md).
+type confirmation struct {
+	X5TS256 string `json:"x5t#S256,omitempty"`
+	JKT     string `json:"jkt,omitempty"`
+}
+
+// confirmationOf is d's cnf claim, nil for a bearer token.
+func confirmationOf(d *tokenData) *confirmation {
+	if d.X5T == "" {
+		return nil
+	}
+	return &confirmation{X5TS256: d.X5T}
+}
+
+func (c *confirmation) x5t() string {
+	if c == nil {
+		return ""
+	}
+	return c.X5TS256
+}
+
+// bindToken binds d to the client certificate the request authenticated
+// with, if any (RFC 8705 §3).
+func bindToken(ctx context.Context, d *tokenData) {
+	if t := boundThumbprint(ctx); t != "" {
+		d.X5T = t
+	}
+}
+
+// opaqueExtX5T tags the certificate thumbprint of an opaque token: an
+// optional record after the fixed fields, a tag byte then a length-prefixed
+// string. Tokens without it decode as before; nodes that predate it refuse
+// a bound token (trailing bytes), never misread it.
+const opaqueExtX5T byte = 1
+
+func appendOpaqueCnf(b []byte, d *tokenData) []byte {
+	if d.X5T != "" {
+		b = append(b, opaqueExtX5T)
+		b = appendLP(b, d.X5T)
+	}
+	return b
+}
+
+// readOpaqueCnf decodes the optional records; an unknown tag is an error.
+func readOpaqueCnf(r *opaqueReader, d *tokenData) {
+	for r.err == nil && len(r.b) > 0 {
+		tag := r.b[0]
+		r.b = r.b[1:]
+		switch tag {
+		case opaqueExtX5T:
+			if d.X5T = r.str(); r.err == nil && d.X5T == "" {
+				r.err = errOpaqueBody
+			}
+		default:
+			r.err = errOpaqueBody
+		}
+	}
+}
