@@ -386,6 +386,7 @@ func (c *cluster) status(ctx context.Context, timeout time.Duration) (*clusterv1
 		if s.Health == "healthy" && s.Lag > laggingEntries {
 			s.Health = "lagging"
 		}
+		tooOld(resp.ClusterVersion, s) // version.go
 	}
 	return resp, nil
 }

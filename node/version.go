@@ -188,3 +188,17 @@ func (a *clusterAdminService) Downgrade(ctx context.Context, req *connect.Reques
 	}
 	return connect.NewResponse(&clusterv1.DowngradeResponse{Index: res.Index, ClusterVersion: versionStatus(want)}), nil
 }
+
+// tooOld marks member s "too old" when its binary does not implement the
+// recorded cluster version v (a member restarted with an older release
+// without a downgrade first): it will stop at the first newer entry.
+func tooOld(v *clusterv1.ClusterVersion, s *clusterv1.MemberStatus) {
+	if v == nil || s.GetState() == "unreachable" || s.Health == "stopped" {
+		return
+	}
+	err := checkJoinVersion(&raftpb.ClusterVersion{Version: v.Version, Features: v.Features},
+		&clusterv1.JoinRequest{Id: s.Id, ClusterVersion: s.ClusterVersion, Features: s.Features})
+	if err != nil {
+		s.Health, s.Error = "too old", err.Error()
+	}
+}

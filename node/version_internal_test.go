@@ -86,3 +86,21 @@ func TestJoinRefusesTooOldNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStatusMarksTooOldMembers: a member whose binary does not implement
+// the recorded version shows as "too old" in the cluster status.
+func TestStatusMarksTooOldMembers(t *testing.T) {
+	v := &clusterv1.ClusterVersion{Version: raft.ClusterVersion, Features: []string{featureClusterIdentity, raft.FeatureClusterVersion}}
+	old := &clusterv1.MemberStatus{Id: "node2", State: "Follower", Health: "healthy", Features: []string{featureClusterIdentity}}
+	cur := &clusterv1.MemberStatus{Id: "node1", State: "Leader", Health: "healthy", Features: features, ClusterVersion: raft.ClusterVersion}
+	tooOld(v, old)
+	tooOld(v, cur)
+	if old.Health != "too old" || !strings.Contains(old.Error, "node2") || cur.Health != "healthy" {
+		t.Fatalf("old %s %q, current %s", old.Health, old.Error, cur.Health)
+	}
+	held := &clusterv1.MemberStatus{Id: "node2", State: "Follower", Health: "healthy", Features: []string{featureClusterIdentity}}
+	tooOld(&clusterv1.ClusterVersion{Version: 1, Features: []string{featureClusterIdentity}, Hold: true}, held)
+	if held.Health != "healthy" {
+		t.Fatalf("after a downgrade an old member is %s", held.Health)
+	}
+}

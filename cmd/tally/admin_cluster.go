@@ -68,7 +68,9 @@ func clusterCommands() []adminCommand {
 			detail: "Any node answers; it asks every member for its own view, with a short timeout,\n" +
 				"and marks members that do not answer as unreachable. Health is healthy,\n" +
 				"stale (has not heard from a leader within its staleness bound), lagging\n" +
-				"(more than 1000 entries behind the leader's commit index) or unreachable.",
+				"(more than 1000 entries behind the leader's commit index), unreachable, stopped\n" +
+				"(its binary does not understand a log entry: upgrade it) or too old (its binary\n" +
+				"does not implement the cluster version shown under the table).",
 			examples: []string{`tally admin cluster status`, `tally admin cluster status --output json`},
 			setup: func(fs *flag.FlagSet) adminAction {
 				return func(ctx context.Context, s *adminSession, args []string) error {
