@@ -355,7 +355,11 @@ func (w *Watcher) Start() {
 }
 
 // Stop stops a watcher started with Start, waits for it and saves the
-// position. The watcher may be started again.
+// position. The watcher may be started again (it replays from its
+// position). A stopped watcher follows nothing: it counts as disconnected
+// from Stop on, so a Verifier using it still trusts its set for
+// MaxDisconnect and then fails closed (ErrStale) or introspects, per
+// StalePolicy; stop the watcher only together with its verifiers.
 func (w *Watcher) Stop() {
 	w.runMu.Lock()
 	cancel, done := w.cancel, w.done
