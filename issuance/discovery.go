@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/tallyauth/tally/dpop"
 )
 
 // discoveryMaxAge is the Cache-Control max-age of discovery documents.
@@ -44,6 +46,7 @@ type metadata struct {
 	AuthorizationResponseIssParameterSupported bool     `json:"authorization_response_iss_parameter_supported,omitempty"`
 	ClaimsSupported                            []string `json:"claims_supported,omitempty"`
 	PromptValuesSupported                      []string `json:"prompt_values_supported,omitempty"`
+	DPoPSigningAlgValuesSupported              []string `json:"dpop_signing_alg_values_supported,omitempty"`
 }
 
 // handleDiscovery serves the tenant's metadata at all three locations:
@@ -73,6 +76,7 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		TokenEndpointAuthMethodsSupported: authMethods,
 		IntrospectionEndpointAuthMethodsSupported: authMethods,
 		RevocationEndpointAuthMethodsSupported:    authMethods,
+		DPoPSigningAlgValuesSupported:             dpop.SigningAlgs,
 	}
 	if s.users != nil {
 		md.AuthorizationEndpoint = iss + "/oauth2/authorize"

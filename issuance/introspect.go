@@ -19,6 +19,8 @@ type introspection struct {
 	Aud       audience `json:"aud,omitempty"`
 	Iss       string   `json:"iss"`
 	Jti       string   `json:"jti"`
+	// Cnf is the key the token is bound to (RFC 9449 §6.2).
+	Cnf *confirmation `json:"cnf,omitempty"`
 }
 
 // inactive is the whole response for any token that is not active: RFC 7662
@@ -85,7 +87,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 			Active:    true,
 			Scope:     joinScope(d.Scope),
 			ClientID:  d.ClientID,
-			TokenType: "Bearer",
+			TokenType: tokenTypeOf(d),
 			Exp:       d.ExpiresAt.Unix(),
 			Iat:       d.IssuedAt.Unix(),
 			Nbf:       unixOrZero(d.NotBefore),
@@ -93,6 +95,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 			Aud:       audience(d.Audience),
 			Iss:       d.Issuer,
 			Jti:       d.JTI,
+			Cnf:       confirmationOf(&d),
 		}, nil
 	}()
 	switch {

@@ -89,6 +89,8 @@ type Config struct {
 	// NodeID and Region label security events (refresh-token reuse).
 	NodeID string
 	Region string
+	// DPoP configures DPoP proofs at the token endpoint (dpop.go).
+	DPoP DPoPConfig
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -189,6 +191,7 @@ type Server struct {
 	codeIPLimit *limiters
 	codeSLimit  *limiters
 	device      *deviceGuard // device_pace.go
+	dpop        *dpopGuard   // dpop.go
 }
 
 // NewServer returns a Server reading st and revoking through rv.
@@ -218,6 +221,9 @@ func NewServer(cfg Config, st State, rv Revoker) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, st: st, rv: rv, metrics: m, log: cfg.Logger}
 	s.keys = newKeyring(cfg.KEK, cfg.Logger)
+	if s.dpop, err = newDPoPGuard(cfg); err != nil {
+		return nil, err
+	}
 	s.minter = &minter{st: st, keys: s.keys, rnd: cfg.Rand, issuer: s.Issuer}
 	if cfg.Users != nil {
 		if err := s.initFlows(); err != nil {
@@ -343,6 +349,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "1")
+	}
+	if n := (*dpopNonce)(nil); errors.As(e.Debug, &n) {
+		h.Set("DPoP-Nonce", n.nonce)
 	}
 	if rl := (*RateLimited)(nil); e.Status == http.StatusTooManyRequests && errors.As(e.Debug, &rl) {
 		h.Set("Retry-After", retryAfterSeconds(rl.RetryAfter))

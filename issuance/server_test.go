@@ -96,6 +96,7 @@ func TestDiscovery(t *testing.T) {
 		"token_endpoint_auth_methods_supported": []any{"client_secret_basic", "client_secret_post"},
 		"introspection_endpoint_auth_methods_supported": []any{"client_secret_basic", "client_secret_post"},
 		"revocation_endpoint_auth_methods_supported":    []any{"client_secret_basic", "client_secret_post"},
+		"dpop_signing_alg_values_supported":             []any{"ES256", "ES384", "ES512", "PS256", "RS256", "EdDSA"},
 	}
 	for k, v := range want {
 		if mustJSON(doc[k]) != mustJSON(v) {

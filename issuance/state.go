@@ -70,6 +70,9 @@ type Client struct {
 	Disabled       bool
 	Public         bool
 	RedirectURIs   []string
+	// DPoPBound makes DPoP mandatory for the client's token requests
+	// (RFC 9449 §5.2 dpop_bound_access_tokens).
+	DPoPBound bool
 }
 
 // Key is a tenant key as stored in the replica: public part in the clear,

@@ -24,6 +24,9 @@ type tokenData struct {
 	NotBefore time.Time // zero when absent
 	ExpiresAt time.Time
 	KeyID     string
+	// JKT is the DPoP key thumbprint the token is bound to (RFC 9449 §6),
+	// "" for a bearer token.
+	JKT string
 }
 
 // JWT access token header type (RFC 9068 §2.1). Verification also accepts the
@@ -69,6 +72,8 @@ type accessClaims struct {
 	ID        string   `json:"jti"`
 	ClientID  string   `json:"client_id"`
 	Scope     string   `json:"scope,omitempty"`
+	// Cnf binds the token to a key (RFC 7800; RFC 9449 §6.1).
+	Cnf *confirmation `json:"cnf,omitempty"`
 }
 
 func numericDate(sec int64) *jwt.NumericDate {
@@ -115,6 +120,7 @@ func signJWT(k *loadedKey, d *tokenData) (string, error) {
 		ID:        d.JTI,
 		ClientID:  d.ClientID,
 		Scope:     strings.Join(d.Scope, " "),
+		Cnf:       confirmationOf(d),
 	}
 	t := &jwt.Token{
 		Header: map[string]any{"typ": jwtType, "alg": k.method.Alg(), "kid": k.meta.ID},
@@ -194,5 +200,6 @@ func verifyJWT(set *keySet, issuer, token string, now time.Time, leeway time.Dur
 		NotBefore: timeOrZero(c.NotBefore),
 		ExpiresAt: time.Unix(c.ExpiresAt, 0),
 		KeyID:     kid,
+		JKT:       c.Cnf.jkt(),
 	}, nil
 }
