@@ -94,6 +94,8 @@ type Config struct {
 	Logger *slog.Logger
 	Now    func() time.Time
 	Meter  metric.Meter
+	// DPoP configures the checks of DPoP-bound tokens (dpop.go).
+	DPoP DPoPConfig
 }
 
 // Claims are what a verified access token says.
@@ -110,6 +112,10 @@ type Claims struct {
 	// Introspected is true when the issuer's introspection endpoint
 	// vouched for the token (opaque tokens, or the stale fallback).
 	Introspected bool
+	// JKT is the thumbprint of the DPoP key the token is bound to
+	// (cnf.jkt, RFC 9449 §6), "" for a bearer token. VerifyRequest and
+	// Middleware enforce it; Verify alone does not.
+	JKT string
 }
 
 // HasScope reports whether the token carries scope.
@@ -121,6 +127,7 @@ type Verifier struct {
 	cfg   Config
 	keys  *keyCache
 	cache *introCache
+	dpop  *dpopChecker // dpop.go
 	mVer  metric.Int64Counter
 	// outcomes holds the attribute option of each outcome, built once:
 	// Verify is on every request's path.
@@ -163,6 +170,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		cfg:   cfg,
 		keys:  newKeyCache(cfg.Issuer, cfg.HTTPClient, cfg.Now, cfg.JWKSRefetchInterval),
 		cache: &introCache{m: map[[32]byte]introEntry{}},
+		dpop:  newDPoPChecker(cfg),
 	}
 	var err error
 	v.outcomes = map[string]metric.AddOption{}
@@ -291,6 +299,7 @@ type accessClaims struct {
 	ID        string   `json:"jti"`
 	ClientID  string   `json:"client_id"`
 	Scope     string   `json:"scope,omitempty"`
+	Cnf       *cnf     `json:"cnf,omitempty"`
 }
 
 func nd(sec int64) *jwt.NumericDate {
@@ -347,6 +356,7 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string) (*Claims, error)
 		Issuer: c.Issuer, Subject: c.Subject, ClientID: c.ClientID, JTI: c.ID,
 		Scopes: strings.Fields(c.Scope), Audience: c.Audience,
 		IssuedAt: tsOrZero(c.IssuedAt), NotBefore: tsOrZero(c.NotBefore), ExpiresAt: tsOrZero(c.ExpiresAt),
+		JKT: c.Cnf.jkt(),
 	}, nil
 }
 
@@ -465,6 +475,7 @@ type introResponse struct {
 	Aud      Audience `json:"aud"`
 	Iss      string   `json:"iss"`
 	Jti      string   `json:"jti"`
+	Cnf      *cnf     `json:"cnf"`
 }
 
 func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error) {
@@ -521,7 +532,7 @@ func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error
 		Issuer: r.Iss, Subject: r.Sub, ClientID: r.ClientID, JTI: r.Jti,
 		Scopes: strings.Fields(r.Scope), Audience: r.Aud,
 		IssuedAt: tsOrZero(r.Iat), NotBefore: tsOrZero(r.Nbf), ExpiresAt: tsOrZero(r.Exp),
-		Introspected: true,
+		Introspected: true, JKT: r.Cnf.jkt(),
 	}
 	until := now.Add(v.cfg.IntrospectionCacheTTL)
 	if !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(until) {
@@ -556,14 +567,15 @@ func (v *Verifier) Middleware(requiredScopes ...string) func(http.Handler) http.
 	scope := strings.Join(requiredScopes, " ")
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			authz := r.Header.Values("Authorization")
-			if len(authz) != 1 || len(authz[0]) < 7 || !strings.EqualFold(authz[0][:7], "Bearer ") {
+			c, err := v.VerifyRequest(r) // dpop.go: Bearer or DPoP
+			switch {
+			case errors.Is(err, errNoToken):
 				w.Header().Set("WWW-Authenticate", `Bearer realm="`+v.cfg.Audience+`"`)
+				w.Header().Add("WWW-Authenticate", v.dpop.challenge("", ""))
 				http.Error(w, "missing bearer token", http.StatusUnauthorized)
 				return
-			}
-			c, err := v.Verify(r.Context(), strings.TrimSpace(authz[0][7:]))
-			switch {
+			case v.dpopChallenged(w, err):
+				return
 			case errors.Is(err, ErrStale) || errors.Is(err, ErrUnavailable):
 				w.Header().Set("Retry-After", "5")
 				http.Error(w, "cannot verify tokens now: "+ReasonOf(err).Description(), http.StatusServiceUnavailable)
