@@ -101,6 +101,11 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	vals, status, msg := s.resolvePushed(ctx, t, vals) // par.go
+	if status != 0 {
+		s.errorPage(w, r, status, msg)
+		return
+	}
 	p, c, aerr := s.parseAuthorize(ctx, t, vals)
 	if aerr != nil {
 		s.authzFail(w, r, t, p, aerr)

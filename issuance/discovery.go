@@ -47,6 +47,8 @@ type metadata struct {
 	ClaimsSupported                            []string `json:"claims_supported,omitempty"`
 	PromptValuesSupported                      []string `json:"prompt_values_supported,omitempty"`
 	DPoPSigningAlgValuesSupported              []string `json:"dpop_signing_alg_values_supported,omitempty"`
+	PushedAuthorizationRequestEndpoint         string   `json:"pushed_authorization_request_endpoint,omitempty"`
+	RequirePushedAuthorizationRequests         bool     `json:"require_pushed_authorization_requests,omitempty"`
 }
 
 // handleDiscovery serves the tenant's metadata at all three locations:
@@ -98,6 +100,7 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		// Public clients authenticate with client_id only (RFC 8414 §2).
 		md.TokenEndpointAuthMethodsSupported = append(slices.Clone(authMethods), "none")
 		md.RevocationEndpointAuthMethodsSupported = md.TokenEndpointAuthMethodsSupported
+		s.parMetadata(&md, t) // par.go
 	}
 	s.respond(w, r, http.StatusOK, md, discoveryMaxAge)
 }

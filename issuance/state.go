@@ -46,6 +46,9 @@ type Tenant struct {
 	DisplayName string
 	Disabled    bool
 	SigningAlg  string
+	// RequirePAR: every authorization request must be pushed (RFC 9126
+	// §6, par.go).
+	RequirePAR bool
 }
 
 // SecretHash is a keyed hash of a client secret. A zero ExpiresAt never
@@ -73,6 +76,9 @@ type Client struct {
 	// DPoPBound makes DPoP mandatory for the client's token requests
 	// (RFC 9449 §5.2 dpop_bound_access_tokens).
 	DPoPBound bool
+	// RequirePAR: the client's authorization requests must be pushed
+	// (RFC 9126 §6, par.go).
+	RequirePAR bool
 }
 
 // Key is a tenant key as stored in the replica: public part in the clear,

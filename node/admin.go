@@ -34,6 +34,8 @@ type adminService struct {
 	// pwParams overrides the argon2id parameters of new password hashes
 	// (tests); nil: issuance.DefaultPasswordParams (admin_users.go).
 	pwParams *issuance.PasswordParams
+	// par gates the issue 11 operations (par.go).
+	par *featureGate
 }
 
 var _ adminv1connect.AdminServiceHandler = (*adminService)(nil)
@@ -151,12 +153,13 @@ func (a *adminService) ListTenants(context.Context, *connect.Request[adminv1.Lis
 
 func (a *adminService) tenantPB(t *raftpb.Tenant) *adminv1.Tenant {
 	return &adminv1.Tenant{
-		Id:          t.Id,
-		DisplayName: t.DisplayName,
-		Issuer:      a.iss.Issuer(t.Id),
-		CreatedAt:   ts(t.CreatedUnixNano),
-		Disabled:    t.Disabled,
-		SigningAlg:  t.SigningAlg,
+		Id:                                 t.Id,
+		DisplayName:                        t.DisplayName,
+		Issuer:                             a.iss.Issuer(t.Id),
+		CreatedAt:                          ts(t.CreatedUnixNano),
+		Disabled:                           t.Disabled,
+		SigningAlg:                         t.SigningAlg,
+		RequirePushedAuthorizationRequests: t.RequirePushedAuthorizationRequests,
 	}
 }
 
@@ -172,15 +175,17 @@ func (a *adminService) CreateClient(ctx context.Context, req *connect.Request[ad
 		grants = []string{issuance.GrantClientCredentials}
 	}
 	c := &raftpb.Client{
-		Tenant:                m.Tenant,
-		Name:                  m.Name,
-		GrantTypes:            dedupe(normalizeGrants(grants)),
-		Scopes:                dedupe(m.Scopes),
-		Audiences:             dedupe(m.Audiences),
-		AccessTokenTtlSeconds: m.AccessTokenTtlSeconds,
-		TokenFormat:           m.TokenFormat,
-		Public:                m.Public,
-		RedirectUris:          dedupe(m.RedirectUris),
+		Tenant:                             m.Tenant,
+		Name:                               m.Name,
+		GrantTypes:                         dedupe(normalizeGrants(grants)),
+		Scopes:                             dedupe(m.Scopes),
+		Audiences:                          dedupe(m.Audiences),
+		AccessTokenTtlSeconds:              m.AccessTokenTtlSeconds,
+		TokenFormat:                        m.TokenFormat,
+		Public:                             m.Public,
+		RedirectUris:                       dedupe(m.RedirectUris),
+		DpopBound:                          m.DpopBound,
+		RequirePushedAuthorizationRequests: m.RequirePushedAuthorizationRequests,
 	}
 	if c.AccessTokenTtlSeconds == 0 {
 		c.AccessTokenTtlSeconds = int64(DefaultAccessTokenTTL / time.Second)
@@ -242,17 +247,19 @@ func (a *adminService) UpdateClient(ctx context.Context, req *connect.Request[ad
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("client %q not found in tenant %q", m.ClientId, m.Tenant))
 	}
 	c := &raftpb.Client{
-		Tenant:                cur.Tenant,
-		Id:                    cur.Id,
-		Name:                  cur.Name,
-		GrantTypes:            cur.GrantTypes,
-		Scopes:                cur.Scopes,
-		Audiences:             cur.Audiences,
-		AccessTokenTtlSeconds: cur.AccessTokenTtlSeconds,
-		TokenFormat:           cur.TokenFormat,
-		Disabled:              cur.Disabled,
-		Public:                cur.Public,
-		RedirectUris:          cur.RedirectUris,
+		Tenant:                             cur.Tenant,
+		Id:                                 cur.Id,
+		Name:                               cur.Name,
+		GrantTypes:                         cur.GrantTypes,
+		Scopes:                             cur.Scopes,
+		Audiences:                          cur.Audiences,
+		AccessTokenTtlSeconds:              cur.AccessTokenTtlSeconds,
+		TokenFormat:                        cur.TokenFormat,
+		Disabled:                           cur.Disabled,
+		Public:                             cur.Public,
+		RedirectUris:                       cur.RedirectUris,
+		DpopBound:                          cur.DpopBound,
+		RequirePushedAuthorizationRequests: cur.RequirePushedAuthorizationRequests,
 	}
 	if m.Name != nil {
 		c.Name = *m.Name
@@ -364,20 +371,22 @@ func (a *adminService) clientPB(tenant, id string) (*adminv1.Client, error) {
 
 func clientToAdmin(c *raftpb.Client, now time.Time) *adminv1.Client {
 	out := &adminv1.Client{
-		Tenant:                c.Tenant,
-		ClientId:              c.Id,
-		Name:                  c.Name,
-		GrantTypes:            c.GrantTypes,
-		Scopes:                c.Scopes,
-		Audiences:             c.Audiences,
-		AccessTokenTtlSeconds: c.AccessTokenTtlSeconds,
-		TokenFormat:           c.TokenFormat,
-		Disabled:              c.Disabled,
-		CreatedAt:             ts(c.CreatedUnixNano),
-		UpdatedAt:             ts(c.UpdatedUnixNano),
-		Revision:              c.Revision,
-		Public:                c.Public,
-		RedirectUris:          c.RedirectUris,
+		Tenant:                             c.Tenant,
+		ClientId:                           c.Id,
+		Name:                               c.Name,
+		GrantTypes:                         c.GrantTypes,
+		Scopes:                             c.Scopes,
+		Audiences:                          c.Audiences,
+		AccessTokenTtlSeconds:              c.AccessTokenTtlSeconds,
+		TokenFormat:                        c.TokenFormat,
+		Disabled:                           c.Disabled,
+		CreatedAt:                          ts(c.CreatedUnixNano),
+		UpdatedAt:                          ts(c.UpdatedUnixNano),
+		Revision:                           c.Revision,
+		Public:                             c.Public,
+		RedirectUris:                       c.RedirectUris,
+		DpopBound:                          c.DpopBound,
+		RequirePushedAuthorizationRequests: c.RequirePushedAuthorizationRequests,
 	}
 	for i, s := range c.Secrets {
 		if s.ExpiresUnixNano != 0 && s.ExpiresUnixNano <= now.UnixNano() {

@@ -601,7 +601,7 @@ const featureClusterIdentity = "cluster_identity"
 
 // features are the Raft operations this binary applies beyond the first
 // release's (MemberStatus.features).
-var features = []string{featureClusterIdentity}
+var features = []string{featureClusterIdentity, featurePARKeyPolicy}
 
 // allSupport reports whether every member of the configuration answers
 // its status and lists feature, so that a leader does not propose an

@@ -142,7 +142,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.MaxBodyBytes = cfg.MaxBodyBytes
 	ic.JWKSMaxAge = cfg.JWKSMaxAge
 	// End-user flows (node/grants.go); cookies are Secure outside dev.
-	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region}
+	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region, par: newFeatureGate(n.cl, featurePARKeyPolicy)}
 	ic.Users, ic.Grants = flows, flows
 	ic.InsecureCookies = cfg.Dev
 	ic.RefreshTTL = cfg.RefreshTTL
@@ -174,7 +174,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
 
-	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base}
+	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, par: flows.par}
 	n.http = &http.Server{
 		Handler:           n.routes(admin, newAdminAuth(adminToken)),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -338,6 +338,11 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() {
 		defer n.cl.wg.Done()
 		n.disk.run(sctx, n.cl)
+	}()
+	n.cl.wg.Add(1)
+	go func() {
+		defer n.cl.wg.Done()
+		n.keyPolicyLoop(sctx, &adminService{rep: n.rep, kek: n.kek, cfg: n.cfg, now: n.now, par: newFeatureGate(n.cl, featurePARKeyPolicy)}) // keypolicy.go
 	}()
 	if n.nats != nil {
 		n.cl.wg.Add(1)

@@ -163,7 +163,8 @@ func (r *replica) propose(ctx context.Context, cmd *raftpb.Command) (_ raft.Resu
 }
 
 func tenantFromPB(t *raftpb.Tenant) issuance.Tenant {
-	return issuance.Tenant{ID: t.Id, DisplayName: t.DisplayName, Disabled: t.Disabled, SigningAlg: t.SigningAlg}
+	return issuance.Tenant{ID: t.Id, DisplayName: t.DisplayName, Disabled: t.Disabled, SigningAlg: t.SigningAlg,
+		RequirePAR: t.RequirePushedAuthorizationRequests}
 }
 
 func clientFromPB(c *raftpb.Client) issuance.Client {
@@ -184,6 +185,8 @@ func clientFromPB(c *raftpb.Client) issuance.Client {
 		Disabled:       c.Disabled,
 		Public:         c.Public,
 		RedirectURIs:   c.RedirectUris,
+		DPoPBound:      c.DpopBound,
+		RequirePAR:     c.RequirePushedAuthorizationRequests,
 	}
 }
 

@@ -140,6 +140,8 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 			grant, err = g, ferr
 		} else if ok, cerr := a.dispatchCluster(cmd, now); ok {
 			err = cerr
+		} else if ok, g, perr := a.dispatchPAR(cmd, now); ok { // apply_par.go
+			grant, err = g, perr
 		} else {
 			err = a.dispatch(cmd, now)
 		}
@@ -422,6 +424,7 @@ func (a *applier) sweep(now int64) {
 			a.delRecord(keys, kindKeys, t, kid)
 		}
 		a.sweepGrants(t, now)
+		a.sweepPushed(t, now) // apply_par.go
 	}
 
 	cutoff := now - requestRetentionNanos

@@ -37,6 +37,11 @@ const SchemaVersion = 1
 //	families           family id → raftpb.Family
 //	device_codes       SHA-256 of a device code → raftpb.DeviceCode
 //	user_codes         normalized user code → device code hash
+//
+// Per tenant, issue 11 (created on first use, see apply_par.go):
+//
+//	par_requests       SHA-256 of a request_uri → raftpb.PushedRequest
+//	par_request_expiry expires (8, big-endian) | uri hash → empty; sweep order
 const (
 	bucketMeta         = "meta"
 	bucketTenants      = "tenants"
@@ -59,6 +64,9 @@ const (
 	kindFamilies       = "families"
 	kindDeviceCodes    = "device_codes"
 	kindUserCodes      = "user_codes"
+
+	kindPARRequests = "par_requests"
+	kindPARExpiry   = "par_request_expiry"
 )
 
 // Keys of the meta bucket.

@@ -137,6 +137,10 @@ type Command struct {
 	//	*Command_DecideDeviceCode
 	//	*Command_PollDeviceCode
 	//	*Command_Tick
+	//	*Command_PushAuthorizationRequest
+	//	*Command_RedeemRequestUri
+	//	*Command_SetKeyPolicy
+	//	*Command_SetTenantPar
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -389,6 +393,42 @@ func (x *Command) GetTick() *Tick {
 	return nil
 }
 
+func (x *Command) GetPushAuthorizationRequest() *PushAuthorizationRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PushAuthorizationRequest); ok {
+			return x.PushAuthorizationRequest
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRedeemRequestUri() *RedeemRequestURI {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RedeemRequestUri); ok {
+			return x.RedeemRequestUri
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetKeyPolicy() *SetKeyPolicy {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetKeyPolicy); ok {
+			return x.SetKeyPolicy
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetTenantPar() *SetTenantPAR {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetTenantPar); ok {
+			return x.SetTenantPar
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -482,6 +522,24 @@ type Command_Tick struct {
 	Tick *Tick `protobuf:"bytes,62,opt,name=tick,proto3,oneof"`
 }
 
+type Command_PushAuthorizationRequest struct {
+	// Issue 11 (feature "par_keypolicy"): pushed authorization requests
+	// (RFC 9126) and per-tenant key policies. See the messages below.
+	PushAuthorizationRequest *PushAuthorizationRequest `protobuf:"bytes,100,opt,name=push_authorization_request,json=pushAuthorizationRequest,proto3,oneof"`
+}
+
+type Command_RedeemRequestUri struct {
+	RedeemRequestUri *RedeemRequestURI `protobuf:"bytes,101,opt,name=redeem_request_uri,json=redeemRequestUri,proto3,oneof"`
+}
+
+type Command_SetKeyPolicy struct {
+	SetKeyPolicy *SetKeyPolicy `protobuf:"bytes,102,opt,name=set_key_policy,json=setKeyPolicy,proto3,oneof"`
+}
+
+type Command_SetTenantPar struct {
+	SetTenantPar *SetTenantPAR `protobuf:"bytes,103,opt,name=set_tenant_par,json=setTenantPar,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -523,6 +581,14 @@ func (*Command_DecideDeviceCode) isCommand_Op() {}
 func (*Command_PollDeviceCode) isCommand_Op() {}
 
 func (*Command_Tick) isCommand_Op() {}
+
+func (*Command_PushAuthorizationRequest) isCommand_Op() {}
+
+func (*Command_RedeemRequestUri) isCommand_Op() {}
+
+func (*Command_SetKeyPolicy) isCommand_Op() {}
+
+func (*Command_SetTenantPar) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -1006,9 +1072,19 @@ type Tenant struct {
 	CreatedUnixNano int64                  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	Disabled        bool                   `protobuf:"varint,4,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	// Signing algorithm of new signing keys: ES256, EdDSA or RS256.
-	SigningAlg    string `protobuf:"bytes,5,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SigningAlg string `protobuf:"bytes,5,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
+	// Issue 11: the key policy (SetKeyPolicy); 0 means no automatic rotation.
+	// The leader rotates the tenant's signing keys every
+	// key_rotate_every_nanos and its sealing keys every
+	// seal_rotate_every_nanos.
+	KeyRotateEveryNanos      int64 `protobuf:"varint,30,opt,name=key_rotate_every_nanos,json=keyRotateEveryNanos,proto3" json:"key_rotate_every_nanos,omitempty"`
+	SealRotateEveryNanos     int64 `protobuf:"varint,31,opt,name=seal_rotate_every_nanos,json=sealRotateEveryNanos,proto3" json:"seal_rotate_every_nanos,omitempty"`
+	KeyPolicyUpdatedUnixNano int64 `protobuf:"varint,32,opt,name=key_policy_updated_unix_nano,json=keyPolicyUpdatedUnixNano,proto3" json:"key_policy_updated_unix_nano,omitempty"`
+	// Issue 11: every authorization request of the tenant must be pushed
+	// (RFC 9126 §6, SetTenantPAR).
+	RequirePushedAuthorizationRequests bool `protobuf:"varint,33,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
+	unknownFields                      protoimpl.UnknownFields
+	sizeCache                          protoimpl.SizeCache
 }
 
 func (x *Tenant) Reset() {
@@ -1074,6 +1150,34 @@ func (x *Tenant) GetSigningAlg() string {
 		return x.SigningAlg
 	}
 	return ""
+}
+
+func (x *Tenant) GetKeyRotateEveryNanos() int64 {
+	if x != nil {
+		return x.KeyRotateEveryNanos
+	}
+	return 0
+}
+
+func (x *Tenant) GetSealRotateEveryNanos() int64 {
+	if x != nil {
+		return x.SealRotateEveryNanos
+	}
+	return 0
+}
+
+func (x *Tenant) GetKeyPolicyUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.KeyPolicyUpdatedUnixNano
+	}
+	return 0
+}
+
+func (x *Tenant) GetRequirePushedAuthorizationRequests() bool {
+	if x != nil {
+		return x.RequirePushedAuthorizationRequests
+	}
+	return false
 }
 
 // SecretHash is a keyed hash of a client secret (never the secret).
@@ -1156,10 +1260,16 @@ type Client struct {
 	UpdatedUnixNano int64  `protobuf:"varint,12,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Revision        uint64 `protobuf:"varint,13,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Public clients have no secret (authorization code + PKCE; later issue).
-	Public        bool     `protobuf:"varint,14,opt,name=public,proto3" json:"public,omitempty"`
-	RedirectUris  []string `protobuf:"bytes,15,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Public       bool     `protobuf:"varint,14,opt,name=public,proto3" json:"public,omitempty"`
+	RedirectUris []string `protobuf:"bytes,15,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
+	// Issue 11: DPoP is mandatory for the client's token requests (RFC 9449
+	// §5.2 dpop_bound_access_tokens).
+	DpopBound bool `protobuf:"varint,40,opt,name=dpop_bound,json=dpopBound,proto3" json:"dpop_bound,omitempty"`
+	// Issue 11: the client's authorization requests must be pushed (RFC 9126
+	// §6 require_pushed_authorization_requests).
+	RequirePushedAuthorizationRequests bool `protobuf:"varint,41,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
+	unknownFields                      protoimpl.UnknownFields
+	sizeCache                          protoimpl.SizeCache
 }
 
 func (x *Client) Reset() {
@@ -1295,6 +1405,20 @@ func (x *Client) GetRedirectUris() []string {
 		return x.RedirectUris
 	}
 	return nil
+}
+
+func (x *Client) GetDpopBound() bool {
+	if x != nil {
+		return x.DpopBound
+	}
+	return false
+}
+
+func (x *Client) GetRequirePushedAuthorizationRequests() bool {
+	if x != nil {
+		return x.RequirePushedAuthorizationRequests
+	}
+	return false
 }
 
 type Key struct {
@@ -3314,8 +3438,10 @@ type GrantResult struct {
 	SealedSuccessor []byte        `protobuf:"bytes,3,opt,name=sealed_successor,json=sealedSuccessor,proto3" json:"sealed_successor,omitempty"`
 	DeviceCode      *DeviceCode   `protobuf:"bytes,4,opt,name=device_code,json=deviceCode,proto3" json:"device_code,omitempty"`
 	Events          []*GrantEvent `protobuf:"bytes,5,rep,name=events,proto3" json:"events,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// RedeemRequestURI: the pushed request it consumed (issue 11).
+	PushedRequest *PushedRequest `protobuf:"bytes,100,opt,name=pushed_request,json=pushedRequest,proto3" json:"pushed_request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GrantResult) Reset() {
@@ -3379,6 +3505,13 @@ func (x *GrantResult) GetDeviceCode() *DeviceCode {
 func (x *GrantResult) GetEvents() []*GrantEvent {
 	if x != nil {
 		return x.Events
+	}
+	return nil
+}
+
+func (x *GrantResult) GetPushedRequest() *PushedRequest {
+	if x != nil {
+		return x.PushedRequest
 	}
 	return nil
 }
@@ -3599,11 +3732,323 @@ func (x *DeniedNode) GetReason() string {
 	return ""
 }
 
+// PushedRequest is a pushed authorization request (RFC 9126), stored
+// under the SHA-256 of its request_uri until it is redeemed or expires.
+type PushedRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Tenant   string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UriHash  []byte                 `protobuf:"bytes,2,opt,name=uri_hash,json=uriHash,proto3" json:"uri_hash,omitempty"`
+	ClientId string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// The authorization request's parameters, form-encoded.
+	Params          string `protobuf:"bytes,4,opt,name=params,proto3" json:"params,omitempty"`
+	ExpiresUnixNano int64  `protobuf:"varint,5,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	CreatedUnixNano int64  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PushedRequest) Reset() {
+	*x = PushedRequest{}
+	mi := &file_command_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushedRequest) ProtoMessage() {}
+
+func (x *PushedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushedRequest.ProtoReflect.Descriptor instead.
+func (*PushedRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *PushedRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *PushedRequest) GetUriHash() []byte {
+	if x != nil {
+		return x.UriHash
+	}
+	return nil
+}
+
+func (x *PushedRequest) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *PushedRequest) GetParams() string {
+	if x != nil {
+		return x.Params
+	}
+	return ""
+}
+
+func (x *PushedRequest) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *PushedRequest) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+// PushAuthorizationRequest stores a pushed request (RFC 9126 §2.2).
+type PushAuthorizationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *PushedRequest         `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushAuthorizationRequest) Reset() {
+	*x = PushAuthorizationRequest{}
+	mi := &file_command_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushAuthorizationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushAuthorizationRequest) ProtoMessage() {}
+
+func (x *PushAuthorizationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushAuthorizationRequest.ProtoReflect.Descriptor instead.
+func (*PushAuthorizationRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PushAuthorizationRequest) GetRequest() *PushedRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// RedeemRequestURI consumes the pushed request with uri_hash once, for
+// client_id, and returns it (GrantResult.pushed_request). Outcomes:
+// "" (done), "not_found" (never pushed, already used or swept), "expired",
+// "invalid" (pushed by another client). Every outcome but "invalid"
+// deletes the record, so a request_uri works once, cluster-wide.
+type RedeemRequestURI struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UriHash       []byte                 `protobuf:"bytes,2,opt,name=uri_hash,json=uriHash,proto3" json:"uri_hash,omitempty"`
+	ClientId      string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeemRequestURI) Reset() {
+	*x = RedeemRequestURI{}
+	mi := &file_command_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeemRequestURI) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeemRequestURI) ProtoMessage() {}
+
+func (x *RedeemRequestURI) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeemRequestURI.ProtoReflect.Descriptor instead.
+func (*RedeemRequestURI) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RedeemRequestURI) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RedeemRequestURI) GetUriHash() []byte {
+	if x != nil {
+		return x.UriHash
+	}
+	return nil
+}
+
+func (x *RedeemRequestURI) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+// SetKeyPolicy sets the tenant's key rotation policy (Tenant fields 30-32).
+// Zero durations turn automatic rotation off.
+type SetKeyPolicy struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	Tenant               string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	RotateEveryNanos     int64                  `protobuf:"varint,2,opt,name=rotate_every_nanos,json=rotateEveryNanos,proto3" json:"rotate_every_nanos,omitempty"`
+	SealRotateEveryNanos int64                  `protobuf:"varint,3,opt,name=seal_rotate_every_nanos,json=sealRotateEveryNanos,proto3" json:"seal_rotate_every_nanos,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *SetKeyPolicy) Reset() {
+	*x = SetKeyPolicy{}
+	mi := &file_command_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetKeyPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetKeyPolicy) ProtoMessage() {}
+
+func (x *SetKeyPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetKeyPolicy.ProtoReflect.Descriptor instead.
+func (*SetKeyPolicy) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *SetKeyPolicy) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetKeyPolicy) GetRotateEveryNanos() int64 {
+	if x != nil {
+		return x.RotateEveryNanos
+	}
+	return 0
+}
+
+func (x *SetKeyPolicy) GetSealRotateEveryNanos() int64 {
+	if x != nil {
+		return x.SealRotateEveryNanos
+	}
+	return 0
+}
+
+// SetTenantPAR sets Tenant.require_pushed_authorization_requests.
+type SetTenantPAR struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Require       bool                   `protobuf:"varint,2,opt,name=require,proto3" json:"require,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantPAR) Reset() {
+	*x = SetTenantPAR{}
+	mi := &file_command_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantPAR) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantPAR) ProtoMessage() {}
+
+func (x *SetTenantPAR) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantPAR.ProtoReflect.Descriptor instead.
+func (*SetTenantPAR) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SetTenantPAR) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantPAR) GetRequire() bool {
+	if x != nil {
+		return x.Require
+	}
+	return false
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x94\f\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xd8\x0e\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3631,7 +4076,11 @@ const file_command_proto_rawDesc = "" +
 	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
 	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
 	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCode\x12)\n" +
-	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tickB\x04\n" +
+	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tick\x12g\n" +
+	"\x1apush_authorization_request\x18d \x01(\v2'.tally.raft.v1.PushAuthorizationRequestH\x00R\x18pushAuthorizationRequest\x12O\n" +
+	"\x12redeem_request_uri\x18e \x01(\v2\x1f.tally.raft.v1.RedeemRequestURIH\x00R\x10redeemRequestUri\x12C\n" +
+	"\x0eset_key_policy\x18f \x01(\v2\x1b.tally.raft.v1.SetKeyPolicyH\x00R\fsetKeyPolicy\x12C\n" +
+	"\x0eset_tenant_par\x18g \x01(\v2\x1b.tally.raft.v1.SetTenantPARH\x00R\fsetTenantParB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -3660,19 +4109,23 @@ const file_command_proto_rawDesc = "" +
 	"revocation\">\n" +
 	"\x05Sweep\x125\n" +
 	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\"\x06\n" +
-	"\x04Tick\"\xa4\x01\n" +
+	"\x04Tick\"\xa3\x03\n" +
 	"\x06Tenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12*\n" +
 	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x1a\n" +
 	"\bdisabled\x18\x04 \x01(\bR\bdisabled\x12\x1f\n" +
 	"\vsigning_alg\x18\x05 \x01(\tR\n" +
-	"signingAlg\"x\n" +
+	"signingAlg\x123\n" +
+	"\x16key_rotate_every_nanos\x18\x1e \x01(\x03R\x13keyRotateEveryNanos\x125\n" +
+	"\x17seal_rotate_every_nanos\x18\x1f \x01(\x03R\x14sealRotateEveryNanos\x12>\n" +
+	"\x1ckey_policy_updated_unix_nano\x18  \x01(\x03R\x18keyPolicyUpdatedUnixNano\x12Q\n" +
+	"%require_pushed_authorization_requests\x18! \x01(\bR\"requirePushedAuthorizationRequests\"x\n" +
 	"\n" +
 	"SecretHash\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
-	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\xf9\x03\n" +
+	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\xeb\x04\n" +
 	"\x06Client\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -3690,7 +4143,10 @@ const file_command_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\f \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\r \x01(\x04R\brevision\x12\x16\n" +
 	"\x06public\x18\x0e \x01(\bR\x06public\x12#\n" +
-	"\rredirect_uris\x18\x0f \x03(\tR\fredirectUris\"\xfd\x02\n" +
+	"\rredirect_uris\x18\x0f \x03(\tR\fredirectUris\x12\x1d\n" +
+	"\n" +
+	"dpop_bound\x18( \x01(\bR\tdpopBound\x12Q\n" +
+	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\"\xfd\x02\n" +
 	"\x03Key\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
@@ -3879,14 +4335,15 @@ const file_command_proto_rawDesc = "" +
 	"\tfamily_id\x18\x05 \x01(\tR\bfamilyId\x12\x12\n" +
 	"\x04node\x18\x06 \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\a \x01(\tR\x06region\x12!\n" +
-	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\"\xf0\x01\n" +
+	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\"\xb5\x02\n" +
 	"\vGrantResult\x12\x18\n" +
 	"\aoutcome\x18\x01 \x01(\tR\aoutcome\x12-\n" +
 	"\x06family\x18\x02 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12)\n" +
 	"\x10sealed_successor\x18\x03 \x01(\fR\x0fsealedSuccessor\x12:\n" +
 	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
 	"deviceCode\x121\n" +
-	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\"*\n" +
+	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\x12C\n" +
+	"\x0epushed_request\x18d \x01(\v2\x1c.tally.raft.v1.PushedRequestR\rpushedRequest\"*\n" +
 	"\x10SetClusterIssuer\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\";\n" +
 	"\bDenyNode\x12\x17\n" +
@@ -3899,7 +4356,27 @@ const file_command_proto_rawDesc = "" +
 	"DeniedNode\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12(\n" +
 	"\x10denied_unix_nano\x18\x02 \x01(\x03R\x0edeniedUnixNano\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason*\x98\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xcf\x01\n" +
+	"\rPushedRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x19\n" +
+	"\buri_hash\x18\x02 \x01(\fR\auriHash\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06params\x18\x04 \x01(\tR\x06params\x12*\n" +
+	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12*\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\"R\n" +
+	"\x18PushAuthorizationRequest\x126\n" +
+	"\arequest\x18\x01 \x01(\v2\x1c.tally.raft.v1.PushedRequestR\arequest\"b\n" +
+	"\x10RedeemRequestURI\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x19\n" +
+	"\buri_hash\x18\x02 \x01(\fR\auriHash\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\"\x8b\x01\n" +
+	"\fSetKeyPolicy\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12,\n" +
+	"\x12rotate_every_nanos\x18\x02 \x01(\x03R\x10rotateEveryNanos\x125\n" +
+	"\x17seal_rotate_every_nanos\x18\x03 \x01(\x03R\x14sealRotateEveryNanos\"@\n" +
+	"\fSetTenantPAR\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
+	"\arequire\x18\x02 \x01(\bR\arequire*\x98\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3924,48 +4401,53 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_command_proto_goTypes = []any{
-	(EventKind)(0),             // 0: tally.raft.v1.EventKind
-	(*Command)(nil),            // 1: tally.raft.v1.Command
-	(*CreateTenant)(nil),       // 2: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),       // 3: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),       // 4: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil), // 5: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),  // 6: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),            // 7: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),        // 8: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),              // 9: tally.raft.v1.Sweep
-	(*Tick)(nil),               // 10: tally.raft.v1.Tick
-	(*Tenant)(nil),             // 11: tally.raft.v1.Tenant
-	(*SecretHash)(nil),         // 12: tally.raft.v1.SecretHash
-	(*Client)(nil),             // 13: tally.raft.v1.Client
-	(*Key)(nil),                // 14: tally.raft.v1.Key
-	(*Revocation)(nil),         // 15: tally.raft.v1.Revocation
-	(*Event)(nil),              // 16: tally.raft.v1.Event
-	(*CreateUser)(nil),         // 17: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),    // 18: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),      // 19: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),    // 20: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),         // 21: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),      // 22: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),       // 23: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),   // 24: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),   // 25: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),     // 26: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),       // 27: tally.raft.v1.PasswordHash
-	(*User)(nil),               // 28: tally.raft.v1.User
-	(*Consent)(nil),            // 29: tally.raft.v1.Consent
-	(*AccessToken)(nil),        // 30: tally.raft.v1.AccessToken
-	(*Family)(nil),             // 31: tally.raft.v1.Family
-	(*UsedCode)(nil),           // 32: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),         // 33: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),         // 34: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),        // 35: tally.raft.v1.GrantResult
-	(*SetClusterIssuer)(nil),   // 36: tally.raft.v1.SetClusterIssuer
-	(*DenyNode)(nil),           // 37: tally.raft.v1.DenyNode
-	(*ClusterMeta)(nil),        // 38: tally.raft.v1.ClusterMeta
-	(*DeniedNode)(nil),         // 39: tally.raft.v1.DeniedNode
+	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
+	(*Command)(nil),                  // 1: tally.raft.v1.Command
+	(*CreateTenant)(nil),             // 2: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),             // 3: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),             // 4: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil),       // 5: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),        // 6: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),                  // 7: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),              // 8: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),                    // 9: tally.raft.v1.Sweep
+	(*Tick)(nil),                     // 10: tally.raft.v1.Tick
+	(*Tenant)(nil),                   // 11: tally.raft.v1.Tenant
+	(*SecretHash)(nil),               // 12: tally.raft.v1.SecretHash
+	(*Client)(nil),                   // 13: tally.raft.v1.Client
+	(*Key)(nil),                      // 14: tally.raft.v1.Key
+	(*Revocation)(nil),               // 15: tally.raft.v1.Revocation
+	(*Event)(nil),                    // 16: tally.raft.v1.Event
+	(*CreateUser)(nil),               // 17: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),          // 18: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),            // 19: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),          // 20: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),               // 21: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),            // 22: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),             // 23: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),         // 24: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),         // 25: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),           // 26: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),             // 27: tally.raft.v1.PasswordHash
+	(*User)(nil),                     // 28: tally.raft.v1.User
+	(*Consent)(nil),                  // 29: tally.raft.v1.Consent
+	(*AccessToken)(nil),              // 30: tally.raft.v1.AccessToken
+	(*Family)(nil),                   // 31: tally.raft.v1.Family
+	(*UsedCode)(nil),                 // 32: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),               // 33: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),               // 34: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),              // 35: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),         // 36: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),                 // 37: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),              // 38: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),               // 39: tally.raft.v1.DeniedNode
+	(*PushedRequest)(nil),            // 40: tally.raft.v1.PushedRequest
+	(*PushAuthorizationRequest)(nil), // 41: tally.raft.v1.PushAuthorizationRequest
+	(*RedeemRequestURI)(nil),         // 42: tally.raft.v1.RedeemRequestURI
+	(*SetKeyPolicy)(nil),             // 43: tally.raft.v1.SetKeyPolicy
+	(*SetTenantPAR)(nil),             // 44: tally.raft.v1.SetTenantPAR
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -3989,37 +4471,43 @@ var file_command_proto_depIdxs = []int32{
 	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
 	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
 	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	11, // 21: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 22: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 23: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 24: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 25: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 26: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 27: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	12, // 28: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 29: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 30: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 31: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 32: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 33: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 34: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 35: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 36: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 37: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 38: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 39: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 40: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 41: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 42: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 43: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 44: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 45: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	39, // 46: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	41, // 21: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
+	42, // 22: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
+	43, // 23: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
+	44, // 24: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
+	11, // 25: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 26: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 27: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 28: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 29: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 30: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 31: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	12, // 32: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 33: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 34: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 35: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 36: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 37: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 38: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 39: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 40: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 41: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 42: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 43: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 44: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 45: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 46: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 47: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 48: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 49: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	40, // 50: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	39, // 51: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	40, // 52: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	53, // [53:53] is the sub-list for method output_type
+	53, // [53:53] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -4049,6 +4537,10 @@ func file_command_proto_init() {
 		(*Command_DecideDeviceCode)(nil),
 		(*Command_PollDeviceCode)(nil),
 		(*Command_Tick)(nil),
+		(*Command_PushAuthorizationRequest)(nil),
+		(*Command_RedeemRequestUri)(nil),
+		(*Command_SetKeyPolicy)(nil),
+		(*Command_SetTenantPar)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4056,7 +4548,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -88,6 +88,15 @@ const (
 	// AdminServiceSetUserPasswordProcedure is the fully-qualified name of the AdminService's
 	// SetUserPassword RPC.
 	AdminServiceSetUserPasswordProcedure = "/tally.admin.v1.AdminService/SetUserPassword"
+	// AdminServiceSetKeyPolicyProcedure is the fully-qualified name of the AdminService's SetKeyPolicy
+	// RPC.
+	AdminServiceSetKeyPolicyProcedure = "/tally.admin.v1.AdminService/SetKeyPolicy"
+	// AdminServiceGetKeyPolicyProcedure is the fully-qualified name of the AdminService's GetKeyPolicy
+	// RPC.
+	AdminServiceGetKeyPolicyProcedure = "/tally.admin.v1.AdminService/GetKeyPolicy"
+	// AdminServiceSetTenantPARProcedure is the fully-qualified name of the AdminService's SetTenantPAR
+	// RPC.
+	AdminServiceSetTenantPARProcedure = "/tally.admin.v1.AdminService/SetTenantPAR"
 )
 
 // AdminServiceClient is a client for the tally.admin.v1.AdminService service.
@@ -113,6 +122,11 @@ type AdminServiceClient interface {
 	DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error)
 	EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error)
 	SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error)
+	// Issue 11: per-tenant key policy (automatic rotation) and pushed
+	// authorization requests.
+	SetKeyPolicy(context.Context, *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error)
+	GetKeyPolicy(context.Context, *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error)
+	SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tally.admin.v1.AdminService service. By
@@ -246,6 +260,24 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("SetUserPassword")),
 			connect.WithClientOptions(opts...),
 		),
+		setKeyPolicy: connect.NewClient[v1.SetKeyPolicyRequest, v1.SetKeyPolicyResponse](
+			httpClient,
+			baseURL+AdminServiceSetKeyPolicyProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetKeyPolicy")),
+			connect.WithClientOptions(opts...),
+		),
+		getKeyPolicy: connect.NewClient[v1.GetKeyPolicyRequest, v1.GetKeyPolicyResponse](
+			httpClient,
+			baseURL+AdminServiceGetKeyPolicyProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("GetKeyPolicy")),
+			connect.WithClientOptions(opts...),
+		),
+		setTenantPAR: connect.NewClient[v1.SetTenantPARRequest, v1.SetTenantPARResponse](
+			httpClient,
+			baseURL+AdminServiceSetTenantPARProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetTenantPAR")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -271,6 +303,9 @@ type adminServiceClient struct {
 	disableUser        *connect.Client[v1.DisableUserRequest, v1.DisableUserResponse]
 	enableUser         *connect.Client[v1.EnableUserRequest, v1.EnableUserResponse]
 	setUserPassword    *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
+	setKeyPolicy       *connect.Client[v1.SetKeyPolicyRequest, v1.SetKeyPolicyResponse]
+	getKeyPolicy       *connect.Client[v1.GetKeyPolicyRequest, v1.GetKeyPolicyResponse]
+	setTenantPAR       *connect.Client[v1.SetTenantPARRequest, v1.SetTenantPARResponse]
 }
 
 // CreateTenant calls tally.admin.v1.AdminService.CreateTenant.
@@ -373,6 +408,21 @@ func (c *adminServiceClient) SetUserPassword(ctx context.Context, req *connect.R
 	return c.setUserPassword.CallUnary(ctx, req)
 }
 
+// SetKeyPolicy calls tally.admin.v1.AdminService.SetKeyPolicy.
+func (c *adminServiceClient) SetKeyPolicy(ctx context.Context, req *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error) {
+	return c.setKeyPolicy.CallUnary(ctx, req)
+}
+
+// GetKeyPolicy calls tally.admin.v1.AdminService.GetKeyPolicy.
+func (c *adminServiceClient) GetKeyPolicy(ctx context.Context, req *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error) {
+	return c.getKeyPolicy.CallUnary(ctx, req)
+}
+
+// SetTenantPAR calls tally.admin.v1.AdminService.SetTenantPAR.
+func (c *adminServiceClient) SetTenantPAR(ctx context.Context, req *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error) {
+	return c.setTenantPAR.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tally.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
@@ -396,6 +446,11 @@ type AdminServiceHandler interface {
 	DisableUser(context.Context, *connect.Request[v1.DisableUserRequest]) (*connect.Response[v1.DisableUserResponse], error)
 	EnableUser(context.Context, *connect.Request[v1.EnableUserRequest]) (*connect.Response[v1.EnableUserResponse], error)
 	SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error)
+	// Issue 11: per-tenant key policy (automatic rotation) and pushed
+	// authorization requests.
+	SetKeyPolicy(context.Context, *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error)
+	GetKeyPolicy(context.Context, *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error)
+	SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -525,6 +580,24 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("SetUserPassword")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceSetKeyPolicyHandler := connect.NewUnaryHandler(
+		AdminServiceSetKeyPolicyProcedure,
+		svc.SetKeyPolicy,
+		connect.WithSchema(adminServiceMethods.ByName("SetKeyPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceGetKeyPolicyHandler := connect.NewUnaryHandler(
+		AdminServiceGetKeyPolicyProcedure,
+		svc.GetKeyPolicy,
+		connect.WithSchema(adminServiceMethods.ByName("GetKeyPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceSetTenantPARHandler := connect.NewUnaryHandler(
+		AdminServiceSetTenantPARProcedure,
+		svc.SetTenantPAR,
+		connect.WithSchema(adminServiceMethods.ByName("SetTenantPAR")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateTenantProcedure:
@@ -567,6 +640,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceEnableUserHandler.ServeHTTP(w, r)
 		case AdminServiceSetUserPasswordProcedure:
 			adminServiceSetUserPasswordHandler.ServeHTTP(w, r)
+		case AdminServiceSetKeyPolicyProcedure:
+			adminServiceSetKeyPolicyHandler.ServeHTTP(w, r)
+		case AdminServiceGetKeyPolicyProcedure:
+			adminServiceGetKeyPolicyHandler.ServeHTTP(w, r)
+		case AdminServiceSetTenantPARProcedure:
+			adminServiceSetTenantPARHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -654,4 +733,16 @@ func (UnimplementedAdminServiceHandler) EnableUser(context.Context, *connect.Req
 
 func (UnimplementedAdminServiceHandler) SetUserPassword(context.Context, *connect.Request[v1.SetUserPasswordRequest]) (*connect.Response[v1.SetUserPasswordResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetUserPassword is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetKeyPolicy(context.Context, *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetKeyPolicy is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) GetKeyPolicy(context.Context, *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.GetKeyPolicy is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetTenantPAR is not implemented"))
 }
