@@ -148,6 +148,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.RefreshTTL = cfg.RefreshTTL
 	ic.RefreshIdleTimeout = cfg.RefreshIdleTimeout
 	ic.RefreshReuseInterval = cfg.RefreshReuseInterval
+	ic.DPoP.RequireNonce = cfg.DPoPRequireNonce
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
