@@ -105,10 +105,12 @@ func handMade(t *testing.T, header map[string]any, alg jwt.SigningMethod, key an
 
 func TestParseRefusesBadKeysAndAlgs(t *testing.T) {
 	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pt, _ := ec.PublicKey.Bytes() // 0x04 | x | y
+	d, _ := ec.Bytes()
 	pub := map[string]any{"kty": "EC", "crv": "P-256",
-		"x": base64.RawURLEncoding.EncodeToString(ec.X.FillBytes(make([]byte, 32))),
-		"y": base64.RawURLEncoding.EncodeToString(ec.Y.FillBytes(make([]byte, 32)))}
-	priv := map[string]any{"d": base64.RawURLEncoding.EncodeToString(ec.D.FillBytes(make([]byte, 32)))}
+		"x": base64.RawURLEncoding.EncodeToString(pt[1:33]),
+		"y": base64.RawURLEncoding.EncodeToString(pt[33:65])}
+	priv := map[string]any{"d": base64.RawURLEncoding.EncodeToString(d)}
 	for k, v := range pub {
 		priv[k] = v
 	}
