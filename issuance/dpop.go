@@ -274,3 +274,18 @@ func (s *Server) dpopChallenge(w http.ResponseWriter, r *http.Request, code, des
 	body := []byte(`{"error":"` + code + `","error_description":"` + desc + `"}`)
 	writeJSON(w, http.StatusUnauthorized, body, "no-store")
 }
+
+// validJKT reports whether s looks like a SHA-256 JWK thumbprint:
+// 43 base64url characters (the dpop_jkt parameter, RFC 9449 §10).
+func validJKT(s string) bool {
+	if len(s) != 43 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}

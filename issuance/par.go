@@ -72,8 +72,15 @@ func (s *Server) handlePAR(w http.ResponseWriter, r *http.Request) {
 			return nil, err
 		}
 		now := s.cfg.Now()
+		proof, err := s.checkDPoP(r, t.ID, now) // RFC 9449 §10.1: a proof at PAR binds the code
+		if err != nil {
+			return nil, err
+		}
 		c, err := s.authenticateFlowClient(ctx, t.ID, cc, now)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.useDPoP(Client{}, proof, now); err != nil {
 			return nil, err
 		}
 		// RFC 9126 §2.1: request_uri must not be pushed.
@@ -87,6 +94,12 @@ func (s *Server) handlePAR(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		params.Set(paramClientID, c.ID)
+		if proof != nil {
+			if j := params.Get("dpop_jkt"); j != "" && j != proof.JKT {
+				return nil, errInvalidDPoP("dpop_jkt does not match the DPoP proof key", nil)
+			}
+			params.Set("dpop_jkt", proof.JKT)
+		}
 		if _, _, aerr := s.parseAuthorize(ctx, t, params); aerr != nil {
 			code := aerr.code
 			if code == "" {
