@@ -135,11 +135,13 @@ func (v *Verifier) VerifyRequest(r *http.Request) (*Claims, error) {
 	if !ok || tok == "" || (!isDPoP && !strings.EqualFold(scheme, "Bearer")) {
 		return nil, errNoToken
 	}
-	c, err := v.Verify(r.Context(), tok)
-	if err != nil {
-		return nil, err
+	// As Verify, with the binding check before the outcome is recorded.
+	c, err := v.verify(r.Context(), tok)
+	if err == nil {
+		err = v.dpop.check(r, tok, c, isDPoP)
 	}
-	if err := v.dpop.check(r, tok, c, isDPoP); err != nil {
+	v.record(r.Context(), err)
+	if err != nil {
 		return nil, v.reject(r.Context(), err)
 	}
 	return c, nil
