@@ -51,6 +51,8 @@ type pending struct {
 	Expires     int64    `json:"e"`
 	// Device verification only: the normalized user code.
 	UserCode string `json:"uc,omitempty"`
+	// DPoPJKT binds the code to a DPoP key (RFC 9449 §10, dpop.go).
+	DPoPJKT string `json:"dj,omitempty"`
 }
 
 func pendingAAD(tenant, kind string) string { return "pending|" + kind + "|" + tenant }
@@ -59,7 +61,8 @@ func pendingAAD(tenant, kind string) string { return "pending|" + kind + "|" + t
 // of each are read once; a repeated parameter is an error (RFC 6749 §3.1).
 var authzParams = []string{"response_type", "client_id", "redirect_uri", "scope", "state",
 	"code_challenge", "code_challenge_method", "nonce", "prompt", "max_age", "login_hint",
-	"response_mode", "display", "ui_locales", "claims_locales", "id_token_hint", "acr_values", "request", "request_uri"}
+	"response_mode", "display", "ui_locales", "claims_locales", "id_token_hint", "acr_values", "request", "request_uri",
+	"dpop_jkt"}
 
 // authzError is an error at the authorization endpoint: shown to the user
 // when redirect is false, otherwise sent to the redirect URI.
@@ -100,6 +103,11 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 			s.errorPage(w, r, http.StatusBadRequest, "The request is malformed.")
 			return
 		}
+	}
+	vals, status, msg := s.resolvePushed(ctx, t, vals) // par.go
+	if status != 0 {
+		s.errorPage(w, r, status, msg)
+		return
 	}
 	p, c, aerr := s.parseAuthorize(ctx, t, vals)
 	if aerr != nil {
@@ -179,6 +187,9 @@ func (s *Server) parseAuthorize(ctx context.Context, t Tenant, vals url.Values) 
 		}
 	}
 	p.Scopes = scope
+	if p.DPoPJKT = get("dpop_jkt"); p.DPoPJKT != "" && !validJKT(p.DPoPJKT) { // dpop.go
+		return p, c, redirErr(CodeInvalidRequest, "malformed dpop_jkt")
+	}
 	p.Nonce = get("nonce")
 	if len(p.Nonce) > 512 {
 		return p, c, redirErr(CodeInvalidRequest, "nonce too long")

@@ -4,8 +4,7 @@ import "context"
 
 // confirmation is the RFC 7800 cnf claim of a sender-constrained access
 // token: x5t#S256 for a certificate-bound token (RFC 8705 §3.1), jkt for a
-// DPoP-bound one (RFC 9449 §6.1; the dpop branch fills JKT from
-// tokenData.JKT — merge note in /work/wt/notes/ztauth.md).
+// DPoP-bound one (RFC 9449 §6.1, dpop.go).
 type confirmation struct {
 	X5TS256 string `json:"x5t#S256,omitempty"`
 	JKT     string `json:"jkt,omitempty"`
@@ -13,10 +12,10 @@ type confirmation struct {
 
 // confirmationOf is d's cnf claim, nil for a bearer token.
 func confirmationOf(d *tokenData) *confirmation {
-	if d.X5T == "" {
+	if d.X5T == "" && d.JKT == "" {
 		return nil
 	}
-	return &confirmation{X5TS256: d.X5T}
+	return &confirmation{X5TS256: d.X5T, JKT: d.JKT}
 }
 
 func (c *confirmation) x5t() string {

@@ -391,7 +391,7 @@ func (g *deviceCodeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*To
 		if err != nil {
 			return nil, errUnavailable("randomness unavailable", err)
 		}
-		if refresh, err = s.newRefreshToken(gr.Tenant.ID, fam, 1); err != nil {
+		if refresh, err = s.newRefreshToken(gr.Tenant.ID, fam, 1, gr.refreshJKT()); err != nil {
 			return nil, errUnavailable("randomness unavailable", err)
 		}
 		poll.Family = &NewFamily{ID: fam, Hash: sha256Sum(refresh), ExpiresAt: gr.Now.Add(s.cfg.RefreshTTL), IdleTimeout: s.cfg.RefreshIdleTimeout}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/tallyauth/tally/dpop"
 )
 
 // discoveryMaxAge is the Cache-Control max-age of discovery documents.
@@ -45,7 +47,10 @@ type metadata struct {
 	ClaimsSupported                            []string `json:"claims_supported,omitempty"`
 	PromptValuesSupported                      []string `json:"prompt_values_supported,omitempty"`
 
-	*ztMetadata // clientauth_zt.go
+	*ztMetadata                                 // clientauth_zt.go
+	DPoPSigningAlgValuesSupported      []string `json:"dpop_signing_alg_values_supported,omitempty"`
+	PushedAuthorizationRequestEndpoint string   `json:"pushed_authorization_request_endpoint,omitempty"`
+	RequirePushedAuthorizationRequests bool     `json:"require_pushed_authorization_requests,omitempty"`
 }
 
 // handleDiscovery serves the tenant's metadata at all three locations:
@@ -75,6 +80,7 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		TokenEndpointAuthMethodsSupported: s.supportedAuthMethods(),
 		IntrospectionEndpointAuthMethodsSupported: s.supportedAuthMethods(),
 		RevocationEndpointAuthMethodsSupported:    s.supportedAuthMethods(),
+		DPoPSigningAlgValuesSupported:             dpop.SigningAlgs,
 	}
 	if s.users != nil {
 		md.AuthorizationEndpoint = iss + "/oauth2/authorize"
@@ -96,6 +102,7 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
 		// Public clients authenticate with client_id only (RFC 8414 §2).
 		md.TokenEndpointAuthMethodsSupported = append(slices.Clone(s.supportedAuthMethods()), "none")
 		md.RevocationEndpointAuthMethodsSupported = md.TokenEndpointAuthMethodsSupported
+		s.parMetadata(&md, t) // par.go
 	}
 	md.ztMetadata = s.ztMetadata(iss, t.ID, md.UserinfoEndpoint != "")
 	s.respond(w, r, http.StatusOK, md, discoveryMaxAge)

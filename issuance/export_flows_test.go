@@ -9,11 +9,12 @@ func MatchRedirectForTest(c Client, presented string) (string, bool) {
 }
 
 func (s *Server) NewRefreshTokenForTest(tenant, family string, gen uint64) (string, error) {
-	return s.newRefreshToken(tenant, family, gen)
+	return s.newRefreshToken(tenant, family, gen, "")
 }
 
 func (s *Server) ParseRefreshTokenForTest(tenant, tok string) (string, uint64, bool) {
-	return s.parseRefreshToken(tenant, tok)
+	f, g, _, ok := s.parseRefreshToken(tenant, tok)
+	return f, g, ok
 }
 
 func AtHashForTest(alg, token string) string { return atHash(alg, token) }

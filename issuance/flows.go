@@ -28,6 +28,7 @@ func (s *Server) flowRoutes() {
 	s.mux.HandleFunc("GET /t/{tenant}/oauth2/userinfo", s.handleUserinfo)
 	s.mux.HandleFunc("POST /t/{tenant}/oauth2/userinfo", s.handleUserinfo)
 	s.mux.HandleFunc("POST /t/{tenant}/oauth2/device_authorization", s.handleDeviceAuthorization)
+	s.mux.HandleFunc("POST /t/{tenant}/oauth2/par", s.handlePAR) // par.go
 	s.mux.HandleFunc("GET /t/{tenant}/device", s.handleDevicePage)
 	s.mux.HandleFunc("POST /t/{tenant}/device", s.handleDevicePage)
 }

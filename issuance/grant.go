@@ -3,6 +3,8 @@ package issuance
 import (
 	"context"
 	"time"
+
+	"github.com/tallyauth/tally/dpop"
 )
 
 // GrantRequest is what a grant handler decides from: an authenticated client
@@ -14,6 +16,8 @@ type GrantRequest struct {
 	Now     time.Time
 	// ClientIP is the caller's address, for rate limits.
 	ClientIP string
+	// DPoP is the request's checked DPoP proof, nil without one (dpop.go).
+	DPoP *dpop.Proof
 }
 
 // TokenResponse is the RFC 6749 §5.1 successful token response.

@@ -23,9 +23,10 @@ type authCode struct {
 	Nonce       string   `json:"n,omitempty"`
 	UserID      string   `json:"u"`
 	Scopes      []string `json:"s"`
-	AuthTime    int64    `json:"a"` // unix seconds
-	Expires     int64    `json:"e"` // unix nanoseconds
-	Random      string   `json:"x"` // 128 bits: no two codes are equal
+	AuthTime    int64    `json:"a"`            // unix seconds
+	Expires     int64    `json:"e"`            // unix nanoseconds
+	Random      string   `json:"x"`            // 128 bits: no two codes are equal
+	DPoPJKT     string   `json:"dj,omitempty"` // RFC 9449 §10 (dpop.go)
 }
 
 func codeAAD(tenant string) string { return "code|" + tenant }
@@ -37,7 +38,7 @@ func (s *Server) newCode(tenant string, p *pending, userID string, authTime, now
 	}
 	c := authCode{ClientID: p.ClientID, RedirectURI: p.RedirectURI, Challenge: p.Challenge, Nonce: p.Nonce,
 		UserID: userID, Scopes: p.Scopes, AuthTime: authTime.Unix(), Expires: now.Add(s.cfg.CodeTTL).UnixNano(),
-		Random: base64.RawURLEncoding.EncodeToString(b[:])}
+		Random: base64.RawURLEncoding.EncodeToString(b[:]), DPoPJKT: p.DPoPJKT}
 	return sealJSON(s.flow.codes, s.cfg.Rand, codePrefix, c, codeAAD(tenant))
 }
 
@@ -92,6 +93,8 @@ func (g *authorizationCodeGrant) HandleGrant(ctx context.Context, gr GrantReques
 		return nil, errInvalidGrant("code_verifier required", nil)
 	case !verifyPKCE(req.CodeVerifier, code.Challenge):
 		return nil, errInvalidGrant("code_verifier does not match the code_challenge", nil)
+	case code.DPoPJKT != "" && code.DPoPJKT != gr.jkt():
+		return nil, errInvalidDPoP("the code is bound to another DPoP key (dpop_jkt)", nil)
 	}
 	u, err := s.users.User(ctx, gr.Tenant.ID, code.UserID)
 	if err != nil || !u.Active() {

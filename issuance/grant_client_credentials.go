@@ -70,6 +70,7 @@ func (g *clientCredentialsGrant) HandleGrant(ctx context.Context, gr GrantReques
 		Audience:  aud,
 		IssuedAt:  iat,
 		ExpiresAt: iat.Add(ttl.Truncate(time.Second)),
+		JKT:       gr.jkt(),
 	}
 	if !d.ExpiresAt.After(iat) {
 		d.ExpiresAt = iat.Add(time.Second)
@@ -84,7 +85,7 @@ func (g *clientCredentialsGrant) HandleGrant(ctx context.Context, gr GrantReques
 	}
 	return &TokenResponse{
 		AccessToken: tok,
-		TokenType:   "Bearer",
+		TokenType:   gr.tokenType(),
 		ExpiresIn:   d.ExpiresAt.Unix() - iat.Unix(),
 		Scope:       joinScope(scope),
 	}, nil

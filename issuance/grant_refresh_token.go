@@ -19,9 +19,13 @@ func (g *refreshTokenGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*
 	if req.RefreshToken == "" {
 		return nil, errInvalidRequest("missing refresh_token")
 	}
-	family, gen, ok := s.parseRefreshToken(gr.Tenant.ID, req.RefreshToken)
+	family, gen, bound, ok := s.parseRefreshToken(gr.Tenant.ID, req.RefreshToken)
 	if !ok {
 		return nil, errInvalidGrant("invalid refresh token", nil)
+	}
+	if bound != "" && bound != gr.jkt() {
+		// RFC 9449 §5: a bound refresh token is used with a proof of its key.
+		return nil, errInvalidGrant("refresh token is bound to another DPoP key", nil)
 	}
 	// RFC 6749 §6: a requested scope must have been granted; it is checked
 	// against the client here and narrowed to the family's grant below.
@@ -32,7 +36,7 @@ func (g *refreshTokenGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*
 			}
 		}
 	}
-	next, err := s.newRefreshToken(gr.Tenant.ID, family, gen+1)
+	next, err := s.newRefreshToken(gr.Tenant.ID, family, gen+1, bound)
 	if err != nil {
 		return nil, errUnavailable("randomness unavailable", err)
 	}

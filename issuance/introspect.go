@@ -19,7 +19,8 @@ type introspection struct {
 	Aud       audience `json:"aud,omitempty"`
 	Iss       string   `json:"iss"`
 	Jti       string   `json:"jti"`
-	// Cnf is what the token is bound to (RFC 8705 §3.2).
+	// Cnf is what the token is bound to: a client certificate (RFC 8705
+	// §3.2) or a DPoP key (RFC 9449 §6.2).
 	Cnf *confirmation `json:"cnf,omitempty"`
 }
 
@@ -87,7 +88,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 			Active:    true,
 			Scope:     joinScope(d.Scope),
 			ClientID:  d.ClientID,
-			TokenType: "Bearer",
+			TokenType: tokenTypeOf(d),
 			Exp:       d.ExpiresAt.Unix(),
 			Iat:       d.IssuedAt.Unix(),
 			Nbf:       unixOrZero(d.NotBefore),

@@ -45,7 +45,7 @@ func (s *Server) prepareUserTokens(gr GrantRequest, userID string, scopes []stri
 		if err != nil {
 			return nil, errUnavailable("randomness unavailable", err)
 		}
-		tok, err := s.newRefreshToken(gr.Tenant.ID, fam, 1)
+		tok, err := s.newRefreshToken(gr.Tenant.ID, fam, 1, gr.refreshJKT())
 		if err != nil {
 			return nil, errUnavailable("randomness unavailable", err)
 		}
@@ -73,7 +73,7 @@ func (s *Server) prepareAccess(gr GrantRequest, userID string, scopes []string, 
 	}
 	iat := gr.Now.Truncate(time.Second)
 	d := &tokenData{JTI: jti, ClientID: c.ID, Subject: userID, Scope: scopes, Audience: aud, IssuedAt: iat,
-		ExpiresAt: iat.Add(max(ttl.Truncate(time.Second), time.Second))}
+		ExpiresAt: iat.Add(max(ttl.Truncate(time.Second), time.Second)), JKT: gr.jkt()}
 	format := c.TokenFormat
 	if format != FormatOpaque {
 		format = FormatJWT
@@ -90,7 +90,7 @@ func (s *Server) finishUserTokens(ctx context.Context, gr GrantRequest, iss *use
 	}
 	resp := &TokenResponse{
 		AccessToken:  tok,
-		TokenType:    "Bearer",
+		TokenType:    gr.tokenType(),
 		ExpiresIn:    iss.access.ExpiresAt.Unix() - iss.access.IssuedAt.Unix(),
 		Scope:        joinScope(iss.scopes),
 		RefreshToken: iss.refresh,
@@ -189,43 +189,54 @@ func randomID(rnd interface{ Read([]byte) (int, error) }) (string, error) {
 	return base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
-func (s *Server) refreshMAC(tenant, family string, gen uint64, secret string) string {
+func (s *Server) refreshMAC(tenant, family string, gen uint64, secret, jkt string) string {
 	m := hmac.New(sha256.New, s.flow.refreshMAC)
-	fmt.Fprintf(m, "%s\x00%s\x00%d\x00%s", tenant, family, gen, secret)
+	fmt.Fprintf(m, "%s\x00%s\x00%d\x00%s%s", tenant, family, gen, secret, refreshBinding(jkt))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:16])
 }
 
-func (s *Server) newRefreshToken(tenant, family string, gen uint64) (string, error) {
+// newRefreshToken makes a refresh token; with jkt set it is bound to that
+// DPoP key: the thumbprint is a fifth, MAC-covered part (dpop.go).
+func (s *Server) newRefreshToken(tenant, family string, gen uint64, jkt string) (string, error) {
 	var b [32]byte
 	if _, err := s.cfg.Rand.Read(b[:]); err != nil {
 		return "", err
 	}
 	secret := base64.RawURLEncoding.EncodeToString(b[:])
 	g := strconv.FormatUint(gen, 10)
-	return refreshPrefix + family + "." + g + "." + secret + "." + s.refreshMAC(tenant, family, gen, secret), nil
+	bound := ""
+	if jkt != "" {
+		bound = jkt + "."
+	}
+	return refreshPrefix + family + "." + g + "." + secret + "." + bound + s.refreshMAC(tenant, family, gen, secret, jkt), nil
 }
 
 // parseRefreshToken checks a refresh token's form and MAC and returns its
-// family and generation.
-func (s *Server) parseRefreshToken(tenant, tok string) (family string, gen uint64, ok bool) {
+// family, generation and the DPoP key thumbprint it is bound to ("" for an
+// unbound token).
+func (s *Server) parseRefreshToken(tenant, tok string) (family string, gen uint64, jkt string, ok bool) {
 	if len(tok) > 256 {
-		return "", 0, false
+		return "", 0, "", false
 	}
 	rest, found := strings.CutPrefix(tok, refreshPrefix)
 	if !found {
-		return "", 0, false
+		return "", 0, "", false
 	}
 	parts := strings.Split(rest, ".")
+	if len(parts) == 5 && len(parts[3]) == 43 {
+		jkt = parts[3]
+		parts = append(parts[:3], parts[4])
+	}
 	if len(parts) != 4 || len(parts[0]) != 22 || len(parts[2]) != 43 || len(parts[3]) != 22 {
-		return "", 0, false
+		return "", 0, "", false
 	}
 	gen, err := strconv.ParseUint(parts[1], 10, 64)
 	if err != nil || gen == 0 || strconv.FormatUint(gen, 10) != parts[1] {
-		return "", 0, false
+		return "", 0, "", false
 	}
-	want := s.refreshMAC(tenant, parts[0], gen, parts[2])
+	want := s.refreshMAC(tenant, parts[0], gen, parts[2], jkt)
 	if !hmac.Equal([]byte(want), []byte(parts[3])) {
-		return "", 0, false
+		return "", 0, "", false
 	}
-	return parts[0], gen, true
+	return parts[0], gen, jkt, true
 }

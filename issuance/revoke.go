@@ -104,7 +104,7 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 // token that is not ours or whose family is gone is 200 with nothing
 // written; a family of another client is refused.
 func (s *Server) revokeRefresh(ctx context.Context, tenant string, c Client, token string) error {
-	family, _, ok := s.parseRefreshToken(tenant, token)
+	family, _, _, ok := s.parseRefreshToken(tenant, token)
 	if !ok {
 		return nil
 	}

@@ -92,6 +92,8 @@ type Config struct {
 	// ZeroTrust configures private_key_jwt, mutual TLS and workload
 	// identity federation (clientauth_zt.go).
 	ZeroTrust ZeroTrustConfig
+	// DPoP configures DPoP proofs at the token endpoint (dpop.go).
+	DPoP DPoPConfig
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -193,6 +195,7 @@ type Server struct {
 	codeSLimit  *limiters
 	device      *deviceGuard // device_pace.go
 	zt          *ztState     // clientauth_zt.go
+	dpop        *dpopGuard   // dpop.go
 }
 
 // NewServer returns a Server reading st and revoking through rv.
@@ -222,6 +225,9 @@ func NewServer(cfg Config, st State, rv Revoker) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, st: st, rv: rv, metrics: m, log: cfg.Logger}
 	s.keys = newKeyring(cfg.KEK, cfg.Logger)
+	if s.dpop, err = newDPoPGuard(cfg); err != nil {
+		return nil, err
+	}
 	s.minter = &minter{st: st, keys: s.keys, rnd: cfg.Rand, issuer: s.Issuer}
 	if cfg.Users != nil {
 		if err := s.initFlows(); err != nil {
@@ -348,6 +354,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "1")
+	}
+	if n := (*dpopNonce)(nil); errors.As(e.Debug, &n) {
+		h.Set("DPoP-Nonce", n.nonce)
 	}
 	if rl := (*RateLimited)(nil); e.Status == http.StatusTooManyRequests && errors.As(e.Debug, &rl) {
 		h.Set("Retry-After", retryAfterSeconds(rl.RetryAfter))

@@ -98,6 +98,7 @@ func TestDiscovery(t *testing.T) {
 		"revocation_endpoint_auth_methods_supported":    []any{"client_secret_basic", "client_secret_post", "private_key_jwt"},
 		// issue 11: private_key_jwt's algorithms (clientauth_zt.go)
 		"token_endpoint_auth_signing_alg_values_supported": []any{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"},
+		"dpop_signing_alg_values_supported":                []any{"ES256", "ES384", "ES512", "PS256", "RS256", "EdDSA"},
 	}
 	for k, v := range want {
 		if mustJSON(doc[k]) != mustJSON(v) {

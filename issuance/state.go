@@ -47,6 +47,9 @@ type Tenant struct {
 	Disabled    bool
 	SigningAlg  string
 	Trust       TenantTrust // issue 11, clientauth_zt.go
+	// RequirePAR: every authorization request must be pushed (RFC 9126
+	// §6, par.go).
+	RequirePAR bool
 }
 
 // SecretHash is a keyed hash of a client secret. A zero ExpiresAt never
@@ -72,6 +75,12 @@ type Client struct {
 	Public         bool
 	RedirectURIs   []string
 	Auth           ClientAuth // issue 11, clientauth_zt.go
+	// DPoPBound makes DPoP mandatory for the client's token requests
+	// (RFC 9449 §5.2 dpop_bound_access_tokens).
+	DPoPBound bool
+	// RequirePAR: the client's authorization requests must be pushed
+	// (RFC 9126 §6, par.go).
+	RequirePAR bool
 }
 
 // Key is a tenant key as stored in the replica: public part in the clear,

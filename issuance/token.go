@@ -34,6 +34,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 			// Public clients use the end-user grants (RFC 6749 §2.1).
 			authenticate = s.authenticateFlowClient
 		}
+		proof, err := s.checkDPoP(r, t.ID, now)
+		if err != nil {
+			return nil, err
+		}
 		c, err := authenticate(ctx, t.ID, req.Client, now)
 		if err != nil {
 			return nil, err
@@ -41,7 +45,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		if !slices.Contains(c.GrantTypes, req.GrantType) {
 			return nil, newError(CodeUnauthorizedClient, http.StatusBadRequest, "client is not allowed to use this grant type", nil)
 		}
-		return h.HandleGrant(ctx, GrantRequest{Tenant: t, Client: c, Request: req, Now: now, ClientIP: clientIP(r)})
+		if err := s.useDPoP(c, proof, now); err != nil {
+			return nil, err
+		}
+		return h.HandleGrant(ctx, GrantRequest{Tenant: t, Client: c, Request: req, Now: now, ClientIP: clientIP(r), DPoP: proof})
 	}()
 	if err != nil {
 		s.metrics.token(ctx, grantType, outcomeOf(err), time.Since(start))

@@ -27,6 +27,9 @@ type tokenData struct {
 	// X5T is the x5t#S256 of the client certificate the token is bound
 	// to (RFC 8705 §3), "" for a bearer token (cnf.go).
 	X5T string
+	// JKT is the DPoP key thumbprint the token is bound to (RFC 9449 §6),
+	// "" for a bearer token.
+	JKT string
 }
 
 // JWT access token header type (RFC 9068 §2.1). Verification also accepts the
@@ -72,7 +75,7 @@ type accessClaims struct {
 	ID        string   `json:"jti"`
 	ClientID  string   `json:"client_id"`
 	Scope     string   `json:"scope,omitempty"`
-	// Cnf binds the token to a key (RFC 7800; RFC 8705 §3.1).
+	// Cnf binds the token to a key (RFC 7800; RFC 8705 §3.1; RFC 9449 §6.1).
 	Cnf *confirmation `json:"cnf,omitempty"`
 }
 
@@ -201,5 +204,6 @@ func verifyJWT(set *keySet, issuer, token string, now time.Time, leeway time.Dur
 		ExpiresAt: time.Unix(c.ExpiresAt, 0),
 		KeyID:     kid,
 		X5T:       c.Cnf.x5t(),
+		JKT:       c.Cnf.jkt(),
 	}, nil
 }

@@ -20,6 +20,7 @@ import (
 //	aad       = "tly1" ‖ lp(tenant) ‖ lp(kid)          lp = uvarint length ‖ bytes
 //	plaintext = version(1) ‖ lp(jti) ‖ lp(tenant) ‖ lp(client_id) ‖ lp(sub)
 //	            ‖ lp(scope) ‖ uvarint(#aud) ‖ lp(aud)… ‖ varint(iat) ‖ varint(exp)
+//	            [‖ lp(cnf.jkt)]                          version 2 only (DPoP-bound)
 //
 // The 96-bit nonce is random. NIST SP 800-38D §8.3 bounds random-nonce GCM at
 // 2^32 messages per key; sealing keys must be rotated well before a key has
@@ -29,8 +30,11 @@ const (
 	opaquePrefix  = "tly1."
 	opaqueAADTag  = "tly1"
 	opaqueVersion = 1
-	gcmNonceSize  = 12
-	gcmTagSize    = 16
+	// opaqueVersionDPoP adds cnf.jkt; bearer tokens keep version 1 so that
+	// nodes that predate DPoP still read them.
+	opaqueVersionDPoP = 2
+	gcmNonceSize      = 12
+	gcmTagSize        = 16
 
 	// maxOpaqueLen bounds the work spent on a presented token.
 	maxOpaqueLen = 8 << 10
@@ -113,8 +117,13 @@ func encodeOpaque(d *tokenData) []byte {
 	for _, a := range d.Audience {
 		n += len(a) + binary.MaxVarintLen64
 	}
+	n += len(d.JKT) + binary.MaxVarintLen64
 	b := make([]byte, 0, n)
-	b = append(b, opaqueVersion)
+	if d.JKT != "" {
+		b = append(b, opaqueVersionDPoP)
+	} else {
+		b = append(b, opaqueVersion)
+	}
 	b = appendLP(b, d.JTI)
 	b = appendLP(b, d.Tenant)
 	b = appendLP(b, d.ClientID)
@@ -126,6 +135,9 @@ func encodeOpaque(d *tokenData) []byte {
 	}
 	b = binary.AppendVarint(b, d.IssuedAt.Unix())
 	b = binary.AppendVarint(b, d.ExpiresAt.Unix())
+	if d.JKT != "" {
+		b = appendLP(b, d.JKT)
+	}
 	return appendOpaqueCnf(b, d) // cnf.go
 }
 
@@ -179,7 +191,7 @@ func (r *opaqueReader) str() string {
 // decodeOpaque parses the sealed plaintext. Only authenticated bytes reach
 // it, but it is written (and fuzzed) as if they were hostile.
 func decodeOpaque(b []byte) (tokenData, error) {
-	if len(b) == 0 || b[0] != opaqueVersion {
+	if len(b) == 0 || (b[0] != opaqueVersion && b[0] != opaqueVersionDPoP) {
 		return tokenData{}, errOpaqueBody
 	}
 	r := &opaqueReader{b: b[1:]}
@@ -201,6 +213,11 @@ func decodeOpaque(b []byte) (tokenData, error) {
 	}
 	iat := r.varint()
 	exp := r.varint()
+	if b[0] == opaqueVersionDPoP {
+		if d.JKT = r.str(); r.err == nil && d.JKT == "" {
+			r.err = errOpaqueBody
+		}
+	}
 	readOpaqueCnf(r, &d) // cnf.go
 	if r.err != nil {
 		return tokenData{}, r.err

@@ -49,7 +49,8 @@ func (s *Server) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	scheme, tok, ok := strings.Cut(authz[0], " ")
-	if len(authz) > 1 || !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+	isDPoP := strings.EqualFold(scheme, "DPoP") // dpop.go
+	if len(authz) > 1 || !ok || !(strings.EqualFold(scheme, "Bearer") || isDPoP) || tok == "" {
 		s.bearerError(w, r, http.StatusBadRequest, "invalid_request", "malformed Authorization header")
 		return
 	}
@@ -65,6 +66,9 @@ func (s *Server) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.st.Revoked(ctx, t.ID, d.JTI) {
 		s.bearerError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is revoked")
+		return
+	}
+	if !s.checkResourceDPoP(w, r, strings.TrimSpace(tok), d, isDPoP, now) {
 		return
 	}
 	if !slices.Contains(d.Scope, ScopeOpenID) {

@@ -37,6 +37,8 @@ type adminService struct {
 	// supports reports whether every member applies a feature's
 	// operations (admin_delete.go); nil: assume so.
 	supports func(ctx context.Context, feature string) bool
+	// par gates the issue 11 operations (par.go).
+	par *featureGate
 }
 
 var _ adminv1connect.AdminServiceHandler = (*adminService)(nil)
@@ -154,12 +156,13 @@ func (a *adminService) ListTenants(context.Context, *connect.Request[adminv1.Lis
 
 func (a *adminService) tenantPB(t *raftpb.Tenant) *adminv1.Tenant {
 	return &adminv1.Tenant{
-		Id:          t.Id,
-		DisplayName: t.DisplayName,
-		Issuer:      a.iss.Issuer(t.Id),
-		CreatedAt:   ts(t.CreatedUnixNano),
-		Disabled:    t.Disabled,
-		SigningAlg:  t.SigningAlg,
+		Id:                                 t.Id,
+		DisplayName:                        t.DisplayName,
+		Issuer:                             a.iss.Issuer(t.Id),
+		CreatedAt:                          ts(t.CreatedUnixNano),
+		Disabled:                           t.Disabled,
+		SigningAlg:                         t.SigningAlg,
+		RequirePushedAuthorizationRequests: t.RequirePushedAuthorizationRequests,
 	}
 }
 
@@ -175,15 +178,17 @@ func (a *adminService) CreateClient(ctx context.Context, req *connect.Request[ad
 		grants = []string{issuance.GrantClientCredentials}
 	}
 	c := &raftpb.Client{
-		Tenant:                m.Tenant,
-		Name:                  m.Name,
-		GrantTypes:            dedupe(normalizeGrants(grants)),
-		Scopes:                dedupe(m.Scopes),
-		Audiences:             dedupe(m.Audiences),
-		AccessTokenTtlSeconds: m.AccessTokenTtlSeconds,
-		TokenFormat:           m.TokenFormat,
-		Public:                m.Public,
-		RedirectUris:          dedupe(m.RedirectUris),
+		Tenant:                             m.Tenant,
+		Name:                               m.Name,
+		GrantTypes:                         dedupe(normalizeGrants(grants)),
+		Scopes:                             dedupe(m.Scopes),
+		Audiences:                          dedupe(m.Audiences),
+		AccessTokenTtlSeconds:              m.AccessTokenTtlSeconds,
+		TokenFormat:                        m.TokenFormat,
+		Public:                             m.Public,
+		RedirectUris:                       dedupe(m.RedirectUris),
+		DpopBound:                          m.DpopBound,
+		RequirePushedAuthorizationRequests: m.RequirePushedAuthorizationRequests,
 	}
 	var err error
 	if c.Auth, err = clientAuthFromAdmin(m.Auth, m.Public); err != nil { // ztauth.go
@@ -249,17 +254,19 @@ func (a *adminService) UpdateClient(ctx context.Context, req *connect.Request[ad
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("client %q not found in tenant %q", m.ClientId, m.Tenant))
 	}
 	c := &raftpb.Client{
-		Tenant:                cur.Tenant,
-		Id:                    cur.Id,
-		Name:                  cur.Name,
-		GrantTypes:            cur.GrantTypes,
-		Scopes:                cur.Scopes,
-		Audiences:             cur.Audiences,
-		AccessTokenTtlSeconds: cur.AccessTokenTtlSeconds,
-		TokenFormat:           cur.TokenFormat,
-		Disabled:              cur.Disabled,
-		Public:                cur.Public,
-		RedirectUris:          cur.RedirectUris,
+		Tenant:                             cur.Tenant,
+		Id:                                 cur.Id,
+		Name:                               cur.Name,
+		GrantTypes:                         cur.GrantTypes,
+		Scopes:                             cur.Scopes,
+		Audiences:                          cur.Audiences,
+		AccessTokenTtlSeconds:              cur.AccessTokenTtlSeconds,
+		TokenFormat:                        cur.TokenFormat,
+		Disabled:                           cur.Disabled,
+		Public:                             cur.Public,
+		RedirectUris:                       cur.RedirectUris,
+		DpopBound:                          cur.DpopBound,
+		RequirePushedAuthorizationRequests: cur.RequirePushedAuthorizationRequests,
 	}
 	if m.Name != nil {
 		c.Name = *m.Name
@@ -371,21 +378,23 @@ func (a *adminService) clientPB(tenant, id string) (*adminv1.Client, error) {
 
 func clientToAdmin(c *raftpb.Client, now time.Time) *adminv1.Client {
 	out := &adminv1.Client{
-		Tenant:                c.Tenant,
-		ClientId:              c.Id,
-		Name:                  c.Name,
-		GrantTypes:            c.GrantTypes,
-		Scopes:                c.Scopes,
-		Audiences:             c.Audiences,
-		AccessTokenTtlSeconds: c.AccessTokenTtlSeconds,
-		TokenFormat:           c.TokenFormat,
-		Disabled:              c.Disabled,
-		CreatedAt:             ts(c.CreatedUnixNano),
-		UpdatedAt:             ts(c.UpdatedUnixNano),
-		Revision:              c.Revision,
-		Public:                c.Public,
-		RedirectUris:          c.RedirectUris,
-		Auth:                  clientAuthToAdmin(c.Auth), // ztauth.go
+		Tenant:                             c.Tenant,
+		ClientId:                           c.Id,
+		Name:                               c.Name,
+		GrantTypes:                         c.GrantTypes,
+		Scopes:                             c.Scopes,
+		Audiences:                          c.Audiences,
+		AccessTokenTtlSeconds:              c.AccessTokenTtlSeconds,
+		TokenFormat:                        c.TokenFormat,
+		Disabled:                           c.Disabled,
+		CreatedAt:                          ts(c.CreatedUnixNano),
+		UpdatedAt:                          ts(c.UpdatedUnixNano),
+		Revision:                           c.Revision,
+		Public:                             c.Public,
+		RedirectUris:                       c.RedirectUris,
+		DpopBound:                          c.DpopBound,
+		RequirePushedAuthorizationRequests: c.RequirePushedAuthorizationRequests,
+		Auth:                               clientAuthToAdmin(c.Auth), // ztauth.go
 	}
 	for i, s := range c.Secrets {
 		if s.ExpiresUnixNano != 0 && s.ExpiresUnixNano <= now.UnixNano() {

@@ -75,6 +75,9 @@ type Config struct {
 	// the just-superseded refresh token again within this interval and get
 	// the same successor instead of a family revocation; 0 turns it off.
 	RefreshReuseInterval time.Duration
+	// DPoPRequireNonce makes the token endpoint demand DPoP server nonces
+	// (RFC 9449 §8); the nonces are valid on every node (issuance/dpop.go).
+	DPoPRequireNonce bool
 	// LeaderRegion, if set, is the region the leader should be in: a leader
 	// elsewhere hands leadership to a healthy, caught-up voter of that
 	// region when there is one (checked every second). Set the same value on

@@ -16,6 +16,7 @@ type flowStore struct {
 	rep    *replica
 	node   string
 	region string
+	par    *featureGate // par.go
 }
 
 var (

@@ -149,7 +149,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.MaxBodyBytes = cfg.MaxBodyBytes
 	ic.JWKSMaxAge = cfg.JWKSMaxAge
 	// End-user flows (node/grants.go); cookies are Secure outside dev.
-	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region}
+	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region, par: newFeatureGate(n.cl, featurePARKeyPolicy)}
 	ic.Users, ic.Grants = flows, flows
 	ic.InsecureCookies = cfg.Dev
 	ic.RefreshTTL = cfg.RefreshTTL
@@ -158,6 +158,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if ic.ZeroTrust, err = n.ztIssuanceConfig(); err != nil { // ztauth.go
 		return nil, err
 	}
+	ic.DPoP.RequireNonce = cfg.DPoPRequireNonce
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
@@ -184,7 +185,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
 
-	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature}
+	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature, par: flows.par}
 	n.http = &http.Server{
 		Handler:           n.routes(admin, newAdminAuth(adminToken)),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -349,6 +350,11 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() {
 		defer n.cl.wg.Done()
 		n.disk.run(sctx, n.cl)
+	}()
+	n.cl.wg.Add(1)
+	go func() {
+		defer n.cl.wg.Done()
+		n.keyPolicyLoop(sctx, &adminService{rep: n.rep, kek: n.kek, cfg: n.cfg, now: n.now, par: newFeatureGate(n.cl, featurePARKeyPolicy)}) // keypolicy.go
 	}()
 	if n.nats != nil {
 		n.cl.wg.Add(1)

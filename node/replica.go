@@ -164,7 +164,7 @@ func (r *replica) propose(ctx context.Context, cmd *raftpb.Command) (_ raft.Resu
 
 func tenantFromPB(t *raftpb.Tenant) issuance.Tenant {
 	return issuance.Tenant{ID: t.Id, DisplayName: t.DisplayName, Disabled: t.Disabled, SigningAlg: t.SigningAlg,
-		Trust: trustFromPB(t.Trust)} // ztauth.go
+		Trust: trustFromPB(t.Trust), RequirePAR: t.RequirePushedAuthorizationRequests} // ztauth.go, par.go
 }
 
 func clientFromPB(c *raftpb.Client) issuance.Client {
@@ -186,6 +186,8 @@ func clientFromPB(c *raftpb.Client) issuance.Client {
 		Public:         c.Public,
 		RedirectURIs:   c.RedirectUris,
 		Auth:           clientAuthFromPB(c.Auth), // ztauth.go
+		DPoPBound:      c.DpopBound,
+		RequirePAR:     c.RequirePushedAuthorizationRequests,
 	}
 }
 

@@ -118,7 +118,7 @@ func (n *Node) ztIssuanceConfig() (issuance.ZeroTrustConfig, error) {
 type raftLedger struct {
 	n     *Node
 	local *issuance.MemoryAssertionLedger
-	gate  featureGate
+	gate  ztGate
 }
 
 func (l *raftLedger) ConsumeAssertion(ctx context.Context, tenant, clientID, jti string, exp time.Time) error {
@@ -146,15 +146,17 @@ func (l *raftLedger) ConsumeAssertion(ctx context.Context, tenant, clientID, jti
 	return nil
 }
 
-// featureGate caches allSupport: once every member supports the feature
-// it stays allowed; before that it asks at most every few seconds.
-type featureGate struct {
+// ztGate caches allSupport for featureZTAuth, asking the node's cluster
+// when first needed (it is set after the issuance config): once every
+// member supports the feature it stays allowed; before that it asks at most
+// every few seconds. (par.go's featureGate is built with the cluster.)
+type ztGate struct {
 	ok      atomic.Bool
 	mu      sync.Mutex
 	checked time.Time
 }
 
-func (g *featureGate) allowed(ctx context.Context, n *Node) bool {
+func (g *ztGate) allowed(ctx context.Context, n *Node) bool {
 	if g.ok.Load() {
 		return true
 	}

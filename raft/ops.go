@@ -129,6 +129,23 @@ var opRegistry = map[protoreflect.Name]opSpec{
 	"delete_tenant":     opOf((*raftpb.Command).GetDeleteTenant, checkDeleteTenant, (*applier).deleteTenant),
 	"consume_assertion": opOf((*raftpb.Command).GetConsumeAssertion, checkConsumeAssertion, (*applier).consumeAssertion),
 	"set_tenant_trust":  opOf((*raftpb.Command).GetSetTenantTrust, checkSetTenantTrust, (*applier).setTenantTrust),
+
+	// Pushed authorization requests and key policies (issue 11,
+	// apply_par.go; gated by the node on feature "par_keypolicy" like the
+	// ones above). Their check and apply dispatch on the op themselves.
+	"push_authorization_request": parOp,
+	"redeem_request_uri":         parOp,
+	"set_key_policy":             parOp,
+	"set_tenant_par":             parOp,
+}
+
+// parOp is the entry of the apply_par.go operations.
+var parOp = opSpec{
+	check: func(cmd *raftpb.Command) error { _, err := checkPARCommand(cmd); return err },
+	apply: func(a *applier, cmd *raftpb.Command, now int64) (*raftpb.GrantResult, error) {
+		_, g, err := a.dispatchPAR(cmd, now)
+		return g, err
+	},
 }
 
 // opOneof is the Command.op oneof.

@@ -43,11 +43,17 @@ const SchemaVersion = 1
 //
 //	deleted_clients    client id → raftpb.Deleted
 //	deleted_users      user id → raftpb.Deleted
+//
 // Per tenant, zero-trust clients (issue 11, created on first use, see
 // apply_ztauth.go):
 //
 //	ztauth_jti         SHA-256(client_id | 0 | jti) → expires (8, big-endian)
 //	ztauth_jti_expiry  expires (8, big-endian) | key → empty; sweep order
+//
+// Per tenant, issue 11 (created on first use, see apply_par.go):
+//
+//	par_requests       SHA-256 of a request_uri → raftpb.PushedRequest
+//	par_request_expiry expires (8, big-endian) | uri hash → empty; sweep order
 const (
 	bucketMeta         = "meta"
 	bucketTenants      = "tenants"
@@ -73,6 +79,9 @@ const (
 
 	kindZTJTI       = "ztauth_jti"
 	kindZTJTIExpiry = "ztauth_jti_expiry"
+
+	kindPARRequests = "par_requests"
+	kindPARExpiry   = "par_request_expiry"
 )
 
 // Keys of the meta bucket.

@@ -24,6 +24,8 @@ const (
 	ReasonStale         Reason = "stale"          // the revocation set cannot be trusted now
 	ReasonUnavailable   Reason = "unavailable"    // the issuer's keys or introspection are unreachable
 	ReasonScope         Reason = "insufficient_scope"
+	ReasonDPoPProof     Reason = "invalid_dpop_proof" // the DPoP proof is missing, wrong or replayed (dpop.go)
+	ReasonDPoPBinding   Reason = "dpop_binding"       // bound token as Bearer, or bearer token as DPoP
 )
 
 // description is the RFC 6750 §3 error_description of each reason (only
@@ -41,6 +43,8 @@ var description = map[Reason]string{
 	ReasonStale:         "token revocations cannot be checked now",
 	ReasonUnavailable:   "the issuer cannot be reached",
 	ReasonScope:         "the access token lacks a required scope",
+	ReasonDPoPProof:     "the DPoP proof is missing or invalid for this request and token",
+	ReasonDPoPBinding:   "the authorization scheme does not match the token binding",
 }
 
 // Description is a short English sentence for the reason, fit for an RFC
@@ -78,6 +82,10 @@ func ReasonOf(err error) Reason {
 // classify derives the reason from the error chain.
 func classify(err error) Reason {
 	switch {
+	case errors.Is(err, ErrInvalidDPoPProof):
+		return ReasonDPoPProof
+	case errors.Is(err, ErrDPoPBinding):
+		return ReasonDPoPBinding
 	case errors.Is(err, ErrRevoked):
 		return ReasonRevoked
 	case errors.Is(err, ErrStale):

@@ -99,6 +99,8 @@ type Config struct {
 	// from a trusted proxy's header; default: the TLS connection's.
 	ClientCertificate func(*http.Request) *x509.Certificate
 	Meter             metric.Meter
+	// DPoP configures the checks of DPoP-bound tokens (dpop.go).
+	DPoP DPoPConfig
 }
 
 // Claims are what a verified access token says.
@@ -118,6 +120,10 @@ type Claims struct {
 	// Cnf is the token's confirmation claim (mtls.go): a certificate-bound
 	// token has Cnf.X5TS256.
 	Cnf Confirmation
+	// JKT is the thumbprint of the DPoP key the token is bound to
+	// (cnf.jkt, RFC 9449 §6), "" for a bearer token. VerifyRequest and
+	// Middleware enforce it; Verify alone does not.
+	JKT string
 }
 
 // HasScope reports whether the token carries scope.
@@ -129,6 +135,7 @@ type Verifier struct {
 	cfg   Config
 	keys  *keyCache
 	cache *introCache
+	dpop  *dpopChecker // dpop.go
 	mVer  metric.Int64Counter
 	// outcomes holds the attribute option of each outcome, built once:
 	// Verify is on every request's path.
@@ -171,6 +178,7 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		cfg:   cfg,
 		keys:  newKeyCache(cfg.Issuer, cfg.HTTPClient, cfg.Now, cfg.JWKSRefetchInterval),
 		cache: &introCache{m: map[[32]byte]introEntry{}},
+		dpop:  newDPoPChecker(cfg),
 	}
 	var err error
 	v.outcomes = map[string]metric.AddOption{}
@@ -358,6 +366,7 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string) (*Claims, error)
 		Scopes: strings.Fields(c.Scope), Audience: c.Audience,
 		IssuedAt: tsOrZero(c.IssuedAt), NotBefore: tsOrZero(c.NotBefore), ExpiresAt: tsOrZero(c.ExpiresAt),
 		Cnf: cnfOrZero(c.Cnf),
+		JKT: c.Cnf.jkt(),
 	}, nil
 }
 
@@ -535,6 +544,7 @@ func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error
 		IssuedAt: tsOrZero(r.Iat), NotBefore: tsOrZero(r.Nbf), ExpiresAt: tsOrZero(r.Exp),
 		Introspected: true,
 		Cnf:          cnfOrZero(r.Cnf),
+		JKT:          r.Cnf.jkt(),
 	}
 	until := now.Add(v.cfg.IntrospectionCacheTTL)
 	if !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(until) {
@@ -569,14 +579,15 @@ func (v *Verifier) Middleware(requiredScopes ...string) func(http.Handler) http.
 	scope := strings.Join(requiredScopes, " ")
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			authz := r.Header.Values("Authorization")
-			if len(authz) != 1 || len(authz[0]) < 7 || !strings.EqualFold(authz[0][:7], "Bearer ") {
+			c, err := v.VerifyRequest(r) // dpop.go: Bearer or DPoP
+			switch {
+			case errors.Is(err, errNoToken):
 				w.Header().Set("WWW-Authenticate", `Bearer realm="`+v.cfg.Audience+`"`)
+				w.Header().Add("WWW-Authenticate", v.dpop.challenge("", ""))
 				http.Error(w, "missing bearer token", http.StatusUnauthorized)
 				return
-			}
-			c, err := v.Verify(r.Context(), strings.TrimSpace(authz[0][7:]))
-			switch {
+			case v.dpopChallenged(w, err):
+				return
 			case errors.Is(err, ErrStale) || errors.Is(err, ErrUnavailable):
 				w.Header().Set("Retry-After", "5")
 				http.Error(w, "cannot verify tokens now: "+ReasonOf(err).Description(), http.StatusServiceUnavailable)

@@ -149,6 +149,9 @@ func runAdmin(ctx context.Context, args []string, e env) int {
 		if c.path == rest[0]+" "+rest[1] {
 			return runAdminCommand(ctx, c, g, rest[2:], e)
 		}
+		if len(rest) > 2 && c.path == rest[0]+" "+rest[1]+" "+rest[2] { // "key policy set"
+			return runAdminCommand(ctx, c, g, rest[3:], e)
+		}
 	}
 	fmt.Fprintf(e.stderr, "tally admin %s: unknown command %q\nRun \"tally admin %s -h\" for usage.\n", rest[0], rest[1], rest[0])
 	return 2
@@ -178,6 +181,7 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, tenantCommands()...)
 	cmds = append(cmds, clientCommands()...)
 	cmds = append(cmds, keyCommands()...)
+	cmds = append(cmds, keyPolicyCommands()...) // admin_keypolicy.go
 	cmds = append(cmds, revokeCommands()...)
 	cmds = append(cmds, clusterCommands()...)
 	cmds = append(cmds, versionCommands()...)

@@ -47,6 +47,8 @@ func clientCommands() []adminCommand {
 				ttl := secondsFlag(fs, "ttl", 0, "access token `lifetime`: a duration (10m) or seconds (600) (default: the server's)")
 				format := fs.String("format", "", "access token `format`: jwt or opaque (default: the server's, jwt)")
 				public := fs.Bool("public", false, "public client, without a secret")
+				dpopBound := fs.Bool("dpop-bound", false, "require DPoP (RFC 9449) for every token request of the client")
+				requirePAR := fs.Bool("require-par", false, "require pushed authorization requests (RFC 9126) from the client")
 				redirects := &listFlag{}
 				fs.Var(redirects, "redirect-uri", "redirect `URI` for the authorization code grant, repeatable")
 				authFlags := clientAuthFlags(fs) // admin_ztauth.go
@@ -80,16 +82,18 @@ func clientCommands() []adminCommand {
 						return err
 					}
 					res, err := api.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
-						Tenant:                *tenant,
-						Name:                  *name,
-						GrantTypes:            grantTypes,
-						Scopes:                scopes.values,
-						Audiences:             audiences.values,
-						AccessTokenTtlSeconds: ttlSeconds,
-						TokenFormat:           *format,
-						Public:                *public,
-						RedirectUris:          redirects.values,
-						Auth:                  auth,
+						Tenant:                             *tenant,
+						Name:                               *name,
+						GrantTypes:                         grantTypes,
+						Scopes:                             scopes.values,
+						Audiences:                          audiences.values,
+						AccessTokenTtlSeconds:              ttlSeconds,
+						TokenFormat:                        *format,
+						Public:                             *public,
+						RedirectUris:                       redirects.values,
+						DpopBound:                          *dpopBound,
+						RequirePushedAuthorizationRequests: *requirePAR,
+						Auth:                               auth,
 					}))
 					if err != nil {
 						return err
@@ -384,6 +388,8 @@ func clientFields(c *adminv1.Client) []field {
 		{"access_token_ttl", textSeconds(c.GetAccessTokenTtlSeconds())},
 		{"token_format", c.GetTokenFormat()},
 		{"public", textBool(c.GetPublic())},
+		{"dpop_bound", textBool(c.GetDpopBound())},
+		{"require_pushed_authorization_requests", textBool(c.GetRequirePushedAuthorizationRequests())},
 		{"disabled", textBool(c.GetDisabled())},
 		{"revision", strconv.FormatUint(c.GetRevision(), 10)},
 		{"active_secrets", strconv.Itoa(int(c.GetActiveSecrets()))},

@@ -136,6 +136,7 @@ func serveFlagSet(cfg *node.Config, logLevel *string, checkOnly *bool) *flag.Fla
 	fs.StringVar(&cfg.RaftProfile, "raft-profile", cfg.RaftProfile, "Raft timing: lan (voters in one region) or wan (voters across regions)")
 	fs.DurationVar(&cfg.RefreshTTL, "refresh-ttl", cfg.RefreshTTL, "absolute lifetime of a refresh-token family")
 	fs.DurationVar(&cfg.RefreshIdleTimeout, "refresh-idle-timeout", cfg.RefreshIdleTimeout, "a refresh-token family unused this long ends (0: no idle limit)")
+	fs.BoolVar(&cfg.DPoPRequireNonce, "dpop-nonce", cfg.DPoPRequireNonce, "require DPoP server nonces (RFC 9449 section 8) at the token endpoint")
 	fs.DurationVar(&cfg.RefreshReuseInterval, "refresh-reuse-interval", cfg.RefreshReuseInterval, "within this interval the just-superseded refresh token returns the same successor instead of revoking the family (0: off; typical 2s-10s)")
 	fs.DurationVar(&cfg.MaxStale, "max-stale", cfg.MaxStale, "staleness bound: without contact from a Raft leader for longer, OAuth endpoints answer temporarily_unavailable and /readyz fails")
 	fs.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", cfg.MaxClockSkew, "a node whose clock is further than this from the voters' median refuses writes, is not ready and hands off leadership (0: off)")

@@ -160,6 +160,10 @@ type Command struct {
 	//	*Command_SetClusterVersion
 	//	*Command_ConsumeAssertion
 	//	*Command_SetTenantTrust
+	//	*Command_PushAuthorizationRequest
+	//	*Command_RedeemRequestUri
+	//	*Command_SetKeyPolicy
+	//	*Command_SetTenantPar
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -466,6 +470,42 @@ func (x *Command) GetSetTenantTrust() *SetTenantTrust {
 	return nil
 }
 
+func (x *Command) GetPushAuthorizationRequest() *PushAuthorizationRequest {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PushAuthorizationRequest); ok {
+			return x.PushAuthorizationRequest
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRedeemRequestUri() *RedeemRequestURI {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RedeemRequestUri); ok {
+			return x.RedeemRequestUri
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetKeyPolicy() *SetKeyPolicy {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetKeyPolicy); ok {
+			return x.SetKeyPolicy
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetTenantPar() *SetTenantPAR {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetTenantPar); ok {
+			return x.SetTenantPar
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -587,6 +627,24 @@ type Command_SetTenantTrust struct {
 	SetTenantTrust *SetTenantTrust `protobuf:"bytes,91,opt,name=set_tenant_trust,json=setTenantTrust,proto3,oneof"`
 }
 
+type Command_PushAuthorizationRequest struct {
+	// Issue 11 (feature "par_keypolicy"): pushed authorization requests
+	// (RFC 9126) and per-tenant key policies. See the messages below.
+	PushAuthorizationRequest *PushAuthorizationRequest `protobuf:"bytes,100,opt,name=push_authorization_request,json=pushAuthorizationRequest,proto3,oneof"`
+}
+
+type Command_RedeemRequestUri struct {
+	RedeemRequestUri *RedeemRequestURI `protobuf:"bytes,101,opt,name=redeem_request_uri,json=redeemRequestUri,proto3,oneof"`
+}
+
+type Command_SetKeyPolicy struct {
+	SetKeyPolicy *SetKeyPolicy `protobuf:"bytes,102,opt,name=set_key_policy,json=setKeyPolicy,proto3,oneof"`
+}
+
+type Command_SetTenantPar struct {
+	SetTenantPar *SetTenantPAR `protobuf:"bytes,103,opt,name=set_tenant_par,json=setTenantPar,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -640,6 +698,14 @@ func (*Command_SetClusterVersion) isCommand_Op() {}
 func (*Command_ConsumeAssertion) isCommand_Op() {}
 
 func (*Command_SetTenantTrust) isCommand_Op() {}
+
+func (*Command_PushAuthorizationRequest) isCommand_Op() {}
+
+func (*Command_RedeemRequestUri) isCommand_Op() {}
+
+func (*Command_SetKeyPolicy) isCommand_Op() {}
+
+func (*Command_SetTenantPar) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -1126,9 +1192,19 @@ type Tenant struct {
 	SigningAlg string `protobuf:"bytes,5,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
 	// Issue 11: CAs for tls_client_auth and trusted external issuers
 	// (workload identity federation); set by SetTenantTrust.
-	Trust         *TenantTrust `protobuf:"bytes,20,opt,name=trust,proto3" json:"trust,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Trust *TenantTrust `protobuf:"bytes,20,opt,name=trust,proto3" json:"trust,omitempty"`
+	// Issue 11: the key policy (SetKeyPolicy); 0 means no automatic rotation.
+	// The leader rotates the tenant's signing keys every
+	// key_rotate_every_nanos and its sealing keys every
+	// seal_rotate_every_nanos.
+	KeyRotateEveryNanos      int64 `protobuf:"varint,30,opt,name=key_rotate_every_nanos,json=keyRotateEveryNanos,proto3" json:"key_rotate_every_nanos,omitempty"`
+	SealRotateEveryNanos     int64 `protobuf:"varint,31,opt,name=seal_rotate_every_nanos,json=sealRotateEveryNanos,proto3" json:"seal_rotate_every_nanos,omitempty"`
+	KeyPolicyUpdatedUnixNano int64 `protobuf:"varint,32,opt,name=key_policy_updated_unix_nano,json=keyPolicyUpdatedUnixNano,proto3" json:"key_policy_updated_unix_nano,omitempty"`
+	// Issue 11: every authorization request of the tenant must be pushed
+	// (RFC 9126 §6, SetTenantPAR).
+	RequirePushedAuthorizationRequests bool `protobuf:"varint,33,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
+	unknownFields                      protoimpl.UnknownFields
+	sizeCache                          protoimpl.SizeCache
 }
 
 func (x *Tenant) Reset() {
@@ -1201,6 +1277,34 @@ func (x *Tenant) GetTrust() *TenantTrust {
 		return x.Trust
 	}
 	return nil
+}
+
+func (x *Tenant) GetKeyRotateEveryNanos() int64 {
+	if x != nil {
+		return x.KeyRotateEveryNanos
+	}
+	return 0
+}
+
+func (x *Tenant) GetSealRotateEveryNanos() int64 {
+	if x != nil {
+		return x.SealRotateEveryNanos
+	}
+	return 0
+}
+
+func (x *Tenant) GetKeyPolicyUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.KeyPolicyUpdatedUnixNano
+	}
+	return 0
+}
+
+func (x *Tenant) GetRequirePushedAuthorizationRequests() bool {
+	if x != nil {
+		return x.RequirePushedAuthorizationRequests
+	}
+	return false
 }
 
 // SecretHash is a keyed hash of a client secret (never the secret).
@@ -1287,9 +1391,15 @@ type Client struct {
 	RedirectUris []string `protobuf:"bytes,15,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
 	// Issue 11: how the client authenticates beyond a secret (RFC 7591
 	// token_endpoint_auth_method and its parameters). Absent: secret only.
-	Auth          *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Auth *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
+	// Issue 11: DPoP is mandatory for the client's token requests (RFC 9449
+	// §5.2 dpop_bound_access_tokens).
+	DpopBound bool `protobuf:"varint,40,opt,name=dpop_bound,json=dpopBound,proto3" json:"dpop_bound,omitempty"`
+	// Issue 11: the client's authorization requests must be pushed (RFC 9126
+	// §6 require_pushed_authorization_requests).
+	RequirePushedAuthorizationRequests bool `protobuf:"varint,41,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
+	unknownFields                      protoimpl.UnknownFields
+	sizeCache                          protoimpl.SizeCache
 }
 
 func (x *Client) Reset() {
@@ -1432,6 +1542,20 @@ func (x *Client) GetAuth() *ClientAuth {
 		return x.Auth
 	}
 	return nil
+}
+
+func (x *Client) GetDpopBound() bool {
+	if x != nil {
+		return x.DpopBound
+	}
+	return false
+}
+
+func (x *Client) GetRequirePushedAuthorizationRequests() bool {
+	if x != nil {
+		return x.RequirePushedAuthorizationRequests
+	}
+	return false
 }
 
 type Key struct {
@@ -3451,8 +3575,10 @@ type GrantResult struct {
 	SealedSuccessor []byte        `protobuf:"bytes,3,opt,name=sealed_successor,json=sealedSuccessor,proto3" json:"sealed_successor,omitempty"`
 	DeviceCode      *DeviceCode   `protobuf:"bytes,4,opt,name=device_code,json=deviceCode,proto3" json:"device_code,omitempty"`
 	Events          []*GrantEvent `protobuf:"bytes,5,rep,name=events,proto3" json:"events,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// RedeemRequestURI: the pushed request it consumed (issue 11).
+	PushedRequest *PushedRequest `protobuf:"bytes,100,opt,name=pushed_request,json=pushedRequest,proto3" json:"pushed_request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GrantResult) Reset() {
@@ -3516,6 +3642,13 @@ func (x *GrantResult) GetDeviceCode() *DeviceCode {
 func (x *GrantResult) GetEvents() []*GrantEvent {
 	if x != nil {
 		return x.Events
+	}
+	return nil
+}
+
+func (x *GrantResult) GetPushedRequest() *PushedRequest {
+	if x != nil {
+		return x.PushedRequest
 	}
 	return nil
 }
@@ -4500,11 +4633,323 @@ func (x *ConsumeAssertion) GetExpiresUnixNano() int64 {
 	return 0
 }
 
+// PushedRequest is a pushed authorization request (RFC 9126), stored
+// under the SHA-256 of its request_uri until it is redeemed or expires.
+type PushedRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Tenant   string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UriHash  []byte                 `protobuf:"bytes,2,opt,name=uri_hash,json=uriHash,proto3" json:"uri_hash,omitempty"`
+	ClientId string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// The authorization request's parameters, form-encoded.
+	Params          string `protobuf:"bytes,4,opt,name=params,proto3" json:"params,omitempty"`
+	ExpiresUnixNano int64  `protobuf:"varint,5,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	CreatedUnixNano int64  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PushedRequest) Reset() {
+	*x = PushedRequest{}
+	mi := &file_command_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushedRequest) ProtoMessage() {}
+
+func (x *PushedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushedRequest.ProtoReflect.Descriptor instead.
+func (*PushedRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *PushedRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *PushedRequest) GetUriHash() []byte {
+	if x != nil {
+		return x.UriHash
+	}
+	return nil
+}
+
+func (x *PushedRequest) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *PushedRequest) GetParams() string {
+	if x != nil {
+		return x.Params
+	}
+	return ""
+}
+
+func (x *PushedRequest) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *PushedRequest) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+// PushAuthorizationRequest stores a pushed request (RFC 9126 §2.2).
+type PushAuthorizationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *PushedRequest         `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushAuthorizationRequest) Reset() {
+	*x = PushAuthorizationRequest{}
+	mi := &file_command_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushAuthorizationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushAuthorizationRequest) ProtoMessage() {}
+
+func (x *PushAuthorizationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushAuthorizationRequest.ProtoReflect.Descriptor instead.
+func (*PushAuthorizationRequest) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *PushAuthorizationRequest) GetRequest() *PushedRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// RedeemRequestURI consumes the pushed request with uri_hash once, for
+// client_id, and returns it (GrantResult.pushed_request). Outcomes:
+// "" (done), "not_found" (never pushed, already used or swept), "expired",
+// "invalid" (pushed by another client). Every outcome but "invalid"
+// deletes the record, so a request_uri works once, cluster-wide.
+type RedeemRequestURI struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UriHash       []byte                 `protobuf:"bytes,2,opt,name=uri_hash,json=uriHash,proto3" json:"uri_hash,omitempty"`
+	ClientId      string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeemRequestURI) Reset() {
+	*x = RedeemRequestURI{}
+	mi := &file_command_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeemRequestURI) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeemRequestURI) ProtoMessage() {}
+
+func (x *RedeemRequestURI) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeemRequestURI.ProtoReflect.Descriptor instead.
+func (*RedeemRequestURI) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *RedeemRequestURI) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RedeemRequestURI) GetUriHash() []byte {
+	if x != nil {
+		return x.UriHash
+	}
+	return nil
+}
+
+func (x *RedeemRequestURI) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+// SetKeyPolicy sets the tenant's key rotation policy (Tenant fields 30-32).
+// Zero durations turn automatic rotation off.
+type SetKeyPolicy struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	Tenant               string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	RotateEveryNanos     int64                  `protobuf:"varint,2,opt,name=rotate_every_nanos,json=rotateEveryNanos,proto3" json:"rotate_every_nanos,omitempty"`
+	SealRotateEveryNanos int64                  `protobuf:"varint,3,opt,name=seal_rotate_every_nanos,json=sealRotateEveryNanos,proto3" json:"seal_rotate_every_nanos,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *SetKeyPolicy) Reset() {
+	*x = SetKeyPolicy{}
+	mi := &file_command_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetKeyPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetKeyPolicy) ProtoMessage() {}
+
+func (x *SetKeyPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetKeyPolicy.ProtoReflect.Descriptor instead.
+func (*SetKeyPolicy) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *SetKeyPolicy) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetKeyPolicy) GetRotateEveryNanos() int64 {
+	if x != nil {
+		return x.RotateEveryNanos
+	}
+	return 0
+}
+
+func (x *SetKeyPolicy) GetSealRotateEveryNanos() int64 {
+	if x != nil {
+		return x.SealRotateEveryNanos
+	}
+	return 0
+}
+
+// SetTenantPAR sets Tenant.require_pushed_authorization_requests.
+type SetTenantPAR struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Require       bool                   `protobuf:"varint,2,opt,name=require,proto3" json:"require,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantPAR) Reset() {
+	*x = SetTenantPAR{}
+	mi := &file_command_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantPAR) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantPAR) ProtoMessage() {}
+
+func (x *SetTenantPAR) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantPAR.ProtoReflect.Descriptor instead.
+func (*SetTenantPAR) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *SetTenantPAR) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantPAR) GetRequire() bool {
+	if x != nil {
+		return x.Require
+	}
+	return false
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\xc9\x0f\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\x8d\x12\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -4539,7 +4984,11 @@ const file_command_proto_rawDesc = "" +
 	"\rdelete_tenant\x18R \x01(\v2\x1b.tally.raft.v1.DeleteTenantH\x00R\fdeleteTenant\x12R\n" +
 	"\x13set_cluster_version\x18F \x01(\v2 .tally.raft.v1.SetClusterVersionH\x00R\x11setClusterVersion\x12N\n" +
 	"\x11consume_assertion\x18Z \x01(\v2\x1f.tally.raft.v1.ConsumeAssertionH\x00R\x10consumeAssertion\x12I\n" +
-	"\x10set_tenant_trust\x18[ \x01(\v2\x1d.tally.raft.v1.SetTenantTrustH\x00R\x0esetTenantTrustB\x04\n" +
+	"\x10set_tenant_trust\x18[ \x01(\v2\x1d.tally.raft.v1.SetTenantTrustH\x00R\x0esetTenantTrust\x12g\n" +
+	"\x1apush_authorization_request\x18d \x01(\v2'.tally.raft.v1.PushAuthorizationRequestH\x00R\x18pushAuthorizationRequest\x12O\n" +
+	"\x12redeem_request_uri\x18e \x01(\v2\x1f.tally.raft.v1.RedeemRequestURIH\x00R\x10redeemRequestUri\x12C\n" +
+	"\x0eset_key_policy\x18f \x01(\v2\x1b.tally.raft.v1.SetKeyPolicyH\x00R\fsetKeyPolicy\x12C\n" +
+	"\x0eset_tenant_par\x18g \x01(\v2\x1b.tally.raft.v1.SetTenantPARH\x00R\fsetTenantParB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -4568,7 +5017,7 @@ const file_command_proto_rawDesc = "" +
 	"revocation\">\n" +
 	"\x05Sweep\x125\n" +
 	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\"\x06\n" +
-	"\x04Tick\"\xd6\x01\n" +
+	"\x04Tick\"\xd5\x03\n" +
 	"\x06Tenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12*\n" +
@@ -4576,12 +5025,16 @@ const file_command_proto_rawDesc = "" +
 	"\bdisabled\x18\x04 \x01(\bR\bdisabled\x12\x1f\n" +
 	"\vsigning_alg\x18\x05 \x01(\tR\n" +
 	"signingAlg\x120\n" +
-	"\x05trust\x18\x14 \x01(\v2\x1a.tally.raft.v1.TenantTrustR\x05trust\"x\n" +
+	"\x05trust\x18\x14 \x01(\v2\x1a.tally.raft.v1.TenantTrustR\x05trust\x123\n" +
+	"\x16key_rotate_every_nanos\x18\x1e \x01(\x03R\x13keyRotateEveryNanos\x125\n" +
+	"\x17seal_rotate_every_nanos\x18\x1f \x01(\x03R\x14sealRotateEveryNanos\x12>\n" +
+	"\x1ckey_policy_updated_unix_nano\x18  \x01(\x03R\x18keyPolicyUpdatedUnixNano\x12Q\n" +
+	"%require_pushed_authorization_requests\x18! \x01(\bR\"requirePushedAuthorizationRequests\"x\n" +
 	"\n" +
 	"SecretHash\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
-	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\xa8\x04\n" +
+	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\x9a\x05\n" +
 	"\x06Client\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -4600,7 +5053,10 @@ const file_command_proto_rawDesc = "" +
 	"\brevision\x18\r \x01(\x04R\brevision\x12\x16\n" +
 	"\x06public\x18\x0e \x01(\bR\x06public\x12#\n" +
 	"\rredirect_uris\x18\x0f \x03(\tR\fredirectUris\x12-\n" +
-	"\x04auth\x18\x1e \x01(\v2\x19.tally.raft.v1.ClientAuthR\x04auth\"\xfd\x02\n" +
+	"\x04auth\x18\x1e \x01(\v2\x19.tally.raft.v1.ClientAuthR\x04auth\x12\x1d\n" +
+	"\n" +
+	"dpop_bound\x18( \x01(\bR\tdpopBound\x12Q\n" +
+	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\"\xfd\x02\n" +
 	"\x03Key\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
@@ -4789,14 +5245,15 @@ const file_command_proto_rawDesc = "" +
 	"\tfamily_id\x18\x05 \x01(\tR\bfamilyId\x12\x12\n" +
 	"\x04node\x18\x06 \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\a \x01(\tR\x06region\x12!\n" +
-	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\"\xf0\x01\n" +
+	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\"\xb5\x02\n" +
 	"\vGrantResult\x12\x18\n" +
 	"\aoutcome\x18\x01 \x01(\tR\aoutcome\x12-\n" +
 	"\x06family\x18\x02 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12)\n" +
 	"\x10sealed_successor\x18\x03 \x01(\fR\x0fsealedSuccessor\x12:\n" +
 	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
 	"deviceCode\x121\n" +
-	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\"*\n" +
+	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\x12C\n" +
+	"\x0epushed_request\x18d \x01(\v2\x1c.tally.raft.v1.PushedRequestR\rpushedRequest\"*\n" +
 	"\x10SetClusterIssuer\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\";\n" +
 	"\bDenyNode\x12\x17\n" +
@@ -4858,7 +5315,27 @@ const file_command_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\fR\x03key\x12*\n" +
-	"\x11expires_unix_nano\x18\x04 \x01(\x03R\x0fexpiresUnixNano*\xf3\x02\n" +
+	"\x11expires_unix_nano\x18\x04 \x01(\x03R\x0fexpiresUnixNano\"\xcf\x01\n" +
+	"\rPushedRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x19\n" +
+	"\buri_hash\x18\x02 \x01(\fR\auriHash\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06params\x18\x04 \x01(\tR\x06params\x12*\n" +
+	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12*\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\"R\n" +
+	"\x18PushAuthorizationRequest\x126\n" +
+	"\arequest\x18\x01 \x01(\v2\x1c.tally.raft.v1.PushedRequestR\arequest\"b\n" +
+	"\x10RedeemRequestURI\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x19\n" +
+	"\buri_hash\x18\x02 \x01(\fR\auriHash\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\"\x8b\x01\n" +
+	"\fSetKeyPolicy\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12,\n" +
+	"\x12rotate_every_nanos\x18\x02 \x01(\x03R\x10rotateEveryNanos\x125\n" +
+	"\x17seal_rotate_every_nanos\x18\x03 \x01(\x03R\x14sealRotateEveryNanos\"@\n" +
+	"\fSetTenantPAR\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
+	"\arequire\x18\x02 \x01(\bR\arequire*\xf3\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -4886,60 +5363,65 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_command_proto_goTypes = []any{
-	(EventKind)(0),             // 0: tally.raft.v1.EventKind
-	(*Command)(nil),            // 1: tally.raft.v1.Command
-	(*CreateTenant)(nil),       // 2: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),       // 3: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),       // 4: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil), // 5: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),  // 6: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),            // 7: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),        // 8: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),              // 9: tally.raft.v1.Sweep
-	(*Tick)(nil),               // 10: tally.raft.v1.Tick
-	(*Tenant)(nil),             // 11: tally.raft.v1.Tenant
-	(*SecretHash)(nil),         // 12: tally.raft.v1.SecretHash
-	(*Client)(nil),             // 13: tally.raft.v1.Client
-	(*Key)(nil),                // 14: tally.raft.v1.Key
-	(*Revocation)(nil),         // 15: tally.raft.v1.Revocation
-	(*Event)(nil),              // 16: tally.raft.v1.Event
-	(*CreateUser)(nil),         // 17: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),    // 18: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),      // 19: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),    // 20: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),         // 21: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),      // 22: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),       // 23: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),   // 24: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),   // 25: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),     // 26: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),       // 27: tally.raft.v1.PasswordHash
-	(*User)(nil),               // 28: tally.raft.v1.User
-	(*Consent)(nil),            // 29: tally.raft.v1.Consent
-	(*AccessToken)(nil),        // 30: tally.raft.v1.AccessToken
-	(*Family)(nil),             // 31: tally.raft.v1.Family
-	(*UsedCode)(nil),           // 32: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),         // 33: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),         // 34: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),        // 35: tally.raft.v1.GrantResult
-	(*SetClusterIssuer)(nil),   // 36: tally.raft.v1.SetClusterIssuer
-	(*DenyNode)(nil),           // 37: tally.raft.v1.DenyNode
-	(*ClusterMeta)(nil),        // 38: tally.raft.v1.ClusterMeta
-	(*DeniedNode)(nil),         // 39: tally.raft.v1.DeniedNode
-	(*DeleteClient)(nil),       // 40: tally.raft.v1.DeleteClient
-	(*DeleteUser)(nil),         // 41: tally.raft.v1.DeleteUser
-	(*DeleteTenant)(nil),       // 42: tally.raft.v1.DeleteTenant
-	(*Deleted)(nil),            // 43: tally.raft.v1.Deleted
-	(*SetClusterVersion)(nil),  // 44: tally.raft.v1.SetClusterVersion
-	(*ClusterVersion)(nil),     // 45: tally.raft.v1.ClusterVersion
-	(*ClientAuth)(nil),         // 46: tally.raft.v1.ClientAuth
-	(*TenantTrust)(nil),        // 47: tally.raft.v1.TenantTrust
-	(*FederationTrust)(nil),    // 48: tally.raft.v1.FederationTrust
-	(*SubjectMapping)(nil),     // 49: tally.raft.v1.SubjectMapping
-	(*SetTenantTrust)(nil),     // 50: tally.raft.v1.SetTenantTrust
-	(*ConsumeAssertion)(nil),   // 51: tally.raft.v1.ConsumeAssertion
+	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
+	(*Command)(nil),                  // 1: tally.raft.v1.Command
+	(*CreateTenant)(nil),             // 2: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),             // 3: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),             // 4: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil),       // 5: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),        // 6: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),                  // 7: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),              // 8: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),                    // 9: tally.raft.v1.Sweep
+	(*Tick)(nil),                     // 10: tally.raft.v1.Tick
+	(*Tenant)(nil),                   // 11: tally.raft.v1.Tenant
+	(*SecretHash)(nil),               // 12: tally.raft.v1.SecretHash
+	(*Client)(nil),                   // 13: tally.raft.v1.Client
+	(*Key)(nil),                      // 14: tally.raft.v1.Key
+	(*Revocation)(nil),               // 15: tally.raft.v1.Revocation
+	(*Event)(nil),                    // 16: tally.raft.v1.Event
+	(*CreateUser)(nil),               // 17: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),          // 18: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),            // 19: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),          // 20: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),               // 21: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),            // 22: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),             // 23: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),         // 24: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),         // 25: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),           // 26: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),             // 27: tally.raft.v1.PasswordHash
+	(*User)(nil),                     // 28: tally.raft.v1.User
+	(*Consent)(nil),                  // 29: tally.raft.v1.Consent
+	(*AccessToken)(nil),              // 30: tally.raft.v1.AccessToken
+	(*Family)(nil),                   // 31: tally.raft.v1.Family
+	(*UsedCode)(nil),                 // 32: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),               // 33: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),               // 34: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),              // 35: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),         // 36: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),                 // 37: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),              // 38: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),               // 39: tally.raft.v1.DeniedNode
+	(*DeleteClient)(nil),             // 40: tally.raft.v1.DeleteClient
+	(*DeleteUser)(nil),               // 41: tally.raft.v1.DeleteUser
+	(*DeleteTenant)(nil),             // 42: tally.raft.v1.DeleteTenant
+	(*Deleted)(nil),                  // 43: tally.raft.v1.Deleted
+	(*SetClusterVersion)(nil),        // 44: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),           // 45: tally.raft.v1.ClusterVersion
+	(*ClientAuth)(nil),               // 46: tally.raft.v1.ClientAuth
+	(*TenantTrust)(nil),              // 47: tally.raft.v1.TenantTrust
+	(*FederationTrust)(nil),          // 48: tally.raft.v1.FederationTrust
+	(*SubjectMapping)(nil),           // 49: tally.raft.v1.SubjectMapping
+	(*SetTenantTrust)(nil),           // 50: tally.raft.v1.SetTenantTrust
+	(*ConsumeAssertion)(nil),         // 51: tally.raft.v1.ConsumeAssertion
+	(*PushedRequest)(nil),            // 52: tally.raft.v1.PushedRequest
+	(*PushAuthorizationRequest)(nil), // 53: tally.raft.v1.PushAuthorizationRequest
+	(*RedeemRequestURI)(nil),         // 54: tally.raft.v1.RedeemRequestURI
+	(*SetKeyPolicy)(nil),             // 55: tally.raft.v1.SetKeyPolicy
+	(*SetTenantPAR)(nil),             // 56: tally.raft.v1.SetTenantPAR
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -4969,43 +5451,49 @@ var file_command_proto_depIdxs = []int32{
 	44, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
 	51, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
 	50, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
-	11, // 27: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 28: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 29: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 30: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 31: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 32: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 33: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	47, // 34: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	12, // 35: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	46, // 36: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	0,  // 37: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 38: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 39: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 40: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 41: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 42: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 43: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 44: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 45: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 46: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 47: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 48: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 49: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 50: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 51: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 52: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 53: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	39, // 54: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	45, // 55: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	48, // 56: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	49, // 57: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	47, // 58: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	59, // [59:59] is the sub-list for method output_type
-	59, // [59:59] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	53, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
+	54, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
+	55, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
+	56, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
+	11, // 31: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 32: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 33: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 34: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 35: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 36: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 37: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	47, // 38: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	12, // 39: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	46, // 40: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	0,  // 41: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 42: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 43: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 44: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 45: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 46: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 47: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 48: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 49: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 50: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 51: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 52: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 53: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 54: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 55: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 56: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 57: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	52, // 58: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	39, // 59: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	45, // 60: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	48, // 61: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	49, // 62: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	47, // 63: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	52, // 64: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	65, // [65:65] is the sub-list for method output_type
+	65, // [65:65] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -5041,6 +5529,10 @@ func file_command_proto_init() {
 		(*Command_SetClusterVersion)(nil),
 		(*Command_ConsumeAssertion)(nil),
 		(*Command_SetTenantTrust)(nil),
+		(*Command_PushAuthorizationRequest)(nil),
+		(*Command_RedeemRequestUri)(nil),
+		(*Command_SetKeyPolicy)(nil),
+		(*Command_SetTenantPar)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5048,7 +5540,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   51,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

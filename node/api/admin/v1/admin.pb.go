@@ -30,12 +30,14 @@ type Tenant struct {
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	DisplayName string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// The tenant's issuer URL: {base}/t/{id}.
-	Issuer        string                 `protobuf:"bytes,3,opt,name=issuer,proto3" json:"issuer,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	Disabled      bool                   `protobuf:"varint,5,opt,name=disabled,proto3" json:"disabled,omitempty"`
-	SigningAlg    string                 `protobuf:"bytes,6,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Issuer     string                 `protobuf:"bytes,3,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Disabled   bool                   `protobuf:"varint,5,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	SigningAlg string                 `protobuf:"bytes,6,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
+	// Issue 11: every authorization request must be pushed (RFC 9126 §6).
+	RequirePushedAuthorizationRequests bool `protobuf:"varint,30,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
+	unknownFields                      protoimpl.UnknownFields
+	sizeCache                          protoimpl.SizeCache
 }
 
 func (x *Tenant) Reset() {
@@ -108,6 +110,13 @@ func (x *Tenant) GetSigningAlg() string {
 		return x.SigningAlg
 	}
 	return ""
+}
+
+func (x *Tenant) GetRequirePushedAuthorizationRequests() bool {
+	if x != nil {
+		return x.RequirePushedAuthorizationRequests
+	}
+	return false
 }
 
 type CreateTenantRequest struct {
@@ -406,9 +415,12 @@ type Client struct {
 	Public                  bool                   `protobuf:"varint,15,opt,name=public,proto3" json:"public,omitempty"`
 	RedirectUris            []string               `protobuf:"bytes,16,rep,name=redirect_uris,json=redirectUris,proto3" json:"redirect_uris,omitempty"`
 	// Issue 11: token endpoint authentication methods and their parameters.
-	Auth          *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Auth *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
+	// Issue 11: DPoP mandatory (RFC 9449 §5.2); PAR mandatory (RFC 9126 §6).
+	DpopBound                          bool `protobuf:"varint,40,opt,name=dpop_bound,json=dpopBound,proto3" json:"dpop_bound,omitempty"`
+	RequirePushedAuthorizationRequests bool `protobuf:"varint,41,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
+	unknownFields                      protoimpl.UnknownFields
+	sizeCache                          protoimpl.SizeCache
 }
 
 func (x *Client) Reset() {
@@ -560,6 +572,20 @@ func (x *Client) GetAuth() *ClientAuth {
 	return nil
 }
 
+func (x *Client) GetDpopBound() bool {
+	if x != nil {
+		return x.DpopBound
+	}
+	return false
+}
+
+func (x *Client) GetRequirePushedAuthorizationRequests() bool {
+	if x != nil {
+		return x.RequirePushedAuthorizationRequests
+	}
+	return false
+}
+
 type CreateClientRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Tenant     string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -576,9 +602,12 @@ type CreateClientRequest struct {
 	// Issue 11: authentication methods (RFC 7591 names); absent:
 	// client_secret_basic and client_secret_post. A secret is generated only
 	// when a client_secret_* method is allowed.
-	Auth          *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Auth *ClientAuth `protobuf:"bytes,30,opt,name=auth,proto3" json:"auth,omitempty"`
+	// Issue 11: DPoP mandatory (RFC 9449 §5.2); PAR mandatory (RFC 9126 §6).
+	DpopBound                          bool `protobuf:"varint,40,opt,name=dpop_bound,json=dpopBound,proto3" json:"dpop_bound,omitempty"`
+	RequirePushedAuthorizationRequests bool `protobuf:"varint,41,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
+	unknownFields                      protoimpl.UnknownFields
+	sizeCache                          protoimpl.SizeCache
 }
 
 func (x *CreateClientRequest) Reset() {
@@ -679,6 +708,20 @@ func (x *CreateClientRequest) GetAuth() *ClientAuth {
 		return x.Auth
 	}
 	return nil
+}
+
+func (x *CreateClientRequest) GetDpopBound() bool {
+	if x != nil {
+		return x.DpopBound
+	}
+	return false
+}
+
+func (x *CreateClientRequest) GetRequirePushedAuthorizationRequests() bool {
+	if x != nil {
+		return x.RequirePushedAuthorizationRequests
+	}
+	return false
 }
 
 type CreateClientResponse struct {
@@ -3568,11 +3611,398 @@ func (x *GetTenantTrustResponse) GetTrust() *TenantTrust {
 	return nil
 }
 
+// KeyPolicy is a tenant's automatic key rotation. Zero durations: off.
+type KeyPolicy struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Signing keys are rotated this often.
+	RotateEverySeconds int64 `protobuf:"varint,2,opt,name=rotate_every_seconds,json=rotateEverySeconds,proto3" json:"rotate_every_seconds,omitempty"`
+	// Sealing keys (opaque tokens) are rotated this often; it defaults to
+	// the smaller of rotate_every and the AES-GCM bound (7 days).
+	SealRotateEverySeconds int64 `protobuf:"varint,3,opt,name=seal_rotate_every_seconds,json=sealRotateEverySeconds,proto3" json:"seal_rotate_every_seconds,omitempty"`
+	// When the current signing and sealing keys became current, and when
+	// the leader will next rotate (absent when off).
+	SigningKeySince *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=signing_key_since,json=signingKeySince,proto3" json:"signing_key_since,omitempty"`
+	SealingKeySince *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=sealing_key_since,json=sealingKeySince,proto3" json:"sealing_key_since,omitempty"`
+	NextRotationAt  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_rotation_at,json=nextRotationAt,proto3" json:"next_rotation_at,omitempty"`
+	UpdatedAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *KeyPolicy) Reset() {
+	*x = KeyPolicy{}
+	mi := &file_admin_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyPolicy) ProtoMessage() {}
+
+func (x *KeyPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyPolicy.ProtoReflect.Descriptor instead.
+func (*KeyPolicy) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *KeyPolicy) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *KeyPolicy) GetRotateEverySeconds() int64 {
+	if x != nil {
+		return x.RotateEverySeconds
+	}
+	return 0
+}
+
+func (x *KeyPolicy) GetSealRotateEverySeconds() int64 {
+	if x != nil {
+		return x.SealRotateEverySeconds
+	}
+	return 0
+}
+
+func (x *KeyPolicy) GetSigningKeySince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SigningKeySince
+	}
+	return nil
+}
+
+func (x *KeyPolicy) GetSealingKeySince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SealingKeySince
+	}
+	return nil
+}
+
+func (x *KeyPolicy) GetNextRotationAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRotationAt
+	}
+	return nil
+}
+
+func (x *KeyPolicy) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+type SetKeyPolicyRequest struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Tenant             string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	RotateEverySeconds int64                  `protobuf:"varint,2,opt,name=rotate_every_seconds,json=rotateEverySeconds,proto3" json:"rotate_every_seconds,omitempty"`
+	// 0: the default (see KeyPolicy).
+	SealRotateEverySeconds int64 `protobuf:"varint,3,opt,name=seal_rotate_every_seconds,json=sealRotateEverySeconds,proto3" json:"seal_rotate_every_seconds,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *SetKeyPolicyRequest) Reset() {
+	*x = SetKeyPolicyRequest{}
+	mi := &file_admin_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetKeyPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetKeyPolicyRequest) ProtoMessage() {}
+
+func (x *SetKeyPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetKeyPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetKeyPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *SetKeyPolicyRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetKeyPolicyRequest) GetRotateEverySeconds() int64 {
+	if x != nil {
+		return x.RotateEverySeconds
+	}
+	return 0
+}
+
+func (x *SetKeyPolicyRequest) GetSealRotateEverySeconds() int64 {
+	if x != nil {
+		return x.SealRotateEverySeconds
+	}
+	return 0
+}
+
+type SetKeyPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *KeyPolicy             `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetKeyPolicyResponse) Reset() {
+	*x = SetKeyPolicyResponse{}
+	mi := &file_admin_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetKeyPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetKeyPolicyResponse) ProtoMessage() {}
+
+func (x *SetKeyPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetKeyPolicyResponse.ProtoReflect.Descriptor instead.
+func (*SetKeyPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *SetKeyPolicyResponse) GetPolicy() *KeyPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type GetKeyPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetKeyPolicyRequest) Reset() {
+	*x = GetKeyPolicyRequest{}
+	mi := &file_admin_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetKeyPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetKeyPolicyRequest) ProtoMessage() {}
+
+func (x *GetKeyPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetKeyPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetKeyPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *GetKeyPolicyRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+type GetKeyPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *KeyPolicy             `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetKeyPolicyResponse) Reset() {
+	*x = GetKeyPolicyResponse{}
+	mi := &file_admin_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetKeyPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetKeyPolicyResponse) ProtoMessage() {}
+
+func (x *GetKeyPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetKeyPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetKeyPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *GetKeyPolicyResponse) GetPolicy() *KeyPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type SetTenantPARRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Require       bool                   `protobuf:"varint,2,opt,name=require,proto3" json:"require,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantPARRequest) Reset() {
+	*x = SetTenantPARRequest{}
+	mi := &file_admin_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantPARRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantPARRequest) ProtoMessage() {}
+
+func (x *SetTenantPARRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantPARRequest.ProtoReflect.Descriptor instead.
+func (*SetTenantPARRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *SetTenantPARRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantPARRequest) GetRequire() bool {
+	if x != nil {
+		return x.Require
+	}
+	return false
+}
+
+type SetTenantPARResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        *Tenant                `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantPARResponse) Reset() {
+	*x = SetTenantPARResponse{}
+	mi := &file_admin_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantPARResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantPARResponse) ProtoMessage() {}
+
+func (x *SetTenantPARResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantPARResponse.ProtoReflect.Descriptor instead.
+func (*SetTenantPARResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *SetTenantPARResponse) GetTenant() *Tenant {
+	if x != nil {
+		return x.Tenant
+	}
+	return nil
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
 	"\n" +
-	"\vadmin.proto\x12\x0etally.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n" +
+	"\vadmin.proto\x12\x0etally.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n" +
 	"\x06Tenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x16\n" +
@@ -3581,7 +4011,8 @@ const file_admin_proto_rawDesc = "" +
 	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1a\n" +
 	"\bdisabled\x18\x05 \x01(\bR\bdisabled\x12\x1f\n" +
 	"\vsigning_alg\x18\x06 \x01(\tR\n" +
-	"signingAlg\"i\n" +
+	"signingAlg\x12Q\n" +
+	"%require_pushed_authorization_requests\x18\x1e \x01(\bR\"requirePushedAuthorizationRequests\"i\n" +
 	"\x13CreateTenantRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x1f\n" +
@@ -3595,7 +4026,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.tally.admin.v1.TenantR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
 	"\x13ListTenantsResponse\x120\n" +
-	"\atenants\x18\x01 \x03(\v2\x16.tally.admin.v1.TenantR\atenants\"\x9f\x05\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.tally.admin.v1.TenantR\atenants\"\x91\x06\n" +
 	"\x06Client\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x12\n" +
@@ -3617,7 +4048,10 @@ const file_admin_proto_rawDesc = "" +
 	"\x1aprevious_secret_expires_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\x12\x16\n" +
 	"\x06public\x18\x0f \x01(\bR\x06public\x12#\n" +
 	"\rredirect_uris\x18\x10 \x03(\tR\fredirectUris\x12.\n" +
-	"\x04auth\x18\x1e \x01(\v2\x1a.tally.admin.v1.ClientAuthR\x04auth\"\xe1\x02\n" +
+	"\x04auth\x18\x1e \x01(\v2\x1a.tally.admin.v1.ClientAuthR\x04auth\x12\x1d\n" +
+	"\n" +
+	"dpop_bound\x18( \x01(\bR\tdpopBound\x12Q\n" +
+	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\"\xd3\x03\n" +
 	"\x13CreateClientRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
@@ -3629,7 +4063,10 @@ const file_admin_proto_rawDesc = "" +
 	"\ftoken_format\x18\a \x01(\tR\vtokenFormat\x12\x16\n" +
 	"\x06public\x18\b \x01(\bR\x06public\x12#\n" +
 	"\rredirect_uris\x18\t \x03(\tR\fredirectUris\x12.\n" +
-	"\x04auth\x18\x1e \x01(\v2\x1a.tally.admin.v1.ClientAuthR\x04auth\"k\n" +
+	"\x04auth\x18\x1e \x01(\v2\x1a.tally.admin.v1.ClientAuthR\x04auth\x12\x1d\n" +
+	"\n" +
+	"dpop_bound\x18( \x01(\bR\tdpopBound\x12Q\n" +
+	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\"k\n" +
 	"\x14CreateClientResponse\x12.\n" +
 	"\x06client\x18\x01 \x01(\v2\x16.tally.admin.v1.ClientR\x06client\x12#\n" +
 	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\"G\n" +
@@ -3834,7 +4271,31 @@ const file_admin_proto_rawDesc = "" +
 	"\x15GetTenantTrustRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"K\n" +
 	"\x16GetTenantTrustResponse\x121\n" +
-	"\x05trust\x18\x01 \x01(\v2\x1b.tally.admin.v1.TenantTrustR\x05trust2\xca\x11\n" +
+	"\x05trust\x18\x01 \x01(\v2\x1b.tally.admin.v1.TenantTrustR\x05trust\"\xa1\x03\n" +
+	"\tKeyPolicy\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x120\n" +
+	"\x14rotate_every_seconds\x18\x02 \x01(\x03R\x12rotateEverySeconds\x129\n" +
+	"\x19seal_rotate_every_seconds\x18\x03 \x01(\x03R\x16sealRotateEverySeconds\x12F\n" +
+	"\x11signing_key_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0fsigningKeySince\x12F\n" +
+	"\x11sealing_key_since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0fsealingKeySince\x12D\n" +
+	"\x10next_rotation_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0enextRotationAt\x129\n" +
+	"\n" +
+	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\x9a\x01\n" +
+	"\x13SetKeyPolicyRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x120\n" +
+	"\x14rotate_every_seconds\x18\x02 \x01(\x03R\x12rotateEverySeconds\x129\n" +
+	"\x19seal_rotate_every_seconds\x18\x03 \x01(\x03R\x16sealRotateEverySeconds\"I\n" +
+	"\x14SetKeyPolicyResponse\x121\n" +
+	"\x06policy\x18\x01 \x01(\v2\x19.tally.admin.v1.KeyPolicyR\x06policy\"-\n" +
+	"\x13GetKeyPolicyRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"I\n" +
+	"\x14GetKeyPolicyResponse\x121\n" +
+	"\x06policy\x18\x01 \x01(\v2\x19.tally.admin.v1.KeyPolicyR\x06policy\"G\n" +
+	"\x13SetTenantPARRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
+	"\arequire\x18\x02 \x01(\bR\arequire\"F\n" +
+	"\x14SetTenantPARResponse\x12.\n" +
+	"\x06tenant\x18\x01 \x01(\v2\x16.tally.admin.v1.TenantR\x06tenant2\xdb\x13\n" +
 	"\fAdminService\x12Y\n" +
 	"\fCreateTenant\x12#.tally.admin.v1.CreateTenantRequest\x1a$.tally.admin.v1.CreateTenantResponse\x12P\n" +
 	"\tGetTenant\x12 .tally.admin.v1.GetTenantRequest\x1a!.tally.admin.v1.GetTenantResponse\x12V\n" +
@@ -3864,7 +4325,10 @@ const file_admin_proto_rawDesc = "" +
 	"DeleteUser\x12!.tally.admin.v1.DeleteUserRequest\x1a\".tally.admin.v1.DeleteUserResponse\x12Y\n" +
 	"\fDeleteTenant\x12#.tally.admin.v1.DeleteTenantRequest\x1a$.tally.admin.v1.DeleteTenantResponse\x12_\n" +
 	"\x0eSetTenantTrust\x12%.tally.admin.v1.SetTenantTrustRequest\x1a&.tally.admin.v1.SetTenantTrustResponse\x12_\n" +
-	"\x0eGetTenantTrust\x12%.tally.admin.v1.GetTenantTrustRequest\x1a&.tally.admin.v1.GetTenantTrustResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
+	"\x0eGetTenantTrust\x12%.tally.admin.v1.GetTenantTrustRequest\x1a&.tally.admin.v1.GetTenantTrustResponse\x12Y\n" +
+	"\fSetKeyPolicy\x12#.tally.admin.v1.SetKeyPolicyRequest\x1a$.tally.admin.v1.SetKeyPolicyResponse\x12Y\n" +
+	"\fGetKeyPolicy\x12#.tally.admin.v1.GetKeyPolicyRequest\x1a$.tally.admin.v1.GetKeyPolicyResponse\x12Y\n" +
+	"\fSetTenantPAR\x12#.tally.admin.v1.SetTenantPARRequest\x1a$.tally.admin.v1.SetTenantPARResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -3878,7 +4342,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
 var file_admin_proto_goTypes = []any{
 	(*Tenant)(nil),                     // 0: tally.admin.v1.Tenant
 	(*CreateTenantRequest)(nil),        // 1: tally.admin.v1.CreateTenantRequest
@@ -3940,16 +4404,23 @@ var file_admin_proto_goTypes = []any{
 	(*SetTenantTrustResponse)(nil),     // 57: tally.admin.v1.SetTenantTrustResponse
 	(*GetTenantTrustRequest)(nil),      // 58: tally.admin.v1.GetTenantTrustRequest
 	(*GetTenantTrustResponse)(nil),     // 59: tally.admin.v1.GetTenantTrustResponse
-	(*timestamppb.Timestamp)(nil),      // 60: google.protobuf.Timestamp
+	(*KeyPolicy)(nil),                  // 60: tally.admin.v1.KeyPolicy
+	(*SetKeyPolicyRequest)(nil),        // 61: tally.admin.v1.SetKeyPolicyRequest
+	(*SetKeyPolicyResponse)(nil),       // 62: tally.admin.v1.SetKeyPolicyResponse
+	(*GetKeyPolicyRequest)(nil),        // 63: tally.admin.v1.GetKeyPolicyRequest
+	(*GetKeyPolicyResponse)(nil),       // 64: tally.admin.v1.GetKeyPolicyResponse
+	(*SetTenantPARRequest)(nil),        // 65: tally.admin.v1.SetTenantPARRequest
+	(*SetTenantPARResponse)(nil),       // 66: tally.admin.v1.SetTenantPARResponse
+	(*timestamppb.Timestamp)(nil),      // 67: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	60, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
+	67, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 1: tally.admin.v1.CreateTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,  // 2: tally.admin.v1.GetTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,  // 3: tally.admin.v1.ListTenantsResponse.tenants:type_name -> tally.admin.v1.Tenant
-	60, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
-	60, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
-	60, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	67, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
+	67, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
+	67, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
 	52, // 7: tally.admin.v1.Client.auth:type_name -> tally.admin.v1.ClientAuth
 	52, // 8: tally.admin.v1.CreateClientRequest.auth:type_name -> tally.admin.v1.ClientAuth
 	7,  // 9: tally.admin.v1.CreateClientResponse.client:type_name -> tally.admin.v1.Client
@@ -3963,19 +4434,19 @@ var file_admin_proto_depIdxs = []int32{
 	7,  // 17: tally.admin.v1.DisableClientResponse.client:type_name -> tally.admin.v1.Client
 	7,  // 18: tally.admin.v1.EnableClientResponse.client:type_name -> tally.admin.v1.Client
 	7,  // 19: tally.admin.v1.RotateClientSecretResponse.client:type_name -> tally.admin.v1.Client
-	60, // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	60, // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
-	60, // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
-	60, // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
+	67, // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	67, // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
+	67, // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	67, // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
 	23, // 24: tally.admin.v1.ListKeysResponse.keys:type_name -> tally.admin.v1.Key
 	23, // 25: tally.admin.v1.RotateKeysResponse.keys:type_name -> tally.admin.v1.Key
-	60, // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	60, // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	60, // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
+	67, // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	67, // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	67, // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
 	28, // 29: tally.admin.v1.RevokeTokenResponse.revocation:type_name -> tally.admin.v1.Revocation
 	28, // 30: tally.admin.v1.ListRevocationsResponse.revocations:type_name -> tally.admin.v1.Revocation
-	60, // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
-	60, // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
+	67, // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
+	67, // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
 	33, // 33: tally.admin.v1.CreateUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 34: tally.admin.v1.GetUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 35: tally.admin.v1.ListUsersResponse.users:type_name -> tally.admin.v1.User
@@ -3983,66 +4454,79 @@ var file_admin_proto_depIdxs = []int32{
 	33, // 37: tally.admin.v1.EnableUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 38: tally.admin.v1.SetUserPasswordResponse.user:type_name -> tally.admin.v1.User
 	54, // 39: tally.admin.v1.TenantTrust.federations:type_name -> tally.admin.v1.FederationTrust
-	60, // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
+	67, // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
 	55, // 41: tally.admin.v1.FederationTrust.subjects:type_name -> tally.admin.v1.SubjectMapping
 	53, // 42: tally.admin.v1.SetTenantTrustRequest.trust:type_name -> tally.admin.v1.TenantTrust
 	53, // 43: tally.admin.v1.SetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
 	53, // 44: tally.admin.v1.GetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
-	1,  // 45: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
-	3,  // 46: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
-	5,  // 47: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
-	8,  // 48: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
-	10, // 49: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
-	12, // 50: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
-	15, // 51: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
-	17, // 52: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
-	19, // 53: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
-	21, // 54: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
-	24, // 55: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
-	26, // 56: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
-	29, // 57: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
-	31, // 58: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
-	34, // 59: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
-	36, // 60: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
-	38, // 61: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
-	40, // 62: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
-	42, // 63: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
-	44, // 64: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
-	46, // 65: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
-	48, // 66: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
-	50, // 67: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
-	56, // 68: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
-	58, // 69: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
-	2,  // 70: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
-	4,  // 71: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
-	6,  // 72: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
-	9,  // 73: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
-	11, // 74: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
-	13, // 75: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
-	16, // 76: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
-	18, // 77: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
-	20, // 78: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
-	22, // 79: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
-	25, // 80: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
-	27, // 81: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
-	30, // 82: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
-	32, // 83: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
-	35, // 84: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
-	37, // 85: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
-	39, // 86: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
-	41, // 87: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
-	43, // 88: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
-	45, // 89: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
-	47, // 90: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
-	49, // 91: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
-	51, // 92: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
-	57, // 93: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
-	59, // 94: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
-	70, // [70:95] is the sub-list for method output_type
-	45, // [45:70] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	67, // 45: tally.admin.v1.KeyPolicy.signing_key_since:type_name -> google.protobuf.Timestamp
+	67, // 46: tally.admin.v1.KeyPolicy.sealing_key_since:type_name -> google.protobuf.Timestamp
+	67, // 47: tally.admin.v1.KeyPolicy.next_rotation_at:type_name -> google.protobuf.Timestamp
+	67, // 48: tally.admin.v1.KeyPolicy.updated_at:type_name -> google.protobuf.Timestamp
+	60, // 49: tally.admin.v1.SetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
+	60, // 50: tally.admin.v1.GetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
+	0,  // 51: tally.admin.v1.SetTenantPARResponse.tenant:type_name -> tally.admin.v1.Tenant
+	1,  // 52: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
+	3,  // 53: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
+	5,  // 54: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
+	8,  // 55: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
+	10, // 56: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
+	12, // 57: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
+	15, // 58: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
+	17, // 59: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
+	19, // 60: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
+	21, // 61: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
+	24, // 62: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
+	26, // 63: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
+	29, // 64: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
+	31, // 65: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
+	34, // 66: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
+	36, // 67: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
+	38, // 68: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
+	40, // 69: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
+	42, // 70: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
+	44, // 71: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
+	46, // 72: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
+	48, // 73: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
+	50, // 74: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
+	56, // 75: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
+	58, // 76: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
+	61, // 77: tally.admin.v1.AdminService.SetKeyPolicy:input_type -> tally.admin.v1.SetKeyPolicyRequest
+	63, // 78: tally.admin.v1.AdminService.GetKeyPolicy:input_type -> tally.admin.v1.GetKeyPolicyRequest
+	65, // 79: tally.admin.v1.AdminService.SetTenantPAR:input_type -> tally.admin.v1.SetTenantPARRequest
+	2,  // 80: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
+	4,  // 81: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
+	6,  // 82: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
+	9,  // 83: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
+	11, // 84: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
+	13, // 85: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
+	16, // 86: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
+	18, // 87: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
+	20, // 88: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
+	22, // 89: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
+	25, // 90: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
+	27, // 91: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
+	30, // 92: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
+	32, // 93: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
+	35, // 94: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
+	37, // 95: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
+	39, // 96: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
+	41, // 97: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
+	43, // 98: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
+	45, // 99: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
+	47, // 100: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
+	49, // 101: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
+	51, // 102: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
+	57, // 103: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
+	59, // 104: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
+	62, // 105: tally.admin.v1.AdminService.SetKeyPolicy:output_type -> tally.admin.v1.SetKeyPolicyResponse
+	64, // 106: tally.admin.v1.AdminService.GetKeyPolicy:output_type -> tally.admin.v1.GetKeyPolicyResponse
+	66, // 107: tally.admin.v1.AdminService.SetTenantPAR:output_type -> tally.admin.v1.SetTenantPARResponse
+	80, // [80:108] is the sub-list for method output_type
+	52, // [52:80] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -4058,7 +4542,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   60,
+			NumMessages:   67,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -102,6 +102,15 @@ const (
 	// AdminServiceGetTenantTrustProcedure is the fully-qualified name of the AdminService's
 	// GetTenantTrust RPC.
 	AdminServiceGetTenantTrustProcedure = "/tally.admin.v1.AdminService/GetTenantTrust"
+	// AdminServiceSetKeyPolicyProcedure is the fully-qualified name of the AdminService's SetKeyPolicy
+	// RPC.
+	AdminServiceSetKeyPolicyProcedure = "/tally.admin.v1.AdminService/SetKeyPolicy"
+	// AdminServiceGetKeyPolicyProcedure is the fully-qualified name of the AdminService's GetKeyPolicy
+	// RPC.
+	AdminServiceGetKeyPolicyProcedure = "/tally.admin.v1.AdminService/GetKeyPolicy"
+	// AdminServiceSetTenantPARProcedure is the fully-qualified name of the AdminService's SetTenantPAR
+	// RPC.
+	AdminServiceSetTenantPARProcedure = "/tally.admin.v1.AdminService/SetTenantPAR"
 )
 
 // AdminServiceClient is a client for the tally.admin.v1.AdminService service.
@@ -139,6 +148,11 @@ type AdminServiceClient interface {
 	// Issue 11: a tenant's client-certificate CAs and federation trusts.
 	SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error)
 	GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error)
+	// Issue 11: per-tenant key policy (automatic rotation) and pushed
+	// authorization requests.
+	SetKeyPolicy(context.Context, *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error)
+	GetKeyPolicy(context.Context, *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error)
+	SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tally.admin.v1.AdminService service. By
@@ -302,6 +316,24 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("GetTenantTrust")),
 			connect.WithClientOptions(opts...),
 		),
+		setKeyPolicy: connect.NewClient[v1.SetKeyPolicyRequest, v1.SetKeyPolicyResponse](
+			httpClient,
+			baseURL+AdminServiceSetKeyPolicyProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetKeyPolicy")),
+			connect.WithClientOptions(opts...),
+		),
+		getKeyPolicy: connect.NewClient[v1.GetKeyPolicyRequest, v1.GetKeyPolicyResponse](
+			httpClient,
+			baseURL+AdminServiceGetKeyPolicyProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("GetKeyPolicy")),
+			connect.WithClientOptions(opts...),
+		),
+		setTenantPAR: connect.NewClient[v1.SetTenantPARRequest, v1.SetTenantPARResponse](
+			httpClient,
+			baseURL+AdminServiceSetTenantPARProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetTenantPAR")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -332,6 +364,9 @@ type adminServiceClient struct {
 	deleteTenant       *connect.Client[v1.DeleteTenantRequest, v1.DeleteTenantResponse]
 	setTenantTrust     *connect.Client[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse]
 	getTenantTrust     *connect.Client[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse]
+	setKeyPolicy       *connect.Client[v1.SetKeyPolicyRequest, v1.SetKeyPolicyResponse]
+	getKeyPolicy       *connect.Client[v1.GetKeyPolicyRequest, v1.GetKeyPolicyResponse]
+	setTenantPAR       *connect.Client[v1.SetTenantPARRequest, v1.SetTenantPARResponse]
 }
 
 // CreateTenant calls tally.admin.v1.AdminService.CreateTenant.
@@ -459,6 +494,21 @@ func (c *adminServiceClient) GetTenantTrust(ctx context.Context, req *connect.Re
 	return c.getTenantTrust.CallUnary(ctx, req)
 }
 
+// SetKeyPolicy calls tally.admin.v1.AdminService.SetKeyPolicy.
+func (c *adminServiceClient) SetKeyPolicy(ctx context.Context, req *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error) {
+	return c.setKeyPolicy.CallUnary(ctx, req)
+}
+
+// GetKeyPolicy calls tally.admin.v1.AdminService.GetKeyPolicy.
+func (c *adminServiceClient) GetKeyPolicy(ctx context.Context, req *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error) {
+	return c.getKeyPolicy.CallUnary(ctx, req)
+}
+
+// SetTenantPAR calls tally.admin.v1.AdminService.SetTenantPAR.
+func (c *adminServiceClient) SetTenantPAR(ctx context.Context, req *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error) {
+	return c.setTenantPAR.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tally.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
@@ -494,6 +544,11 @@ type AdminServiceHandler interface {
 	// Issue 11: a tenant's client-certificate CAs and federation trusts.
 	SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error)
 	GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error)
+	// Issue 11: per-tenant key policy (automatic rotation) and pushed
+	// authorization requests.
+	SetKeyPolicy(context.Context, *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error)
+	GetKeyPolicy(context.Context, *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error)
+	SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -653,6 +708,24 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("GetTenantTrust")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceSetKeyPolicyHandler := connect.NewUnaryHandler(
+		AdminServiceSetKeyPolicyProcedure,
+		svc.SetKeyPolicy,
+		connect.WithSchema(adminServiceMethods.ByName("SetKeyPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceGetKeyPolicyHandler := connect.NewUnaryHandler(
+		AdminServiceGetKeyPolicyProcedure,
+		svc.GetKeyPolicy,
+		connect.WithSchema(adminServiceMethods.ByName("GetKeyPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceSetTenantPARHandler := connect.NewUnaryHandler(
+		AdminServiceSetTenantPARProcedure,
+		svc.SetTenantPAR,
+		connect.WithSchema(adminServiceMethods.ByName("SetTenantPAR")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateTenantProcedure:
@@ -705,6 +778,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceSetTenantTrustHandler.ServeHTTP(w, r)
 		case AdminServiceGetTenantTrustProcedure:
 			adminServiceGetTenantTrustHandler.ServeHTTP(w, r)
+		case AdminServiceSetKeyPolicyProcedure:
+			adminServiceSetKeyPolicyHandler.ServeHTTP(w, r)
+		case AdminServiceGetKeyPolicyProcedure:
+			adminServiceGetKeyPolicyHandler.ServeHTTP(w, r)
+		case AdminServiceSetTenantPARProcedure:
+			adminServiceSetTenantPARHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -812,4 +891,16 @@ func (UnimplementedAdminServiceHandler) SetTenantTrust(context.Context, *connect
 
 func (UnimplementedAdminServiceHandler) GetTenantTrust(context.Context, *connect.Request[v1.GetTenantTrustRequest]) (*connect.Response[v1.GetTenantTrustResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.GetTenantTrust is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetKeyPolicy(context.Context, *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetKeyPolicy is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) GetKeyPolicy(context.Context, *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.GetKeyPolicy is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetTenantPAR is not implemented"))
 }
