@@ -26,6 +26,9 @@ type TokenResponse struct {
 	// issued by the end-user grants.
 	RefreshToken string `json:"refresh_token,omitempty"`
 	IDToken      string `json:"id_token,omitempty"`
+	// IssuedTokenType is the token exchange's issued_token_type (RFC 8693
+	// §2.2.1).
+	IssuedTokenType string `json:"issued_token_type,omitempty"`
 }
 
 // GrantHandler issues tokens for one grant type (RFC 6749 §4). The token
@@ -49,5 +52,6 @@ func (s *Server) grantHandlers() map[string]GrantHandler {
 		m[GrantRefreshToken] = &refreshTokenGrant{s: s}
 		m[GrantDeviceCode] = &deviceCodeGrant{s: s}
 	}
+	m[GrantTokenExchange] = &tokenExchangeGrant{s: s}
 	return m
 }

@@ -89,6 +89,9 @@ type Config struct {
 	// NodeID and Region label security events (refresh-token reuse).
 	NodeID string
 	Region string
+	// Policy, if set, decides every grant (contextual authorisation;
+	// policy.go). Nil allows everything.
+	Policy PolicyEngine
 }
 
 // DefaultConfig returns a Config with every default filled in.

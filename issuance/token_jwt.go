@@ -24,6 +24,12 @@ type tokenData struct {
 	NotBefore time.Time // zero when absent
 	ExpiresAt time.Time
 	KeyID     string
+	// Token exchange (RFC 8693, exchange.go): the actor chain, who may act
+	// for the subject, and the jtis of the tokens this one was derived
+	// from (a revoked ancestor revokes it).
+	Act     *Actor
+	MayAct  *Actor
+	Parents []string
 }
 
 // JWT access token header type (RFC 9068 §2.1). Verification also accepts the
@@ -69,6 +75,9 @@ type accessClaims struct {
 	ID        string   `json:"jti"`
 	ClientID  string   `json:"client_id"`
 	Scope     string   `json:"scope,omitempty"`
+	Act       *Actor   `json:"act,omitempty"`
+	MayAct    *Actor   `json:"may_act,omitempty"`
+	Parents   []string `json:"parent_jti,omitempty"`
 }
 
 func numericDate(sec int64) *jwt.NumericDate {
@@ -115,6 +124,9 @@ func signJWT(k *loadedKey, d *tokenData) (string, error) {
 		ID:        d.JTI,
 		ClientID:  d.ClientID,
 		Scope:     strings.Join(d.Scope, " "),
+		Act:       d.Act,
+		MayAct:    d.MayAct,
+		Parents:   d.Parents,
 	}
 	t := &jwt.Token{
 		Header: map[string]any{"typ": jwtType, "alg": k.method.Alg(), "kid": k.meta.ID},
@@ -194,5 +206,8 @@ func verifyJWT(set *keySet, issuer, token string, now time.Time, leeway time.Dur
 		NotBefore: timeOrZero(c.NotBefore),
 		ExpiresAt: time.Unix(c.ExpiresAt, 0),
 		KeyID:     kid,
+		Act:       c.Act,
+		MayAct:    c.MayAct,
+		Parents:   c.Parents,
 	}, nil
 }

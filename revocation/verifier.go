@@ -110,6 +110,12 @@ type Claims struct {
 	// Introspected is true when the issuer's introspection endpoint
 	// vouched for the token (opaque tokens, or the stale fallback).
 	Introspected bool
+	// Parents are the jtis of the tokens this one was exchanged from (RFC
+	// 8693 token exchange; claim parent_jti): a revoked parent revokes it.
+	Parents []string
+	// Actor is the subject of the RFC 8693 act claim (the party acting for
+	// Subject), or "".
+	Actor string
 }
 
 // HasScope reports whether the token carries scope.
@@ -273,7 +279,7 @@ func (v *Verifier) checkSet(c *Claims) error {
 		return nil
 	}
 	s := w.Set()
-	if s.Revoked(c.JTI) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) ||
+	if s.Revoked(c.JTI) || slices.ContainsFunc(c.Parents, s.Revoked) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) ||
 		(!c.IssuedAt.IsZero() && s.IssuedBeforeLock(c.Subject, c.IssuedAt.Unix())) {
 		return ErrRevoked
 	}
@@ -291,6 +297,10 @@ type accessClaims struct {
 	ID        string   `json:"jti"`
 	ClientID  string   `json:"client_id"`
 	Scope     string   `json:"scope,omitempty"`
+	Parents   []string `json:"parent_jti,omitempty"`
+	Act       *struct {
+		Subject string `json:"sub"`
+	} `json:"act,omitempty"`
 }
 
 func nd(sec int64) *jwt.NumericDate {
@@ -307,6 +317,15 @@ func (c *accessClaims) GetIssuer() (string, error)                   { return c.
 func (c *accessClaims) GetSubject() (string, error)                  { return c.Subject, nil }
 func (c *accessClaims) GetAudience() (jwt.ClaimStrings, error) {
 	return jwt.ClaimStrings(c.Audience), nil
+}
+
+func actorOf(a *struct {
+	Subject string `json:"sub"`
+}) string {
+	if a == nil {
+		return ""
+	}
+	return a.Subject
 }
 
 func tsOrZero(sec int64) time.Time {
@@ -347,6 +366,7 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string) (*Claims, error)
 		Issuer: c.Issuer, Subject: c.Subject, ClientID: c.ClientID, JTI: c.ID,
 		Scopes: strings.Fields(c.Scope), Audience: c.Audience,
 		IssuedAt: tsOrZero(c.IssuedAt), NotBefore: tsOrZero(c.NotBefore), ExpiresAt: tsOrZero(c.ExpiresAt),
+		Parents: c.Parents, Actor: actorOf(c.Act),
 	}, nil
 }
 
