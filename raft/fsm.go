@@ -302,6 +302,11 @@ func (f *FSM) loadView() error {
 		return err
 	}
 	f.state.cluster.Store(cm)
+	var gw map[string]*raftpb.GatewayConfig
+	if err := f.db.View(func(tx *bbolt.Tx) (err error) { gw, err = readGatewayConfigs(tx); return err }); err != nil {
+		return err
+	}
+	f.state.gateway.Store(&gw)
 	f.state.replace(tenants, applied)
 	return nil
 }

@@ -26,6 +26,8 @@ type State struct {
 	tenants map[string]*tenantView
 
 	cluster atomic.Pointer[raftpb.ClusterMeta] // apply_cluster.go
+
+	gateway atomic.Pointer[map[string]*raftpb.GatewayConfig] // apply_gateway.go
 }
 
 type tenantView struct {
@@ -160,6 +162,10 @@ func (s *State) apply(changes []change, applied uint64) {
 	for _, c := range changes {
 		if c.kind == kindClusterMeta {
 			s.cluster.Store(c.msg.(*raftpb.ClusterMeta))
+			continue
+		}
+		if c.kind == kindGatewayConfig {
+			s.storeGatewayConfig(c.msg.(*raftpb.GatewayConfig))
 			continue
 		}
 		if c.kind == bucketTenants {

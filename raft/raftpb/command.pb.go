@@ -137,6 +137,7 @@ type Command struct {
 	//	*Command_DecideDeviceCode
 	//	*Command_PollDeviceCode
 	//	*Command_Tick
+	//	*Command_SetGatewayConfig
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -389,6 +390,15 @@ func (x *Command) GetTick() *Tick {
 	return nil
 }
 
+func (x *Command) GetSetGatewayConfig() *SetGatewayConfig {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetGatewayConfig); ok {
+			return x.SetGatewayConfig
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -482,6 +492,12 @@ type Command_Tick struct {
 	Tick *Tick `protobuf:"bytes,62,opt,name=tick,proto3,oneof"`
 }
 
+type Command_SetGatewayConfig struct {
+	// Issue 12: a tenant's gateway routes, rate limits and CEL policies
+	// (see GatewayConfig).
+	SetGatewayConfig *SetGatewayConfig `protobuf:"bytes,110,opt,name=set_gateway_config,json=setGatewayConfig,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -523,6 +539,8 @@ func (*Command_DecideDeviceCode) isCommand_Op() {}
 func (*Command_PollDeviceCode) isCommand_Op() {}
 
 func (*Command_Tick) isCommand_Op() {}
+
+func (*Command_SetGatewayConfig) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -3599,11 +3617,350 @@ func (x *DeniedNode) GetReason() string {
 	return ""
 }
 
+// SetGatewayConfig replaces a tenant's gateway configuration. The FSM sets
+// revision to the stored one plus one (the policy version every node
+// evaluates) and updated_unix_nano to the command's time. If
+// expected_revision differs from the stored revision (0 when there is none)
+// the command fails with "conflict", so read-modify-write is safe.
+type SetGatewayConfig struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Config           *GatewayConfig         `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	ExpectedRevision uint64                 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetGatewayConfig) Reset() {
+	*x = SetGatewayConfig{}
+	mi := &file_command_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGatewayConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGatewayConfig) ProtoMessage() {}
+
+func (x *SetGatewayConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGatewayConfig.ProtoReflect.Descriptor instead.
+func (*SetGatewayConfig) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SetGatewayConfig) GetConfig() *GatewayConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *SetGatewayConfig) GetExpectedRevision() uint64 {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return 0
+}
+
+// GatewayConfig is a tenant's policy enforcement configuration (meta
+// bucket, key "gateway/<tenant>").
+type GatewayConfig struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Tenant          string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Routes          []*GatewayRoute        `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	RateLimits      []*GatewayRateLimit    `protobuf:"bytes,3,rep,name=rate_limits,json=rateLimits,proto3" json:"rate_limits,omitempty"`
+	Policies        []*Policy              `protobuf:"bytes,4,rep,name=policies,proto3" json:"policies,omitempty"`
+	Revision        uint64                 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	UpdatedUnixNano int64                  `protobuf:"varint,6,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GatewayConfig) Reset() {
+	*x = GatewayConfig{}
+	mi := &file_command_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayConfig) ProtoMessage() {}
+
+func (x *GatewayConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayConfig.ProtoReflect.Descriptor instead.
+func (*GatewayConfig) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *GatewayConfig) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *GatewayConfig) GetRoutes() []*GatewayRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetRateLimits() []*GatewayRateLimit {
+	if x != nil {
+		return x.RateLimits
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *GatewayConfig) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
+// GatewayRoute maps requests (method, or "" for any, and a path prefix) to
+// the scopes a token must carry. The longest matching prefix wins.
+type GatewayRoute struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	PathPrefix string                 `protobuf:"bytes,1,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	Method     string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	Scopes     []string               `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// When set, a successful check also returns a phantom JWT for this
+	// audience (token exchange).
+	PhantomAudience string `protobuf:"bytes,4,opt,name=phantom_audience,json=phantomAudience,proto3" json:"phantom_audience,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GatewayRoute) Reset() {
+	*x = GatewayRoute{}
+	mi := &file_command_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRoute) ProtoMessage() {}
+
+func (x *GatewayRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRoute.ProtoReflect.Descriptor instead.
+func (*GatewayRoute) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GatewayRoute) GetPathPrefix() string {
+	if x != nil {
+		return x.PathPrefix
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *GatewayRoute) GetPhantomAudience() string {
+	if x != nil {
+		return x.PhantomAudience
+	}
+	return ""
+}
+
+// GatewayRateLimit limits the requests of one client ("" for every client
+// without its own limit) at the gateway: a token bucket per node.
+type GatewayRateLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClientId      string                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	PerSecond     float64                `protobuf:"fixed64,2,opt,name=per_second,json=perSecond,proto3" json:"per_second,omitempty"`
+	Burst         uint32                 `protobuf:"varint,3,opt,name=burst,proto3" json:"burst,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayRateLimit) Reset() {
+	*x = GatewayRateLimit{}
+	mi := &file_command_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRateLimit) ProtoMessage() {}
+
+func (x *GatewayRateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRateLimit.ProtoReflect.Descriptor instead.
+func (*GatewayRateLimit) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GatewayRateLimit) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *GatewayRateLimit) GetPerSecond() float64 {
+	if x != nil {
+		return x.PerSecond
+	}
+	return 0
+}
+
+func (x *GatewayRateLimit) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+// Policy is a CEL policy of the tenant (client_id "") or of one client.
+type Policy struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ClientId string                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Source   string                 `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// dry_run logs decisions without enforcing them.
+	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_command_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *Policy) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *Policy) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Policy) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x94\f\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xe5\f\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3631,7 +3988,8 @@ const file_command_proto_rawDesc = "" +
 	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
 	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
 	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCode\x12)\n" +
-	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tickB\x04\n" +
+	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tick\x12O\n" +
+	"\x12set_gateway_config\x18n \x01(\v2\x1f.tally.raft.v1.SetGatewayConfigH\x00R\x10setGatewayConfigB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -3899,7 +4257,33 @@ const file_command_proto_rawDesc = "" +
 	"DeniedNode\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12(\n" +
 	"\x10denied_unix_nano\x18\x02 \x01(\x03R\x0edeniedUnixNano\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason*\x98\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"u\n" +
+	"\x10SetGatewayConfig\x124\n" +
+	"\x06config\x18\x01 \x01(\v2\x1c.tally.raft.v1.GatewayConfigR\x06config\x12+\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\"\x99\x02\n" +
+	"\rGatewayConfig\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x123\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1b.tally.raft.v1.GatewayRouteR\x06routes\x12@\n" +
+	"\vrate_limits\x18\x03 \x03(\v2\x1f.tally.raft.v1.GatewayRateLimitR\n" +
+	"rateLimits\x121\n" +
+	"\bpolicies\x18\x04 \x03(\v2\x15.tally.raft.v1.PolicyR\bpolicies\x12\x1a\n" +
+	"\brevision\x18\x05 \x01(\x04R\brevision\x12*\n" +
+	"\x11updated_unix_nano\x18\x06 \x01(\x03R\x0fupdatedUnixNano\"\x8a\x01\n" +
+	"\fGatewayRoute\x12\x1f\n" +
+	"\vpath_prefix\x18\x01 \x01(\tR\n" +
+	"pathPrefix\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12)\n" +
+	"\x10phantom_audience\x18\x04 \x01(\tR\x0fphantomAudience\"d\n" +
+	"\x10GatewayRateLimit\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x1d\n" +
+	"\n" +
+	"per_second\x18\x02 \x01(\x01R\tperSecond\x12\x14\n" +
+	"\x05burst\x18\x03 \x01(\rR\x05burst\"V\n" +
+	"\x06Policy\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun*\x98\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3924,7 +4308,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),             // 0: tally.raft.v1.EventKind
 	(*Command)(nil),            // 1: tally.raft.v1.Command
@@ -3966,6 +4350,11 @@ var file_command_proto_goTypes = []any{
 	(*DenyNode)(nil),           // 37: tally.raft.v1.DenyNode
 	(*ClusterMeta)(nil),        // 38: tally.raft.v1.ClusterMeta
 	(*DeniedNode)(nil),         // 39: tally.raft.v1.DeniedNode
+	(*SetGatewayConfig)(nil),   // 40: tally.raft.v1.SetGatewayConfig
+	(*GatewayConfig)(nil),      // 41: tally.raft.v1.GatewayConfig
+	(*GatewayRoute)(nil),       // 42: tally.raft.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),   // 43: tally.raft.v1.GatewayRateLimit
+	(*Policy)(nil),             // 44: tally.raft.v1.Policy
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -3989,37 +4378,42 @@ var file_command_proto_depIdxs = []int32{
 	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
 	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
 	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	11, // 21: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 22: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 23: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 24: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 25: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 26: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 27: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	12, // 28: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 29: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 30: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 31: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 32: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 33: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 34: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 35: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 36: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 37: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 38: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 39: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 40: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 41: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 42: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 43: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 44: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 45: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	39, // 46: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	40, // 21: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
+	11, // 22: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 23: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 24: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 25: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 26: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 27: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 28: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	12, // 29: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 30: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 31: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 32: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 33: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 34: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 35: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 36: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 37: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 38: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 39: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 40: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 41: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 42: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 43: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 44: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 45: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 46: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	39, // 47: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	41, // 48: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	42, // 49: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	43, // 50: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	44, // 51: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	52, // [52:52] is the sub-list for method output_type
+	52, // [52:52] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -4049,6 +4443,7 @@ func file_command_proto_init() {
 		(*Command_DecideDeviceCode)(nil),
 		(*Command_PollDeviceCode)(nil),
 		(*Command_Tick)(nil),
+		(*Command_SetGatewayConfig)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4056,7 +4451,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
