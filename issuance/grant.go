@@ -45,7 +45,7 @@ type GrantHandler interface {
 // registry's keys.
 func (s *Server) grantHandlers() map[string]GrantHandler {
 	m := map[string]GrantHandler{
-		GrantClientCredentials: &clientCredentialsGrant{mint: s.minter, ttl: s.cfg.AccessTokenTTL},
+		GrantClientCredentials: &clientCredentialsGrant{mint: s.minter, ttl: s.cfg.AccessTokenTTL, decide: s.decide},
 	}
 	if s.users != nil {
 		m[GrantAuthorizationCode] = &authorizationCodeGrant{s: s}

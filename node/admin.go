@@ -34,6 +34,9 @@ type adminService struct {
 	// pwParams overrides the argon2id parameters of new password hashes
 	// (tests); nil: issuance.DefaultPasswordParams (admin_users.go).
 	pwParams *issuance.PasswordParams
+	// supports reports whether every voter applies a gated Raft operation
+	// (cluster.allSupport); nil: always (admin_gateway.go).
+	supports func(ctx context.Context, feature string) bool
 }
 
 var _ adminv1connect.AdminServiceHandler = (*adminService)(nil)

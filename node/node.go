@@ -148,6 +148,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.RefreshTTL = cfg.RefreshTTL
 	ic.RefreshIdleTimeout = cfg.RefreshIdleTimeout
 	ic.RefreshReuseInterval = cfg.RefreshReuseInterval
+	ic.Policy = n.policyEngine() // node/gateway.go
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
@@ -174,7 +175,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
 
-	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base}
+	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.cl.allSupport}
 	n.http = &http.Server{
 		Handler:           n.routes(admin, newAdminAuth(adminToken)),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -247,6 +248,7 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 	if n.events != nil {
 		mux.Handle((&eventsService{n: n, ev: n.events, kek: n.events.kek, admin: auth}).handler())
 	}
+	n.gatewayRoutes(mux) // node/gateway.go
 	mux.Handle("/", n.iss.Handler())
 	return n.tel.traced(n.metrics.instrument(mux))
 }
