@@ -90,7 +90,9 @@ func (s *Server) AuthenticateClient(ctx context.Context, tenant string, h http.H
 }
 
 // WriteError renders err as the RFC 6749 §5.2 JSON error.
-func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) { s.writeError(w, r, err) }
+func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	s.writeError(w, r, err)
+}
 
 // Policy is the configured policy engine (nil if none).
 func (s *Server) Policy() PolicyEngine { return s.cfg.Policy }
