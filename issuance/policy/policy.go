@@ -20,7 +20,10 @@
 // The expression yields a bool (true allows, false denies) or a map with
 // the optional keys "allow" (bool, default true), "reason" (string, the
 // deny reason) and "scopes" (list of strings: the granted scopes are
-// narrowed to these). Anything else is refused when the policy is
+// narrowed to these). Both branches of a conditional must have one type:
+// write maps in both, and wrap a map whose values have another type in
+// dyn(), e.g. cond ? {"scopes": ["read"]} : dyn({"allow": false}).
+// Anything else is refused when the policy is
 // compiled, which is at write time (tally admin policy set), so a policy
 // that does not compile never reaches the Raft log. Policies are compiled
 // once per version (the gateway configuration's revision); evaluation does
