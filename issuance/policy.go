@@ -89,3 +89,27 @@ func SafeDescription(s string) string {
 	}
 	return b.String()
 }
+
+// decideUserGrant evaluates the policy for an end-user grant
+// (authorization_code, refresh_token, device code) just before its tokens
+// are minted: a deny refuses the grant (the code or refresh rotation
+// already recorded stays spent), a narrowing applies to the access token
+// and the response's scope.
+func (s *Server) decideUserGrant(ctx context.Context, gr GrantRequest, iss *userIssue, u *User) error {
+	if s.cfg.Policy == nil {
+		return nil
+	}
+	in := PolicyInput{Tenant: gr.Tenant.ID, ClientID: gr.Client.ID, Subject: u.ID, GrantedScopes: iss.scopes,
+		Audience: iss.access.Audience, ClientIP: gr.ClientIP, Time: gr.Now,
+		User: map[string]string{"username": u.Username, "email": u.Email, "name": u.Name}}
+	if gr.Request != nil {
+		in.GrantType, in.RequestedScopes = gr.Request.GrantType, gr.Request.Scope
+	}
+	d, err := s.decide(ctx, in)
+	if err != nil {
+		return err
+	}
+	iss.scopes = d.narrow(iss.scopes)
+	iss.access.Scope = d.narrow(iss.access.Scope)
+	return nil
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,4 +44,24 @@ func TestPolicyEveryNode(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestPolicyUserGrants (issue 12): the policy also decides the end-user
+// grants: a refresh is denied by a policy naming its grant type, and an
+// authorization code grant is narrowed.
+func TestPolicyUserGrants(t *testing.T) {
+	n := nodetest.Start(t)
+	ctx := context.Background()
+	e := newFlowEnv(t, n)
+	src := `grant_type == "refresh_token" ? dyn({"allow": false, "reason": "no refresh for " + user.username}) : dyn({"scopes": granted_scopes.filter(s, s != "email")})`
+	if _, err := n.Admin.SetPolicy(ctx, connect.NewRequest(&adminv1.SetPolicyRequest{Tenant: "default", Policy: &adminv1.PolicyInfo{Source: src}})); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.codeTokens(t)
+	if sc, _ := tok.Extra("scope").(string); sc == "" || strings.Contains(sc, "email") {
+		t.Errorf("authorization code grant scope %q, want it without email", sc)
+	}
+	if _, err := e.refresh(tok.RefreshToken); err == nil || !strings.Contains(err.Error(), "no refresh for alice") {
+		t.Errorf("refresh under a deny policy: %v", err)
+	}
 }
