@@ -30,6 +30,9 @@ type TokenResponse struct {
 	// issued by the end-user grants.
 	RefreshToken string `json:"refresh_token,omitempty"`
 	IDToken      string `json:"id_token,omitempty"`
+	// IssuedTokenType is the token exchange's issued_token_type (RFC 8693
+	// §2.2.1).
+	IssuedTokenType string `json:"issued_token_type,omitempty"`
 }
 
 // GrantHandler issues tokens for one grant type (RFC 6749 §4). The token
@@ -46,12 +49,13 @@ type GrantHandler interface {
 // registry's keys.
 func (s *Server) grantHandlers() map[string]GrantHandler {
 	m := map[string]GrantHandler{
-		GrantClientCredentials: &clientCredentialsGrant{mint: s.minter, ttl: s.cfg.AccessTokenTTL},
+		GrantClientCredentials: &clientCredentialsGrant{mint: s.minter, ttl: s.cfg.AccessTokenTTL, decide: s.decide},
 	}
 	if s.users != nil {
 		m[GrantAuthorizationCode] = &authorizationCodeGrant{s: s}
 		m[GrantRefreshToken] = &refreshTokenGrant{s: s}
 		m[GrantDeviceCode] = &deviceCodeGrant{s: s}
 	}
+	m[GrantTokenExchange] = &tokenExchangeGrant{s: s}
 	return m
 }

@@ -23,6 +23,8 @@ const (
 type clientCredentialsGrant struct {
 	mint *minter
 	ttl  time.Duration
+	// decide evaluates the contextual authorisation policy (policy.go).
+	decide func(context.Context, PolicyInput) (PolicyDecision, error)
 }
 
 func (g *clientCredentialsGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*TokenResponse, error) {
@@ -56,6 +58,15 @@ func (g *clientCredentialsGrant) HandleGrant(ctx context.Context, gr GrantReques
 	}
 	if len(aud) == 0 {
 		aud = []string{g.mint.issuer(gr.Tenant.ID)}
+	}
+
+	if g.decide != nil {
+		dec, err := g.decide(ctx, PolicyInput{Tenant: gr.Tenant.ID, ClientID: c.ID, GrantType: GrantClientCredentials, Subject: c.ID,
+			RequestedScopes: req.Scope, GrantedScopes: scope, Audience: aud, ClientIP: gr.ClientIP, Time: gr.Now})
+		if err != nil {
+			return nil, err
+		}
+		scope = dec.narrow(scope)
 	}
 
 	ttl := c.AccessTokenTTL

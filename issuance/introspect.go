@@ -67,7 +67,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, errUnavailable("keys unavailable", err)
 		}
-		if s.st.Revoked(ctx, t.ID, d.JTI) {
+		if s.RevokedAny(ctx, t.ID, d.JTI, d.Parents) {
 			return nil, nil
 		}
 		c, err := s.st.Client(ctx, t.ID, d.ClientID)

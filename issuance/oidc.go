@@ -84,6 +84,9 @@ func (s *Server) prepareAccess(gr GrantRequest, userID string, scopes []string, 
 // finishUserTokens mints the decided tokens once the command committed:
 // the access token, and with openid an ID token (OIDC Core §3.1.3.3).
 func (s *Server) finishUserTokens(ctx context.Context, gr GrantRequest, iss *userIssue, u *User, nonce string) (*TokenResponse, error) {
+	if err := s.decideUserGrant(ctx, gr, iss, u); err != nil { // policy.go
+		return nil, err
+	}
 	tok, err := s.minter.mint(ctx, gr.Tenant, iss.format, iss.access, gr.Now)
 	if err != nil {
 		return nil, err

@@ -34,6 +34,8 @@ type TokenRequest struct {
 	RefreshToken string
 	// DeviceCode is the device grant's parameter (RFC 8628 §3.4).
 	DeviceCode string
+	// Exchange holds the token exchange parameters (RFC 8693 §2.1).
+	Exchange ExchangeParams
 }
 
 // Parameter names (RFC 6749 §4.4.2, RFC 8707 §2, RFC 7662 §2.1, RFC 7009 §2.1).
@@ -55,6 +57,7 @@ var knownParams = []string{
 	paramGrantType, paramScope, paramResource, paramClientID, paramClientSecret,
 	paramToken, paramTokenTypeHint, "code", "redirect_uri", "code_verifier",
 	"refresh_token", "device_code", "audience", "client_assertion", "client_assertion_type",
+	paramSubjectToken, paramSubjectTokenType, paramActorToken, paramActorTokenType, paramRequestedTokenType,
 }
 
 // readForm reads the urlencoded body of an OAuth endpoint request.
@@ -119,7 +122,7 @@ func readForm(r *http.Request, maxBody int64, multi ...string) (url.Values, erro
 // the client credentials (readClientCredentials), grant_type, scope and
 // resource. Errors are *Error.
 func parseTokenRequest(r *http.Request, maxBody int64) (*TokenRequest, error) {
-	form, err := readForm(r, maxBody, paramResource)
+	form, err := readForm(r, maxBody, paramResource, paramAudience)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +132,8 @@ func parseTokenRequest(r *http.Request, maxBody int64) (*TokenRequest, error) {
 	}
 	req := &TokenRequest{GrantType: form.Get(paramGrantType), Client: cc,
 		Code: form.Get("code"), RedirectURI: form.Get("redirect_uri"), CodeVerifier: form.Get("code_verifier"),
-		RefreshToken: form.Get("refresh_token"), DeviceCode: form.Get("device_code")}
+		RefreshToken: form.Get("refresh_token"), DeviceCode: form.Get("device_code"),
+		Exchange: parseExchangeParams(form)}
 	if req.GrantType == "" {
 		return nil, errInvalidRequest("missing grant_type")
 	}

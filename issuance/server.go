@@ -94,6 +94,9 @@ type Config struct {
 	ZeroTrust ZeroTrustConfig
 	// DPoP configures DPoP proofs at the token endpoint (dpop.go).
 	DPoP DPoPConfig
+	// Policy, if set, decides every grant (contextual authorisation;
+	// policy.go). Nil allows everything.
+	Policy PolicyEngine
 }
 
 // DefaultConfig returns a Config with every default filled in.

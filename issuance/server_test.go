@@ -92,7 +92,7 @@ func TestDiscovery(t *testing.T) {
 		"introspection_endpoint":                iss + "/oauth2/introspect",
 		"revocation_endpoint":                   iss + "/oauth2/revoke",
 		"response_types_supported":              []any{},
-		"grant_types_supported":                 []any{"client_credentials"},
+		"grant_types_supported":                 []any{"client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"},
 		"token_endpoint_auth_methods_supported": []any{"client_secret_basic", "client_secret_post", "private_key_jwt"},
 		"introspection_endpoint_auth_methods_supported": []any{"client_secret_basic", "client_secret_post", "private_key_jwt"},
 		"revocation_endpoint_auth_methods_supported":    []any{"client_secret_basic", "client_secret_post", "private_key_jwt"},

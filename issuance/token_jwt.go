@@ -30,6 +30,12 @@ type tokenData struct {
 	// JKT is the DPoP key thumbprint the token is bound to (RFC 9449 §6),
 	// "" for a bearer token.
 	JKT string
+	// Token exchange (RFC 8693, exchange.go): the actor chain, who may act
+	// for the subject, and the jtis of the tokens this one was derived
+	// from (a revoked ancestor revokes it).
+	Act     *Actor
+	MayAct  *Actor
+	Parents []string
 }
 
 // JWT access token header type (RFC 9068 §2.1). Verification also accepts the
@@ -76,7 +82,10 @@ type accessClaims struct {
 	ClientID  string   `json:"client_id"`
 	Scope     string   `json:"scope,omitempty"`
 	// Cnf binds the token to a key (RFC 7800; RFC 8705 §3.1; RFC 9449 §6.1).
-	Cnf *confirmation `json:"cnf,omitempty"`
+	Cnf     *confirmation `json:"cnf,omitempty"`
+	Act     *Actor        `json:"act,omitempty"`
+	MayAct  *Actor        `json:"may_act,omitempty"`
+	Parents []string      `json:"parent_jti,omitempty"`
 }
 
 func numericDate(sec int64) *jwt.NumericDate {
@@ -124,6 +133,9 @@ func signJWT(k *loadedKey, d *tokenData) (string, error) {
 		ClientID:  d.ClientID,
 		Scope:     strings.Join(d.Scope, " "),
 		Cnf:       confirmationOf(d),
+		Act:       d.Act,
+		MayAct:    d.MayAct,
+		Parents:   d.Parents,
 	}
 	t := &jwt.Token{
 		Header: map[string]any{"typ": jwtType, "alg": k.method.Alg(), "kid": k.meta.ID},
@@ -205,5 +217,8 @@ func verifyJWT(set *keySet, issuer, token string, now time.Time, leeway time.Dur
 		KeyID:     kid,
 		X5T:       c.Cnf.x5t(),
 		JKT:       c.Cnf.jkt(),
+		Act:       c.Act,
+		MayAct:    c.MayAct,
+		Parents:   c.Parents,
 	}, nil
 }

@@ -611,7 +611,7 @@ const featureClusterIdentity = "cluster_identity"
 
 // features are the Raft operations this binary applies beyond the first
 // release's (MemberStatus.features).
-var features = []string{featureClusterIdentity, featureZTAuth, featureDelete, featurePARKeyPolicy}
+var features = []string{featureClusterIdentity, featureZTAuth, featureDelete, featurePARKeyPolicy, featureGatewayConfig}
 
 // allSupport reports whether every member of the configuration answers
 // its status and lists feature, so that a leader does not propose an

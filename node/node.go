@@ -159,6 +159,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, err
 	}
 	ic.DPoP.RequireNonce = cfg.DPoPRequireNonce
+	ic.Policy = n.policyEngine() // node/gateway.go
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
@@ -259,6 +260,7 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 	if n.events != nil {
 		mux.Handle((&eventsService{n: n, ev: n.events, kek: n.events.kek, admin: auth}).handler())
 	}
+	n.gatewayRoutes(mux) // node/gateway.go
 	mux.Handle("/", n.iss.Handler())
 	return n.tel.traced(n.metrics.instrument(mux))
 }

@@ -356,6 +356,11 @@ func (f *FSM) loadView() error {
 		return err
 	}
 	f.state.version.Store(cv)
+	var gw map[string]*raftpb.GatewayConfig
+	if err := f.db.View(func(tx *bbolt.Tx) (err error) { gw, err = readGatewayConfigs(tx); return err }); err != nil {
+		return err
+	}
+	f.state.gateway.Store(&gw)
 	f.state.replace(tenants, applied)
 	return nil
 }

@@ -137,6 +137,11 @@ var opRegistry = map[protoreflect.Name]opSpec{
 	"redeem_request_uri":         parOp,
 	"set_key_policy":             parOp,
 	"set_tenant_par":             parOp,
+
+	// Gateway routes, rate limits and CEL policies (issue 12,
+	// apply_gateway.go; gated by the node on feature "gateway_config").
+	"set_gateway_config": opOf((*raftpb.Command).GetSetGatewayConfig,
+		func(s *raftpb.SetGatewayConfig) error { return CheckGatewayConfig(s.GetConfig()) }, (*applier).setGatewayConfig),
 }
 
 // parOp is the entry of the apply_par.go operations.

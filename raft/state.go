@@ -27,6 +27,8 @@ type State struct {
 
 	cluster atomic.Pointer[raftpb.ClusterMeta]    // apply_cluster.go
 	version atomic.Pointer[raftpb.ClusterVersion] // apply_version.go
+
+	gateway atomic.Pointer[map[string]*raftpb.GatewayConfig] // apply_gateway.go
 }
 
 type tenantView struct {
@@ -170,6 +172,10 @@ func (s *State) apply(changes []change, applied uint64) {
 		}
 		if c.kind == kindClusterVersion {
 			s.version.Store(c.msg.(*raftpb.ClusterVersion))
+			continue
+		}
+		if c.kind == kindGatewayConfig {
+			s.storeGatewayConfig(c.msg.(*raftpb.GatewayConfig))
 			continue
 		}
 		if c.kind == bucketTenants {

@@ -58,6 +58,12 @@
 // tokens issued at or before the deletion rejected for good; a resync
 // reproduces it (GetRevocationSet's client_cutoffs and subject_cutoffs).
 //
+// Tokens derived by RFC 8693 token exchange list the jtis of the tokens
+// they were exchanged from in the claim parent_jti (Claims.Parents): a
+// JWT whose jti or any parent is in the revocation set is ErrRevoked, so
+// the TOKEN_REVOKED event of a parent revokes its derived tokens too
+// (which never outlive it).
+//
 // The SDK stays light: it imports no Raft, bbolt, NATS server or tally
 // server package (deps_test.go).
 package revocation

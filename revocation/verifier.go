@@ -124,6 +124,12 @@ type Claims struct {
 	// (cnf.jkt, RFC 9449 §6), "" for a bearer token. VerifyRequest and
 	// Middleware enforce it; Verify alone does not.
 	JKT string
+	// Parents are the jtis of the tokens this one was exchanged from (RFC
+	// 8693 token exchange; claim parent_jti): a revoked parent revokes it.
+	Parents []string
+	// Actor is the subject of the RFC 8693 act claim (the party acting for
+	// Subject), or "".
+	Actor string
 }
 
 // HasScope reports whether the token carries scope.
@@ -289,7 +295,7 @@ func (v *Verifier) checkSet(c *Claims) error {
 		return nil
 	}
 	s := w.Set()
-	if s.Revoked(c.JTI) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) ||
+	if s.Revoked(c.JTI) || slices.ContainsFunc(c.Parents, s.Revoked) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) ||
 		(!c.IssuedAt.IsZero() && s.IssuedBeforeLock(c.Subject, c.IssuedAt.Unix())) ||
 		(!c.IssuedAt.IsZero() && s.IssuedBeforeClientDeleted(c.ClientID, c.IssuedAt.Unix())) {
 		return ErrRevoked
@@ -309,6 +315,10 @@ type accessClaims struct {
 	ClientID  string        `json:"client_id"`
 	Scope     string        `json:"scope,omitempty"`
 	Cnf       *Confirmation `json:"cnf,omitempty"` // mtls.go
+	Parents   []string      `json:"parent_jti,omitempty"`
+	Act       *struct {
+		Subject string `json:"sub"`
+	} `json:"act,omitempty"`
 }
 
 func nd(sec int64) *jwt.NumericDate {
@@ -325,6 +335,15 @@ func (c *accessClaims) GetIssuer() (string, error)                   { return c.
 func (c *accessClaims) GetSubject() (string, error)                  { return c.Subject, nil }
 func (c *accessClaims) GetAudience() (jwt.ClaimStrings, error) {
 	return jwt.ClaimStrings(c.Audience), nil
+}
+
+func actorOf(a *struct {
+	Subject string `json:"sub"`
+}) string {
+	if a == nil {
+		return ""
+	}
+	return a.Subject
 }
 
 func tsOrZero(sec int64) time.Time {
@@ -365,8 +384,9 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string) (*Claims, error)
 		Issuer: c.Issuer, Subject: c.Subject, ClientID: c.ClientID, JTI: c.ID,
 		Scopes: strings.Fields(c.Scope), Audience: c.Audience,
 		IssuedAt: tsOrZero(c.IssuedAt), NotBefore: tsOrZero(c.NotBefore), ExpiresAt: tsOrZero(c.ExpiresAt),
-		Cnf: cnfOrZero(c.Cnf),
-		JKT: c.Cnf.jkt(),
+		Cnf:     cnfOrZero(c.Cnf),
+		JKT:     c.Cnf.jkt(),
+		Parents: c.Parents, Actor: actorOf(c.Act),
 	}, nil
 }
 

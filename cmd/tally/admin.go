@@ -146,6 +146,11 @@ func runAdmin(ctx context.Context, args []string, e env) int {
 		return 0
 	}
 	for _, c := range group {
+		if len(rest) > 2 && c.path == rest[0]+" "+rest[1]+" "+rest[2] { // three-word paths (gateway route set)
+			return runAdminCommand(ctx, c, g, rest[3:], e)
+		}
+	}
+	for _, c := range group {
 		if c.path == rest[0]+" "+rest[1] {
 			return runAdminCommand(ctx, c, g, rest[2:], e)
 		}
@@ -190,6 +195,7 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, clusterInitCommands()...)
 	cmds = append(cmds, deleteCommands()...) // admin_delete.go
 	cmds = append(cmds, trustCommands()...) // admin_ztauth.go
+	cmds = append(cmds, gatewayCommands()...) // admin_gateway.go
 	return cmds
 }
 

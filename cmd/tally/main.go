@@ -31,6 +31,7 @@ Usage:
   tally loadtest <scenario>  run a load test against an issuer
   tally drill <drill>        break a cluster under load: failover, partition, rolling-restart
   tally healthcheck          exit 0 if a node answers /readyz (container HEALTHCHECK)
+  tally gateway-auth [flags] forward-auth / Envoy ext_authz sidecar for an API gateway
   tally version              print the version
 
 Run "tally <command> -h" for the flags of a command.
@@ -63,6 +64,8 @@ func run(ctx context.Context, args []string, e env) int {
 		return runDrill(ctx, args[1:], e)
 	case "healthcheck":
 		return runHealthcheck(ctx, args[1:], e)
+	case "gateway-auth":
+		return runGatewayAuth(ctx, args[1:], e) // gateway_auth.go
 	case "version", "--version", "-version":
 		fmt.Fprintf(e.stdout, "tally %s\n", version)
 		return 0

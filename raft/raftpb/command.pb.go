@@ -164,6 +164,7 @@ type Command struct {
 	//	*Command_RedeemRequestUri
 	//	*Command_SetKeyPolicy
 	//	*Command_SetTenantPar
+	//	*Command_SetGatewayConfig
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -506,6 +507,15 @@ func (x *Command) GetSetTenantPar() *SetTenantPAR {
 	return nil
 }
 
+func (x *Command) GetSetGatewayConfig() *SetGatewayConfig {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetGatewayConfig); ok {
+			return x.SetGatewayConfig
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -645,6 +655,12 @@ type Command_SetTenantPar struct {
 	SetTenantPar *SetTenantPAR `protobuf:"bytes,103,opt,name=set_tenant_par,json=setTenantPar,proto3,oneof"`
 }
 
+type Command_SetGatewayConfig struct {
+	// Issue 12: a tenant's gateway routes, rate limits and CEL policies
+	// (see GatewayConfig).
+	SetGatewayConfig *SetGatewayConfig `protobuf:"bytes,110,opt,name=set_gateway_config,json=setGatewayConfig,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -706,6 +722,8 @@ func (*Command_RedeemRequestUri) isCommand_Op() {}
 func (*Command_SetKeyPolicy) isCommand_Op() {}
 
 func (*Command_SetTenantPar) isCommand_Op() {}
+
+func (*Command_SetGatewayConfig) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -4945,11 +4963,350 @@ func (x *SetTenantPAR) GetRequire() bool {
 	return false
 }
 
+// SetGatewayConfig replaces a tenant's gateway configuration. The FSM sets
+// revision to the stored one plus one (the policy version every node
+// evaluates) and updated_unix_nano to the command's time. If
+// expected_revision differs from the stored revision (0 when there is none)
+// the command fails with "conflict", so read-modify-write is safe.
+type SetGatewayConfig struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Config           *GatewayConfig         `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	ExpectedRevision uint64                 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetGatewayConfig) Reset() {
+	*x = SetGatewayConfig{}
+	mi := &file_command_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGatewayConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGatewayConfig) ProtoMessage() {}
+
+func (x *SetGatewayConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGatewayConfig.ProtoReflect.Descriptor instead.
+func (*SetGatewayConfig) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *SetGatewayConfig) GetConfig() *GatewayConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *SetGatewayConfig) GetExpectedRevision() uint64 {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return 0
+}
+
+// GatewayConfig is a tenant's policy enforcement configuration (meta
+// bucket, key "gateway/<tenant>").
+type GatewayConfig struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Tenant          string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Routes          []*GatewayRoute        `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	RateLimits      []*GatewayRateLimit    `protobuf:"bytes,3,rep,name=rate_limits,json=rateLimits,proto3" json:"rate_limits,omitempty"`
+	Policies        []*Policy              `protobuf:"bytes,4,rep,name=policies,proto3" json:"policies,omitempty"`
+	Revision        uint64                 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	UpdatedUnixNano int64                  `protobuf:"varint,6,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GatewayConfig) Reset() {
+	*x = GatewayConfig{}
+	mi := &file_command_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayConfig) ProtoMessage() {}
+
+func (x *GatewayConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayConfig.ProtoReflect.Descriptor instead.
+func (*GatewayConfig) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *GatewayConfig) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *GatewayConfig) GetRoutes() []*GatewayRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetRateLimits() []*GatewayRateLimit {
+	if x != nil {
+		return x.RateLimits
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *GatewayConfig) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
+// GatewayRoute maps requests (method, or "" for any, and a path prefix) to
+// the scopes a token must carry. The longest matching prefix wins.
+type GatewayRoute struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	PathPrefix string                 `protobuf:"bytes,1,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	Method     string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	Scopes     []string               `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// When set, a successful check also returns a phantom JWT for this
+	// audience (token exchange).
+	PhantomAudience string `protobuf:"bytes,4,opt,name=phantom_audience,json=phantomAudience,proto3" json:"phantom_audience,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GatewayRoute) Reset() {
+	*x = GatewayRoute{}
+	mi := &file_command_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRoute) ProtoMessage() {}
+
+func (x *GatewayRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRoute.ProtoReflect.Descriptor instead.
+func (*GatewayRoute) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *GatewayRoute) GetPathPrefix() string {
+	if x != nil {
+		return x.PathPrefix
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *GatewayRoute) GetPhantomAudience() string {
+	if x != nil {
+		return x.PhantomAudience
+	}
+	return ""
+}
+
+// GatewayRateLimit limits the requests of one client ("" for every client
+// without its own limit) at the gateway: a token bucket per node.
+type GatewayRateLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClientId      string                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	PerSecond     float64                `protobuf:"fixed64,2,opt,name=per_second,json=perSecond,proto3" json:"per_second,omitempty"`
+	Burst         uint32                 `protobuf:"varint,3,opt,name=burst,proto3" json:"burst,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayRateLimit) Reset() {
+	*x = GatewayRateLimit{}
+	mi := &file_command_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRateLimit) ProtoMessage() {}
+
+func (x *GatewayRateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRateLimit.ProtoReflect.Descriptor instead.
+func (*GatewayRateLimit) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *GatewayRateLimit) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *GatewayRateLimit) GetPerSecond() float64 {
+	if x != nil {
+		return x.PerSecond
+	}
+	return 0
+}
+
+func (x *GatewayRateLimit) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+// Policy is a CEL policy of the tenant (client_id "") or of one client.
+type Policy struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ClientId string                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Source   string                 `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// dry_run logs decisions without enforcing them.
+	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_command_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *Policy) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *Policy) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Policy) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x8d\x12\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xde\x12\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -4988,7 +5345,8 @@ const file_command_proto_rawDesc = "" +
 	"\x1apush_authorization_request\x18d \x01(\v2'.tally.raft.v1.PushAuthorizationRequestH\x00R\x18pushAuthorizationRequest\x12O\n" +
 	"\x12redeem_request_uri\x18e \x01(\v2\x1f.tally.raft.v1.RedeemRequestURIH\x00R\x10redeemRequestUri\x12C\n" +
 	"\x0eset_key_policy\x18f \x01(\v2\x1b.tally.raft.v1.SetKeyPolicyH\x00R\fsetKeyPolicy\x12C\n" +
-	"\x0eset_tenant_par\x18g \x01(\v2\x1b.tally.raft.v1.SetTenantPARH\x00R\fsetTenantParB\x04\n" +
+	"\x0eset_tenant_par\x18g \x01(\v2\x1b.tally.raft.v1.SetTenantPARH\x00R\fsetTenantPar\x12O\n" +
+	"\x12set_gateway_config\x18n \x01(\v2\x1f.tally.raft.v1.SetGatewayConfigH\x00R\x10setGatewayConfigB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -5335,7 +5693,33 @@ const file_command_proto_rawDesc = "" +
 	"\x17seal_rotate_every_nanos\x18\x03 \x01(\x03R\x14sealRotateEveryNanos\"@\n" +
 	"\fSetTenantPAR\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
-	"\arequire\x18\x02 \x01(\bR\arequire*\xf3\x02\n" +
+	"\arequire\x18\x02 \x01(\bR\arequire\"u\n" +
+	"\x10SetGatewayConfig\x124\n" +
+	"\x06config\x18\x01 \x01(\v2\x1c.tally.raft.v1.GatewayConfigR\x06config\x12+\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\"\x99\x02\n" +
+	"\rGatewayConfig\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x123\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1b.tally.raft.v1.GatewayRouteR\x06routes\x12@\n" +
+	"\vrate_limits\x18\x03 \x03(\v2\x1f.tally.raft.v1.GatewayRateLimitR\n" +
+	"rateLimits\x121\n" +
+	"\bpolicies\x18\x04 \x03(\v2\x15.tally.raft.v1.PolicyR\bpolicies\x12\x1a\n" +
+	"\brevision\x18\x05 \x01(\x04R\brevision\x12*\n" +
+	"\x11updated_unix_nano\x18\x06 \x01(\x03R\x0fupdatedUnixNano\"\x8a\x01\n" +
+	"\fGatewayRoute\x12\x1f\n" +
+	"\vpath_prefix\x18\x01 \x01(\tR\n" +
+	"pathPrefix\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12)\n" +
+	"\x10phantom_audience\x18\x04 \x01(\tR\x0fphantomAudience\"d\n" +
+	"\x10GatewayRateLimit\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x1d\n" +
+	"\n" +
+	"per_second\x18\x02 \x01(\x01R\tperSecond\x12\x14\n" +
+	"\x05burst\x18\x03 \x01(\rR\x05burst\"V\n" +
+	"\x06Policy\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun*\xf3\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -5363,7 +5747,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
 	(*Command)(nil),                  // 1: tally.raft.v1.Command
@@ -5422,6 +5806,11 @@ var file_command_proto_goTypes = []any{
 	(*RedeemRequestURI)(nil),         // 54: tally.raft.v1.RedeemRequestURI
 	(*SetKeyPolicy)(nil),             // 55: tally.raft.v1.SetKeyPolicy
 	(*SetTenantPAR)(nil),             // 56: tally.raft.v1.SetTenantPAR
+	(*SetGatewayConfig)(nil),         // 57: tally.raft.v1.SetGatewayConfig
+	(*GatewayConfig)(nil),            // 58: tally.raft.v1.GatewayConfig
+	(*GatewayRoute)(nil),             // 59: tally.raft.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),         // 60: tally.raft.v1.GatewayRateLimit
+	(*Policy)(nil),                   // 61: tally.raft.v1.Policy
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -5455,45 +5844,50 @@ var file_command_proto_depIdxs = []int32{
 	54, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
 	55, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
 	56, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
-	11, // 31: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 32: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 33: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 34: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 35: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 36: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 37: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	47, // 38: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	12, // 39: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	46, // 40: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	0,  // 41: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 42: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 43: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 44: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 45: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 46: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 47: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 48: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 49: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 50: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 51: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 52: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 53: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 54: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 55: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 56: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 57: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	52, // 58: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	39, // 59: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	45, // 60: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	48, // 61: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	49, // 62: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	47, // 63: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	52, // 64: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	65, // [65:65] is the sub-list for method output_type
-	65, // [65:65] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	57, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
+	11, // 32: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 33: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 34: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 35: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 36: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 37: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 38: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	47, // 39: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	12, // 40: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	46, // 41: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	0,  // 42: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 43: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	28, // 44: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 45: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 46: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 47: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 48: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 49: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 50: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 51: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 52: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 53: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 54: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 55: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 56: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 57: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 58: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	52, // 59: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	39, // 60: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	45, // 61: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	48, // 62: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	49, // 63: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	47, // 64: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	52, // 65: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	58, // 66: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	59, // 67: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	60, // 68: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	61, // 69: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -5533,6 +5927,7 @@ func file_command_proto_init() {
 		(*Command_RedeemRequestUri)(nil),
 		(*Command_SetKeyPolicy)(nil),
 		(*Command_SetTenantPar)(nil),
+		(*Command_SetGatewayConfig)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5540,7 +5935,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   56,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -3998,6 +3998,769 @@ func (x *SetTenantPARResponse) GetTenant() *Tenant {
 	return nil
 }
 
+type GatewayRoute struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	PathPrefix string                 `protobuf:"bytes,1,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	// "" matches every method.
+	Method string   `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	Scopes []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// When set, a passing check also returns a phantom JWT for it.
+	PhantomAudience string `protobuf:"bytes,4,opt,name=phantom_audience,json=phantomAudience,proto3" json:"phantom_audience,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GatewayRoute) Reset() {
+	*x = GatewayRoute{}
+	mi := &file_admin_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRoute) ProtoMessage() {}
+
+func (x *GatewayRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRoute.ProtoReflect.Descriptor instead.
+func (*GatewayRoute) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *GatewayRoute) GetPathPrefix() string {
+	if x != nil {
+		return x.PathPrefix
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *GatewayRoute) GetPhantomAudience() string {
+	if x != nil {
+		return x.PhantomAudience
+	}
+	return ""
+}
+
+type GatewayRateLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" applies to every client without its own limit.
+	ClientId      string  `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	PerSecond     float64 `protobuf:"fixed64,2,opt,name=per_second,json=perSecond,proto3" json:"per_second,omitempty"`
+	Burst         uint32  `protobuf:"varint,3,opt,name=burst,proto3" json:"burst,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayRateLimit) Reset() {
+	*x = GatewayRateLimit{}
+	mi := &file_admin_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRateLimit) ProtoMessage() {}
+
+func (x *GatewayRateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRateLimit.ProtoReflect.Descriptor instead.
+func (*GatewayRateLimit) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *GatewayRateLimit) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *GatewayRateLimit) GetPerSecond() float64 {
+	if x != nil {
+		return x.PerSecond
+	}
+	return 0
+}
+
+func (x *GatewayRateLimit) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+type PolicyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" is the tenant's policy.
+	ClientId      string `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	DryRun        bool   `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyInfo) Reset() {
+	*x = PolicyInfo{}
+	mi := &file_admin_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyInfo) ProtoMessage() {}
+
+func (x *PolicyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyInfo.ProtoReflect.Descriptor instead.
+func (*PolicyInfo) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *PolicyInfo) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *PolicyInfo) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *PolicyInfo) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type GatewayConfig struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Tenant     string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Routes     []*GatewayRoute        `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	RateLimits []*GatewayRateLimit    `protobuf:"bytes,3,rep,name=rate_limits,json=rateLimits,proto3" json:"rate_limits,omitempty"`
+	Policies   []*PolicyInfo          `protobuf:"bytes,4,rep,name=policies,proto3" json:"policies,omitempty"`
+	// The policy version: bumped by every change.
+	Revision      uint64                 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayConfig) Reset() {
+	*x = GatewayConfig{}
+	mi := &file_admin_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayConfig) ProtoMessage() {}
+
+func (x *GatewayConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayConfig.ProtoReflect.Descriptor instead.
+func (*GatewayConfig) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *GatewayConfig) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *GatewayConfig) GetRoutes() []*GatewayRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetRateLimits() []*GatewayRateLimit {
+	if x != nil {
+		return x.RateLimits
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetPolicies() []*PolicyInfo {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *GatewayConfig) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *GatewayConfig) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+type GetGatewayConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGatewayConfigRequest) Reset() {
+	*x = GetGatewayConfigRequest{}
+	mi := &file_admin_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGatewayConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGatewayConfigRequest) ProtoMessage() {}
+
+func (x *GetGatewayConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGatewayConfigRequest.ProtoReflect.Descriptor instead.
+func (*GetGatewayConfigRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *GetGatewayConfigRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+type GetGatewayConfigResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *GatewayConfig         `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGatewayConfigResponse) Reset() {
+	*x = GetGatewayConfigResponse{}
+	mi := &file_admin_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGatewayConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGatewayConfigResponse) ProtoMessage() {}
+
+func (x *GetGatewayConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGatewayConfigResponse.ProtoReflect.Descriptor instead.
+func (*GetGatewayConfigResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *GetGatewayConfigResponse) GetConfig() *GatewayConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+// SetGatewayRoute adds the route, or replaces the one with the same path
+// prefix and method.
+type SetGatewayRouteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Route         *GatewayRoute          `protobuf:"bytes,2,opt,name=route,proto3" json:"route,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGatewayRouteRequest) Reset() {
+	*x = SetGatewayRouteRequest{}
+	mi := &file_admin_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGatewayRouteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGatewayRouteRequest) ProtoMessage() {}
+
+func (x *SetGatewayRouteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGatewayRouteRequest.ProtoReflect.Descriptor instead.
+func (*SetGatewayRouteRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *SetGatewayRouteRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetGatewayRouteRequest) GetRoute() *GatewayRoute {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
+type SetGatewayRouteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *GatewayConfig         `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGatewayRouteResponse) Reset() {
+	*x = SetGatewayRouteResponse{}
+	mi := &file_admin_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGatewayRouteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGatewayRouteResponse) ProtoMessage() {}
+
+func (x *SetGatewayRouteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGatewayRouteResponse.ProtoReflect.Descriptor instead.
+func (*SetGatewayRouteResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *SetGatewayRouteResponse) GetConfig() *GatewayConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+type DeleteGatewayRouteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	PathPrefix    string                 `protobuf:"bytes,2,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	Method        string                 `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGatewayRouteRequest) Reset() {
+	*x = DeleteGatewayRouteRequest{}
+	mi := &file_admin_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGatewayRouteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGatewayRouteRequest) ProtoMessage() {}
+
+func (x *DeleteGatewayRouteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGatewayRouteRequest.ProtoReflect.Descriptor instead.
+func (*DeleteGatewayRouteRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *DeleteGatewayRouteRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *DeleteGatewayRouteRequest) GetPathPrefix() string {
+	if x != nil {
+		return x.PathPrefix
+	}
+	return ""
+}
+
+func (x *DeleteGatewayRouteRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+type DeleteGatewayRouteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *GatewayConfig         `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGatewayRouteResponse) Reset() {
+	*x = DeleteGatewayRouteResponse{}
+	mi := &file_admin_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGatewayRouteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGatewayRouteResponse) ProtoMessage() {}
+
+func (x *DeleteGatewayRouteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGatewayRouteResponse.ProtoReflect.Descriptor instead.
+func (*DeleteGatewayRouteResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *DeleteGatewayRouteResponse) GetConfig() *GatewayConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+// SetGatewayRateLimit sets (per_second > 0) or removes (per_second 0) a
+// client's limit.
+type SetGatewayRateLimitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Limit         *GatewayRateLimit      `protobuf:"bytes,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGatewayRateLimitRequest) Reset() {
+	*x = SetGatewayRateLimitRequest{}
+	mi := &file_admin_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGatewayRateLimitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGatewayRateLimitRequest) ProtoMessage() {}
+
+func (x *SetGatewayRateLimitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGatewayRateLimitRequest.ProtoReflect.Descriptor instead.
+func (*SetGatewayRateLimitRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *SetGatewayRateLimitRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetGatewayRateLimitRequest) GetLimit() *GatewayRateLimit {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+type SetGatewayRateLimitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *GatewayConfig         `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGatewayRateLimitResponse) Reset() {
+	*x = SetGatewayRateLimitResponse{}
+	mi := &file_admin_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGatewayRateLimitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGatewayRateLimitResponse) ProtoMessage() {}
+
+func (x *SetGatewayRateLimitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGatewayRateLimitResponse.ProtoReflect.Descriptor instead.
+func (*SetGatewayRateLimitResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *SetGatewayRateLimitResponse) GetConfig() *GatewayConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+// SetPolicy compiles the CEL source and stores it (refused with
+// INVALID_ARGUMENT if it does not compile); an empty source removes it.
+type SetPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Policy        *PolicyInfo            `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPolicyRequest) Reset() {
+	*x = SetPolicyRequest{}
+	mi := &file_admin_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPolicyRequest) ProtoMessage() {}
+
+func (x *SetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *SetPolicyRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetPolicyRequest) GetPolicy() *PolicyInfo {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type SetPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *GatewayConfig         `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPolicyResponse) Reset() {
+	*x = SetPolicyResponse{}
+	mi := &file_admin_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPolicyResponse) ProtoMessage() {}
+
+func (x *SetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*SetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *SetPolicyResponse) GetConfig() *GatewayConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -4295,7 +5058,58 @@ const file_admin_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\arequire\x18\x02 \x01(\bR\arequire\"F\n" +
 	"\x14SetTenantPARResponse\x12.\n" +
-	"\x06tenant\x18\x01 \x01(\v2\x16.tally.admin.v1.TenantR\x06tenant2\xdb\x13\n" +
+	"\x06tenant\x18\x01 \x01(\v2\x16.tally.admin.v1.TenantR\x06tenant\"\x8a\x01\n" +
+	"\fGatewayRoute\x12\x1f\n" +
+	"\vpath_prefix\x18\x01 \x01(\tR\n" +
+	"pathPrefix\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12)\n" +
+	"\x10phantom_audience\x18\x04 \x01(\tR\x0fphantomAudience\"d\n" +
+	"\x10GatewayRateLimit\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x1d\n" +
+	"\n" +
+	"per_second\x18\x02 \x01(\x01R\tperSecond\x12\x14\n" +
+	"\x05burst\x18\x03 \x01(\rR\x05burst\"Z\n" +
+	"\n" +
+	"PolicyInfo\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"\xaf\x02\n" +
+	"\rGatewayConfig\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x124\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1c.tally.admin.v1.GatewayRouteR\x06routes\x12A\n" +
+	"\vrate_limits\x18\x03 \x03(\v2 .tally.admin.v1.GatewayRateLimitR\n" +
+	"rateLimits\x126\n" +
+	"\bpolicies\x18\x04 \x03(\v2\x1a.tally.admin.v1.PolicyInfoR\bpolicies\x12\x1a\n" +
+	"\brevision\x18\x05 \x01(\x04R\brevision\x129\n" +
+	"\n" +
+	"updated_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"1\n" +
+	"\x17GetGatewayConfigRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"Q\n" +
+	"\x18GetGatewayConfigResponse\x125\n" +
+	"\x06config\x18\x01 \x01(\v2\x1d.tally.admin.v1.GatewayConfigR\x06config\"d\n" +
+	"\x16SetGatewayRouteRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x122\n" +
+	"\x05route\x18\x02 \x01(\v2\x1c.tally.admin.v1.GatewayRouteR\x05route\"P\n" +
+	"\x17SetGatewayRouteResponse\x125\n" +
+	"\x06config\x18\x01 \x01(\v2\x1d.tally.admin.v1.GatewayConfigR\x06config\"l\n" +
+	"\x19DeleteGatewayRouteRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1f\n" +
+	"\vpath_prefix\x18\x02 \x01(\tR\n" +
+	"pathPrefix\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\"S\n" +
+	"\x1aDeleteGatewayRouteResponse\x125\n" +
+	"\x06config\x18\x01 \x01(\v2\x1d.tally.admin.v1.GatewayConfigR\x06config\"l\n" +
+	"\x1aSetGatewayRateLimitRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x126\n" +
+	"\x05limit\x18\x02 \x01(\v2 .tally.admin.v1.GatewayRateLimitR\x05limit\"T\n" +
+	"\x1bSetGatewayRateLimitResponse\x125\n" +
+	"\x06config\x18\x01 \x01(\v2\x1d.tally.admin.v1.GatewayConfigR\x06config\"^\n" +
+	"\x10SetPolicyRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x122\n" +
+	"\x06policy\x18\x02 \x01(\v2\x1a.tally.admin.v1.PolicyInfoR\x06policy\"J\n" +
+	"\x11SetPolicyResponse\x125\n" +
+	"\x06config\x18\x01 \x01(\v2\x1d.tally.admin.v1.GatewayConfigR\x06config2\xd5\x17\n" +
 	"\fAdminService\x12Y\n" +
 	"\fCreateTenant\x12#.tally.admin.v1.CreateTenantRequest\x1a$.tally.admin.v1.CreateTenantResponse\x12P\n" +
 	"\tGetTenant\x12 .tally.admin.v1.GetTenantRequest\x1a!.tally.admin.v1.GetTenantResponse\x12V\n" +
@@ -4328,7 +5142,12 @@ const file_admin_proto_rawDesc = "" +
 	"\x0eGetTenantTrust\x12%.tally.admin.v1.GetTenantTrustRequest\x1a&.tally.admin.v1.GetTenantTrustResponse\x12Y\n" +
 	"\fSetKeyPolicy\x12#.tally.admin.v1.SetKeyPolicyRequest\x1a$.tally.admin.v1.SetKeyPolicyResponse\x12Y\n" +
 	"\fGetKeyPolicy\x12#.tally.admin.v1.GetKeyPolicyRequest\x1a$.tally.admin.v1.GetKeyPolicyResponse\x12Y\n" +
-	"\fSetTenantPAR\x12#.tally.admin.v1.SetTenantPARRequest\x1a$.tally.admin.v1.SetTenantPARResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
+	"\fSetTenantPAR\x12#.tally.admin.v1.SetTenantPARRequest\x1a$.tally.admin.v1.SetTenantPARResponse\x12e\n" +
+	"\x10GetGatewayConfig\x12'.tally.admin.v1.GetGatewayConfigRequest\x1a(.tally.admin.v1.GetGatewayConfigResponse\x12b\n" +
+	"\x0fSetGatewayRoute\x12&.tally.admin.v1.SetGatewayRouteRequest\x1a'.tally.admin.v1.SetGatewayRouteResponse\x12k\n" +
+	"\x12DeleteGatewayRoute\x12).tally.admin.v1.DeleteGatewayRouteRequest\x1a*.tally.admin.v1.DeleteGatewayRouteResponse\x12n\n" +
+	"\x13SetGatewayRateLimit\x12*.tally.admin.v1.SetGatewayRateLimitRequest\x1a+.tally.admin.v1.SetGatewayRateLimitResponse\x12P\n" +
+	"\tSetPolicy\x12 .tally.admin.v1.SetPolicyRequest\x1a!.tally.admin.v1.SetPolicyResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -4342,85 +5161,99 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
 var file_admin_proto_goTypes = []any{
-	(*Tenant)(nil),                     // 0: tally.admin.v1.Tenant
-	(*CreateTenantRequest)(nil),        // 1: tally.admin.v1.CreateTenantRequest
-	(*CreateTenantResponse)(nil),       // 2: tally.admin.v1.CreateTenantResponse
-	(*GetTenantRequest)(nil),           // 3: tally.admin.v1.GetTenantRequest
-	(*GetTenantResponse)(nil),          // 4: tally.admin.v1.GetTenantResponse
-	(*ListTenantsRequest)(nil),         // 5: tally.admin.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),        // 6: tally.admin.v1.ListTenantsResponse
-	(*Client)(nil),                     // 7: tally.admin.v1.Client
-	(*CreateClientRequest)(nil),        // 8: tally.admin.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),       // 9: tally.admin.v1.CreateClientResponse
-	(*GetClientRequest)(nil),           // 10: tally.admin.v1.GetClientRequest
-	(*GetClientResponse)(nil),          // 11: tally.admin.v1.GetClientResponse
-	(*ListClientsRequest)(nil),         // 12: tally.admin.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),        // 13: tally.admin.v1.ListClientsResponse
-	(*StringList)(nil),                 // 14: tally.admin.v1.StringList
-	(*UpdateClientRequest)(nil),        // 15: tally.admin.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),       // 16: tally.admin.v1.UpdateClientResponse
-	(*DisableClientRequest)(nil),       // 17: tally.admin.v1.DisableClientRequest
-	(*DisableClientResponse)(nil),      // 18: tally.admin.v1.DisableClientResponse
-	(*EnableClientRequest)(nil),        // 19: tally.admin.v1.EnableClientRequest
-	(*EnableClientResponse)(nil),       // 20: tally.admin.v1.EnableClientResponse
-	(*RotateClientSecretRequest)(nil),  // 21: tally.admin.v1.RotateClientSecretRequest
-	(*RotateClientSecretResponse)(nil), // 22: tally.admin.v1.RotateClientSecretResponse
-	(*Key)(nil),                        // 23: tally.admin.v1.Key
-	(*ListKeysRequest)(nil),            // 24: tally.admin.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),           // 25: tally.admin.v1.ListKeysResponse
-	(*RotateKeysRequest)(nil),          // 26: tally.admin.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),         // 27: tally.admin.v1.RotateKeysResponse
-	(*Revocation)(nil),                 // 28: tally.admin.v1.Revocation
-	(*RevokeTokenRequest)(nil),         // 29: tally.admin.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),        // 30: tally.admin.v1.RevokeTokenResponse
-	(*ListRevocationsRequest)(nil),     // 31: tally.admin.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),    // 32: tally.admin.v1.ListRevocationsResponse
-	(*User)(nil),                       // 33: tally.admin.v1.User
-	(*CreateUserRequest)(nil),          // 34: tally.admin.v1.CreateUserRequest
-	(*CreateUserResponse)(nil),         // 35: tally.admin.v1.CreateUserResponse
-	(*GetUserRequest)(nil),             // 36: tally.admin.v1.GetUserRequest
-	(*GetUserResponse)(nil),            // 37: tally.admin.v1.GetUserResponse
-	(*ListUsersRequest)(nil),           // 38: tally.admin.v1.ListUsersRequest
-	(*ListUsersResponse)(nil),          // 39: tally.admin.v1.ListUsersResponse
-	(*DisableUserRequest)(nil),         // 40: tally.admin.v1.DisableUserRequest
-	(*DisableUserResponse)(nil),        // 41: tally.admin.v1.DisableUserResponse
-	(*EnableUserRequest)(nil),          // 42: tally.admin.v1.EnableUserRequest
-	(*EnableUserResponse)(nil),         // 43: tally.admin.v1.EnableUserResponse
-	(*SetUserPasswordRequest)(nil),     // 44: tally.admin.v1.SetUserPasswordRequest
-	(*SetUserPasswordResponse)(nil),    // 45: tally.admin.v1.SetUserPasswordResponse
-	(*DeleteClientRequest)(nil),        // 46: tally.admin.v1.DeleteClientRequest
-	(*DeleteClientResponse)(nil),       // 47: tally.admin.v1.DeleteClientResponse
-	(*DeleteUserRequest)(nil),          // 48: tally.admin.v1.DeleteUserRequest
-	(*DeleteUserResponse)(nil),         // 49: tally.admin.v1.DeleteUserResponse
-	(*DeleteTenantRequest)(nil),        // 50: tally.admin.v1.DeleteTenantRequest
-	(*DeleteTenantResponse)(nil),       // 51: tally.admin.v1.DeleteTenantResponse
-	(*ClientAuth)(nil),                 // 52: tally.admin.v1.ClientAuth
-	(*TenantTrust)(nil),                // 53: tally.admin.v1.TenantTrust
-	(*FederationTrust)(nil),            // 54: tally.admin.v1.FederationTrust
-	(*SubjectMapping)(nil),             // 55: tally.admin.v1.SubjectMapping
-	(*SetTenantTrustRequest)(nil),      // 56: tally.admin.v1.SetTenantTrustRequest
-	(*SetTenantTrustResponse)(nil),     // 57: tally.admin.v1.SetTenantTrustResponse
-	(*GetTenantTrustRequest)(nil),      // 58: tally.admin.v1.GetTenantTrustRequest
-	(*GetTenantTrustResponse)(nil),     // 59: tally.admin.v1.GetTenantTrustResponse
-	(*KeyPolicy)(nil),                  // 60: tally.admin.v1.KeyPolicy
-	(*SetKeyPolicyRequest)(nil),        // 61: tally.admin.v1.SetKeyPolicyRequest
-	(*SetKeyPolicyResponse)(nil),       // 62: tally.admin.v1.SetKeyPolicyResponse
-	(*GetKeyPolicyRequest)(nil),        // 63: tally.admin.v1.GetKeyPolicyRequest
-	(*GetKeyPolicyResponse)(nil),       // 64: tally.admin.v1.GetKeyPolicyResponse
-	(*SetTenantPARRequest)(nil),        // 65: tally.admin.v1.SetTenantPARRequest
-	(*SetTenantPARResponse)(nil),       // 66: tally.admin.v1.SetTenantPARResponse
-	(*timestamppb.Timestamp)(nil),      // 67: google.protobuf.Timestamp
+	(*Tenant)(nil),                      // 0: tally.admin.v1.Tenant
+	(*CreateTenantRequest)(nil),         // 1: tally.admin.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),        // 2: tally.admin.v1.CreateTenantResponse
+	(*GetTenantRequest)(nil),            // 3: tally.admin.v1.GetTenantRequest
+	(*GetTenantResponse)(nil),           // 4: tally.admin.v1.GetTenantResponse
+	(*ListTenantsRequest)(nil),          // 5: tally.admin.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),         // 6: tally.admin.v1.ListTenantsResponse
+	(*Client)(nil),                      // 7: tally.admin.v1.Client
+	(*CreateClientRequest)(nil),         // 8: tally.admin.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),        // 9: tally.admin.v1.CreateClientResponse
+	(*GetClientRequest)(nil),            // 10: tally.admin.v1.GetClientRequest
+	(*GetClientResponse)(nil),           // 11: tally.admin.v1.GetClientResponse
+	(*ListClientsRequest)(nil),          // 12: tally.admin.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),         // 13: tally.admin.v1.ListClientsResponse
+	(*StringList)(nil),                  // 14: tally.admin.v1.StringList
+	(*UpdateClientRequest)(nil),         // 15: tally.admin.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),        // 16: tally.admin.v1.UpdateClientResponse
+	(*DisableClientRequest)(nil),        // 17: tally.admin.v1.DisableClientRequest
+	(*DisableClientResponse)(nil),       // 18: tally.admin.v1.DisableClientResponse
+	(*EnableClientRequest)(nil),         // 19: tally.admin.v1.EnableClientRequest
+	(*EnableClientResponse)(nil),        // 20: tally.admin.v1.EnableClientResponse
+	(*RotateClientSecretRequest)(nil),   // 21: tally.admin.v1.RotateClientSecretRequest
+	(*RotateClientSecretResponse)(nil),  // 22: tally.admin.v1.RotateClientSecretResponse
+	(*Key)(nil),                         // 23: tally.admin.v1.Key
+	(*ListKeysRequest)(nil),             // 24: tally.admin.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 25: tally.admin.v1.ListKeysResponse
+	(*RotateKeysRequest)(nil),           // 26: tally.admin.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),          // 27: tally.admin.v1.RotateKeysResponse
+	(*Revocation)(nil),                  // 28: tally.admin.v1.Revocation
+	(*RevokeTokenRequest)(nil),          // 29: tally.admin.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),         // 30: tally.admin.v1.RevokeTokenResponse
+	(*ListRevocationsRequest)(nil),      // 31: tally.admin.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),     // 32: tally.admin.v1.ListRevocationsResponse
+	(*User)(nil),                        // 33: tally.admin.v1.User
+	(*CreateUserRequest)(nil),           // 34: tally.admin.v1.CreateUserRequest
+	(*CreateUserResponse)(nil),          // 35: tally.admin.v1.CreateUserResponse
+	(*GetUserRequest)(nil),              // 36: tally.admin.v1.GetUserRequest
+	(*GetUserResponse)(nil),             // 37: tally.admin.v1.GetUserResponse
+	(*ListUsersRequest)(nil),            // 38: tally.admin.v1.ListUsersRequest
+	(*ListUsersResponse)(nil),           // 39: tally.admin.v1.ListUsersResponse
+	(*DisableUserRequest)(nil),          // 40: tally.admin.v1.DisableUserRequest
+	(*DisableUserResponse)(nil),         // 41: tally.admin.v1.DisableUserResponse
+	(*EnableUserRequest)(nil),           // 42: tally.admin.v1.EnableUserRequest
+	(*EnableUserResponse)(nil),          // 43: tally.admin.v1.EnableUserResponse
+	(*SetUserPasswordRequest)(nil),      // 44: tally.admin.v1.SetUserPasswordRequest
+	(*SetUserPasswordResponse)(nil),     // 45: tally.admin.v1.SetUserPasswordResponse
+	(*DeleteClientRequest)(nil),         // 46: tally.admin.v1.DeleteClientRequest
+	(*DeleteClientResponse)(nil),        // 47: tally.admin.v1.DeleteClientResponse
+	(*DeleteUserRequest)(nil),           // 48: tally.admin.v1.DeleteUserRequest
+	(*DeleteUserResponse)(nil),          // 49: tally.admin.v1.DeleteUserResponse
+	(*DeleteTenantRequest)(nil),         // 50: tally.admin.v1.DeleteTenantRequest
+	(*DeleteTenantResponse)(nil),        // 51: tally.admin.v1.DeleteTenantResponse
+	(*ClientAuth)(nil),                  // 52: tally.admin.v1.ClientAuth
+	(*TenantTrust)(nil),                 // 53: tally.admin.v1.TenantTrust
+	(*FederationTrust)(nil),             // 54: tally.admin.v1.FederationTrust
+	(*SubjectMapping)(nil),              // 55: tally.admin.v1.SubjectMapping
+	(*SetTenantTrustRequest)(nil),       // 56: tally.admin.v1.SetTenantTrustRequest
+	(*SetTenantTrustResponse)(nil),      // 57: tally.admin.v1.SetTenantTrustResponse
+	(*GetTenantTrustRequest)(nil),       // 58: tally.admin.v1.GetTenantTrustRequest
+	(*GetTenantTrustResponse)(nil),      // 59: tally.admin.v1.GetTenantTrustResponse
+	(*KeyPolicy)(nil),                   // 60: tally.admin.v1.KeyPolicy
+	(*SetKeyPolicyRequest)(nil),         // 61: tally.admin.v1.SetKeyPolicyRequest
+	(*SetKeyPolicyResponse)(nil),        // 62: tally.admin.v1.SetKeyPolicyResponse
+	(*GetKeyPolicyRequest)(nil),         // 63: tally.admin.v1.GetKeyPolicyRequest
+	(*GetKeyPolicyResponse)(nil),        // 64: tally.admin.v1.GetKeyPolicyResponse
+	(*SetTenantPARRequest)(nil),         // 65: tally.admin.v1.SetTenantPARRequest
+	(*SetTenantPARResponse)(nil),        // 66: tally.admin.v1.SetTenantPARResponse
+	(*GatewayRoute)(nil),                // 67: tally.admin.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),            // 68: tally.admin.v1.GatewayRateLimit
+	(*PolicyInfo)(nil),                  // 69: tally.admin.v1.PolicyInfo
+	(*GatewayConfig)(nil),               // 70: tally.admin.v1.GatewayConfig
+	(*GetGatewayConfigRequest)(nil),     // 71: tally.admin.v1.GetGatewayConfigRequest
+	(*GetGatewayConfigResponse)(nil),    // 72: tally.admin.v1.GetGatewayConfigResponse
+	(*SetGatewayRouteRequest)(nil),      // 73: tally.admin.v1.SetGatewayRouteRequest
+	(*SetGatewayRouteResponse)(nil),     // 74: tally.admin.v1.SetGatewayRouteResponse
+	(*DeleteGatewayRouteRequest)(nil),   // 75: tally.admin.v1.DeleteGatewayRouteRequest
+	(*DeleteGatewayRouteResponse)(nil),  // 76: tally.admin.v1.DeleteGatewayRouteResponse
+	(*SetGatewayRateLimitRequest)(nil),  // 77: tally.admin.v1.SetGatewayRateLimitRequest
+	(*SetGatewayRateLimitResponse)(nil), // 78: tally.admin.v1.SetGatewayRateLimitResponse
+	(*SetPolicyRequest)(nil),            // 79: tally.admin.v1.SetPolicyRequest
+	(*SetPolicyResponse)(nil),           // 80: tally.admin.v1.SetPolicyResponse
+	(*timestamppb.Timestamp)(nil),       // 81: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	67, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
+	81, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 1: tally.admin.v1.CreateTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,  // 2: tally.admin.v1.GetTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,  // 3: tally.admin.v1.ListTenantsResponse.tenants:type_name -> tally.admin.v1.Tenant
-	67, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
-	67, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
-	67, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	81, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
+	81, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
+	81, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
 	52, // 7: tally.admin.v1.Client.auth:type_name -> tally.admin.v1.ClientAuth
 	52, // 8: tally.admin.v1.CreateClientRequest.auth:type_name -> tally.admin.v1.ClientAuth
 	7,  // 9: tally.admin.v1.CreateClientResponse.client:type_name -> tally.admin.v1.Client
@@ -4434,19 +5267,19 @@ var file_admin_proto_depIdxs = []int32{
 	7,  // 17: tally.admin.v1.DisableClientResponse.client:type_name -> tally.admin.v1.Client
 	7,  // 18: tally.admin.v1.EnableClientResponse.client:type_name -> tally.admin.v1.Client
 	7,  // 19: tally.admin.v1.RotateClientSecretResponse.client:type_name -> tally.admin.v1.Client
-	67, // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	67, // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
-	67, // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
-	67, // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
+	81, // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	81, // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
+	81, // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	81, // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
 	23, // 24: tally.admin.v1.ListKeysResponse.keys:type_name -> tally.admin.v1.Key
 	23, // 25: tally.admin.v1.RotateKeysResponse.keys:type_name -> tally.admin.v1.Key
-	67, // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	67, // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	67, // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
+	81, // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	81, // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	81, // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
 	28, // 29: tally.admin.v1.RevokeTokenResponse.revocation:type_name -> tally.admin.v1.Revocation
 	28, // 30: tally.admin.v1.ListRevocationsResponse.revocations:type_name -> tally.admin.v1.Revocation
-	67, // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
-	67, // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
+	81, // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
+	81, // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
 	33, // 33: tally.admin.v1.CreateUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 34: tally.admin.v1.GetUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 35: tally.admin.v1.ListUsersResponse.users:type_name -> tally.admin.v1.User
@@ -4454,79 +5287,101 @@ var file_admin_proto_depIdxs = []int32{
 	33, // 37: tally.admin.v1.EnableUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 38: tally.admin.v1.SetUserPasswordResponse.user:type_name -> tally.admin.v1.User
 	54, // 39: tally.admin.v1.TenantTrust.federations:type_name -> tally.admin.v1.FederationTrust
-	67, // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
+	81, // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
 	55, // 41: tally.admin.v1.FederationTrust.subjects:type_name -> tally.admin.v1.SubjectMapping
 	53, // 42: tally.admin.v1.SetTenantTrustRequest.trust:type_name -> tally.admin.v1.TenantTrust
 	53, // 43: tally.admin.v1.SetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
 	53, // 44: tally.admin.v1.GetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
-	67, // 45: tally.admin.v1.KeyPolicy.signing_key_since:type_name -> google.protobuf.Timestamp
-	67, // 46: tally.admin.v1.KeyPolicy.sealing_key_since:type_name -> google.protobuf.Timestamp
-	67, // 47: tally.admin.v1.KeyPolicy.next_rotation_at:type_name -> google.protobuf.Timestamp
-	67, // 48: tally.admin.v1.KeyPolicy.updated_at:type_name -> google.protobuf.Timestamp
+	81, // 45: tally.admin.v1.KeyPolicy.signing_key_since:type_name -> google.protobuf.Timestamp
+	81, // 46: tally.admin.v1.KeyPolicy.sealing_key_since:type_name -> google.protobuf.Timestamp
+	81, // 47: tally.admin.v1.KeyPolicy.next_rotation_at:type_name -> google.protobuf.Timestamp
+	81, // 48: tally.admin.v1.KeyPolicy.updated_at:type_name -> google.protobuf.Timestamp
 	60, // 49: tally.admin.v1.SetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
 	60, // 50: tally.admin.v1.GetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
 	0,  // 51: tally.admin.v1.SetTenantPARResponse.tenant:type_name -> tally.admin.v1.Tenant
-	1,  // 52: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
-	3,  // 53: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
-	5,  // 54: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
-	8,  // 55: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
-	10, // 56: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
-	12, // 57: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
-	15, // 58: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
-	17, // 59: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
-	19, // 60: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
-	21, // 61: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
-	24, // 62: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
-	26, // 63: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
-	29, // 64: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
-	31, // 65: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
-	34, // 66: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
-	36, // 67: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
-	38, // 68: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
-	40, // 69: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
-	42, // 70: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
-	44, // 71: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
-	46, // 72: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
-	48, // 73: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
-	50, // 74: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
-	56, // 75: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
-	58, // 76: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
-	61, // 77: tally.admin.v1.AdminService.SetKeyPolicy:input_type -> tally.admin.v1.SetKeyPolicyRequest
-	63, // 78: tally.admin.v1.AdminService.GetKeyPolicy:input_type -> tally.admin.v1.GetKeyPolicyRequest
-	65, // 79: tally.admin.v1.AdminService.SetTenantPAR:input_type -> tally.admin.v1.SetTenantPARRequest
-	2,  // 80: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
-	4,  // 81: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
-	6,  // 82: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
-	9,  // 83: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
-	11, // 84: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
-	13, // 85: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
-	16, // 86: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
-	18, // 87: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
-	20, // 88: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
-	22, // 89: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
-	25, // 90: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
-	27, // 91: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
-	30, // 92: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
-	32, // 93: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
-	35, // 94: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
-	37, // 95: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
-	39, // 96: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
-	41, // 97: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
-	43, // 98: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
-	45, // 99: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
-	47, // 100: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
-	49, // 101: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
-	51, // 102: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
-	57, // 103: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
-	59, // 104: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
-	62, // 105: tally.admin.v1.AdminService.SetKeyPolicy:output_type -> tally.admin.v1.SetKeyPolicyResponse
-	64, // 106: tally.admin.v1.AdminService.GetKeyPolicy:output_type -> tally.admin.v1.GetKeyPolicyResponse
-	66, // 107: tally.admin.v1.AdminService.SetTenantPAR:output_type -> tally.admin.v1.SetTenantPARResponse
-	80, // [80:108] is the sub-list for method output_type
-	52, // [52:80] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	67, // 52: tally.admin.v1.GatewayConfig.routes:type_name -> tally.admin.v1.GatewayRoute
+	68, // 53: tally.admin.v1.GatewayConfig.rate_limits:type_name -> tally.admin.v1.GatewayRateLimit
+	69, // 54: tally.admin.v1.GatewayConfig.policies:type_name -> tally.admin.v1.PolicyInfo
+	81, // 55: tally.admin.v1.GatewayConfig.updated_at:type_name -> google.protobuf.Timestamp
+	70, // 56: tally.admin.v1.GetGatewayConfigResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	67, // 57: tally.admin.v1.SetGatewayRouteRequest.route:type_name -> tally.admin.v1.GatewayRoute
+	70, // 58: tally.admin.v1.SetGatewayRouteResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	70, // 59: tally.admin.v1.DeleteGatewayRouteResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	68, // 60: tally.admin.v1.SetGatewayRateLimitRequest.limit:type_name -> tally.admin.v1.GatewayRateLimit
+	70, // 61: tally.admin.v1.SetGatewayRateLimitResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	69, // 62: tally.admin.v1.SetPolicyRequest.policy:type_name -> tally.admin.v1.PolicyInfo
+	70, // 63: tally.admin.v1.SetPolicyResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	1,  // 64: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
+	3,  // 65: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
+	5,  // 66: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
+	8,  // 67: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
+	10, // 68: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
+	12, // 69: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
+	15, // 70: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
+	17, // 71: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
+	19, // 72: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
+	21, // 73: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
+	24, // 74: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
+	26, // 75: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
+	29, // 76: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
+	31, // 77: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
+	34, // 78: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
+	36, // 79: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
+	38, // 80: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
+	40, // 81: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
+	42, // 82: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
+	44, // 83: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
+	46, // 84: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
+	48, // 85: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
+	50, // 86: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
+	56, // 87: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
+	58, // 88: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
+	61, // 89: tally.admin.v1.AdminService.SetKeyPolicy:input_type -> tally.admin.v1.SetKeyPolicyRequest
+	63, // 90: tally.admin.v1.AdminService.GetKeyPolicy:input_type -> tally.admin.v1.GetKeyPolicyRequest
+	65, // 91: tally.admin.v1.AdminService.SetTenantPAR:input_type -> tally.admin.v1.SetTenantPARRequest
+	71, // 92: tally.admin.v1.AdminService.GetGatewayConfig:input_type -> tally.admin.v1.GetGatewayConfigRequest
+	73, // 93: tally.admin.v1.AdminService.SetGatewayRoute:input_type -> tally.admin.v1.SetGatewayRouteRequest
+	75, // 94: tally.admin.v1.AdminService.DeleteGatewayRoute:input_type -> tally.admin.v1.DeleteGatewayRouteRequest
+	77, // 95: tally.admin.v1.AdminService.SetGatewayRateLimit:input_type -> tally.admin.v1.SetGatewayRateLimitRequest
+	79, // 96: tally.admin.v1.AdminService.SetPolicy:input_type -> tally.admin.v1.SetPolicyRequest
+	2,  // 97: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
+	4,  // 98: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
+	6,  // 99: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
+	9,  // 100: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
+	11, // 101: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
+	13, // 102: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
+	16, // 103: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
+	18, // 104: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
+	20, // 105: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
+	22, // 106: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
+	25, // 107: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
+	27, // 108: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
+	30, // 109: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
+	32, // 110: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
+	35, // 111: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
+	37, // 112: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
+	39, // 113: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
+	41, // 114: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
+	43, // 115: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
+	45, // 116: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
+	47, // 117: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
+	49, // 118: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
+	51, // 119: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
+	57, // 120: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
+	59, // 121: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
+	62, // 122: tally.admin.v1.AdminService.SetKeyPolicy:output_type -> tally.admin.v1.SetKeyPolicyResponse
+	64, // 123: tally.admin.v1.AdminService.GetKeyPolicy:output_type -> tally.admin.v1.GetKeyPolicyResponse
+	66, // 124: tally.admin.v1.AdminService.SetTenantPAR:output_type -> tally.admin.v1.SetTenantPARResponse
+	72, // 125: tally.admin.v1.AdminService.GetGatewayConfig:output_type -> tally.admin.v1.GetGatewayConfigResponse
+	74, // 126: tally.admin.v1.AdminService.SetGatewayRoute:output_type -> tally.admin.v1.SetGatewayRouteResponse
+	76, // 127: tally.admin.v1.AdminService.DeleteGatewayRoute:output_type -> tally.admin.v1.DeleteGatewayRouteResponse
+	78, // 128: tally.admin.v1.AdminService.SetGatewayRateLimit:output_type -> tally.admin.v1.SetGatewayRateLimitResponse
+	80, // 129: tally.admin.v1.AdminService.SetPolicy:output_type -> tally.admin.v1.SetPolicyResponse
+	97, // [97:130] is the sub-list for method output_type
+	64, // [64:97] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -4542,7 +5397,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   67,
+			NumMessages:   81,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

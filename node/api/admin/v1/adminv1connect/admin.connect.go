@@ -111,6 +111,20 @@ const (
 	// AdminServiceSetTenantPARProcedure is the fully-qualified name of the AdminService's SetTenantPAR
 	// RPC.
 	AdminServiceSetTenantPARProcedure = "/tally.admin.v1.AdminService/SetTenantPAR"
+	// AdminServiceGetGatewayConfigProcedure is the fully-qualified name of the AdminService's
+	// GetGatewayConfig RPC.
+	AdminServiceGetGatewayConfigProcedure = "/tally.admin.v1.AdminService/GetGatewayConfig"
+	// AdminServiceSetGatewayRouteProcedure is the fully-qualified name of the AdminService's
+	// SetGatewayRoute RPC.
+	AdminServiceSetGatewayRouteProcedure = "/tally.admin.v1.AdminService/SetGatewayRoute"
+	// AdminServiceDeleteGatewayRouteProcedure is the fully-qualified name of the AdminService's
+	// DeleteGatewayRoute RPC.
+	AdminServiceDeleteGatewayRouteProcedure = "/tally.admin.v1.AdminService/DeleteGatewayRoute"
+	// AdminServiceSetGatewayRateLimitProcedure is the fully-qualified name of the AdminService's
+	// SetGatewayRateLimit RPC.
+	AdminServiceSetGatewayRateLimitProcedure = "/tally.admin.v1.AdminService/SetGatewayRateLimit"
+	// AdminServiceSetPolicyProcedure is the fully-qualified name of the AdminService's SetPolicy RPC.
+	AdminServiceSetPolicyProcedure = "/tally.admin.v1.AdminService/SetPolicy"
 )
 
 // AdminServiceClient is a client for the tally.admin.v1.AdminService service.
@@ -153,6 +167,12 @@ type AdminServiceClient interface {
 	SetKeyPolicy(context.Context, *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error)
 	GetKeyPolicy(context.Context, *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error)
 	SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error)
+	// Gateway routes, rate limits and CEL policies of a tenant (issue 12).
+	GetGatewayConfig(context.Context, *connect.Request[v1.GetGatewayConfigRequest]) (*connect.Response[v1.GetGatewayConfigResponse], error)
+	SetGatewayRoute(context.Context, *connect.Request[v1.SetGatewayRouteRequest]) (*connect.Response[v1.SetGatewayRouteResponse], error)
+	DeleteGatewayRoute(context.Context, *connect.Request[v1.DeleteGatewayRouteRequest]) (*connect.Response[v1.DeleteGatewayRouteResponse], error)
+	SetGatewayRateLimit(context.Context, *connect.Request[v1.SetGatewayRateLimitRequest]) (*connect.Response[v1.SetGatewayRateLimitResponse], error)
+	SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tally.admin.v1.AdminService service. By
@@ -334,39 +354,74 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("SetTenantPAR")),
 			connect.WithClientOptions(opts...),
 		),
+		getGatewayConfig: connect.NewClient[v1.GetGatewayConfigRequest, v1.GetGatewayConfigResponse](
+			httpClient,
+			baseURL+AdminServiceGetGatewayConfigProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("GetGatewayConfig")),
+			connect.WithClientOptions(opts...),
+		),
+		setGatewayRoute: connect.NewClient[v1.SetGatewayRouteRequest, v1.SetGatewayRouteResponse](
+			httpClient,
+			baseURL+AdminServiceSetGatewayRouteProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetGatewayRoute")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteGatewayRoute: connect.NewClient[v1.DeleteGatewayRouteRequest, v1.DeleteGatewayRouteResponse](
+			httpClient,
+			baseURL+AdminServiceDeleteGatewayRouteProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("DeleteGatewayRoute")),
+			connect.WithClientOptions(opts...),
+		),
+		setGatewayRateLimit: connect.NewClient[v1.SetGatewayRateLimitRequest, v1.SetGatewayRateLimitResponse](
+			httpClient,
+			baseURL+AdminServiceSetGatewayRateLimitProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetGatewayRateLimit")),
+			connect.WithClientOptions(opts...),
+		),
+		setPolicy: connect.NewClient[v1.SetPolicyRequest, v1.SetPolicyResponse](
+			httpClient,
+			baseURL+AdminServiceSetPolicyProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("SetPolicy")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // adminServiceClient implements AdminServiceClient.
 type adminServiceClient struct {
-	createTenant       *connect.Client[v1.CreateTenantRequest, v1.CreateTenantResponse]
-	getTenant          *connect.Client[v1.GetTenantRequest, v1.GetTenantResponse]
-	listTenants        *connect.Client[v1.ListTenantsRequest, v1.ListTenantsResponse]
-	createClient       *connect.Client[v1.CreateClientRequest, v1.CreateClientResponse]
-	getClient          *connect.Client[v1.GetClientRequest, v1.GetClientResponse]
-	listClients        *connect.Client[v1.ListClientsRequest, v1.ListClientsResponse]
-	updateClient       *connect.Client[v1.UpdateClientRequest, v1.UpdateClientResponse]
-	disableClient      *connect.Client[v1.DisableClientRequest, v1.DisableClientResponse]
-	enableClient       *connect.Client[v1.EnableClientRequest, v1.EnableClientResponse]
-	rotateClientSecret *connect.Client[v1.RotateClientSecretRequest, v1.RotateClientSecretResponse]
-	listKeys           *connect.Client[v1.ListKeysRequest, v1.ListKeysResponse]
-	rotateKeys         *connect.Client[v1.RotateKeysRequest, v1.RotateKeysResponse]
-	revokeToken        *connect.Client[v1.RevokeTokenRequest, v1.RevokeTokenResponse]
-	listRevocations    *connect.Client[v1.ListRevocationsRequest, v1.ListRevocationsResponse]
-	createUser         *connect.Client[v1.CreateUserRequest, v1.CreateUserResponse]
-	getUser            *connect.Client[v1.GetUserRequest, v1.GetUserResponse]
-	listUsers          *connect.Client[v1.ListUsersRequest, v1.ListUsersResponse]
-	disableUser        *connect.Client[v1.DisableUserRequest, v1.DisableUserResponse]
-	enableUser         *connect.Client[v1.EnableUserRequest, v1.EnableUserResponse]
-	setUserPassword    *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
-	deleteClient       *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
-	deleteUser         *connect.Client[v1.DeleteUserRequest, v1.DeleteUserResponse]
-	deleteTenant       *connect.Client[v1.DeleteTenantRequest, v1.DeleteTenantResponse]
-	setTenantTrust     *connect.Client[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse]
-	getTenantTrust     *connect.Client[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse]
-	setKeyPolicy       *connect.Client[v1.SetKeyPolicyRequest, v1.SetKeyPolicyResponse]
-	getKeyPolicy       *connect.Client[v1.GetKeyPolicyRequest, v1.GetKeyPolicyResponse]
-	setTenantPAR       *connect.Client[v1.SetTenantPARRequest, v1.SetTenantPARResponse]
+	createTenant        *connect.Client[v1.CreateTenantRequest, v1.CreateTenantResponse]
+	getTenant           *connect.Client[v1.GetTenantRequest, v1.GetTenantResponse]
+	listTenants         *connect.Client[v1.ListTenantsRequest, v1.ListTenantsResponse]
+	createClient        *connect.Client[v1.CreateClientRequest, v1.CreateClientResponse]
+	getClient           *connect.Client[v1.GetClientRequest, v1.GetClientResponse]
+	listClients         *connect.Client[v1.ListClientsRequest, v1.ListClientsResponse]
+	updateClient        *connect.Client[v1.UpdateClientRequest, v1.UpdateClientResponse]
+	disableClient       *connect.Client[v1.DisableClientRequest, v1.DisableClientResponse]
+	enableClient        *connect.Client[v1.EnableClientRequest, v1.EnableClientResponse]
+	rotateClientSecret  *connect.Client[v1.RotateClientSecretRequest, v1.RotateClientSecretResponse]
+	listKeys            *connect.Client[v1.ListKeysRequest, v1.ListKeysResponse]
+	rotateKeys          *connect.Client[v1.RotateKeysRequest, v1.RotateKeysResponse]
+	revokeToken         *connect.Client[v1.RevokeTokenRequest, v1.RevokeTokenResponse]
+	listRevocations     *connect.Client[v1.ListRevocationsRequest, v1.ListRevocationsResponse]
+	createUser          *connect.Client[v1.CreateUserRequest, v1.CreateUserResponse]
+	getUser             *connect.Client[v1.GetUserRequest, v1.GetUserResponse]
+	listUsers           *connect.Client[v1.ListUsersRequest, v1.ListUsersResponse]
+	disableUser         *connect.Client[v1.DisableUserRequest, v1.DisableUserResponse]
+	enableUser          *connect.Client[v1.EnableUserRequest, v1.EnableUserResponse]
+	setUserPassword     *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
+	deleteClient        *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
+	deleteUser          *connect.Client[v1.DeleteUserRequest, v1.DeleteUserResponse]
+	deleteTenant        *connect.Client[v1.DeleteTenantRequest, v1.DeleteTenantResponse]
+	setTenantTrust      *connect.Client[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse]
+	getTenantTrust      *connect.Client[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse]
+	setKeyPolicy        *connect.Client[v1.SetKeyPolicyRequest, v1.SetKeyPolicyResponse]
+	getKeyPolicy        *connect.Client[v1.GetKeyPolicyRequest, v1.GetKeyPolicyResponse]
+	setTenantPAR        *connect.Client[v1.SetTenantPARRequest, v1.SetTenantPARResponse]
+	getGatewayConfig    *connect.Client[v1.GetGatewayConfigRequest, v1.GetGatewayConfigResponse]
+	setGatewayRoute     *connect.Client[v1.SetGatewayRouteRequest, v1.SetGatewayRouteResponse]
+	deleteGatewayRoute  *connect.Client[v1.DeleteGatewayRouteRequest, v1.DeleteGatewayRouteResponse]
+	setGatewayRateLimit *connect.Client[v1.SetGatewayRateLimitRequest, v1.SetGatewayRateLimitResponse]
+	setPolicy           *connect.Client[v1.SetPolicyRequest, v1.SetPolicyResponse]
 }
 
 // CreateTenant calls tally.admin.v1.AdminService.CreateTenant.
@@ -509,6 +564,31 @@ func (c *adminServiceClient) SetTenantPAR(ctx context.Context, req *connect.Requ
 	return c.setTenantPAR.CallUnary(ctx, req)
 }
 
+// GetGatewayConfig calls tally.admin.v1.AdminService.GetGatewayConfig.
+func (c *adminServiceClient) GetGatewayConfig(ctx context.Context, req *connect.Request[v1.GetGatewayConfigRequest]) (*connect.Response[v1.GetGatewayConfigResponse], error) {
+	return c.getGatewayConfig.CallUnary(ctx, req)
+}
+
+// SetGatewayRoute calls tally.admin.v1.AdminService.SetGatewayRoute.
+func (c *adminServiceClient) SetGatewayRoute(ctx context.Context, req *connect.Request[v1.SetGatewayRouteRequest]) (*connect.Response[v1.SetGatewayRouteResponse], error) {
+	return c.setGatewayRoute.CallUnary(ctx, req)
+}
+
+// DeleteGatewayRoute calls tally.admin.v1.AdminService.DeleteGatewayRoute.
+func (c *adminServiceClient) DeleteGatewayRoute(ctx context.Context, req *connect.Request[v1.DeleteGatewayRouteRequest]) (*connect.Response[v1.DeleteGatewayRouteResponse], error) {
+	return c.deleteGatewayRoute.CallUnary(ctx, req)
+}
+
+// SetGatewayRateLimit calls tally.admin.v1.AdminService.SetGatewayRateLimit.
+func (c *adminServiceClient) SetGatewayRateLimit(ctx context.Context, req *connect.Request[v1.SetGatewayRateLimitRequest]) (*connect.Response[v1.SetGatewayRateLimitResponse], error) {
+	return c.setGatewayRateLimit.CallUnary(ctx, req)
+}
+
+// SetPolicy calls tally.admin.v1.AdminService.SetPolicy.
+func (c *adminServiceClient) SetPolicy(ctx context.Context, req *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error) {
+	return c.setPolicy.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tally.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
@@ -549,6 +629,12 @@ type AdminServiceHandler interface {
 	SetKeyPolicy(context.Context, *connect.Request[v1.SetKeyPolicyRequest]) (*connect.Response[v1.SetKeyPolicyResponse], error)
 	GetKeyPolicy(context.Context, *connect.Request[v1.GetKeyPolicyRequest]) (*connect.Response[v1.GetKeyPolicyResponse], error)
 	SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error)
+	// Gateway routes, rate limits and CEL policies of a tenant (issue 12).
+	GetGatewayConfig(context.Context, *connect.Request[v1.GetGatewayConfigRequest]) (*connect.Response[v1.GetGatewayConfigResponse], error)
+	SetGatewayRoute(context.Context, *connect.Request[v1.SetGatewayRouteRequest]) (*connect.Response[v1.SetGatewayRouteResponse], error)
+	DeleteGatewayRoute(context.Context, *connect.Request[v1.DeleteGatewayRouteRequest]) (*connect.Response[v1.DeleteGatewayRouteResponse], error)
+	SetGatewayRateLimit(context.Context, *connect.Request[v1.SetGatewayRateLimitRequest]) (*connect.Response[v1.SetGatewayRateLimitResponse], error)
+	SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -726,6 +812,36 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("SetTenantPAR")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceGetGatewayConfigHandler := connect.NewUnaryHandler(
+		AdminServiceGetGatewayConfigProcedure,
+		svc.GetGatewayConfig,
+		connect.WithSchema(adminServiceMethods.ByName("GetGatewayConfig")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceSetGatewayRouteHandler := connect.NewUnaryHandler(
+		AdminServiceSetGatewayRouteProcedure,
+		svc.SetGatewayRoute,
+		connect.WithSchema(adminServiceMethods.ByName("SetGatewayRoute")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceDeleteGatewayRouteHandler := connect.NewUnaryHandler(
+		AdminServiceDeleteGatewayRouteProcedure,
+		svc.DeleteGatewayRoute,
+		connect.WithSchema(adminServiceMethods.ByName("DeleteGatewayRoute")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceSetGatewayRateLimitHandler := connect.NewUnaryHandler(
+		AdminServiceSetGatewayRateLimitProcedure,
+		svc.SetGatewayRateLimit,
+		connect.WithSchema(adminServiceMethods.ByName("SetGatewayRateLimit")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceSetPolicyHandler := connect.NewUnaryHandler(
+		AdminServiceSetPolicyProcedure,
+		svc.SetPolicy,
+		connect.WithSchema(adminServiceMethods.ByName("SetPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateTenantProcedure:
@@ -784,6 +900,16 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceGetKeyPolicyHandler.ServeHTTP(w, r)
 		case AdminServiceSetTenantPARProcedure:
 			adminServiceSetTenantPARHandler.ServeHTTP(w, r)
+		case AdminServiceGetGatewayConfigProcedure:
+			adminServiceGetGatewayConfigHandler.ServeHTTP(w, r)
+		case AdminServiceSetGatewayRouteProcedure:
+			adminServiceSetGatewayRouteHandler.ServeHTTP(w, r)
+		case AdminServiceDeleteGatewayRouteProcedure:
+			adminServiceDeleteGatewayRouteHandler.ServeHTTP(w, r)
+		case AdminServiceSetGatewayRateLimitProcedure:
+			adminServiceSetGatewayRateLimitHandler.ServeHTTP(w, r)
+		case AdminServiceSetPolicyProcedure:
+			adminServiceSetPolicyHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -903,4 +1029,24 @@ func (UnimplementedAdminServiceHandler) GetKeyPolicy(context.Context, *connect.R
 
 func (UnimplementedAdminServiceHandler) SetTenantPAR(context.Context, *connect.Request[v1.SetTenantPARRequest]) (*connect.Response[v1.SetTenantPARResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetTenantPAR is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) GetGatewayConfig(context.Context, *connect.Request[v1.GetGatewayConfigRequest]) (*connect.Response[v1.GetGatewayConfigResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.GetGatewayConfig is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetGatewayRoute(context.Context, *connect.Request[v1.SetGatewayRouteRequest]) (*connect.Response[v1.SetGatewayRouteResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetGatewayRoute is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) DeleteGatewayRoute(context.Context, *connect.Request[v1.DeleteGatewayRouteRequest]) (*connect.Response[v1.DeleteGatewayRouteResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.DeleteGatewayRoute is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetGatewayRateLimit(context.Context, *connect.Request[v1.SetGatewayRateLimitRequest]) (*connect.Response[v1.SetGatewayRateLimitResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetGatewayRateLimit is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetPolicy is not implemented"))
 }

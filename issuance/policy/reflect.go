@@ -1,0 +1,5 @@
+package policy
+
+import "reflect"
+
+func reflectStringSlice() reflect.Type { return reflect.TypeOf([]string{}) }
