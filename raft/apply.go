@@ -395,7 +395,7 @@ func (a *applier) sweep(now int64) {
 		}
 		a.sweepGrants(t, now)
 		a.sweepTombstones(t, now)
-		a.sweepZT(t, now) // apply_ztauth.go
+		a.sweepZT(t, now)     // apply_ztauth.go
 		a.sweepPushed(t, now) // apply_par.go
 	}
 

@@ -193,8 +193,8 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, recoverCommand())
 	cmds = append(cmds, userCommands()...)
 	cmds = append(cmds, clusterInitCommands()...)
-	cmds = append(cmds, deleteCommands()...) // admin_delete.go
-	cmds = append(cmds, trustCommands()...) // admin_ztauth.go
+	cmds = append(cmds, deleteCommands()...)  // admin_delete.go
+	cmds = append(cmds, trustCommands()...)   // admin_ztauth.go
 	cmds = append(cmds, gatewayCommands()...) // admin_gateway.go
 	return cmds
 }
