@@ -38,7 +38,10 @@ func (f *FSM) compactLocked() {
 		f.logger.Error("compacting the state database after an erasure", "err", err)
 		return
 	}
-	err = bbolt.Compact(dst, f.db, 1<<20)
+	// One fsync at the end instead of one per Compact transaction: the
+	// file is not in use until it is renamed into place.
+	dst.NoSync = true
+	err = bbolt.Compact(dst, f.db, 64<<20)
 	if err == nil {
 		err = dst.Sync()
 	}
