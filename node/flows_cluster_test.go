@@ -5,7 +5,9 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/oauth2"
 
@@ -17,6 +19,13 @@ import (
 // in the replicated FSM, so exactly one use succeeds; every other one is
 // invalid_grant, and the reuse revokes the family — including the one
 // successor that was handed out.
+//
+// On a loaded machine a node may answer 503 temporarily_unavailable (a
+// write that did not commit in time, a node behind its leader); a client
+// retries those, and so does the test, for up to a minute. A retried use
+// whose first attempt did commit meets its own rotation as a reuse, so the
+// invariant is "at most one success", and exactly one when no use was
+// retried.
 func TestConcurrentRefreshAcrossNodes(t *testing.T) {
 	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(nodetest.FastRaft))
 	n0 := c.Node(0)
@@ -37,6 +46,7 @@ func TestConcurrentRefreshAcrossNodes(t *testing.T) {
 		refresh string
 	}
 	results := make([]outcome, uses)
+	var retried atomic.Int64
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i := range uses {
@@ -45,19 +55,27 @@ func TestConcurrentRefreshAcrossNodes(t *testing.T) {
 			defer wg.Done()
 			<-start
 			nd := c.Node(i % 3)
-			resp, err := http.PostForm(nd.Issuer("default")+"/oauth2/token", url.Values{
-				"grant_type": {"refresh_token"}, "refresh_token": {tok.RefreshToken}, "client_id": {e.conf.ClientID}})
-			if err != nil {
-				results[i] = outcome{code: err.Error()}
-				return
+			deadline := time.Now().Add(time.Minute)
+			for {
+				resp, err := http.PostForm(nd.Issuer("default")+"/oauth2/token", url.Values{
+					"grant_type": {"refresh_token"}, "refresh_token": {tok.RefreshToken}, "client_id": {e.conf.ClientID}})
+				if err != nil {
+					results[i] = outcome{code: err.Error()}
+					return
+				}
+				var body struct {
+					Error        string `json:"error"`
+					RefreshToken string `json:"refresh_token"`
+				}
+				_ = decodeJSON(resp, &body)
+				resp.Body.Close()
+				results[i] = outcome{status: resp.StatusCode, code: body.Error, refresh: body.RefreshToken}
+				if resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+					return
+				}
+				retried.Add(1)
+				time.Sleep(100 * time.Millisecond)
 			}
-			defer resp.Body.Close()
-			var body struct {
-				Error        string `json:"error"`
-				RefreshToken string `json:"refresh_token"`
-			}
-			_ = decodeJSON(resp, &body)
-			results[i] = outcome{status: resp.StatusCode, code: body.Error, refresh: body.RefreshToken}
 		}()
 	}
 	close(start)
@@ -76,8 +94,16 @@ func TestConcurrentRefreshAcrossNodes(t *testing.T) {
 			t.Errorf("use %d: %d %q", i, r.status, r.code)
 		}
 	}
-	if ok != 1 || invalid != uses-1 {
-		t.Fatalf("%d successes and %d invalid_grant, want 1 and %d", ok, invalid, uses-1)
+	switch {
+	case ok > 1:
+		t.Fatalf("%d successes: one refresh token redeemed more than once", ok)
+	case ok+invalid != uses:
+		t.Fatalf("%d successes and %d invalid_grant of %d uses", ok, invalid, uses)
+	case ok == 0 && retried.Load() == 0:
+		t.Fatalf("no use succeeded and none was retried")
+	case ok == 0:
+		t.Logf("no success: the winning use was answered 503 and its retry met its own rotation (%d retries)", retried.Load())
+		return
 	}
 	// The family ends revoked: the successor is refused on every node.
 	for i := range 3 {
