@@ -34,6 +34,9 @@ type adminService struct {
 	// pwParams overrides the argon2id parameters of new password hashes
 	// (tests); nil: issuance.DefaultPasswordParams (admin_users.go).
 	pwParams *issuance.PasswordParams
+	// threatOK reports whether every member applies the issue-13
+	// operations (admincred.go); nil: assume so.
+	threatOK func(context.Context) bool
 }
 
 var _ adminv1connect.AdminServiceHandler = (*adminService)(nil)

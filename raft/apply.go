@@ -140,6 +140,8 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command) {
 			grant, err = g, ferr
 		} else if ok, cerr := a.dispatchCluster(cmd, now); ok {
 			err = cerr
+		} else if ok, terr := a.dispatchThreat(cmd, now); ok {
+			err = terr
 		} else {
 			err = a.dispatch(cmd, now)
 		}

@@ -106,6 +106,9 @@ func checkCommand(cmd *raftpb.Command) error {
 	if ok, err := checkClusterCommand(cmd); ok {
 		return err
 	}
+	if ok, err := checkThreatCommand(cmd); ok {
+		return err
+	}
 	switch op := cmd.GetOp().(type) {
 	case *raftpb.Command_CreateTenant:
 		return checkCreateTenant(op.CreateTenant)

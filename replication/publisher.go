@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -566,6 +567,12 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 	case raftpb.EventKind_EVENT_KIND_USER_UNLOCKED:
 		typ = revocation.EventUserUnlocked
 		d.TokensIssuedUntil = ev.LockedUnixNano / int64(time.Second)
+	case raftpb.EventKind_EVENT_KIND_ADMIN_AUDIT:
+		typ = revocation.EventAdminAudit
+		r := ev.GetAudit()
+		d.Audit = &revocation.AuditDetails{Seq: r.GetSeq(), Actor: r.GetActor(), Role: r.GetRole(), Action: r.GetAction(),
+			Target: r.GetTarget(), Tenant: r.GetTenant(), Outcome: r.GetOutcome(), Node: r.GetNode(),
+			PrevHash: hex.EncodeToString(r.GetPrevHash()), Hash: hex.EncodeToString(r.GetHash())}
 	default:
 		return "", nil
 	}

@@ -56,6 +56,7 @@ var subjectSuffix = map[string]string{
 	EventReuseDetected:  "security.reuse_detected",
 	EventUserLocked:     "security.user_locked",
 	EventUserUnlocked:   "security.user_unlocked",
+	EventAdminAudit:     "audit.admin",
 }
 
 // Subject returns the NATS subject of an event type in tenant, e.g.
@@ -90,6 +91,28 @@ type EventDetails struct {
 	// TokensIssuedUntil (user-unlocked): the user's access tokens with an
 	// iat at or before it (unix seconds; the user's lock) stay invalid.
 	TokensIssuedUntil int64 `json:"tokens_issued_until,omitempty"`
+	// Audit (admin-audit): the audit log record (issue 13).
+	Audit *AuditDetails `json:"audit,omitempty"`
+}
+
+// EventAdminAudit announces one record of the admin audit log (issue 13):
+// an admin or cluster-admin call that changed, or was refused the change
+// of, something. Events without a tenant are published under the default
+// tenant's subjects.
+const EventAdminAudit = "https://tally.dev/secevent/admin-audit"
+
+// AuditDetails is an audit log record; hashes are hex SHA-256.
+type AuditDetails struct {
+	Seq      uint64 `json:"seq"`
+	Actor    string `json:"actor"`
+	Role     string `json:"role,omitempty"`
+	Action   string `json:"action"`
+	Target   string `json:"target,omitempty"`
+	Tenant   string `json:"tenant,omitempty"`
+	Outcome  string `json:"outcome"`
+	Node     string `json:"node,omitempty"`
+	PrevHash string `json:"prev_hash,omitempty"`
+	Hash     string `json:"hash"`
 }
 
 // SETClaims is the claim set of a tally Security Event Token (RFC 8417

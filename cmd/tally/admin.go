@@ -183,6 +183,8 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, recoverCommand())
 	cmds = append(cmds, userCommands()...)
 	cmds = append(cmds, clusterInitCommands()...)
+	cmds = append(cmds, credentialCommands()...)
+	cmds = append(cmds, auditCommands()...)
 	return cmds
 }
 

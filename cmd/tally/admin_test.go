@@ -28,6 +28,7 @@ import (
 // fakeAdmin is a hand-written admin service: it records every request it
 // gets and answers with canned objects built from the request.
 type fakeAdmin struct {
+	adminv1connect.UnimplementedAdminServiceHandler // issue-13 calls: not faked
 	mu       sync.Mutex
 	calls    []adminCall
 	err      error         // when set, every call fails with it

@@ -49,20 +49,24 @@ const (
 	// A user that was disabled or locked may sign in again (SetUserStatus
 	// clearing both flags): the reverse of USER_LOCKED.
 	EventKind_EVENT_KIND_USER_UNLOCKED EventKind = 8
+	// Issue 13: an admin call that changed (or tried to change) something,
+	// recorded in the audit log (AppendAudit); Event.audit holds the record.
+	EventKind_EVENT_KIND_ADMIN_AUDIT EventKind = 50
 )
 
 // Enum value maps for EventKind.
 var (
 	EventKind_name = map[int32]string{
-		0: "EVENT_KIND_UNSPECIFIED",
-		1: "EVENT_KIND_TOKEN_REVOKED",
-		2: "EVENT_KIND_CLIENT_DISABLED",
-		3: "EVENT_KIND_KEY_ROTATED",
-		4: "EVENT_KIND_FAMILY_REVOKED",
-		5: "EVENT_KIND_REUSE_DETECTED",
-		6: "EVENT_KIND_USER_LOCKED",
-		7: "EVENT_KIND_CLIENT_ENABLED",
-		8: "EVENT_KIND_USER_UNLOCKED",
+		0:  "EVENT_KIND_UNSPECIFIED",
+		1:  "EVENT_KIND_TOKEN_REVOKED",
+		2:  "EVENT_KIND_CLIENT_DISABLED",
+		3:  "EVENT_KIND_KEY_ROTATED",
+		4:  "EVENT_KIND_FAMILY_REVOKED",
+		5:  "EVENT_KIND_REUSE_DETECTED",
+		6:  "EVENT_KIND_USER_LOCKED",
+		7:  "EVENT_KIND_CLIENT_ENABLED",
+		8:  "EVENT_KIND_USER_UNLOCKED",
+		50: "EVENT_KIND_ADMIN_AUDIT",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":     0,
@@ -74,6 +78,7 @@ var (
 		"EVENT_KIND_USER_LOCKED":     6,
 		"EVENT_KIND_CLIENT_ENABLED":  7,
 		"EVENT_KIND_USER_UNLOCKED":   8,
+		"EVENT_KIND_ADMIN_AUDIT":     50,
 	}
 )
 
@@ -137,6 +142,9 @@ type Command struct {
 	//	*Command_DecideDeviceCode
 	//	*Command_PollDeviceCode
 	//	*Command_Tick
+	//	*Command_PutAdminCredential
+	//	*Command_RevokeAdminCredential
+	//	*Command_AppendAudit
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -389,6 +397,33 @@ func (x *Command) GetTick() *Tick {
 	return nil
 }
 
+func (x *Command) GetPutAdminCredential() *PutAdminCredential {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutAdminCredential); ok {
+			return x.PutAdminCredential
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeAdminCredential() *RevokeAdminCredential {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeAdminCredential); ok {
+			return x.RevokeAdminCredential
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAppendAudit() *AppendAudit {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AppendAudit); ok {
+			return x.AppendAudit
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -482,6 +517,20 @@ type Command_Tick struct {
 	Tick *Tick `protobuf:"bytes,62,opt,name=tick,proto3,oneof"`
 }
 
+type Command_PutAdminCredential struct {
+	// Issue 13 (threat protection): named admin credentials and the
+	// hash-chained audit log. See the messages at the end of the file.
+	PutAdminCredential *PutAdminCredential `protobuf:"bytes,120,opt,name=put_admin_credential,json=putAdminCredential,proto3,oneof"`
+}
+
+type Command_RevokeAdminCredential struct {
+	RevokeAdminCredential *RevokeAdminCredential `protobuf:"bytes,121,opt,name=revoke_admin_credential,json=revokeAdminCredential,proto3,oneof"`
+}
+
+type Command_AppendAudit struct {
+	AppendAudit *AppendAudit `protobuf:"bytes,122,opt,name=append_audit,json=appendAudit,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -523,6 +572,12 @@ func (*Command_DecideDeviceCode) isCommand_Op() {}
 func (*Command_PollDeviceCode) isCommand_Op() {}
 
 func (*Command_Tick) isCommand_Op() {}
+
+func (*Command_PutAdminCredential) isCommand_Op() {}
+
+func (*Command_RevokeAdminCredential) isCommand_Op() {}
+
+func (*Command_AppendAudit) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -1554,8 +1609,10 @@ type Event struct {
 	// USER_UNLOCKED: when the user was made inactive; the user's access
 	// tokens issued at or before it stay invalid.
 	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// ADMIN_AUDIT: the audit record as stored (issue 13).
+	Audit         *AuditRecord `protobuf:"bytes,50,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
@@ -1677,6 +1734,13 @@ func (x *Event) GetLockedUnixNano() int64 {
 		return x.LockedUnixNano
 	}
 	return 0
+}
+
+func (x *Event) GetAudit() *AuditRecord {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
 }
 
 // CreateUser stores a new user; "already exists" if the id or the username
@@ -3599,11 +3663,400 @@ func (x *DeniedNode) GetReason() string {
 	return ""
 }
 
+// AdminCredential is a named admin credential: a person or a pipeline. Only
+// a keyed hash of its token is stored; the token is shown once, at creation.
+type AdminCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Random id, also the token's prefix (the token is "tadm_<id>_<secret>").
+	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// "admin", "operator", "tenant-admin" or "auditor".
+	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// tenant-admin: the one tenant it administers.
+	Tenant          string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	TokenHash       []byte `protobuf:"bytes,5,opt,name=token_hash,json=tokenHash,proto3" json:"token_hash,omitempty"`
+	CreatedUnixNano int64  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// 0: never expires.
+	ExpiresUnixNano int64 `protobuf:"varint,7,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	// 0: not revoked.
+	RevokedUnixNano int64 `protobuf:"varint,8,opt,name=revoked_unix_nano,json=revokedUnixNano,proto3" json:"revoked_unix_nano,omitempty"`
+	// Actor that created it.
+	CreatedBy     string `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminCredential) Reset() {
+	*x = AdminCredential{}
+	mi := &file_command_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminCredential) ProtoMessage() {}
+
+func (x *AdminCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminCredential.ProtoReflect.Descriptor instead.
+func (*AdminCredential) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *AdminCredential) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetTokenHash() []byte {
+	if x != nil {
+		return x.TokenHash
+	}
+	return nil
+}
+
+func (x *AdminCredential) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *AdminCredential) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *AdminCredential) GetRevokedUnixNano() int64 {
+	if x != nil {
+		return x.RevokedUnixNano
+	}
+	return 0
+}
+
+func (x *AdminCredential) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+// PutAdminCredential stores a new credential; "already exists" if the id is
+// taken or an unrevoked credential has the same name.
+type PutAdminCredential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credential    *AdminCredential       `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAdminCredential) Reset() {
+	*x = PutAdminCredential{}
+	mi := &file_command_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAdminCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAdminCredential) ProtoMessage() {}
+
+func (x *PutAdminCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAdminCredential.ProtoReflect.Descriptor instead.
+func (*PutAdminCredential) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PutAdminCredential) GetCredential() *AdminCredential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// RevokeAdminCredential revokes a credential at the command's time.
+type RevokeAdminCredential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminCredential) Reset() {
+	*x = RevokeAdminCredential{}
+	mi := &file_command_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminCredential) ProtoMessage() {}
+
+func (x *RevokeAdminCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminCredential.ProtoReflect.Descriptor instead.
+func (*RevokeAdminCredential) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RevokeAdminCredential) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// AuditRecord is one entry of the hash-chained audit log. The proposer
+// fills actor..node; the FSM assigns seq, time, raft_index, prev_hash and
+// hash = SHA-256(prev_hash || canonical encoding) (raft.AuditHash).
+type AuditRecord struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Seq          uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Actor        string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action       string                 `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	Target       string                 `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	Tenant       string                 `protobuf:"bytes,6,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// "success", or "denied: <code>", or "failure: <code>".
+	Outcome   string `protobuf:"bytes,7,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Node      string `protobuf:"bytes,8,opt,name=node,proto3" json:"node,omitempty"`
+	RaftIndex uint64 `protobuf:"varint,9,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	PrevHash  []byte `protobuf:"bytes,10,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	Hash      []byte `protobuf:"bytes,11,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Role of the actor when it acted.
+	Role          string `protobuf:"bytes,12,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_command_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *AuditRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetPrevHash() []byte {
+	if x != nil {
+		return x.PrevHash
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetHash() []byte {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+// AppendAudit appends one record to the audit log.
+type AppendAudit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Record        *AuditRecord           `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendAudit) Reset() {
+	*x = AppendAudit{}
+	mi := &file_command_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendAudit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendAudit) ProtoMessage() {}
+
+func (x *AppendAudit) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendAudit.ProtoReflect.Descriptor instead.
+func (*AppendAudit) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *AppendAudit) GetRecord() *AuditRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x94\f\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\x8c\x0e\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -3631,7 +4084,10 @@ const file_command_proto_rawDesc = "" +
 	"\x12create_device_code\x18' \x01(\v2\x1f.tally.raft.v1.CreateDeviceCodeH\x00R\x10createDeviceCode\x12O\n" +
 	"\x12decide_device_code\x18( \x01(\v2\x1f.tally.raft.v1.DecideDeviceCodeH\x00R\x10decideDeviceCode\x12I\n" +
 	"\x10poll_device_code\x18) \x01(\v2\x1d.tally.raft.v1.PollDeviceCodeH\x00R\x0epollDeviceCode\x12)\n" +
-	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tickB\x04\n" +
+	"\x04tick\x18> \x01(\v2\x13.tally.raft.v1.TickH\x00R\x04tick\x12U\n" +
+	"\x14put_admin_credential\x18x \x01(\v2!.tally.raft.v1.PutAdminCredentialH\x00R\x12putAdminCredential\x12^\n" +
+	"\x17revoke_admin_credential\x18y \x01(\v2$.tally.raft.v1.RevokeAdminCredentialH\x00R\x15revokeAdminCredential\x12?\n" +
+	"\fappend_audit\x18z \x01(\v2\x1a.tally.raft.v1.AppendAuditH\x00R\vappendAuditB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -3713,7 +4169,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x04 \x01(\x03R\x0frevokedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
-	"\asubject\x18\a \x01(\tR\asubject\"\x9c\x03\n" +
+	"\asubject\x18\a \x01(\tR\asubject\"\xce\x03\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12,\n" +
@@ -3730,7 +4186,8 @@ const file_command_proto_rawDesc = "" +
 	" \x01(\rR\aordinal\x12\x12\n" +
 	"\x04node\x18\v \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\f \x01(\tR\x06region\x12(\n" +
-	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"5\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\x120\n" +
+	"\x05audit\x182 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x05audit\"5\n" +
 	"\n" +
 	"CreateUser\x12'\n" +
 	"\x04user\x18\x01 \x01(\v2\x13.tally.raft.v1.UserR\x04user\"{\n" +
@@ -3899,7 +4356,42 @@ const file_command_proto_rawDesc = "" +
 	"DeniedNode\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12(\n" +
 	"\x10denied_unix_nano\x18\x02 \x01(\x03R\x0edeniedUnixNano\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason*\x98\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xa3\x02\n" +
+	"\x0fAdminCredential\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x16\n" +
+	"\x06tenant\x18\x04 \x01(\tR\x06tenant\x12\x1d\n" +
+	"\n" +
+	"token_hash\x18\x05 \x01(\fR\ttokenHash\x12*\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
+	"\x11expires_unix_nano\x18\a \x01(\x03R\x0fexpiresUnixNano\x12*\n" +
+	"\x11revoked_unix_nano\x18\b \x01(\x03R\x0frevokedUnixNano\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\t \x01(\tR\tcreatedBy\"T\n" +
+	"\x12PutAdminCredential\x12>\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1e.tally.raft.v1.AdminCredentialR\n" +
+	"credential\"'\n" +
+	"\x15RevokeAdminCredential\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xb5\x02\n" +
+	"\vAuditRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x16\n" +
+	"\x06target\x18\x05 \x01(\tR\x06target\x12\x16\n" +
+	"\x06tenant\x18\x06 \x01(\tR\x06tenant\x12\x18\n" +
+	"\aoutcome\x18\a \x01(\tR\aoutcome\x12\x12\n" +
+	"\x04node\x18\b \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\t \x01(\x04R\traftIndex\x12\x1b\n" +
+	"\tprev_hash\x18\n" +
+	" \x01(\fR\bprevHash\x12\x12\n" +
+	"\x04hash\x18\v \x01(\fR\x04hash\x12\x12\n" +
+	"\x04role\x18\f \x01(\tR\x04role\"A\n" +
+	"\vAppendAudit\x122\n" +
+	"\x06record\x18\x01 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x06record*\xb4\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -3909,7 +4401,8 @@ const file_command_proto_rawDesc = "" +
 	"\x19EVENT_KIND_REUSE_DETECTED\x10\x05\x12\x1a\n" +
 	"\x16EVENT_KIND_USER_LOCKED\x10\x06\x12\x1d\n" +
 	"\x19EVENT_KIND_CLIENT_ENABLED\x10\a\x12\x1c\n" +
-	"\x18EVENT_KIND_USER_UNLOCKED\x10\bB(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\x18EVENT_KIND_USER_UNLOCKED\x10\b\x12\x1a\n" +
+	"\x16EVENT_KIND_ADMIN_AUDIT\x102B(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -3924,48 +4417,53 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_command_proto_goTypes = []any{
-	(EventKind)(0),             // 0: tally.raft.v1.EventKind
-	(*Command)(nil),            // 1: tally.raft.v1.Command
-	(*CreateTenant)(nil),       // 2: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),       // 3: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),       // 4: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil), // 5: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),  // 6: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),            // 7: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),        // 8: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),              // 9: tally.raft.v1.Sweep
-	(*Tick)(nil),               // 10: tally.raft.v1.Tick
-	(*Tenant)(nil),             // 11: tally.raft.v1.Tenant
-	(*SecretHash)(nil),         // 12: tally.raft.v1.SecretHash
-	(*Client)(nil),             // 13: tally.raft.v1.Client
-	(*Key)(nil),                // 14: tally.raft.v1.Key
-	(*Revocation)(nil),         // 15: tally.raft.v1.Revocation
-	(*Event)(nil),              // 16: tally.raft.v1.Event
-	(*CreateUser)(nil),         // 17: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),    // 18: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),      // 19: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),    // 20: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),         // 21: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),      // 22: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),       // 23: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),   // 24: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),   // 25: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),     // 26: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),       // 27: tally.raft.v1.PasswordHash
-	(*User)(nil),               // 28: tally.raft.v1.User
-	(*Consent)(nil),            // 29: tally.raft.v1.Consent
-	(*AccessToken)(nil),        // 30: tally.raft.v1.AccessToken
-	(*Family)(nil),             // 31: tally.raft.v1.Family
-	(*UsedCode)(nil),           // 32: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),         // 33: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),         // 34: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),        // 35: tally.raft.v1.GrantResult
-	(*SetClusterIssuer)(nil),   // 36: tally.raft.v1.SetClusterIssuer
-	(*DenyNode)(nil),           // 37: tally.raft.v1.DenyNode
-	(*ClusterMeta)(nil),        // 38: tally.raft.v1.ClusterMeta
-	(*DeniedNode)(nil),         // 39: tally.raft.v1.DeniedNode
+	(EventKind)(0),                // 0: tally.raft.v1.EventKind
+	(*Command)(nil),               // 1: tally.raft.v1.Command
+	(*CreateTenant)(nil),          // 2: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),          // 3: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),          // 4: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil),    // 5: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),     // 6: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),               // 7: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),           // 8: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),                 // 9: tally.raft.v1.Sweep
+	(*Tick)(nil),                  // 10: tally.raft.v1.Tick
+	(*Tenant)(nil),                // 11: tally.raft.v1.Tenant
+	(*SecretHash)(nil),            // 12: tally.raft.v1.SecretHash
+	(*Client)(nil),                // 13: tally.raft.v1.Client
+	(*Key)(nil),                   // 14: tally.raft.v1.Key
+	(*Revocation)(nil),            // 15: tally.raft.v1.Revocation
+	(*Event)(nil),                 // 16: tally.raft.v1.Event
+	(*CreateUser)(nil),            // 17: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),       // 18: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),         // 19: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),       // 20: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),            // 21: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),         // 22: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),          // 23: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),      // 24: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),      // 25: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),        // 26: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),          // 27: tally.raft.v1.PasswordHash
+	(*User)(nil),                  // 28: tally.raft.v1.User
+	(*Consent)(nil),               // 29: tally.raft.v1.Consent
+	(*AccessToken)(nil),           // 30: tally.raft.v1.AccessToken
+	(*Family)(nil),                // 31: tally.raft.v1.Family
+	(*UsedCode)(nil),              // 32: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),            // 33: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),            // 34: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),           // 35: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),      // 36: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),              // 37: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),           // 38: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),            // 39: tally.raft.v1.DeniedNode
+	(*AdminCredential)(nil),       // 40: tally.raft.v1.AdminCredential
+	(*PutAdminCredential)(nil),    // 41: tally.raft.v1.PutAdminCredential
+	(*RevokeAdminCredential)(nil), // 42: tally.raft.v1.RevokeAdminCredential
+	(*AuditRecord)(nil),           // 43: tally.raft.v1.AuditRecord
+	(*AppendAudit)(nil),           // 44: tally.raft.v1.AppendAudit
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -3989,37 +4487,43 @@ var file_command_proto_depIdxs = []int32{
 	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
 	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
 	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	11, // 21: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 22: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 23: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 24: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 25: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 26: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 27: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	12, // 28: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	0,  // 29: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 30: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 31: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 32: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 33: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 34: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 35: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 36: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 37: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 38: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 39: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 40: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 41: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 42: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 43: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 44: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 45: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	39, // 46: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	41, // 21: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
+	42, // 22: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
+	44, // 23: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
+	11, // 24: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 25: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 26: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 27: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 28: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 29: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 30: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	12, // 31: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	0,  // 32: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 33: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	43, // 34: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	28, // 35: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 36: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 37: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 38: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 39: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 40: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 41: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 42: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 43: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 44: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 45: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 46: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 47: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 48: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 49: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	39, // 50: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	40, // 51: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	43, // 52: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	53, // [53:53] is the sub-list for method output_type
+	53, // [53:53] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -4049,6 +4553,9 @@ func file_command_proto_init() {
 		(*Command_DecideDeviceCode)(nil),
 		(*Command_PollDeviceCode)(nil),
 		(*Command_Tick)(nil),
+		(*Command_PutAdminCredential)(nil),
+		(*Command_RevokeAdminCredential)(nil),
+		(*Command_AppendAudit)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4056,7 +4563,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -2752,6 +2752,761 @@ func (x *SetUserPasswordResponse) GetUser() *User {
 	return nil
 }
 
+type AdminCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// admin, operator, tenant-admin or auditor.
+	Role      string                 `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	Tenant    string                 `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	CreatedBy string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Not revoked and not expired.
+	Active        bool `protobuf:"varint,9,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminCredential) Reset() {
+	*x = AdminCredential{}
+	mi := &file_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminCredential) ProtoMessage() {}
+
+func (x *AdminCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminCredential.ProtoReflect.Descriptor instead.
+func (*AdminCredential) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *AdminCredential) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *AdminCredential) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *AdminCredential) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *AdminCredential) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+type CreateAdminCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Role  string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// tenant-admin only: the tenant it administers.
+	Tenant string `protobuf:"bytes,3,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// 0: the server's default (90 days); negative: never expires.
+	TtlSeconds    int64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAdminCredentialRequest) Reset() {
+	*x = CreateAdminCredentialRequest{}
+	mi := &file_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAdminCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAdminCredentialRequest) ProtoMessage() {}
+
+func (x *CreateAdminCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAdminCredentialRequest.ProtoReflect.Descriptor instead.
+func (*CreateAdminCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *CreateAdminCredentialRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateAdminCredentialRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *CreateAdminCredentialRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *CreateAdminCredentialRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type CreateAdminCredentialResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Credential *AdminCredential       `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// The bearer token, shown once; only its hash is stored.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAdminCredentialResponse) Reset() {
+	*x = CreateAdminCredentialResponse{}
+	mi := &file_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAdminCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAdminCredentialResponse) ProtoMessage() {}
+
+func (x *CreateAdminCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAdminCredentialResponse.ProtoReflect.Descriptor instead.
+func (*CreateAdminCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *CreateAdminCredentialResponse) GetCredential() *AdminCredential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *CreateAdminCredentialResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type ListAdminCredentialsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminCredentialsRequest) Reset() {
+	*x = ListAdminCredentialsRequest{}
+	mi := &file_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminCredentialsRequest) ProtoMessage() {}
+
+func (x *ListAdminCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*ListAdminCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{49}
+}
+
+type ListAdminCredentialsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credentials   []*AdminCredential     `protobuf:"bytes,1,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminCredentialsResponse) Reset() {
+	*x = ListAdminCredentialsResponse{}
+	mi := &file_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminCredentialsResponse) ProtoMessage() {}
+
+func (x *ListAdminCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*ListAdminCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ListAdminCredentialsResponse) GetCredentials() []*AdminCredential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+type RevokeAdminCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Credential id or name.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminCredentialRequest) Reset() {
+	*x = RevokeAdminCredentialRequest{}
+	mi := &file_admin_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminCredentialRequest) ProtoMessage() {}
+
+func (x *RevokeAdminCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminCredentialRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAdminCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *RevokeAdminCredentialRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeAdminCredentialResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credential    *AdminCredential       `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminCredentialResponse) Reset() {
+	*x = RevokeAdminCredentialResponse{}
+	mi := &file_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminCredentialResponse) ProtoMessage() {}
+
+func (x *RevokeAdminCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminCredentialResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAdminCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *RevokeAdminCredentialResponse) GetCredential() *AdminCredential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+type AuditRecord struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Seq       uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	Actor     string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	Role      string                 `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	Action    string                 `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Target    string                 `protobuf:"bytes,6,opt,name=target,proto3" json:"target,omitempty"`
+	Tenant    string                 `protobuf:"bytes,7,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Outcome   string                 `protobuf:"bytes,8,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Node      string                 `protobuf:"bytes,9,opt,name=node,proto3" json:"node,omitempty"`
+	RaftIndex uint64                 `protobuf:"varint,10,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	// Hex SHA-256 of the previous record (empty for the first) and of this one.
+	PrevHash      string `protobuf:"bytes,11,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	Hash          string `protobuf:"bytes,12,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *AuditRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetPrevHash() string {
+	if x != nil {
+		return x.PrevHash
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only records of this tenant ("" : all).
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Records with seq greater than this.
+	AfterSeq uint64 `protobuf:"varint,2,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// At most this many (0: 1000).
+	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_admin_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *ListAuditRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_admin_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ListAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+type VerifyAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditRequest) Reset() {
+	*x = VerifyAuditRequest{}
+	mi := &file_admin_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditRequest) ProtoMessage() {}
+
+func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{56}
+}
+
+type VerifyAuditResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Intact  bool                   `protobuf:"varint,1,opt,name=intact,proto3" json:"intact,omitempty"`
+	Records uint64                 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	// The first record whose hash or link does not verify (0 when intact).
+	FirstBrokenSeq uint64 `protobuf:"varint,3,opt,name=first_broken_seq,json=firstBrokenSeq,proto3" json:"first_broken_seq,omitempty"`
+	Reason         string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	HeadHash       string `protobuf:"bytes,5,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResponse) Reset() {
+	*x = VerifyAuditResponse{}
+	mi := &file_admin_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResponse) ProtoMessage() {}
+
+func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *VerifyAuditResponse) GetIntact() bool {
+	if x != nil {
+		return x.Intact
+	}
+	return false
+}
+
+func (x *VerifyAuditResponse) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetFirstBrokenSeq() uint64 {
+	if x != nil {
+		return x.FirstBrokenSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *VerifyAuditResponse) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -2962,7 +3717,69 @@ const file_admin_proto_rawDesc = "" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\"C\n" +
 	"\x17SetUserPasswordResponse\x12(\n" +
-	"\x04user\x18\x01 \x01(\v2\x14.tally.admin.v1.UserR\x04user2\xfd\r\n" +
+	"\x04user\x18\x01 \x01(\v2\x14.tally.admin.v1.UserR\x04user\"\xc9\x02\n" +
+	"\x0fAdminCredential\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x16\n" +
+	"\x06tenant\x18\x04 \x01(\tR\x06tenant\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
+	"\n" +
+	"revoked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\x12\x16\n" +
+	"\x06active\x18\t \x01(\bR\x06active\"\x7f\n" +
+	"\x1cCreateAdminCredentialRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
+	"\x06tenant\x18\x03 \x01(\tR\x06tenant\x12\x1f\n" +
+	"\vttl_seconds\x18\x04 \x01(\x03R\n" +
+	"ttlSeconds\"v\n" +
+	"\x1dCreateAdminCredentialResponse\x12?\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1f.tally.admin.v1.AdminCredentialR\n" +
+	"credential\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"\x1d\n" +
+	"\x1bListAdminCredentialsRequest\"a\n" +
+	"\x1cListAdminCredentialsResponse\x12A\n" +
+	"\vcredentials\x18\x01 \x03(\v2\x1f.tally.admin.v1.AdminCredentialR\vcredentials\".\n" +
+	"\x1cRevokeAdminCredentialRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"`\n" +
+	"\x1dRevokeAdminCredentialResponse\x12?\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1f.tally.admin.v1.AdminCredentialR\n" +
+	"credential\"\xbf\x02\n" +
+	"\vAuditRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x16\n" +
+	"\x06target\x18\x06 \x01(\tR\x06target\x12\x16\n" +
+	"\x06tenant\x18\a \x01(\tR\x06tenant\x12\x18\n" +
+	"\aoutcome\x18\b \x01(\tR\aoutcome\x12\x12\n" +
+	"\x04node\x18\t \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\n" +
+	" \x01(\x04R\traftIndex\x12\x1b\n" +
+	"\tprev_hash\x18\v \x01(\tR\bprevHash\x12\x12\n" +
+	"\x04hash\x18\f \x01(\tR\x04hash\"]\n" +
+	"\x10ListAuditRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tafter_seq\x18\x02 \x01(\x04R\bafterSeq\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"J\n" +
+	"\x11ListAuditResponse\x125\n" +
+	"\arecords\x18\x01 \x03(\v2\x1b.tally.admin.v1.AuditRecordR\arecords\"\x14\n" +
+	"\x12VerifyAuditRequest\"\xa6\x01\n" +
+	"\x13VerifyAuditResponse\x12\x16\n" +
+	"\x06intact\x18\x01 \x01(\bR\x06intact\x12\x18\n" +
+	"\arecords\x18\x02 \x01(\x04R\arecords\x12(\n" +
+	"\x10first_broken_seq\x18\x03 \x01(\x04R\x0efirstBrokenSeq\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1b\n" +
+	"\thead_hash\x18\x05 \x01(\tR\bheadHash2\x86\x12\n" +
 	"\fAdminService\x12Y\n" +
 	"\fCreateTenant\x12#.tally.admin.v1.CreateTenantRequest\x1a$.tally.admin.v1.CreateTenantResponse\x12P\n" +
 	"\tGetTenant\x12 .tally.admin.v1.GetTenantRequest\x1a!.tally.admin.v1.GetTenantResponse\x12V\n" +
@@ -2986,7 +3803,12 @@ const file_admin_proto_rawDesc = "" +
 	"\vDisableUser\x12\".tally.admin.v1.DisableUserRequest\x1a#.tally.admin.v1.DisableUserResponse\x12S\n" +
 	"\n" +
 	"EnableUser\x12!.tally.admin.v1.EnableUserRequest\x1a\".tally.admin.v1.EnableUserResponse\x12b\n" +
-	"\x0fSetUserPassword\x12&.tally.admin.v1.SetUserPasswordRequest\x1a'.tally.admin.v1.SetUserPasswordResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
+	"\x0fSetUserPassword\x12&.tally.admin.v1.SetUserPasswordRequest\x1a'.tally.admin.v1.SetUserPasswordResponse\x12t\n" +
+	"\x15CreateAdminCredential\x12,.tally.admin.v1.CreateAdminCredentialRequest\x1a-.tally.admin.v1.CreateAdminCredentialResponse\x12q\n" +
+	"\x14ListAdminCredentials\x12+.tally.admin.v1.ListAdminCredentialsRequest\x1a,.tally.admin.v1.ListAdminCredentialsResponse\x12t\n" +
+	"\x15RevokeAdminCredential\x12,.tally.admin.v1.RevokeAdminCredentialRequest\x1a-.tally.admin.v1.RevokeAdminCredentialResponse\x12P\n" +
+	"\tListAudit\x12 .tally.admin.v1.ListAuditRequest\x1a!.tally.admin.v1.ListAuditResponse\x12V\n" +
+	"\vVerifyAudit\x12\".tally.admin.v1.VerifyAuditRequest\x1a#.tally.admin.v1.VerifyAuditResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -3000,64 +3822,76 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_admin_proto_goTypes = []any{
-	(*Tenant)(nil),                     // 0: tally.admin.v1.Tenant
-	(*CreateTenantRequest)(nil),        // 1: tally.admin.v1.CreateTenantRequest
-	(*CreateTenantResponse)(nil),       // 2: tally.admin.v1.CreateTenantResponse
-	(*GetTenantRequest)(nil),           // 3: tally.admin.v1.GetTenantRequest
-	(*GetTenantResponse)(nil),          // 4: tally.admin.v1.GetTenantResponse
-	(*ListTenantsRequest)(nil),         // 5: tally.admin.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),        // 6: tally.admin.v1.ListTenantsResponse
-	(*Client)(nil),                     // 7: tally.admin.v1.Client
-	(*CreateClientRequest)(nil),        // 8: tally.admin.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),       // 9: tally.admin.v1.CreateClientResponse
-	(*GetClientRequest)(nil),           // 10: tally.admin.v1.GetClientRequest
-	(*GetClientResponse)(nil),          // 11: tally.admin.v1.GetClientResponse
-	(*ListClientsRequest)(nil),         // 12: tally.admin.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),        // 13: tally.admin.v1.ListClientsResponse
-	(*StringList)(nil),                 // 14: tally.admin.v1.StringList
-	(*UpdateClientRequest)(nil),        // 15: tally.admin.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),       // 16: tally.admin.v1.UpdateClientResponse
-	(*DisableClientRequest)(nil),       // 17: tally.admin.v1.DisableClientRequest
-	(*DisableClientResponse)(nil),      // 18: tally.admin.v1.DisableClientResponse
-	(*EnableClientRequest)(nil),        // 19: tally.admin.v1.EnableClientRequest
-	(*EnableClientResponse)(nil),       // 20: tally.admin.v1.EnableClientResponse
-	(*RotateClientSecretRequest)(nil),  // 21: tally.admin.v1.RotateClientSecretRequest
-	(*RotateClientSecretResponse)(nil), // 22: tally.admin.v1.RotateClientSecretResponse
-	(*Key)(nil),                        // 23: tally.admin.v1.Key
-	(*ListKeysRequest)(nil),            // 24: tally.admin.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),           // 25: tally.admin.v1.ListKeysResponse
-	(*RotateKeysRequest)(nil),          // 26: tally.admin.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),         // 27: tally.admin.v1.RotateKeysResponse
-	(*Revocation)(nil),                 // 28: tally.admin.v1.Revocation
-	(*RevokeTokenRequest)(nil),         // 29: tally.admin.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),        // 30: tally.admin.v1.RevokeTokenResponse
-	(*ListRevocationsRequest)(nil),     // 31: tally.admin.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),    // 32: tally.admin.v1.ListRevocationsResponse
-	(*User)(nil),                       // 33: tally.admin.v1.User
-	(*CreateUserRequest)(nil),          // 34: tally.admin.v1.CreateUserRequest
-	(*CreateUserResponse)(nil),         // 35: tally.admin.v1.CreateUserResponse
-	(*GetUserRequest)(nil),             // 36: tally.admin.v1.GetUserRequest
-	(*GetUserResponse)(nil),            // 37: tally.admin.v1.GetUserResponse
-	(*ListUsersRequest)(nil),           // 38: tally.admin.v1.ListUsersRequest
-	(*ListUsersResponse)(nil),          // 39: tally.admin.v1.ListUsersResponse
-	(*DisableUserRequest)(nil),         // 40: tally.admin.v1.DisableUserRequest
-	(*DisableUserResponse)(nil),        // 41: tally.admin.v1.DisableUserResponse
-	(*EnableUserRequest)(nil),          // 42: tally.admin.v1.EnableUserRequest
-	(*EnableUserResponse)(nil),         // 43: tally.admin.v1.EnableUserResponse
-	(*SetUserPasswordRequest)(nil),     // 44: tally.admin.v1.SetUserPasswordRequest
-	(*SetUserPasswordResponse)(nil),    // 45: tally.admin.v1.SetUserPasswordResponse
-	(*timestamppb.Timestamp)(nil),      // 46: google.protobuf.Timestamp
+	(*Tenant)(nil),                        // 0: tally.admin.v1.Tenant
+	(*CreateTenantRequest)(nil),           // 1: tally.admin.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),          // 2: tally.admin.v1.CreateTenantResponse
+	(*GetTenantRequest)(nil),              // 3: tally.admin.v1.GetTenantRequest
+	(*GetTenantResponse)(nil),             // 4: tally.admin.v1.GetTenantResponse
+	(*ListTenantsRequest)(nil),            // 5: tally.admin.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),           // 6: tally.admin.v1.ListTenantsResponse
+	(*Client)(nil),                        // 7: tally.admin.v1.Client
+	(*CreateClientRequest)(nil),           // 8: tally.admin.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),          // 9: tally.admin.v1.CreateClientResponse
+	(*GetClientRequest)(nil),              // 10: tally.admin.v1.GetClientRequest
+	(*GetClientResponse)(nil),             // 11: tally.admin.v1.GetClientResponse
+	(*ListClientsRequest)(nil),            // 12: tally.admin.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),           // 13: tally.admin.v1.ListClientsResponse
+	(*StringList)(nil),                    // 14: tally.admin.v1.StringList
+	(*UpdateClientRequest)(nil),           // 15: tally.admin.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),          // 16: tally.admin.v1.UpdateClientResponse
+	(*DisableClientRequest)(nil),          // 17: tally.admin.v1.DisableClientRequest
+	(*DisableClientResponse)(nil),         // 18: tally.admin.v1.DisableClientResponse
+	(*EnableClientRequest)(nil),           // 19: tally.admin.v1.EnableClientRequest
+	(*EnableClientResponse)(nil),          // 20: tally.admin.v1.EnableClientResponse
+	(*RotateClientSecretRequest)(nil),     // 21: tally.admin.v1.RotateClientSecretRequest
+	(*RotateClientSecretResponse)(nil),    // 22: tally.admin.v1.RotateClientSecretResponse
+	(*Key)(nil),                           // 23: tally.admin.v1.Key
+	(*ListKeysRequest)(nil),               // 24: tally.admin.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),              // 25: tally.admin.v1.ListKeysResponse
+	(*RotateKeysRequest)(nil),             // 26: tally.admin.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),            // 27: tally.admin.v1.RotateKeysResponse
+	(*Revocation)(nil),                    // 28: tally.admin.v1.Revocation
+	(*RevokeTokenRequest)(nil),            // 29: tally.admin.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),           // 30: tally.admin.v1.RevokeTokenResponse
+	(*ListRevocationsRequest)(nil),        // 31: tally.admin.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),       // 32: tally.admin.v1.ListRevocationsResponse
+	(*User)(nil),                          // 33: tally.admin.v1.User
+	(*CreateUserRequest)(nil),             // 34: tally.admin.v1.CreateUserRequest
+	(*CreateUserResponse)(nil),            // 35: tally.admin.v1.CreateUserResponse
+	(*GetUserRequest)(nil),                // 36: tally.admin.v1.GetUserRequest
+	(*GetUserResponse)(nil),               // 37: tally.admin.v1.GetUserResponse
+	(*ListUsersRequest)(nil),              // 38: tally.admin.v1.ListUsersRequest
+	(*ListUsersResponse)(nil),             // 39: tally.admin.v1.ListUsersResponse
+	(*DisableUserRequest)(nil),            // 40: tally.admin.v1.DisableUserRequest
+	(*DisableUserResponse)(nil),           // 41: tally.admin.v1.DisableUserResponse
+	(*EnableUserRequest)(nil),             // 42: tally.admin.v1.EnableUserRequest
+	(*EnableUserResponse)(nil),            // 43: tally.admin.v1.EnableUserResponse
+	(*SetUserPasswordRequest)(nil),        // 44: tally.admin.v1.SetUserPasswordRequest
+	(*SetUserPasswordResponse)(nil),       // 45: tally.admin.v1.SetUserPasswordResponse
+	(*AdminCredential)(nil),               // 46: tally.admin.v1.AdminCredential
+	(*CreateAdminCredentialRequest)(nil),  // 47: tally.admin.v1.CreateAdminCredentialRequest
+	(*CreateAdminCredentialResponse)(nil), // 48: tally.admin.v1.CreateAdminCredentialResponse
+	(*ListAdminCredentialsRequest)(nil),   // 49: tally.admin.v1.ListAdminCredentialsRequest
+	(*ListAdminCredentialsResponse)(nil),  // 50: tally.admin.v1.ListAdminCredentialsResponse
+	(*RevokeAdminCredentialRequest)(nil),  // 51: tally.admin.v1.RevokeAdminCredentialRequest
+	(*RevokeAdminCredentialResponse)(nil), // 52: tally.admin.v1.RevokeAdminCredentialResponse
+	(*AuditRecord)(nil),                   // 53: tally.admin.v1.AuditRecord
+	(*ListAuditRequest)(nil),              // 54: tally.admin.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),             // 55: tally.admin.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),            // 56: tally.admin.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),           // 57: tally.admin.v1.VerifyAuditResponse
+	(*timestamppb.Timestamp)(nil),         // 58: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	46, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
+	58, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 1: tally.admin.v1.CreateTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,  // 2: tally.admin.v1.GetTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,  // 3: tally.admin.v1.ListTenantsResponse.tenants:type_name -> tally.admin.v1.Tenant
-	46, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
-	46, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
-	46, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	58, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
+	58, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
+	58, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 7: tally.admin.v1.CreateClientResponse.client:type_name -> tally.admin.v1.Client
 	7,  // 8: tally.admin.v1.GetClientResponse.client:type_name -> tally.admin.v1.Client
 	7,  // 9: tally.admin.v1.ListClientsResponse.clients:type_name -> tally.admin.v1.Client
@@ -3069,70 +3903,88 @@ var file_admin_proto_depIdxs = []int32{
 	7,  // 15: tally.admin.v1.DisableClientResponse.client:type_name -> tally.admin.v1.Client
 	7,  // 16: tally.admin.v1.EnableClientResponse.client:type_name -> tally.admin.v1.Client
 	7,  // 17: tally.admin.v1.RotateClientSecretResponse.client:type_name -> tally.admin.v1.Client
-	46, // 18: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	46, // 19: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
-	46, // 20: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
-	46, // 21: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
+	58, // 18: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	58, // 19: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
+	58, // 20: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	58, // 21: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
 	23, // 22: tally.admin.v1.ListKeysResponse.keys:type_name -> tally.admin.v1.Key
 	23, // 23: tally.admin.v1.RotateKeysResponse.keys:type_name -> tally.admin.v1.Key
-	46, // 24: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	46, // 25: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	46, // 26: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
+	58, // 24: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	58, // 25: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	58, // 26: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
 	28, // 27: tally.admin.v1.RevokeTokenResponse.revocation:type_name -> tally.admin.v1.Revocation
 	28, // 28: tally.admin.v1.ListRevocationsResponse.revocations:type_name -> tally.admin.v1.Revocation
-	46, // 29: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
-	46, // 30: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
+	58, // 29: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
+	58, // 30: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
 	33, // 31: tally.admin.v1.CreateUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 32: tally.admin.v1.GetUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 33: tally.admin.v1.ListUsersResponse.users:type_name -> tally.admin.v1.User
 	33, // 34: tally.admin.v1.DisableUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 35: tally.admin.v1.EnableUserResponse.user:type_name -> tally.admin.v1.User
 	33, // 36: tally.admin.v1.SetUserPasswordResponse.user:type_name -> tally.admin.v1.User
-	1,  // 37: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
-	3,  // 38: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
-	5,  // 39: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
-	8,  // 40: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
-	10, // 41: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
-	12, // 42: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
-	15, // 43: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
-	17, // 44: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
-	19, // 45: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
-	21, // 46: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
-	24, // 47: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
-	26, // 48: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
-	29, // 49: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
-	31, // 50: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
-	34, // 51: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
-	36, // 52: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
-	38, // 53: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
-	40, // 54: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
-	42, // 55: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
-	44, // 56: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
-	2,  // 57: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
-	4,  // 58: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
-	6,  // 59: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
-	9,  // 60: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
-	11, // 61: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
-	13, // 62: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
-	16, // 63: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
-	18, // 64: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
-	20, // 65: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
-	22, // 66: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
-	25, // 67: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
-	27, // 68: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
-	30, // 69: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
-	32, // 70: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
-	35, // 71: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
-	37, // 72: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
-	39, // 73: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
-	41, // 74: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
-	43, // 75: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
-	45, // 76: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
-	57, // [57:77] is the sub-list for method output_type
-	37, // [37:57] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	58, // 37: tally.admin.v1.AdminCredential.created_at:type_name -> google.protobuf.Timestamp
+	58, // 38: tally.admin.v1.AdminCredential.expires_at:type_name -> google.protobuf.Timestamp
+	58, // 39: tally.admin.v1.AdminCredential.revoked_at:type_name -> google.protobuf.Timestamp
+	46, // 40: tally.admin.v1.CreateAdminCredentialResponse.credential:type_name -> tally.admin.v1.AdminCredential
+	46, // 41: tally.admin.v1.ListAdminCredentialsResponse.credentials:type_name -> tally.admin.v1.AdminCredential
+	46, // 42: tally.admin.v1.RevokeAdminCredentialResponse.credential:type_name -> tally.admin.v1.AdminCredential
+	58, // 43: tally.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	53, // 44: tally.admin.v1.ListAuditResponse.records:type_name -> tally.admin.v1.AuditRecord
+	1,  // 45: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
+	3,  // 46: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
+	5,  // 47: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
+	8,  // 48: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
+	10, // 49: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
+	12, // 50: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
+	15, // 51: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
+	17, // 52: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
+	19, // 53: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
+	21, // 54: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
+	24, // 55: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
+	26, // 56: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
+	29, // 57: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
+	31, // 58: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
+	34, // 59: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
+	36, // 60: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
+	38, // 61: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
+	40, // 62: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
+	42, // 63: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
+	44, // 64: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
+	47, // 65: tally.admin.v1.AdminService.CreateAdminCredential:input_type -> tally.admin.v1.CreateAdminCredentialRequest
+	49, // 66: tally.admin.v1.AdminService.ListAdminCredentials:input_type -> tally.admin.v1.ListAdminCredentialsRequest
+	51, // 67: tally.admin.v1.AdminService.RevokeAdminCredential:input_type -> tally.admin.v1.RevokeAdminCredentialRequest
+	54, // 68: tally.admin.v1.AdminService.ListAudit:input_type -> tally.admin.v1.ListAuditRequest
+	56, // 69: tally.admin.v1.AdminService.VerifyAudit:input_type -> tally.admin.v1.VerifyAuditRequest
+	2,  // 70: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
+	4,  // 71: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
+	6,  // 72: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
+	9,  // 73: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
+	11, // 74: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
+	13, // 75: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
+	16, // 76: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
+	18, // 77: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
+	20, // 78: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
+	22, // 79: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
+	25, // 80: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
+	27, // 81: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
+	30, // 82: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
+	32, // 83: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
+	35, // 84: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
+	37, // 85: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
+	39, // 86: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
+	41, // 87: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
+	43, // 88: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
+	45, // 89: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
+	48, // 90: tally.admin.v1.AdminService.CreateAdminCredential:output_type -> tally.admin.v1.CreateAdminCredentialResponse
+	50, // 91: tally.admin.v1.AdminService.ListAdminCredentials:output_type -> tally.admin.v1.ListAdminCredentialsResponse
+	52, // 92: tally.admin.v1.AdminService.RevokeAdminCredential:output_type -> tally.admin.v1.RevokeAdminCredentialResponse
+	55, // 93: tally.admin.v1.AdminService.ListAudit:output_type -> tally.admin.v1.ListAuditResponse
+	57, // 94: tally.admin.v1.AdminService.VerifyAudit:output_type -> tally.admin.v1.VerifyAuditResponse
+	70, // [70:95] is the sub-list for method output_type
+	45, // [45:70] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -3148,7 +4000,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   46,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
