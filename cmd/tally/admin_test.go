@@ -29,13 +29,13 @@ import (
 // gets and answers with canned objects built from the request.
 type fakeAdmin struct {
 	adminv1connect.UnimplementedAdminServiceHandler // issue-13 calls: not faked
-	mu       sync.Mutex
-	calls    []adminCall
-	err      error         // when set, every call fails with it
-	block    bool          // when set, calls wait for their context to end
-	tenants  int           // how many tenants ListTenants returns
-	tenantDN string        // display name of canned tenants
-	released chan struct{} // closed at cleanup so blocked calls return
+	mu                                              sync.Mutex
+	calls                                           []adminCall
+	err                                             error         // when set, every call fails with it
+	block                                           bool          // when set, calls wait for their context to end
+	tenants                                         int           // how many tenants ListTenants returns
+	tenantDN                                        string        // display name of canned tenants
+	released                                        chan struct{} // closed at cleanup so blocked calls return
 }
 
 type adminCall struct {
