@@ -28,14 +28,16 @@ import (
 // fakeAdmin is a hand-written admin service: it records every request it
 // gets and answers with canned objects built from the request.
 type fakeAdmin struct {
-	adminv1connect.UnimplementedAdminServiceHandler // issue-13 calls: not faked
-	mu                                              sync.Mutex
-	calls                                           []adminCall
-	err                                             error         // when set, every call fails with it
-	block                                           bool          // when set, calls wait for their context to end
-	tenants                                         int           // how many tenants ListTenants returns
-	tenantDN                                        string        // display name of canned tenants
-	released                                        chan struct{} // closed at cleanup so blocked calls return
+	// The issue-13 calls are not faked.
+	adminv1connect.UnimplementedAdminServiceHandler
+
+	mu       sync.Mutex
+	calls    []adminCall
+	err      error         // when set, every call fails with it
+	block    bool          // when set, calls wait for their context to end
+	tenants  int           // how many tenants ListTenants returns
+	tenantDN string        // display name of canned tenants
+	released chan struct{} // closed at cleanup so blocked calls return
 }
 
 type adminCall struct {
