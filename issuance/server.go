@@ -89,6 +89,9 @@ type Config struct {
 	// NodeID and Region label security events (refresh-token reuse).
 	NodeID string
 	Region string
+	// RateLimits bounds every public endpoint (ratelimit.go); zero fields
+	// take DefaultRateLimits.
+	RateLimits RateLimits
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -189,6 +192,7 @@ type Server struct {
 	codeIPLimit *limiters
 	codeSLimit  *limiters
 	device      *deviceGuard // device_pace.go
+	rl          *rateGuard   // ratelimit.go; nil when off
 }
 
 // NewServer returns a Server reading st and revoking through rv.
@@ -227,7 +231,10 @@ func NewServer(cfg Config, st State, rv Revoker) (*Server, error) {
 	s.grants = s.grantHandlers()
 	s.mux = http.NewServeMux()
 	s.routes()
-	s.handler = http.HandlerFunc(s.serve)
+	if !cfg.RateLimits.Off {
+		s.rl = newRateGuard(cfg.RateLimits)
+	}
+	s.handler = s.guard(http.HandlerFunc(s.serve))
 	return s, nil
 }
 

@@ -102,6 +102,10 @@ type Config struct {
 	// Events configures the event log (external NATS, retention); see
 	// events.go.
 	Events EventsConfig
+	// RateLimits bounds the public endpoints per client, address, subnet,
+	// username and tenant (issuance/ratelimit.go); budgets are shared
+	// between the nodes over NATS (node/ratelimit.go).
+	RateLimits issuance.RateLimits
 
 	// KEKFile names a file with the 32-byte key-encryption key (raw, or
 	// base64 text). KEK, if set, takes precedence.

@@ -150,6 +150,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.RefreshTTL = cfg.RefreshTTL
 	ic.RefreshIdleTimeout = cfg.RefreshIdleTimeout
 	ic.RefreshReuseInterval = cfg.RefreshReuseInterval
+	ic.RateLimits = cfg.RateLimits
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
@@ -164,6 +165,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	}
 
 	if n.events, err = n.startEvents(kek); err != nil {
+		return nil, err
+	}
+	if err := n.shareRateLimits(); err != nil {
 		return nil, err
 	}
 

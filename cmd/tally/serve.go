@@ -78,6 +78,7 @@ func runServe(ctx context.Context, args []string, e env) int {
 	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, `host:port of the embedded NATS server ("" disables it)`)
 	natsClusterFlags(fs, &cfg)
 	eventFlags(fs, &cfg.Events)
+	threatFlags(fs, &cfg.RateLimits)
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "serve /metrics on this host:port instead of on --listen")
