@@ -25,7 +25,7 @@ import (
 //
 //	client    tenant + client id, for a client the tenant knows
 //	unknown   client IP, for requests naming a client the tenant does not know
-//	username  tenant + username, for sign-in posts
+//	username  tenant + username + source subnet, for sign-in posts
 //	ip        client IP (IPv4 address, IPv6 /64)
 //	subnet    IPv4 /24, IPv6 /48
 //	tenant    tenant
@@ -368,7 +368,10 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			}
 		}
 		if username != "" {
-			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username)})
+			// Per account and source network: a distributed attack on
+			// one account cannot lock its owner out from their own
+			// network (each attacking source meets its own budget).
+			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnetKey(ip)})
 		}
 		keys = append(keys, rlKey{rlIP, lim.PerIP, ipKey(ip)}, rlKey{rlSubnet, lim.PerSubnet, subnetKey(ip)}, rlKey{rlTenant, lim.PerTenant, tenant})
 		if ok, wait, kind := s.rl.take(keys, s.cfg.Now()); !ok {

@@ -170,6 +170,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if err := n.shareRateLimits(); err != nil {
 		return nil, err
 	}
+	if err := n.startSIEM(); err != nil {
+		return nil, err
+	}
 
 	if n.metrics, err = newNodeMetrics(n); err != nil {
 		return nil, fmt.Errorf("node: metrics: %w", err)

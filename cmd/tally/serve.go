@@ -79,6 +79,7 @@ func runServe(ctx context.Context, args []string, e env) int {
 	natsClusterFlags(fs, &cfg)
 	eventFlags(fs, &cfg.Events)
 	threatFlags(fs, &cfg.RateLimits)
+	fs.StringVar(&cfg.SIEMFile, "siem-file", cfg.SIEMFile, "write security and audit events as JSON lines (OCSF-aligned) to this `file` (\"-\": stdout)")
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "serve /metrics on this host:port instead of on --listen")
