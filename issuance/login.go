@@ -125,6 +125,13 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 	case err != nil:
 		return User{}, errUnavailable("user lookup failed", err)
 	}
+	if len(u.Password.Hash) == 0 {
+		// A user without a password costs one hash too (issue 13): its
+		// refusal takes as long as a wrong password's.
+		s.dummyHash.Verify(password)
+		s.metrics.signinFailure(ctx, "bad_credentials")
+		return User{}, errBadLogin
+	}
 	if !u.Password.Verify(password) || !u.Active() {
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
