@@ -119,6 +119,7 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 	u, err := s.users.UserByUsername(ctx, tenant, username)
 	switch {
 	case errors.Is(err, ErrNotFound):
+		s.recordFailure(ctx, tenant, username)
 		s.dummyHash.Verify(password)
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
@@ -126,6 +127,7 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 		return User{}, errUnavailable("user lookup failed", err)
 	}
 	if len(u.Password.Hash) == 0 {
+		s.recordFailure(ctx, tenant, username)
 		// A user without a password costs one hash too (issue 13): its
 		// refusal takes as long as a wrong password's.
 		s.dummyHash.Verify(password)
@@ -133,6 +135,7 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 		return User{}, errBadLogin
 	}
 	if !u.Password.Verify(password) || !u.Active() {
+		s.recordFailure(ctx, tenant, username)
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	}

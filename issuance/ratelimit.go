@@ -133,7 +133,11 @@ func (g *rateGuard) limiter(kind string, perMinute int) *keyedLimiter {
 	defer g.mu.Unlock()
 	l := g.sets[name]
 	if l == nil {
-		l = newKeyedLimiter(perMinute, max(perMinute/10, 1), maxLimiterKeys)
+		burst := max(perMinute/10, 1)
+		if strings.HasPrefix(kind, "f") {
+			burst = perMinute // failure budgets (stuffing.go): a minute's worth at once
+		}
+		l = newKeyedLimiter(perMinute, burst, maxLimiterKeys)
 		g.sets[name] = l
 	}
 	return l

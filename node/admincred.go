@@ -279,7 +279,11 @@ func (n *Node) adminGuard(auth adminAuth, service string) connect.UnaryIntercept
 }
 
 // threatReady caches that every member applies the issue-13 operations.
-type threatReady struct{ ok atomic.Bool }
+type threatReady struct {
+	ok atomic.Bool
+	// siemStop stops the SIEM exporter and waits for it (siem.go).
+	siemStop func()
+}
 
 func (n *Node) threatSupported(ctx context.Context) bool {
 	if n.threat.ok.Load() {

@@ -166,9 +166,9 @@ func TestNamedAdminCredentials(t *testing.T) {
 			t.Fatalf("tenant-admin sees %v", r)
 		}
 	}
-	v, err := auditor.VerifyAudit(ctx, connect.NewRequest(&adminv1.VerifyAuditRequest{}))
+	_, err = auditor.VerifyAudit(ctx, connect.NewRequest(&adminv1.VerifyAuditRequest{}))
 	wantCode(t, "revoked auditor verify", err, connect.CodeUnauthenticated)
-	v, err = root.VerifyAudit(ctx, connect.NewRequest(&adminv1.VerifyAuditRequest{}))
+	v, err := root.VerifyAudit(ctx, connect.NewRequest(&adminv1.VerifyAuditRequest{}))
 	if err != nil || !v.Msg.Intact || v.Msg.Records != uint64(len(recs.Msg.Records)) {
 		t.Fatalf("verify: %v %v", v, err)
 	}

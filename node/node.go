@@ -389,6 +389,9 @@ func (n *Node) Close() error {
 			n.ln.Close()
 		}
 		errs = append(errs, n.metricsSrv.close())
+		if n.threat.siemStop != nil {
+			n.threat.siemStop() // issue 13 (siem.go)
+		}
 		n.events.close()
 		if n.nats != nil {
 			n.nats.Shutdown()

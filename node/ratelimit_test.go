@@ -96,7 +96,7 @@ func TestSpoofedForwardedForIgnored(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		// Each request from another client behind the trusted proxy; a
 		// spoofed left-most hop is not what counts.
-		code, _ := rlTokenStatus(t, url, "nobody", "x", fmt.Sprintf("198.51.100.7, 203.0.113.%d", i))
+		code, _ := rlTokenStatus(t, url, "nobody", "x", fmt.Sprintf("198.51.100.7, 203.0.%d.1", i))
 		if code == http.StatusTooManyRequests {
 			t.Fatalf("request %d from distinct clients behind a trusted proxy was limited", i)
 		}
@@ -149,5 +149,37 @@ func TestRateLimitsSharedAcrossNodes(t *testing.T) {
 		if code, _ := rlTokenStatus(t, ni.TokenURL("default"), id, secret, ""); code != http.StatusTooManyRequests {
 			t.Fatalf("the same client at node %d: %d, want 429", i, code)
 		}
+	}
+}
+
+// TestStuffingLocksOnlyTheFailingSource: failed client authentications
+// from one network close that client to that network only (429 with
+// Retry-After), progressively; the right secret from another network
+// still works.
+func TestStuffingLocksOnlyTheFailingSource(t *testing.T) {
+	n := nodetest.Start(t, withRateLimits(issuance.RateLimits{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}))
+	id, secret := n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "target"})
+	url := n.TokenURL("default")
+	const attacker, owner = "198.51.100.9", "203.0.113.5"
+	refused := false
+	for i := 0; i < 200 && !refused; i++ {
+		code, ra := rlTokenStatus(t, url, id, "guess", attacker)
+		if code == http.StatusTooManyRequests {
+			if ra == "" {
+				t.Fatal("429 without Retry-After")
+			}
+			refused = true
+		} else if code != http.StatusUnauthorized {
+			t.Fatalf("wrong secret: %d", code)
+		}
+	}
+	if !refused {
+		t.Fatal("200 wrong secrets from one network were never refused")
+	}
+	if code, _ := rlTokenStatus(t, url, id, secret, attacker); code != http.StatusTooManyRequests {
+		t.Fatalf("the right secret from the failing network: %d, want 429", code)
+	}
+	if code, _ := rlTokenStatus(t, url, id, secret, owner); code != http.StatusOK {
+		t.Fatalf("the right secret from another network: %d, want 200", code)
 	}
 }

@@ -226,7 +226,10 @@ func (n *Node) startSIEM() error {
 	if cluster == "" {
 		cluster = "tally"
 	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	n.threat.siemStop = func() { close(stop); <-done }
 	go func() {
+		defer close(done)
 		if f != nil {
 			defer f.Close()
 		}
@@ -265,7 +268,7 @@ func (n *Node) startSIEM() error {
 				}
 			}
 			select {
-			case <-n.stopping:
+			case <-stop:
 				return
 			case <-t.C:
 			}
