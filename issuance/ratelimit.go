@@ -348,12 +348,19 @@ func subnetKey(ip string) string {
 	return p.String()
 }
 
-// guard wraps the issuance handler with the rate limits.
+// guard wraps the issuance handler with the cross-site form check and the
+// rate limits.
 func (s *Server) guard(next http.Handler) http.Handler {
-	if s.rl == nil {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.sameOriginForm(r) {
+			s.log.Info("issuance: cross-site form post refused", "path", r.URL.Path, "origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"))
+			s.writeError(w, r, newError(CodeInvalidRequest, http.StatusForbidden, "cross-site form post", nil))
+			return
+		}
+		if s.rl == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
 		ip := s.rl.realIP(r)
 		r = r.WithContext(context.WithValue(r.Context(), clientIPKey{}, ip))
 		tenant, ok := tenantOfPath(r.URL.Path)
@@ -389,6 +396,30 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// sameOriginForm reports whether a browser form post to the sign-in,
+// consent or device pages comes from this server's own pages: a
+// Sec-Fetch-Site of cross-site, or an Origin other than the issuer's, is
+// refused (issue 13; the CSRF cookie remains the first defence). Requests
+// without either header (non-browser clients) pass.
+func (s *Server) sameOriginForm(r *http.Request) bool {
+	if r.Method != http.MethodPost || !(strings.HasSuffix(r.URL.Path, "/oauth2/authorize") || strings.HasSuffix(r.URL.Path, "/device")) {
+		return true
+	}
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		return false
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" || origin == "null" {
+		return true
+	}
+	base, err := url.Parse(s.cfg.BaseURL)
+	o, err2 := url.Parse(origin)
+	if err != nil || err2 != nil {
+		return false
+	}
+	return strings.EqualFold(o.Scheme, base.Scheme) && strings.EqualFold(o.Host, base.Host)
 }
 
 // tenantOfPath returns the tenant of a /t/{tenant}/... path.
