@@ -56,7 +56,7 @@ var subjectSuffix = map[string]string{
 	EventReuseDetected:  "security.reuse_detected",
 	EventUserLocked:     "security.user_locked",
 	EventUserUnlocked:   "security.user_unlocked",
-	EventAdminAudit:     "audit.admin",
+	EventAdminAudit:     "security.admin_audit",
 }
 
 // Subject returns the NATS subject of an event type in tenant, e.g.
