@@ -3,11 +3,13 @@ package node_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"go.etcd.io/bbolt"
@@ -187,6 +189,14 @@ func TestNamedAdminCredentials(t *testing.T) {
 	if audits != len(recs.Msg.Records) {
 		t.Fatalf("%d audit events, %d records", audits, len(recs.Msg.Records))
 	}
+	// ... and published to the event stream (the publisher gets past them).
+	last := evs[len(evs)-1].Index
+	nodetest.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if p := n.Publisher().Position(); p < last {
+			return fmt.Errorf("publisher at %d, last event %d", p, last)
+		}
+		return nil
+	})
 
 	// Tampering with a copy of the state is detected at that record.
 	path := filepath.Join(t.TempDir(), "state.db")

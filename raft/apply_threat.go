@@ -197,9 +197,15 @@ func (a *applier) appendAudit(p *raftpb.AppendAudit, now int64) {
 		storageFault("marshal audit record: %v", err)
 	}
 	a.put(b, u64(r.Seq), v)
+	// The event is signed with the tenant's keys: a record about a tenant
+	// that does not exist (a refused or failed call naming one) goes out
+	// under the default tenant, and with no default tenant not at all.
 	tenant := r.Tenant
-	if tenant == "" {
+	if tenant == "" || !a.tenantExists(tenant) {
 		tenant = auditEventTenant
+	}
+	if !a.tenantExists(tenant) {
+		return
 	}
 	a.emit(&raftpb.Event{Tenant: tenant, Kind: raftpb.EventKind_EVENT_KIND_ADMIN_AUDIT, TimeUnixNano: now, Audit: r})
 }
