@@ -447,7 +447,7 @@ func (s *Server) resumeAuthorize(w http.ResponseWriter, r *http.Request, t Tenan
 	now := s.cfg.Now()
 	switch vals.Get("action") {
 	case "login":
-		if !s.loginLimit.allow(clientIP(r), now) {
+		if !s.signinAllowed(r, t.ID, vals.Get("username"), now) {
 			s.metrics.signinFailure(r.Context(), "rate_limited")
 			s.showLogin(w, r, t, c, p, "authorize", "Too many attempts. Wait a minute and try again.")
 			return

@@ -148,6 +148,19 @@ func (s *Server) authenticateClient(ctx context.Context, tenant string, cc Clien
 	if cc.Method == "" {
 		return Client{}, errInvalidClient("client authentication failed", errors.New("no client secret presented"))
 	}
+	if ok, wait := s.failureGate(ctx, tenant, cc.ID); !ok {
+		return Client{}, newError("rate_limited", http.StatusTooManyRequests, "too many failed authentications, retry later", &RateLimited{RetryAfter: wait})
+	}
+	c, err := s.authClient(ctx, tenant, cc, now)
+	if e := (*Error)(nil); errors.As(err, &e) && e.Code == CodeInvalidClient {
+		s.recordFailure(ctx, tenant, cc.ID)
+	}
+	return c, err
+}
+
+// authClient checks the client credentials (authenticateClient without the
+// failure budgets).
+func (s *Server) authClient(ctx context.Context, tenant string, cc ClientCredentials, now time.Time) (Client, error) {
 	c, err := s.st.Client(ctx, tenant, cc.ID)
 	switch {
 	case errors.Is(err, ErrNotFound):

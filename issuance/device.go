@@ -213,7 +213,7 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 	}
 	switch vals.Get("action") {
 	case "login":
-		if !s.loginLimit.allow(clientIP(r), now) {
+		if !s.signinAllowed(r, t.ID, vals.Get("username"), now) {
 			s.metrics.signinFailure(r.Context(), "rate_limited")
 			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Too many attempts. Wait a minute and try again.")
 			return

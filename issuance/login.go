@@ -119,13 +119,23 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 	u, err := s.users.UserByUsername(ctx, tenant, username)
 	switch {
 	case errors.Is(err, ErrNotFound):
+		s.recordFailure(ctx, tenant, username)
 		s.dummyHash.Verify(password)
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	case err != nil:
 		return User{}, errUnavailable("user lookup failed", err)
 	}
+	if len(u.Password.Hash) == 0 {
+		s.recordFailure(ctx, tenant, username)
+		// A user without a password costs one hash too (issue 13): its
+		// refusal takes as long as a wrong password's.
+		s.dummyHash.Verify(password)
+		s.metrics.signinFailure(ctx, "bad_credentials")
+		return User{}, errBadLogin
+	}
 	if !u.Password.Verify(password) || !u.Active() {
+		s.recordFailure(ctx, tenant, username)
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	}
@@ -161,8 +171,12 @@ func (l *limiters) allow(key string, now time.Time) bool {
 	return lim.AllowN(now, 1)
 }
 
-// clientIP is the connection's address: proxies' headers are not trusted.
+// clientIP is the connection's address, or the client address a trusted
+// proxy reported (RateLimits.TrustedProxies; other peers' headers are ignored).
 func clientIP(r *http.Request) string {
+	if ip, ok := r.Context().Value(clientIPKey{}).(string); ok {
+		return ip // from a trusted proxy's X-Forwarded-For (ratelimit.go)
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr

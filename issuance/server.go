@@ -97,6 +97,9 @@ type Config struct {
 	// Policy, if set, decides every grant (contextual authorisation;
 	// policy.go). Nil allows everything.
 	Policy PolicyEngine
+	// RateLimits bounds every public endpoint (ratelimit.go); zero fields
+	// take DefaultRateLimits.
+	RateLimits RateLimits
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -199,6 +202,7 @@ type Server struct {
 	device      *deviceGuard // device_pace.go
 	zt          *ztState     // clientauth_zt.go
 	dpop        *dpopGuard   // dpop.go
+	rl          *rateGuard   // ratelimit.go; nil when off
 }
 
 // NewServer returns a Server reading st and revoking through rv.
@@ -241,7 +245,10 @@ func NewServer(cfg Config, st State, rv Revoker) (*Server, error) {
 	s.mux = http.NewServeMux()
 	s.routes()
 	s.zt = newZT(cfg.ZeroTrust)
-	s.handler = s.withClientCert(http.HandlerFunc(s.serve))
+	if !cfg.RateLimits.Off {
+		s.rl = newRateGuard(cfg.RateLimits)
+	}
+	s.handler = s.withClientCert(s.guard(http.HandlerFunc(s.serve)))
 	return s, nil
 }
 

@@ -39,6 +39,9 @@ type adminService struct {
 	supports func(ctx context.Context, feature string) bool
 	// par gates the issue 11 operations (par.go).
 	par *featureGate
+	// threatOK reports whether every member applies the issue-13
+	// operations (admincred.go); nil: assume so.
+	threatOK func(context.Context) bool
 }
 
 var _ adminv1connect.AdminServiceHandler = (*adminService)(nil)

@@ -85,7 +85,7 @@ const snapshotChunk = 256 << 10
 // Streams bypass the unary admin interceptor, so it checks the credential
 // itself.
 func (a *clusterAdminService) SaveSnapshot(ctx context.Context, req *connect.Request[clusterv1.SaveSnapshotRequest], stream *connect.ServerStream[clusterv1.SaveSnapshotResponse]) error {
-	if !a.auth.check(req.Header().Get("Authorization")) {
+	if !a.auth.checkRoles(req.Header().Get("Authorization"), raft.RoleAdmin, raft.RoleOperator) {
 		return connect.NewError(connect.CodeUnauthenticated, errors.New("admin credential missing or wrong"))
 	}
 	cp, err := a.c.rn.CopyState()
@@ -150,7 +150,7 @@ const maxRestoreBytes = 8 << 30
 // temporary file in the data directory first, so a broken upload changes
 // nothing.
 func (a *clusterAdminService) RestoreSnapshot(ctx context.Context, stream *connect.ClientStream[clusterv1.RestoreSnapshotRequest]) (*connect.Response[clusterv1.RestoreSnapshotResponse], error) {
-	if !a.auth.check(stream.RequestHeader().Get("Authorization")) {
+	if !a.auth.checkRoles(stream.RequestHeader().Get("Authorization"), raft.RoleAdmin, raft.RoleOperator) {
 		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("admin credential missing or wrong"))
 	}
 	if !a.c.rn.IsLeader() {

@@ -105,6 +105,13 @@ type Config struct {
 	// Events configures the event log (external NATS, retention); see
 	// events.go.
 	Events EventsConfig
+	// RateLimits bounds the public endpoints per client, address, subnet,
+	// username and tenant (issuance/ratelimit.go); budgets are shared
+	// between the nodes over NATS (node/ratelimit.go).
+	RateLimits issuance.RateLimits
+	// SIEMFile receives the security and audit events as JSON lines in
+	// an OCSF-aligned schema (siem.go); "-" is stdout, "" is off.
+	SIEMFile string
 
 	// KEKFile names a file with the 32-byte key-encryption key (raw, or
 	// base64 text). KEK, if set, takes precedence.

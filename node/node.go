@@ -66,6 +66,8 @@ type Node struct {
 	// NATS server (nats.go).
 	natsNodePass string
 	natsTLS      *tls.Config
+
+	threat threatReady // issue 13 (admincred.go)
 }
 
 // New opens the node's data directory, starts its Raft replica (bootstrapping
@@ -160,6 +162,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	}
 	ic.DPoP.RequireNonce = cfg.DPoPRequireNonce
 	ic.Policy = n.policyEngine() // node/gateway.go
+	ic.RateLimits = cfg.RateLimits
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
@@ -176,6 +179,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if n.events, err = n.startEvents(kek); err != nil {
 		return nil, err
 	}
+	if err := n.shareRateLimits(); err != nil {
+		return nil, err
+	}
+	if err := n.startSIEM(); err != nil {
+		return nil, err
+	}
 
 	if n.metrics, err = newNodeMetrics(n); err != nil {
 		return nil, fmt.Errorf("node: metrics: %w", err)
@@ -186,9 +195,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
 
-	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature, par: flows.par}
+	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature, par: flows.par, threatOK: n.threatSupported}
 	n.http = &http.Server{
-		Handler:           n.routes(admin, newAdminAuth(adminToken)),
+		Handler:           n.routes(admin, n.adminAuthFor(adminToken, kek)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -248,12 +257,12 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 		mux.Handle("GET /metrics", n.tel.metricsHandler())
 	}
 	path, h := adminv1connect.NewAdminServiceHandler(admin,
-		connect.WithInterceptors(adminAuthInterceptor(auth)),
+		connect.WithInterceptors(n.adminGuard(auth, "admin")),
 		connect.WithReadMaxBytes(1<<20),
 	)
 	mux.Handle(path, h)
 	cpath, ch := clusterv1connect.NewClusterAdminServiceHandler(&clusterAdminService{c: n.cl, auth: auth},
-		connect.WithInterceptors(adminAuthInterceptor(auth)),
+		connect.WithInterceptors(n.adminGuard(auth, "cluster")),
 		connect.WithReadMaxBytes(1<<20),
 	)
 	mux.Handle(cpath, ch)
@@ -263,18 +272,6 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 	n.gatewayRoutes(mux) // node/gateway.go
 	mux.Handle("/", n.iss.Handler())
 	return n.tel.traced(n.metrics.instrument(mux))
-}
-
-// adminAuthInterceptor rejects admin calls without the admin credential.
-func adminAuthInterceptor(auth adminAuth) connect.UnaryInterceptorFunc {
-	return func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			if !auth.check(req.Header().Get("Authorization")) {
-				return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("admin credential missing or wrong"))
-			}
-			return next(ctx, req)
-		}
-	}
 }
 
 // readiness lists what keeps the node from serving; empty means ready.
@@ -411,6 +408,9 @@ func (n *Node) Close() error {
 			n.ln.Close()
 		}
 		errs = append(errs, n.metricsSrv.close())
+		if n.threat.siemStop != nil {
+			n.threat.siemStop() // issue 13 (siem.go)
+		}
 		n.events.close()
 		if n.nats != nil {
 			n.nats.Shutdown()

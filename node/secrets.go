@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -12,6 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/tallyauth/tally/issuance"
+	"github.com/tallyauth/tally/raft"
 )
 
 const (
@@ -117,18 +119,22 @@ func createSecretFile(path string, n int) error {
 	return nil
 }
 
-// adminAuth checks admin credentials in constant time.
-type adminAuth struct{ digest [32]byte }
+// adminAuth checks admin credentials in constant time: the static admin
+// token, and the named credentials of the replicated state (admincred.go).
+type adminAuth struct {
+	digest [32]byte
+	named  *namedCreds // nil: the static token only
+}
 
 func newAdminAuth(token string) adminAuth { return adminAuth{digest: sha256.Sum256([]byte(token))} }
 
-// check reports whether an Authorization header value carries the admin
-// credential as a Bearer token.
-func (a adminAuth) check(header string) bool {
-	const prefix = "bearer "
-	if len(header) <= len(prefix) || !strings.EqualFold(header[:len(prefix)], prefix) {
-		return false
-	}
-	got := sha256.Sum256([]byte(strings.TrimSpace(header[len(prefix):])))
-	return subtle.ConstantTimeCompare(got[:], a.digest[:]) == 1
+// adminAuthFor accepts the static token and the named credentials.
+func (n *Node) adminAuthFor(token string, kek *issuance.KEK) adminAuth {
+	a := newAdminAuth(token)
+	a.named = &namedCreds{fsm: n.raft.FSM(), kek: kek, now: n.now}
+	return a
 }
+
+// check reports whether an Authorization header value carries the static
+// admin token or a named credential of the admin role, as a Bearer token.
+func (a adminAuth) check(header string) bool { return a.checkRoles(header, raft.RoleAdmin) }

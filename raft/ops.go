@@ -142,6 +142,12 @@ var opRegistry = map[protoreflect.Name]opSpec{
 	// apply_gateway.go; gated by the node on feature "gateway_config").
 	"set_gateway_config": opOf((*raftpb.Command).GetSetGatewayConfig,
 		func(s *raftpb.SetGatewayConfig) error { return CheckGatewayConfig(s.GetConfig()) }, (*applier).setGatewayConfig),
+
+	// Named admin credentials and the audit log (issue 13, apply_threat.go;
+	// gated by the node on feature "threat_protection").
+	"put_admin_credential":    threatOp,
+	"revoke_admin_credential": threatOp,
+	"append_audit":            threatOp,
 }
 
 // parOp is the entry of the apply_par.go operations.
@@ -150,6 +156,15 @@ var parOp = opSpec{
 	apply: func(a *applier, cmd *raftpb.Command, now int64) (*raftpb.GrantResult, error) {
 		_, g, err := a.dispatchPAR(cmd, now)
 		return g, err
+	},
+}
+
+// threatOp is the entry of the apply_threat.go operations.
+var threatOp = opSpec{
+	check: func(cmd *raftpb.Command) error { _, err := checkThreatCommand(cmd); return err },
+	apply: func(a *applier, cmd *raftpb.Command, now int64) (*raftpb.GrantResult, error) {
+		_, err := a.dispatchThreat(cmd, now)
+		return nil, err
 	},
 }
 

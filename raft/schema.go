@@ -19,6 +19,10 @@ const SchemaVersion = 1
 //	request_times  command time (8, big-endian) | request_id → empty; sweep order
 //	events         Raft index (8) | ordinal (2), big-endian → raftpb.Event; the
 //	               outbox of the event log (see events.go)
+//	threat_admin_credentials  credential id → raftpb.AdminCredential (issue 13,
+//	               apply_threat.go; created on first use)
+//	threat_audit   seq (8, big-endian) → raftpb.AuditRecord: the hash-chained
+//	               audit log (issue 13, apply_threat.go; created on first use)
 //
 // Per tenant, named "t/<tenant>/<kind>" (tenant ids cannot contain '/'):
 //
@@ -60,6 +64,9 @@ const (
 	bucketRequests     = "requests"
 	bucketRequestTimes = "request_times"
 	bucketEvents       = "events"
+
+	bucketThreatAdminCreds = "threat_admin_credentials"
+	bucketThreatAudit      = "threat_audit"
 
 	tenantBucketPrefix = "t/"
 

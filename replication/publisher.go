@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -557,6 +558,12 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 	case raftpb.EventKind_EVENT_KIND_USER_DELETED:
 		typ = eventwire.EventUserDeleted
 		d.TokensIssuedUntil = ev.TimeUnixNano / int64(time.Second)
+	case raftpb.EventKind_EVENT_KIND_ADMIN_AUDIT:
+		typ = eventwire.EventAdminAudit
+		r := ev.GetAudit()
+		d.Audit = &eventwire.AuditDetails{Seq: r.GetSeq(), Actor: r.GetActor(), Role: r.GetRole(), Action: r.GetAction(),
+			Target: r.GetTarget(), Tenant: r.GetTenant(), Outcome: r.GetOutcome(), Node: r.GetNode(),
+			PrevHash: hex.EncodeToString(r.GetPrevHash()), Hash: hex.EncodeToString(r.GetHash())}
 	default:
 		return "", nil
 	}

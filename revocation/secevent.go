@@ -18,6 +18,7 @@ const (
 	EventUserUnlocked   = eventwire.EventUserUnlocked
 	EventClientDeleted  = eventwire.EventClientDeleted
 	EventUserDeleted    = eventwire.EventUserDeleted
+	EventAdminAudit     = eventwire.EventAdminAudit
 )
 
 // SchemaVersion is the version of EventDetails; the JSON schema of the
@@ -40,6 +41,9 @@ func TenantSubjects(tenant string) string { return eventwire.TenantSubjects(tena
 
 // EventDetails is the value of an event in a SET's "events" claim.
 type EventDetails = eventwire.EventDetails
+
+// AuditDetails is an admin audit log record (EventAdminAudit, issue 13).
+type AuditDetails = eventwire.AuditDetails
 
 // SETClaims is the claim set of a tally Security Event Token (RFC 8417
 // §2.2). Events holds exactly one event.

@@ -196,6 +196,8 @@ func adminCommands() []adminCommand {
 	cmds = append(cmds, deleteCommands()...)  // admin_delete.go
 	cmds = append(cmds, trustCommands()...)   // admin_ztauth.go
 	cmds = append(cmds, gatewayCommands()...) // admin_gateway.go
+	cmds = append(cmds, credentialCommands()...)
+	cmds = append(cmds, auditCommands()...)
 	return cmds
 }
 

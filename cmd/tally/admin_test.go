@@ -28,6 +28,9 @@ import (
 // fakeAdmin is a hand-written admin service: it records every request it
 // gets and answers with canned objects built from the request.
 type fakeAdmin struct {
+	// The issue-13 calls are not faked.
+	adminv1connect.UnimplementedAdminServiceHandler
+
 	mu       sync.Mutex
 	calls    []adminCall
 	err      error         // when set, every call fails with it

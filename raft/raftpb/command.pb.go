@@ -60,6 +60,9 @@ const (
 	// node can sign this event: publishers drop it (and any other unpublished
 	// event of the tenant); it stays in the outbox for the record until swept.
 	EventKind_EVENT_KIND_TENANT_DELETED EventKind = 22
+	// Issue 13: an admin call that changed (or tried to change) something,
+	// recorded in the audit log (AppendAudit); Event.audit holds the record.
+	EventKind_EVENT_KIND_ADMIN_AUDIT EventKind = 50
 )
 
 // Enum value maps for EventKind.
@@ -77,6 +80,7 @@ var (
 		20: "EVENT_KIND_CLIENT_DELETED",
 		21: "EVENT_KIND_USER_DELETED",
 		22: "EVENT_KIND_TENANT_DELETED",
+		50: "EVENT_KIND_ADMIN_AUDIT",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":     0,
@@ -91,6 +95,7 @@ var (
 		"EVENT_KIND_CLIENT_DELETED":  20,
 		"EVENT_KIND_USER_DELETED":    21,
 		"EVENT_KIND_TENANT_DELETED":  22,
+		"EVENT_KIND_ADMIN_AUDIT":     50,
 	}
 )
 
@@ -165,6 +170,9 @@ type Command struct {
 	//	*Command_SetKeyPolicy
 	//	*Command_SetTenantPar
 	//	*Command_SetGatewayConfig
+	//	*Command_PutAdminCredential
+	//	*Command_RevokeAdminCredential
+	//	*Command_AppendAudit
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -516,6 +524,33 @@ func (x *Command) GetSetGatewayConfig() *SetGatewayConfig {
 	return nil
 }
 
+func (x *Command) GetPutAdminCredential() *PutAdminCredential {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutAdminCredential); ok {
+			return x.PutAdminCredential
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeAdminCredential() *RevokeAdminCredential {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeAdminCredential); ok {
+			return x.RevokeAdminCredential
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAppendAudit() *AppendAudit {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AppendAudit); ok {
+			return x.AppendAudit
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -661,6 +696,20 @@ type Command_SetGatewayConfig struct {
 	SetGatewayConfig *SetGatewayConfig `protobuf:"bytes,110,opt,name=set_gateway_config,json=setGatewayConfig,proto3,oneof"`
 }
 
+type Command_PutAdminCredential struct {
+	// Issue 13 (threat protection): named admin credentials and the
+	// hash-chained audit log. See the messages at the end of the file.
+	PutAdminCredential *PutAdminCredential `protobuf:"bytes,120,opt,name=put_admin_credential,json=putAdminCredential,proto3,oneof"`
+}
+
+type Command_RevokeAdminCredential struct {
+	RevokeAdminCredential *RevokeAdminCredential `protobuf:"bytes,121,opt,name=revoke_admin_credential,json=revokeAdminCredential,proto3,oneof"`
+}
+
+type Command_AppendAudit struct {
+	AppendAudit *AppendAudit `protobuf:"bytes,122,opt,name=append_audit,json=appendAudit,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -724,6 +773,12 @@ func (*Command_SetKeyPolicy) isCommand_Op() {}
 func (*Command_SetTenantPar) isCommand_Op() {}
 
 func (*Command_SetGatewayConfig) isCommand_Op() {}
+
+func (*Command_PutAdminCredential) isCommand_Op() {}
+
+func (*Command_RevokeAdminCredential) isCommand_Op() {}
+
+func (*Command_AppendAudit) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -1833,8 +1888,10 @@ type Event struct {
 	// USER_UNLOCKED: when the user was made inactive; the user's access
 	// tokens issued at or before it stay invalid.
 	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// ADMIN_AUDIT: the audit record as stored (issue 13).
+	Audit         *AuditRecord `protobuf:"bytes,50,opt,name=audit,proto3" json:"audit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
@@ -1956,6 +2013,13 @@ func (x *Event) GetLockedUnixNano() int64 {
 		return x.LockedUnixNano
 	}
 	return 0
+}
+
+func (x *Event) GetAudit() *AuditRecord {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
 }
 
 // CreateUser stores a new user; "already exists" if the id or the username
@@ -5302,11 +5366,400 @@ func (x *Policy) GetDryRun() bool {
 	return false
 }
 
+// AdminCredential is a named admin credential: a person or a pipeline. Only
+// a keyed hash of its token is stored; the token is shown once, at creation.
+type AdminCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Random id, also the token's prefix (the token is "tadm_<id>_<secret>").
+	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// "admin", "operator", "tenant-admin" or "auditor".
+	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// tenant-admin: the one tenant it administers.
+	Tenant          string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	TokenHash       []byte `protobuf:"bytes,5,opt,name=token_hash,json=tokenHash,proto3" json:"token_hash,omitempty"`
+	CreatedUnixNano int64  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// 0: never expires.
+	ExpiresUnixNano int64 `protobuf:"varint,7,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	// 0: not revoked.
+	RevokedUnixNano int64 `protobuf:"varint,8,opt,name=revoked_unix_nano,json=revokedUnixNano,proto3" json:"revoked_unix_nano,omitempty"`
+	// Actor that created it.
+	CreatedBy     string `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminCredential) Reset() {
+	*x = AdminCredential{}
+	mi := &file_command_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminCredential) ProtoMessage() {}
+
+func (x *AdminCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminCredential.ProtoReflect.Descriptor instead.
+func (*AdminCredential) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *AdminCredential) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetTokenHash() []byte {
+	if x != nil {
+		return x.TokenHash
+	}
+	return nil
+}
+
+func (x *AdminCredential) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *AdminCredential) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
+func (x *AdminCredential) GetRevokedUnixNano() int64 {
+	if x != nil {
+		return x.RevokedUnixNano
+	}
+	return 0
+}
+
+func (x *AdminCredential) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+// PutAdminCredential stores a new credential; "already exists" if the id is
+// taken or an unrevoked credential has the same name.
+type PutAdminCredential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credential    *AdminCredential       `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAdminCredential) Reset() {
+	*x = PutAdminCredential{}
+	mi := &file_command_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAdminCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAdminCredential) ProtoMessage() {}
+
+func (x *PutAdminCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAdminCredential.ProtoReflect.Descriptor instead.
+func (*PutAdminCredential) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *PutAdminCredential) GetCredential() *AdminCredential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// RevokeAdminCredential revokes a credential at the command's time.
+type RevokeAdminCredential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminCredential) Reset() {
+	*x = RevokeAdminCredential{}
+	mi := &file_command_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminCredential) ProtoMessage() {}
+
+func (x *RevokeAdminCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminCredential.ProtoReflect.Descriptor instead.
+func (*RevokeAdminCredential) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *RevokeAdminCredential) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// AuditRecord is one entry of the hash-chained audit log. The proposer
+// fills actor..node; the FSM assigns seq, time, raft_index, prev_hash and
+// hash = SHA-256(prev_hash || canonical encoding) (raft.AuditHash).
+type AuditRecord struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Seq          uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Actor        string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action       string                 `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	Target       string                 `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	Tenant       string                 `protobuf:"bytes,6,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// "success", or "denied: <code>", or "failure: <code>".
+	Outcome   string `protobuf:"bytes,7,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Node      string `protobuf:"bytes,8,opt,name=node,proto3" json:"node,omitempty"`
+	RaftIndex uint64 `protobuf:"varint,9,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	PrevHash  []byte `protobuf:"bytes,10,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	Hash      []byte `protobuf:"bytes,11,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Role of the actor when it acted.
+	Role          string `protobuf:"bytes,12,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_command_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *AuditRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetPrevHash() []byte {
+	if x != nil {
+		return x.PrevHash
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetHash() []byte {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+// AppendAudit appends one record to the audit log.
+type AppendAudit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Record        *AuditRecord           `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendAudit) Reset() {
+	*x = AppendAudit{}
+	mi := &file_command_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendAudit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendAudit) ProtoMessage() {}
+
+func (x *AppendAudit) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendAudit.ProtoReflect.Descriptor instead.
+func (*AppendAudit) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *AppendAudit) GetRecord() *AuditRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\xde\x12\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xd6\x14\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -5346,7 +5799,10 @@ const file_command_proto_rawDesc = "" +
 	"\x12redeem_request_uri\x18e \x01(\v2\x1f.tally.raft.v1.RedeemRequestURIH\x00R\x10redeemRequestUri\x12C\n" +
 	"\x0eset_key_policy\x18f \x01(\v2\x1b.tally.raft.v1.SetKeyPolicyH\x00R\fsetKeyPolicy\x12C\n" +
 	"\x0eset_tenant_par\x18g \x01(\v2\x1b.tally.raft.v1.SetTenantPARH\x00R\fsetTenantPar\x12O\n" +
-	"\x12set_gateway_config\x18n \x01(\v2\x1f.tally.raft.v1.SetGatewayConfigH\x00R\x10setGatewayConfigB\x04\n" +
+	"\x12set_gateway_config\x18n \x01(\v2\x1f.tally.raft.v1.SetGatewayConfigH\x00R\x10setGatewayConfig\x12U\n" +
+	"\x14put_admin_credential\x18x \x01(\v2!.tally.raft.v1.PutAdminCredentialH\x00R\x12putAdminCredential\x12^\n" +
+	"\x17revoke_admin_credential\x18y \x01(\v2$.tally.raft.v1.RevokeAdminCredentialH\x00R\x15revokeAdminCredential\x12?\n" +
+	"\fappend_audit\x18z \x01(\v2\x1a.tally.raft.v1.AppendAuditH\x00R\vappendAuditB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -5437,7 +5893,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x04 \x01(\x03R\x0frevokedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
-	"\asubject\x18\a \x01(\tR\asubject\"\x9c\x03\n" +
+	"\asubject\x18\a \x01(\tR\asubject\"\xce\x03\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12,\n" +
@@ -5454,7 +5910,8 @@ const file_command_proto_rawDesc = "" +
 	" \x01(\rR\aordinal\x12\x12\n" +
 	"\x04node\x18\v \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\f \x01(\tR\x06region\x12(\n" +
-	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"5\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\x120\n" +
+	"\x05audit\x182 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x05audit\"5\n" +
 	"\n" +
 	"CreateUser\x12'\n" +
 	"\x04user\x18\x01 \x01(\v2\x13.tally.raft.v1.UserR\x04user\"{\n" +
@@ -5719,7 +6176,42 @@ const file_command_proto_rawDesc = "" +
 	"\x06Policy\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x17\n" +
-	"\adry_run\x18\x03 \x01(\bR\x06dryRun*\xf3\x02\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"\xa3\x02\n" +
+	"\x0fAdminCredential\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x16\n" +
+	"\x06tenant\x18\x04 \x01(\tR\x06tenant\x12\x1d\n" +
+	"\n" +
+	"token_hash\x18\x05 \x01(\fR\ttokenHash\x12*\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
+	"\x11expires_unix_nano\x18\a \x01(\x03R\x0fexpiresUnixNano\x12*\n" +
+	"\x11revoked_unix_nano\x18\b \x01(\x03R\x0frevokedUnixNano\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\t \x01(\tR\tcreatedBy\"T\n" +
+	"\x12PutAdminCredential\x12>\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1e.tally.raft.v1.AdminCredentialR\n" +
+	"credential\"'\n" +
+	"\x15RevokeAdminCredential\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xb5\x02\n" +
+	"\vAuditRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x16\n" +
+	"\x06target\x18\x05 \x01(\tR\x06target\x12\x16\n" +
+	"\x06tenant\x18\x06 \x01(\tR\x06tenant\x12\x18\n" +
+	"\aoutcome\x18\a \x01(\tR\aoutcome\x12\x12\n" +
+	"\x04node\x18\b \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\t \x01(\x04R\traftIndex\x12\x1b\n" +
+	"\tprev_hash\x18\n" +
+	" \x01(\fR\bprevHash\x12\x12\n" +
+	"\x04hash\x18\v \x01(\fR\x04hash\x12\x12\n" +
+	"\x04role\x18\f \x01(\tR\x04role\"A\n" +
+	"\vAppendAudit\x122\n" +
+	"\x06record\x18\x01 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x06record*\x8f\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -5732,7 +6224,8 @@ const file_command_proto_rawDesc = "" +
 	"\x18EVENT_KIND_USER_UNLOCKED\x10\b\x12\x1d\n" +
 	"\x19EVENT_KIND_CLIENT_DELETED\x10\x14\x12\x1b\n" +
 	"\x17EVENT_KIND_USER_DELETED\x10\x15\x12\x1d\n" +
-	"\x19EVENT_KIND_TENANT_DELETED\x10\x16B(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\x19EVENT_KIND_TENANT_DELETED\x10\x16\x12\x1a\n" +
+	"\x16EVENT_KIND_ADMIN_AUDIT\x102B(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -5747,7 +6240,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
 	(*Command)(nil),                  // 1: tally.raft.v1.Command
@@ -5811,6 +6304,11 @@ var file_command_proto_goTypes = []any{
 	(*GatewayRoute)(nil),             // 59: tally.raft.v1.GatewayRoute
 	(*GatewayRateLimit)(nil),         // 60: tally.raft.v1.GatewayRateLimit
 	(*Policy)(nil),                   // 61: tally.raft.v1.Policy
+	(*AdminCredential)(nil),          // 62: tally.raft.v1.AdminCredential
+	(*PutAdminCredential)(nil),       // 63: tally.raft.v1.PutAdminCredential
+	(*RevokeAdminCredential)(nil),    // 64: tally.raft.v1.RevokeAdminCredential
+	(*AuditRecord)(nil),              // 65: tally.raft.v1.AuditRecord
+	(*AppendAudit)(nil),              // 66: tally.raft.v1.AppendAudit
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -5845,49 +6343,55 @@ var file_command_proto_depIdxs = []int32{
 	55, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
 	56, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
 	57, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
-	11, // 32: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 33: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 34: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 35: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 36: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 37: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 38: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	47, // 39: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	12, // 40: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	46, // 41: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	0,  // 42: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 43: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	28, // 44: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 45: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 46: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 47: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 48: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 49: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 50: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 51: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 52: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 53: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 54: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 55: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 56: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 57: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 58: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	52, // 59: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	39, // 60: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	45, // 61: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	48, // 62: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	49, // 63: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	47, // 64: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	52, // 65: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	58, // 66: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	59, // 67: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	60, // 68: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	61, // 69: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	63, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
+	64, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
+	66, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
+	11, // 35: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 36: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 37: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 38: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 39: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 40: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 41: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	47, // 42: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	12, // 43: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	46, // 44: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	0,  // 45: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 46: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	65, // 47: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	28, // 48: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 49: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 50: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 51: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 52: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 53: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 54: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 55: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 56: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 57: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 58: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 59: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 60: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 61: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 62: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	52, // 63: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	39, // 64: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	45, // 65: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	48, // 66: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	49, // 67: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	47, // 68: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	52, // 69: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	58, // 70: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	59, // 71: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	60, // 72: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	61, // 73: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	62, // 74: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	65, // 75: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	76, // [76:76] is the sub-list for method output_type
+	76, // [76:76] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -5928,6 +6432,9 @@ func file_command_proto_init() {
 		(*Command_SetKeyPolicy)(nil),
 		(*Command_SetTenantPar)(nil),
 		(*Command_SetGatewayConfig)(nil),
+		(*Command_PutAdminCredential)(nil),
+		(*Command_RevokeAdminCredential)(nil),
+		(*Command_AppendAudit)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5935,7 +6442,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   61,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -54,6 +54,11 @@ const (
 	// before it are invalid for good. Subject
 	// tally.<tenant>.security.user_deleted.
 	EventUserDeleted = "https://tally.dev/secevent/user-deleted"
+	// One record of the admin audit log (issue 13): an admin or
+	// cluster-admin call that changed, or was refused the change of,
+	// something. Events without a tenant are published under the default
+	// tenant's subjects. Subject tally.<tenant>.security.admin_audit.
+	EventAdminAudit = "https://tally.dev/secevent/admin-audit"
 )
 
 // SchemaVersion is the version of EventDetails; the JSON schema of the
@@ -96,6 +101,7 @@ var subjectSuffix = map[string]string{
 	EventUserUnlocked:   "security.user_unlocked",
 	EventClientDeleted:  "security.client_deleted",
 	EventUserDeleted:    "security.user_deleted",
+	EventAdminAudit:     "security.admin_audit",
 }
 
 // Subject returns the NATS subject of an event type in tenant, e.g.
@@ -171,6 +177,22 @@ type EventDetails struct {
 	// (client-deleted, user-deleted): the deletion; the client's or user's
 	// access tokens with an iat at or before it are invalid for good.
 	TokensIssuedUntil int64 `json:"tokens_issued_until,omitempty"`
+	// Audit (admin-audit): the audit log record (issue 13).
+	Audit *AuditDetails `json:"audit,omitempty"`
+}
+
+// AuditDetails is an audit log record; hashes are hex SHA-256.
+type AuditDetails struct {
+	Seq      uint64 `json:"seq"`
+	Actor    string `json:"actor"`
+	Role     string `json:"role,omitempty"`
+	Action   string `json:"action"`
+	Target   string `json:"target,omitempty"`
+	Tenant   string `json:"tenant,omitempty"`
+	Outcome  string `json:"outcome"`
+	Node     string `json:"node,omitempty"`
+	PrevHash string `json:"prev_hash,omitempty"`
+	Hash     string `json:"hash"`
 }
 
 // SETClaims is the claim set of a tally Security Event Token (RFC 8417

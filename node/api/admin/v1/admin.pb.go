@@ -4761,6 +4761,761 @@ func (x *SetPolicyResponse) GetConfig() *GatewayConfig {
 	return nil
 }
 
+type AdminCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// admin, operator, tenant-admin or auditor.
+	Role      string                 `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	Tenant    string                 `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	CreatedBy string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Not revoked and not expired.
+	Active        bool `protobuf:"varint,9,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminCredential) Reset() {
+	*x = AdminCredential{}
+	mi := &file_admin_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminCredential) ProtoMessage() {}
+
+func (x *AdminCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminCredential.ProtoReflect.Descriptor instead.
+func (*AdminCredential) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *AdminCredential) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *AdminCredential) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *AdminCredential) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *AdminCredential) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *AdminCredential) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+type CreateAdminCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Role  string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// tenant-admin only: the tenant it administers.
+	Tenant string `protobuf:"bytes,3,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// 0: the server's default (90 days); negative: never expires.
+	TtlSeconds    int64 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAdminCredentialRequest) Reset() {
+	*x = CreateAdminCredentialRequest{}
+	mi := &file_admin_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAdminCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAdminCredentialRequest) ProtoMessage() {}
+
+func (x *CreateAdminCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAdminCredentialRequest.ProtoReflect.Descriptor instead.
+func (*CreateAdminCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *CreateAdminCredentialRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateAdminCredentialRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *CreateAdminCredentialRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *CreateAdminCredentialRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type CreateAdminCredentialResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Credential *AdminCredential       `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// The bearer token, shown once; only its hash is stored.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAdminCredentialResponse) Reset() {
+	*x = CreateAdminCredentialResponse{}
+	mi := &file_admin_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAdminCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAdminCredentialResponse) ProtoMessage() {}
+
+func (x *CreateAdminCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAdminCredentialResponse.ProtoReflect.Descriptor instead.
+func (*CreateAdminCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *CreateAdminCredentialResponse) GetCredential() *AdminCredential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *CreateAdminCredentialResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type ListAdminCredentialsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminCredentialsRequest) Reset() {
+	*x = ListAdminCredentialsRequest{}
+	mi := &file_admin_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminCredentialsRequest) ProtoMessage() {}
+
+func (x *ListAdminCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*ListAdminCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{84}
+}
+
+type ListAdminCredentialsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credentials   []*AdminCredential     `protobuf:"bytes,1,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminCredentialsResponse) Reset() {
+	*x = ListAdminCredentialsResponse{}
+	mi := &file_admin_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminCredentialsResponse) ProtoMessage() {}
+
+func (x *ListAdminCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*ListAdminCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *ListAdminCredentialsResponse) GetCredentials() []*AdminCredential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+type RevokeAdminCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Credential id or name.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminCredentialRequest) Reset() {
+	*x = RevokeAdminCredentialRequest{}
+	mi := &file_admin_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminCredentialRequest) ProtoMessage() {}
+
+func (x *RevokeAdminCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminCredentialRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAdminCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *RevokeAdminCredentialRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeAdminCredentialResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credential    *AdminCredential       `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminCredentialResponse) Reset() {
+	*x = RevokeAdminCredentialResponse{}
+	mi := &file_admin_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminCredentialResponse) ProtoMessage() {}
+
+func (x *RevokeAdminCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminCredentialResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAdminCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *RevokeAdminCredentialResponse) GetCredential() *AdminCredential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+type AuditRecord struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Seq       uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	Actor     string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	Role      string                 `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	Action    string                 `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Target    string                 `protobuf:"bytes,6,opt,name=target,proto3" json:"target,omitempty"`
+	Tenant    string                 `protobuf:"bytes,7,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Outcome   string                 `protobuf:"bytes,8,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Node      string                 `protobuf:"bytes,9,opt,name=node,proto3" json:"node,omitempty"`
+	RaftIndex uint64                 `protobuf:"varint,10,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	// Hex SHA-256 of the previous record (empty for the first) and of this one.
+	PrevHash      string `protobuf:"bytes,11,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	Hash          string `protobuf:"bytes,12,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_admin_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *AuditRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetPrevHash() string {
+	if x != nil {
+		return x.PrevHash
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only records of this tenant ("" : all).
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Records with seq greater than this.
+	AfterSeq uint64 `protobuf:"varint,2,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// At most this many (0: 1000).
+	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_admin_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *ListAuditRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_admin_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *ListAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+type VerifyAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditRequest) Reset() {
+	*x = VerifyAuditRequest{}
+	mi := &file_admin_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditRequest) ProtoMessage() {}
+
+func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{91}
+}
+
+type VerifyAuditResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Intact  bool                   `protobuf:"varint,1,opt,name=intact,proto3" json:"intact,omitempty"`
+	Records uint64                 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	// The first record whose hash or link does not verify (0 when intact).
+	FirstBrokenSeq uint64 `protobuf:"varint,3,opt,name=first_broken_seq,json=firstBrokenSeq,proto3" json:"first_broken_seq,omitempty"`
+	Reason         string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	HeadHash       string `protobuf:"bytes,5,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResponse) Reset() {
+	*x = VerifyAuditResponse{}
+	mi := &file_admin_proto_msgTypes[92]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResponse) ProtoMessage() {}
+
+func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[92]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{92}
+}
+
+func (x *VerifyAuditResponse) GetIntact() bool {
+	if x != nil {
+		return x.Intact
+	}
+	return false
+}
+
+func (x *VerifyAuditResponse) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetFirstBrokenSeq() uint64 {
+	if x != nil {
+		return x.FirstBrokenSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *VerifyAuditResponse) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -5109,7 +5864,69 @@ const file_admin_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x122\n" +
 	"\x06policy\x18\x02 \x01(\v2\x1a.tally.admin.v1.PolicyInfoR\x06policy\"J\n" +
 	"\x11SetPolicyResponse\x125\n" +
-	"\x06config\x18\x01 \x01(\v2\x1d.tally.admin.v1.GatewayConfigR\x06config2\xd5\x17\n" +
+	"\x06config\x18\x01 \x01(\v2\x1d.tally.admin.v1.GatewayConfigR\x06config\"\xc9\x02\n" +
+	"\x0fAdminCredential\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x16\n" +
+	"\x06tenant\x18\x04 \x01(\tR\x06tenant\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
+	"\n" +
+	"revoked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\x12\x16\n" +
+	"\x06active\x18\t \x01(\bR\x06active\"\x7f\n" +
+	"\x1cCreateAdminCredentialRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
+	"\x06tenant\x18\x03 \x01(\tR\x06tenant\x12\x1f\n" +
+	"\vttl_seconds\x18\x04 \x01(\x03R\n" +
+	"ttlSeconds\"v\n" +
+	"\x1dCreateAdminCredentialResponse\x12?\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1f.tally.admin.v1.AdminCredentialR\n" +
+	"credential\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"\x1d\n" +
+	"\x1bListAdminCredentialsRequest\"a\n" +
+	"\x1cListAdminCredentialsResponse\x12A\n" +
+	"\vcredentials\x18\x01 \x03(\v2\x1f.tally.admin.v1.AdminCredentialR\vcredentials\".\n" +
+	"\x1cRevokeAdminCredentialRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"`\n" +
+	"\x1dRevokeAdminCredentialResponse\x12?\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1f.tally.admin.v1.AdminCredentialR\n" +
+	"credential\"\xbf\x02\n" +
+	"\vAuditRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x16\n" +
+	"\x06target\x18\x06 \x01(\tR\x06target\x12\x16\n" +
+	"\x06tenant\x18\a \x01(\tR\x06tenant\x12\x18\n" +
+	"\aoutcome\x18\b \x01(\tR\aoutcome\x12\x12\n" +
+	"\x04node\x18\t \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\n" +
+	" \x01(\x04R\traftIndex\x12\x1b\n" +
+	"\tprev_hash\x18\v \x01(\tR\bprevHash\x12\x12\n" +
+	"\x04hash\x18\f \x01(\tR\x04hash\"]\n" +
+	"\x10ListAuditRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tafter_seq\x18\x02 \x01(\x04R\bafterSeq\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"J\n" +
+	"\x11ListAuditResponse\x125\n" +
+	"\arecords\x18\x01 \x03(\v2\x1b.tally.admin.v1.AuditRecordR\arecords\"\x14\n" +
+	"\x12VerifyAuditRequest\"\xa6\x01\n" +
+	"\x13VerifyAuditResponse\x12\x16\n" +
+	"\x06intact\x18\x01 \x01(\bR\x06intact\x12\x18\n" +
+	"\arecords\x18\x02 \x01(\x04R\arecords\x12(\n" +
+	"\x10first_broken_seq\x18\x03 \x01(\x04R\x0efirstBrokenSeq\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1b\n" +
+	"\thead_hash\x18\x05 \x01(\tR\bheadHash2\xde\x1b\n" +
 	"\fAdminService\x12Y\n" +
 	"\fCreateTenant\x12#.tally.admin.v1.CreateTenantRequest\x1a$.tally.admin.v1.CreateTenantResponse\x12P\n" +
 	"\tGetTenant\x12 .tally.admin.v1.GetTenantRequest\x1a!.tally.admin.v1.GetTenantResponse\x12V\n" +
@@ -5147,7 +5964,12 @@ const file_admin_proto_rawDesc = "" +
 	"\x0fSetGatewayRoute\x12&.tally.admin.v1.SetGatewayRouteRequest\x1a'.tally.admin.v1.SetGatewayRouteResponse\x12k\n" +
 	"\x12DeleteGatewayRoute\x12).tally.admin.v1.DeleteGatewayRouteRequest\x1a*.tally.admin.v1.DeleteGatewayRouteResponse\x12n\n" +
 	"\x13SetGatewayRateLimit\x12*.tally.admin.v1.SetGatewayRateLimitRequest\x1a+.tally.admin.v1.SetGatewayRateLimitResponse\x12P\n" +
-	"\tSetPolicy\x12 .tally.admin.v1.SetPolicyRequest\x1a!.tally.admin.v1.SetPolicyResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
+	"\tSetPolicy\x12 .tally.admin.v1.SetPolicyRequest\x1a!.tally.admin.v1.SetPolicyResponse\x12t\n" +
+	"\x15CreateAdminCredential\x12,.tally.admin.v1.CreateAdminCredentialRequest\x1a-.tally.admin.v1.CreateAdminCredentialResponse\x12q\n" +
+	"\x14ListAdminCredentials\x12+.tally.admin.v1.ListAdminCredentialsRequest\x1a,.tally.admin.v1.ListAdminCredentialsResponse\x12t\n" +
+	"\x15RevokeAdminCredential\x12,.tally.admin.v1.RevokeAdminCredentialRequest\x1a-.tally.admin.v1.RevokeAdminCredentialResponse\x12P\n" +
+	"\tListAudit\x12 .tally.admin.v1.ListAuditRequest\x1a!.tally.admin.v1.ListAuditResponse\x12V\n" +
+	"\vVerifyAudit\x12\".tally.admin.v1.VerifyAuditRequest\x1a#.tally.admin.v1.VerifyAuditResponseB6Z4github.com/tallyauth/tally/node/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -5161,227 +5983,257 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 93)
 var file_admin_proto_goTypes = []any{
-	(*Tenant)(nil),                      // 0: tally.admin.v1.Tenant
-	(*CreateTenantRequest)(nil),         // 1: tally.admin.v1.CreateTenantRequest
-	(*CreateTenantResponse)(nil),        // 2: tally.admin.v1.CreateTenantResponse
-	(*GetTenantRequest)(nil),            // 3: tally.admin.v1.GetTenantRequest
-	(*GetTenantResponse)(nil),           // 4: tally.admin.v1.GetTenantResponse
-	(*ListTenantsRequest)(nil),          // 5: tally.admin.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),         // 6: tally.admin.v1.ListTenantsResponse
-	(*Client)(nil),                      // 7: tally.admin.v1.Client
-	(*CreateClientRequest)(nil),         // 8: tally.admin.v1.CreateClientRequest
-	(*CreateClientResponse)(nil),        // 9: tally.admin.v1.CreateClientResponse
-	(*GetClientRequest)(nil),            // 10: tally.admin.v1.GetClientRequest
-	(*GetClientResponse)(nil),           // 11: tally.admin.v1.GetClientResponse
-	(*ListClientsRequest)(nil),          // 12: tally.admin.v1.ListClientsRequest
-	(*ListClientsResponse)(nil),         // 13: tally.admin.v1.ListClientsResponse
-	(*StringList)(nil),                  // 14: tally.admin.v1.StringList
-	(*UpdateClientRequest)(nil),         // 15: tally.admin.v1.UpdateClientRequest
-	(*UpdateClientResponse)(nil),        // 16: tally.admin.v1.UpdateClientResponse
-	(*DisableClientRequest)(nil),        // 17: tally.admin.v1.DisableClientRequest
-	(*DisableClientResponse)(nil),       // 18: tally.admin.v1.DisableClientResponse
-	(*EnableClientRequest)(nil),         // 19: tally.admin.v1.EnableClientRequest
-	(*EnableClientResponse)(nil),        // 20: tally.admin.v1.EnableClientResponse
-	(*RotateClientSecretRequest)(nil),   // 21: tally.admin.v1.RotateClientSecretRequest
-	(*RotateClientSecretResponse)(nil),  // 22: tally.admin.v1.RotateClientSecretResponse
-	(*Key)(nil),                         // 23: tally.admin.v1.Key
-	(*ListKeysRequest)(nil),             // 24: tally.admin.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),            // 25: tally.admin.v1.ListKeysResponse
-	(*RotateKeysRequest)(nil),           // 26: tally.admin.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),          // 27: tally.admin.v1.RotateKeysResponse
-	(*Revocation)(nil),                  // 28: tally.admin.v1.Revocation
-	(*RevokeTokenRequest)(nil),          // 29: tally.admin.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),         // 30: tally.admin.v1.RevokeTokenResponse
-	(*ListRevocationsRequest)(nil),      // 31: tally.admin.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),     // 32: tally.admin.v1.ListRevocationsResponse
-	(*User)(nil),                        // 33: tally.admin.v1.User
-	(*CreateUserRequest)(nil),           // 34: tally.admin.v1.CreateUserRequest
-	(*CreateUserResponse)(nil),          // 35: tally.admin.v1.CreateUserResponse
-	(*GetUserRequest)(nil),              // 36: tally.admin.v1.GetUserRequest
-	(*GetUserResponse)(nil),             // 37: tally.admin.v1.GetUserResponse
-	(*ListUsersRequest)(nil),            // 38: tally.admin.v1.ListUsersRequest
-	(*ListUsersResponse)(nil),           // 39: tally.admin.v1.ListUsersResponse
-	(*DisableUserRequest)(nil),          // 40: tally.admin.v1.DisableUserRequest
-	(*DisableUserResponse)(nil),         // 41: tally.admin.v1.DisableUserResponse
-	(*EnableUserRequest)(nil),           // 42: tally.admin.v1.EnableUserRequest
-	(*EnableUserResponse)(nil),          // 43: tally.admin.v1.EnableUserResponse
-	(*SetUserPasswordRequest)(nil),      // 44: tally.admin.v1.SetUserPasswordRequest
-	(*SetUserPasswordResponse)(nil),     // 45: tally.admin.v1.SetUserPasswordResponse
-	(*DeleteClientRequest)(nil),         // 46: tally.admin.v1.DeleteClientRequest
-	(*DeleteClientResponse)(nil),        // 47: tally.admin.v1.DeleteClientResponse
-	(*DeleteUserRequest)(nil),           // 48: tally.admin.v1.DeleteUserRequest
-	(*DeleteUserResponse)(nil),          // 49: tally.admin.v1.DeleteUserResponse
-	(*DeleteTenantRequest)(nil),         // 50: tally.admin.v1.DeleteTenantRequest
-	(*DeleteTenantResponse)(nil),        // 51: tally.admin.v1.DeleteTenantResponse
-	(*ClientAuth)(nil),                  // 52: tally.admin.v1.ClientAuth
-	(*TenantTrust)(nil),                 // 53: tally.admin.v1.TenantTrust
-	(*FederationTrust)(nil),             // 54: tally.admin.v1.FederationTrust
-	(*SubjectMapping)(nil),              // 55: tally.admin.v1.SubjectMapping
-	(*SetTenantTrustRequest)(nil),       // 56: tally.admin.v1.SetTenantTrustRequest
-	(*SetTenantTrustResponse)(nil),      // 57: tally.admin.v1.SetTenantTrustResponse
-	(*GetTenantTrustRequest)(nil),       // 58: tally.admin.v1.GetTenantTrustRequest
-	(*GetTenantTrustResponse)(nil),      // 59: tally.admin.v1.GetTenantTrustResponse
-	(*KeyPolicy)(nil),                   // 60: tally.admin.v1.KeyPolicy
-	(*SetKeyPolicyRequest)(nil),         // 61: tally.admin.v1.SetKeyPolicyRequest
-	(*SetKeyPolicyResponse)(nil),        // 62: tally.admin.v1.SetKeyPolicyResponse
-	(*GetKeyPolicyRequest)(nil),         // 63: tally.admin.v1.GetKeyPolicyRequest
-	(*GetKeyPolicyResponse)(nil),        // 64: tally.admin.v1.GetKeyPolicyResponse
-	(*SetTenantPARRequest)(nil),         // 65: tally.admin.v1.SetTenantPARRequest
-	(*SetTenantPARResponse)(nil),        // 66: tally.admin.v1.SetTenantPARResponse
-	(*GatewayRoute)(nil),                // 67: tally.admin.v1.GatewayRoute
-	(*GatewayRateLimit)(nil),            // 68: tally.admin.v1.GatewayRateLimit
-	(*PolicyInfo)(nil),                  // 69: tally.admin.v1.PolicyInfo
-	(*GatewayConfig)(nil),               // 70: tally.admin.v1.GatewayConfig
-	(*GetGatewayConfigRequest)(nil),     // 71: tally.admin.v1.GetGatewayConfigRequest
-	(*GetGatewayConfigResponse)(nil),    // 72: tally.admin.v1.GetGatewayConfigResponse
-	(*SetGatewayRouteRequest)(nil),      // 73: tally.admin.v1.SetGatewayRouteRequest
-	(*SetGatewayRouteResponse)(nil),     // 74: tally.admin.v1.SetGatewayRouteResponse
-	(*DeleteGatewayRouteRequest)(nil),   // 75: tally.admin.v1.DeleteGatewayRouteRequest
-	(*DeleteGatewayRouteResponse)(nil),  // 76: tally.admin.v1.DeleteGatewayRouteResponse
-	(*SetGatewayRateLimitRequest)(nil),  // 77: tally.admin.v1.SetGatewayRateLimitRequest
-	(*SetGatewayRateLimitResponse)(nil), // 78: tally.admin.v1.SetGatewayRateLimitResponse
-	(*SetPolicyRequest)(nil),            // 79: tally.admin.v1.SetPolicyRequest
-	(*SetPolicyResponse)(nil),           // 80: tally.admin.v1.SetPolicyResponse
-	(*timestamppb.Timestamp)(nil),       // 81: google.protobuf.Timestamp
+	(*Tenant)(nil),                        // 0: tally.admin.v1.Tenant
+	(*CreateTenantRequest)(nil),           // 1: tally.admin.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),          // 2: tally.admin.v1.CreateTenantResponse
+	(*GetTenantRequest)(nil),              // 3: tally.admin.v1.GetTenantRequest
+	(*GetTenantResponse)(nil),             // 4: tally.admin.v1.GetTenantResponse
+	(*ListTenantsRequest)(nil),            // 5: tally.admin.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),           // 6: tally.admin.v1.ListTenantsResponse
+	(*Client)(nil),                        // 7: tally.admin.v1.Client
+	(*CreateClientRequest)(nil),           // 8: tally.admin.v1.CreateClientRequest
+	(*CreateClientResponse)(nil),          // 9: tally.admin.v1.CreateClientResponse
+	(*GetClientRequest)(nil),              // 10: tally.admin.v1.GetClientRequest
+	(*GetClientResponse)(nil),             // 11: tally.admin.v1.GetClientResponse
+	(*ListClientsRequest)(nil),            // 12: tally.admin.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),           // 13: tally.admin.v1.ListClientsResponse
+	(*StringList)(nil),                    // 14: tally.admin.v1.StringList
+	(*UpdateClientRequest)(nil),           // 15: tally.admin.v1.UpdateClientRequest
+	(*UpdateClientResponse)(nil),          // 16: tally.admin.v1.UpdateClientResponse
+	(*DisableClientRequest)(nil),          // 17: tally.admin.v1.DisableClientRequest
+	(*DisableClientResponse)(nil),         // 18: tally.admin.v1.DisableClientResponse
+	(*EnableClientRequest)(nil),           // 19: tally.admin.v1.EnableClientRequest
+	(*EnableClientResponse)(nil),          // 20: tally.admin.v1.EnableClientResponse
+	(*RotateClientSecretRequest)(nil),     // 21: tally.admin.v1.RotateClientSecretRequest
+	(*RotateClientSecretResponse)(nil),    // 22: tally.admin.v1.RotateClientSecretResponse
+	(*Key)(nil),                           // 23: tally.admin.v1.Key
+	(*ListKeysRequest)(nil),               // 24: tally.admin.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),              // 25: tally.admin.v1.ListKeysResponse
+	(*RotateKeysRequest)(nil),             // 26: tally.admin.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),            // 27: tally.admin.v1.RotateKeysResponse
+	(*Revocation)(nil),                    // 28: tally.admin.v1.Revocation
+	(*RevokeTokenRequest)(nil),            // 29: tally.admin.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),           // 30: tally.admin.v1.RevokeTokenResponse
+	(*ListRevocationsRequest)(nil),        // 31: tally.admin.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),       // 32: tally.admin.v1.ListRevocationsResponse
+	(*User)(nil),                          // 33: tally.admin.v1.User
+	(*CreateUserRequest)(nil),             // 34: tally.admin.v1.CreateUserRequest
+	(*CreateUserResponse)(nil),            // 35: tally.admin.v1.CreateUserResponse
+	(*GetUserRequest)(nil),                // 36: tally.admin.v1.GetUserRequest
+	(*GetUserResponse)(nil),               // 37: tally.admin.v1.GetUserResponse
+	(*ListUsersRequest)(nil),              // 38: tally.admin.v1.ListUsersRequest
+	(*ListUsersResponse)(nil),             // 39: tally.admin.v1.ListUsersResponse
+	(*DisableUserRequest)(nil),            // 40: tally.admin.v1.DisableUserRequest
+	(*DisableUserResponse)(nil),           // 41: tally.admin.v1.DisableUserResponse
+	(*EnableUserRequest)(nil),             // 42: tally.admin.v1.EnableUserRequest
+	(*EnableUserResponse)(nil),            // 43: tally.admin.v1.EnableUserResponse
+	(*SetUserPasswordRequest)(nil),        // 44: tally.admin.v1.SetUserPasswordRequest
+	(*SetUserPasswordResponse)(nil),       // 45: tally.admin.v1.SetUserPasswordResponse
+	(*DeleteClientRequest)(nil),           // 46: tally.admin.v1.DeleteClientRequest
+	(*DeleteClientResponse)(nil),          // 47: tally.admin.v1.DeleteClientResponse
+	(*DeleteUserRequest)(nil),             // 48: tally.admin.v1.DeleteUserRequest
+	(*DeleteUserResponse)(nil),            // 49: tally.admin.v1.DeleteUserResponse
+	(*DeleteTenantRequest)(nil),           // 50: tally.admin.v1.DeleteTenantRequest
+	(*DeleteTenantResponse)(nil),          // 51: tally.admin.v1.DeleteTenantResponse
+	(*ClientAuth)(nil),                    // 52: tally.admin.v1.ClientAuth
+	(*TenantTrust)(nil),                   // 53: tally.admin.v1.TenantTrust
+	(*FederationTrust)(nil),               // 54: tally.admin.v1.FederationTrust
+	(*SubjectMapping)(nil),                // 55: tally.admin.v1.SubjectMapping
+	(*SetTenantTrustRequest)(nil),         // 56: tally.admin.v1.SetTenantTrustRequest
+	(*SetTenantTrustResponse)(nil),        // 57: tally.admin.v1.SetTenantTrustResponse
+	(*GetTenantTrustRequest)(nil),         // 58: tally.admin.v1.GetTenantTrustRequest
+	(*GetTenantTrustResponse)(nil),        // 59: tally.admin.v1.GetTenantTrustResponse
+	(*KeyPolicy)(nil),                     // 60: tally.admin.v1.KeyPolicy
+	(*SetKeyPolicyRequest)(nil),           // 61: tally.admin.v1.SetKeyPolicyRequest
+	(*SetKeyPolicyResponse)(nil),          // 62: tally.admin.v1.SetKeyPolicyResponse
+	(*GetKeyPolicyRequest)(nil),           // 63: tally.admin.v1.GetKeyPolicyRequest
+	(*GetKeyPolicyResponse)(nil),          // 64: tally.admin.v1.GetKeyPolicyResponse
+	(*SetTenantPARRequest)(nil),           // 65: tally.admin.v1.SetTenantPARRequest
+	(*SetTenantPARResponse)(nil),          // 66: tally.admin.v1.SetTenantPARResponse
+	(*GatewayRoute)(nil),                  // 67: tally.admin.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),              // 68: tally.admin.v1.GatewayRateLimit
+	(*PolicyInfo)(nil),                    // 69: tally.admin.v1.PolicyInfo
+	(*GatewayConfig)(nil),                 // 70: tally.admin.v1.GatewayConfig
+	(*GetGatewayConfigRequest)(nil),       // 71: tally.admin.v1.GetGatewayConfigRequest
+	(*GetGatewayConfigResponse)(nil),      // 72: tally.admin.v1.GetGatewayConfigResponse
+	(*SetGatewayRouteRequest)(nil),        // 73: tally.admin.v1.SetGatewayRouteRequest
+	(*SetGatewayRouteResponse)(nil),       // 74: tally.admin.v1.SetGatewayRouteResponse
+	(*DeleteGatewayRouteRequest)(nil),     // 75: tally.admin.v1.DeleteGatewayRouteRequest
+	(*DeleteGatewayRouteResponse)(nil),    // 76: tally.admin.v1.DeleteGatewayRouteResponse
+	(*SetGatewayRateLimitRequest)(nil),    // 77: tally.admin.v1.SetGatewayRateLimitRequest
+	(*SetGatewayRateLimitResponse)(nil),   // 78: tally.admin.v1.SetGatewayRateLimitResponse
+	(*SetPolicyRequest)(nil),              // 79: tally.admin.v1.SetPolicyRequest
+	(*SetPolicyResponse)(nil),             // 80: tally.admin.v1.SetPolicyResponse
+	(*AdminCredential)(nil),               // 81: tally.admin.v1.AdminCredential
+	(*CreateAdminCredentialRequest)(nil),  // 82: tally.admin.v1.CreateAdminCredentialRequest
+	(*CreateAdminCredentialResponse)(nil), // 83: tally.admin.v1.CreateAdminCredentialResponse
+	(*ListAdminCredentialsRequest)(nil),   // 84: tally.admin.v1.ListAdminCredentialsRequest
+	(*ListAdminCredentialsResponse)(nil),  // 85: tally.admin.v1.ListAdminCredentialsResponse
+	(*RevokeAdminCredentialRequest)(nil),  // 86: tally.admin.v1.RevokeAdminCredentialRequest
+	(*RevokeAdminCredentialResponse)(nil), // 87: tally.admin.v1.RevokeAdminCredentialResponse
+	(*AuditRecord)(nil),                   // 88: tally.admin.v1.AuditRecord
+	(*ListAuditRequest)(nil),              // 89: tally.admin.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),             // 90: tally.admin.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),            // 91: tally.admin.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),           // 92: tally.admin.v1.VerifyAuditResponse
+	(*timestamppb.Timestamp)(nil),         // 93: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	81, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 1: tally.admin.v1.CreateTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
-	0,  // 2: tally.admin.v1.GetTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
-	0,  // 3: tally.admin.v1.ListTenantsResponse.tenants:type_name -> tally.admin.v1.Tenant
-	81, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
-	81, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
-	81, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
-	52, // 7: tally.admin.v1.Client.auth:type_name -> tally.admin.v1.ClientAuth
-	52, // 8: tally.admin.v1.CreateClientRequest.auth:type_name -> tally.admin.v1.ClientAuth
-	7,  // 9: tally.admin.v1.CreateClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 10: tally.admin.v1.GetClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 11: tally.admin.v1.ListClientsResponse.clients:type_name -> tally.admin.v1.Client
-	14, // 12: tally.admin.v1.UpdateClientRequest.grant_types:type_name -> tally.admin.v1.StringList
-	14, // 13: tally.admin.v1.UpdateClientRequest.scopes:type_name -> tally.admin.v1.StringList
-	14, // 14: tally.admin.v1.UpdateClientRequest.audiences:type_name -> tally.admin.v1.StringList
-	14, // 15: tally.admin.v1.UpdateClientRequest.redirect_uris:type_name -> tally.admin.v1.StringList
-	7,  // 16: tally.admin.v1.UpdateClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 17: tally.admin.v1.DisableClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 18: tally.admin.v1.EnableClientResponse.client:type_name -> tally.admin.v1.Client
-	7,  // 19: tally.admin.v1.RotateClientSecretResponse.client:type_name -> tally.admin.v1.Client
-	81, // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	81, // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
-	81, // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
-	81, // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
-	23, // 24: tally.admin.v1.ListKeysResponse.keys:type_name -> tally.admin.v1.Key
-	23, // 25: tally.admin.v1.RotateKeysResponse.keys:type_name -> tally.admin.v1.Key
-	81, // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	81, // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	81, // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
-	28, // 29: tally.admin.v1.RevokeTokenResponse.revocation:type_name -> tally.admin.v1.Revocation
-	28, // 30: tally.admin.v1.ListRevocationsResponse.revocations:type_name -> tally.admin.v1.Revocation
-	81, // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
-	81, // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
-	33, // 33: tally.admin.v1.CreateUserResponse.user:type_name -> tally.admin.v1.User
-	33, // 34: tally.admin.v1.GetUserResponse.user:type_name -> tally.admin.v1.User
-	33, // 35: tally.admin.v1.ListUsersResponse.users:type_name -> tally.admin.v1.User
-	33, // 36: tally.admin.v1.DisableUserResponse.user:type_name -> tally.admin.v1.User
-	33, // 37: tally.admin.v1.EnableUserResponse.user:type_name -> tally.admin.v1.User
-	33, // 38: tally.admin.v1.SetUserPasswordResponse.user:type_name -> tally.admin.v1.User
-	54, // 39: tally.admin.v1.TenantTrust.federations:type_name -> tally.admin.v1.FederationTrust
-	81, // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
-	55, // 41: tally.admin.v1.FederationTrust.subjects:type_name -> tally.admin.v1.SubjectMapping
-	53, // 42: tally.admin.v1.SetTenantTrustRequest.trust:type_name -> tally.admin.v1.TenantTrust
-	53, // 43: tally.admin.v1.SetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
-	53, // 44: tally.admin.v1.GetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
-	81, // 45: tally.admin.v1.KeyPolicy.signing_key_since:type_name -> google.protobuf.Timestamp
-	81, // 46: tally.admin.v1.KeyPolicy.sealing_key_since:type_name -> google.protobuf.Timestamp
-	81, // 47: tally.admin.v1.KeyPolicy.next_rotation_at:type_name -> google.protobuf.Timestamp
-	81, // 48: tally.admin.v1.KeyPolicy.updated_at:type_name -> google.protobuf.Timestamp
-	60, // 49: tally.admin.v1.SetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
-	60, // 50: tally.admin.v1.GetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
-	0,  // 51: tally.admin.v1.SetTenantPARResponse.tenant:type_name -> tally.admin.v1.Tenant
-	67, // 52: tally.admin.v1.GatewayConfig.routes:type_name -> tally.admin.v1.GatewayRoute
-	68, // 53: tally.admin.v1.GatewayConfig.rate_limits:type_name -> tally.admin.v1.GatewayRateLimit
-	69, // 54: tally.admin.v1.GatewayConfig.policies:type_name -> tally.admin.v1.PolicyInfo
-	81, // 55: tally.admin.v1.GatewayConfig.updated_at:type_name -> google.protobuf.Timestamp
-	70, // 56: tally.admin.v1.GetGatewayConfigResponse.config:type_name -> tally.admin.v1.GatewayConfig
-	67, // 57: tally.admin.v1.SetGatewayRouteRequest.route:type_name -> tally.admin.v1.GatewayRoute
-	70, // 58: tally.admin.v1.SetGatewayRouteResponse.config:type_name -> tally.admin.v1.GatewayConfig
-	70, // 59: tally.admin.v1.DeleteGatewayRouteResponse.config:type_name -> tally.admin.v1.GatewayConfig
-	68, // 60: tally.admin.v1.SetGatewayRateLimitRequest.limit:type_name -> tally.admin.v1.GatewayRateLimit
-	70, // 61: tally.admin.v1.SetGatewayRateLimitResponse.config:type_name -> tally.admin.v1.GatewayConfig
-	69, // 62: tally.admin.v1.SetPolicyRequest.policy:type_name -> tally.admin.v1.PolicyInfo
-	70, // 63: tally.admin.v1.SetPolicyResponse.config:type_name -> tally.admin.v1.GatewayConfig
-	1,  // 64: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
-	3,  // 65: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
-	5,  // 66: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
-	8,  // 67: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
-	10, // 68: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
-	12, // 69: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
-	15, // 70: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
-	17, // 71: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
-	19, // 72: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
-	21, // 73: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
-	24, // 74: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
-	26, // 75: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
-	29, // 76: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
-	31, // 77: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
-	34, // 78: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
-	36, // 79: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
-	38, // 80: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
-	40, // 81: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
-	42, // 82: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
-	44, // 83: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
-	46, // 84: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
-	48, // 85: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
-	50, // 86: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
-	56, // 87: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
-	58, // 88: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
-	61, // 89: tally.admin.v1.AdminService.SetKeyPolicy:input_type -> tally.admin.v1.SetKeyPolicyRequest
-	63, // 90: tally.admin.v1.AdminService.GetKeyPolicy:input_type -> tally.admin.v1.GetKeyPolicyRequest
-	65, // 91: tally.admin.v1.AdminService.SetTenantPAR:input_type -> tally.admin.v1.SetTenantPARRequest
-	71, // 92: tally.admin.v1.AdminService.GetGatewayConfig:input_type -> tally.admin.v1.GetGatewayConfigRequest
-	73, // 93: tally.admin.v1.AdminService.SetGatewayRoute:input_type -> tally.admin.v1.SetGatewayRouteRequest
-	75, // 94: tally.admin.v1.AdminService.DeleteGatewayRoute:input_type -> tally.admin.v1.DeleteGatewayRouteRequest
-	77, // 95: tally.admin.v1.AdminService.SetGatewayRateLimit:input_type -> tally.admin.v1.SetGatewayRateLimitRequest
-	79, // 96: tally.admin.v1.AdminService.SetPolicy:input_type -> tally.admin.v1.SetPolicyRequest
-	2,  // 97: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
-	4,  // 98: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
-	6,  // 99: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
-	9,  // 100: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
-	11, // 101: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
-	13, // 102: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
-	16, // 103: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
-	18, // 104: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
-	20, // 105: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
-	22, // 106: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
-	25, // 107: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
-	27, // 108: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
-	30, // 109: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
-	32, // 110: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
-	35, // 111: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
-	37, // 112: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
-	39, // 113: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
-	41, // 114: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
-	43, // 115: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
-	45, // 116: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
-	47, // 117: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
-	49, // 118: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
-	51, // 119: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
-	57, // 120: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
-	59, // 121: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
-	62, // 122: tally.admin.v1.AdminService.SetKeyPolicy:output_type -> tally.admin.v1.SetKeyPolicyResponse
-	64, // 123: tally.admin.v1.AdminService.GetKeyPolicy:output_type -> tally.admin.v1.GetKeyPolicyResponse
-	66, // 124: tally.admin.v1.AdminService.SetTenantPAR:output_type -> tally.admin.v1.SetTenantPARResponse
-	72, // 125: tally.admin.v1.AdminService.GetGatewayConfig:output_type -> tally.admin.v1.GetGatewayConfigResponse
-	74, // 126: tally.admin.v1.AdminService.SetGatewayRoute:output_type -> tally.admin.v1.SetGatewayRouteResponse
-	76, // 127: tally.admin.v1.AdminService.DeleteGatewayRoute:output_type -> tally.admin.v1.DeleteGatewayRouteResponse
-	78, // 128: tally.admin.v1.AdminService.SetGatewayRateLimit:output_type -> tally.admin.v1.SetGatewayRateLimitResponse
-	80, // 129: tally.admin.v1.AdminService.SetPolicy:output_type -> tally.admin.v1.SetPolicyResponse
-	97, // [97:130] is the sub-list for method output_type
-	64, // [64:97] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	93,  // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
+	0,   // 1: tally.admin.v1.CreateTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
+	0,   // 2: tally.admin.v1.GetTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
+	0,   // 3: tally.admin.v1.ListTenantsResponse.tenants:type_name -> tally.admin.v1.Tenant
+	93,  // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
+	93,  // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
+	93,  // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	52,  // 7: tally.admin.v1.Client.auth:type_name -> tally.admin.v1.ClientAuth
+	52,  // 8: tally.admin.v1.CreateClientRequest.auth:type_name -> tally.admin.v1.ClientAuth
+	7,   // 9: tally.admin.v1.CreateClientResponse.client:type_name -> tally.admin.v1.Client
+	7,   // 10: tally.admin.v1.GetClientResponse.client:type_name -> tally.admin.v1.Client
+	7,   // 11: tally.admin.v1.ListClientsResponse.clients:type_name -> tally.admin.v1.Client
+	14,  // 12: tally.admin.v1.UpdateClientRequest.grant_types:type_name -> tally.admin.v1.StringList
+	14,  // 13: tally.admin.v1.UpdateClientRequest.scopes:type_name -> tally.admin.v1.StringList
+	14,  // 14: tally.admin.v1.UpdateClientRequest.audiences:type_name -> tally.admin.v1.StringList
+	14,  // 15: tally.admin.v1.UpdateClientRequest.redirect_uris:type_name -> tally.admin.v1.StringList
+	7,   // 16: tally.admin.v1.UpdateClientResponse.client:type_name -> tally.admin.v1.Client
+	7,   // 17: tally.admin.v1.DisableClientResponse.client:type_name -> tally.admin.v1.Client
+	7,   // 18: tally.admin.v1.EnableClientResponse.client:type_name -> tally.admin.v1.Client
+	7,   // 19: tally.admin.v1.RotateClientSecretResponse.client:type_name -> tally.admin.v1.Client
+	93,  // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	93,  // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
+	93,  // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	93,  // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
+	23,  // 24: tally.admin.v1.ListKeysResponse.keys:type_name -> tally.admin.v1.Key
+	23,  // 25: tally.admin.v1.RotateKeysResponse.keys:type_name -> tally.admin.v1.Key
+	93,  // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	93,  // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	93,  // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
+	28,  // 29: tally.admin.v1.RevokeTokenResponse.revocation:type_name -> tally.admin.v1.Revocation
+	28,  // 30: tally.admin.v1.ListRevocationsResponse.revocations:type_name -> tally.admin.v1.Revocation
+	93,  // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
+	93,  // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
+	33,  // 33: tally.admin.v1.CreateUserResponse.user:type_name -> tally.admin.v1.User
+	33,  // 34: tally.admin.v1.GetUserResponse.user:type_name -> tally.admin.v1.User
+	33,  // 35: tally.admin.v1.ListUsersResponse.users:type_name -> tally.admin.v1.User
+	33,  // 36: tally.admin.v1.DisableUserResponse.user:type_name -> tally.admin.v1.User
+	33,  // 37: tally.admin.v1.EnableUserResponse.user:type_name -> tally.admin.v1.User
+	33,  // 38: tally.admin.v1.SetUserPasswordResponse.user:type_name -> tally.admin.v1.User
+	54,  // 39: tally.admin.v1.TenantTrust.federations:type_name -> tally.admin.v1.FederationTrust
+	93,  // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
+	55,  // 41: tally.admin.v1.FederationTrust.subjects:type_name -> tally.admin.v1.SubjectMapping
+	53,  // 42: tally.admin.v1.SetTenantTrustRequest.trust:type_name -> tally.admin.v1.TenantTrust
+	53,  // 43: tally.admin.v1.SetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
+	53,  // 44: tally.admin.v1.GetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
+	93,  // 45: tally.admin.v1.KeyPolicy.signing_key_since:type_name -> google.protobuf.Timestamp
+	93,  // 46: tally.admin.v1.KeyPolicy.sealing_key_since:type_name -> google.protobuf.Timestamp
+	93,  // 47: tally.admin.v1.KeyPolicy.next_rotation_at:type_name -> google.protobuf.Timestamp
+	93,  // 48: tally.admin.v1.KeyPolicy.updated_at:type_name -> google.protobuf.Timestamp
+	60,  // 49: tally.admin.v1.SetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
+	60,  // 50: tally.admin.v1.GetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
+	0,   // 51: tally.admin.v1.SetTenantPARResponse.tenant:type_name -> tally.admin.v1.Tenant
+	67,  // 52: tally.admin.v1.GatewayConfig.routes:type_name -> tally.admin.v1.GatewayRoute
+	68,  // 53: tally.admin.v1.GatewayConfig.rate_limits:type_name -> tally.admin.v1.GatewayRateLimit
+	69,  // 54: tally.admin.v1.GatewayConfig.policies:type_name -> tally.admin.v1.PolicyInfo
+	93,  // 55: tally.admin.v1.GatewayConfig.updated_at:type_name -> google.protobuf.Timestamp
+	70,  // 56: tally.admin.v1.GetGatewayConfigResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	67,  // 57: tally.admin.v1.SetGatewayRouteRequest.route:type_name -> tally.admin.v1.GatewayRoute
+	70,  // 58: tally.admin.v1.SetGatewayRouteResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	70,  // 59: tally.admin.v1.DeleteGatewayRouteResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	68,  // 60: tally.admin.v1.SetGatewayRateLimitRequest.limit:type_name -> tally.admin.v1.GatewayRateLimit
+	70,  // 61: tally.admin.v1.SetGatewayRateLimitResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	69,  // 62: tally.admin.v1.SetPolicyRequest.policy:type_name -> tally.admin.v1.PolicyInfo
+	70,  // 63: tally.admin.v1.SetPolicyResponse.config:type_name -> tally.admin.v1.GatewayConfig
+	93,  // 64: tally.admin.v1.AdminCredential.created_at:type_name -> google.protobuf.Timestamp
+	93,  // 65: tally.admin.v1.AdminCredential.expires_at:type_name -> google.protobuf.Timestamp
+	93,  // 66: tally.admin.v1.AdminCredential.revoked_at:type_name -> google.protobuf.Timestamp
+	81,  // 67: tally.admin.v1.CreateAdminCredentialResponse.credential:type_name -> tally.admin.v1.AdminCredential
+	81,  // 68: tally.admin.v1.ListAdminCredentialsResponse.credentials:type_name -> tally.admin.v1.AdminCredential
+	81,  // 69: tally.admin.v1.RevokeAdminCredentialResponse.credential:type_name -> tally.admin.v1.AdminCredential
+	93,  // 70: tally.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	88,  // 71: tally.admin.v1.ListAuditResponse.records:type_name -> tally.admin.v1.AuditRecord
+	1,   // 72: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
+	3,   // 73: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
+	5,   // 74: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
+	8,   // 75: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
+	10,  // 76: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
+	12,  // 77: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
+	15,  // 78: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
+	17,  // 79: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
+	19,  // 80: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
+	21,  // 81: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
+	24,  // 82: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
+	26,  // 83: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
+	29,  // 84: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
+	31,  // 85: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
+	34,  // 86: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
+	36,  // 87: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
+	38,  // 88: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
+	40,  // 89: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
+	42,  // 90: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
+	44,  // 91: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
+	46,  // 92: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
+	48,  // 93: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
+	50,  // 94: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
+	56,  // 95: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
+	58,  // 96: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
+	61,  // 97: tally.admin.v1.AdminService.SetKeyPolicy:input_type -> tally.admin.v1.SetKeyPolicyRequest
+	63,  // 98: tally.admin.v1.AdminService.GetKeyPolicy:input_type -> tally.admin.v1.GetKeyPolicyRequest
+	65,  // 99: tally.admin.v1.AdminService.SetTenantPAR:input_type -> tally.admin.v1.SetTenantPARRequest
+	71,  // 100: tally.admin.v1.AdminService.GetGatewayConfig:input_type -> tally.admin.v1.GetGatewayConfigRequest
+	73,  // 101: tally.admin.v1.AdminService.SetGatewayRoute:input_type -> tally.admin.v1.SetGatewayRouteRequest
+	75,  // 102: tally.admin.v1.AdminService.DeleteGatewayRoute:input_type -> tally.admin.v1.DeleteGatewayRouteRequest
+	77,  // 103: tally.admin.v1.AdminService.SetGatewayRateLimit:input_type -> tally.admin.v1.SetGatewayRateLimitRequest
+	79,  // 104: tally.admin.v1.AdminService.SetPolicy:input_type -> tally.admin.v1.SetPolicyRequest
+	82,  // 105: tally.admin.v1.AdminService.CreateAdminCredential:input_type -> tally.admin.v1.CreateAdminCredentialRequest
+	84,  // 106: tally.admin.v1.AdminService.ListAdminCredentials:input_type -> tally.admin.v1.ListAdminCredentialsRequest
+	86,  // 107: tally.admin.v1.AdminService.RevokeAdminCredential:input_type -> tally.admin.v1.RevokeAdminCredentialRequest
+	89,  // 108: tally.admin.v1.AdminService.ListAudit:input_type -> tally.admin.v1.ListAuditRequest
+	91,  // 109: tally.admin.v1.AdminService.VerifyAudit:input_type -> tally.admin.v1.VerifyAuditRequest
+	2,   // 110: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
+	4,   // 111: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
+	6,   // 112: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
+	9,   // 113: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
+	11,  // 114: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
+	13,  // 115: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
+	16,  // 116: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
+	18,  // 117: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
+	20,  // 118: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
+	22,  // 119: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
+	25,  // 120: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
+	27,  // 121: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
+	30,  // 122: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
+	32,  // 123: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
+	35,  // 124: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
+	37,  // 125: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
+	39,  // 126: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
+	41,  // 127: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
+	43,  // 128: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
+	45,  // 129: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
+	47,  // 130: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
+	49,  // 131: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
+	51,  // 132: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
+	57,  // 133: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
+	59,  // 134: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
+	62,  // 135: tally.admin.v1.AdminService.SetKeyPolicy:output_type -> tally.admin.v1.SetKeyPolicyResponse
+	64,  // 136: tally.admin.v1.AdminService.GetKeyPolicy:output_type -> tally.admin.v1.GetKeyPolicyResponse
+	66,  // 137: tally.admin.v1.AdminService.SetTenantPAR:output_type -> tally.admin.v1.SetTenantPARResponse
+	72,  // 138: tally.admin.v1.AdminService.GetGatewayConfig:output_type -> tally.admin.v1.GetGatewayConfigResponse
+	74,  // 139: tally.admin.v1.AdminService.SetGatewayRoute:output_type -> tally.admin.v1.SetGatewayRouteResponse
+	76,  // 140: tally.admin.v1.AdminService.DeleteGatewayRoute:output_type -> tally.admin.v1.DeleteGatewayRouteResponse
+	78,  // 141: tally.admin.v1.AdminService.SetGatewayRateLimit:output_type -> tally.admin.v1.SetGatewayRateLimitResponse
+	80,  // 142: tally.admin.v1.AdminService.SetPolicy:output_type -> tally.admin.v1.SetPolicyResponse
+	83,  // 143: tally.admin.v1.AdminService.CreateAdminCredential:output_type -> tally.admin.v1.CreateAdminCredentialResponse
+	85,  // 144: tally.admin.v1.AdminService.ListAdminCredentials:output_type -> tally.admin.v1.ListAdminCredentialsResponse
+	87,  // 145: tally.admin.v1.AdminService.RevokeAdminCredential:output_type -> tally.admin.v1.RevokeAdminCredentialResponse
+	90,  // 146: tally.admin.v1.AdminService.ListAudit:output_type -> tally.admin.v1.ListAuditResponse
+	92,  // 147: tally.admin.v1.AdminService.VerifyAudit:output_type -> tally.admin.v1.VerifyAuditResponse
+	110, // [110:148] is the sub-list for method output_type
+	72,  // [72:110] is the sub-list for method input_type
+	72,  // [72:72] is the sub-list for extension type_name
+	72,  // [72:72] is the sub-list for extension extendee
+	0,   // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -5397,7 +6249,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   81,
+			NumMessages:   93,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -125,6 +125,20 @@ const (
 	AdminServiceSetGatewayRateLimitProcedure = "/tally.admin.v1.AdminService/SetGatewayRateLimit"
 	// AdminServiceSetPolicyProcedure is the fully-qualified name of the AdminService's SetPolicy RPC.
 	AdminServiceSetPolicyProcedure = "/tally.admin.v1.AdminService/SetPolicy"
+	// AdminServiceCreateAdminCredentialProcedure is the fully-qualified name of the AdminService's
+	// CreateAdminCredential RPC.
+	AdminServiceCreateAdminCredentialProcedure = "/tally.admin.v1.AdminService/CreateAdminCredential"
+	// AdminServiceListAdminCredentialsProcedure is the fully-qualified name of the AdminService's
+	// ListAdminCredentials RPC.
+	AdminServiceListAdminCredentialsProcedure = "/tally.admin.v1.AdminService/ListAdminCredentials"
+	// AdminServiceRevokeAdminCredentialProcedure is the fully-qualified name of the AdminService's
+	// RevokeAdminCredential RPC.
+	AdminServiceRevokeAdminCredentialProcedure = "/tally.admin.v1.AdminService/RevokeAdminCredential"
+	// AdminServiceListAuditProcedure is the fully-qualified name of the AdminService's ListAudit RPC.
+	AdminServiceListAuditProcedure = "/tally.admin.v1.AdminService/ListAudit"
+	// AdminServiceVerifyAuditProcedure is the fully-qualified name of the AdminService's VerifyAudit
+	// RPC.
+	AdminServiceVerifyAuditProcedure = "/tally.admin.v1.AdminService/VerifyAudit"
 )
 
 // AdminServiceClient is a client for the tally.admin.v1.AdminService service.
@@ -173,6 +187,12 @@ type AdminServiceClient interface {
 	DeleteGatewayRoute(context.Context, *connect.Request[v1.DeleteGatewayRouteRequest]) (*connect.Response[v1.DeleteGatewayRouteResponse], error)
 	SetGatewayRateLimit(context.Context, *connect.Request[v1.SetGatewayRateLimitRequest]) (*connect.Response[v1.SetGatewayRateLimitResponse], error)
 	SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error)
+	// Issue 13: named admin credentials and the audit log.
+	CreateAdminCredential(context.Context, *connect.Request[v1.CreateAdminCredentialRequest]) (*connect.Response[v1.CreateAdminCredentialResponse], error)
+	ListAdminCredentials(context.Context, *connect.Request[v1.ListAdminCredentialsRequest]) (*connect.Response[v1.ListAdminCredentialsResponse], error)
+	RevokeAdminCredential(context.Context, *connect.Request[v1.RevokeAdminCredentialRequest]) (*connect.Response[v1.RevokeAdminCredentialResponse], error)
+	ListAudit(context.Context, *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error)
+	VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tally.admin.v1.AdminService service. By
@@ -384,44 +404,79 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("SetPolicy")),
 			connect.WithClientOptions(opts...),
 		),
+		createAdminCredential: connect.NewClient[v1.CreateAdminCredentialRequest, v1.CreateAdminCredentialResponse](
+			httpClient,
+			baseURL+AdminServiceCreateAdminCredentialProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("CreateAdminCredential")),
+			connect.WithClientOptions(opts...),
+		),
+		listAdminCredentials: connect.NewClient[v1.ListAdminCredentialsRequest, v1.ListAdminCredentialsResponse](
+			httpClient,
+			baseURL+AdminServiceListAdminCredentialsProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListAdminCredentials")),
+			connect.WithClientOptions(opts...),
+		),
+		revokeAdminCredential: connect.NewClient[v1.RevokeAdminCredentialRequest, v1.RevokeAdminCredentialResponse](
+			httpClient,
+			baseURL+AdminServiceRevokeAdminCredentialProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("RevokeAdminCredential")),
+			connect.WithClientOptions(opts...),
+		),
+		listAudit: connect.NewClient[v1.ListAuditRequest, v1.ListAuditResponse](
+			httpClient,
+			baseURL+AdminServiceListAuditProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListAudit")),
+			connect.WithClientOptions(opts...),
+		),
+		verifyAudit: connect.NewClient[v1.VerifyAuditRequest, v1.VerifyAuditResponse](
+			httpClient,
+			baseURL+AdminServiceVerifyAuditProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("VerifyAudit")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // adminServiceClient implements AdminServiceClient.
 type adminServiceClient struct {
-	createTenant        *connect.Client[v1.CreateTenantRequest, v1.CreateTenantResponse]
-	getTenant           *connect.Client[v1.GetTenantRequest, v1.GetTenantResponse]
-	listTenants         *connect.Client[v1.ListTenantsRequest, v1.ListTenantsResponse]
-	createClient        *connect.Client[v1.CreateClientRequest, v1.CreateClientResponse]
-	getClient           *connect.Client[v1.GetClientRequest, v1.GetClientResponse]
-	listClients         *connect.Client[v1.ListClientsRequest, v1.ListClientsResponse]
-	updateClient        *connect.Client[v1.UpdateClientRequest, v1.UpdateClientResponse]
-	disableClient       *connect.Client[v1.DisableClientRequest, v1.DisableClientResponse]
-	enableClient        *connect.Client[v1.EnableClientRequest, v1.EnableClientResponse]
-	rotateClientSecret  *connect.Client[v1.RotateClientSecretRequest, v1.RotateClientSecretResponse]
-	listKeys            *connect.Client[v1.ListKeysRequest, v1.ListKeysResponse]
-	rotateKeys          *connect.Client[v1.RotateKeysRequest, v1.RotateKeysResponse]
-	revokeToken         *connect.Client[v1.RevokeTokenRequest, v1.RevokeTokenResponse]
-	listRevocations     *connect.Client[v1.ListRevocationsRequest, v1.ListRevocationsResponse]
-	createUser          *connect.Client[v1.CreateUserRequest, v1.CreateUserResponse]
-	getUser             *connect.Client[v1.GetUserRequest, v1.GetUserResponse]
-	listUsers           *connect.Client[v1.ListUsersRequest, v1.ListUsersResponse]
-	disableUser         *connect.Client[v1.DisableUserRequest, v1.DisableUserResponse]
-	enableUser          *connect.Client[v1.EnableUserRequest, v1.EnableUserResponse]
-	setUserPassword     *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
-	deleteClient        *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
-	deleteUser          *connect.Client[v1.DeleteUserRequest, v1.DeleteUserResponse]
-	deleteTenant        *connect.Client[v1.DeleteTenantRequest, v1.DeleteTenantResponse]
-	setTenantTrust      *connect.Client[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse]
-	getTenantTrust      *connect.Client[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse]
-	setKeyPolicy        *connect.Client[v1.SetKeyPolicyRequest, v1.SetKeyPolicyResponse]
-	getKeyPolicy        *connect.Client[v1.GetKeyPolicyRequest, v1.GetKeyPolicyResponse]
-	setTenantPAR        *connect.Client[v1.SetTenantPARRequest, v1.SetTenantPARResponse]
-	getGatewayConfig    *connect.Client[v1.GetGatewayConfigRequest, v1.GetGatewayConfigResponse]
-	setGatewayRoute     *connect.Client[v1.SetGatewayRouteRequest, v1.SetGatewayRouteResponse]
-	deleteGatewayRoute  *connect.Client[v1.DeleteGatewayRouteRequest, v1.DeleteGatewayRouteResponse]
-	setGatewayRateLimit *connect.Client[v1.SetGatewayRateLimitRequest, v1.SetGatewayRateLimitResponse]
-	setPolicy           *connect.Client[v1.SetPolicyRequest, v1.SetPolicyResponse]
+	createTenant          *connect.Client[v1.CreateTenantRequest, v1.CreateTenantResponse]
+	getTenant             *connect.Client[v1.GetTenantRequest, v1.GetTenantResponse]
+	listTenants           *connect.Client[v1.ListTenantsRequest, v1.ListTenantsResponse]
+	createClient          *connect.Client[v1.CreateClientRequest, v1.CreateClientResponse]
+	getClient             *connect.Client[v1.GetClientRequest, v1.GetClientResponse]
+	listClients           *connect.Client[v1.ListClientsRequest, v1.ListClientsResponse]
+	updateClient          *connect.Client[v1.UpdateClientRequest, v1.UpdateClientResponse]
+	disableClient         *connect.Client[v1.DisableClientRequest, v1.DisableClientResponse]
+	enableClient          *connect.Client[v1.EnableClientRequest, v1.EnableClientResponse]
+	rotateClientSecret    *connect.Client[v1.RotateClientSecretRequest, v1.RotateClientSecretResponse]
+	listKeys              *connect.Client[v1.ListKeysRequest, v1.ListKeysResponse]
+	rotateKeys            *connect.Client[v1.RotateKeysRequest, v1.RotateKeysResponse]
+	revokeToken           *connect.Client[v1.RevokeTokenRequest, v1.RevokeTokenResponse]
+	listRevocations       *connect.Client[v1.ListRevocationsRequest, v1.ListRevocationsResponse]
+	createUser            *connect.Client[v1.CreateUserRequest, v1.CreateUserResponse]
+	getUser               *connect.Client[v1.GetUserRequest, v1.GetUserResponse]
+	listUsers             *connect.Client[v1.ListUsersRequest, v1.ListUsersResponse]
+	disableUser           *connect.Client[v1.DisableUserRequest, v1.DisableUserResponse]
+	enableUser            *connect.Client[v1.EnableUserRequest, v1.EnableUserResponse]
+	setUserPassword       *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
+	deleteClient          *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
+	deleteUser            *connect.Client[v1.DeleteUserRequest, v1.DeleteUserResponse]
+	deleteTenant          *connect.Client[v1.DeleteTenantRequest, v1.DeleteTenantResponse]
+	setTenantTrust        *connect.Client[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse]
+	getTenantTrust        *connect.Client[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse]
+	setKeyPolicy          *connect.Client[v1.SetKeyPolicyRequest, v1.SetKeyPolicyResponse]
+	getKeyPolicy          *connect.Client[v1.GetKeyPolicyRequest, v1.GetKeyPolicyResponse]
+	setTenantPAR          *connect.Client[v1.SetTenantPARRequest, v1.SetTenantPARResponse]
+	getGatewayConfig      *connect.Client[v1.GetGatewayConfigRequest, v1.GetGatewayConfigResponse]
+	setGatewayRoute       *connect.Client[v1.SetGatewayRouteRequest, v1.SetGatewayRouteResponse]
+	deleteGatewayRoute    *connect.Client[v1.DeleteGatewayRouteRequest, v1.DeleteGatewayRouteResponse]
+	setGatewayRateLimit   *connect.Client[v1.SetGatewayRateLimitRequest, v1.SetGatewayRateLimitResponse]
+	setPolicy             *connect.Client[v1.SetPolicyRequest, v1.SetPolicyResponse]
+	createAdminCredential *connect.Client[v1.CreateAdminCredentialRequest, v1.CreateAdminCredentialResponse]
+	listAdminCredentials  *connect.Client[v1.ListAdminCredentialsRequest, v1.ListAdminCredentialsResponse]
+	revokeAdminCredential *connect.Client[v1.RevokeAdminCredentialRequest, v1.RevokeAdminCredentialResponse]
+	listAudit             *connect.Client[v1.ListAuditRequest, v1.ListAuditResponse]
+	verifyAudit           *connect.Client[v1.VerifyAuditRequest, v1.VerifyAuditResponse]
 }
 
 // CreateTenant calls tally.admin.v1.AdminService.CreateTenant.
@@ -589,6 +644,31 @@ func (c *adminServiceClient) SetPolicy(ctx context.Context, req *connect.Request
 	return c.setPolicy.CallUnary(ctx, req)
 }
 
+// CreateAdminCredential calls tally.admin.v1.AdminService.CreateAdminCredential.
+func (c *adminServiceClient) CreateAdminCredential(ctx context.Context, req *connect.Request[v1.CreateAdminCredentialRequest]) (*connect.Response[v1.CreateAdminCredentialResponse], error) {
+	return c.createAdminCredential.CallUnary(ctx, req)
+}
+
+// ListAdminCredentials calls tally.admin.v1.AdminService.ListAdminCredentials.
+func (c *adminServiceClient) ListAdminCredentials(ctx context.Context, req *connect.Request[v1.ListAdminCredentialsRequest]) (*connect.Response[v1.ListAdminCredentialsResponse], error) {
+	return c.listAdminCredentials.CallUnary(ctx, req)
+}
+
+// RevokeAdminCredential calls tally.admin.v1.AdminService.RevokeAdminCredential.
+func (c *adminServiceClient) RevokeAdminCredential(ctx context.Context, req *connect.Request[v1.RevokeAdminCredentialRequest]) (*connect.Response[v1.RevokeAdminCredentialResponse], error) {
+	return c.revokeAdminCredential.CallUnary(ctx, req)
+}
+
+// ListAudit calls tally.admin.v1.AdminService.ListAudit.
+func (c *adminServiceClient) ListAudit(ctx context.Context, req *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error) {
+	return c.listAudit.CallUnary(ctx, req)
+}
+
+// VerifyAudit calls tally.admin.v1.AdminService.VerifyAudit.
+func (c *adminServiceClient) VerifyAudit(ctx context.Context, req *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error) {
+	return c.verifyAudit.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tally.admin.v1.AdminService service.
 type AdminServiceHandler interface {
 	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
@@ -635,6 +715,12 @@ type AdminServiceHandler interface {
 	DeleteGatewayRoute(context.Context, *connect.Request[v1.DeleteGatewayRouteRequest]) (*connect.Response[v1.DeleteGatewayRouteResponse], error)
 	SetGatewayRateLimit(context.Context, *connect.Request[v1.SetGatewayRateLimitRequest]) (*connect.Response[v1.SetGatewayRateLimitResponse], error)
 	SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error)
+	// Issue 13: named admin credentials and the audit log.
+	CreateAdminCredential(context.Context, *connect.Request[v1.CreateAdminCredentialRequest]) (*connect.Response[v1.CreateAdminCredentialResponse], error)
+	ListAdminCredentials(context.Context, *connect.Request[v1.ListAdminCredentialsRequest]) (*connect.Response[v1.ListAdminCredentialsResponse], error)
+	RevokeAdminCredential(context.Context, *connect.Request[v1.RevokeAdminCredentialRequest]) (*connect.Response[v1.RevokeAdminCredentialResponse], error)
+	ListAudit(context.Context, *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error)
+	VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -842,6 +928,36 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("SetPolicy")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceCreateAdminCredentialHandler := connect.NewUnaryHandler(
+		AdminServiceCreateAdminCredentialProcedure,
+		svc.CreateAdminCredential,
+		connect.WithSchema(adminServiceMethods.ByName("CreateAdminCredential")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceListAdminCredentialsHandler := connect.NewUnaryHandler(
+		AdminServiceListAdminCredentialsProcedure,
+		svc.ListAdminCredentials,
+		connect.WithSchema(adminServiceMethods.ByName("ListAdminCredentials")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceRevokeAdminCredentialHandler := connect.NewUnaryHandler(
+		AdminServiceRevokeAdminCredentialProcedure,
+		svc.RevokeAdminCredential,
+		connect.WithSchema(adminServiceMethods.ByName("RevokeAdminCredential")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceListAuditHandler := connect.NewUnaryHandler(
+		AdminServiceListAuditProcedure,
+		svc.ListAudit,
+		connect.WithSchema(adminServiceMethods.ByName("ListAudit")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceVerifyAuditHandler := connect.NewUnaryHandler(
+		AdminServiceVerifyAuditProcedure,
+		svc.VerifyAudit,
+		connect.WithSchema(adminServiceMethods.ByName("VerifyAudit")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tally.admin.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceCreateTenantProcedure:
@@ -910,6 +1026,16 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceSetGatewayRateLimitHandler.ServeHTTP(w, r)
 		case AdminServiceSetPolicyProcedure:
 			adminServiceSetPolicyHandler.ServeHTTP(w, r)
+		case AdminServiceCreateAdminCredentialProcedure:
+			adminServiceCreateAdminCredentialHandler.ServeHTTP(w, r)
+		case AdminServiceListAdminCredentialsProcedure:
+			adminServiceListAdminCredentialsHandler.ServeHTTP(w, r)
+		case AdminServiceRevokeAdminCredentialProcedure:
+			adminServiceRevokeAdminCredentialHandler.ServeHTTP(w, r)
+		case AdminServiceListAuditProcedure:
+			adminServiceListAuditHandler.ServeHTTP(w, r)
+		case AdminServiceVerifyAuditProcedure:
+			adminServiceVerifyAuditHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1049,4 +1175,24 @@ func (UnimplementedAdminServiceHandler) SetGatewayRateLimit(context.Context, *co
 
 func (UnimplementedAdminServiceHandler) SetPolicy(context.Context, *connect.Request[v1.SetPolicyRequest]) (*connect.Response[v1.SetPolicyResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.SetPolicy is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) CreateAdminCredential(context.Context, *connect.Request[v1.CreateAdminCredentialRequest]) (*connect.Response[v1.CreateAdminCredentialResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.CreateAdminCredential is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListAdminCredentials(context.Context, *connect.Request[v1.ListAdminCredentialsRequest]) (*connect.Response[v1.ListAdminCredentialsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.ListAdminCredentials is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) RevokeAdminCredential(context.Context, *connect.Request[v1.RevokeAdminCredentialRequest]) (*connect.Response[v1.RevokeAdminCredentialResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.RevokeAdminCredential is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListAudit(context.Context, *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.ListAudit is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.VerifyAudit is not implemented"))
 }

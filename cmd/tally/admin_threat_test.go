@@ -1,0 +1,113 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/tallyauth/tally/node/nodetest"
+)
+
+// TestAdminCredentialAndAuditCLI is the issue-13 contract for scripts:
+// credential create prints the token in JSON, the token works as
+// TALLY_ADMIN_TOKEN within its role, audit list prints the records with
+// actor, action, target, outcome, time and hash, and audit verify exits 0
+// on an intact chain and 1 naming the first broken record of a tampered
+// copy of the state.
+func TestAdminCredentialAndAuditCLI(t *testing.T) {
+	n := nodetest.Start(t)
+	root := map[string]string{"TALLY_SERVER": n.URL(), "TALLY_ADMIN_TOKEN": n.AdminToken}
+	code, out, errs := runCLI(t, root, "admin", "credential", "create", "--name", "siem", "--role", "auditor", "--output", "json")
+	if code != 0 {
+		t.Fatalf("credential create: %d %s", code, errs)
+	}
+	var created struct {
+		Token      string         `json:"token"`
+		Credential map[string]any `json:"credential"`
+	}
+	if err := json.Unmarshal([]byte(out), &created); err != nil || !strings.HasPrefix(created.Token, "tadm_") || created.Credential["role"] != "auditor" {
+		t.Fatalf("credential create output %q: %v", out, err)
+	}
+	if code, _, errs := runCLI(t, root, "admin", "credential", "create", "--name", "x", "--role", "tenant-admin"); code != 2 {
+		t.Fatalf("tenant-admin without --tenant: %d %s", code, errs)
+	}
+	auditor := map[string]string{"TALLY_SERVER": n.URL(), "TALLY_ADMIN_TOKEN": created.Token}
+	if code, _, errs := runCLI(t, auditor, "admin", "tenant", "list"); code != 0 {
+		t.Fatalf("auditor tenant list: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, auditor, "admin", "tenant", "create", "--name", "acme"); code != 1 || !strings.Contains(errs, "permission_denied") {
+		t.Fatalf("auditor tenant create: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, root, "admin", "tenant", "create", "--name", "acme"); code != 0 {
+		t.Fatalf("tenant create: %d %s", code, errs)
+	}
+	code, out, errs = runCLI(t, auditor, "admin", "audit", "list", "--output", "json")
+	if code != 0 {
+		t.Fatalf("audit list: %d %s", code, errs)
+	}
+	var recs []map[string]any
+	if err := json.Unmarshal([]byte(out), &recs); err != nil || len(recs) != 3 {
+		t.Fatalf("audit list output %q: %v", out, err)
+	}
+	for _, r := range recs {
+		for _, k := range []string{"actor", "action", "target", "outcome", "time", "hash"} {
+			if s, _ := r[k].(string); s == "" {
+				t.Fatalf("record without %s: %v", k, r)
+			}
+		}
+	}
+	if recs[1]["actor"] != "siem ("+created.Credential["id"].(string)+")" || recs[1]["outcome"] != "denied: permission_denied" || recs[2]["target"] != "acme" {
+		t.Fatalf("records %v", recs)
+	}
+	code, out, _ = runCLI(t, auditor, "admin", "audit", "list", "--tenant", "acme", "--output", "json")
+	if err := json.Unmarshal([]byte(out), &recs); code != 0 || err != nil || len(recs) != 2 {
+		t.Fatalf("audit list --tenant acme: %d %q", code, out)
+	}
+	if code, out, errs := runCLI(t, auditor, "admin", "audit", "verify"); code != 0 || !strings.Contains(out, "intact:") {
+		t.Fatalf("audit verify: %d %s %s", code, out, errs)
+	}
+
+	// A tampered copy of the state.
+	cp, err := n.Raft().CopyState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "state.db")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cp.WriteTo(f)
+	cp.Close()
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := runCLI(t, nil, "admin", "audit", "verify", "--state", path); code != 0 {
+		t.Fatalf("verify intact copy: %d %s", code, errs)
+	}
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte("threat_audit"))
+		k := []byte{0, 0, 0, 0, 0, 0, 0, 2}
+		v := append([]byte(nil), b.Get(k)...)
+		i := strings.Index(string(v), "siem")
+		copy(v[i:], "mies") // the actor, edited in place
+		return b.Put(k, v)
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = runCLI(t, nil, "admin", "audit", "verify", "--state", path)
+	if code != 1 || !strings.Contains(errs, "record 2") {
+		t.Fatalf("verify tampered copy: exit %d, %s", code, errs)
+	}
+}

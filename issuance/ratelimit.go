@@ -1,0 +1,479 @@
+package issuance
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Rate limits on the public endpoints (issue 13).
+//
+// Every request under /t/{tenant}/ takes one token from each of these
+// buckets, most specific first, and stops at the first empty one (so a
+// refused request does not drain the broader budgets):
+//
+//	client    tenant + client id, for a client the tenant knows
+//	unknown   client IP, for requests naming a client the tenant does not know
+//	username  tenant + username + source subnet, for sign-in posts
+//	ip        client IP (IPv4 address, IPv6 /64)
+//	subnet    IPv4 /24, IPv6 /48
+//	tenant    tenant
+//
+// An attack through one client or on one account empties that client's or
+// account's bucket and stops there: the other clients and users behind the
+// same address (an egress NAT) keep the IP budget, which is sized for many
+// of them. Guessing client ids meets the small "unknown" budget of its
+// address. A refusal is 429 with Retry-After; the device grant's poll gets
+// its own error, slow_down (RFC 8628 §3.5), with the same status and header.
+//
+// The client IP is the connection's peer unless the peer is a trusted proxy
+// (RateLimits.TrustedProxies): then it is the right-most X-Forwarded-For
+// address that is not itself a trusted proxy. X-Forwarded-For from any
+// other peer is ignored.
+//
+// Cluster-wide budgets: each node enforces the budgets in memory and, when
+// Server.SetRateShare is wired (the node shares over its embedded NATS),
+// publishes what it let through every RateShareInterval and takes what the
+// other nodes let through out of its own buckets. A client spreading its
+// requests over N nodes therefore meets its limit within one interval: the
+// overshoot is at most (N-1) × rate × RateShareInterval plus the other
+// nodes' bursts.
+
+// RateLimits are budgets in requests per minute; the burst is a tenth of a
+// minute's worth. Zero fields take DefaultRateLimits; negative ones turn
+// that bucket off.
+type RateLimits struct {
+	PerClient        int
+	PerUnknownClient int
+	PerUsername      int
+	PerIP            int
+	PerSubnet        int
+	PerTenant        int
+	// Off turns the guard off entirely.
+	Off bool
+	// TrustedProxies are the peers whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+	// Tenants overrides the budgets of some tenants (Off and
+	// TrustedProxies of an override are ignored).
+	Tenants map[string]RateLimits
+}
+
+// DefaultRateLimits are sized for an egress NAT in front of many busy
+// services: 2000 requests a second per address, 1000 per client, 20000 per
+// tenant, 30 sign-in posts a minute per account, one request a second per
+// address naming unknown clients.
+func DefaultRateLimits() RateLimits {
+	return RateLimits{PerClient: 60000, PerUnknownClient: 60, PerUsername: 30, PerIP: 120000, PerSubnet: 600000, PerTenant: 1200000}
+}
+
+func (l RateLimits) withDefaults() RateLimits {
+	d := DefaultRateLimits()
+	for _, f := range []struct{ v, def *int }{
+		{&l.PerClient, &d.PerClient}, {&l.PerUnknownClient, &d.PerUnknownClient}, {&l.PerUsername, &d.PerUsername},
+		{&l.PerIP, &d.PerIP}, {&l.PerSubnet, &d.PerSubnet}, {&l.PerTenant, &d.PerTenant},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
+	}
+	return l
+}
+
+// RateShareInterval is how often a node publishes what it let through.
+const RateShareInterval = 200 * time.Millisecond
+
+// bucket kinds, the first element of a shared key.
+const (
+	rlClient   = "c"
+	rlUnknown  = "u"
+	rlUsername = "n"
+	rlIP       = "i"
+	rlSubnet   = "s"
+	rlTenant   = "t"
+)
+
+// rateGuard holds the buckets of one node.
+type rateGuard struct {
+	cfg     RateLimits
+	proxies []netip.Prefix
+	mu      sync.Mutex
+	sets    map[string]*keyedLimiter // kind + "|" + per-minute → limiter
+	pending map[string]int           // shared key → count let through since the last publish
+	share   func(map[string]int)
+	// absorbed counts the requests other nodes reported (AbsorbRates).
+	absorbed atomic.Int64
+}
+
+func newRateGuard(cfg RateLimits) *rateGuard {
+	return &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, sets: map[string]*keyedLimiter{}, pending: map[string]int{}}
+}
+
+// limits returns the budgets of tenant.
+func (g *rateGuard) limits(tenant string) RateLimits {
+	if t, ok := g.cfg.Tenants[tenant]; ok {
+		return t.withDefaults()
+	}
+	return g.cfg
+}
+
+func (g *rateGuard) limiter(kind string, perMinute int) *keyedLimiter {
+	name := kind + "|" + itoa(perMinute)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	l := g.sets[name]
+	if l == nil {
+		burst := max(perMinute/10, 1)
+		if strings.HasPrefix(kind, "f") {
+			burst = perMinute // failure budgets (stuffing.go): a minute's worth at once
+		}
+		l = newKeyedLimiter(perMinute, burst, maxLimiterKeys)
+		g.sets[name] = l
+	}
+	return l
+}
+
+func itoa(v int) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			return string(b[i:])
+		}
+	}
+}
+
+// rlKey is one bucket a request takes a token from.
+type rlKey struct {
+	kind      string
+	perMinute int
+	key       string
+}
+
+// take takes one token from each key in order; on the first refusal it
+// returns the wait and the kind that refused.
+func (g *rateGuard) take(keys []rlKey, now time.Time) (bool, time.Duration, string) {
+	for _, k := range keys {
+		if k.perMinute <= 0 || k.key == "" {
+			continue
+		}
+		if ok, d := g.limiter(k.kind, k.perMinute).allow(k.key, now); !ok {
+			return false, d, k.kind
+		}
+	}
+	if g.share != nil {
+		g.mu.Lock()
+		for _, k := range keys {
+			if k.perMinute > 0 && k.key != "" && len(g.pending) < maxLimiterKeys {
+				g.pending[k.kind+"|"+itoa(k.perMinute)+"|"+k.key]++
+			}
+		}
+		g.mu.Unlock()
+	}
+	return true, 0, ""
+}
+
+// flush hands what was let through since the last flush to the share.
+func (g *rateGuard) flush() {
+	g.mu.Lock()
+	p := g.pending
+	if len(p) == 0 || g.share == nil {
+		g.mu.Unlock()
+		return
+	}
+	g.pending = map[string]int{}
+	share := g.share
+	g.mu.Unlock()
+	share(p)
+}
+
+// absorb takes what other nodes let through out of this node's buckets.
+func (g *rateGuard) absorb(counts map[string]int, now time.Time) {
+	for k, n := range counts {
+		parts := strings.SplitN(k, "|", 3)
+		if len(parts) != 3 || n <= 0 {
+			continue
+		}
+		per := 0
+		for _, c := range parts[1] {
+			if c < '0' || c > '9' || per > 1e9 {
+				per = -1
+				break
+			}
+			per = per*10 + int(c-'0')
+		}
+		if per <= 0 {
+			continue
+		}
+		g.limiter(parts[0], per).consume(parts[2], n, now)
+		g.absorbed.Add(int64(n))
+	}
+}
+
+// RatesAbsorbed is how many requests other nodes reported to this node's
+// rate limiter so far.
+func (s *Server) RatesAbsorbed() int64 {
+	if s.rl == nil {
+		return 0
+	}
+	return s.rl.absorbed.Load()
+}
+
+// consume takes n tokens for key, going into debt (a later request waits
+// for the refill) rather than refusing.
+func (l *keyedLimiter) consume(key string, n int, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.m[key]
+	if b == nil {
+		if len(l.m) >= l.max {
+			return
+		}
+		b = &keyedBucket{lim: rate.NewLimiter(l.every, l.burst)}
+		l.m[key] = b
+	}
+	b.seen = now
+	b.lim.ReserveN(now, min(n, l.burst))
+}
+
+// SetRateShare wires cluster-wide budgets: publish is called every
+// RateShareInterval with the counts this node let through (opaque keys),
+// and the node passes the counts other nodes published to AbsorbRates. It
+// runs until ctx ends.
+func (s *Server) SetRateShare(ctx context.Context, publish func(map[string]int)) {
+	if s.rl == nil {
+		return
+	}
+	s.rl.mu.Lock()
+	s.rl.share = publish
+	s.rl.mu.Unlock()
+	go func() {
+		t := time.NewTicker(RateShareInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.rl.flush()
+			}
+		}
+	}()
+}
+
+// AbsorbRates takes counts another node let through out of this node's
+// budgets.
+func (s *Server) AbsorbRates(counts map[string]int) {
+	if s.rl != nil {
+		s.rl.absorb(counts, s.cfg.Now())
+	}
+}
+
+type clientIPKey struct{}
+
+// realIP is the client address of r: the peer, or for a trusted proxy
+// peer the right-most untrusted X-Forwarded-For address.
+func (g *rateGuard) realIP(r *http.Request) string {
+	peer := peerIP(r)
+	if len(g.proxies) == 0 {
+		return peer
+	}
+	a, err := netip.ParseAddr(peer)
+	if err != nil || !g.trusted(a) {
+		return peer
+	}
+	hops := r.Header.Values("X-Forwarded-For")
+	var list []string
+	for _, h := range hops {
+		for _, p := range strings.Split(h, ",") {
+			list = append(list, strings.TrimSpace(p))
+		}
+	}
+	for i := len(list) - 1; i >= 0; i-- {
+		h, err := netip.ParseAddr(list[i])
+		if err != nil {
+			return peer // a malformed hop: believe no one beyond it
+		}
+		h = h.Unmap()
+		if !g.trusted(h) {
+			return h.String()
+		}
+	}
+	return peer
+}
+
+func (g *rateGuard) trusted(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range g.proxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func peerIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return strings.TrimSpace(host)
+}
+
+// subnetKey is the IPv4 /24 or IPv6 /48 of ip.
+func subnetKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap()
+	bits := 24
+	if a.Is6() {
+		bits = 48
+	}
+	p, _ := a.Prefix(bits)
+	return p.String()
+}
+
+// guard wraps the issuance handler with the cross-site form check and the
+// rate limits.
+func (s *Server) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.sameOriginForm(r) {
+			s.log.Info("issuance: cross-site form post refused", "path", r.URL.Path, "origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"))
+			s.writeError(w, r, newError(CodeInvalidRequest, http.StatusForbidden, "cross-site form post", nil))
+			return
+		}
+		if s.rl == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ip := s.rl.realIP(r)
+		r = r.WithContext(context.WithValue(r.Context(), clientIPKey{}, ip))
+		tenant, ok := tenantOfPath(r.URL.Path)
+		if !ok {
+			next.ServeHTTP(w, r)
+			return
+		}
+		lim := s.rl.limits(tenant)
+		clientID, username, grant := s.requestParties(r)
+		var keys []rlKey
+		if clientID != "" {
+			if _, err := s.st.Client(r.Context(), tenant, clientID); err == nil {
+				keys = append(keys, rlKey{rlClient, lim.PerClient, tenant + "\x00" + clientID})
+			} else {
+				keys = append(keys, rlKey{rlUnknown, lim.PerUnknownClient, ipKey(ip)})
+			}
+		}
+		if username != "" {
+			// Per account and source network: a distributed attack on
+			// one account cannot lock its owner out from their own
+			// network (each attacking source meets its own budget).
+			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnetKey(ip)})
+		}
+		keys = append(keys, rlKey{rlIP, lim.PerIP, ipKey(ip)}, rlKey{rlSubnet, lim.PerSubnet, subnetKey(ip)}, rlKey{rlTenant, lim.PerTenant, tenant})
+		if ok, wait, kind := s.rl.take(keys, s.cfg.Now()); !ok {
+			s.log.Debug("issuance: rate limited", "bucket", kind, "tenant", tenant, "path", r.URL.Path)
+			e := newError("rate_limited", http.StatusTooManyRequests, "too many requests, retry later", &RateLimited{RetryAfter: wait})
+			if grant == GrantDeviceCode {
+				e = errRateLimited(wait)
+			}
+			s.writeError(w, r, e)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// sameOriginForm reports whether a browser form post to the sign-in,
+// consent or device pages comes from this server's own pages: a
+// Sec-Fetch-Site of cross-site, or an Origin other than the issuer's, is
+// refused (issue 13; the CSRF cookie remains the first defence). Requests
+// without either header (non-browser clients) pass.
+func (s *Server) sameOriginForm(r *http.Request) bool {
+	if r.Method != http.MethodPost || !(strings.HasSuffix(r.URL.Path, "/oauth2/authorize") || strings.HasSuffix(r.URL.Path, "/device")) {
+		return true
+	}
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		return false
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" || origin == "null" {
+		return true
+	}
+	base, err := url.Parse(s.cfg.BaseURL)
+	o, err2 := url.Parse(origin)
+	if err != nil || err2 != nil {
+		return false
+	}
+	return strings.EqualFold(o.Scheme, base.Scheme) && strings.EqualFold(o.Host, base.Host)
+}
+
+// tenantOfPath returns the tenant of a /t/{tenant}/... path.
+func tenantOfPath(p string) (string, bool) {
+	rest, ok := strings.CutPrefix(p, "/t/")
+	if !ok {
+		return "", false
+	}
+	t, _, _ := strings.Cut(rest, "/")
+	if t == "" || len(t) > 63 {
+		return "", false
+	}
+	return t, true
+}
+
+// requestParties reads the client id (Basic credentials, or client_id of
+// the query or form body), the username of a sign-in post and the grant
+// type. The body is read (within MaxBodyBytes) and put back.
+func (s *Server) requestParties(r *http.Request) (clientID, username, grant string) {
+	if id, _, ok := r.BasicAuth(); ok {
+		clientID, _ = url.QueryUnescape(id)
+	}
+	if clientID == "" {
+		clientID = r.URL.Query().Get("client_id")
+	}
+	if r.Method != http.MethodPost || r.Body == nil {
+		return clientID, "", ""
+	}
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ct != "application/x-www-form-urlencoded" {
+		return clientID, "", ""
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+	r.Body.Close()
+	r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), errReader{err}))
+	if err != nil || int64(len(body)) > s.cfg.MaxBodyBytes {
+		return clientID, "", ""
+	}
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
+		return clientID, "", ""
+	}
+	if clientID == "" {
+		clientID = form.Get("client_id")
+	}
+	return clientID, form.Get("username"), form.Get("grant_type")
+}
+
+// errReader replays a read error after the buffered body (nil: EOF).
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	return 0, io.EOF
+}
