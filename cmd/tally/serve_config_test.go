@@ -77,6 +77,10 @@ func sampleSetting(t *testing.T, f *flag.Flag) (string, json.RawMessage) {
 	switch f.Name {
 	case "peers":
 		return "n1=127.0.0.1:1,n2=127.0.0.1:2", json.RawMessage(`[{"id": "n1", "raft_addr": "127.0.0.1:1"}, {"id": "n2", "raft_addr": "127.0.0.1:2"}]`)
+	case "trusted-proxies":
+		return "10.0.0.0/8,192.168.1.0/24", json.RawMessage(`["10.0.0.0/8", "192.168.1.0/24"]`)
+	case "rate-limits":
+		return "off", json.RawMessage(`"off"`)
 	}
 	// A flag of its own type: the first sample it accepts, given in the
 	// file as a string (a list as an array of strings).
