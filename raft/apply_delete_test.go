@@ -49,37 +49,11 @@ func goldenDeleteV1() []struct {
 // commands (run with -update to write new files).
 func TestDeleteCommandV1Decoding(t *testing.T) {
 	golden := goldenDeleteV1()
-	if *update {
-		for _, g := range golden {
-			data, err := marshalOpts.Marshal(g.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeGolden(t, golden)
 	f := openTestFSM(t)
 	mustApply(t, f, createTenant(t0, "acme"), createClient(t0, testClient("acme", "c1")),
 		flowCmd(t0+10, &raftpb.CreateUser{User: testUser("acme", "user-1", "alice")}))
-	for _, g := range golden {
-		data, err := os.ReadFile(goldenPath(g.name))
-		if err != nil {
-			t.Fatalf("%s: %v (run go test -run TestDeleteCommandV1Decoding -update)", g.name, err)
-		}
-		got := new(raftpb.Command)
-		if err := proto.Unmarshal(data, got); err != nil {
-			t.Fatalf("%s: %v", g.name, err)
-		}
-		if got.Version != 1 || !proto.Equal(got, g.cmd) {
-			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
-		}
-		if res := applyAll(t, f, got)[0]; res.Err != nil {
-			t.Fatalf("%s: %v", g.name, res.Err)
-		}
-		checkViewMatchesDB(t, f)
-	}
+	applyGolden(t, f, "TestDeleteCommandV1Decoding", golden)
 	if _, ok := f.State().Tenant("acme"); ok {
 		t.Fatal("tenant still there after the golden log")
 	}

@@ -1,10 +1,7 @@
 package raft
 
 import (
-	"os"
 	"testing"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tallyauth/tally/raft/raftpb"
 )
@@ -123,34 +120,8 @@ func goldenPARV1() []struct {
 
 func TestPARCommandV1Decoding(t *testing.T) {
 	golden := goldenPARV1()
-	if *update {
-		for _, g := range golden {
-			data, err := marshalOpts.Marshal(g.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeGolden(t, golden)
 	f := openTestFSM(t)
 	mustApply(t, f, createTenant(t0, "acme"))
-	for _, g := range golden {
-		data, err := os.ReadFile(goldenPath(g.name))
-		if err != nil {
-			t.Fatalf("%s: %v (run go test -run TestPARCommandV1Decoding -update)", g.name, err)
-		}
-		got := new(raftpb.Command)
-		if err := proto.Unmarshal(data, got); err != nil {
-			t.Fatalf("%s: %v", g.name, err)
-		}
-		if got.Version != 1 || !proto.Equal(got, g.cmd) {
-			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
-		}
-		res := applyAll(t, f, got)[0]
-		if res.Err != nil || (res.Grant != nil && res.Grant.Outcome != OutcomeDone) {
-			t.Fatalf("%s: %v %v", g.name, res.Err, res.Grant)
-		}
-	}
+	applyGolden(t, f, "TestPARCommandV1Decoding", golden)
 }

@@ -2,7 +2,6 @@ package raft
 
 import (
 	"errors"
-	"os"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -36,34 +35,9 @@ func goldenThreatV1() []struct {
 // commands (run with -update to write new files).
 func TestThreatCommandV1Decoding(t *testing.T) {
 	golden := goldenThreatV1()
-	if *update {
-		for _, g := range golden {
-			data, err := marshalOpts.Marshal(g.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeGolden(t, golden)
 	f := openTestFSM(t)
-	for _, g := range golden {
-		data, err := os.ReadFile(goldenPath(g.name))
-		if err != nil {
-			t.Fatalf("%s: %v (run go test -run TestThreatCommandV1Decoding -update)", g.name, err)
-		}
-		got := new(raftpb.Command)
-		if err := proto.Unmarshal(data, got); err != nil {
-			t.Fatalf("%s: %v", g.name, err)
-		}
-		if got.Version != 1 || !proto.Equal(got, g.cmd) {
-			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
-		}
-		if res := applyAll(t, f, got)[0]; res.Err != nil {
-			t.Fatalf("%s: %v", g.name, res.Err)
-		}
-	}
+	applyGolden(t, f, "TestThreatCommandV1Decoding", golden)
 	c, ok := f.AdminCredential("0011223344556677")
 	if !ok || c.RevokedUnixNano != t0+2 {
 		t.Fatalf("credential after the golden log: %v", c)

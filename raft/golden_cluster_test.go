@@ -1,10 +1,7 @@
 package raft
 
 import (
-	"os"
 	"testing"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tallyauth/tally/raft/raftpb"
 )
@@ -30,34 +27,9 @@ func goldenClusterV1() []struct {
 // identity commands (run with -update to write new files).
 func TestClusterCommandV1Decoding(t *testing.T) {
 	golden := goldenClusterV1()
-	if *update {
-		for _, g := range golden {
-			data, err := marshalOpts.Marshal(g.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeGolden(t, golden)
 	f := openTestFSM(t)
-	for _, g := range golden {
-		data, err := os.ReadFile(goldenPath(g.name))
-		if err != nil {
-			t.Fatalf("%s: %v (run go test -run TestClusterCommandV1Decoding -update)", g.name, err)
-		}
-		got := new(raftpb.Command)
-		if err := proto.Unmarshal(data, got); err != nil {
-			t.Fatalf("%s: %v", g.name, err)
-		}
-		if got.Version != 1 || !proto.Equal(got, g.cmd) {
-			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
-		}
-		if res := applyAll(t, f, got)[0]; res.Err != nil {
-			t.Fatalf("%s: %v", g.name, res.Err)
-		}
-	}
+	applyGolden(t, f, "TestClusterCommandV1Decoding", golden)
 	if f.State().ClusterIssuer() != "https://auth.example.com" || !f.State().NodeDenied("node3") {
 		t.Fatalf("after the golden log: issuer %q, denied %v", f.State().ClusterIssuer(), f.State().DeniedNodes())
 	}

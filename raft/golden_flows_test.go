@@ -1,10 +1,7 @@
 package raft
 
 import (
-	"os"
 	"testing"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tallyauth/tally/raft/raftpb"
 )
@@ -49,37 +46,11 @@ func goldenFlowsV1() []struct {
 // contract).
 func TestFlowCommandV1Decoding(t *testing.T) {
 	golden := goldenFlowsV1()
-	if *update {
-		for _, g := range golden {
-			data, err := marshalOpts.Marshal(g.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeGolden(t, golden)
 	f := openTestFSM(t)
 	c := testClient("acme", "c1")
 	mustApply(t, f, createTenant(t0, "acme"), createClient(t0, c))
-	for _, g := range golden {
-		data, err := os.ReadFile(goldenPath(g.name))
-		if err != nil {
-			t.Fatalf("%s: %v (run go test -run TestFlowCommandV1Decoding -update)", g.name, err)
-		}
-		got := new(raftpb.Command)
-		if err := proto.Unmarshal(data, got); err != nil {
-			t.Fatalf("%s: %v", g.name, err)
-		}
-		if got.Version != 1 || !proto.Equal(got, g.cmd) {
-			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
-		}
-		res := applyAll(t, f, got)[0]
-		if res.Err != nil || (res.Grant != nil && res.Grant.Outcome != OutcomeDone) {
-			t.Fatalf("%s: %v %v", g.name, res.Err, res.Grant)
-		}
-	}
+	applyGolden(t, f, "TestFlowCommandV1Decoding", golden)
 	if !f.State().Revoked("acme", "at-2") {
 		t.Fatal("revoke_family did not revoke the family's access tokens")
 	}

@@ -2,11 +2,8 @@ package raft
 
 import (
 	"flag"
-	"os"
 	"path/filepath"
 	"testing"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tallyauth/tally/raft/raftpb"
 )
@@ -52,40 +49,9 @@ func goldenPath(name string) string {
 // (only when adding a command type: existing files are the contract).
 func TestCommandV1Decoding(t *testing.T) {
 	golden := goldenV1()
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, g := range golden {
-			data, err := marshalOpts.Marshal(g.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeGolden(t, golden)
 	f := openTestFSM(t)
-	for _, g := range golden {
-		data, err := os.ReadFile(goldenPath(g.name))
-		if err != nil {
-			t.Fatalf("%s: %v (run go test -run TestCommandV1Decoding -update)", g.name, err)
-		}
-		got := new(raftpb.Command)
-		if err := proto.Unmarshal(data, got); err != nil {
-			t.Fatalf("%s: %v", g.name, err)
-		}
-		if got.Version != 1 {
-			t.Fatalf("%s: version %d", g.name, got.Version)
-		}
-		if !proto.Equal(got, g.cmd) {
-			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
-		}
-		if res := applyAll(t, f, got)[0]; res.Err != nil {
-			t.Fatalf("%s: %v", g.name, res.Err)
-		}
-	}
+	applyGolden(t, f, "TestCommandV1Decoding", golden)
 	c, _ := f.State().Client("acme", "c1")
 	if c == nil || c.Name != "renamed" || !c.Disabled || len(c.Secrets) != 2 || !f.State().Revoked("acme", "jti-1") {
 		t.Fatalf("client after golden log = %v", c)

@@ -2,11 +2,8 @@ package raft
 
 import (
 	"errors"
-	"os"
 	"strings"
 	"testing"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tallyauth/tally/raft/raftpb"
 )
@@ -49,35 +46,10 @@ func goldenZTV1() []struct {
 // commands (run with -update to write new files).
 func TestZTCommandV1Decoding(t *testing.T) {
 	golden := goldenZTV1()
-	if *update {
-		for _, g := range golden {
-			data, err := marshalOpts.Marshal(g.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeGolden(t, golden)
 	f := openTestFSM(t)
 	mustApply(t, f, createTenant(t0, "acme"))
-	for _, g := range golden {
-		data, err := os.ReadFile(goldenPath(g.name))
-		if err != nil {
-			t.Fatalf("%s: %v (run go test -run TestZTCommandV1Decoding -update)", g.name, err)
-		}
-		got := new(raftpb.Command)
-		if err := proto.Unmarshal(data, got); err != nil {
-			t.Fatalf("%s: %v", g.name, err)
-		}
-		if got.Version != 1 || !proto.Equal(got, g.cmd) {
-			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
-		}
-		if res := applyAll(t, f, got)[0]; res.Err != nil {
-			t.Fatalf("%s: %v", g.name, res.Err)
-		}
-	}
+	applyGolden(t, f, "TestZTCommandV1Decoding", golden)
 	if tn, _ := f.State().Tenant("acme"); len(tn.GetTrust().GetFederations()) != 1 {
 		t.Fatalf("trust after the golden log: %v", tn.GetTrust())
 	}

@@ -254,3 +254,54 @@ func kids(keys []*raftpb.Key) []string {
 }
 
 func removeFile(path string) error { return os.Remove(path) }
+
+// writeGolden writes the golden command files when the test runs with
+// -update.
+func writeGolden(t *testing.T, golden []struct {
+	name string
+	cmd  *raftpb.Command
+}) {
+	t.Helper()
+	if !*update {
+		return
+	}
+	if err := os.MkdirAll("testdata", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range golden {
+		data, err := marshalOpts.Marshal(g.cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// applyGolden decodes each golden file, checks that it is its command at
+// version 1, and applies it to f: it must succeed (a grant with outcome
+// done). test names the test that writes the files (-update).
+func applyGolden(t *testing.T, f *FSM, test string, golden []struct {
+	name string
+	cmd  *raftpb.Command
+}) {
+	t.Helper()
+	for _, g := range golden {
+		data, err := os.ReadFile(goldenPath(g.name))
+		if err != nil {
+			t.Fatalf("%s: %v (run go test -run %s -update)", g.name, err, test)
+		}
+		got := new(raftpb.Command)
+		if err := proto.Unmarshal(data, got); err != nil {
+			t.Fatalf("%s: %v", g.name, err)
+		}
+		if got.Version != 1 || !proto.Equal(got, g.cmd) {
+			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
+		}
+		res := applyAll(t, f, got)[0]
+		if res.Err != nil || (res.Grant != nil && res.Grant.Outcome != OutcomeDone) {
+			t.Fatalf("%s: %v %v", g.name, res.Err, res.Grant)
+		}
+	}
+}

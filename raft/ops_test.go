@@ -2,7 +2,6 @@ package raft
 
 import (
 	"errors"
-	"os"
 	"slices"
 	"testing"
 
@@ -54,37 +53,12 @@ func goldenVersion() []struct {
 // with -update to write new files) and what applying it records.
 func TestVersionCommandV1Decoding(t *testing.T) {
 	golden := goldenVersion()
-	if *update {
-		for _, g := range golden {
-			data, err := marshalOpts.Marshal(g.cmd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(goldenPath(g.name), data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	writeGolden(t, golden)
 	f := openTestFSM(t)
 	if f.State().ClusterVersion() != nil || f.State().FeatureEnabled(FeatureClusterVersion) {
 		t.Fatal("a new state has a cluster version")
 	}
-	for _, g := range golden {
-		data, err := os.ReadFile(goldenPath(g.name))
-		if err != nil {
-			t.Fatalf("%s: %v (run go test -run TestVersionCommandV1Decoding -update)", g.name, err)
-		}
-		got := new(raftpb.Command)
-		if err := proto.Unmarshal(data, got); err != nil {
-			t.Fatalf("%s: %v", g.name, err)
-		}
-		if got.Version != 1 || !proto.Equal(got, g.cmd) {
-			t.Fatalf("%s decodes to\n%v\nwant\n%v", g.name, got, g.cmd)
-		}
-		if res := applyAll(t, f, got)[0]; res.Err != nil {
-			t.Fatalf("%s: %v", g.name, res.Err)
-		}
-	}
+	applyGolden(t, f, "TestVersionCommandV1Decoding", golden)
 	v := f.State().ClusterVersion()
 	if v.GetVersion() != 2 || !f.State().FeatureEnabled(FeatureClusterVersion) || v.GetUpdatedUnixNano() != t0 {
 		t.Fatalf("recorded %v", v)
