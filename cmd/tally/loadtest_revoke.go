@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tallyauth/tally/node"
 	"net/http"
 	"os"
 	"time"
@@ -58,7 +59,8 @@ func runLoadtestRevokePropagation(ctx context.Context, args []string, e env) int
 	}
 	defer os.RemoveAll(dir)
 	fmt.Fprintf(e.stderr, "starting a tally node in %s …\n", dir)
-	n, err := localcluster.StartDir(ctx, dir)
+	// Rate limits off: the load comes from one client on one address.
+	n, err := localcluster.StartDir(ctx, dir, localcluster.WithConfig(func(c *node.Config) { c.RateLimits.Off = true }))
 	if err != nil {
 		return fail("starting node: %v", err)
 	}
