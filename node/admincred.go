@@ -190,6 +190,11 @@ func requestTarget(method string, msg proto.Message) string {
 	}
 	m := msg.ProtoReflect()
 	fields := m.Descriptor().Fields()
+	// The audit log is hash-chained and never edited, so it must hold no
+	// personal data that a user delete erases (right to erasure): of a
+	// user request only a user id (u_…) names the target, never a
+	// username, e-mail or name.
+	userMethod := strings.Contains(method, "User")
 	for _, name := range []protoreflect.Name{"client_id", "user", "user_id", "jti", "id", "name", "to", "kid"} {
 		fd := fields.ByName(name)
 		if fd == nil || fd.Kind() != protoreflect.StringKind {
@@ -197,6 +202,9 @@ func requestTarget(method string, msg proto.Message) string {
 		}
 		v := m.Get(fd).String()
 		if v == "" || (name == "id" && strings.HasSuffix(method, "Tenant")) {
+			continue
+		}
+		if userMethod && (name == "name" || !strings.HasPrefix(v, "u_")) {
 			continue
 		}
 		if tenant != "" {
