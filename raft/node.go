@@ -368,6 +368,9 @@ func (n *Node) Propose(ctx context.Context, cmd *raftpb.Command) (Result, error)
 	if f := OpFeature(cmd); f != "" && !n.State().FeatureEnabled(f) {
 		return Result{}, fmt.Errorf("%w: feature %q", ErrFeatureDisabled, f)
 	}
+	if f := OpProposerGated(cmd); f != "" && n.State().ClusterVersion() != nil && !n.State().FeatureEnabled(f) {
+		return Result{}, fmt.Errorf("%w: feature %q (not in the recorded cluster version)", ErrFeatureDisabled, f)
+	}
 	if err := n.checkGate(); err != nil {
 		return Result{}, err
 	}

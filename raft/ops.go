@@ -29,12 +29,21 @@ type opSpec struct {
 	// enabled before a proposer may use the operation; "" for the
 	// operations of the first release (v0.1.0) and for SetClusterVersion.
 	feature string
-	check   func(cmd *raftpb.Command) error
-	apply   func(a *applier, cmd *raftpb.Command, now int64) (*raftpb.GrantResult, error)
+	// proposerGated is a feature that the proposer checks against the live
+	// members (every member lists it: node's cluster.allSupport) while no
+	// cluster version is recorded; once one is recorded, Propose refuses
+	// the operation unless the record enables the feature (so a downgrade,
+	// which records the older release's features, stops it at once).
+	proposerGated string
+	check         func(cmd *raftpb.Command) error
+	apply         func(a *applier, cmd *raftpb.Command, now int64) (*raftpb.GrantResult, error)
 }
 
 // since returns s gated on feature.
 func (s opSpec) since(feature string) opSpec { s.feature = feature; return s }
+
+// gatedBy returns s gated by its proposer on feature (opSpec.proposerGated).
+func (s opSpec) gatedBy(feature string) opSpec { s.proposerGated = feature; return s }
 
 // opOf registers an operation whose apply has no grant result. get is the
 // generated oneof getter, e.g. (*raftpb.Command).GetCreateTenant.
@@ -119,35 +128,37 @@ var opRegistry = map[protoreflect.Name]opSpec{
 	"set_cluster_version": opOf((*raftpb.Command).GetSetClusterVersion, checkSetClusterVersion, (*applier).setClusterVersion),
 
 	// Deleting clients, users and tenants (issue 16, apply_delete.go) and
-	// zero-trust clients (issue 11, apply_ztauth.go). Like the cluster
-	// identity operations, these are gated by their proposer on every live
-	// member listing the feature (node: cluster.allSupport), not on the
-	// recorded feature set: the record lags a new cluster's start by a
-	// second, and a private_key_jwt request must not fail in that second.
-	"delete_client":     opOf((*raftpb.Command).GetDeleteClient, checkDeleteClient, (*applier).deleteClient),
-	"delete_user":       opOf((*raftpb.Command).GetDeleteUser, checkDeleteUser, (*applier).deleteUser),
-	"delete_tenant":     opOf((*raftpb.Command).GetDeleteTenant, checkDeleteTenant, (*applier).deleteTenant),
-	"consume_assertion": opOf((*raftpb.Command).GetConsumeAssertion, checkConsumeAssertion, (*applier).consumeAssertion),
-	"set_tenant_trust":  opOf((*raftpb.Command).GetSetTenantTrust, checkSetTenantTrust, (*applier).setTenantTrust),
+	// zero-trust clients (issue 11, apply_ztauth.go). These and the ones
+	// below are gated by their proposer on every live member listing the
+	// feature (node: cluster.allSupport) while no cluster version is
+	// recorded (the record lags a new cluster's start by a second, and a
+	// private_key_jwt request must not fail in that second); once one is
+	// recorded, Propose refuses them unless it enables the feature, so a
+	// downgrade stops them at once (gatedBy).
+	"delete_client":     opOf((*raftpb.Command).GetDeleteClient, checkDeleteClient, (*applier).deleteClient).gatedBy(FeatureDelete),
+	"delete_user":       opOf((*raftpb.Command).GetDeleteUser, checkDeleteUser, (*applier).deleteUser).gatedBy(FeatureDelete),
+	"delete_tenant":     opOf((*raftpb.Command).GetDeleteTenant, checkDeleteTenant, (*applier).deleteTenant).gatedBy(FeatureDelete),
+	"consume_assertion": opOf((*raftpb.Command).GetConsumeAssertion, checkConsumeAssertion, (*applier).consumeAssertion).gatedBy(FeatureZTAuth),
+	"set_tenant_trust":  opOf((*raftpb.Command).GetSetTenantTrust, checkSetTenantTrust, (*applier).setTenantTrust).gatedBy(FeatureZTAuth),
 
 	// Pushed authorization requests and key policies (issue 11,
 	// apply_par.go; gated by the node on feature "par_keypolicy" like the
 	// ones above). Their check and apply dispatch on the op themselves.
-	"push_authorization_request": parOp,
-	"redeem_request_uri":         parOp,
-	"set_key_policy":             parOp,
-	"set_tenant_par":             parOp,
+	"push_authorization_request": parOp.gatedBy("par_keypolicy"),
+	"redeem_request_uri":         parOp.gatedBy("par_keypolicy"),
+	"set_key_policy":             parOp.gatedBy("par_keypolicy"),
+	"set_tenant_par":             parOp.gatedBy("par_keypolicy"),
 
 	// Gateway routes, rate limits and CEL policies (issue 12,
 	// apply_gateway.go; gated by the node on feature "gateway_config").
 	"set_gateway_config": opOf((*raftpb.Command).GetSetGatewayConfig,
-		func(s *raftpb.SetGatewayConfig) error { return CheckGatewayConfig(s.GetConfig()) }, (*applier).setGatewayConfig),
+		func(s *raftpb.SetGatewayConfig) error { return CheckGatewayConfig(s.GetConfig()) }, (*applier).setGatewayConfig).gatedBy("gateway_config"),
 
 	// Named admin credentials and the audit log (issue 13, apply_threat.go;
 	// gated by the node on feature "threat_protection").
-	"put_admin_credential":    threatOp,
-	"revoke_admin_credential": threatOp,
-	"append_audit":            threatOp,
+	"put_admin_credential":    threatOp.gatedBy("threat_protection"),
+	"revoke_admin_credential": threatOp.gatedBy("threat_protection"),
+	"append_audit":            threatOp.gatedBy("threat_protection"),
 }
 
 // parOp is the entry of the apply_par.go operations.
@@ -188,6 +199,13 @@ func lookupOp(cmd *raftpb.Command) (name protoreflect.Name, spec opSpec, ok bool
 func OpFeature(cmd *raftpb.Command) string {
 	_, spec, _ := lookupOp(cmd)
 	return spec.feature
+}
+
+// OpProposerGated is the feature cmd's operation is gated on by its
+// proposer ("" for none; opSpec.proposerGated).
+func OpProposerGated(cmd *raftpb.Command) string {
+	_, spec, _ := lookupOp(cmd)
+	return spec.proposerGated
 }
 
 // OpFeatures lists the features of the registered operations, sorted,
