@@ -22,9 +22,11 @@ const featurePARKeyPolicy = "par_keypolicy"
 // member (a rolling upgrade is under way).
 var ErrFeatureNotReady = errors.New("node: not every cluster member supports this operation yet")
 
-// featureGate caches cluster.allSupport for one feature: once every member
-// supports it, it stays allowed (members are upgraded, not downgraded); a
-// refusal is asked again after featureRecheck.
+// featureGate caches cluster.allSupport for one feature (the PAR, key
+// policy and zero-trust operations use it): once every member supports
+// it, it stays allowed — a downgrade is enforced where it is recorded, by
+// raft.Node.Propose (raft/ops.go gatedBy); a refusal is asked again after
+// featureRecheck.
 type featureGate struct {
 	cl      *cluster
 	feature string
@@ -34,7 +36,7 @@ type featureGate struct {
 	checked time.Time
 }
 
-const featureRecheck = 5 * time.Second
+const featureRecheck = 2 * time.Second
 
 func newFeatureGate(cl *cluster, feature string) *featureGate {
 	return &featureGate{cl: cl, feature: feature}

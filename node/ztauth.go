@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -96,7 +94,7 @@ func (n *Node) ztIssuanceConfig() (issuance.ZeroTrustConfig, error) {
 		return issuance.ZeroTrustConfig{}, err
 	}
 	return issuance.ZeroTrustConfig{
-		Assertions:         &raftLedger{n: n, local: issuance.NewMemoryAssertionLedger(100_000)},
+		Assertions:         &raftLedger{n: n, local: issuance.NewMemoryAssertionLedger(100_000), gate: newFeatureGate(n.cl, featureZTAuth)},
 		TrustedProxies:     prefixes,
 		ClientCertHeader:   n.cfg.ZeroTrust.ClientCertHeader,
 		MTLSBaseURL:        n.cfg.ZeroTrust.MTLSBaseURL,
@@ -118,14 +116,14 @@ func (n *Node) ztIssuanceConfig() (issuance.ZeroTrustConfig, error) {
 type raftLedger struct {
 	n     *Node
 	local *issuance.MemoryAssertionLedger
-	gate  ztGate
+	gate  *featureGate // par.go
 }
 
 func (l *raftLedger) ConsumeAssertion(ctx context.Context, tenant, clientID, jti string, exp time.Time) error {
 	if l.local.Seen(tenant, clientID, jti) {
 		return issuance.ErrAssertionReplayed
 	}
-	if !l.gate.allowed(ctx, l.n) {
+	if !l.gate.allow(ctx) {
 		return fmt.Errorf("%w: not every voter supports %s yet", ErrUnavailable, featureZTAuth)
 	}
 	k := issuance.AssertionKey(clientID, jti)
@@ -144,35 +142,6 @@ func (l *raftLedger) ConsumeAssertion(ctx context.Context, tenant, clientID, jti
 	}
 	_ = l.local.ConsumeAssertion(ctx, tenant, clientID, jti, exp)
 	return nil
-}
-
-// ztGate caches allSupport for featureZTAuth, asking the node's cluster
-// when first needed (it is set after the issuance config): once every
-// member supports the feature it stays allowed; before that it asks at most
-// every few seconds. (par.go's featureGate is built with the cluster.)
-type ztGate struct {
-	ok      atomic.Bool
-	mu      sync.Mutex
-	checked time.Time
-}
-
-func (g *ztGate) allowed(ctx context.Context, n *Node) bool {
-	if g.ok.Load() {
-		return true
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.ok.Load() {
-		return true
-	}
-	if !g.checked.IsZero() && time.Since(g.checked) < 2*time.Second {
-		return false
-	}
-	g.checked = time.Now()
-	if n.cl.allSupport(ctx, featureZTAuth) {
-		g.ok.Store(true)
-	}
-	return g.ok.Load()
 }
 
 // ----- conversions -----
