@@ -28,6 +28,7 @@ import (
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/rafttest"
+	"github.com/tallyauth/tally/revocation"
 )
 
 // faultRaft puts every node's Raft stream layer on nw.
@@ -94,6 +95,22 @@ func TestClusterFaultPartitionedFollower(t *testing.T) {
 	fi := (l + 1) % 3
 	f := c.Node(fi)
 	issuer := f.Issuer("default")
+	// A resource server follows events on the follower's NATS server (the
+	// partition cuts Raft only). While the follower is stale, and while it
+	// catches up after the heal, it cannot vouch for the client's
+	// credentials; that is no reason to drop a connection it admitted.
+	rsConns, err := revocation.ConnectNATSEach(revocation.NATSConfig{URLs: f.NATSURL(), Tenant: "default", ClientID: id, ClientSecret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := rsConns[0]
+	defer rs.Close()
+	nodetest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if !rs.IsConnected() {
+			return errors.New("resource server not connected to the follower's NATS")
+		}
+		return nil
+	})
 	nw.Partition(nodeIDs(c), fmt.Sprintf("node%d", fi))
 	cut := time.Now()
 
@@ -131,7 +148,7 @@ func TestClusterFaultPartitionedFollower(t *testing.T) {
 	// there once after healing).
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err := f.Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: "default", Name: "via-cut-follower"}))
+	_, err = f.Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: "default", Name: "via-cut-follower"}))
 	if connect.CodeOf(err) != connect.CodeUnavailable {
 		t.Fatalf("write through a partitioned follower: %v, want Unavailable", err)
 	}
@@ -158,6 +175,9 @@ func TestClusterFaultPartitionedFollower(t *testing.T) {
 	}
 	if status, code, err := tokenStatus(issuer, id, secret); err != nil || status != http.StatusOK {
 		t.Fatalf("token from the healed follower: %d %q %v", status, code, err)
+	}
+	if st := rs.Stats(); !rs.IsConnected() || st.Reconnects != 0 {
+		t.Fatalf("the resource server's connection to the follower was dropped while it was stale or catching up (connected %v, %d reconnects)", rs.IsConnected(), st.Reconnects)
 	}
 }
 

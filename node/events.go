@@ -230,11 +230,17 @@ func (s *eventsService) authorize(ctx context.Context, h http.Header, tenant str
 	if strings.HasPrefix(authz, "Bearer ") && s.admin.check(authz) {
 		return nil
 	}
-	unauth := connect.NewError(connect.CodeUnauthenticated, errors.New("admin token or client credentials of the tenant required"))
-	if !s.n.authenticateClient(ctx, tenant, authz) {
-		return unauth
+	switch err := s.n.authenticateClient(ctx, tenant, authz); {
+	case err == nil:
+		return nil
+	case credentialsRefused(err) || authz == "":
+		return connect.NewError(connect.CodeUnauthenticated, errors.New("admin token or client credentials of the tenant required"))
+	default:
+		// A replica catching up or a throttle: not a verdict on the
+		// credentials (a watcher stops for good on repeated
+		// Unauthenticated), so the caller retries here or elsewhere.
+		return connect.NewError(connect.CodeUnavailable, errors.New("client credentials cannot be checked on this node now; retry"))
 	}
-	return nil
 }
 
 func (s *eventsService) checkTenant(tenant string) error {

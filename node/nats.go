@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
 	"github.com/tallyauth/tally/replication"
@@ -196,26 +198,29 @@ func (n *Node) natsOptions() []nats.Option {
 // node. Never hand them to a resource server.
 func (n *Node) NATSOptions() []nats.Option { return n.natsOptions() }
 
-// authenticateClient reports whether the HTTP Basic credentials in
+// authenticateClient checks that the HTTP Basic credentials in
 // authorization are those of an enabled confidential client of the enabled
-// tenant: the events API's check, the token endpoint's client
-// authentication (issuance.Server.AuthenticateBasic).
-func (n *Node) authenticateClient(ctx context.Context, tenant, authorization string) bool {
+// tenant (the token endpoint's client authentication,
+// issuance.Server.AuthenticateBasic): the events API's check. nil means
+// accepted; credentialsRefused tells a refusal from a check that could not
+// be made.
+func (n *Node) authenticateClient(ctx context.Context, tenant, authorization string) error {
 	if n.iss == nil {
-		return false
+		return errors.New("node: issuance not started")
 	}
 	_, err := n.iss.AuthenticateBasic(ctx, tenant, authorization)
-	return err == nil
+	return err
 }
 
 // authenticateClientSecret is authenticateClient for an id and secret
-// given apart (the embedded NATS server's user and password).
-func (n *Node) authenticateClientSecret(ctx context.Context, tenant, id, secret string) bool {
+// given apart (the embedded NATS server's user and password); nil means
+// accepted.
+func (n *Node) authenticateClientSecret(ctx context.Context, tenant, id, secret string) error {
 	if n.iss == nil {
-		return false
+		return errors.New("node: issuance not started")
 	}
 	_, err := n.iss.AuthenticateClientSecret(ctx, tenant, id, secret)
-	return err == nil
+	return err
 }
 
 // natsResourceServers admits resource servers to the embedded NATS server
@@ -237,8 +242,27 @@ func (r natsResourceServers) AuthenticateResourceServer(id, secret string) (stri
 	}
 	// The NATS server's callbacks carry no context.
 	ctx := context.Background()
-	if !r.n.authenticateClientSecret(ctx, tenant, id, secret) {
+	if r.n.authenticateClientSecret(ctx, tenant, id, secret) != nil {
 		return "", nil, false
 	}
-	return tenant, func() bool { return r.n.authenticateClientSecret(ctx, tenant, id, secret) }, true
+	return tenant, func() bool { return !credentialsRefused(r.n.authenticateClientSecret(ctx, tenant, id, secret)) }, true
+}
+
+// credentialsRefused reports whether err says the credentials are no
+// longer good (invalid_client: a disabled or deleted client, a removed
+// secret; an unknown tenant), as opposed to a check that could not be
+// made: a replica catching up after a restart or a partition
+// (temporarily_unavailable) or a throttle. A connection admitted before is
+// closed only on the first kind; closing it on the second would cut every
+// resource server off a node each time it catches up, as it applies the
+// entries it missed.
+func credentialsRefused(err error) bool {
+	if err == nil {
+		return false
+	}
+	var e *issuance.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	return e.Status == http.StatusUnauthorized || e.Status == http.StatusNotFound
 }

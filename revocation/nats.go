@@ -53,12 +53,17 @@ type NATSConfig struct {
 // credentials, the inbox prefix the server permits, the CA, pings every
 // second (a half-open connection is noticed within about 3 s), and
 // reconnecting forever once connected (the first connect fails with the
-// server's error, e.g. an authorization violation, after trying every URL).
+// server's error, e.g. an authorization violation, after trying every URL),
+// through authorization errors too: a tally node that has just restarted
+// refuses credentials until its replica has caught up with the leader, and
+// nats.go would otherwise close the connection for good after the same
+// authorization error twice in a row.
 func (c NATSConfig) NATSOptions() []nats.Option {
 	opts := []nats.Option{
 		nats.UserInfo(c.ClientID, c.ClientSecret),
 		nats.CustomInboxPrefix(NATSInboxPrefix(c.Tenant, c.ClientID)),
 		nats.MaxReconnects(-1),
+		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectWait(250 * time.Millisecond),
 		// nats.go adds up to 1 s of jitter to each wait over TLS by
 		// default; a resource server is one client, not a herd.
