@@ -124,7 +124,14 @@ func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
 	}
 	pc.Logger = n.log
 	pc.Meter = n.tel.meter
-	pc.TenantExists = func(t string) bool { _, ok := n.raft.State().Tenant(t); return ok }
+	pc.Signable = func(t string) bool { // a deleted tenant signs with its tombstone's keys (DeletedTenantKeys)
+		st := n.raft.State()
+		_, ok := st.Tenant(t)
+		if !ok {
+			_, ok = st.DeletedTenant(t)
+		}
+		return ok
+	}
 	pub, err := replication.NewPublisher(pc, nc, n.raft.FSM(), n.iss)
 	if err != nil {
 		nc.Close()
