@@ -240,5 +240,19 @@ func (r natsResourceServers) AuthenticateResourceServer(id, secret string) (stri
 	if !r.n.authenticateClientSecret(ctx, tenant, id, secret) {
 		return "", nil, false
 	}
-	return tenant, func() bool { return r.n.authenticateClientSecret(ctx, tenant, id, secret) }, true
+	return tenant, func() bool {
+		if r.n.authenticateClientSecret(ctx, tenant, id, secret) {
+			return true
+		}
+		// The tenant was deleted (its clients with it): its resource
+		// servers already connected stay, to read its last event
+		// (tenant-deleted), until its tombstone goes (two hours). They
+		// read only that tenant's subjects; no new connection is admitted.
+		st := r.n.raft.State()
+		if _, ok := st.Tenant(tenant); ok {
+			return false
+		}
+		_, ok := st.DeletedTenant(tenant)
+		return ok
+	}, true
 }
