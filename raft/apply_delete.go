@@ -229,7 +229,8 @@ func (a *applier) deleteUser(d *raftpb.DeleteUser, now int64) error {
 
 // deleteTenant: see raftpb.DeleteTenant. Every bucket named for the tenant
 // goes, whatever its kind (including kinds added after this code), and so
-// does its gateway configuration; its tombstone (raftpb.DeletedTenant)
+// does its gateway configuration; its tenant-admin credentials are
+// revoked; its tombstone (raftpb.DeletedTenant)
 // keeps the deletion time and its signing keys for the TENANT_DELETED
 // event (apply_delete_tenant.go).
 func (a *applier) deleteTenant(d *raftpb.DeleteTenant, now int64) error {
@@ -254,6 +255,7 @@ func (a *applier) deleteTenant(d *raftpb.DeleteTenant, now int64) error {
 	a.del(a.bucket(bucketTenants), []byte(id))
 	a.changes = append(a.changes, change{kind: bucketTenants, tenant: id})
 	a.dropGatewayConfig(id)
+	a.revokeTenantAdmins(id, now)
 	a.putTenantTombstone(tomb)
 	a.erased = true
 	a.emit(&raftpb.Event{Tenant: id, Kind: raftpb.EventKind_EVENT_KIND_TENANT_DELETED, TimeUnixNano: now})

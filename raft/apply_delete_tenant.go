@@ -84,6 +84,35 @@ func (a *applier) dropGatewayConfig(tenant string) {
 	a.changes = append(a.changes, change{kind: kindGatewayConfig, tenant: tenant})
 }
 
+// revokeTenantAdmins revokes the tenant-admin credentials of a deleted
+// tenant (issue 13's admin credentials live outside the tenant's buckets),
+// so that none of them administers a tenant created again with the id.
+func (a *applier) revokeTenantAdmins(tenant string, now int64) {
+	b := a.tx.Bucket([]byte(bucketThreatAdminCreds))
+	if b == nil {
+		return
+	}
+	var revoke []*raftpb.AdminCredential
+	_ = b.ForEach(func(k, v []byte) error {
+		c := new(raftpb.AdminCredential)
+		if err := proto.Unmarshal(v, c); err != nil {
+			storageFault("admin credential %q undecodable: %v", k, err)
+		}
+		if c.Role == RoleTenantAdmin && c.Tenant == tenant && c.RevokedUnixNano == 0 {
+			revoke = append(revoke, c)
+		}
+		return nil
+	})
+	for _, c := range revoke {
+		c.RevokedUnixNano = now
+		v, err := marshalOpts.Marshal(c)
+		if err != nil {
+			storageFault("marshal admin credential: %v", err)
+		}
+		a.put(b, []byte(c.Id), v)
+	}
+}
+
 // sweepTenantTombstones removes tenant tombstones older than
 // deletedRetentionNanos.
 func (a *applier) sweepTenantTombstones(now int64) {

@@ -287,7 +287,8 @@ func TestDeleteNotFoundAndInvalid(t *testing.T) {
 // TestDeleteTenantTombstone (issue 16): DeleteTenant keeps a tombstone with
 // the deletion time and the tenant's unexpired signing keys (no sealing
 // key), which the view serves, a reopen reads and the sweep removes after
-// the retention; the tenant's gateway configuration goes with the tenant.
+// the retention; the tenant's gateway configuration goes with the tenant
+// and its tenant-admin credentials are revoked (no other).
 func TestDeleteTenantTombstone(t *testing.T) {
 	f := openTestFSM(t)
 	mustApply(t, f, createTenant(t0, "t", sigKey("k-sig", t0, hour), sealKey("k-seal", t0, hour)),
@@ -295,6 +296,14 @@ func TestDeleteTenantTombstone(t *testing.T) {
 			Config: &raftpb.GatewayConfig{Tenant: "t", Routes: []*raftpb.GatewayRoute{{PathPrefix: "/api"}}}}}})
 	if f.State().GatewayConfig("t") == nil {
 		t.Fatal("test is blind: no gateway config")
+	}
+	for _, c := range []*raftpb.AdminCredential{
+		{Id: "ta", Name: "t admin", Role: RoleTenantAdmin, Tenant: "t", TokenHash: []byte{1}},
+		{Id: "oa", Name: "other admin", Role: RoleTenantAdmin, Tenant: "other", TokenHash: []byte{2}},
+		{Id: "op", Name: "operator", Role: RoleOperator, TokenHash: []byte{3}},
+	} {
+		mustApply(t, f, &raftpb.Command{Version: CommandVersion, TimeUnixNano: t0 + 2, Op: &raftpb.Command_PutAdminCredential{
+			PutAdminCredential: &raftpb.PutAdminCredential{Credential: c}}})
 	}
 	if _, ok := f.State().DeletedTenant("t"); ok {
 		t.Fatal("tombstone before the delete")
@@ -314,6 +323,11 @@ func TestDeleteTenantTombstone(t *testing.T) {
 		}
 	}
 	check(f.State())
+	for id, revoked := range map[string]bool{"ta": true, "oa": false, "op": false} {
+		if c, ok := f.AdminCredential(id); !ok || (c.RevokedUnixNano == t0+5) != revoked {
+			t.Errorf("admin credential %s: %v", id, c)
+		}
+	}
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
