@@ -199,7 +199,7 @@ func TestDeleteTenantReachesSDKs(t *testing.T) {
 		}
 		return deleted(p, jwtTok)
 	})
-	// Nothing else of the deleted tenant is served without credentials.
+	// The restart did not bring the tenant back (only its tombstone).
 	if _, ok := n.Raft().State().Tenant(tenant); ok {
 		t.Fatal("tenant back after the restart")
 	}
