@@ -19,18 +19,37 @@ var ErrNoSigningKey = errors.New("issuance: no current signing key")
 // receiver verifies it with the JWKS it already has). The header carries
 // typ "secevent+jwt" (RFC 8417 §2.3), alg and kid. The caller builds the
 // claims (iss, iat, jti, aud, events; RFC 8417 §2.2); SignSET does not
-// change them. It returns ErrNotFound for an unknown tenant and
-// ErrNoSigningKey when no key may sign. Safe for concurrent use.
+// change them. A tenant deleted recently signs with the keys its tombstone
+// keeps (DeletedTenants), so that its last events reach resource servers.
+// It returns ErrNotFound for an unknown tenant and ErrNoSigningKey when no
+// key may sign. Safe for concurrent use.
 func (s *Server) SignSET(ctx context.Context, tenant string, claims map[string]any) (string, error) {
+	var set *keySet
+	var alg string
 	t, err := s.st.Tenant(ctx, tenant)
-	if err != nil {
+	switch {
+	case err == nil:
+		if set, err = s.keys.get(ctx, s.st, t.ID); err != nil {
+			return "", err
+		}
+		alg = t.SigningAlg
+	case errors.Is(err, ErrNotFound):
+		dt, ok := s.st.(DeletedTenants)
+		if !ok {
+			return "", err
+		}
+		keys, preferred, found := dt.DeletedTenantKeys(ctx, tenant)
+		if !found {
+			return "", err
+		}
+		// Built afresh each time: a deleted tenant signs a handful of
+		// events, and its keys must not enter the keyring that serves
+		// JWKS, tokens and introspection.
+		set, alg = s.keys.build(tenant, keys, nil), preferred
+	default:
 		return "", err
 	}
-	set, err := s.keys.get(ctx, s.st, t.ID)
-	if err != nil {
-		return "", err
-	}
-	k := set.signingKey(s.cfg.Now(), t.SigningAlg)
+	k := set.signingKey(s.cfg.Now(), alg)
 	if k == nil {
 		return "", fmt.Errorf("%w in tenant %q", ErrNoSigningKey, tenant)
 	}

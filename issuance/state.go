@@ -124,6 +124,17 @@ type State interface {
 	Revoked(ctx context.Context, tenant, jti string) bool
 }
 
+// DeletedTenants is implemented by a State that keeps a deleted tenant's
+// signing keys for a while (node: the Raft tombstone of DeleteTenant, two
+// hours). Only SignSET uses them, to sign the tenant's last Security Event
+// Tokens (tenant-deleted); tokens, JWKS and introspection never see them.
+type DeletedTenants interface {
+	// DeletedTenantKeys returns the signing keys of a deleted tenant and
+	// its preferred signing algorithm; found false if it has no tombstone
+	// (or exists).
+	DeletedTenantKeys(ctx context.Context, tenant string) (keys []Key, signingAlg string, found bool)
+}
+
 // Revoker proposes revocations to the replicated state. Revoke returns once
 // the revocation is committed and applied locally, so the caller reads its
 // own write.

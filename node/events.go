@@ -124,7 +124,14 @@ func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
 	}
 	pc.Logger = n.log
 	pc.Meter = n.tel.meter
-	pc.TenantExists = func(t string) bool { _, ok := n.raft.State().Tenant(t); return ok }
+	pc.Signable = func(t string) bool { // a deleted tenant signs with its tombstone's keys (DeletedTenantKeys)
+		st := n.raft.State()
+		_, ok := st.Tenant(t)
+		if !ok {
+			_, ok = st.DeletedTenant(t)
+		}
+		return ok
+	}
 	pub, err := replication.NewPublisher(pc, nc, n.raft.FSM(), n.iss)
 	if err != nil {
 		nc.Close()
@@ -243,6 +250,20 @@ func (s *eventsService) authorize(ctx context.Context, h http.Header, tenant str
 	}
 }
 
+// deletedTenant returns the tombstone of a tenant that was deleted and
+// not created again, nil otherwise.
+func (s *eventsService) deletedTenant(tenant string) *raftpb.DeletedTenant {
+	st := s.n.raft.State()
+	if tenant == "" {
+		return nil
+	}
+	if _, ok := st.Tenant(tenant); ok {
+		return nil
+	}
+	d, _ := st.DeletedTenant(tenant)
+	return d
+}
+
 func (s *eventsService) checkTenant(tenant string) error {
 	if tenant == "" {
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("tenant is required"))
@@ -271,6 +292,11 @@ func (s *eventsService) streamHandle(ctx context.Context) (jetstream.Stream, *je
 // WatchRevocations streams the tenant's events from from_sequence on.
 func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Request[eventsv1.WatchRevocationsRequest], out *connect.ServerStream[eventsv1.WatchRevocationsResponse]) error {
 	tenant := req.Msg.GetTenant()
+	if s.deletedTenant(tenant) != nil {
+		// Its clients went with it: no credentials to check. The watcher
+		// resyncs and GetRevocationSet says when it was deleted.
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("tenant %q was deleted", tenant))
+	}
 	if err := s.authorize(ctx, req.Header(), tenant); err != nil {
 		return err
 	}
@@ -373,15 +399,19 @@ func streamState(info *jetstream.StreamInfo) *eventsv1.StreamState {
 // GetRevocationSet returns the tenant's revocations, disabled clients,
 // disabled or locked users and recent lock cutoffs, with the Raft index
 // they reflect, the stream sequence to resume after and the stream's
-// identity. It reads the stream head first and waits until the replica has applied
+// identity; for a tenant deleted recently (its tombstone kept), when it
+// was deleted, to any caller. It reads the stream head first and waits until the replica has applied
 // the head's Raft index, so every event up to stream_sequence is reflected.
 func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Request[eventsv1.GetRevocationSetRequest]) (*connect.Response[eventsv1.GetRevocationSetResponse], error) {
 	tenant := req.Msg.GetTenant()
-	if err := s.authorize(ctx, req.Header(), tenant); err != nil {
-		return nil, err
-	}
-	if err := s.checkTenant(tenant); err != nil {
-		return nil, err
+	deleted := s.deletedTenant(tenant)
+	if deleted == nil {
+		if err := s.authorize(ctx, req.Header(), tenant); err != nil {
+			return nil, err
+		}
+		if err := s.checkTenant(tenant); err != nil {
+			return nil, err
+		}
 	}
 	st, info, err := s.streamHandle(ctx)
 	if err != nil {
@@ -407,8 +437,20 @@ func (s *eventsService) GetRevocationSet(ctx context.Context, req *connect.Reque
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+	if deleted != nil {
+		// A deleted tenant: answered without credentials (its clients went
+		// with it; that it is gone is public, its metadata answers 404),
+		// so the set says that and nothing else.
+		return connect.NewResponse(&eventsv1.GetRevocationSetResponse{RaftIndex: s.n.raft.State().AppliedIndex(),
+			StreamSequence: last, StreamCreatedUnixNano: info.Created.UnixNano(),
+			TenantDeletedUnix: deleted.DeletedUnixNano / int64(time.Second)}), nil
+	}
 	idx, revs := s.n.raft.State().RevocationsSnapshot(tenant)
 	resp := &eventsv1.GetRevocationSetResponse{RaftIndex: idx, StreamSequence: last, StreamCreatedUnixNano: info.Created.UnixNano()}
+	if d, ok := s.n.raft.State().DeletedTenant(tenant); ok {
+		// Created again since: the old tenant's tokens stay invalid.
+		resp.TenantDeletedUnix = d.DeletedUnixNano / int64(time.Second)
+	}
 	for _, r := range revs {
 		resp.Tokens = append(resp.Tokens, &eventsv1.RevokedToken{
 			Jti: r.Jti, ClientId: r.ClientId, Subject: r.Subject,

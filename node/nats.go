@@ -245,7 +245,22 @@ func (r natsResourceServers) AuthenticateResourceServer(id, secret string) (stri
 	if r.n.authenticateClientSecret(ctx, tenant, id, secret) != nil {
 		return "", nil, false
 	}
-	return tenant, func() bool { return !credentialsRefused(r.n.authenticateClientSecret(ctx, tenant, id, secret)) }, true
+	return tenant, func() bool {
+		err := r.n.authenticateClientSecret(ctx, tenant, id, secret)
+		if !credentialsRefused(err) {
+			return true
+		}
+		// The tenant was deleted (its clients with it): its resource
+		// servers already connected stay, to read its last event
+		// (tenant-deleted), until its tombstone goes (two hours). They
+		// read only that tenant's subjects; no new connection is admitted.
+		st := r.n.raft.State()
+		if _, ok := st.Tenant(tenant); ok {
+			return false
+		}
+		_, ok := st.DeletedTenant(tenant)
+		return ok
+	}, true
 }
 
 // credentialsRefused reports whether err says the credentials are no

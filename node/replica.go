@@ -101,6 +101,24 @@ func (r *replica) Keys(_ context.Context, tenant string) ([]issuance.Key, error)
 	return out, nil
 }
 
+// DeletedTenantKeys (issuance.DeletedTenants): the signing keys the
+// tombstone of a deleted tenant keeps, for its last events.
+func (r *replica) DeletedTenantKeys(_ context.Context, tenant string) ([]issuance.Key, string, bool) {
+	st := r.rn.State()
+	if _, ok := st.Tenant(tenant); ok {
+		return nil, "", false
+	}
+	d, ok := st.DeletedTenant(tenant)
+	if !ok {
+		return nil, "", false
+	}
+	out := make([]issuance.Key, len(d.SigningKeys))
+	for i, k := range d.SigningKeys {
+		out[i] = keyFromPB(k)
+	}
+	return out, d.SigningAlg, true
+}
+
 func (r *replica) Revoked(_ context.Context, tenant, jti string) bool {
 	return r.rn.State().Revoked(tenant, jti)
 }

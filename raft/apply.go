@@ -398,6 +398,7 @@ func (a *applier) sweep(now int64) {
 		a.sweepZT(t, now)     // apply_ztauth.go
 		a.sweepPushed(t, now) // apply_par.go
 	}
+	a.sweepTenantTombstones(now) // apply_delete_tenant.go
 
 	cutoff := now - requestRetentionNanos
 	if cutoff <= 0 {

@@ -228,12 +228,17 @@ func (a *applier) deleteUser(d *raftpb.DeleteUser, now int64) error {
 }
 
 // deleteTenant: see raftpb.DeleteTenant. Every bucket named for the tenant
-// goes, whatever its kind (including kinds added after this code).
+// goes, whatever its kind (including kinds added after this code), and so
+// does its gateway configuration; its tenant-admin credentials are
+// revoked; its tombstone (raftpb.DeletedTenant)
+// keeps the deletion time and its signing keys for the TENANT_DELETED
+// event (apply_delete_tenant.go).
 func (a *applier) deleteTenant(d *raftpb.DeleteTenant, now int64) error {
 	id := d.GetTenant()
 	if !a.tenantExists(id) {
 		return notFoundTenant(id)
 	}
+	tomb := a.tenantTombstone(id, now) // apply_delete_tenant.go
 	prefix := []byte(tenantBucketPrefix + id + "/")
 	var names [][]byte
 	_ = a.tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
@@ -249,6 +254,9 @@ func (a *applier) deleteTenant(d *raftpb.DeleteTenant, now int64) error {
 	}
 	a.del(a.bucket(bucketTenants), []byte(id))
 	a.changes = append(a.changes, change{kind: bucketTenants, tenant: id})
+	a.dropGatewayConfig(id)
+	a.revokeTenantAdmins(id, now)
+	a.putTenantTombstone(tomb)
 	a.erased = true
 	a.emit(&raftpb.Event{Tenant: id, Kind: raftpb.EventKind_EVENT_KIND_TENANT_DELETED, TimeUnixNano: now})
 	return nil

@@ -283,3 +283,70 @@ func TestDeleteNotFoundAndInvalid(t *testing.T) {
 	}
 	checkViewMatchesDB(t, f)
 }
+
+// TestDeleteTenantTombstone (issue 16): DeleteTenant keeps a tombstone with
+// the deletion time and the tenant's unexpired signing keys (no sealing
+// key), which the view serves, a reopen reads and the sweep removes after
+// the retention; the tenant's gateway configuration goes with the tenant
+// and its tenant-admin credentials are revoked (no other).
+func TestDeleteTenantTombstone(t *testing.T) {
+	f := openTestFSM(t)
+	mustApply(t, f, createTenant(t0, "t", sigKey("k-sig", t0, hour), sealKey("k-seal", t0, hour)),
+		&raftpb.Command{Version: CommandVersion, TimeUnixNano: t0 + 1, Op: &raftpb.Command_SetGatewayConfig{SetGatewayConfig: &raftpb.SetGatewayConfig{
+			Config: &raftpb.GatewayConfig{Tenant: "t", Routes: []*raftpb.GatewayRoute{{PathPrefix: "/api"}}}}}})
+	if f.State().GatewayConfig("t") == nil {
+		t.Fatal("test is blind: no gateway config")
+	}
+	for _, c := range []*raftpb.AdminCredential{
+		{Id: "ta", Name: "t admin", Role: RoleTenantAdmin, Tenant: "t", TokenHash: []byte{1}},
+		{Id: "oa", Name: "other admin", Role: RoleTenantAdmin, Tenant: "other", TokenHash: []byte{2}},
+		{Id: "op", Name: "operator", Role: RoleOperator, TokenHash: []byte{3}},
+	} {
+		mustApply(t, f, &raftpb.Command{Version: CommandVersion, TimeUnixNano: t0 + 2, Op: &raftpb.Command_PutAdminCredential{
+			PutAdminCredential: &raftpb.PutAdminCredential{Credential: c}}})
+	}
+	if _, ok := f.State().DeletedTenant("t"); ok {
+		t.Fatal("tombstone before the delete")
+	}
+	mustApply(t, f, delCmd(t0+5, &raftpb.DeleteTenant{Tenant: "t"}))
+	check := func(st *State) {
+		t.Helper()
+		d, ok := st.DeletedTenant("t")
+		if !ok || d.DeletedUnixNano != t0+5 || d.SigningAlg != "ES256" {
+			t.Fatalf("tombstone %v %v", d, ok)
+		}
+		if got := kids(d.SigningKeys); len(got) != 1 || got[0] != "k-sig" || string(d.SigningKeys[0].EncryptedPrivate) != "priv-k-sig" {
+			t.Fatalf("tombstone keys %v", got)
+		}
+		if st.GatewayConfig("t") != nil {
+			t.Fatal("gateway config kept")
+		}
+	}
+	check(f.State())
+	for id, revoked := range map[string]bool{"ta": true, "oa": false, "op": false} {
+		if c, ok := f.AdminCredential(id); !ok || (c.RevokedUnixNano == t0+5) != revoked {
+			t.Errorf("admin credential %s: %v", id, c)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f = openTestFSMAt(t, f.path)
+	check(f.State())
+	// A tenant created again starts without the old gateway config; the
+	// tombstone stays until the sweep.
+	mustApply(t, f, createTenant(t0+6, "t"))
+	check(f.State())
+	mustApply(t, f, sweep(t0+5+deletedRetentionNanos-1))
+	check(f.State())
+	mustApply(t, f, sweep(t0+5+deletedRetentionNanos))
+	if _, ok := f.State().DeletedTenant("t"); ok {
+		t.Fatal("tombstone kept after the retention")
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := openTestFSMAt(t, f.path).State().DeletedTenant("t"); ok {
+		t.Fatal("swept tombstone back after a reopen")
+	}
+}

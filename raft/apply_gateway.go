@@ -153,6 +153,21 @@ func (s *State) GatewayConfig(tenant string) *raftpb.GatewayConfig {
 	return nil
 }
 
+// dropGatewayConfig forgets a deleted tenant's record (copy on write).
+func (s *State) dropGatewayConfig(tenant string) {
+	old := s.gateway.Load()
+	if old == nil {
+		return
+	}
+	next := map[string]*raftpb.GatewayConfig{}
+	for k, v := range *old {
+		if k != tenant {
+			next[k] = v
+		}
+	}
+	s.gateway.Store(&next)
+}
+
 // storeGatewayConfig publishes one record (copy on write).
 func (s *State) storeGatewayConfig(c *raftpb.GatewayConfig) {
 	old := s.gateway.Load()

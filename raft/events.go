@@ -41,8 +41,8 @@ import (
 //	                                             EVENT_KIND_CLIENT_DELETED
 //	DeleteUser                                 the family revocations of the user, then
 //	                                             EVENT_KIND_USER_DELETED (the user id only)
-//	DeleteTenant                               EVENT_KIND_TENANT_DELETED (not published:
-//	                                             no key of the tenant is left to sign it)
+//	DeleteTenant                               EVENT_KIND_TENANT_DELETED (signed with the
+//	                                             keys its tombstone keeps)
 //
 // Every reversible change has its reverse event, so a receiver that applies
 // the events in order (or resyncs) converges to the replica's state. Apply

@@ -361,6 +361,11 @@ func (f *FSM) loadView() error {
 		return err
 	}
 	f.state.gateway.Store(&gw)
+	var dt map[string]*raftpb.DeletedTenant
+	if err := f.db.View(func(tx *bbolt.Tx) (err error) { dt, err = readTenantTombstones(tx); return err }); err != nil {
+		return err
+	}
+	f.state.deletedTenants.Store(&dt)
 	f.state.replace(tenants, applied)
 	return nil
 }

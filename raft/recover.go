@@ -73,7 +73,7 @@ func Recover(dir, id string, members []Member, logger *slog.Logger) (lastIndex u
 		return 0, fmt.Errorf("raft: recover: %w", err)
 	}
 	defer fsm.Close()
-	hlog := newHCLogAdapter(logger.With("component", "hashicorp-raft"), hclog.Info)
+	hlog := newHCLogAdapter(logger.With("library", "hashicorp-raft"), hclog.Info)
 	snaps, err := hraft.NewFileSnapshotStoreWithLogger(dir, DefaultConfig().SnapshotRetain, hlog)
 	if err != nil {
 		return 0, fmt.Errorf("raft: recover: open snapshot store: %w", err)

@@ -23,6 +23,8 @@ const SchemaVersion = 1
 //	               apply_threat.go; created on first use)
 //	threat_audit   seq (8, big-endian) → raftpb.AuditRecord: the hash-chained
 //	               audit log (issue 13, apply_threat.go; created on first use)
+//	deleted_tenants  tenant id → raftpb.DeletedTenant: tombstones of deleted
+//	               tenants (issue 16, apply_delete_tenant.go; created on first use)
 //
 // Per tenant, named "t/<tenant>/<kind>" (tenant ids cannot contain '/'):
 //

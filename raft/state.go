@@ -29,6 +29,8 @@ type State struct {
 	version atomic.Pointer[raftpb.ClusterVersion] // apply_version.go
 
 	gateway atomic.Pointer[map[string]*raftpb.GatewayConfig] // apply_gateway.go
+
+	deletedTenants atomic.Pointer[map[string]*raftpb.DeletedTenant] // apply_delete_tenant.go
 }
 
 type tenantView struct {
@@ -175,7 +177,15 @@ func (s *State) apply(changes []change, applied uint64) {
 			continue
 		}
 		if c.kind == kindGatewayConfig {
-			s.storeGatewayConfig(c.msg.(*raftpb.GatewayConfig))
+			if c.msg == nil {
+				s.dropGatewayConfig(c.tenant) // DeleteTenant
+			} else {
+				s.storeGatewayConfig(c.msg.(*raftpb.GatewayConfig))
+			}
+			continue
+		}
+		if c.kind == kindDeletedTenant {
+			s.storeTenantTombstone(c)
 			continue
 		}
 		if c.kind == bucketTenants {

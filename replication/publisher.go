@@ -66,9 +66,11 @@ type PublisherConfig struct {
 	Issuer func(tenant string) string
 	// Audience returns a tenant's SET audience; nil means the issuer.
 	Audience func(tenant string) []string
-	// TenantExists reports whether a tenant is in the state; the events of
-	// a deleted tenant are skipped (see publishable). nil: all exist.
-	TenantExists func(tenant string) bool
+	// Signable reports whether a tenant's events can be signed: the
+	// tenant exists, or was deleted recently enough that its tombstone
+	// keeps its signing keys. The events of other tenants are skipped (see
+	// publishable). nil: all can.
+	Signable func(tenant string) bool
 	// Batch is how many events are read and published at a time; default 256.
 	Batch int
 	// PollInterval bounds how long a new event waits when Notify is not
@@ -345,6 +347,15 @@ func (p *Publisher) live(ctx context.Context) {
 			waitOn(ctx, p.liveWake, p.cfg.PollInterval)
 			continue
 		}
+		n := len(evs)
+		if n > 0 {
+			last := evs[n-1].Index
+			// Unsignable events (a deleted tenant's, its tombstone swept)
+			// are skipped here as on the stream path, never waited for.
+			if evs = p.publishable(evs, false); len(evs) == 0 {
+				pos = last
+			}
+		}
 		for _, ev := range evs {
 			msg, err := p.message(ctx, ev)
 			if err != nil {
@@ -354,7 +365,7 @@ func (p *Publisher) live(ctx context.Context) {
 			p.nc.PublishMsg(msg) // buffered while reconnecting; best effort
 			pos = ev.Index
 		}
-		if len(evs) < p.cfg.Batch {
+		if n < p.cfg.Batch {
 			waitOn(ctx, p.liveWake, p.cfg.PollInterval)
 		}
 	}
@@ -401,7 +412,7 @@ func (p *Publisher) step(ctx context.Context) (more bool, err error) {
 	// a later one sent while the stream was failing over, so events reach
 	// the stream in Raft order.
 	all := evs
-	evs = p.publishable(evs)
+	evs = p.publishable(evs, true)
 	var acked uint64
 	for start := 0; start < len(evs); {
 		end := min(start+p.window, len(evs))
@@ -558,6 +569,9 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 	case raftpb.EventKind_EVENT_KIND_USER_DELETED:
 		typ = eventwire.EventUserDeleted
 		d.TokensIssuedUntil = ev.TimeUnixNano / int64(time.Second)
+	case raftpb.EventKind_EVENT_KIND_TENANT_DELETED:
+		typ = eventwire.EventTenantDeleted
+		d.TokensIssuedUntil = ev.TimeUnixNano / int64(time.Second)
 	case raftpb.EventKind_EVENT_KIND_ADMIN_AUDIT:
 		typ = eventwire.EventAdminAudit
 		r := ev.GetAudit()
@@ -608,15 +622,17 @@ func writePosition(path string, v uint64) error {
 }
 
 // publishable drops the events no node can sign (issue 16): a deleted
-// tenant's keys are gone with it, so its TENANT_DELETED event and any of
-// its events not yet published when it was deleted are skipped (logged)
-// rather than blocking the outbox for ever. Its resource servers learn it
-// from their watcher (the tenant's event API and JWKS answer 404).
-func (p *Publisher) publishable(evs []*raftpb.Event) []*raftpb.Event {
+// tenant's events (its TENANT_DELETED above all) are signed with the keys
+// its tombstone keeps; once the tombstone is swept (two hours) they are
+// skipped (logged when log is set) rather than blocking the outbox for
+// ever. By then every token the tenant issued has expired.
+func (p *Publisher) publishable(evs []*raftpb.Event, log bool) []*raftpb.Event {
 	out := evs[:0:0]
 	for _, ev := range evs {
-		if ev.Kind == raftpb.EventKind_EVENT_KIND_TENANT_DELETED || (p.cfg.TenantExists != nil && !p.cfg.TenantExists(ev.Tenant)) {
-			p.log.Info("skipping an event of a deleted tenant", "tenant", ev.Tenant, "index", ev.Index, "kind", ev.Kind.String())
+		if p.cfg.Signable != nil && !p.cfg.Signable(ev.Tenant) {
+			if log {
+				p.log.Info("skipping an event of a deleted tenant", "tenant", ev.Tenant, "index", ev.Index, "kind", ev.Kind.String())
+			}
 			continue
 		}
 		out = append(out, ev)

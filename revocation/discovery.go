@@ -3,6 +3,7 @@ package revocation
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -60,8 +61,23 @@ func Discover(ctx context.Context, client *http.Client, issuer string, accept fu
 	if err2 == nil {
 		return md, nil
 	}
+	var s1, s2 *statusError
+	if errors.As(err1, &s1) && errors.As(err2, &s2) && s1.code == http.StatusNotFound && s2.code == http.StatusNotFound {
+		// Both 404: the issuer does not know the tenant (deleted, or
+		// never created): errTenantDeleted, which the Verifier reports
+		// as ReasonTenantDeleted.
+		return Metadata{}, fmt.Errorf("no metadata for issuer %s: %w: %w; %w", issuer, errTenantDeleted, err1, err2)
+	}
 	return Metadata{}, fmt.Errorf("no usable metadata for issuer %s: %w; %w", issuer, err1, err2)
 }
+
+// statusError is a metadata or JWKS response other than 200.
+type statusError struct {
+	url  string
+	code int
+}
+
+func (e *statusError) Error() string { return fmt.Sprintf("GET %s: status %d", e.url, e.code) }
 
 func fetchMetadata(ctx context.Context, client *http.Client, metaURL, issuer string, accept func(Metadata) error) (Metadata, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metaURL, nil)
@@ -79,7 +95,7 @@ func fetchMetadata(ctx context.Context, client *http.Client, metaURL, issuer str
 		return Metadata{}, fmt.Errorf("GET %s: %w", metaURL, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return Metadata{}, fmt.Errorf("GET %s: status %d", metaURL, resp.StatusCode)
+		return Metadata{}, &statusError{url: metaURL, code: resp.StatusCode}
 	}
 	if len(body) > maxDocBytes {
 		return Metadata{}, fmt.Errorf("GET %s: document larger than %d bytes", metaURL, maxDocBytes)

@@ -57,6 +57,15 @@
 // A deleted client or user (EventClientDeleted, EventUserDeleted) has its
 // tokens issued at or before the deletion rejected for good; a resync
 // reproduces it (GetRevocationSet's client_cutoffs and subject_cutoffs).
+// A deleted tenant (EventTenantDeleted, or a resync's tenant_deleted_unix)
+// has every token of the issuer issued at or before the deletion rejected
+// with ReasonTenantDeleted, before any other check and also while the
+// watcher is stale; the deletion is kept in PositionFile. Its SET is signed
+// with a key the issuer no longer publishes: the watcher verifies it with
+// the key it cached, and resyncs if it has none. A Verifier whose issuer
+// answers 404 for its metadata, JWKS or introspection rejects the tenant's
+// tokens with ReasonTenantDeleted too (until the issuer knows the tenant
+// again; refetched at most every JWKSRefetchInterval).
 //
 // Tokens derived by RFC 8693 token exchange list the jtis of the tokens
 // they were exchanged from in the claim parent_jti (Claims.Parents): a

@@ -30,13 +30,25 @@ type keyCache struct {
 	limit  *rate.Limiter
 	maxAge time.Duration // when the response names none
 
+	// keepOnGone: a watcher's cache, which verifies a deleted tenant's
+	// last SETs with the keys it cached before the issuer forgot them.
+	keepOnGone bool
+
 	mu       sync.RWMutex
 	fetchMu  sync.Mutex
 	jwksURI  string
 	introURI string
 	keys     map[string]jose.JSONWebKey
 	expires  time.Time
+	// gone: the last fetch found the tenant unknown to its issuer
+	// (metadata or JWKS 404): errTenantDeleted until a fetch succeeds.
+	gone bool
 }
+
+// errTenantDeleted: the token's tenant was deleted (a tenant-deleted
+// event), or its issuer answers 404 for its metadata, JWKS or
+// introspection (deleted, or never created). ReasonTenantDeleted.
+var errTenantDeleted = errors.New("tenant deleted")
 
 func newKeyCache(issuer string, client *http.Client, now func() time.Time, refetch time.Duration) *keyCache {
 	return &keyCache{
@@ -64,6 +76,9 @@ func (k *keyCache) getJSON(ctx context.Context, uri string, v any) (http.Header,
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, fmt.Errorf("GET %s: %s: %w", uri, resp.Status, errTenantDeleted)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", uri, resp.Status)
 	}
@@ -109,16 +124,23 @@ func (k *keyCache) key(ctx context.Context, kid string) (jose.JSONWebKey, error)
 	k.mu.RLock()
 	jwk, ok := k.keys[kid]
 	fresh := k.keys != nil && k.now().Before(k.expires)
+	gone := k.gone
 	k.mu.RUnlock()
 	if ok && fresh {
 		return jwk, nil
 	}
 	if fresh && !k.limit.Allow() {
+		if gone {
+			return jose.JSONWebKey{}, fmt.Errorf("%w: its issuer answered 404", errTenantDeleted)
+		}
 		return jose.JSONWebKey{}, errUnknownKid
 	}
 	if err := k.refresh(ctx, fresh); err != nil {
-		if ok {
-			return jwk, nil // a stale key beats none while the issuer is unreachable
+		// A stale key beats none while the issuer is unreachable, but
+		// not once it says the tenant is gone (except for a watcher's
+		// last SETs of the tenant).
+		if ok && (k.keepOnGone || !errors.Is(err, errTenantDeleted)) {
+			return jwk, nil
 		}
 		return jose.JSONWebKey{}, err
 	}
@@ -129,6 +151,19 @@ func (k *keyCache) key(ctx context.Context, kid string) (jose.JSONWebKey, error)
 		return jose.JSONWebKey{}, errUnknownKid
 	}
 	return jwk, nil
+}
+
+// markGone records that the issuer does not know the tenant: a Verifier's
+// cache forgets its keys (its tokens are rejected, errTenantDeleted, with
+// refetches at most at the limiter's rate); a watcher's keeps them.
+func (k *keyCache) markGone() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.gone = true
+	if !k.keepOnGone || k.keys == nil {
+		k.keys = map[string]jose.JSONWebKey{}
+	}
+	k.expires = k.now().Add(k.maxAge)
 }
 
 var errUnknownKid = errors.New("revocation: unknown kid")
@@ -153,11 +188,17 @@ func (k *keyCache) refresh(ctx context.Context, force bool) error {
 	}
 	uri, _, err := k.discover(ctx)
 	if err != nil {
+		if errors.Is(err, errTenantDeleted) {
+			k.markGone()
+		}
 		return err
 	}
 	var set jose.JSONWebKeySet
 	h, err := k.getJSON(ctx, uri, &set)
 	if err != nil {
+		if errors.Is(err, errTenantDeleted) {
+			k.markGone()
+		}
 		return fmt.Errorf("revocation: jwks: %w", err)
 	}
 	keys := make(map[string]jose.JSONWebKey, len(set.Keys))
@@ -168,7 +209,7 @@ func (k *keyCache) refresh(ctx context.Context, force bool) error {
 		keys[jwk.KeyID] = jwk
 	}
 	k.mu.Lock()
-	k.keys = keys
+	k.keys, k.gone = keys, false
 	k.expires = k.now().Add(maxAge(h.Get("Cache-Control"), k.maxAge))
 	k.mu.Unlock()
 	return nil

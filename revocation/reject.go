@@ -20,6 +20,7 @@ const (
 	ReasonExpired       Reason = "expired"        // exp passed (beyond Leeway)
 	ReasonNotYetValid   Reason = "not_yet_valid"  // nbf or iat in the future (beyond Leeway)
 	ReasonRevoked       Reason = "revoked"        // the token, its client, family or user is revoked
+	ReasonTenantDeleted Reason = "tenant_deleted" // the token's tenant was deleted (or its issuer answers 404 for it)
 	ReasonInactive      Reason = "inactive"       // introspection says the token is not active
 	ReasonStale         Reason = "stale"          // the revocation set cannot be trusted now
 	ReasonUnavailable   Reason = "unavailable"    // the issuer's keys or introspection are unreachable
@@ -39,6 +40,7 @@ var description = map[Reason]string{
 	ReasonExpired:       "the access token expired",
 	ReasonNotYetValid:   "the access token is not valid yet",
 	ReasonRevoked:       "the access token was revoked",
+	ReasonTenantDeleted: "the tenant that issued the access token was deleted",
 	ReasonInactive:      "the access token is not active",
 	ReasonStale:         "token revocations cannot be checked now",
 	ReasonUnavailable:   "the issuer cannot be reached",
@@ -86,6 +88,8 @@ func classify(err error) Reason {
 		return ReasonDPoPProof
 	case errors.Is(err, ErrDPoPBinding):
 		return ReasonDPoPBinding
+	case errors.Is(err, errTenantDeleted):
+		return ReasonTenantDeleted
 	case errors.Is(err, ErrRevoked):
 		return ReasonRevoked
 	case errors.Is(err, ErrStale):

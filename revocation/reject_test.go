@@ -103,3 +103,36 @@ func TestLeewayAfterResync(t *testing.T) {
 		t.Fatalf("inside the leeway, set resynced after exp: %v (%s), want expired", err, ReasonOf(err))
 	}
 }
+
+// TestTenantDeletedRejects (issue 16): once the set knows the tenant was
+// deleted, its tokens issued at or before the deletion are rejected with
+// ReasonTenantDeleted (wrapping ErrRevoked), also while the watcher is
+// stale; a later token (the tenant created again) is not.
+func TestTenantDeletedRejects(t *testing.T) {
+	ti := newTestIssuer(t)
+	w := newTestWatcher(t, ti)
+	v, err := NewVerifier(Config{Issuer: ti.issuer, Audience: "https://orders", Watcher: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.synced.Store(true)
+	w.setConnected(true)
+	ctx := context.Background()
+	now := time.Now()
+	before := ti.sign("k1", "at+jwt", ti.accessClaims(func(c jwt.MapClaims) { c["iat"] = now.Add(-time.Minute).Unix() }))
+	after := ti.sign("k1", "at+jwt", ti.accessClaims(func(c jwt.MapClaims) { c["iat"] = now.Add(time.Second).Unix() }))
+	if _, err := v.Verify(ctx, before); err != nil {
+		t.Fatal(err)
+	}
+	w.set.apply(1, EventTenantDeleted, EventDetails{Tenant: "acme", RaftIndex: 5, TokensIssuedUntil: now.Unix()})
+	if _, err := v.Verify(ctx, before); ReasonOf(err) != ReasonTenantDeleted || !errors.Is(err, ErrRevoked) {
+		t.Fatalf("token of the deleted tenant: %v (%s)", err, ReasonOf(err))
+	}
+	if _, err := v.Verify(ctx, after); err != nil {
+		t.Fatalf("token issued after the deletion: %v", err)
+	}
+	w.synced.Store(false) // stale: the deletion still holds
+	if _, err := v.Verify(ctx, before); ReasonOf(err) != ReasonTenantDeleted {
+		t.Fatalf("stale watcher: %v (%s)", err, ReasonOf(err))
+	}
+}

@@ -18,6 +18,7 @@ const (
 	EventUserUnlocked   = eventwire.EventUserUnlocked
 	EventClientDeleted  = eventwire.EventClientDeleted
 	EventUserDeleted    = eventwire.EventUserDeleted
+	EventTenantDeleted  = eventwire.EventTenantDeleted
 	EventAdminAudit     = eventwire.EventAdminAudit
 )
 

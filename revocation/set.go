@@ -35,6 +35,9 @@ type Set struct {
 	// clientCutoffs: a deleted client; its tokens with an iat at or
 	// before the value (unix seconds) are invalid.
 	clientCutoffs map[string]int64
+	// tenantCutoff: the tenant was deleted; every token with an iat at or
+	// before it (unix seconds) is invalid. 0: not deleted.
+	tenantCutoff int64
 }
 
 // toggle is the state of a client (disabled) or user (locked) and the
@@ -89,6 +92,22 @@ func (s *Set) IssuedBeforeClientDeleted(client string, iat int64) bool {
 	defer s.mu.RUnlock()
 	c, ok := s.clientCutoffs[client]
 	return ok && client != "" && iat <= c
+}
+
+// IssuedBeforeTenantDeleted reports whether a token issued at iat (unix
+// seconds) predates the deletion of the set's tenant (EventTenantDeleted).
+func (s *Set) IssuedBeforeTenantDeleted(iat int64) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.tenantCutoff != 0 && iat <= s.tenantCutoff
+}
+
+// TenantDeleted returns when the set's tenant was deleted (unix seconds;
+// its tokens issued at or before are invalid), 0 if it was not.
+func (s *Set) TenantDeleted() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.tenantCutoff
 }
 
 // FamilyRevoked reports whether the refresh-token family is revoked.
@@ -179,6 +198,8 @@ func (s *Set) apply(seq uint64, typ string, d EventDetails) bool {
 		if d.Subject != "" && d.TokensIssuedUntil > s.cutoffs[d.Subject] {
 			s.cutoffs[d.Subject] = d.TokensIssuedUntil
 		}
+	case EventTenantDeleted:
+		s.tenantCutoff = max(s.tenantCutoff, d.TokensIssuedUntil)
 	case EventFamilyRevoked, EventReuseDetected:
 		if d.FamilyID != "" {
 			s.families[d.FamilyID] = true
@@ -222,9 +243,10 @@ func (s *Set) replace(o *Set, keepAfter time.Time) {
 			o.clientCutoffs[id] = c
 		}
 	}
+	o.tenantCutoff = max(o.tenantCutoff, s.tenantCutoff)
 	s.seq, s.stream, s.floor = o.seq, o.stream, o.floor
 	s.tokens, s.clients, s.subjects, s.families, s.cutoffs = o.tokens, o.clients, o.subjects, o.families, o.cutoffs
-	s.clientCutoffs = o.clientCutoffs
+	s.clientCutoffs, s.tenantCutoff = o.clientCutoffs, o.tenantCutoff
 }
 
 // prune drops revocations of tokens that expired before cut (the caller
@@ -247,6 +269,9 @@ func (s *Set) prune(cut time.Time) {
 		if until+int64(maxTokenLifetime/time.Second) < c {
 			delete(s.clientCutoffs, id)
 		}
+	}
+	if s.tenantCutoff != 0 && s.tenantCutoff+int64(maxTokenLifetime/time.Second) < c {
+		s.tenantCutoff = 0
 	}
 }
 
@@ -276,12 +301,15 @@ type setFile struct {
 	// ClientCutoffs: deleted clients' tokens issued at or before (unix
 	// seconds) are invalid.
 	ClientCutoffs map[string]int64 `json:"client_cutoffs,omitempty"`
+	// TenantDeleted: the tenant was deleted; its tokens issued at or
+	// before (unix seconds) are invalid.
+	TenantDeleted int64 `json:"tenant_deleted_until,omitempty"`
 }
 
 func (s *Set) save(path, tenant string) error {
 	s.mu.RLock()
 	f := setFile{Version: 2, Tenant: tenant, Sequence: s.seq, Stream: s.stream, Floor: s.floor, Tokens: s.tokens,
-		Changes: map[string]uint64{}, Cutoffs: s.cutoffs, ClientCutoffs: s.clientCutoffs}
+		Changes: map[string]uint64{}, Cutoffs: s.cutoffs, ClientCutoffs: s.clientCutoffs, TenantDeleted: s.tenantCutoff}
 	for id, t := range s.clients {
 		if t.on {
 			f.Clients = append(f.Clients, id)
@@ -361,5 +389,6 @@ func loadSet(path, tenant string) (*Set, error) {
 	if f.ClientCutoffs != nil {
 		s.clientCutoffs = f.ClientCutoffs
 	}
+	s.tenantCutoff = f.TenantDeleted
 	return s, nil
 }

@@ -287,3 +287,45 @@ func TestSetDeletions(t *testing.T) {
 		t.Fatal("a cutoff older than the longest token lifetime kept")
 	}
 }
+
+// TestSetTenantDeleted (issue 16): a tenant-deleted event makes every token
+// issued at or before the deletion invalid, kept across a restart (position
+// file), brought by a resync and kept by a resync that lacks it, until no
+// such token can be live.
+func TestSetTenantDeleted(t *testing.T) {
+	s := NewSet()
+	if s.IssuedBeforeTenantDeleted(1) || s.TenantDeleted() != 0 {
+		t.Fatal("a new set knows a deletion")
+	}
+	s.apply(1, EventTenantDeleted, EventDetails{RaftIndex: 9, TokensIssuedUntil: 1000})
+	s.apply(2, EventTenantDeleted, EventDetails{RaftIndex: 3, TokensIssuedUntil: 900}) // an older one changes nothing
+	check := func(what string, s *Set) {
+		t.Helper()
+		if !s.IssuedBeforeTenantDeleted(1000) || s.IssuedBeforeTenantDeleted(1001) || s.TenantDeleted() != 1000 {
+			t.Fatalf("%s: tenant cutoff %d", what, s.TenantDeleted())
+		}
+	}
+	check("events", s)
+	path := t.TempDir() + "/pos.json"
+	if err := s.save(path, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := loadSet(path, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("restart", l)
+	r := NewSet()
+	r.tenantCutoff = 1000
+	n := NewSet()
+	n.replace(r, time.Unix(1000, 0))
+	check("resync", n)
+	l.replace(NewSet(), time.Unix(1000, 0))
+	check("resync that lacks it", l)
+	l.prune(time.Unix(1000+3600, 0))
+	check("prune while a token may live", l)
+	l.prune(time.Unix(1000+3600+1, 0))
+	if l.TenantDeleted() != 0 {
+		t.Fatal("a deletion older than the longest token lifetime kept")
+	}
+}

@@ -36,7 +36,8 @@ var (
 	// ErrInvalidToken: malformed, badly signed, wrong typ/iss/aud, expired
 	// or not yet valid, or inactive at introspection.
 	ErrInvalidToken = errors.New("revocation: invalid token")
-	// ErrRevoked: the token, its client or its subject is revoked.
+	// ErrRevoked: the token, its client or its subject is revoked, or its
+	// tenant was deleted (ReasonTenantDeleted).
 	ErrRevoked = errors.New("revocation: token revoked")
 	// ErrStale: the revocation set cannot be trusted now and the policy is
 	// to fail closed (or the introspection fallback failed).
@@ -204,6 +205,9 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 				v.keys.invalidate()
 			case EventTokenRevoked, EventClientDisabled, EventUserLocked, EventClientDeleted, EventUserDeleted:
 				v.cache.drop(d)
+			case EventTenantDeleted:
+				v.keys.invalidate()
+				v.cache.clear()
 			}
 		})
 		w.OnResync(v.cache.clear)
@@ -249,6 +253,9 @@ func (v *Verifier) verify(ctx context.Context, token string) (*Claims, error) {
 	if isOpaque(token) {
 		return v.introspect(ctx, token)
 	}
+	if err := v.checkTenantDeleted(token); err != nil {
+		return nil, err
+	}
 	c, err := v.verifyJWT(ctx, token)
 	if err != nil {
 		return nil, err
@@ -289,12 +296,42 @@ func isOpaque(token string) bool {
 	return strings.HasPrefix(token, opaqueTokenPrefix) || strings.Count(token, ".") != 2
 }
 
+// errTenantDeletedRevoked is a token of a deleted tenant (ReasonTenantDeleted).
+var errTenantDeletedRevoked = fmt.Errorf("%w: %w", ErrRevoked, errTenantDeleted)
+
+// checkTenantDeleted rejects a JWT of this issuer issued at or before the
+// deletion of the watcher's tenant, before anything else: a fact that
+// holds for good, whether the set is stale or the keys reachable (the
+// deleted tenant's JWKS answers 404). The claims are read unverified:
+// only to reject.
+func (v *Verifier) checkTenantDeleted(token string) error {
+	w := v.cfg.Watcher
+	if w == nil {
+		return nil
+	}
+	until := w.Set().TenantDeleted()
+	if until == 0 {
+		return nil
+	}
+	var c jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(token, &c); err != nil || c.Issuer != v.cfg.Issuer {
+		return nil // left to verifyJWT
+	}
+	if c.IssuedAt == nil || c.IssuedAt.Unix() <= until {
+		return errTenantDeletedRevoked
+	}
+	return nil
+}
+
 func (v *Verifier) checkSet(c *Claims) error {
 	w := v.cfg.Watcher
 	if w == nil {
 		return nil
 	}
 	s := w.Set()
+	if !c.IssuedAt.IsZero() && s.IssuedBeforeTenantDeleted(c.IssuedAt.Unix()) {
+		return errTenantDeletedRevoked
+	}
 	if s.Revoked(c.JTI) || slices.ContainsFunc(c.Parents, s.Revoked) || s.ClientDisabled(c.ClientID) || s.SubjectLocked(c.Subject) ||
 		(!c.IssuedAt.IsZero() && s.IssuedBeforeLock(c.Subject, c.IssuedAt.Unix())) ||
 		(!c.IssuedAt.IsZero() && s.IssuedBeforeClientDeleted(c.ClientID, c.IssuedAt.Unix())) {
@@ -372,6 +409,9 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string) (*Claims, error)
 		return keyFor(ctx, v.keys, t)
 	})
 	if err != nil {
+		if errors.Is(err, errTenantDeleted) {
+			return nil, fmt.Errorf("%w: %w", ErrRevoked, err)
+		}
 		if errors.Is(err, errKeysUnavailable) {
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
@@ -398,7 +438,7 @@ func keyFor(ctx context.Context, keys *keyCache, t *jwt.Token) (any, error) {
 		return nil, errors.New("no kid")
 	}
 	jwk, err := keys.key(ctx, kid)
-	if errors.Is(err, errUnknownKid) {
+	if errors.Is(err, errUnknownKid) || errors.Is(err, errTenantDeleted) {
 		return nil, err
 	}
 	if err != nil {
@@ -521,6 +561,9 @@ func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error
 		return c, nil
 	}
 	_, endpoint, err := v.keys.discover(ctx)
+	if errors.Is(err, errTenantDeleted) {
+		return nil, fmt.Errorf("%w: %w", ErrRevoked, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -541,6 +584,10 @@ func (v *Verifier) introspect(ctx context.Context, token string) (*Claims, error
 		return nil, fmt.Errorf("%w: introspection: %w", ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		// The tenant's endpoints are gone with it.
+		return nil, fmt.Errorf("%w: %w: introspection answers 404", ErrRevoked, errTenantDeleted)
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDocBytes))
 	if err != nil || resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%w: introspection: %s %v", ErrUnavailable, resp.Status, err)

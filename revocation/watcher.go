@@ -206,6 +206,9 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		keys: newKeyCache(cfg.Issuer, cfg.HTTPClient, cfg.Now, cfg.JWKSRefetchInterval),
 		log:  cfg.Logger.With("component", "revocation-watcher", "tenant", cfg.Tenant),
 	}
+	// A deleted tenant's last SET (tenant-deleted) is signed with a key its
+	// issuer no longer publishes: verify it with the key cached before.
+	w.keys.keepOnGone = true
 	for _, u := range append([]string{cfg.ServerURL}, cfg.ServerURLs...) {
 		w.clients = append(w.clients, eventsv1connect.NewEventsServiceClient(cfg.HTTPClient, strings.TrimRight(u, "/"),
 			connect.WithInterceptors(w.authInterceptor())))
@@ -493,6 +496,18 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.synced.Store(false)
 			continue
 		}
+		if errors.Is(err, errTenantDeleted) ||
+			(w.cfg.NATS == nil && connect.CodeOf(err) == connect.CodeNotFound && w.set.TenantDeleted() == 0) {
+			// An event the issuer's keys no longer verify (the tenant's
+			// last one, signed with a key the watcher never cached), or a
+			// node that no longer knows the tenant: GetRevocationSet says
+			// whether, and when, it was deleted.
+			w.log.Warn("the issuer no longer knows the tenant; resyncing", "err", err)
+			w.synced.Store(false)
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
 		if errors.Is(err, errReset) {
 			w.synced.Store(false)
 			if time.Duration(w.cfg.Now().UnixNano()-w.resyncedAt.Load()) < time.Second {
@@ -572,6 +587,7 @@ func (w *Watcher) Resync(ctx context.Context) error {
 	for _, c := range m.GetClientCutoffs() {
 		ns.clientCutoffs[c.GetClientId()] = c.GetTokensIssuedUntilUnix()
 	}
+	ns.tenantCutoff = m.GetTenantDeletedUnix()
 	w.adoptStream.Store(ns.stream == 0)
 	w.set.replace(ns, w.keepAfter())
 	w.resyncedAt.Store(w.cfg.Now().UnixNano())
@@ -588,7 +604,8 @@ func (w *Watcher) Resync(ctx context.Context) error {
 		h()
 	}
 	w.log.Info("revocation set resynced", "raft_index", m.GetRaftIndex(), "sequence", ns.seq, "tokens", len(m.GetTokens()),
-		"disabled_clients", len(m.GetDisabledClients()), "locked_subjects", len(m.GetLockedSubjects()))
+		"disabled_clients", len(m.GetDisabledClients()), "locked_subjects", len(m.GetLockedSubjects()),
+		"tenant_deleted", m.GetTenantDeletedUnix())
 	return nil
 }
 
@@ -779,6 +796,9 @@ func (w *Watcher) handle(ctx context.Context, seq uint64, raw []byte) error {
 		return nil // replay
 	}
 	c, err := w.verifySETRetrying(ctx, seq, string(raw))
+	if errors.Is(err, errTenantDeleted) {
+		return errTenantDeleted // Run resyncs
+	}
 	if errors.Is(err, errKeysUnavailable) || ctx.Err() != nil {
 		return err
 	}
@@ -876,6 +896,9 @@ func (w *Watcher) verifySET(ctx context.Context, raw string) (*SETClaims, error)
 			return keyFor(ctx, w.keys, t)
 		})
 	if err != nil {
+		if errors.Is(err, errTenantDeleted) {
+			return nil, errTenantDeleted
+		}
 		if errors.Is(err, errKeysUnavailable) {
 			return nil, errKeysUnavailable
 		}

@@ -84,8 +84,9 @@ func deleteCommands() []adminCommand {
 			synopsis: "--yes ID",
 			summary:  "Delete a tenant and everything in it: clients, users, keys, revocations.",
 			detail: "Needs --yes: it cannot be undone. Every token of the tenant stops\n" +
-				"working (its keys are gone), its users' personal data is erased. The\n" +
-				"\"" + adminDefaultTenant + "\" tenant cannot be deleted.",
+				"working: its issuer answers 404, and resource servers using the SDK\n" +
+				"receive a signed tenant-deleted event. Its users' personal data is\n" +
+				"erased. The \"" + adminDefaultTenant + "\" tenant cannot be deleted.",
 			examples: []string{`tally admin tenant delete --yes acme`},
 			setup: func(fs *flag.FlagSet) adminAction {
 				yes := fs.Bool("yes", false, "confirm: delete the tenant and everything in it")

@@ -56,9 +56,10 @@ const (
 	// username, email or name). Its access tokens issued at or before the
 	// event's time stay invalid for good.
 	EventKind_EVENT_KIND_USER_DELETED EventKind = 21
-	// A tenant was deleted (DeleteTenant). Its keys are gone with it, so no
-	// node can sign this event: publishers drop it (and any other unpublished
-	// event of the tenant); it stays in the outbox for the record until swept.
+	// A tenant was deleted (DeleteTenant). Every access token it issued at
+	// or before the event's time is invalid for good. Publishers sign it
+	// (and any event of the tenant not yet published) with the signing keys
+	// the tenant's tombstone keeps (DeletedTenant).
 	EventKind_EVENT_KIND_TENANT_DELETED EventKind = 22
 	// Issue 13: an admin call that changed (or tried to change) something,
 	// recorded in the audit log (AppendAudit); Event.audit holds the record.
@@ -4062,8 +4063,9 @@ func (x *DeleteUser) GetUserId() string {
 }
 
 // DeleteTenant deletes a tenant and everything in it: clients, users,
-// keys, revocations and every other record of its buckets; "not found" if
-// absent.
+// keys, revocations and every other record of its buckets, its gateway
+// configuration; "not found" if absent. What remains is its tombstone
+// (DeletedTenant).
 type DeleteTenant struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -4108,6 +4110,82 @@ func (x *DeleteTenant) GetTenant() string {
 	return ""
 }
 
+// DeletedTenant is the tombstone of a deleted tenant (global bucket
+// deleted_tenants, tenant id → DeletedTenant), kept until every access
+// token the tenant issued has expired (the sweep removes it after the
+// tombstone retention, two hours). It keeps what the event publishers need
+// to sign the tenant's last events (TENANT_DELETED): its signing keys that
+// had not expired, sealed under the key-encryption key as in the keys
+// bucket, and its preferred signing algorithm. No personal data, no
+// sealing key, no client.
+type DeletedTenant struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DeletedUnixNano int64                  `protobuf:"varint,2,opt,name=deleted_unix_nano,json=deletedUnixNano,proto3" json:"deleted_unix_nano,omitempty"`
+	SigningKeys     []*Key                 `protobuf:"bytes,3,rep,name=signing_keys,json=signingKeys,proto3" json:"signing_keys,omitempty"`
+	SigningAlg      string                 `protobuf:"bytes,4,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DeletedTenant) Reset() {
+	*x = DeletedTenant{}
+	mi := &file_command_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletedTenant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletedTenant) ProtoMessage() {}
+
+func (x *DeletedTenant) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletedTenant.ProtoReflect.Descriptor instead.
+func (*DeletedTenant) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *DeletedTenant) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeletedTenant) GetDeletedUnixNano() int64 {
+	if x != nil {
+		return x.DeletedUnixNano
+	}
+	return 0
+}
+
+func (x *DeletedTenant) GetSigningKeys() []*Key {
+	if x != nil {
+		return x.SigningKeys
+	}
+	return nil
+}
+
+func (x *DeletedTenant) GetSigningAlg() string {
+	if x != nil {
+		return x.SigningAlg
+	}
+	return ""
+}
+
 // Deleted is the tombstone of a deleted client or user (buckets
 // deleted_clients and deleted_users of the tenant).
 type Deleted struct {
@@ -4120,7 +4198,7 @@ type Deleted struct {
 
 func (x *Deleted) Reset() {
 	*x = Deleted{}
-	mi := &file_command_proto_msgTypes[42]
+	mi := &file_command_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4132,7 +4210,7 @@ func (x *Deleted) String() string {
 func (*Deleted) ProtoMessage() {}
 
 func (x *Deleted) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[42]
+	mi := &file_command_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4145,7 +4223,7 @@ func (x *Deleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deleted.ProtoReflect.Descriptor instead.
 func (*Deleted) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{42}
+	return file_command_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Deleted) GetId() string {
@@ -4176,7 +4254,7 @@ type SetClusterVersion struct {
 
 func (x *SetClusterVersion) Reset() {
 	*x = SetClusterVersion{}
-	mi := &file_command_proto_msgTypes[43]
+	mi := &file_command_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4188,7 +4266,7 @@ func (x *SetClusterVersion) String() string {
 func (*SetClusterVersion) ProtoMessage() {}
 
 func (x *SetClusterVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[43]
+	mi := &file_command_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4201,7 +4279,7 @@ func (x *SetClusterVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetClusterVersion.ProtoReflect.Descriptor instead.
 func (*SetClusterVersion) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{43}
+	return file_command_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetClusterVersion) GetClusterVersion() *ClusterVersion {
@@ -4232,7 +4310,7 @@ type ClusterVersion struct {
 
 func (x *ClusterVersion) Reset() {
 	*x = ClusterVersion{}
-	mi := &file_command_proto_msgTypes[44]
+	mi := &file_command_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4244,7 +4322,7 @@ func (x *ClusterVersion) String() string {
 func (*ClusterVersion) ProtoMessage() {}
 
 func (x *ClusterVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[44]
+	mi := &file_command_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4257,7 +4335,7 @@ func (x *ClusterVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterVersion.ProtoReflect.Descriptor instead.
 func (*ClusterVersion) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{44}
+	return file_command_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ClusterVersion) GetVersion() uint32 {
@@ -4313,7 +4391,7 @@ type ClientAuth struct {
 
 func (x *ClientAuth) Reset() {
 	*x = ClientAuth{}
-	mi := &file_command_proto_msgTypes[45]
+	mi := &file_command_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4325,7 +4403,7 @@ func (x *ClientAuth) String() string {
 func (*ClientAuth) ProtoMessage() {}
 
 func (x *ClientAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[45]
+	mi := &file_command_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4338,7 +4416,7 @@ func (x *ClientAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientAuth.ProtoReflect.Descriptor instead.
 func (*ClientAuth) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{45}
+	return file_command_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ClientAuth) GetMethods() []string {
@@ -4397,7 +4475,7 @@ type TenantTrust struct {
 
 func (x *TenantTrust) Reset() {
 	*x = TenantTrust{}
-	mi := &file_command_proto_msgTypes[46]
+	mi := &file_command_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4409,7 +4487,7 @@ func (x *TenantTrust) String() string {
 func (*TenantTrust) ProtoMessage() {}
 
 func (x *TenantTrust) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[46]
+	mi := &file_command_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4422,7 +4500,7 @@ func (x *TenantTrust) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantTrust.ProtoReflect.Descriptor instead.
 func (*TenantTrust) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{46}
+	return file_command_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TenantTrust) GetClientCaPem() []byte {
@@ -4467,7 +4545,7 @@ type FederationTrust struct {
 
 func (x *FederationTrust) Reset() {
 	*x = FederationTrust{}
-	mi := &file_command_proto_msgTypes[47]
+	mi := &file_command_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4479,7 +4557,7 @@ func (x *FederationTrust) String() string {
 func (*FederationTrust) ProtoMessage() {}
 
 func (x *FederationTrust) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[47]
+	mi := &file_command_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4492,7 +4570,7 @@ func (x *FederationTrust) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationTrust.ProtoReflect.Descriptor instead.
 func (*FederationTrust) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{47}
+	return file_command_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *FederationTrust) GetName() string {
@@ -4548,7 +4626,7 @@ type SubjectMapping struct {
 
 func (x *SubjectMapping) Reset() {
 	*x = SubjectMapping{}
-	mi := &file_command_proto_msgTypes[48]
+	mi := &file_command_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4560,7 +4638,7 @@ func (x *SubjectMapping) String() string {
 func (*SubjectMapping) ProtoMessage() {}
 
 func (x *SubjectMapping) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[48]
+	mi := &file_command_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4573,7 +4651,7 @@ func (x *SubjectMapping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubjectMapping.ProtoReflect.Descriptor instead.
 func (*SubjectMapping) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{48}
+	return file_command_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SubjectMapping) GetSubject() string {
@@ -4601,7 +4679,7 @@ type SetTenantTrust struct {
 
 func (x *SetTenantTrust) Reset() {
 	*x = SetTenantTrust{}
-	mi := &file_command_proto_msgTypes[49]
+	mi := &file_command_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4613,7 +4691,7 @@ func (x *SetTenantTrust) String() string {
 func (*SetTenantTrust) ProtoMessage() {}
 
 func (x *SetTenantTrust) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[49]
+	mi := &file_command_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4626,7 +4704,7 @@ func (x *SetTenantTrust) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantTrust.ProtoReflect.Descriptor instead.
 func (*SetTenantTrust) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{49}
+	return file_command_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SetTenantTrust) GetTenant() string {
@@ -4659,7 +4737,7 @@ type ConsumeAssertion struct {
 
 func (x *ConsumeAssertion) Reset() {
 	*x = ConsumeAssertion{}
-	mi := &file_command_proto_msgTypes[50]
+	mi := &file_command_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4671,7 +4749,7 @@ func (x *ConsumeAssertion) String() string {
 func (*ConsumeAssertion) ProtoMessage() {}
 
 func (x *ConsumeAssertion) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[50]
+	mi := &file_command_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4684,7 +4762,7 @@ func (x *ConsumeAssertion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeAssertion.ProtoReflect.Descriptor instead.
 func (*ConsumeAssertion) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{50}
+	return file_command_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ConsumeAssertion) GetTenant() string {
@@ -4732,7 +4810,7 @@ type PushedRequest struct {
 
 func (x *PushedRequest) Reset() {
 	*x = PushedRequest{}
-	mi := &file_command_proto_msgTypes[51]
+	mi := &file_command_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4744,7 +4822,7 @@ func (x *PushedRequest) String() string {
 func (*PushedRequest) ProtoMessage() {}
 
 func (x *PushedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[51]
+	mi := &file_command_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4757,7 +4835,7 @@ func (x *PushedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushedRequest.ProtoReflect.Descriptor instead.
 func (*PushedRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{51}
+	return file_command_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PushedRequest) GetTenant() string {
@@ -4812,7 +4890,7 @@ type PushAuthorizationRequest struct {
 
 func (x *PushAuthorizationRequest) Reset() {
 	*x = PushAuthorizationRequest{}
-	mi := &file_command_proto_msgTypes[52]
+	mi := &file_command_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4824,7 +4902,7 @@ func (x *PushAuthorizationRequest) String() string {
 func (*PushAuthorizationRequest) ProtoMessage() {}
 
 func (x *PushAuthorizationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[52]
+	mi := &file_command_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4837,7 +4915,7 @@ func (x *PushAuthorizationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushAuthorizationRequest.ProtoReflect.Descriptor instead.
 func (*PushAuthorizationRequest) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{52}
+	return file_command_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PushAuthorizationRequest) GetRequest() *PushedRequest {
@@ -4863,7 +4941,7 @@ type RedeemRequestURI struct {
 
 func (x *RedeemRequestURI) Reset() {
 	*x = RedeemRequestURI{}
-	mi := &file_command_proto_msgTypes[53]
+	mi := &file_command_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4875,7 +4953,7 @@ func (x *RedeemRequestURI) String() string {
 func (*RedeemRequestURI) ProtoMessage() {}
 
 func (x *RedeemRequestURI) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[53]
+	mi := &file_command_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4888,7 +4966,7 @@ func (x *RedeemRequestURI) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeemRequestURI.ProtoReflect.Descriptor instead.
 func (*RedeemRequestURI) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{53}
+	return file_command_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RedeemRequestURI) GetTenant() string {
@@ -4925,7 +5003,7 @@ type SetKeyPolicy struct {
 
 func (x *SetKeyPolicy) Reset() {
 	*x = SetKeyPolicy{}
-	mi := &file_command_proto_msgTypes[54]
+	mi := &file_command_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4937,7 +5015,7 @@ func (x *SetKeyPolicy) String() string {
 func (*SetKeyPolicy) ProtoMessage() {}
 
 func (x *SetKeyPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[54]
+	mi := &file_command_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4950,7 +5028,7 @@ func (x *SetKeyPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeyPolicy.ProtoReflect.Descriptor instead.
 func (*SetKeyPolicy) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{54}
+	return file_command_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SetKeyPolicy) GetTenant() string {
@@ -4985,7 +5063,7 @@ type SetTenantPAR struct {
 
 func (x *SetTenantPAR) Reset() {
 	*x = SetTenantPAR{}
-	mi := &file_command_proto_msgTypes[55]
+	mi := &file_command_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4997,7 +5075,7 @@ func (x *SetTenantPAR) String() string {
 func (*SetTenantPAR) ProtoMessage() {}
 
 func (x *SetTenantPAR) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[55]
+	mi := &file_command_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5010,7 +5088,7 @@ func (x *SetTenantPAR) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantPAR.ProtoReflect.Descriptor instead.
 func (*SetTenantPAR) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{55}
+	return file_command_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SetTenantPAR) GetTenant() string {
@@ -5042,7 +5120,7 @@ type SetGatewayConfig struct {
 
 func (x *SetGatewayConfig) Reset() {
 	*x = SetGatewayConfig{}
-	mi := &file_command_proto_msgTypes[56]
+	mi := &file_command_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5054,7 +5132,7 @@ func (x *SetGatewayConfig) String() string {
 func (*SetGatewayConfig) ProtoMessage() {}
 
 func (x *SetGatewayConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[56]
+	mi := &file_command_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5067,7 +5145,7 @@ func (x *SetGatewayConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetGatewayConfig.ProtoReflect.Descriptor instead.
 func (*SetGatewayConfig) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{56}
+	return file_command_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SetGatewayConfig) GetConfig() *GatewayConfig {
@@ -5100,7 +5178,7 @@ type GatewayConfig struct {
 
 func (x *GatewayConfig) Reset() {
 	*x = GatewayConfig{}
-	mi := &file_command_proto_msgTypes[57]
+	mi := &file_command_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5112,7 +5190,7 @@ func (x *GatewayConfig) String() string {
 func (*GatewayConfig) ProtoMessage() {}
 
 func (x *GatewayConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[57]
+	mi := &file_command_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5125,7 +5203,7 @@ func (x *GatewayConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayConfig.ProtoReflect.Descriptor instead.
 func (*GatewayConfig) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{57}
+	return file_command_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GatewayConfig) GetTenant() string {
@@ -5186,7 +5264,7 @@ type GatewayRoute struct {
 
 func (x *GatewayRoute) Reset() {
 	*x = GatewayRoute{}
-	mi := &file_command_proto_msgTypes[58]
+	mi := &file_command_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5198,7 +5276,7 @@ func (x *GatewayRoute) String() string {
 func (*GatewayRoute) ProtoMessage() {}
 
 func (x *GatewayRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[58]
+	mi := &file_command_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5211,7 +5289,7 @@ func (x *GatewayRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayRoute.ProtoReflect.Descriptor instead.
 func (*GatewayRoute) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{58}
+	return file_command_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GatewayRoute) GetPathPrefix() string {
@@ -5255,7 +5333,7 @@ type GatewayRateLimit struct {
 
 func (x *GatewayRateLimit) Reset() {
 	*x = GatewayRateLimit{}
-	mi := &file_command_proto_msgTypes[59]
+	mi := &file_command_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5267,7 +5345,7 @@ func (x *GatewayRateLimit) String() string {
 func (*GatewayRateLimit) ProtoMessage() {}
 
 func (x *GatewayRateLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[59]
+	mi := &file_command_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5280,7 +5358,7 @@ func (x *GatewayRateLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayRateLimit.ProtoReflect.Descriptor instead.
 func (*GatewayRateLimit) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{59}
+	return file_command_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GatewayRateLimit) GetClientId() string {
@@ -5317,7 +5395,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_command_proto_msgTypes[60]
+	mi := &file_command_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5329,7 +5407,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[60]
+	mi := &file_command_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5342,7 +5420,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{60}
+	return file_command_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *Policy) GetClientId() string {
@@ -5391,7 +5469,7 @@ type AdminCredential struct {
 
 func (x *AdminCredential) Reset() {
 	*x = AdminCredential{}
-	mi := &file_command_proto_msgTypes[61]
+	mi := &file_command_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5403,7 +5481,7 @@ func (x *AdminCredential) String() string {
 func (*AdminCredential) ProtoMessage() {}
 
 func (x *AdminCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[61]
+	mi := &file_command_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5416,7 +5494,7 @@ func (x *AdminCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminCredential.ProtoReflect.Descriptor instead.
 func (*AdminCredential) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{61}
+	return file_command_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *AdminCredential) GetId() string {
@@ -5493,7 +5571,7 @@ type PutAdminCredential struct {
 
 func (x *PutAdminCredential) Reset() {
 	*x = PutAdminCredential{}
-	mi := &file_command_proto_msgTypes[62]
+	mi := &file_command_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5505,7 +5583,7 @@ func (x *PutAdminCredential) String() string {
 func (*PutAdminCredential) ProtoMessage() {}
 
 func (x *PutAdminCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[62]
+	mi := &file_command_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5518,7 +5596,7 @@ func (x *PutAdminCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAdminCredential.ProtoReflect.Descriptor instead.
 func (*PutAdminCredential) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{62}
+	return file_command_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *PutAdminCredential) GetCredential() *AdminCredential {
@@ -5538,7 +5616,7 @@ type RevokeAdminCredential struct {
 
 func (x *RevokeAdminCredential) Reset() {
 	*x = RevokeAdminCredential{}
-	mi := &file_command_proto_msgTypes[63]
+	mi := &file_command_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5550,7 +5628,7 @@ func (x *RevokeAdminCredential) String() string {
 func (*RevokeAdminCredential) ProtoMessage() {}
 
 func (x *RevokeAdminCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[63]
+	mi := &file_command_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5563,7 +5641,7 @@ func (x *RevokeAdminCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminCredential.ProtoReflect.Descriptor instead.
 func (*RevokeAdminCredential) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{63}
+	return file_command_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *RevokeAdminCredential) GetId() string {
@@ -5598,7 +5676,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_command_proto_msgTypes[64]
+	mi := &file_command_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5610,7 +5688,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[64]
+	mi := &file_command_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5623,7 +5701,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{64}
+	return file_command_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *AuditRecord) GetSeq() uint64 {
@@ -5720,7 +5798,7 @@ type AppendAudit struct {
 
 func (x *AppendAudit) Reset() {
 	*x = AppendAudit{}
-	mi := &file_command_proto_msgTypes[65]
+	mi := &file_command_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5732,7 +5810,7 @@ func (x *AppendAudit) String() string {
 func (*AppendAudit) ProtoMessage() {}
 
 func (x *AppendAudit) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[65]
+	mi := &file_command_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5745,7 +5823,7 @@ func (x *AppendAudit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendAudit.ProtoReflect.Descriptor instead.
 func (*AppendAudit) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{65}
+	return file_command_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *AppendAudit) GetRecord() *AuditRecord {
@@ -6090,7 +6168,13 @@ const file_command_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"&\n" +
 	"\fDeleteTenant\x12\x16\n" +
-	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"E\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xa3\x01\n" +
+	"\rDeletedTenant\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
+	"\x11deleted_unix_nano\x18\x02 \x01(\x03R\x0fdeletedUnixNano\x125\n" +
+	"\fsigning_keys\x18\x03 \x03(\v2\x12.tally.raft.v1.KeyR\vsigningKeys\x12\x1f\n" +
+	"\vsigning_alg\x18\x04 \x01(\tR\n" +
+	"signingAlg\"E\n" +
 	"\aDeleted\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
 	"\x11deleted_unix_nano\x18\x02 \x01(\x03R\x0fdeletedUnixNano\"[\n" +
@@ -6240,7 +6324,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
 	(*Command)(nil),                  // 1: tally.raft.v1.Command
@@ -6285,30 +6369,31 @@ var file_command_proto_goTypes = []any{
 	(*DeleteClient)(nil),             // 40: tally.raft.v1.DeleteClient
 	(*DeleteUser)(nil),               // 41: tally.raft.v1.DeleteUser
 	(*DeleteTenant)(nil),             // 42: tally.raft.v1.DeleteTenant
-	(*Deleted)(nil),                  // 43: tally.raft.v1.Deleted
-	(*SetClusterVersion)(nil),        // 44: tally.raft.v1.SetClusterVersion
-	(*ClusterVersion)(nil),           // 45: tally.raft.v1.ClusterVersion
-	(*ClientAuth)(nil),               // 46: tally.raft.v1.ClientAuth
-	(*TenantTrust)(nil),              // 47: tally.raft.v1.TenantTrust
-	(*FederationTrust)(nil),          // 48: tally.raft.v1.FederationTrust
-	(*SubjectMapping)(nil),           // 49: tally.raft.v1.SubjectMapping
-	(*SetTenantTrust)(nil),           // 50: tally.raft.v1.SetTenantTrust
-	(*ConsumeAssertion)(nil),         // 51: tally.raft.v1.ConsumeAssertion
-	(*PushedRequest)(nil),            // 52: tally.raft.v1.PushedRequest
-	(*PushAuthorizationRequest)(nil), // 53: tally.raft.v1.PushAuthorizationRequest
-	(*RedeemRequestURI)(nil),         // 54: tally.raft.v1.RedeemRequestURI
-	(*SetKeyPolicy)(nil),             // 55: tally.raft.v1.SetKeyPolicy
-	(*SetTenantPAR)(nil),             // 56: tally.raft.v1.SetTenantPAR
-	(*SetGatewayConfig)(nil),         // 57: tally.raft.v1.SetGatewayConfig
-	(*GatewayConfig)(nil),            // 58: tally.raft.v1.GatewayConfig
-	(*GatewayRoute)(nil),             // 59: tally.raft.v1.GatewayRoute
-	(*GatewayRateLimit)(nil),         // 60: tally.raft.v1.GatewayRateLimit
-	(*Policy)(nil),                   // 61: tally.raft.v1.Policy
-	(*AdminCredential)(nil),          // 62: tally.raft.v1.AdminCredential
-	(*PutAdminCredential)(nil),       // 63: tally.raft.v1.PutAdminCredential
-	(*RevokeAdminCredential)(nil),    // 64: tally.raft.v1.RevokeAdminCredential
-	(*AuditRecord)(nil),              // 65: tally.raft.v1.AuditRecord
-	(*AppendAudit)(nil),              // 66: tally.raft.v1.AppendAudit
+	(*DeletedTenant)(nil),            // 43: tally.raft.v1.DeletedTenant
+	(*Deleted)(nil),                  // 44: tally.raft.v1.Deleted
+	(*SetClusterVersion)(nil),        // 45: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),           // 46: tally.raft.v1.ClusterVersion
+	(*ClientAuth)(nil),               // 47: tally.raft.v1.ClientAuth
+	(*TenantTrust)(nil),              // 48: tally.raft.v1.TenantTrust
+	(*FederationTrust)(nil),          // 49: tally.raft.v1.FederationTrust
+	(*SubjectMapping)(nil),           // 50: tally.raft.v1.SubjectMapping
+	(*SetTenantTrust)(nil),           // 51: tally.raft.v1.SetTenantTrust
+	(*ConsumeAssertion)(nil),         // 52: tally.raft.v1.ConsumeAssertion
+	(*PushedRequest)(nil),            // 53: tally.raft.v1.PushedRequest
+	(*PushAuthorizationRequest)(nil), // 54: tally.raft.v1.PushAuthorizationRequest
+	(*RedeemRequestURI)(nil),         // 55: tally.raft.v1.RedeemRequestURI
+	(*SetKeyPolicy)(nil),             // 56: tally.raft.v1.SetKeyPolicy
+	(*SetTenantPAR)(nil),             // 57: tally.raft.v1.SetTenantPAR
+	(*SetGatewayConfig)(nil),         // 58: tally.raft.v1.SetGatewayConfig
+	(*GatewayConfig)(nil),            // 59: tally.raft.v1.GatewayConfig
+	(*GatewayRoute)(nil),             // 60: tally.raft.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),         // 61: tally.raft.v1.GatewayRateLimit
+	(*Policy)(nil),                   // 62: tally.raft.v1.Policy
+	(*AdminCredential)(nil),          // 63: tally.raft.v1.AdminCredential
+	(*PutAdminCredential)(nil),       // 64: tally.raft.v1.PutAdminCredential
+	(*RevokeAdminCredential)(nil),    // 65: tally.raft.v1.RevokeAdminCredential
+	(*AuditRecord)(nil),              // 66: tally.raft.v1.AuditRecord
+	(*AppendAudit)(nil),              // 67: tally.raft.v1.AppendAudit
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -6335,17 +6420,17 @@ var file_command_proto_depIdxs = []int32{
 	40, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
 	41, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
 	42, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
-	44, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
-	51, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
-	50, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
-	53, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
-	54, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
-	55, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
-	56, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
-	57, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
-	63, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
-	64, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
-	66, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
+	45, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
+	52, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
+	51, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
+	54, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
+	55, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
+	56, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
+	57, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
+	58, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
+	64, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
+	65, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
+	67, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
 	11, // 35: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
 	14, // 36: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
 	13, // 37: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
@@ -6353,12 +6438,12 @@ var file_command_proto_depIdxs = []int32{
 	12, // 39: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
 	14, // 40: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
 	15, // 41: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	47, // 42: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	48, // 42: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
 	12, // 43: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	46, // 44: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	47, // 44: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
 	0,  // 45: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
 	15, // 46: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	65, // 47: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	66, // 47: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
 	28, // 48: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
 	27, // 49: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
 	29, // 50: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
@@ -6374,24 +6459,25 @@ var file_command_proto_depIdxs = []int32{
 	31, // 60: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
 	33, // 61: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
 	34, // 62: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	52, // 63: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	53, // 63: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
 	39, // 64: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	45, // 65: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	48, // 66: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	49, // 67: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	47, // 68: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	52, // 69: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	58, // 70: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	59, // 71: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	60, // 72: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	61, // 73: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	62, // 74: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	65, // 75: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	76, // [76:76] is the sub-list for method output_type
-	76, // [76:76] is the sub-list for method input_type
-	76, // [76:76] is the sub-list for extension type_name
-	76, // [76:76] is the sub-list for extension extendee
-	0,  // [0:76] is the sub-list for field type_name
+	14, // 65: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
+	46, // 66: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	49, // 67: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	50, // 68: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	48, // 69: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	53, // 70: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	59, // 71: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	60, // 72: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	61, // 73: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	62, // 74: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	63, // 75: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	66, // 76: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	77, // [77:77] is the sub-list for method output_type
+	77, // [77:77] is the sub-list for method input_type
+	77, // [77:77] is the sub-list for extension type_name
+	77, // [77:77] is the sub-list for extension extendee
+	0,  // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -6442,7 +6528,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   66,
+			NumMessages:   67,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -54,6 +54,14 @@ const (
 	// before it are invalid for good. Subject
 	// tally.<tenant>.security.user_deleted.
 	EventUserDeleted = "https://tally.dev/secevent/user-deleted"
+	// A tenant was deleted: tokens_issued_until (the deletion). Every
+	// access token of the tenant (of the SET's issuer) issued at or before
+	// it is invalid for good. Signed with the deleted tenant's last signing
+	// key, which its issuer no longer publishes (its metadata and JWKS
+	// answer 404): a receiver that has not cached the key resyncs, and
+	// GetRevocationSet says the same (tenant_deleted_unix). Subject
+	// tally.<tenant>.security.tenant_deleted.
+	EventTenantDeleted = "https://tally.dev/secevent/tenant-deleted"
 	// One record of the admin audit log (issue 13): an admin or
 	// cluster-admin call that changed, or was refused the change of,
 	// something. Events without a tenant are published under the default
@@ -101,6 +109,7 @@ var subjectSuffix = map[string]string{
 	EventUserUnlocked:   "security.user_unlocked",
 	EventClientDeleted:  "security.client_deleted",
 	EventUserDeleted:    "security.user_deleted",
+	EventTenantDeleted:  "security.tenant_deleted",
 	EventAdminAudit:     "security.admin_audit",
 }
 
@@ -174,8 +183,9 @@ type EventDetails struct {
 	FamilyID  string   `json:"family_id,omitempty"`
 	// TokensIssuedUntil (user-unlocked): the user's access tokens with an
 	// iat at or before it (unix seconds; the user's lock) stay invalid.
-	// (client-deleted, user-deleted): the deletion; the client's or user's
-	// access tokens with an iat at or before it are invalid for good.
+	// (client-deleted, user-deleted, tenant-deleted): the deletion; the
+	// client's, user's or tenant's access tokens with an iat at or before
+	// it are invalid for good.
 	TokensIssuedUntil int64 `json:"tokens_issued_until,omitempty"`
 	// Audit (admin-audit): the audit log record (issue 13).
 	Audit *AuditDetails `json:"audit,omitempty"`

@@ -63,6 +63,7 @@ func TestSubjects(t *testing.T) {
 		EventUserUnlocked:   "tally.acme.security.user_unlocked",
 		EventClientDeleted:  "tally.acme.security.client_deleted",
 		EventUserDeleted:    "tally.acme.security.user_deleted",
+		EventTenantDeleted:  "tally.acme.security.tenant_deleted",
 		"https://unknown":   "",
 	} {
 		if got := Subject("acme", typ); got != want {

@@ -374,8 +374,14 @@ type GetRevocationSetResponse struct {
 	// before the deletion are invalid for good. Deleted users are in
 	// subject_cutoffs (cut at the deletion) and not in locked_subjects.
 	ClientCutoffs []*ClientCutoff `protobuf:"bytes,8,rep,name=client_cutoffs,json=clientCutoffs,proto3" json:"client_cutoffs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The tenant was deleted (issue 16): every access token it issued at or
+	// before this time (unix seconds) is invalid for good; 0 if it was not
+	// deleted recently. For a deleted tenant (one whose tombstone is kept,
+	// two hours) the node answers without credentials (the tenant's clients
+	// are gone with it) and the set holds nothing else.
+	TenantDeletedUnix int64 `protobuf:"varint,83,opt,name=tenant_deleted_unix,json=tenantDeletedUnix,proto3" json:"tenant_deleted_unix,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetRevocationSetResponse) Reset() {
@@ -462,6 +468,13 @@ func (x *GetRevocationSetResponse) GetClientCutoffs() []*ClientCutoff {
 		return x.ClientCutoffs
 	}
 	return nil
+}
+
+func (x *GetRevocationSetResponse) GetTenantDeletedUnix() int64 {
+	if x != nil {
+		return x.TenantDeletedUnix
+	}
+	return 0
 }
 
 // ClientCutoff invalidates a deleted client's access tokens.
@@ -666,7 +679,7 @@ const file_events_proto_rawDesc = "" +
 	"\n" +
 	"raft_index\x18\x04 \x01(\x04R\traftIndex\"1\n" +
 	"\x17GetRevocationSetRequest\x12\x16\n" +
-	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xb5\x03\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xe5\x03\n" +
 	"\x18GetRevocationSetResponse\x12\x1d\n" +
 	"\n" +
 	"raft_index\x18\x01 \x01(\x04R\traftIndex\x12'\n" +
@@ -676,7 +689,8 @@ const file_events_proto_rawDesc = "" +
 	"\x0flocked_subjects\x18\x05 \x03(\tR\x0elockedSubjects\x127\n" +
 	"\x18stream_created_unix_nano\x18\x06 \x01(\x03R\x15streamCreatedUnixNano\x12G\n" +
 	"\x0fsubject_cutoffs\x18\a \x03(\v2\x1e.tally.events.v1.SubjectCutoffR\x0esubjectCutoffs\x12D\n" +
-	"\x0eclient_cutoffs\x18\b \x03(\v2\x1d.tally.events.v1.ClientCutoffR\rclientCutoffs\"d\n" +
+	"\x0eclient_cutoffs\x18\b \x03(\v2\x1d.tally.events.v1.ClientCutoffR\rclientCutoffs\x12.\n" +
+	"\x13tenant_deleted_unix\x18S \x01(\x03R\x11tenantDeletedUnix\"d\n" +
 	"\fClientCutoff\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x127\n" +
 	"\x18tokens_issued_until_unix\x18\x02 \x01(\x03R\x15tokensIssuedUntilUnix\"b\n" +

@@ -61,7 +61,8 @@ type EventsServiceClient interface {
 	// retained sequence, or beyond its head (last_sequence + 1: the stream
 	// was reset or recreated since the caller's position), it has gap set
 	// and the caller must resync with GetRevocationSet. StreamState messages
-	// repeat as heartbeats.
+	// repeat as heartbeats. For a tenant deleted recently it answers
+	// NOT_FOUND without checking credentials: GetRevocationSet says when.
 	WatchRevocations(context.Context, *connect.Request[eventsv1.WatchRevocationsRequest]) (*connect.ServerStreamForClient[eventsv1.WatchRevocationsResponse], error)
 	// GetRevocationSet returns the tenant's current revocations, disabled
 	// clients and locked users, the Raft index they reflect, and the stream sequence to watch
@@ -121,7 +122,8 @@ type EventsServiceHandler interface {
 	// retained sequence, or beyond its head (last_sequence + 1: the stream
 	// was reset or recreated since the caller's position), it has gap set
 	// and the caller must resync with GetRevocationSet. StreamState messages
-	// repeat as heartbeats.
+	// repeat as heartbeats. For a tenant deleted recently it answers
+	// NOT_FOUND without checking credentials: GetRevocationSet says when.
 	WatchRevocations(context.Context, *connect.Request[eventsv1.WatchRevocationsRequest], *connect.ServerStream[eventsv1.WatchRevocationsResponse]) error
 	// GetRevocationSet returns the tenant's current revocations, disabled
 	// clients and locked users, the Raft index they reflect, and the stream sequence to watch
