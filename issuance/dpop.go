@@ -128,6 +128,11 @@ func (s *Server) checkDPoP(r *http.Request, tenant string, now time.Time) (*dpop
 	return p, nil
 }
 
+// DPoPDescription is the error_description of a proof dpop.Parse refused:
+// fixed text, never request input (for enforcement points outside this
+// package: the gateway check).
+func DPoPDescription(err error) string { return dpopDescription(err) }
+
 // dpopDescription is the error_description of a refused proof: fixed text,
 // never request input.
 func dpopDescription(err error) string {
