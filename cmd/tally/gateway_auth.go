@@ -45,7 +45,7 @@ func runGatewayAuth(ctx context.Context, args []string, e env) int {
 	clientID := fs.String("client-id", "", "the gateway's confidential client `id`")
 	listen := fs.String("listen", "127.0.0.1:9191", "host:port to serve on")
 	rulesEvery := fs.Duration("rules-every", 5*time.Second, "how often the rules are fetched")
-	trusted := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated `networks` whose X-Forwarded-For / X-Real-IP / X-Device-* headers are believed")
+	trusted := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated `networks` whose X-Forwarded-For / X-Real-IP / X-Device-* / Client-Cert headers are believed")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
