@@ -19,9 +19,11 @@ const gatewayAuthUsage = `tally gateway-auth — a standalone forward-auth / ext
 Usage:
   tally gateway-auth --issuer URL --server URL --audience A --client-id ID [flags]
 
-It verifies bearer tokens locally with the resource-server SDK (JWKS and a
+It verifies access tokens locally with the resource-server SDK (JWKS and a
 revocation set following the event log; opaque tokens by cached
-introspection), applies the tenant's gateway routes, rate limits and CEL
+introspection) and their binding (a DPoP-bound token needs the DPoP scheme and
+a proof for the URL the gateway forwards; a certificate-bound one the
+Client-Cert a trusted gateway forwards), applies the tenant's gateway routes, rate limits and CEL
 policies (fetched from {issuer}/gateway/rules every --rules-every), and answers
   GET /gateway/check                         nginx auth_request, Caddy forward_auth, Traefik ForwardAuth
   envoy.service.auth.v3.Authorization/Check  Envoy ext_authz (gRPC, h2c)
