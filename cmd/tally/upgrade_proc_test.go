@@ -77,6 +77,14 @@ func TestRollingUpgrade(t *testing.T) {
 
 	// Upgrade, followers first, the leader last.
 	roll(t, c, l, newBin, "this tree", func(i int, p *proctest.Proc) {
+		if i == 0 {
+			// Mixed: a client field the release would ignore (dpop_bound:
+			// it would issue bearer tokens) is refused (raft/ops.go
+			// fieldGates).
+			if code, out, errb := runCLI(t, vars(p), "admin", "client", "create", "--name", "mixed-dpop", "--dpop-bound"); code == 0 || !strings.Contains(out+errb, "par_keypolicy") {
+				t.Fatalf("dpop_bound client created while %s nodes run: %d %s%s", release, code, out, errb)
+			}
+		}
 		if i < 2 {
 			// Mixed: nothing may record the cluster version yet. Give the
 			// leader several of its rounds (one a second) to get it wrong.
@@ -104,6 +112,9 @@ func TestRollingUpgrade(t *testing.T) {
 	}
 	if v := clusterVersion(t, c, leader); v == nil || v.Version != 1 || !v.Hold || slices.Contains(v.Features, raft.FeatureClusterVersion) {
 		t.Fatalf("after downgrade: %+v", v)
+	}
+	if code, out, errb := runCLI(t, vars(leader), "admin", "client", "create", "--name", "downgraded-dpop", "--dpop-bound"); code == 0 {
+		t.Fatalf("dpop_bound client created after the downgrade was recorded: %s%s", out, errb)
 	}
 	roll(t, c, l, oldBin, release, nil)
 
