@@ -82,3 +82,8 @@ func PrivateKeyForTest(kek *KEK, k Key) (crypto.Signer, error) {
 	}
 	return lk.signer, nil
 }
+
+// SubjectMatchesForTest is tls_client_auth's subject DN match (dn.go).
+func SubjectMatchesForTest(rawSubject []byte, registered string) bool {
+	return subjectMatches(rawSubject, registered)
+}
