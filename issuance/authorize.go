@@ -348,6 +348,9 @@ func (s *Server) continueAuthorize(w http.ResponseWriter, r *http.Request, t Ten
 		s.showConsent(w, r, t, c, p, u, "authorize")
 		return
 	}
+	if !s.decideAuthorize(w, r, t, c, p, u, now) { // policy.go
+		return
+	}
 	code, err := s.newCode(t.ID, p, u.ID, time.Unix(sess.AuthTime, 0), now)
 	if err != nil {
 		s.authzFail(w, r, t, p, redirErr(CodeServerError, "the code could not be issued"))

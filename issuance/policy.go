@@ -9,7 +9,9 @@ import (
 )
 
 // PolicyInput is what a contextual authorisation policy decides from, on
-// every grant (token endpoint, exchange) and at the gateway check. Network
+// every grant (token endpoint, exchange), at the authorization endpoint
+// (grant_type authorization_code, before the code is issued; Method and
+// Path are the authorization request's) and at the gateway check. Network
 // and device attributes come only from headers of a trusted proxy; the
 // caller fills them in.
 type PolicyInput struct {
@@ -112,4 +114,31 @@ func (s *Server) decideUserGrant(ctx context.Context, gr GrantRequest, iss *user
 	iss.scopes = d.narrow(iss.scopes)
 	iss.access.Scope = d.narrow(iss.access.Scope)
 	return nil
+}
+
+// decideAuthorize evaluates the policy at the authorization endpoint, once
+// the user is signed in and has consented and before the code is issued,
+// so that a deny reaches the user's browser (the client gets access_denied
+// at its redirect URI, RFC 6749 §4.1.2.1) and a narrowing is what the code
+// carries. The token endpoint evaluates the policy again when the code is
+// redeemed (decideUserGrant): the policy may also look at the client's
+// backend there. It reports whether to go on; otherwise it has answered.
+func (s *Server) decideAuthorize(w http.ResponseWriter, r *http.Request, t Tenant, c Client, p *pending, u *User, now time.Time) bool {
+	if s.cfg.Policy == nil {
+		return true
+	}
+	d, err := s.decide(r.Context(), PolicyInput{Tenant: t.ID, ClientID: c.ID, GrantType: GrantAuthorizationCode, Subject: u.ID,
+		RequestedScopes: p.Scopes, GrantedScopes: p.Scopes, ClientIP: clientIP(r), Time: now, Method: r.Method, Path: r.URL.Path,
+		User: map[string]string{"username": u.Username, "email": u.Email, "name": u.Name}})
+	if err != nil {
+		e := asError(err)
+		if e.Status >= http.StatusInternalServerError {
+			s.authzFail(w, r, t, p, redirErr(CodeTemporarilyUnavailable, "the request could not be decided now, try again"))
+		} else {
+			s.authzFail(w, r, t, p, redirErr(CodeAccessDenied, e.Description))
+		}
+		return false
+	}
+	p.Scopes = d.narrow(p.Scopes)
+	return true
 }

@@ -1,6 +1,8 @@
 // Package policy is tally's contextual authorisation: CEL policies
 // (github.com/google/cel-go) per tenant and per client, evaluated on every
-// grant (token endpoint, token exchange) and at the gateway check.
+// grant (token endpoint, token exchange), at the authorization endpoint
+// before a code is issued (grant_type "authorization_code", method and path
+// those of the authorization request) and at the gateway check.
 //
 // A policy is one CEL expression over these variables:
 //
