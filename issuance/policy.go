@@ -46,6 +46,10 @@ type PolicyDecision struct {
 	Version uint64
 	// DryRun: the decision was logged, not enforced.
 	DryRun bool
+	// Impersonate: a token exchange with an actor_token may issue its
+	// token without the act claim (RFC 8693 §1.1 impersonation; off unless
+	// a policy allows it).
+	Impersonate bool
 }
 
 // PolicyEngine evaluates the policies of a tenant and client. It must be
