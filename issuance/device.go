@@ -223,7 +223,7 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Invalid username or password.")
 			return
 		}
-		if _, err := s.startSession(w, t.ID, u, now); err != nil {
+		if _, err := s.startSession(r.Context(), w, t.ID, u, now); err != nil {
 			s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
 			return
 		}

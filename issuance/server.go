@@ -100,6 +100,11 @@ type Config struct {
 	// RateLimits bounds every public endpoint (ratelimit.go); zero fields
 	// take DefaultRateLimits.
 	RateLimits RateLimits
+	// RotatingFlowKeys reports whether session cookies, the forms of the
+	// login and consent pages and authorization codes may be sealed with
+	// the tenant's rotating sealing key (seal_rotating.go) — every node
+	// that may be asked to open them can. Nil means yes.
+	RotatingFlowKeys func(ctx context.Context) bool
 }
 
 // DefaultConfig returns a Config with every default filled in.

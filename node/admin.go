@@ -491,7 +491,7 @@ func (a *adminService) newKeys(tenant, alg string, created, notBefore time.Time)
 	if err != nil {
 		return nil, err
 	}
-	return []*raftpb.Key{keyToPB(sig, created, a.cfg.KeyRetention), keyToPB(seal, created, a.cfg.KeyRetention)}, nil
+	return []*raftpb.Key{keyToPB(sig, created, a.cfg.KeyRetention), keyToPB(seal, created, sealRetention(a.cfg.KeyRetention))}, nil // sealkeys.go
 }
 
 func (a *adminService) ListKeys(_ context.Context, req *connect.Request[adminv1.ListKeysRequest]) (*connect.Response[adminv1.ListKeysResponse], error) {
