@@ -102,7 +102,7 @@ func (g *authorizationCodeGrant) HandleGrant(ctx context.Context, gr GrantReques
 	if err != nil || !u.Active() {
 		return nil, errInvalidGrant("the user is unknown or disabled", err)
 	}
-	iss, err := s.prepareUserTokens(gr, code.UserID, code.Scopes, time.Unix(code.AuthTime, 0))
+	iss, err := s.prepareUserTokens(ctx, gr, code.UserID, code.Scopes, time.Unix(code.AuthTime, 0))
 	if err != nil {
 		return nil, err
 	}

@@ -27,7 +27,7 @@ import (
 // which the node makes at least a session's lifetime). Values sealed before
 // — pure base64url, and codes "tlyc1." — are sealed with the static
 // per-purpose keys derived from the KEK (seal.go); they are still opened,
-// and still produced while Config.RotatingFlowKeys says not every node can
+// and still produced while Config.ZTv2 says not every node can
 // open the new form (a rolling upgrade, or after a downgrade).
 
 const (
@@ -48,14 +48,15 @@ func flowAEAD(secret []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(b)
 }
 
-func (s *Server) rotatingFlowKeys(ctx context.Context) bool {
-	return s.cfg.RotatingFlowKeys == nil || s.cfg.RotatingFlowKeys(ctx)
+// ztv2 is Config.ZTv2.
+func (s *Server) ztv2(ctx context.Context) bool {
+	return s.cfg.ZTv2 == nil || s.cfg.ZTv2(ctx)
 }
 
 // sealFlow seals v for tenant: with the tenant's current sealing key under
 // prefixV2 when every node can open that, else with static under prefixV1.
 func (s *Server) sealFlow(ctx context.Context, tenant string, static cipher.AEAD, prefixV1, prefixV2 string, v any, aad string) (string, error) {
-	if s.rotatingFlowKeys(ctx) {
+	if s.ztv2(ctx) {
 		if set, err := s.keys.get(ctx, s.st, tenant); err == nil {
 			if k := set.sealingKey(s.cfg.Now()); k != nil && k.flows != nil {
 				return sealJSON(k.flows, s.cfg.Rand, prefixV2+k.meta.ID+".", v, flowAAD(aad, k.meta.ID))

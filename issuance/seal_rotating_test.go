@@ -16,14 +16,14 @@ import (
 // derived from the tenant's current sealing key and name it; after a
 // rotation new values use the new key while old ones open until the old
 // key expires; a value does not open for another tenant, for another
-// purpose, or with its kid changed; while RotatingFlowKeys says no (a
+// purpose, or with its kid changed; while ZTv2 says no (a
 // rolling upgrade) the static key is used, and its values keep opening.
 func TestFlowValuesRotateWithTheSealingKey(t *testing.T) {
 	var rotating atomic.Bool
 	rotating.Store(true)
 	e := newEnv(t, func(c *issuance.Config) {
 		c.Users, c.Grants = &fakeUsers{}, &scriptedGrants{}
-		c.RotatingFlowKeys = func(context.Context) bool { return rotating.Load() }
+		c.ZTv2 = func(context.Context) bool { return rotating.Load() }
 	})
 	_, seal1 := e.addTenant("acme", issuance.AlgES256)
 	e.addTenant("other", issuance.AlgES256)

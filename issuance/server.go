@@ -100,11 +100,13 @@ type Config struct {
 	// RateLimits bounds every public endpoint (ratelimit.go); zero fields
 	// take DefaultRateLimits.
 	RateLimits RateLimits
-	// RotatingFlowKeys reports whether session cookies, the forms of the
-	// login and consent pages and authorization codes may be sealed with
-	// the tenant's rotating sealing key (seal_rotating.go) — every node
-	// that may be asked to open them can. Nil means yes.
-	RotatingFlowKeys func(ctx context.Context) bool
+	// ZTv2 reports whether every node that may be asked to read them
+	// understands the values this release added late to issue 11, so it
+	// may produce them: session cookies, login forms and authorization
+	// codes sealed with the tenant's rotating sealing key
+	// (seal_rotating.go) and refresh tokens of public clients bound to
+	// their client certificate (cnf.go). Nil means yes.
+	ZTv2 func(ctx context.Context) bool
 }
 
 // DefaultConfig returns a Config with every default filled in.

@@ -18,7 +18,9 @@ import (
 // keys stay live for at least a session's lifetime after they retire
 // (sealRetention), so a rotation does not sign anyone out.
 
-// featureZTv2 names the sealed-value format in MemberStatus.features.
+// featureZTv2 names, in MemberStatus.features, the sealed-value format and
+// the certificate-bound refresh tokens of public clients
+// (issuance.Config.ZTv2).
 const featureZTv2 = "zt_v2"
 
 func init() { features = append(features, featureZTv2) }
@@ -33,8 +35,9 @@ func sealRetention(retention time.Duration) time.Duration {
 	return max(retention, sessionTTL+10*time.Minute)
 }
 
-// rotatingFlowKeys is issuance.Config.RotatingFlowKeys.
-func (n *Node) rotatingFlowKeys(gate *featureGate) func(context.Context) bool {
+// ztv2 is issuance.Config.ZTv2: the sealed-value format above and the
+// certificate-bound refresh tokens of public clients.
+func (n *Node) ztv2(gate *featureGate) func(context.Context) bool {
 	return func(ctx context.Context) bool {
 		st := n.raft.State()
 		if st.ClusterVersion() != nil && !st.FeatureEnabled(featureZTv2) {
