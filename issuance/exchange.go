@@ -224,7 +224,7 @@ func (g *tokenExchangeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (
 	dec, err := s.decide(ctx, PolicyInput{
 		Tenant: gr.Tenant.ID, ClientID: c.ID, GrantType: GrantTokenExchange, Subject: d.Subject,
 		RequestedScopes: req.Scope, GrantedScopes: scope, Audience: aud, ClientIP: gr.ClientIP, Time: gr.Now,
-		Actor: actorSubject(d.Act),
+		Actor: actorSubject(d.Act), Device: gr.Device,
 	})
 	if err != nil {
 		return nil, err

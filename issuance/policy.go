@@ -3,6 +3,7 @@ package issuance
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -27,8 +28,9 @@ type PolicyInput struct {
 	Time            time.Time
 	// Gateway check: the original request.
 	Method, Path string
-	// Device posture and risk, asserted by a trusted proxy or device agent
-	// (empty when not asserted).
+	// Device posture asserted by a trusted proxy or device agent in
+	// X-Device-* headers (empty when not asserted; devicePosture), and the
+	// risk score of the Config.Risk hook (0 without one).
 	Device map[string]string
 	Risk   float64
 	// User attributes, when the subject is a user of the tenant.
@@ -73,6 +75,9 @@ func (s *Server) decide(ctx context.Context, in PolicyInput) (PolicyDecision, er
 	if s.cfg.Policy == nil {
 		return PolicyDecision{}, nil
 	}
+	if s.cfg.Risk != nil && in.Risk == 0 {
+		in.Risk = s.cfg.Risk(ctx, in)
+	}
 	d, err := s.cfg.Policy.Evaluate(ctx, in)
 	if err != nil {
 		return PolicyDecision{}, errUnavailable("policy evaluation failed", err)
@@ -106,7 +111,7 @@ func (s *Server) decideUserGrant(ctx context.Context, gr GrantRequest, iss *user
 		return nil
 	}
 	in := PolicyInput{Tenant: gr.Tenant.ID, ClientID: gr.Client.ID, Subject: u.ID, GrantedScopes: iss.scopes,
-		Audience: iss.access.Audience, ClientIP: gr.ClientIP, Time: gr.Now,
+		Audience: iss.access.Audience, ClientIP: gr.ClientIP, Time: gr.Now, Device: gr.Device,
 		User: map[string]string{"username": u.Username, "email": u.Email, "name": u.Name}}
 	if gr.Request != nil {
 		in.GrantType, in.RequestedScopes = gr.Request.GrantType, gr.Request.Scope
@@ -133,7 +138,8 @@ func (s *Server) decideAuthorize(w http.ResponseWriter, r *http.Request, t Tenan
 	}
 	d, err := s.decide(r.Context(), PolicyInput{Tenant: t.ID, ClientID: c.ID, GrantType: GrantAuthorizationCode, Subject: u.ID,
 		RequestedScopes: p.Scopes, GrantedScopes: p.Scopes, ClientIP: clientIP(r), Time: now, Method: r.Method, Path: r.URL.Path,
-		User: map[string]string{"username": u.Username, "email": u.Email, "name": u.Name}})
+		Device: s.devicePosture(r),
+		User:   map[string]string{"username": u.Username, "email": u.Email, "name": u.Name}})
 	if err != nil {
 		e := asError(err)
 		if e.Status >= http.StatusInternalServerError {
@@ -145,4 +151,48 @@ func (s *Server) decideAuthorize(w http.ResponseWriter, r *http.Request, t Tenan
 	}
 	p.Scopes = d.narrow(p.Scopes)
 	return true
+}
+
+// maxDeviceAttrs bounds the asserted device attributes.
+const maxDeviceAttrs = 16
+
+// devicePosture is the device posture a trusted proxy or device agent
+// asserted in X-Device-* headers (lower-cased names without the prefix),
+// believed only from a peer in RateLimits.TrustedProxies or
+// ZeroTrust.TrustedProxies; nil otherwise.
+func (s *Server) devicePosture(r *http.Request) map[string]string {
+	var m map[string]string
+	for k, v := range r.Header {
+		rest, ok := strings.CutPrefix(k, "X-Device-")
+		if !ok || len(v) != 1 || rest == "" {
+			continue
+		}
+		if m == nil {
+			if !s.peerTrusted(r) {
+				return nil
+			}
+			m = map[string]string{}
+		}
+		if len(m) < maxDeviceAttrs {
+			m[strings.ToLower(rest)] = v[0]
+		}
+	}
+	return m
+}
+
+// peerTrusted reports whether r's direct peer is a configured trusted proxy.
+func (s *Server) peerTrusted(r *http.Request) bool {
+	a, err := netip.ParseAddr(peerIP(r))
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, set := range [][]netip.Prefix{s.cfg.RateLimits.TrustedProxies, s.zt.cfg.TrustedProxies} {
+		for _, p := range set {
+			if p.Contains(a) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -134,6 +134,9 @@ type Checker struct {
 	Phantom func(ctx context.Context, tenant string, id *Identity, audience string) (string, error)
 	// Policy, if set, is evaluated on every check that passed the scopes.
 	Policy issuance.PolicyEngine
+	// Risk, if set, scores a check for the policy's risk variable (the
+	// threat-detection hook, as issuance.Config.Risk).
+	Risk func(ctx context.Context, in issuance.PolicyInput) float64
 	// Realm names the protection space in challenges.
 	Realm string
 	Now   func() time.Time
@@ -205,11 +208,15 @@ func (c *Checker) Check(ctx context.Context, req Request) Decision {
 		return Decision{Status: http.StatusTooManyRequests, Headers: http.Header{"Retry-After": {"1"}}, Reason: "rate limit exceeded"}
 	}
 	if c.Policy != nil {
-		pd, err := c.Policy.Evaluate(ctx, issuance.PolicyInput{
+		in := issuance.PolicyInput{
 			Tenant: req.Tenant, ClientID: id.ClientID, GrantType: "gateway", Subject: id.Subject, Actor: id.Actor,
 			RequestedScopes: route.Scopes, GrantedScopes: id.Scopes, ClientIP: req.ClientIP, Time: c.now(),
 			Method: req.Method, Path: path, Device: req.Device,
-		})
+		}
+		if c.Risk != nil {
+			in.Risk = c.Risk(ctx, in)
+		}
+		pd, err := c.Policy.Evaluate(ctx, in)
 		if err != nil {
 			return Decision{Status: http.StatusServiceUnavailable, Headers: http.Header{"Retry-After": {"5"}}, Reason: "policy evaluation failed"}
 		}
