@@ -348,7 +348,10 @@ func (s *Server) continueAuthorize(w http.ResponseWriter, r *http.Request, t Ten
 		s.showConsent(w, r, t, c, p, u, "authorize")
 		return
 	}
-	code, err := s.newCode(t.ID, p, u.ID, time.Unix(sess.AuthTime, 0), now)
+	if !s.decideAuthorize(w, r, t, c, p, u, now) { // policy.go
+		return
+	}
+	code, err := s.newCode(ctx, t.ID, p, u.ID, time.Unix(sess.AuthTime, 0), now)
 	if err != nil {
 		s.authzFail(w, r, t, p, redirErr(CodeServerError, "the code could not be issued"))
 		return
@@ -372,14 +375,14 @@ func (s *Server) sealPending(w http.ResponseWriter, r *http.Request, t Tenant, p
 	}
 	p.CSRF = csrf
 	p.Expires = s.cfg.Now().Add(pendingTTL).Unix()
-	return sealJSON(s.flow.browser, s.cfg.Rand, "", p, pendingAAD(t.ID, kind))
+	return s.sealFlow(r.Context(), t.ID, s.flow.browser, "", flowPrefixV2, p, pendingAAD(t.ID, kind))
 }
 
 // openPending opens a form's sealed request and checks its expiry and its
 // CSRF binding to the browser.
 func (s *Server) openPending(r *http.Request, t Tenant, vals url.Values, kind string) (*pending, bool) {
 	var p pending
-	if openJSON(s.flow.browser, "", vals.Get("req"), pendingAAD(t.ID, kind), &p) != nil {
+	if s.openFlow(r.Context(), t.ID, s.flow.browser, "", flowPrefixV2, vals.Get("req"), pendingAAD(t.ID, kind), &p) != nil {
 		return nil, false
 	}
 	if s.cfg.Now().Unix() >= p.Expires || !csrfMatches(r, p.CSRF) {
@@ -462,7 +465,7 @@ func (s *Server) resumeAuthorize(w http.ResponseWriter, r *http.Request, t Tenan
 			s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
 			return
 		}
-		sess, err := s.startSession(w, t.ID, u, now)
+		sess, err := s.startSession(r.Context(), w, t.ID, u, now)
 		if err != nil {
 			s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
 			return

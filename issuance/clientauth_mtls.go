@@ -237,50 +237,13 @@ func (s *Server) verifyPKICert(ctx context.Context, tenant string, a ClientAuth,
 		return errors.New("certificate does not chain to the tenant's client CA")
 	}
 	switch {
-	case a.TLSSubjectDN != "" && sameDN(pc.cert.Subject.String(), a.TLSSubjectDN):
+	case a.TLSSubjectDN != "" && subjectMatches(pc.cert.RawSubject, a.TLSSubjectDN): // dn.go
 	case a.TLSSANDNS != "" && slices.Contains(pc.cert.DNSNames, a.TLSSANDNS):
 	case a.TLSSANURI != "" && slices.ContainsFunc(pc.cert.URIs, func(u *url.URL) bool { return u.String() == a.TLSSANURI }):
 	default:
 		return errors.New("certificate subject does not match the registration")
 	}
 	return nil
-}
-
-// sameDN compares two RFC 4514 strings RDN by RDN: attribute types without
-// case, values without case and surrounding spaces.
-func sameDN(a, b string) bool {
-	na, nb := normDN(a), normDN(b)
-	return len(na) > 0 && slices.Equal(na, nb)
-}
-
-func normDN(s string) []string {
-	var out []string
-	var cur strings.Builder
-	esc := false
-	flush := func() {
-		rdn := strings.TrimSpace(cur.String())
-		typ, val, _ := strings.Cut(rdn, "=")
-		out = append(out, strings.ToUpper(strings.TrimSpace(typ))+"="+strings.ToLower(strings.TrimSpace(val)))
-		cur.Reset()
-	}
-	for _, r := range s {
-		switch {
-		case esc:
-			esc = false
-			cur.WriteRune(r)
-		case r == '\\':
-			esc = true
-			cur.WriteRune(r)
-		case r == ',' || r == ';':
-			flush()
-		default:
-			cur.WriteRune(r)
-		}
-	}
-	if strings.TrimSpace(cur.String()) != "" {
-		flush()
-	}
-	return out
 }
 
 // verifySelfSignedCert checks a self_signed_tls_client_auth certificate:

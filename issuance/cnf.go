@@ -1,6 +1,10 @@
 package issuance
 
-import "context"
+import (
+	"context"
+	"strings"
+	"time"
+)
 
 // confirmation is the RFC 7800 cnf claim of a sender-constrained access
 // token: x5t#S256 for a certificate-bound token (RFC 8705 §3.1), jkt for a
@@ -61,4 +65,45 @@ func readOpaqueCnf(r *opaqueReader, d *tokenData) {
 			r.err = errOpaqueBody
 		}
 	}
+}
+
+// Certificate-bound tokens of public clients (RFC 8705 §4). A public client
+// has no credentials, but when it presents a client certificate at the
+// token endpoint (over the node's TLS listener or a trusted proxy's
+// header; a self-signed one does, as RFC 8705 §4 describes) its access
+// tokens are bound to that certificate, and so is its refresh token: the
+// refresh token carries certBinding(x5t#S256) as a MAC-covered part, and a
+// refresh must present the same certificate. Only once every node can
+// read such refresh tokens (Config.ZTv2); until then a public client's
+// certificate binds nothing, as before.
+
+// certBindingTag marks a refresh token's binding as a certificate
+// thumbprint (a DPoP key thumbprint is the bare 43 characters).
+const certBindingTag = "x"
+
+// certBinding is the refresh-token binding of a certificate thumbprint.
+func certBinding(x5t string) string {
+	if x5t == "" {
+		return ""
+	}
+	return certBindingTag + x5t
+}
+
+// certBound reports whether a refresh-token binding is a certificate's, and
+// its thumbprint.
+func certBound(bound string) (string, bool) {
+	if len(bound) != 44 || !strings.HasPrefix(bound, certBindingTag) {
+		return "", false
+	}
+	return bound[1:], true
+}
+
+// bindPublicCert binds the tokens of a public client's request to the
+// certificate it presented, if any and if it is valid now.
+func (s *Server) bindPublicCert(ctx context.Context, now time.Time) {
+	pc := clientCertFrom(ctx)
+	if pc == nil || now.Before(pc.cert.NotBefore) || now.After(pc.cert.NotAfter) || !s.ztv2(ctx) {
+		return
+	}
+	pc.setBound()
 }

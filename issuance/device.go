@@ -91,6 +91,7 @@ func (s *Server) authenticateFlowClient(ctx context.Context, tenant string, cc C
 	case c.Disabled || c.Tenant != tenant:
 		return Client{}, errInvalidClient("client authentication failed", errors.New("client disabled"))
 	}
+	s.bindPublicCert(ctx, now) // cnf.go
 	return c, nil
 }
 
@@ -223,7 +224,7 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Invalid username or password.")
 			return
 		}
-		if _, err := s.startSession(w, t.ID, u, now); err != nil {
+		if _, err := s.startSession(r.Context(), w, t.ID, u, now); err != nil {
 			s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
 			return
 		}
@@ -391,7 +392,7 @@ func (g *deviceCodeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*To
 		if err != nil {
 			return nil, errUnavailable("randomness unavailable", err)
 		}
-		if refresh, err = s.newRefreshToken(gr.Tenant.ID, fam, 1, gr.refreshJKT()); err != nil {
+		if refresh, err = s.newRefreshToken(gr.Tenant.ID, fam, 1, gr.refreshBound(ctx)); err != nil {
 			return nil, errUnavailable("randomness unavailable", err)
 		}
 		poll.Family = &NewFamily{ID: fam, Hash: sha256Sum(refresh), ExpiresAt: gr.Now.Add(s.cfg.RefreshTTL), IdleTimeout: s.cfg.RefreshIdleTimeout}

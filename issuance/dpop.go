@@ -1,6 +1,7 @@
 package issuance
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -128,6 +129,11 @@ func (s *Server) checkDPoP(r *http.Request, tenant string, now time.Time) (*dpop
 	return p, nil
 }
 
+// DPoPDescription is the error_description of a proof dpop.Parse refused:
+// fixed text, never request input (for enforcement points outside this
+// package: the gateway check).
+func DPoPDescription(err error) string { return dpopDescription(err) }
+
 // dpopDescription is the error_description of a refused proof: fixed text,
 // never request input.
 func dpopDescription(err error) string {
@@ -186,14 +192,18 @@ func (gr GrantRequest) tokenType() string {
 	return "Bearer"
 }
 
-// refreshJKT is the key a new refresh family is bound to: the proof key of
-// a public client (RFC 9449 §5); confidential clients' refresh tokens are
-// bound to their client authentication already.
-func (gr GrantRequest) refreshJKT() string {
-	if gr.DPoP == nil || !gr.Client.Public {
+// refreshBound is what a new refresh family of a public client is bound
+// to (confidential clients' refresh tokens are bound to their client
+// authentication already): the DPoP proof key (RFC 9449 §5), else the
+// client certificate the request presented (RFC 8705 §4; certBinding).
+func (gr GrantRequest) refreshBound(ctx context.Context) string {
+	switch {
+	case !gr.Client.Public:
 		return ""
+	case gr.DPoP != nil:
+		return gr.DPoP.JKT
 	}
-	return gr.DPoP.JKT
+	return certBinding(boundThumbprint(ctx))
 }
 
 func (c *confirmation) jkt() string {
@@ -210,12 +220,16 @@ func tokenTypeOf(d tokenData) string {
 	return "Bearer"
 }
 
-// refreshBinding is the MAC input suffix of a refresh token bound to jkt.
-func refreshBinding(jkt string) string {
-	if jkt == "" {
+// refreshBinding is the MAC input suffix of a refresh token bound to a
+// DPoP key (bound is its thumbprint) or a certificate (certBinding).
+func refreshBinding(bound string) string {
+	if x5t, ok := certBound(bound); ok {
+		return fmt.Sprintf("\x00mtls\x00%s", x5t)
+	}
+	if bound == "" {
 		return ""
 	}
-	return fmt.Sprintf("\x00dpop\x00%s", jkt)
+	return fmt.Sprintf("\x00dpop\x00%s", bound)
 }
 
 // checkResourceDPoP applies RFC 9449 §7 at the resource endpoints of the

@@ -30,8 +30,12 @@ import (
 //     names.
 //
 // Impersonation — a token under the exchanging client's own client_id for
-// someone else's subject without act — is never issued: delegation always
-// records the actor.
+// someone else's subject without act — is off by default: delegation
+// records the actor. Only a contextual policy allows it, per request
+// (PolicyDecision.Impersonate, the policy's "impersonate": true, evaluated
+// with the actor known): the token then carries the subject token's own
+// act, if any, and not the actor's, which stays in parent_jti (revoking the
+// actor token revokes it) and in the policy decision log.
 //
 // Every derived token records its parents in the private claim parent_jti:
 // the jtis of the subject token, of the actor token and of their own
@@ -220,12 +224,17 @@ func (g *tokenExchangeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (
 	dec, err := s.decide(ctx, PolicyInput{
 		Tenant: gr.Tenant.ID, ClientID: c.ID, GrantType: GrantTokenExchange, Subject: d.Subject,
 		RequestedScopes: req.Scope, GrantedScopes: scope, Audience: aud, ClientIP: gr.ClientIP, Time: gr.Now,
-		Actor: actorSubject(d.Act),
+		Actor: actorSubject(d.Act), Device: gr.Device,
 	})
 	if err != nil {
 		return nil, err
 	}
 	d.Scope = dec.narrow(d.Scope)
+	if p.ActorToken != "" && dec.Impersonate && !dec.DryRun {
+		d.Act = subj.Act
+		s.log.Info("issuance: impersonation allowed by policy", "tenant", gr.Tenant.ID, "client_id", c.ID,
+			"subject", d.Subject, "policy_version", dec.Version)
+	}
 
 	ttl := c.AccessTokenTTL
 	if ttl <= 0 {

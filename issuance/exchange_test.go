@@ -16,6 +16,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tallyauth/tally/issuance"
+	"github.com/tallyauth/tally/issuance/policy"
 )
 
 const ordersAud = "https://orders.example/"
@@ -222,5 +223,45 @@ func TestExchangeMayAct(t *testing.T) {
 		"actor_token": {e.token("acme", "app", appSecret, nil)}, "actor_token_type": {issuance.TokenTypeAccessToken}}, "gw", gwSecret)
 	if res.status != http.StatusOK {
 		t.Fatalf("%d %s", res.status, res.body)
+	}
+}
+
+// TestExchangeImpersonationByPolicy (issue 12): a token exchange with an
+// actor_token is delegation (act names the actor) unless a policy says
+// "impersonate": then the token has no act claim, but the actor token
+// stays a parent (its revocation revokes the token); a deny still wins.
+func TestExchangeImpersonationByPolicy(t *testing.T) {
+	src := `actor == "svc" ? {"impersonate": true} : dyn({"allow": actor != "evil"})`
+	e, sig, appSecret, gwSecret := exchangeEnv(t, func(c *issuance.Config) {
+		c.Policy = policy.NewEngine(func(string) (uint64, []policy.Spec) { return 1, []policy.Spec{{Source: src}} }, nil)
+	})
+	subject := e.token("acme", "app", appSecret, url.Values{"scope": {"read:orders"}})
+	exchange := func(actorID string) response {
+		sec := e.addClient("acme", actorID, func(c *issuance.Client) { c.Scopes = []string{"read:orders"} })
+		return e.exchange(url.Values{"subject_token": {subject}, "subject_token_type": {issuance.TokenTypeAccessToken},
+			"actor_token": {e.token("acme", actorID, sec, nil)}, "actor_token_type": {issuance.TokenTypeAccessToken},
+			"audience": {ordersAud}}, "gw", gwSecret)
+	}
+	res := exchange("svc")
+	if res.status != http.StatusOK {
+		t.Fatalf("impersonation allowed by policy: %d %s", res.status, res.body)
+	}
+	c := verifyES256(t, res.json(t)["access_token"].(string), sig)
+	if _, ok := c["act"]; ok || c["sub"] != "app" || c["client_id"] != "gw" {
+		t.Errorf("impersonation token claims %v: want sub app, client gw, no act", c)
+	}
+	if p, _ := c["parent_jti"].([]any); len(p) != 2 {
+		t.Errorf("parent_jti %v: want the subject and the actor token", p)
+	}
+	res = exchange("batch")
+	if res.status != http.StatusOK {
+		t.Fatalf("delegation: %d %s", res.status, res.body)
+	}
+	c = verifyES256(t, res.json(t)["access_token"].(string), sig)
+	if act, _ := c["act"].(map[string]any); act["sub"] != "batch" {
+		t.Errorf("without the policy's impersonate the actor is in act: %v", c)
+	}
+	if res := exchange("evil"); res.status != http.StatusBadRequest || res.json(t)["error"] != "invalid_grant" {
+		t.Errorf("denied actor: %d %s", res.status, res.body)
 	}
 }

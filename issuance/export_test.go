@@ -1,6 +1,7 @@
 package issuance
 
 import (
+	"context"
 	"crypto"
 	"crypto/cipher"
 	"encoding/base64"
@@ -81,4 +82,27 @@ func PrivateKeyForTest(kek *KEK, k Key) (crypto.Signer, error) {
 		return nil, lk.err
 	}
 	return lk.signer, nil
+}
+
+// SubjectMatchesForTest is tls_client_auth's subject DN match (dn.go).
+func SubjectMatchesForTest(rawSubject []byte, registered string) bool {
+	return subjectMatches(rawSubject, registered)
+}
+
+// SealSessionForTest and OpenSessionForTest seal and open a session cookie
+// value as the login does (seal_rotating.go).
+func (s *Server) SealSessionForTest(ctx context.Context, tenant, userID string, expires int64) (string, error) {
+	return s.sealFlow(ctx, tenant, s.flow.browser, "", flowPrefixV2, &session{UserID: userID, Expires: expires}, sessionAAD(tenant))
+}
+
+func (s *Server) OpenSessionForTest(ctx context.Context, tenant, value string) (string, error) {
+	var sess session
+	err := s.openFlow(ctx, tenant, s.flow.browser, "", flowPrefixV2, value, sessionAAD(tenant), &sess)
+	return sess.UserID, err
+}
+
+// OpenPendingForTest opens value as a sealed login form request.
+func (s *Server) OpenPendingForTest(ctx context.Context, tenant, value string) error {
+	var p pending
+	return s.openFlow(ctx, tenant, s.flow.browser, "", flowPrefixV2, value, pendingAAD(tenant, "authorize"), &p)
 }

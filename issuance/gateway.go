@@ -21,6 +21,10 @@ type AccessToken struct {
 	IssuedAt  time.Time
 	ExpiresAt time.Time
 	Parents   []string
+	// JKT and X5T are what the token is bound to (cnf.jkt, RFC 9449 §6;
+	// cnf.x5t#S256, RFC 8705 §3.1), "" for a bearer token: the enforcement
+	// point must check the sender against them.
+	JKT, X5T string
 }
 
 // VerifyAccessToken checks an access token of the tenant as introspection
@@ -45,7 +49,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, tenant, token string) (A
 		return AccessToken{}, err
 	}
 	return AccessToken{JTI: d.JTI, ClientID: d.ClientID, Subject: d.Subject, Actor: actorSubject(d.Act), Scopes: d.Scope,
-		Audience: d.Audience, IssuedAt: d.IssuedAt, ExpiresAt: d.ExpiresAt, Parents: d.Parents}, nil
+		Audience: d.Audience, IssuedAt: d.IssuedAt, ExpiresAt: d.ExpiresAt, Parents: d.Parents, JKT: d.JKT, X5T: d.X5T}, nil
 }
 
 // PhantomToken mints the phantom JWT of a verified access token for

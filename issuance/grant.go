@@ -16,6 +16,8 @@ type GrantRequest struct {
 	Now     time.Time
 	// ClientIP is the caller's address, for rate limits.
 	ClientIP string
+	// Device is the device posture a trusted proxy asserted (policy.go).
+	Device map[string]string
 	// DPoP is the request's checked DPoP proof, nil without one (dpop.go).
 	DPoP *dpop.Proof
 }

@@ -9,7 +9,9 @@ import (
 	"time"
 )
 
-// codePrefix starts every authorization code.
+// codePrefix starts an authorization code sealed with the static code key;
+// codes sealed with the tenant's rotating key start with codePrefixV2
+// (seal_rotating.go).
 const codePrefix = "tlyc1."
 
 // authCode is what an authorization code carries, sealed (RFC 6749 §4.1.2
@@ -31,7 +33,7 @@ type authCode struct {
 
 func codeAAD(tenant string) string { return "code|" + tenant }
 
-func (s *Server) newCode(tenant string, p *pending, userID string, authTime, now time.Time) (string, error) {
+func (s *Server) newCode(ctx context.Context, tenant string, p *pending, userID string, authTime, now time.Time) (string, error) {
 	var b [16]byte
 	if _, err := s.cfg.Rand.Read(b[:]); err != nil {
 		return "", err
@@ -39,7 +41,7 @@ func (s *Server) newCode(tenant string, p *pending, userID string, authTime, now
 	c := authCode{ClientID: p.ClientID, RedirectURI: p.RedirectURI, Challenge: p.Challenge, Nonce: p.Nonce,
 		UserID: userID, Scopes: p.Scopes, AuthTime: authTime.Unix(), Expires: now.Add(s.cfg.CodeTTL).UnixNano(),
 		Random: base64.RawURLEncoding.EncodeToString(b[:]), DPoPJKT: p.DPoPJKT}
-	return sealJSON(s.flow.codes, s.cfg.Rand, codePrefix, c, codeAAD(tenant))
+	return s.sealFlow(ctx, tenant, s.flow.codes, codePrefix, codePrefixV2, c, codeAAD(tenant)) // seal_rotating.go
 }
 
 // verifyPKCE implements RFC 7636 §4.6 for S256: BASE64URL(SHA256(verifier))
@@ -77,7 +79,7 @@ func (g *authorizationCodeGrant) HandleGrant(ctx context.Context, gr GrantReques
 		return nil, errInvalidRequest("missing code")
 	}
 	var code authCode
-	if err := openJSON(s.flow.codes, codePrefix, req.Code, codeAAD(gr.Tenant.ID), &code); err != nil {
+	if err := s.openFlow(ctx, gr.Tenant.ID, s.flow.codes, codePrefix, codePrefixV2, req.Code, codeAAD(gr.Tenant.ID), &code); err != nil {
 		return nil, errInvalidGrant("invalid authorization code", err)
 	}
 	switch {
@@ -100,7 +102,7 @@ func (g *authorizationCodeGrant) HandleGrant(ctx context.Context, gr GrantReques
 	if err != nil || !u.Active() {
 		return nil, errInvalidGrant("the user is unknown or disabled", err)
 	}
-	iss, err := s.prepareUserTokens(gr, code.UserID, code.Scopes, time.Unix(code.AuthTime, 0))
+	iss, err := s.prepareUserTokens(ctx, gr, code.UserID, code.Scopes, time.Unix(code.AuthTime, 0))
 	if err != nil {
 		return nil, err
 	}

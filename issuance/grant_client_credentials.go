@@ -62,7 +62,7 @@ func (g *clientCredentialsGrant) HandleGrant(ctx context.Context, gr GrantReques
 
 	if g.decide != nil {
 		dec, err := g.decide(ctx, PolicyInput{Tenant: gr.Tenant.ID, ClientID: c.ID, GrantType: GrantClientCredentials, Subject: c.ID,
-			RequestedScopes: req.Scope, GrantedScopes: scope, Audience: aud, ClientIP: gr.ClientIP, Time: gr.Now})
+			RequestedScopes: req.Scope, GrantedScopes: scope, Audience: aud, ClientIP: gr.ClientIP, Time: gr.Now, Device: gr.Device})
 		if err != nil {
 			return nil, err
 		}

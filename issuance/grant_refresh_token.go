@@ -23,7 +23,13 @@ func (g *refreshTokenGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*
 	if !ok {
 		return nil, errInvalidGrant("invalid refresh token", nil)
 	}
-	if bound != "" && bound != gr.jkt() {
+	if x5t, ok := certBound(bound); ok {
+		// RFC 8705 §4: a public client's refresh token is used with the
+		// certificate it was issued to (cnf.go).
+		if pc := clientCertFrom(ctx); pc == nil || Thumbprint(pc.cert.Raw) != x5t {
+			return nil, errInvalidGrant("refresh token is bound to another client certificate", nil)
+		}
+	} else if bound != "" && bound != gr.jkt() {
 		// RFC 9449 §5: a bound refresh token is used with a proof of its key.
 		return nil, errInvalidGrant("refresh token is bound to another DPoP key", nil)
 	}

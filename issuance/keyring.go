@@ -70,8 +70,10 @@ type loadedKey struct {
 	method jwt.SigningMethod
 	signer crypto.Signer
 
-	// Sealing keys.
-	aead cipher.AEAD
+	// Sealing keys: aead seals opaque tokens, flows (a key derived from
+	// the same secret) the values of the interactive flows
+	// (seal_rotating.go).
+	aead, flows cipher.AEAD
 
 	err error
 }
@@ -231,6 +233,10 @@ func (kr *keyring) load(tenant string, k Key) loadedKey {
 			return lk
 		}
 		if lk.aead, err = cipher.NewGCM(block); err != nil {
+			lk.err = err
+			return lk
+		}
+		if lk.flows, err = flowAEAD(raw); err != nil {
 			lk.err = err
 		}
 	default:

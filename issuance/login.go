@@ -57,7 +57,7 @@ func (s *Server) readSession(ctx context.Context, r *http.Request, tenant string
 		return nil, nil
 	}
 	var sess session
-	if openJSON(s.flow.browser, "", c.Value, sessionAAD(tenant), &sess) != nil {
+	if s.openFlow(ctx, tenant, s.flow.browser, "", flowPrefixV2, c.Value, sessionAAD(tenant), &sess) != nil { // seal_rotating.go
 		return nil, nil
 	}
 	if now.Unix() >= sess.Expires {
@@ -71,9 +71,9 @@ func (s *Server) readSession(ctx context.Context, r *http.Request, tenant string
 }
 
 // startSession sets a new session cookie for u.
-func (s *Server) startSession(w http.ResponseWriter, tenant string, u User, now time.Time) (*session, error) {
+func (s *Server) startSession(ctx context.Context, w http.ResponseWriter, tenant string, u User, now time.Time) (*session, error) {
 	sess := &session{UserID: u.ID, AuthTime: now.Unix(), Expires: now.Add(s.cfg.SessionTTL).Unix()}
-	v, err := sealJSON(s.flow.browser, s.cfg.Rand, "", sess, sessionAAD(tenant))
+	v, err := s.sealFlow(ctx, tenant, s.flow.browser, "", flowPrefixV2, sess, sessionAAD(tenant))
 	if err != nil {
 		return nil, err
 	}

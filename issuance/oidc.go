@@ -35,7 +35,7 @@ func (i *userIssue) accessRef() AccessTokenRef {
 // prepareUserTokens decides the tokens of an end-user grant for user with
 // scopes. A refresh family is started when offline_access was granted and
 // the client may use the refresh_token grant (OIDC Core §11).
-func (s *Server) prepareUserTokens(gr GrantRequest, userID string, scopes []string, authTime time.Time) (*userIssue, error) {
+func (s *Server) prepareUserTokens(ctx context.Context, gr GrantRequest, userID string, scopes []string, authTime time.Time) (*userIssue, error) {
 	iss, err := s.prepareAccess(gr, userID, scopes, authTime)
 	if err != nil {
 		return nil, err
@@ -45,7 +45,7 @@ func (s *Server) prepareUserTokens(gr GrantRequest, userID string, scopes []stri
 		if err != nil {
 			return nil, errUnavailable("randomness unavailable", err)
 		}
-		tok, err := s.newRefreshToken(gr.Tenant.ID, fam, 1, gr.refreshJKT())
+		tok, err := s.newRefreshToken(gr.Tenant.ID, fam, 1, gr.refreshBound(ctx))
 		if err != nil {
 			return nil, errUnavailable("randomness unavailable", err)
 		}
@@ -199,7 +199,8 @@ func (s *Server) refreshMAC(tenant, family string, gen uint64, secret, jkt strin
 }
 
 // newRefreshToken makes a refresh token; with jkt set it is bound to that
-// DPoP key: the thumbprint is a fifth, MAC-covered part (dpop.go).
+// DPoP key, or to a client certificate (jkt a certBinding): the binding is
+// a fifth, MAC-covered part (dpop.go, cnf.go).
 func (s *Server) newRefreshToken(tenant, family string, gen uint64, jkt string) (string, error) {
 	var b [32]byte
 	if _, err := s.cfg.Rand.Read(b[:]); err != nil {
@@ -215,8 +216,8 @@ func (s *Server) newRefreshToken(tenant, family string, gen uint64, jkt string) 
 }
 
 // parseRefreshToken checks a refresh token's form and MAC and returns its
-// family, generation and the DPoP key thumbprint it is bound to ("" for an
-// unbound token).
+// family, generation and the DPoP key thumbprint or the certBinding it is
+// bound to ("" for an unbound token).
 func (s *Server) parseRefreshToken(tenant, tok string) (family string, gen uint64, jkt string, ok bool) {
 	if len(tok) > 256 {
 		return "", 0, "", false
@@ -226,9 +227,11 @@ func (s *Server) parseRefreshToken(tenant, tok string) (family string, gen uint6
 		return "", 0, "", false
 	}
 	parts := strings.Split(rest, ".")
-	if len(parts) == 5 && len(parts[3]) == 43 {
-		jkt = parts[3]
-		parts = append(parts[:3], parts[4])
+	if len(parts) == 5 {
+		if _, cert := certBound(parts[3]); len(parts[3]) == 43 || cert {
+			jkt = parts[3]
+			parts = append(parts[:3], parts[4])
+		}
 	}
 	if len(parts) != 4 || len(parts[0]) != 22 || len(parts[2]) != 43 || len(parts[3]) != 22 {
 		return "", 0, "", false

@@ -3,13 +3,16 @@ package issuance
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
 )
 
 // PolicyInput is what a contextual authorisation policy decides from, on
-// every grant (token endpoint, exchange) and at the gateway check. Network
+// every grant (token endpoint, exchange), at the authorization endpoint
+// (grant_type authorization_code, before the code is issued; Method and
+// Path are the authorization request's) and at the gateway check. Network
 // and device attributes come only from headers of a trusted proxy; the
 // caller fills them in.
 type PolicyInput struct {
@@ -25,8 +28,9 @@ type PolicyInput struct {
 	Time            time.Time
 	// Gateway check: the original request.
 	Method, Path string
-	// Device posture and risk, asserted by a trusted proxy or device agent
-	// (empty when not asserted).
+	// Device posture asserted by a trusted proxy or device agent in
+	// X-Device-* headers (empty when not asserted; devicePosture), and the
+	// risk score of the Config.Risk hook (0 without one).
 	Device map[string]string
 	Risk   float64
 	// User attributes, when the subject is a user of the tenant.
@@ -44,6 +48,10 @@ type PolicyDecision struct {
 	Version uint64
 	// DryRun: the decision was logged, not enforced.
 	DryRun bool
+	// Impersonate: a token exchange with an actor_token may issue its
+	// token without the act claim (RFC 8693 §1.1 impersonation; off unless
+	// a policy allows it).
+	Impersonate bool
 }
 
 // PolicyEngine evaluates the policies of a tenant and client. It must be
@@ -66,6 +74,9 @@ func (d PolicyDecision) narrow(scope []string) []string {
 func (s *Server) decide(ctx context.Context, in PolicyInput) (PolicyDecision, error) {
 	if s.cfg.Policy == nil {
 		return PolicyDecision{}, nil
+	}
+	if s.cfg.Risk != nil && in.Risk == 0 {
+		in.Risk = s.cfg.Risk(ctx, in)
 	}
 	d, err := s.cfg.Policy.Evaluate(ctx, in)
 	if err != nil {
@@ -100,7 +111,7 @@ func (s *Server) decideUserGrant(ctx context.Context, gr GrantRequest, iss *user
 		return nil
 	}
 	in := PolicyInput{Tenant: gr.Tenant.ID, ClientID: gr.Client.ID, Subject: u.ID, GrantedScopes: iss.scopes,
-		Audience: iss.access.Audience, ClientIP: gr.ClientIP, Time: gr.Now,
+		Audience: iss.access.Audience, ClientIP: gr.ClientIP, Time: gr.Now, Device: gr.Device,
 		User: map[string]string{"username": u.Username, "email": u.Email, "name": u.Name}}
 	if gr.Request != nil {
 		in.GrantType, in.RequestedScopes = gr.Request.GrantType, gr.Request.Scope
@@ -112,4 +123,76 @@ func (s *Server) decideUserGrant(ctx context.Context, gr GrantRequest, iss *user
 	iss.scopes = d.narrow(iss.scopes)
 	iss.access.Scope = d.narrow(iss.access.Scope)
 	return nil
+}
+
+// decideAuthorize evaluates the policy at the authorization endpoint, once
+// the user is signed in and has consented and before the code is issued,
+// so that a deny reaches the user's browser (the client gets access_denied
+// at its redirect URI, RFC 6749 §4.1.2.1) and a narrowing is what the code
+// carries. The token endpoint evaluates the policy again when the code is
+// redeemed (decideUserGrant): the policy may also look at the client's
+// backend there. It reports whether to go on; otherwise it has answered.
+func (s *Server) decideAuthorize(w http.ResponseWriter, r *http.Request, t Tenant, c Client, p *pending, u *User, now time.Time) bool {
+	if s.cfg.Policy == nil {
+		return true
+	}
+	d, err := s.decide(r.Context(), PolicyInput{Tenant: t.ID, ClientID: c.ID, GrantType: GrantAuthorizationCode, Subject: u.ID,
+		RequestedScopes: p.Scopes, GrantedScopes: p.Scopes, ClientIP: clientIP(r), Time: now, Method: r.Method, Path: r.URL.Path,
+		Device: s.devicePosture(r),
+		User:   map[string]string{"username": u.Username, "email": u.Email, "name": u.Name}})
+	if err != nil {
+		e := asError(err)
+		if e.Status >= http.StatusInternalServerError {
+			s.authzFail(w, r, t, p, redirErr(CodeTemporarilyUnavailable, "the request could not be decided now, try again"))
+		} else {
+			s.authzFail(w, r, t, p, redirErr(CodeAccessDenied, e.Description))
+		}
+		return false
+	}
+	p.Scopes = d.narrow(p.Scopes)
+	return true
+}
+
+// maxDeviceAttrs bounds the asserted device attributes.
+const maxDeviceAttrs = 16
+
+// devicePosture is the device posture a trusted proxy or device agent
+// asserted in X-Device-* headers (lower-cased names without the prefix),
+// believed only from a peer in RateLimits.TrustedProxies or
+// ZeroTrust.TrustedProxies; nil otherwise.
+func (s *Server) devicePosture(r *http.Request) map[string]string {
+	var m map[string]string
+	for k, v := range r.Header {
+		rest, ok := strings.CutPrefix(k, "X-Device-")
+		if !ok || len(v) != 1 || rest == "" {
+			continue
+		}
+		if m == nil {
+			if !s.peerTrusted(r) {
+				return nil
+			}
+			m = map[string]string{}
+		}
+		if len(m) < maxDeviceAttrs {
+			m[strings.ToLower(rest)] = v[0]
+		}
+	}
+	return m
+}
+
+// peerTrusted reports whether r's direct peer is a configured trusted proxy.
+func (s *Server) peerTrusted(r *http.Request) bool {
+	a, err := netip.ParseAddr(peerIP(r))
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, set := range [][]netip.Prefix{s.cfg.RateLimits.TrustedProxies, s.zt.cfg.TrustedProxies} {
+		for _, p := range set {
+			if p.Contains(a) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -20,7 +20,9 @@ import (
 //   - codes seals authorization codes, which carry everything they are
 //     bound to (RFC 6749 §4.1.2 lets the code's format be ours);
 //   - browser seals the session cookie and the pending authorization
-//     request carried through the login and consent forms;
+//     request carried through the login and consent forms (codes and
+//     browser are used only while the tenant's rotating sealing key may
+//     not be: seal_rotating.go);
 //   - successor seals the successor refresh token stored on a family for
 //     the reuse interval;
 //   - refreshMAC authenticates refresh tokens, so a forged token never

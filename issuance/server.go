@@ -100,6 +100,17 @@ type Config struct {
 	// RateLimits bounds every public endpoint (ratelimit.go); zero fields
 	// take DefaultRateLimits.
 	RateLimits RateLimits
+	// Risk, if set, scores a grant for the policies' risk variable (the
+	// hook of threat detection): called before every policy evaluation
+	// whose input has no risk yet. It must be cheap.
+	Risk func(ctx context.Context, in PolicyInput) float64
+	// ZTv2 reports whether every node that may be asked to read them
+	// understands the values this release added late to issue 11, so it
+	// may produce them: session cookies, login forms and authorization
+	// codes sealed with the tenant's rotating sealing key
+	// (seal_rotating.go) and refresh tokens of public clients bound to
+	// their client certificate (cnf.go). Nil means yes.
+	ZTv2 func(ctx context.Context) bool
 }
 
 // DefaultConfig returns a Config with every default filled in.

@@ -48,7 +48,8 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		if err := s.useDPoP(c, proof, now); err != nil {
 			return nil, err
 		}
-		return h.HandleGrant(ctx, GrantRequest{Tenant: t, Client: c, Request: req, Now: now, ClientIP: clientIP(r), DPoP: proof})
+		return h.HandleGrant(ctx, GrantRequest{Tenant: t, Client: c, Request: req, Now: now, ClientIP: clientIP(r), DPoP: proof,
+			Device: s.devicePosture(r)})
 	}()
 	if err != nil {
 		s.metrics.token(ctx, grantType, outcomeOf(err), time.Since(start))

@@ -193,6 +193,11 @@ func (a *adminService) CreateClient(ctx context.Context, req *connect.Request[ad
 		DpopBound:                          m.DpopBound,
 		RequirePushedAuthorizationRequests: m.RequirePushedAuthorizationRequests,
 	}
+	if (c.DpopBound || c.RequirePushedAuthorizationRequests) && a.supports != nil && !a.supports(ctx, featurePARKeyPolicy) {
+		// An older member would ignore the field (raft/ops.go fieldGates).
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			errors.New("dpop_bound and require_pushed_authorization_requests need every cluster member to support feature par_keypolicy; upgrade the other nodes first"))
+	}
 	var err error
 	if c.Auth, err = clientAuthFromAdmin(m.Auth, m.Public); err != nil { // ztauth.go
 		return nil, err
@@ -486,7 +491,7 @@ func (a *adminService) newKeys(tenant, alg string, created, notBefore time.Time)
 	if err != nil {
 		return nil, err
 	}
-	return []*raftpb.Key{keyToPB(sig, created, a.cfg.KeyRetention), keyToPB(seal, created, a.cfg.KeyRetention)}, nil
+	return []*raftpb.Key{keyToPB(sig, created, a.cfg.KeyRetention), keyToPB(seal, created, sealRetention(a.cfg.KeyRetention))}, nil // sealkeys.go
 }
 
 func (a *adminService) ListKeys(_ context.Context, req *connect.Request[adminv1.ListKeysRequest]) (*connect.Response[adminv1.ListKeysResponse], error) {

@@ -76,7 +76,7 @@ func (n *Node) newChecker() *gateway.Checker {
 				return nil, errors.Join(gateway.ErrUnavailable, err)
 			}
 			return &gateway.Identity{Subject: at.Subject, ClientID: at.ClientID, Actor: at.Actor, JTI: at.JTI,
-				Scopes: at.Scopes, ExpiresAt: at.ExpiresAt, Token: token}, nil
+				Scopes: at.Scopes, ExpiresAt: at.ExpiresAt, Token: token, JKT: at.JKT, X5T: at.X5T}, nil
 		},
 		Phantom: func(ctx context.Context, tenant string, id *gateway.Identity, audience string) (string, error) {
 			at, err := n.iss.VerifyAccessToken(ctx, tenant, id.Token)

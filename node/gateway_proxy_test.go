@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/tallyauth/tally/dpop/dpoptest"
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/nodetest"
@@ -166,6 +167,44 @@ func (f *gatewayFixture) prove(t *testing.T, base string) {
 		t.Fatalf("allowed request: %d %s (the phantom JWT must reach the orders API)", st, body)
 	}
 
+	// A DPoP-bound token passes only with a proof of its key for the URL
+	// the client addressed (the gateway forwards the DPoP header and says
+	// the URL: X-Original-URL from nginx, X-Forwarded-Proto/-Host from
+	// Caddy).
+	dpopID, dpopSecret := n.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "dpop-app", Scopes: []string{"read:orders"}})
+	k := dpoptest.NewKey("ES256")
+	tokenURL := n.Issuer("default") + "/oauth2/token"
+	status, _, tb := postToken(t, tokenURL, dpopID, dpopSecret, k.Proof(dpoptest.Claims{HTM: "POST", HTU: tokenURL}))
+	if status != http.StatusOK || tb["token_type"] != "DPoP" {
+		t.Fatalf("DPoP token: %d %v", status, tb)
+	}
+	bound := tb["access_token"].(string)
+	if st, h, _ := f.get(t, base+"/orders", "GET", bound); st != http.StatusUnauthorized || !strings.HasPrefix(h.Get("WWW-Authenticate"), "DPoP ") {
+		t.Errorf("DPoP-bound token as a Bearer token through the gateway: %d %v", st, h)
+	}
+	dpopGet := func(proof string) (int, string) {
+		req, _ := http.NewRequest("GET", base+"/orders", nil)
+		req.Header.Set("Authorization", "DPoP "+bound)
+		req.Header.Set("DPoP", proof)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	proof := k.Proof(dpoptest.Claims{HTM: "GET", HTU: base + "/orders", AccessToken: bound})
+	if st, body := dpopGet(proof); st != http.StatusOK || !strings.Contains(body, dpopID) {
+		t.Errorf("DPoP-bound token with its proof through the gateway: %d %s", st, body)
+	}
+	if st, _ := dpopGet(proof); st != http.StatusUnauthorized {
+		t.Errorf("replayed proof through the gateway: %d", st)
+	}
+	if st, _ := dpopGet(k.Proof(dpoptest.Claims{HTM: "GET", HTU: base + "/other", AccessToken: bound})); st != http.StatusUnauthorized {
+		t.Errorf("proof for another URL through the gateway: %d", st)
+	}
+
 	// Rate limit: one request per ~17 minutes, burst 1.
 	if _, err := n.Admin.SetGatewayRateLimit(ctx, connect.NewRequest(&adminv1.SetGatewayRateLimitRequest{Tenant: "default", Limit: &adminv1.GatewayRateLimit{ClientId: f.appID, PerSecond: 0.001, Burst: 1}})); err != nil {
 		t.Fatal(err)
@@ -233,6 +272,7 @@ http {
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
     }
     # auth_request passes only 401 and 403 on; a 429 from the check would
     # be a 500.

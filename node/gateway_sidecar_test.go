@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/tallyauth/tally/dpop/dpoptest"
 	"github.com/tallyauth/tally/issuance"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/gateway"
@@ -68,6 +70,33 @@ func TestGatewaySidecar(t *testing.T) {
 	if st != http.StatusOK || h.Get("X-Tally-Client-Id") != appID || h.Get("X-Tally-Phantom-Token") == "" {
 		t.Fatalf("allowed: %d %v", st, h)
 	}
+	// A DPoP-bound token: refused as a Bearer token, accepted with the
+	// DPoP scheme and a proof for the forwarded URL.
+	k := dpoptest.NewKey("ES256")
+	tokenURL := n.Issuer("default") + "/oauth2/token"
+	status, _, tb := postToken(t, tokenURL, appID, appSecret, k.Proof(dpoptest.Claims{HTM: "POST", HTU: tokenURL}))
+	if status != http.StatusOK || tb["token_type"] != "DPoP" {
+		t.Fatalf("DPoP token: %d %v", status, tb)
+	}
+	bound := tb["access_token"].(string)
+	if st, h := check("/orders/7", bound); st != http.StatusUnauthorized || !strings.HasPrefix(h.Get("WWW-Authenticate"), "DPoP ") {
+		t.Errorf("DPoP-bound token as a Bearer token at the sidecar: %d %v", st, h)
+	}
+	req, _ := http.NewRequest(http.MethodGet, ts.URL+"/gateway/check", nil)
+	req.Header.Set("X-Forwarded-Method", "GET")
+	req.Header.Set("X-Original-URL", "https://api.example/orders/7")
+	req.Header.Set("X-Forwarded-Uri", "/orders/7")
+	req.Header.Set("Authorization", "DPoP "+bound)
+	req.Header.Set("DPoP", k.Proof(dpoptest.Claims{HTM: "GET", HTU: "https://api.example/orders/7", AccessToken: bound}))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Tally-Phantom-Token") == "" {
+		t.Errorf("DPoP-bound token with its proof at the sidecar: %d %v", resp.StatusCode, resp.Header)
+	}
+
 	if _, err := n.Admin.RevokeToken(ctx, connect.NewRequest(&adminv1.RevokeTokenRequest{Tenant: "default", Token: tok})); err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,9 @@ import (
 // Keys that rotate themselves (issue 11).
 //
 // A tenant's key policy (SetKeyPolicy, stored on the tenant record) says
-// how often its signing keys and its sealing keys (opaque tokens) are
-// rotated. The leader looks every keyPolicyEvery and, for a tenant whose
+// how often its signing keys and its sealing keys (opaque tokens, and the
+// session cookies, login forms and authorization codes sealed with a key
+// derived from them: sealkeys.go) are rotated. The leader looks every keyPolicyEvery and, for a tenant whose
 // newest signing key is older than rotate_every or whose newest sealing key
 // is older than seal_rotate_every, proposes an AddKeys entry with a new
 // signing and a new sealing key, exactly as `tally admin key rotate` does:
@@ -29,7 +30,8 @@ import (
 //     and they stay published for max(KeyRetention, MaxAccessTokenTTL +
 //     JWKSMaxAge): the longest token they signed and every cached JWKS that
 //     lists them have expired by then (tokens never outlive their key:
-//     the minter caps exp at the key's expiry);
+//     the minter caps exp at the key's expiry); a sealing key stays at
+//     least a session cookie's lifetime (sealRetention);
 //   - sealing keys are rotated at most every maxSealRotateEvery: AES-GCM
 //     with random nonces must stay well below 2^32 seals per key (NIST SP
 //     800-38D §8.3), i.e. about 5 days at 10,000 opaque tokens/s.
@@ -129,6 +131,9 @@ func (a *adminService) rotateByPolicy(ctx context.Context) {
 		}
 		for _, k := range keys {
 			k.RetentionNanos = int64(a.policyRetention())
+			if k.Use == "seal" {
+				k.RetentionNanos = int64(sealRetention(a.policyRetention())) // sealkeys.go
+			}
 		}
 		_ = a.propose(ctx, &raftpb.Command{Op: &raftpb.Command_AddKeys{AddKeys: &raftpb.AddKeys{Tenant: t.Id, Keys: keys}}})
 	}

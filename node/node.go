@@ -163,6 +163,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.DPoP.RequireNonce = cfg.DPoPRequireNonce
 	ic.Policy = n.policyEngine() // node/gateway.go
 	ic.RateLimits = cfg.RateLimits
+	ic.ZTv2 = n.ztv2(newFeatureGate(n.cl, featureZTv2)) // sealkeys.go
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/oauth2"
 
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/nodetest"
@@ -63,5 +64,35 @@ func TestPolicyUserGrants(t *testing.T) {
 	}
 	if _, err := e.refresh(tok.RefreshToken); err == nil || !strings.Contains(err.Error(), "no refresh for alice") {
 		t.Errorf("refresh under a deny policy: %v", err)
+	}
+}
+
+// TestPolicyAtTheAuthorizationEndpoint (issue 12): the policy decides at
+// the authorization endpoint too, before a code is issued (grant_type
+// authorization_code, path the authorization endpoint's): a deny sends the
+// browser back to the client with access_denied and the policy's reason
+// and no code; a narrowing is what the code, and so the token, carries.
+func TestPolicyAtTheAuthorizationEndpoint(t *testing.T) {
+	n := nodetest.Start(t)
+	ctx := context.Background()
+	e := newFlowEnv(t, n)
+	set := func(src string) {
+		t.Helper()
+		if _, err := n.Admin.SetPolicy(ctx, connect.NewRequest(&adminv1.SetPolicyRequest{Tenant: "default", Policy: &adminv1.PolicyInfo{Source: src}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(`grant_type == "authorization_code" && path.endsWith("/oauth2/authorize") && user.username == "alice" ? dyn({"allow": false, "reason": "alice is on leave"}) : dyn({"allow": true})`)
+	loc := e.signIn(t, newBrowser(t), e.conf.AuthCodeURL("st-deny", oauth2.S256ChallengeOption(oauth2.GenerateVerifier())))
+	q := loc.Query()
+	if q.Get("error") != "access_denied" || !strings.Contains(q.Get("error_description"), "alice is on leave") || q.Get("code") != "" || q.Get("state") != "st-deny" {
+		t.Fatalf("denied at the authorization endpoint: %s", loc)
+	}
+	// Narrowing at the authorization endpoint only (the token endpoint's
+	// path is another): the token has what the code carried.
+	set(`path.endsWith("/oauth2/authorize") ? dyn({"scopes": granted_scopes.filter(s, s != "profile")}) : dyn({"allow": true})`)
+	tok := e.codeTokens(t)
+	if sc, _ := tok.Extra("scope").(string); sc == "" || strings.Contains(sc, "profile") || !strings.Contains(sc, "openid") {
+		t.Errorf("scope %q, want it narrowed at the authorization endpoint (no profile)", sc)
 	}
 }

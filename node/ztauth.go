@@ -193,6 +193,11 @@ func clientAuthFromAdmin(a *adminv1.ClientAuth, public bool) (*raftpb.ClientAuth
 			return nil, invalid("%v", err)
 		}
 	}
+	if out.TlsSubjectDn != "" {
+		if err := issuance.ValidateDN(out.TlsSubjectDn); err != nil {
+			return nil, invalid("tls subject DN: %v", err)
+		}
+	}
 	if len(out.Jwks) > 0 && out.JwksUri != "" {
 		return nil, invalid("give a JWKS or a jwks_uri, not both")
 	}

@@ -23,6 +23,7 @@ import (
 	"connectrpc.com/connect"
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/tallyauth/tally/dpop/dpoptest"
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/nodetest"
@@ -37,9 +38,12 @@ import (
 //	tls_client_auth  certificate from a trusted proxy's header: a chain
 //	                 verify, no write
 //	federated        a platform token: one ES256 verify, no write
+//	dpop             secret_basic plus a DPoP proof (ES256): one proof
+//	                 verify and a jti in the per-node replay cache, no
+//	                 write; the token is DPoP-bound
 //
-// Assertions are signed before the timer starts (the client's cost is not
-// the server's).
+// Assertions and proofs are signed before the timer starts (the client's
+// cost is not the server's).
 func BenchmarkTokenAuthMethod(b *testing.B) {
 	n := nodetest.Start(b, nodetest.WithConfig(func(c *node.Config) {
 		c.ZeroTrust.TrustedProxies = []string{"127.0.0.1"}
@@ -151,6 +155,13 @@ func BenchmarkTokenAuthMethod(b *testing.B) {
 		run(b, func(int) (url.Values, func(*http.Request)) {
 			return url.Values{"grant_type": {"client_credentials"}, "client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
 				"client_assertion": {platform}}, nil
+		})
+	})
+	dk := dpoptest.NewKey("ES256")
+	b.Run("dpop", func(b *testing.B) {
+		run(b, func(int) (url.Values, func(*http.Request)) {
+			proof := dk.Proof(dpoptest.Claims{HTM: "POST", HTU: tokenURL})
+			return cc, func(r *http.Request) { r.SetBasicAuth(basicID, basicSecret); r.Header.Set("DPoP", proof) }
 		})
 	})
 }

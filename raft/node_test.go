@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -365,4 +366,39 @@ func TestProposeRefusesDisabledFeatures(t *testing.T) {
 		t.Fatal("feature not enabled after SetClusterVersion")
 	}
 	mustPropose(t, n, sweep())
+}
+
+// TestProposeRefusesGatedClientFields: a CreateClient carrying dpop_bound
+// or require_pushed_authorization_requests (fields an older release would
+// ignore) is proposed while no cluster version is recorded (the node gates
+// it on the live members), and refused once a recorded cluster version
+// lacks par_keypolicy (after a downgrade); a client without them is not.
+func TestProposeRefusesGatedClientFields(t *testing.T) {
+	cfg := rafttest.Config(t, "solo")
+	cfg.Bootstrap = true
+	n := rafttest.Open(t, cfg)
+	waitLeader(t, n)
+	seq := 0
+	create := func(c *raftpb.Client) *raftpb.Command {
+		seq++
+		c.Tenant, c.Id, c.Name, c.GrantTypes, c.TokenFormat, c.AccessTokenTtlSeconds = "default", "c"+strconv.Itoa(seq), "x", []string{"client_credentials"}, "jwt", 60
+		return &raftpb.Command{Version: 1, TimeUnixNano: time.Now().UnixNano(), Op: &raftpb.Command_CreateClient{CreateClient: &raftpb.CreateClient{Client: c}}}
+	}
+	if _, err := n.Propose(context.Background(), create(&raftpb.Client{DpopBound: true})); errors.Is(err, raft.ErrFeatureDisabled) {
+		t.Errorf("dpop_bound with no recorded cluster version: %v", err)
+	}
+	mustPropose(t, n, &raftpb.Command{Version: 1, TimeUnixNano: time.Now().UnixNano(), Op: &raftpb.Command_SetClusterVersion{
+		SetClusterVersion: &raftpb.SetClusterVersion{ClusterVersion: &raftpb.ClusterVersion{Version: 2, Features: []string{"cluster_version"}}}}})
+	applied := n.State().AppliedIndex()
+	for name, c := range map[string]*raftpb.Client{"dpop_bound": {DpopBound: true}, "require_par": {RequirePushedAuthorizationRequests: true}} {
+		if _, err := n.Propose(context.Background(), create(c)); !errors.Is(err, raft.ErrFeatureDisabled) {
+			t.Errorf("%s without par_keypolicy recorded: %v, want ErrFeatureDisabled", name, err)
+		}
+	}
+	if got := n.State().AppliedIndex(); got != applied {
+		t.Fatalf("a refused command reached the log: applied %d → %d", applied, got)
+	}
+	if _, err := n.Propose(context.Background(), create(&raftpb.Client{})); errors.Is(err, raft.ErrFeatureDisabled) {
+		t.Errorf("plain client refused: %v", err)
+	}
 }

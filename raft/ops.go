@@ -202,10 +202,36 @@ func OpFeature(cmd *raftpb.Command) string {
 }
 
 // OpProposerGated is the feature cmd's operation is gated on by its
-// proposer ("" for none; opSpec.proposerGated).
+// proposer ("" for none; opSpec.proposerGated), or else the feature one of
+// its fields is gated on (fieldGates).
 func OpProposerGated(cmd *raftpb.Command) string {
 	_, spec, _ := lookupOp(cmd)
-	return spec.proposerGated
+	if spec.proposerGated != "" {
+		return spec.proposerGated
+	}
+	for _, g := range fieldGates {
+		if f := g(cmd); f != "" {
+			return f
+		}
+	}
+	return ""
+}
+
+// fieldGates gate fields added to operations older releases apply: such a
+// release ignores a field it does not know, which for these fields would
+// weaken a client (a dpop_bound client given bearer tokens, a client that
+// requires PAR accepting plain authorization requests). The node proposes
+// a command carrying one only once every member lists the feature (node:
+// CreateClient), and Propose refuses it once a recorded cluster version
+// lacks the feature, as for gatedBy operations.
+var fieldGates = []func(*raftpb.Command) string{
+	func(cmd *raftpb.Command) string {
+		c := cmd.GetCreateClient().GetClient()
+		if c.GetDpopBound() || c.GetRequirePushedAuthorizationRequests() {
+			return "par_keypolicy"
+		}
+		return ""
+	},
 }
 
 // OpFeatures lists the features of the registered operations, sorted,

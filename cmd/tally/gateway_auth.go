@@ -19,9 +19,11 @@ const gatewayAuthUsage = `tally gateway-auth — a standalone forward-auth / ext
 Usage:
   tally gateway-auth --issuer URL --server URL --audience A --client-id ID [flags]
 
-It verifies bearer tokens locally with the resource-server SDK (JWKS and a
+It verifies access tokens locally with the resource-server SDK (JWKS and a
 revocation set following the event log; opaque tokens by cached
-introspection), applies the tenant's gateway routes, rate limits and CEL
+introspection) and their binding (a DPoP-bound token needs the DPoP scheme and
+a proof for the URL the gateway forwards; a certificate-bound one the
+Client-Cert a trusted gateway forwards), applies the tenant's gateway routes, rate limits and CEL
 policies (fetched from {issuer}/gateway/rules every --rules-every), and answers
   GET /gateway/check                         nginx auth_request, Caddy forward_auth, Traefik ForwardAuth
   envoy.service.auth.v3.Authorization/Check  Envoy ext_authz (gRPC, h2c)
@@ -45,7 +47,7 @@ func runGatewayAuth(ctx context.Context, args []string, e env) int {
 	clientID := fs.String("client-id", "", "the gateway's confidential client `id`")
 	listen := fs.String("listen", "127.0.0.1:9191", "host:port to serve on")
 	rulesEvery := fs.Duration("rules-every", 5*time.Second, "how often the rules are fetched")
-	trusted := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated `networks` whose X-Forwarded-For / X-Real-IP / X-Device-* headers are believed")
+	trusted := fs.String("trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated `networks` whose X-Forwarded-For / X-Real-IP / X-Device-* / Client-Cert headers are believed")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

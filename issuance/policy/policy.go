@@ -1,6 +1,8 @@
 // Package policy is tally's contextual authorisation: CEL policies
 // (github.com/google/cel-go) per tenant and per client, evaluated on every
-// grant (token endpoint, token exchange) and at the gateway check.
+// grant (token endpoint, token exchange), at the authorization endpoint
+// before a code is issued (grant_type "authorization_code", method and path
+// those of the authorization request) and at the gateway check.
 //
 // A policy is one CEL expression over these variables:
 //
@@ -19,8 +21,10 @@
 //
 // The expression yields a bool (true allows, false denies) or a map with
 // the optional keys "allow" (bool, default true), "reason" (string, the
-// deny reason) and "scopes" (list of strings: the granted scopes are
-// narrowed to these). Both branches of a conditional must have one type:
+// deny reason), "scopes" (list of strings: the granted scopes are
+// narrowed to these) and "impersonate" (bool, default false: a token
+// exchange with an actor_token issues its token without the act claim —
+// impersonation, which is off unless a policy allows it). Both branches of a conditional must have one type:
 // write maps in both, and wrap a map whose values have another type in
 // dyn(), e.g. cond ? {"scopes": ["read"]} : dyn({"allow": false}).
 // Anything else is refused when the policy is
@@ -130,9 +134,12 @@ type Decision struct {
 	Reason string   `json:"reason,omitempty"`
 	Scopes []string `json:"scopes,omitempty"`
 	// Narrowed is true when the policy named scopes.
-	Narrowed bool   `json:"narrowed,omitempty"`
-	Version  uint64 `json:"version,omitempty"`
-	DryRun   bool   `json:"dry_run,omitempty"`
+	Narrowed bool `json:"narrowed,omitempty"`
+	// Impersonate allows a token exchange with an actor_token to issue
+	// the token without the act claim (impersonation, RFC 8693 §1.1).
+	Impersonate bool   `json:"impersonate,omitempty"`
+	Version     uint64 `json:"version,omitempty"`
+	DryRun      bool   `json:"dry_run,omitempty"`
 }
 
 // Activation builds the CEL variables of an input.
@@ -203,6 +210,13 @@ func (p *Program) eval(act map[string]any) (Decision, error) {
 	}
 	if !d.Allow && d.Reason == "" {
 		d.Reason = "denied by policy"
+	}
+	if m.Contains(types.String("impersonate")) == types.True {
+		b, ok := m.Get(types.String("impersonate")).Value().(bool)
+		if !ok {
+			return Decision{}, errors.New(`policy: "impersonate" is not a bool`)
+		}
+		d.Impersonate = b
 	}
 	if m.Contains(types.String("scopes")) == types.True {
 		lv := m.Get(types.String("scopes"))
@@ -305,7 +319,7 @@ func (e *Engine) Evaluate(ctx context.Context, in issuance.PolicyInput) (issuanc
 		}
 		e.log.Log(ctx, level, "policy decision", "tenant", in.Tenant, "client", in.ClientID, "policy", scope,
 			"version", c.version, "grant_type", in.GrantType, "allow", d.Allow, "reason", d.Reason,
-			"narrowed_to", d.Scopes, "dry_run", p.dryRun)
+			"narrowed_to", d.Scopes, "impersonate", d.Impersonate, "dry_run", p.dryRun)
 		if p.dryRun {
 			continue
 		}
@@ -317,9 +331,10 @@ func (e *Engine) Evaluate(ctx context.Context, in issuance.PolicyInput) (issuanc
 			}
 		}
 		if !d.Allow {
-			out.Deny, out.Reason = true, d.Reason
+			out.Deny, out.Reason, out.Impersonate = true, d.Reason, false
 			return out, nil
 		}
+		out.Impersonate = out.Impersonate || d.Impersonate
 	}
 	return out, nil
 }

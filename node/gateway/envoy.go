@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/x509"
 	"net/http"
 	"strings"
 
@@ -11,6 +12,8 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/tallyauth/tally/issuance"
 )
 
 // ExtAuthzProcedure is Envoy's external authorization RPC.
@@ -21,7 +24,11 @@ const ExtAuthzProcedure = "/envoy.service.auth.v3.Authorization/Check"
 // support, with the same decisions as the forward-auth endpoint. The
 // tenant is the context extension "tenant" of the Envoy route
 // (check_settings.context_extensions), else defaultTenant. The client IP
-// is Envoy's view of the downstream peer. Denials carry the status and
+// is Envoy's view of the downstream peer; so is the client certificate
+// (source.certificate, URL-encoded PEM, when Envoy terminates mTLS), which
+// certificate-bound tokens are checked against; a DPoP proof is the
+// request's dpop header, checked against its method, scheme, host and
+// path. Denials carry the status and
 // WWW-Authenticate for Envoy to send; allowed requests get the identity
 // headers (and the phantom JWT as Authorization) added upstream.
 func ExtAuthzHandler(c *Checker, defaultTenant string) (string, http.Handler) {
@@ -53,9 +60,24 @@ func (c *Checker) CheckEnvoy(ctx context.Context, in *authv3.CheckRequest, defau
 	if uri == "" {
 		uri = "/"
 	}
+	var proofs []string
+	if v := headers["dpop"]; v != "" {
+		proofs = strings.Split(v, ",") // Envoy joins repeated headers with commas; a proof has none
+	}
+	var cert *x509.Certificate
+	if pem := attrs.GetSource().GetCertificate(); pem != "" {
+		if certs, err := issuance.ParseClientCertHeader(pem); err == nil {
+			cert = certs[0]
+		}
+	}
+	var reqURL string
+	if hr.GetScheme() != "" && hr.GetHost() != "" && strings.HasPrefix(uri, "/") {
+		reqURL = hr.GetScheme() + "://" + hr.GetHost() + uri
+	}
 	d := c.Check(ctx, Request{
 		Tenant: tenant, Method: strings.ToUpper(hr.GetMethod()), URI: uri, Authorization: headers["authorization"],
 		ClientIP: attrs.GetSource().GetAddress().GetSocketAddress().GetAddress(), Device: device,
+		DPoP: proofs, URL: reqURL, ClientCert: cert,
 	})
 	var opts []*corev3.HeaderValueOption
 	for k, vs := range d.Headers {

@@ -7,10 +7,12 @@
 // and X-Original-URI from nginx, X-Forwarded-Method and X-Forwarded-Uri
 // from Caddy and Traefik) and its Authorization header. It finds the route
 // (the longest path prefix whose method matches; a path with no route is
-// denied with 403), verifies the bearer token locally (JWT signature or
-// opaque seal, times, the revocation set including the token's exchange
-// parents, client and user state — no call to the token service per
-// request), checks the route's scopes, applies the client's rate limit
+// denied with 403), verifies the token locally (JWT signature or opaque
+// seal, times, the revocation set including the token's exchange parents,
+// client and user state — no call to the token service per request),
+// checks a sender-constrained token's binding (sender.go: a DPoP proof of
+// its key for the original request, or the client certificate it is bound
+// to, as forwarded by the gateway), checks the route's scopes, applies the client's rate limit
 // (429 with Retry-After), evaluates the tenant's CEL policies
 // (grant_type "gateway"), and answers 200 with identity headers:
 //
@@ -34,6 +36,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
@@ -46,6 +49,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/tallyauth/tally/dpop"
 	"github.com/tallyauth/tally/issuance"
 )
 
@@ -78,6 +82,9 @@ type Identity struct {
 	ExpiresAt                     time.Time
 	// Token is the verified token (for the phantom exchange); never logged.
 	Token string
+	// JKT and X5T are the token's binding (cnf.jkt, cnf.x5t#S256), ""
+	// for a bearer token (sender.go).
+	JKT, X5T string
 }
 
 // Errors of a Verify function.
@@ -94,9 +101,16 @@ type Request struct {
 	Tenant        string
 	Method        string
 	URI           string // path and query of the original request
-	Authorization string
+	Authorization string // Bearer or DPoP scheme
 	ClientIP      string
 	Device        map[string]string
+	// DPoP holds the original request's DPoP header values; URL is the
+	// absolute URL the client addressed (the proof's htu; "" if the
+	// gateway did not say); ClientCert is the client certificate the
+	// gateway received, nil if none (sender.go).
+	DPoP       []string
+	URL        string
+	ClientCert *x509.Certificate
 }
 
 // Decision is a check's answer.
@@ -120,9 +134,17 @@ type Checker struct {
 	Phantom func(ctx context.Context, tenant string, id *Identity, audience string) (string, error)
 	// Policy, if set, is evaluated on every check that passed the scopes.
 	Policy issuance.PolicyEngine
+	// Risk, if set, scores a check for the policy's risk variable (the
+	// threat-detection hook, as issuance.Config.Risk).
+	Risk func(ctx context.Context, in issuance.PolicyInput) float64
 	// Realm names the protection space in challenges.
 	Realm string
 	Now   func() time.Time
+	// DPoPWindow is how old (by iat) a DPoP proof may be; default 60s.
+	DPoPWindow time.Duration
+
+	replayOnce sync.Once
+	replay     *dpop.ReplayCache
 
 	mu       sync.Mutex
 	limiters map[limiterKey]*limiterEntry
@@ -160,7 +182,7 @@ func (c *Checker) Check(ctx context.Context, req Request) Decision {
 	if !ok {
 		return c.deny("no route for this request")
 	}
-	token, ok := bearer(req.Authorization)
+	token, sc, ok := credentials(req.Authorization)
 	if !ok {
 		d := c.challenge(statusUnauthorized, "", "", "")
 		d.Reason = "missing bearer token"
@@ -174,6 +196,9 @@ func (c *Checker) Check(ctx context.Context, req Request) Decision {
 		h := http.Header{"Retry-After": {"5"}}
 		return Decision{Status: http.StatusServiceUnavailable, Headers: h, Reason: "cannot verify tokens now"}
 	}
+	if d, ok := c.checkSender(req, token, sc, id); !ok {
+		return d
+	}
 	for _, s := range route.Scopes {
 		if !slices.Contains(id.Scopes, s) {
 			return c.challenge(statusForbidden, "insufficient_scope", "the access token lacks a required scope", strings.Join(route.Scopes, " "))
@@ -183,11 +208,15 @@ func (c *Checker) Check(ctx context.Context, req Request) Decision {
 		return Decision{Status: http.StatusTooManyRequests, Headers: http.Header{"Retry-After": {"1"}}, Reason: "rate limit exceeded"}
 	}
 	if c.Policy != nil {
-		pd, err := c.Policy.Evaluate(ctx, issuance.PolicyInput{
+		in := issuance.PolicyInput{
 			Tenant: req.Tenant, ClientID: id.ClientID, GrantType: "gateway", Subject: id.Subject, Actor: id.Actor,
 			RequestedScopes: route.Scopes, GrantedScopes: id.Scopes, ClientIP: req.ClientIP, Time: c.now(),
 			Method: req.Method, Path: path, Device: req.Device,
-		})
+		}
+		if c.Risk != nil {
+			in.Risk = c.Risk(ctx, in)
+		}
+		pd, err := c.Policy.Evaluate(ctx, in)
 		if err != nil {
 			return Decision{Status: http.StatusServiceUnavailable, Headers: http.Header{"Retry-After": {"5"}}, Reason: "policy evaluation failed"}
 		}
@@ -259,15 +288,6 @@ func match(routes []Route, method, path string) (Route, bool) {
 	return best, found
 }
 
-// bearer extracts an RFC 6750 §2.1 bearer token.
-func bearer(authz string) (string, bool) {
-	if len(authz) < 7 || !strings.EqualFold(authz[:7], "Bearer ") {
-		return "", false
-	}
-	t := strings.TrimSpace(authz[7:])
-	return t, t != "" && len(t) <= 16<<10
-}
-
 func (c *Checker) deny(reason string) Decision {
 	d := c.challenge(statusForbidden, "insufficient_scope", reason, "")
 	d.Reason = reason
@@ -334,9 +354,12 @@ func (c *Checker) limiter(tenant, client string, rules Rules) *rate.Limiter {
 
 // ForwardAuth is the HTTP forward-auth endpoint. tenant gives the tenant
 // of a request (the node uses the {tenant} path value; the sidecar a fixed
-// one). The client IP is taken from X-Forwarded-For / X-Real-IP only when
-// the direct peer is in trusted (a gateway on loopback or the given
-// networks), else the peer's address.
+// one). The client IP is taken from X-Forwarded-For / X-Real-IP, and the
+// client certificate from Client-Cert, only when the direct peer is in
+// trusted (a gateway on loopback or the given networks), else the peer's
+// address and no certificate. The original request's DPoP header is
+// checked against its URL: X-Original-URL, or X-Forwarded-Proto,
+// X-Forwarded-Host and the URI.
 func (c *Checker) ForwardAuth(tenant func(*http.Request) string, trusted []netipPrefix) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		method := firstNonEmpty(r.Header.Get("X-Original-Method"), r.Header.Get("X-Forwarded-Method"))
@@ -355,6 +378,7 @@ func (c *Checker) ForwardAuth(tenant func(*http.Request) string, trusted []netip
 		d := c.Check(r.Context(), Request{
 			Tenant: tenant(r), Method: strings.ToUpper(method), URI: uri, Authorization: a,
 			ClientIP: clientIP(r, trusted), Device: device(r, trusted),
+			DPoP: r.Header.Values("DPoP"), URL: requestURL(r, uri), ClientCert: forwardedCert(r, trusted),
 		})
 		for k, v := range d.Headers {
 			w.Header()[k] = v

@@ -177,7 +177,8 @@ func (s *Sidecar) verify(ctx context.Context, _ string, token string) (*Identity
 	case err != nil:
 		return nil, ErrInvalidToken
 	}
-	return &Identity{Subject: c.Subject, ClientID: c.ClientID, Actor: c.Actor, JTI: c.JTI, Scopes: c.Scopes, ExpiresAt: c.ExpiresAt, Token: token}, nil
+	return &Identity{Subject: c.Subject, ClientID: c.ClientID, Actor: c.Actor, JTI: c.JTI, Scopes: c.Scopes, ExpiresAt: c.ExpiresAt, Token: token,
+		JKT: c.JKT, X5T: c.Cnf.X5TS256}, nil
 }
 
 // exchange obtains the phantom JWT by RFC 8693 token exchange, cached per
