@@ -115,7 +115,7 @@ start() {
 		fi
 	done
 	mkdir -p "$dir"
-	"$go" build -o "$bin" ./cmd/tally
+	[ -n "${TALLY_CLUSTER_BIN:-}" ] && cp "$TALLY_CLUSTER_BIN" "$bin" || "$go" build -o "$bin" ./cmd/tally
 	if [ ! -f "$dir/ca/ca-key.pem" ]; then
 		"$bin" admin cluster ca init --out "$dir/ca" >/dev/null
 	fi
