@@ -2,6 +2,7 @@ package raft
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -116,6 +117,33 @@ func (f *FSM) OnApplied(fn func(index uint64, cmd *raftpb.Command, res Result)) 
 	f.obsMu.Lock()
 	f.observers = append(f.observers, fn)
 	f.obsMu.Unlock()
+}
+
+// view runs fn in a read transaction of the state database without holding
+// f.mu, so that it neither waits for nor delays a batch being applied: it
+// sees the last committed batch. A Restore or compaction that replaces the
+// database closes the old one only after open read transactions end
+// (bbolt), and view then retries on the new one; ErrClosed once the FSM is
+// closed.
+func (f *FSM) view(fn func(tx *bbolt.Tx) error) error {
+	for {
+		f.mu.Lock()
+		db := f.db
+		f.mu.Unlock()
+		if db == nil {
+			return ErrClosed
+		}
+		err := db.View(fn)
+		if !errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+			return err
+		}
+		f.mu.Lock()
+		same := f.db == db
+		f.mu.Unlock()
+		if same {
+			return ErrClosed
+		}
+	}
 }
 
 // Close closes the state database. The FSM must not be used afterwards.

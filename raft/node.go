@@ -449,24 +449,11 @@ func (n *Node) StartSweeper(ctx context.Context, every time.Duration, now func()
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-n.closing:
-				return
-			case <-t.C:
-			}
+		for n.sweepPaced(ctx, every) { // sweep_bounded.go
 			if !n.IsLeader() {
 				continue
 			}
-			cmd := &raftpb.Command{
-				Version:      CommandVersion,
-				TimeUnixNano: now().UnixNano(),
-				Op:           &raftpb.Command_Sweep{Sweep: &raftpb.Sweep{}},
-			}
+			cmd := n.SweepCommand(now(), 0)
 			pctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 			res, err := n.Propose(pctx, cmd)
 			cancel()
