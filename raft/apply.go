@@ -22,9 +22,9 @@ type applier struct {
 	tx      *bbolt.Tx
 	changes []change
 
-	index  uint64 // Raft index of the command being applied
-	events uint32 // outbox events written for it so far (see events.go)
-	erased bool   // personal data was deleted: compact the file (apply_delete.go)
+	index  uint64      // Raft index of the command being applied
+	events uint32      // outbox events written for it so far (see events.go)
+	erased bool        // personal data was deleted: compact the file (apply_delete.go)
 	lim    *sweepLimit // the budget of a bounded Sweep being applied (sweep_bounded.go)
 }
 
