@@ -412,15 +412,10 @@ func (a *applier) sweep(now int64) {
 	}
 }
 
-// expiredIndexKeys returns the keys of a time index (see timeKey) whose time
-// is at or before t. Keys are collected first and deleted by the caller:
+// expiredIndexKeysN returns the keys of a time index (see timeKey) whose
+// time is at or before t, at most lim's budget (nil: no bound; see
+// sweepLimit). Keys are collected first and deleted by the caller:
 // deleting under a bbolt cursor can skip entries.
-func expiredIndexKeys(b *bbolt.Bucket, t int64) [][]byte {
-	return expiredIndexKeysN(b, t, nil)
-}
-
-// expiredIndexKeysN is expiredIndexKeys taking at most lim's budget (nil:
-// no bound); see sweepLimit.
 func expiredIndexKeysN(b *bbolt.Bucket, t int64, lim *sweepLimit) [][]byte {
 	var out [][]byte
 	c := b.Cursor()

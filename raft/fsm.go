@@ -11,6 +11,7 @@ import (
 
 	hraft "github.com/hashicorp/raft"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tallyauth/tally/raft/raftpb"
@@ -139,7 +140,7 @@ func (f *FSM) view(fn func(tx *bbolt.Tx) error) error {
 			return ErrClosed
 		}
 		err := db.View(fn)
-		if !errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		if !errors.Is(err, berrors.ErrDatabaseNotOpen) {
 			return err
 		}
 		f.mu.Lock()
