@@ -71,6 +71,18 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./issuance/ ./raft/ ./loadtest/
 	$(GO) run ./cmd/tally loadtest compare --concurrency $(BENCH_CONCURRENCY) --duration $(BENCH_DURATION)
 	$(GO) test -run '^$$' -bench 'AuthCodeRedemption|RefreshRotation' -benchtime 2000x -count=1 ./node/
+	$(MAKE) --no-print-directory bench-writes
+
+## bench-writes: the write path of a 3-node cluster in one run (issue 14): the raw commit rate of its Raft log
+## beside refresh rotation, code redemption and RFC 7009 revocation through followers, each with its ratio
+.PHONY: bench-writes sweep-bench
+bench-writes:
+	TALLY_FIGURES=1 $(GO) test -count=1 -run '^TestWritePathFigures$$' -v -timeout 15m ./node/
+
+## sweep-bench: apply latency while sweeping 1,000,000 live families, used codes and device codes
+## (TALLY_SWEEP_RECORDS to change), unbounded beside bounded sweeps (issue 14; not part of make test)
+sweep-bench:
+	TALLY_FIGURES=1 $(GO) test -count=1 -run '^TestSweepFigures$$' -v -timeout 60m ./raft/
 
 ## fuzz: every fuzz target in the repository (found by go test -list), each for FUZZTIME (default 30s)
 fuzz:

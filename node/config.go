@@ -137,8 +137,9 @@ type Config struct {
 	// KeyRetention is how long a retired key stays published; it must cover
 	// the longest access-token lifetime.
 	KeyRetention time.Duration
-	// SweepInterval is how often the leader removes expired revocations and
-	// keys.
+	// SweepInterval is how often the leader starts removing expired
+	// records (revocations, keys, codes, families, events); a pass of
+	// bounded sweeps continues raft.SweepPause apart until done.
 	SweepInterval time.Duration
 	// WriteTimeout bounds a Raft write made on behalf of a request.
 	WriteTimeout time.Duration

@@ -162,24 +162,30 @@ func (n *Node) startEvents(kek *issuance.KEK) (*eventLog, error) {
 
 // sweepEvents proposes, while this node leads, a Sweep that removes outbox
 // events older than the retention: the cutoff travels in the command, so
-// the FSM reads no configuration.
+// the FSM reads no configuration. Every Sweep also removes everything else
+// that expired, so with an event log this is the node's only sweeper (Run
+// does not start raft's).
 func (n *Node) sweepEvents(ctx context.Context, retention time.Duration) {
-	t := time.NewTicker(n.cfg.SweepInterval)
-	defer t.Stop()
+	every := n.cfg.SweepInterval
 	for {
+		// While a bounded sweep (raft.FeatureBoundedSweep) has work left,
+		// the next follows after raft.SweepPause.
+		d := every
+		if n.raft.IsLeader() && n.raft.FSM().SweepMore() {
+			d = raft.SweepPause
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(d):
 		}
 		if !n.raft.IsLeader() {
 			continue
 		}
 		now := n.now()
+		cmd := n.raft.SweepCommand(now, now.Add(-retention).UnixNano())
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := n.rep.propose(pctx, &raftpb.Command{Op: &raftpb.Command_Sweep{Sweep: &raftpb.Sweep{
-			EventsBeforeUnixNano: now.Add(-retention).UnixNano(),
-		}}})
+		_, err := n.rep.propose(pctx, &raftpb.Command{Op: cmd.Op})
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			n.log.Warn("event outbox sweep not applied", "err", err)

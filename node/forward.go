@@ -92,6 +92,15 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 			continue
 		}
 		res := raft.Result{Index: resp.Index, Err: resultErr(resp.Result, resp.Message)}
+		if len(resp.Grant) > 0 {
+			// The leader's outcome (issue 14); when it is missing (an older
+			// leader) or unreadable, proposeGrant reads it back from this
+			// node's state database once applied.
+			g := new(raftpb.GrantResult)
+			if proto.Unmarshal(resp.Grant, g) == nil {
+				res.Grant = g
+			}
+		}
 		if err := c.rn.WaitApplied(ctx, res.Index); err != nil {
 			return res, fmt.Errorf("%w: committed at index %d but not yet applied here: %v", ErrUnavailable, res.Index, err)
 		}
@@ -387,6 +396,11 @@ func (s *clusterService) Apply(ctx context.Context, req *connect.Request[cluster
 	out := &clusterv1.ApplyResponse{Index: res.Index, Result: resultCode(res.Err)}
 	if res.Err != nil {
 		out.Message = res.Err.Error()
+	}
+	if res.Grant != nil {
+		// The forwarder need not read the outcome back (issue 14). A
+		// marshal failure leaves it empty, and it does.
+		out.Grant, _ = (proto.MarshalOptions{Deterministic: true}).Marshal(res.Grant)
 	}
 	return connect.NewResponse(out), nil
 }

@@ -115,8 +115,10 @@ func newFamilyPB(tenant, clientID, userID string, scopes []string, authTime time
 }
 
 // proposeGrant proposes an end-user command and returns its value outcome.
-// A command forwarded to the leader gets it from the local state database,
-// where applying the entry remembered it under the request id.
+// A command forwarded to the leader gets it in the leader's answer
+// (ApplyResponse.grant); from a leader too old to send it, it reads it from
+// the local state database, where applying the entry remembered it under
+// the request id.
 func (f *flowStore) proposeGrant(ctx context.Context, cmd *raftpb.Command) (*raftpb.GrantResult, error) {
 	res, err := f.rep.propose(ctx, cmd)
 	if err != nil {

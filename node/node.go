@@ -343,7 +343,12 @@ func (n *Node) NATSURL() string {
 func (n *Node) Run(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(context.Background())
 	n.sweepCancel = cancel
-	n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
+	if n.events == nil {
+		// With an event log, its sweeper (events.go: sweepEvents) is the
+		// only one: every Sweep command runs the whole sweep, so two
+		// sweepers scanned everything twice per interval (issue 14).
+		n.raft.StartSweeper(sctx, n.cfg.SweepInterval, n.now)
+	}
 	n.raft.StartTicker(sctx, raft.ClockTickInterval, n.now)
 	n.startCluster(sctx)
 	n.cl.wg.Add(1)

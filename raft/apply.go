@@ -22,9 +22,10 @@ type applier struct {
 	tx      *bbolt.Tx
 	changes []change
 
-	index  uint64 // Raft index of the command being applied
-	events uint32 // outbox events written for it so far (see events.go)
-	erased bool   // personal data was deleted: compact the file (apply_delete.go)
+	index  uint64      // Raft index of the command being applied
+	events uint32      // outbox events written for it so far (see events.go)
+	erased bool        // personal data was deleted: compact the file (apply_delete.go)
+	lim    *sweepLimit // the budget of a bounded Sweep being applied (sweep_bounded.go)
 }
 
 // change is one record written or deleted, replayed into State after commit.
@@ -373,7 +374,7 @@ func (a *applier) sweep(now int64) {
 	for _, t := range tenants {
 		revs := a.tenantBucket(t, kindRevocations)
 		exp := a.tenantBucket(t, kindRevocationExpiry)
-		for _, k := range expiredIndexKeys(exp, now) {
+		for _, k := range a.expiredKeys(exp, now) {
 			a.del(exp, k)
 			a.delRecord(revs, kindRevocations, t, string(k[8:]))
 		}
@@ -406,16 +407,17 @@ func (a *applier) sweep(now int64) {
 	}
 	reqs := a.bucket(bucketRequests)
 	times := a.bucket(bucketRequestTimes)
-	for _, k := range expiredIndexKeys(times, cutoff) {
+	for _, k := range a.expiredKeys(times, cutoff) {
 		a.del(times, k)
 		a.del(reqs, k[8:])
 	}
 }
 
-// expiredIndexKeys returns the keys of a time index (see timeKey) whose time
-// is at or before t. Keys are collected first and deleted by the caller:
+// expiredIndexKeysN returns the keys of a time index (see timeKey) whose
+// time is at or before t, at most lim's budget (nil: no bound; see
+// sweepLimit). Keys are collected first and deleted by the caller:
 // deleting under a bbolt cursor can skip entries.
-func expiredIndexKeys(b *bbolt.Bucket, t int64) [][]byte {
+func expiredIndexKeysN(b *bbolt.Bucket, t int64, lim *sweepLimit) [][]byte {
 	var out [][]byte
 	c := b.Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
@@ -425,7 +427,15 @@ func expiredIndexKeys(b *bbolt.Bucket, t int64) [][]byte {
 		if int64(binary.BigEndian.Uint64(k[:8])) > t {
 			break
 		}
+		if !lim.take() {
+			break
+		}
 		out = append(out, bytes.Clone(k))
 	}
 	return out
+}
+
+// expiredKeys is expiredIndexKeysN within the running Sweep's bound.
+func (a *applier) expiredKeys(b *bbolt.Bucket, t int64) [][]byte {
+	return expiredIndexKeysN(b, t, a.lim)
 }

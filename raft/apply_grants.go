@@ -469,75 +469,72 @@ func (a *applier) pollDeviceCode(c *raftpb.PollDeviceCode, now int64) (*raftpb.G
 // sweepGrants removes used codes, families, device codes and consents that
 // expired at or before now.
 func (a *applier) sweepGrants(tenant string, now int64) {
+	a.sweepUsedCodes(tenant, now)
+	for _, sk := range scanKinds[:3] {
+		a.sweepAll(tenant, sk, now)
+	}
+}
+
+// sweepUsedCodes removes used codes that expired (an expiry index).
+func (a *applier) sweepUsedCodes(tenant string, now int64) {
 	if a.tx.Bucket(tenantBucket(tenant, kindUsedCodeExpiry)) != nil {
 		idx := a.flowBucket(tenant, kindUsedCodeExpiry)
 		codes := a.flowBucket(tenant, kindUsedCodes)
-		for _, k := range expiredIndexKeys(idx, now) {
+		for _, k := range a.expiredKeys(idx, now) {
 			a.del(idx, k)
 			a.del(codes, k[8:])
 		}
 	}
-	if a.tx.Bucket(tenantBucket(tenant, kindFamilies)) != nil {
-		b := a.flowBucket(tenant, kindFamilies)
-		var dead [][]byte
-		_ = b.ForEach(func(k, v []byte) error {
-			f := new(raftpb.Family)
-			if err := proto.Unmarshal(v, f); err != nil {
-				storageFault("family %q undecodable: %v", k, err)
-			}
-			idleEnd := int64(0)
-			if f.IdleTimeoutNanos > 0 {
-				idleEnd = addSat(f.LastUsedUnixNano, f.IdleTimeoutNanos)
-			}
-			if (f.ExpiresUnixNano != 0 && f.ExpiresUnixNano <= now) || (idleEnd != 0 && idleEnd <= now) {
-				// Its access tokens, at most an hour long, are covered by
-				// the revocations written when it was revoked, if it was.
-				dead = append(dead, bytes.Clone(k))
-			}
-			return nil
-		})
-		for _, k := range dead {
-			a.del(b, k)
-		}
+}
+
+// familyDead: a family expired or idle for too long at now.
+func familyDead(a *applier, tenant string, k, v []byte, now int64) func() {
+	f := new(raftpb.Family)
+	if err := proto.Unmarshal(v, f); err != nil {
+		storageFault("family %q undecodable: %v", k, err)
 	}
-	if a.tx.Bucket(tenantBucket(tenant, kindDeviceCodes)) != nil {
-		b := a.flowBucket(tenant, kindDeviceCodes)
+	idleEnd := int64(0)
+	if f.IdleTimeoutNanos > 0 {
+		idleEnd = addSat(f.LastUsedUnixNano, f.IdleTimeoutNanos)
+	}
+	if (f.ExpiresUnixNano != 0 && f.ExpiresUnixNano <= now) || (idleEnd != 0 && idleEnd <= now) {
+		// Its access tokens, at most an hour long, are covered by the
+		// revocations written when it was revoked, if it was.
+		k := bytes.Clone(k)
+		return func() { a.del(a.flowBucket(tenant, kindFamilies), k) }
+	}
+	return nil
+}
+
+// deviceDead: a device code that expired at now.
+func deviceDead(a *applier, tenant string, _, v []byte, now int64) func() {
+	d := new(raftpb.DeviceCode)
+	if err := proto.Unmarshal(v, d); err != nil {
+		storageFault("device code undecodable: %v", err)
+	}
+	if d.ExpiresUnixNano > now {
+		return nil
+	}
+	return func() {
 		ucs := a.flowBucket(tenant, kindUserCodes)
-		var dead []*raftpb.DeviceCode
-		_ = b.ForEach(func(k, v []byte) error {
-			d := new(raftpb.DeviceCode)
-			if err := proto.Unmarshal(v, d); err != nil {
-				storageFault("device code undecodable: %v", err)
-			}
-			if d.ExpiresUnixNano <= now {
-				dead = append(dead, d)
-			}
-			return nil
-		})
-		for _, d := range dead {
-			if h := ucs.Get([]byte(d.UserCode)); bytes.Equal(h, d.DeviceCodeHash) {
-				a.del(ucs, []byte(d.UserCode))
-			}
-			a.delRecord(b, kindDeviceCodes, tenant, string(d.DeviceCodeHash))
+		if h := ucs.Get([]byte(d.UserCode)); bytes.Equal(h, d.DeviceCodeHash) {
+			a.del(ucs, []byte(d.UserCode))
 		}
+		a.delRecord(a.flowBucket(tenant, kindDeviceCodes), kindDeviceCodes, tenant, string(d.DeviceCodeHash))
 	}
-	if a.tx.Bucket(tenantBucket(tenant, kindConsents)) != nil {
-		b := a.flowBucket(tenant, kindConsents)
-		var dead []string
-		_ = b.ForEach(func(k, v []byte) error {
-			c := new(raftpb.Consent)
-			if err := proto.Unmarshal(v, c); err != nil {
-				storageFault("consent undecodable: %v", err)
-			}
-			if c.ExpiresUnixNano != 0 && c.ExpiresUnixNano <= now {
-				dead = append(dead, string(k))
-			}
-			return nil
-		})
-		for _, k := range dead {
-			a.delRecord(b, kindConsents, tenant, k)
-		}
+}
+
+// consentDead: a consent that expired at now.
+func consentDead(a *applier, tenant string, k, v []byte, now int64) func() {
+	c := new(raftpb.Consent)
+	if err := proto.Unmarshal(v, c); err != nil {
+		storageFault("consent undecodable: %v", err)
 	}
+	if c.ExpiresUnixNano != 0 && c.ExpiresUnixNano <= now {
+		id := string(k)
+		return func() { a.delRecord(a.flowBucket(tenant, kindConsents), kindConsents, tenant, id) }
+	}
+	return nil
 }
 
 // ----- validation -----

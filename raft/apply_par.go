@@ -143,7 +143,7 @@ func (a *applier) sweepPushed(tenant string, now int64) {
 		return
 	}
 	reqs := a.flowBucket(tenant, kindPARRequests)
-	for _, k := range expiredIndexKeys(exp, now) {
+	for _, k := range a.expiredKeys(exp, now) {
 		a.del(exp, k)
 		if v := reqs.Get(k[8:]); v != nil {
 			a.del(reqs, bytes.Clone(k[8:]))

@@ -142,7 +142,7 @@ func (a *applier) sweepZT(tenant string, now int64) {
 	}
 	idx := a.flowBucket(tenant, kindZTJTIExpiry)
 	ids := a.flowBucket(tenant, kindZTJTI)
-	for _, k := range expiredIndexKeys(idx, now) {
+	for _, k := range a.expiredKeys(idx, now) {
 		a.del(idx, k)
 		a.del(ids, k[8:])
 	}

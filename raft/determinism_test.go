@@ -52,6 +52,9 @@ func workload(seed uint64, n int) []*raftpb.Command {
 			c = revoke(now, tenant, fmt.Sprintf("jti-%d", r.IntN(40)), now+int64(r.IntN(120)-10)*sec)
 		case 8:
 			c = sweep(now)
+			if i%2 == 0 { // a bounded sweep (issue 14): its cursor is state too
+				c = command(now, &raftpb.Sweep{MaxScan: uint32(i%5 + 1)})
+			}
 		case 9:
 			c = createClient(now, testClient("Bad Tenant", cid)) // ErrInvalid
 		}

@@ -11,7 +11,7 @@
 // reads the clock, randomness, the network or node configuration; "now" is
 // Command.time_unix_nano, chosen by the proposer, and expired rows leave the
 // state only through Sweep commands that the leader proposes (see
-// Node.StartSweeper). The FSM bounds that time (clock.go): it never goes
+// Node.StartSweeper; bounded ones, Sweep.max_scan, in sweep_bounded.go). The FSM bounds that time (clock.go): it never goes
 // backwards, and no entry may move it past the last Tick (proposed by the
 // leader every ClockTickInterval, see Node.StartTicker) plus MaxClockStep,
 // so a proposer whose wall clock jumps cannot expire live records early.

@@ -132,7 +132,7 @@ func (a *applier) sweepEvents(cutoff int64) {
 		if err := proto.Unmarshal(v, ev); err != nil || len(k) != 10 {
 			storageFault("event %x undecodable: %v", k, err)
 		}
-		if ev.TimeUnixNano > cutoff {
+		if ev.TimeUnixNano > cutoff || !a.lim.take() {
 			break
 		}
 		dead = append(dead, bytes.Clone(k))
@@ -154,19 +154,16 @@ func (a *applier) sweepEvents(cutoff int64) {
 // than after, in log order (limit <= 0 means 1000; a page may exceed the
 // limit to end between commands). It returns
 // ErrEventsSwept (with no events) when a Sweep removed events newer than
-// after. It reads the state database and waits for a batch being applied;
-// safe for concurrent use.
+// after. It reads the last committed batch in a bbolt read transaction and
+// does not wait for (or hold up) a batch being applied (issue 14: the
+// publisher calls it after every batch); safe for concurrent use.
 func (f *FSM) EventsSince(after uint64, limit int) ([]*raftpb.Event, error) {
 	if limit <= 0 {
 		limit = 1000
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.db == nil {
-		return nil, ErrClosed
-	}
 	var out []*raftpb.Event
-	err := f.db.View(func(tx *bbolt.Tx) error {
+	err := f.view(func(tx *bbolt.Tx) error {
+		out = out[:0]
 		meta := tx.Bucket([]byte(bucketMeta))
 		if v := meta.Get([]byte(metaEventsSweptThrough)); len(v) == 8 && binary.BigEndian.Uint64(v) > after {
 			return ErrEventsSwept
@@ -199,13 +196,8 @@ func (f *FSM) EventsSince(after uint64, limit int) ([]*raftpb.Event, error) {
 // EventsSweptThrough is the highest outbox index removed by a Sweep (0 if
 // none was).
 func (f *FSM) EventsSweptThrough() uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.db == nil {
-		return 0
-	}
 	var n uint64
-	_ = f.db.View(func(tx *bbolt.Tx) error {
+	_ = f.view(func(tx *bbolt.Tx) error {
 		if v := tx.Bucket([]byte(bucketMeta)).Get([]byte(metaEventsSweptThrough)); len(v) == 8 {
 			n = binary.BigEndian.Uint64(v)
 		}

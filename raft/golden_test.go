@@ -37,6 +37,8 @@ func goldenV1() []struct {
 		{"sweep", sweep(t0 + 2*hour)},
 		{"sweep_events", command(t0+2*hour+1, &raftpb.Sweep{EventsBeforeUnixNano: t0 + hour})},
 		{"tick", tick(t0 + 2*hour + 2)},
+		// Issue 14: a bounded sweep (Sweep.max_scan, feature bounded_sweep_v1).
+		{"sweep_bounded", command(t0+2*hour+3, &raftpb.Sweep{EventsBeforeUnixNano: t0 + hour, MaxScan: 100})},
 	}
 }
 

@@ -204,24 +204,23 @@ func (n *Node) Status() Status {
 }
 
 // WaitApplied waits until this node's state database has applied index, so
-// that a write committed elsewhere can be read here. It polls cheaply (an
-// atomic load) and returns ctx's error or ErrClosed if they come first.
+// that a write committed elsewhere can be read here. It sleeps until the
+// applied index moves (State wakes its waiters at every applied batch and
+// restore; no polling) and returns ctx's error or ErrClosed if they come
+// first.
 func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
-	if n.fsm.AppliedIndex() >= index {
-		return nil
-	}
-	t := time.NewTicker(time.Millisecond)
-	defer t.Stop()
+	st := n.fsm.State()
 	for {
+		moved := st.appliedChanged() // before the check: no wake-up is lost
+		if n.fsm.AppliedIndex() >= index {
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("raft: wait for index %d (applied %d): %w", index, n.fsm.AppliedIndex(), ctx.Err())
 		case <-n.closing:
 			return ErrClosed
-		case <-t.C:
-		}
-		if n.fsm.AppliedIndex() >= index {
-			return nil
+		case <-moved:
 		}
 	}
 }

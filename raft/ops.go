@@ -85,10 +85,20 @@ var opRegistry = map[protoreflect.Name]opSpec{
 		func(r *raftpb.RevokeToken) error { return checkRevocation(r.GetRevocation()) },
 		func(a *applier, r *raftpb.RevokeToken, now int64) error { return a.revokeToken(r.GetRevocation(), now) }),
 	"sweep": {
-		check: func(*raftpb.Command) error { return nil },
+		check: func(cmd *raftpb.Command) error {
+			if cmd.GetSweep().GetMaxScan() > maxSweepScan {
+				return invalidf("sweep: max_scan above %d", maxSweepScan)
+			}
+			return nil
+		},
 		apply: func(a *applier, cmd *raftpb.Command, now int64) (*raftpb.GrantResult, error) {
+			cutoff := a.boundCutoff(cmd.GetSweep().GetEventsBeforeUnixNano(), cmd.GetTimeUnixNano(), now)
+			if m := cmd.GetSweep().GetMaxScan(); m > 0 {
+				a.sweepBounded(now, cutoff, int(m)) // sweep_bounded.go
+				return nil, nil
+			}
 			a.sweep(now)
-			a.sweepEvents(a.boundCutoff(cmd.GetSweep().GetEventsBeforeUnixNano(), cmd.GetTimeUnixNano(), now))
+			a.sweepEvents(cutoff)
 			return nil, nil
 		},
 	},

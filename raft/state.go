@@ -21,6 +21,10 @@ import (
 // (clone with proto.Clone to change one).
 type State struct {
 	applied atomic.Uint64
+	// appliedCh is closed (and replaced) whenever applied moves, so that
+	// WaitApplied sleeps until then instead of polling (issue 14).
+	appliedMu sync.Mutex
+	appliedCh chan struct{}
 
 	mu      sync.RWMutex
 	tenants map[string]*tenantView
@@ -231,6 +235,7 @@ func (s *State) apply(changes []change, applied uint64) {
 		tv.sortKeys()
 	}
 	s.applied.Store(applied)
+	s.appliedMoved()
 }
 
 // replace swaps the whole view (after open or restore).
@@ -242,6 +247,28 @@ func (s *State) replace(tenants map[string]*tenantView, applied uint64) {
 	s.tenants = tenants
 	s.applied.Store(applied)
 	s.mu.Unlock()
+	s.appliedMoved()
+}
+
+// appliedChanged returns a channel that is closed once the applied index
+// moves after the call.
+func (s *State) appliedChanged() <-chan struct{} {
+	s.appliedMu.Lock()
+	defer s.appliedMu.Unlock()
+	if s.appliedCh == nil {
+		s.appliedCh = make(chan struct{})
+	}
+	return s.appliedCh
+}
+
+// appliedMoved wakes the waiters of appliedChanged.
+func (s *State) appliedMoved() {
+	s.appliedMu.Lock()
+	if s.appliedCh != nil {
+		close(s.appliedCh)
+		s.appliedCh = nil
+	}
+	s.appliedMu.Unlock()
 }
 
 func (tv *tenantView) sortKeys() {

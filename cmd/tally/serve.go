@@ -157,7 +157,7 @@ func serveFlagSet(cfg *node.Config, logLevel *string, checkOnly *bool) *flag.Fla
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "export traces over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318)")
 	fs.DurationVar(&cfg.JWKSMaxAge, "jwks-max-age", cfg.JWKSMaxAge, "Cache-Control max-age of JWKS responses")
 	fs.DurationVar(&cfg.KeyPublishDelay, "key-publish-delay", cfg.KeyPublishDelay, "how long a rotated key is published before it signs (default: the JWKS max-age)")
-	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often expired revocations and keys are removed")
+	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often the leader starts removing expired records (revocations, keys, codes, families, events)")
 	fs.StringVar(&cfg.DefaultSigningAlg, "signing-alg", cfg.DefaultSigningAlg, "signing algorithm of new tenants: ES256, EdDSA or RS256")
 	fs.StringVar(logLevel, "log-level", *logLevel, "debug, info, warn or error")
 	return fs

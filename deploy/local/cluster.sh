@@ -22,6 +22,9 @@
 #                                   kept)
 #   deploy/local/cluster.sh clean   stop and delete the cluster directory
 #
+# TALLY_CLUSTER_BIN=PATH starts the cluster with that tally binary instead
+# of building one (e.g. to compare two builds).
+#
 # State, logs and pids live in $TALLY_CLUSTER_DIR (default
 # ${TMPDIR:-/tmp}/tally-cluster). TALLY_CLUSTER_PORT_OFFSET=N moves every
 # port above by N (e.g. 10000: front door on 18080, nodes on 18081-18083)
@@ -115,7 +118,7 @@ start() {
 		fi
 	done
 	mkdir -p "$dir"
-	"$go" build -o "$bin" ./cmd/tally
+	[ -n "${TALLY_CLUSTER_BIN:-}" ] && cp "$TALLY_CLUSTER_BIN" "$bin" || "$go" build -o "$bin" ./cmd/tally
 	if [ ! -f "$dir/ca/ca-key.pem" ]; then
 		"$bin" admin cluster ca init --out "$dir/ca" >/dev/null
 	fi

@@ -1175,8 +1175,16 @@ type Sweep struct {
 	// too; 0 keeps every event. The proposer computes it from its configured
 	// retention, so the FSM reads no node config.
 	EventsBeforeUnixNano int64 `protobuf:"varint,1,opt,name=events_before_unix_nano,json=eventsBeforeUnixNano,proto3" json:"events_before_unix_nano,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// max_scan > 0 bounds the work of this entry (issue 14, feature
+	// "bounded_sweep_v1"): at most max_scan records are examined or removed,
+	// the scan of records without an expiry index (families, device codes,
+	// consents, tombstones, keys) resumes where the previous bounded Sweep
+	// stopped (a cursor in the state database), and the state records
+	// whether more work remains, so the leader proposes the next one soon.
+	// 0 sweeps everything at once, as before.
+	MaxScan       uint32 `protobuf:"varint,130,opt,name=max_scan,json=maxScan,proto3" json:"max_scan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Sweep) Reset() {
@@ -1212,6 +1220,13 @@ func (*Sweep) Descriptor() ([]byte, []int) {
 func (x *Sweep) GetEventsBeforeUnixNano() int64 {
 	if x != nil {
 		return x.EventsBeforeUnixNano
+	}
+	return 0
+}
+
+func (x *Sweep) GetMaxScan() uint32 {
+	if x != nil {
+		return x.MaxScan
 	}
 	return 0
 }
@@ -5906,9 +5921,10 @@ const file_command_proto_rawDesc = "" +
 	"\vRevokeToken\x129\n" +
 	"\n" +
 	"revocation\x18\x01 \x01(\v2\x19.tally.raft.v1.RevocationR\n" +
-	"revocation\">\n" +
+	"revocation\"Z\n" +
 	"\x05Sweep\x125\n" +
-	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\"\x06\n" +
+	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\x12\x1a\n" +
+	"\bmax_scan\x18\x82\x01 \x01(\rR\amaxScan\"\x06\n" +
 	"\x04Tick\"\xd5\x03\n" +
 	"\x06Tenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +

@@ -192,10 +192,16 @@ func (x *ApplyRequest) GetCommand() []byte {
 }
 
 type ApplyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	Result        ResultCode             `protobuf:"varint,2,opt,name=result,proto3,enum=tally.cluster.v1.ResultCode" json:"result,omitempty"`
-	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Index   uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Result  ResultCode             `protobuf:"varint,2,opt,name=result,proto3,enum=tally.cluster.v1.ResultCode" json:"result,omitempty"`
+	Message string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// grant is the value outcome of an end-user command (raft.Result.Grant:
+	// a deterministic-protobuf raftpb.GrantResult), empty for other commands
+	// (issue 14). The forwarding node uses it instead of reading the outcome
+	// back from its state database; a leader older than this field leaves it
+	// empty, and the forwarder then reads it back as before.
+	Grant         []byte `protobuf:"bytes,50,opt,name=grant,proto3" json:"grant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -249,6 +255,13 @@ func (x *ApplyResponse) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *ApplyResponse) GetGrant() []byte {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
 }
 
 type JoinRequest struct {
@@ -1564,11 +1577,12 @@ const file_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\rcluster.proto\x12\x10tally.cluster.v1\"(\n" +
 	"\fApplyRequest\x12\x18\n" +
-	"\acommand\x18\x01 \x01(\fR\acommand\"u\n" +
+	"\acommand\x18\x01 \x01(\fR\acommand\"\x8b\x01\n" +
 	"\rApplyResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x124\n" +
 	"\x06result\x18\x02 \x01(\x0e2\x1c.tally.cluster.v1.ResultCodeR\x06result\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xb0\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x14\n" +
+	"\x05grant\x182 \x01(\fR\x05grant\"\xb0\x01\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
