@@ -174,3 +174,41 @@ func TestDiscoverRejects(t *testing.T) {
 		t.Errorf("cancelled Discover: %v", err)
 	}
 }
+
+// A node of a cluster with one issuer URL (make cluster, the compose
+// cluster) names the front door as issuer: load aimed at the node goes to
+// the node, with the front door's issuer as the tokens' iss. Another
+// tenant path is refused, and Discover itself stays strict.
+func TestDiscoverTargetThroughNode(t *testing.T) {
+	node := newMetadataServer(t)
+	const front = "http://front.example:8080"
+	node.set("/t/default/.well-known/openid-configuration", map[string]string{
+		"issuer":                 front + "/t/default",
+		"token_endpoint":         front + "/t/default/oauth2/token",
+		"introspection_endpoint": front + "/t/default/oauth2/introspect",
+		"authorization_endpoint": front + "/t/default/oauth2/authorize",
+	})
+	node.set("/t/other/.well-known/openid-configuration", map[string]string{
+		"issuer":         front + "/t/default",
+		"token_endpoint": front + "/t/default/oauth2/token",
+	})
+	if _, err := Discover(context.Background(), node.URL+"/t/default"); err == nil {
+		t.Fatal("Discover accepted a document naming another issuer")
+	}
+	tg, err := DiscoverTarget(context.Background(), node.URL+"/t/default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Target{
+		Issuer:        front + "/t/default",
+		TokenURL:      node.URL + "/t/default/oauth2/token",
+		IntrospectURL: node.URL + "/t/default/oauth2/introspect",
+		AuthorizeURL:  node.URL + "/t/default/oauth2/authorize",
+	}
+	if tg != want {
+		t.Errorf("DiscoverTarget through a node = %+v, want %+v", tg, want)
+	}
+	if tg, err := DiscoverTarget(context.Background(), node.URL+"/t/other"); err == nil {
+		t.Errorf("a document of another tenant path accepted: %+v", tg)
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/tallyauth/tally/revocation"
 )
 
 // Scenario names (Report.Scenario).
@@ -43,12 +45,24 @@ type Target struct {
 // DiscoverTarget reads the metadata of issuer (see Discover) and returns
 // its token, introspection (RFC 7662 section 4) and authorization
 // endpoints; the last two are empty if the issuer does not publish them.
+//
+// issuer may also be one node of a cluster that serves one issuer URL for
+// all its nodes (make cluster, the compose cluster: every node's metadata
+// names the front door's issuer): then the node's document is taken as
+// the cluster's (the same tenant path), Target.Issuer is the issuer it
+// names (the tokens' iss), and the endpoints on the issuer's origin are
+// moved to the node's, so that the load goes to the node asked for.
 func DiscoverTarget(ctx context.Context, issuer string) (Target, error) {
 	md, err := Discover(ctx, issuer)
 	if err != nil {
-		return Target{}, err
+		var nerr error
+		if md, nerr = discoverThroughNode(ctx, &http.Client{Timeout: 10 * time.Second}, issuer); nerr != nil {
+			return Target{}, err
+		}
+	} else {
+		md.Issuer = issuer
 	}
-	t := Target{Issuer: issuer, TokenURL: md.TokenEndpoint}
+	t := Target{Issuer: md.Issuer, TokenURL: md.TokenEndpoint}
 	if absoluteHTTP(md.IntrospectionEndpoint) {
 		t.IntrospectURL = md.IntrospectionEndpoint
 	}
@@ -56,6 +70,53 @@ func DiscoverTarget(ctx context.Context, issuer string) (Target, error) {
 		t.AuthorizeURL = md.AuthorizationEndpoint
 	}
 	return t, nil
+}
+
+// discoverThroughNode reads the OpenID Connect metadata document that node
+// serves and accepts it if the issuer it names differs from node only in
+// its origin (a cluster's issuer URL in front of the node); the endpoints
+// on that origin are rewritten to node's.
+func discoverThroughNode(ctx context.Context, client *http.Client, node string) (Metadata, error) {
+	if err := validateIssuer(node); err != nil {
+		return Metadata{}, err
+	}
+	_, oidcURL, err := revocation.MetadataURLs(node)
+	if err != nil {
+		return Metadata{}, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, oidcURL, nil)
+	if err != nil {
+		return Metadata{}, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return Metadata{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Metadata{}, fmt.Errorf("GET %s: status %d", oidcURL, resp.StatusCode)
+	}
+	var md Metadata
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&md); err != nil {
+		return Metadata{}, fmt.Errorf("GET %s: %w", oidcURL, err)
+	}
+	nu, _ := url.Parse(node)
+	iu, err := url.Parse(md.Issuer)
+	if err != nil || (iu.Scheme != "http" && iu.Scheme != "https") || iu.Host == "" ||
+		strings.TrimSuffix(iu.EscapedPath(), "/") != strings.TrimSuffix(nu.EscapedPath(), "/") {
+		return Metadata{}, fmt.Errorf("loadtest: %s names issuer %q, not a cluster issuer of the same tenant path", node, md.Issuer)
+	}
+	from, to := iu.Scheme+"://"+iu.Host+"/", nu.Scheme+"://"+nu.Host+"/"
+	for _, e := range []*string{&md.TokenEndpoint, &md.IntrospectionEndpoint, &md.AuthorizationEndpoint} {
+		if strings.HasPrefix(*e, from) {
+			*e = to + strings.TrimPrefix(*e, from)
+		}
+	}
+	if !absoluteHTTP(md.TokenEndpoint) {
+		return Metadata{}, ErrNoTokenEndpoint
+	}
+	return md, nil
 }
 
 func absoluteHTTP(s string) bool {
