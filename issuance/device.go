@@ -281,7 +281,7 @@ func (s *Server) deviceLookup(w http.ResponseWriter, r *http.Request, t Tenant, 
 	if c, err := r.Cookie(csrfCookie); err == nil {
 		browser = c.Value
 	}
-	if !s.codeIPLimit.allow(clientIP(r), now) || (browser != "" && !s.codeSLimit.allow(browser, now)) {
+	if !s.codeIPLimit.allow(clientIP(r), now) || (browser != "" && !s.codeSLimit.allow(browser, now)) || !s.userCodeGate(ctx) {
 		entry("Too many attempts. Wait a minute and try again.", http.StatusTooManyRequests)
 		return
 	}
@@ -292,6 +292,9 @@ func (s *Server) deviceLookup(w http.ResponseWriter, r *http.Request, t Tenant, 
 	}
 	d, err := s.users.DeviceCode(ctx, t.ID, code)
 	if err != nil || d.Status != "pending" || !now.Before(d.ExpiresAt) {
+		if errors.Is(err, ErrNotFound) {
+			s.userCodeMiss(ctx, t.ID, u.ID) // a code that never was: a guess (alerts.go)
+		}
 		entry("Unknown or expired code.", http.StatusBadRequest)
 		return
 	}

@@ -119,7 +119,7 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 	u, err := s.users.UserByUsername(ctx, tenant, username)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		s.recordFailure(ctx, tenant, username)
+		s.recordFailure(ctx, tenant, username, "", false)
 		s.dummyHash.Verify(password)
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
@@ -127,7 +127,7 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 		return User{}, errUnavailable("user lookup failed", err)
 	}
 	if len(u.Password.Hash) == 0 {
-		s.recordFailure(ctx, tenant, username)
+		s.recordFailure(ctx, tenant, username, u.ID, false)
 		// A user without a password costs one hash too (issue 13): its
 		// refusal takes as long as a wrong password's.
 		s.dummyHash.Verify(password)
@@ -135,7 +135,7 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 		return User{}, errBadLogin
 	}
 	if !u.Password.Verify(password) || !u.Active() {
-		s.recordFailure(ctx, tenant, username)
+		s.recordFailure(ctx, tenant, username, u.ID, false)
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	}

@@ -203,6 +203,7 @@ type Server struct {
 	zt          *ztState     // clientauth_zt.go
 	dpop        *dpopGuard   // dpop.go
 	rl          *rateGuard   // ratelimit.go; nil when off
+	alerts      alerter      // alerts.go
 }
 
 // NewServer returns a Server reading st and revoking through rv.

@@ -27,9 +27,25 @@ const (
 	// failuresPerSource is the failure budget per minute of one address
 	// over every account.
 	failuresPerSource = 120
+	// failuresPerSourceUnderAttack is the failure budget per minute of
+	// one address while its tenant is under attack (the tenant's failures
+	// spent RateLimits.AlertFailures): a distributed attack whose sources
+	// each stay under failuresPerSource then meets this one, while real
+	// users, who rarely fail, never count toward it.
+	failuresPerSourceUnderAttack = 10
+	// failuresPerSubnetUnderAttack is the same per source subnet (IPv4
+	// /24, IPv6 /48): a botnet's many addresses in few networks.
+	failuresPerSubnetUnderAttack = 30
 
-	rlFailAccount = "fa"
-	rlFailSource  = "fs"
+	rlFailAccount      = "fa"
+	rlFailSource       = "fs"
+	rlFailSourceAttack = "fx"
+	rlFailSubnetAttack = "fy"
+	// failuresPerAccountAlert is how many failures of one account, from
+	// anywhere, within a minute raise an alert (a spray on the account);
+	// it never refuses anything.
+	failuresPerAccountAlert = 30
+	rlFailAccountAll        = "fu"
 )
 
 func ctxClientIP(ctx context.Context) string {
@@ -48,11 +64,30 @@ func (s *Server) failureKeys(ctx context.Context, tenant, who string) []rlKey {
 	}
 }
 
+// underAttack reports whether tenant's failures spent its alert budget
+// (RateLimits.AlertFailures) within the last minute, cluster-wide.
+func (s *Server) underAttack(tenant string, now time.Time) bool {
+	per := s.rl.limits(tenant).AlertFailures
+	if per <= 0 {
+		return false
+	}
+	ok, _ := s.rl.limiter(rlFailTenant, per).peek(tenant, now)
+	return !ok
+}
+
 // failureGate reports whether an attempt for who may be checked at all; it
-// takes nothing.
+// takes nothing. While the tenant is under attack, an address that failed
+// failuresPerSourceUnderAttack times, or a subnet that failed
+// failuresPerSubnetUnderAttack times, within the last minute waits too.
 func (s *Server) failureGate(ctx context.Context, tenant, who string) (bool, time.Duration) {
 	now := s.cfg.Now()
-	for _, k := range s.failureKeys(ctx, tenant, who) {
+	keys := s.failureKeys(ctx, tenant, who)
+	if len(keys) > 0 && s.underAttack(tenant, now) {
+		ip := ctxClientIP(ctx)
+		keys = append(keys, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, ipKey(ip)},
+			rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, subnetKey(ip)})
+	}
+	for _, k := range keys {
 		if ok, wait := s.rl.limiter(k.kind, k.perMinute).peek(k.key, now); !ok {
 			return false, wait
 		}
@@ -60,13 +95,36 @@ func (s *Server) failureGate(ctx context.Context, tenant, who string) (bool, tim
 	return true, 0
 }
 
-// recordFailure counts one failed attempt for who, here and (shared) on
-// the other nodes.
-func (s *Server) recordFailure(ctx context.Context, tenant, who string) {
-	now := s.cfg.Now()
-	for _, k := range s.failureKeys(ctx, tenant, who) {
-		s.rl.limiter(k.kind, k.perMinute).consume(k.key, 1, now)
-		s.rl.note(k)
+// recordFailure counts one failed attempt for who (a username, or the
+// client id when client is set), here and (shared) on the other nodes,
+// and raises a credential_stuffing alert when a budget is spent (alerts.go).
+// subject is the user id when the username names a user.
+func (s *Server) recordFailure(ctx context.Context, tenant, who, subject string, client bool) {
+	keys := s.failureKeys(ctx, tenant, who)
+	if len(keys) == 0 {
+		return
+	}
+	ip := ctxClientIP(ctx)
+	clientID := ""
+	if client {
+		clientID, subject = who, ""
+	}
+	signals := []SecurityAlert{
+		{Signal: "failures_per_account_source", ClientID: clientID, Subject: subject, Source: subnetKey(ip), Count: failuresPerAccountSource},
+		{Signal: "failures_per_source", Source: ipKey(ip), Count: failuresPerSource},
+	}
+	per := s.rl.limits(tenant).AlertFailures
+	keys = append(keys, rlKey{rlFailTenant, per, tenant}, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, ipKey(ip)},
+		rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, subnetKey(ip)},
+		rlKey{rlFailAccountAll, failuresPerAccountAlert, tenant + "\x00" + strings.ToLower(who)})
+	signals = append(signals, SecurityAlert{Signal: "failures_per_tenant", Count: per}, SecurityAlert{}, SecurityAlert{},
+		SecurityAlert{Signal: "failures_per_account", ClientID: clientID, Subject: subject, Count: failuresPerAccountAlert})
+	for i, k := range keys {
+		if s.countToward(k) && signals[i].Signal != "" {
+			a := signals[i]
+			a.Kind, a.Tenant, a.Window = AlertCredentialStuffing, tenant, time.Minute
+			s.raise(a)
+		}
 	}
 }
 

@@ -59,18 +59,18 @@ type AttackConfig struct {
 	// addresses); the attack and the real users spread over them.
 	Targets []Target
 	// Flow is the public client the real users sign in to and the users
-	// (at least 10; Users[0] is the spray's victim).
+	// (at least 40; Users[0] is the spray's victim).
 	Flow UserFlow
 	// Attacker is an account the attacker owns (device-guess signs in
 	// with it).
 	Attacker User
 	// Client is a confidential client (introspect-guess guesses with its
-	// credentials; token-flood floods as it).
-	Client ClientCreds
+	// credentials); Flooder another (token-flood floods as it).
+	Client, Flooder ClientCreds
 	// Bystander is another confidential client of the tenant, taking
 	// tokens from the attacker's address during token-flood.
 	Bystander ClientCreds
-	// FloodPerMinute is Client's cluster-wide budget at the token
+	// FloodPerMinute is Flooder's cluster-wide budget at the token
 	// endpoint (token-flood's overshoot is measured against it).
 	FloodPerMinute int
 	// Duration is each phase's length: real users alone, then under attack.
@@ -104,6 +104,8 @@ type UserFigures struct {
 	SuccessRate float64 `json:"success_rate"`
 	P50Ms       float64 `json:"p50_ms"`
 	P99Ms       float64 `json:"p99_ms"`
+	// Failures counts the failed attempts by outcome.
+	Failures map[string]int64 `json:"failures,omitempty"`
 }
 
 // AttackResult is one attack scenario's run.
@@ -160,8 +162,8 @@ func (c AttackConfig) Validate(scenario string) error {
 	if err := c.Flow.Validate(); err != nil {
 		return err
 	}
-	if len(c.Flow.Users) < 10 {
-		return errors.New("loadtest: an attack run needs at least 10 real users")
+	if len(c.Flow.Users) < 40 {
+		return errors.New("loadtest: an attack run needs at least 40 real users")
 	}
 	switch scenario {
 	case AttackStuffing, AttackSpray:
@@ -174,7 +176,7 @@ func (c AttackConfig) Validate(scenario string) error {
 			return errors.New("loadtest: introspect-guess needs a client")
 		}
 	case AttackTokenFlood:
-		if c.Client.ID == "" || c.Bystander.ID == "" || c.FloodPerMinute < 1 {
+		if c.Flooder.ID == "" || c.Bystander.ID == "" || c.FloodPerMinute < 1 {
 			return errors.New("loadtest: token-flood needs a client, a bystander client and the client's budget")
 		}
 	default:
@@ -234,13 +236,13 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	if scenario == AttackTokenFlood {
 		real = r.bystander
 	}
-	var victim func(context.Context, int) (bool, error)
+	var victim func(context.Context, int) (string, error)
 	if scenario == AttackSpray {
-		victim = func(ctx context.Context, _ int) (bool, error) { return r.signIn(ctx, 0, 0) }
+		victim = func(ctx context.Context, k int) (string, error) { return r.signIn(ctx, 0, k) }
 	}
 
 	// Phase 1: the real users alone.
-	res.Baseline = runUsers(ctx, c.Duration, c.RealUsers, real)
+	res.Baseline = runUsers(ctx, c.Duration, realThink, c.RealUsers, real)
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
@@ -276,9 +278,9 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	var vf UserFigures
 	var vwg sync.WaitGroup
 	if victim != nil {
-		vwg.Go(func() { vf = runUsers(actx, c.Duration, 1, victim) })
+		vwg.Go(func() { vf = runUsers(actx, c.Duration, victimThink, 1, victim) })
 	}
-	res.Users = runUsers(actx, c.Duration, c.RealUsers, real)
+	res.Users = runUsers(actx, c.Duration, realThink, c.RealUsers, real)
 	vwg.Wait()
 	wg.Wait()
 	if victim != nil {
@@ -325,10 +327,19 @@ func (r *attackRun) floodFigures(res *AttackResult) {
 	res.SteadyOvershoot = round3(res.SteadyGrantedPerMinute/float64(r.c.FloodPerMinute) - 1)
 }
 
+// Think times: the real users take turns over at least 40 accounts (each
+// account signs in a few times a minute: a person, not a loop); the
+// spray's victim signs in every 4 s (15 a minute, within the sign-in
+// limits of one person at one address).
+const (
+	realThink   = 100 * time.Millisecond
+	victimThink = 4 * time.Second
+)
+
 // runUsers runs n real users in a loop for d (or until ctx ends) and
 // returns their figures. do reports whether the iteration succeeded; an
 // error is a failure too.
-func runUsers(ctx context.Context, d time.Duration, n int, do func(context.Context, int) (bool, error)) UserFigures {
+func runUsers(ctx context.Context, d, think time.Duration, n int, do func(context.Context, int) (string, error)) UserFigures {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	h := hdrhistogram.New(histMin, histMax, histSigFigs)
@@ -341,23 +352,36 @@ func runUsers(ctx context.Context, d time.Duration, n int, do func(context.Conte
 			for ctx.Err() == nil {
 				k := int(next.Add(1) - 1)
 				t0 := time.Now()
-				ok, err := do(ctx, k)
+				oc, err := do(ctx, k)
 				el := time.Since(t0)
+				ok := oc == OutcomeOK && err == nil
 				if ctx.Err() != nil && !ok {
 					return // cut off by the end of the phase: not counted
 				}
 				mu.Lock()
 				f.Attempts++
-				if ok && err == nil {
+				if ok {
 					f.OK++
 					recordLatency(h, el)
+				} else {
+					if f.Failures == nil {
+						f.Failures = map[string]int64{}
+					}
+					if err != nil {
+						oc = OutcomeTransport
+					}
+					if len(f.Failures) < maxOutcomes {
+						f.Failures[oc]++
+					} else {
+						f.Failures[OutcomeOther]++
+					}
 				}
 				mu.Unlock()
 				// A real user's think time: the per-account budgets
 				// are sized for people, not loops.
 				select {
 				case <-ctx.Done():
-				case <-time.After(100 * time.Millisecond):
+				case <-time.After(think):
 				}
 			}
 		})
@@ -386,27 +410,27 @@ func (r *attackRun) browserAt(ip string) *browser {
 // (sign-in, consent when asked, code redemption) from the user's address,
 // in a fresh browser. The users take turns so that each signs in well
 // within the per-account budget.
-func (r *attackRun) realUser(ctx context.Context, k int) (bool, error) {
+func (r *attackRun) realUser(ctx context.Context, k int) (string, error) {
 	// Users[0] is the spray's victim; the others are the bystanders.
 	j := 1 + k%(len(r.c.Flow.Users)-1)
 	return r.signIn(ctx, j, k)
 }
 
-func (r *attackRun) signIn(ctx context.Context, j, k int) (bool, error) {
+func (r *attackRun) signIn(ctx context.Context, j, k int) (string, error) {
 	b := r.browserAt(userSource(j))
 	oc, _, err := b.codeFlow(ctx, r.target(k), &r.c.Flow, r.c.Flow.Users[j])
-	return oc == OutcomeOK, err
+	return oc, err
 }
 
 // bystander takes a token as the bystander client from the attacker's
 // first address (the same egress NAT).
-func (r *attackRun) bystander(ctx context.Context, k int) (bool, error) {
+func (r *attackRun) bystander(ctx context.Context, k int) (string, error) {
 	p := formPoster{client: &http.Client{Transport: xffTransport{base: r.tr, ip: attackSource(0)}, Timeout: r.c.Timeout, CheckRedirect: noRedirect}}
 	status, body, err := p.post(ctx, r.target(k).TokenURL, url.Values{"grant_type": {"client_credentials"}}, r.c.Bystander.ID, r.c.Bystander.Secret)
 	if err != nil {
-		return false, err
+		return OutcomeTransport, err
 	}
-	return classify(status, body) == OutcomeOK, nil
+	return classify(status, body), nil
 }
 
 // attack is attacking worker i until ctx ends.
@@ -458,7 +482,7 @@ func (r *attackRun) attack(ctx context.Context, scenario string, i int) {
 			}
 		case AttackTokenFlood:
 			p.client = &http.Client{Transport: xffTransport{base: r.tr, ip: ip}, Timeout: r.c.Timeout, CheckRedirect: noRedirect}
-			status, body, err := p.post(ctx, t.TokenURL, url.Values{"grant_type": {"client_credentials"}}, r.c.Client.ID, r.c.Client.Secret)
+			status, body, err := p.post(ctx, t.TokenURL, url.Values{"grant_type": {"client_credentials"}}, r.c.Flooder.ID, r.c.Flooder.Secret)
 			outcome = attackTransport
 			if err == nil {
 				oc := classify(status, body)

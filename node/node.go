@@ -32,10 +32,12 @@ const DefaultTenant = "default"
 // Node is one running tally node. Create it with New, serve with Run, and
 // stop it by cancelling Run's context (or Close if it never ran).
 type Node struct {
-	cfg  Config
-	log  *slog.Logger
-	now  func() time.Time
-	base string
+	// alerts queues the security alerts for Raft (alerts.go).
+	alerts *alertSink
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	base   string
 
 	tel       *telemetry
 	raft      *raft.Node
@@ -185,6 +187,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if err := n.startSIEM(); err != nil {
 		return nil, err
 	}
+	n.startAlerts()
 
 	if n.metrics, err = newNodeMetrics(n); err != nil {
 		return nil, fmt.Errorf("node: metrics: %w", err)
@@ -408,6 +411,9 @@ func (n *Node) Close() error {
 			n.ln.Close()
 		}
 		errs = append(errs, n.metricsSrv.close())
+		if n.threat.alertStop != nil {
+			n.threat.alertStop() // issue 13 (alerts.go)
+		}
 		if n.threat.siemStop != nil {
 			n.threat.siemStop() // issue 13 (siem.go)
 		}

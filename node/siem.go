@@ -58,6 +58,11 @@ type SIEMEvent struct {
 	Actor    *SIEMActor   `json:"actor,omitempty"`
 	User     *SIEMUser    `json:"user,omitempty"`
 	API      *SIEMAPI     `json:"api,omitempty"`
+	// SrcEndpoint is where an alert's traffic came from (an address or a
+	// subnet).
+	SrcEndpoint *SIEMEndpoint `json:"src_endpoint,omitempty"`
+	// FindingInfo names a Detection Finding (security alerts).
+	FindingInfo *SIEMFinding `json:"finding_info,omitempty"`
 	// Unmapped holds tally's own fields (tenant, client, family, jti,
 	// audit chain hash...).
 	Unmapped map[string]any `json:"unmapped,omitempty"`
@@ -87,6 +92,21 @@ type SIEMUser struct {
 	UID  string `json:"uid,omitempty"`
 	Name string `json:"name,omitempty"`
 	Type string `json:"type,omitempty"`
+}
+
+// SIEMEndpoint is OCSF's network endpoint: ip for an address, subnet_uid
+// for a subnet.
+type SIEMEndpoint struct {
+	IP     string `json:"ip,omitempty"`
+	Subnet string `json:"subnet_uid,omitempty"`
+}
+
+// SIEMFinding is OCSF's finding_info: uid (the event id), title and the
+// detector's name in types.
+type SIEMFinding struct {
+	UID   string   `json:"uid"`
+	Title string   `json:"title"`
+	Types []string `json:"types"`
 }
 
 type SIEMAPI struct {
@@ -184,6 +204,27 @@ func SIEMFromEvent(cluster string, ev *raftpb.Event, now time.Time) (SIEMEvent, 
 			e.SeverityID, e.Severity = 3, "Medium"
 		}
 		e.Message = a.GetActor() + " " + a.GetAction() + " " + a.GetTarget() + ": " + a.GetOutcome()
+	case raftpb.EventKind_EVENT_KIND_SECURITY_ALERT:
+		a := ev.GetAlert()
+		e.CategoryUID, e.CategoryName = 2, "Findings"
+		e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 2004, "Detection Finding", 1, "Create"
+		e.SeverityID, e.Severity = 4, "High"
+		if a.GetKind() == raft.AlertRateLimitExceeded {
+			e.SeverityID, e.Severity = 3, "Medium"
+		}
+		e.FindingInfo = &SIEMFinding{UID: e.Metadata.UID, Title: strings.ReplaceAll(a.GetKind(), "_", " "), Types: []string{a.GetKind()}}
+		if src := a.GetSource(); strings.Contains(src, "/") {
+			e.SrcEndpoint = &SIEMEndpoint{Subnet: src}
+		} else if src != "" {
+			e.SrcEndpoint = &SIEMEndpoint{IP: src}
+		}
+		e.Unmapped["alert"] = a.GetKind()
+		set("signal", a.GetSignal())
+		set("node", a.GetNode())
+		set("region", a.GetRegion())
+		e.Unmapped["count"] = a.GetCount()
+		e.Unmapped["window_seconds"] = a.GetWindowSeconds()
+		e.Message = fmt.Sprintf("%s: %d in %d s (%s)", strings.ReplaceAll(a.GetKind(), "_", " "), a.GetCount(), a.GetWindowSeconds(), a.GetSignal())
 	default:
 		return SIEMEvent{}, false
 	}

@@ -23,6 +23,9 @@ const SchemaVersion = 1
 //	               apply_threat.go; created on first use)
 //	threat_audit   seq (8, big-endian) → raftpb.AuditRecord: the hash-chained
 //	               audit log (issue 13, apply_threat.go; created on first use)
+//	threat_alerts  minute (8, big-endian) | alert key → empty: the security
+//	               alerts announced this minute (issue 13, apply_alert.go;
+//	               created on first use)
 //
 // Per tenant, named "t/<tenant>/<kind>" (tenant ids cannot contain '/'):
 //
@@ -67,6 +70,7 @@ const (
 
 	bucketThreatAdminCreds = "threat_admin_credentials"
 	bucketThreatAudit      = "threat_audit"
+	bucketThreatAlerts     = "threat_alerts"
 
 	tenantBucketPrefix = "t/"
 

@@ -19,6 +19,7 @@ const (
 	EventClientDeleted  = eventwire.EventClientDeleted
 	EventUserDeleted    = eventwire.EventUserDeleted
 	EventAdminAudit     = eventwire.EventAdminAudit
+	EventSecurityAlert  = eventwire.EventSecurityAlert
 )
 
 // SchemaVersion is the version of EventDetails; the JSON schema of the
@@ -44,6 +45,9 @@ type EventDetails = eventwire.EventDetails
 
 // AuditDetails is an admin audit log record (EventAdminAudit, issue 13).
 type AuditDetails = eventwire.AuditDetails
+
+// AlertDetails is a security alert (EventSecurityAlert, issue 13).
+type AlertDetails = eventwire.AlertDetails
 
 // SETClaims is the claim set of a tally Security Event Token (RFC 8417
 // §2.2). Events holds exactly one event.

@@ -129,7 +129,7 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	}
 	defer cl.Close()
 	admin := cl.Node(0).Admin
-	flow, err := loadtest.SetupUserFlow(ctx, admin, tenant, 12)
+	flow, err := loadtest.SetupUserFlow(ctx, admin, tenant, 48)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -152,6 +152,10 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	flooder, err := newClient("runaway-batch")
+	if err != nil {
+		return fail("%v", err)
+	}
 	if err := cl.WaitConverged(ctx, 30*time.Second); err != nil {
 		return fail("%v", err)
 	}
@@ -162,7 +166,7 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	}
 	feed := &siemFeed{path: siemPath}
 	cfg := loadtest.AttackConfig{
-		Targets: targets, Flow: flow, Attacker: attacker, Client: client, Bystander: bystander, FloodPerMinute: *floodLimit,
+		Targets: targets, Flow: flow, Attacker: attacker, Client: client, Flooder: flooder, Bystander: bystander, FloodPerMinute: *floodLimit,
 		Duration: *duration, Attackers: *attackers, RealUsers: *realUsers, Sources: *sources, Timeout: 10 * time.Second,
 		Alerted: feed.alerted,
 	}
@@ -221,8 +225,16 @@ func (o attackOutput) writeText(w io.Writer) error {
 		return err
 	}
 	for _, r := range o.Results {
+		for _, u := range []struct {
+			what string
+			f    map[string]int64
+		}{{"real users before the attack", r.Baseline.Failures}, {"real users during the attack", r.Users.Failures}} {
+			if len(u.f) > 0 {
+				fmt.Fprintf(w, "%s: %s failed: %v\n", r.Scenario, u.what, u.f)
+			}
+		}
 		if r.Victim != nil {
-			fmt.Fprintf(w, "%s: the attacked account's owner signed in %d of %d times during the attack (p99 %.1f ms)\n", r.Scenario, r.Victim.OK, r.Victim.Attempts, r.Victim.P99Ms)
+			fmt.Fprintf(w, "%s: the attacked account's owner signed in %d of %d times during the attack (p99 %.1f ms; failed: %v)\n", r.Scenario, r.Victim.OK, r.Victim.Attempts, r.Victim.P99Ms, r.Victim.Failures)
 		}
 		if r.LimitPerMinute > 0 {
 			fmt.Fprintf(w, "%s: budget %d/min; granted %.0f/min over the attack (overshoot %+.1f%% incl. %d bursts of %d), %.0f/min in its second half (%+.1f%%)\n",
