@@ -262,7 +262,7 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 		wg.Go(func() {
 			// Polled a while past the attack: an alert in flight still
 			// counts (its time is the alert's own).
-			deadline := time.Now().Add(c.Duration + 10*time.Second)
+			deadline := time.Now().Add(c.Duration + 5*time.Second)
 			for time.Now().Before(deadline) && ctx.Err() == nil {
 				if at, ok := c.Alerted(ctx, kind, r.start); ok {
 					alertAt.Store(int64(at.Sub(r.start)))

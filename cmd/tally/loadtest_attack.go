@@ -129,10 +129,31 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	}
 	defer cl.Close()
 	admin := cl.Node(0).Admin
-	flow, err := loadtest.SetupUserFlow(ctx, admin, tenant, 48)
+	flow, err := loadtest.SetupUserFlow(ctx, admin, tenant, 1)
 	if err != nil {
 		return fail("%v", err)
 	}
+	// The other real users, created eight at a time (each is a password
+	// hash and a Raft write).
+	more := make([]loadtest.User, 47)
+	errs := make([]error, len(more))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range more {
+		more[i] = loadtest.User{Username: fmt.Sprintf("%s-u%d", flow.Users[0].Username, i), Password: flow.Users[0].Password + fmt.Sprint(i)}
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			_, errs[i] = admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{Tenant: tenant, Username: more[i].Username, Password: more[i].Password, Name: "Load Test"}))
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return fail("creating a user: %v", err)
+		}
+	}
+	flow.Users = append(flow.Users, more...)
 	attacker := loadtest.User{Username: "mallory-" + strings.ToLower(flow.ClientID[len(flow.ClientID)-6:]), Password: "correct horse battery staple " + flow.ClientID}
 	if _, err := admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{Tenant: tenant, Username: attacker.Username, Password: attacker.Password, Name: "Mallory"})); err != nil {
 		return fail("creating the attacker's account: %v", err)
