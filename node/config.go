@@ -128,6 +128,10 @@ type Config struct {
 	// MetricsListen, if set, is the host:port of a separate HTTP listener
 	// for /metrics, which the public listener then does not serve.
 	MetricsListen string
+	// MetricsTokenFile, if set, names a file with a bearer token that
+	// /metrics then requires (Authorization: Bearer <token>; Prometheus:
+	// authorization.credentials_file), on whichever listener serves it.
+	MetricsTokenFile string
 
 	// JWKSMaxAge is the Cache-Control max-age of JWKS responses.
 	JWKSMaxAge time.Duration

@@ -34,6 +34,8 @@ const DefaultTenant = "default"
 type Node struct {
 	// alerts queues the security alerts for Raft (alerts.go).
 	alerts *alertSink
+	// metricsToken, if set, is the bearer token /metrics requires.
+	metricsToken string
 	cfg    Config
 	log    *slog.Logger
 	now    func() time.Time
@@ -194,6 +196,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	}
 	hook := writeHook(n.metrics.write)
 	n.rep.onWrite.Store(&hook)
+	if n.metricsToken, err = loadMetricsToken(cfg); err != nil {
+		return nil, err
+	}
 	if n.metricsSrv, err = n.listenMetrics(); err != nil {
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
@@ -257,7 +262,7 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	if n.cfg.MetricsListen == "" {
-		mux.Handle("GET /metrics", n.tel.metricsHandler())
+		mux.Handle("GET /metrics", n.metricsEndpoint())
 	}
 	path, h := adminv1connect.NewAdminServiceHandler(admin,
 		connect.WithInterceptors(n.adminGuard(auth, "admin")),
