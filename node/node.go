@@ -36,10 +36,10 @@ type Node struct {
 	alerts *alertSink
 	// metricsToken, if set, is the bearer token /metrics requires.
 	metricsToken string
-	cfg    Config
-	log    *slog.Logger
-	now    func() time.Time
-	base   string
+	cfg          Config
+	log          *slog.Logger
+	now          func() time.Time
+	base         string
 
 	tel       *telemetry
 	raft      *raft.Node
