@@ -219,6 +219,10 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		u, err := s.checkPassword(ctx, t.ID, vals.Get("username"), vals.Get("password"))
+		if errors.Is(err, errHashBusy) {
+			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Too many attempts. Wait a minute and try again.")
+			return
+		}
 		if err != nil {
 			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Invalid username or password.")
 			return

@@ -116,6 +116,12 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	}
+	release, ok := s.acquireHash(ctx)
+	if !ok {
+		s.metrics.signinFailure(ctx, "rate_limited")
+		return User{}, errHashBusy
+	}
+	defer release()
 	u, err := s.users.UserByUsername(ctx, tenant, username)
 	switch {
 	case errors.Is(err, ErrNotFound):

@@ -204,6 +204,7 @@ type Server struct {
 	dpop        *dpopGuard   // dpop.go
 	rl          *rateGuard   // ratelimit.go; nil when off
 	alerts      alerter      // alerts.go
+	hashSem     chan struct{} // stuffing.go: password checks in progress
 }
 
 // NewServer returns a Server reading st and revoking through rv.

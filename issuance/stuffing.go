@@ -2,6 +2,7 @@ package issuance
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -115,9 +116,9 @@ func (s *Server) recordFailure(ctx context.Context, tenant, who, subject string,
 	}
 	per := s.rl.limits(tenant).AlertFailures
 	keys = append(keys, rlKey{rlFailTenant, per, tenant}, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, ipKey(ip)},
-		rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, subnetKey(ip)},
+		rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, subnetKey(ip)}, rlKey{rlFailRecent, 1, ipKey(ip)},
 		rlKey{rlFailAccountAll, failuresPerAccountAlert, tenant + "\x00" + strings.ToLower(who)})
-	signals = append(signals, SecurityAlert{Signal: "failures_per_tenant", Count: per}, SecurityAlert{}, SecurityAlert{},
+	signals = append(signals, SecurityAlert{Signal: "failures_per_tenant", Count: per}, SecurityAlert{}, SecurityAlert{}, SecurityAlert{},
 		SecurityAlert{Signal: "failures_per_account", ClientID: clientID, Subject: subject, Count: failuresPerAccountAlert})
 	for i, k := range keys {
 		if s.countToward(k) && signals[i].Signal != "" {
@@ -162,4 +163,46 @@ func (s *Server) signinAllowed(r *http.Request, tenant, username string, now tim
 	}
 	ok, _ := s.failureGate(r.Context(), tenant, username)
 	return ok
+}
+
+// Password checks are the expensive part of a sign-in (argon2id: tens of
+// milliseconds of CPU and 19 MiB each), so a stuffing attack spread over
+// many sources, each under its failure budgets, can still take every core
+// and starve everything else, real users' sign-ins included. A node runs
+// at most GOMAXPROCS/2 password checks at once (at least one). A source
+// with a failure in the last minute (cluster-wide, rlFailRecent) only gets
+// a free slot and is otherwise told to wait ("Too many attempts"); a
+// source without one queues for a slot (up to hashWait), ahead of the
+// failing ones: the attack cannot crowd out the users who know their
+// passwords.
+const (
+	hashWait     = 5 * time.Second
+	rlFailRecent = "fz"
+)
+
+var errHashBusy = errors.New("too many password checks in progress")
+
+// acquireHash takes a password-check slot for the request's source.
+func (s *Server) acquireHash(ctx context.Context) (release func(), ok bool) {
+	release = func() { <-s.hashSem }
+	select {
+	case s.hashSem <- struct{}{}:
+		return release, true
+	default:
+	}
+	ip := ctxClientIP(ctx)
+	if s.rl != nil && ip != "" {
+		if clean, _ := s.rl.limiter(rlFailRecent, 1).peek(ipKey(ip), s.cfg.Now()); !clean {
+			return nil, false
+		}
+	}
+	t := time.NewTimer(hashWait)
+	defer t.Stop()
+	select {
+	case s.hashSem <- struct{}{}:
+		return release, true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return nil, false
 }
