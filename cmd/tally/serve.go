@@ -45,6 +45,7 @@ func runServe(ctx context.Context, args []string, e env) int {
 	if code, ok := parseServeSettings(fs, args, e); !ok {
 		return code
 	}
+	tenantRateLimitDefaults(&cfg.RateLimits) // serve_threat.go
 	if v := e.getenv("TALLY_KEK"); v != "" && cfg.KEKFile == "" {
 		kek, err := node.DecodeKEK([]byte(v), "TALLY_KEK")
 		if err != nil {
