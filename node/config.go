@@ -112,6 +112,12 @@ type Config struct {
 	// SIEMFile receives the security and audit events as JSON lines in
 	// an OCSF-aligned schema (siem.go); "-" is stdout, "" is off.
 	SIEMFile string
+	// SIEMSyslog, if set, is the host:port of a syslog server that
+	// receives the same events as RFC 5424 messages over TCP with TLS
+	// (RFC 5425 octet-counted framing), verified against SIEMSyslogCAFile
+	// (PEM; empty: the system roots).
+	SIEMSyslog       string
+	SIEMSyslogCAFile string
 
 	// KEKFile names a file with the 32-byte key-encryption key (raw, or
 	// base64 text). KEK, if set, takes precedence.

@@ -150,6 +150,8 @@ func serveFlagSet(cfg *node.Config, logLevel *string, checkOnly *bool) *flag.Fla
 	eventFlags(fs, &cfg.Events)
 	threatFlags(fs, &cfg.RateLimits) // serve_threat.go
 	fs.StringVar(&cfg.SIEMFile, "siem-file", cfg.SIEMFile, "write security and audit events as JSON lines (OCSF-aligned) to this `file` (\"-\": stdout)")
+	fs.StringVar(&cfg.SIEMSyslog, "siem-syslog", cfg.SIEMSyslog, "send the same events as RFC 5424 syslog messages over TCP with TLS to this `host:port`")
+	fs.StringVar(&cfg.SIEMSyslogCAFile, "siem-syslog-ca", cfg.SIEMSyslogCAFile, "PEM `file` of the CA that signed the syslog server's certificate (default: the system roots)")
 	ztFlags(fs, &cfg.ZeroTrust) // serve_ztauth.go
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
