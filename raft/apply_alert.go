@@ -20,6 +20,11 @@ import (
 // Bucket threat_alerts: minute (8, big-endian) | key → empty, the alert
 // keys announced in that minute. Applying an alert deletes the minutes
 // before the command's, so the bucket holds at most one minute of keys.
+//
+// Op 141 RevokeUserAccess (same feature) is the admin's answer to a
+// compromised account: it drops the user's remembered consents and/or
+// sets User.sessions_revoked_unix_nano, which ends every sign-in session
+// that began at or before it (sessions are sealed cookies, not records).
 
 // FeatureThreatV2 names op 140 (security alerts).
 const FeatureThreatV2 = "threat_v2"
@@ -97,5 +102,46 @@ func (a *applier) raiseSecurityAlert(r *raftpb.RaiseSecurityAlert, now int64) er
 	}
 	a.emit(&raftpb.Event{Tenant: al.Tenant, Kind: raftpb.EventKind_EVENT_KIND_SECURITY_ALERT, TimeUnixNano: now,
 		ClientId: al.ClientId, Subject: al.Subject, Node: al.Node, Region: al.Region, Alert: al})
+	return nil
+}
+
+// checkRevokeUserAccess validates op 141.
+func checkRevokeUserAccess(r *raftpb.RevokeUserAccess) error {
+	if err := checkTenantID(r.GetTenant()); err != nil {
+		return err
+	}
+	if err := checkUserID(r.GetUserId()); err != nil {
+		return err
+	}
+	if !r.GetConsents() && !r.GetSessions() {
+		return invalidf("revoke user access: nothing to revoke (consents, sessions)")
+	}
+	if r.GetClientId() != "" {
+		if !r.GetConsents() || !validID(r.GetClientId()) {
+			return invalidf("revoke user access: client id %q", r.GetClientId())
+		}
+	}
+	return nil
+}
+
+// revokeUserAccess is the apply logic of op 141: drops the user's
+// consents (or one client's) and/or moves the user's sessions cut-off to
+// the command's time.
+func (a *applier) revokeUserAccess(r *raftpb.RevokeUserAccess, now int64) error {
+	u, err := a.getUser(r.GetTenant(), r.GetUserId())
+	if err != nil {
+		return err
+	}
+	if r.GetConsents() {
+		a.dropConsents(u.Tenant, func(c *raftpb.Consent) bool {
+			return c.UserId == u.Id && (r.GetClientId() == "" || c.ClientId == r.GetClientId())
+		})
+	}
+	if r.GetSessions() {
+		u.SessionsRevokedUnixNano = now
+		u.Revision++
+		u.UpdatedUnixNano = now
+		a.putUser(u)
+	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package raft
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 
 	"go.etcd.io/bbolt"
@@ -88,5 +90,67 @@ func TestSecurityAlertOncePerMinute(t *testing.T) {
 	mustApply(t, f, alertCmd(start+2*minute, &raftpb.SecurityAlert{Kind: AlertTokenGuessing, Tenant: "gone"}))
 	if evs2, _ := f.EventsSince(0, 0); len(evs2) != 4 {
 		t.Fatalf("an alert about a missing tenant was announced: %v", evs2[len(evs2)-1])
+	}
+}
+
+func revokeAccessCmd(now int64, r *raftpb.RevokeUserAccess) *raftpb.Command {
+	return &raftpb.Command{Version: CommandVersion, TimeUnixNano: now,
+		Op: &raftpb.Command_RevokeUserAccess{RevokeUserAccess: r}}
+}
+
+// TestRevokeUserAccess: revoking one client's consent leaves the others;
+// revoking all consents and the sessions drops every consent of the user
+// (not another user's) and sets the sessions cut-off; bad commands and an
+// unknown user are refused. The command's encoding is golden.
+func TestRevokeUserAccess(t *testing.T) {
+	golden := []struct {
+		name string
+		cmd  *raftpb.Command
+	}{
+		{"revoke_user_access", revokeAccessCmd(t0+10, &raftpb.RevokeUserAccess{Tenant: "t", UserId: "u1", Consents: true, Sessions: true})},
+	}
+	writeGolden(t, golden)
+	f := flowFSM(t)
+	consent := func(now int64, user, client string) *raftpb.Command {
+		return flowCmd(now, &raftpb.RememberConsent{Consent: &raftpb.Consent{Tenant: "t", UserId: user, ClientId: client, Scopes: []string{"openid"}}})
+	}
+	mustApply(t, f, flowCmd(t0, &raftpb.CreateUser{User: testUser("t", "u2", "Bob")}),
+		consent(t0+1, "u1", "c1"), consent(t0+2, "u1", "c2"), consent(t0+3, "u2", "c1"))
+	clients := func(user string) (out []string) {
+		for _, c := range f.State().UserConsents("t", user) {
+			out = append(out, c.ClientId)
+		}
+		return out
+	}
+	if got := fmt.Sprint(clients("u1"), clients("u2")); got != "[c1 c2] [c1]" {
+		t.Fatalf("consents %s", got)
+	}
+	mustApply(t, f, revokeAccessCmd(t0+5, &raftpb.RevokeUserAccess{Tenant: "t", UserId: "u1", Consents: true, ClientId: "c1"}))
+	if got := fmt.Sprint(clients("u1"), clients("u2")); got != "[c2] [c1]" {
+		t.Fatalf("after revoking u1's consent to c1: %s", got)
+	}
+	if u, _ := f.State().User("t", "u1"); u.SessionsRevokedUnixNano != 0 {
+		t.Fatal("sessions revoked by a consents-only command")
+	}
+	applyGolden(t, f, "TestRevokeUserAccess", golden)
+	if got := fmt.Sprint(clients("u1"), clients("u2")); got != "[] [c1]" {
+		t.Fatalf("after revoking all of u1's: %s", got)
+	}
+	if u, _ := f.State().User("t", "u1"); u.SessionsRevokedUnixNano != t0+10 {
+		t.Fatalf("sessions cut-off %d", u.SessionsRevokedUnixNano)
+	}
+	checkViewMatchesDB(t, f)
+	for _, bad := range []*raftpb.RevokeUserAccess{
+		{Tenant: "t", UserId: "u1"},
+		{Tenant: "t", UserId: "u1", Sessions: true, ClientId: "c1"},
+		{Tenant: "", UserId: "u1", Sessions: true},
+		{Tenant: "t", UserId: "", Sessions: true},
+	} {
+		if res := applyAll(t, f, revokeAccessCmd(t0+20, bad)); res[0].Err == nil {
+			t.Fatalf("%v accepted", bad)
+		}
+	}
+	if res := applyAll(t, f, revokeAccessCmd(t0+20, &raftpb.RevokeUserAccess{Tenant: "t", UserId: "nobody", Sessions: true})); !errors.Is(res[0].Err, ErrNotFound) {
+		t.Fatalf("unknown user: %v", res[0].Err)
 	}
 }

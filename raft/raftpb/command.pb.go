@@ -179,6 +179,7 @@ type Command struct {
 	//	*Command_RevokeAdminCredential
 	//	*Command_AppendAudit
 	//	*Command_RaiseSecurityAlert
+	//	*Command_RevokeUserAccess
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -566,6 +567,15 @@ func (x *Command) GetRaiseSecurityAlert() *RaiseSecurityAlert {
 	return nil
 }
 
+func (x *Command) GetRevokeUserAccess() *RevokeUserAccess {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeUserAccess); ok {
+			return x.RevokeUserAccess
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -731,6 +741,12 @@ type Command_RaiseSecurityAlert struct {
 	RaiseSecurityAlert *RaiseSecurityAlert `protobuf:"bytes,140,opt,name=raise_security_alert,json=raiseSecurityAlert,proto3,oneof"`
 }
 
+type Command_RevokeUserAccess struct {
+	// Issue 13 (feature "threat_v2"): an admin revokes a user's remembered
+	// consents and/or sign-in sessions. See RevokeUserAccess.
+	RevokeUserAccess *RevokeUserAccess `protobuf:"bytes,141,opt,name=revoke_user_access,json=revokeUserAccess,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -802,6 +818,8 @@ func (*Command_RevokeAdminCredential) isCommand_Op() {}
 func (*Command_AppendAudit) isCommand_Op() {}
 
 func (*Command_RaiseSecurityAlert) isCommand_Op() {}
+
+func (*Command_RevokeUserAccess) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -2893,8 +2911,11 @@ type User struct {
 	// Access tokens issued at or before it stay invalid after the user is
 	// enabled again.
 	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Issue 13: sign-in sessions that began at or before this time are no
+	// longer valid (RevokeUserAccess with sessions); 0 if never.
+	SessionsRevokedUnixNano int64 `protobuf:"varint,140,opt,name=sessions_revoked_unix_nano,json=sessionsRevokedUnixNano,proto3" json:"sessions_revoked_unix_nano,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *User) Reset() {
@@ -3014,6 +3035,13 @@ func (x *User) GetEmailVerified() bool {
 func (x *User) GetLockedUnixNano() int64 {
 	if x != nil {
 		return x.LockedUnixNano
+	}
+	return 0
+}
+
+func (x *User) GetSessionsRevokedUnixNano() int64 {
+	if x != nil {
+		return x.SessionsRevokedUnixNano
 	}
 	return 0
 }
@@ -5973,11 +6001,93 @@ func (x *RaiseSecurityAlert) GetAlert() *SecurityAlert {
 	return nil
 }
 
+// RevokeUserAccess revokes a user's remembered consents (all, or only the
+// one for client_id) and/or ends every sign-in session the user has (the
+// sessions are sealed cookies: User.sessions_revoked_unix_nano makes those
+// that began at or before the command's time invalid). "not found" for an
+// unknown user.
+type RevokeUserAccess struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Tenant   string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UserId   string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Consents bool                   `protobuf:"varint,3,opt,name=consents,proto3" json:"consents,omitempty"`
+	// With consents: only the consent given to this client.
+	ClientId      string `protobuf:"bytes,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Sessions      bool   `protobuf:"varint,5,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserAccess) Reset() {
+	*x = RevokeUserAccess{}
+	mi := &file_command_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserAccess) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserAccess) ProtoMessage() {}
+
+func (x *RevokeUserAccess) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserAccess.ProtoReflect.Descriptor instead.
+func (*RevokeUserAccess) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *RevokeUserAccess) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RevokeUserAccess) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RevokeUserAccess) GetConsents() bool {
+	if x != nil {
+		return x.Consents
+	}
+	return false
+}
+
+func (x *RevokeUserAccess) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *RevokeUserAccess) GetSessions() bool {
+	if x != nil {
+		return x.Sessions
+	}
+	return false
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\xae\x15\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\x80\x16\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -6021,7 +6131,8 @@ const file_command_proto_rawDesc = "" +
 	"\x14put_admin_credential\x18x \x01(\v2!.tally.raft.v1.PutAdminCredentialH\x00R\x12putAdminCredential\x12^\n" +
 	"\x17revoke_admin_credential\x18y \x01(\v2$.tally.raft.v1.RevokeAdminCredentialH\x00R\x15revokeAdminCredential\x12?\n" +
 	"\fappend_audit\x18z \x01(\v2\x1a.tally.raft.v1.AppendAuditH\x00R\vappendAudit\x12V\n" +
-	"\x14raise_security_alert\x18\x8c\x01 \x01(\v2!.tally.raft.v1.RaiseSecurityAlertH\x00R\x12raiseSecurityAlertB\x04\n" +
+	"\x14raise_security_alert\x18\x8c\x01 \x01(\v2!.tally.raft.v1.RaiseSecurityAlertH\x00R\x12raiseSecurityAlert\x12P\n" +
+	"\x12revoke_user_access\x18\x8d\x01 \x01(\v2\x1f.tally.raft.v1.RevokeUserAccessH\x00R\x10revokeUserAccessB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -6199,7 +6310,7 @@ const file_command_proto_rawDesc = "" +
 	"\x04time\x18\x04 \x01(\rR\x04time\x12\x1d\n" +
 	"\n" +
 	"memory_kib\x18\x05 \x01(\rR\tmemoryKib\x12\x18\n" +
-	"\athreads\x18\x06 \x01(\rR\athreads\"\xa6\x03\n" +
+	"\athreads\x18\x06 \x01(\rR\athreads\"\xe4\x03\n" +
 	"\x04User\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1a\n" +
@@ -6214,7 +6325,8 @@ const file_command_proto_rawDesc = "" +
 	" \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\v \x01(\x04R\brevision\x12%\n" +
 	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\x12(\n" +
-	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"\xc7\x01\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\x12<\n" +
+	"\x1asessions_revoked_unix_nano\x18\x8c\x01 \x01(\x03R\x17sessionsRevokedUnixNano\"\xc7\x01\n" +
 	"\aConsent\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
@@ -6446,7 +6558,13 @@ const file_command_proto_rawDesc = "" +
 	" \x01(\tR\x06region\x12$\n" +
 	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\"H\n" +
 	"\x12RaiseSecurityAlert\x122\n" +
-	"\x05alert\x18\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert*\xae\x03\n" +
+	"\x05alert\x18\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert\"\x98\x01\n" +
+	"\x10RevokeUserAccess\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1a\n" +
+	"\bconsents\x18\x03 \x01(\bR\bconsents\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x1a\n" +
+	"\bsessions\x18\x05 \x01(\bR\bsessions*\xae\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -6476,7 +6594,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
 	(*Command)(nil),                  // 1: tally.raft.v1.Command
@@ -6547,6 +6665,7 @@ var file_command_proto_goTypes = []any{
 	(*AppendAudit)(nil),              // 66: tally.raft.v1.AppendAudit
 	(*SecurityAlert)(nil),            // 67: tally.raft.v1.SecurityAlert
 	(*RaiseSecurityAlert)(nil),       // 68: tally.raft.v1.RaiseSecurityAlert
+	(*RevokeUserAccess)(nil),         // 69: tally.raft.v1.RevokeUserAccess
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -6585,54 +6704,55 @@ var file_command_proto_depIdxs = []int32{
 	64, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
 	66, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
 	68, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
-	11, // 36: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 37: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 38: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 39: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 40: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 41: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 42: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	47, // 43: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	12, // 44: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	46, // 45: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	0,  // 46: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 47: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	65, // 48: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
-	67, // 49: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
-	28, // 50: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 51: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 52: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 53: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 54: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 55: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 56: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 57: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 58: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 59: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 60: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 61: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 62: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 63: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 64: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	52, // 65: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	39, // 66: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	45, // 67: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	48, // 68: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	49, // 69: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	47, // 70: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	52, // 71: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	58, // 72: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	59, // 73: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	60, // 74: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	61, // 75: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	62, // 76: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	65, // 77: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	67, // 78: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
-	79, // [79:79] is the sub-list for method output_type
-	79, // [79:79] is the sub-list for method input_type
-	79, // [79:79] is the sub-list for extension type_name
-	79, // [79:79] is the sub-list for extension extendee
-	0,  // [0:79] is the sub-list for field type_name
+	69, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
+	11, // 37: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 38: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 39: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 40: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 41: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 42: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 43: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	47, // 44: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	12, // 45: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	46, // 46: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	0,  // 47: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 48: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	65, // 49: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	67, // 50: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
+	28, // 51: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 52: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 53: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 54: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 55: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 56: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 57: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 58: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 59: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 60: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 61: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 62: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 63: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 64: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 65: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	52, // 66: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	39, // 67: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	45, // 68: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	48, // 69: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	49, // 70: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	47, // 71: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	52, // 72: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	58, // 73: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	59, // 74: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	60, // 75: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	61, // 76: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	62, // 77: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	65, // 78: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	67, // 79: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
+	80, // [80:80] is the sub-list for method output_type
+	80, // [80:80] is the sub-list for method input_type
+	80, // [80:80] is the sub-list for extension type_name
+	80, // [80:80] is the sub-list for extension extendee
+	0,  // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -6677,6 +6797,7 @@ func file_command_proto_init() {
 		(*Command_RevokeAdminCredential)(nil),
 		(*Command_AppendAudit)(nil),
 		(*Command_RaiseSecurityAlert)(nil),
+		(*Command_RevokeUserAccess)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -6684,7 +6805,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   68,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
