@@ -67,6 +67,9 @@ func (s *Server) readSession(ctx context.Context, r *http.Request, tenant string
 	if err != nil || !u.Active() {
 		return nil, nil
 	}
+	if !u.SessionsRevokedAt.IsZero() && sess.AuthTime <= u.SessionsRevokedAt.Unix() {
+		return nil, nil // an admin ended the user's sessions (RevokeUserAccess)
+	}
 	return &sess, &u
 }
 
