@@ -111,3 +111,51 @@ func TestAdminCredentialAndAuditCLI(t *testing.T) {
 		t.Fatalf("verify tampered copy: exit %d, %s", code, errs)
 	}
 }
+
+// TestAdminUserConsentsSessionsCLI: tally admin user consents list|revoke
+// and user sessions revoke against a real node, in text and JSON; an
+// auditor may list but not revoke.
+func TestAdminUserConsentsSessionsCLI(t *testing.T) {
+	n := nodetest.Start(t)
+	root := map[string]string{"TALLY_SERVER": n.URL(), "TALLY_ADMIN_TOKEN": n.AdminToken}
+	if code, _, errs := runCLI(t, root, "admin", "user", "create", "--username", "carol"); code != 0 {
+		t.Fatalf("user create: %d %s", code, errs)
+	}
+	code, out, errs := runCLI(t, root, "admin", "user", "consents", "list", "carol", "--output", "json")
+	var listed struct {
+		UserID   string `json:"user_id"`
+		Consents []any  `json:"consents"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &listed) != nil || !strings.HasPrefix(listed.UserID, "u_") || len(listed.Consents) != 0 {
+		t.Fatalf("consents list: %d %q %s", code, out, errs)
+	}
+	if code, out, errs := runCLI(t, root, "admin", "user", "consents", "list", "carol"); code != 0 || !strings.Contains(out, "CLIENT") {
+		t.Fatalf("consents list (text): %d %q %s", code, out, errs)
+	}
+	code, out, errs = runCLI(t, root, "admin", "user", "sessions", "revoke", "carol", "--output", "json")
+	var revoked map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &revoked) != nil || revoked["user_id"] != listed.UserID || revoked["sessions_revoked_at"] == nil {
+		t.Fatalf("sessions revoke: %d %q %s", code, out, errs)
+	}
+	code, out, errs = runCLI(t, root, "admin", "user", "consents", "revoke", "carol", "--output", "json")
+	if code != 0 || json.Unmarshal([]byte(out), &revoked) != nil || revoked["user_id"] != listed.UserID {
+		t.Fatalf("consents revoke: %d %q %s", code, out, errs)
+	}
+	if code, _, errs := runCLI(t, root, "admin", "user", "consents", "revoke", "carol", "--client", "c_none"); code != 1 || !strings.Contains(errs, "not_found") {
+		t.Fatalf("revoking a consent never given: %d %s", code, errs)
+	}
+	code, out, errs = runCLI(t, root, "admin", "credential", "create", "--name", "auditor", "--role", "auditor", "--output", "json")
+	var created struct {
+		Token string `json:"token"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &created) != nil {
+		t.Fatalf("credential create: %d %s", code, errs)
+	}
+	auditor := map[string]string{"TALLY_SERVER": n.URL(), "TALLY_ADMIN_TOKEN": created.Token}
+	if code, _, errs := runCLI(t, auditor, "admin", "user", "consents", "list", "carol"); code != 0 {
+		t.Fatalf("auditor consents list: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, auditor, "admin", "user", "sessions", "revoke", "carol"); code != 1 || !strings.Contains(errs, "permission_denied") {
+		t.Fatalf("auditor sessions revoke: %d %s", code, errs)
+	}
+}
