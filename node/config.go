@@ -138,6 +138,15 @@ type Config struct {
 	// /metrics then requires (Authorization: Bearer <token>; Prometheus:
 	// authorization.credentials_file), on whichever listener serves it.
 	MetricsTokenFile string
+	// AdminListen, if set, is the host:port of a separate listener for the
+	// admin and cluster-admin APIs, which the public listener then does not
+	// serve (admin_listen.go). With AdminTLSCertFile and AdminTLSKeyFile
+	// it speaks TLS; with AdminClientCAFile too, it requires client
+	// certificates signed by that CA (mutual TLS).
+	AdminListen       string
+	AdminTLSCertFile  string
+	AdminTLSKeyFile   string
+	AdminClientCAFile string
 
 	// JWKSMaxAge is the Cache-Control max-age of JWKS responses.
 	JWKSMaxAge time.Duration

@@ -36,6 +36,10 @@ type Node struct {
 	alerts *alertSink
 	// metricsToken, if set, is the bearer token /metrics requires.
 	metricsToken string
+	// adminLn and adminSrv serve the admin APIs on Config.AdminListen
+	// (admin_listen.go); nil without it.
+	adminLn  net.Listener
+	adminSrv *http.Server
 	cfg          Config
 	log          *slog.Logger
 	now          func() time.Time
@@ -203,6 +207,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
 
+	if n.adminLn, err = n.listenAdmin(); err != nil {
+		return nil, fmt.Errorf("node: admin listen: %w", err)
+	}
 	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature, par: flows.par, threatOK: n.threatSupported}
 	n.http = &http.Server{
 		Handler:           n.routes(admin, n.adminAuthFor(adminToken, kek)),
@@ -264,16 +271,23 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 	if n.cfg.MetricsListen == "" {
 		mux.Handle("GET /metrics", n.metricsEndpoint())
 	}
+	adminMux := mux
+	if n.adminLn != nil {
+		// The admin APIs on their own listener only (admin_listen.go).
+		adminMux = http.NewServeMux()
+		adminMux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+		n.adminSrv = n.adminServer(n.tel.traced(adminMux))
+	}
 	path, h := adminv1connect.NewAdminServiceHandler(admin,
 		connect.WithInterceptors(n.adminGuard(auth, "admin")),
 		connect.WithReadMaxBytes(1<<20),
 	)
-	mux.Handle(path, h)
+	adminMux.Handle(path, h)
 	cpath, ch := clusterv1connect.NewClusterAdminServiceHandler(&clusterAdminService{c: n.cl, auth: auth},
 		connect.WithInterceptors(n.adminGuard(auth, "cluster")),
 		connect.WithReadMaxBytes(1<<20),
 	)
-	mux.Handle(cpath, ch)
+	adminMux.Handle(cpath, ch)
 	if n.events != nil {
 		mux.Handle((&eventsService{n: n, ev: n.events, kek: n.events.kek, admin: auth}).handler())
 	}
@@ -373,6 +387,16 @@ func (n *Node) Run(ctx context.Context) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- n.http.Serve(n.ln) }()
+	if n.adminSrv != nil {
+		go func() {
+			if err := n.adminSrv.Serve(n.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		}()
+	}
 	n.startMetrics(sctx)
 	n.ready.Store(true)
 	attrs := []any{"addr", n.Addr(), "issuer", n.iss.Issuer(DefaultTenant), "nats", n.NATSURL()}
@@ -396,6 +420,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.http.Shutdown(shCtx); err != nil {
 		n.log.Warn("http shutdown", "err", err)
 	}
+	if n.adminSrv != nil {
+		if err := n.adminSrv.Shutdown(shCtx); err != nil {
+			n.log.Warn("admin listener shutdown", "err", err)
+		}
+	}
 	if errors.Is(serveErr, http.ErrServerClosed) {
 		serveErr = nil
 	}
@@ -416,6 +445,11 @@ func (n *Node) Close() error {
 			n.ln.Close()
 		}
 		errs = append(errs, n.metricsSrv.close())
+		if n.adminSrv != nil {
+			n.adminSrv.Close()
+		} else if n.adminLn != nil {
+			n.adminLn.Close()
+		}
 		if n.threat.alertStop != nil {
 			n.threat.alertStop() // issue 13 (alerts.go)
 		}

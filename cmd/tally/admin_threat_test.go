@@ -2,14 +2,18 @@ package main
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.etcd.io/bbolt"
 
+	"github.com/tallyauth/tally/node"
 	"github.com/tallyauth/tally/node/nodetest"
+	"github.com/tallyauth/tally/raft"
 )
 
 // TestAdminCredentialAndAuditCLI is the issue-13 contract for scripts:
@@ -157,5 +161,62 @@ func TestAdminUserConsentsSessionsCLI(t *testing.T) {
 	}
 	if code, _, errs := runCLI(t, auditor, "admin", "user", "sessions", "revoke", "carol"); code != 1 || !strings.Contains(errs, "permission_denied") {
 		t.Fatalf("auditor sessions revoke: %d %s", code, errs)
+	}
+}
+
+// TestAdminListenMutualTLS: with --admin-listen and mutual TLS the admin
+// API is gone from the public listener and served on the admin listener
+// only to clients with a certificate of the admin CA (and an admin token):
+// tally admin with --admin-ca/--admin-cert/--admin-key (or the TALLY_ADMIN_*
+// variables) works; without a client certificate, or with one of another
+// CA, the handshake fails.
+func TestAdminListenMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	caDir, other := filepath.Join(dir, "ca"), filepath.Join(dir, "other-ca")
+	for _, d := range []string{caDir, other} {
+		if err := raft.InitCADir(d, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	issue := func(ca, name string) string {
+		out := filepath.Join(dir, name)
+		if err := raft.IssueNodeCertDir(ca, out, raft.CertOptions{NodeID: name, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	server, operator, stranger := issue(caDir, "admin-listener"), issue(caDir, "operator"), issue(other, "stranger")
+	n := nodetest.Start(t, nodetest.WithConfig(func(c *node.Config) {
+		c.AdminListen = "127.0.0.1:0"
+		c.AdminTLSCertFile, c.AdminTLSKeyFile = filepath.Join(server, raft.NodeCertFile), filepath.Join(server, raft.NodeKeyFile)
+		c.AdminClientCAFile = filepath.Join(caDir, raft.CACertFile)
+	}))
+	if n.AdminAddr() == "" {
+		t.Fatal("no admin listener")
+	}
+	public := map[string]string{"TALLY_SERVER": n.URL(), "TALLY_ADMIN_TOKEN": n.AdminToken}
+	if code, _, errs := runCLI(t, public, "admin", "tenant", "list"); code == 0 {
+		t.Fatalf("the public listener still serves the admin API: %s", errs)
+	}
+	env := map[string]string{"TALLY_SERVER": "https://" + n.AdminAddr(), "TALLY_ADMIN_TOKEN": n.AdminToken,
+		"TALLY_ADMIN_CA": filepath.Join(caDir, raft.CACertFile)}
+	if code, _, errs := runCLI(t, env, "admin", "tenant", "list"); code != 1 {
+		t.Fatalf("without a client certificate: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, env, "admin", "tenant", "list",
+		"--admin-cert", filepath.Join(stranger, raft.NodeCertFile), "--admin-key", filepath.Join(stranger, raft.NodeKeyFile)); code != 1 {
+		t.Fatalf("with another CA's certificate: %d %s", code, errs)
+	}
+	env["TALLY_ADMIN_CERT"], env["TALLY_ADMIN_KEY"] = filepath.Join(operator, raft.NodeCertFile), filepath.Join(operator, raft.NodeKeyFile)
+	if code, out, errs := runCLI(t, env, "admin", "tenant", "list", "--output", "json"); code != 0 || !strings.Contains(out, "default") {
+		t.Fatalf("with the operator's certificate: %d %q %s", code, out, errs)
+	}
+	if code, out, errs := runCLI(t, env, "admin", "cluster", "status"); code != 0 {
+		t.Fatalf("cluster status over the admin listener: %d %q %s", code, out, errs)
+	}
+	delete(env, "TALLY_ADMIN_TOKEN")
+	env["TALLY_ADMIN_TOKEN"] = "not-the-token-0123456789"
+	if code, _, errs := runCLI(t, env, "admin", "tenant", "list"); code != 1 || !strings.Contains(errs, "unauthenticated") {
+		t.Fatalf("a client certificate without the token: %d %s", code, errs)
 	}
 }
