@@ -82,7 +82,7 @@ func (a *applier) raiseSecurityAlert(r *raftpb.RaiseSecurityAlert, now int64) er
 	// Forget the minutes before this one.
 	c := b.Cursor()
 	var old [][]byte
-	for k, _ := c.First(); k != nil && len(k) >= 8 && binary.BigEndian.Uint64(k[:8]) < minute; k, _ = c.Next() {
+	for k, _ := c.First(); len(k) >= 8 && binary.BigEndian.Uint64(k[:8]) < minute; k, _ = c.Next() {
 		old = append(old, bytes.Clone(k))
 	}
 	for _, k := range old {
