@@ -170,7 +170,9 @@ func TestRunbookRollingProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
-	c := proctest.Start(t, proctest.Options{})
+	// Rate limits off: the load is one client on one address as fast as
+	// the nodes answer (the per-client budget would throttle it).
+	c := proctest.Start(t, proctest.Options{Args: func(int, *proctest.Cluster) []string { return []string{"--rate-limits", "off"} }})
 	oldTok := c.AdminToken
 	var clientID, secret string
 	proctestEventually(t, func() error {
