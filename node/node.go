@@ -40,10 +40,10 @@ type Node struct {
 	// (admin_listen.go); nil without it.
 	adminLn  net.Listener
 	adminSrv *http.Server
-	cfg          Config
-	log          *slog.Logger
-	now          func() time.Time
-	base         string
+	cfg      Config
+	log      *slog.Logger
+	now      func() time.Time
+	base     string
 
 	tel       *telemetry
 	raft      *raft.Node
