@@ -335,7 +335,7 @@ func (s *Server) continueAuthorize(w http.ResponseWriter, r *http.Request, t Ten
 		return
 	}
 	consented := p.Consented && p.UserID == u.ID
-	if !consented && !slices.Contains(p.Prompt, "consent") {
+	if !consented && !slices.Contains(p.Prompt, "consent") && !nativeUnproven(c, p.RedirectURI) {
 		cs, err := s.users.Consent(ctx, t.ID, u.ID, c.ID)
 		consented = err == nil && (cs.ExpiresAt.IsZero() || now.Before(cs.ExpiresAt)) && subset(p.Scopes, cs.Scopes)
 	}
@@ -357,6 +357,22 @@ func (s *Server) continueAuthorize(w http.ResponseWriter, r *http.Request, t Ten
 		return
 	}
 	s.redirectTo(w, r, t, p, url.Values{"code": {code}})
+}
+
+// nativeUnproven reports whether a request comes from a public client
+// whose identity its redirect URI does not prove: a loopback or
+// private-use-scheme redirect, which any app on the device can claim.
+// RFC 8252 §8.6: such a request is processed as if no earlier request had
+// been approved, so a remembered consent does not authorise it silently
+// (the user approves again; prompt=none gets consent_required). An https
+// redirect URI (a web app, or a native app's claimed https link) proves
+// the client the way a confidential client's secret does.
+func nativeUnproven(c Client, redirectURI string) bool {
+	if !c.Public {
+		return false
+	}
+	u, err := url.Parse(redirectURI)
+	return err != nil || u.Scheme != "https"
 }
 
 func subset(want, have []string) bool {
@@ -456,6 +472,10 @@ func (s *Server) resumeAuthorize(w http.ResponseWriter, r *http.Request, t Tenan
 			return
 		}
 		u, err := s.checkPassword(ctx, t.ID, vals.Get("username"), vals.Get("password"))
+		if errors.Is(err, errHashBusy) {
+			s.showLogin(w, r, t, c, p, "authorize", "Too many attempts. Wait a minute and try again.")
+			return
+		}
 		if err != nil {
 			if errors.Is(err, errBadLogin) {
 				p.LoginHint = vals.Get("username")

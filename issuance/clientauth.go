@@ -153,7 +153,7 @@ func (s *Server) authenticateClient(ctx context.Context, tenant string, cc Clien
 	}
 	c, err := s.authClient(ctx, tenant, cc, now)
 	if e := (*Error)(nil); errors.As(err, &e) && e.Code == CodeInvalidClient {
-		s.recordFailure(ctx, tenant, cc.ID)
+		s.recordFailure(ctx, tenant, cc.ID, "", true)
 	}
 	return c, err
 }

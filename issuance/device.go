@@ -220,6 +220,10 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		u, err := s.checkPassword(ctx, t.ID, vals.Get("username"), vals.Get("password"))
+		if errors.Is(err, errHashBusy) {
+			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Too many attempts. Wait a minute and try again.")
+			return
+		}
 		if err != nil {
 			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Invalid username or password.")
 			return
@@ -282,7 +286,7 @@ func (s *Server) deviceLookup(w http.ResponseWriter, r *http.Request, t Tenant, 
 	if c, err := r.Cookie(csrfCookie); err == nil {
 		browser = c.Value
 	}
-	if !s.codeIPLimit.allow(clientIP(r), now) || (browser != "" && !s.codeSLimit.allow(browser, now)) {
+	if !s.codeIPLimit.allow(clientIP(r), now) || (browser != "" && !s.codeSLimit.allow(browser, now)) || !s.userCodeGate(ctx) {
 		entry("Too many attempts. Wait a minute and try again.", http.StatusTooManyRequests)
 		return
 	}
@@ -293,6 +297,9 @@ func (s *Server) deviceLookup(w http.ResponseWriter, r *http.Request, t Tenant, 
 	}
 	d, err := s.users.DeviceCode(ctx, t.ID, code)
 	if err != nil || d.Status != "pending" || !now.Before(d.ExpiresAt) {
+		if errors.Is(err, ErrNotFound) {
+			s.userCodeMiss(ctx, t.ID, u.ID) // a code that never was: a guess (alerts.go)
+		}
 		entry("Unknown or expired code.", http.StatusBadRequest)
 		return
 	}

@@ -3,6 +3,7 @@ package issuance
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"runtime"
 )
 
 // initFlows sets up the end-user flows of Config.Users and Config.Grants.
@@ -18,6 +19,7 @@ func (s *Server) initFlows() error {
 	s.codeIPLimit = newLimiters(s.cfg.UserCodeAttemptsPerMinute, s.cfg.UserCodeAttemptsPerMinute)
 	s.codeSLimit = newLimiters(s.cfg.UserCodeAttemptsPerMinute, s.cfg.UserCodeAttemptsPerMinute)
 	s.device = newDeviceGuard(s.cfg.DeviceLimits.withDefaults())
+	s.hashSem = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
 	return nil
 }
 

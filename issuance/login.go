@@ -67,6 +67,9 @@ func (s *Server) readSession(ctx context.Context, r *http.Request, tenant string
 	if err != nil || !u.Active() {
 		return nil, nil
 	}
+	if !u.SessionsRevokedAt.IsZero() && sess.AuthTime <= u.SessionsRevokedAt.Unix() {
+		return nil, nil // an admin ended the user's sessions (RevokeUserAccess)
+	}
 	return &sess, &u
 }
 
@@ -116,10 +119,16 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	}
+	release, ok := s.acquireHash(ctx)
+	if !ok {
+		s.metrics.signinFailure(ctx, "rate_limited")
+		return User{}, errHashBusy
+	}
+	defer release()
 	u, err := s.users.UserByUsername(ctx, tenant, username)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		s.recordFailure(ctx, tenant, username)
+		s.recordFailure(ctx, tenant, username, "", false)
 		s.dummyHash.Verify(password)
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
@@ -127,7 +136,7 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 		return User{}, errUnavailable("user lookup failed", err)
 	}
 	if len(u.Password.Hash) == 0 {
-		s.recordFailure(ctx, tenant, username)
+		s.recordFailure(ctx, tenant, username, u.ID, false)
 		// A user without a password costs one hash too (issue 13): its
 		// refusal takes as long as a wrong password's.
 		s.dummyHash.Verify(password)
@@ -135,7 +144,7 @@ func (s *Server) checkPassword(ctx context.Context, tenant, username, password s
 		return User{}, errBadLogin
 	}
 	if !u.Password.Verify(password) || !u.Active() {
-		s.recordFailure(ctx, tenant, username)
+		s.recordFailure(ctx, tenant, username, u.ID, false)
 		s.metrics.signinFailure(ctx, "bad_credentials")
 		return User{}, errBadLogin
 	}

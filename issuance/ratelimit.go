@@ -23,9 +23,10 @@ import (
 // buckets, most specific first, and stops at the first empty one (so a
 // refused request does not drain the broader budgets):
 //
-//	client    tenant + client id, for a client the tenant knows
-//	unknown   client IP, for requests naming a client the tenant does not know
 //	username  tenant + username + source subnet, for sign-in posts
+//	client    tenant + client id, for a client the tenant knows (a public
+//	          client, which anyone may name: + source subnet)
+//	unknown   client IP, for requests naming a client the tenant does not know
 //	ip        client IP (IPv4 address, IPv6 /64)
 //	subnet    IPv4 /24, IPv6 /48
 //	tenant    tenant
@@ -60,6 +61,12 @@ type RateLimits struct {
 	PerIP            int
 	PerSubnet        int
 	PerTenant        int
+	// Alert thresholds per minute and tenant (alerts.go): failed sign-ins
+	// and client authentications, introspections of non-tokens per
+	// client, device user codes matching nothing.
+	AlertFailures         int
+	AlertIntrospectMisses int
+	AlertUserCodeMisses   int
 	// Off turns the guard off entirely.
 	Off bool
 	// TrustedProxies are the peers whose X-Forwarded-For is believed.
@@ -74,7 +81,8 @@ type RateLimits struct {
 // tenant, 30 sign-in posts a minute per account, one request a second per
 // address naming unknown clients.
 func DefaultRateLimits() RateLimits {
-	return RateLimits{PerClient: 60000, PerUnknownClient: 60, PerUsername: 30, PerIP: 120000, PerSubnet: 600000, PerTenant: 1200000}
+	return RateLimits{PerClient: 60000, PerUnknownClient: 60, PerUsername: 30, PerIP: 120000, PerSubnet: 600000, PerTenant: 1200000,
+		AlertFailures: DefaultAlertFailures, AlertIntrospectMisses: DefaultAlertIntrospectMisses, AlertUserCodeMisses: DefaultAlertUserCodeMisses}
 }
 
 func (l RateLimits) withDefaults() RateLimits {
@@ -82,6 +90,7 @@ func (l RateLimits) withDefaults() RateLimits {
 	for _, f := range []struct{ v, def *int }{
 		{&l.PerClient, &d.PerClient}, {&l.PerUnknownClient, &d.PerUnknownClient}, {&l.PerUsername, &d.PerUsername},
 		{&l.PerIP, &d.PerIP}, {&l.PerSubnet, &d.PerSubnet}, {&l.PerTenant, &d.PerTenant},
+		{&l.AlertFailures, &d.AlertFailures}, {&l.AlertIntrospectMisses, &d.AlertIntrospectMisses}, {&l.AlertUserCodeMisses, &d.AlertUserCodeMisses},
 	} {
 		if *f.v == 0 {
 			*f.v = *f.def
@@ -371,22 +380,33 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		lim := s.rl.limits(tenant)
 		clientID, username, grant := s.requestParties(r)
 		var keys []rlKey
+		if username != "" {
+			// Per account and source network: a distributed attack on
+			// one account cannot lock its owner out from their own
+			// network (each attacking source meets its own budget). It
+			// comes first: a sign-in refused here takes nothing from the
+			// client's budget, which the account's other users share.
+			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnetKey(ip)})
+		}
 		if clientID != "" {
-			if _, err := s.st.Client(r.Context(), tenant, clientID); err == nil {
-				keys = append(keys, rlKey{rlClient, lim.PerClient, tenant + "\x00" + clientID})
+			if c, err := s.st.Client(r.Context(), tenant, clientID); err == nil {
+				key := tenant + "\x00" + clientID
+				if c.Public {
+					// Anyone may name a public client (no secret): its
+					// budget is per source network, so that a flood of
+					// its sign-in pages from one network does not lock
+					// out the app's users elsewhere.
+					key += "\x00" + subnetKey(ip)
+				}
+				keys = append(keys, rlKey{rlClient, lim.PerClient, key})
 			} else {
 				keys = append(keys, rlKey{rlUnknown, lim.PerUnknownClient, ipKey(ip)})
 			}
 		}
-		if username != "" {
-			// Per account and source network: a distributed attack on
-			// one account cannot lock its owner out from their own
-			// network (each attacking source meets its own budget).
-			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnetKey(ip)})
-		}
 		keys = append(keys, rlKey{rlIP, lim.PerIP, ipKey(ip)}, rlKey{rlSubnet, lim.PerSubnet, subnetKey(ip)}, rlKey{rlTenant, lim.PerTenant, tenant})
 		if ok, wait, kind := s.rl.take(keys, s.cfg.Now()); !ok {
 			s.log.Debug("issuance: rate limited", "bucket", kind, "tenant", tenant, "path", r.URL.Path)
+			s.rateLimited(tenant, kind, clientID, ip)
 			e := newError("rate_limited", http.StatusTooManyRequests, "too many requests, retry later", &RateLimited{RetryAfter: wait})
 			if grant == GrantDeviceCode {
 				e = errRateLimited(wait)

@@ -210,10 +210,12 @@ type Server struct {
 	loginLimit  *limiters
 	codeIPLimit *limiters
 	codeSLimit  *limiters
-	device      *deviceGuard // device_pace.go
-	zt          *ztState     // clientauth_zt.go
-	dpop        *dpopGuard   // dpop.go
-	rl          *rateGuard   // ratelimit.go; nil when off
+	device      *deviceGuard  // device_pace.go
+	zt          *ztState      // clientauth_zt.go
+	dpop        *dpopGuard    // dpop.go
+	rl          *rateGuard    // ratelimit.go; nil when off
+	alerts      alerter       // alerts.go
+	hashSem     chan struct{} // stuffing.go: password checks in progress
 }
 
 // NewServer returns a Server reading st and revoking through rv.

@@ -2,6 +2,7 @@ package issuance
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -27,9 +28,25 @@ const (
 	// failuresPerSource is the failure budget per minute of one address
 	// over every account.
 	failuresPerSource = 120
+	// failuresPerSourceUnderAttack is the failure budget per minute of
+	// one address while its tenant is under attack (the tenant's failures
+	// spent RateLimits.AlertFailures): a distributed attack whose sources
+	// each stay under failuresPerSource then meets this one, while real
+	// users, who rarely fail, never count toward it.
+	failuresPerSourceUnderAttack = 10
+	// failuresPerSubnetUnderAttack is the same per source subnet (IPv4
+	// /24, IPv6 /48): a botnet's many addresses in few networks.
+	failuresPerSubnetUnderAttack = 30
 
-	rlFailAccount = "fa"
-	rlFailSource  = "fs"
+	rlFailAccount      = "fa"
+	rlFailSource       = "fs"
+	rlFailSourceAttack = "fx"
+	rlFailSubnetAttack = "fy"
+	// failuresPerAccountAlert is how many failures of one account, from
+	// anywhere, within a minute raise an alert (a spray on the account);
+	// it never refuses anything.
+	failuresPerAccountAlert = 30
+	rlFailAccountAll        = "fu"
 )
 
 func ctxClientIP(ctx context.Context) string {
@@ -48,11 +65,30 @@ func (s *Server) failureKeys(ctx context.Context, tenant, who string) []rlKey {
 	}
 }
 
+// underAttack reports whether tenant's failures spent its alert budget
+// (RateLimits.AlertFailures) within the last minute, cluster-wide.
+func (s *Server) underAttack(tenant string, now time.Time) bool {
+	per := s.rl.limits(tenant).AlertFailures
+	if per <= 0 {
+		return false
+	}
+	ok, _ := s.rl.limiter(rlFailTenant, per).peek(tenant, now)
+	return !ok
+}
+
 // failureGate reports whether an attempt for who may be checked at all; it
-// takes nothing.
+// takes nothing. While the tenant is under attack, an address that failed
+// failuresPerSourceUnderAttack times, or a subnet that failed
+// failuresPerSubnetUnderAttack times, within the last minute waits too.
 func (s *Server) failureGate(ctx context.Context, tenant, who string) (bool, time.Duration) {
 	now := s.cfg.Now()
-	for _, k := range s.failureKeys(ctx, tenant, who) {
+	keys := s.failureKeys(ctx, tenant, who)
+	if len(keys) > 0 && s.underAttack(tenant, now) {
+		ip := ctxClientIP(ctx)
+		keys = append(keys, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, ipKey(ip)},
+			rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, subnetKey(ip)})
+	}
+	for _, k := range keys {
 		if ok, wait := s.rl.limiter(k.kind, k.perMinute).peek(k.key, now); !ok {
 			return false, wait
 		}
@@ -60,13 +96,36 @@ func (s *Server) failureGate(ctx context.Context, tenant, who string) (bool, tim
 	return true, 0
 }
 
-// recordFailure counts one failed attempt for who, here and (shared) on
-// the other nodes.
-func (s *Server) recordFailure(ctx context.Context, tenant, who string) {
-	now := s.cfg.Now()
-	for _, k := range s.failureKeys(ctx, tenant, who) {
-		s.rl.limiter(k.kind, k.perMinute).consume(k.key, 1, now)
-		s.rl.note(k)
+// recordFailure counts one failed attempt for who (a username, or the
+// client id when client is set), here and (shared) on the other nodes,
+// and raises a credential_stuffing alert when a budget is spent (alerts.go).
+// subject is the user id when the username names a user.
+func (s *Server) recordFailure(ctx context.Context, tenant, who, subject string, client bool) {
+	keys := s.failureKeys(ctx, tenant, who)
+	if len(keys) == 0 {
+		return
+	}
+	ip := ctxClientIP(ctx)
+	clientID := ""
+	if client {
+		clientID, subject = who, ""
+	}
+	signals := []SecurityAlert{
+		{Signal: "failures_per_account_source", ClientID: clientID, Subject: subject, Source: subnetKey(ip), Count: failuresPerAccountSource},
+		{Signal: "failures_per_source", Source: ipKey(ip), Count: failuresPerSource},
+	}
+	per := s.rl.limits(tenant).AlertFailures
+	keys = append(keys, rlKey{rlFailTenant, per, tenant}, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, ipKey(ip)},
+		rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, subnetKey(ip)}, rlKey{rlFailRecent, 1, ipKey(ip)},
+		rlKey{rlFailAccountAll, failuresPerAccountAlert, tenant + "\x00" + strings.ToLower(who)})
+	signals = append(signals, SecurityAlert{Signal: "failures_per_tenant", Count: per}, SecurityAlert{}, SecurityAlert{}, SecurityAlert{},
+		SecurityAlert{Signal: "failures_per_account", ClientID: clientID, Subject: subject, Count: failuresPerAccountAlert})
+	for i, k := range keys {
+		if s.countToward(k) && signals[i].Signal != "" {
+			a := signals[i]
+			a.Kind, a.Tenant, a.Window = AlertCredentialStuffing, tenant, time.Minute
+			s.raise(a)
+		}
 	}
 }
 
@@ -104,4 +163,46 @@ func (s *Server) signinAllowed(r *http.Request, tenant, username string, now tim
 	}
 	ok, _ := s.failureGate(r.Context(), tenant, username)
 	return ok
+}
+
+// Password checks are the expensive part of a sign-in (argon2id: tens of
+// milliseconds of CPU and 19 MiB each), so a stuffing attack spread over
+// many sources, each under its failure budgets, can still take every core
+// and starve everything else, real users' sign-ins included. A node runs
+// at most GOMAXPROCS/2 password checks at once (at least one). A source
+// with a failure in the last minute (cluster-wide, rlFailRecent) only gets
+// a free slot and is otherwise told to wait ("Too many attempts"); a
+// source without one queues for a slot (up to hashWait), ahead of the
+// failing ones: the attack cannot crowd out the users who know their
+// passwords.
+const (
+	hashWait     = 5 * time.Second
+	rlFailRecent = "fz"
+)
+
+var errHashBusy = errors.New("too many password checks in progress")
+
+// acquireHash takes a password-check slot for the request's source.
+func (s *Server) acquireHash(ctx context.Context) (release func(), ok bool) {
+	release = func() { <-s.hashSem }
+	select {
+	case s.hashSem <- struct{}{}:
+		return release, true
+	default:
+	}
+	ip := ctxClientIP(ctx)
+	if s.rl != nil && ip != "" {
+		if clean, _ := s.rl.limiter(rlFailRecent, 1).peek(ipKey(ip), s.cfg.Now()); !clean {
+			return nil, false
+		}
+	}
+	t := time.NewTimer(hashWait)
+	defer t.Stop()
+	select {
+	case s.hashSem <- struct{}{}:
+		return release, true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return nil, false
 }

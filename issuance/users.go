@@ -25,6 +25,9 @@ type User struct {
 	// LockedAt is when the user was last disabled or locked (zero if
 	// never): its access tokens issued at or before it stay invalid.
 	LockedAt time.Time
+	// SessionsRevokedAt ends the sign-in sessions that began at or before
+	// it (whole seconds: its second counts); zero if never.
+	SessionsRevokedAt time.Time
 }
 
 // Active reports whether the user may sign in and get tokens.

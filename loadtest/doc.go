@@ -12,8 +12,8 @@
 //     prevented: no coordinated omission). Latencies go into one HDR
 //     histogram per worker, merged at the end, so the hot path takes no
 //     lock. Every scenario (client credentials, introspection, refresh,
-//     authorization code, mixed, revocation propagation) and the drills run
-//     on it; RunClientCredentials is Run with a ClientCredentialsScenario
+//     authorization code, mixed, revocation propagation) and the fault
+//     drills run on it; RunClientCredentials is Run with a ClientCredentialsScenario
 //     against one token endpoint.
 //   - NewBaseline, a bare net/http token endpoint that parses the same form,
 //     authenticates one client with HTTP Basic, signs the same RFC 9068 claim
@@ -37,6 +37,13 @@
 // and healed; it reports the write unavailability window, the issuance
 // error rate in it and the time to recover, then checks on every node that
 // no acknowledged revocation was lost. A DrillReport ends in a verdict.
+//
+// RunAttack (attack.go) is the other kind of drill: an attack (credential
+// stuffing, password spray, device-code or token guessing, a token flood)
+// from many addresses (X-Forwarded-For) against every node, with real users
+// of the same tenant beside it, reported side by side. It runs its own
+// loops: the attack's answers are counted by kind (throttled, checked,
+// succeeded), not timed.
 //
 // Load is sent only where the caller points it; the tally command points it
 // at loopback addresses.

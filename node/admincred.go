@@ -291,6 +291,8 @@ type threatReady struct {
 	ok atomic.Bool
 	// siemStop stops the SIEM exporter and waits for it (siem.go).
 	siemStop func()
+	// alertStop stops the alert proposer and waits for it (alerts.go).
+	alertStop func()
 }
 
 func (n *Node) threatSupported(ctx context.Context) bool {

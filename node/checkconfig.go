@@ -22,6 +22,9 @@ func CheckConfig(cfg Config) error {
 	if err := validateMetricsListen(cfg); err != nil {
 		return err
 	}
+	if err := validateAdminListen(cfg); err != nil {
+		return err
+	}
 	if len(cfg.KEK) > 0 || cfg.KEKFile != "" {
 		if _, err := loadKEK(cfg); err != nil {
 			return err

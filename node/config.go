@@ -112,6 +112,12 @@ type Config struct {
 	// SIEMFile receives the security and audit events as JSON lines in
 	// an OCSF-aligned schema (siem.go); "-" is stdout, "" is off.
 	SIEMFile string
+	// SIEMSyslog, if set, is the host:port of a syslog server that
+	// receives the same events as RFC 5424 messages over TCP with TLS
+	// (RFC 5425 octet-counted framing), verified against SIEMSyslogCAFile
+	// (PEM; empty: the system roots).
+	SIEMSyslog       string
+	SIEMSyslogCAFile string
 
 	// KEKFile names a file with the 32-byte key-encryption key (raw, or
 	// base64 text). KEK, if set, takes precedence.
@@ -128,6 +134,19 @@ type Config struct {
 	// MetricsListen, if set, is the host:port of a separate HTTP listener
 	// for /metrics, which the public listener then does not serve.
 	MetricsListen string
+	// MetricsTokenFile, if set, names a file with a bearer token that
+	// /metrics then requires (Authorization: Bearer <token>; Prometheus:
+	// authorization.credentials_file), on whichever listener serves it.
+	MetricsTokenFile string
+	// AdminListen, if set, is the host:port of a separate listener for the
+	// admin and cluster-admin APIs, which the public listener then does not
+	// serve (admin_listen.go). With AdminTLSCertFile and AdminTLSKeyFile
+	// it speaks TLS; with AdminClientCAFile too, it requires client
+	// certificates signed by that CA (mutual TLS).
+	AdminListen       string
+	AdminTLSCertFile  string
+	AdminTLSKeyFile   string
+	AdminClientCAFile string
 
 	// JWKSMaxAge is the Cache-Control max-age of JWKS responses.
 	JWKSMaxAge time.Duration

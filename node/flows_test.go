@@ -364,9 +364,35 @@ func TestAuthorizeSessionAndPrompt(t *testing.T) {
 	ch := oauth2.S256ChallengeOption(oauth2.GenerateVerifier())
 	e.signIn(t, b, e.conf.AuthCodeURL("s", ch))
 
-	// Signed in and consented: straight back with a code, also with prompt=none.
+	// RFC 8252 §8.6: the client is public with a loopback redirect (a
+	// native app, whose identity nothing proves): its remembered consent
+	// does not authorise it silently. The user is asked again, and
+	// prompt=none gets consent_required.
+	if p := b.get(e.conf.AuthCodeURL("s2", ch)); !p.isConsent() {
+		t.Fatalf("native client with a remembered consent: %d %s", p.status, p.body)
+	}
+	if p := b.get(e.conf.AuthCodeURL("s2", ch, oauth2.SetAuthURLParam("prompt", "none"))); p.location == nil || p.location.Query().Get("error") != "consent_required" {
+		t.Fatalf("native client, prompt=none: %d %v", p.status, p.location)
+	}
+	// A public web client (https redirect URI): once consented, straight
+	// back with a code, also with prompt=none.
+	wc, err := n.Admin.CreateClient(context.Background(), connect.NewRequest(&adminv1.CreateClientRequest{
+		Tenant: "default", Name: "SPA", Public: true, GrantTypes: []string{"authorization_code"},
+		Scopes: []string{"openid"}, RedirectUris: []string{"https://spa.example/callback"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := *e.conf
+	web.ClientID, web.RedirectURL, web.Scopes = wc.Msg.Client.ClientId, "https://spa.example/callback", []string{"openid"}
+	p := b.get(web.AuthCodeURL("w1", ch))
+	if !p.isConsent() {
+		t.Fatalf("web client, first time: %d %s", p.status, p.body)
+	}
+	if q := b.post(web.Endpoint.AuthURL, url.Values{"req": {p.req(t)}, "action": {"approve"}}); q.location == nil || q.location.Query().Get("code") == "" {
+		t.Fatalf("web client approve: %d %v", q.status, q.location)
+	}
 	for _, extra := range [][]oauth2.AuthCodeOption{nil, {oauth2.SetAuthURLParam("prompt", "none")}} {
-		p := b.get(e.conf.AuthCodeURL("s2", append([]oauth2.AuthCodeOption{ch}, extra...)...))
+		p := b.get(web.AuthCodeURL("s2", append([]oauth2.AuthCodeOption{ch}, extra...)...))
 		if p.status != http.StatusFound || p.location == nil || p.location.Query().Get("code") == "" {
 			t.Fatalf("remembered session (%v): %d %s", extra, p.status, p.body)
 		}
@@ -383,7 +409,7 @@ func TestAuthorizeSessionAndPrompt(t *testing.T) {
 		}
 	}
 	// login_hint prefills the username of a fresh browser.
-	p := newBrowser(t).get(e.conf.AuthCodeURL("s", ch, oauth2.SetAuthURLParam("login_hint", "alice")))
+	p = newBrowser(t).get(e.conf.AuthCodeURL("s", ch, oauth2.SetAuthURLParam("login_hint", "alice")))
 	if !strings.Contains(p.body, `value="alice"`) {
 		t.Errorf("login_hint not shown: %s", p.body)
 	}

@@ -76,7 +76,8 @@ func deviceFromPB(d *raftpb.DeviceCode) issuance.DeviceCode {
 
 func userFromPB(u *raftpb.User) issuance.User {
 	out := issuance.User{Tenant: u.Tenant, ID: u.Id, Username: u.Username, Email: u.Email, EmailVerified: u.EmailVerified,
-		Name: u.Name, Disabled: u.Disabled, Locked: u.Locked, LockedAt: unixNano(u.LockedUnixNano)}
+		Name: u.Name, Disabled: u.Disabled, Locked: u.Locked, LockedAt: unixNano(u.LockedUnixNano),
+		SessionsRevokedAt: unixNano(u.SessionsRevokedUnixNano)}
 	if p := u.Password; p != nil {
 		out.Password = issuance.PasswordHash{Alg: p.Alg, Salt: p.Salt, Hash: p.Hash, Time: p.Time, MemoryKiB: p.MemoryKib, Threads: uint8(min(p.Threads, 255))}
 	}

@@ -2,11 +2,13 @@ package node
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -210,7 +212,7 @@ func (n *Node) listenMetrics() (*metricsServer, error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", n.tel.metricsHandler())
+	mux.Handle("GET /metrics", n.metricsEndpoint())
 	return &metricsServer{ln: ln, srv: &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -250,4 +252,39 @@ func (n *Node) MetricsAddr() string {
 		return ""
 	}
 	return n.metricsSrv.ln.Addr().String()
+}
+
+// loadMetricsToken reads Config.MetricsTokenFile ("" when unset).
+func loadMetricsToken(cfg Config) (string, error) {
+	if cfg.MetricsTokenFile == "" {
+		return "", nil
+	}
+	raw, err := os.ReadFile(cfg.MetricsTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("node: metrics token: %w", err)
+	}
+	tok := strings.TrimSpace(string(raw))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("node: metrics token in %s is shorter than 16 characters", cfg.MetricsTokenFile)
+	}
+	return tok, nil
+}
+
+// metricsEndpoint is the /metrics handler: behind the metrics token when
+// one is configured (401 with WWW-Authenticate otherwise; the token is
+// compared in constant time).
+func (n *Node) metricsEndpoint() http.Handler {
+	h := n.tel.metricsHandler()
+	if n.metricsToken == "" {
+		return h
+	}
+	want := []byte("Bearer " + n.metricsToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tally-metrics"`)
+			http.Error(w, "metrics need the metrics token", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

@@ -2,9 +2,11 @@ package node_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -370,4 +372,56 @@ func TestDashboardAndAlertMetricsExist(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestMetricsToken: with a metrics token, /metrics answers 401 without it
+// or with another one, on the public and on the separate listener, and
+// serves the metrics with it.
+func TestMetricsToken(t *testing.T) {
+	tokFile := filepath.Join(t.TempDir(), "metrics-token")
+	const tok = "scrape-token-0123456789abcdef"
+	if err := os.WriteFile(tokFile, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	public := nodetest.Start(t, func(c *node.Config) { c.MetricsTokenFile = tokFile })
+	separate := nodetest.Start(t, func(c *node.Config) { c.MetricsTokenFile = tokFile; c.MetricsListen = "127.0.0.1:0" })
+	for _, addr := range []string{public.Addr(), separate.MetricsAddr()} {
+		for _, auth := range []string{"", "Bearer wrong-token-0123456789", "Basic " + tok} {
+			req, _ := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" {
+				t.Fatalf("%s with %q: %d", addr, auth, resp.StatusCode)
+			}
+		}
+		req, _ := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "tally_raft_term") {
+			t.Fatalf("%s with the token: %d", addr, resp.StatusCode)
+		}
+	}
+	// A token file that is too short is refused at start.
+	short := filepath.Join(t.TempDir(), "short")
+	if err := os.WriteFile(short, []byte("abc"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := node.DefaultConfig()
+	cfg.Dev, cfg.DataDir, cfg.MetricsTokenFile = true, t.TempDir(), short
+	cfg.Listen, cfg.RaftBind, cfg.NATSListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	if n, err := node.New(context.Background(), cfg, slog.New(slog.DiscardHandler)); err == nil {
+		n.Close()
+		t.Fatal("a 3-character metrics token was accepted")
+	}
 }

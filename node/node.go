@@ -32,10 +32,18 @@ const DefaultTenant = "default"
 // Node is one running tally node. Create it with New, serve with Run, and
 // stop it by cancelling Run's context (or Close if it never ran).
 type Node struct {
-	cfg  Config
-	log  *slog.Logger
-	now  func() time.Time
-	base string
+	// alerts queues the security alerts for Raft (alerts.go).
+	alerts *alertSink
+	// metricsToken, if set, is the bearer token /metrics requires.
+	metricsToken string
+	// adminLn and adminSrv serve the admin APIs on Config.AdminListen
+	// (admin_listen.go); nil without it.
+	adminLn  net.Listener
+	adminSrv *http.Server
+	cfg      Config
+	log      *slog.Logger
+	now      func() time.Time
+	base     string
 
 	tel       *telemetry
 	raft      *raft.Node
@@ -186,16 +194,23 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if err := n.startSIEM(); err != nil {
 		return nil, err
 	}
+	n.startAlerts()
 
 	if n.metrics, err = newNodeMetrics(n); err != nil {
 		return nil, fmt.Errorf("node: metrics: %w", err)
 	}
 	hook := writeHook(n.metrics.write)
 	n.rep.onWrite.Store(&hook)
+	if n.metricsToken, err = loadMetricsToken(cfg); err != nil {
+		return nil, err
+	}
 	if n.metricsSrv, err = n.listenMetrics(); err != nil {
 		return nil, fmt.Errorf("node: metrics listen: %w", err)
 	}
 
+	if n.adminLn, err = n.listenAdmin(); err != nil {
+		return nil, fmt.Errorf("node: admin listen: %w", err)
+	}
 	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature, par: flows.par, threatOK: n.threatSupported}
 	n.http = &http.Server{
 		Handler:           n.routes(admin, n.adminAuthFor(adminToken, kek)),
@@ -255,18 +270,25 @@ func (n *Node) routes(admin *adminService, auth adminAuth) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	if n.cfg.MetricsListen == "" {
-		mux.Handle("GET /metrics", n.tel.metricsHandler())
+		mux.Handle("GET /metrics", n.metricsEndpoint())
+	}
+	adminMux := mux
+	if n.adminLn != nil {
+		// The admin APIs on their own listener only (admin_listen.go).
+		adminMux = http.NewServeMux()
+		adminMux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+		n.adminSrv = n.adminServer(n.tel.traced(adminMux))
 	}
 	path, h := adminv1connect.NewAdminServiceHandler(admin,
 		connect.WithInterceptors(n.adminGuard(auth, "admin")),
 		connect.WithReadMaxBytes(1<<20),
 	)
-	mux.Handle(path, h)
+	adminMux.Handle(path, h)
 	cpath, ch := clusterv1connect.NewClusterAdminServiceHandler(&clusterAdminService{c: n.cl, auth: auth},
 		connect.WithInterceptors(n.adminGuard(auth, "cluster")),
 		connect.WithReadMaxBytes(1<<20),
 	)
-	mux.Handle(cpath, ch)
+	adminMux.Handle(cpath, ch)
 	if n.events != nil {
 		mux.Handle((&eventsService{n: n, ev: n.events, kek: n.events.kek, admin: auth}).handler())
 	}
@@ -371,6 +393,16 @@ func (n *Node) Run(ctx context.Context) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- n.http.Serve(n.ln) }()
+	if n.adminSrv != nil {
+		go func() {
+			if err := n.adminSrv.Serve(n.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		}()
+	}
 	n.startMetrics(sctx)
 	n.ready.Store(true)
 	attrs := []any{"addr", n.Addr(), "issuer", n.iss.Issuer(DefaultTenant), "nats", n.NATSURL()}
@@ -394,6 +426,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.http.Shutdown(shCtx); err != nil {
 		n.log.Warn("http shutdown", "err", err)
 	}
+	if n.adminSrv != nil {
+		if err := n.adminSrv.Shutdown(shCtx); err != nil {
+			n.log.Warn("admin listener shutdown", "err", err)
+		}
+	}
 	if errors.Is(serveErr, http.ErrServerClosed) {
 		serveErr = nil
 	}
@@ -414,6 +451,14 @@ func (n *Node) Close() error {
 			n.ln.Close()
 		}
 		errs = append(errs, n.metricsSrv.close())
+		if n.adminSrv != nil {
+			n.adminSrv.Close()
+		} else if n.adminLn != nil {
+			n.adminLn.Close()
+		}
+		if n.threat.alertStop != nil {
+			n.threat.alertStop() // issue 13 (alerts.go)
+		}
 		if n.threat.siemStop != nil {
 			n.threat.siemStop() // issue 13 (siem.go)
 		}

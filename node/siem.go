@@ -58,6 +58,11 @@ type SIEMEvent struct {
 	Actor    *SIEMActor   `json:"actor,omitempty"`
 	User     *SIEMUser    `json:"user,omitempty"`
 	API      *SIEMAPI     `json:"api,omitempty"`
+	// SrcEndpoint is where an alert's traffic came from (an address or a
+	// subnet).
+	SrcEndpoint *SIEMEndpoint `json:"src_endpoint,omitempty"`
+	// FindingInfo names a Detection Finding (security alerts).
+	FindingInfo *SIEMFinding `json:"finding_info,omitempty"`
 	// Unmapped holds tally's own fields (tenant, client, family, jti,
 	// audit chain hash...).
 	Unmapped map[string]any `json:"unmapped,omitempty"`
@@ -87,6 +92,21 @@ type SIEMUser struct {
 	UID  string `json:"uid,omitempty"`
 	Name string `json:"name,omitempty"`
 	Type string `json:"type,omitempty"`
+}
+
+// SIEMEndpoint is OCSF's network endpoint: ip for an address, subnet_uid
+// for a subnet.
+type SIEMEndpoint struct {
+	IP     string `json:"ip,omitempty"`
+	Subnet string `json:"subnet_uid,omitempty"`
+}
+
+// SIEMFinding is OCSF's finding_info: uid (the event id), title and the
+// detector's name in types.
+type SIEMFinding struct {
+	UID   string   `json:"uid"`
+	Title string   `json:"title"`
+	Types []string `json:"types"`
 }
 
 type SIEMAPI struct {
@@ -184,6 +204,27 @@ func SIEMFromEvent(cluster string, ev *raftpb.Event, now time.Time) (SIEMEvent, 
 			e.SeverityID, e.Severity = 3, "Medium"
 		}
 		e.Message = a.GetActor() + " " + a.GetAction() + " " + a.GetTarget() + ": " + a.GetOutcome()
+	case raftpb.EventKind_EVENT_KIND_SECURITY_ALERT:
+		a := ev.GetAlert()
+		e.CategoryUID, e.CategoryName = 2, "Findings"
+		e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 2004, "Detection Finding", 1, "Create"
+		e.SeverityID, e.Severity = 4, "High"
+		if a.GetKind() == raft.AlertRateLimitExceeded {
+			e.SeverityID, e.Severity = 3, "Medium"
+		}
+		e.FindingInfo = &SIEMFinding{UID: e.Metadata.UID, Title: strings.ReplaceAll(a.GetKind(), "_", " "), Types: []string{a.GetKind()}}
+		if src := a.GetSource(); strings.Contains(src, "/") {
+			e.SrcEndpoint = &SIEMEndpoint{Subnet: src}
+		} else if src != "" {
+			e.SrcEndpoint = &SIEMEndpoint{IP: src}
+		}
+		e.Unmapped["alert"] = a.GetKind()
+		set("signal", a.GetSignal())
+		set("node", a.GetNode())
+		set("region", a.GetRegion())
+		e.Unmapped["count"] = a.GetCount()
+		e.Unmapped["window_seconds"] = a.GetWindowSeconds()
+		e.Message = fmt.Sprintf("%s: %d in %d s (%s)", strings.ReplaceAll(a.GetKind(), "_", " "), a.GetCount(), a.GetWindowSeconds(), a.GetSignal())
 	default:
 		return SIEMEvent{}, false
 	}
@@ -203,36 +244,69 @@ func auditActivity(action string) (int, string) {
 	}
 }
 
-// startSIEM starts the exporter when Config.SIEMFile is set.
+// startSIEM starts the exporters: to Config.SIEMFile and to
+// Config.SIEMSyslog (siem_syslog.go), each with its own position.
 func (n *Node) startSIEM() error {
-	if n.cfg.SIEMFile == "" {
-		return nil
-	}
-	var w io.Writer = os.Stdout
-	var f *os.File
-	if n.cfg.SIEMFile != "-" {
-		var err error
-		if f, err = os.OpenFile(n.cfg.SIEMFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
-			return fmt.Errorf("node: --siem-file: %w", err)
+	var stops []func()
+	n.threat.siemStop = func() {
+		for _, s := range stops {
+			s()
 		}
-		w = f
-	}
-	posPath := filepath.Join(n.cfg.DataDir, siemPositionFile)
-	pos := uint64(0)
-	if b, err := os.ReadFile(posPath); err == nil {
-		pos, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	}
 	cluster := n.cfg.Events.ClusterID
 	if cluster == "" {
 		cluster = "tally"
 	}
+	if n.cfg.SIEMFile != "" {
+		var w io.Writer = os.Stdout
+		var f *os.File
+		if n.cfg.SIEMFile != "-" {
+			var err error
+			if f, err = os.OpenFile(n.cfg.SIEMFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+				return fmt.Errorf("node: --siem-file: %w", err)
+			}
+			w = f
+		}
+		write := func(_ []SIEMEvent, lines [][]byte) error {
+			bw := bufio.NewWriter(w)
+			for _, l := range lines {
+				bw.Write(append(l, '\n'))
+			}
+			err := bw.Flush()
+			if f != nil && err == nil {
+				err = f.Sync()
+			}
+			return err
+		}
+		stops = append(stops, n.runSIEMExport("siem", siemPositionFile, cluster, write, func() {
+			if f != nil {
+				f.Close()
+			}
+		}))
+	}
+	if n.cfg.SIEMSyslog != "" {
+		sink, err := newSyslogSink(n.cfg)
+		if err != nil {
+			return err
+		}
+		stops = append(stops, n.runSIEMExport("siem-syslog", siemSyslogPositionFile, cluster, sink.write, sink.close))
+	}
+	return nil
+}
+
+// runSIEMExport follows the Raft outbox from the position saved in posFile
+// and hands each batch to write; the position advances only after write
+// succeeded (at least once). It returns the function that stops it.
+func (n *Node) runSIEMExport(name, posFile, cluster string, write func([]SIEMEvent, [][]byte) error, closeSink func()) func() {
+	posPath := filepath.Join(n.cfg.DataDir, posFile)
+	pos := uint64(0)
+	if b, err := os.ReadFile(posPath); err == nil {
+		pos, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
 	stop, done := make(chan struct{}), make(chan struct{})
-	n.threat.siemStop = func() { close(stop); <-done }
 	go func() {
 		defer close(done)
-		if f != nil {
-			defer f.Close()
-		}
+		defer closeSink()
 		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -241,29 +315,30 @@ func (n *Node) startSIEM() error {
 				return
 			}
 			if errors.Is(err, raft.ErrEventsSwept) {
-				n.log.Error("siem: events were swept before they were exported; skipping ahead", "after", pos)
+				n.log.Error(name+": events were swept before they were exported; skipping ahead", "after", pos)
 				pos = n.raft.FSM().EventsSweptThrough()
 				continue
 			}
 			if err == nil && len(evs) > 0 {
-				bw := bufio.NewWriter(w)
+				var out []SIEMEvent
+				var lines [][]byte
 				for _, ev := range evs {
 					if e, ok := SIEMFromEvent(cluster, ev, n.now()); ok {
 						b, _ := json.Marshal(e)
-						bw.Write(append(b, '\n'))
+						out, lines = append(out, e), append(lines, b)
 					}
 				}
-				werr := bw.Flush()
-				if f != nil && werr == nil {
-					werr = f.Sync()
+				werr := error(nil)
+				if len(lines) > 0 {
+					werr = write(out, lines)
 				}
 				if werr != nil {
-					n.log.Error("siem: write", "err", werr)
+					n.log.Error(name+": write", "err", werr)
 				} else {
 					pos = evs[len(evs)-1].Index
 					_ = os.WriteFile(posPath, []byte(strconv.FormatUint(pos, 10)+"\n"), 0o600)
 				}
-				if len(evs) >= 500 {
+				if len(evs) >= 500 && werr == nil {
 					continue
 				}
 			}
@@ -274,5 +349,5 @@ func (n *Node) startSIEM() error {
 			}
 		}
 	}()
-	return nil
+	return func() { close(stop); <-done }
 }

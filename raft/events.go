@@ -43,6 +43,9 @@ import (
 //	                                             EVENT_KIND_USER_DELETED (the user id only)
 //	DeleteTenant                               EVENT_KIND_TENANT_DELETED (signed with the
 //	                                             keys its tombstone keeps)
+//	AppendAudit                                EVENT_KIND_ADMIN_AUDIT
+//	RaiseSecurityAlert, first of its key       EVENT_KIND_SECURITY_ALERT
+//	  in the minute
 //
 // Every reversible change has its reverse event, so a receiver that applies
 // the events in order (or resyncs) converges to the replica's state. Apply

@@ -169,6 +169,11 @@ var opRegistry = map[protoreflect.Name]opSpec{
 	"put_admin_credential":    threatOp.gatedBy("threat_protection"),
 	"revoke_admin_credential": threatOp.gatedBy("threat_protection"),
 	"append_audit":            threatOp.gatedBy("threat_protection"),
+
+	// Security alerts (issue 13, apply_alert.go; gated by the node on
+	// feature "threat_v2").
+	"raise_security_alert": opOf((*raftpb.Command).GetRaiseSecurityAlert, checkRaiseSecurityAlert, (*applier).raiseSecurityAlert).gatedBy(FeatureThreatV2),
+	"revoke_user_access":   opOf((*raftpb.Command).GetRevokeUserAccess, checkRevokeUserAccess, (*applier).revokeUserAccess).gatedBy(FeatureThreatV2),
 }
 
 // parOp is the entry of the apply_par.go operations.

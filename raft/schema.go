@@ -25,6 +25,9 @@ const SchemaVersion = 1
 //	               audit log (issue 13, apply_threat.go; created on first use)
 //	deleted_tenants  tenant id → raftpb.DeletedTenant: tombstones of deleted
 //	               tenants (issue 16, apply_delete_tenant.go; created on first use)
+//	threat_alerts  minute (8, big-endian) | alert key → empty: the security
+//	               alerts announced this minute (issue 13, apply_alert.go;
+//	               created on first use)
 //
 // Per tenant, named "t/<tenant>/<kind>" (tenant ids cannot contain '/'):
 //
@@ -69,6 +72,7 @@ const (
 
 	bucketThreatAdminCreds = "threat_admin_credentials"
 	bucketThreatAudit      = "threat_audit"
+	bucketThreatAlerts     = "threat_alerts"
 
 	tenantBucketPrefix = "t/"
 

@@ -162,6 +162,22 @@ func (s *State) Consent(tenant, userID, clientID string) (*raftpb.Consent, bool)
 	return nil, false
 }
 
+// UserConsents returns the consents a user gave, by client id.
+func (s *State) UserConsents(tenant, userID string) []*raftpb.Consent {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*raftpb.Consent
+	if tv := s.tenants[tenant]; tv != nil {
+		for _, c := range tv.flow.consents {
+			if c.UserId == userID {
+				out = append(out, c)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *raftpb.Consent) int { return cmp.Compare(a.ClientId, b.ClientId) })
+	return out
+}
+
 // DeviceCodeByUserCode returns the device code record with this normalized
 // user code.
 func (s *State) DeviceCodeByUserCode(tenant, userCode string) (*raftpb.DeviceCode, bool) {

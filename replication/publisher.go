@@ -578,6 +578,11 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 		d.Audit = &eventwire.AuditDetails{Seq: r.GetSeq(), Actor: r.GetActor(), Role: r.GetRole(), Action: r.GetAction(),
 			Target: r.GetTarget(), Tenant: r.GetTenant(), Outcome: r.GetOutcome(), Node: r.GetNode(),
 			PrevHash: hex.EncodeToString(r.GetPrevHash()), Hash: hex.EncodeToString(r.GetHash())}
+	case raftpb.EventKind_EVENT_KIND_SECURITY_ALERT:
+		typ = eventwire.EventSecurityAlert
+		a := ev.GetAlert()
+		d.Alert = &eventwire.AlertDetails{Kind: a.GetKind(), ClientID: a.GetClientId(), Subject: a.GetSubject(), Source: a.GetSource(),
+			Signal: a.GetSignal(), Count: a.GetCount(), WindowSeconds: a.GetWindowSeconds(), Node: a.GetNode(), Region: a.GetRegion()}
 	default:
 		return "", nil
 	}

@@ -20,6 +20,7 @@ const (
 	EventUserDeleted    = eventwire.EventUserDeleted
 	EventTenantDeleted  = eventwire.EventTenantDeleted
 	EventAdminAudit     = eventwire.EventAdminAudit
+	EventSecurityAlert  = eventwire.EventSecurityAlert
 )
 
 // SchemaVersion is the version of EventDetails; the JSON schema of the
@@ -45,6 +46,9 @@ type EventDetails = eventwire.EventDetails
 
 // AuditDetails is an admin audit log record (EventAdminAudit, issue 13).
 type AuditDetails = eventwire.AuditDetails
+
+// AlertDetails is a security alert (EventSecurityAlert, issue 13).
+type AlertDetails = eventwire.AlertDetails
 
 // SETClaims is the claim set of a tally Security Event Token (RFC 8417
 // §2.2). Events holds exactly one event.

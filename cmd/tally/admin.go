@@ -8,6 +8,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -429,6 +431,8 @@ type adminGlobals struct {
 	tokenFile string
 	output    string
 	timeout   time.Duration
+	// mTLS to an admin listener (tally serve --admin-listen).
+	caFile, certFile, keyFile string
 }
 
 func newAdminGlobals() *adminGlobals {
@@ -442,6 +446,46 @@ func (g *adminGlobals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.tokenFile, "admin-token-file", g.tokenFile, "`file` holding the admin token (env TALLY_ADMIN_TOKEN_FILE)")
 	fs.StringVar(&g.output, "output", g.output, "output `format`: text or json")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline of the call")
+	fs.StringVar(&g.caFile, "admin-ca", g.caFile, "PEM `file` of the CA of the admin listener's certificate (env TALLY_ADMIN_CA)")
+	fs.StringVar(&g.certFile, "admin-cert", g.certFile, "PEM client certificate `file` for a mutual-TLS admin listener (env TALLY_ADMIN_CERT)")
+	fs.StringVar(&g.keyFile, "admin-key", g.keyFile, "PEM private key `file` of --admin-cert (env TALLY_ADMIN_KEY)")
+}
+
+// adminTLS is the client TLS configuration of --admin-ca, --admin-cert and
+// --admin-key (or their environment variables); nil when none is set.
+func (g *adminGlobals) adminTLS(getenv func(string) string) (*tls.Config, error) {
+	pick := func(v, env string) string {
+		if v != "" {
+			return v
+		}
+		return getenv(env)
+	}
+	ca, cert, key := pick(g.caFile, "TALLY_ADMIN_CA"), pick(g.certFile, "TALLY_ADMIN_CERT"), pick(g.keyFile, "TALLY_ADMIN_KEY")
+	if ca == "" && cert == "" && key == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--admin-ca %s: no PEM certificate", ca)
+		}
+	}
+	if (cert == "") != (key == "") {
+		return nil, usagef("--admin-cert and --admin-key come together")
+	}
+	if cert != "" {
+		c, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-cert: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	return tc, nil
 }
 
 // resolveToken finds the admin token: --admin-token, --admin-token-file,
@@ -566,6 +610,9 @@ func (s *adminSession) client() (adminv1connect.AdminServiceClient, error) {
 		return nil, err
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if transport.TLSClientConfig, err = s.g.adminTLS(s.getenv); err != nil {
+		return nil, err
+	}
 	s.hc = &http.Client{
 		Transport: transport,
 		// Never follow a redirect with the admin token attached.

@@ -2,14 +2,18 @@ package main
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.etcd.io/bbolt"
 
+	"github.com/tallyauth/tally/node"
 	"github.com/tallyauth/tally/node/nodetest"
+	"github.com/tallyauth/tally/raft"
 )
 
 // TestAdminCredentialAndAuditCLI is the issue-13 contract for scripts:
@@ -109,5 +113,110 @@ func TestAdminCredentialAndAuditCLI(t *testing.T) {
 	code, _, errs = runCLI(t, nil, "admin", "audit", "verify", "--state", path)
 	if code != 1 || !strings.Contains(errs, "record 2") {
 		t.Fatalf("verify tampered copy: exit %d, %s", code, errs)
+	}
+}
+
+// TestAdminUserConsentsSessionsCLI: tally admin user consents list|revoke
+// and user sessions revoke against a real node, in text and JSON; an
+// auditor may list but not revoke.
+func TestAdminUserConsentsSessionsCLI(t *testing.T) {
+	n := nodetest.Start(t)
+	root := map[string]string{"TALLY_SERVER": n.URL(), "TALLY_ADMIN_TOKEN": n.AdminToken}
+	if code, _, errs := runCLI(t, root, "admin", "user", "create", "--username", "carol"); code != 0 {
+		t.Fatalf("user create: %d %s", code, errs)
+	}
+	code, out, errs := runCLI(t, root, "admin", "user", "consents", "list", "carol", "--output", "json")
+	var listed struct {
+		UserID   string `json:"user_id"`
+		Consents []any  `json:"consents"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &listed) != nil || !strings.HasPrefix(listed.UserID, "u_") || len(listed.Consents) != 0 {
+		t.Fatalf("consents list: %d %q %s", code, out, errs)
+	}
+	if code, out, errs := runCLI(t, root, "admin", "user", "consents", "list", "carol"); code != 0 || !strings.Contains(out, "CLIENT") {
+		t.Fatalf("consents list (text): %d %q %s", code, out, errs)
+	}
+	code, out, errs = runCLI(t, root, "admin", "user", "sessions", "revoke", "carol", "--output", "json")
+	var revoked map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &revoked) != nil || revoked["user_id"] != listed.UserID || revoked["sessions_revoked_at"] == nil {
+		t.Fatalf("sessions revoke: %d %q %s", code, out, errs)
+	}
+	code, out, errs = runCLI(t, root, "admin", "user", "consents", "revoke", "carol", "--output", "json")
+	if code != 0 || json.Unmarshal([]byte(out), &revoked) != nil || revoked["user_id"] != listed.UserID {
+		t.Fatalf("consents revoke: %d %q %s", code, out, errs)
+	}
+	if code, _, errs := runCLI(t, root, "admin", "user", "consents", "revoke", "carol", "--client", "c_none"); code != 1 || !strings.Contains(errs, "not_found") {
+		t.Fatalf("revoking a consent never given: %d %s", code, errs)
+	}
+	code, out, errs = runCLI(t, root, "admin", "credential", "create", "--name", "auditor", "--role", "auditor", "--output", "json")
+	var created struct {
+		Token string `json:"token"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &created) != nil {
+		t.Fatalf("credential create: %d %s", code, errs)
+	}
+	auditor := map[string]string{"TALLY_SERVER": n.URL(), "TALLY_ADMIN_TOKEN": created.Token}
+	if code, _, errs := runCLI(t, auditor, "admin", "user", "consents", "list", "carol"); code != 0 {
+		t.Fatalf("auditor consents list: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, auditor, "admin", "user", "sessions", "revoke", "carol"); code != 1 || !strings.Contains(errs, "permission_denied") {
+		t.Fatalf("auditor sessions revoke: %d %s", code, errs)
+	}
+}
+
+// TestAdminListenMutualTLS: with --admin-listen and mutual TLS the admin
+// API is gone from the public listener and served on the admin listener
+// only to clients with a certificate of the admin CA (and an admin token):
+// tally admin with --admin-ca/--admin-cert/--admin-key (or the TALLY_ADMIN_*
+// variables) works; without a client certificate, or with one of another
+// CA, the handshake fails.
+func TestAdminListenMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	caDir, other := filepath.Join(dir, "ca"), filepath.Join(dir, "other-ca")
+	for _, d := range []string{caDir, other} {
+		if err := raft.InitCADir(d, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	issue := func(ca, name string) string {
+		out := filepath.Join(dir, name)
+		if err := raft.IssueNodeCertDir(ca, out, raft.CertOptions{NodeID: name, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	server, operator, stranger := issue(caDir, "admin-listener"), issue(caDir, "operator"), issue(other, "stranger")
+	n := nodetest.Start(t, nodetest.WithConfig(func(c *node.Config) {
+		c.AdminListen = "127.0.0.1:0"
+		c.AdminTLSCertFile, c.AdminTLSKeyFile = filepath.Join(server, raft.NodeCertFile), filepath.Join(server, raft.NodeKeyFile)
+		c.AdminClientCAFile = filepath.Join(caDir, raft.CACertFile)
+	}))
+	if n.AdminAddr() == "" {
+		t.Fatal("no admin listener")
+	}
+	public := map[string]string{"TALLY_SERVER": n.URL(), "TALLY_ADMIN_TOKEN": n.AdminToken}
+	if code, _, errs := runCLI(t, public, "admin", "tenant", "list"); code == 0 {
+		t.Fatalf("the public listener still serves the admin API: %s", errs)
+	}
+	env := map[string]string{"TALLY_SERVER": "https://" + n.AdminAddr(), "TALLY_ADMIN_TOKEN": n.AdminToken,
+		"TALLY_ADMIN_CA": filepath.Join(caDir, raft.CACertFile)}
+	if code, _, errs := runCLI(t, env, "admin", "tenant", "list"); code != 1 {
+		t.Fatalf("without a client certificate: %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, env, "admin", "tenant", "list",
+		"--admin-cert", filepath.Join(stranger, raft.NodeCertFile), "--admin-key", filepath.Join(stranger, raft.NodeKeyFile)); code != 1 {
+		t.Fatalf("with another CA's certificate: %d %s", code, errs)
+	}
+	env["TALLY_ADMIN_CERT"], env["TALLY_ADMIN_KEY"] = filepath.Join(operator, raft.NodeCertFile), filepath.Join(operator, raft.NodeKeyFile)
+	if code, out, errs := runCLI(t, env, "admin", "tenant", "list", "--output", "json"); code != 0 || !strings.Contains(out, "default") {
+		t.Fatalf("with the operator's certificate: %d %q %s", code, out, errs)
+	}
+	if code, out, errs := runCLI(t, env, "admin", "cluster", "status"); code != 0 {
+		t.Fatalf("cluster status over the admin listener: %d %q %s", code, out, errs)
+	}
+	delete(env, "TALLY_ADMIN_TOKEN")
+	env["TALLY_ADMIN_TOKEN"] = "not-the-token-0123456789"
+	if code, _, errs := runCLI(t, env, "admin", "tenant", "list"); code != 1 || !strings.Contains(errs, "unauthenticated") {
+		t.Fatalf("a client certificate without the token: %d %s", code, errs)
 	}
 }

@@ -241,5 +241,90 @@ func userCommands() []adminCommand {
 				}
 			},
 		},
+		{
+			path:     "user consents list",
+			takesArg: true,
+			synopsis: "[--tenant T] USER",
+			summary:  "List the consents a user gave (client, scopes, expiry).",
+			examples: []string{`tally admin user consents list --tenant default alice --output json | jq -r '.consents[].client_id'`},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					user, err := userTarget(args, *tenant)
+					if err != nil {
+						return err
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.ListUserConsents(ctx, connect.NewRequest(&adminv1.ListUserConsentsRequest{Tenant: *tenant, User: user}))
+					if err != nil {
+						return err
+					}
+					if s.json {
+						return s.printOne(res.Msg, nil)
+					}
+					return printList(s, res.Msg.GetConsents(), []string{"CLIENT", "SCOPES", "CREATED", "EXPIRES"},
+						func(c *adminv1.UserConsent) []string {
+							return []string{c.GetClientId(), strings.Join(c.GetScopes(), " "), textTime(c.GetCreatedAt()), textTime(c.GetExpiresAt())}
+						})
+				}
+			},
+		},
+		{
+			path:     "user consents revoke",
+			takesArg: true,
+			synopsis: "[--tenant T] USER [--client CLIENT_ID]",
+			summary:  "Revoke a user's remembered consents (all, or one client's): the user is asked again.",
+			examples: []string{`tally admin user consents revoke --tenant default alice --client c_0123`},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				client := fs.String("client", "", "only the consent given to this client `id`")
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					user, err := userTarget(args, *tenant)
+					if err != nil {
+						return err
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.RevokeUserConsents(ctx, connect.NewRequest(&adminv1.RevokeUserConsentsRequest{Tenant: *tenant, User: user, ClientId: *client}))
+					if err != nil {
+						return err
+					}
+					return s.printOne(res.Msg, []field{{"user_id", res.Msg.GetUserId()}, {"revoked", strconv.Itoa(int(res.Msg.GetRevoked()))}})
+				}
+			},
+		},
+		{
+			path:     "user sessions revoke",
+			takesArg: true,
+			synopsis: "[--tenant T] USER",
+			summary:  "End every sign-in session of a user on every node (tokens already issued stay valid).",
+			detail: "Sessions are sealed cookies, not records, so they cannot be listed; this\n" +
+				"refuses every session that began at or before now. To end the tokens too,\n" +
+				"disable the user (tally admin user disable) or revoke its refresh families.",
+			examples: []string{`tally admin user sessions revoke --tenant default alice`},
+			setup: func(fs *flag.FlagSet) adminAction {
+				tenant := tenantFlag(fs)
+				return func(ctx context.Context, s *adminSession, args []string) error {
+					user, err := userTarget(args, *tenant)
+					if err != nil {
+						return err
+					}
+					api, err := s.client()
+					if err != nil {
+						return err
+					}
+					res, err := api.RevokeUserSessions(ctx, connect.NewRequest(&adminv1.RevokeUserSessionsRequest{Tenant: *tenant, User: user}))
+					if err != nil {
+						return err
+					}
+					return s.printOne(res.Msg, []field{{"user_id", res.Msg.GetUserId()}, {"sessions_revoked_at", textTime(res.Msg.GetSessionsRevokedAt())}})
+				}
+			},
+		},
 	}
 }

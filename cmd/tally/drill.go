@@ -216,7 +216,7 @@ func drillLocal(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport,
 	if slices.Contains(regions, "") {
 		return loadtest.DrillReport{}, usagef("--regions holds an empty label")
 	}
-	ccfg := localcluster.Config{Dir: dir, Nodes: f.nodes, Regions: regions, Profile: f.profile, MaxStale: f.cfg.MaxStale}
+	ccfg := localcluster.Config{Dir: dir, Nodes: f.nodes, Regions: regions, Profile: f.profile, MaxStale: f.cfg.MaxStale, NodeOptions: drillNodeOptions}
 	if f.kind == "partition" {
 		if _, err := partitionGroup(ccfg, -1, f.isolate); err != nil {
 			return loadtest.DrillReport{}, err
@@ -419,3 +419,9 @@ func writeDrillHTML(path, title string, rep loadtest.DrillReport) error {
 	}
 	return out.Close()
 }
+
+// drillNodeOptions turn the rate limits off on the nodes a drill starts: its
+// load is one client on one address as fast as the nodes answer, which the
+// per-client budget (issue 13) would throttle, and a drill measures failover,
+// not limits (tally loadtest attack measures those).
+var drillNodeOptions = []localcluster.Option{func(c *node.Config) { c.RateLimits.Off = true }}

@@ -117,7 +117,7 @@ func TestDrillUsage(t *testing.T) {
 // TestDrillRemoteGraceful drills a running cluster through its admin API
 // (the cluster status names the nodes, TransferLeadership is the fault).
 func TestDrillRemoteGraceful(t *testing.T) {
-	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "west"}, Profile: "fast", MaxStale: 5 * time.Second})
+	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "west"}, Profile: "fast", MaxStale: 5 * time.Second, NodeOptions: drillNodeOptions})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestDrillRemoteCommands(t *testing.T) {
 	// The staleness bound must outlast an election on a loaded machine:
 	// a serving node that goes stale while the leader is down answers
 	// temporarily_unavailable, which the drill counts as a violation.
-	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "central", "west"}, Profile: "fast", MaxStale: 5 * time.Second})
+	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "central", "west"}, Profile: "fast", MaxStale: 5 * time.Second, NodeOptions: drillNodeOptions})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,6 +72,15 @@ Usage:
       acknowledgement to the SDK's revocation set (p50/p99), then SDK local
       verification ops/s beside a bare golang-jwt verify.
 
+  tally loadtest attack [--scenarios stuffing,spray,device-guess,introspect-guess,token-flood]
+        [--nodes 3] [--duration 10s] [--attackers 8] [--sources 64] [--real-users 4]
+        [--flood-limit 6000] [--output text|json]
+      Start a real tally cluster in this process and run attack scenarios
+      against every node at once beside real users of the same tenant:
+      attempts throttled, time to the first throttle and to the first
+      security alert, real users' success rate and p99 before and during the
+      attack, a client's token budget overshoot across the nodes.
+
 Exit status: 0 success, 1 the run failed or no request succeeded, 2 usage error.
 `
 
@@ -89,6 +98,8 @@ func runLoadtest(ctx context.Context, args []string, e env) int {
 		return runLoadtestScenario(ctx, args[0], args[1:], e)
 	case "baseline":
 		return runLoadtestBaseline(ctx, args[1:], e)
+	case "attack":
+		return runLoadtestAttack(ctx, args[1:], e)
 	case "compare":
 		return runLoadtestCompare(ctx, args[1:], e)
 	case "revoke-propagation":

@@ -45,6 +45,7 @@ func runServe(ctx context.Context, args []string, e env) int {
 	if code, ok := parseServeSettings(fs, args, e); !ok {
 		return code
 	}
+	tenantRateLimitDefaults(&cfg.RateLimits) // serve_threat.go
 	if v := e.getenv("TALLY_KEK"); v != "" && cfg.KEKFile == "" {
 		kek, err := node.DecodeKEK([]byte(v), "TALLY_KEK")
 		if err != nil {
@@ -149,10 +150,17 @@ func serveFlagSet(cfg *node.Config, logLevel *string, checkOnly *bool) *flag.Fla
 	eventFlags(fs, &cfg.Events)
 	threatFlags(fs, &cfg.RateLimits) // serve_threat.go
 	fs.StringVar(&cfg.SIEMFile, "siem-file", cfg.SIEMFile, "write security and audit events as JSON lines (OCSF-aligned) to this `file` (\"-\": stdout)")
+	fs.StringVar(&cfg.SIEMSyslog, "siem-syslog", cfg.SIEMSyslog, "send the same events as RFC 5424 syslog messages over TCP with TLS to this `host:port`")
+	fs.StringVar(&cfg.SIEMSyslogCAFile, "siem-syslog-ca", cfg.SIEMSyslogCAFile, "PEM `file` of the CA that signed the syslog server's certificate (default: the system roots)")
 	ztFlags(fs, &cfg.ZeroTrust) // serve_ztauth.go
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "serve /metrics on this host:port instead of on --listen")
+	fs.StringVar(&cfg.MetricsTokenFile, "metrics-token-file", cfg.MetricsTokenFile, "`file` with a bearer token that /metrics then requires")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "serve the admin and cluster-admin APIs on this host:port instead of on --listen")
+	fs.StringVar(&cfg.AdminTLSCertFile, "admin-tls-cert", cfg.AdminTLSCertFile, "PEM certificate `file` of the admin listener (TLS)")
+	fs.StringVar(&cfg.AdminTLSKeyFile, "admin-tls-key", cfg.AdminTLSKeyFile, "PEM private key `file` of the admin listener")
+	fs.StringVar(&cfg.AdminClientCAFile, "admin-client-ca", cfg.AdminClientCAFile, "PEM `file` of the CA whose client certificates the admin listener requires (mutual TLS)")
 	fs.BoolVar(checkOnly, "check-config", false, "validate the configuration (flags, environment, config file, TLS, key and credential files) and exit without starting")
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "export traces over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318)")
 	fs.DurationVar(&cfg.JWKSMaxAge, "jwks-max-age", cfg.JWKSMaxAge, "Cache-Control max-age of JWKS responses")

@@ -81,6 +81,8 @@ func sampleSetting(t *testing.T, f *flag.Flag) (string, json.RawMessage) {
 		return "10.0.0.0/8,192.168.1.0/24", json.RawMessage(`["10.0.0.0/8", "192.168.1.0/24"]`)
 	case "rate-limits":
 		return "off", json.RawMessage(`"off"`)
+	case "tenant-rate-limits":
+		return "acme.client=100,acme.username=10", json.RawMessage(`["acme.client=100", "acme.username=10"]`)
 	}
 	// A flag of its own type: the first sample it accepts, given in the
 	// file as a string (a list as an array of strings).

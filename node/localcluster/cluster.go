@@ -34,6 +34,9 @@ type Config struct {
 	Profile string
 	// MaxStale is the nodes' staleness bound.
 	MaxStale time.Duration
+	// NodeOptions are applied to every node's configuration after the
+	// cluster's own settings (rate limits, trusted proxies, SIEM file…).
+	NodeOptions []Option
 }
 
 // Cluster is a running in-process cluster. Its methods are safe for
@@ -147,6 +150,7 @@ func (c *Cluster) start(ctx context.Context, i int) error {
 			rc.StreamLayer = c.Net.Wrap(rc.ID, rc.StreamLayer)
 		}
 	}}
+	opts = append(opts, c.cfg.NodeOptions...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		n, err := StartDir(ctx, dir, opts...)

@@ -64,6 +64,9 @@ const (
 	// Issue 13: an admin call that changed (or tried to change) something,
 	// recorded in the audit log (AppendAudit); Event.audit holds the record.
 	EventKind_EVENT_KIND_ADMIN_AUDIT EventKind = 50
+	// Issue 13: a detector raised a security alert (RaiseSecurityAlert);
+	// Event.alert holds it.
+	EventKind_EVENT_KIND_SECURITY_ALERT EventKind = 60
 )
 
 // Enum value maps for EventKind.
@@ -82,6 +85,7 @@ var (
 		21: "EVENT_KIND_USER_DELETED",
 		22: "EVENT_KIND_TENANT_DELETED",
 		50: "EVENT_KIND_ADMIN_AUDIT",
+		60: "EVENT_KIND_SECURITY_ALERT",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":     0,
@@ -97,6 +101,7 @@ var (
 		"EVENT_KIND_USER_DELETED":    21,
 		"EVENT_KIND_TENANT_DELETED":  22,
 		"EVENT_KIND_ADMIN_AUDIT":     50,
+		"EVENT_KIND_SECURITY_ALERT":  60,
 	}
 )
 
@@ -174,6 +179,8 @@ type Command struct {
 	//	*Command_PutAdminCredential
 	//	*Command_RevokeAdminCredential
 	//	*Command_AppendAudit
+	//	*Command_RaiseSecurityAlert
+	//	*Command_RevokeUserAccess
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -552,6 +559,24 @@ func (x *Command) GetAppendAudit() *AppendAudit {
 	return nil
 }
 
+func (x *Command) GetRaiseSecurityAlert() *RaiseSecurityAlert {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RaiseSecurityAlert); ok {
+			return x.RaiseSecurityAlert
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeUserAccess() *RevokeUserAccess {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeUserAccess); ok {
+			return x.RevokeUserAccess
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -711,6 +736,18 @@ type Command_AppendAudit struct {
 	AppendAudit *AppendAudit `protobuf:"bytes,122,opt,name=append_audit,json=appendAudit,proto3,oneof"`
 }
 
+type Command_RaiseSecurityAlert struct {
+	// Issue 13, second part (feature "threat_v2"): security alerts from
+	// the nodes' detectors. See RaiseSecurityAlert.
+	RaiseSecurityAlert *RaiseSecurityAlert `protobuf:"bytes,140,opt,name=raise_security_alert,json=raiseSecurityAlert,proto3,oneof"`
+}
+
+type Command_RevokeUserAccess struct {
+	// Issue 13 (feature "threat_v2"): an admin revokes a user's remembered
+	// consents and/or sign-in sessions. See RevokeUserAccess.
+	RevokeUserAccess *RevokeUserAccess `protobuf:"bytes,141,opt,name=revoke_user_access,json=revokeUserAccess,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -780,6 +817,10 @@ func (*Command_PutAdminCredential) isCommand_Op() {}
 func (*Command_RevokeAdminCredential) isCommand_Op() {}
 
 func (*Command_AppendAudit) isCommand_Op() {}
+
+func (*Command_RaiseSecurityAlert) isCommand_Op() {}
+
+func (*Command_RevokeUserAccess) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -1905,7 +1946,9 @@ type Event struct {
 	// tokens issued at or before it stay invalid.
 	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
 	// ADMIN_AUDIT: the audit record as stored (issue 13).
-	Audit         *AuditRecord `protobuf:"bytes,50,opt,name=audit,proto3" json:"audit,omitempty"`
+	Audit *AuditRecord `protobuf:"bytes,50,opt,name=audit,proto3" json:"audit,omitempty"`
+	// SECURITY_ALERT: the alert as stored (issue 13).
+	Alert         *SecurityAlert `protobuf:"bytes,140,opt,name=alert,proto3" json:"alert,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2034,6 +2077,13 @@ func (x *Event) GetLockedUnixNano() int64 {
 func (x *Event) GetAudit() *AuditRecord {
 	if x != nil {
 		return x.Audit
+	}
+	return nil
+}
+
+func (x *Event) GetAlert() *SecurityAlert {
+	if x != nil {
+		return x.Alert
 	}
 	return nil
 }
@@ -2877,8 +2927,11 @@ type User struct {
 	// Access tokens issued at or before it stay invalid after the user is
 	// enabled again.
 	LockedUnixNano int64 `protobuf:"varint,13,opt,name=locked_unix_nano,json=lockedUnixNano,proto3" json:"locked_unix_nano,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Issue 13: sign-in sessions that began at or before this time are no
+	// longer valid (RevokeUserAccess with sessions); 0 if never.
+	SessionsRevokedUnixNano int64 `protobuf:"varint,140,opt,name=sessions_revoked_unix_nano,json=sessionsRevokedUnixNano,proto3" json:"sessions_revoked_unix_nano,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *User) Reset() {
@@ -2998,6 +3051,13 @@ func (x *User) GetEmailVerified() bool {
 func (x *User) GetLockedUnixNano() int64 {
 	if x != nil {
 		return x.LockedUnixNano
+	}
+	return 0
+}
+
+func (x *User) GetSessionsRevokedUnixNano() int64 {
+	if x != nil {
+		return x.SessionsRevokedUnixNano
 	}
 	return 0
 }
@@ -5848,11 +5908,279 @@ func (x *AppendAudit) GetRecord() *AuditRecord {
 	return nil
 }
 
+// SecurityAlert is a pattern of abuse a node's detector saw (issue 13):
+// credential stuffing, token guessing at introspection, device user-code
+// guessing, a client's budget exceeded. It carries no secret, token,
+// password or username: subjects are user ids, sources are addresses or
+// subnets.
+type SecurityAlert struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "credential_stuffing", "token_guessing", "user_code_guessing",
+	// "rate_limit_exceeded".
+	Kind   string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Tenant string `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The client concerned, if any.
+	ClientId string `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// The user concerned (id), if any.
+	Subject string `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The source address or subnet, if one.
+	Source string `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`
+	// What the detector counted within window_seconds when it fired.
+	Count         uint32 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`
+	WindowSeconds uint32 `protobuf:"varint,7,opt,name=window_seconds,json=windowSeconds,proto3" json:"window_seconds,omitempty"`
+	// Which budget or signal fired (e.g. "failures_per_tenant", "client").
+	Signal string `protobuf:"bytes,8,opt,name=signal,proto3" json:"signal,omitempty"`
+	// The node and region that saw it.
+	Node   string `protobuf:"bytes,9,opt,name=node,proto3" json:"node,omitempty"`
+	Region string `protobuf:"bytes,10,opt,name=region,proto3" json:"region,omitempty"`
+	// Set by the FSM: the command's time.
+	TimeUnixNano  int64 `protobuf:"varint,11,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecurityAlert) Reset() {
+	*x = SecurityAlert{}
+	mi := &file_command_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecurityAlert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecurityAlert) ProtoMessage() {}
+
+func (x *SecurityAlert) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecurityAlert.ProtoReflect.Descriptor instead.
+func (*SecurityAlert) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *SecurityAlert) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *SecurityAlert) GetWindowSeconds() uint32 {
+	if x != nil {
+		return x.WindowSeconds
+	}
+	return 0
+}
+
+func (x *SecurityAlert) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+// RaiseSecurityAlert records an alert and announces it on the event log
+// (EVENT_KIND_SECURITY_ALERT), at most once per minute (of the command's
+// time) for the same kind, tenant, client, subject, source and signal: the
+// nodes that see the same attack raise it once for the cluster.
+type RaiseSecurityAlert struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Alert         *SecurityAlert         `protobuf:"bytes,1,opt,name=alert,proto3" json:"alert,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaiseSecurityAlert) Reset() {
+	*x = RaiseSecurityAlert{}
+	mi := &file_command_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaiseSecurityAlert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaiseSecurityAlert) ProtoMessage() {}
+
+func (x *RaiseSecurityAlert) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaiseSecurityAlert.ProtoReflect.Descriptor instead.
+func (*RaiseSecurityAlert) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *RaiseSecurityAlert) GetAlert() *SecurityAlert {
+	if x != nil {
+		return x.Alert
+	}
+	return nil
+}
+
+// RevokeUserAccess revokes a user's remembered consents (all, or only the
+// one for client_id) and/or ends every sign-in session the user has (the
+// sessions are sealed cookies: User.sessions_revoked_unix_nano makes those
+// that began at or before the command's time invalid). "not found" for an
+// unknown user.
+type RevokeUserAccess struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Tenant   string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	UserId   string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Consents bool                   `protobuf:"varint,3,opt,name=consents,proto3" json:"consents,omitempty"`
+	// With consents: only the consent given to this client.
+	ClientId      string `protobuf:"bytes,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Sessions      bool   `protobuf:"varint,5,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserAccess) Reset() {
+	*x = RevokeUserAccess{}
+	mi := &file_command_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserAccess) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserAccess) ProtoMessage() {}
+
+func (x *RevokeUserAccess) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserAccess.ProtoReflect.Descriptor instead.
+func (*RevokeUserAccess) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *RevokeUserAccess) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RevokeUserAccess) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RevokeUserAccess) GetConsents() bool {
+	if x != nil {
+		return x.Consents
+	}
+	return false
+}
+
+func (x *RevokeUserAccess) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *RevokeUserAccess) GetSessions() bool {
+	if x != nil {
+		return x.Sessions
+	}
+	return false
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\xd6\x14\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\x80\x16\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -5895,7 +6223,9 @@ const file_command_proto_rawDesc = "" +
 	"\x12set_gateway_config\x18n \x01(\v2\x1f.tally.raft.v1.SetGatewayConfigH\x00R\x10setGatewayConfig\x12U\n" +
 	"\x14put_admin_credential\x18x \x01(\v2!.tally.raft.v1.PutAdminCredentialH\x00R\x12putAdminCredential\x12^\n" +
 	"\x17revoke_admin_credential\x18y \x01(\v2$.tally.raft.v1.RevokeAdminCredentialH\x00R\x15revokeAdminCredential\x12?\n" +
-	"\fappend_audit\x18z \x01(\v2\x1a.tally.raft.v1.AppendAuditH\x00R\vappendAuditB\x04\n" +
+	"\fappend_audit\x18z \x01(\v2\x1a.tally.raft.v1.AppendAuditH\x00R\vappendAudit\x12V\n" +
+	"\x14raise_security_alert\x18\x8c\x01 \x01(\v2!.tally.raft.v1.RaiseSecurityAlertH\x00R\x12raiseSecurityAlert\x12P\n" +
+	"\x12revoke_user_access\x18\x8d\x01 \x01(\v2\x1f.tally.raft.v1.RevokeUserAccessH\x00R\x10revokeUserAccessB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -5987,7 +6317,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x04 \x01(\x03R\x0frevokedUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
-	"\asubject\x18\a \x01(\tR\asubject\"\xce\x03\n" +
+	"\asubject\x18\a \x01(\tR\asubject\"\x83\x04\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12,\n" +
@@ -6005,7 +6335,8 @@ const file_command_proto_rawDesc = "" +
 	"\x04node\x18\v \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\f \x01(\tR\x06region\x12(\n" +
 	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\x120\n" +
-	"\x05audit\x182 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x05audit\"5\n" +
+	"\x05audit\x182 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x05audit\x123\n" +
+	"\x05alert\x18\x8c\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert\"5\n" +
 	"\n" +
 	"CreateUser\x12'\n" +
 	"\x04user\x18\x01 \x01(\v2\x13.tally.raft.v1.UserR\x04user\"{\n" +
@@ -6073,7 +6404,7 @@ const file_command_proto_rawDesc = "" +
 	"\x04time\x18\x04 \x01(\rR\x04time\x12\x1d\n" +
 	"\n" +
 	"memory_kib\x18\x05 \x01(\rR\tmemoryKib\x12\x18\n" +
-	"\athreads\x18\x06 \x01(\rR\athreads\"\xa6\x03\n" +
+	"\athreads\x18\x06 \x01(\rR\athreads\"\xe4\x03\n" +
 	"\x04User\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1a\n" +
@@ -6088,7 +6419,8 @@ const file_command_proto_rawDesc = "" +
 	" \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
 	"\brevision\x18\v \x01(\x04R\brevision\x12%\n" +
 	"\x0eemail_verified\x18\f \x01(\bR\remailVerified\x12(\n" +
-	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\"\xc7\x01\n" +
+	"\x10locked_unix_nano\x18\r \x01(\x03R\x0elockedUnixNano\x12<\n" +
+	"\x1asessions_revoked_unix_nano\x18\x8c\x01 \x01(\x03R\x17sessionsRevokedUnixNano\"\xc7\x01\n" +
 	"\aConsent\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
@@ -6311,7 +6643,28 @@ const file_command_proto_rawDesc = "" +
 	"\x04hash\x18\v \x01(\fR\x04hash\x12\x12\n" +
 	"\x04role\x18\f \x01(\tR\x04role\"A\n" +
 	"\vAppendAudit\x122\n" +
-	"\x06record\x18\x01 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x06record*\x8f\x03\n" +
+	"\x06record\x18\x01 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x06record\"\xb1\x02\n" +
+	"\rSecurityAlert\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\x12\x14\n" +
+	"\x05count\x18\x06 \x01(\rR\x05count\x12%\n" +
+	"\x0ewindow_seconds\x18\a \x01(\rR\rwindowSeconds\x12\x16\n" +
+	"\x06signal\x18\b \x01(\tR\x06signal\x12\x12\n" +
+	"\x04node\x18\t \x01(\tR\x04node\x12\x16\n" +
+	"\x06region\x18\n" +
+	" \x01(\tR\x06region\x12$\n" +
+	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\"H\n" +
+	"\x12RaiseSecurityAlert\x122\n" +
+	"\x05alert\x18\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert\"\x98\x01\n" +
+	"\x10RevokeUserAccess\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1a\n" +
+	"\bconsents\x18\x03 \x01(\bR\bconsents\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x1a\n" +
+	"\bsessions\x18\x05 \x01(\bR\bsessions*\xae\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -6325,7 +6678,8 @@ const file_command_proto_rawDesc = "" +
 	"\x19EVENT_KIND_CLIENT_DELETED\x10\x14\x12\x1b\n" +
 	"\x17EVENT_KIND_USER_DELETED\x10\x15\x12\x1d\n" +
 	"\x19EVENT_KIND_TENANT_DELETED\x10\x16\x12\x1a\n" +
-	"\x16EVENT_KIND_ADMIN_AUDIT\x102B(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\x16EVENT_KIND_ADMIN_AUDIT\x102\x12\x1d\n" +
+	"\x19EVENT_KIND_SECURITY_ALERT\x10<B(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -6340,7 +6694,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
 var file_command_proto_goTypes = []any{
 	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
 	(*Command)(nil),                  // 1: tally.raft.v1.Command
@@ -6410,6 +6764,9 @@ var file_command_proto_goTypes = []any{
 	(*RevokeAdminCredential)(nil),    // 65: tally.raft.v1.RevokeAdminCredential
 	(*AuditRecord)(nil),              // 66: tally.raft.v1.AuditRecord
 	(*AppendAudit)(nil),              // 67: tally.raft.v1.AppendAudit
+	(*SecurityAlert)(nil),            // 68: tally.raft.v1.SecurityAlert
+	(*RaiseSecurityAlert)(nil),       // 69: tally.raft.v1.RaiseSecurityAlert
+	(*RevokeUserAccess)(nil),         // 70: tally.raft.v1.RevokeUserAccess
 }
 var file_command_proto_depIdxs = []int32{
 	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -6447,53 +6804,57 @@ var file_command_proto_depIdxs = []int32{
 	64, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
 	65, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
 	67, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
-	11, // 35: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 36: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 37: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 38: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 39: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 40: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 41: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	48, // 42: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	12, // 43: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	47, // 44: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	0,  // 45: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 46: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	66, // 47: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
-	28, // 48: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 49: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 50: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 51: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 52: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 53: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 54: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 55: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 56: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 57: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 58: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 59: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 60: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 61: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 62: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	53, // 63: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	39, // 64: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	14, // 65: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
-	46, // 66: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	49, // 67: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	50, // 68: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	48, // 69: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	53, // 70: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	59, // 71: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	60, // 72: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	61, // 73: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	62, // 74: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	63, // 75: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	66, // 76: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	77, // [77:77] is the sub-list for method output_type
-	77, // [77:77] is the sub-list for method input_type
-	77, // [77:77] is the sub-list for extension type_name
-	77, // [77:77] is the sub-list for extension extendee
-	0,  // [0:77] is the sub-list for field type_name
+	69, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
+	70, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
+	11, // 37: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	14, // 38: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	13, // 39: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	13, // 40: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	12, // 41: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	14, // 42: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	15, // 43: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	48, // 44: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	12, // 45: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	47, // 46: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	0,  // 47: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	15, // 48: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	66, // 49: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	68, // 50: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
+	28, // 51: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	27, // 52: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	29, // 53: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	31, // 54: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	30, // 55: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	30, // 56: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	33, // 57: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	31, // 58: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	30, // 59: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	27, // 60: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 61: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	30, // 62: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 63: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	33, // 64: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	34, // 65: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	53, // 66: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	39, // 67: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	14, // 68: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
+	46, // 69: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	49, // 70: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	50, // 71: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	48, // 72: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	53, // 73: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	59, // 74: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	60, // 75: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	61, // 76: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	62, // 77: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	63, // 78: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	66, // 79: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	68, // 80: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
+	81, // [81:81] is the sub-list for method output_type
+	81, // [81:81] is the sub-list for method input_type
+	81, // [81:81] is the sub-list for extension type_name
+	81, // [81:81] is the sub-list for extension extendee
+	0,  // [0:81] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -6537,6 +6898,8 @@ func file_command_proto_init() {
 		(*Command_PutAdminCredential)(nil),
 		(*Command_RevokeAdminCredential)(nil),
 		(*Command_AppendAudit)(nil),
+		(*Command_RaiseSecurityAlert)(nil),
+		(*Command_RevokeUserAccess)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -6544,7 +6907,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   67,
+			NumMessages:   70,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -67,6 +67,12 @@ const (
 	// something. Events without a tenant are published under the default
 	// tenant's subjects. Subject tally.<tenant>.security.admin_audit.
 	EventAdminAudit = "https://tally.dev/secevent/admin-audit"
+	// A security alert (issue 13): a node's detector saw credential
+	// stuffing, token guessing at introspection, device user-code guessing
+	// or a client over its budget; alert holds what, from where, how many.
+	// Never a secret, token, password or username. Subject
+	// tally.<tenant>.security.alert.
+	EventSecurityAlert = "https://tally.dev/secevent/security-alert"
 )
 
 // SchemaVersion is the version of EventDetails; the JSON schema of the
@@ -111,6 +117,7 @@ var subjectSuffix = map[string]string{
 	EventUserDeleted:    "security.user_deleted",
 	EventTenantDeleted:  "security.tenant_deleted",
 	EventAdminAudit:     "security.admin_audit",
+	EventSecurityAlert:  "security.alert",
 }
 
 // Subject returns the NATS subject of an event type in tenant, e.g.
@@ -189,6 +196,25 @@ type EventDetails struct {
 	TokensIssuedUntil int64 `json:"tokens_issued_until,omitempty"`
 	// Audit (admin-audit): the audit log record (issue 13).
 	Audit *AuditDetails `json:"audit,omitempty"`
+	// Alert (security-alert): the alert (issue 13).
+	Alert *AlertDetails `json:"alert,omitempty"`
+}
+
+// AlertDetails is a security alert: kind (credential_stuffing,
+// token_guessing, user_code_guessing, rate_limit_exceeded), the client,
+// user id and source address or subnet it is about (each when known), the
+// signal that fired and what it counted within window_seconds, and the
+// node and region that saw it.
+type AlertDetails struct {
+	Kind          string `json:"kind"`
+	ClientID      string `json:"client_id,omitempty"`
+	Subject       string `json:"sub,omitempty"`
+	Source        string `json:"source,omitempty"`
+	Signal        string `json:"signal,omitempty"`
+	Count         uint32 `json:"count"`
+	WindowSeconds uint32 `json:"window_seconds"`
+	Node          string `json:"node,omitempty"`
+	Region        string `json:"region,omitempty"`
 }
 
 // AuditDetails is an audit log record; hashes are hex SHA-256.

@@ -5516,6 +5516,402 @@ func (x *VerifyAuditResponse) GetHeadHash() string {
 	return ""
 }
 
+// A consent a user gave a client (issue 13).
+type UserConsent struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClientId  string                 `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Scopes    []string               `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Unset: never expires.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserConsent) Reset() {
+	*x = UserConsent{}
+	mi := &file_admin_proto_msgTypes[93]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserConsent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserConsent) ProtoMessage() {}
+
+func (x *UserConsent) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[93]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserConsent.ProtoReflect.Descriptor instead.
+func (*UserConsent) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{93}
+}
+
+func (x *UserConsent) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *UserConsent) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *UserConsent) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *UserConsent) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type ListUserConsentsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// User id or username.
+	User          string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUserConsentsRequest) Reset() {
+	*x = ListUserConsentsRequest{}
+	mi := &file_admin_proto_msgTypes[94]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUserConsentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUserConsentsRequest) ProtoMessage() {}
+
+func (x *ListUserConsentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[94]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUserConsentsRequest.ProtoReflect.Descriptor instead.
+func (*ListUserConsentsRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{94}
+}
+
+func (x *ListUserConsentsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ListUserConsentsRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type ListUserConsentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Consents      []*UserConsent         `protobuf:"bytes,2,rep,name=consents,proto3" json:"consents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUserConsentsResponse) Reset() {
+	*x = ListUserConsentsResponse{}
+	mi := &file_admin_proto_msgTypes[95]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUserConsentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUserConsentsResponse) ProtoMessage() {}
+
+func (x *ListUserConsentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[95]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUserConsentsResponse.ProtoReflect.Descriptor instead.
+func (*ListUserConsentsResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{95}
+}
+
+func (x *ListUserConsentsResponse) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ListUserConsentsResponse) GetConsents() []*UserConsent {
+	if x != nil {
+		return x.Consents
+	}
+	return nil
+}
+
+type RevokeUserConsentsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	User   string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// Only the consent given to this client; empty: every consent.
+	ClientId      string `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserConsentsRequest) Reset() {
+	*x = RevokeUserConsentsRequest{}
+	mi := &file_admin_proto_msgTypes[96]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserConsentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserConsentsRequest) ProtoMessage() {}
+
+func (x *RevokeUserConsentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[96]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserConsentsRequest.ProtoReflect.Descriptor instead.
+func (*RevokeUserConsentsRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{96}
+}
+
+func (x *RevokeUserConsentsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RevokeUserConsentsRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RevokeUserConsentsRequest) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+type RevokeUserConsentsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// How many consents were revoked.
+	Revoked       uint32 `protobuf:"varint,2,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserConsentsResponse) Reset() {
+	*x = RevokeUserConsentsResponse{}
+	mi := &file_admin_proto_msgTypes[97]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserConsentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserConsentsResponse) ProtoMessage() {}
+
+func (x *RevokeUserConsentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[97]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserConsentsResponse.ProtoReflect.Descriptor instead.
+func (*RevokeUserConsentsResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{97}
+}
+
+func (x *RevokeUserConsentsResponse) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RevokeUserConsentsResponse) GetRevoked() uint32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+// Ends every sign-in session of the user: the next authorization request
+// asks for the password again. Tokens already issued are not revoked
+// (revoke the user's refresh families or disable the user for that).
+type RevokeUserSessionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUserSessionsRequest) Reset() {
+	*x = RevokeUserSessionsRequest{}
+	mi := &file_admin_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserSessionsRequest) ProtoMessage() {}
+
+func (x *RevokeUserSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserSessionsRequest.ProtoReflect.Descriptor instead.
+func (*RevokeUserSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *RevokeUserSessionsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RevokeUserSessionsRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type RevokeUserSessionsResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	UserId            string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	SessionsRevokedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sessions_revoked_at,json=sessionsRevokedAt,proto3" json:"sessions_revoked_at,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RevokeUserSessionsResponse) Reset() {
+	*x = RevokeUserSessionsResponse{}
+	mi := &file_admin_proto_msgTypes[99]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUserSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUserSessionsResponse) ProtoMessage() {}
+
+func (x *RevokeUserSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[99]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUserSessionsResponse.ProtoReflect.Descriptor instead.
+func (*RevokeUserSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{99}
+}
+
+func (x *RevokeUserSessionsResponse) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RevokeUserSessionsResponse) GetSessionsRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SessionsRevokedAt
+	}
+	return nil
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -5926,7 +6322,33 @@ const file_admin_proto_rawDesc = "" +
 	"\arecords\x18\x02 \x01(\x04R\arecords\x12(\n" +
 	"\x10first_broken_seq\x18\x03 \x01(\x04R\x0efirstBrokenSeq\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1b\n" +
-	"\thead_hash\x18\x05 \x01(\tR\bheadHash2\xde\x1b\n" +
+	"\thead_hash\x18\x05 \x01(\tR\bheadHash\"\xb8\x01\n" +
+	"\vUserConsent\x12\x1b\n" +
+	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06scopes\x18\x02 \x03(\tR\x06scopes\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"E\n" +
+	"\x17ListUserConsentsRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\"l\n" +
+	"\x18ListUserConsentsResponse\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x127\n" +
+	"\bconsents\x18\x02 \x03(\v2\x1b.tally.admin.v1.UserConsentR\bconsents\"d\n" +
+	"\x19RevokeUserConsentsRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\"O\n" +
+	"\x1aRevokeUserConsentsResponse\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x18\n" +
+	"\arevoked\x18\x02 \x01(\rR\arevoked\"G\n" +
+	"\x19RevokeUserSessionsRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\"\x81\x01\n" +
+	"\x1aRevokeUserSessionsResponse\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12J\n" +
+	"\x13sessions_revoked_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11sessionsRevokedAt2\x9f\x1e\n" +
 	"\fAdminService\x12Y\n" +
 	"\fCreateTenant\x12#.tally.admin.v1.CreateTenantRequest\x1a$.tally.admin.v1.CreateTenantResponse\x12P\n" +
 	"\tGetTenant\x12 .tally.admin.v1.GetTenantRequest\x1a!.tally.admin.v1.GetTenantResponse\x12V\n" +
@@ -5953,7 +6375,10 @@ const file_admin_proto_rawDesc = "" +
 	"\x0fSetUserPassword\x12&.tally.admin.v1.SetUserPasswordRequest\x1a'.tally.admin.v1.SetUserPasswordResponse\x12Y\n" +
 	"\fDeleteClient\x12#.tally.admin.v1.DeleteClientRequest\x1a$.tally.admin.v1.DeleteClientResponse\x12S\n" +
 	"\n" +
-	"DeleteUser\x12!.tally.admin.v1.DeleteUserRequest\x1a\".tally.admin.v1.DeleteUserResponse\x12Y\n" +
+	"DeleteUser\x12!.tally.admin.v1.DeleteUserRequest\x1a\".tally.admin.v1.DeleteUserResponse\x12e\n" +
+	"\x10ListUserConsents\x12'.tally.admin.v1.ListUserConsentsRequest\x1a(.tally.admin.v1.ListUserConsentsResponse\x12k\n" +
+	"\x12RevokeUserConsents\x12).tally.admin.v1.RevokeUserConsentsRequest\x1a*.tally.admin.v1.RevokeUserConsentsResponse\x12k\n" +
+	"\x12RevokeUserSessions\x12).tally.admin.v1.RevokeUserSessionsRequest\x1a*.tally.admin.v1.RevokeUserSessionsResponse\x12Y\n" +
 	"\fDeleteTenant\x12#.tally.admin.v1.DeleteTenantRequest\x1a$.tally.admin.v1.DeleteTenantResponse\x12_\n" +
 	"\x0eSetTenantTrust\x12%.tally.admin.v1.SetTenantTrustRequest\x1a&.tally.admin.v1.SetTenantTrustResponse\x12_\n" +
 	"\x0eGetTenantTrust\x12%.tally.admin.v1.GetTenantTrustRequest\x1a&.tally.admin.v1.GetTenantTrustResponse\x12Y\n" +
@@ -5983,7 +6408,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 93)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 100)
 var file_admin_proto_goTypes = []any{
 	(*Tenant)(nil),                        // 0: tally.admin.v1.Tenant
 	(*CreateTenantRequest)(nil),           // 1: tally.admin.v1.CreateTenantRequest
@@ -6078,16 +6503,23 @@ var file_admin_proto_goTypes = []any{
 	(*ListAuditResponse)(nil),             // 90: tally.admin.v1.ListAuditResponse
 	(*VerifyAuditRequest)(nil),            // 91: tally.admin.v1.VerifyAuditRequest
 	(*VerifyAuditResponse)(nil),           // 92: tally.admin.v1.VerifyAuditResponse
-	(*timestamppb.Timestamp)(nil),         // 93: google.protobuf.Timestamp
+	(*UserConsent)(nil),                   // 93: tally.admin.v1.UserConsent
+	(*ListUserConsentsRequest)(nil),       // 94: tally.admin.v1.ListUserConsentsRequest
+	(*ListUserConsentsResponse)(nil),      // 95: tally.admin.v1.ListUserConsentsResponse
+	(*RevokeUserConsentsRequest)(nil),     // 96: tally.admin.v1.RevokeUserConsentsRequest
+	(*RevokeUserConsentsResponse)(nil),    // 97: tally.admin.v1.RevokeUserConsentsResponse
+	(*RevokeUserSessionsRequest)(nil),     // 98: tally.admin.v1.RevokeUserSessionsRequest
+	(*RevokeUserSessionsResponse)(nil),    // 99: tally.admin.v1.RevokeUserSessionsResponse
+	(*timestamppb.Timestamp)(nil),         // 100: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	93,  // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
+	100, // 0: tally.admin.v1.Tenant.created_at:type_name -> google.protobuf.Timestamp
 	0,   // 1: tally.admin.v1.CreateTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,   // 2: tally.admin.v1.GetTenantResponse.tenant:type_name -> tally.admin.v1.Tenant
 	0,   // 3: tally.admin.v1.ListTenantsResponse.tenants:type_name -> tally.admin.v1.Tenant
-	93,  // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
-	93,  // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
-	93,  // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	100, // 4: tally.admin.v1.Client.created_at:type_name -> google.protobuf.Timestamp
+	100, // 5: tally.admin.v1.Client.updated_at:type_name -> google.protobuf.Timestamp
+	100, // 6: tally.admin.v1.Client.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
 	52,  // 7: tally.admin.v1.Client.auth:type_name -> tally.admin.v1.ClientAuth
 	52,  // 8: tally.admin.v1.CreateClientRequest.auth:type_name -> tally.admin.v1.ClientAuth
 	7,   // 9: tally.admin.v1.CreateClientResponse.client:type_name -> tally.admin.v1.Client
@@ -6101,19 +6533,19 @@ var file_admin_proto_depIdxs = []int32{
 	7,   // 17: tally.admin.v1.DisableClientResponse.client:type_name -> tally.admin.v1.Client
 	7,   // 18: tally.admin.v1.EnableClientResponse.client:type_name -> tally.admin.v1.Client
 	7,   // 19: tally.admin.v1.RotateClientSecretResponse.client:type_name -> tally.admin.v1.Client
-	93,  // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	93,  // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
-	93,  // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
-	93,  // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
+	100, // 20: tally.admin.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	100, // 21: tally.admin.v1.Key.not_before:type_name -> google.protobuf.Timestamp
+	100, // 22: tally.admin.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	100, // 23: tally.admin.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
 	23,  // 24: tally.admin.v1.ListKeysResponse.keys:type_name -> tally.admin.v1.Key
 	23,  // 25: tally.admin.v1.RotateKeysResponse.keys:type_name -> tally.admin.v1.Key
-	93,  // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	93,  // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	93,  // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
+	100, // 26: tally.admin.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	100, // 27: tally.admin.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	100, // 28: tally.admin.v1.RevokeTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
 	28,  // 29: tally.admin.v1.RevokeTokenResponse.revocation:type_name -> tally.admin.v1.Revocation
 	28,  // 30: tally.admin.v1.ListRevocationsResponse.revocations:type_name -> tally.admin.v1.Revocation
-	93,  // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
-	93,  // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
+	100, // 31: tally.admin.v1.User.created_at:type_name -> google.protobuf.Timestamp
+	100, // 32: tally.admin.v1.User.updated_at:type_name -> google.protobuf.Timestamp
 	33,  // 33: tally.admin.v1.CreateUserResponse.user:type_name -> tally.admin.v1.User
 	33,  // 34: tally.admin.v1.GetUserResponse.user:type_name -> tally.admin.v1.User
 	33,  // 35: tally.admin.v1.ListUsersResponse.users:type_name -> tally.admin.v1.User
@@ -6121,22 +6553,22 @@ var file_admin_proto_depIdxs = []int32{
 	33,  // 37: tally.admin.v1.EnableUserResponse.user:type_name -> tally.admin.v1.User
 	33,  // 38: tally.admin.v1.SetUserPasswordResponse.user:type_name -> tally.admin.v1.User
 	54,  // 39: tally.admin.v1.TenantTrust.federations:type_name -> tally.admin.v1.FederationTrust
-	93,  // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
+	100, // 40: tally.admin.v1.TenantTrust.updated_at:type_name -> google.protobuf.Timestamp
 	55,  // 41: tally.admin.v1.FederationTrust.subjects:type_name -> tally.admin.v1.SubjectMapping
 	53,  // 42: tally.admin.v1.SetTenantTrustRequest.trust:type_name -> tally.admin.v1.TenantTrust
 	53,  // 43: tally.admin.v1.SetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
 	53,  // 44: tally.admin.v1.GetTenantTrustResponse.trust:type_name -> tally.admin.v1.TenantTrust
-	93,  // 45: tally.admin.v1.KeyPolicy.signing_key_since:type_name -> google.protobuf.Timestamp
-	93,  // 46: tally.admin.v1.KeyPolicy.sealing_key_since:type_name -> google.protobuf.Timestamp
-	93,  // 47: tally.admin.v1.KeyPolicy.next_rotation_at:type_name -> google.protobuf.Timestamp
-	93,  // 48: tally.admin.v1.KeyPolicy.updated_at:type_name -> google.protobuf.Timestamp
+	100, // 45: tally.admin.v1.KeyPolicy.signing_key_since:type_name -> google.protobuf.Timestamp
+	100, // 46: tally.admin.v1.KeyPolicy.sealing_key_since:type_name -> google.protobuf.Timestamp
+	100, // 47: tally.admin.v1.KeyPolicy.next_rotation_at:type_name -> google.protobuf.Timestamp
+	100, // 48: tally.admin.v1.KeyPolicy.updated_at:type_name -> google.protobuf.Timestamp
 	60,  // 49: tally.admin.v1.SetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
 	60,  // 50: tally.admin.v1.GetKeyPolicyResponse.policy:type_name -> tally.admin.v1.KeyPolicy
 	0,   // 51: tally.admin.v1.SetTenantPARResponse.tenant:type_name -> tally.admin.v1.Tenant
 	67,  // 52: tally.admin.v1.GatewayConfig.routes:type_name -> tally.admin.v1.GatewayRoute
 	68,  // 53: tally.admin.v1.GatewayConfig.rate_limits:type_name -> tally.admin.v1.GatewayRateLimit
 	69,  // 54: tally.admin.v1.GatewayConfig.policies:type_name -> tally.admin.v1.PolicyInfo
-	93,  // 55: tally.admin.v1.GatewayConfig.updated_at:type_name -> google.protobuf.Timestamp
+	100, // 55: tally.admin.v1.GatewayConfig.updated_at:type_name -> google.protobuf.Timestamp
 	70,  // 56: tally.admin.v1.GetGatewayConfigResponse.config:type_name -> tally.admin.v1.GatewayConfig
 	67,  // 57: tally.admin.v1.SetGatewayRouteRequest.route:type_name -> tally.admin.v1.GatewayRoute
 	70,  // 58: tally.admin.v1.SetGatewayRouteResponse.config:type_name -> tally.admin.v1.GatewayConfig
@@ -6145,95 +6577,105 @@ var file_admin_proto_depIdxs = []int32{
 	70,  // 61: tally.admin.v1.SetGatewayRateLimitResponse.config:type_name -> tally.admin.v1.GatewayConfig
 	69,  // 62: tally.admin.v1.SetPolicyRequest.policy:type_name -> tally.admin.v1.PolicyInfo
 	70,  // 63: tally.admin.v1.SetPolicyResponse.config:type_name -> tally.admin.v1.GatewayConfig
-	93,  // 64: tally.admin.v1.AdminCredential.created_at:type_name -> google.protobuf.Timestamp
-	93,  // 65: tally.admin.v1.AdminCredential.expires_at:type_name -> google.protobuf.Timestamp
-	93,  // 66: tally.admin.v1.AdminCredential.revoked_at:type_name -> google.protobuf.Timestamp
+	100, // 64: tally.admin.v1.AdminCredential.created_at:type_name -> google.protobuf.Timestamp
+	100, // 65: tally.admin.v1.AdminCredential.expires_at:type_name -> google.protobuf.Timestamp
+	100, // 66: tally.admin.v1.AdminCredential.revoked_at:type_name -> google.protobuf.Timestamp
 	81,  // 67: tally.admin.v1.CreateAdminCredentialResponse.credential:type_name -> tally.admin.v1.AdminCredential
 	81,  // 68: tally.admin.v1.ListAdminCredentialsResponse.credentials:type_name -> tally.admin.v1.AdminCredential
 	81,  // 69: tally.admin.v1.RevokeAdminCredentialResponse.credential:type_name -> tally.admin.v1.AdminCredential
-	93,  // 70: tally.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	100, // 70: tally.admin.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	88,  // 71: tally.admin.v1.ListAuditResponse.records:type_name -> tally.admin.v1.AuditRecord
-	1,   // 72: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
-	3,   // 73: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
-	5,   // 74: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
-	8,   // 75: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
-	10,  // 76: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
-	12,  // 77: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
-	15,  // 78: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
-	17,  // 79: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
-	19,  // 80: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
-	21,  // 81: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
-	24,  // 82: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
-	26,  // 83: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
-	29,  // 84: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
-	31,  // 85: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
-	34,  // 86: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
-	36,  // 87: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
-	38,  // 88: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
-	40,  // 89: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
-	42,  // 90: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
-	44,  // 91: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
-	46,  // 92: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
-	48,  // 93: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
-	50,  // 94: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
-	56,  // 95: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
-	58,  // 96: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
-	61,  // 97: tally.admin.v1.AdminService.SetKeyPolicy:input_type -> tally.admin.v1.SetKeyPolicyRequest
-	63,  // 98: tally.admin.v1.AdminService.GetKeyPolicy:input_type -> tally.admin.v1.GetKeyPolicyRequest
-	65,  // 99: tally.admin.v1.AdminService.SetTenantPAR:input_type -> tally.admin.v1.SetTenantPARRequest
-	71,  // 100: tally.admin.v1.AdminService.GetGatewayConfig:input_type -> tally.admin.v1.GetGatewayConfigRequest
-	73,  // 101: tally.admin.v1.AdminService.SetGatewayRoute:input_type -> tally.admin.v1.SetGatewayRouteRequest
-	75,  // 102: tally.admin.v1.AdminService.DeleteGatewayRoute:input_type -> tally.admin.v1.DeleteGatewayRouteRequest
-	77,  // 103: tally.admin.v1.AdminService.SetGatewayRateLimit:input_type -> tally.admin.v1.SetGatewayRateLimitRequest
-	79,  // 104: tally.admin.v1.AdminService.SetPolicy:input_type -> tally.admin.v1.SetPolicyRequest
-	82,  // 105: tally.admin.v1.AdminService.CreateAdminCredential:input_type -> tally.admin.v1.CreateAdminCredentialRequest
-	84,  // 106: tally.admin.v1.AdminService.ListAdminCredentials:input_type -> tally.admin.v1.ListAdminCredentialsRequest
-	86,  // 107: tally.admin.v1.AdminService.RevokeAdminCredential:input_type -> tally.admin.v1.RevokeAdminCredentialRequest
-	89,  // 108: tally.admin.v1.AdminService.ListAudit:input_type -> tally.admin.v1.ListAuditRequest
-	91,  // 109: tally.admin.v1.AdminService.VerifyAudit:input_type -> tally.admin.v1.VerifyAuditRequest
-	2,   // 110: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
-	4,   // 111: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
-	6,   // 112: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
-	9,   // 113: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
-	11,  // 114: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
-	13,  // 115: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
-	16,  // 116: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
-	18,  // 117: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
-	20,  // 118: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
-	22,  // 119: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
-	25,  // 120: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
-	27,  // 121: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
-	30,  // 122: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
-	32,  // 123: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
-	35,  // 124: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
-	37,  // 125: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
-	39,  // 126: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
-	41,  // 127: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
-	43,  // 128: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
-	45,  // 129: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
-	47,  // 130: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
-	49,  // 131: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
-	51,  // 132: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
-	57,  // 133: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
-	59,  // 134: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
-	62,  // 135: tally.admin.v1.AdminService.SetKeyPolicy:output_type -> tally.admin.v1.SetKeyPolicyResponse
-	64,  // 136: tally.admin.v1.AdminService.GetKeyPolicy:output_type -> tally.admin.v1.GetKeyPolicyResponse
-	66,  // 137: tally.admin.v1.AdminService.SetTenantPAR:output_type -> tally.admin.v1.SetTenantPARResponse
-	72,  // 138: tally.admin.v1.AdminService.GetGatewayConfig:output_type -> tally.admin.v1.GetGatewayConfigResponse
-	74,  // 139: tally.admin.v1.AdminService.SetGatewayRoute:output_type -> tally.admin.v1.SetGatewayRouteResponse
-	76,  // 140: tally.admin.v1.AdminService.DeleteGatewayRoute:output_type -> tally.admin.v1.DeleteGatewayRouteResponse
-	78,  // 141: tally.admin.v1.AdminService.SetGatewayRateLimit:output_type -> tally.admin.v1.SetGatewayRateLimitResponse
-	80,  // 142: tally.admin.v1.AdminService.SetPolicy:output_type -> tally.admin.v1.SetPolicyResponse
-	83,  // 143: tally.admin.v1.AdminService.CreateAdminCredential:output_type -> tally.admin.v1.CreateAdminCredentialResponse
-	85,  // 144: tally.admin.v1.AdminService.ListAdminCredentials:output_type -> tally.admin.v1.ListAdminCredentialsResponse
-	87,  // 145: tally.admin.v1.AdminService.RevokeAdminCredential:output_type -> tally.admin.v1.RevokeAdminCredentialResponse
-	90,  // 146: tally.admin.v1.AdminService.ListAudit:output_type -> tally.admin.v1.ListAuditResponse
-	92,  // 147: tally.admin.v1.AdminService.VerifyAudit:output_type -> tally.admin.v1.VerifyAuditResponse
-	110, // [110:148] is the sub-list for method output_type
-	72,  // [72:110] is the sub-list for method input_type
-	72,  // [72:72] is the sub-list for extension type_name
-	72,  // [72:72] is the sub-list for extension extendee
-	0,   // [0:72] is the sub-list for field type_name
+	100, // 72: tally.admin.v1.UserConsent.created_at:type_name -> google.protobuf.Timestamp
+	100, // 73: tally.admin.v1.UserConsent.expires_at:type_name -> google.protobuf.Timestamp
+	93,  // 74: tally.admin.v1.ListUserConsentsResponse.consents:type_name -> tally.admin.v1.UserConsent
+	100, // 75: tally.admin.v1.RevokeUserSessionsResponse.sessions_revoked_at:type_name -> google.protobuf.Timestamp
+	1,   // 76: tally.admin.v1.AdminService.CreateTenant:input_type -> tally.admin.v1.CreateTenantRequest
+	3,   // 77: tally.admin.v1.AdminService.GetTenant:input_type -> tally.admin.v1.GetTenantRequest
+	5,   // 78: tally.admin.v1.AdminService.ListTenants:input_type -> tally.admin.v1.ListTenantsRequest
+	8,   // 79: tally.admin.v1.AdminService.CreateClient:input_type -> tally.admin.v1.CreateClientRequest
+	10,  // 80: tally.admin.v1.AdminService.GetClient:input_type -> tally.admin.v1.GetClientRequest
+	12,  // 81: tally.admin.v1.AdminService.ListClients:input_type -> tally.admin.v1.ListClientsRequest
+	15,  // 82: tally.admin.v1.AdminService.UpdateClient:input_type -> tally.admin.v1.UpdateClientRequest
+	17,  // 83: tally.admin.v1.AdminService.DisableClient:input_type -> tally.admin.v1.DisableClientRequest
+	19,  // 84: tally.admin.v1.AdminService.EnableClient:input_type -> tally.admin.v1.EnableClientRequest
+	21,  // 85: tally.admin.v1.AdminService.RotateClientSecret:input_type -> tally.admin.v1.RotateClientSecretRequest
+	24,  // 86: tally.admin.v1.AdminService.ListKeys:input_type -> tally.admin.v1.ListKeysRequest
+	26,  // 87: tally.admin.v1.AdminService.RotateKeys:input_type -> tally.admin.v1.RotateKeysRequest
+	29,  // 88: tally.admin.v1.AdminService.RevokeToken:input_type -> tally.admin.v1.RevokeTokenRequest
+	31,  // 89: tally.admin.v1.AdminService.ListRevocations:input_type -> tally.admin.v1.ListRevocationsRequest
+	34,  // 90: tally.admin.v1.AdminService.CreateUser:input_type -> tally.admin.v1.CreateUserRequest
+	36,  // 91: tally.admin.v1.AdminService.GetUser:input_type -> tally.admin.v1.GetUserRequest
+	38,  // 92: tally.admin.v1.AdminService.ListUsers:input_type -> tally.admin.v1.ListUsersRequest
+	40,  // 93: tally.admin.v1.AdminService.DisableUser:input_type -> tally.admin.v1.DisableUserRequest
+	42,  // 94: tally.admin.v1.AdminService.EnableUser:input_type -> tally.admin.v1.EnableUserRequest
+	44,  // 95: tally.admin.v1.AdminService.SetUserPassword:input_type -> tally.admin.v1.SetUserPasswordRequest
+	46,  // 96: tally.admin.v1.AdminService.DeleteClient:input_type -> tally.admin.v1.DeleteClientRequest
+	48,  // 97: tally.admin.v1.AdminService.DeleteUser:input_type -> tally.admin.v1.DeleteUserRequest
+	94,  // 98: tally.admin.v1.AdminService.ListUserConsents:input_type -> tally.admin.v1.ListUserConsentsRequest
+	96,  // 99: tally.admin.v1.AdminService.RevokeUserConsents:input_type -> tally.admin.v1.RevokeUserConsentsRequest
+	98,  // 100: tally.admin.v1.AdminService.RevokeUserSessions:input_type -> tally.admin.v1.RevokeUserSessionsRequest
+	50,  // 101: tally.admin.v1.AdminService.DeleteTenant:input_type -> tally.admin.v1.DeleteTenantRequest
+	56,  // 102: tally.admin.v1.AdminService.SetTenantTrust:input_type -> tally.admin.v1.SetTenantTrustRequest
+	58,  // 103: tally.admin.v1.AdminService.GetTenantTrust:input_type -> tally.admin.v1.GetTenantTrustRequest
+	61,  // 104: tally.admin.v1.AdminService.SetKeyPolicy:input_type -> tally.admin.v1.SetKeyPolicyRequest
+	63,  // 105: tally.admin.v1.AdminService.GetKeyPolicy:input_type -> tally.admin.v1.GetKeyPolicyRequest
+	65,  // 106: tally.admin.v1.AdminService.SetTenantPAR:input_type -> tally.admin.v1.SetTenantPARRequest
+	71,  // 107: tally.admin.v1.AdminService.GetGatewayConfig:input_type -> tally.admin.v1.GetGatewayConfigRequest
+	73,  // 108: tally.admin.v1.AdminService.SetGatewayRoute:input_type -> tally.admin.v1.SetGatewayRouteRequest
+	75,  // 109: tally.admin.v1.AdminService.DeleteGatewayRoute:input_type -> tally.admin.v1.DeleteGatewayRouteRequest
+	77,  // 110: tally.admin.v1.AdminService.SetGatewayRateLimit:input_type -> tally.admin.v1.SetGatewayRateLimitRequest
+	79,  // 111: tally.admin.v1.AdminService.SetPolicy:input_type -> tally.admin.v1.SetPolicyRequest
+	82,  // 112: tally.admin.v1.AdminService.CreateAdminCredential:input_type -> tally.admin.v1.CreateAdminCredentialRequest
+	84,  // 113: tally.admin.v1.AdminService.ListAdminCredentials:input_type -> tally.admin.v1.ListAdminCredentialsRequest
+	86,  // 114: tally.admin.v1.AdminService.RevokeAdminCredential:input_type -> tally.admin.v1.RevokeAdminCredentialRequest
+	89,  // 115: tally.admin.v1.AdminService.ListAudit:input_type -> tally.admin.v1.ListAuditRequest
+	91,  // 116: tally.admin.v1.AdminService.VerifyAudit:input_type -> tally.admin.v1.VerifyAuditRequest
+	2,   // 117: tally.admin.v1.AdminService.CreateTenant:output_type -> tally.admin.v1.CreateTenantResponse
+	4,   // 118: tally.admin.v1.AdminService.GetTenant:output_type -> tally.admin.v1.GetTenantResponse
+	6,   // 119: tally.admin.v1.AdminService.ListTenants:output_type -> tally.admin.v1.ListTenantsResponse
+	9,   // 120: tally.admin.v1.AdminService.CreateClient:output_type -> tally.admin.v1.CreateClientResponse
+	11,  // 121: tally.admin.v1.AdminService.GetClient:output_type -> tally.admin.v1.GetClientResponse
+	13,  // 122: tally.admin.v1.AdminService.ListClients:output_type -> tally.admin.v1.ListClientsResponse
+	16,  // 123: tally.admin.v1.AdminService.UpdateClient:output_type -> tally.admin.v1.UpdateClientResponse
+	18,  // 124: tally.admin.v1.AdminService.DisableClient:output_type -> tally.admin.v1.DisableClientResponse
+	20,  // 125: tally.admin.v1.AdminService.EnableClient:output_type -> tally.admin.v1.EnableClientResponse
+	22,  // 126: tally.admin.v1.AdminService.RotateClientSecret:output_type -> tally.admin.v1.RotateClientSecretResponse
+	25,  // 127: tally.admin.v1.AdminService.ListKeys:output_type -> tally.admin.v1.ListKeysResponse
+	27,  // 128: tally.admin.v1.AdminService.RotateKeys:output_type -> tally.admin.v1.RotateKeysResponse
+	30,  // 129: tally.admin.v1.AdminService.RevokeToken:output_type -> tally.admin.v1.RevokeTokenResponse
+	32,  // 130: tally.admin.v1.AdminService.ListRevocations:output_type -> tally.admin.v1.ListRevocationsResponse
+	35,  // 131: tally.admin.v1.AdminService.CreateUser:output_type -> tally.admin.v1.CreateUserResponse
+	37,  // 132: tally.admin.v1.AdminService.GetUser:output_type -> tally.admin.v1.GetUserResponse
+	39,  // 133: tally.admin.v1.AdminService.ListUsers:output_type -> tally.admin.v1.ListUsersResponse
+	41,  // 134: tally.admin.v1.AdminService.DisableUser:output_type -> tally.admin.v1.DisableUserResponse
+	43,  // 135: tally.admin.v1.AdminService.EnableUser:output_type -> tally.admin.v1.EnableUserResponse
+	45,  // 136: tally.admin.v1.AdminService.SetUserPassword:output_type -> tally.admin.v1.SetUserPasswordResponse
+	47,  // 137: tally.admin.v1.AdminService.DeleteClient:output_type -> tally.admin.v1.DeleteClientResponse
+	49,  // 138: tally.admin.v1.AdminService.DeleteUser:output_type -> tally.admin.v1.DeleteUserResponse
+	95,  // 139: tally.admin.v1.AdminService.ListUserConsents:output_type -> tally.admin.v1.ListUserConsentsResponse
+	97,  // 140: tally.admin.v1.AdminService.RevokeUserConsents:output_type -> tally.admin.v1.RevokeUserConsentsResponse
+	99,  // 141: tally.admin.v1.AdminService.RevokeUserSessions:output_type -> tally.admin.v1.RevokeUserSessionsResponse
+	51,  // 142: tally.admin.v1.AdminService.DeleteTenant:output_type -> tally.admin.v1.DeleteTenantResponse
+	57,  // 143: tally.admin.v1.AdminService.SetTenantTrust:output_type -> tally.admin.v1.SetTenantTrustResponse
+	59,  // 144: tally.admin.v1.AdminService.GetTenantTrust:output_type -> tally.admin.v1.GetTenantTrustResponse
+	62,  // 145: tally.admin.v1.AdminService.SetKeyPolicy:output_type -> tally.admin.v1.SetKeyPolicyResponse
+	64,  // 146: tally.admin.v1.AdminService.GetKeyPolicy:output_type -> tally.admin.v1.GetKeyPolicyResponse
+	66,  // 147: tally.admin.v1.AdminService.SetTenantPAR:output_type -> tally.admin.v1.SetTenantPARResponse
+	72,  // 148: tally.admin.v1.AdminService.GetGatewayConfig:output_type -> tally.admin.v1.GetGatewayConfigResponse
+	74,  // 149: tally.admin.v1.AdminService.SetGatewayRoute:output_type -> tally.admin.v1.SetGatewayRouteResponse
+	76,  // 150: tally.admin.v1.AdminService.DeleteGatewayRoute:output_type -> tally.admin.v1.DeleteGatewayRouteResponse
+	78,  // 151: tally.admin.v1.AdminService.SetGatewayRateLimit:output_type -> tally.admin.v1.SetGatewayRateLimitResponse
+	80,  // 152: tally.admin.v1.AdminService.SetPolicy:output_type -> tally.admin.v1.SetPolicyResponse
+	83,  // 153: tally.admin.v1.AdminService.CreateAdminCredential:output_type -> tally.admin.v1.CreateAdminCredentialResponse
+	85,  // 154: tally.admin.v1.AdminService.ListAdminCredentials:output_type -> tally.admin.v1.ListAdminCredentialsResponse
+	87,  // 155: tally.admin.v1.AdminService.RevokeAdminCredential:output_type -> tally.admin.v1.RevokeAdminCredentialResponse
+	90,  // 156: tally.admin.v1.AdminService.ListAudit:output_type -> tally.admin.v1.ListAuditResponse
+	92,  // 157: tally.admin.v1.AdminService.VerifyAudit:output_type -> tally.admin.v1.VerifyAuditResponse
+	117, // [117:158] is the sub-list for method output_type
+	76,  // [76:117] is the sub-list for method input_type
+	76,  // [76:76] is the sub-list for extension type_name
+	76,  // [76:76] is the sub-list for extension extendee
+	0,   // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -6249,7 +6691,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   93,
+			NumMessages:   100,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -93,6 +93,15 @@ const (
 	AdminServiceDeleteClientProcedure = "/tally.admin.v1.AdminService/DeleteClient"
 	// AdminServiceDeleteUserProcedure is the fully-qualified name of the AdminService's DeleteUser RPC.
 	AdminServiceDeleteUserProcedure = "/tally.admin.v1.AdminService/DeleteUser"
+	// AdminServiceListUserConsentsProcedure is the fully-qualified name of the AdminService's
+	// ListUserConsents RPC.
+	AdminServiceListUserConsentsProcedure = "/tally.admin.v1.AdminService/ListUserConsents"
+	// AdminServiceRevokeUserConsentsProcedure is the fully-qualified name of the AdminService's
+	// RevokeUserConsents RPC.
+	AdminServiceRevokeUserConsentsProcedure = "/tally.admin.v1.AdminService/RevokeUserConsents"
+	// AdminServiceRevokeUserSessionsProcedure is the fully-qualified name of the AdminService's
+	// RevokeUserSessions RPC.
+	AdminServiceRevokeUserSessionsProcedure = "/tally.admin.v1.AdminService/RevokeUserSessions"
 	// AdminServiceDeleteTenantProcedure is the fully-qualified name of the AdminService's DeleteTenant
 	// RPC.
 	AdminServiceDeleteTenantProcedure = "/tally.admin.v1.AdminService/DeleteTenant"
@@ -172,6 +181,11 @@ type AdminServiceClient interface {
 	// Also erases the user's personal data (username, email, name, password
 	// hash) from the replicated state (right to erasure; see README).
 	DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error)
+	// Issue 13: a user's remembered consents, listed and revoked, and the
+	// user's sign-in sessions ended (a compromised account).
+	ListUserConsents(context.Context, *connect.Request[v1.ListUserConsentsRequest]) (*connect.Response[v1.ListUserConsentsResponse], error)
+	RevokeUserConsents(context.Context, *connect.Request[v1.RevokeUserConsentsRequest]) (*connect.Response[v1.RevokeUserConsentsResponse], error)
+	RevokeUserSessions(context.Context, *connect.Request[v1.RevokeUserSessionsRequest]) (*connect.Response[v1.RevokeUserSessionsResponse], error)
 	DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error)
 	// Issue 11: a tenant's client-certificate CAs and federation trusts.
 	SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error)
@@ -338,6 +352,24 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("DeleteUser")),
 			connect.WithClientOptions(opts...),
 		),
+		listUserConsents: connect.NewClient[v1.ListUserConsentsRequest, v1.ListUserConsentsResponse](
+			httpClient,
+			baseURL+AdminServiceListUserConsentsProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListUserConsents")),
+			connect.WithClientOptions(opts...),
+		),
+		revokeUserConsents: connect.NewClient[v1.RevokeUserConsentsRequest, v1.RevokeUserConsentsResponse](
+			httpClient,
+			baseURL+AdminServiceRevokeUserConsentsProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("RevokeUserConsents")),
+			connect.WithClientOptions(opts...),
+		),
+		revokeUserSessions: connect.NewClient[v1.RevokeUserSessionsRequest, v1.RevokeUserSessionsResponse](
+			httpClient,
+			baseURL+AdminServiceRevokeUserSessionsProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("RevokeUserSessions")),
+			connect.WithClientOptions(opts...),
+		),
 		deleteTenant: connect.NewClient[v1.DeleteTenantRequest, v1.DeleteTenantResponse](
 			httpClient,
 			baseURL+AdminServiceDeleteTenantProcedure,
@@ -461,6 +493,9 @@ type adminServiceClient struct {
 	setUserPassword       *connect.Client[v1.SetUserPasswordRequest, v1.SetUserPasswordResponse]
 	deleteClient          *connect.Client[v1.DeleteClientRequest, v1.DeleteClientResponse]
 	deleteUser            *connect.Client[v1.DeleteUserRequest, v1.DeleteUserResponse]
+	listUserConsents      *connect.Client[v1.ListUserConsentsRequest, v1.ListUserConsentsResponse]
+	revokeUserConsents    *connect.Client[v1.RevokeUserConsentsRequest, v1.RevokeUserConsentsResponse]
+	revokeUserSessions    *connect.Client[v1.RevokeUserSessionsRequest, v1.RevokeUserSessionsResponse]
 	deleteTenant          *connect.Client[v1.DeleteTenantRequest, v1.DeleteTenantResponse]
 	setTenantTrust        *connect.Client[v1.SetTenantTrustRequest, v1.SetTenantTrustResponse]
 	getTenantTrust        *connect.Client[v1.GetTenantTrustRequest, v1.GetTenantTrustResponse]
@@ -589,6 +624,21 @@ func (c *adminServiceClient) DeleteUser(ctx context.Context, req *connect.Reques
 	return c.deleteUser.CallUnary(ctx, req)
 }
 
+// ListUserConsents calls tally.admin.v1.AdminService.ListUserConsents.
+func (c *adminServiceClient) ListUserConsents(ctx context.Context, req *connect.Request[v1.ListUserConsentsRequest]) (*connect.Response[v1.ListUserConsentsResponse], error) {
+	return c.listUserConsents.CallUnary(ctx, req)
+}
+
+// RevokeUserConsents calls tally.admin.v1.AdminService.RevokeUserConsents.
+func (c *adminServiceClient) RevokeUserConsents(ctx context.Context, req *connect.Request[v1.RevokeUserConsentsRequest]) (*connect.Response[v1.RevokeUserConsentsResponse], error) {
+	return c.revokeUserConsents.CallUnary(ctx, req)
+}
+
+// RevokeUserSessions calls tally.admin.v1.AdminService.RevokeUserSessions.
+func (c *adminServiceClient) RevokeUserSessions(ctx context.Context, req *connect.Request[v1.RevokeUserSessionsRequest]) (*connect.Response[v1.RevokeUserSessionsResponse], error) {
+	return c.revokeUserSessions.CallUnary(ctx, req)
+}
+
 // DeleteTenant calls tally.admin.v1.AdminService.DeleteTenant.
 func (c *adminServiceClient) DeleteTenant(ctx context.Context, req *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error) {
 	return c.deleteTenant.CallUnary(ctx, req)
@@ -700,6 +750,11 @@ type AdminServiceHandler interface {
 	// Also erases the user's personal data (username, email, name, password
 	// hash) from the replicated state (right to erasure; see README).
 	DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error)
+	// Issue 13: a user's remembered consents, listed and revoked, and the
+	// user's sign-in sessions ended (a compromised account).
+	ListUserConsents(context.Context, *connect.Request[v1.ListUserConsentsRequest]) (*connect.Response[v1.ListUserConsentsResponse], error)
+	RevokeUserConsents(context.Context, *connect.Request[v1.RevokeUserConsentsRequest]) (*connect.Response[v1.RevokeUserConsentsResponse], error)
+	RevokeUserSessions(context.Context, *connect.Request[v1.RevokeUserSessionsRequest]) (*connect.Response[v1.RevokeUserSessionsResponse], error)
 	DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error)
 	// Issue 11: a tenant's client-certificate CAs and federation trusts.
 	SetTenantTrust(context.Context, *connect.Request[v1.SetTenantTrustRequest]) (*connect.Response[v1.SetTenantTrustResponse], error)
@@ -862,6 +917,24 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("DeleteUser")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceListUserConsentsHandler := connect.NewUnaryHandler(
+		AdminServiceListUserConsentsProcedure,
+		svc.ListUserConsents,
+		connect.WithSchema(adminServiceMethods.ByName("ListUserConsents")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceRevokeUserConsentsHandler := connect.NewUnaryHandler(
+		AdminServiceRevokeUserConsentsProcedure,
+		svc.RevokeUserConsents,
+		connect.WithSchema(adminServiceMethods.ByName("RevokeUserConsents")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceRevokeUserSessionsHandler := connect.NewUnaryHandler(
+		AdminServiceRevokeUserSessionsProcedure,
+		svc.RevokeUserSessions,
+		connect.WithSchema(adminServiceMethods.ByName("RevokeUserSessions")),
+		connect.WithHandlerOptions(opts...),
+	)
 	adminServiceDeleteTenantHandler := connect.NewUnaryHandler(
 		AdminServiceDeleteTenantProcedure,
 		svc.DeleteTenant,
@@ -1004,6 +1077,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceDeleteClientHandler.ServeHTTP(w, r)
 		case AdminServiceDeleteUserProcedure:
 			adminServiceDeleteUserHandler.ServeHTTP(w, r)
+		case AdminServiceListUserConsentsProcedure:
+			adminServiceListUserConsentsHandler.ServeHTTP(w, r)
+		case AdminServiceRevokeUserConsentsProcedure:
+			adminServiceRevokeUserConsentsHandler.ServeHTTP(w, r)
+		case AdminServiceRevokeUserSessionsProcedure:
+			adminServiceRevokeUserSessionsHandler.ServeHTTP(w, r)
 		case AdminServiceDeleteTenantProcedure:
 			adminServiceDeleteTenantHandler.ServeHTTP(w, r)
 		case AdminServiceSetTenantTrustProcedure:
@@ -1131,6 +1210,18 @@ func (UnimplementedAdminServiceHandler) DeleteClient(context.Context, *connect.R
 
 func (UnimplementedAdminServiceHandler) DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.DeleteUser is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListUserConsents(context.Context, *connect.Request[v1.ListUserConsentsRequest]) (*connect.Response[v1.ListUserConsentsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.ListUserConsents is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) RevokeUserConsents(context.Context, *connect.Request[v1.RevokeUserConsentsRequest]) (*connect.Response[v1.RevokeUserConsentsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.RevokeUserConsents is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) RevokeUserSessions(context.Context, *connect.Request[v1.RevokeUserSessionsRequest]) (*connect.Response[v1.RevokeUserSessionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tally.admin.v1.AdminService.RevokeUserSessions is not implemented"))
 }
 
 func (UnimplementedAdminServiceHandler) DeleteTenant(context.Context, *connect.Request[v1.DeleteTenantRequest]) (*connect.Response[v1.DeleteTenantResponse], error) {

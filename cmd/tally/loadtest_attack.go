@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/tallyauth/tally/issuance"
+	"github.com/tallyauth/tally/loadtest"
+	"github.com/tallyauth/tally/node"
+	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+	"github.com/tallyauth/tally/node/localcluster"
+)
+
+const attackUsage = `Usage: tally loadtest attack [--scenarios stuffing,spray,device-guess,introspect-guess,token-flood]
+        [--nodes 3] [--duration 10s] [--attackers 8] [--sources 64] [--real-users 4]
+        [--flood-limit 6000] [--output text|json]
+
+Starts a real tally cluster in this process (--nodes nodes on loopback,
+rate limits on, the load generator trusted as the nodes' proxy so that
+X-Forwarded-For carries the attacking and real addresses, a SIEM feed on
+node0) and runs each attack scenario against every node at once:
+
+  stuffing          wrong passwords for many accounts (half exist) from --sources
+                    addresses in many /24 subnets
+  spray             wrong passwords for one account from --sources addresses while
+                    its owner signs in from their own address
+  device-guess      a signed-in attacker guessing device user codes (RFC 8628 §5.1)
+  introspect-guess  random tokens at the introspection endpoint with a resource
+                    server's credentials (token guessing)
+  token-flood       one client asking for tokens as fast as it can on every node,
+                    against a cluster-wide budget of --flood-limit a minute, while
+                    another client of the tenant takes tokens from the same address
+
+Each scenario runs the real users alone for --duration, then the attack
+beside them for --duration, and reports side by side: the real users'
+success rate and p50/p99 before and during the attack; the attacker's
+attempts, throttled answers, answers on the merits, successes; the time
+from the attack's start to its first throttled answer and to the first
+security alert about it in the SIEM feed; for token-flood the tokens
+granted per minute against the budget and the overshoot.
+
+Flags:
+`
+
+func runLoadtestAttack(ctx context.Context, args []string, e env) int {
+	fs := loadtestFlags("attack", e)
+	fs.Usage = func() { fmt.Fprint(e.stderr, attackUsage); fs.PrintDefaults() }
+	scenarios := fs.String("scenarios", strings.Join(loadtest.AttackScenarios, ","), "comma-separated attack scenarios")
+	nodes := fs.Int("nodes", 3, "cluster size")
+	duration := fs.Duration("duration", 10*time.Second, "length of each phase (real users alone, then under attack)")
+	attackers := fs.Int("attackers", 8, "concurrent attacking requests")
+	sources := fs.Int("sources", 64, "attacking addresses (eight per /24)")
+	realUsers := fs.Int("real-users", 4, "concurrent real users")
+	floodLimit := fs.Int("flood-limit", 6000, "token-flood: the flooding client's budget, requests per minute")
+	output := fs.String("output", "text", "text or json")
+	if code := loadtestParse(fs, args, e); code >= 0 {
+		return code
+	}
+	if !loadtestCheckOutput(*output, e, "attack") {
+		return 2
+	}
+	list := strings.Split(*scenarios, ",")
+	for _, s := range list {
+		if !slices.Contains(loadtest.AttackScenarios, s) {
+			fmt.Fprintf(e.stderr, "tally loadtest attack: unknown scenario %q (want %s)\n", s, strings.Join(loadtest.AttackScenarios, ", "))
+			return 2
+		}
+	}
+	if *nodes < 1 || *nodes > 7 || *duration <= 0 || *attackers < 1 || *sources < 1 || *realUsers < 1 || *floodLimit < 10 {
+		fmt.Fprintln(e.stderr, "tally loadtest attack: --nodes 1..7; --duration, --attackers, --sources, --real-users positive; --flood-limit at least 10")
+		return 2
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(e.stderr, "tally loadtest attack: "+format+"\n", a...)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "tally-attack-")
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer os.RemoveAll(dir)
+	siemPath := filepath.Join(dir, "siem.jsonl")
+	const tenant = "default"
+	fmt.Fprintf(e.stderr, "starting a %d-node tally cluster in %s …\n", *nodes, dir)
+	// The nodes' embedded NATS servers form one cluster: the rate limits
+	// and failure counts are shared over it.
+	natsClients, err := freeLoopbackAddrs(2 * *nodes)
+	if err != nil {
+		return fail("%v", err)
+	}
+	natsRoutes, natsClients := natsClients[*nodes:], natsClients[:*nodes]
+	cl, err := localcluster.Start(ctx, localcluster.Config{
+		Dir: dir, Nodes: *nodes, Regions: []string{"eu-west", "us-east", "ap-south"}, Profile: "fast", MaxStale: 5 * time.Second,
+		NodeOptions: []localcluster.Option{func(c *node.Config) {
+			c.RateLimits = issuance.RateLimits{
+				TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+				Tenants:        map[string]issuance.RateLimits{tenant: {PerClient: *floodLimit}},
+			}
+			var i int
+			fmt.Sscanf(c.NodeID, "node%d", &i)
+			c.NATSListen, c.NATSClusterListen = natsClients[i], natsRoutes[i]
+			c.NATSRoutes = nil
+			for j, r := range natsRoutes {
+				if j != i {
+					c.NATSRoutes = append(c.NATSRoutes, r)
+				}
+			}
+			if i == 0 {
+				c.SIEMFile = siemPath
+			}
+		}},
+	})
+	if err != nil {
+		return fail("starting the cluster: %v", err)
+	}
+	defer cl.Close()
+	admin := cl.Node(0).Admin
+	flow, err := loadtest.SetupUserFlow(ctx, admin, tenant, 1)
+	if err != nil {
+		return fail("%v", err)
+	}
+	// The other real users, created eight at a time (each is a password
+	// hash and a Raft write).
+	more := make([]loadtest.User, 47)
+	errs := make([]error, len(more))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range more {
+		more[i] = loadtest.User{Username: fmt.Sprintf("%s-u%d", flow.Users[0].Username, i), Password: flow.Users[0].Password + fmt.Sprint(i)}
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			_, errs[i] = admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{Tenant: tenant, Username: more[i].Username, Password: more[i].Password, Name: "Load Test"}))
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return fail("creating a user: %v", err)
+		}
+	}
+	flow.Users = append(flow.Users, more...)
+	attacker := loadtest.User{Username: "mallory-" + strings.ToLower(flow.ClientID[len(flow.ClientID)-6:]), Password: "correct horse battery staple " + flow.ClientID}
+	if _, err := admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{Tenant: tenant, Username: attacker.Username, Password: attacker.Password, Name: "Mallory"})); err != nil {
+		return fail("creating the attacker's account: %v", err)
+	}
+	newClient := func(name string) (loadtest.ClientCreds, error) {
+		c, err := admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: tenant, Name: name, GrantTypes: []string{"client_credentials"}, Scopes: []string{"read:orders"}, Audiences: []string{"https://orders.example"}}))
+		if err != nil {
+			return loadtest.ClientCreds{}, fmt.Errorf("creating client %s: %w", name, err)
+		}
+		return loadtest.ClientCreds{ID: c.Msg.Client.ClientId, Secret: c.Msg.ClientSecret}, nil
+	}
+	client, err := newClient("orders-api")
+	if err != nil {
+		return fail("%v", err)
+	}
+	bystander, err := newClient("billing-api")
+	if err != nil {
+		return fail("%v", err)
+	}
+	flooder, err := newClient("runaway-batch")
+	if err != nil {
+		return fail("%v", err)
+	}
+	if err := cl.WaitConverged(ctx, 30*time.Second); err != nil {
+		return fail("%v", err)
+	}
+	var targets []loadtest.Target
+	for i := range *nodes {
+		base := cl.Node(i).URL() + "/t/" + tenant
+		targets = append(targets, loadtest.Target{Issuer: base, TokenURL: base + "/oauth2/token", IntrospectURL: base + "/oauth2/introspect", AuthorizeURL: base + "/oauth2/authorize"})
+	}
+	feed := &siemFeed{path: siemPath}
+	cfg := loadtest.AttackConfig{
+		Targets: targets, Flow: flow, Attacker: attacker, Client: client, Flooder: flooder, Bystander: bystander, FloodPerMinute: *floodLimit,
+		Duration: *duration, Attackers: *attackers, RealUsers: *realUsers, Sources: *sources, Timeout: 10 * time.Second,
+		Alerted: feed.alerted,
+	}
+	var results []loadtest.AttackResult
+	for _, s := range list {
+		fmt.Fprintf(e.stderr, "scenario %s: %s of real users alone, then %s under attack …\n", s, *duration, *duration)
+		r, err := loadtest.RunAttack(ctx, s, cfg)
+		if err != nil {
+			return fail("%s: %v", s, err)
+		}
+		results = append(results, r)
+	}
+	out := attackOutput{Command: "tally loadtest attack " + strings.Join(args, " "), Nodes: *nodes, Results: results}
+	if err := loadtestWrite(e, *output, out, out.writeText); err != nil {
+		return fail("%v", err)
+	}
+	return 0
+}
+
+// freeLoopbackAddrs returns n loopback addresses with ports free now.
+func freeLoopbackAddrs(n int) ([]string, error) {
+	var out []string
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
+}
+
+type attackOutput struct {
+	Command string                  `json:"command"`
+	Nodes   int                     `json:"nodes"`
+	Results []loadtest.AttackResult `json:"results"`
+}
+
+func (o attackOutput) writeText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "nodes: %d\n", o.Nodes)
+	fmt.Fprintln(tw, "scenario\tattempts\tthrottled\tchecked\tsucceeded\tchecked/source/min\tfirst throttle s\talert s\treal users ok before\tduring\tp99 ms before\tduring")
+	fig := func(u loadtest.UserFigures) string { return fmt.Sprintf("%d/%d", u.OK, u.Attempts) }
+	for _, r := range o.Results {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.1f\t%s\t%s\t%s\t%s\t%.1f\t%.1f\n", r.Scenario, r.Attempts, r.Throttled, r.Checked, r.Succeeded,
+			r.CheckedPerSourceMinute, secs(r.FirstThrottleSeconds), secs(r.AlertSeconds), fig(r.Baseline), fig(r.Users), r.Baseline.P99Ms, r.Users.P99Ms)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range o.Results {
+		for _, u := range []struct {
+			what string
+			f    map[string]int64
+		}{{"real users before the attack", r.Baseline.Failures}, {"real users during the attack", r.Users.Failures}} {
+			if len(u.f) > 0 {
+				fmt.Fprintf(w, "%s: %s failed: %v\n", r.Scenario, u.what, u.f)
+			}
+		}
+		if r.Victim != nil {
+			fmt.Fprintf(w, "%s: the attacked account's owner signed in %d of %d times during the attack (p99 %.1f ms; failed: %v)\n", r.Scenario, r.Victim.OK, r.Victim.Attempts, r.Victim.P99Ms, r.Victim.Failures)
+		}
+		if r.LimitPerMinute > 0 {
+			fmt.Fprintf(w, "%s: budget %d/min; granted %.0f/min over the attack (overshoot %+.1f%% incl. %d bursts of %d), %.0f/min in its second half (%+.1f%%)\n",
+				r.Scenario, r.LimitPerMinute, r.GrantedPerMinute, 100*r.Overshoot, r.Targets, r.BurstAllowancePerTarget, r.SteadyGrantedPerMinute, 100*r.SteadyOvershoot)
+		}
+	}
+	return nil
+}
+
+func secs(v float64) string {
+	if v < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+// siemFeed reads the SIEM JSON lines of node0 for security alerts.
+type siemFeed struct {
+	path string
+	mu   sync.Mutex
+}
+
+// alerted reports the time of the first alert of kind at or after since.
+func (f *siemFeed) alerted(_ context.Context, kind string, since time.Time) (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	file, err := os.Open(f.path)
+	if err != nil {
+		return time.Time{}, false
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var ev struct {
+			Time     int64          `json:"time"`
+			Unmapped map[string]any `json:"unmapped"`
+		}
+		if json.Unmarshal(sc.Bytes(), &ev) != nil {
+			continue
+		}
+		at := time.UnixMilli(ev.Time)
+		if k, _ := ev.Unmapped["alert"].(string); k == kind && !at.Before(since.Truncate(time.Millisecond)) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}

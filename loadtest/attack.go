@@ -1,0 +1,623 @@
+package loadtest
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"html"
+	"math"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Attack scenarios (issue 13): an attack runs against every target at once
+// (spread round-robin over the nodes of a cluster) while real users of the
+// same tenant go on signing in or taking tokens, and the run reports side
+// by side what the attacker got through, how soon the service reacted,
+// and what the real users saw before and during the attack.
+//
+// The attacking and real addresses are carried in X-Forwarded-For: the
+// targets must trust the load generator as a proxy (tally:
+// --trusted-proxies 127.0.0.1/32), as they would trust their load balancer.
+const (
+	// AttackStuffing is credential stuffing: wrong passwords for many
+	// accounts (existing and not) from many addresses in many subnets.
+	AttackStuffing = "stuffing"
+	// AttackSpray is one account attacked from many addresses while its
+	// owner signs in from their own.
+	AttackSpray = "spray"
+	// AttackDeviceGuess is user-code guessing at the device verification
+	// page (RFC 8628 §5.1) by a signed-in attacker from many addresses.
+	AttackDeviceGuess = "device-guess"
+	// AttackIntrospectGuess is token guessing at the introspection
+	// endpoint by a resource server's credentials.
+	AttackIntrospectGuess = "introspect-guess"
+	// AttackTokenFlood is one client asking for tokens as fast as it can
+	// on every node; the run measures how far the cluster-wide per-client
+	// budget is overshot.
+	AttackTokenFlood = "token-flood"
+)
+
+// AttackScenarios are every attack scenario, in the order they run.
+var AttackScenarios = []string{AttackStuffing, AttackSpray, AttackDeviceGuess, AttackIntrospectGuess, AttackTokenFlood}
+
+// ClientCreds are a confidential client's credentials.
+type ClientCreds struct{ ID, Secret string }
+
+// AttackConfig is what the attack scenarios need.
+type AttackConfig struct {
+	// Targets are the nodes (one issuer each, or one issuer behind several
+	// addresses); the attack and the real users spread over them.
+	Targets []Target
+	// Flow is the public client the real users sign in to and the users
+	// (at least 40; Users[0] is the spray's victim).
+	Flow UserFlow
+	// Attacker is an account the attacker owns (device-guess signs in
+	// with it).
+	Attacker User
+	// Client is a confidential client (introspect-guess guesses with its
+	// credentials); Flooder another (token-flood floods as it).
+	Client, Flooder ClientCreds
+	// Bystander is another confidential client of the tenant, taking
+	// tokens from the attacker's address during token-flood.
+	Bystander ClientCreds
+	// FloodPerMinute is Flooder's cluster-wide budget at the token
+	// endpoint (token-flood's overshoot is measured against it).
+	FloodPerMinute int
+	// Duration is each phase's length: real users alone, then under attack.
+	Duration time.Duration
+	// Attackers are the concurrent attacking requests; RealUsers the
+	// concurrent real users.
+	Attackers, RealUsers int
+	// Sources is how many addresses the attack comes from (in Sources/8+1
+	// /24 subnets).
+	Sources int
+	// Alerted, when set, reports the first security alert of kind seen
+	// at or after since (the SIEM feed); the run polls it.
+	Alerted func(ctx context.Context, kind string, since time.Time) (time.Time, bool)
+	// Timeout bounds each HTTP request.
+	Timeout time.Duration
+}
+
+// AlertKinds name, per scenario, the security alert that detects it.
+var AlertKinds = map[string]string{
+	AttackStuffing:        "credential_stuffing",
+	AttackSpray:           "credential_stuffing",
+	AttackDeviceGuess:     "user_code_guessing",
+	AttackIntrospectGuess: "token_guessing",
+	AttackTokenFlood:      "rate_limit_exceeded",
+}
+
+// UserFigures are the real users' (or the bystander client's) results.
+type UserFigures struct {
+	Attempts    int64   `json:"attempts"`
+	OK          int64   `json:"ok"`
+	SuccessRate float64 `json:"success_rate"`
+	P50Ms       float64 `json:"p50_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+	// Failures counts the failed attempts by outcome.
+	Failures map[string]int64 `json:"failures,omitempty"`
+}
+
+// AttackResult is one attack scenario's run.
+type AttackResult struct {
+	Scenario        string  `json:"scenario"`
+	Targets         int     `json:"targets"`
+	DurationSeconds float64 `json:"duration_seconds"`
+	Sources         int     `json:"sources"`
+	// Attempts the attacker made; Throttled were refused for their rate
+	// (429, slow_down, "too many attempts"); Checked were answered on
+	// their merits (a wrong password, an unknown code, an inactive
+	// token); Succeeded got what the attacker wanted (a session, a
+	// device, an active token; token-flood: a token).
+	Attempts  int64 `json:"attack_attempts"`
+	Throttled int64 `json:"attack_throttled"`
+	Checked   int64 `json:"attack_checked"`
+	Succeeded int64 `json:"attack_succeeded"`
+	// CheckedPerSourceMinute is what one attacking address got checked
+	// per minute, on average.
+	CheckedPerSourceMinute float64 `json:"checked_per_source_per_minute"`
+	// FirstThrottleSeconds is the time from the attack's start to its
+	// first throttled answer (-1: never throttled).
+	FirstThrottleSeconds float64 `json:"first_throttle_seconds"`
+	// AlertSeconds is the time from the attack's start to the first
+	// security alert naming it in the SIEM feed (-1: none seen).
+	AlertKind    string  `json:"alert_kind,omitempty"`
+	AlertSeconds float64 `json:"alert_seconds"`
+	// Baseline are the real users alone, Users the real users during the
+	// attack (same users, same load). Victim is the spray's target account
+	// signing in from its own address during the attack.
+	Baseline UserFigures  `json:"users_baseline"`
+	Users    UserFigures  `json:"users_during_attack"`
+	Victim   *UserFigures `json:"victim,omitempty"`
+	// token-flood: the budget, what was let through per minute over the
+	// whole attack and over its second half (after the bursts), and
+	// Overshoot = granted / (budget over the attack + every node's burst)
+	// - 1 (≤ 0: the limit held).
+	LimitPerMinute          int     `json:"limit_per_minute,omitempty"`
+	GrantedPerMinute        float64 `json:"granted_per_minute,omitempty"`
+	SteadyGrantedPerMinute  float64 `json:"steady_granted_per_minute,omitempty"`
+	Overshoot               float64 `json:"overshoot,omitempty"`
+	SteadyOvershoot         float64 `json:"steady_overshoot,omitempty"`
+	BurstAllowancePerTarget int     `json:"burst_per_target,omitempty"`
+}
+
+// Validate reports the first problem with c for scenario, or nil.
+func (c AttackConfig) Validate(scenario string) error {
+	if len(c.Targets) == 0 {
+		return errors.New("loadtest: no target")
+	}
+	if c.Duration <= 0 || c.Attackers < 1 || c.RealUsers < 1 || c.Sources < 1 || c.Timeout <= 0 {
+		return errors.New("loadtest: duration, attackers, real users, sources and timeout must be positive")
+	}
+	if err := c.Flow.Validate(); err != nil {
+		return err
+	}
+	if len(c.Flow.Users) < 40 {
+		return errors.New("loadtest: an attack run needs at least 40 real users")
+	}
+	switch scenario {
+	case AttackStuffing, AttackSpray:
+	case AttackDeviceGuess:
+		if c.Attacker.Username == "" {
+			return errors.New("loadtest: device-guess needs an attacker account")
+		}
+	case AttackIntrospectGuess:
+		if c.Client.ID == "" {
+			return errors.New("loadtest: introspect-guess needs a client")
+		}
+	case AttackTokenFlood:
+		if c.Flooder.ID == "" || c.Bystander.ID == "" || c.FloodPerMinute < 1 {
+			return errors.New("loadtest: token-flood needs a client, a bystander client and the client's budget")
+		}
+	default:
+		return fmt.Errorf("loadtest: unknown attack scenario %q", scenario)
+	}
+	return nil
+}
+
+// xffTransport sends every request as if a proxy forwarded it for ip.
+type xffTransport struct {
+	base http.RoundTripper
+	ip   string
+}
+
+func (t xffTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("X-Forwarded-For", t.ip)
+	return t.base.RoundTrip(r)
+}
+
+// attackSource is the i-th attacking address: 198.18.0.0/15 (RFC 2544
+// benchmarking), eight addresses per /24.
+func attackSource(i int) string { return fmt.Sprintf("198.18.%d.%d", i/8, 10+i%8) }
+
+// userSource is real user j's own address (TEST-NET-3, one /24 per 200).
+func userSource(j int) string { return fmt.Sprintf("203.0.%d.%d", 113+j/200, 1+j%200) }
+
+// attackRun is the shared state of one run.
+type attackRun struct {
+	c       AttackConfig
+	tr      *http.Transport
+	start   time.Time
+	attempt atomic.Int64
+	thr     atomic.Int64
+	checked atomic.Int64
+	won     atomic.Int64
+	first   atomic.Int64 // ns since start of the first throttle, 0 none
+	mu      sync.Mutex
+	granted []time.Time // token-flood grants
+}
+
+func (r *attackRun) throttled() {
+	r.thr.Add(1)
+	r.first.CompareAndSwap(0, max(int64(time.Since(r.start)), 1))
+}
+
+// RunAttack runs scenario: the real users alone for c.Duration, then the
+// attack beside them for c.Duration.
+func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResult, error) {
+	if err := c.Validate(scenario); err != nil {
+		return AttackResult{}, err
+	}
+	r := &attackRun{c: c, tr: newLoadTransport(maxIdlePerScenario)}
+	defer r.tr.CloseIdleConnections()
+	res := AttackResult{Scenario: scenario, Targets: len(c.Targets), DurationSeconds: c.Duration.Seconds(), Sources: c.Sources, AlertSeconds: -1, FirstThrottleSeconds: -1}
+	real := r.realUser
+	if scenario == AttackTokenFlood {
+		real = r.bystander
+	}
+	var victim func(context.Context, int) (string, error)
+	if scenario == AttackSpray {
+		victim = func(ctx context.Context, k int) (string, error) { return r.signIn(ctx, 0, k) }
+	}
+
+	// Phase 1: the real users alone.
+	res.Baseline = runUsers(ctx, c.Duration, realThink, c.RealUsers, real)
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+
+	// Phase 2: the attack beside them.
+	actx, cancel := context.WithTimeout(ctx, c.Duration)
+	defer cancel()
+	r.start = time.Now()
+	var wg sync.WaitGroup
+	for i := range c.Attackers {
+		wg.Go(func() { r.attack(actx, scenario, i) })
+	}
+	var alertAt atomic.Int64
+	if c.Alerted != nil {
+		kind := AlertKinds[scenario]
+		res.AlertKind = kind
+		wg.Go(func() {
+			// Polled a while past the attack: an alert in flight still
+			// counts (its time is the alert's own).
+			deadline := time.Now().Add(c.Duration + 5*time.Second)
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				if at, ok := c.Alerted(ctx, kind, r.start); ok {
+					alertAt.Store(int64(at.Sub(r.start)))
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		})
+	}
+	var vf UserFigures
+	var vwg sync.WaitGroup
+	if victim != nil {
+		vwg.Go(func() { vf = runUsers(actx, c.Duration, victimThink, 1, victim) })
+	}
+	res.Users = runUsers(actx, c.Duration, realThink, c.RealUsers, real)
+	vwg.Wait()
+	wg.Wait()
+	if victim != nil {
+		res.Victim = &vf
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	res.Attempts, res.Throttled, res.Checked, res.Succeeded = r.attempt.Load(), r.thr.Load(), r.checked.Load(), r.won.Load()
+	if f := r.first.Load(); f > 0 {
+		res.FirstThrottleSeconds = round3(time.Duration(f).Seconds())
+	}
+	if a := alertAt.Load(); a != 0 {
+		res.AlertSeconds = round3(max(time.Duration(a).Seconds(), 0))
+	}
+	res.CheckedPerSourceMinute = round3(float64(res.Checked) / float64(c.Sources) / c.Duration.Minutes())
+	if scenario == AttackTokenFlood {
+		r.floodFigures(&res)
+	}
+	return res, nil
+}
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
+
+// floodFigures fills the overshoot of the client's budget.
+func (r *attackRun) floodFigures(res *AttackResult) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d := r.c.Duration
+	half := r.start.Add(d / 2)
+	steady := 0
+	for _, t := range r.granted {
+		if !t.Before(half) {
+			steady++
+		}
+	}
+	burst := max(r.c.FloodPerMinute/10, 1)
+	res.LimitPerMinute = r.c.FloodPerMinute
+	res.BurstAllowancePerTarget = burst
+	res.GrantedPerMinute = round3(float64(len(r.granted)) / d.Minutes())
+	res.SteadyGrantedPerMinute = round3(float64(steady) / (d / 2).Minutes())
+	allowed := float64(r.c.FloodPerMinute)*d.Minutes() + float64(burst*len(r.c.Targets))
+	res.Overshoot = round3(float64(len(r.granted))/allowed - 1)
+	res.SteadyOvershoot = round3(res.SteadyGrantedPerMinute/float64(r.c.FloodPerMinute) - 1)
+}
+
+// Think times: the real users take turns over at least 40 accounts (each
+// account signs in a few times a minute: a person, not a loop); the
+// spray's victim signs in every 4 s (15 a minute, within the sign-in
+// limits of one person at one address).
+const (
+	realThink   = 100 * time.Millisecond
+	victimThink = 4 * time.Second
+)
+
+// runUsers runs n real users in a loop for d (or until ctx ends) and
+// returns their figures. do reports whether the iteration succeeded; an
+// error is a failure too.
+func runUsers(ctx context.Context, d, think time.Duration, n int, do func(context.Context, int) (string, error)) UserFigures {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	h := hdrhistogram.New(histMin, histMax, histSigFigs)
+	var mu sync.Mutex
+	var f UserFigures
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range n {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				k := int(next.Add(1) - 1)
+				t0 := time.Now()
+				oc, err := do(ctx, k)
+				el := time.Since(t0)
+				ok := oc == OutcomeOK && err == nil
+				if ctx.Err() != nil && !ok {
+					return // cut off by the end of the phase: not counted
+				}
+				mu.Lock()
+				f.Attempts++
+				if ok {
+					f.OK++
+					recordLatency(h, el)
+				} else {
+					if f.Failures == nil {
+						f.Failures = map[string]int64{}
+					}
+					if err != nil {
+						oc = OutcomeTransport
+					}
+					if len(f.Failures) < maxOutcomes {
+						f.Failures[oc]++
+					} else {
+						f.Failures[OutcomeOther]++
+					}
+				}
+				mu.Unlock()
+				// A real user's think time: the per-account budgets
+				// are sized for people, not loops.
+				select {
+				case <-ctx.Done():
+				case <-time.After(think):
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if f.Attempts > 0 {
+		f.SuccessRate = round3(float64(f.OK) / float64(f.Attempts))
+	}
+	if f.OK > 0 {
+		f.P50Ms = round3(float64(h.ValueAtQuantile(50)) / 1e6)
+		f.P99Ms = round3(float64(h.ValueAtQuantile(99)) / 1e6)
+	}
+	return f
+}
+
+// target is the k-th pick of the targets.
+func (r *attackRun) target(k int) Target { return r.c.Targets[k%len(r.c.Targets)] }
+
+// browserAt is a fresh browser whose requests come from ip.
+func (r *attackRun) browserAt(ip string) *browser {
+	jar, _ := cookiejar.New(nil)
+	return newBrowser(xffTransport{base: r.tr, ip: ip}, jar, r.c.Timeout)
+}
+
+// realUser is real user k%len(Users): a whole authorization code grant
+// (sign-in, consent when asked, code redemption) from the user's address,
+// in a fresh browser. The users take turns so that each signs in well
+// within the per-account budget.
+func (r *attackRun) realUser(ctx context.Context, k int) (string, error) {
+	// Users[0] is the spray's victim; the others are the bystanders.
+	j := 1 + k%(len(r.c.Flow.Users)-1)
+	return r.signIn(ctx, j, k)
+}
+
+func (r *attackRun) signIn(ctx context.Context, j, k int) (string, error) {
+	b := r.browserAt(userSource(j))
+	oc, _, err := b.codeFlow(ctx, r.target(k), &r.c.Flow, r.c.Flow.Users[j])
+	return oc, err
+}
+
+// bystander takes a token as the bystander client from the attacker's
+// first address (the same egress NAT).
+func (r *attackRun) bystander(ctx context.Context, k int) (string, error) {
+	p := formPoster{client: &http.Client{Transport: xffTransport{base: r.tr, ip: attackSource(0)}, Timeout: r.c.Timeout, CheckRedirect: noRedirect}}
+	status, body, err := p.post(ctx, r.target(k).TokenURL, url.Values{"grant_type": {"client_credentials"}}, r.c.Bystander.ID, r.c.Bystander.Secret)
+	if err != nil {
+		return OutcomeTransport, err
+	}
+	return classify(status, body), nil
+}
+
+// attack is attacking worker i until ctx ends.
+func (r *attackRun) attack(ctx context.Context, scenario string, i int) {
+	rng := mrand.New(mrand.NewPCG(uint64(i), uint64(time.Now().UnixNano())))
+	// Each worker owns the sources i, i+Attackers, …, so that one
+	// source's requests are sequential (as from one bot).
+	var own []string
+	for s := i; s < r.c.Sources; s += r.c.Attackers {
+		own = append(own, attackSource(s))
+	}
+	if len(own) == 0 {
+		own = []string{attackSource(i % r.c.Sources)}
+	}
+	var p formPoster
+	var devices map[string]*deviceSession
+	if scenario == AttackDeviceGuess {
+		devices = map[string]*deviceSession{}
+	}
+	for k := 0; ctx.Err() == nil; k++ {
+		ip := own[k%len(own)]
+		t := r.target(i + k)
+		var outcome string
+		switch scenario {
+		case AttackStuffing:
+			// Half the guesses name accounts that exist.
+			name := fmt.Sprintf("victim-%d", rng.IntN(5000))
+			if rng.IntN(2) == 0 {
+				name = r.c.Flow.Users[rng.IntN(len(r.c.Flow.Users))].Username
+			}
+			outcome = r.wrongPassword(ctx, t, ip, name)
+		case AttackSpray:
+			outcome = r.wrongPassword(ctx, t, ip, r.c.Flow.Users[0].Username)
+		case AttackDeviceGuess:
+			outcome = r.guessCode(ctx, t, ip, devices)
+		case AttackIntrospectGuess:
+			p.client = &http.Client{Transport: xffTransport{base: r.tr, ip: ip}, Timeout: r.c.Timeout, CheckRedirect: noRedirect}
+			status, body, err := p.post(ctx, t.IntrospectURL, url.Values{"token": {rand.Text() + rand.Text()}}, r.c.Client.ID, r.c.Client.Secret)
+			outcome = attackTransport
+			if err == nil {
+				switch oc := classifyIntrospection(status, body); oc {
+				case OutcomeInactive:
+					outcome = attackChecked
+				case OutcomeOK:
+					outcome = attackWon
+				default:
+					outcome = throttledOr(status, oc)
+				}
+			}
+		case AttackTokenFlood:
+			p.client = &http.Client{Transport: xffTransport{base: r.tr, ip: ip}, Timeout: r.c.Timeout, CheckRedirect: noRedirect}
+			status, body, err := p.post(ctx, t.TokenURL, url.Values{"grant_type": {"client_credentials"}}, r.c.Flooder.ID, r.c.Flooder.Secret)
+			outcome = attackTransport
+			if err == nil {
+				oc := classify(status, body)
+				if oc == OutcomeOK {
+					outcome = attackWon
+					r.mu.Lock()
+					r.granted = append(r.granted, time.Now())
+					r.mu.Unlock()
+				} else {
+					outcome = throttledOr(status, oc)
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return // the answer may be the cut itself
+		}
+		r.attempt.Add(1)
+		switch outcome {
+		case attackThrottled:
+			r.throttled()
+		case attackChecked:
+			r.checked.Add(1)
+		case attackWon:
+			r.won.Add(1)
+		}
+	}
+}
+
+const (
+	attackThrottled = "throttled"
+	attackChecked   = "checked"
+	attackWon       = "won"
+	attackTransport = "transport"
+	attackOther     = "other"
+)
+
+func throttledOr(status int, oc string) string {
+	if status == http.StatusTooManyRequests || oc == "slow_down" || oc == "rate_limited" {
+		return attackThrottled
+	}
+	return attackOther
+}
+
+// pageOutcome classifies a sign-in or device page answer.
+func pageOutcome(status int, body []byte) string {
+	page := string(body)
+	switch {
+	case status == http.StatusTooManyRequests || strings.Contains(page, "Too many attempts"):
+		return attackThrottled
+	case strings.Contains(page, "Invalid username or password"), strings.Contains(page, "Unknown or expired code"), strings.Contains(page, "not a valid code"):
+		return attackChecked
+	}
+	return attackOther
+}
+
+// wrongPassword opens the sign-in page from ip and posts name with a wrong
+// password.
+func (r *attackRun) wrongPassword(ctx context.Context, t Target, ip, name string) string {
+	b := r.browserAt(ip)
+	q := url.Values{
+		"response_type": {"code"}, "client_id": {r.c.Flow.ClientID}, "redirect_uri": {r.c.Flow.RedirectURI},
+		"scope": {"openid"}, "state": {"s"}, "code_challenge": {"E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"}, "code_challenge_method": {"S256"},
+	}
+	status, body, _, err := b.get(ctx, t.AuthorizeURL+"?"+q.Encode())
+	if err != nil {
+		return attackTransport
+	}
+	m := reqField.FindStringSubmatch(string(body))
+	if m == nil {
+		if oc := pageOutcome(status, body); oc == attackThrottled {
+			return oc
+		}
+		return attackOther
+	}
+	form := url.Values{"req": {html.UnescapeString(m[1])}, "action": {"login"}, "username": {name}, "password": {"Winter2026!" + rand.Text()[:4]}}
+	status, body, loc, err := b.postPage(ctx, t.AuthorizeURL, form)
+	if err != nil {
+		return attackTransport
+	}
+	if loc != nil || strings.Contains(string(body), `value="approve"`) {
+		return attackWon
+	}
+	return pageOutcome(status, body)
+}
+
+// deviceSession is the attacker's signed-in browser at one address and
+// the last entry form's req value.
+type deviceSession struct {
+	b   *browser
+	req string
+}
+
+// deviceURL is t's device verification page.
+func deviceURL(t Target) string { return strings.TrimSuffix(t.Issuer, "/") + "/device" }
+
+// guessCode posts one random user code from ip, signing the attacker in
+// at that address first.
+func (r *attackRun) guessCode(ctx context.Context, t Target, ip string, sessions map[string]*deviceSession) string {
+	ds := sessions[ip]
+	if ds == nil {
+		b := r.browserAt(ip)
+		status, body, _, err := b.get(ctx, deviceURL(t))
+		if err != nil {
+			return attackTransport
+		}
+		m := reqField.FindStringSubmatch(string(body))
+		if m == nil {
+			return pageOutcome(status, body)
+		}
+		status, body, _, err = b.postPage(ctx, deviceURL(t), url.Values{"req": {html.UnescapeString(m[1])}, "action": {"login"},
+			"username": {r.c.Attacker.Username}, "password": {r.c.Attacker.Password}})
+		if err != nil {
+			return attackTransport
+		}
+		m = reqField.FindStringSubmatch(string(body))
+		if m == nil || !strings.Contains(string(body), "user_code") {
+			return pageOutcome(status, body)
+		}
+		ds = &deviceSession{b: b, req: html.UnescapeString(m[1])}
+		sessions[ip] = ds
+	}
+	const alphabet = "BCDFGHJKLMNPQRSTVWXZ"
+	var code [8]byte
+	for i := range code {
+		code[i] = alphabet[mrand.IntN(len(alphabet))]
+	}
+	status, body, _, err := ds.b.postPage(ctx, deviceURL(t), url.Values{"req": {ds.req}, "action": {"lookup"}, "user_code": {string(code[:4]) + "-" + string(code[4:])}})
+	if err != nil {
+		return attackTransport
+	}
+	if m := reqField.FindStringSubmatch(string(body)); m != nil {
+		ds.req = html.UnescapeString(m[1])
+	}
+	if strings.Contains(string(body), `value="approve"`) {
+		return attackWon
+	}
+	return pageOutcome(status, body)
+}
