@@ -181,7 +181,7 @@ func clientFromPB(c *raftpb.Client) issuance.Client {
 		Scopes:         c.Scopes,
 		Audiences:      c.Audiences,
 		AccessTokenTTL: time.Duration(c.AccessTokenTtlSeconds) * time.Second,
-		TokenFormat:    issuance.TokenFormat(c.TokenFormat),
+		TokenFormat:    issuance.TokenFormat(raft.TokenFormatName(raft.TokenFormatOf(c))),
 		Disabled:       c.Disabled,
 		Public:         c.Public,
 		RedirectURIs:   c.RedirectUris,

@@ -185,6 +185,7 @@ func (a *applier) getClient(tenant, id string) (*raftpb.Client, error) {
 }
 
 func (a *applier) putClient(c *raftpb.Client) {
+	setTypedEnums(c, a.typedEnums()) // enums.go
 	a.putRecord(a.tenantBucket(c.Tenant, kindClients), kindClients, c.Tenant, c.Id, c)
 }
 

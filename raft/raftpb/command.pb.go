@@ -28,6 +28,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TokenFormat is the kind of access token a client receives.
+type TokenFormat int32
+
+const (
+	TokenFormat_TOKEN_FORMAT_UNSPECIFIED TokenFormat = 0
+	// An RFC 9068 JWT access token (token_format "jwt" or "").
+	TokenFormat_TOKEN_FORMAT_JWT TokenFormat = 1
+	// A sealed token checked by introspection (token_format "opaque").
+	TokenFormat_TOKEN_FORMAT_OPAQUE TokenFormat = 2
+)
+
+// Enum value maps for TokenFormat.
+var (
+	TokenFormat_name = map[int32]string{
+		0: "TOKEN_FORMAT_UNSPECIFIED",
+		1: "TOKEN_FORMAT_JWT",
+		2: "TOKEN_FORMAT_OPAQUE",
+	}
+	TokenFormat_value = map[string]int32{
+		"TOKEN_FORMAT_UNSPECIFIED": 0,
+		"TOKEN_FORMAT_JWT":         1,
+		"TOKEN_FORMAT_OPAQUE":      2,
+	}
+)
+
+func (x TokenFormat) Enum() *TokenFormat {
+	p := new(TokenFormat)
+	*p = x
+	return p
+}
+
+func (x TokenFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TokenFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[0].Descriptor()
+}
+
+func (TokenFormat) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[0]
+}
+
+func (x TokenFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TokenFormat.Descriptor instead.
+func (TokenFormat) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{0}
+}
+
 // EventKind names what an outbox Event announces.
 type EventKind int32
 
@@ -110,11 +162,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_command_proto_enumTypes[0].Descriptor()
+	return file_command_proto_enumTypes[1].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_command_proto_enumTypes[0]
+	return &file_command_proto_enumTypes[1]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -123,7 +175,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{0}
+	return file_command_proto_rawDescGZIP(), []int{1}
 }
 
 // Command is one entry of the Raft log.
@@ -1453,7 +1505,8 @@ type Client struct {
 	Scopes                []string      `protobuf:"bytes,6,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	Audiences             []string      `protobuf:"bytes,7,rep,name=audiences,proto3" json:"audiences,omitempty"`
 	AccessTokenTtlSeconds int64         `protobuf:"varint,8,opt,name=access_token_ttl_seconds,json=accessTokenTtlSeconds,proto3" json:"access_token_ttl_seconds,omitempty"`
-	// "jwt" or "opaque".
+	// "jwt" or "opaque" ("" is jwt). Kept for older releases, which read
+	// only this field; format (200) is the typed value (issue 15).
 	TokenFormat     string `protobuf:"bytes,9,opt,name=token_format,json=tokenFormat,proto3" json:"token_format,omitempty"`
 	Disabled        bool   `protobuf:"varint,10,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	CreatedUnixNano int64  `protobuf:"varint,11,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
@@ -1471,8 +1524,14 @@ type Client struct {
 	// Issue 11: the client's authorization requests must be pushed (RFC 9126
 	// §6 require_pushed_authorization_requests).
 	RequirePushedAuthorizationRequests bool `protobuf:"varint,41,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
-	unknownFields                      protoimpl.UnknownFields
-	sizeCache                          protoimpl.SizeCache
+	// Issue 15: token_format as an enum. The FSM derives it from
+	// token_format when it stores the record, once the cluster version
+	// enables feature "typed_enums" (and migrates the stored clients when it
+	// does); unspecified in older records and in commands (raft.TokenFormatOf
+	// reads either). A command that sets it must agree with token_format.
+	Format        TokenFormat `protobuf:"varint,200,opt,name=format,proto3,enum=tally.raft.v1.TokenFormat" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Client) Reset() {
@@ -1629,6 +1688,13 @@ func (x *Client) GetRequirePushedAuthorizationRequests() bool {
 		return x.RequirePushedAuthorizationRequests
 	}
 	return false
+}
+
+func (x *Client) GetFormat() TokenFormat {
+	if x != nil {
+		return x.Format
+	}
+	return TokenFormat_TOKEN_FORMAT_UNSPECIFIED
 }
 
 type Key struct {
@@ -5848,7 +5914,7 @@ const file_command_proto_rawDesc = "" +
 	"SecretHash\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
-	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\x9a\x05\n" +
+	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\xcf\x05\n" +
 	"\x06Client\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -5870,7 +5936,8 @@ const file_command_proto_rawDesc = "" +
 	"\x04auth\x18\x1e \x01(\v2\x19.tally.raft.v1.ClientAuthR\x04auth\x12\x1d\n" +
 	"\n" +
 	"dpop_bound\x18( \x01(\bR\tdpopBound\x12Q\n" +
-	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\"\xfd\x02\n" +
+	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\x123\n" +
+	"\x06format\x18\xc8\x01 \x01(\x0e2\x1a.tally.raft.v1.TokenFormatR\x06format\"\xfd\x02\n" +
 	"\x03Key\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
@@ -6211,7 +6278,11 @@ const file_command_proto_rawDesc = "" +
 	"\x04hash\x18\v \x01(\fR\x04hash\x12\x12\n" +
 	"\x04role\x18\f \x01(\tR\x04role\"A\n" +
 	"\vAppendAudit\x122\n" +
-	"\x06record\x18\x01 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x06record*\x8f\x03\n" +
+	"\x06record\x18\x01 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x06record*Z\n" +
+	"\vTokenFormat\x12\x1c\n" +
+	"\x18TOKEN_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10TOKEN_FORMAT_JWT\x10\x01\x12\x17\n" +
+	"\x13TOKEN_FORMAT_OPAQUE\x10\x02*\x8f\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -6239,159 +6310,161 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_command_proto_goTypes = []any{
-	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
-	(*Command)(nil),                  // 1: tally.raft.v1.Command
-	(*CreateTenant)(nil),             // 2: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),             // 3: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),             // 4: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil),       // 5: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),        // 6: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),                  // 7: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),              // 8: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),                    // 9: tally.raft.v1.Sweep
-	(*Tick)(nil),                     // 10: tally.raft.v1.Tick
-	(*Tenant)(nil),                   // 11: tally.raft.v1.Tenant
-	(*SecretHash)(nil),               // 12: tally.raft.v1.SecretHash
-	(*Client)(nil),                   // 13: tally.raft.v1.Client
-	(*Key)(nil),                      // 14: tally.raft.v1.Key
-	(*Revocation)(nil),               // 15: tally.raft.v1.Revocation
-	(*Event)(nil),                    // 16: tally.raft.v1.Event
-	(*CreateUser)(nil),               // 17: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),          // 18: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),            // 19: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),          // 20: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),               // 21: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),            // 22: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),             // 23: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),         // 24: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),         // 25: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),           // 26: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),             // 27: tally.raft.v1.PasswordHash
-	(*User)(nil),                     // 28: tally.raft.v1.User
-	(*Consent)(nil),                  // 29: tally.raft.v1.Consent
-	(*AccessToken)(nil),              // 30: tally.raft.v1.AccessToken
-	(*Family)(nil),                   // 31: tally.raft.v1.Family
-	(*UsedCode)(nil),                 // 32: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),               // 33: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),               // 34: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),              // 35: tally.raft.v1.GrantResult
-	(*SetClusterIssuer)(nil),         // 36: tally.raft.v1.SetClusterIssuer
-	(*DenyNode)(nil),                 // 37: tally.raft.v1.DenyNode
-	(*ClusterMeta)(nil),              // 38: tally.raft.v1.ClusterMeta
-	(*DeniedNode)(nil),               // 39: tally.raft.v1.DeniedNode
-	(*DeleteClient)(nil),             // 40: tally.raft.v1.DeleteClient
-	(*DeleteUser)(nil),               // 41: tally.raft.v1.DeleteUser
-	(*DeleteTenant)(nil),             // 42: tally.raft.v1.DeleteTenant
-	(*Deleted)(nil),                  // 43: tally.raft.v1.Deleted
-	(*SetClusterVersion)(nil),        // 44: tally.raft.v1.SetClusterVersion
-	(*ClusterVersion)(nil),           // 45: tally.raft.v1.ClusterVersion
-	(*ClientAuth)(nil),               // 46: tally.raft.v1.ClientAuth
-	(*TenantTrust)(nil),              // 47: tally.raft.v1.TenantTrust
-	(*FederationTrust)(nil),          // 48: tally.raft.v1.FederationTrust
-	(*SubjectMapping)(nil),           // 49: tally.raft.v1.SubjectMapping
-	(*SetTenantTrust)(nil),           // 50: tally.raft.v1.SetTenantTrust
-	(*ConsumeAssertion)(nil),         // 51: tally.raft.v1.ConsumeAssertion
-	(*PushedRequest)(nil),            // 52: tally.raft.v1.PushedRequest
-	(*PushAuthorizationRequest)(nil), // 53: tally.raft.v1.PushAuthorizationRequest
-	(*RedeemRequestURI)(nil),         // 54: tally.raft.v1.RedeemRequestURI
-	(*SetKeyPolicy)(nil),             // 55: tally.raft.v1.SetKeyPolicy
-	(*SetTenantPAR)(nil),             // 56: tally.raft.v1.SetTenantPAR
-	(*SetGatewayConfig)(nil),         // 57: tally.raft.v1.SetGatewayConfig
-	(*GatewayConfig)(nil),            // 58: tally.raft.v1.GatewayConfig
-	(*GatewayRoute)(nil),             // 59: tally.raft.v1.GatewayRoute
-	(*GatewayRateLimit)(nil),         // 60: tally.raft.v1.GatewayRateLimit
-	(*Policy)(nil),                   // 61: tally.raft.v1.Policy
-	(*AdminCredential)(nil),          // 62: tally.raft.v1.AdminCredential
-	(*PutAdminCredential)(nil),       // 63: tally.raft.v1.PutAdminCredential
-	(*RevokeAdminCredential)(nil),    // 64: tally.raft.v1.RevokeAdminCredential
-	(*AuditRecord)(nil),              // 65: tally.raft.v1.AuditRecord
-	(*AppendAudit)(nil),              // 66: tally.raft.v1.AppendAudit
+	(TokenFormat)(0),                 // 0: tally.raft.v1.TokenFormat
+	(EventKind)(0),                   // 1: tally.raft.v1.EventKind
+	(*Command)(nil),                  // 2: tally.raft.v1.Command
+	(*CreateTenant)(nil),             // 3: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),             // 4: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),             // 5: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil),       // 6: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),        // 7: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),                  // 8: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),              // 9: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),                    // 10: tally.raft.v1.Sweep
+	(*Tick)(nil),                     // 11: tally.raft.v1.Tick
+	(*Tenant)(nil),                   // 12: tally.raft.v1.Tenant
+	(*SecretHash)(nil),               // 13: tally.raft.v1.SecretHash
+	(*Client)(nil),                   // 14: tally.raft.v1.Client
+	(*Key)(nil),                      // 15: tally.raft.v1.Key
+	(*Revocation)(nil),               // 16: tally.raft.v1.Revocation
+	(*Event)(nil),                    // 17: tally.raft.v1.Event
+	(*CreateUser)(nil),               // 18: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),          // 19: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),            // 20: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),          // 21: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),               // 22: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),            // 23: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),             // 24: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),         // 25: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),         // 26: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),           // 27: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),             // 28: tally.raft.v1.PasswordHash
+	(*User)(nil),                     // 29: tally.raft.v1.User
+	(*Consent)(nil),                  // 30: tally.raft.v1.Consent
+	(*AccessToken)(nil),              // 31: tally.raft.v1.AccessToken
+	(*Family)(nil),                   // 32: tally.raft.v1.Family
+	(*UsedCode)(nil),                 // 33: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),               // 34: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),               // 35: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),              // 36: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),         // 37: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),                 // 38: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),              // 39: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),               // 40: tally.raft.v1.DeniedNode
+	(*DeleteClient)(nil),             // 41: tally.raft.v1.DeleteClient
+	(*DeleteUser)(nil),               // 42: tally.raft.v1.DeleteUser
+	(*DeleteTenant)(nil),             // 43: tally.raft.v1.DeleteTenant
+	(*Deleted)(nil),                  // 44: tally.raft.v1.Deleted
+	(*SetClusterVersion)(nil),        // 45: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),           // 46: tally.raft.v1.ClusterVersion
+	(*ClientAuth)(nil),               // 47: tally.raft.v1.ClientAuth
+	(*TenantTrust)(nil),              // 48: tally.raft.v1.TenantTrust
+	(*FederationTrust)(nil),          // 49: tally.raft.v1.FederationTrust
+	(*SubjectMapping)(nil),           // 50: tally.raft.v1.SubjectMapping
+	(*SetTenantTrust)(nil),           // 51: tally.raft.v1.SetTenantTrust
+	(*ConsumeAssertion)(nil),         // 52: tally.raft.v1.ConsumeAssertion
+	(*PushedRequest)(nil),            // 53: tally.raft.v1.PushedRequest
+	(*PushAuthorizationRequest)(nil), // 54: tally.raft.v1.PushAuthorizationRequest
+	(*RedeemRequestURI)(nil),         // 55: tally.raft.v1.RedeemRequestURI
+	(*SetKeyPolicy)(nil),             // 56: tally.raft.v1.SetKeyPolicy
+	(*SetTenantPAR)(nil),             // 57: tally.raft.v1.SetTenantPAR
+	(*SetGatewayConfig)(nil),         // 58: tally.raft.v1.SetGatewayConfig
+	(*GatewayConfig)(nil),            // 59: tally.raft.v1.GatewayConfig
+	(*GatewayRoute)(nil),             // 60: tally.raft.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),         // 61: tally.raft.v1.GatewayRateLimit
+	(*Policy)(nil),                   // 62: tally.raft.v1.Policy
+	(*AdminCredential)(nil),          // 63: tally.raft.v1.AdminCredential
+	(*PutAdminCredential)(nil),       // 64: tally.raft.v1.PutAdminCredential
+	(*RevokeAdminCredential)(nil),    // 65: tally.raft.v1.RevokeAdminCredential
+	(*AuditRecord)(nil),              // 66: tally.raft.v1.AuditRecord
+	(*AppendAudit)(nil),              // 67: tally.raft.v1.AppendAudit
 }
 var file_command_proto_depIdxs = []int32{
-	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
-	3,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
-	4,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
-	5,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
-	6,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
-	7,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
-	8,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
-	9,  // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	36, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
-	37, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
-	17, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
-	18, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
-	19, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
-	20, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
-	21, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
-	22, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
-	23, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
-	24, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
-	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
-	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	40, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
-	41, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
-	42, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
-	44, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
-	51, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
-	50, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
-	53, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
-	54, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
-	55, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
-	56, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
-	57, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
-	63, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
-	64, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
-	66, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
-	11, // 35: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 36: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 37: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 38: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 39: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 40: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 41: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	47, // 42: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	12, // 43: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	46, // 44: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	0,  // 45: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 46: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	65, // 47: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
-	28, // 48: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 49: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 50: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 51: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 52: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 53: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 54: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 55: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 56: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 57: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 58: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 59: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 60: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 61: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 62: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	52, // 63: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	39, // 64: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	45, // 65: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	48, // 66: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	49, // 67: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	47, // 68: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	52, // 69: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	58, // 70: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	59, // 71: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	60, // 72: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	61, // 73: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	62, // 74: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	65, // 75: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	76, // [76:76] is the sub-list for method output_type
-	76, // [76:76] is the sub-list for method input_type
-	76, // [76:76] is the sub-list for extension type_name
-	76, // [76:76] is the sub-list for extension extendee
-	0,  // [0:76] is the sub-list for field type_name
+	3,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
+	4,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
+	5,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
+	6,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
+	7,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
+	8,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
+	9,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
+	10, // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
+	37, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	38, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	18, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	19, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	20, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	21, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	22, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	23, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	24, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	25, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	26, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	27, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
+	11, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
+	41, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
+	42, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
+	43, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
+	45, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
+	52, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
+	51, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
+	54, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
+	55, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
+	56, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
+	57, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
+	58, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
+	64, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
+	65, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
+	67, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
+	12, // 35: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	15, // 36: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	14, // 37: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	14, // 38: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	13, // 39: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	15, // 40: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	16, // 41: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	48, // 42: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	13, // 43: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	47, // 44: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	0,  // 45: tally.raft.v1.Client.format:type_name -> tally.raft.v1.TokenFormat
+	1,  // 46: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	16, // 47: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	66, // 48: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	29, // 49: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	28, // 50: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	30, // 51: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	32, // 52: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	31, // 53: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	31, // 54: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	34, // 55: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	32, // 56: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	31, // 57: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	28, // 58: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	31, // 59: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	31, // 60: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	32, // 61: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	34, // 62: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	35, // 63: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	53, // 64: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	40, // 65: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	46, // 66: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	49, // 67: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	50, // 68: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	48, // 69: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	53, // 70: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	59, // 71: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	60, // 72: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	61, // 73: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	62, // 74: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	63, // 75: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	66, // 76: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	77, // [77:77] is the sub-list for method output_type
+	77, // [77:77] is the sub-list for method input_type
+	77, // [77:77] is the sub-list for extension type_name
+	77, // [77:77] is the sub-list for extension extendee
+	0,  // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -6441,7 +6514,7 @@ func file_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   0,
