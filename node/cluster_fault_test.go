@@ -169,7 +169,11 @@ func TestClusterFaultPartitionedFollower(t *testing.T) {
 // and a forwarded write succeeds again once a new leader is elected.
 func TestClusterFaultLeaderKillKeepsIssuing(t *testing.T) {
 	nw := rafttest.NewNetwork()
-	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(faultRaft(nw)))
+	// The staleness bound outlasts the election: on a loaded machine (-race,
+	// two cores, another CPU-heavy process) the first forwarded write came
+	// 12 s after the kill, and a survivor past the default 5 s bound
+	// rightly fails closed (TestClusterFaultPartitionedFollower tests that).
+	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(faultRaft(nw), func(cfg *node.Config) { cfg.MaxStale = 2 * nodetest.Timeout }))
 	l := c.LeaderIndex()
 	id, secret := c.Node(l).CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "svc", AccessTokenTtlSeconds: 300})
 	c.WaitApplied(c.Node(l).Raft().State().AppliedIndex())
