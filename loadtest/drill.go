@@ -358,89 +358,16 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 	rep := DrillReport{Name: cfg.Name, Started: time.Now()}
 	d.t0 = rep.Started
 
-	// Every node must know the client before the load starts (one created
-	// just now may not have reached every replica yet). The first token is
-	// the control: issued before anything and never revoked, the verifier
-	// must see it active on every node, or it cannot tell a revoked token
-	// from a verifier that sees nothing.
-	var control string
-	for i, n := range cfg.Nodes {
-		deadline := time.Now().Add(cfg.VerifyTimeout)
-		for {
-			tok, err := d.token(ctx, n)
-			if err == nil {
-				if i == 0 {
-					control = tok
-				}
-				break
-			}
-			if time.Now().After(deadline) || wait(ctx, 20*time.Millisecond) != nil {
-				return rep, fmt.Errorf("loadtest: drill: no token from %s before the load: %w", n.Issuer, err)
-			}
-		}
+	control, err := d.controlToken(ctx)
+	if err != nil {
+		return rep, err
 	}
 	d.event("load started")
 
 	lctx, stopLoad := context.WithCancel(ctx)
 	loadDone := make(chan Result, 1)
 	go func() { loadDone <- d.runLoad(lctx) }()
-
-	var faults []appliedFault
-	runErr := func() error {
-		if err := wait(ctx, cfg.Before); err != nil {
-			return err
-		}
-		for range max(cfg.Steps, 1) {
-			f, err := cfg.Plan(ctx)
-			if err != nil {
-				return fmt.Errorf("loadtest: drill: planning the fault: %w", err)
-			}
-			if rep.Fault == "" {
-				rep.Fault = f.Event
-			} else {
-				rep.Fault += "; " + f.Event
-			}
-			af := appliedFault{Fault: f, at: time.Now()}
-			af.injected = af.at
-			d.phase.Store(&drillPhase{down: setOf(f.Down), isolated: setOf(f.Isolated)})
-			if err := f.Inject(ctx); err != nil {
-				return fmt.Errorf("loadtest: drill: %s: %w", f.Event, err)
-			}
-			if f.EffectiveOnReturn {
-				af.at = time.Now()
-			}
-			d.eventAt(af.at, f.Event)
-			if err := wait(ctx, cfg.FaultFor-time.Since(af.at)); err != nil {
-				return err
-			}
-			af.healing = time.Now()
-			if f.Heal != nil {
-				if err := f.Heal(ctx); err != nil {
-					return fmt.Errorf("loadtest: drill: %s: %w", f.HealEvent, err)
-				}
-			}
-			af.healAt = time.Now()
-			if f.Heal != nil {
-				d.eventAt(af.healAt, f.HealEvent)
-			}
-			af.settled = af.healAt
-			if f.Settle != nil {
-				if err := f.Settle(ctx); err != nil {
-					return fmt.Errorf("loadtest: drill: after %s: %w", f.HealEvent, err)
-				}
-				af.settled = time.Now()
-				d.eventAt(af.settled, strings.Join(append(slices.Clone(f.Down), f.Isolated...), ",")+" serving again")
-			}
-			d.phase.Store(&drillPhase{})
-			faults = append(faults, af)
-			if err := wait(ctx, cfg.After); err != nil {
-				return err
-			}
-		}
-		// A healed node may need seconds to catch up: keep the load on
-		// until a write sent after the last heal is acknowledged.
-		return d.waitAckSince(ctx, faults[len(faults)-1].healAt, cfg.VerifyTimeout)
-	}()
+	faults, runErr := d.runFaults(ctx, &rep)
 	stopLoad()
 	load := <-loadDone
 	d.event("load stopped")
@@ -458,6 +385,101 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 		return rep, ErrDrillFailed
 	}
 	return rep, nil
+}
+
+// controlToken waits until every node issues a token to the drill's client
+// (one created just now may not have reached every replica yet) and
+// returns the first node's. That token is the control: issued before
+// anything and never revoked, the verifier must see it active on every
+// node, or it cannot tell a revoked token from a verifier that sees
+// nothing.
+func (d *drillRun) controlToken(ctx context.Context) (string, error) {
+	var control string
+	for i, n := range d.cfg.Nodes {
+		deadline := time.Now().Add(d.cfg.VerifyTimeout)
+		for {
+			tok, err := d.token(ctx, n)
+			if err == nil {
+				if i == 0 {
+					control = tok
+				}
+				break
+			}
+			if time.Now().After(deadline) || wait(ctx, 20*time.Millisecond) != nil {
+				return "", fmt.Errorf("loadtest: drill: no token from %s before the load: %w", n.Issuer, err)
+			}
+		}
+	}
+	return control, nil
+}
+
+// runFaults waits cfg.Before, applies the planned faults one after
+// another (cfg.Steps), each followed by cfg.After, and then waits until a
+// write sent after the last heal is acknowledged (a healed node may need
+// seconds to catch up). The load runs meanwhile.
+func (d *drillRun) runFaults(ctx context.Context, rep *DrillReport) ([]appliedFault, error) {
+	var faults []appliedFault
+	if err := wait(ctx, d.cfg.Before); err != nil {
+		return faults, err
+	}
+	for range max(d.cfg.Steps, 1) {
+		af, err := d.applyFault(ctx, rep)
+		if err != nil {
+			return faults, err
+		}
+		faults = append(faults, af)
+		if err := wait(ctx, d.cfg.After); err != nil {
+			return faults, err
+		}
+	}
+	return faults, d.waitAckSince(ctx, faults[len(faults)-1].healAt, d.cfg.VerifyTimeout)
+}
+
+// applyFault plans one fault, injects it, heals it cfg.FaultFor after it
+// took effect and waits until the faulted nodes serve again (Settle).
+func (d *drillRun) applyFault(ctx context.Context, rep *DrillReport) (appliedFault, error) {
+	f, err := d.cfg.Plan(ctx)
+	if err != nil {
+		return appliedFault{}, fmt.Errorf("loadtest: drill: planning the fault: %w", err)
+	}
+	if rep.Fault == "" {
+		rep.Fault = f.Event
+	} else {
+		rep.Fault += "; " + f.Event
+	}
+	af := appliedFault{Fault: f, at: time.Now()}
+	af.injected = af.at
+	d.phase.Store(&drillPhase{down: setOf(f.Down), isolated: setOf(f.Isolated)})
+	if err := f.Inject(ctx); err != nil {
+		return af, fmt.Errorf("loadtest: drill: %s: %w", f.Event, err)
+	}
+	if f.EffectiveOnReturn {
+		af.at = time.Now()
+	}
+	d.eventAt(af.at, f.Event)
+	if err := wait(ctx, d.cfg.FaultFor-time.Since(af.at)); err != nil {
+		return af, err
+	}
+	af.healing = time.Now()
+	if f.Heal != nil {
+		if err := f.Heal(ctx); err != nil {
+			return af, fmt.Errorf("loadtest: drill: %s: %w", f.HealEvent, err)
+		}
+	}
+	af.healAt = time.Now()
+	if f.Heal != nil {
+		d.eventAt(af.healAt, f.HealEvent)
+	}
+	af.settled = af.healAt
+	if f.Settle != nil {
+		if err := f.Settle(ctx); err != nil {
+			return af, fmt.Errorf("loadtest: drill: after %s: %w", f.HealEvent, err)
+		}
+		af.settled = time.Now()
+		d.eventAt(af.settled, strings.Join(append(slices.Clone(f.Down), f.Isolated...), ",")+" serving again")
+	}
+	d.phase.Store(&drillPhase{})
+	return af, nil
 }
 
 // appliedFault is a fault with the times it was injected and healed.
