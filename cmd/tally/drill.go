@@ -216,7 +216,9 @@ func drillLocal(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport,
 	if slices.Contains(regions, "") {
 		return loadtest.DrillReport{}, usagef("--regions holds an empty label")
 	}
-	ccfg := localcluster.Config{Dir: dir, Nodes: f.nodes, Regions: regions, Profile: f.profile, MaxStale: f.cfg.MaxStale}
+	// Rate limits off: the drill's load comes from one client on one
+	// address, more than a client's budget on a fast machine.
+	ccfg := localcluster.Config{Dir: dir, Nodes: f.nodes, Regions: regions, Profile: f.profile, MaxStale: f.cfg.MaxStale, RateLimitsOff: true}
 	if f.kind == "partition" {
 		if _, err := partitionGroup(ccfg, -1, f.isolate); err != nil {
 			return loadtest.DrillReport{}, err

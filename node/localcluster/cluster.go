@@ -34,6 +34,10 @@ type Config struct {
 	Profile string
 	// MaxStale is the nodes' staleness bound.
 	MaxStale time.Duration
+	// RateLimitsOff turns the nodes' rate limits off (node.Config.RateLimits):
+	// a drill's or a load test's requests come from one client on one
+	// address, and a fast machine sends more than a client's budget.
+	RateLimitsOff bool
 }
 
 // Cluster is a running in-process cluster. Its methods are safe for
@@ -129,6 +133,7 @@ func (c *Cluster) start(ctx context.Context, i int) error {
 		cfg.Listen = httpAddr
 		cfg.RaftBind = clusterAddr
 		cfg.MaxStale = c.cfg.MaxStale
+		cfg.RateLimits.Off = c.cfg.RateLimitsOff
 		if i > 0 {
 			// One issuer for the cluster, as behind a load balancer: a
 			// token any node issued is valid on every node.
