@@ -173,7 +173,12 @@ func TestClusterFaultLeaderKillKeepsIssuing(t *testing.T) {
 	// two cores, another CPU-heavy process) the first forwarded write came
 	// 12 s after the kill, and a survivor past the default 5 s bound
 	// rightly fails closed (TestClusterFaultPartitionedFollower tests that).
-	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(faultRaft(nw), func(cfg *node.Config) { cfg.MaxStale = 2 * nodetest.Timeout }))
+	// Rate limits off: four unpaced workers of one client may exceed its
+	// budget (1000/s) on a fast machine.
+	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(faultRaft(nw), func(cfg *node.Config) {
+		cfg.MaxStale = 2 * nodetest.Timeout
+		cfg.RateLimits.Off = true
+	}))
 	l := c.LeaderIndex()
 	id, secret := c.Node(l).CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "svc", AccessTokenTtlSeconds: 300})
 	c.WaitApplied(c.Node(l).Raft().State().AppliedIndex())
