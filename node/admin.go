@@ -548,7 +548,7 @@ func keyToAdmin(k *raftpb.Key, now time.Time) *adminv1.Key {
 	return &adminv1.Key{
 		Kid:       k.Kid,
 		Alg:       k.Alg,
-		Use:       k.Use,
+		Use:       raft.KeyUseName(raft.KeyUseOf(k)),
 		State:     state,
 		CreatedAt: ts(k.CreatedUnixNano),
 		NotBefore: ts(k.NotBeforeUnixNano),

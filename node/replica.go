@@ -196,7 +196,7 @@ func keyFromPB(k *raftpb.Key) issuance.Key {
 		Tenant:           k.Tenant,
 		ID:               k.Kid,
 		Alg:              k.Alg,
-		Use:              issuance.KeyUse(k.Use),
+		Use:              issuance.KeyUse(raft.KeyUseName(raft.KeyUseOf(k))),
 		PublicKey:        k.PublicKey,
 		EncryptedPrivate: k.EncryptedPrivate,
 		NotBefore:        unixNano(k.NotBeforeUnixNano),

@@ -48,6 +48,11 @@ func TestClusterVersionRecordedAndDowngraded(t *testing.T) {
 	// stores the typed token format next to the string.
 	cid, _ := c.Node(0).CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "typed", TokenFormat: "opaque"})
 	checkTokenFormat(t, c, cid, "opaque", raftpb.TokenFormat_TOKEN_FORMAT_OPAQUE)
+	for _, k := range c.Node(1).Raft().State().Keys("default") { // migrated when the feature was recorded
+		if k.GetKeyUse() == raftpb.KeyUse_KEY_USE_UNSPECIFIED || raft.KeyUseName(k.GetKeyUse()) != k.GetUse() {
+			t.Fatalf("key %s: use %q, key use %v", k.GetKid(), k.GetUse(), k.GetKeyUse())
+		}
+	}
 	st, err := c.Node(1).ClusterAdmin.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@ import (
 )
 
 // Replicated enums as protobuf enums (issue 15). Some values of the first
-// release are strings in the records (Client.token_format). A typed field
+// release are strings in the records (Client.token_format, Key.use). A typed field
 // with a new number sits next to each such string; the string stays, and is
 // always written, because older releases read only it (a downgrade, or a
 // snapshot sent to an older member). The FSM fills the typed field when it
@@ -18,8 +18,8 @@ import (
 // transaction (migrateTypedEnums). Commands keep carrying the strings: a
 // proposer never sets a typed field (an older member would stop at the
 // unknown field), and a command that does must agree with the string.
-// Readers use TokenFormatOf, which takes the typed field when it is set and
-// the string otherwise.
+// Readers use TokenFormatOf and KeyUseOf, which take the typed field when
+// it is set and the string otherwise.
 
 // FeatureTypedEnums is the feature under which the FSM writes typed enum
 // fields next to the strings of the first release.
@@ -69,6 +69,45 @@ func checkTokenFormat(c *raftpb.Client) error {
 	return nil
 }
 
+// KeyUseOf is k's use: the typed field when it is set, else the string of
+// the first release (unspecified for a string checkKeys refuses).
+func KeyUseOf(k *raftpb.Key) raftpb.KeyUse {
+	if u := k.GetKeyUse(); u != raftpb.KeyUse_KEY_USE_UNSPECIFIED {
+		return u
+	}
+	return keyUseFromString(k.GetUse())
+}
+
+// KeyUseName is the string of u ("sig", "seal"; "" when unspecified).
+func KeyUseName(u raftpb.KeyUse) string {
+	switch u {
+	case raftpb.KeyUse_KEY_USE_SIG:
+		return "sig"
+	case raftpb.KeyUse_KEY_USE_SEAL:
+		return "seal"
+	}
+	return ""
+}
+
+func keyUseFromString(s string) raftpb.KeyUse {
+	switch s {
+	case "sig":
+		return raftpb.KeyUse_KEY_USE_SIG
+	case "seal":
+		return raftpb.KeyUse_KEY_USE_SEAL
+	}
+	return raftpb.KeyUse_KEY_USE_UNSPECIFIED
+}
+
+// checkKeyUse checks a command's key: key_use, if set, agrees with use
+// (which checkKeys checks).
+func checkKeyUse(k *raftpb.Key) error {
+	if u := k.GetKeyUse(); u != raftpb.KeyUse_KEY_USE_UNSPECIFIED && u != keyUseFromString(k.GetUse()) {
+		return invalidf("key %q: key use %v disagrees with use %q", k.GetKid(), u, k.GetUse())
+	}
+	return nil
+}
+
 // typedEnums reports whether the cluster version recorded in the batch's
 // transaction (including one applied earlier in the same batch) enables
 // FeatureTypedEnums.
@@ -90,7 +129,15 @@ func setTypedEnums(c *raftpb.Client, on bool) {
 	}
 }
 
-// migrateTypedEnums fills the typed fields of every stored client. It runs
+// setKeyTypedEnums is setTypedEnums for a key.
+func setKeyTypedEnums(k *raftpb.Key, on bool) {
+	k.KeyUse = raftpb.KeyUse_KEY_USE_UNSPECIFIED
+	if on {
+		k.KeyUse = keyUseFromString(k.GetUse())
+	}
+}
+
+// migrateTypedEnums fills the typed fields of every stored client and key. It runs
 // when a SetClusterVersion enables FeatureTypedEnums (prev did not): every
 // member applies it at the same entry, so their stores stay identical.
 // Revisions and update times are kept: the settings did not change.
@@ -106,6 +153,15 @@ func (a *applier) migrateTypedEnums() {
 			a.get(b, id, c)
 			setTypedEnums(c, true)
 			a.putRecord(b, kindClients, t, id, c)
+		}
+		kb := a.tenantBucket(t, kindKeys)
+		var kids []string
+		_ = kb.ForEach(func(k, _ []byte) error { kids = append(kids, string(k)); return nil })
+		for _, kid := range kids {
+			k := new(raftpb.Key)
+			a.get(kb, kid, k)
+			setKeyTypedEnums(k, true)
+			a.putRecord(kb, kindKeys, t, kid, k)
 		}
 	}
 }

@@ -245,6 +245,9 @@ func checkKeys(tenant string, keys []*raftpb.Key) error {
 		default:
 			return invalidf("key %q: use %q: want sig or seal", k.GetKid(), k.GetUse())
 		}
+		if err := checkKeyUse(k); err != nil { // enums.go
+			return err
+		}
 		if len(k.GetEncryptedPrivate()) == 0 {
 			return invalidf("key %q without private part", k.GetKid())
 		}

@@ -80,6 +80,58 @@ func (TokenFormat) EnumDescriptor() ([]byte, []int) {
 	return file_command_proto_rawDescGZIP(), []int{0}
 }
 
+// KeyUse is what a tenant key is for.
+type KeyUse int32
+
+const (
+	KeyUse_KEY_USE_UNSPECIFIED KeyUse = 0
+	// Signs JWTs (use "sig").
+	KeyUse_KEY_USE_SIG KeyUse = 1
+	// Seals opaque tokens (use "seal").
+	KeyUse_KEY_USE_SEAL KeyUse = 2
+)
+
+// Enum value maps for KeyUse.
+var (
+	KeyUse_name = map[int32]string{
+		0: "KEY_USE_UNSPECIFIED",
+		1: "KEY_USE_SIG",
+		2: "KEY_USE_SEAL",
+	}
+	KeyUse_value = map[string]int32{
+		"KEY_USE_UNSPECIFIED": 0,
+		"KEY_USE_SIG":         1,
+		"KEY_USE_SEAL":        2,
+	}
+)
+
+func (x KeyUse) Enum() *KeyUse {
+	p := new(KeyUse)
+	*p = x
+	return p
+}
+
+func (x KeyUse) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyUse) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[1].Descriptor()
+}
+
+func (KeyUse) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[1]
+}
+
+func (x KeyUse) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyUse.Descriptor instead.
+func (KeyUse) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{1}
+}
+
 // EventKind names what an outbox Event announces.
 type EventKind int32
 
@@ -162,11 +214,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_command_proto_enumTypes[1].Descriptor()
+	return file_command_proto_enumTypes[2].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_command_proto_enumTypes[1]
+	return &file_command_proto_enumTypes[2]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -175,7 +227,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{1}
+	return file_command_proto_rawDescGZIP(), []int{2}
 }
 
 // Command is one entry of the Raft log.
@@ -1703,7 +1755,8 @@ type Key struct {
 	Kid    string                 `protobuf:"bytes,2,opt,name=kid,proto3" json:"kid,omitempty"`
 	// ES256, EdDSA, RS256 for use "sig"; A256GCM for use "seal".
 	Alg string `protobuf:"bytes,3,opt,name=alg,proto3" json:"alg,omitempty"`
-	// "sig" (signs JWTs) or "seal" (seals opaque tokens).
+	// "sig" (signs JWTs) or "seal" (seals opaque tokens). Kept for older
+	// releases, which read only this field; key_use (200) is the typed value.
 	Use string `protobuf:"bytes,4,opt,name=use,proto3" json:"use,omitempty"`
 	// PKIX DER public key; empty for sealing keys.
 	PublicKey []byte `protobuf:"bytes,5,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
@@ -1719,8 +1772,12 @@ type Key struct {
 	ExpiresUnixNano int64 `protobuf:"varint,10,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
 	// How long the key is kept after it retires (covers the longest token).
 	RetentionNanos int64 `protobuf:"varint,11,opt,name=retention_nanos,json=retentionNanos,proto3" json:"retention_nanos,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Issue 15: use as an enum, derived by the FSM like Client.format
+	// (feature "typed_enums"; raft.KeyUseOf reads either). A command that
+	// sets it must agree with use.
+	KeyUse        KeyUse `protobuf:"varint,200,opt,name=key_use,json=keyUse,proto3,enum=tally.raft.v1.KeyUse" json:"key_use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Key) Reset() {
@@ -1828,6 +1885,13 @@ func (x *Key) GetRetentionNanos() int64 {
 		return x.RetentionNanos
 	}
 	return 0
+}
+
+func (x *Key) GetKeyUse() KeyUse {
+	if x != nil {
+		return x.KeyUse
+	}
+	return KeyUse_KEY_USE_UNSPECIFIED
 }
 
 type Revocation struct {
@@ -5937,7 +6001,7 @@ const file_command_proto_rawDesc = "" +
 	"\n" +
 	"dpop_bound\x18( \x01(\bR\tdpopBound\x12Q\n" +
 	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\x123\n" +
-	"\x06format\x18\xc8\x01 \x01(\x0e2\x1a.tally.raft.v1.TokenFormatR\x06format\"\xfd\x02\n" +
+	"\x06format\x18\xc8\x01 \x01(\x0e2\x1a.tally.raft.v1.TokenFormatR\x06format\"\xae\x03\n" +
 	"\x03Key\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
@@ -5951,7 +6015,8 @@ const file_command_proto_rawDesc = "" +
 	"\x11retired_unix_nano\x18\t \x01(\x03R\x0fretiredUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\n" +
 	" \x01(\x03R\x0fexpiresUnixNano\x12'\n" +
-	"\x0fretention_nanos\x18\v \x01(\x03R\x0eretentionNanos\"\xdd\x01\n" +
+	"\x0fretention_nanos\x18\v \x01(\x03R\x0eretentionNanos\x12/\n" +
+	"\akey_use\x18\xc8\x01 \x01(\x0e2\x15.tally.raft.v1.KeyUseR\x06keyUse\"\xdd\x01\n" +
 	"\n" +
 	"Revocation\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
@@ -6282,7 +6347,11 @@ const file_command_proto_rawDesc = "" +
 	"\vTokenFormat\x12\x1c\n" +
 	"\x18TOKEN_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10TOKEN_FORMAT_JWT\x10\x01\x12\x17\n" +
-	"\x13TOKEN_FORMAT_OPAQUE\x10\x02*\x8f\x03\n" +
+	"\x13TOKEN_FORMAT_OPAQUE\x10\x02*D\n" +
+	"\x06KeyUse\x12\x17\n" +
+	"\x13KEY_USE_UNSPECIFIED\x10\x00\x12\x0f\n" +
+	"\vKEY_USE_SIG\x10\x01\x12\x10\n" +
+	"\fKEY_USE_SEAL\x10\x02*\x8f\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -6310,161 +6379,163 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_command_proto_goTypes = []any{
 	(TokenFormat)(0),                 // 0: tally.raft.v1.TokenFormat
-	(EventKind)(0),                   // 1: tally.raft.v1.EventKind
-	(*Command)(nil),                  // 2: tally.raft.v1.Command
-	(*CreateTenant)(nil),             // 3: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),             // 4: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),             // 5: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil),       // 6: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),        // 7: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),                  // 8: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),              // 9: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),                    // 10: tally.raft.v1.Sweep
-	(*Tick)(nil),                     // 11: tally.raft.v1.Tick
-	(*Tenant)(nil),                   // 12: tally.raft.v1.Tenant
-	(*SecretHash)(nil),               // 13: tally.raft.v1.SecretHash
-	(*Client)(nil),                   // 14: tally.raft.v1.Client
-	(*Key)(nil),                      // 15: tally.raft.v1.Key
-	(*Revocation)(nil),               // 16: tally.raft.v1.Revocation
-	(*Event)(nil),                    // 17: tally.raft.v1.Event
-	(*CreateUser)(nil),               // 18: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),          // 19: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),            // 20: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),          // 21: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),               // 22: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),            // 23: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),             // 24: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),         // 25: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),         // 26: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),           // 27: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),             // 28: tally.raft.v1.PasswordHash
-	(*User)(nil),                     // 29: tally.raft.v1.User
-	(*Consent)(nil),                  // 30: tally.raft.v1.Consent
-	(*AccessToken)(nil),              // 31: tally.raft.v1.AccessToken
-	(*Family)(nil),                   // 32: tally.raft.v1.Family
-	(*UsedCode)(nil),                 // 33: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),               // 34: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),               // 35: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),              // 36: tally.raft.v1.GrantResult
-	(*SetClusterIssuer)(nil),         // 37: tally.raft.v1.SetClusterIssuer
-	(*DenyNode)(nil),                 // 38: tally.raft.v1.DenyNode
-	(*ClusterMeta)(nil),              // 39: tally.raft.v1.ClusterMeta
-	(*DeniedNode)(nil),               // 40: tally.raft.v1.DeniedNode
-	(*DeleteClient)(nil),             // 41: tally.raft.v1.DeleteClient
-	(*DeleteUser)(nil),               // 42: tally.raft.v1.DeleteUser
-	(*DeleteTenant)(nil),             // 43: tally.raft.v1.DeleteTenant
-	(*Deleted)(nil),                  // 44: tally.raft.v1.Deleted
-	(*SetClusterVersion)(nil),        // 45: tally.raft.v1.SetClusterVersion
-	(*ClusterVersion)(nil),           // 46: tally.raft.v1.ClusterVersion
-	(*ClientAuth)(nil),               // 47: tally.raft.v1.ClientAuth
-	(*TenantTrust)(nil),              // 48: tally.raft.v1.TenantTrust
-	(*FederationTrust)(nil),          // 49: tally.raft.v1.FederationTrust
-	(*SubjectMapping)(nil),           // 50: tally.raft.v1.SubjectMapping
-	(*SetTenantTrust)(nil),           // 51: tally.raft.v1.SetTenantTrust
-	(*ConsumeAssertion)(nil),         // 52: tally.raft.v1.ConsumeAssertion
-	(*PushedRequest)(nil),            // 53: tally.raft.v1.PushedRequest
-	(*PushAuthorizationRequest)(nil), // 54: tally.raft.v1.PushAuthorizationRequest
-	(*RedeemRequestURI)(nil),         // 55: tally.raft.v1.RedeemRequestURI
-	(*SetKeyPolicy)(nil),             // 56: tally.raft.v1.SetKeyPolicy
-	(*SetTenantPAR)(nil),             // 57: tally.raft.v1.SetTenantPAR
-	(*SetGatewayConfig)(nil),         // 58: tally.raft.v1.SetGatewayConfig
-	(*GatewayConfig)(nil),            // 59: tally.raft.v1.GatewayConfig
-	(*GatewayRoute)(nil),             // 60: tally.raft.v1.GatewayRoute
-	(*GatewayRateLimit)(nil),         // 61: tally.raft.v1.GatewayRateLimit
-	(*Policy)(nil),                   // 62: tally.raft.v1.Policy
-	(*AdminCredential)(nil),          // 63: tally.raft.v1.AdminCredential
-	(*PutAdminCredential)(nil),       // 64: tally.raft.v1.PutAdminCredential
-	(*RevokeAdminCredential)(nil),    // 65: tally.raft.v1.RevokeAdminCredential
-	(*AuditRecord)(nil),              // 66: tally.raft.v1.AuditRecord
-	(*AppendAudit)(nil),              // 67: tally.raft.v1.AppendAudit
+	(KeyUse)(0),                      // 1: tally.raft.v1.KeyUse
+	(EventKind)(0),                   // 2: tally.raft.v1.EventKind
+	(*Command)(nil),                  // 3: tally.raft.v1.Command
+	(*CreateTenant)(nil),             // 4: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),             // 5: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),             // 6: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil),       // 7: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),        // 8: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),                  // 9: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),              // 10: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),                    // 11: tally.raft.v1.Sweep
+	(*Tick)(nil),                     // 12: tally.raft.v1.Tick
+	(*Tenant)(nil),                   // 13: tally.raft.v1.Tenant
+	(*SecretHash)(nil),               // 14: tally.raft.v1.SecretHash
+	(*Client)(nil),                   // 15: tally.raft.v1.Client
+	(*Key)(nil),                      // 16: tally.raft.v1.Key
+	(*Revocation)(nil),               // 17: tally.raft.v1.Revocation
+	(*Event)(nil),                    // 18: tally.raft.v1.Event
+	(*CreateUser)(nil),               // 19: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),          // 20: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),            // 21: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),          // 22: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),               // 23: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),            // 24: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),             // 25: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),         // 26: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),         // 27: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),           // 28: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),             // 29: tally.raft.v1.PasswordHash
+	(*User)(nil),                     // 30: tally.raft.v1.User
+	(*Consent)(nil),                  // 31: tally.raft.v1.Consent
+	(*AccessToken)(nil),              // 32: tally.raft.v1.AccessToken
+	(*Family)(nil),                   // 33: tally.raft.v1.Family
+	(*UsedCode)(nil),                 // 34: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),               // 35: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),               // 36: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),              // 37: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),         // 38: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),                 // 39: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),              // 40: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),               // 41: tally.raft.v1.DeniedNode
+	(*DeleteClient)(nil),             // 42: tally.raft.v1.DeleteClient
+	(*DeleteUser)(nil),               // 43: tally.raft.v1.DeleteUser
+	(*DeleteTenant)(nil),             // 44: tally.raft.v1.DeleteTenant
+	(*Deleted)(nil),                  // 45: tally.raft.v1.Deleted
+	(*SetClusterVersion)(nil),        // 46: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),           // 47: tally.raft.v1.ClusterVersion
+	(*ClientAuth)(nil),               // 48: tally.raft.v1.ClientAuth
+	(*TenantTrust)(nil),              // 49: tally.raft.v1.TenantTrust
+	(*FederationTrust)(nil),          // 50: tally.raft.v1.FederationTrust
+	(*SubjectMapping)(nil),           // 51: tally.raft.v1.SubjectMapping
+	(*SetTenantTrust)(nil),           // 52: tally.raft.v1.SetTenantTrust
+	(*ConsumeAssertion)(nil),         // 53: tally.raft.v1.ConsumeAssertion
+	(*PushedRequest)(nil),            // 54: tally.raft.v1.PushedRequest
+	(*PushAuthorizationRequest)(nil), // 55: tally.raft.v1.PushAuthorizationRequest
+	(*RedeemRequestURI)(nil),         // 56: tally.raft.v1.RedeemRequestURI
+	(*SetKeyPolicy)(nil),             // 57: tally.raft.v1.SetKeyPolicy
+	(*SetTenantPAR)(nil),             // 58: tally.raft.v1.SetTenantPAR
+	(*SetGatewayConfig)(nil),         // 59: tally.raft.v1.SetGatewayConfig
+	(*GatewayConfig)(nil),            // 60: tally.raft.v1.GatewayConfig
+	(*GatewayRoute)(nil),             // 61: tally.raft.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),         // 62: tally.raft.v1.GatewayRateLimit
+	(*Policy)(nil),                   // 63: tally.raft.v1.Policy
+	(*AdminCredential)(nil),          // 64: tally.raft.v1.AdminCredential
+	(*PutAdminCredential)(nil),       // 65: tally.raft.v1.PutAdminCredential
+	(*RevokeAdminCredential)(nil),    // 66: tally.raft.v1.RevokeAdminCredential
+	(*AuditRecord)(nil),              // 67: tally.raft.v1.AuditRecord
+	(*AppendAudit)(nil),              // 68: tally.raft.v1.AppendAudit
 }
 var file_command_proto_depIdxs = []int32{
-	3,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
-	4,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
-	5,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
-	6,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
-	7,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
-	8,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
-	9,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
-	10, // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	37, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
-	38, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
-	18, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
-	19, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
-	20, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
-	21, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
-	22, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
-	23, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
-	24, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
-	25, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
-	26, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
-	27, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	11, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	41, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
-	42, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
-	43, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
-	45, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
-	52, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
-	51, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
-	54, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
-	55, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
-	56, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
-	57, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
-	58, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
-	64, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
-	65, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
-	67, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
-	12, // 35: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	15, // 36: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	14, // 37: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	14, // 38: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	13, // 39: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	15, // 40: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	16, // 41: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	48, // 42: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	13, // 43: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	47, // 44: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	4,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
+	5,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
+	6,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
+	7,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
+	8,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
+	9,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
+	10, // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
+	11, // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
+	38, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	39, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	19, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	20, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	21, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	22, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	23, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	24, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	25, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	26, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	27, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	28, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
+	12, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
+	42, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
+	43, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
+	44, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
+	46, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
+	53, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
+	52, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
+	55, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
+	56, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
+	57, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
+	58, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
+	59, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
+	65, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
+	66, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
+	68, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
+	13, // 35: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	16, // 36: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	15, // 37: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	15, // 38: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	14, // 39: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	16, // 40: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	17, // 41: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	49, // 42: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	14, // 43: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	48, // 44: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
 	0,  // 45: tally.raft.v1.Client.format:type_name -> tally.raft.v1.TokenFormat
-	1,  // 46: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	16, // 47: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	66, // 48: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
-	29, // 49: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	28, // 50: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 51: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	32, // 52: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	31, // 53: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	31, // 54: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	34, // 55: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	32, // 56: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	31, // 57: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	28, // 58: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	31, // 59: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 60: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	32, // 61: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	34, // 62: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	35, // 63: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	53, // 64: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	40, // 65: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	46, // 66: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	49, // 67: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	50, // 68: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	48, // 69: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	53, // 70: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	59, // 71: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	60, // 72: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	61, // 73: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	62, // 74: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	63, // 75: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	66, // 76: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	77, // [77:77] is the sub-list for method output_type
-	77, // [77:77] is the sub-list for method input_type
-	77, // [77:77] is the sub-list for extension type_name
-	77, // [77:77] is the sub-list for extension extendee
-	0,  // [0:77] is the sub-list for field type_name
+	1,  // 46: tally.raft.v1.Key.key_use:type_name -> tally.raft.v1.KeyUse
+	2,  // 47: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	17, // 48: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	67, // 49: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	30, // 50: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	29, // 51: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	31, // 52: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	33, // 53: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	32, // 54: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	32, // 55: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	35, // 56: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	33, // 57: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	32, // 58: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	29, // 59: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	32, // 60: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	32, // 61: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	33, // 62: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	35, // 63: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	36, // 64: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	54, // 65: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	41, // 66: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	47, // 67: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	50, // 68: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	51, // 69: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	49, // 70: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	54, // 71: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	60, // 72: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	61, // 73: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	62, // 74: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	63, // 75: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	64, // 76: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	67, // 77: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	78, // [78:78] is the sub-list for method output_type
+	78, // [78:78] is the sub-list for method input_type
+	78, // [78:78] is the sub-list for extension type_name
+	78, // [78:78] is the sub-list for extension extendee
+	0,  // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -6514,7 +6585,7 @@ func file_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   0,
