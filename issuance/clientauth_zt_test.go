@@ -384,7 +384,9 @@ func fetchFor(ts *httptest.Server, private bool) func(*issuance.Config) {
 	return func(c *issuance.Config) {
 		pool := x509.NewCertPool()
 		pool.AddCert(ts.Certificate())
-		c.ZeroTrust.Fetch = issuance.FetchPolicy{AllowPrivate: private, RootCAs: pool, Timeout: 2 * time.Second, MaxBytes: 64 << 10}
+		// Generous: a TLS fetch from the test server may take seconds on a
+		// loaded machine under -race (the tests of slow servers set 300 ms).
+		c.ZeroTrust.Fetch = issuance.FetchPolicy{AllowPrivate: private, RootCAs: pool, Timeout: 30 * time.Second, MaxBytes: 64 << 10}
 	}
 }
 

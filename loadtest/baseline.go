@@ -332,77 +332,118 @@ func (b *baseline) token(w http.ResponseWriter, r *http.Request) {
 		writeOAuthError(w, http.StatusMethodNotAllowed, "invalid_request", "the token endpoint accepts only POST")
 		return
 	}
-	// Section 3.2: parameters in the application/x-www-form-urlencoded body.
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/x-www-form-urlencoded" {
-		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "the body must be application/x-www-form-urlencoded")
+	form, terr := b.readTokenForm(w, r)
+	if terr != nil {
+		terr.write(w)
 		return
+	}
+	id, terr := b.authenticate(r, form)
+	if terr != nil {
+		terr.write(w)
+		return
+	}
+	scope, terr := b.checkGrant(form)
+	if terr != nil {
+		terr.write(w)
+		return
+	}
+	b.issue(w, id, scope)
+}
+
+// tokenError is an error answer of the token endpoint: invalid_client
+// (writeInvalidClient) or an OAuth error with its status.
+type tokenError struct {
+	invalidClient bool
+	status        int
+	code, desc    string
+}
+
+func badRequest(code, desc string) *tokenError {
+	return &tokenError{status: http.StatusBadRequest, code: code, desc: desc}
+}
+
+var errInvalidClient = &tokenError{invalidClient: true}
+
+func (e *tokenError) write(w http.ResponseWriter) {
+	if e.invalidClient {
+		writeInvalidClient(w)
+		return
+	}
+	writeOAuthError(w, e.status, e.code, e.desc)
+}
+
+// readTokenForm reads the request's parameters: section 3.2, in the
+// application/x-www-form-urlencoded body, none more than once.
+func (b *baseline) readTokenForm(w http.ResponseWriter, r *http.Request) (url.Values, *tokenError) {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/x-www-form-urlencoded" {
+		return nil, badRequest("invalid_request", "the body must be application/x-www-form-urlencoded")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, b.cfg.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			writeOAuthError(w, http.StatusBadRequest, "invalid_request", "request body too large")
-			return
+			return nil, badRequest("invalid_request", "request body too large")
 		}
-		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "could not read the request body")
-		return
+		return nil, badRequest("invalid_request", "could not read the request body")
 	}
 	form, err := url.ParseQuery(string(body))
 	if err != nil {
-		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "malformed form body")
-		return
+		return nil, badRequest("invalid_request", "malformed form body")
 	}
 	// Section 3.2: parameters MUST NOT be included more than once; one sent
 	// without a value is treated as omitted.
 	for name, vs := range form {
 		if len(vs) > 1 {
-			writeOAuthError(w, http.StatusBadRequest, "invalid_request", "parameter "+name+" repeated")
-			return
+			return nil, badRequest("invalid_request", "parameter "+name+" repeated")
 		}
 	}
+	return form, nil
+}
 
-	// Section 2.3.1: HTTP Basic with form-urlencoded id and secret; a client
-	// MUST NOT use more than one authentication method.
+// authenticate checks the client (section 2.3.1: HTTP Basic with
+// form-urlencoded id and secret; a client MUST NOT use more than one
+// authentication method) and returns its id.
+func (b *baseline) authenticate(r *http.Request, form url.Values) (string, *tokenError) {
 	user, pass, ok := r.BasicAuth()
 	if ok && (form.Get("client_secret") != "" || form.Get("client_assertion") != "") {
-		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "more than one client authentication method")
-		return
+		return "", badRequest("invalid_request", "more than one client authentication method")
 	}
 	if !ok {
-		writeInvalidClient(w)
-		return
+		return "", errInvalidClient
 	}
 	id, err1 := url.QueryUnescape(user)
 	secret, err2 := url.QueryUnescape(pass)
 	if err1 != nil || err2 != nil {
-		writeInvalidClient(w)
-		return
+		return "", errInvalidClient
 	}
 	if subtle.ConstantTimeCompare([]byte(id), b.id)&subtle.ConstantTimeCompare([]byte(secret), b.secret) != 1 {
-		writeInvalidClient(w)
-		return
+		return "", errInvalidClient
 	}
 	if cid := form.Get("client_id"); cid != "" && cid != id {
-		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "client_id does not match the authenticated client")
-		return
+		return "", badRequest("invalid_request", "client_id does not match the authenticated client")
 	}
+	return id, nil
+}
 
+// checkGrant checks the grant type (client_credentials only) and returns
+// the granted scope.
+func (b *baseline) checkGrant(form url.Values) (string, *tokenError) {
 	switch gt := form.Get("grant_type"); gt {
 	case "":
-		writeOAuthError(w, http.StatusBadRequest, "invalid_request", "grant_type is required")
-		return
+		return "", badRequest("invalid_request", "grant_type is required")
 	case "client_credentials":
 	default:
-		writeOAuthError(w, http.StatusBadRequest, "unsupported_grant_type", "only client_credentials is supported")
-		return
+		return "", badRequest("unsupported_grant_type", "only client_credentials is supported")
 	}
-
 	scope, ok := b.grantScope(form.Get("scope"))
 	if !ok {
-		writeOAuthError(w, http.StatusBadRequest, "invalid_scope", "requested scope is not allowed for this client")
-		return
+		return "", badRequest("invalid_scope", "requested scope is not allowed for this client")
 	}
+	return scope, nil
+}
 
+// issue signs and writes the access token of client id.
+func (b *baseline) issue(w http.ResponseWriter, id, scope string) {
 	jti, err := b.newJTI()
 	if err != nil {
 		writeOAuthError(w, http.StatusInternalServerError, "server_error", "")

@@ -358,89 +358,16 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 	rep := DrillReport{Name: cfg.Name, Started: time.Now()}
 	d.t0 = rep.Started
 
-	// Every node must know the client before the load starts (one created
-	// just now may not have reached every replica yet). The first token is
-	// the control: issued before anything and never revoked, the verifier
-	// must see it active on every node, or it cannot tell a revoked token
-	// from a verifier that sees nothing.
-	var control string
-	for i, n := range cfg.Nodes {
-		deadline := time.Now().Add(cfg.VerifyTimeout)
-		for {
-			tok, err := d.token(ctx, n)
-			if err == nil {
-				if i == 0 {
-					control = tok
-				}
-				break
-			}
-			if time.Now().After(deadline) || wait(ctx, 20*time.Millisecond) != nil {
-				return rep, fmt.Errorf("loadtest: drill: no token from %s before the load: %w", n.Issuer, err)
-			}
-		}
+	control, err := d.controlToken(ctx)
+	if err != nil {
+		return rep, err
 	}
 	d.event("load started")
 
 	lctx, stopLoad := context.WithCancel(ctx)
 	loadDone := make(chan Result, 1)
 	go func() { loadDone <- d.runLoad(lctx) }()
-
-	var faults []appliedFault
-	runErr := func() error {
-		if err := wait(ctx, cfg.Before); err != nil {
-			return err
-		}
-		for range max(cfg.Steps, 1) {
-			f, err := cfg.Plan(ctx)
-			if err != nil {
-				return fmt.Errorf("loadtest: drill: planning the fault: %w", err)
-			}
-			if rep.Fault == "" {
-				rep.Fault = f.Event
-			} else {
-				rep.Fault += "; " + f.Event
-			}
-			af := appliedFault{Fault: f, at: time.Now()}
-			af.injected = af.at
-			d.phase.Store(&drillPhase{down: setOf(f.Down), isolated: setOf(f.Isolated)})
-			if err := f.Inject(ctx); err != nil {
-				return fmt.Errorf("loadtest: drill: %s: %w", f.Event, err)
-			}
-			if f.EffectiveOnReturn {
-				af.at = time.Now()
-			}
-			d.eventAt(af.at, f.Event)
-			if err := wait(ctx, cfg.FaultFor-time.Since(af.at)); err != nil {
-				return err
-			}
-			af.healing = time.Now()
-			if f.Heal != nil {
-				if err := f.Heal(ctx); err != nil {
-					return fmt.Errorf("loadtest: drill: %s: %w", f.HealEvent, err)
-				}
-			}
-			af.healAt = time.Now()
-			if f.Heal != nil {
-				d.eventAt(af.healAt, f.HealEvent)
-			}
-			af.settled = af.healAt
-			if f.Settle != nil {
-				if err := f.Settle(ctx); err != nil {
-					return fmt.Errorf("loadtest: drill: after %s: %w", f.HealEvent, err)
-				}
-				af.settled = time.Now()
-				d.eventAt(af.settled, strings.Join(append(slices.Clone(f.Down), f.Isolated...), ",")+" serving again")
-			}
-			d.phase.Store(&drillPhase{})
-			faults = append(faults, af)
-			if err := wait(ctx, cfg.After); err != nil {
-				return err
-			}
-		}
-		// A healed node may need seconds to catch up: keep the load on
-		// until a write sent after the last heal is acknowledged.
-		return d.waitAckSince(ctx, faults[len(faults)-1].healAt, cfg.VerifyTimeout)
-	}()
+	faults, runErr := d.runFaults(ctx, &rep)
 	stopLoad()
 	load := <-loadDone
 	d.event("load stopped")
@@ -458,6 +385,101 @@ func RunDrill(ctx context.Context, cfg DrillConfig) (DrillReport, error) {
 		return rep, ErrDrillFailed
 	}
 	return rep, nil
+}
+
+// controlToken waits until every node issues a token to the drill's client
+// (one created just now may not have reached every replica yet) and
+// returns the first node's. That token is the control: issued before
+// anything and never revoked, the verifier must see it active on every
+// node, or it cannot tell a revoked token from a verifier that sees
+// nothing.
+func (d *drillRun) controlToken(ctx context.Context) (string, error) {
+	var control string
+	for i, n := range d.cfg.Nodes {
+		deadline := time.Now().Add(d.cfg.VerifyTimeout)
+		for {
+			tok, err := d.token(ctx, n)
+			if err == nil {
+				if i == 0 {
+					control = tok
+				}
+				break
+			}
+			if time.Now().After(deadline) || wait(ctx, 20*time.Millisecond) != nil {
+				return "", fmt.Errorf("loadtest: drill: no token from %s before the load: %w", n.Issuer, err)
+			}
+		}
+	}
+	return control, nil
+}
+
+// runFaults waits cfg.Before, applies the planned faults one after
+// another (cfg.Steps), each followed by cfg.After, and then waits until a
+// write sent after the last heal is acknowledged (a healed node may need
+// seconds to catch up). The load runs meanwhile.
+func (d *drillRun) runFaults(ctx context.Context, rep *DrillReport) ([]appliedFault, error) {
+	var faults []appliedFault
+	if err := wait(ctx, d.cfg.Before); err != nil {
+		return faults, err
+	}
+	for range max(d.cfg.Steps, 1) {
+		af, err := d.applyFault(ctx, rep)
+		if err != nil {
+			return faults, err
+		}
+		faults = append(faults, af)
+		if err := wait(ctx, d.cfg.After); err != nil {
+			return faults, err
+		}
+	}
+	return faults, d.waitAckSince(ctx, faults[len(faults)-1].healAt, d.cfg.VerifyTimeout)
+}
+
+// applyFault plans one fault, injects it, heals it cfg.FaultFor after it
+// took effect and waits until the faulted nodes serve again (Settle).
+func (d *drillRun) applyFault(ctx context.Context, rep *DrillReport) (appliedFault, error) {
+	f, err := d.cfg.Plan(ctx)
+	if err != nil {
+		return appliedFault{}, fmt.Errorf("loadtest: drill: planning the fault: %w", err)
+	}
+	if rep.Fault == "" {
+		rep.Fault = f.Event
+	} else {
+		rep.Fault += "; " + f.Event
+	}
+	af := appliedFault{Fault: f, at: time.Now()}
+	af.injected = af.at
+	d.phase.Store(&drillPhase{down: setOf(f.Down), isolated: setOf(f.Isolated)})
+	if err := f.Inject(ctx); err != nil {
+		return af, fmt.Errorf("loadtest: drill: %s: %w", f.Event, err)
+	}
+	if f.EffectiveOnReturn {
+		af.at = time.Now()
+	}
+	d.eventAt(af.at, f.Event)
+	if err := wait(ctx, d.cfg.FaultFor-time.Since(af.at)); err != nil {
+		return af, err
+	}
+	af.healing = time.Now()
+	if f.Heal != nil {
+		if err := f.Heal(ctx); err != nil {
+			return af, fmt.Errorf("loadtest: drill: %s: %w", f.HealEvent, err)
+		}
+	}
+	af.healAt = time.Now()
+	if f.Heal != nil {
+		d.eventAt(af.healAt, f.HealEvent)
+	}
+	af.settled = af.healAt
+	if f.Settle != nil {
+		if err := f.Settle(ctx); err != nil {
+			return af, fmt.Errorf("loadtest: drill: after %s: %w", f.HealEvent, err)
+		}
+		af.settled = time.Now()
+		d.eventAt(af.settled, strings.Join(append(slices.Clone(f.Down), f.Isolated...), ",")+" serving again")
+	}
+	d.phase.Store(&drillPhase{})
+	return af, nil
 }
 
 // appliedFault is a fault with the times it was injected and healed.
@@ -597,131 +619,181 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 	if len(faults) == 0 {
 		return
 	}
-	grace := d.cfg.StaleGrace
-	type faultState struct {
-		appliedFault
-		down, isolated    map[string]bool
-		firstAck          time.Time
-		failClosedMissing bool
-	}
-	fs := make([]*faultState, len(faults))
-	for i, f := range faults {
-		if f.healing.IsZero() {
-			f.healing = f.healAt
-		}
-		if f.injected.IsZero() {
-			f.injected = f.at
-		}
-		fs[i] = &faultState{appliedFault: f, down: setOf(f.Down), isolated: setOf(f.Isolated)}
-		fs[i].failClosedMissing = len(f.Isolated) > 0 && f.healing.Sub(f.injected) > d.cfg.MaxStale+grace
-	}
-	first, last := fs[0], fs[len(fs)-1]
-	// faulted: the fault during which the sample's node was down or
-	// isolated (an isolated node needs a moment after the heal to hear the
-	// leader), or nil.
-	faulted := func(s drillSample) *faultState {
-		for _, f := range fs {
-			switch {
-			// From the start of the injection: a command's fault may bite
-			// before the command returns.
-			case f.down[s.node] && s.end.After(f.injected) && s.start.Before(later(f.healAt, f.settled)):
-				return f
-			case f.isolated[s.node] && s.end.After(f.injected) && s.start.Before(later(f.healAt.Add(grace), f.settled)):
-				return f
-			}
-		}
-		return nil
+	j := &drillJudge{d: d, rep: rep, grace: d.cfg.StaleGrace}
+	for _, f := range faults {
+		j.fs = append(j.fs, j.faultState(f))
 	}
 	sort.Slice(d.samples, func(i, j int) bool { return d.samples[i].start.Before(d.samples[j].start) })
+	for _, s := range d.samples {
+		j.count(s)
+	}
+	noAck := j.writeWindow()
+	j.recovery()
+	j.windowIssued()
+	j.violations(noAck)
+}
 
-	var lastFail, ackAfterHeal time.Time
-	var stillIssuing []string
-	for _, s := range d.samples {
-		if f := faulted(s); f != nil {
-			if f.down[s.node] {
-				rep.ToDownNodes++
-				continue
-			}
-			// Isolated node (RFC-independent tally contract: fail closed
-			// after max-stale with 503 temporarily_unavailable).
-			switch s.outcome {
-			case OutcomeOK:
-				if s.start.After(f.injected) {
-					rep.IsolatedIssued++
-				}
-				if s.start.After(f.injected.Add(d.cfg.MaxStale+grace)) && s.end.Before(f.healing) {
-					stillIssuing = append(stillIssuing, fmt.Sprintf("%s at %.3fs", s.node, s.start.Sub(d.t0).Seconds()))
-				}
-			case "temporarily_unavailable":
-				if rep.IsolatedFailClosed == 0 || s.end.Sub(f.injected) < rep.FailClosedAfter {
-					rep.FailClosedAfter = s.end.Sub(f.injected)
-				}
-				rep.IsolatedFailClosed++
-				f.failClosedMissing = false
-			case OutcomeTransport:
-				// A write or token request cut when the partition closed
-				// a connection is not an answer.
-			default:
-				if !s.write {
-					rep.Violations = append(rep.Violations, fmt.Sprintf("isolated %s answered %s, want a token or 503 temporarily_unavailable", s.node, s.outcome))
-				}
-			}
-			continue
+// drillFault is one applied fault as judge sees it.
+type drillFault struct {
+	appliedFault
+	down, isolated    map[string]bool
+	firstAck          time.Time
+	failClosedMissing bool
+}
+
+// drillJudge is judge's work: the faults, the report it fills and what it
+// collects over the samples.
+type drillJudge struct {
+	d     *drillRun
+	rep   *DrillReport
+	grace time.Duration
+	fs    []*drillFault
+
+	ackAfterHeal time.Time
+	stillIssuing []string
+}
+
+func (j *drillJudge) faultState(f appliedFault) *drillFault {
+	if f.healing.IsZero() {
+		f.healing = f.healAt
+	}
+	if f.injected.IsZero() {
+		f.injected = f.at
+	}
+	s := &drillFault{appliedFault: f, down: setOf(f.Down), isolated: setOf(f.Isolated)}
+	s.failClosedMissing = len(f.Isolated) > 0 && f.healing.Sub(f.injected) > j.d.cfg.MaxStale+j.grace
+	return s
+}
+
+// faulted is the fault during which the sample's node was down or isolated
+// (an isolated node needs a moment after the heal to hear the leader), or
+// nil.
+func (j *drillJudge) faulted(s drillSample) *drillFault {
+	for _, f := range j.fs {
+		switch {
+		// From the start of the injection: a command's fault may bite
+		// before the command returns.
+		case f.down[s.node] && s.end.After(f.injected) && s.start.Before(later(f.healAt, f.settled)):
+			return f
+		case f.isolated[s.node] && s.end.After(f.injected) && s.start.Before(later(f.healAt.Add(j.grace), f.settled)):
+			return f
 		}
+	}
+	return nil
+}
+
+// count adds one sample to the report's counts.
+func (j *drillJudge) count(s drillSample) {
+	rep := j.rep
+	if f := j.faulted(s); f != nil {
+		j.countFaulted(f, s)
+		return
+	}
+	if !s.write {
+		rep.Issued++
+		if s.outcome != OutcomeOK {
+			rep.IssueErrors[s.outcome]++
+			rep.IssueErrorNodes[s.node]++
+		}
+		return
+	}
+	rep.Writes++
+	if s.outcome != OutcomeOK {
+		rep.WriteErrors[s.outcome]++
+		if s.outcome != "temporarily_unavailable" {
+			rep.Violations = append(rep.Violations, fmt.Sprintf("write through %s answered %s, want 200 or 503 temporarily_unavailable", s.node, s.outcome))
+		}
+		return
+	}
+	rep.WritesAcked++
+	for _, f := range j.fs {
+		if !s.start.Before(f.at) && f.firstAck.IsZero() {
+			f.firstAck = s.end
+		}
+	}
+	if last := j.fs[len(j.fs)-1]; !s.start.Before(later(last.healAt, last.settled)) {
+		j.ackAfterHeal = s.end
+	}
+}
+
+// countFaulted counts a sample of a node that fault f took down or
+// isolated.
+func (j *drillJudge) countFaulted(f *drillFault, s drillSample) {
+	rep, cfg := j.rep, j.d.cfg
+	if f.down[s.node] {
+		rep.ToDownNodes++
+		return
+	}
+	// Isolated node (RFC-independent tally contract: fail closed after
+	// max-stale with 503 temporarily_unavailable).
+	switch s.outcome {
+	case OutcomeOK:
+		if s.start.After(f.injected) {
+			rep.IsolatedIssued++
+		}
+		if s.start.After(f.injected.Add(cfg.MaxStale+j.grace)) && s.end.Before(f.healing) {
+			j.stillIssuing = append(j.stillIssuing, fmt.Sprintf("%s at %.3fs", s.node, s.start.Sub(j.d.t0).Seconds()))
+		}
+	case "temporarily_unavailable":
+		if rep.IsolatedFailClosed == 0 || s.end.Sub(f.injected) < rep.FailClosedAfter {
+			rep.FailClosedAfter = s.end.Sub(f.injected)
+		}
+		rep.IsolatedFailClosed++
+		f.failClosedMissing = false
+	case OutcomeTransport:
+		// A write or token request cut when the partition closed a
+		// connection is not an answer.
+	default:
 		if !s.write {
-			rep.Issued++
-			if s.outcome != OutcomeOK {
-				rep.IssueErrors[s.outcome]++
-				rep.IssueErrorNodes[s.node]++
-			}
-			continue
-		}
-		rep.Writes++
-		if s.outcome == OutcomeOK {
-			rep.WritesAcked++
-			for _, f := range fs {
-				if !s.start.Before(f.at) && f.firstAck.IsZero() {
-					f.firstAck = s.end
-				}
-			}
-			if !s.start.Before(later(last.healAt, last.settled)) {
-				ackAfterHeal = s.end
-			}
-		} else {
-			rep.WriteErrors[s.outcome]++
-			if s.outcome != "temporarily_unavailable" {
-				rep.Violations = append(rep.Violations, fmt.Sprintf("write through %s answered %s, want 200 or 503 temporarily_unavailable", s.node, s.outcome))
-			}
+			rep.Violations = append(rep.Violations, fmt.Sprintf("isolated %s answered %s, want a token or 503 temporarily_unavailable", s.node, s.outcome))
 		}
 	}
-	for _, s := range d.samples {
-		if faulted(s) == nil && s.outcome != OutcomeOK && s.end.After(first.at) && s.end.After(lastFail) {
-			lastFail = s.end
-		}
-	}
-	// The write window is the longest of the faults'.
-	noAck := 0
-	for _, f := range fs {
+}
+
+// writeWindow sets the write window, the longest of the faults', and
+// returns how many faults saw no acknowledged write.
+func (j *drillJudge) writeWindow() (noAck int) {
+	for _, f := range j.fs {
 		if f.firstAck.IsZero() {
 			noAck++
 			continue
 		}
-		rep.WriteWindow = max(rep.WriteWindow, f.firstAck.Sub(f.at))
+		j.rep.WriteWindow = max(j.rep.WriteWindow, f.firstAck.Sub(f.at))
 	}
-	rep.Recovery = rep.WriteWindow
-	if !lastFail.IsZero() {
-		for _, s := range d.samples {
-			if s.write && s.outcome == OutcomeOK && faulted(s) == nil && !s.start.Before(lastFail) {
-				rep.Recovery = s.end.Sub(first.at)
-				break
-			}
+	return noAck
+}
+
+// recovery sets the recovery time: from the first fault to the first write
+// acknowledged after the last failure of a serving node (the write window
+// if there was none).
+func (j *drillJudge) recovery() {
+	first := j.fs[0]
+	var lastFail time.Time
+	for _, s := range j.d.samples {
+		if j.faulted(s) == nil && s.outcome != OutcomeOK && s.end.After(first.at) && s.end.After(lastFail) {
+			lastFail = s.end
 		}
 	}
-	for _, s := range d.samples {
-		if s.write || faulted(s) != nil {
+	j.rep.Recovery = j.rep.WriteWindow
+	if lastFail.IsZero() {
+		return
+	}
+	for _, s := range j.d.samples {
+		if s.write && s.outcome == OutcomeOK && j.faulted(s) == nil && !s.start.Before(lastFail) {
+			j.rep.Recovery = s.end.Sub(first.at)
+			return
+		}
+	}
+}
+
+// windowIssued counts the token requests to serving nodes during a fault's
+// write window, and those that failed.
+func (j *drillJudge) windowIssued() {
+	for _, s := range j.d.samples {
+		if s.write || j.faulted(s) != nil {
 			continue
 		}
-		for _, f := range fs {
+		for _, f := range j.fs {
 			end := f.at.Add(f.firstAck.Sub(f.at))
 			if f.firstAck.IsZero() {
 				end = f.at
@@ -729,14 +801,18 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 			if s.end.Before(f.at) || s.start.After(end) {
 				continue
 			}
-			rep.WindowIssued++
+			j.rep.WindowIssued++
 			if s.outcome != OutcomeOK {
-				rep.WindowIssueErrors++
+				j.rep.WindowIssueErrors++
 			}
 			break
 		}
 	}
+}
 
+// violations adds the invariants the counts break to the report.
+func (j *drillJudge) violations(noAck int) {
+	rep, cfg := j.rep, j.d.cfg
 	if n := int64(len(rep.IssueErrors)); n > 0 {
 		var total int64
 		for _, c := range rep.IssueErrors {
@@ -745,17 +821,17 @@ func (d *drillRun) judge(rep *DrillReport, faults []appliedFault) {
 		rep.Violations = append(rep.Violations, fmt.Sprintf("%d client-credentials requests to serving nodes failed (%s; by node %s); want none", total, fmtCounts(rep.IssueErrors), fmtCounts(rep.IssueErrorNodes)))
 	}
 	if noAck > 0 {
-		rep.Violations = append(rep.Violations, fmt.Sprintf("no write sent after the fault was acknowledged (%d of %d faults)", noAck, len(fs)))
+		rep.Violations = append(rep.Violations, fmt.Sprintf("no write sent after the fault was acknowledged (%d of %d faults)", noAck, len(j.fs)))
 	}
-	if ackAfterHeal.IsZero() {
+	if j.ackAfterHeal.IsZero() {
 		rep.Violations = append(rep.Violations, "no write sent after the heal was acknowledged: the cluster did not recover")
 	}
-	if len(stillIssuing) > 0 {
-		rep.Violations = append(rep.Violations, fmt.Sprintf("isolated node issued %d tokens after the staleness bound %v (+%v): %s", len(stillIssuing), d.cfg.MaxStale, grace, strings.Join(stillIssuing[:min(3, len(stillIssuing))], ", ")))
+	if len(j.stillIssuing) > 0 {
+		rep.Violations = append(rep.Violations, fmt.Sprintf("isolated node issued %d tokens after the staleness bound %v (+%v): %s", len(j.stillIssuing), cfg.MaxStale, j.grace, strings.Join(j.stillIssuing[:min(3, len(j.stillIssuing))], ", ")))
 	}
-	for _, f := range fs {
+	for _, f := range j.fs {
 		if f.failClosedMissing {
-			rep.Violations = append(rep.Violations, fmt.Sprintf("isolated nodes never failed closed in %v of isolation (bound %v)", f.healing.Sub(f.injected).Round(time.Millisecond), d.cfg.MaxStale))
+			rep.Violations = append(rep.Violations, fmt.Sprintf("isolated nodes never failed closed in %v of isolation (bound %v)", f.healing.Sub(f.injected).Round(time.Millisecond), cfg.MaxStale))
 		}
 	}
 }

@@ -69,7 +69,7 @@ func TestClusterEventLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	revoke := func(n *nodetest.Node, jti string) error {
-		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, nodetest.Timeout)
 		defer cancel()
 		_, err := n.Admin.RevokeToken(rctx, connect.NewRequest(&adminv1.RevokeTokenRequest{
 			Tenant: "default", Jti: jti, ExpiresAt: timestamppb.New(time.Now().Add(time.Hour)),

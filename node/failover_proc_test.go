@@ -87,7 +87,7 @@ func writeGap(t *testing.T, c *proctest.Cluster, run int, fault, heal func(*proc
 	// sent before it stopped, and does not end the gap.
 	const gapSettle = 50 * time.Millisecond
 	var gap time.Duration
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(2 * nodetest.Timeout) // an election on a loaded machine took 12 s
 	for gap == 0 && time.Now().Before(deadline) {
 		<-time.After(20 * time.Millisecond)
 		mu.Lock()
@@ -107,7 +107,7 @@ func writeGap(t *testing.T, c *proctest.Cluster, run int, fault, heal func(*proc
 		t.Logf("run %d: the cluster took %s to be ready again after healing %s", run, d.Round(time.Millisecond), leader.ID)
 	}
 	if gap == 0 {
-		t.Fatalf("run %d: no write through %s succeeded within 20s of the fault", run, via.ID)
+		t.Fatalf("run %d: no write through %s succeeded within %v of the fault", run, via.ID, 2*nodetest.Timeout)
 	}
 	elected := electedAfter(c, at)
 	t.Logf("run %d: a new leader was elected %s after the fault; the first write through %s succeeded after %s",

@@ -8,6 +8,7 @@ import (
 	"connectrpc.com/connect"
 
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/raftpb"
 )
 
@@ -68,12 +69,12 @@ func newestKeys(keys []*raftpb.Key, now time.Time) (sig, seal time.Time, pending
 		if nb.After(now) {
 			pending = true
 		}
-		switch k.Use {
-		case "sig":
+		switch raft.KeyUseOf(k) {
+		case raftpb.KeyUse_KEY_USE_SIG:
 			if nb.After(sig) {
 				sig = nb
 			}
-		case "seal":
+		case raftpb.KeyUse_KEY_USE_SEAL:
 			if nb.After(seal) {
 				seal = nb
 			}

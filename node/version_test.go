@@ -9,9 +9,13 @@ import (
 
 	"connectrpc.com/connect"
 
+	"google.golang.org/protobuf/proto"
+
+	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/raft"
+	"github.com/tallyauth/tally/raft/raftpb"
 )
 
 // waitClusterVersion waits until every running node has replicated a
@@ -40,6 +44,15 @@ func TestClusterVersionRecordedAndDowngraded(t *testing.T) {
 	}
 	waitClusterVersion(t, c, "this release's", current)
 	ctx := context.Background()
+	// Typed enums (raft/enums.go): with the feature recorded every node
+	// stores the typed token format next to the string.
+	cid, _ := c.Node(0).CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "typed", TokenFormat: "opaque"})
+	checkTokenFormat(t, c, cid, "opaque", raftpb.TokenFormat_TOKEN_FORMAT_OPAQUE)
+	for _, k := range c.Node(1).Raft().State().Keys("default") { // migrated when the feature was recorded
+		if k.GetKeyUse() == raftpb.KeyUse_KEY_USE_UNSPECIFIED || raft.KeyUseName(k.GetKeyUse()) != k.GetUse() {
+			t.Fatalf("key %s: use %q, key use %v", k.GetKid(), k.GetUse(), k.GetKeyUse())
+		}
+	}
 	st, err := c.Node(1).ClusterAdmin.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
 	if err != nil {
 		t.Fatal(err)
@@ -68,6 +81,12 @@ func TestClusterVersionRecordedAndDowngraded(t *testing.T) {
 	// the hold still stands.
 	time.Sleep(3 * time.Second)
 	waitClusterVersion(t, c, "version 1, still held", held)
+	// Held at version 1, new writes carry the string only, as v0.1.0
+	// writes them.
+	if _, err := c.Node(1).Admin.UpdateClient(ctx, connect.NewRequest(&adminv1.UpdateClientRequest{Tenant: "default", ClientId: cid, TokenFormat: proto.String("jwt")})); err != nil {
+		t.Fatal(err)
+	}
+	checkTokenFormat(t, c, cid, "jwt", raftpb.TokenFormat_TOKEN_FORMAT_UNSPECIFIED)
 	if _, err := c.Node(0).ClusterAdmin.Downgrade(ctx, connect.NewRequest(&clusterv1.DowngradeRequest{Version: 7})); connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("downgrade to an unknown version: %v", err)
 	}
@@ -76,7 +95,27 @@ func TestClusterVersionRecordedAndDowngraded(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitClusterVersion(t, c, "this release's again", current)
+	checkTokenFormat(t, c, cid, "jwt", raftpb.TokenFormat_TOKEN_FORMAT_JWT) // migrated again
 	if _, err := c.Node(0).ClusterAdmin.Downgrade(ctx, connect.NewRequest(&clusterv1.DowngradeRequest{Cancel: true})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
 		t.Fatalf("cancel without a hold: %v", err)
+	}
+}
+
+// checkTokenFormat waits until every running node stores client id with
+// token_format s and the typed format f, and the admin API reports s.
+func checkTokenFormat(t *testing.T, c *nodetest.Cluster, id, s string, f raftpb.TokenFormat) {
+	t.Helper()
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		for _, i := range c.Running() {
+			cl, ok := c.Node(i).Raft().State().Client("default", id)
+			if !ok || cl.GetTokenFormat() != s || cl.GetFormat() != f {
+				return fmt.Errorf("node%d: client %v, want token_format %q and format %v", i, cl, s, f)
+			}
+		}
+		return nil
+	})
+	got, err := c.Node(2).Admin.GetClient(context.Background(), connect.NewRequest(&adminv1.GetClientRequest{Tenant: "default", ClientId: id}))
+	if err != nil || got.Msg.GetClient().GetTokenFormat() != s {
+		t.Fatalf("admin GetClient: %v %v, want token format %q", got, err, s)
 	}
 }

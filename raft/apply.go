@@ -186,6 +186,7 @@ func (a *applier) getClient(tenant, id string) (*raftpb.Client, error) {
 }
 
 func (a *applier) putClient(c *raftpb.Client) {
+	setTypedEnums(c, a.typedEnums()) // enums.go
 	a.putRecord(a.tenantBucket(c.Tenant, kindClients), kindClients, c.Tenant, c.Id, c)
 }
 
@@ -333,11 +334,14 @@ func (a *applier) addKeys(tenant string, keys []*raftpb.Key, now int64) error {
 				retire = append(retire, old)
 			}
 		}
+		typed := a.typedEnums() // enums.go
 		for _, old := range retire {
 			old.RetiredUnixNano = k.NotBeforeUnixNano
 			old.ExpiresUnixNano = addSat(old.RetiredUnixNano, old.RetentionNanos)
+			setKeyTypedEnums(old, typed)
 			a.putRecord(b, kindKeys, tenant, old.Kid, old)
 		}
+		setKeyTypedEnums(k, typed)
 		a.putRecord(b, kindKeys, tenant, k.Kid, k)
 	}
 	return nil

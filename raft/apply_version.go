@@ -32,9 +32,10 @@ const FeatureClusterVersion = "cluster_version"
 
 // KnownFeatures are the feature names this binary understands in a
 // recorded ClusterVersion: the cluster identity operations of v0.1.0, the
-// cluster version itself, and the features of the registered operations.
+// cluster version itself, the typed enum fields (enums.go), and the
+// features of the registered operations.
 func KnownFeatures() []string {
-	out := append([]string{"cluster_identity", FeatureClusterVersion}, OpFeatures()...)
+	out := append([]string{"cluster_identity", FeatureClusterVersion, FeatureTypedEnums}, OpFeatures()...)
 	out = append(out, registered...)
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -78,6 +79,9 @@ func checkSetClusterVersion(s *raftpb.SetClusterVersion) error {
 func (a *applier) setClusterVersion(s *raftpb.SetClusterVersion, now int64) error {
 	v := proto.Clone(s.GetClusterVersion()).(*raftpb.ClusterVersion)
 	v.UpdatedUnixNano = now
+	if slices.Contains(v.GetFeatures(), FeatureTypedEnums) && !a.typedEnums() {
+		a.migrateTypedEnums() // enums.go; before the record, which typedEnums reads
+	}
 	b, err := marshalOpts.Marshal(v)
 	if err != nil {
 		storageFault("marshal cluster version: %v", err)

@@ -81,7 +81,9 @@
 // the operation). Operations of v0.1.0 have no feature. A new field on an
 // existing operation needs a feature too (RegisterFeatures, checked by its
 // proposer): an older follower that meets an unknown field stops instead
-// of ignoring it.
+// of ignoring it. A string enum of a stored record becomes a protobuf enum
+// the same way, without a new field in any command: see enums.go
+// (FeatureTypedEnums).
 //
 // Command.version is the encoding version of a command: it changes only
 // when an existing operation's encoding or meaning changes, never for a new

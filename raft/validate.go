@@ -156,10 +156,8 @@ func checkClient(c *raftpb.Client, create bool) error {
 	if c.GetAccessTokenTtlSeconds() < 0 {
 		return invalidf("access token ttl is negative")
 	}
-	switch c.GetTokenFormat() {
-	case "", "jwt", "opaque":
-	default:
-		return invalidf("token format %q: want jwt or opaque", c.GetTokenFormat())
+	if err := checkTokenFormat(c); err != nil { // enums.go
+		return err
 	}
 	if err := checkClientAuth(c.GetAuth()); err != nil { // apply_ztauth.go
 		return err
@@ -246,6 +244,9 @@ func checkKeys(tenant string, keys []*raftpb.Key) error {
 			}
 		default:
 			return invalidf("key %q: use %q: want sig or seal", k.GetKid(), k.GetUse())
+		}
+		if err := checkKeyUse(k); err != nil { // enums.go
+			return err
 		}
 		if len(k.GetEncryptedPrivate()) == 0 {
 			return invalidf("key %q without private part", k.GetKid())

@@ -26,9 +26,12 @@ import (
 	"github.com/tallyauth/tally/revocation/eventwire"
 )
 
-// checkFor polls fn every `every` until it returns nil or timeout passes.
+// checkFor polls fn every `every` until it returns nil or timeout passes,
+// but never gives up before 20 s: a budget bounds a hung test, it is no
+// speed target (a loaded machine may take many times longer).
 func checkFor(t testing.TB, timeout, every time.Duration, fn func() error) {
 	t.Helper()
+	timeout = max(timeout, 20*time.Second)
 	deadline := time.Now().Add(timeout)
 	for {
 		err := fn()

@@ -613,9 +613,13 @@ func (w *Watcher) Resync(ctx context.Context) error {
 // the set's position: errReset if the position belongs to another stream
 // (recreated: other identity; reset: head below the position). A set that
 // knows no identity adopts it right after a resync, and otherwise resyncs
-// once (a position file from before identities were kept).
-func (w *Watcher) checkStream(created int64, last uint64) error {
-	pos, id := w.set.Sequence(), w.set.streamID()
+// once (a position file from before identities were kept). pos is the
+// set's position read before the stream state was asked for: a watcher
+// that follows the stream meanwhile may be past the head the answer
+// reports, which is no reset (every message at or below pos was stored
+// before the answer was made).
+func (w *Watcher) checkStream(created int64, last, pos uint64) error {
+	id := w.set.streamID()
 	if last < pos {
 		return fmt.Errorf("%w: head %d below position %d", errReset, last, pos)
 	}
@@ -640,11 +644,12 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("revocation: stream %s: %w", w.cfg.Stream, err)
 	}
+	pos := w.set.Sequence()
 	info, err := st.Info(ctx)
 	if err != nil {
 		return err
 	}
-	if err := w.checkStream(info.Created.UnixNano(), info.State.LastSeq); err != nil {
+	if err := w.checkStream(info.Created.UnixNano(), info.State.LastSeq, pos); err != nil {
 		return err
 	}
 	from := w.set.Sequence() + 1
@@ -701,11 +706,14 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 				lastCheck = time.Now()
 				// The ordered consumer waits forever at a position beyond
 				// the head of a recreated stream: compare identities.
+				// The position before the request: the loop below keeps
+				// handling messages stored after the answer was made.
+				pos := w.set.Sequence()
 				ictx, cancel := context.WithTimeout(mon, 5*time.Second)
 				info, err := st.Info(ictx)
 				cancel()
 				if err == nil {
-					err = w.checkStream(info.Created.UnixNano(), info.State.LastSeq)
+					err = w.checkStream(info.Created.UnixNano(), info.State.LastSeq, pos)
 				} else if errors.Is(err, jetstream.ErrStreamNotFound) {
 					err = fmt.Errorf("%w: %w", errReset, err)
 				}
@@ -763,7 +771,7 @@ func (w *Watcher) followConnect(ctx context.Context) error {
 			if first && (m.State.GetGap() || from < m.State.GetFirstSequence()) {
 				return errGap
 			}
-			if err := w.checkStream(m.State.GetStreamCreatedUnixNano(), m.State.GetLastSequence()); err != nil {
+			if err := w.checkStream(m.State.GetStreamCreatedUnixNano(), m.State.GetLastSequence(), w.set.Sequence()); err != nil {
 				return err
 			}
 			w.head.Store(max(w.head.Load(), m.State.GetLastSequence()))

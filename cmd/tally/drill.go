@@ -95,6 +95,48 @@ type drillFlags struct {
 
 func runDrillKind(ctx context.Context, kind string, args []string, e env) int {
 	f := drillFlags{kind: kind, cfg: loadtest.DefaultDrillConfig()}
+	fs := f.flagSet(e)
+	if code := loadtestParse(fs, args, e); code >= 0 {
+		return code
+	}
+	if f.output != "text" && f.output != "json" {
+		fmt.Fprintf(e.stderr, "tally drill %s: --output must be text or json, not %q\n", kind, f.output)
+		return 2
+	}
+	if f.clientSecret == "" {
+		f.clientSecret = e.getenv("TALLY_CLIENT_SECRET")
+	}
+	if f.adminToken == "" {
+		f.adminToken = strings.TrimSpace(e.getenv("TALLY_ADMIN_TOKEN"))
+	}
+	f.cfg.Name = kind
+	if f.output == "text" {
+		f.cfg.Event = func(ev loadtest.DrillEvent) {
+			fmt.Fprintf(e.stderr, "%8.3fs  %s\n", ev.At.Seconds(), ev.Name)
+		}
+	}
+
+	var rep loadtest.DrillReport
+	var err error
+	if f.server != "" {
+		rep, err = drillRemote(ctx, f, e)
+	} else {
+		if f.nodes < 3 || f.nodes > 9 {
+			fmt.Fprintf(e.stderr, "tally drill %s: --nodes must be in [3, 9]\n", kind)
+			return 2
+		}
+		if f.profile != "fast" && f.profile != "lan" && f.profile != "wan" {
+			fmt.Fprintf(e.stderr, "tally drill %s: --raft-profile must be lan, wan or fast\n", kind)
+			return 2
+		}
+		rep, err = drillLocal(ctx, f, e)
+	}
+	return writeDrillResult(e, f, args, rep, err)
+}
+
+// flagSet defines the flags of "tally drill KIND" on f.
+func (f *drillFlags) flagSet(e env) *flag.FlagSet {
+	kind := f.kind
 	fs := flag.NewFlagSet("tally drill "+kind, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	switch kind {
@@ -136,41 +178,13 @@ func runDrillKind(ctx context.Context, kind string, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "Usage of tally drill %s:\n", kind)
 		fs.PrintDefaults()
 	}
-	if code := loadtestParse(fs, args, e); code >= 0 {
-		return code
-	}
-	if f.output != "text" && f.output != "json" {
-		fmt.Fprintf(e.stderr, "tally drill %s: --output must be text or json, not %q\n", kind, f.output)
-		return 2
-	}
-	if f.clientSecret == "" {
-		f.clientSecret = e.getenv("TALLY_CLIENT_SECRET")
-	}
-	if f.adminToken == "" {
-		f.adminToken = strings.TrimSpace(e.getenv("TALLY_ADMIN_TOKEN"))
-	}
-	f.cfg.Name = kind
-	if f.output == "text" {
-		f.cfg.Event = func(ev loadtest.DrillEvent) {
-			fmt.Fprintf(e.stderr, "%8.3fs  %s\n", ev.At.Seconds(), ev.Name)
-		}
-	}
+	return fs
+}
 
-	var rep loadtest.DrillReport
-	var err error
-	if f.server != "" {
-		rep, err = drillRemote(ctx, f, e)
-	} else {
-		if f.nodes < 3 || f.nodes > 9 {
-			fmt.Fprintf(e.stderr, "tally drill %s: --nodes must be in [3, 9]\n", kind)
-			return 2
-		}
-		if f.profile != "fast" && f.profile != "lan" && f.profile != "wan" {
-			fmt.Fprintf(e.stderr, "tally drill %s: --raft-profile must be lan, wan or fast\n", kind)
-			return 2
-		}
-		rep, err = drillLocal(ctx, f, e)
-	}
+// writeDrillResult reports the drill's outcome (err from drillRemote or
+// drillLocal) as --output and --report say and returns the exit code.
+func writeDrillResult(e env, f drillFlags, args []string, rep loadtest.DrillReport, err error) int {
+	kind := f.kind
 	var usage *adminUsageError
 	if errors.As(err, &usage) {
 		fmt.Fprintf(e.stderr, "tally drill %s: %v\n", kind, err)
@@ -216,7 +230,9 @@ func drillLocal(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport,
 	if slices.Contains(regions, "") {
 		return loadtest.DrillReport{}, usagef("--regions holds an empty label")
 	}
-	ccfg := localcluster.Config{Dir: dir, Nodes: f.nodes, Regions: regions, Profile: f.profile, MaxStale: f.cfg.MaxStale, NodeOptions: drillNodeOptions}
+	// Rate limits off: the drill's load comes from one client on one
+	// address, more than a client's budget on a fast machine.
+	ccfg := localcluster.Config{Dir: dir, Nodes: f.nodes, Regions: regions, Profile: f.profile, MaxStale: f.cfg.MaxStale, RateLimitsOff: true}
 	if f.kind == "partition" {
 		if _, err := partitionGroup(ccfg, -1, f.isolate); err != nil {
 			return loadtest.DrillReport{}, err
@@ -419,9 +435,3 @@ func writeDrillHTML(path, title string, rep loadtest.DrillReport) error {
 	}
 	return out.Close()
 }
-
-// drillNodeOptions turn the rate limits off on the nodes a drill starts: its
-// load is one client on one address as fast as the nodes answer, which the
-// per-client budget (issue 13) would throttle, and a drill measures failover,
-// not limits (tally loadtest attack measures those).
-var drillNodeOptions = []localcluster.Option{func(c *node.Config) { c.RateLimits.Off = true }}

@@ -279,13 +279,8 @@ func ids(nodes []remoteNode) []string {
 // command, or --graceful: a leadership transfer), partition (by command),
 // rolling-restart (every node in turn, followers first).
 func drillRemote(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport, error) {
-	switch {
-	case f.kind == "failover" && !f.graceful && (f.killCmd == "" || f.restartCmd == ""):
-		return loadtest.DrillReport{}, usagef("failover --server needs --kill-cmd and --restart-cmd (or --graceful)")
-	case f.kind == "partition" && (f.partitionCmd == "" || f.healCmd == ""):
-		return loadtest.DrillReport{}, usagef("partition --server needs --partition-cmd and --heal-cmd")
-	case f.kind == "rolling-restart" && f.restartCmd == "":
-		return loadtest.DrillReport{}, usagef("rolling-restart --server needs --restart-cmd (and --kill-cmd to stop a node first)")
+	if err := checkRemoteDrillFlags(f); err != nil {
+		return loadtest.DrillReport{}, err
 	}
 	c, err := newRemoteCluster(ctx, f, e)
 	if err != nil {
@@ -305,43 +300,13 @@ func drillRemote(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport
 	}
 	cfg.ClientID, cfg.ClientSecret = f.clientID, f.clientSecret
 	if cfg.ClientID == "" {
-		var resp *connect.Response[adminv1.CreateClientResponse]
-		for _, u := range c.admin {
-			admin := adminv1connect.NewAdminServiceClient(c.hc, u, c.auth)
-			resp, err = admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: f.tenant, Name: "drill", AccessTokenTtlSeconds: 3600}))
-			if err == nil {
-				break
-			}
-		}
-		if err != nil {
-			return loadtest.DrillReport{}, fmt.Errorf("creating the drill client: %w", err)
-		}
-		cfg.ClientID, cfg.ClientSecret = resp.Msg.Client.ClientId, resp.Msg.ClientSecret
-		if f.output == "text" {
-			fmt.Fprintf(e.stderr, "created client %s for the drill\n", cfg.ClientID)
+		if cfg.ClientID, cfg.ClientSecret, err = c.createDrillClient(ctx); err != nil {
+			return loadtest.DrillReport{}, err
 		}
 	}
 	switch {
 	case f.kind == "failover" && f.graceful:
-		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) {
-			st, err := c.status(ctx)
-			if err != nil {
-				return loadtest.Fault{}, err
-			}
-			return loadtest.Fault{
-				Event: "leadership of " + st.LeaderId + " transferred",
-				Inject: func(ctx context.Context) error {
-					var err error
-					for _, u := range c.admin {
-						_, err = clusterv1connect.NewClusterAdminServiceClient(c.hc, u, c.auth).TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{}))
-						if err == nil {
-							return nil
-						}
-					}
-					return err
-				},
-			}, nil
-		}
+		cfg.Plan = c.transferPlan
 	case f.kind == "failover":
 		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) {
 			nodes, what, err := c.pick(ctx, f.target)
@@ -351,65 +316,130 @@ func drillRemote(ctx context.Context, f drillFlags, e env) (loadtest.DrillReport
 			return c.killFault(what, nodes), nil
 		}
 	case f.kind == "partition":
-		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) {
-			group, what, err := c.pick(ctx, f.isolate)
-			if err != nil {
-				return loadtest.Fault{}, err
-			}
-			var rest []string
-			for _, n := range c.nodes {
-				if !slices.Contains(ids(group), n.id) {
-					rest = append(rest, n.id)
-				}
-			}
-			minority := ids(group)
-			if 2*len(group) > len(c.nodes) {
-				minority = rest
-			}
-			return loadtest.Fault{
-				Event:             fmt.Sprintf("%s (%s) cut off from %s", what, strings.Join(ids(group), ","), strings.Join(rest, ",")),
-				Isolated:          minority,
-				Inject:            func(ctx context.Context) error { return c.run(ctx, f.partitionCmd, group) },
-				EffectiveOnReturn: true,
-				HealEvent:         "partition healed",
-				Heal: func(ctx context.Context) error {
-					if err := c.run(ctx, f.healCmd, group); err != nil {
-						return err
-					}
-					return c.waitReady(ctx, c.nodes)
-				},
-			}, nil
-		}
+		cfg.Plan = c.partitionPlan
 	default: // rolling-restart
 		cfg.Steps = len(c.nodes)
-		done := map[string]bool{}
-		cfg.Plan = func(ctx context.Context) (loadtest.Fault, error) {
-			st, err := c.status(ctx)
-			if err != nil {
-				return loadtest.Fault{}, err
-			}
-			// Followers first, the leader last: one election at most.
-			var next *remoteNode
-			for _, n := range c.nodes {
-				if done[n.id] {
-					continue
-				}
-				if next == nil || next.id == st.LeaderId {
-					next = &n
-				}
-			}
-			if next == nil {
-				return loadtest.Fault{}, errors.New("every node was restarted already")
-			}
-			done[next.id] = true
-			what := next.id
-			if next.id == st.LeaderId {
-				what = "leader " + next.id
-			}
-			return c.killFault(what, []remoteNode{*next}), nil
-		}
+		cfg.Plan = c.rollingPlan()
 	}
 	return loadtest.RunDrill(ctx, cfg)
+}
+
+// checkRemoteDrillFlags checks that the commands the drill kind needs
+// against a remote cluster are set.
+func checkRemoteDrillFlags(f drillFlags) error {
+	switch {
+	case f.kind == "failover" && !f.graceful && (f.killCmd == "" || f.restartCmd == ""):
+		return usagef("failover --server needs --kill-cmd and --restart-cmd (or --graceful)")
+	case f.kind == "partition" && (f.partitionCmd == "" || f.healCmd == ""):
+		return usagef("partition --server needs --partition-cmd and --heal-cmd")
+	case f.kind == "rolling-restart" && f.restartCmd == "":
+		return usagef("rolling-restart --server needs --restart-cmd (and --kill-cmd to stop a node first)")
+	}
+	return nil
+}
+
+// createDrillClient creates the drill's client through the first admin API
+// that answers.
+func (c *remoteCluster) createDrillClient(ctx context.Context) (id, secret string, err error) {
+	var resp *connect.Response[adminv1.CreateClientResponse]
+	for _, u := range c.admin {
+		admin := adminv1connect.NewAdminServiceClient(c.hc, u, c.auth)
+		resp, err = admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: c.f.tenant, Name: "drill", AccessTokenTtlSeconds: 3600}))
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("creating the drill client: %w", err)
+	}
+	if c.f.output == "text" {
+		fmt.Fprintf(c.e.stderr, "created client %s for the drill\n", resp.Msg.Client.ClientId)
+	}
+	return resp.Msg.Client.ClientId, resp.Msg.ClientSecret, nil
+}
+
+// transferPlan is the graceful failover: leadership transferred.
+func (c *remoteCluster) transferPlan(ctx context.Context) (loadtest.Fault, error) {
+	st, err := c.status(ctx)
+	if err != nil {
+		return loadtest.Fault{}, err
+	}
+	return loadtest.Fault{
+		Event: "leadership of " + st.LeaderId + " transferred",
+		Inject: func(ctx context.Context) error {
+			var err error
+			for _, u := range c.admin {
+				_, err = clusterv1connect.NewClusterAdminServiceClient(c.hc, u, c.auth).TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{}))
+				if err == nil {
+					return nil
+				}
+			}
+			return err
+		},
+	}, nil
+}
+
+// partitionPlan cuts the --isolate nodes off with --partition-cmd and heals
+// with --heal-cmd.
+func (c *remoteCluster) partitionPlan(ctx context.Context) (loadtest.Fault, error) {
+	f := c.f
+	group, what, err := c.pick(ctx, f.isolate)
+	if err != nil {
+		return loadtest.Fault{}, err
+	}
+	var rest []string
+	for _, n := range c.nodes {
+		if !slices.Contains(ids(group), n.id) {
+			rest = append(rest, n.id)
+		}
+	}
+	minority := ids(group)
+	if 2*len(group) > len(c.nodes) {
+		minority = rest
+	}
+	return loadtest.Fault{
+		Event:             fmt.Sprintf("%s (%s) cut off from %s", what, strings.Join(ids(group), ","), strings.Join(rest, ",")),
+		Isolated:          minority,
+		Inject:            func(ctx context.Context) error { return c.run(ctx, f.partitionCmd, group) },
+		EffectiveOnReturn: true,
+		HealEvent:         "partition healed",
+		Heal: func(ctx context.Context) error {
+			if err := c.run(ctx, f.healCmd, group); err != nil {
+				return err
+			}
+			return c.waitReady(ctx, c.nodes)
+		},
+	}, nil
+}
+
+// rollingPlan restarts every node once, the followers first and the leader
+// last: one election at most.
+func (c *remoteCluster) rollingPlan() func(context.Context) (loadtest.Fault, error) {
+	done := map[string]bool{}
+	return func(ctx context.Context) (loadtest.Fault, error) {
+		st, err := c.status(ctx)
+		if err != nil {
+			return loadtest.Fault{}, err
+		}
+		var next *remoteNode
+		for _, n := range c.nodes {
+			if done[n.id] {
+				continue
+			}
+			if next == nil || next.id == st.LeaderId {
+				next = &n
+			}
+		}
+		if next == nil {
+			return loadtest.Fault{}, errors.New("every node was restarted already")
+		}
+		done[next.id] = true
+		what := next.id
+		if next.id == st.LeaderId {
+			what = "leader " + next.id
+		}
+		return c.killFault(what, []remoteNode{*next}), nil
+	}
 }
 
 // killFault stops nodes with --kill-cmd (if set) and brings them back with

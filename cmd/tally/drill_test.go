@@ -40,8 +40,12 @@ func TestDrills(t *testing.T) {
 		// The followers must keep issuing through the election: a
 		// staleness bound of 5 s (the default) leaves room for a slow
 		// election on a loaded machine.
-		{"failover kill", []string{"failover", "--fault-for", "1500ms", "--max-stale", "5s"}, false},
-		{"failover graceful", []string{"failover", "--graceful", "--fault-for", "1s", "--max-stale", "5s"}, false},
+		// The failovers' staleness bound outlasts an election on a loaded
+		// machine (-race, two cores, another CPU-heavy process): a serving
+		// node that goes stale while there is no leader answers
+		// temporarily_unavailable, which the drill counts as a violation.
+		{"failover kill", []string{"failover", "--fault-for", "1500ms", "--max-stale", "20s"}, false},
+		{"failover graceful", []string{"failover", "--graceful", "--fault-for", "1s", "--max-stale", "20s"}, false},
 		{"partition follower", []string{"partition", "--isolate", "follower", "--fault-for", "3s", "--max-stale", "1500ms", "--stale-grace", "700ms"}, true},
 	}
 	for _, tt := range tests {
@@ -117,7 +121,9 @@ func TestDrillUsage(t *testing.T) {
 // TestDrillRemoteGraceful drills a running cluster through its admin API
 // (the cluster status names the nodes, TransferLeadership is the fault).
 func TestDrillRemoteGraceful(t *testing.T) {
-	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "west"}, Profile: "fast", MaxStale: 5 * time.Second, NodeOptions: drillNodeOptions})
+	// A staleness bound that outlasts an election on a loaded machine (see
+	// TestDrillRemoteCommands).
+	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "west"}, Profile: "fast", MaxStale: 20 * time.Second, RateLimitsOff: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +133,7 @@ func TestDrillRemoteGraceful(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errs := runDrillCmd(t, "failover", "--graceful", "--server", c.Node(l).URL(), "--admin-token", c.AdminToken(),
-		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--max-stale", "5s", "--output", "json")
+		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2", "--max-stale", "20s", "--output", "json")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
 	}
@@ -154,10 +160,13 @@ func TestDrillRemoteCommands(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("needs curl for the operator commands")
 	}
-	// The staleness bound must outlast an election on a loaded machine:
-	// a serving node that goes stale while the leader is down answers
-	// temporarily_unavailable, which the drill counts as a violation.
-	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "central", "west"}, Profile: "fast", MaxStale: 5 * time.Second, NodeOptions: drillNodeOptions})
+	// The staleness bound must outlast an election on a loaded machine
+	// (-race, two cores, another CPU-heavy process: 12 s were seen): a
+	// serving node that goes stale while the leader is down answers
+	// temporarily_unavailable, which the drill counts as a violation. Rate
+	// limits off: the three drills' load from one address exceeds a
+	// client's budget on a fast machine (rate_limited is a violation too).
+	c, err := localcluster.Start(context.Background(), localcluster.Config{Dir: t.TempDir(), Nodes: 3, Regions: []string{"east", "central", "west"}, Profile: "fast", MaxStale: 20 * time.Second, RateLimitsOff: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +206,7 @@ func TestDrillRemoteCommands(t *testing.T) {
 	}
 	common := []string{"--server", c.Node(l).URL(), "--admin-token", c.AdminToken(),
 		"--before", "700ms", "--fault-for", "1s", "--after", "700ms", "--issue-workers", "2", "--write-workers", "2",
-		"--max-stale", "5s", "--output", "json", "--ready-timeout", "30s"}
+		"--max-stale", "20s", "--output", "json", "--ready-timeout", "30s"}
 	for i := range c.Len() {
 		common = append(common, "--node", c.Node(i).URL())
 	}

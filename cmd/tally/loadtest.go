@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -321,44 +322,12 @@ type loadtestComparison struct {
 }
 
 func runLoadtestCompare(ctx context.Context, args []string, e env) int {
-	def := loadtest.DefaultCompareConfig()
 	machine := loadtestThisMachine() // before the node adds its own load
-	fs := loadtestFlags("compare", e)
-	concurrency := fs.Int("concurrency", def.Load.Concurrency, "closed-loop workers")
-	duration := fs.Duration("duration", def.Load.Duration, "recorded time of each run")
-	warmup := fs.Duration("warmup", def.Load.Warmup, "unrecorded warm-up before each run")
-	rounds := fs.Int("rounds", def.Rounds, "runs of each side, alternating")
-	alg := fs.String("alg", loadtest.AlgES256, "signing algorithm of both sides: ES256 or EdDSA")
-	format := fs.String("format", "jwt", "tally's token format: jwt or opaque (the baseline always signs a JWT)")
-	output := fs.String("output", "text", "text or json")
-	if code := loadtestParse(fs, args, e); code >= 0 {
+	f, code := parseLoadtestCompare(args, e)
+	if code >= 0 {
 		return code
 	}
-	if !loadtestCheckOutput(*output, e, "compare") {
-		return 2
-	}
-	if *alg != loadtest.AlgES256 && *alg != loadtest.AlgEdDSA {
-		fmt.Fprintf(e.stderr, "tally loadtest compare: --alg must be %s or %s\n", loadtest.AlgES256, loadtest.AlgEdDSA)
-		return 2
-	}
-	if *format != "jwt" && *format != "opaque" {
-		fmt.Fprintln(e.stderr, "tally loadtest compare: --format must be jwt or opaque")
-		return 2
-	}
-	cfg := def
-	cfg.Load.Concurrency, cfg.Load.Duration, cfg.Load.Warmup, cfg.Rounds = *concurrency, *duration, *warmup, *rounds
-	if *duration <= 0 {
-		fmt.Fprintln(e.stderr, "tally loadtest compare: --duration must be positive")
-		return 2
-	}
-	// Validate the load before starting anything.
-	probe := loadtest.Endpoint{Name: "probe", TokenURL: "http://127.0.0.1/token", ClientID: "probe"}
-	cfg.Baseline, cfg.Candidate = probe, probe
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(e.stderr, "tally loadtest compare: %v\n", err)
-		return 2
-	}
-
+	cfg := f.cfg
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(e.stderr, "tally loadtest compare: "+format+"\n", a...)
 		return 1
@@ -368,51 +337,10 @@ func runLoadtestCompare(ctx context.Context, args []string, e env) int {
 		return fail("%v", err)
 	}
 	defer os.RemoveAll(dir)
-
-	fmt.Fprintf(e.stderr, "starting a tally node in %s …\n", dir)
-	n, err := localcluster.StartDir(ctx, dir, localcluster.WithConfig(func(c *node.Config) {
-		c.DefaultSigningAlg = *alg
-		// The comparison measures the token service against the bare
-		// baseline, not the rate limiter (one client from one address would
-		// meet its budget; their cost is measured apart, BENCHMARKS.md).
-		c.RateLimits.Off = true
-	}))
+	stop, err := startCompareSides(ctx, dir, f, &cfg, e)
+	defer stop()
 	if err != nil {
-		return fail("starting node: %v", err)
-	}
-	defer n.Close()
-	const tenant = "default"
-	created, err := n.Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
-		Tenant:                tenant,
-		Name:                  "load",
-		GrantTypes:            []string{"client_credentials"},
-		Scopes:                []string{loadtestDefaultScope},
-		TokenFormat:           *format,
-		AccessTokenTtlSeconds: int64(loadtest.DefaultBaselineConfig().TTL / time.Second),
-	}))
-	if err != nil {
-		return fail("creating the load client: %v", err)
-	}
-	id, secret := created.Msg.Client.ClientId, created.Msg.ClientSecret
-
-	// The baseline accepts the same client id and secret, so both sides get
-	// the same request bytes and sign claims of the same length.
-	b, err := startLoadtestBaseline("127.0.0.1:0", *alg, id, secret, loadtestDefaultScope)
-	if err != nil {
-		return fail("starting baseline: %v", err)
-	}
-	defer b.stop()
-
-	cfg.Baseline = loadtest.Endpoint{Name: "baseline", TokenURL: b.info.TokenURL, ClientID: id, ClientSecret: secret, Scope: loadtestDefaultScope}
-	cfg.Candidate = loadtest.Endpoint{Name: "tally", TokenURL: n.TokenURL(tenant), ClientID: id, ClientSecret: secret, Scope: loadtestDefaultScope}
-	// Measure only once both sides issue tokens: a fresh node may answer
-	// temporarily_unavailable for its first moments.
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for _, ep := range []loadtest.Endpoint{cfg.Baseline, cfg.Candidate} {
-		if err := loadtest.WaitForToken(wctx, ep); err != nil {
-			return fail("%v", err)
-		}
+		return fail("%v", err)
 	}
 	cfg.OnRun = func(round int, ep loadtest.Endpoint) {
 		loadtestEndProgress(e, cfg.Load.Progress)
@@ -426,11 +354,11 @@ func runLoadtestCompare(ctx context.Context, args []string, e env) int {
 		Date:       time.Now().UTC().Truncate(time.Second),
 		Command:    redactedCommand("tally loadtest compare", args),
 		Machine:    machine,
-		Alg:        *alg,
-		Format:     *format,
+		Alg:        f.alg,
+		Format:     f.format,
 		Comparison: cmp,
 	}
-	if werr := loadtestWrite(e, *output, res, res.writeText); werr != nil {
+	if werr := loadtestWrite(e, f.output, res, res.writeText); werr != nil {
 		return fail("%v", werr)
 	}
 	if err != nil {
@@ -440,6 +368,113 @@ func runLoadtestCompare(ctx context.Context, args []string, e env) int {
 		return fail("a side had no successful request")
 	}
 	return 0
+}
+
+// loadtestCompareFlags are the settings of "tally loadtest compare".
+type loadtestCompareFlags struct {
+	cfg                 loadtest.CompareConfig
+	alg, format, output string
+}
+
+// parseLoadtestCompare reads and checks the flags; code is the exit code
+// when the command must stop (help or a usage error), -1 otherwise.
+func parseLoadtestCompare(args []string, e env) (f loadtestCompareFlags, code int) {
+	def := loadtest.DefaultCompareConfig()
+	fs := loadtestFlags("compare", e)
+	concurrency := fs.Int("concurrency", def.Load.Concurrency, "closed-loop workers")
+	duration := fs.Duration("duration", def.Load.Duration, "recorded time of each run")
+	warmup := fs.Duration("warmup", def.Load.Warmup, "unrecorded warm-up before each run")
+	rounds := fs.Int("rounds", def.Rounds, "runs of each side, alternating")
+	fs.StringVar(&f.alg, "alg", loadtest.AlgES256, "signing algorithm of both sides: ES256 or EdDSA")
+	fs.StringVar(&f.format, "format", "jwt", "tally's token format: jwt or opaque (the baseline always signs a JWT)")
+	fs.StringVar(&f.output, "output", "text", "text or json")
+	if code := loadtestParse(fs, args, e); code >= 0 {
+		return f, code
+	}
+	if !loadtestCheckOutput(f.output, e, "compare") {
+		return f, 2
+	}
+	if f.alg != loadtest.AlgES256 && f.alg != loadtest.AlgEdDSA {
+		fmt.Fprintf(e.stderr, "tally loadtest compare: --alg must be %s or %s\n", loadtest.AlgES256, loadtest.AlgEdDSA)
+		return f, 2
+	}
+	if f.format != "jwt" && f.format != "opaque" {
+		fmt.Fprintln(e.stderr, "tally loadtest compare: --format must be jwt or opaque")
+		return f, 2
+	}
+	f.cfg = def
+	f.cfg.Load.Concurrency, f.cfg.Load.Duration, f.cfg.Load.Warmup, f.cfg.Rounds = *concurrency, *duration, *warmup, *rounds
+	if *duration <= 0 {
+		fmt.Fprintln(e.stderr, "tally loadtest compare: --duration must be positive")
+		return f, 2
+	}
+	// Validate the load before starting anything.
+	probe := loadtest.Endpoint{Name: "probe", TokenURL: "http://127.0.0.1/token", ClientID: "probe"}
+	check := f.cfg
+	check.Baseline, check.Candidate = probe, probe
+	if err := check.Validate(); err != nil {
+		fmt.Fprintf(e.stderr, "tally loadtest compare: %v\n", err)
+		return f, 2
+	}
+	return f, -1
+}
+
+// startCompareSides starts a tally node in dir and the bare baseline, with
+// one client both accept, sets cfg's endpoints and waits until both issue
+// tokens. stop (never nil) stops what was started.
+func startCompareSides(ctx context.Context, dir string, f loadtestCompareFlags, cfg *loadtest.CompareConfig, e env) (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for _, s := range slices.Backward(stops) {
+			s()
+		}
+	}
+	fmt.Fprintf(e.stderr, "starting a tally node in %s …\n", dir)
+	n, err := localcluster.StartDir(ctx, dir, localcluster.WithConfig(func(c *node.Config) {
+		c.DefaultSigningAlg = f.alg
+		// The comparison measures the token service against the bare
+		// baseline, not the rate limiter (one client from one address would
+		// meet its budget; their cost is measured apart, BENCHMARKS.md).
+		c.RateLimits.Off = true
+	}))
+	if err != nil {
+		return stop, fmt.Errorf("starting node: %w", err)
+	}
+	stops = append(stops, func() { n.Close() })
+	const tenant = "default"
+	created, err := n.Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
+		Tenant:                tenant,
+		Name:                  "load",
+		GrantTypes:            []string{"client_credentials"},
+		Scopes:                []string{loadtestDefaultScope},
+		TokenFormat:           f.format,
+		AccessTokenTtlSeconds: int64(loadtest.DefaultBaselineConfig().TTL / time.Second),
+	}))
+	if err != nil {
+		return stop, fmt.Errorf("creating the load client: %w", err)
+	}
+	id, secret := created.Msg.Client.ClientId, created.Msg.ClientSecret
+
+	// The baseline accepts the same client id and secret, so both sides get
+	// the same request bytes and sign claims of the same length.
+	b, err := startLoadtestBaseline("127.0.0.1:0", f.alg, id, secret, loadtestDefaultScope)
+	if err != nil {
+		return stop, fmt.Errorf("starting baseline: %w", err)
+	}
+	stops = append(stops, func() { _ = b.stop() })
+
+	cfg.Baseline = loadtest.Endpoint{Name: "baseline", TokenURL: b.info.TokenURL, ClientID: id, ClientSecret: secret, Scope: loadtestDefaultScope}
+	cfg.Candidate = loadtest.Endpoint{Name: "tally", TokenURL: n.TokenURL(tenant), ClientID: id, ClientSecret: secret, Scope: loadtestDefaultScope}
+	// Measure only once both sides issue tokens: a fresh node may answer
+	// temporarily_unavailable for its first moments.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, ep := range []loadtest.Endpoint{cfg.Baseline, cfg.Candidate} {
+		if err := loadtest.WaitForToken(wctx, ep); err != nil {
+			return stop, err
+		}
+	}
+	return stop, nil
 }
 
 func (r loadtestComparison) writeText(w io.Writer) error {

@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/tallyauth/tally/node"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -14,6 +14,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tallyauth/tally/loadtest"
+	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/localcluster"
 	"github.com/tallyauth/tally/revocation"
@@ -65,46 +66,17 @@ func runLoadtestRevokePropagation(ctx context.Context, args []string, e env) int
 		return fail("starting node: %v", err)
 	}
 	defer n.Close()
-	const tenant = "default"
-	const audience = "https://orders.example"
-	created, err := n.Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
-		Tenant: tenant, Name: "orders-api", Scopes: []string{"read:orders"}, Audiences: []string{audience},
-	}))
-	if err != nil {
-		return fail("creating the client: %v", err)
+	sdk, err := startRevokeSDK(ctx, n, *transport)
+	if sdk != nil {
+		defer sdk.stop()
 	}
-	id, secret := created.Msg.Client.ClientId, created.Msg.ClientSecret
-	issuer := n.Issuer(tenant)
-
-	wc := revocation.WatcherConfig{Issuer: issuer, Tenant: tenant, ServerURL: n.BaseURL(), ClientID: id, ClientSecret: secret}
-	if *transport == "nats" {
-		nc, err := revocation.ConnectNATS(revocation.NATSConfig{URLs: n.NATSURL(), Tenant: tenant, ClientID: id, ClientSecret: secret})
-		if err != nil {
-			return fail("nats: %v", err)
-		}
-		defer nc.Close()
-		wc.NATS = nc
-	}
-	w, err := revocation.NewWatcher(wc)
 	if err != nil {
 		return fail("%v", err)
-	}
-	v, err := revocation.NewVerifier(revocation.Config{Issuer: issuer, Audience: audience, Watcher: w})
-	if err != nil {
-		return fail("%v", err)
-	}
-	w.Start()
-	defer w.Stop()
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = w.WaitSynced(wctx)
-	cancel()
-	if err != nil {
-		return fail("the SDK did not sync: %v", err)
 	}
 
 	fmt.Fprintf(e.stderr, "revoking %d token ids, one at a time, over %s …\n", *count, *transport)
 	rep, err := loadtest.RunRevokePropagation(ctx, loadtest.RevokePropagationConfig{
-		Admin: n.Admin, Tenant: tenant, Watcher: w, Revocations: *count,
+		Admin: n.Admin, Tenant: revokeTenant, Watcher: sdk.w, Revocations: *count,
 		Progress: func(done int) { fmt.Fprintf(e.stderr, "  %d\n", done) },
 	})
 	if err != nil {
@@ -113,32 +85,102 @@ func runLoadtestRevokePropagation(ctx context.Context, args []string, e env) int
 
 	var vr *loadtest.VerifyReport
 	if *verifyFor > 0 {
-		cc := clientcredentials.Config{ClientID: id, ClientSecret: secret, TokenURL: n.TokenURL(tenant), Scopes: []string{"read:orders"}}
-		tok, err := cc.Token(ctx)
-		if err != nil {
-			return fail("token: %v", err)
-		}
-		resp, err := http.Get(issuer + "/jwks.json")
-		if err != nil {
-			return fail("jwks: %v", err)
-		}
-		var jwks jose.JSONWebKeySet
-		err = json.NewDecoder(resp.Body).Decode(&jwks)
-		resp.Body.Close()
-		if err != nil {
-			return fail("jwks: %v", err)
-		}
-		fmt.Fprintf(e.stderr, "verifying for %s each: SDK, then bare golang-jwt …\n", *verifyFor)
-		r, err := loadtest.RunVerifyCompare(ctx, v, jwks, issuer, tok.AccessToken, *verifyFor)
-		if err != nil {
+		if vr, err = sdk.verifyCompare(ctx, n, *verifyFor, e); err != nil {
 			return fail("%v", err)
 		}
-		r.RevokedSet = w.Set().Len()
-		vr = &r
 	}
+	return printRevokePropagation(e, *output, *transport, rep, vr)
+}
 
-	if *output == "json" {
-		out := map[string]any{"transport": *transport, "propagation": map[string]any{
+// The tenant and audience of the revoke-propagation node's client.
+const (
+	revokeTenant   = "default"
+	revokeAudience = "https://orders.example"
+)
+
+// revokeSDK is the SDK side of revoke-propagation: a client of the node,
+// and the watcher and verifier that use it.
+type revokeSDK struct {
+	id, secret, issuer string
+	w                  *revocation.Watcher
+	v                  *revocation.Verifier
+	closers            []func()
+}
+
+func (s *revokeSDK) stop() {
+	for _, c := range slices.Backward(s.closers) {
+		c()
+	}
+}
+
+// startRevokeSDK creates the client and starts a watcher over transport
+// (nats or connect) and a verifier; it returns once the watcher is synced.
+// A non-nil result must be stopped, also with an error.
+func startRevokeSDK(ctx context.Context, n *localcluster.Node, transport string) (*revokeSDK, error) {
+	created, err := n.Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
+		Tenant: revokeTenant, Name: "orders-api", Scopes: []string{"read:orders"}, Audiences: []string{revokeAudience},
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("creating the client: %w", err)
+	}
+	s := &revokeSDK{id: created.Msg.Client.ClientId, secret: created.Msg.ClientSecret, issuer: n.Issuer(revokeTenant)}
+	wc := revocation.WatcherConfig{Issuer: s.issuer, Tenant: revokeTenant, ServerURL: n.BaseURL(), ClientID: s.id, ClientSecret: s.secret}
+	if transport == "nats" {
+		nc, err := revocation.ConnectNATS(revocation.NATSConfig{URLs: n.NATSURL(), Tenant: revokeTenant, ClientID: s.id, ClientSecret: s.secret})
+		if err != nil {
+			return s, fmt.Errorf("nats: %w", err)
+		}
+		s.closers = append(s.closers, nc.Close)
+		wc.NATS = nc
+	}
+	if s.w, err = revocation.NewWatcher(wc); err != nil {
+		return s, err
+	}
+	if s.v, err = revocation.NewVerifier(revocation.Config{Issuer: s.issuer, Audience: revokeAudience, Watcher: s.w}); err != nil {
+		return s, err
+	}
+	s.w.Start()
+	s.closers = append(s.closers, s.w.Stop)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := s.w.WaitSynced(wctx); err != nil {
+		return s, fmt.Errorf("the SDK did not sync: %w", err)
+	}
+	return s, nil
+}
+
+// verifyCompare measures the SDK's Verify against bare golang-jwt on a
+// fresh token of the client, each for d.
+func (s *revokeSDK) verifyCompare(ctx context.Context, n *localcluster.Node, d time.Duration, e env) (*loadtest.VerifyReport, error) {
+	cc := clientcredentials.Config{ClientID: s.id, ClientSecret: s.secret, TokenURL: n.TokenURL(revokeTenant), Scopes: []string{"read:orders"}}
+	tok, err := cc.Token(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("token: %w", err)
+	}
+	resp, err := http.Get(s.issuer + "/jwks.json")
+	if err != nil {
+		return nil, fmt.Errorf("jwks: %w", err)
+	}
+	var jwks jose.JSONWebKeySet
+	err = json.NewDecoder(resp.Body).Decode(&jwks)
+	resp.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("jwks: %w", err)
+	}
+	fmt.Fprintf(e.stderr, "verifying for %s each: SDK, then bare golang-jwt …\n", d)
+	r, err := loadtest.RunVerifyCompare(ctx, s.v, jwks, s.issuer, tok.AccessToken, d)
+	if err != nil {
+		return nil, err
+	}
+	r.RevokedSet = s.w.Set().Len()
+	return &r, nil
+}
+
+// printRevokePropagation writes the figures as text or JSON; it returns
+// the exit code.
+func printRevokePropagation(e env, output, transport string, rep loadtest.RevokeReport, vr *loadtest.VerifyReport) int {
+	if output == "json" {
+		out := map[string]any{"transport": transport, "propagation": map[string]any{
 			"revocations": rep.Revocations, "p50_ms": ms(rep.P50), "p90_ms": ms(rep.P90), "p99_ms": ms(rep.P99),
 			"p999_ms": ms(rep.P999), "max_ms": ms(rep.Max), "mean_ms": ms(rep.Mean), "before_ack": rep.BeforeAck,
 			"elapsed_s": rep.Elapsed.Seconds(), "from_call_p50_ms": ms(rep.FromCallP50), "from_call_p99_ms": ms(rep.FromCallP99),
@@ -153,7 +195,7 @@ func runLoadtestRevokePropagation(ctx context.Context, args []string, e env) int
 		}
 		return 0
 	}
-	fmt.Fprintf(e.stdout, "revocation propagation (%s, single node, %d revocations in %s):\n", *transport, rep.Revocations, rep.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(e.stdout, "revocation propagation (%s, single node, %d revocations in %s):\n", transport, rep.Revocations, rep.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(e.stdout, "  p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  mean %s  (before ack: %d)\n",
 		rep.P50, rep.P90, rep.P99, rep.P999, rep.Max, rep.Mean.Round(time.Microsecond), rep.BeforeAck)
 	fmt.Fprintf(e.stdout, "  from the start of the admin call: p50 %s  p99 %s\n", rep.FromCallP50, rep.FromCallP99)

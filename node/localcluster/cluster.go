@@ -37,6 +37,10 @@ type Config struct {
 	// NodeOptions are applied to every node's configuration after the
 	// cluster's own settings (rate limits, trusted proxies, SIEM file…).
 	NodeOptions []Option
+	// RateLimitsOff turns the nodes' rate limits off (node.Config.RateLimits):
+	// a drill's or a load test's requests come from one client on one
+	// address, and a fast machine sends more than a client's budget.
+	RateLimitsOff bool
 }
 
 // Cluster is a running in-process cluster. Its methods are safe for
@@ -132,6 +136,7 @@ func (c *Cluster) start(ctx context.Context, i int) error {
 		cfg.Listen = httpAddr
 		cfg.RaftBind = clusterAddr
 		cfg.MaxStale = c.cfg.MaxStale
+		cfg.RateLimits.Off = c.cfg.RateLimitsOff
 		if i > 0 {
 			// One issuer for the cluster, as behind a load balancer: a
 			// token any node issued is valid on every node.

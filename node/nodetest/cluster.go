@@ -20,11 +20,12 @@ import (
 // Timeout bounds every wait of the cluster helpers.
 const Timeout = 30 * time.Second
 
-// CheckFor calls fn every `every` until it returns nil; after timeout it
-// fails tb with fn's last error (rafttest.CheckFor, for node-level tests).
+// CheckFor calls fn every `every` until it returns nil; after timeout, but
+// never before Timeout, it fails tb with fn's last error (rafttest.CheckFor,
+// for node-level tests: a budget bounds a hung test, it is no speed target).
 func CheckFor(tb testing.TB, timeout, every time.Duration, fn func() error) {
 	tb.Helper()
-	rafttest.CheckFor(tb, timeout, every, fn)
+	rafttest.CheckFor(tb, max(timeout, Timeout), every, fn)
 }
 
 // ClusterOption adjusts how StartCluster starts its nodes.

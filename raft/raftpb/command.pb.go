@@ -28,6 +28,110 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TokenFormat is the kind of access token a client receives.
+type TokenFormat int32
+
+const (
+	TokenFormat_TOKEN_FORMAT_UNSPECIFIED TokenFormat = 0
+	// An RFC 9068 JWT access token (token_format "jwt" or "").
+	TokenFormat_TOKEN_FORMAT_JWT TokenFormat = 1
+	// A sealed token checked by introspection (token_format "opaque").
+	TokenFormat_TOKEN_FORMAT_OPAQUE TokenFormat = 2
+)
+
+// Enum value maps for TokenFormat.
+var (
+	TokenFormat_name = map[int32]string{
+		0: "TOKEN_FORMAT_UNSPECIFIED",
+		1: "TOKEN_FORMAT_JWT",
+		2: "TOKEN_FORMAT_OPAQUE",
+	}
+	TokenFormat_value = map[string]int32{
+		"TOKEN_FORMAT_UNSPECIFIED": 0,
+		"TOKEN_FORMAT_JWT":         1,
+		"TOKEN_FORMAT_OPAQUE":      2,
+	}
+)
+
+func (x TokenFormat) Enum() *TokenFormat {
+	p := new(TokenFormat)
+	*p = x
+	return p
+}
+
+func (x TokenFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TokenFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[0].Descriptor()
+}
+
+func (TokenFormat) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[0]
+}
+
+func (x TokenFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TokenFormat.Descriptor instead.
+func (TokenFormat) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{0}
+}
+
+// KeyUse is what a tenant key is for.
+type KeyUse int32
+
+const (
+	KeyUse_KEY_USE_UNSPECIFIED KeyUse = 0
+	// Signs JWTs (use "sig").
+	KeyUse_KEY_USE_SIG KeyUse = 1
+	// Seals opaque tokens (use "seal").
+	KeyUse_KEY_USE_SEAL KeyUse = 2
+)
+
+// Enum value maps for KeyUse.
+var (
+	KeyUse_name = map[int32]string{
+		0: "KEY_USE_UNSPECIFIED",
+		1: "KEY_USE_SIG",
+		2: "KEY_USE_SEAL",
+	}
+	KeyUse_value = map[string]int32{
+		"KEY_USE_UNSPECIFIED": 0,
+		"KEY_USE_SIG":         1,
+		"KEY_USE_SEAL":        2,
+	}
+)
+
+func (x KeyUse) Enum() *KeyUse {
+	p := new(KeyUse)
+	*p = x
+	return p
+}
+
+func (x KeyUse) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyUse) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[1].Descriptor()
+}
+
+func (KeyUse) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[1]
+}
+
+func (x KeyUse) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyUse.Descriptor instead.
+func (KeyUse) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{1}
+}
+
 // EventKind names what an outbox Event announces.
 type EventKind int32
 
@@ -116,11 +220,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_command_proto_enumTypes[0].Descriptor()
+	return file_command_proto_enumTypes[2].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_command_proto_enumTypes[0]
+	return &file_command_proto_enumTypes[2]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -129,7 +233,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{0}
+	return file_command_proto_rawDescGZIP(), []int{2}
 }
 
 // Command is one entry of the Raft log.
@@ -1510,7 +1614,8 @@ type Client struct {
 	Scopes                []string      `protobuf:"bytes,6,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	Audiences             []string      `protobuf:"bytes,7,rep,name=audiences,proto3" json:"audiences,omitempty"`
 	AccessTokenTtlSeconds int64         `protobuf:"varint,8,opt,name=access_token_ttl_seconds,json=accessTokenTtlSeconds,proto3" json:"access_token_ttl_seconds,omitempty"`
-	// "jwt" or "opaque".
+	// "jwt" or "opaque" ("" is jwt). Kept for older releases, which read
+	// only this field; format (200) is the typed value (issue 15).
 	TokenFormat     string `protobuf:"bytes,9,opt,name=token_format,json=tokenFormat,proto3" json:"token_format,omitempty"`
 	Disabled        bool   `protobuf:"varint,10,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	CreatedUnixNano int64  `protobuf:"varint,11,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
@@ -1528,8 +1633,14 @@ type Client struct {
 	// Issue 11: the client's authorization requests must be pushed (RFC 9126
 	// §6 require_pushed_authorization_requests).
 	RequirePushedAuthorizationRequests bool `protobuf:"varint,41,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
-	unknownFields                      protoimpl.UnknownFields
-	sizeCache                          protoimpl.SizeCache
+	// Issue 15: token_format as an enum. The FSM derives it from
+	// token_format when it stores the record, once the cluster version
+	// enables feature "typed_enums" (and migrates the stored clients when it
+	// does); unspecified in older records and in commands (raft.TokenFormatOf
+	// reads either). A command that sets it must agree with token_format.
+	Format        TokenFormat `protobuf:"varint,200,opt,name=format,proto3,enum=tally.raft.v1.TokenFormat" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Client) Reset() {
@@ -1688,13 +1799,21 @@ func (x *Client) GetRequirePushedAuthorizationRequests() bool {
 	return false
 }
 
+func (x *Client) GetFormat() TokenFormat {
+	if x != nil {
+		return x.Format
+	}
+	return TokenFormat_TOKEN_FORMAT_UNSPECIFIED
+}
+
 type Key struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Kid    string                 `protobuf:"bytes,2,opt,name=kid,proto3" json:"kid,omitempty"`
 	// ES256, EdDSA, RS256 for use "sig"; A256GCM for use "seal".
 	Alg string `protobuf:"bytes,3,opt,name=alg,proto3" json:"alg,omitempty"`
-	// "sig" (signs JWTs) or "seal" (seals opaque tokens).
+	// "sig" (signs JWTs) or "seal" (seals opaque tokens). Kept for older
+	// releases, which read only this field; key_use (200) is the typed value.
 	Use string `protobuf:"bytes,4,opt,name=use,proto3" json:"use,omitempty"`
 	// PKIX DER public key; empty for sealing keys.
 	PublicKey []byte `protobuf:"bytes,5,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
@@ -1710,8 +1829,12 @@ type Key struct {
 	ExpiresUnixNano int64 `protobuf:"varint,10,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
 	// How long the key is kept after it retires (covers the longest token).
 	RetentionNanos int64 `protobuf:"varint,11,opt,name=retention_nanos,json=retentionNanos,proto3" json:"retention_nanos,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Issue 15: use as an enum, derived by the FSM like Client.format
+	// (feature "typed_enums"; raft.KeyUseOf reads either). A command that
+	// sets it must agree with use.
+	KeyUse        KeyUse `protobuf:"varint,200,opt,name=key_use,json=keyUse,proto3,enum=tally.raft.v1.KeyUse" json:"key_use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Key) Reset() {
@@ -1819,6 +1942,13 @@ func (x *Key) GetRetentionNanos() int64 {
 		return x.RetentionNanos
 	}
 	return 0
+}
+
+func (x *Key) GetKeyUse() KeyUse {
+	if x != nil {
+		return x.KeyUse
+	}
+	return KeyUse_KEY_USE_UNSPECIFIED
 }
 
 type Revocation struct {
@@ -6272,7 +6402,7 @@ const file_command_proto_rawDesc = "" +
 	"SecretHash\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
-	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\x9a\x05\n" +
+	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\xcf\x05\n" +
 	"\x06Client\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -6294,7 +6424,8 @@ const file_command_proto_rawDesc = "" +
 	"\x04auth\x18\x1e \x01(\v2\x19.tally.raft.v1.ClientAuthR\x04auth\x12\x1d\n" +
 	"\n" +
 	"dpop_bound\x18( \x01(\bR\tdpopBound\x12Q\n" +
-	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\"\xfd\x02\n" +
+	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\x123\n" +
+	"\x06format\x18\xc8\x01 \x01(\x0e2\x1a.tally.raft.v1.TokenFormatR\x06format\"\xae\x03\n" +
 	"\x03Key\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
@@ -6308,7 +6439,8 @@ const file_command_proto_rawDesc = "" +
 	"\x11retired_unix_nano\x18\t \x01(\x03R\x0fretiredUnixNano\x12*\n" +
 	"\x11expires_unix_nano\x18\n" +
 	" \x01(\x03R\x0fexpiresUnixNano\x12'\n" +
-	"\x0fretention_nanos\x18\v \x01(\x03R\x0eretentionNanos\"\xdd\x01\n" +
+	"\x0fretention_nanos\x18\v \x01(\x03R\x0eretentionNanos\x12/\n" +
+	"\akey_use\x18\xc8\x01 \x01(\x0e2\x15.tally.raft.v1.KeyUseR\x06keyUse\"\xdd\x01\n" +
 	"\n" +
 	"Revocation\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
@@ -6664,7 +6796,15 @@ const file_command_proto_rawDesc = "" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1a\n" +
 	"\bconsents\x18\x03 \x01(\bR\bconsents\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x1a\n" +
-	"\bsessions\x18\x05 \x01(\bR\bsessions*\xae\x03\n" +
+	"\bsessions\x18\x05 \x01(\bR\bsessions*Z\n" +
+	"\vTokenFormat\x12\x1c\n" +
+	"\x18TOKEN_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10TOKEN_FORMAT_JWT\x10\x01\x12\x17\n" +
+	"\x13TOKEN_FORMAT_OPAQUE\x10\x02*D\n" +
+	"\x06KeyUse\x12\x17\n" +
+	"\x13KEY_USE_UNSPECIFIED\x10\x00\x12\x0f\n" +
+	"\vKEY_USE_SIG\x10\x01\x12\x10\n" +
+	"\fKEY_USE_SEAL\x10\x02*\xae\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
@@ -6693,168 +6833,172 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
 var file_command_proto_goTypes = []any{
-	(EventKind)(0),                   // 0: tally.raft.v1.EventKind
-	(*Command)(nil),                  // 1: tally.raft.v1.Command
-	(*CreateTenant)(nil),             // 2: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),             // 3: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),             // 4: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil),       // 5: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),        // 6: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),                  // 7: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),              // 8: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),                    // 9: tally.raft.v1.Sweep
-	(*Tick)(nil),                     // 10: tally.raft.v1.Tick
-	(*Tenant)(nil),                   // 11: tally.raft.v1.Tenant
-	(*SecretHash)(nil),               // 12: tally.raft.v1.SecretHash
-	(*Client)(nil),                   // 13: tally.raft.v1.Client
-	(*Key)(nil),                      // 14: tally.raft.v1.Key
-	(*Revocation)(nil),               // 15: tally.raft.v1.Revocation
-	(*Event)(nil),                    // 16: tally.raft.v1.Event
-	(*CreateUser)(nil),               // 17: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),          // 18: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),            // 19: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),          // 20: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),               // 21: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),            // 22: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),             // 23: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),         // 24: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),         // 25: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),           // 26: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),             // 27: tally.raft.v1.PasswordHash
-	(*User)(nil),                     // 28: tally.raft.v1.User
-	(*Consent)(nil),                  // 29: tally.raft.v1.Consent
-	(*AccessToken)(nil),              // 30: tally.raft.v1.AccessToken
-	(*Family)(nil),                   // 31: tally.raft.v1.Family
-	(*UsedCode)(nil),                 // 32: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),               // 33: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),               // 34: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),              // 35: tally.raft.v1.GrantResult
-	(*SetClusterIssuer)(nil),         // 36: tally.raft.v1.SetClusterIssuer
-	(*DenyNode)(nil),                 // 37: tally.raft.v1.DenyNode
-	(*ClusterMeta)(nil),              // 38: tally.raft.v1.ClusterMeta
-	(*DeniedNode)(nil),               // 39: tally.raft.v1.DeniedNode
-	(*DeleteClient)(nil),             // 40: tally.raft.v1.DeleteClient
-	(*DeleteUser)(nil),               // 41: tally.raft.v1.DeleteUser
-	(*DeleteTenant)(nil),             // 42: tally.raft.v1.DeleteTenant
-	(*DeletedTenant)(nil),            // 43: tally.raft.v1.DeletedTenant
-	(*Deleted)(nil),                  // 44: tally.raft.v1.Deleted
-	(*SetClusterVersion)(nil),        // 45: tally.raft.v1.SetClusterVersion
-	(*ClusterVersion)(nil),           // 46: tally.raft.v1.ClusterVersion
-	(*ClientAuth)(nil),               // 47: tally.raft.v1.ClientAuth
-	(*TenantTrust)(nil),              // 48: tally.raft.v1.TenantTrust
-	(*FederationTrust)(nil),          // 49: tally.raft.v1.FederationTrust
-	(*SubjectMapping)(nil),           // 50: tally.raft.v1.SubjectMapping
-	(*SetTenantTrust)(nil),           // 51: tally.raft.v1.SetTenantTrust
-	(*ConsumeAssertion)(nil),         // 52: tally.raft.v1.ConsumeAssertion
-	(*PushedRequest)(nil),            // 53: tally.raft.v1.PushedRequest
-	(*PushAuthorizationRequest)(nil), // 54: tally.raft.v1.PushAuthorizationRequest
-	(*RedeemRequestURI)(nil),         // 55: tally.raft.v1.RedeemRequestURI
-	(*SetKeyPolicy)(nil),             // 56: tally.raft.v1.SetKeyPolicy
-	(*SetTenantPAR)(nil),             // 57: tally.raft.v1.SetTenantPAR
-	(*SetGatewayConfig)(nil),         // 58: tally.raft.v1.SetGatewayConfig
-	(*GatewayConfig)(nil),            // 59: tally.raft.v1.GatewayConfig
-	(*GatewayRoute)(nil),             // 60: tally.raft.v1.GatewayRoute
-	(*GatewayRateLimit)(nil),         // 61: tally.raft.v1.GatewayRateLimit
-	(*Policy)(nil),                   // 62: tally.raft.v1.Policy
-	(*AdminCredential)(nil),          // 63: tally.raft.v1.AdminCredential
-	(*PutAdminCredential)(nil),       // 64: tally.raft.v1.PutAdminCredential
-	(*RevokeAdminCredential)(nil),    // 65: tally.raft.v1.RevokeAdminCredential
-	(*AuditRecord)(nil),              // 66: tally.raft.v1.AuditRecord
-	(*AppendAudit)(nil),              // 67: tally.raft.v1.AppendAudit
-	(*SecurityAlert)(nil),            // 68: tally.raft.v1.SecurityAlert
-	(*RaiseSecurityAlert)(nil),       // 69: tally.raft.v1.RaiseSecurityAlert
-	(*RevokeUserAccess)(nil),         // 70: tally.raft.v1.RevokeUserAccess
+	(TokenFormat)(0),                 // 0: tally.raft.v1.TokenFormat
+	(KeyUse)(0),                      // 1: tally.raft.v1.KeyUse
+	(EventKind)(0),                   // 2: tally.raft.v1.EventKind
+	(*Command)(nil),                  // 3: tally.raft.v1.Command
+	(*CreateTenant)(nil),             // 4: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),             // 5: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),             // 6: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil),       // 7: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),        // 8: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),                  // 9: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),              // 10: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),                    // 11: tally.raft.v1.Sweep
+	(*Tick)(nil),                     // 12: tally.raft.v1.Tick
+	(*Tenant)(nil),                   // 13: tally.raft.v1.Tenant
+	(*SecretHash)(nil),               // 14: tally.raft.v1.SecretHash
+	(*Client)(nil),                   // 15: tally.raft.v1.Client
+	(*Key)(nil),                      // 16: tally.raft.v1.Key
+	(*Revocation)(nil),               // 17: tally.raft.v1.Revocation
+	(*Event)(nil),                    // 18: tally.raft.v1.Event
+	(*CreateUser)(nil),               // 19: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),          // 20: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),            // 21: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),          // 22: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),               // 23: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),            // 24: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),             // 25: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),         // 26: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),         // 27: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),           // 28: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),             // 29: tally.raft.v1.PasswordHash
+	(*User)(nil),                     // 30: tally.raft.v1.User
+	(*Consent)(nil),                  // 31: tally.raft.v1.Consent
+	(*AccessToken)(nil),              // 32: tally.raft.v1.AccessToken
+	(*Family)(nil),                   // 33: tally.raft.v1.Family
+	(*UsedCode)(nil),                 // 34: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),               // 35: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),               // 36: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),              // 37: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),         // 38: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),                 // 39: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),              // 40: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),               // 41: tally.raft.v1.DeniedNode
+	(*DeleteClient)(nil),             // 42: tally.raft.v1.DeleteClient
+	(*DeleteUser)(nil),               // 43: tally.raft.v1.DeleteUser
+	(*DeleteTenant)(nil),             // 44: tally.raft.v1.DeleteTenant
+	(*DeletedTenant)(nil),            // 45: tally.raft.v1.DeletedTenant
+	(*Deleted)(nil),                  // 46: tally.raft.v1.Deleted
+	(*SetClusterVersion)(nil),        // 47: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),           // 48: tally.raft.v1.ClusterVersion
+	(*ClientAuth)(nil),               // 49: tally.raft.v1.ClientAuth
+	(*TenantTrust)(nil),              // 50: tally.raft.v1.TenantTrust
+	(*FederationTrust)(nil),          // 51: tally.raft.v1.FederationTrust
+	(*SubjectMapping)(nil),           // 52: tally.raft.v1.SubjectMapping
+	(*SetTenantTrust)(nil),           // 53: tally.raft.v1.SetTenantTrust
+	(*ConsumeAssertion)(nil),         // 54: tally.raft.v1.ConsumeAssertion
+	(*PushedRequest)(nil),            // 55: tally.raft.v1.PushedRequest
+	(*PushAuthorizationRequest)(nil), // 56: tally.raft.v1.PushAuthorizationRequest
+	(*RedeemRequestURI)(nil),         // 57: tally.raft.v1.RedeemRequestURI
+	(*SetKeyPolicy)(nil),             // 58: tally.raft.v1.SetKeyPolicy
+	(*SetTenantPAR)(nil),             // 59: tally.raft.v1.SetTenantPAR
+	(*SetGatewayConfig)(nil),         // 60: tally.raft.v1.SetGatewayConfig
+	(*GatewayConfig)(nil),            // 61: tally.raft.v1.GatewayConfig
+	(*GatewayRoute)(nil),             // 62: tally.raft.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),         // 63: tally.raft.v1.GatewayRateLimit
+	(*Policy)(nil),                   // 64: tally.raft.v1.Policy
+	(*AdminCredential)(nil),          // 65: tally.raft.v1.AdminCredential
+	(*PutAdminCredential)(nil),       // 66: tally.raft.v1.PutAdminCredential
+	(*RevokeAdminCredential)(nil),    // 67: tally.raft.v1.RevokeAdminCredential
+	(*AuditRecord)(nil),              // 68: tally.raft.v1.AuditRecord
+	(*AppendAudit)(nil),              // 69: tally.raft.v1.AppendAudit
+	(*SecurityAlert)(nil),            // 70: tally.raft.v1.SecurityAlert
+	(*RaiseSecurityAlert)(nil),       // 71: tally.raft.v1.RaiseSecurityAlert
+	(*RevokeUserAccess)(nil),         // 72: tally.raft.v1.RevokeUserAccess
 }
 var file_command_proto_depIdxs = []int32{
-	2,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
-	3,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
-	4,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
-	5,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
-	6,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
-	7,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
-	8,  // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
-	9,  // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	36, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
-	37, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
-	17, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
-	18, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
-	19, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
-	20, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
-	21, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
-	22, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
-	23, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
-	24, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
-	25, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
-	26, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	10, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	40, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
-	41, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
-	42, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
-	45, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
-	52, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
-	51, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
-	54, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
-	55, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
-	56, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
-	57, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
-	58, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
-	64, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
-	65, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
-	67, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
-	69, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
-	70, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
-	11, // 37: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	14, // 38: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	13, // 39: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	13, // 40: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	12, // 41: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	14, // 42: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	15, // 43: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	48, // 44: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	12, // 45: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	47, // 46: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	0,  // 47: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	15, // 48: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	66, // 49: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
-	68, // 50: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
-	28, // 51: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	27, // 52: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	29, // 53: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	31, // 54: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	30, // 55: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	30, // 56: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	33, // 57: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	31, // 58: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	30, // 59: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	27, // 60: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	30, // 61: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	30, // 62: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	31, // 63: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	33, // 64: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	34, // 65: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	53, // 66: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	39, // 67: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	14, // 68: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
-	46, // 69: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	49, // 70: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	50, // 71: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	48, // 72: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	53, // 73: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	59, // 74: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	60, // 75: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	61, // 76: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	62, // 77: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	63, // 78: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	66, // 79: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	68, // 80: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
-	81, // [81:81] is the sub-list for method output_type
-	81, // [81:81] is the sub-list for method input_type
-	81, // [81:81] is the sub-list for extension type_name
-	81, // [81:81] is the sub-list for extension extendee
-	0,  // [0:81] is the sub-list for field type_name
+	4,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
+	5,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
+	6,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
+	7,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
+	8,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
+	9,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
+	10, // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
+	11, // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
+	38, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	39, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	19, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	20, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	21, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	22, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	23, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	24, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	25, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	26, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	27, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	28, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
+	12, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
+	42, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
+	43, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
+	44, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
+	47, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
+	54, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
+	53, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
+	56, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
+	57, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
+	58, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
+	59, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
+	60, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
+	66, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
+	67, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
+	69, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
+	71, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
+	72, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
+	13, // 37: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	16, // 38: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	15, // 39: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	15, // 40: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	14, // 41: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	16, // 42: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	17, // 43: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	50, // 44: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	14, // 45: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	49, // 46: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	0,  // 47: tally.raft.v1.Client.format:type_name -> tally.raft.v1.TokenFormat
+	1,  // 48: tally.raft.v1.Key.key_use:type_name -> tally.raft.v1.KeyUse
+	2,  // 49: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	17, // 50: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	68, // 51: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	70, // 52: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
+	30, // 53: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	29, // 54: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	31, // 55: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	33, // 56: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	32, // 57: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	32, // 58: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	35, // 59: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	33, // 60: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	32, // 61: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	29, // 62: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	32, // 63: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	32, // 64: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	33, // 65: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	35, // 66: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	36, // 67: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	55, // 68: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	41, // 69: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	16, // 70: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
+	48, // 71: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	51, // 72: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	52, // 73: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	50, // 74: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	55, // 75: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	61, // 76: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	62, // 77: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	63, // 78: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	64, // 79: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	65, // 80: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	68, // 81: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	70, // 82: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
+	83, // [83:83] is the sub-list for method output_type
+	83, // [83:83] is the sub-list for method input_type
+	83, // [83:83] is the sub-list for extension type_name
+	83, // [83:83] is the sub-list for extension extendee
+	0,  // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -6906,7 +7050,7 @@ func file_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      3,
 			NumMessages:   70,
 			NumExtensions: 0,
 			NumServices:   0,
