@@ -138,10 +138,23 @@ func TestLoginAndConsentInChromium(t *testing.T) {
 		t.Error("no id_token")
 	}
 
-	// The browser now has a session: a second authorization needs no page.
+	// The browser now has a session: a second authorization needs no
+	// sign-in. The client is a native app (public, loopback redirect), so
+	// RFC 8252 section 8.6 has the user approve again: the consent page,
+	// without the login form.
 	err = chromedp.Do(ctx, chromedp.Navigate(conf.AuthCodeURL("again", oauth2.S256ChallengeOption(verifier))),
-		chromedp.WaitVisible(`#done`))
+		chromedp.WaitVisible(`#approve`))
 	if err != nil {
+		t.Fatal(err)
+	}
+	loginForms, err := chromedp.Run(ctx, chromedp.Nodes(`#username`, chromedp.AtLeast(0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(loginForms) != 0 {
+		t.Fatal("the second authorization asked for a sign-in again")
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(`#approve`), chromedp.WaitVisible(`#done`)); err != nil {
 		t.Fatal(err)
 	}
 	select {
