@@ -201,8 +201,13 @@ func (t xffTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // benchmarking), eight addresses per /24.
 func attackSource(i int) string { return fmt.Sprintf("198.18.%d.%d", i/8, 10+i%8) }
 
-// userSource is real user j's own address (TEST-NET-3, one /24 per 200).
-func userSource(j int) string { return fmt.Sprintf("203.0.%d.%d", 113+j/200, 1+j%200) }
+// userSource is real user j's own address, each in a network of its own
+// (a /24 of 100.64.0.0/10): people sign in from their own homes and
+// phones. Put in one /24, the run's few real users would share the budgets
+// a node keeps per source network (a public client's budget is per
+// network), and on a fast machine their loop would exceed them, which no
+// crowd of people does.
+func userSource(j int) string { return fmt.Sprintf("100.%d.%d.10", 64+j/256%64, j%256) }
 
 // attackRun is the shared state of one run.
 type attackRun struct {

@@ -30,7 +30,7 @@ func TestAdminClusterVersion(t *testing.T) {
 			return nil
 		})
 	}
-	statusShows("Cluster version: 2\n", "Features: cluster_identity, cluster_version")
+	statusShows("Cluster version: 2\n", "Features: ", " cluster_identity,", " cluster_version,")
 
 	code, out, errs := runCLI(t, vars, "admin", "cluster", "downgrade", "--to", "1")
 	if code != 0 || !strings.Contains(out, "hold") {
@@ -43,5 +43,5 @@ func TestAdminClusterVersion(t *testing.T) {
 	if code, out, errs := runCLI(t, vars, "admin", "cluster", "downgrade", "--cancel"); code != 0 {
 		t.Fatalf("downgrade --cancel: %d %s %s", code, out, errs)
 	}
-	statusShows("Cluster version: 2\n", "Features: cluster_identity, cluster_version")
+	statusShows("Cluster version: 2\n", "Features: ", " cluster_identity,", " cluster_version,")
 }
