@@ -162,7 +162,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.MaxBodyBytes = cfg.MaxBodyBytes
 	ic.JWKSMaxAge = cfg.JWKSMaxAge
 	// End-user flows (node/grants.go); cookies are Secure outside dev.
-	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region, par: newFeatureGate(n.cl, featurePARKeyPolicy)}
+	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region, par: newFeatureGate(n.cl, featurePARKeyPolicy),
+		refreshNet: newFeatureGate(n.cl, raft.FeatureRefreshNetwork)}
 	ic.Users, ic.Grants = flows, flows
 	ic.InsecureCookies = cfg.Dev
 	ic.RefreshTTL = cfg.RefreshTTL

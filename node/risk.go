@@ -83,15 +83,18 @@ func newRiskIndex(window time.Duration, now func() time.Time) *riskIndex {
 
 // observe is the FSM observer: it indexes applied security alerts.
 func (x *riskIndex) observe(_ uint64, cmd *raftpb.Command, res raft.Result) {
-	r := cmd.GetRaiseSecurityAlert()
-	if r == nil || res.Err != nil {
+	al := cmd.GetRaiseSecurityAlert().GetAlert()
+	if al == nil {
+		al = res.Grant.GetAlert() // a refresh family from a new network (RotateRefresh)
+	}
+	if al == nil || res.Err != nil {
 		return
 	}
 	at := time.Unix(0, cmd.GetTimeUnixNano())
 	if cmd.GetTimeUnixNano() == 0 {
 		at = x.now()
 	}
-	x.add(r.GetAlert(), at)
+	x.add(al, at)
 }
 
 func sourcePrefix(s string) netip.Prefix {

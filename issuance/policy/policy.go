@@ -21,11 +21,12 @@
 // a node they are the cluster's active security alerts (issue 13, node
 // Config.AlertRiskWindow after the alert was raised, default 10 minutes):
 // alerts lists the kinds (credential_stuffing, token_guessing,
-// user_code_guessing, rate_limit_exceeded) of those that name the
-// request's client, user (subject) or source address or network, and
-// risk is then 1; tenant_alerts lists the kinds of those that name only
-// the tenant (e.g. failed sign-ins across the tenant), and risk is 0.5
-// when there are only such. For example, deny while the client or
+// user_code_guessing, rate_limit_exceeded, refresh_new_network) of those
+// that apply to the request — everything the alert names (client, user,
+// source address or network) is the request's client, subject or
+// client_ip — and risk is then 1; tenant_alerts lists the kinds of those
+// that name only the tenant (e.g. failed sign-ins across the tenant), and
+// risk is 0.5 when there are only such. For example, deny while the client or
 // network is under attack, and drop to read-only while the tenant is:
 //
 //	risk >= 1.0 ? dyn({"allow": false, "reason": "under attack"}) :
