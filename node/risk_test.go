@@ -74,6 +74,30 @@ func TestSecurityAlertsAsPolicyInputs(t *testing.T) {
 	if code, body := token(rs, rsSecret, attacker); code != http.StatusOK {
 		t.Fatalf("before any alert: %d %s", code, body)
 	}
+	// The gateway check sees the same signal (its peer is a trusted proxy
+	// naming the client's address).
+	if _, err := n.Admin.SetGatewayRoute(ctx, connect.NewRequest(&adminv1.SetGatewayRouteRequest{Tenant: "default",
+		Route: &adminv1.GatewayRoute{PathPrefix: "/api", Method: "GET"}})); err != nil {
+		t.Fatal(err)
+	}
+	rsToken := ccToken(t, n, rs, rsSecret)
+	gwCheck := func() int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, n.Issuer("default")+"/gateway/check", nil)
+		req.Header.Set("X-Forwarded-Method", "GET")
+		req.Header.Set("X-Forwarded-Uri", "/api/x")
+		req.Header.Set("X-Forwarded-For", attacker)
+		req.Header.Set("Authorization", "Bearer "+rsToken)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if code := gwCheck(); code != http.StatusOK {
+		t.Fatalf("gateway check before any alert: %d", code)
+	}
 	// Token guessing: 8 made-up tokens from the attacker's address.
 	for i := range 8 {
 		if code := alertPost(t, introspectURL, url.Values{"token": {fmt.Sprintf("guessed-token-%d", i)}}, rs, rsSecret, attacker); code != http.StatusOK {
@@ -87,6 +111,9 @@ func TestSecurityAlertsAsPolicyInputs(t *testing.T) {
 		}
 		return nil
 	})
+	if code := gwCheck(); code != http.StatusForbidden {
+		t.Errorf("gateway check of the client under alert: %d", code)
+	}
 	if code, body := token(rs, rsSecret, "198.51.100.1"); code != http.StatusOK {
 		t.Errorf("the same client from another network: %d %s", code, body)
 	}
@@ -97,6 +124,9 @@ func TestSecurityAlertsAsPolicyInputs(t *testing.T) {
 	skew.Store(int64(6 * time.Minute))
 	if code, body := token(rs, rsSecret, attacker); code != http.StatusOK {
 		t.Errorf("after the alert window: %d %s", code, body)
+	}
+	if code := gwCheck(); code != http.StatusOK {
+		t.Errorf("gateway check after the alert window: %d", code)
 	}
 }
 
