@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tallyauth/tally/issuance"
@@ -69,7 +70,7 @@ type riskIndex struct {
 	window time.Duration
 	now    func() time.Time
 	mu     sync.RWMutex
-	n      int
+	n      atomic.Int64 // alerts indexed (read without mu: the hot path's empty case)
 	sweep  time.Time
 	tenant map[string]*riskTenant
 }
@@ -127,7 +128,7 @@ func (x *riskIndex) add(al *raftpb.SecurityAlert, at time.Time) {
 	key := a.kind + "\x00" + a.client + "\x00" + a.subject + "\x00" + a.source.String()
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.n >= maxRiskAlerts || now.Sub(x.sweep) > time.Minute {
+	if x.n.Load() >= maxRiskAlerts || now.Sub(x.sweep) > time.Minute {
 		x.sweepLocked(now)
 	}
 	t := x.tenant[al.GetTenant()]
@@ -143,10 +144,10 @@ func (x *riskIndex) add(al *raftpb.SecurityAlert, at time.Time) {
 		}
 		return
 	}
-	if x.n >= maxRiskAlerts {
+	if x.n.Load() >= maxRiskAlerts {
 		return
 	}
-	x.n++
+	x.n.Add(1)
 	t.alerts[key] = a
 	put := func(m map[string]*riskAlert) map[string]*riskAlert {
 		if m == nil {
@@ -177,7 +178,7 @@ func (x *riskIndex) sweepLocked(now time.Time) {
 				continue
 			}
 			delete(t.alerts, key)
-			x.n--
+			x.n.Add(-1)
 			drop := func(m map[string]*riskAlert) bool { delete(m, key); return len(m) == 0 }
 			switch {
 			case a.source.IsValid():
@@ -205,7 +206,7 @@ func (x *riskIndex) sweepLocked(now time.Time) {
 // signal is the Risk hook: the active alerts that apply to in.
 func (x *riskIndex) signal(_ context.Context, in issuance.PolicyInput) issuance.RiskSignal {
 	var r issuance.RiskSignal
-	if x == nil || x.window < 0 {
+	if x == nil || x.window < 0 || x.n.Load() == 0 {
 		return r
 	}
 	now := x.now()

@@ -59,7 +59,7 @@ func TestRiskIndexMatching(t *testing.T) {
 		t.Errorf("after the window: %+v", r)
 	}
 	raise(now, &raftpb.SecurityAlert{Kind: raft.AlertRateLimitExceeded, ClientId: "new"})
-	if x.n != 1 {
-		t.Errorf("%d alerts indexed after the sweep, want 1", x.n)
+	if k := x.n.Load(); k != 1 {
+		t.Errorf("%d alerts indexed after the sweep, want 1", k)
 	}
 }
