@@ -28,6 +28,12 @@ import (
 //	                     refused (client, unknown_client, username, ip,
 //	                     subnet, tenant)
 //
+// A fifth kind, refresh_new_network, is not raised here: each refresh
+// rotation hands the store the client's network (Rotation.Network) and the
+// store raises it when the family's network changes (raft/apply_alert.go).
+// The node feeds the active alerts back into the contextual policies
+// (Config.Risk; node/risk.go).
+//
 // An alert fires when its budget is spent, and again at most once a minute
 // per alert key on each node (and once a minute per key cluster-wide: the
 // FSM keeps the keys it announced this minute). A node raises at most

@@ -59,7 +59,7 @@ func (g *refreshTokenGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*
 	res, err := s.grantW.RotateRefresh(ctx, Rotation{
 		Tenant: gr.Tenant.ID, FamilyID: family, Generation: gen, TokenHash: sha256Sum(req.RefreshToken),
 		ClientID: c.ID, NewHash: sha256Sum(next), SealedSuccessor: sealed, ReuseInterval: s.cfg.RefreshReuseInterval,
-		AccessToken: iss.accessRef(),
+		AccessToken: iss.accessRef(), Network: familyNetwork(gr.ClientIP),
 	})
 	switch {
 	case errors.Is(err, ErrRefreshReused):

@@ -29,12 +29,34 @@ type PolicyInput struct {
 	// Gateway check: the original request.
 	Method, Path string
 	// Device posture asserted by a trusted proxy or device agent in
-	// X-Device-* headers (empty when not asserted; devicePosture), and the
-	// risk score of the Config.Risk hook (0 without one).
-	Device map[string]string
-	Risk   float64
+	// X-Device-* headers (empty when not asserted; devicePosture), and what
+	// the Config.Risk hook reported (zero without one): the risk score and
+	// the kinds of the active security alerts that name this request's
+	// client, user or source network (Alerts) or its whole tenant
+	// (TenantAlerts).
+	Device       map[string]string
+	Risk         float64
+	Alerts       []string
+	TenantAlerts []string
 	// User attributes, when the subject is a user of the tenant.
 	User map[string]string
+}
+
+// RiskSignal is what a Config.Risk hook reports about a request: a score
+// (the policies' risk) and the kinds of the security alerts behind it.
+type RiskSignal struct {
+	// Score is 0 (nothing known against the request) to 1.
+	Score float64
+	// Alerts are the kinds of the active alerts naming the request's
+	// client, user or source network; TenantAlerts those naming only its
+	// tenant. Each sorted, without repeats.
+	Alerts, TenantAlerts []string
+}
+
+// WithRisk is in with the signal's score and alerts.
+func (in PolicyInput) WithRisk(r RiskSignal) PolicyInput {
+	in.Risk, in.Alerts, in.TenantAlerts = r.Score, r.Alerts, r.TenantAlerts
+	return in
 }
 
 // PolicyDecision is a policy's outcome.
@@ -75,8 +97,8 @@ func (s *Server) decide(ctx context.Context, in PolicyInput) (PolicyDecision, er
 	if s.cfg.Policy == nil {
 		return PolicyDecision{}, nil
 	}
-	if s.cfg.Risk != nil && in.Risk == 0 {
-		in.Risk = s.cfg.Risk(ctx, in)
+	if s.cfg.Risk != nil && in.Risk == 0 && in.Alerts == nil && in.TenantAlerts == nil {
+		in = in.WithRisk(s.cfg.Risk(ctx, in))
 	}
 	d, err := s.cfg.Policy.Evaluate(ctx, in)
 	if err != nil {

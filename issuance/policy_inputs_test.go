@@ -17,7 +17,7 @@ import (
 // (and nothing from any other peer) and the risk the Config.Risk hook
 // scored.
 func TestPolicyDeviceAndRisk(t *testing.T) {
-	src := `risk >= 0.5 ? dyn({"allow": false, "reason": "risky"}) : dyn({"allow": "managed" in device && device["managed"] == "true", "reason": "unmanaged device"})`
+	src := `risk >= 0.5 && "token_guessing" in alerts && tenant_alerts.size() == 0 ? dyn({"allow": false, "reason": "risky"}) : dyn({"allow": "managed" in device && device["managed"] == "true", "reason": "unmanaged device"})`
 	engine := policy.NewEngine(func(string) (uint64, []policy.Spec) { return 1, []policy.Spec{{Source: src}} }, nil)
 	run := func(trusted bool) {
 		e := newEnv(t, func(c *issuance.Config) {
@@ -25,11 +25,11 @@ func TestPolicyDeviceAndRisk(t *testing.T) {
 			if trusted {
 				c.RateLimits.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 			}
-			c.Risk = func(_ context.Context, in issuance.PolicyInput) float64 {
+			c.Risk = func(_ context.Context, in issuance.PolicyInput) issuance.RiskSignal {
 				if in.ClientID == "risky" {
-					return 0.9
+					return issuance.RiskSignal{Score: 0.9, Alerts: []string{"token_guessing"}}
 				}
-				return 0.1
+				return issuance.RiskSignal{Score: 0.1}
 			}
 		})
 		e.addTenant("acme", issuance.AlgES256)

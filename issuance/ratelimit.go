@@ -342,6 +342,22 @@ func peerIP(r *http.Request) string {
 	return strings.TrimSpace(host)
 }
 
+// familyNetwork is the IPv4 /24 or IPv6 /64 of ip, the network a refresh
+// family records on each rotation (Rotation.Network); "" for no address.
+func familyNetwork(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ""
+	}
+	a = a.Unmap()
+	bits := 24
+	if a.Is6() {
+		bits = 64
+	}
+	p, _ := a.Prefix(bits)
+	return p.String()
+}
+
 // subnetKey is the IPv4 /24 or IPv6 /48 of ip.
 func subnetKey(ip string) string {
 	a, err := netip.ParseAddr(ip)

@@ -100,10 +100,11 @@ type Config struct {
 	// RateLimits bounds every public endpoint (ratelimit.go); zero fields
 	// take DefaultRateLimits.
 	RateLimits RateLimits
-	// Risk, if set, scores a grant for the policies' risk variable (the
-	// hook of threat detection): called before every policy evaluation
-	// whose input has no risk yet. It must be cheap.
-	Risk func(ctx context.Context, in PolicyInput) float64
+	// Risk, if set, scores a grant for the policies' risk, alerts and
+	// tenant_alerts variables (the hook of threat detection; the node
+	// answers from the security alerts, node/risk.go): called before every
+	// policy evaluation whose input has no risk yet. It must be cheap.
+	Risk func(ctx context.Context, in PolicyInput) RiskSignal
 	// ZTv2 reports whether every node that may be asked to read them
 	// understands the values this release added late to issue 11, so it
 	// may produce them: session cookies, login forms and authorization

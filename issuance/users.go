@@ -179,6 +179,10 @@ type Rotation struct {
 	SealedSuccessor []byte
 	ReuseInterval   time.Duration
 	AccessToken     AccessTokenRef
+	// Network is the client's network (IPv4 /24, IPv6 /64; "" unknown):
+	// the store records it in the family and raises a refresh_new_network
+	// alert when it differs from the last rotation's (issue 13).
+	Network string
 }
 
 // RotationResult is a successful rotation: the family after it and, when

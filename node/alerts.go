@@ -19,7 +19,7 @@ import (
 // queue: when the queue is full (Raft slower than the attack) an alert is
 // dropped and counted, never waited for.
 
-func init() { features = append(features, raft.FeatureThreatV2) }
+func init() { features = append(features, raft.FeatureThreatV2, raft.FeatureRefreshNetwork) }
 
 // alertQueue is how many alerts may wait for their proposal.
 const alertQueue = 256

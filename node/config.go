@@ -109,6 +109,11 @@ type Config struct {
 	// username and tenant (issuance/ratelimit.go); budgets are shared
 	// between the nodes over NATS (node/ratelimit.go).
 	RateLimits issuance.RateLimits
+	// AlertRiskWindow is how long after it was raised a security alert
+	// counts against the requests it names in the contextual policies'
+	// risk, alerts and tenant_alerts (node/risk.go); 0 means 10 minutes,
+	// negative turns the signal off.
+	AlertRiskWindow time.Duration
 	// SIEMFile receives the security and audit events as JSON lines in
 	// an OCSF-aligned schema (siem.go); "-" is stdout, "" is off.
 	SIEMFile string

@@ -90,6 +90,7 @@ func (n *Node) newChecker() *gateway.Checker {
 			return tok, err
 		},
 		Policy: n.iss.Policy(),
+		Risk:   n.risk.signal,
 		Realm:  n.base,
 		Now:    n.now,
 	}

@@ -17,6 +17,8 @@ type flowStore struct {
 	node   string
 	region string
 	par    *featureGate // par.go
+	// refreshNet gates RotateRefresh.network (raft.FeatureRefreshNetwork).
+	refreshNet *featureGate
 }
 
 var (
@@ -183,11 +185,24 @@ func (f *flowStore) RedeemCode(ctx context.Context, r issuance.CodeRedemption) (
 }
 
 func (f *flowStore) RotateRefresh(ctx context.Context, r issuance.Rotation) (issuance.RotationResult, error) {
-	g, err := f.proposeGrant(ctx, &raftpb.Command{Op: &raftpb.Command_RotateRefresh{RotateRefresh: &raftpb.RotateRefresh{
+	rot := &raftpb.RotateRefresh{
 		Tenant: r.Tenant, FamilyId: r.FamilyID, Generation: r.Generation, TokenHash: r.TokenHash, ClientId: r.ClientID,
 		NewHash: r.NewHash, SealedSuccessor: r.SealedSuccessor, ReuseIntervalNanos: int64(r.ReuseInterval),
 		AccessToken: accessToPB(r.AccessToken), Node: f.node, Region: f.region,
-	}}})
+	}
+	// The family's network (a refresh_new_network alert when it moves)
+	// once every member records it the same way, and not after a
+	// recorded cluster version without it (a downgrade).
+	if r.Network != "" && f.refreshNet.allow(ctx) {
+		if st := f.rep.rn.State(); st.ClusterVersion() == nil || st.FeatureEnabled(raft.FeatureRefreshNetwork) {
+			rot.Network = r.Network
+		}
+	}
+	g, err := f.proposeGrant(ctx, &raftpb.Command{Op: &raftpb.Command_RotateRefresh{RotateRefresh: rot}})
+	if err != nil && rot.Network != "" && errors.Is(err, raft.ErrFeatureDisabled) {
+		rot.Network = "" // recorded off meanwhile: rotate without it
+		g, err = f.proposeGrant(ctx, &raftpb.Command{Op: &raftpb.Command_RotateRefresh{RotateRefresh: rot}})
+	}
 	if err != nil {
 		return issuance.RotationResult{}, err
 	}

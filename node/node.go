@@ -34,6 +34,7 @@ const DefaultTenant = "default"
 type Node struct {
 	// alerts queues the security alerts for Raft (alerts.go).
 	alerts *alertSink
+	risk   *riskIndex // risk.go
 	// metricsToken, if set, is the bearer token /metrics requires.
 	metricsToken string
 	// adminLn and adminSrv serve the admin APIs on Config.AdminListen
@@ -143,6 +144,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if err := n.openRaft(); err != nil {
 		return nil, err
 	}
+	n.risk = newRiskIndex(cfg.AlertRiskWindow, n.now) // risk.go
+	n.raft.FSM().OnApplied(n.risk.observe)
 	n.disk = newDiskWatch(cfg.DataDir, cfg.MinFreeDisk, n.raft, n.log.With("component", "disk"))
 	n.raft.SetWriteGate(n.disk.refused)
 	n.rep.fresh = n.fresh
@@ -159,7 +162,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.MaxBodyBytes = cfg.MaxBodyBytes
 	ic.JWKSMaxAge = cfg.JWKSMaxAge
 	// End-user flows (node/grants.go); cookies are Secure outside dev.
-	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region, par: newFeatureGate(n.cl, featurePARKeyPolicy)}
+	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region, par: newFeatureGate(n.cl, featurePARKeyPolicy),
+		refreshNet: newFeatureGate(n.cl, raft.FeatureRefreshNetwork)}
 	ic.Users, ic.Grants = flows, flows
 	ic.InsecureCookies = cfg.Dev
 	ic.RefreshTTL = cfg.RefreshTTL
@@ -171,6 +175,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	ic.DPoP.RequireNonce = cfg.DPoPRequireNonce
 	ic.Policy = n.policyEngine() // node/gateway.go
 	ic.RateLimits = cfg.RateLimits
+	ic.Risk = n.risk.signal
 	ic.ZTv2 = n.ztv2(newFeatureGate(n.cl, featureZTv2)) // sealkeys.go
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err

@@ -29,6 +29,11 @@ import (
 // FeatureThreatV2 names op 140 (security alerts).
 const FeatureThreatV2 = "threat_v2"
 
+// FeatureRefreshNetwork names RotateRefresh.network (fieldGates): the
+// family records the network of its last rotation, and a rotation from
+// another network raises a refresh_new_network alert (familyNetwork).
+const FeatureRefreshNetwork = "refresh_network"
+
 // Alert kinds (SecurityAlert.kind).
 const (
 	AlertCredentialStuffing = "credential_stuffing"
@@ -37,7 +42,14 @@ const (
 	AlertRateLimitExceeded  = "rate_limit_exceeded"
 )
 
-// AlertKinds lists the alert kinds.
+// AlertRefreshNewNetwork is raised by the FSM itself when a refresh
+// family rotates from another network than its last rotation's
+// (RotateRefresh.network, feature "refresh_network"). It is not a kind op
+// 140 accepts (AlertKinds): a replica of the threat_v2 release would refuse
+// it.
+const AlertRefreshNewNetwork = "refresh_new_network"
+
+// AlertKinds lists the alert kinds op 140 accepts.
 var AlertKinds = []string{AlertCredentialStuffing, AlertTokenGuessing, AlertUserCodeGuessing, AlertRateLimitExceeded}
 
 func checkRaiseSecurityAlert(r *raftpb.RaiseSecurityAlert) error {
@@ -96,13 +108,41 @@ func (a *applier) raiseSecurityAlert(r *raftpb.RaiseSecurityAlert, now int64) er
 		return nil // raised this minute already
 	}
 	a.put(b, key, []byte{})
+	a.announceAlert(al, now)
+	return nil
+}
+
+// announceAlert puts al on the event log (a tenant that exists only: the
+// event is signed with the tenant's keys).
+func (a *applier) announceAlert(al *raftpb.SecurityAlert, now int64) {
 	al.TimeUnixNano = now
 	if !a.tenantExists(al.Tenant) {
-		return nil // the event is signed with the tenant's keys
+		return
 	}
 	a.emit(&raftpb.Event{Tenant: al.Tenant, Kind: raftpb.EventKind_EVENT_KIND_SECURITY_ALERT, TimeUnixNano: now,
 		ClientId: al.ClientId, Subject: al.Subject, Node: al.Node, Region: al.Region, Alert: al})
-	return nil
+}
+
+// familyNetwork records the network of a rotation (RotateRefresh.network)
+// in the family and, when the family's last rotation came from another
+// network, announces a refresh_new_network alert naming the client, the
+// user and the new network, and returns it (GrantResult.alert). A family's
+// first recorded rotation only records its network. Deterministic: the
+// network travels in the command.
+func (a *applier) familyNetwork(f *raftpb.Family, r *raftpb.RotateRefresh, now int64) *raftpb.SecurityAlert {
+	nw := r.GetNetwork()
+	if nw == "" {
+		return nil
+	}
+	prev := f.LastNetwork
+	f.LastNetwork = nw
+	if prev == "" || prev == nw {
+		return nil
+	}
+	al := &raftpb.SecurityAlert{Kind: AlertRefreshNewNetwork, Tenant: f.Tenant, ClientId: f.ClientId, Subject: f.UserId,
+		Source: nw, Signal: "refresh_family_network", Count: 1, Node: r.GetNode(), Region: r.GetRegion()}
+	a.announceAlert(al, now)
+	return al
 }
 
 // checkRevokeUserAccess validates op 141.

@@ -3,6 +3,7 @@ package raft
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"go.etcd.io/bbolt"
@@ -152,5 +153,73 @@ func TestRevokeUserAccess(t *testing.T) {
 	}
 	if res := applyAll(t, f, revokeAccessCmd(t0+20, &raftpb.RevokeUserAccess{Tenant: "t", UserId: "nobody", Sessions: true})); !errors.Is(res[0].Err, ErrNotFound) {
 		t.Fatalf("unknown user: %v", res[0].Err)
+	}
+}
+
+// TestRefreshFamilyNewNetwork: a rotation carrying the client's network
+// records it in the family; a later rotation from another network
+// announces a refresh_new_network alert (event and GrantResult) naming
+// the client, the user and the new network; a rotation without a network
+// changes nothing. The field is gated (fieldGates). The golden file keeps
+// the encoding (run with -update to write it).
+func TestRefreshFamilyNewNetwork(t *testing.T) {
+	netRotate := func(now int64, gen uint64, presented, next, network string) *raftpb.Command {
+		c := rotate(now, gen, presented, next, "j"+next, 0)
+		c.GetRotateRefresh().Network = network
+		return c
+	}
+	golden := []struct {
+		name string
+		cmd  *raftpb.Command
+	}{{"rotate_refresh_network", netRotate(t0+sec, 1, "1", "2", "198.51.100.0/24")}}
+	writeGolden(t, golden)
+	f := flowFSM(t)
+	grantOf(t, apply1(t, f, flowCmd(t0, &raftpb.RedeemCode{Tenant: "t", CodeHash: h("a"), CodeExpiresUnixNano: t0 + 60*sec,
+		ClientId: "c1", UserId: "u1", Family: family("f1", h("1")), AccessToken: at("j1", t0+hour)})))
+	before, err := f.EventsSince(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyGolden(t, f, "TestRefreshFamilyNewNetwork", golden) // first network: recorded only
+	steps := []struct {
+		cmd     *raftpb.Command
+		network string
+		alert   bool
+	}{
+		{netRotate(t0+2*sec, 2, "2", "3", "198.51.100.0/24"), "198.51.100.0/24", false},
+		{netRotate(t0+3*sec, 3, "3", "4", "2001:db8:1:2::/64"), "2001:db8:1:2::/64", true},
+		{netRotate(t0+4*sec, 4, "4", "5", ""), "2001:db8:1:2::/64", false},
+		{netRotate(t0+5*sec, 5, "5", "6", "198.51.100.0/24"), "198.51.100.0/24", true},
+	}
+	for i, s := range steps {
+		g := grantOf(t, apply1(t, f, s.cmd))
+		if g.Outcome != OutcomeDone || g.Family.GetLastNetwork() != s.network || (g.Alert != nil) != s.alert {
+			t.Fatalf("step %d: %v", i, g)
+		}
+		if a := g.Alert; a != nil && (a.Kind != AlertRefreshNewNetwork || a.ClientId != "c1" || a.Subject != "u1" || a.Source != s.network || a.TimeUnixNano != s.cmd.TimeUnixNano) {
+			t.Errorf("step %d: alert %v", i, a)
+		}
+	}
+	evs, err := f.EventsSince(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var alerts []string
+	for _, e := range evs[len(before):] {
+		if e.Kind == raftpb.EventKind_EVENT_KIND_SECURITY_ALERT {
+			alerts = append(alerts, e.GetAlert().GetKind()+" "+e.GetAlert().GetSource())
+		}
+	}
+	if fmt.Sprint(alerts) != "[refresh_new_network 2001:db8:1:2::/64 refresh_new_network 198.51.100.0/24]" {
+		t.Errorf("alert events %v", alerts)
+	}
+	if g := OpProposerGated(netRotate(t0, 1, "x", "y", "198.51.100.0/24")); g != FeatureRefreshNetwork {
+		t.Errorf("rotation with a network gated on %q", g)
+	}
+	if g := OpProposerGated(netRotate(t0, 1, "x", "y", "")); g != "" {
+		t.Errorf("rotation without a network gated on %q", g)
+	}
+	if err := checkCommand(netRotate(t0, 1, "x", "y", strings.Repeat("1", 65))); err == nil {
+		t.Error("a 65-byte network accepted")
 	}
 }

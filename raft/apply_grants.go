@@ -295,8 +295,9 @@ func (a *applier) rotateRefresh(r *raftpb.RotateRefresh, now int64) (*raftpb.Gra
 		f.SealedSuccessor = r.GetSealedSuccessor()
 		f.LastUsedUnixNano = now
 		f.AccessTokens = addAccessToken(f.AccessTokens, r.GetAccessToken(), now)
+		al := a.familyNetwork(f, r, now) // apply_alert.go
 		a.putFamily(f)
-		return &raftpb.GrantResult{Family: f}, nil
+		return &raftpb.GrantResult{Family: f, Alert: al}, nil
 	case gen+1 == f.Generation && bytes.Equal(r.GetTokenHash(), f.PreviousHash) &&
 		r.GetReuseIntervalNanos() > 0 && now-f.SupersededUnixNano <= r.GetReuseIntervalNanos() &&
 		len(f.SealedSuccessor) > 0:
@@ -631,6 +632,9 @@ func checkRotateRefresh(r *raftpb.RotateRefresh) error {
 	}
 	if len(r.GetSealedSuccessor()) > maxSealedBytes || r.GetReuseIntervalNanos() < 0 {
 		return invalidf("sealed successor too long or negative reuse interval")
+	}
+	if len(r.GetNetwork()) > 64 {
+		return invalidf("network longer than 64 bytes")
 	}
 	if err := checkText("node", r.GetNode()); err != nil {
 		return err

@@ -46,6 +46,8 @@ import (
 //	AppendAudit                                EVENT_KIND_ADMIN_AUDIT
 //	RaiseSecurityAlert, first of its key       EVENT_KIND_SECURITY_ALERT
 //	  in the minute
+//	RotateRefresh from another network than    EVENT_KIND_SECURITY_ALERT
+//	  the family's last (refresh_new_network)
 //
 // Every reversible change has its reverse event, so a receiver that applies
 // the events in order (or resyncs) converges to the replica's state. Apply

@@ -235,7 +235,8 @@ func OpProposerGated(cmd *raftpb.Command) string {
 // fieldGates gate fields added to operations older releases apply: such a
 // release ignores a field it does not know, which for these fields would
 // weaken a client (a dpop_bound client given bearer tokens, a client that
-// requires PAR accepting plain authorization requests). The node proposes
+// requires PAR accepting plain authorization requests) or make its state
+// differ from its peers' (RotateRefresh.network). The node proposes
 // a command carrying one only once every member lists the feature (node:
 // CreateClient), and Propose refuses it once a recorded cluster version
 // lacks the feature, as for gatedBy operations.
@@ -244,6 +245,14 @@ var fieldGates = []func(*raftpb.Command) string{
 		c := cmd.GetCreateClient().GetClient()
 		if c.GetDpopBound() || c.GetRequirePushedAuthorizationRequests() {
 			return "par_keypolicy"
+		}
+		return ""
+	},
+	// A replica that ignored RotateRefresh.network would write another
+	// family record than its peers (apply_alert.go, familyNetwork).
+	func(cmd *raftpb.Command) string {
+		if cmd.GetRotateRefresh().GetNetwork() != "" {
+			return FeatureRefreshNetwork
 		}
 		return ""
 	},

@@ -265,6 +265,8 @@ func policyInput(raw []byte, tenant string) (issuance.PolicyInput, error) {
 		Device          map[string]string `json:"device"`
 		User            map[string]string `json:"user"`
 		Risk            float64           `json:"risk"`
+		Alerts          []string          `json:"alerts"`
+		TenantAlerts    []string          `json:"tenant_alerts"`
 	}
 	dec := json.NewDecoder(strings.NewReader(string(raw)))
 	dec.DisallowUnknownFields()
@@ -273,7 +275,8 @@ func policyInput(raw []byte, tenant string) (issuance.PolicyInput, error) {
 	}
 	in := issuance.PolicyInput{Tenant: tenant, ClientID: v.Client, Subject: v.Subject, Actor: v.Actor, GrantType: v.GrantType,
 		RequestedScopes: v.RequestedScopes, GrantedScopes: v.GrantedScopes, Audience: v.Audience, ClientIP: v.ClientIP,
-		Method: v.Method, Path: v.Path, Device: v.Device, User: v.User, Risk: v.Risk, Time: time.Now()}
+		Method: v.Method, Path: v.Path, Device: v.Device, User: v.User, Risk: v.Risk,
+		Alerts: v.Alerts, TenantAlerts: v.TenantAlerts, Time: time.Now()}
 	if v.Time != "" {
 		t, err := time.Parse(time.RFC3339, v.Time)
 		if err != nil {

@@ -62,6 +62,15 @@ func TestAdminPolicyTestOffline(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &d); err != nil || d["allow"] != false || d["reason"] != "only app" {
 		t.Fatalf("%s %v", out, err)
 	}
+	// The threat signals (issue 13) are inputs too.
+	os.WriteFile(pol, []byte(`risk >= 1.0 && "token_guessing" in alerts ? dyn({"allow": false, "reason": "under alert"}) : dyn({"allow": tenant_alerts.size() == 0})`), 0o644)
+	for input, allow := range map[string]bool{`{"risk":1,"alerts":["token_guessing"]}`: false, `{"risk":0.5,"tenant_alerts":["credential_stuffing"]}`: false, `{}`: true} {
+		code, out, errs := runCLI(t, nil, "admin", "policy", "test", "--tenant", "acme", "--file", pol, "--input", input, "--output", "json")
+		d = nil
+		if code != 0 || json.Unmarshal([]byte(out), &d) != nil || d["allow"] != allow {
+			t.Errorf("input %s: %d %s %s, want allow %v", input, code, out, errs, allow)
+		}
+	}
 	os.WriteFile(pol, []byte(`client ==`), 0o644)
 	if code, _, _ := runCLI(t, nil, "admin", "policy", "test", "--file", pol, "--input", `{}`); code != 2 {
 		t.Errorf("a policy that does not compile: exit %d, want 2", code)

@@ -12,10 +12,27 @@
 //	time                                         timestamp
 //	device, user                                 map(string, string)
 //	risk                                         double
+//	alerts, tenant_alerts                        list(string)
 //
 // client_ip comes from the direct peer or a trusted proxy's header only;
-// device is the posture a trusted proxy or device agent asserted; risk is
-// the threat-detection hook (0 when nothing scored the request). grant_type
+// device is the posture a trusted proxy or device agent asserted; risk,
+// alerts and tenant_alerts come from the threat-detection hook
+// (issuance.Config.Risk; 0 and empty when nothing scored the request). On
+// a node they are the cluster's active security alerts (issue 13, node
+// Config.AlertRiskWindow after the alert was raised, default 10 minutes):
+// alerts lists the kinds (credential_stuffing, token_guessing,
+// user_code_guessing, rate_limit_exceeded, refresh_new_network) of those
+// that apply to the request — everything the alert names (client, user,
+// source address or network) is the request's client, subject or
+// client_ip — and risk is then 1; tenant_alerts lists the kinds of those
+// that name only the tenant (e.g. failed sign-ins across the tenant), and
+// risk is 0.5 when there are only such. For example, deny while the client or
+// network is under attack, and drop to read-only while the tenant is:
+//
+//	risk >= 1.0 ? dyn({"allow": false, "reason": "under attack"}) :
+//	  "credential_stuffing" in tenant_alerts ? dyn({"scopes": ["read"]}) : dyn({"allow": true})
+//
+// grant_type
 // is "gateway" at the gateway check. The function in_cidr(ip, cidr) tests
 // the network.
 //
@@ -87,6 +104,8 @@ var env = func() *cel.Env {
 		cel.Variable("device", cel.MapType(cel.StringType, cel.StringType)),
 		cel.Variable("user", cel.MapType(cel.StringType, cel.StringType)),
 		cel.Variable("risk", cel.DoubleType),
+		cel.Variable("alerts", cel.ListType(cel.StringType)),
+		cel.Variable("tenant_alerts", cel.ListType(cel.StringType)),
 		cel.Function("in_cidr",
 			cel.Overload("in_cidr_string_string", []*cel.Type{cel.StringType, cel.StringType}, cel.BoolType,
 				cel.BinaryBinding(func(ip, cidr ref.Val) ref.Val {
@@ -165,6 +184,7 @@ func Activation(in issuance.PolicyInput) map[string]any {
 		"grant_type": in.GrantType, "requested_scopes": nz(in.RequestedScopes), "granted_scopes": nz(in.GrantedScopes),
 		"audience": nz(in.Audience), "client_ip": in.ClientIP, "method": in.Method, "path": in.Path,
 		"time": t, "device": nm(in.Device), "user": nm(in.User), "risk": in.Risk,
+		"alerts": nz(in.Alerts), "tenant_alerts": nz(in.TenantAlerts),
 	}
 }
 

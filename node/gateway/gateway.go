@@ -134,9 +134,10 @@ type Checker struct {
 	Phantom func(ctx context.Context, tenant string, id *Identity, audience string) (string, error)
 	// Policy, if set, is evaluated on every check that passed the scopes.
 	Policy issuance.PolicyEngine
-	// Risk, if set, scores a check for the policy's risk variable (the
-	// threat-detection hook, as issuance.Config.Risk).
-	Risk func(ctx context.Context, in issuance.PolicyInput) float64
+	// Risk, if set, scores a check for the policy's risk, alerts and
+	// tenant_alerts variables (the threat-detection hook, as
+	// issuance.Config.Risk).
+	Risk func(ctx context.Context, in issuance.PolicyInput) issuance.RiskSignal
 	// Realm names the protection space in challenges.
 	Realm string
 	Now   func() time.Time
@@ -214,7 +215,7 @@ func (c *Checker) Check(ctx context.Context, req Request) Decision {
 			Method: req.Method, Path: path, Device: req.Device,
 		}
 		if c.Risk != nil {
-			in.Risk = c.Risk(ctx, in)
+			in = in.WithRisk(c.Risk(ctx, in))
 		}
 		pd, err := c.Policy.Evaluate(ctx, in)
 		if err != nil {

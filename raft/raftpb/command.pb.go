@@ -2558,8 +2558,13 @@ type RotateRefresh struct {
 	ReuseIntervalNanos int64        `protobuf:"varint,8,opt,name=reuse_interval_nanos,json=reuseIntervalNanos,proto3" json:"reuse_interval_nanos,omitempty"`
 	AccessToken        *AccessToken `protobuf:"bytes,9,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
 	// Where the request was served, for the reuse-detection event.
-	Node          string `protobuf:"bytes,10,opt,name=node,proto3" json:"node,omitempty"`
-	Region        string `protobuf:"bytes,11,opt,name=region,proto3" json:"region,omitempty"`
+	Node   string `protobuf:"bytes,10,opt,name=node,proto3" json:"node,omitempty"`
+	Region string `protobuf:"bytes,11,opt,name=region,proto3" json:"region,omitempty"`
+	// The client's network (IPv4 /24 or IPv6 /64; issue 13, feature
+	// "refresh_network"): recorded in the family (Family.last_network); a
+	// rotation from another network than the last one raises a
+	// refresh_new_network security alert. Empty: not recorded.
+	Network       string `protobuf:"bytes,142,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2667,6 +2672,13 @@ func (x *RotateRefresh) GetNode() string {
 func (x *RotateRefresh) GetRegion() string {
 	if x != nil {
 		return x.Region
+	}
+	return ""
+}
+
+func (x *RotateRefresh) GetNetwork() string {
+	if x != nil {
+		return x.Network
 	}
 	return ""
 }
@@ -3355,8 +3367,10 @@ type Family struct {
 	RevokeReason       string         `protobuf:"bytes,17,opt,name=revoke_reason,json=revokeReason,proto3" json:"revoke_reason,omitempty"`
 	AccessTokens       []*AccessToken `protobuf:"bytes,18,rep,name=access_tokens,json=accessTokens,proto3" json:"access_tokens,omitempty"`
 	CodeHash           []byte         `protobuf:"bytes,19,opt,name=code_hash,json=codeHash,proto3" json:"code_hash,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The network of the family's last rotation (RotateRefresh.network).
+	LastNetwork   string `protobuf:"bytes,142,opt,name=last_network,json=lastNetwork,proto3" json:"last_network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Family) Reset() {
@@ -3520,6 +3534,13 @@ func (x *Family) GetCodeHash() []byte {
 		return x.CodeHash
 	}
 	return nil
+}
+
+func (x *Family) GetLastNetwork() string {
+	if x != nil {
+		return x.LastNetwork
+	}
+	return ""
 }
 
 // UsedCode records a redeemed authorization code until it expires.
@@ -3865,6 +3886,9 @@ type GrantResult struct {
 	Events          []*GrantEvent `protobuf:"bytes,5,rep,name=events,proto3" json:"events,omitempty"`
 	// RedeemRequestURI: the pushed request it consumed (issue 11).
 	PushedRequest *PushedRequest `protobuf:"bytes,100,opt,name=pushed_request,json=pushedRequest,proto3" json:"pushed_request,omitempty"`
+	// RotateRefresh: the security alert the rotation raised (a family used
+	// from a new network; issue 13), also announced on the event log.
+	Alert         *SecurityAlert `protobuf:"bytes,142,opt,name=alert,proto3" json:"alert,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3937,6 +3961,13 @@ func (x *GrantResult) GetEvents() []*GrantEvent {
 func (x *GrantResult) GetPushedRequest() *PushedRequest {
 	if x != nil {
 		return x.PushedRequest
+	}
+	return nil
+}
+
+func (x *GrantResult) GetAlert() *SecurityAlert {
+	if x != nil {
+		return x.Alert
 	}
 	return nil
 }
@@ -6046,7 +6077,8 @@ func (x *AppendAudit) GetRecord() *AuditRecord {
 type SecurityAlert struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "credential_stuffing", "token_guessing", "user_code_guessing",
-	// "rate_limit_exceeded".
+	// "rate_limit_exceeded"; "refresh_new_network" (raised by RotateRefresh
+	// itself, never carried by RaiseSecurityAlert).
 	Kind   string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	Tenant string `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// The client concerned, if any.
@@ -6491,7 +6523,7 @@ const file_command_proto_rawDesc = "" +
 	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x17\n" +
 	"\auser_id\x18\x05 \x01(\tR\x06userId\x12-\n" +
 	"\x06family\x18\x06 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12=\n" +
-	"\faccess_token\x18\a \x01(\v2\x1a.tally.raft.v1.AccessTokenR\vaccessToken\"\x83\x03\n" +
+	"\faccess_token\x18\a \x01(\v2\x1a.tally.raft.v1.AccessTokenR\vaccessToken\"\x9e\x03\n" +
 	"\rRotateRefresh\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
 	"\tfamily_id\x18\x02 \x01(\tR\bfamilyId\x12\x1e\n" +
@@ -6507,7 +6539,8 @@ const file_command_proto_rawDesc = "" +
 	"\faccess_token\x18\t \x01(\v2\x1a.tally.raft.v1.AccessTokenR\vaccessToken\x12\x12\n" +
 	"\x04node\x18\n" +
 	" \x01(\tR\x04node\x12\x16\n" +
-	"\x06region\x18\v \x01(\tR\x06region\"x\n" +
+	"\x06region\x18\v \x01(\tR\x06region\x12\x19\n" +
+	"\anetwork\x18\x8e\x01 \x01(\tR\anetwork\"x\n" +
 	"\fRevokeFamily\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
 	"\tfamily_id\x18\x02 \x01(\tR\bfamilyId\x12\x16\n" +
@@ -6562,7 +6595,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11expires_unix_nano\x18\x06 \x01(\x03R\x0fexpiresUnixNano\"K\n" +
 	"\vAccessToken\x12\x10\n" +
 	"\x03jti\x18\x01 \x01(\tR\x03jti\x12*\n" +
-	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\"\xd6\x05\n" +
+	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\"\xfa\x05\n" +
 	"\x06Family\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1b\n" +
@@ -6585,7 +6618,8 @@ const file_command_proto_rawDesc = "" +
 	"\x11revoked_unix_nano\x18\x10 \x01(\x03R\x0frevokedUnixNano\x12#\n" +
 	"\rrevoke_reason\x18\x11 \x01(\tR\frevokeReason\x12?\n" +
 	"\raccess_tokens\x18\x12 \x03(\v2\x1a.tally.raft.v1.AccessTokenR\faccessTokens\x12\x1b\n" +
-	"\tcode_hash\x18\x13 \x01(\fR\bcodeHash\"\x83\x02\n" +
+	"\tcode_hash\x18\x13 \x01(\fR\bcodeHash\x12\"\n" +
+	"\flast_network\x18\x8e\x01 \x01(\tR\vlastNetwork\"\x83\x02\n" +
 	"\bUsedCode\x12\x1b\n" +
 	"\tcode_hash\x18\x01 \x01(\fR\bcodeHash\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x17\n" +
@@ -6618,7 +6652,7 @@ const file_command_proto_rawDesc = "" +
 	"\tfamily_id\x18\x05 \x01(\tR\bfamilyId\x12\x12\n" +
 	"\x04node\x18\x06 \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\a \x01(\tR\x06region\x12!\n" +
-	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\"\xb5\x02\n" +
+	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\"\xea\x02\n" +
 	"\vGrantResult\x12\x18\n" +
 	"\aoutcome\x18\x01 \x01(\tR\aoutcome\x12-\n" +
 	"\x06family\x18\x02 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12)\n" +
@@ -6626,7 +6660,8 @@ const file_command_proto_rawDesc = "" +
 	"\vdevice_code\x18\x04 \x01(\v2\x19.tally.raft.v1.DeviceCodeR\n" +
 	"deviceCode\x121\n" +
 	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\x12C\n" +
-	"\x0epushed_request\x18d \x01(\v2\x1c.tally.raft.v1.PushedRequestR\rpushedRequest\"*\n" +
+	"\x0epushed_request\x18d \x01(\v2\x1c.tally.raft.v1.PushedRequestR\rpushedRequest\x123\n" +
+	"\x05alert\x18\x8e\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert\"*\n" +
 	"\x10SetClusterIssuer\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\";\n" +
 	"\bDenyNode\x12\x17\n" +
@@ -6980,25 +7015,26 @@ var file_command_proto_depIdxs = []int32{
 	35, // 66: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
 	36, // 67: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
 	55, // 68: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	41, // 69: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	16, // 70: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
-	48, // 71: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	51, // 72: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	52, // 73: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	50, // 74: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	55, // 75: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	61, // 76: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	62, // 77: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	63, // 78: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	64, // 79: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	65, // 80: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	68, // 81: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	70, // 82: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
-	83, // [83:83] is the sub-list for method output_type
-	83, // [83:83] is the sub-list for method input_type
-	83, // [83:83] is the sub-list for extension type_name
-	83, // [83:83] is the sub-list for extension extendee
-	0,  // [0:83] is the sub-list for field type_name
+	70, // 69: tally.raft.v1.GrantResult.alert:type_name -> tally.raft.v1.SecurityAlert
+	41, // 70: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	16, // 71: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
+	48, // 72: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	51, // 73: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	52, // 74: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	50, // 75: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	55, // 76: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	61, // 77: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	62, // 78: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	63, // 79: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	64, // 80: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	65, // 81: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	68, // 82: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	70, // 83: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
+	84, // [84:84] is the sub-list for method output_type
+	84, // [84:84] is the sub-list for method input_type
+	84, // [84:84] is the sub-list for extension type_name
+	84, // [84:84] is the sub-list for extension extendee
+	0,  // [0:84] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }

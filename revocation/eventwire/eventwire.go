@@ -201,7 +201,8 @@ type EventDetails struct {
 }
 
 // AlertDetails is a security alert: kind (credential_stuffing,
-// token_guessing, user_code_guessing, rate_limit_exceeded), the client,
+// token_guessing, user_code_guessing, rate_limit_exceeded,
+// refresh_new_network), the client,
 // user id and source address or subnet it is about (each when known), the
 // signal that fired and what it counted within window_seconds, and the
 // node and region that saw it.
