@@ -62,7 +62,11 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 			if err == nil {
 				return res, nil
 			}
-			if errors.Is(err, raft.ErrClosed) || errors.Is(err, raft.ErrWritesRefused) || ctx.Err() != nil {
+			if errors.Is(err, raft.ErrClosed) || errors.Is(err, raft.ErrWritesRefused) || errors.Is(err, raft.ErrFeatureDisabled) || ctx.Err() != nil {
+				// A feature refusal is a verdict of the recorded cluster
+				// version, not a passing state: retrying until the write
+				// timeout would only delay it (a caller may propose the
+				// command again without the gated part).
 				return res, fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
 			last = err // not leader any more, or leadership lost: retry
@@ -87,6 +91,9 @@ func (c *cluster) propose(ctx context.Context, cmd *raftpb.Command) (raft.Result
 		if err != nil {
 			if code := connect.CodeOf(err); code == connect.CodeInvalidArgument || code == connect.CodePermissionDenied {
 				return raft.Result{Err: fmt.Errorf("%w: %v", raft.ErrInvalid, err)}, nil
+			}
+			if featureRefused(err) {
+				return raft.Result{}, fmt.Errorf("%w: %w: the leader refused: %v", ErrUnavailable, raft.ErrFeatureDisabled, err)
 			}
 			last = err
 			continue
@@ -391,6 +398,11 @@ func (s *clusterService) Apply(ctx context.Context, req *connect.Request[cluster
 		if errors.Is(err, raft.ErrNotLeader) {
 			return nil, notLeader(s.c.rn)
 		}
+		if errors.Is(err, raft.ErrFeatureDisabled) {
+			ce := connect.NewError(connect.CodeFailedPrecondition, err)
+			ce.Meta().Set(featureRefusedHeader, "1")
+			return nil, ce
+		}
 		return nil, connect.NewError(connect.CodeUnavailable, err)
 	}
 	out := &clusterv1.ApplyResponse{Index: res.Index, Result: resultCode(res.Err)}
@@ -403,6 +415,20 @@ func (s *clusterService) Apply(ctx context.Context, req *connect.Request[cluster
 		out.Grant, _ = (proto.MarshalOptions{Deterministic: true}).Marshal(res.Grant)
 	}
 	return connect.NewResponse(out), nil
+}
+
+// featureRefusedHeader marks a forwarded write the leader refused because
+// the recorded cluster version lacks its feature (raft.ErrFeatureDisabled):
+// the forwarding node returns that at once instead of retrying until its
+// write timeout. (A follower that has not yet applied a downgrade the
+// leader has proposes a gated part, e.g. a refresh rotation's network,
+// and proposes again without it.) Older forwarders see FailedPrecondition
+// and retry, as before.
+const featureRefusedHeader = "Tally-Feature-Refused"
+
+func featureRefused(err error) bool {
+	var ce *connect.Error
+	return errors.As(err, &ce) && connect.CodeOf(err) == connect.CodeFailedPrecondition && ce.Meta().Get(featureRefusedHeader) != ""
 }
 
 func notLeader(rn *raft.Node) error {

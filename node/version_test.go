@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
 	"github.com/tallyauth/tally/node/nodetest"
@@ -117,5 +119,28 @@ func checkTokenFormat(t *testing.T, c *nodetest.Cluster, id, s string, f raftpb.
 	got, err := c.Node(2).Admin.GetClient(context.Background(), connect.NewRequest(&adminv1.GetClientRequest{Tenant: "default", ClientId: id}))
 	if err != nil || got.Msg.GetClient().GetTokenFormat() != s {
 		t.Fatalf("admin GetClient: %v %v, want token format %q", got, err, s)
+	}
+}
+
+// TestForwardedWriteRefusedByFeatureReturnsAtOnce: a follower forwards a
+// write whose gated part the recorded cluster version lacks (a downgrade
+// the leader has applied): the leader's refusal reaches the follower as
+// raft.ErrFeatureDisabled at once, so the caller can propose again without
+// the gated part (a refresh rotation without its network), instead of the
+// follower retrying until its write timeout and answering
+// temporarily_unavailable (make upgrade-test met that during a downgrade).
+func TestForwardedWriteRefusedByFeatureReturnsAtOnce(t *testing.T) {
+	const writeTimeout = 20 * time.Second
+	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(func(cfg *node.Config) { cfg.WriteTimeout = writeTimeout }))
+	ctx := context.Background()
+	if _, err := c.Node(0).ClusterAdmin.Downgrade(ctx, connect.NewRequest(&clusterv1.DowngradeRequest{Version: 1})); err != nil {
+		t.Fatal(err)
+	}
+	waitClusterVersion(t, c, "version 1, held", func(v uint32, f []string, hold bool) bool { return v == 1 && hold })
+	f := c.Follower()
+	cmd := &raftpb.Command{Op: &raftpb.Command_RotateRefresh{RotateRefresh: &raftpb.RotateRefresh{
+		Tenant: "default", FamilyId: "f_none", Generation: 1, TokenHash: make([]byte, 32), ClientId: "c", NewHash: make([]byte, 32), Network: "192.0.2.0/24"}}}
+	if _, err := node.ProposeForTest(ctx, f.Node, cmd); !errors.Is(err, raft.ErrFeatureDisabled) {
+		t.Fatalf("forwarded gated write after a downgrade: %v, want raft.ErrFeatureDisabled", err)
 	}
 }
