@@ -43,30 +43,16 @@ func freeAddrs(t testing.TB, n int) []string {
 }
 
 // natsCluster starts n nodes whose embedded NATS servers form one NATS
-// cluster, as make cluster runs them.
+// cluster, as make cluster runs them, and returns the servers' client URLs.
 func natsCluster(t testing.TB, n int) (*nodetest.Cluster, []string) {
-	clients, routes := freeAddrs(t, n), freeAddrs(t, n)
-	opts := []nodetest.ClusterOption{nodetest.WithNodeOptions(nodetest.WithConfig(func(cfg *node.Config) {
+	c := nodetest.StartCluster(t, n, nodetest.WithNATSCluster(), nodetest.WithNodeOptions(nodetest.WithConfig(func(cfg *node.Config) {
 		cfg.Events.Audience = []string{"tally-events"}
-	}))}
-	for i := range n {
-		var others []string
-		for j := range n {
-			if j != i {
-				others = append(others, routes[j])
-			}
-		}
-		opts = append(opts, nodetest.WithNode(i, nodetest.WithConfig(func(cfg *node.Config) {
-			cfg.NATSListen = clients[i]
-			cfg.NATSClusterListen = routes[i]
-			cfg.NATSRoutes = others
-		})))
-	}
+	})))
 	urls := make([]string, n)
-	for i, a := range clients {
-		urls[i] = "nats://" + a
+	for i := range n {
+		urls[i] = "nats://" + c.Node(i).NATSClientAddr()
 	}
-	return nodetest.StartCluster(t, n, opts...), urls
+	return c, urls
 }
 
 // streamInfo reads the event stream's info with a node's credentials.

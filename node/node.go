@@ -365,6 +365,27 @@ func (n *Node) NATSURL() string {
 	return n.nats.ClientURL()
 }
 
+// NATSClientAddr is the host:port the embedded NATS server accepts clients
+// on, or "" when it is off.
+func (n *Node) NATSClientAddr() string {
+	if n.nats == nil {
+		return ""
+	}
+	return n.nats.ClientAddr()
+}
+
+// NATSClusterAddr is the embedded NATS server's route listener address, or
+// "" without a NATS cluster.
+func (n *Node) NATSClusterAddr() string {
+	if n.nats == nil {
+		return ""
+	}
+	if a := n.nats.ClusterAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
 // Run serves until ctx is cancelled, then shuts down gracefully and closes
 // the node.
 func (n *Node) Run(ctx context.Context) error {

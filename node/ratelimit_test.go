@@ -116,19 +116,7 @@ func TestSpoofedForwardedForIgnored(t *testing.T) {
 // limit by spreading over the cluster.
 func TestRateLimitsSharedAcrossNodes(t *testing.T) {
 	const size = 3
-	clients, routes := freeAddrs(t, size), freeAddrs(t, size)
-	opts := []nodetest.ClusterOption{nodetest.WithNodeOptions(withRateLimits(issuance.RateLimits{PerClient: 1}))}
-	for i := range size {
-		var others []string
-		for j := range size {
-			if j != i {
-				others = append(others, routes[j])
-			}
-		}
-		opts = append(opts, nodetest.WithNode(i, nodetest.WithConfig(func(cfg *node.Config) {
-			cfg.NATSListen, cfg.NATSClusterListen, cfg.NATSRoutes = clients[i], routes[i], others
-		})))
-	}
+	opts := []nodetest.ClusterOption{nodetest.WithNATSCluster(), nodetest.WithNodeOptions(withRateLimits(issuance.RateLimits{PerClient: 1}))}
 	c := nodetest.StartCluster(t, size, opts...)
 	n0 := c.Node(0)
 	id, secret := n0.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "spread"})

@@ -166,24 +166,9 @@ func startDelayedCluster(b *testing.B, n int, delay time.Duration) *natsCluster 
 		}
 		c.cfgs = append(c.cfgs, cfg)
 	}
-	c.servers = make([]*Embedded, n)
-	errs := make(chan error, n)
-	for i := range n {
-		go func() {
-			var err error
-			c.servers[i], err = StartEmbedded(c.cfgs[i])
-			errs <- err
-		}()
+	b.Cleanup(c.shutdown)
+	if err := c.start(); err != nil {
+		b.Fatal(err)
 	}
-	for range n {
-		if err := <-errs; err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.Cleanup(func() {
-		for _, s := range c.servers {
-			s.Shutdown()
-		}
-	})
 	return c
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,18 +71,37 @@ type natsCluster struct {
 }
 
 // startNATSCluster starts n embedded servers routed to each other, as the
-// nodes of a tally cluster run them.
+// nodes of a tally cluster run them. The ports are chosen before the
+// servers bind them, so another process may take one in between: then the
+// cluster starts again on fresh ports.
 func startNATSCluster(t testing.TB, n int, withTLS bool) *natsCluster {
 	t.Helper()
-	clients, routes := freePorts(t, n), freePorts(t, n)
 	c := &natsCluster{t: t}
 	if withTLS {
 		c.tls = nodeTLSConfigs(t, n)
 	}
+	t.Cleanup(c.shutdown)
+	for attempt := 1; ; attempt++ {
+		c.configure(n)
+		err := c.start()
+		if err == nil {
+			return c
+		}
+		c.shutdown()
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 5 {
+			t.Fatal(err)
+		}
+	}
+}
+
+// configure sets c.cfgs for n servers on freshly chosen loopback ports.
+func (c *natsCluster) configure(n int) {
+	clients, routes := freePorts(c.t, n), freePorts(c.t, n)
+	c.cfgs = nil
 	for i := range n {
 		cfg := DefaultEmbeddedConfig()
 		cfg.Listen = clients[i]
-		cfg.StoreDir = filepath.Join(t.TempDir(), "nats")
+		cfg.StoreDir = filepath.Join(c.t.TempDir(), "nats")
 		cfg.ServerName = fmt.Sprintf("n%d", i)
 		cfg.NodePassword = testNodePass
 		cfg.ClusterListen = routes[i]
@@ -91,12 +111,17 @@ func startNATSCluster(t testing.TB, n int, withTLS bool) *natsCluster {
 				cfg.Routes = append(cfg.Routes, routes[j])
 			}
 		}
-		if withTLS {
+		if c.tls != nil {
 			cfg.RouteTLS = c.tls[i]
 			cfg.ClientTLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: c.tls[i].Certificates}
 		}
 		c.cfgs = append(c.cfgs, cfg)
 	}
+}
+
+// start starts every server of c.cfgs at once and returns the first error.
+func (c *natsCluster) start() error {
+	n := len(c.cfgs)
 	c.servers = make([]*Embedded, n)
 	errs := make(chan error, n)
 	for i := range n {
@@ -106,19 +131,23 @@ func startNATSCluster(t testing.TB, n int, withTLS bool) *natsCluster {
 			errs <- err
 		}()
 	}
+	var first error
 	for range n {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	t.Cleanup(func() {
-		for _, s := range c.servers {
-			if s != nil {
-				s.Shutdown()
-			}
+	return first
+}
+
+// shutdown stops every running server.
+func (c *natsCluster) shutdown() {
+	for i, s := range c.servers {
+		if s != nil {
+			s.Shutdown()
+			c.servers[i] = nil
 		}
-	})
-	return c
+	}
 }
 
 func (c *natsCluster) url(i int) string {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -190,13 +191,16 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replication: nats: %w", err)
 	}
+	logger := slog.New(slog.DiscardHandler)
 	if cfg.Logger != nil {
-		srv.SetLoggerV2(natsLogger{cfg.Logger.With("component", "nats")}, false, false, false)
+		logger = cfg.Logger.With("component", "nats")
 	}
+	fatal := make(chan string, 1)
+	srv.SetLoggerV2(natsLogger{l: logger, fatal: fatal}, false, false, false)
 	srv.Start()
-	if !srv.ReadyForConnections(cfg.StartTimeout) {
+	if err := awaitReady(srv, fatal, cfg.Listen, cfg.StartTimeout); err != nil {
 		srv.Shutdown()
-		return nil, fmt.Errorf("replication: nats did not accept clients on %s within %s", cfg.Listen, cfg.StartTimeout)
+		return nil, err
 	}
 	e.srv = srv
 	if e.auth != nil {
@@ -208,6 +212,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 
 // ClientURL is the nats:// (or tls://) URL clients connect to.
 func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
+
+// ClientAddr is the host:port the server accepts clients on.
+func (e *Embedded) ClientAddr() string { return e.srv.Addr().String() }
 
 // ClusterAddr is the route listener's address, nil without a cluster.
 func (e *Embedded) ClusterAddr() *net.TCPAddr { return e.srv.ClusterAddr() }
@@ -286,12 +293,47 @@ func splitHostPort(addr string) (string, int, error) {
 	return host, port, nil
 }
 
-// natsLogger routes the NATS server's log into slog.
-type natsLogger struct{ l *slog.Logger }
+// awaitReady waits until srv accepts clients (and routes). A listener that
+// cannot bind fails at once with the server's message, wrapping
+// syscall.EADDRINUSE when the port is taken, so a caller can tell a busy
+// port (and retry) from a server that is merely slow.
+func awaitReady(srv *server.Server, fatal <-chan string, listen string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case msg := <-fatal:
+			if strings.Contains(msg, "address already in use") {
+				return fmt.Errorf("replication: nats: %s: %w", msg, syscall.EADDRINUSE)
+			}
+			return fmt.Errorf("replication: nats: %s", msg)
+		default:
+		}
+		if srv.ReadyForConnections(25 * time.Millisecond) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("replication: nats did not accept clients on %s within %s", listen, timeout)
+		}
+	}
+}
+
+// natsLogger routes the NATS server's log into slog; a fatal message (a
+// listener that could not bind) also goes to fatal, without blocking.
+type natsLogger struct {
+	l     *slog.Logger
+	fatal chan<- string
+}
 
 func (n natsLogger) Noticef(format string, v ...any) { n.l.Info(fmt.Sprintf(format, v...)) }
 func (n natsLogger) Warnf(format string, v ...any)   { n.l.Warn(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Fatalf(format string, v ...any)  { n.l.Error(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Errorf(format string, v ...any)  { n.l.Error(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Debugf(format string, v ...any)  { n.l.Debug(fmt.Sprintf(format, v...)) }
-func (n natsLogger) Tracef(format string, v ...any)  {}
+func (n natsLogger) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	n.l.Error(msg)
+	select {
+	case n.fatal <- msg:
+	default:
+	}
+}
+func (n natsLogger) Errorf(format string, v ...any) { n.l.Error(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Debugf(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n natsLogger) Tracef(format string, v ...any) {}

@@ -1,6 +1,9 @@
 package replication
 
 import (
+	"errors"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,6 +83,43 @@ func TestEmbeddedConfigValidate(t *testing.T) {
 	} {
 		if err := c.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil, want an error", c)
+		}
+	}
+}
+
+// TestEmbeddedPortTaken: a client or route port that another process holds
+// fails the start with an error wrapping syscall.EADDRINUSE, long before the
+// start timeout, so a caller can choose other ports; a slow server is not
+// mistaken for a busy port.
+func TestEmbeddedPortTaken(t *testing.T) {
+	for _, route := range []bool{false, true} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		cfg := DefaultEmbeddedConfig()
+		cfg.StoreDir = t.TempDir()
+		cfg.AllowAnonymous = true
+		cfg.StartTimeout = time.Minute
+		cfg.Listen = ln.Addr().String()
+		if route {
+			cfg.Listen = "127.0.0.1:0"
+			cfg.ClusterListen = ln.Addr().String()
+			cfg.RoutePassword = "route-password-for-tests"
+			cfg.Routes = []string{ln.Addr().String()}
+		}
+		start := time.Now()
+		e, err := StartEmbedded(cfg)
+		if err == nil {
+			e.Shutdown()
+			t.Fatalf("route %v: started on a taken port", route)
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatalf("route %v: %v, want EADDRINUSE", route, err)
+		}
+		if d := time.Since(start); d >= cfg.StartTimeout {
+			t.Fatalf("route %v: failed only after the start timeout (%s)", route, d)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package nodetest
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,6 +38,7 @@ type clusterSpec struct {
 	perNode  map[int][]Option
 	regions  []string
 	nonvoter map[int]bool
+	nats     bool
 }
 
 // WithNodeOptions applies opts to every node's configuration (after the
@@ -53,6 +56,17 @@ func WithNode(i int, opts ...Option) ClusterOption {
 // two regions, "east" and "west", alternating.
 func WithRegions(regions ...string) ClusterOption {
 	return func(s *clusterSpec) { s.regions = regions }
+}
+
+// WithNATSCluster makes the nodes' embedded NATS servers one NATS cluster,
+// as make cluster runs them: each server listens on an ephemeral loopback
+// port for clients and on a route port chosen when its node is added, and
+// routes to every other node's route port. Another process may take a
+// route port before the node binds it: the node then starts on a newly
+// chosen one (the other servers learn it by gossip). A restarted node
+// rebinds its old ports.
+func WithNATSCluster() ClusterOption {
+	return func(s *clusterSpec) { s.nats = true }
 }
 
 // WithNonvoter makes node i join as a non-voter (i > 0).
@@ -78,9 +92,21 @@ type Cluster struct {
 	opts  [][]Option
 	dirs  []string
 	addrs []restartAddrs
+	nats  bool
+	// natsRoutes are the route ports chosen for the first nodes of a NATS
+	// cluster, so that the first server starts knowing the others' routes
+	// (JetStream clustering refuses to start without).
+	natsRoutes []string
 }
 
-type restartAddrs struct{ http, cluster string }
+// restartAddrs are the addresses a node rebinds when restarted; natsClient
+// and natsRoute are "" unless the cluster runs a NATS cluster. A node's
+// NATS route port is chosen when it is added, since JetStream clustering
+// wants every server's routes configured at start.
+type restartAddrs struct {
+	http, cluster, natsClient, natsRoute string
+	started                              bool // the node has run once
+}
 
 // StartCluster starts n nodes, waits until each is ready (a member that
 // has heard from the leader and has the default tenant), and stops them when
@@ -95,11 +121,16 @@ func StartCluster(tb testing.TB, n int, opts ...ClusterOption) *Cluster {
 		o(spec)
 	}
 	base := tb.TempDir()
-	c := &Cluster{tb: tb, caDir: filepath.Join(base, "ca"), kek: randomBytes(tb, 32), adminToken: hex.EncodeToString(randomBytes(tb, 24))}
+	c := &Cluster{tb: tb, caDir: filepath.Join(base, "ca"), kek: randomBytes(tb, 32), adminToken: hex.EncodeToString(randomBytes(tb, 24)), nats: spec.nats}
 	if err := raft.InitCADir(c.caDir, time.Time{}); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(c.Close)
+	if c.nats {
+		for range n {
+			c.natsRoutes = append(c.natsRoutes, freeLoopbackAddr(tb))
+		}
+	}
 	for i := range n {
 		nodeOpts := []Option{FastRaft}
 		nodeOpts = append(nodeOpts, spec.all...)
@@ -143,7 +174,13 @@ func (c *Cluster) add(dir string, opts []Option) int {
 	c.nodes = append(c.nodes, nil)
 	c.opts = append(c.opts, opts)
 	c.dirs = append(c.dirs, dir)
-	c.addrs = append(c.addrs, restartAddrs{http: "127.0.0.1:0", cluster: "127.0.0.1:0"})
+	addrs := restartAddrs{http: "127.0.0.1:0", cluster: "127.0.0.1:0"}
+	if c.nats && i < len(c.natsRoutes) {
+		addrs.natsRoute = c.natsRoutes[i]
+	} else if c.nats {
+		addrs.natsRoute = freeLoopbackAddr(c.tb)
+	}
+	c.addrs = append(c.addrs, addrs)
 	c.mu.Unlock()
 	if err := raft.IssueNodeCertDir(c.caDir, filepath.Join(dir, "tls"), raft.CertOptions{NodeID: id, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
 		c.tb.Fatal(err)
@@ -156,12 +193,67 @@ func (c *Cluster) add(dir string, opts []Option) int {
 // remembered addresses.
 func (c *Cluster) startNode(i int) *Node {
 	c.tb.Helper()
+	id := fmt.Sprintf("node%d", i)
+	var n *Node
+	var err error
+	deadline := time.Now().Add(Timeout)
+	for {
+		n, err = StartDir(context.Background(), c.dirs[i], c.startOptions(i)...)
+		if err == nil || time.Now().After(deadline) || !isAddrInUse(err) {
+			break
+		}
+		c.mu.Lock()
+		fresh := c.nats && !c.addrs[i].started
+		c.mu.Unlock()
+		if fresh {
+			// The NATS route port was chosen before binding it, and
+			// another process took it in between: choose again.
+			port := freeLoopbackAddr(c.tb)
+			c.mu.Lock()
+			c.addrs[i].natsRoute = port
+			c.mu.Unlock()
+			continue
+		}
+		// A restarted node rebinds its old ports; the kernel may hold them
+		// briefly.
+		<-time.After(50 * time.Millisecond)
+	}
+	if err != nil {
+		c.tb.Fatalf("nodetest: starting %s: %v", id, err)
+	}
+	c.mu.Lock()
+	c.nodes[i] = n
+	c.addrs[i] = restartAddrs{http: n.Addr(), cluster: n.ClusterAddr(), started: true}
+	if c.nats {
+		c.addrs[i].natsClient, c.addrs[i].natsRoute = n.NATSClientAddr(), n.NATSClusterAddr()
+	}
+	if i == 0 {
+		c.joinAddr = n.ClusterAddr()
+	}
+	c.mu.Unlock()
+	return n
+}
+
+// startOptions are node i's options for its next start: the cluster's
+// settings and remembered addresses, then the node's own options.
+func (c *Cluster) startOptions(i int) []Option {
 	c.mu.Lock()
 	dir, addrs, opts, join := c.dirs[i], c.addrs[i], c.opts[i], c.joinAddr
+	var routes []string
+	for j := range max(len(c.addrs), len(c.natsRoutes)) {
+		route := ""
+		if j < len(c.addrs) {
+			route = c.addrs[j].natsRoute
+		} else {
+			route = c.natsRoutes[j] // a node StartCluster has yet to add
+		}
+		if j != i && route != "" {
+			routes = append(routes, route)
+		}
+	}
 	c.mu.Unlock()
-	id := fmt.Sprintf("node%d", i)
-	all := append([]Option{func(cfg *node.Config) {
-		cfg.NodeID = id
+	return append([]Option{func(cfg *node.Config) {
+		cfg.NodeID = fmt.Sprintf("node%d", i)
 		cfg.KEK = c.kek
 		cfg.AdminToken = c.adminToken
 		cfg.TLSDir = filepath.Join(dir, "tls")
@@ -170,35 +262,29 @@ func (c *Cluster) startNode(i int) *Node {
 		if i > 0 {
 			cfg.Join = join
 		}
-	}}, opts...)
-	var n *Node
-	var err error
-	deadline := time.Now().Add(Timeout)
-	for {
-		// A restarted node rebinds its old ports; the kernel may hold them
-		// briefly.
-		n, err = StartDir(context.Background(), dir, all...)
-		if err == nil || time.Now().After(deadline) || !isAddrInUse(err) {
-			break
+		if c.nats {
+			cfg.NATSListen = cmp.Or(addrs.natsClient, "127.0.0.1:0")
+			cfg.NATSClusterListen = addrs.natsRoute
+			cfg.NATSRoutes = routes
 		}
-		<-time.After(50 * time.Millisecond)
-	}
+	}}, opts...)
+}
+
+// freeLoopbackAddr chooses a free loopback port (listen, then close). Another
+// process may take it before the caller binds it: callers retry.
+func freeLoopbackAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		c.tb.Fatalf("nodetest: starting %s: %v", id, err)
+		tb.Fatal(err)
 	}
-	c.mu.Lock()
-	c.nodes[i] = n
-	c.addrs[i] = restartAddrs{http: n.Addr(), cluster: n.ClusterAddr()}
-	if i == 0 {
-		c.joinAddr = n.ClusterAddr()
-	}
-	c.mu.Unlock()
-	return n
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func isAddrInUse(err error) bool {
 	var oe *net.OpError
-	return errors.As(err, &oe) && oe.Op == "listen"
+	return errors.As(err, &oe) && oe.Op == "listen" || errors.Is(err, syscall.EADDRINUSE)
 }
 
 // Len is the number of nodes, running or stopped.
