@@ -79,6 +79,29 @@ bench:
 bench-writes:
 	TALLY_FIGURES=1 $(GO) test -count=1 -run '^TestWritePathFigures$$' -v -timeout 15m ./node/
 
+## profile-writes: bench-writes (rows PROFILE_ROWS, default refresh) with a CPU profile in PROFILE_DIR (outside
+## the tree; never commit profiles), then `go tool pprof` summaries: the CPU by node (pprof label node=nodeN;
+## unlabelled is the load generator and the test), and the top functions of the leader and of a follower
+PROFILE_DIR  ?= /tmp/tally-profile-writes
+PROFILE_ROWS ?= refresh
+PROFILE_TOP  ?= 30
+.PHONY: profile-writes
+profile-writes:
+	@mkdir -p $(PROFILE_DIR)
+	TALLY_FIGURES=1 TALLY_FIGURES_ROWS=$(PROFILE_ROWS) $(GO) test -count=1 -run '^TestWritePathFigures$$' -v -timeout 15m \
+		-o $(PROFILE_DIR)/node.test -cpuprofile $(PROFILE_DIR)/cpu.pprof ./node/ | tee $(PROFILE_DIR)/figures.txt
+	@leader=$$(sed -n 's/.*leader: node\([0-9]\).*/\1/p' $(PROFILE_DIR)/figures.txt | head -1); \
+	follower=$$(( (leader + 1) % 3 )); \
+	echo; echo "== CPU by node (leader node$$leader; unlabelled: load generator and test)"; \
+	$(GO) tool pprof -tags -tagfocus 'node=.' $(PROFILE_DIR)/node.test $(PROFILE_DIR)/cpu.pprof 2>/dev/null | sed -n '/node:/,/^ *$$/p'; \
+	$(GO) tool pprof -top -nodecount=1 $(PROFILE_DIR)/node.test $(PROFILE_DIR)/cpu.pprof 2>/dev/null | grep -m1 'Total samples'; \
+	for who in "leader node$$leader" "follower node$$follower"; do \
+		set -- $$who; echo; echo "== $$1 ($$2): top $(PROFILE_TOP) by cumulative, then by flat"; \
+		$(GO) tool pprof -top -cum -nodecount=$(PROFILE_TOP) -tagfocus node=$$2 $(PROFILE_DIR)/node.test $(PROFILE_DIR)/cpu.pprof 2>/dev/null | tail -n +5; \
+		$(GO) tool pprof -top -nodecount=$(PROFILE_TOP) -tagfocus node=$$2 $(PROFILE_DIR)/node.test $(PROFILE_DIR)/cpu.pprof 2>/dev/null | tail -n +5; \
+	done; \
+	echo; echo "profile: $(PROFILE_DIR)/cpu.pprof (binary $(PROFILE_DIR)/node.test); e.g. go tool pprof -http=: -tagfocus node=node$$leader $(PROFILE_DIR)/node.test $(PROFILE_DIR)/cpu.pprof"
+
 ## sweep-bench: apply latency while sweeping 1,000,000 live families, used codes and device codes
 ## (TALLY_SWEEP_RECORDS to change), unbounded beside bounded sweeps (issue 14; not part of make test)
 sweep-bench:

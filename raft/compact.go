@@ -12,7 +12,8 @@ import (
 // its live records and puts it in place of the old one, so that bytes of
 // deleted records (kept by bbolt in free pages until reused) leave the
 // file: after DeleteUser and DeleteTenant, personal data is erased from
-// the disk, not only from the state (apply_delete.go). Called with f.mu
+// the disk, not only from the state (apply_delete.go). A state database
+// set aside as possibly torn after a machine crash is removed as well. Called with f.mu
 // held, after a batch committed. The records do not change, so the view
 // stays. A snapshot being persisted holds a read transaction: closing the
 // old database waits for it. A failure leaves the old file in use and is
@@ -64,10 +65,13 @@ func (f *FSM) compactLocked() {
 			storageFault("compact: %v", err)
 		}
 	}
-	db, err := openStateDB(f.path)
+	db, err := openStateDB(f.path, f.noSync)
 	if err != nil {
 		storageFault("compact: reopen: %v", fmt.Errorf("%w", err))
 	}
 	f.db = db
+	// A state database set aside as possibly torn (statemark.go) holds
+	// the records as they were before the erasure: it goes too.
+	removeTorn(f.path)
 	f.logger.Info("state database compacted after an erasure: deleted records left the file")
 }

@@ -22,6 +22,15 @@
 // crash the database and its applied index agree and replayed entries are
 // skipped. The bucket layout is declared in schema.go.
 //
+// The state database is not where acknowledged writes are durable: the Raft
+// log (fsynced on a quorum before an entry commits) and the snapshots are.
+// The FSM commits without fsync where it can tell one kernel boot from
+// another (statemark.go): a killed process loses nothing (the page cache
+// outlives it), and after an OS crash or power loss a database that was
+// open is set aside as possibly torn and rebuilt from the latest snapshot
+// and the log (Node.Open restores the snapshot because the empty database's
+// applied index is behind it). Close and every Snapshot fsync the database.
+//
 // Outcomes are of two kinds:
 //
 //   - Domain outcomes (not found, already exists, revision conflict, invalid

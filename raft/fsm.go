@@ -46,6 +46,14 @@ type FSM struct {
 
 	notUnderstood atomic.Pointer[error] // see ApplyBatch
 
+	// noSync: the state database is opened without fsync and marked
+	// (statemark.go); boot is the kernel boot id the mark names.
+	noSync bool
+	boot   string
+	// skipCleanClose makes Close leave the database as a killed process
+	// would: no final sync, the mark still "dirty" (tests).
+	skipCleanClose bool
+
 	// lastWork is how long the last applied batch took before its commit
 	// (applying its entries in the transaction, without the commit's
 	// write and fsync); guarded by mu. For measurements (sweep figures).
@@ -56,15 +64,27 @@ var _ hraft.BatchingFSM = (*FSM)(nil)
 
 // OpenFSM opens (creating if needed) the state database at path and builds
 // the read view from it. A nil logger discards.
+//
+// The database is written without fsync where the kernel boot can be told
+// (Linux): its durability is the Raft log's and the snapshots'. A database
+// that was open without fsync when the machine (not only the process) went
+// down may be torn: OpenFSM sets it aside and starts from an empty one,
+// which Node.Open rebuilds from the latest snapshot and the log. See
+// statemark.go for the contract.
 func OpenFSM(path string, logger *slog.Logger) (*FSM, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	db, err := openStateDB(path)
+	boot := currentBoot()
+	noSync, err := prepareStateDB(path, boot, logger)
 	if err != nil {
 		return nil, err
 	}
-	f := &FSM{path: path, logger: logger, state: newState(), db: db, faults: new(faults), halt: make(chan struct{})}
+	db, err := openStateDB(path, noSync)
+	if err != nil {
+		return nil, err
+	}
+	f := &FSM{path: path, logger: logger, state: newState(), db: db, faults: new(faults), halt: make(chan struct{}), noSync: noSync, boot: boot}
 	if err := f.loadView(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -72,9 +92,12 @@ func OpenFSM(path string, logger *slog.Logger) (*FSM, error) {
 	return f, nil
 }
 
-func openStateDB(path string) (*bbolt.DB, error) {
+// openStateDB opens the state database; noSync skips the fsync of every
+// commit (see OpenFSM).
+func openStateDB(path string, noSync bool) (*bbolt.DB, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
 		Timeout:         5 * time.Second,
+		NoSync:          noSync,
 		NoFreelistSync:  true,
 		FreelistType:    bbolt.FreelistMapType,
 		InitialMmapSize: initialMmapSize,
@@ -153,16 +176,29 @@ func (f *FSM) view(fn func(tx *bbolt.Tx) error) error {
 }
 
 // Close closes the state database. The FSM must not be used afterwards.
+// A database written without fsync is fsynced first and then marked clean
+// (statemark.go), so that the next open trusts it even after a reboot.
 func (f *FSM) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.db == nil {
 		return nil
 	}
+	clean := f.noSync && !f.skipCleanClose
+	var serr error
+	if clean {
+		serr = f.db.Sync()
+	}
 	err := f.db.Close()
 	f.db = nil
 	if err != nil {
 		return fmt.Errorf("raft: close state: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("raft: close state: sync: %w", serr)
+	}
+	if clean {
+		return writeStateMark(f.path, stateMark{boot: f.boot, clean: true})
 	}
 	return nil
 }

@@ -58,7 +58,9 @@ type Node struct {
 //
 // On restart the FSM keeps its own state database and skips the entries it
 // already applied; a snapshot is restored at start only when the state
-// database is behind the latest snapshot (for example, after it was lost).
+// database is behind the latest snapshot (for example, after it was lost,
+// or set aside by OpenFSM because it was open without fsync when the
+// machine went down; see statemark.go).
 func Open(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
