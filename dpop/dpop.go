@@ -254,95 +254,118 @@ const minRSABits = 2048
 // with private members is refused (RFC 9449 §4.3 step 7). It returns the
 // key and its RFC 7638 SHA-256 thumbprint, base64url.
 func ParseJWK(m map[string]any) (crypto.PublicKey, string, error) {
-	str := func(name string) string { s, _ := m[name].(string); return s }
 	for _, n := range privateMembers {
 		if _, ok := m[n]; ok {
 			return nil, "", fmt.Errorf("%w: private key member %q", ErrKey, n)
 		}
 	}
-	b64 := func(name string) ([]byte, error) {
-		s := str(name)
-		if s == "" {
-			return nil, fmt.Errorf("%w: missing %s", ErrKey, name)
-		}
-		b, err := base64.RawURLEncoding.Strict().DecodeString(s)
-		if err != nil {
-			return nil, fmt.Errorf("%w: bad base64url in %s", ErrKey, name)
-		}
-		return b, nil
-	}
+	j := jwkMembers(m)
 	var canon []byte
 	var key crypto.PublicKey
-	switch str("kty") {
+	var err error
+	switch j.str("kty") {
 	case "EC":
-		var curve elliptic.Curve
-		switch str("crv") {
-		case "P-256":
-			curve = elliptic.P256()
-		case "P-384":
-			curve = elliptic.P384()
-		case "P-521":
-			curve = elliptic.P521()
-		default:
-			return nil, "", fmt.Errorf("%w: unsupported curve", ErrKey)
-		}
-		x, err := b64("x")
-		if err != nil {
-			return nil, "", err
-		}
-		y, err := b64("y")
-		if err != nil {
-			return nil, "", err
-		}
-		size := (curve.Params().BitSize + 7) / 8
-		if len(x) != size || len(y) != size {
-			return nil, "", fmt.Errorf("%w: coordinate length", ErrKey)
-		}
-		// Uncompressed point encoding; NewPublicKey checks it is on the curve.
-		pt := append(append([]byte{4}, x...), y...)
-		pk, err := ecdsa.ParseUncompressedPublicKey(curve, pt)
-		if err != nil {
-			return nil, "", fmt.Errorf("%w: point not on the curve", ErrKey)
-		}
-		key = pk
-		canon = fmt.Appendf(nil, `{"crv":%q,"kty":"EC","x":%q,"y":%q}`, str("crv"), str("x"), str("y"))
+		key, canon, err = j.ec()
 	case "RSA":
-		n, err := b64("n")
-		if err != nil {
-			return nil, "", err
-		}
-		e, err := b64("e")
-		if err != nil {
-			return nil, "", err
-		}
-		if len(n) == 0 || n[0] == 0 || len(e) == 0 || e[0] == 0 || len(e) > 4 {
-			return nil, "", fmt.Errorf("%w: RSA parameters", ErrKey)
-		}
-		N := new(big.Int).SetBytes(n)
-		E := new(big.Int).SetBytes(e)
-		if N.BitLen() < minRSABits || N.BitLen() > 8192 || E.Int64() < 3 || E.Bit(0) == 0 {
-			return nil, "", fmt.Errorf("%w: RSA key size or exponent", ErrKey)
-		}
-		key = &rsa.PublicKey{N: N, E: int(E.Int64())}
-		canon = fmt.Appendf(nil, `{"e":%q,"kty":"RSA","n":%q}`, str("e"), str("n"))
+		key, canon, err = j.rsa()
 	case "OKP":
-		if str("crv") != "Ed25519" {
-			return nil, "", fmt.Errorf("%w: unsupported OKP curve", ErrKey)
-		}
-		x, err := b64("x")
-		if err != nil {
-			return nil, "", err
-		}
-		if len(x) != ed25519.PublicKeySize {
-			return nil, "", fmt.Errorf("%w: Ed25519 key length", ErrKey)
-		}
-		key = ed25519.PublicKey(x)
-		canon = fmt.Appendf(nil, `{"crv":"Ed25519","kty":"OKP","x":%q}`, str("x"))
+		key, canon, err = j.okp()
 	default:
-		return nil, "", fmt.Errorf("%w: unsupported kty", ErrKey)
+		err = fmt.Errorf("%w: unsupported kty", ErrKey)
+	}
+	if err != nil {
+		return nil, "", err
 	}
 	sum := sha256.Sum256(canon)
 	return key, base64.RawURLEncoding.EncodeToString(sum[:]), nil
+}
+
+// jwkMembers is a JWK's members, as ParseJWK reads them.
+type jwkMembers map[string]any
+
+func (m jwkMembers) str(name string) string { s, _ := m[name].(string); return s }
+
+// b64 is a base64url member, which must be present.
+func (m jwkMembers) b64(name string) ([]byte, error) {
+	s := m.str(name)
+	if s == "" {
+		return nil, fmt.Errorf("%w: missing %s", ErrKey, name)
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: bad base64url in %s", ErrKey, name)
+	}
+	return b, nil
+}
+
+// ec is an EC P-256/P-384/P-521 key and its RFC 7638 canonical members.
+func (m jwkMembers) ec() (crypto.PublicKey, []byte, error) {
+	var curve elliptic.Curve
+	switch m.str("crv") {
+	case "P-256":
+		curve = elliptic.P256()
+	case "P-384":
+		curve = elliptic.P384()
+	case "P-521":
+		curve = elliptic.P521()
+	default:
+		return nil, nil, fmt.Errorf("%w: unsupported curve", ErrKey)
+	}
+	x, err := m.b64("x")
+	if err != nil {
+		return nil, nil, err
+	}
+	y, err := m.b64("y")
+	if err != nil {
+		return nil, nil, err
+	}
+	size := (curve.Params().BitSize + 7) / 8
+	if len(x) != size || len(y) != size {
+		return nil, nil, fmt.Errorf("%w: coordinate length", ErrKey)
+	}
+	// Uncompressed point encoding; NewPublicKey checks it is on the curve.
+	pt := append(append([]byte{4}, x...), y...)
+	pk, err := ecdsa.ParseUncompressedPublicKey(curve, pt)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: point not on the curve", ErrKey)
+	}
+	return pk, fmt.Appendf(nil, `{"crv":%q,"kty":"EC","x":%q,"y":%q}`, m.str("crv"), m.str("x"), m.str("y")), nil
+}
+
+// rsa is an RSA key of at least minRSABits and its canonical members.
+func (m jwkMembers) rsa() (crypto.PublicKey, []byte, error) {
+	n, err := m.b64("n")
+	if err != nil {
+		return nil, nil, err
+	}
+	e, err := m.b64("e")
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(n) == 0 || n[0] == 0 || len(e) == 0 || e[0] == 0 || len(e) > 4 {
+		return nil, nil, fmt.Errorf("%w: RSA parameters", ErrKey)
+	}
+	N := new(big.Int).SetBytes(n)
+	E := new(big.Int).SetBytes(e)
+	if N.BitLen() < minRSABits || N.BitLen() > 8192 || E.Int64() < 3 || E.Bit(0) == 0 {
+		return nil, nil, fmt.Errorf("%w: RSA key size or exponent", ErrKey)
+	}
+	return &rsa.PublicKey{N: N, E: int(E.Int64())}, fmt.Appendf(nil, `{"e":%q,"kty":"RSA","n":%q}`, m.str("e"), m.str("n")), nil
+}
+
+// okp is an Ed25519 key and its canonical members.
+func (m jwkMembers) okp() (crypto.PublicKey, []byte, error) {
+	if m.str("crv") != "Ed25519" {
+		return nil, nil, fmt.Errorf("%w: unsupported OKP curve", ErrKey)
+	}
+	x, err := m.b64("x")
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(x) != ed25519.PublicKeySize {
+		return nil, nil, fmt.Errorf("%w: Ed25519 key length", ErrKey)
+	}
+	return ed25519.PublicKey(x), fmt.Appendf(nil, `{"crv":"Ed25519","kty":"OKP","x":%q}`, m.str("x")), nil
 }
 
 // NormalizeURI is the htu comparison form (RFC 9449 §4.3 step 9): an

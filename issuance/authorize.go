@@ -121,78 +121,113 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 // redirect_uri are checked first: until both are known good, errors are
 // shown, never redirected (RFC 6749 §4.1.2.1, RFC 9700 §4.11).
 func (s *Server) parseAuthorize(ctx context.Context, t Tenant, vals url.Values) (*pending, Client, *authzError) {
-	for k, v := range vals {
-		if len(v) > 1 {
-			if slices.Contains(authzParams, k) {
-				return nil, Client{}, pageErr("The parameter " + k + " is repeated.")
-			}
-			return nil, Client{}, pageErr("A parameter is repeated.")
-		}
+	c, redirect, aerr := s.authorizeClient(ctx, t, vals)
+	if aerr != nil {
+		return nil, Client{}, aerr
 	}
 	get := vals.Get
-	clientID := get("client_id")
-	if clientID == "" || len(clientID) > maxCredentialLen {
-		return nil, Client{}, pageErr("The request names no valid client.")
-	}
-	c, err := s.st.Client(ctx, t.ID, clientID)
-	if err != nil || c.Disabled || c.Tenant != t.ID {
-		return nil, Client{}, pageErr("The client is unknown or disabled.")
-	}
-	redirect, ok := matchRedirect(c, get("redirect_uri"))
-	if !ok {
-		return nil, Client{}, pageErr("The redirect URI is not registered for this client.")
-	}
 	p := &pending{ClientID: c.ID, RedirectURI: redirect, State: get("state"), MaxAge: -1}
 	if len(p.State) > 2048 {
 		p.State = ""
 		return p, c, redirErr(CodeInvalidRequest, "state too long")
 	}
+	if aerr := checkAuthorizeFlow(p, c, get); aerr != nil {
+		return p, c, aerr
+	}
+	if aerr := parseAuthorizeScope(p, c, get); aerr != nil {
+		return p, c, aerr
+	}
+	return p, c, parseAuthorizeOIDC(p, get)
+}
+
+// authorizeClient checks that no parameter is repeated and finds the
+// client and its registered redirect_uri; its errors are shown, never
+// redirected.
+func (s *Server) authorizeClient(ctx context.Context, t Tenant, vals url.Values) (Client, string, *authzError) {
+	for k, v := range vals {
+		if len(v) > 1 {
+			if slices.Contains(authzParams, k) {
+				return Client{}, "", pageErr("The parameter " + k + " is repeated.")
+			}
+			return Client{}, "", pageErr("A parameter is repeated.")
+		}
+	}
+	clientID := vals.Get("client_id")
+	if clientID == "" || len(clientID) > maxCredentialLen {
+		return Client{}, "", pageErr("The request names no valid client.")
+	}
+	c, err := s.st.Client(ctx, t.ID, clientID)
+	if err != nil || c.Disabled || c.Tenant != t.ID {
+		return Client{}, "", pageErr("The client is unknown or disabled.")
+	}
+	redirect, ok := matchRedirect(c, vals.Get("redirect_uri"))
+	if !ok {
+		return Client{}, "", pageErr("The redirect URI is not registered for this client.")
+	}
+	return c, redirect, nil
+}
+
+// checkAuthorizeFlow checks the response type and mode, the client's grant
+// and PKCE (p.Challenge).
+func checkAuthorizeFlow(p *pending, c Client, get func(string) string) *authzError {
 	// RFC 6749 §3.1.1: response_type=code only (RFC 9700 §2.1.2: no
 	// implicit or hybrid flows).
 	switch rt := get("response_type"); {
 	case rt == "":
-		return p, c, redirErr(CodeInvalidRequest, "missing response_type")
+		return redirErr(CodeInvalidRequest, "missing response_type")
 	case rt != "code":
-		return p, c, redirErr(CodeUnsupportedResponseType, "only response_type=code is supported")
+		return redirErr(CodeUnsupportedResponseType, "only response_type=code is supported")
 	}
 	if rm := get("response_mode"); rm != "" && rm != "query" {
-		return p, c, redirErr(CodeInvalidRequest, "only response_mode=query is supported")
+		return redirErr(CodeInvalidRequest, "only response_mode=query is supported")
 	}
 	if get("request") != "" || get("request_uri") != "" {
-		return p, c, redirErr("request_not_supported", "request objects are not supported")
+		return redirErr("request_not_supported", "request objects are not supported")
 	}
 	if !slices.Contains(c.GrantTypes, GrantAuthorizationCode) {
-		return p, c, redirErr(CodeUnauthorizedClient, "client is not allowed to use the authorization code grant")
+		return redirErr(CodeUnauthorizedClient, "client is not allowed to use the authorization code grant")
 	}
 	// RFC 7636 §4.4.1, RFC 9700 §2.1.1: PKCE is required, S256 only.
 	p.Challenge = get("code_challenge")
 	switch m := get("code_challenge_method"); {
 	case p.Challenge == "":
-		return p, c, redirErr(CodeInvalidRequest, "code_challenge required (PKCE, S256)")
+		return redirErr(CodeInvalidRequest, "code_challenge required (PKCE, S256)")
 	case m != "S256":
-		return p, c, redirErr(CodeInvalidRequest, "transform algorithm not supported, use S256")
+		return redirErr(CodeInvalidRequest, "transform algorithm not supported, use S256")
 	case !validChallenge(p.Challenge):
-		return p, c, redirErr(CodeInvalidRequest, "malformed code_challenge")
+		return redirErr(CodeInvalidRequest, "malformed code_challenge")
 	}
+	return nil
+}
+
+// parseAuthorizeScope sets p.Scopes: the requested scope within the
+// client's (the client's when none is asked for).
+func parseAuthorizeScope(p *pending, c Client, get func(string) string) *authzError {
 	scope, err := ParseScope(get("scope"))
 	if err != nil {
-		return p, c, redirErr(CodeInvalidScope, "malformed scope")
+		return redirErr(CodeInvalidScope, "malformed scope")
 	}
 	if len(scope) == 0 {
 		scope = c.Scopes
 	}
 	for _, sc := range scope {
 		if !slices.Contains(c.Scopes, sc) {
-			return p, c, redirErr(CodeInvalidScope, "requested scope is not allowed for this client")
+			return redirErr(CodeInvalidScope, "requested scope is not allowed for this client")
 		}
 	}
 	p.Scopes = scope
+	return nil
+}
+
+// parseAuthorizeOIDC reads dpop_jkt and the OpenID Connect parameters
+// (nonce, prompt, max_age, login_hint) into p.
+func parseAuthorizeOIDC(p *pending, get func(string) string) *authzError {
 	if p.DPoPJKT = get("dpop_jkt"); p.DPoPJKT != "" && !validJKT(p.DPoPJKT) { // dpop.go
-		return p, c, redirErr(CodeInvalidRequest, "malformed dpop_jkt")
+		return redirErr(CodeInvalidRequest, "malformed dpop_jkt")
 	}
 	p.Nonce = get("nonce")
 	if len(p.Nonce) > 512 {
-		return p, c, redirErr(CodeInvalidRequest, "nonce too long")
+		return redirErr(CodeInvalidRequest, "nonce too long")
 	}
 	if v := get("prompt"); v != "" {
 		for pr := range strings.SplitSeq(v, " ") {
@@ -202,17 +237,17 @@ func (s *Server) parseAuthorize(ctx context.Context, t Tenant, vals url.Values) 
 					p.Prompt = append(p.Prompt, pr)
 				}
 			default:
-				return p, c, redirErr(CodeInvalidRequest, "unsupported prompt value")
+				return redirErr(CodeInvalidRequest, "unsupported prompt value")
 			}
 		}
 		if slices.Contains(p.Prompt, "none") && len(p.Prompt) > 1 {
-			return p, c, redirErr(CodeInvalidRequest, "prompt=none must be alone")
+			return redirErr(CodeInvalidRequest, "prompt=none must be alone")
 		}
 	}
 	if v := get("max_age"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			return p, c, redirErr(CodeInvalidRequest, "malformed max_age")
+			return redirErr(CodeInvalidRequest, "malformed max_age")
 		}
 		p.MaxAge = n
 	}
@@ -220,7 +255,7 @@ func (s *Server) parseAuthorize(ctx context.Context, t Tenant, vals url.Values) 
 	if len(p.LoginHint) > 255 {
 		p.LoginHint = ""
 	}
-	return p, c, nil
+	return nil
 }
 
 // validChallenge: RFC 7636 §4.2, BASE64URL(SHA256(verifier)) is 43

@@ -214,25 +214,7 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 	}
 	switch vals.Get("action") {
 	case "login":
-		if !s.signinAllowed(r, t.ID, vals.Get("username"), now) {
-			s.metrics.signinFailure(r.Context(), "rate_limited")
-			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Too many attempts. Wait a minute and try again.")
-			return
-		}
-		u, err := s.checkPassword(ctx, t.ID, vals.Get("username"), vals.Get("password"))
-		if errors.Is(err, errHashBusy) {
-			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Too many attempts. Wait a minute and try again.")
-			return
-		}
-		if err != nil {
-			s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Invalid username or password.")
-			return
-		}
-		if _, err := s.startSession(r.Context(), w, t.ID, u, now); err != nil {
-			s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
-			return
-		}
-		s.deviceLookup(w, r, t, &pending{MaxAge: -1}, &u, p.UserCode)
+		s.deviceLogin(w, r, t, p, vals, now)
 	case "lookup":
 		_, u := s.readSession(ctx, r, t.ID, now)
 		if u == nil {
@@ -241,25 +223,55 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 		}
 		s.deviceLookup(w, r, t, &pending{MaxAge: -1}, u, vals.Get("user_code"))
 	case "approve", "deny":
-		sess, u := s.readSession(ctx, r, t.ID, now)
-		if sess == nil || u.ID != p.UserID || p.UserCode == "" {
-			s.showLogin(w, r, t, Client{Name: "your device"}, &pending{MaxAge: -1}, "device", "")
-			return
-		}
-		approve := vals.Get("action") == "approve"
-		err := s.grantW.DecideDeviceCode(ctx, t.ID, p.UserCode, approve, u.ID, time.Unix(sess.AuthTime, 0))
-		switch {
-		case errors.Is(err, ErrGrantInvalid), errors.Is(err, ErrExpiredToken):
-			s.renderPage(w, r, http.StatusBadRequest, "done.html", pageData{Title: "Code expired", Message: "This code has expired or was already used. Start again on your device."})
-		case err != nil:
-			s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
-		case approve:
-			s.renderPage(w, r, http.StatusOK, "done.html", pageData{Title: "Device approved", Message: "Done. You can return to your device."})
-		default:
-			s.renderPage(w, r, http.StatusOK, "done.html", pageData{Title: "Request denied", Message: "The device was not given access."})
-		}
+		s.deviceDecide(w, r, t, p, vals.Get("action") == "approve", now)
 	default:
 		s.errorPage(w, r, http.StatusBadRequest, "The form is malformed.")
+	}
+}
+
+// deviceLogin signs the user in from the device page's login form, then
+// looks the pending user code up.
+func (s *Server) deviceLogin(w http.ResponseWriter, r *http.Request, t Tenant, p *pending, vals url.Values, now time.Time) {
+	if !s.signinAllowed(r, t.ID, vals.Get("username"), now) {
+		s.metrics.signinFailure(r.Context(), "rate_limited")
+		s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Too many attempts. Wait a minute and try again.")
+		return
+	}
+	u, err := s.checkPassword(r.Context(), t.ID, vals.Get("username"), vals.Get("password"))
+	if errors.Is(err, errHashBusy) {
+		s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Too many attempts. Wait a minute and try again.")
+		return
+	}
+	if err != nil {
+		s.showLogin(w, r, t, Client{Name: "your device"}, p, "device", "Invalid username or password.")
+		return
+	}
+	if _, err := s.startSession(r.Context(), w, t.ID, u, now); err != nil {
+		s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
+		return
+	}
+	s.deviceLookup(w, r, t, &pending{MaxAge: -1}, &u, p.UserCode)
+}
+
+// deviceDecide approves or denies the confirmed user code for the
+// signed-in user who confirmed it.
+func (s *Server) deviceDecide(w http.ResponseWriter, r *http.Request, t Tenant, p *pending, approve bool, now time.Time) {
+	ctx := r.Context()
+	sess, u := s.readSession(ctx, r, t.ID, now)
+	if sess == nil || u.ID != p.UserID || p.UserCode == "" {
+		s.showLogin(w, r, t, Client{Name: "your device"}, &pending{MaxAge: -1}, "device", "")
+		return
+	}
+	err := s.grantW.DecideDeviceCode(ctx, t.ID, p.UserCode, approve, u.ID, time.Unix(sess.AuthTime, 0))
+	switch {
+	case errors.Is(err, ErrGrantInvalid), errors.Is(err, ErrExpiredToken):
+		s.renderPage(w, r, http.StatusBadRequest, "done.html", pageData{Title: "Code expired", Message: "This code has expired or was already used. Start again on your device."})
+	case err != nil:
+		s.errorPage(w, r, http.StatusServiceUnavailable, "Please try again.")
+	case approve:
+		s.renderPage(w, r, http.StatusOK, "done.html", pageData{Title: "Device approved", Message: "Done. You can return to your device."})
+	default:
+		s.renderPage(w, r, http.StatusOK, "done.html", pageData{Title: "Request denied", Message: "The device was not given access."})
 	}
 }
 

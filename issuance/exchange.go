@@ -123,48 +123,14 @@ func errExchange(desc string) *Error { return errInvalidRequest(desc) }
 func (g *tokenExchangeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (*TokenResponse, error) {
 	s, c, req := g.s, gr.Client, gr.Request
 	p := req.Exchange
-	if c.Public {
-		return nil, newError(CodeUnauthorizedClient, http.StatusBadRequest, "token exchange needs a confidential client", nil)
+	issued, err := checkExchangeParams(c, p)
+	if err != nil {
+		return nil, err
 	}
-	if p.SubjectToken == "" {
-		return nil, errInvalidRequest("missing subject_token")
+	aud, err := g.exchangeAudience(gr)
+	if err != nil {
+		return nil, err
 	}
-	if p.SubjectTokenType == "" {
-		return nil, errInvalidRequest("missing subject_token_type")
-	}
-	if p.ActorToken != "" && p.ActorTokenType == "" {
-		return nil, errInvalidRequest("actor_token_type is required with actor_token")
-	}
-	if p.ActorToken == "" && p.ActorTokenType != "" {
-		return nil, errInvalidRequest("actor_token_type without actor_token")
-	}
-	issued := TokenTypeAccessToken
-	switch p.RequestedTokenType {
-	case "", TokenTypeAccessToken:
-	case TokenTypeJWT:
-		issued = TokenTypeJWT
-	default:
-		return nil, errInvalidRequest("requested_token_type is not supported; this server issues access tokens (JWT) only")
-	}
-
-	// Target: audience (RFC 8693 §2.1) and resource (RFC 8707) are both
-	// checked against the client's audiences (§2.2.2 invalid_target).
-	var aud []string
-	for _, a := range append(slices.Clone(p.Audiences), req.Resources...) {
-		if !slices.Contains(c.Audiences, a) {
-			return nil, errInvalidTarget("the client may not obtain tokens for this audience")
-		}
-		if !slices.Contains(aud, a) {
-			aud = append(aud, a)
-		}
-	}
-	if len(aud) == 0 {
-		aud = slices.Clone(c.Audiences)
-	}
-	if len(aud) == 0 {
-		aud = []string{s.Issuer(gr.Tenant.ID)}
-	}
-
 	subj, err := s.exchangeToken(ctx, gr.Tenant, p.SubjectToken, p.SubjectTokenType, gr.Now)
 	if err != nil {
 		return nil, err
@@ -180,44 +146,12 @@ func (g *tokenExchangeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (
 		Act:      subj.Act,
 		Audience: aud,
 	}
-	parents := append(slices.Clone(subj.Parents), subj.JTI)
-	if p.ActorToken != "" {
-		act, err := s.exchangeToken(ctx, gr.Tenant, p.ActorToken, p.ActorTokenType, gr.Now)
-		if err != nil {
-			return nil, errExchange("actor_token: " + asError(err).Description)
-		}
-		if m := subj.MayAct; m != nil && !mayAct(m, act) {
-			return nil, newError(CodeInvalidGrant, http.StatusBadRequest, "the actor is not named by the subject token's may_act", nil)
-		}
-		d.ClientID = c.ID
-		d.Act = &Actor{Subject: act.Subject, ClientID: act.ClientID, Act: subj.Act}
-		parents = append(parents, act.Parents...)
-		if act.JTI != "" {
-			parents = append(parents, act.JTI)
-		}
-		if act.ExpiresAt.Before(subj.ExpiresAt) {
-			subj.ExpiresAt = act.ExpiresAt
-		}
+	if err := g.exchangeActor(ctx, gr, &subj, d); err != nil {
+		return nil, err
 	}
-	parents = slices.DeleteFunc(parents, func(j string) bool { return j == "" })
-	if len(parents) > maxExchangeDepth || d.Act.depth() > maxExchangeDepth {
-		return nil, errExchange("the subject token was exchanged too many times")
-	}
-	d.Parents = parents
-
-	// Scope: the subject's, narrowed to the request (a scope outside the
-	// subject's is invalid_scope) and to what the client may hand on.
-	scope := slices.Clone(subj.Scope)
-	if req.ScopeRequested {
-		for _, sc := range req.Scope {
-			if !slices.Contains(subj.Scope, sc) {
-				return nil, errInvalidScope("requested scope exceeds the subject token's")
-			}
-		}
-		scope = slices.Clone(req.Scope)
-	}
-	if len(c.Scopes) > 0 {
-		scope = slices.DeleteFunc(scope, func(sc string) bool { return !slices.Contains(c.Scopes, sc) })
+	scope, err := exchangeScope(c, req, subj)
+	if err != nil {
+		return nil, err
 	}
 	d.Scope = scope
 
@@ -236,6 +170,114 @@ func (g *tokenExchangeGrant) HandleGrant(ctx context.Context, gr GrantRequest) (
 			"subject", d.Subject, "policy_version", dec.Version)
 	}
 
+	return g.mintExchanged(ctx, gr, subj, d, issued)
+}
+
+// checkExchangeParams checks the client and the RFC 8693 §2.1 parameters,
+// and returns the issued_token_type to answer.
+func checkExchangeParams(c Client, p ExchangeParams) (issued string, err error) {
+	if c.Public {
+		return "", newError(CodeUnauthorizedClient, http.StatusBadRequest, "token exchange needs a confidential client", nil)
+	}
+	if p.SubjectToken == "" {
+		return "", errInvalidRequest("missing subject_token")
+	}
+	if p.SubjectTokenType == "" {
+		return "", errInvalidRequest("missing subject_token_type")
+	}
+	if p.ActorToken != "" && p.ActorTokenType == "" {
+		return "", errInvalidRequest("actor_token_type is required with actor_token")
+	}
+	if p.ActorToken == "" && p.ActorTokenType != "" {
+		return "", errInvalidRequest("actor_token_type without actor_token")
+	}
+	switch p.RequestedTokenType {
+	case "", TokenTypeAccessToken:
+		return TokenTypeAccessToken, nil
+	case TokenTypeJWT:
+		return TokenTypeJWT, nil
+	}
+	return "", errInvalidRequest("requested_token_type is not supported; this server issues access tokens (JWT) only")
+}
+
+// exchangeAudience is the target: audience (RFC 8693 §2.1) and resource
+// (RFC 8707) are both checked against the client's audiences (§2.2.2
+// invalid_target); none asked for is the client's, or the issuer.
+func (g *tokenExchangeGrant) exchangeAudience(gr GrantRequest) ([]string, error) {
+	c, req := gr.Client, gr.Request
+	var aud []string
+	for _, a := range append(slices.Clone(req.Exchange.Audiences), req.Resources...) {
+		if !slices.Contains(c.Audiences, a) {
+			return nil, errInvalidTarget("the client may not obtain tokens for this audience")
+		}
+		if !slices.Contains(aud, a) {
+			aud = append(aud, a)
+		}
+	}
+	if len(aud) == 0 {
+		aud = slices.Clone(c.Audiences)
+	}
+	if len(aud) == 0 {
+		aud = []string{g.s.Issuer(gr.Tenant.ID)}
+	}
+	return aud, nil
+}
+
+// exchangeActor checks the actor token, if any (may_act), makes the client
+// the token's and the actor its act, shortens subj's expiry to the
+// actor's, and sets d's chain of parent tokens (at most maxExchangeDepth).
+func (g *tokenExchangeGrant) exchangeActor(ctx context.Context, gr GrantRequest, subj *tokenData, d *tokenData) error {
+	p := gr.Request.Exchange
+	parents := append(slices.Clone(subj.Parents), subj.JTI)
+	if p.ActorToken != "" {
+		act, err := g.s.exchangeToken(ctx, gr.Tenant, p.ActorToken, p.ActorTokenType, gr.Now)
+		if err != nil {
+			return errExchange("actor_token: " + asError(err).Description)
+		}
+		if m := subj.MayAct; m != nil && !mayAct(m, act) {
+			return newError(CodeInvalidGrant, http.StatusBadRequest, "the actor is not named by the subject token's may_act", nil)
+		}
+		d.ClientID = gr.Client.ID
+		d.Act = &Actor{Subject: act.Subject, ClientID: act.ClientID, Act: subj.Act}
+		parents = append(parents, act.Parents...)
+		if act.JTI != "" {
+			parents = append(parents, act.JTI)
+		}
+		if act.ExpiresAt.Before(subj.ExpiresAt) {
+			subj.ExpiresAt = act.ExpiresAt
+		}
+	}
+	parents = slices.DeleteFunc(parents, func(j string) bool { return j == "" })
+	if len(parents) > maxExchangeDepth || d.Act.depth() > maxExchangeDepth {
+		return errExchange("the subject token was exchanged too many times")
+	}
+	d.Parents = parents
+	return nil
+}
+
+// exchangeScope is the subject's scope, narrowed to the request (a scope
+// outside the subject's is invalid_scope) and to what the client may hand
+// on.
+func exchangeScope(c Client, req *TokenRequest, subj tokenData) ([]string, error) {
+	scope := slices.Clone(subj.Scope)
+	if req.ScopeRequested {
+		for _, sc := range req.Scope {
+			if !slices.Contains(subj.Scope, sc) {
+				return nil, errInvalidScope("requested scope exceeds the subject token's")
+			}
+		}
+		scope = slices.Clone(req.Scope)
+	}
+	if len(c.Scopes) > 0 {
+		scope = slices.DeleteFunc(scope, func(sc string) bool { return !slices.Contains(c.Scopes, sc) })
+	}
+	return scope, nil
+}
+
+// mintExchanged mints the exchanged token: the client's lifetime, never
+// past the subject's (or actor's) expiry.
+func (g *tokenExchangeGrant) mintExchanged(ctx context.Context, gr GrantRequest, subj tokenData, d *tokenData, issued string) (*TokenResponse, error) {
+	s, c := g.s, gr.Client
 	ttl := c.AccessTokenTTL
 	if ttl <= 0 {
 		ttl = s.cfg.AccessTokenTTL

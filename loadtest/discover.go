@@ -28,7 +28,9 @@ func Discover(ctx context.Context, issuer string) (Metadata, error) {
 	return discover(ctx, &http.Client{Timeout: 10 * time.Second}, issuer)
 }
 
-func discover(ctx context.Context, client *http.Client, issuer string) (Metadata, error) {
+// discover is Discover with the client and the SDK's options (DiscoverTarget
+// passes revocation.ThroughNode for one node of a cluster).
+func discover(ctx context.Context, client *http.Client, issuer string, opts ...revocation.DiscoverOption) (Metadata, error) {
 	if err := validateIssuer(issuer); err != nil {
 		return Metadata{}, err
 	}
@@ -40,7 +42,7 @@ func discover(ctx context.Context, client *http.Client, issuer string) (Metadata
 			return fmt.Errorf("token_endpoint %q is not an absolute http(s) URL", md.TokenEndpoint)
 		}
 		return nil
-	})
+	}, opts...)
 	if err != nil {
 		return Metadata{}, fmt.Errorf("loadtest: %w", err)
 	}

@@ -56,7 +56,7 @@ func DiscoverTarget(ctx context.Context, issuer string) (Target, error) {
 	md, err := Discover(ctx, issuer)
 	if err != nil {
 		var nerr error
-		if md, nerr = discoverThroughNode(ctx, &http.Client{Timeout: 10 * time.Second}, issuer); nerr != nil {
+		if md, nerr = discover(ctx, &http.Client{Timeout: 10 * time.Second}, issuer, revocation.ThroughNode()); nerr != nil {
 			return Target{}, err
 		}
 	} else {
@@ -70,53 +70,6 @@ func DiscoverTarget(ctx context.Context, issuer string) (Target, error) {
 		t.AuthorizeURL = md.AuthorizationEndpoint
 	}
 	return t, nil
-}
-
-// discoverThroughNode reads the OpenID Connect metadata document that node
-// serves and accepts it if the issuer it names differs from node only in
-// its origin (a cluster's issuer URL in front of the node); the endpoints
-// on that origin are rewritten to node's.
-func discoverThroughNode(ctx context.Context, client *http.Client, node string) (Metadata, error) {
-	if err := validateIssuer(node); err != nil {
-		return Metadata{}, err
-	}
-	_, oidcURL, err := revocation.MetadataURLs(node)
-	if err != nil {
-		return Metadata{}, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, oidcURL, nil)
-	if err != nil {
-		return Metadata{}, err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return Metadata{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return Metadata{}, fmt.Errorf("GET %s: status %d", oidcURL, resp.StatusCode)
-	}
-	var md Metadata
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&md); err != nil {
-		return Metadata{}, fmt.Errorf("GET %s: %w", oidcURL, err)
-	}
-	nu, _ := url.Parse(node)
-	iu, err := url.Parse(md.Issuer)
-	if err != nil || (iu.Scheme != "http" && iu.Scheme != "https") || iu.Host == "" ||
-		strings.TrimSuffix(iu.EscapedPath(), "/") != strings.TrimSuffix(nu.EscapedPath(), "/") {
-		return Metadata{}, fmt.Errorf("loadtest: %s names issuer %q, not a cluster issuer of the same tenant path", node, md.Issuer)
-	}
-	from, to := iu.Scheme+"://"+iu.Host+"/", nu.Scheme+"://"+nu.Host+"/"
-	for _, e := range []*string{&md.TokenEndpoint, &md.IntrospectionEndpoint, &md.AuthorizationEndpoint} {
-		if strings.HasPrefix(*e, from) {
-			*e = to + strings.TrimPrefix(*e, from)
-		}
-	}
-	if !absoluteHTTP(md.TokenEndpoint) {
-		return Metadata{}, ErrNoTokenEndpoint
-	}
-	return md, nil
 }
 
 func absoluteHTTP(s string) bool {

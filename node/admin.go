@@ -164,7 +164,7 @@ func (a *adminService) tenantPB(t *raftpb.Tenant) *adminv1.Tenant {
 		Issuer:                             a.iss.Issuer(t.Id),
 		CreatedAt:                          ts(t.CreatedUnixNano),
 		Disabled:                           t.Disabled,
-		SigningAlg:                         t.SigningAlg,
+		SigningAlg:                         raft.SigningAlgOf(t),
 		RequirePushedAuthorizationRequests: t.RequirePushedAuthorizationRequests,
 	}
 }
@@ -265,7 +265,7 @@ func (a *adminService) UpdateClient(ctx context.Context, req *connect.Request[ad
 		Tenant:                             cur.Tenant,
 		Id:                                 cur.Id,
 		Name:                               cur.Name,
-		GrantTypes:                         cur.GrantTypes,
+		GrantTypes:                         raft.GrantTypesOf(cur),
 		Scopes:                             cur.Scopes,
 		Audiences:                          cur.Audiences,
 		AccessTokenTtlSeconds:              cur.AccessTokenTtlSeconds,
@@ -389,7 +389,7 @@ func clientToAdmin(c *raftpb.Client, now time.Time) *adminv1.Client {
 		Tenant:                             c.Tenant,
 		ClientId:                           c.Id,
 		Name:                               c.Name,
-		GrantTypes:                         c.GrantTypes,
+		GrantTypes:                         raft.GrantTypesOf(c),
 		Scopes:                             c.Scopes,
 		Audiences:                          c.Audiences,
 		AccessTokenTtlSeconds:              c.AccessTokenTtlSeconds,
@@ -515,7 +515,7 @@ func (a *adminService) RotateKeys(ctx context.Context, req *connect.Request[admi
 	}
 	alg := m.SigningAlg
 	if alg == "" {
-		alg = t.SigningAlg
+		alg = raft.SigningAlgOf(t)
 	}
 	if !validSigningAlg(alg) {
 		return nil, invalid("signing algorithm %q: want ES256, EdDSA or RS256", alg)
@@ -552,7 +552,7 @@ func keyToAdmin(k *raftpb.Key, now time.Time) *adminv1.Key {
 	}
 	return &adminv1.Key{
 		Kid:       k.Kid,
-		Alg:       k.Alg,
+		Alg:       raft.KeyAlgOf(k),
 		Use:       raft.KeyUseName(raft.KeyUseOf(k)),
 		State:     state,
 		CreatedAt: ts(k.CreatedUnixNano),

@@ -313,49 +313,15 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 	if err != nil {
 		return err
 	}
-	from := req.Msg.GetFromSequence()
-	first := max(info.State.FirstSeq, 1)
-	state := streamState(info)
-	// A position older than the first retained event lost events to
-	// retention; one beyond the head belongs to a stream that was reset or
-	// recreated since. Either way the caller must resync.
-	if (from > 1 && from < first) || from > info.State.LastSeq+1 {
-		state.Gap = true
-	}
-	if from < first || state.Gap {
-		from = max(first, min(from, info.State.LastSeq+1))
-	}
+	from, state := watchStart(info, req.Msg.GetFromSequence())
 	if err := out.Send(&eventsv1.WatchRevocationsResponse{Msg: &eventsv1.WatchRevocationsResponse_State{State: state}}); err != nil {
 		return err
 	}
-	cons, err := s.ev.js.OrderedConsumer(ctx, s.ev.stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{eventwire.TenantSubjects(tenant)},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    from,
-	})
+	msgs, gone, stop, err := s.consumeTenant(ctx, tenant, from)
 	if err != nil {
-		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
+		return err
 	}
-	msgs := make(chan jetstream.Msg, 256)
-	// The stream was deleted (its consumers go with it): end the watch, so
-	// that the caller reconnects at once and finds the new stream's
-	// identity, instead of at the next heartbeat.
-	gone := make(chan struct{})
-	var goneOnce sync.Once
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		select {
-		case msgs <- m:
-		case <-ctx.Done():
-		}
-	}, replication.ConsumerHeartbeat, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) {
-			goneOnce.Do(func() { close(gone) })
-		}
-	}))
-	if err != nil {
-		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
-	}
-	defer cc.Stop()
+	defer stop()
 	hb := s.heartbeat
 	if hb <= 0 {
 		hb = 15 * time.Second
@@ -393,6 +359,56 @@ func (s *eventsService) WatchRevocations(ctx context.Context, req *connect.Reque
 			}
 		}
 	}
+}
+
+// watchStart is where a watch asking for from starts, and the state it is
+// told first. A position older than the first retained event lost events
+// to retention; one beyond the head belongs to a stream that was reset or
+// recreated since. Either way the caller must resync (state.Gap), and the
+// watch starts within the retained sequences.
+func watchStart(info *jetstream.StreamInfo, from uint64) (uint64, *eventsv1.StreamState) {
+	first := max(info.State.FirstSeq, 1)
+	state := streamState(info)
+	if (from > 1 && from < first) || from > info.State.LastSeq+1 {
+		state.Gap = true
+	}
+	if from < first || state.Gap {
+		from = max(first, min(from, info.State.LastSeq+1))
+	}
+	return from, state
+}
+
+// consumeTenant consumes the tenant's events from sequence from on, into
+// msgs until ctx ends; gone is closed when the stream is deleted (its
+// consumers go with it), so that the watch ends and the caller reconnects
+// at once and finds the new stream's identity, instead of at the next
+// heartbeat. stop ends the consumer.
+func (s *eventsService) consumeTenant(ctx context.Context, tenant string, from uint64) (msgs <-chan jetstream.Msg, gone <-chan struct{}, stop func(), err error) {
+	cons, err := s.ev.js.OrderedConsumer(ctx, s.ev.stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{eventwire.TenantSubjects(tenant)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	})
+	if err != nil {
+		return nil, nil, nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
+	}
+	m := make(chan jetstream.Msg, 256)
+	g := make(chan struct{})
+	var goneOnce sync.Once
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		select {
+		case m <- msg:
+		case <-ctx.Done():
+		}
+	}, replication.ConsumerHeartbeat, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			goneOnce.Do(func() { close(g) })
+		}
+	}))
+	if err != nil {
+		return nil, nil, nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("event stream consumer: %w", err))
+	}
+	return m, g, cc.Stop, nil
 }
 
 // streamState is the StreamState of info: its retained sequences and its

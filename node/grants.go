@@ -73,7 +73,7 @@ func (f *flowStore) DeviceCodeByHash(_ context.Context, tenant string, hash []by
 
 func deviceFromPB(d *raftpb.DeviceCode) issuance.DeviceCode {
 	return issuance.DeviceCode{Tenant: d.Tenant, UserCode: d.UserCode, ClientID: d.ClientId, Scopes: d.Scopes,
-		ExpiresAt: unixNano(d.ExpiresUnixNano), Status: d.Status, Interval: time.Duration(d.IntervalNanos)}
+		ExpiresAt: unixNano(d.ExpiresUnixNano), Status: raft.DeviceStatusOf(d), Interval: time.Duration(d.IntervalNanos)}
 }
 
 func userFromPB(u *raftpb.User) issuance.User {
@@ -178,7 +178,7 @@ func (f *flowStore) RedeemCode(ctx context.Context, r issuance.CodeRedemption) (
 	if err != nil {
 		return nil, err
 	}
-	if err := outcomeErr(g.Outcome); err != nil {
+	if err := outcomeErr(raft.OutcomeOf(g)); err != nil {
 		return nil, err
 	}
 	return familyFromPB(g.Family), nil
@@ -206,10 +206,10 @@ func (f *flowStore) RotateRefresh(ctx context.Context, r issuance.Rotation) (iss
 	if err != nil {
 		return issuance.RotationResult{}, err
 	}
-	if g.Outcome == raft.OutcomeReuseInterval {
+	if raft.OutcomeOf(g) == raft.OutcomeReuseInterval {
 		return issuance.RotationResult{Family: *familyFromPB(g.Family), Replayed: true, SealedSuccessor: g.SealedSuccessor}, nil
 	}
-	if err := outcomeErr(g.Outcome); err != nil {
+	if err := outcomeErr(raft.OutcomeOf(g)); err != nil {
 		return issuance.RotationResult{}, err
 	}
 	return issuance.RotationResult{Family: *familyFromPB(g.Family)}, nil
@@ -221,7 +221,7 @@ func (f *flowStore) RevokeFamily(ctx context.Context, tenant, clientID, familyID
 	if err != nil {
 		return err
 	}
-	switch g.Outcome {
+	switch raft.OutcomeOf(g) {
 	case raft.OutcomeNotFound:
 		return issuance.ErrNotFound
 	case raft.OutcomeInvalid:
@@ -248,7 +248,7 @@ func (f *flowStore) DecideDeviceCode(ctx context.Context, tenant, userCode strin
 	if err != nil {
 		return err
 	}
-	return outcomeErr(g.Outcome)
+	return outcomeErr(raft.OutcomeOf(g))
 }
 
 func (f *flowStore) PollDeviceCode(ctx context.Context, p issuance.DevicePoll) (issuance.DeviceGrant, error) {
@@ -260,7 +260,7 @@ func (f *flowStore) PollDeviceCode(ctx context.Context, p issuance.DevicePoll) (
 	if err != nil {
 		return issuance.DeviceGrant{}, err
 	}
-	if err := outcomeErr(g.Outcome); err != nil {
+	if err := outcomeErr(raft.OutcomeOf(g)); err != nil {
 		return issuance.DeviceGrant{}, err
 	}
 	d := g.DeviceCode

@@ -126,7 +126,7 @@ func (a *adminService) rotateByPolicy(ctx context.Context) {
 		if !keyPolicyDue(t, st.Keys(t.Id), now) {
 			continue
 		}
-		keys, err := a.newKeys(t.Id, t.SigningAlg, now, now.Add(a.policyPublishDelay()))
+		keys, err := a.newKeys(t.Id, raft.SigningAlgOf(t), now, now.Add(a.policyPublishDelay()))
 		if err != nil {
 			continue
 		}

@@ -108,15 +108,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, err
 	}
 
-	kekRaw, err := loadKEK(cfg)
-	if err != nil {
-		return nil, err
-	}
-	kek, err := issuance.NewKEK(kekRaw)
-	if err != nil {
-		return nil, err
-	}
-	adminToken, err := loadAdminToken(cfg)
+	kekRaw, kek, adminToken, err := loadSecrets(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -125,13 +117,74 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		return nil, fmt.Errorf("node: telemetry: %w", err)
 	}
 
-	// Bind first: with port 0 the issuer derives from the real address.
-	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("node: listen: %w", err)
-	}
-	var oauthTLS bool
-	if n.ln, oauthTLS, err = cfg.ZeroTrust.oauthTLS(n.ln); err != nil { // ztauth.go
+	oauthTLS, err := n.listenOAuth()
+	if err != nil {
 		return nil, err
+	}
+	if err := n.startReplica(); err != nil {
+		return nil, err
+	}
+	flows, err := n.newIssuer(kek)
+	if err != nil {
+		return nil, err
+	}
+
+	n.kek = kek
+	if err := n.bootstrap(ctx, kek); err != nil {
+		return nil, err
+	}
+
+	if err := n.startNATS(kekRaw); err != nil {
+		return nil, err
+	}
+
+	if n.events, err = n.startEvents(kek); err != nil {
+		return nil, err
+	}
+	if err := n.shareRateLimits(); err != nil {
+		return nil, err
+	}
+	if err := n.startSIEM(); err != nil {
+		return nil, err
+	}
+	n.startAlerts()
+
+	if err := n.initMetrics(); err != nil {
+		return nil, err
+	}
+	if n.adminLn, err = n.listenAdmin(); err != nil {
+		return nil, fmt.Errorf("node: admin listen: %w", err)
+	}
+	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature, par: flows.par, threatOK: n.threatSupported}
+	n.http = n.newHTTPServer(n.routes(admin, n.adminAuthFor(adminToken, kek)), oauthTLS)
+	return n, nil
+}
+
+// loadSecrets reads the key-encryption key (raw, and ready to use) and the
+// admin token the configuration names.
+func loadSecrets(cfg Config) (kekRaw []byte, kek *issuance.KEK, adminToken string, err error) {
+	if kekRaw, err = loadKEK(cfg); err != nil {
+		return nil, nil, "", err
+	}
+	if kek, err = issuance.NewKEK(kekRaw); err != nil {
+		return nil, nil, "", err
+	}
+	if adminToken, err = loadAdminToken(cfg); err != nil {
+		return nil, nil, "", err
+	}
+	return kekRaw, kek, adminToken, nil
+}
+
+// listenOAuth binds the OAuth listener (TLS if the zero-trust settings ask
+// for it) and sets the node's base URL. It binds first: with port 0 the
+// issuer derives from the real address.
+func (n *Node) listenOAuth() (oauthTLS bool, err error) {
+	cfg := n.cfg
+	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return false, fmt.Errorf("node: listen: %w", err)
+	}
+	if n.ln, oauthTLS, err = cfg.ZeroTrust.oauthTLS(n.ln); err != nil { // ztauth.go
+		return false, err
 	}
 	n.base = strings.TrimSuffix(cfg.Issuer, "/")
 	if n.base == "" {
@@ -140,9 +193,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 			n.base = "https://" + n.ln.Addr().String()
 		}
 	}
+	return oauthTLS, nil
+}
 
+// startReplica opens the Raft replica and what watches its applied entries
+// and its disk.
+func (n *Node) startReplica() error {
+	cfg := n.cfg
 	if err := n.openRaft(); err != nil {
-		return nil, err
+		return err
 	}
 	n.risk = newRiskIndex(cfg.AlertRiskWindow, n.now) // risk.go
 	n.raft.FSM().OnApplied(n.risk.observe)
@@ -150,9 +209,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	n.raft.SetWriteGate(n.disk.refused)
 	n.rep.fresh = n.fresh
 	if err := n.disk.observe(n.tel.meter); err != nil {
-		return nil, fmt.Errorf("node: telemetry: %w", err)
+		return fmt.Errorf("node: telemetry: %w", err)
 	}
+	return nil
+}
 
+// newIssuer configures the OAuth server (n.iss) over the replica; the
+// flow store is also the admin API's view of the PAR feature.
+func (n *Node) newIssuer(kek *issuance.KEK) (_ *flowStore, err error) {
+	cfg := n.cfg
 	ic := issuance.DefaultConfig()
 	ic.BaseURL = n.base
 	ic.KEK = kek
@@ -180,45 +245,30 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
 	}
+	return flows, nil
+}
 
-	n.kek = kek
-	if err := n.bootstrap(ctx, kek); err != nil {
-		return nil, err
-	}
-
-	if err := n.startNATS(kekRaw); err != nil {
-		return nil, err
-	}
-
-	if n.events, err = n.startEvents(kek); err != nil {
-		return nil, err
-	}
-	if err := n.shareRateLimits(); err != nil {
-		return nil, err
-	}
-	if err := n.startSIEM(); err != nil {
-		return nil, err
-	}
-	n.startAlerts()
-
+// initMetrics creates the node's metrics, counts the replica's writes
+// and binds the metrics listener.
+func (n *Node) initMetrics() (err error) {
 	if n.metrics, err = newNodeMetrics(n); err != nil {
-		return nil, fmt.Errorf("node: metrics: %w", err)
+		return fmt.Errorf("node: metrics: %w", err)
 	}
 	hook := writeHook(n.metrics.write)
 	n.rep.onWrite.Store(&hook)
-	if n.metricsToken, err = loadMetricsToken(cfg); err != nil {
-		return nil, err
+	if n.metricsToken, err = loadMetricsToken(n.cfg); err != nil {
+		return err
 	}
 	if n.metricsSrv, err = n.listenMetrics(); err != nil {
-		return nil, fmt.Errorf("node: metrics listen: %w", err)
+		return fmt.Errorf("node: metrics listen: %w", err)
 	}
+	return nil
+}
 
-	if n.adminLn, err = n.listenAdmin(); err != nil {
-		return nil, fmt.Errorf("node: admin listen: %w", err)
-	}
-	admin := &adminService{rep: n.rep, iss: n.iss, kek: kek, cfg: cfg, now: n.now, base: n.base, supports: n.supportsFeature, par: flows.par, threatOK: n.threatSupported}
-	n.http = &http.Server{
-		Handler:           n.routes(admin, n.adminAuthFor(adminToken, kek)),
+// newHTTPServer is the server of the OAuth listener.
+func (n *Node) newHTTPServer(h http.Handler, oauthTLS bool) *http.Server {
+	srv := &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -226,11 +276,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Node, err err
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
-	n.http.Protocols = new(http.Protocols)
-	n.http.Protocols.SetHTTP1(true)
-	n.http.Protocols.SetUnencryptedHTTP2(true)
-	n.http.Protocols.SetHTTP2(oauthTLS)
-	return n, nil
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	srv.Protocols.SetHTTP2(oauthTLS)
+	return srv
 }
 
 // bootstrap waits for a leader and, if this node leads a cluster without a

@@ -78,7 +78,7 @@ func (f *flowStore) RedeemRequest(ctx context.Context, tenant string, uriHash []
 	if err != nil {
 		return "", err
 	}
-	switch g.Outcome {
+	switch raft.OutcomeOf(g) {
 	case raft.OutcomeDone:
 		return g.GetPushedRequest().GetParams(), nil
 	case raft.OutcomeNotFound:

@@ -116,7 +116,7 @@ func (r *replica) DeletedTenantKeys(_ context.Context, tenant string) ([]issuanc
 	for i, k := range d.SigningKeys {
 		out[i] = keyFromPB(k)
 	}
-	return out, d.SigningAlg, true
+	return out, raft.DeletedSigningAlgOf(d), true
 }
 
 func (r *replica) Revoked(_ context.Context, tenant, jti string) bool {
@@ -181,7 +181,7 @@ func (r *replica) propose(ctx context.Context, cmd *raftpb.Command) (_ raft.Resu
 }
 
 func tenantFromPB(t *raftpb.Tenant) issuance.Tenant {
-	return issuance.Tenant{ID: t.Id, DisplayName: t.DisplayName, Disabled: t.Disabled, SigningAlg: t.SigningAlg,
+	return issuance.Tenant{ID: t.Id, DisplayName: t.DisplayName, Disabled: t.Disabled, SigningAlg: raft.SigningAlgOf(t),
 		Trust: trustFromPB(t.Trust), RequirePAR: t.RequirePushedAuthorizationRequests} // ztauth.go, par.go
 }
 
@@ -195,7 +195,7 @@ func clientFromPB(c *raftpb.Client) issuance.Client {
 		ID:             c.Id,
 		Name:           c.Name,
 		Secrets:        secrets,
-		GrantTypes:     c.GrantTypes,
+		GrantTypes:     raft.GrantTypesOf(c),
 		Scopes:         c.Scopes,
 		Audiences:      c.Audiences,
 		AccessTokenTTL: time.Duration(c.AccessTokenTtlSeconds) * time.Second,
@@ -213,7 +213,7 @@ func keyFromPB(k *raftpb.Key) issuance.Key {
 	return issuance.Key{
 		Tenant:           k.Tenant,
 		ID:               k.Kid,
-		Alg:              k.Alg,
+		Alg:              raft.KeyAlgOf(k),
 		Use:              issuance.KeyUse(raft.KeyUseName(raft.KeyUseOf(k))),
 		PublicKey:        k.PublicKey,
 		EncryptedPrivate: k.EncryptedPrivate,

@@ -150,7 +150,7 @@ func clientAuthFromPB(a *raftpb.ClientAuth) issuance.ClientAuth {
 	if a == nil {
 		return issuance.ClientAuth{}
 	}
-	return issuance.ClientAuth{Methods: a.Methods, JWKS: a.Jwks, JWKSURI: a.JwksUri,
+	return issuance.ClientAuth{Methods: raft.AuthMethodsOf(a), JWKS: a.Jwks, JWKSURI: a.JwksUri,
 		TLSSubjectDN: a.TlsSubjectDn, TLSSANDNS: a.TlsSanDns, TLSSANURI: a.TlsSanUri}
 }
 
@@ -174,7 +174,7 @@ func clientAuthToAdmin(a *raftpb.ClientAuth) *adminv1.ClientAuth {
 	if a == nil {
 		return nil
 	}
-	return &adminv1.ClientAuth{Methods: a.Methods, Jwks: string(a.Jwks), JwksUri: a.JwksUri,
+	return &adminv1.ClientAuth{Methods: raft.AuthMethodsOf(a), Jwks: string(a.Jwks), JwksUri: a.JwksUri,
 		TlsSubjectDn: a.TlsSubjectDn, TlsSanDns: a.TlsSanDns, TlsSanUri: a.TlsSanUri}
 }
 

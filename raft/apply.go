@@ -88,6 +88,7 @@ func (a *applier) del(b *bbolt.Bucket, key []byte) {
 }
 
 func (a *applier) putRecord(b *bbolt.Bucket, kind, tenant, id string, m proto.Message) {
+	a.deriveTypedV2(m) // enums_v2.go
 	v, err := marshalOpts.Marshal(m)
 	if err != nil {
 		storageFault("marshal %s %q: %v", kind, id, err)
@@ -141,6 +142,9 @@ func (a *applier) applyLog(l *hraft.Log) (Result, *raftpb.Command, *errNotUnders
 	if err == nil {
 		now = a.boundTime(cmd)           // clock.go
 		grant, err = a.applyOp(cmd, now) // ops.go
+	}
+	if grant != nil {
+		a.deriveTypedV2(grant) // enums_v2.go
 	}
 	if remember {
 		a.put(a.bucket(bucketRequests), []byte(rid), appendRequestGrant(requestValue(codeOf(err), l.Index, now), grant))

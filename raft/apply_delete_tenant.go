@@ -63,6 +63,7 @@ func (a *applier) putTenantTombstone(d *raftpb.DeletedTenant) {
 	if err != nil {
 		storageFault("bucket %q: %v", bucketDeletedTenants, err)
 	}
+	a.deriveTypedV2(d) // enums_v2.go
 	v, err := marshalOpts.Marshal(d)
 	if err != nil {
 		storageFault("marshal tenant tombstone %q: %v", d.Id, err)

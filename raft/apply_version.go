@@ -35,7 +35,7 @@ const FeatureClusterVersion = "cluster_version"
 // cluster version itself, the typed enum fields (enums.go), and the
 // features of the registered operations.
 func KnownFeatures() []string {
-	out := append([]string{"cluster_identity", FeatureClusterVersion, FeatureTypedEnums}, OpFeatures()...)
+	out := append([]string{"cluster_identity", FeatureClusterVersion, FeatureTypedEnums, FeatureTypedEnumsV2}, OpFeatures()...)
 	out = append(out, registered...)
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -82,12 +82,16 @@ func (a *applier) setClusterVersion(s *raftpb.SetClusterVersion, now int64) erro
 	if slices.Contains(v.GetFeatures(), FeatureTypedEnums) && !a.typedEnums() {
 		a.migrateTypedEnums() // enums.go; before the record, which typedEnums reads
 	}
+	enableV2 := slices.Contains(v.GetFeatures(), FeatureTypedEnumsV2) && !a.typedEnumsV2()
 	b, err := marshalOpts.Marshal(v)
 	if err != nil {
 		storageFault("marshal cluster version: %v", err)
 	}
 	a.put(a.bucket(bucketMeta), []byte(metaClusterVersion), b)
 	a.changes = append(a.changes, change{kind: kindClusterVersion, msg: v})
+	if enableV2 {
+		a.migrateTypedEnumsV2() // enums_v2.go; after the record, which the writes read
+	}
 	return nil
 }
 

@@ -92,7 +92,8 @@
 // proposer): an older follower that meets an unknown field stops instead
 // of ignoring it. A string enum of a stored record becomes a protobuf enum
 // the same way, without a new field in any command: see enums.go
-// (FeatureTypedEnums).
+// (FeatureTypedEnums) and enums_v2.go (FeatureTypedEnumsV2, the second set,
+// a feature of its own so that its recording entry migrates again).
 //
 // Command.version is the encoding version of a command: it changes only
 // when an existing operation's encoding or meaning changes, never for a new

@@ -100,6 +100,9 @@ func checkCommand(cmd *raftpb.Command) error {
 	if cmd.GetTimeUnixNano() <= 0 {
 		return invalidf("time_unix_nano must be positive")
 	}
+	if err := checkTypedV2(cmd); err != nil { // enums_v2.go
+		return err
+	}
 	return checkOp(cmd) // ops.go
 }
 

@@ -44,20 +44,34 @@ func MetadataURLs(issuer string) (oauth, oidc string, err error) {
 // the issuer's metadata from the RFC 8414 URL, and if that fails from the
 // OpenID Connect one (MetadataURLs). A document is accepted only if it is
 // JSON of at most 1 MiB whose issuer is identical to the one asked for
-// (RFC 8414 §3.3); accept, if not nil, may refuse it for what it lacks.
-func Discover(ctx context.Context, client *http.Client, issuer string, accept func(Metadata) error) (Metadata, error) {
+// (RFC 8414 §3.3), unless an option (ThroughNode) says otherwise; accept,
+// if not nil, may refuse it for what it lacks.
+func Discover(ctx context.Context, client *http.Client, issuer string, accept func(Metadata) error, opts ...DiscoverOption) (Metadata, error) {
+	var cfg discoverConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	check := func(md *Metadata) error {
+		if md.Issuer != issuer {
+			return fmt.Errorf("metadata issuer %q is not %q", md.Issuer, issuer)
+		}
+		return nil
+	}
+	if cfg.throughNode {
+		check = func(md *Metadata) error { return throughNode(issuer, md) }
+	}
 	oauthURL, oidcURL, err := MetadataURLs(issuer)
 	if err != nil {
 		return Metadata{}, err
 	}
-	md, err1 := fetchMetadata(ctx, client, oauthURL, issuer, accept)
+	md, err1 := fetchMetadata(ctx, client, oauthURL, check, accept)
 	if err1 == nil {
 		return md, nil
 	}
 	if ctx.Err() != nil {
 		return Metadata{}, err1
 	}
-	md, err2 := fetchMetadata(ctx, client, oidcURL, issuer, accept)
+	md, err2 := fetchMetadata(ctx, client, oidcURL, check, accept)
 	if err2 == nil {
 		return md, nil
 	}
@@ -71,6 +85,48 @@ func Discover(ctx context.Context, client *http.Client, issuer string, accept fu
 	return Metadata{}, fmt.Errorf("no usable metadata for issuer %s: %w; %w", issuer, err1, err2)
 }
 
+// DiscoverOption changes how Discover accepts a document.
+type DiscoverOption func(*discoverConfig)
+
+type discoverConfig struct {
+	throughNode bool
+}
+
+// ThroughNode makes Discover read the metadata through one node of a
+// cluster that serves a single issuer URL for all its nodes (a front door
+// or load balancer in front of them: every node's metadata names that
+// issuer). The issuer passed to Discover is then the node's URL with the
+// tenant's path; a document is accepted if the issuer it names is an
+// http(s) URL with the same path (only the origin differs, or none), and
+// the document keeps that issuer (the tokens' iss) while its token,
+// introspection, revocation and authorization endpoints on the issuer's
+// origin are moved to the node's, so that requests go to the node asked
+// for. Load generators and probes use it; a verifier never should.
+func ThroughNode() DiscoverOption {
+	return func(c *discoverConfig) { c.throughNode = true }
+}
+
+// throughNode checks md as ThroughNode says, read from node, and moves its
+// endpoints to node's origin.
+func throughNode(node string, md *Metadata) error {
+	nu, err := url.Parse(node)
+	if err != nil {
+		return err
+	}
+	iu, err := url.Parse(md.Issuer)
+	if err != nil || (iu.Scheme != "http" && iu.Scheme != "https") || iu.Host == "" ||
+		strings.TrimSuffix(iu.EscapedPath(), "/") != strings.TrimSuffix(nu.EscapedPath(), "/") {
+		return fmt.Errorf("metadata issuer %q is not an issuer of the same path as %q", md.Issuer, node)
+	}
+	from, to := iu.Scheme+"://"+iu.Host+"/", nu.Scheme+"://"+nu.Host+"/"
+	for _, e := range []*string{&md.TokenEndpoint, &md.IntrospectionEndpoint, &md.RevocationEndpoint, &md.AuthorizationEndpoint} {
+		if strings.HasPrefix(*e, from) {
+			*e = to + strings.TrimPrefix(*e, from)
+		}
+	}
+	return nil
+}
+
 // statusError is a metadata or JWKS response other than 200.
 type statusError struct {
 	url  string
@@ -79,7 +135,9 @@ type statusError struct {
 
 func (e *statusError) Error() string { return fmt.Sprintf("GET %s: status %d", e.url, e.code) }
 
-func fetchMetadata(ctx context.Context, client *http.Client, metaURL, issuer string, accept func(Metadata) error) (Metadata, error) {
+// fetchMetadata reads one metadata document; check validates (and may
+// adjust) its issuer, then accept, if not nil, may refuse it.
+func fetchMetadata(ctx context.Context, client *http.Client, metaURL string, check func(*Metadata) error, accept func(Metadata) error) (Metadata, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metaURL, nil)
 	if err != nil {
 		return Metadata{}, fmt.Errorf("GET %s: %w", metaURL, err)
@@ -104,8 +162,8 @@ func fetchMetadata(ctx context.Context, client *http.Client, metaURL, issuer str
 	if err := json.Unmarshal(body, &md); err != nil {
 		return Metadata{}, fmt.Errorf("GET %s: %w", metaURL, err)
 	}
-	if md.Issuer != issuer {
-		return Metadata{}, fmt.Errorf("GET %s: metadata issuer %q is not %q", metaURL, md.Issuer, issuer)
+	if err := check(&md); err != nil {
+		return Metadata{}, fmt.Errorf("GET %s: %w", metaURL, err)
 	}
 	if accept != nil {
 		if err := accept(md); err != nil {

@@ -488,56 +488,62 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		w.setConnected(false)
 		w.save(true)
-		if errors.Is(err, errStale) {
-			continue // the loop's staleness check resyncs
+		backOff, ferr := w.sessionEnded(ctx, err)
+		if ferr != nil {
+			return ferr
 		}
-		if errors.Is(err, errGap) {
-			w.log.Warn("position outside the stream's retained sequences; resyncing", "position", w.Position())
-			w.synced.Store(false)
-			continue
-		}
-		if errors.Is(err, errTenantDeleted) ||
-			(w.cfg.NATS == nil && connect.CodeOf(err) == connect.CodeNotFound && w.set.TenantDeleted() == 0) {
-			// An event the issuer's keys no longer verify (the tenant's
-			// last one, signed with a key the watcher never cached), or a
-			// node that no longer knows the tenant: GetRevocationSet says
-			// whether, and when, it was deleted.
-			w.log.Warn("the issuer no longer knows the tenant; resyncing", "err", err)
-			w.synced.Store(false)
+		if backOff {
 			sleep(ctx, backoff)
 			backoff = min(2*backoff, 5*time.Second)
-			continue
 		}
-		if errors.Is(err, errReset) {
-			w.synced.Store(false)
-			if time.Duration(w.cfg.Now().UnixNano()-w.resyncedAt.Load()) < time.Second {
-				// Right after a resync: the server's stream is not the one
-				// followed (NATS of another cluster than ServerURL?). Do
-				// not hammer the server.
-				w.log.Error("the stream followed is not the one the events API resyncs from; check ServerURL and NATS", "err", err)
-				sleep(ctx, backoff)
-				backoff = min(2*backoff, 5*time.Second)
-				continue
-			}
-			w.log.Warn("the event stream was recreated or reset; resyncing", "position", w.Position(), "err", err)
-			continue
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		if err != nil {
-			w.log.Info("event stream interrupted", "err", err)
-			if w.cfg.NATS == nil {
-				if ferr := w.failed(err); ferr != nil {
-					w.log.Error("stopping: the events API refuses the credentials", "err", ferr)
-					return ferr
-				}
-			}
-		}
-		sleep(ctx, backoff)
-		backoff = min(2*backoff, 5*time.Second)
 	}
 	return ctx.Err()
+}
+
+// sessionEnded is what Run does after a follow session ended with err:
+// start again at once (a resync at the loop's top when synced was
+// cleared), back off first, or stop with fatal (the events API refuses the
+// credentials).
+func (w *Watcher) sessionEnded(ctx context.Context, err error) (backOff bool, fatal error) {
+	switch {
+	case errors.Is(err, errStale):
+		return false, nil // the loop's staleness check resyncs
+	case errors.Is(err, errGap):
+		w.log.Warn("position outside the stream's retained sequences; resyncing", "position", w.Position())
+		w.synced.Store(false)
+		return false, nil
+	case errors.Is(err, errTenantDeleted) ||
+		(w.cfg.NATS == nil && connect.CodeOf(err) == connect.CodeNotFound && w.set.TenantDeleted() == 0):
+		// An event the issuer's keys no longer verify (the tenant's
+		// last one, signed with a key the watcher never cached), or a
+		// node that no longer knows the tenant: GetRevocationSet says
+		// whether, and when, it was deleted.
+		w.log.Warn("the issuer no longer knows the tenant; resyncing", "err", err)
+		w.synced.Store(false)
+		return true, nil
+	case errors.Is(err, errReset):
+		w.synced.Store(false)
+		if time.Duration(w.cfg.Now().UnixNano()-w.resyncedAt.Load()) < time.Second {
+			// Right after a resync: the server's stream is not the one
+			// followed (NATS of another cluster than ServerURL?). Do
+			// not hammer the server.
+			w.log.Error("the stream followed is not the one the events API resyncs from; check ServerURL and NATS", "err", err)
+			return true, nil
+		}
+		w.log.Warn("the event stream was recreated or reset; resyncing", "position", w.Position(), "err", err)
+		return false, nil
+	case ctx.Err() != nil:
+		return false, nil // Run's loop ends
+	case err != nil:
+		w.log.Info("event stream interrupted", "err", err)
+		if w.cfg.NATS == nil {
+			if ferr := w.failed(err); ferr != nil {
+				w.log.Error("stopping: the events API refuses the credentials", "err", ferr)
+				return false, ferr
+			}
+		}
+	}
+	return true, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -636,36 +642,7 @@ func (w *Watcher) checkStream(created int64, last, pos uint64) error {
 }
 
 func (w *Watcher) followNATS(ctx context.Context) error {
-	js, err := jetstream.New(w.cfg.NATS)
-	if err != nil {
-		return err
-	}
-	st, err := js.Stream(ctx, w.cfg.Stream)
-	if err != nil {
-		return fmt.Errorf("revocation: stream %s: %w", w.cfg.Stream, err)
-	}
-	pos := w.set.Sequence()
-	info, err := st.Info(ctx)
-	if err != nil {
-		return err
-	}
-	if err := w.checkStream(info.Created.UnixNano(), info.State.LastSeq, pos); err != nil {
-		return err
-	}
-	from := w.set.Sequence() + 1
-	if from < info.State.FirstSeq {
-		return errGap
-	}
-	w.head.Store(max(w.head.Load(), info.State.LastSeq))
-	cons, err := js.OrderedConsumer(ctx, w.cfg.Stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{TenantSubjects(w.cfg.Tenant)},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    from,
-	})
-	if err != nil {
-		return err
-	}
-	it, err := cons.Messages(NATSConsumerHeartbeat)
+	st, it, err := w.openNATS(ctx)
 	if err != nil {
 		return err
 	}
@@ -676,54 +653,13 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 
 	// The ordered consumer survives NATS reconnects by itself; follow the
 	// connection's state for staleness.
-	var staleBack atomic.Bool
-	var streamErr atomic.Pointer[error]
-	mon, cancelMon := context.WithCancel(ctx)
+	var mon natsMonitor
+	mctx, cancelMon := context.WithCancel(ctx)
 	monDone := make(chan struct{})
 	defer func() { cancelMon(); <-monDone }()
 	go func() {
 		defer close(monDone)
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		lastCheck := time.Now()
-		for {
-			select {
-			case <-mon.Done():
-				return
-			case <-t.C:
-				up := w.cfg.NATS.IsConnected()
-				if up && w.Stale() {
-					// Back after a long outage: resync (Run) before
-					// trusting the set again.
-					staleBack.Store(true)
-					it.Stop()
-					return
-				}
-				w.setConnected(up)
-				if !up || time.Since(lastCheck) < w.cfg.StreamCheckInterval {
-					continue
-				}
-				lastCheck = time.Now()
-				// The ordered consumer waits forever at a position beyond
-				// the head of a recreated stream: compare identities.
-				// The position before the request: the loop below keeps
-				// handling messages stored after the answer was made.
-				pos := w.set.Sequence()
-				ictx, cancel := context.WithTimeout(mon, 5*time.Second)
-				info, err := st.Info(ictx)
-				cancel()
-				if err == nil {
-					err = w.checkStream(info.Created.UnixNano(), info.State.LastSeq, pos)
-				} else if errors.Is(err, jetstream.ErrStreamNotFound) {
-					err = fmt.Errorf("%w: %w", errReset, err)
-				}
-				if errors.Is(err, errReset) {
-					streamErr.Store(&err)
-					it.Stop()
-					return
-				}
-			}
-		}
+		w.monitorNATS(mctx, st, it, &mon)
 	}()
 	for {
 		m, err := it.Next()
@@ -731,10 +667,10 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if staleBack.Load() {
+			if mon.staleBack.Load() {
 				return errStale
 			}
-			if e := streamErr.Load(); e != nil {
+			if e := mon.streamErr.Load(); e != nil {
 				return *e
 			}
 			return err
@@ -746,6 +682,100 @@ func (w *Watcher) followNATS(ctx context.Context) error {
 		w.head.Store(max(w.head.Load(), md.Sequence.Stream+md.NumPending))
 		if err := w.handle(ctx, md.Sequence.Stream, m.Data()); err != nil {
 			return err
+		}
+	}
+}
+
+// openNATS checks the stream against the set's position (checkStream, and
+// errGap if the next event was dropped) and opens an ordered consumer of
+// the tenant's subjects from the next event on.
+func (w *Watcher) openNATS(ctx context.Context) (jetstream.Stream, jetstream.MessagesContext, error) {
+	js, err := jetstream.New(w.cfg.NATS)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := js.Stream(ctx, w.cfg.Stream)
+	if err != nil {
+		return nil, nil, fmt.Errorf("revocation: stream %s: %w", w.cfg.Stream, err)
+	}
+	pos := w.set.Sequence()
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := w.checkStream(info.Created.UnixNano(), info.State.LastSeq, pos); err != nil {
+		return nil, nil, err
+	}
+	from := w.set.Sequence() + 1
+	if from < info.State.FirstSeq {
+		return nil, nil, errGap
+	}
+	w.head.Store(max(w.head.Load(), info.State.LastSeq))
+	cons, err := js.OrderedConsumer(ctx, w.cfg.Stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{TenantSubjects(w.cfg.Tenant)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	it, err := cons.Messages(NATSConsumerHeartbeat)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, it, nil
+}
+
+// natsMonitor is why monitorNATS stopped the consumer: the watcher came
+// back stale after an outage, or the stream was recreated (errReset).
+type natsMonitor struct {
+	staleBack atomic.Bool
+	streamErr atomic.Pointer[error]
+}
+
+// monitorNATS follows the NATS connection (setConnected) and, every
+// StreamCheckInterval, the stream's identity, until ctx ends; it stops it
+// and records why in res when the watcher must resync.
+func (w *Watcher) monitorNATS(ctx context.Context, st jetstream.Stream, it jetstream.MessagesContext, res *natsMonitor) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	lastCheck := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			up := w.cfg.NATS.IsConnected()
+			if up && w.Stale() {
+				// Back after a long outage: resync (Run) before
+				// trusting the set again.
+				res.staleBack.Store(true)
+				it.Stop()
+				return
+			}
+			w.setConnected(up)
+			if !up || time.Since(lastCheck) < w.cfg.StreamCheckInterval {
+				continue
+			}
+			lastCheck = time.Now()
+			// The ordered consumer waits forever at a position beyond
+			// the head of a recreated stream: compare identities.
+			// The position before the request: the loop of followNATS
+			// keeps handling messages stored after the answer was made.
+			pos := w.set.Sequence()
+			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			info, err := st.Info(ictx)
+			cancel()
+			if err == nil {
+				err = w.checkStream(info.Created.UnixNano(), info.State.LastSeq, pos)
+			} else if errors.Is(err, jetstream.ErrStreamNotFound) {
+				err = fmt.Errorf("%w: %w", errReset, err)
+			}
+			if errors.Is(err, errReset) {
+				res.streamErr.Store(&err)
+				it.Stop()
+				return
+			}
 		}
 	}
 }

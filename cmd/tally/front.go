@@ -82,7 +82,13 @@ func runFront(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "tally front: %v\n", err)
 		return 2
 	}
-	ln, err := net.Listen("tcp", *listen)
+	return serveFront(ctx, fd, *listen, *grace, backends, logger)
+}
+
+// serveFront serves the front door on listen, checking its nodes, until
+// ctx is cancelled, then shuts down within grace.
+func serveFront(ctx context.Context, fd *node.FrontDoor, listen string, grace time.Duration, backends backendsFlag, logger *slog.Logger) int {
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		logger.Error("listen", "err", err)
 		return 1
@@ -114,7 +120,7 @@ func runFront(ctx context.Context, args []string, e env) int {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), *grace)
+	sctx, scancel := context.WithTimeout(context.Background(), grace)
 	defer scancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		// Streams outlive the grace period: cut them.

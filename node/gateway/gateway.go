@@ -208,6 +208,16 @@ func (c *Checker) Check(ctx context.Context, req Request) Decision {
 	if l := c.limiter(req.Tenant, id.ClientID, rules); l != nil && !l.Allow() {
 		return Decision{Status: http.StatusTooManyRequests, Headers: http.Header{"Retry-After": {"1"}}, Reason: "rate limit exceeded"}
 	}
+	if d, ok := c.checkPolicy(ctx, req, path, route, id); !ok {
+		return d
+	}
+	return c.allow(ctx, req, route, id)
+}
+
+// checkPolicy evaluates the tenant's CEL policies, if any: a deny (not dry
+// run) refuses the request; scopes the policy keeps narrow id.Scopes, and
+// the route's scopes must survive that.
+func (c *Checker) checkPolicy(ctx context.Context, req Request, path string, route Route, id *Identity) (Decision, bool) {
 	if c.Policy != nil {
 		in := issuance.PolicyInput{
 			Tenant: req.Tenant, ClientID: id.ClientID, GrantType: "gateway", Subject: id.Subject, Actor: id.Actor,
@@ -219,20 +229,26 @@ func (c *Checker) Check(ctx context.Context, req Request) Decision {
 		}
 		pd, err := c.Policy.Evaluate(ctx, in)
 		if err != nil {
-			return Decision{Status: http.StatusServiceUnavailable, Headers: http.Header{"Retry-After": {"5"}}, Reason: "policy evaluation failed"}
+			return Decision{Status: http.StatusServiceUnavailable, Headers: http.Header{"Retry-After": {"5"}}, Reason: "policy evaluation failed"}, false
 		}
 		if pd.Deny && !pd.DryRun {
-			return c.challenge(statusForbidden, "insufficient_scope", "denied by policy: "+issuance.SafeDescription(pd.Reason), strings.Join(route.Scopes, " "))
+			return c.challenge(statusForbidden, "insufficient_scope", "denied by policy: "+issuance.SafeDescription(pd.Reason), strings.Join(route.Scopes, " ")), false
 		}
 		if pd.Scopes != nil && !pd.DryRun {
 			id.Scopes = slices.DeleteFunc(slices.Clone(id.Scopes), func(s string) bool { return !slices.Contains(pd.Scopes, s) })
 			for _, s := range route.Scopes {
 				if !slices.Contains(id.Scopes, s) {
-					return c.challenge(statusForbidden, "insufficient_scope", "the policy narrowed away a required scope", strings.Join(route.Scopes, " "))
+					return c.challenge(statusForbidden, "insufficient_scope", "the policy narrowed away a required scope", strings.Join(route.Scopes, " ")), false
 				}
 			}
 		}
 	}
+	return Decision{}, true
+}
+
+// allow is the allowed decision: the identity headers for the upstream,
+// and the phantom token of the route, if it names an audience.
+func (c *Checker) allow(ctx context.Context, req Request, route Route, id *Identity) Decision {
 	h := http.Header{}
 	h.Set("X-Tally-Tenant", req.Tenant)
 	h.Set("X-Tally-Subject", id.Subject)

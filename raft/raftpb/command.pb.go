@@ -28,6 +28,398 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// GrantType is an OAuth grant type a client may use.
+type GrantType int32
+
+const (
+	GrantType_GRANT_TYPE_UNSPECIFIED GrantType = 0
+	// A grant type this release has no value for: read the string.
+	GrantType_GRANT_TYPE_OTHER              GrantType = 1
+	GrantType_GRANT_TYPE_CLIENT_CREDENTIALS GrantType = 2
+	GrantType_GRANT_TYPE_AUTHORIZATION_CODE GrantType = 3
+	GrantType_GRANT_TYPE_REFRESH_TOKEN      GrantType = 4
+	// urn:ietf:params:oauth:grant-type:device_code (RFC 8628).
+	GrantType_GRANT_TYPE_DEVICE_CODE GrantType = 5
+	// urn:ietf:params:oauth:grant-type:token-exchange (RFC 8693).
+	GrantType_GRANT_TYPE_TOKEN_EXCHANGE GrantType = 6
+)
+
+// Enum value maps for GrantType.
+var (
+	GrantType_name = map[int32]string{
+		0: "GRANT_TYPE_UNSPECIFIED",
+		1: "GRANT_TYPE_OTHER",
+		2: "GRANT_TYPE_CLIENT_CREDENTIALS",
+		3: "GRANT_TYPE_AUTHORIZATION_CODE",
+		4: "GRANT_TYPE_REFRESH_TOKEN",
+		5: "GRANT_TYPE_DEVICE_CODE",
+		6: "GRANT_TYPE_TOKEN_EXCHANGE",
+	}
+	GrantType_value = map[string]int32{
+		"GRANT_TYPE_UNSPECIFIED":        0,
+		"GRANT_TYPE_OTHER":              1,
+		"GRANT_TYPE_CLIENT_CREDENTIALS": 2,
+		"GRANT_TYPE_AUTHORIZATION_CODE": 3,
+		"GRANT_TYPE_REFRESH_TOKEN":      4,
+		"GRANT_TYPE_DEVICE_CODE":        5,
+		"GRANT_TYPE_TOKEN_EXCHANGE":     6,
+	}
+)
+
+func (x GrantType) Enum() *GrantType {
+	p := new(GrantType)
+	*p = x
+	return p
+}
+
+func (x GrantType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GrantType) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[0].Descriptor()
+}
+
+func (GrantType) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[0]
+}
+
+func (x GrantType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GrantType.Descriptor instead.
+func (GrantType) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{0}
+}
+
+// KeyAlg is a JOSE algorithm of a tenant or key (Tenant.signing_alg,
+// Key.alg, DeletedTenant.signing_alg).
+type KeyAlg int32
+
+const (
+	KeyAlg_KEY_ALG_UNSPECIFIED KeyAlg = 0
+	// An algorithm this release has no value for: read the string.
+	KeyAlg_KEY_ALG_OTHER   KeyAlg = 1
+	KeyAlg_KEY_ALG_ES256   KeyAlg = 2
+	KeyAlg_KEY_ALG_EDDSA   KeyAlg = 3
+	KeyAlg_KEY_ALG_RS256   KeyAlg = 4
+	KeyAlg_KEY_ALG_A256GCM KeyAlg = 5
+)
+
+// Enum value maps for KeyAlg.
+var (
+	KeyAlg_name = map[int32]string{
+		0: "KEY_ALG_UNSPECIFIED",
+		1: "KEY_ALG_OTHER",
+		2: "KEY_ALG_ES256",
+		3: "KEY_ALG_EDDSA",
+		4: "KEY_ALG_RS256",
+		5: "KEY_ALG_A256GCM",
+	}
+	KeyAlg_value = map[string]int32{
+		"KEY_ALG_UNSPECIFIED": 0,
+		"KEY_ALG_OTHER":       1,
+		"KEY_ALG_ES256":       2,
+		"KEY_ALG_EDDSA":       3,
+		"KEY_ALG_RS256":       4,
+		"KEY_ALG_A256GCM":     5,
+	}
+)
+
+func (x KeyAlg) Enum() *KeyAlg {
+	p := new(KeyAlg)
+	*p = x
+	return p
+}
+
+func (x KeyAlg) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyAlg) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[1].Descriptor()
+}
+
+func (KeyAlg) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[1]
+}
+
+func (x KeyAlg) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyAlg.Descriptor instead.
+func (KeyAlg) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{1}
+}
+
+// AuthMethod is a token_endpoint_auth_method (RFC 7591 §2).
+type AuthMethod int32
+
+const (
+	AuthMethod_AUTH_METHOD_UNSPECIFIED AuthMethod = 0
+	// A method this release has no value for: read the string.
+	AuthMethod_AUTH_METHOD_OTHER                       AuthMethod = 1
+	AuthMethod_AUTH_METHOD_CLIENT_SECRET_BASIC         AuthMethod = 2
+	AuthMethod_AUTH_METHOD_CLIENT_SECRET_POST          AuthMethod = 3
+	AuthMethod_AUTH_METHOD_PRIVATE_KEY_JWT             AuthMethod = 4
+	AuthMethod_AUTH_METHOD_TLS_CLIENT_AUTH             AuthMethod = 5
+	AuthMethod_AUTH_METHOD_SELF_SIGNED_TLS_CLIENT_AUTH AuthMethod = 6
+)
+
+// Enum value maps for AuthMethod.
+var (
+	AuthMethod_name = map[int32]string{
+		0: "AUTH_METHOD_UNSPECIFIED",
+		1: "AUTH_METHOD_OTHER",
+		2: "AUTH_METHOD_CLIENT_SECRET_BASIC",
+		3: "AUTH_METHOD_CLIENT_SECRET_POST",
+		4: "AUTH_METHOD_PRIVATE_KEY_JWT",
+		5: "AUTH_METHOD_TLS_CLIENT_AUTH",
+		6: "AUTH_METHOD_SELF_SIGNED_TLS_CLIENT_AUTH",
+	}
+	AuthMethod_value = map[string]int32{
+		"AUTH_METHOD_UNSPECIFIED":                 0,
+		"AUTH_METHOD_OTHER":                       1,
+		"AUTH_METHOD_CLIENT_SECRET_BASIC":         2,
+		"AUTH_METHOD_CLIENT_SECRET_POST":          3,
+		"AUTH_METHOD_PRIVATE_KEY_JWT":             4,
+		"AUTH_METHOD_TLS_CLIENT_AUTH":             5,
+		"AUTH_METHOD_SELF_SIGNED_TLS_CLIENT_AUTH": 6,
+	}
+)
+
+func (x AuthMethod) Enum() *AuthMethod {
+	p := new(AuthMethod)
+	*p = x
+	return p
+}
+
+func (x AuthMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuthMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[2].Descriptor()
+}
+
+func (AuthMethod) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[2]
+}
+
+func (x AuthMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuthMethod.Descriptor instead.
+func (AuthMethod) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{2}
+}
+
+// DeviceStatus is the state of a device authorization (DeviceCode.status).
+type DeviceStatus int32
+
+const (
+	DeviceStatus_DEVICE_STATUS_UNSPECIFIED DeviceStatus = 0
+	// A state this release has no value for: read the string.
+	DeviceStatus_DEVICE_STATUS_OTHER    DeviceStatus = 1
+	DeviceStatus_DEVICE_STATUS_PENDING  DeviceStatus = 2
+	DeviceStatus_DEVICE_STATUS_APPROVED DeviceStatus = 3
+	DeviceStatus_DEVICE_STATUS_DENIED   DeviceStatus = 4
+	DeviceStatus_DEVICE_STATUS_REDEEMED DeviceStatus = 5
+)
+
+// Enum value maps for DeviceStatus.
+var (
+	DeviceStatus_name = map[int32]string{
+		0: "DEVICE_STATUS_UNSPECIFIED",
+		1: "DEVICE_STATUS_OTHER",
+		2: "DEVICE_STATUS_PENDING",
+		3: "DEVICE_STATUS_APPROVED",
+		4: "DEVICE_STATUS_DENIED",
+		5: "DEVICE_STATUS_REDEEMED",
+	}
+	DeviceStatus_value = map[string]int32{
+		"DEVICE_STATUS_UNSPECIFIED": 0,
+		"DEVICE_STATUS_OTHER":       1,
+		"DEVICE_STATUS_PENDING":     2,
+		"DEVICE_STATUS_APPROVED":    3,
+		"DEVICE_STATUS_DENIED":      4,
+		"DEVICE_STATUS_REDEEMED":    5,
+	}
+)
+
+func (x DeviceStatus) Enum() *DeviceStatus {
+	p := new(DeviceStatus)
+	*p = x
+	return p
+}
+
+func (x DeviceStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeviceStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[3].Descriptor()
+}
+
+func (DeviceStatus) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[3]
+}
+
+func (x DeviceStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeviceStatus.Descriptor instead.
+func (DeviceStatus) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{3}
+}
+
+// GrantOutcome is the value outcome of an end-user command
+// (GrantResult.outcome).
+type GrantOutcome int32
+
+const (
+	GrantOutcome_GRANT_OUTCOME_UNSPECIFIED GrantOutcome = 0
+	// An outcome this release has no value for: read the string.
+	GrantOutcome_GRANT_OUTCOME_OTHER GrantOutcome = 1
+	// Done (outcome "").
+	GrantOutcome_GRANT_OUTCOME_DONE                  GrantOutcome = 2
+	GrantOutcome_GRANT_OUTCOME_CODE_REUSED           GrantOutcome = 3
+	GrantOutcome_GRANT_OUTCOME_REUSE_INTERVAL        GrantOutcome = 4
+	GrantOutcome_GRANT_OUTCOME_REUSE_DETECTED        GrantOutcome = 5
+	GrantOutcome_GRANT_OUTCOME_FAMILY_REVOKED        GrantOutcome = 6
+	GrantOutcome_GRANT_OUTCOME_FAMILY_EXPIRED        GrantOutcome = 7
+	GrantOutcome_GRANT_OUTCOME_INVALID               GrantOutcome = 8
+	GrantOutcome_GRANT_OUTCOME_AUTHORIZATION_PENDING GrantOutcome = 9
+	GrantOutcome_GRANT_OUTCOME_SLOW_DOWN             GrantOutcome = 10
+	GrantOutcome_GRANT_OUTCOME_ACCESS_DENIED         GrantOutcome = 11
+	GrantOutcome_GRANT_OUTCOME_EXPIRED_TOKEN         GrantOutcome = 12
+	GrantOutcome_GRANT_OUTCOME_NOT_FOUND             GrantOutcome = 13
+)
+
+// Enum value maps for GrantOutcome.
+var (
+	GrantOutcome_name = map[int32]string{
+		0:  "GRANT_OUTCOME_UNSPECIFIED",
+		1:  "GRANT_OUTCOME_OTHER",
+		2:  "GRANT_OUTCOME_DONE",
+		3:  "GRANT_OUTCOME_CODE_REUSED",
+		4:  "GRANT_OUTCOME_REUSE_INTERVAL",
+		5:  "GRANT_OUTCOME_REUSE_DETECTED",
+		6:  "GRANT_OUTCOME_FAMILY_REVOKED",
+		7:  "GRANT_OUTCOME_FAMILY_EXPIRED",
+		8:  "GRANT_OUTCOME_INVALID",
+		9:  "GRANT_OUTCOME_AUTHORIZATION_PENDING",
+		10: "GRANT_OUTCOME_SLOW_DOWN",
+		11: "GRANT_OUTCOME_ACCESS_DENIED",
+		12: "GRANT_OUTCOME_EXPIRED_TOKEN",
+		13: "GRANT_OUTCOME_NOT_FOUND",
+	}
+	GrantOutcome_value = map[string]int32{
+		"GRANT_OUTCOME_UNSPECIFIED":           0,
+		"GRANT_OUTCOME_OTHER":                 1,
+		"GRANT_OUTCOME_DONE":                  2,
+		"GRANT_OUTCOME_CODE_REUSED":           3,
+		"GRANT_OUTCOME_REUSE_INTERVAL":        4,
+		"GRANT_OUTCOME_REUSE_DETECTED":        5,
+		"GRANT_OUTCOME_FAMILY_REVOKED":        6,
+		"GRANT_OUTCOME_FAMILY_EXPIRED":        7,
+		"GRANT_OUTCOME_INVALID":               8,
+		"GRANT_OUTCOME_AUTHORIZATION_PENDING": 9,
+		"GRANT_OUTCOME_SLOW_DOWN":             10,
+		"GRANT_OUTCOME_ACCESS_DENIED":         11,
+		"GRANT_OUTCOME_EXPIRED_TOKEN":         12,
+		"GRANT_OUTCOME_NOT_FOUND":             13,
+	}
+)
+
+func (x GrantOutcome) Enum() *GrantOutcome {
+	p := new(GrantOutcome)
+	*p = x
+	return p
+}
+
+func (x GrantOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GrantOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[4].Descriptor()
+}
+
+func (GrantOutcome) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[4]
+}
+
+func (x GrantOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GrantOutcome.Descriptor instead.
+func (GrantOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{4}
+}
+
+// GrantEventKind is the kind of a GrantEvent.
+type GrantEventKind int32
+
+const (
+	GrantEventKind_GRANT_EVENT_KIND_UNSPECIFIED GrantEventKind = 0
+	// A kind this release has no value for: read the string.
+	GrantEventKind_GRANT_EVENT_KIND_OTHER          GrantEventKind = 1
+	GrantEventKind_GRANT_EVENT_KIND_REUSE_DETECTED GrantEventKind = 2
+	GrantEventKind_GRANT_EVENT_KIND_FAMILY_REVOKED GrantEventKind = 3
+	GrantEventKind_GRANT_EVENT_KIND_CODE_REUSED    GrantEventKind = 4
+)
+
+// Enum value maps for GrantEventKind.
+var (
+	GrantEventKind_name = map[int32]string{
+		0: "GRANT_EVENT_KIND_UNSPECIFIED",
+		1: "GRANT_EVENT_KIND_OTHER",
+		2: "GRANT_EVENT_KIND_REUSE_DETECTED",
+		3: "GRANT_EVENT_KIND_FAMILY_REVOKED",
+		4: "GRANT_EVENT_KIND_CODE_REUSED",
+	}
+	GrantEventKind_value = map[string]int32{
+		"GRANT_EVENT_KIND_UNSPECIFIED":    0,
+		"GRANT_EVENT_KIND_OTHER":          1,
+		"GRANT_EVENT_KIND_REUSE_DETECTED": 2,
+		"GRANT_EVENT_KIND_FAMILY_REVOKED": 3,
+		"GRANT_EVENT_KIND_CODE_REUSED":    4,
+	}
+)
+
+func (x GrantEventKind) Enum() *GrantEventKind {
+	p := new(GrantEventKind)
+	*p = x
+	return p
+}
+
+func (x GrantEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GrantEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[5].Descriptor()
+}
+
+func (GrantEventKind) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[5]
+}
+
+func (x GrantEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GrantEventKind.Descriptor instead.
+func (GrantEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{5}
+}
+
 // TokenFormat is the kind of access token a client receives.
 type TokenFormat int32
 
@@ -64,11 +456,11 @@ func (x TokenFormat) String() string {
 }
 
 func (TokenFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_command_proto_enumTypes[0].Descriptor()
+	return file_command_proto_enumTypes[6].Descriptor()
 }
 
 func (TokenFormat) Type() protoreflect.EnumType {
-	return &file_command_proto_enumTypes[0]
+	return &file_command_proto_enumTypes[6]
 }
 
 func (x TokenFormat) Number() protoreflect.EnumNumber {
@@ -77,7 +469,7 @@ func (x TokenFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TokenFormat.Descriptor instead.
 func (TokenFormat) EnumDescriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{0}
+	return file_command_proto_rawDescGZIP(), []int{6}
 }
 
 // KeyUse is what a tenant key is for.
@@ -116,11 +508,11 @@ func (x KeyUse) String() string {
 }
 
 func (KeyUse) Descriptor() protoreflect.EnumDescriptor {
-	return file_command_proto_enumTypes[1].Descriptor()
+	return file_command_proto_enumTypes[7].Descriptor()
 }
 
 func (KeyUse) Type() protoreflect.EnumType {
-	return &file_command_proto_enumTypes[1]
+	return &file_command_proto_enumTypes[7]
 }
 
 func (x KeyUse) Number() protoreflect.EnumNumber {
@@ -129,7 +521,7 @@ func (x KeyUse) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyUse.Descriptor instead.
 func (KeyUse) EnumDescriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{1}
+	return file_command_proto_rawDescGZIP(), []int{7}
 }
 
 // EventKind names what an outbox Event announces.
@@ -220,11 +612,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_command_proto_enumTypes[2].Descriptor()
+	return file_command_proto_enumTypes[8].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_command_proto_enumTypes[2]
+	return &file_command_proto_enumTypes[8]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -233,7 +625,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{2}
+	return file_command_proto_rawDescGZIP(), []int{8}
 }
 
 // Command is one entry of the Raft log.
@@ -1437,8 +1829,11 @@ type Tenant struct {
 	// Issue 11: every authorization request of the tenant must be pushed
 	// (RFC 9126 §6, SetTenantPAR).
 	RequirePushedAuthorizationRequests bool `protobuf:"varint,33,opt,name=require_pushed_authorization_requests,json=requirePushedAuthorizationRequests,proto3" json:"require_pushed_authorization_requests,omitempty"`
-	unknownFields                      protoimpl.UnknownFields
-	sizeCache                          protoimpl.SizeCache
+	// Issue 15: signing_alg as an enum (feature "typed_enums_v2", see
+	// raft/enums_v2.go; raft.SigningAlgOf reads either).
+	SigningAlgorithm KeyAlg `protobuf:"varint,201,opt,name=signing_algorithm,json=signingAlgorithm,proto3,enum=tally.raft.v1.KeyAlg" json:"signing_algorithm,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Tenant) Reset() {
@@ -1541,6 +1936,13 @@ func (x *Tenant) GetRequirePushedAuthorizationRequests() bool {
 	return false
 }
 
+func (x *Tenant) GetSigningAlgorithm() KeyAlg {
+	if x != nil {
+		return x.SigningAlgorithm
+	}
+	return KeyAlg_KEY_ALG_UNSPECIFIED
+}
+
 // SecretHash is a keyed hash of a client secret (never the secret).
 type SecretHash struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -1638,9 +2040,14 @@ type Client struct {
 	// enables feature "typed_enums" (and migrates the stored clients when it
 	// does); unspecified in older records and in commands (raft.TokenFormatOf
 	// reads either). A command that sets it must agree with token_format.
-	Format        TokenFormat `protobuf:"varint,200,opt,name=format,proto3,enum=tally.raft.v1.TokenFormat" json:"format,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Format TokenFormat `protobuf:"varint,200,opt,name=format,proto3,enum=tally.raft.v1.TokenFormat" json:"format,omitempty"`
+	// Issue 15: grant_types as enums, one per string, in the same order
+	// (feature "typed_enums_v2"; a string this release does not name is
+	// GRANT_TYPE_OTHER and is read from grant_types). raft.GrantTypesOf
+	// reads either.
+	GrantTypeValues []GrantType `protobuf:"varint,201,rep,packed,name=grant_type_values,json=grantTypeValues,proto3,enum=tally.raft.v1.GrantType" json:"grant_type_values,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Client) Reset() {
@@ -1806,6 +2213,13 @@ func (x *Client) GetFormat() TokenFormat {
 	return TokenFormat_TOKEN_FORMAT_UNSPECIFIED
 }
 
+func (x *Client) GetGrantTypeValues() []GrantType {
+	if x != nil {
+		return x.GrantTypeValues
+	}
+	return nil
+}
+
 type Key struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -1832,7 +2246,10 @@ type Key struct {
 	// Issue 15: use as an enum, derived by the FSM like Client.format
 	// (feature "typed_enums"; raft.KeyUseOf reads either). A command that
 	// sets it must agree with use.
-	KeyUse        KeyUse `protobuf:"varint,200,opt,name=key_use,json=keyUse,proto3,enum=tally.raft.v1.KeyUse" json:"key_use,omitempty"`
+	KeyUse KeyUse `protobuf:"varint,200,opt,name=key_use,json=keyUse,proto3,enum=tally.raft.v1.KeyUse" json:"key_use,omitempty"`
+	// Issue 15: alg as an enum (feature "typed_enums_v2"; raft.KeyAlgOf
+	// reads either).
+	KeyAlg        KeyAlg `protobuf:"varint,201,opt,name=key_alg,json=keyAlg,proto3,enum=tally.raft.v1.KeyAlg" json:"key_alg,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1949,6 +2366,13 @@ func (x *Key) GetKeyUse() KeyUse {
 		return x.KeyUse
 	}
 	return KeyUse_KEY_USE_UNSPECIFIED
+}
+
+func (x *Key) GetKeyAlg() KeyAlg {
+	if x != nil {
+		return x.KeyAlg
+	}
+	return KeyAlg_KEY_ALG_UNSPECIFIED
 }
 
 type Revocation struct {
@@ -3652,8 +4076,11 @@ type DeviceCode struct {
 	Status           string `protobuf:"bytes,10,opt,name=status,proto3" json:"status,omitempty"`
 	UserId           string `protobuf:"bytes,11,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	AuthTimeUnixNano int64  `protobuf:"varint,12,opt,name=auth_time_unix_nano,json=authTimeUnixNano,proto3" json:"auth_time_unix_nano,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Issue 15: status as an enum (feature "typed_enums_v2";
+	// raft.DeviceStatusOf reads either).
+	DeviceStatus  DeviceStatus `protobuf:"varint,201,opt,name=device_status,json=deviceStatus,proto3,enum=tally.raft.v1.DeviceStatus" json:"device_status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeviceCode) Reset() {
@@ -3770,19 +4197,29 @@ func (x *DeviceCode) GetAuthTimeUnixNano() int64 {
 	return 0
 }
 
+func (x *DeviceCode) GetDeviceStatus() DeviceStatus {
+	if x != nil {
+		return x.DeviceStatus
+	}
+	return DeviceStatus_DEVICE_STATUS_UNSPECIFIED
+}
+
 // GrantEvent is a security event a command produced, for the event log:
 // kind "reuse_detected" (a superseded refresh token was presented),
 // "family_revoked" or "code_reused".
 type GrantEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
-	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	ClientId      string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
-	UserId        string                 `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	FamilyId      string                 `protobuf:"bytes,5,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
-	Node          string                 `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
-	Region        string                 `protobuf:"bytes,7,opt,name=region,proto3" json:"region,omitempty"`
-	RevokedJtis   []string               `protobuf:"bytes,8,rep,name=revoked_jtis,json=revokedJtis,proto3" json:"revoked_jtis,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Kind        string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Tenant      string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	ClientId    string                 `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	UserId      string                 `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	FamilyId    string                 `protobuf:"bytes,5,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
+	Node        string                 `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
+	Region      string                 `protobuf:"bytes,7,opt,name=region,proto3" json:"region,omitempty"`
+	RevokedJtis []string               `protobuf:"bytes,8,rep,name=revoked_jtis,json=revokedJtis,proto3" json:"revoked_jtis,omitempty"`
+	// Issue 15: kind as an enum (feature "typed_enums_v2";
+	// raft.GrantEventKindOf reads either).
+	KindValue     GrantEventKind `protobuf:"varint,201,opt,name=kind_value,json=kindValue,proto3,enum=tally.raft.v1.GrantEventKind" json:"kind_value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3873,6 +4310,13 @@ func (x *GrantEvent) GetRevokedJtis() []string {
 	return nil
 }
 
+func (x *GrantEvent) GetKindValue() GrantEventKind {
+	if x != nil {
+		return x.KindValue
+	}
+	return GrantEventKind_GRANT_EVENT_KIND_UNSPECIFIED
+}
+
 // GrantResult is the value outcome of an end-user command.
 type GrantResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3888,7 +4332,11 @@ type GrantResult struct {
 	PushedRequest *PushedRequest `protobuf:"bytes,100,opt,name=pushed_request,json=pushedRequest,proto3" json:"pushed_request,omitempty"`
 	// RotateRefresh: the security alert the rotation raised (a family used
 	// from a new network; issue 13), also announced on the event log.
-	Alert         *SecurityAlert `protobuf:"bytes,142,opt,name=alert,proto3" json:"alert,omitempty"`
+	Alert *SecurityAlert `protobuf:"bytes,142,opt,name=alert,proto3" json:"alert,omitempty"`
+	// Issue 15: outcome as an enum (feature "typed_enums_v2"; raft.OutcomeOf
+	// reads either). Set by the FSM like the typed fields of the records:
+	// the result is stored with the request id (bucket requests).
+	OutcomeValue  GrantOutcome `protobuf:"varint,201,opt,name=outcome_value,json=outcomeValue,proto3,enum=tally.raft.v1.GrantOutcome" json:"outcome_value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3970,6 +4418,13 @@ func (x *GrantResult) GetAlert() *SecurityAlert {
 		return x.Alert
 	}
 	return nil
+}
+
+func (x *GrantResult) GetOutcomeValue() GrantOutcome {
+	if x != nil {
+		return x.OutcomeValue
+	}
+	return GrantOutcome_GRANT_OUTCOME_UNSPECIFIED
 }
 
 // SetClusterIssuer records the cluster's issuer base URL (tenant issuers are
@@ -4360,8 +4815,10 @@ type DeletedTenant struct {
 	DeletedUnixNano int64                  `protobuf:"varint,2,opt,name=deleted_unix_nano,json=deletedUnixNano,proto3" json:"deleted_unix_nano,omitempty"`
 	SigningKeys     []*Key                 `protobuf:"bytes,3,rep,name=signing_keys,json=signingKeys,proto3" json:"signing_keys,omitempty"`
 	SigningAlg      string                 `protobuf:"bytes,4,opt,name=signing_alg,json=signingAlg,proto3" json:"signing_alg,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Issue 15: signing_alg as an enum (feature "typed_enums_v2").
+	SigningAlgorithm KeyAlg `protobuf:"varint,201,opt,name=signing_algorithm,json=signingAlgorithm,proto3,enum=tally.raft.v1.KeyAlg" json:"signing_algorithm,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DeletedTenant) Reset() {
@@ -4420,6 +4877,13 @@ func (x *DeletedTenant) GetSigningAlg() string {
 		return x.SigningAlg
 	}
 	return ""
+}
+
+func (x *DeletedTenant) GetSigningAlgorithm() KeyAlg {
+	if x != nil {
+		return x.SigningAlgorithm
+	}
+	return KeyAlg_KEY_ALG_UNSPECIFIED
 }
 
 // Deleted is the tombstone of a deleted client or user (buckets
@@ -4618,9 +5082,12 @@ type ClientAuth struct {
 	JwksUri string `protobuf:"bytes,3,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
 	// tls_client_auth: RFC 4514 subject DN the certificate must carry, or
 	// one of its DNS SANs.
-	TlsSubjectDn  string `protobuf:"bytes,4,opt,name=tls_subject_dn,json=tlsSubjectDn,proto3" json:"tls_subject_dn,omitempty"`
-	TlsSanDns     string `protobuf:"bytes,5,opt,name=tls_san_dns,json=tlsSanDns,proto3" json:"tls_san_dns,omitempty"`
-	TlsSanUri     string `protobuf:"bytes,6,opt,name=tls_san_uri,json=tlsSanUri,proto3" json:"tls_san_uri,omitempty"`
+	TlsSubjectDn string `protobuf:"bytes,4,opt,name=tls_subject_dn,json=tlsSubjectDn,proto3" json:"tls_subject_dn,omitempty"`
+	TlsSanDns    string `protobuf:"bytes,5,opt,name=tls_san_dns,json=tlsSanDns,proto3" json:"tls_san_dns,omitempty"`
+	TlsSanUri    string `protobuf:"bytes,6,opt,name=tls_san_uri,json=tlsSanUri,proto3" json:"tls_san_uri,omitempty"`
+	// Issue 15: methods as enums, one per string, in the same order (feature
+	// "typed_enums_v2"; raft.AuthMethodsOf reads either).
+	MethodValues  []AuthMethod `protobuf:"varint,201,rep,packed,name=method_values,json=methodValues,proto3,enum=tally.raft.v1.AuthMethod" json:"method_values,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4695,6 +5162,13 @@ func (x *ClientAuth) GetTlsSanUri() string {
 		return x.TlsSanUri
 	}
 	return ""
+}
+
+func (x *ClientAuth) GetMethodValues() []AuthMethod {
+	if x != nil {
+		return x.MethodValues
+	}
+	return nil
 }
 
 // TenantTrust is what a tenant trusts besides its own clients' secrets.
@@ -6417,7 +6891,7 @@ const file_command_proto_rawDesc = "" +
 	"\x05Sweep\x125\n" +
 	"\x17events_before_unix_nano\x18\x01 \x01(\x03R\x14eventsBeforeUnixNano\x12\x1a\n" +
 	"\bmax_scan\x18\x82\x01 \x01(\rR\amaxScan\"\x06\n" +
-	"\x04Tick\"\xd5\x03\n" +
+	"\x04Tick\"\x9a\x04\n" +
 	"\x06Tenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12*\n" +
@@ -6429,12 +6903,13 @@ const file_command_proto_rawDesc = "" +
 	"\x16key_rotate_every_nanos\x18\x1e \x01(\x03R\x13keyRotateEveryNanos\x125\n" +
 	"\x17seal_rotate_every_nanos\x18\x1f \x01(\x03R\x14sealRotateEveryNanos\x12>\n" +
 	"\x1ckey_policy_updated_unix_nano\x18  \x01(\x03R\x18keyPolicyUpdatedUnixNano\x12Q\n" +
-	"%require_pushed_authorization_requests\x18! \x01(\bR\"requirePushedAuthorizationRequests\"x\n" +
+	"%require_pushed_authorization_requests\x18! \x01(\bR\"requirePushedAuthorizationRequests\x12C\n" +
+	"\x11signing_algorithm\x18\xc9\x01 \x01(\x0e2\x15.tally.raft.v1.KeyAlgR\x10signingAlgorithm\"x\n" +
 	"\n" +
 	"SecretHash\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\fR\x04hash\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
-	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\xcf\x05\n" +
+	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"\x96\x06\n" +
 	"\x06Client\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
@@ -6457,7 +6932,8 @@ const file_command_proto_rawDesc = "" +
 	"\n" +
 	"dpop_bound\x18( \x01(\bR\tdpopBound\x12Q\n" +
 	"%require_pushed_authorization_requests\x18) \x01(\bR\"requirePushedAuthorizationRequests\x123\n" +
-	"\x06format\x18\xc8\x01 \x01(\x0e2\x1a.tally.raft.v1.TokenFormatR\x06format\"\xae\x03\n" +
+	"\x06format\x18\xc8\x01 \x01(\x0e2\x1a.tally.raft.v1.TokenFormatR\x06format\x12E\n" +
+	"\x11grant_type_values\x18\xc9\x01 \x03(\x0e2\x18.tally.raft.v1.GrantTypeR\x0fgrantTypeValues\"\xdf\x03\n" +
 	"\x03Key\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
 	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x10\n" +
@@ -6472,7 +6948,8 @@ const file_command_proto_rawDesc = "" +
 	"\x11expires_unix_nano\x18\n" +
 	" \x01(\x03R\x0fexpiresUnixNano\x12'\n" +
 	"\x0fretention_nanos\x18\v \x01(\x03R\x0eretentionNanos\x12/\n" +
-	"\akey_use\x18\xc8\x01 \x01(\x0e2\x15.tally.raft.v1.KeyUseR\x06keyUse\"\xdd\x01\n" +
+	"\akey_use\x18\xc8\x01 \x01(\x0e2\x15.tally.raft.v1.KeyUseR\x06keyUse\x12/\n" +
+	"\akey_alg\x18\xc9\x01 \x01(\x0e2\x15.tally.raft.v1.KeyAlgR\x06keyAlg\"\xdd\x01\n" +
 	"\n" +
 	"Revocation\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x10\n" +
@@ -6627,7 +7104,7 @@ const file_command_proto_rawDesc = "" +
 	"\tfamily_id\x18\x04 \x01(\tR\bfamilyId\x12*\n" +
 	"\x11expires_unix_nano\x18\x05 \x01(\x03R\x0fexpiresUnixNano\x12?\n" +
 	"\raccess_tokens\x18\x06 \x03(\v2\x1a.tally.raft.v1.AccessTokenR\faccessTokens\x12\x1a\n" +
-	"\breplayed\x18\a \x01(\bR\breplayed\"\xae\x03\n" +
+	"\breplayed\x18\a \x01(\bR\breplayed\"\xf1\x03\n" +
 	"\n" +
 	"DeviceCode\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12(\n" +
@@ -6642,7 +7119,8 @@ const file_command_proto_rawDesc = "" +
 	"\x06status\x18\n" +
 	" \x01(\tR\x06status\x12\x17\n" +
 	"\auser_id\x18\v \x01(\tR\x06userId\x12-\n" +
-	"\x13auth_time_unix_nano\x18\f \x01(\x03R\x10authTimeUnixNano\"\xda\x01\n" +
+	"\x13auth_time_unix_nano\x18\f \x01(\x03R\x10authTimeUnixNano\x12A\n" +
+	"\rdevice_status\x18\xc9\x01 \x01(\x0e2\x1b.tally.raft.v1.DeviceStatusR\fdeviceStatus\"\x99\x02\n" +
 	"\n" +
 	"GrantEvent\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
@@ -6652,7 +7130,9 @@ const file_command_proto_rawDesc = "" +
 	"\tfamily_id\x18\x05 \x01(\tR\bfamilyId\x12\x12\n" +
 	"\x04node\x18\x06 \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\a \x01(\tR\x06region\x12!\n" +
-	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\"\xea\x02\n" +
+	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\x12=\n" +
+	"\n" +
+	"kind_value\x18\xc9\x01 \x01(\x0e2\x1d.tally.raft.v1.GrantEventKindR\tkindValue\"\xad\x03\n" +
 	"\vGrantResult\x12\x18\n" +
 	"\aoutcome\x18\x01 \x01(\tR\aoutcome\x12-\n" +
 	"\x06family\x18\x02 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12)\n" +
@@ -6661,7 +7141,8 @@ const file_command_proto_rawDesc = "" +
 	"deviceCode\x121\n" +
 	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\x12C\n" +
 	"\x0epushed_request\x18d \x01(\v2\x1c.tally.raft.v1.PushedRequestR\rpushedRequest\x123\n" +
-	"\x05alert\x18\x8e\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert\"*\n" +
+	"\x05alert\x18\x8e\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert\x12A\n" +
+	"\routcome_value\x18\xc9\x01 \x01(\x0e2\x1b.tally.raft.v1.GrantOutcomeR\foutcomeValue\"*\n" +
 	"\x10SetClusterIssuer\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\";\n" +
 	"\bDenyNode\x12\x17\n" +
@@ -6683,13 +7164,14 @@ const file_command_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"&\n" +
 	"\fDeleteTenant\x12\x16\n" +
-	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xa3\x01\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\xe8\x01\n" +
 	"\rDeletedTenant\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
 	"\x11deleted_unix_nano\x18\x02 \x01(\x03R\x0fdeletedUnixNano\x125\n" +
 	"\fsigning_keys\x18\x03 \x03(\v2\x12.tally.raft.v1.KeyR\vsigningKeys\x12\x1f\n" +
 	"\vsigning_alg\x18\x04 \x01(\tR\n" +
-	"signingAlg\"E\n" +
+	"signingAlg\x12C\n" +
+	"\x11signing_algorithm\x18\xc9\x01 \x01(\x0e2\x15.tally.raft.v1.KeyAlgR\x10signingAlgorithm\"E\n" +
 	"\aDeleted\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
 	"\x11deleted_unix_nano\x18\x02 \x01(\x03R\x0fdeletedUnixNano\"[\n" +
@@ -6699,7 +7181,7 @@ const file_command_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1a\n" +
 	"\bfeatures\x18\x02 \x03(\tR\bfeatures\x12\x12\n" +
 	"\x04hold\x18\x03 \x01(\bR\x04hold\x12*\n" +
-	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano\"\xbb\x01\n" +
+	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano\"\xfc\x01\n" +
 	"\n" +
 	"ClientAuth\x12\x18\n" +
 	"\amethods\x18\x01 \x03(\tR\amethods\x12\x12\n" +
@@ -6707,7 +7189,8 @@ const file_command_proto_rawDesc = "" +
 	"\bjwks_uri\x18\x03 \x01(\tR\ajwksUri\x12$\n" +
 	"\x0etls_subject_dn\x18\x04 \x01(\tR\ftlsSubjectDn\x12\x1e\n" +
 	"\vtls_san_dns\x18\x05 \x01(\tR\ttlsSanDns\x12\x1e\n" +
-	"\vtls_san_uri\x18\x06 \x01(\tR\ttlsSanUri\"\x9f\x01\n" +
+	"\vtls_san_uri\x18\x06 \x01(\tR\ttlsSanUri\x12?\n" +
+	"\rmethod_values\x18\xc9\x01 \x03(\x0e2\x19.tally.raft.v1.AuthMethodR\fmethodValues\"\x9f\x01\n" +
 	"\vTenantTrust\x12\"\n" +
 	"\rclient_ca_pem\x18\x01 \x01(\fR\vclientCaPem\x12@\n" +
 	"\vfederations\x18\x02 \x03(\v2\x1e.tally.raft.v1.FederationTrustR\vfederations\x12*\n" +
@@ -6831,7 +7314,60 @@ const file_command_proto_rawDesc = "" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1a\n" +
 	"\bconsents\x18\x03 \x01(\bR\bconsents\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x1a\n" +
-	"\bsessions\x18\x05 \x01(\bR\bsessions*Z\n" +
+	"\bsessions\x18\x05 \x01(\bR\bsessions*\xdc\x01\n" +
+	"\tGrantType\x12\x1a\n" +
+	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10GRANT_TYPE_OTHER\x10\x01\x12!\n" +
+	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x02\x12!\n" +
+	"\x1dGRANT_TYPE_AUTHORIZATION_CODE\x10\x03\x12\x1c\n" +
+	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x04\x12\x1a\n" +
+	"\x16GRANT_TYPE_DEVICE_CODE\x10\x05\x12\x1d\n" +
+	"\x19GRANT_TYPE_TOKEN_EXCHANGE\x10\x06*\x82\x01\n" +
+	"\x06KeyAlg\x12\x17\n" +
+	"\x13KEY_ALG_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rKEY_ALG_OTHER\x10\x01\x12\x11\n" +
+	"\rKEY_ALG_ES256\x10\x02\x12\x11\n" +
+	"\rKEY_ALG_EDDSA\x10\x03\x12\x11\n" +
+	"\rKEY_ALG_RS256\x10\x04\x12\x13\n" +
+	"\x0fKEY_ALG_A256GCM\x10\x05*\xf8\x01\n" +
+	"\n" +
+	"AuthMethod\x12\x1b\n" +
+	"\x17AUTH_METHOD_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11AUTH_METHOD_OTHER\x10\x01\x12#\n" +
+	"\x1fAUTH_METHOD_CLIENT_SECRET_BASIC\x10\x02\x12\"\n" +
+	"\x1eAUTH_METHOD_CLIENT_SECRET_POST\x10\x03\x12\x1f\n" +
+	"\x1bAUTH_METHOD_PRIVATE_KEY_JWT\x10\x04\x12\x1f\n" +
+	"\x1bAUTH_METHOD_TLS_CLIENT_AUTH\x10\x05\x12+\n" +
+	"'AUTH_METHOD_SELF_SIGNED_TLS_CLIENT_AUTH\x10\x06*\xb3\x01\n" +
+	"\fDeviceStatus\x12\x1d\n" +
+	"\x19DEVICE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13DEVICE_STATUS_OTHER\x10\x01\x12\x19\n" +
+	"\x15DEVICE_STATUS_PENDING\x10\x02\x12\x1a\n" +
+	"\x16DEVICE_STATUS_APPROVED\x10\x03\x12\x18\n" +
+	"\x14DEVICE_STATUS_DENIED\x10\x04\x12\x1a\n" +
+	"\x16DEVICE_STATUS_REDEEMED\x10\x05*\xc5\x03\n" +
+	"\fGrantOutcome\x12\x1d\n" +
+	"\x19GRANT_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13GRANT_OUTCOME_OTHER\x10\x01\x12\x16\n" +
+	"\x12GRANT_OUTCOME_DONE\x10\x02\x12\x1d\n" +
+	"\x19GRANT_OUTCOME_CODE_REUSED\x10\x03\x12 \n" +
+	"\x1cGRANT_OUTCOME_REUSE_INTERVAL\x10\x04\x12 \n" +
+	"\x1cGRANT_OUTCOME_REUSE_DETECTED\x10\x05\x12 \n" +
+	"\x1cGRANT_OUTCOME_FAMILY_REVOKED\x10\x06\x12 \n" +
+	"\x1cGRANT_OUTCOME_FAMILY_EXPIRED\x10\a\x12\x19\n" +
+	"\x15GRANT_OUTCOME_INVALID\x10\b\x12'\n" +
+	"#GRANT_OUTCOME_AUTHORIZATION_PENDING\x10\t\x12\x1b\n" +
+	"\x17GRANT_OUTCOME_SLOW_DOWN\x10\n" +
+	"\x12\x1f\n" +
+	"\x1bGRANT_OUTCOME_ACCESS_DENIED\x10\v\x12\x1f\n" +
+	"\x1bGRANT_OUTCOME_EXPIRED_TOKEN\x10\f\x12\x1b\n" +
+	"\x17GRANT_OUTCOME_NOT_FOUND\x10\r*\xba\x01\n" +
+	"\x0eGrantEventKind\x12 \n" +
+	"\x1cGRANT_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16GRANT_EVENT_KIND_OTHER\x10\x01\x12#\n" +
+	"\x1fGRANT_EVENT_KIND_REUSE_DETECTED\x10\x02\x12#\n" +
+	"\x1fGRANT_EVENT_KIND_FAMILY_REVOKED\x10\x03\x12 \n" +
+	"\x1cGRANT_EVENT_KIND_CODE_REUSED\x10\x04*Z\n" +
 	"\vTokenFormat\x12\x1c\n" +
 	"\x18TOKEN_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10TOKEN_FORMAT_JWT\x10\x01\x12\x17\n" +
@@ -6868,173 +7404,187 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
 var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
 var file_command_proto_goTypes = []any{
-	(TokenFormat)(0),                 // 0: tally.raft.v1.TokenFormat
-	(KeyUse)(0),                      // 1: tally.raft.v1.KeyUse
-	(EventKind)(0),                   // 2: tally.raft.v1.EventKind
-	(*Command)(nil),                  // 3: tally.raft.v1.Command
-	(*CreateTenant)(nil),             // 4: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),             // 5: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),             // 6: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil),       // 7: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),        // 8: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),                  // 9: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),              // 10: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),                    // 11: tally.raft.v1.Sweep
-	(*Tick)(nil),                     // 12: tally.raft.v1.Tick
-	(*Tenant)(nil),                   // 13: tally.raft.v1.Tenant
-	(*SecretHash)(nil),               // 14: tally.raft.v1.SecretHash
-	(*Client)(nil),                   // 15: tally.raft.v1.Client
-	(*Key)(nil),                      // 16: tally.raft.v1.Key
-	(*Revocation)(nil),               // 17: tally.raft.v1.Revocation
-	(*Event)(nil),                    // 18: tally.raft.v1.Event
-	(*CreateUser)(nil),               // 19: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),          // 20: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),            // 21: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),          // 22: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),               // 23: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),            // 24: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),             // 25: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),         // 26: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),         // 27: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),           // 28: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),             // 29: tally.raft.v1.PasswordHash
-	(*User)(nil),                     // 30: tally.raft.v1.User
-	(*Consent)(nil),                  // 31: tally.raft.v1.Consent
-	(*AccessToken)(nil),              // 32: tally.raft.v1.AccessToken
-	(*Family)(nil),                   // 33: tally.raft.v1.Family
-	(*UsedCode)(nil),                 // 34: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),               // 35: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),               // 36: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),              // 37: tally.raft.v1.GrantResult
-	(*SetClusterIssuer)(nil),         // 38: tally.raft.v1.SetClusterIssuer
-	(*DenyNode)(nil),                 // 39: tally.raft.v1.DenyNode
-	(*ClusterMeta)(nil),              // 40: tally.raft.v1.ClusterMeta
-	(*DeniedNode)(nil),               // 41: tally.raft.v1.DeniedNode
-	(*DeleteClient)(nil),             // 42: tally.raft.v1.DeleteClient
-	(*DeleteUser)(nil),               // 43: tally.raft.v1.DeleteUser
-	(*DeleteTenant)(nil),             // 44: tally.raft.v1.DeleteTenant
-	(*DeletedTenant)(nil),            // 45: tally.raft.v1.DeletedTenant
-	(*Deleted)(nil),                  // 46: tally.raft.v1.Deleted
-	(*SetClusterVersion)(nil),        // 47: tally.raft.v1.SetClusterVersion
-	(*ClusterVersion)(nil),           // 48: tally.raft.v1.ClusterVersion
-	(*ClientAuth)(nil),               // 49: tally.raft.v1.ClientAuth
-	(*TenantTrust)(nil),              // 50: tally.raft.v1.TenantTrust
-	(*FederationTrust)(nil),          // 51: tally.raft.v1.FederationTrust
-	(*SubjectMapping)(nil),           // 52: tally.raft.v1.SubjectMapping
-	(*SetTenantTrust)(nil),           // 53: tally.raft.v1.SetTenantTrust
-	(*ConsumeAssertion)(nil),         // 54: tally.raft.v1.ConsumeAssertion
-	(*PushedRequest)(nil),            // 55: tally.raft.v1.PushedRequest
-	(*PushAuthorizationRequest)(nil), // 56: tally.raft.v1.PushAuthorizationRequest
-	(*RedeemRequestURI)(nil),         // 57: tally.raft.v1.RedeemRequestURI
-	(*SetKeyPolicy)(nil),             // 58: tally.raft.v1.SetKeyPolicy
-	(*SetTenantPAR)(nil),             // 59: tally.raft.v1.SetTenantPAR
-	(*SetGatewayConfig)(nil),         // 60: tally.raft.v1.SetGatewayConfig
-	(*GatewayConfig)(nil),            // 61: tally.raft.v1.GatewayConfig
-	(*GatewayRoute)(nil),             // 62: tally.raft.v1.GatewayRoute
-	(*GatewayRateLimit)(nil),         // 63: tally.raft.v1.GatewayRateLimit
-	(*Policy)(nil),                   // 64: tally.raft.v1.Policy
-	(*AdminCredential)(nil),          // 65: tally.raft.v1.AdminCredential
-	(*PutAdminCredential)(nil),       // 66: tally.raft.v1.PutAdminCredential
-	(*RevokeAdminCredential)(nil),    // 67: tally.raft.v1.RevokeAdminCredential
-	(*AuditRecord)(nil),              // 68: tally.raft.v1.AuditRecord
-	(*AppendAudit)(nil),              // 69: tally.raft.v1.AppendAudit
-	(*SecurityAlert)(nil),            // 70: tally.raft.v1.SecurityAlert
-	(*RaiseSecurityAlert)(nil),       // 71: tally.raft.v1.RaiseSecurityAlert
-	(*RevokeUserAccess)(nil),         // 72: tally.raft.v1.RevokeUserAccess
+	(GrantType)(0),                   // 0: tally.raft.v1.GrantType
+	(KeyAlg)(0),                      // 1: tally.raft.v1.KeyAlg
+	(AuthMethod)(0),                  // 2: tally.raft.v1.AuthMethod
+	(DeviceStatus)(0),                // 3: tally.raft.v1.DeviceStatus
+	(GrantOutcome)(0),                // 4: tally.raft.v1.GrantOutcome
+	(GrantEventKind)(0),              // 5: tally.raft.v1.GrantEventKind
+	(TokenFormat)(0),                 // 6: tally.raft.v1.TokenFormat
+	(KeyUse)(0),                      // 7: tally.raft.v1.KeyUse
+	(EventKind)(0),                   // 8: tally.raft.v1.EventKind
+	(*Command)(nil),                  // 9: tally.raft.v1.Command
+	(*CreateTenant)(nil),             // 10: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),             // 11: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),             // 12: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil),       // 13: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),        // 14: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),                  // 15: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),              // 16: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),                    // 17: tally.raft.v1.Sweep
+	(*Tick)(nil),                     // 18: tally.raft.v1.Tick
+	(*Tenant)(nil),                   // 19: tally.raft.v1.Tenant
+	(*SecretHash)(nil),               // 20: tally.raft.v1.SecretHash
+	(*Client)(nil),                   // 21: tally.raft.v1.Client
+	(*Key)(nil),                      // 22: tally.raft.v1.Key
+	(*Revocation)(nil),               // 23: tally.raft.v1.Revocation
+	(*Event)(nil),                    // 24: tally.raft.v1.Event
+	(*CreateUser)(nil),               // 25: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),          // 26: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),            // 27: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),          // 28: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),               // 29: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),            // 30: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),             // 31: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),         // 32: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),         // 33: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),           // 34: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),             // 35: tally.raft.v1.PasswordHash
+	(*User)(nil),                     // 36: tally.raft.v1.User
+	(*Consent)(nil),                  // 37: tally.raft.v1.Consent
+	(*AccessToken)(nil),              // 38: tally.raft.v1.AccessToken
+	(*Family)(nil),                   // 39: tally.raft.v1.Family
+	(*UsedCode)(nil),                 // 40: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),               // 41: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),               // 42: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),              // 43: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),         // 44: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),                 // 45: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),              // 46: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),               // 47: tally.raft.v1.DeniedNode
+	(*DeleteClient)(nil),             // 48: tally.raft.v1.DeleteClient
+	(*DeleteUser)(nil),               // 49: tally.raft.v1.DeleteUser
+	(*DeleteTenant)(nil),             // 50: tally.raft.v1.DeleteTenant
+	(*DeletedTenant)(nil),            // 51: tally.raft.v1.DeletedTenant
+	(*Deleted)(nil),                  // 52: tally.raft.v1.Deleted
+	(*SetClusterVersion)(nil),        // 53: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),           // 54: tally.raft.v1.ClusterVersion
+	(*ClientAuth)(nil),               // 55: tally.raft.v1.ClientAuth
+	(*TenantTrust)(nil),              // 56: tally.raft.v1.TenantTrust
+	(*FederationTrust)(nil),          // 57: tally.raft.v1.FederationTrust
+	(*SubjectMapping)(nil),           // 58: tally.raft.v1.SubjectMapping
+	(*SetTenantTrust)(nil),           // 59: tally.raft.v1.SetTenantTrust
+	(*ConsumeAssertion)(nil),         // 60: tally.raft.v1.ConsumeAssertion
+	(*PushedRequest)(nil),            // 61: tally.raft.v1.PushedRequest
+	(*PushAuthorizationRequest)(nil), // 62: tally.raft.v1.PushAuthorizationRequest
+	(*RedeemRequestURI)(nil),         // 63: tally.raft.v1.RedeemRequestURI
+	(*SetKeyPolicy)(nil),             // 64: tally.raft.v1.SetKeyPolicy
+	(*SetTenantPAR)(nil),             // 65: tally.raft.v1.SetTenantPAR
+	(*SetGatewayConfig)(nil),         // 66: tally.raft.v1.SetGatewayConfig
+	(*GatewayConfig)(nil),            // 67: tally.raft.v1.GatewayConfig
+	(*GatewayRoute)(nil),             // 68: tally.raft.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),         // 69: tally.raft.v1.GatewayRateLimit
+	(*Policy)(nil),                   // 70: tally.raft.v1.Policy
+	(*AdminCredential)(nil),          // 71: tally.raft.v1.AdminCredential
+	(*PutAdminCredential)(nil),       // 72: tally.raft.v1.PutAdminCredential
+	(*RevokeAdminCredential)(nil),    // 73: tally.raft.v1.RevokeAdminCredential
+	(*AuditRecord)(nil),              // 74: tally.raft.v1.AuditRecord
+	(*AppendAudit)(nil),              // 75: tally.raft.v1.AppendAudit
+	(*SecurityAlert)(nil),            // 76: tally.raft.v1.SecurityAlert
+	(*RaiseSecurityAlert)(nil),       // 77: tally.raft.v1.RaiseSecurityAlert
+	(*RevokeUserAccess)(nil),         // 78: tally.raft.v1.RevokeUserAccess
 }
 var file_command_proto_depIdxs = []int32{
-	4,  // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
-	5,  // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
-	6,  // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
-	7,  // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
-	8,  // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
-	9,  // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
-	10, // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
-	11, // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	38, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
-	39, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
-	19, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
-	20, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
-	21, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
-	22, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
-	23, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
-	24, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
-	25, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
-	26, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
-	27, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
-	28, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	12, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	42, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
-	43, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
-	44, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
-	47, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
-	54, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
-	53, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
-	56, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
-	57, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
-	58, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
-	59, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
-	60, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
-	66, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
-	67, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
-	69, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
-	71, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
-	72, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
-	13, // 37: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	16, // 38: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	15, // 39: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	15, // 40: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	14, // 41: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	16, // 42: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	17, // 43: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	50, // 44: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	14, // 45: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	49, // 46: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	0,  // 47: tally.raft.v1.Client.format:type_name -> tally.raft.v1.TokenFormat
-	1,  // 48: tally.raft.v1.Key.key_use:type_name -> tally.raft.v1.KeyUse
-	2,  // 49: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	17, // 50: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	68, // 51: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
-	70, // 52: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
-	30, // 53: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	29, // 54: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	31, // 55: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	33, // 56: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	32, // 57: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	32, // 58: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	35, // 59: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	33, // 60: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	32, // 61: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	29, // 62: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	32, // 63: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	32, // 64: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	33, // 65: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	35, // 66: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	36, // 67: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	55, // 68: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	70, // 69: tally.raft.v1.GrantResult.alert:type_name -> tally.raft.v1.SecurityAlert
-	41, // 70: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	16, // 71: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
-	48, // 72: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	51, // 73: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	52, // 74: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	50, // 75: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	55, // 76: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	61, // 77: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	62, // 78: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	63, // 79: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	64, // 80: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	65, // 81: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	68, // 82: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	70, // 83: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
-	84, // [84:84] is the sub-list for method output_type
-	84, // [84:84] is the sub-list for method input_type
-	84, // [84:84] is the sub-list for extension type_name
-	84, // [84:84] is the sub-list for extension extendee
-	0,  // [0:84] is the sub-list for field type_name
+	10, // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
+	11, // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
+	12, // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
+	13, // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
+	14, // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
+	15, // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
+	16, // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
+	17, // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
+	44, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	45, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	25, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	26, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	27, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	28, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	29, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	30, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	31, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	32, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	33, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	34, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
+	18, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
+	48, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
+	49, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
+	50, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
+	53, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
+	60, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
+	59, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
+	62, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
+	63, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
+	64, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
+	65, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
+	66, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
+	72, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
+	73, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
+	75, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
+	77, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
+	78, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
+	19, // 37: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	22, // 38: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	21, // 39: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	21, // 40: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	20, // 41: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	22, // 42: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	23, // 43: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	56, // 44: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	1,  // 45: tally.raft.v1.Tenant.signing_algorithm:type_name -> tally.raft.v1.KeyAlg
+	20, // 46: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	55, // 47: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	6,  // 48: tally.raft.v1.Client.format:type_name -> tally.raft.v1.TokenFormat
+	0,  // 49: tally.raft.v1.Client.grant_type_values:type_name -> tally.raft.v1.GrantType
+	7,  // 50: tally.raft.v1.Key.key_use:type_name -> tally.raft.v1.KeyUse
+	1,  // 51: tally.raft.v1.Key.key_alg:type_name -> tally.raft.v1.KeyAlg
+	8,  // 52: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	23, // 53: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	74, // 54: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	76, // 55: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
+	36, // 56: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	35, // 57: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	37, // 58: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	39, // 59: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	38, // 60: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	38, // 61: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	41, // 62: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	39, // 63: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	38, // 64: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	35, // 65: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	38, // 66: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	38, // 67: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	3,  // 68: tally.raft.v1.DeviceCode.device_status:type_name -> tally.raft.v1.DeviceStatus
+	5,  // 69: tally.raft.v1.GrantEvent.kind_value:type_name -> tally.raft.v1.GrantEventKind
+	39, // 70: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	41, // 71: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	42, // 72: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	61, // 73: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	76, // 74: tally.raft.v1.GrantResult.alert:type_name -> tally.raft.v1.SecurityAlert
+	4,  // 75: tally.raft.v1.GrantResult.outcome_value:type_name -> tally.raft.v1.GrantOutcome
+	47, // 76: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	22, // 77: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
+	1,  // 78: tally.raft.v1.DeletedTenant.signing_algorithm:type_name -> tally.raft.v1.KeyAlg
+	54, // 79: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	2,  // 80: tally.raft.v1.ClientAuth.method_values:type_name -> tally.raft.v1.AuthMethod
+	57, // 81: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	58, // 82: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	56, // 83: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	61, // 84: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	67, // 85: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	68, // 86: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	69, // 87: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	70, // 88: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	71, // 89: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	74, // 90: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	76, // 91: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
+	92, // [92:92] is the sub-list for method output_type
+	92, // [92:92] is the sub-list for method input_type
+	92, // [92:92] is the sub-list for extension type_name
+	92, // [92:92] is the sub-list for extension extendee
+	0,  // [0:92] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -7086,7 +7636,7 @@ func file_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      9,
 			NumMessages:   70,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -51,60 +51,13 @@ func checkConfig(s *appsv1.StatefulSet, tally string) []error {
 }
 
 func checkPod(s *appsv1.StatefulSet, c *corev1.Container, pod, root, ca, tally string) error {
-	// The environment the kubelet builds.
-	env := map[string]string{}
-	var order []string
-	for _, e := range c.Env {
-		v := e.Value
-		switch {
-		case e.ValueFrom == nil:
-			v = expand(v, env)
-		case e.ValueFrom.FieldRef != nil:
-			switch e.ValueFrom.FieldRef.FieldPath {
-			case "metadata.name":
-				v = pod
-			case "metadata.namespace":
-				v = s.Namespace
-			case "status.podIP":
-				v = "10.0.0.10"
-			default:
-				return fmt.Errorf("env %s: field %s is not simulated", e.Name, e.ValueFrom.FieldRef.FieldPath)
-			}
-		default:
-			return fmt.Errorf("env %s: only values and field references are simulated", e.Name)
-		}
-		if _, dup := env[e.Name]; !dup {
-			order = append(order, e.Name)
-		}
-		env[e.Name] = v
+	env, order, err := podEnv(s, c, pod)
+	if err != nil {
+		return err
 	}
-	if len(c.EnvFrom) > 0 {
-		return fmt.Errorf("envFrom is not simulated")
-	}
-	// Each mount becomes a directory under root, filled like the volume.
-	vols := map[string]corev1.Volume{}
-	for _, v := range s.Spec.Template.Spec.Volumes {
-		vols[v.Name] = v
-	}
-	mounts := make([]corev1.VolumeMount, len(c.VolumeMounts))
-	copy(mounts, c.VolumeMounts)
-	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].MountPath) > len(mounts[j].MountPath) })
-	for _, m := range mounts {
-		dir := filepath.Join(root, m.MountPath)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
-		}
-		v, ok := vols[m.Name]
-		if !ok || v.Secret == nil {
-			continue // claim template or emptyDir: an empty directory
-		}
-		sub := m.SubPath
-		if m.SubPathExpr != "" {
-			sub = expand(m.SubPathExpr, env)
-		}
-		if err := fillSecret(v.Secret, sub, dir, s, ca, tally); err != nil {
-			return fmt.Errorf("volume %s: %w", m.Name, err)
-		}
+	mounts, err := mountVolumes(s, c, env, root, ca, tally)
+	if err != nil {
+		return err
 	}
 	var pairs []string // longest mount path first: one pass, no overlaps
 	for _, m := range mounts {
@@ -130,6 +83,72 @@ func checkPod(s *appsv1.StatefulSet, c *corev1.Container, pod, root, ca, tally s
 		return fmt.Errorf("tally serve --check-config: %s", strings.TrimSpace(out.String()))
 	}
 	return nil
+}
+
+// podEnv is the environment the kubelet builds for c in pod (values,
+// $(VAR) expansion, field references), and its names in order.
+func podEnv(s *appsv1.StatefulSet, c *corev1.Container, pod string) (map[string]string, []string, error) {
+	env := map[string]string{}
+	var order []string
+	for _, e := range c.Env {
+		v := e.Value
+		switch {
+		case e.ValueFrom == nil:
+			v = expand(v, env)
+		case e.ValueFrom.FieldRef != nil:
+			switch e.ValueFrom.FieldRef.FieldPath {
+			case "metadata.name":
+				v = pod
+			case "metadata.namespace":
+				v = s.Namespace
+			case "status.podIP":
+				v = "10.0.0.10"
+			default:
+				return nil, nil, fmt.Errorf("env %s: field %s is not simulated", e.Name, e.ValueFrom.FieldRef.FieldPath)
+			}
+		default:
+			return nil, nil, fmt.Errorf("env %s: only values and field references are simulated", e.Name)
+		}
+		if _, dup := env[e.Name]; !dup {
+			order = append(order, e.Name)
+		}
+		env[e.Name] = v
+	}
+	if len(c.EnvFrom) > 0 {
+		return nil, nil, fmt.Errorf("envFrom is not simulated")
+	}
+	return env, order, nil
+}
+
+// mountVolumes makes each mount of c a directory under root, filled like
+// the volume (secrets; claim templates and emptyDirs stay empty), and
+// returns the mounts, longest mount path first.
+func mountVolumes(s *appsv1.StatefulSet, c *corev1.Container, env map[string]string, root, ca, tally string) ([]corev1.VolumeMount, error) {
+	vols := map[string]corev1.Volume{}
+	for _, v := range s.Spec.Template.Spec.Volumes {
+		vols[v.Name] = v
+	}
+	mounts := make([]corev1.VolumeMount, len(c.VolumeMounts))
+	copy(mounts, c.VolumeMounts)
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].MountPath) > len(mounts[j].MountPath) })
+	for _, m := range mounts {
+		dir := filepath.Join(root, m.MountPath)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		v, ok := vols[m.Name]
+		if !ok || v.Secret == nil {
+			continue // claim template or emptyDir: an empty directory
+		}
+		sub := m.SubPath
+		if m.SubPathExpr != "" {
+			sub = expand(m.SubPathExpr, env)
+		}
+		if err := fillSecret(v.Secret, sub, dir, s, ca, tally); err != nil {
+			return nil, fmt.Errorf("volume %s: %w", m.Name, err)
+		}
+	}
+	return mounts, nil
 }
 
 // expand is the kubelet's $(VAR) expansion: a defined variable is

@@ -124,7 +124,20 @@ func checkStatefulSet(p *problems, s *appsv1.StatefulSet, services map[string]*c
 	case !hs.Spec.PublishNotReadyAddresses:
 		p.add("Service/%s: publishNotReadyAddresses must be true (peers must resolve each other before a leader exists)", hs.Name)
 	}
-	ps := s.Spec.Template.Spec
+	checkPodSecurity(p, name, s.Spec.Template.Spec)
+	c := tallyContainer(s)
+	if c == nil {
+		p.add("%s: no container named tally", name)
+		return
+	}
+	checkTallyContainer(p, name, s, c)
+	checkVolumes(p, name, s, c)
+	checkArgsAndEnv(p, name, c)
+}
+
+// checkPodSecurity checks the pod template's service account token,
+// service links and security context.
+func checkPodSecurity(p *problems, name string, ps corev1.PodSpec) {
 	if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
 		p.add("%s: automountServiceAccountToken must be false", name)
 	}
@@ -138,11 +151,11 @@ func checkStatefulSet(p *problems, s *appsv1.StatefulSet, services map[string]*c
 	if sc == nil || sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		p.add("%s: the pod's seccomp profile must be RuntimeDefault", name)
 	}
-	c := tallyContainer(s)
-	if c == nil {
-		p.add("%s: no container named tally", name)
-		return
-	}
+}
+
+// checkTallyContainer checks the tally container's security context,
+// probes, ports, resources and the pod's scrape annotations.
+func checkTallyContainer(p *problems, name string, s *appsv1.StatefulSet, c *corev1.Container) {
 	csc := c.SecurityContext
 	if csc == nil || csc.ReadOnlyRootFilesystem == nil || !*csc.ReadOnlyRootFilesystem {
 		p.add("%s: readOnlyRootFilesystem must be true", name)
@@ -185,10 +198,13 @@ func checkStatefulSet(p *problems, s *appsv1.StatefulSet, services map[string]*c
 	} else if cp, ok := containerPort(c, intstr.FromInt32(int32(port))); !ok || cp.Name != "metrics" {
 		p.add("%s: prometheus.io/port %d is not the metrics container port", name, port)
 	}
-	// Every mount has a volume or a claim template, and every claim
-	// template is mounted.
+}
+
+// checkVolumes: every mount has a volume or a claim template, and every
+// claim template is mounted and requests storage.
+func checkVolumes(p *problems, name string, s *appsv1.StatefulSet, c *corev1.Container) {
 	vols := map[string]bool{}
-	for _, v := range ps.Volumes {
+	for _, v := range s.Spec.Template.Spec.Volumes {
 		vols[v.Name] = true
 	}
 	for _, t := range s.Spec.VolumeClaimTemplates {
@@ -212,6 +228,11 @@ func checkStatefulSet(p *problems, s *appsv1.StatefulSet, services map[string]*c
 			p.add("%s: volumeClaimTemplate %q requests no storage", name, t.Name)
 		}
 	}
+}
+
+// checkArgsAndEnv: exactly one of --peers and --join, and the node id
+// from the pod name.
+func checkArgsAndEnv(p *problems, name string, c *corev1.Container) {
 	peers, join := 0, 0
 	for _, a := range c.Args {
 		switch {
