@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -195,4 +197,119 @@ action(type="omfile" file=%q template="RSYSLOG_SyslogProtocol23Format" queue.typ
 	if b, err := os.ReadFile(out); err == nil && bytes.Contains(b, []byte(n.AdminToken)) {
 		t.Fatal("a secret reached syslog")
 	}
+}
+
+// TestSIEMSyslogClientCertificates: a real rsyslog that requires and
+// verifies client certificates by name (imtcp with the gtls driver in
+// x509/name mode, imrelp with tls.authMode name, both permitting only the
+// node's certificate name) accepts the node's messages when it presents
+// --siem-syslog-cert/--siem-syslog-key, and refuses a connection without
+// a certificate or with another certificate of the same CA. Over RELP the
+// refusal is the write's error; over plain TLS (no acknowledgement) it is
+// the server's alert on the connection and nothing in its output.
+func TestSIEMSyslogClientCertificates(t *testing.T) {
+	rsyslogd, err := exec.LookPath("rsyslogd")
+	if err != nil {
+		t.Skip("rsyslogd not installed (apt-get install rsyslog rsyslog-gnutls rsyslog-relp)")
+	}
+	if m, _ := filepath.Glob("/usr/lib/*/rsyslog/imrelp.so"); len(m) == 0 {
+		t.Skip("imrelp not installed (apt-get install rsyslog-relp)")
+	}
+	dir := t.TempDir()
+	ca, serverDir, clientDir := syslogCerts(t, dir)
+	caDir := filepath.Dir(ca)
+	otherDir := filepath.Join(dir, "other")
+	if err := raft.IssueNodeCertDir(caDir, otherDir, raft.CertOptions{NodeID: "intruder", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
+		t.Fatal(err)
+	}
+	peer := "tally-node" + raft.NodeNameSuffix
+	addrs := freeAddrs(t, 2)
+	tcpAddr, relpAddr := addrs[0], addrs[1]
+	_, tcpPort, _ := net.SplitHostPort(tcpAddr)
+	_, relpPort, _ := net.SplitHostPort(relpAddr)
+	out := filepath.Join(dir, "received.log")
+	serverCert, serverKey := filepath.Join(serverDir, raft.NodeCertFile), filepath.Join(serverDir, raft.NodeKeyFile)
+	conf := fmt.Sprintf(`global(workDirectory=%q
+  defaultNetstreamDriver="gtls"
+  defaultNetstreamDriverCAFile=%q
+  defaultNetstreamDriverCertFile=%q
+  defaultNetstreamDriverKeyFile=%q)
+main_queue(queue.type="Direct")
+module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/name" permittedPeer=[%q])
+input(type="imtcp" port=%q address="127.0.0.1")
+module(load="imrelp")
+input(type="imrelp" port=%q address="127.0.0.1" tls="on"
+  tls.caCert=%q tls.myCert=%q tls.myPrivKey=%q tls.authMode="name" tls.permittedPeer=[%q])
+action(type="omfile" file=%q template="RSYSLOG_SyslogProtocol23Format" queue.type="Direct")
+`, dir, ca, serverCert, serverKey, peer, tcpPort, relpPort, ca, serverCert, serverKey, peer, out)
+	confPath := filepath.Join(dir, "rsyslog.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startRsyslog(t, rsyslogd, confPath, tcpAddr)
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		c, err := net.DialTimeout("tcp", relpAddr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+
+	cfg := func(proto, addr, certDir string) node.Config {
+		c := node.Config{NodeID: "n1", SIEMSyslog: addr, SIEMSyslogProtocol: proto, SIEMSyslogCAFile: ca}
+		if certDir != "" {
+			c.SIEMSyslogCertFile, c.SIEMSyslogKeyFile = filepath.Join(certDir, raft.NodeCertFile), filepath.Join(certDir, raft.NodeKeyFile)
+		}
+		return c
+	}
+	// RELP: refused without the certificate and with another name.
+	for name, certDir := range map[string]string{"no certificate": "", "another name": otherDir} {
+		if err := node.SIEMSyslogDeliver(cfg("relp", relpAddr, certDir), "relp-"+name); err == nil {
+			t.Fatalf("relp with %s: delivered", name)
+		} else {
+			t.Logf("relp with %s: %v", name, err)
+		}
+	}
+	if err := node.SIEMSyslogDeliver(cfg("relp", relpAddr, clientDir), "relp-accepted"); err != nil {
+		t.Fatalf("relp with the node's certificate: %v", err)
+	}
+	// TLS: the server ends the handshake with an alert the client reads.
+	for name, certDir := range map[string]string{"no certificate": "", "another name": otherDir} {
+		tc := &tls.Config{ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+		pem, _ := os.ReadFile(ca)
+		tc.RootCAs = x509.NewCertPool()
+		tc.RootCAs.AppendCertsFromPEM(pem)
+		if certDir != "" {
+			c, err := tls.LoadX509KeyPair(filepath.Join(certDir, raft.NodeCertFile), filepath.Join(certDir, raft.NodeKeyFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.Certificates = []tls.Certificate{c}
+		}
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", tcpAddr, tc)
+		if err == nil {
+			msg := "<86>1 - - tally - 3001 - {\"metadata\":{\"uid\":\"tls-" + name + "\"}}"
+			fmt.Fprintf(conn, "%d %s", len(msg), msg)
+			conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("tls with %s: the server kept the connection", name)
+			}
+		}
+		t.Logf("tls with %s: %v", name, err)
+	}
+	if err := node.SIEMSyslogDeliver(cfg("tls", tcpAddr, clientDir), "tls-accepted"); err != nil {
+		t.Fatalf("tls with the node's certificate: %v", err)
+	}
+	nodetest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		got, _ := siemUIDs(t, out)
+		if !got["relp-accepted"] || !got["tls-accepted"] {
+			return fmt.Errorf("received %v", got)
+		}
+		if len(got) != 2 {
+			t.Fatalf("a refused client's message was written: %v", got)
+		}
+		return nil
+	})
 }
