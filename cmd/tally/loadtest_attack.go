@@ -262,14 +262,19 @@ func attackPrepare(ctx context.Context, admin adminv1connect.AdminServiceClient,
 	return cfg, nil
 }
 
-// retryUnavailable calls f until it does not fail with Unavailable (a
-// cluster between leaders), at most five times, a second apart. A retried
-// creation that had in fact been applied fails with AlreadyExists, which
-// is reported.
+// retryUnavailable calls f until it does not fail with Unavailable or
+// DeadlineExceeded (a cluster between leaders, or too slow for the
+// write's deadline), at most five times, a second apart. A retry that
+// finds AlreadyExists counts as done: the names are this run's own, so an
+// earlier attempt was applied after all.
 func retryUnavailable(ctx context.Context, f func() error) error {
 	var err error
-	for range 5 {
-		if err = f(); connect.CodeOf(err) != connect.CodeUnavailable {
+	for i := range 5 {
+		err = f()
+		if i > 0 && connect.CodeOf(err) == connect.CodeAlreadyExists {
+			return nil
+		}
+		if c := connect.CodeOf(err); c != connect.CodeUnavailable && c != connect.CodeDeadlineExceeded {
 			return err
 		}
 		select {
