@@ -245,7 +245,8 @@ func auditActivity(action string) (int, string) {
 }
 
 // startSIEM starts the exporters: to Config.SIEMFile and to
-// Config.SIEMSyslog (siem_syslog.go), each with its own position.
+// Config.SIEMSyslog (siem_syslog.go over TLS, or siem_relp.go over RELP
+// with acknowledgements), each with its own position.
 func (n *Node) startSIEM() error {
 	var stops []func()
 	n.threat.siemStop = func() {
