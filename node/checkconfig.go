@@ -25,6 +25,11 @@ func CheckConfig(cfg Config) error {
 	if err := validateAdminListen(cfg); err != nil {
 		return err
 	}
+	if cfg.SIEMSyslog != "" {
+		if _, err := syslogTLSConfig(cfg); err != nil {
+			return err
+		}
+	}
 	if len(cfg.KEK) > 0 || cfg.KEKFile != "" {
 		if _, err := loadKEK(cfg); err != nil {
 			return err

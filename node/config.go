@@ -123,6 +123,15 @@ type Config struct {
 	// (PEM; empty: the system roots).
 	SIEMSyslog       string
 	SIEMSyslogCAFile string
+	// SIEMSyslogProtocol is the syslog transport: "tls" (the default,
+	// RFC 5425 over TLS: no application acknowledgement) or "relp" (RELP
+	// over TLS, node/siem_relp.go: every message acknowledged by the
+	// collector, unacknowledged ones sent again after a reconnect).
+	SIEMSyslogProtocol string
+	// SIEMSyslogCertFile and SIEMSyslogKeyFile, if set, are the PEM client
+	// certificate and key presented to the syslog server (mutual TLS).
+	SIEMSyslogCertFile string
+	SIEMSyslogKeyFile  string
 
 	// KEKFile names a file with the 32-byte key-encryption key (raw, or
 	// base64 text). KEK, if set, takes precedence.
@@ -262,6 +271,9 @@ func (c Config) Validate() error {
 		}
 	}
 	if err := c.Events.Validate(); err != nil {
+		return err
+	}
+	if err := c.validateSIEMSyslog(); err != nil {
 		return err
 	}
 	if c.NATSListen != "" {

@@ -245,7 +245,8 @@ func auditActivity(action string) (int, string) {
 }
 
 // startSIEM starts the exporters: to Config.SIEMFile and to
-// Config.SIEMSyslog (siem_syslog.go), each with its own position.
+// Config.SIEMSyslog (siem_syslog.go over TLS, or siem_relp.go over RELP
+// with acknowledgements), each with its own position.
 func (n *Node) startSIEM() error {
 	var stops []func()
 	n.threat.siemStop = func() {
@@ -307,8 +308,10 @@ func (n *Node) runSIEMExport(name, posFile, cluster string, write func([]SIEMEve
 	go func() {
 		defer close(done)
 		defer closeSink()
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
+		// Every 250 ms; after a failed write, twice as long each time up
+		// to 5 s (a collector that is down is not hammered).
+		const every, most = 250 * time.Millisecond, 5 * time.Second
+		wait := every
 		for {
 			evs, err := n.raft.FSM().EventsSince(pos, 500)
 			if errors.Is(err, raft.ErrClosed) {
@@ -334,7 +337,9 @@ func (n *Node) runSIEMExport(name, posFile, cluster string, write func([]SIEMEve
 				}
 				if werr != nil {
 					n.log.Error(name+": write", "err", werr)
+					wait = min(2*wait, most)
 				} else {
+					wait = every
 					pos = evs[len(evs)-1].Index
 					_ = os.WriteFile(posPath, []byte(strconv.FormatUint(pos, 10)+"\n"), 0o600)
 				}
@@ -345,7 +350,7 @@ func (n *Node) runSIEMExport(name, posFile, cluster string, write func([]SIEMEve
 			select {
 			case <-stop:
 				return
-			case <-t.C:
+			case <-time.After(wait):
 			}
 		}
 	}()

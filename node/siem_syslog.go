@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -24,12 +25,26 @@ import (
 // A batch is written again after a failed write or a reconnect (at least
 // once; de-duplicate on metadata.uid). TCP has no application-level
 // acknowledgement: a message the server had not read when it went away may
-// be lost with the connection (RELP would close that gap).
+// be lost with the connection. Config.SIEMSyslogProtocol "relp" closes that
+// gap: the same messages over RELP (siem_relp.go), each acknowledged by
+// the collector before the position moves past it.
+//
+// Both transports verify the server against Config.SIEMSyslogCAFile (or the
+// system roots) and, with Config.SIEMSyslogCertFile/KeyFile, present a
+// client certificate (mutual TLS).
 
 const siemSyslogPositionFile = "siem-syslog-position"
 
 // syslogFacility is authpriv: security and authorization messages.
 const syslogFacility = 10
+
+// siemSink is a transport of the syslog exporter: write delivers a batch
+// (nil: every event of it was handed over, or for RELP acknowledged),
+// close ends the connection.
+type siemSink interface {
+	write(evs []SIEMEvent, lines [][]byte) error
+	close()
+}
 
 type syslogSink struct {
 	addr string
@@ -39,11 +54,33 @@ type syslogSink struct {
 	conn net.Conn
 }
 
-func newSyslogSink(cfg Config) (*syslogSink, error) {
-	host, _, err := net.SplitHostPort(cfg.SIEMSyslog)
-	if err != nil {
-		return nil, fmt.Errorf("node: --siem-syslog %q: %w", cfg.SIEMSyslog, err)
+// validateSIEMSyslog checks the syslog settings that need no file.
+func (c Config) validateSIEMSyslog() error {
+	switch c.SIEMSyslogProtocol {
+	case "", "tls", "relp":
+	default:
+		return fmt.Errorf("node: --siem-syslog-protocol %q: want tls or relp", c.SIEMSyslogProtocol)
 	}
+	if (c.SIEMSyslogCertFile == "") != (c.SIEMSyslogKeyFile == "") {
+		return errors.New("node: --siem-syslog-cert and --siem-syslog-key go together")
+	}
+	if c.SIEMSyslog != "" {
+		if _, _, err := net.SplitHostPort(c.SIEMSyslog); err != nil {
+			return fmt.Errorf("node: --siem-syslog %q: %w", c.SIEMSyslog, err)
+		}
+	}
+	return nil
+}
+
+// syslogTLSConfig is the client TLS configuration of the syslog
+// connection: the server verified against SIEMSyslogCAFile (or the system
+// roots) under the host name of SIEMSyslog, the client certificate of
+// SIEMSyslogCertFile/KeyFile presented when set.
+func syslogTLSConfig(cfg Config) (*tls.Config, error) {
+	if err := cfg.validateSIEMSyslog(); err != nil {
+		return nil, err
+	}
+	host, _, _ := net.SplitHostPort(cfg.SIEMSyslog)
 	tc := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 	if cfg.SIEMSyslogCAFile != "" {
 		pem, err := os.ReadFile(cfg.SIEMSyslogCAFile)
@@ -56,11 +93,31 @@ func newSyslogSink(cfg Config) (*syslogSink, error) {
 		}
 		tc.RootCAs = pool
 	}
+	if cfg.SIEMSyslogCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.SIEMSyslogCertFile, cfg.SIEMSyslogKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("node: --siem-syslog-cert/--siem-syslog-key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// newSyslogSink is the transport Config.SIEMSyslogProtocol names.
+func newSyslogSink(cfg Config) (siemSink, error) {
+	tc, err := syslogTLSConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
 	hostname := cfg.NodeID
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
-	return &syslogSink{addr: cfg.SIEMSyslog, tls: tc, host: syslogField(hostname, 255), pid: strconv.Itoa(os.Getpid())}, nil
+	s := &syslogSink{addr: cfg.SIEMSyslog, tls: tc, host: syslogField(hostname, 255), pid: strconv.Itoa(os.Getpid())}
+	if cfg.SIEMSyslogProtocol == "relp" {
+		return newRELPSink(s), nil
+	}
+	return s, nil
 }
 
 // syslogField is s as an RFC 5424 header field: printable US-ASCII, at
@@ -96,12 +153,18 @@ func syslogSeverity(ocsf int) int {
 	return 6 // informational
 }
 
-// frame appends the octet-counted RFC 5424 message of e (JSON line msg).
-func (s *syslogSink) frame(buf *bytes.Buffer, e SIEMEvent, msg []byte) {
+// message is the RFC 5424 message of e (JSON line msg).
+func (s *syslogSink) message(e SIEMEvent, msg []byte) []byte {
 	ts := time.UnixMilli(e.Time).UTC().Format("2006-01-02T15:04:05.000000Z07:00")
 	head := fmt.Sprintf("<%d>1 %s %s tally %s %d - ", syslogFacility*8+syslogSeverity(e.SeverityID), ts, s.host, s.pid, e.ClassUID)
-	fmt.Fprintf(buf, "%d %s", len(head)+len(msg), head)
-	buf.Write(msg)
+	return append([]byte(head), msg...)
+}
+
+// frame appends the octet-counted (RFC 5425) message of e.
+func (s *syslogSink) frame(buf *bytes.Buffer, e SIEMEvent, msg []byte) {
+	m := s.message(e, msg)
+	fmt.Fprintf(buf, "%d ", len(m))
+	buf.Write(m)
 }
 
 func (s *syslogSink) write(evs []SIEMEvent, lines [][]byte) error {

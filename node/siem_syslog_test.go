@@ -55,31 +55,7 @@ action(type="omfile" file=%q template="RSYSLOG_SyslogProtocol23Format")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	cmd := exec.Command(rsyslogd, "-n", "-f", confPath, "-i", filepath.Join(dir, "rsyslogd.pid"))
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("rsyslogd exited: %v: %s", err, logs.String())
-		default:
-		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
+	startRsyslog(t, rsyslogd, confPath, addr)
 
 	n := nodetest.Start(t, nodetest.WithConfig(func(c *node.Config) {
 		c.SIEMSyslog = addr
@@ -116,4 +92,61 @@ action(type="omfile" file=%q template="RSYSLOG_SyslogProtocol23Format")
 		}
 		return nil
 	})
+}
+
+// rsyslog is a running rsyslogd of a test.
+type rsyslog struct {
+	t      *testing.T
+	bin    string
+	conf   string
+	addr   string
+	cmd    *exec.Cmd
+	logs   *bytes.Buffer
+	exited chan error
+}
+
+// startRsyslog runs rsyslogd in the foreground with conf and waits until
+// it accepts connections on addr; it is killed at the end of the test.
+func startRsyslog(t *testing.T, bin, conf, addr string) *rsyslog {
+	r := &rsyslog{t: t, bin: bin, conf: conf, addr: addr}
+	r.start()
+	t.Cleanup(func() {
+		if r.cmd != nil {
+			r.kill()
+		}
+	})
+	return r
+}
+
+func (r *rsyslog) start() {
+	t := r.t
+	t.Helper()
+	r.logs = &bytes.Buffer{}
+	r.cmd = exec.Command(r.bin, "-n", "-f", r.conf, "-i", r.conf+".pid")
+	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.exited = make(chan error, 1)
+	go func(cmd *exec.Cmd, exited chan error) { exited <- cmd.Wait() }(r.cmd, r.exited)
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		select {
+		case err := <-r.exited:
+			r.exited <- err
+			t.Fatalf("rsyslogd exited: %v: %s", err, r.logs.String())
+		default:
+		}
+		c, err := net.DialTimeout("tcp", r.addr, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
+
+// kill ends rsyslogd with SIGKILL: no flush, no goodbye to its clients.
+func (r *rsyslog) kill() {
+	r.cmd.Process.Kill()
+	<-r.exited
+	r.cmd = nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -22,14 +23,17 @@ import (
 	"github.com/tallyauth/tally/loadtest"
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+	"github.com/tallyauth/tally/node/api/admin/v1/adminv1connect"
 	"github.com/tallyauth/tally/node/localcluster"
 )
 
 const attackUsage = `Usage: tally loadtest attack [--scenarios stuffing,spray,device-guess,introspect-guess,token-flood]
         [--nodes 3] [--duration 10s] [--attackers 8] [--sources 64] [--real-users 4]
         [--flood-limit 6000] [--output text|json]
+       tally loadtest attack --target NODE_URL [--target NODE_URL …] [--admin-server URL]
+        [--admin-token TOKEN | --admin-token-file FILE] [same flags]
 
-Starts a real tally cluster in this process (--nodes nodes on loopback,
+Without --target, starts a real tally cluster in this process (--nodes nodes on loopback,
 rate limits on, the load generator trusted as the nodes' proxy so that
 X-Forwarded-For carries the attacking and real addresses, a SIEM feed on
 node0) and runs each attack scenario against every node at once:
@@ -44,6 +48,19 @@ node0) and runs each attack scenario against every node at once:
   token-flood       one client asking for tokens as fast as it can on every node,
                     against a cluster-wide budget of --flood-limit a minute, while
                     another client of the tenant takes tokens from the same address
+
+With --target, drills an already-deployed cluster instead, talking only
+HTTP to it: each --target is one node's base URL (the attack and the real
+users spread over them), the admin API of --admin-server (default: the first
+target; env TALLY_SERVER) with the admin token (--admin-token, env
+TALLY_ADMIN_TOKEN or TALLY_ADMIN_TOKEN_FILE) creates a tenant of its own for
+the drill (--tenant, default attack-drill-<random>) with its users and
+clients, and the drill deletes that tenant afterwards. The nodes must trust
+this machine as a proxy (tally serve --trusted-proxies) for the attacking
+addresses to count, --flood-limit must be the cluster's per-client budget
+(default there: tally's default, 60000 a minute), and alerts are read from
+the tenant's event log (EventsService.WatchRevocations on the first target),
+timed when the drill receives them.
 
 Each scenario runs the real users alone for --duration, then the attack
 beside them for --duration, and reports side by side: the real users'
@@ -67,8 +84,20 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	realUsers := fs.Int("real-users", 4, "concurrent real users")
 	floodLimit := fs.Int("flood-limit", 6000, "token-flood: the flooding client's budget, requests per minute")
 	output := fs.String("output", "text", "text or json")
+	var targetURLs stringsFlag
+	fs.Var(&targetURLs, "target", "base `URL` of a node of a deployed cluster to drill (repeatable); without it the command starts its own cluster")
+	g := newAdminGlobals()
+	fs.StringVar(&g.server, "admin-server", "", "with --target: admin API base `URL` (env TALLY_SERVER; default: the first --target)")
+	fs.StringVar(&g.token, "admin-token", "", "with --target: admin token (env TALLY_ADMIN_TOKEN)")
+	fs.StringVar(&g.tokenFile, "admin-token-file", "", "with --target: `file` holding the admin token (env TALLY_ADMIN_TOKEN_FILE)")
+	drillTenant := fs.String("tenant", "", "with --target: the drill's own tenant, created and deleted (default attack-drill-<random>)")
 	if code := loadtestParse(fs, args, e); code >= 0 {
 		return code
+	}
+	floodSet := false
+	fs.Visit(func(f *flag.Flag) { floodSet = floodSet || f.Name == "flood-limit" })
+	if len(targetURLs) > 0 && !floodSet {
+		*floodLimit = issuance.DefaultRateLimits().PerClient
 	}
 	if !loadtestCheckOutput(*output, e, "attack") {
 		return 2
@@ -87,6 +116,12 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(e.stderr, "tally loadtest attack: "+format+"\n", a...)
 		return 1
+	}
+	cmdline := "tally loadtest attack " + strings.Join(redactArgs(args), " ")
+	if len(targetURLs) > 0 {
+		return runRemoteAttack(ctx, e, g, targetURLs, *drillTenant, list, *floodLimit, cmdline, *output, func(cfg *loadtest.AttackConfig) {
+			cfg.Duration, cfg.Attackers, cfg.RealUsers, cfg.Sources = *duration, *attackers, *realUsers, *sources
+		})
 	}
 	dir, err := os.MkdirTemp("", "tally-attack-")
 	if err != nil {
@@ -128,52 +163,7 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 		return fail("starting the cluster: %v", err)
 	}
 	defer cl.Close()
-	admin := cl.Node(0).Admin
-	flow, err := loadtest.SetupUserFlow(ctx, admin, tenant, 1)
-	if err != nil {
-		return fail("%v", err)
-	}
-	// The other real users, created eight at a time (each is a password
-	// hash and a Raft write).
-	more := make([]loadtest.User, 47)
-	errs := make([]error, len(more))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i := range more {
-		more[i] = loadtest.User{Username: fmt.Sprintf("%s-u%d", flow.Users[0].Username, i), Password: flow.Users[0].Password + fmt.Sprint(i)}
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			_, errs[i] = admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{Tenant: tenant, Username: more[i].Username, Password: more[i].Password, Name: "Load Test"}))
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return fail("creating a user: %v", err)
-		}
-	}
-	flow.Users = append(flow.Users, more...)
-	attacker := loadtest.User{Username: "mallory-" + strings.ToLower(flow.ClientID[len(flow.ClientID)-6:]), Password: "correct horse battery staple " + flow.ClientID}
-	if _, err := admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{Tenant: tenant, Username: attacker.Username, Password: attacker.Password, Name: "Mallory"})); err != nil {
-		return fail("creating the attacker's account: %v", err)
-	}
-	newClient := func(name string) (loadtest.ClientCreds, error) {
-		c, err := admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: tenant, Name: name, GrantTypes: []string{"client_credentials"}, Scopes: []string{"read:orders"}, Audiences: []string{"https://orders.example"}}))
-		if err != nil {
-			return loadtest.ClientCreds{}, fmt.Errorf("creating client %s: %w", name, err)
-		}
-		return loadtest.ClientCreds{ID: c.Msg.Client.ClientId, Secret: c.Msg.ClientSecret}, nil
-	}
-	client, err := newClient("orders-api")
-	if err != nil {
-		return fail("%v", err)
-	}
-	bystander, err := newClient("billing-api")
-	if err != nil {
-		return fail("%v", err)
-	}
-	flooder, err := newClient("runaway-batch")
+	prep, err := attackPrepare(ctx, cl.Node(0).Admin, tenant)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -186,25 +176,132 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 		targets = append(targets, loadtest.Target{Issuer: base, TokenURL: base + "/oauth2/token", IntrospectURL: base + "/oauth2/introspect", AuthorizeURL: base + "/oauth2/authorize"})
 	}
 	feed := &siemFeed{path: siemPath}
-	cfg := loadtest.AttackConfig{
-		Targets: targets, Flow: flow, Attacker: attacker, Client: client, Flooder: flooder, Bystander: bystander, FloodPerMinute: *floodLimit,
-		Duration: *duration, Attackers: *attackers, RealUsers: *realUsers, Sources: *sources, Timeout: 10 * time.Second,
-		Alerted: feed.alerted,
-	}
-	var results []loadtest.AttackResult
+	cfg := prep
+	cfg.Targets, cfg.FloodPerMinute, cfg.Alerted = targets, *floodLimit, feed.alerted
+	cfg.Duration, cfg.Attackers, cfg.RealUsers, cfg.Sources, cfg.Timeout = *duration, *attackers, *realUsers, *sources, 10*time.Second
+	return runAttackScenarios(ctx, e, cfg, list, attackOutput{Command: cmdline, Nodes: *nodes}, *output)
+}
+
+// runAttackScenarios runs each scenario of list with cfg and writes out.
+func runAttackScenarios(ctx context.Context, e env, cfg loadtest.AttackConfig, list []string, out attackOutput, output string) int {
 	for _, s := range list {
-		fmt.Fprintf(e.stderr, "scenario %s: %s of real users alone, then %s under attack …\n", s, *duration, *duration)
+		fmt.Fprintf(e.stderr, "scenario %s: %s of real users alone, then %s under attack …\n", s, cfg.Duration, cfg.Duration)
 		r, err := loadtest.RunAttack(ctx, s, cfg)
 		if err != nil {
-			return fail("%s: %v", s, err)
+			fmt.Fprintf(e.stderr, "tally loadtest attack: %s: %v\n", s, err)
+			return 1
 		}
-		results = append(results, r)
+		out.Results = append(out.Results, r)
 	}
-	out := attackOutput{Command: "tally loadtest attack " + strings.Join(args, " "), Nodes: *nodes, Results: results}
-	if err := loadtestWrite(e, *output, out, out.writeText); err != nil {
-		return fail("%v", err)
+	if err := loadtestWrite(e, output, out, out.writeText); err != nil {
+		fmt.Fprintf(e.stderr, "tally loadtest attack: %v\n", err)
+		return 1
 	}
 	return 0
+}
+
+// attackPrepare creates in tenant, through admin, what the scenarios
+// need: the public client and 48 real users, the attacker's own account,
+// and three confidential clients (orders-api, billing-api, runaway-batch).
+func attackPrepare(ctx context.Context, admin adminv1connect.AdminServiceClient, tenant string) (loadtest.AttackConfig, error) {
+	flow, err := loadtest.SetupUserFlow(ctx, admin, tenant, 1)
+	if err != nil {
+		return loadtest.AttackConfig{}, err
+	}
+	// The other real users, created eight at a time (each is a password
+	// hash and a Raft write).
+	more := make([]loadtest.User, 47)
+	errs := make([]error, len(more))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range more {
+		more[i] = loadtest.User{Username: fmt.Sprintf("%s-u%d", flow.Users[0].Username, i), Password: flow.Users[0].Password + fmt.Sprint(i)}
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = retryUnavailable(ctx, func() error {
+				_, err := admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{Tenant: tenant, Username: more[i].Username, Password: more[i].Password, Name: "Load Test"}))
+				return err
+			})
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return loadtest.AttackConfig{}, fmt.Errorf("creating a user: %w", err)
+		}
+	}
+	flow.Users = append(flow.Users, more...)
+	attacker := loadtest.User{Username: "mallory-" + strings.ToLower(flow.ClientID[len(flow.ClientID)-6:]), Password: "correct horse battery staple " + flow.ClientID}
+	if err := retryUnavailable(ctx, func() error {
+		_, err := admin.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{Tenant: tenant, Username: attacker.Username, Password: attacker.Password, Name: "Mallory"}))
+		return err
+	}); err != nil {
+		return loadtest.AttackConfig{}, fmt.Errorf("creating the attacker's account: %w", err)
+	}
+	newClient := func(name string) (loadtest.ClientCreds, error) {
+		var c *connect.Response[adminv1.CreateClientResponse]
+		err := retryUnavailable(ctx, func() (err error) {
+			c, err = admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{Tenant: tenant, Name: name, GrantTypes: []string{"client_credentials"}, Scopes: []string{"read:orders"}, Audiences: []string{"https://orders.example"}}))
+			return err
+		})
+		if err != nil {
+			return loadtest.ClientCreds{}, fmt.Errorf("creating client %s: %w", name, err)
+		}
+		return loadtest.ClientCreds{ID: c.Msg.Client.ClientId, Secret: c.Msg.ClientSecret}, nil
+	}
+	cfg := loadtest.AttackConfig{Flow: flow, Attacker: attacker}
+	for _, c := range []struct {
+		name string
+		to   *loadtest.ClientCreds
+	}{{"orders-api", &cfg.Client}, {"billing-api", &cfg.Bystander}, {"runaway-batch", &cfg.Flooder}} {
+		if *c.to, err = newClient(c.name); err != nil {
+			return loadtest.AttackConfig{}, err
+		}
+	}
+	return cfg, nil
+}
+
+// retryUnavailable calls f until it does not fail with Unavailable or
+// DeadlineExceeded (a cluster between leaders, or too slow for the
+// write's deadline), at most five times, a second apart. A retry that
+// finds AlreadyExists counts as done: the names are this run's own, so an
+// earlier attempt was applied after all.
+func retryUnavailable(ctx context.Context, f func() error) error {
+	var err error
+	for i := range 5 {
+		err = f()
+		if i > 0 && connect.CodeOf(err) == connect.CodeAlreadyExists {
+			return nil
+		}
+		if c := connect.CodeOf(err); c != connect.CodeUnavailable && c != connect.CodeDeadlineExceeded {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
+	return err
+}
+
+// redactArgs is args with the value of --admin-token replaced: the report
+// repeats the command line and must not carry a secret.
+func redactArgs(args []string) []string {
+	out := slices.Clone(args)
+	for i, a := range out {
+		name, _, eq := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name != "admin-token" || !strings.HasPrefix(a, "-") {
+			continue
+		}
+		if eq {
+			out[i] = a[:strings.Index(a, "=")+1] + "REDACTED"
+		} else if i+1 < len(out) {
+			out[i+1] = "REDACTED"
+		}
+	}
+	return out
 }
 
 // freeLoopbackAddrs returns n loopback addresses with ports free now.
@@ -228,8 +325,10 @@ func freeLoopbackAddrs(n int) ([]string, error) {
 }
 
 type attackOutput struct {
-	Command string                  `json:"command"`
-	Nodes   int                     `json:"nodes"`
+	Command string `json:"command"`
+	Nodes   int    `json:"nodes"`
+	// Tenant is the drill's own tenant (--target), deleted after the run.
+	Tenant  string                  `json:"tenant,omitempty"`
 	Results []loadtest.AttackResult `json:"results"`
 }
 

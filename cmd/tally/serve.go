@@ -152,8 +152,11 @@ func serveFlagSet(cfg *node.Config, logLevel *string, checkOnly *bool) *flag.Fla
 	threatFlags(fs, &cfg.RateLimits) // serve_threat.go
 	fs.DurationVar(&cfg.AlertRiskWindow, "alert-risk-window", cmp.Or(cfg.AlertRiskWindow, node.DefaultAlertRiskWindow), "how long a security alert counts in the policies' risk, alerts and tenant_alerts (negative: off)")
 	fs.StringVar(&cfg.SIEMFile, "siem-file", cfg.SIEMFile, "write security and audit events as JSON lines (OCSF-aligned) to this `file` (\"-\": stdout)")
-	fs.StringVar(&cfg.SIEMSyslog, "siem-syslog", cfg.SIEMSyslog, "send the same events as RFC 5424 syslog messages over TCP with TLS to this `host:port`")
+	fs.StringVar(&cfg.SIEMSyslog, "siem-syslog", cfg.SIEMSyslog, "send the same events as RFC 5424 syslog messages over TLS (see --siem-syslog-protocol) to this `host:port`")
 	fs.StringVar(&cfg.SIEMSyslogCAFile, "siem-syslog-ca", cfg.SIEMSyslogCAFile, "PEM `file` of the CA that signed the syslog server's certificate (default: the system roots)")
+	fs.StringVar(&cfg.SIEMSyslogProtocol, "siem-syslog-protocol", cmp.Or(cfg.SIEMSyslogProtocol, "tls"), "syslog transport: tls (RFC 5425, no acknowledgement) or relp (RELP over TLS: each message acknowledged, unacknowledged ones sent again after a reconnect)")
+	fs.StringVar(&cfg.SIEMSyslogCertFile, "siem-syslog-cert", cfg.SIEMSyslogCertFile, "PEM client certificate `file` presented to the syslog server (mutual TLS; with --siem-syslog-key)")
+	fs.StringVar(&cfg.SIEMSyslogKeyFile, "siem-syslog-key", cfg.SIEMSyslogKeyFile, "PEM private key `file` of --siem-syslog-cert")
 	ztFlags(fs, &cfg.ZeroTrust) // serve_ztauth.go
 	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "file with the 32-byte key-encryption key (raw or base64)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file with the admin credential")

@@ -57,6 +57,11 @@ func TestServeCheckConfig(t *testing.T) {
 	if code, out := checkConfig(t, vars); code != 0 || !strings.Contains(out, "is valid") {
 		t.Fatalf("valid configuration: exit %d: %s", code, out)
 	}
+	siem := []string{"--siem-syslog=siem.example:6514", "--siem-syslog-protocol=relp", "--siem-syslog-ca=" + filepath.Join(ca, raft.CACertFile),
+		"--siem-syslog-cert=" + filepath.Join(tlsDir, raft.NodeCertFile), "--siem-syslog-key=" + filepath.Join(tlsDir, raft.NodeKeyFile)}
+	if code, out := checkConfig(t, vars, siem...); code != 0 || !strings.Contains(out, "is valid") {
+		t.Fatalf("valid RELP export with a client certificate: exit %d: %s", code, out)
+	}
 	if _, err := os.Stat(data); !os.IsNotExist(err) {
 		t.Fatalf("--check-config created the data directory (%v)", err)
 	}
@@ -82,6 +87,10 @@ func TestServeCheckConfig(t *testing.T) {
 		{"plain http issuer", with("TALLY_ISSUER", "http://auth.example.com"), nil, "plain http"},
 		{"data dir is a file", with("TALLY_DATA_DIR", kek+"/data"), nil, "not a directory"},
 		{"unknown flag", vars, []string{"--raft-profil=wan"}, "flag provided but not defined"},
+		{"unknown syslog protocol", vars, []string{"--siem-syslog=siem.example:6514", "--siem-syslog-protocol=udp"}, "want tls or relp"},
+		{"syslog cert without key", vars, []string{"--siem-syslog=siem.example:6514", "--siem-syslog-cert=" + filepath.Join(tlsDir, raft.NodeCertFile)}, "go together"},
+		{"syslog client key missing", vars, []string{"--siem-syslog=siem.example:6514", "--siem-syslog-protocol=relp", "--siem-syslog-cert=" + filepath.Join(tlsDir, raft.NodeCertFile), "--siem-syslog-key=" + filepath.Join(dir, "nope")}, "--siem-syslog-key"},
+		{"syslog address without port", vars, []string{"--siem-syslog=siem.example"}, "--siem-syslog"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out := checkConfig(t, tc.vars, tc.args...)
