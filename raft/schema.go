@@ -73,6 +73,7 @@ const (
 	bucketThreatAdminCreds = "threat_admin_credentials"
 	bucketThreatAudit      = "threat_audit"
 	bucketThreatAlerts     = "threat_alerts"
+	// bucketThreatClientScopes and bucketThreatAlertLog: apply_threat3.go.
 
 	tenantBucketPrefix = "t/"
 
