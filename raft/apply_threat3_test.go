@@ -164,8 +164,8 @@ func TestRefreshImpossibleTravel(t *testing.T) {
 		{travelRotate(t0+2*sec, 2, "2", "3", "eu", w), "eu", 0},
 		{travelRotate(t0+2*sec+3*min, 3, "3", "4", "us", w), "us", 3 * min},
 		{travelRotate(t0+2*sec+4*min, 4, "4", "5", "", 0), "us", 0},
-		{travelRotate(t0+2*sec+20*min, 5, "5", "6", "eu", w), "eu", 0},        // 17 minutes later: travel
-		{travelRotate(t0+2*sec+21*min, 6, "6", "7", "ap", 0), "ap", 0},        // no window: recorded only
+		{travelRotate(t0+2*sec+20*min, 5, "5", "6", "eu", w), "eu", 0},       // 17 minutes later: travel
+		{travelRotate(t0+2*sec+21*min, 6, "6", "7", "ap", 0), "ap", 0},       // no window: recorded only
 		{travelRotate(t0+2*sec+21*min+sec, 7, "7", "8", "eu", w), "eu", sec}, // a second later
 	}
 	for i, s := range steps {
