@@ -34,7 +34,7 @@ const DefaultTenant = "default"
 type Node struct {
 	// alerts queues the security alerts for Raft (alerts.go).
 	alerts *alertSink
-	risk   *riskIndex // risk.go
+	risk   *riskIndex  // risk.go
 	scopes *scopeWatch // scopes.go
 	// metricsToken, if set, is the bearer token /metrics requires.
 	metricsToken string
