@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,8 +18,10 @@ import (
 	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
+	clusterv1 "github.com/tallyauth/tally/node/api/cluster/v1"
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/raft"
+	"github.com/tallyauth/tally/raft/raftpb"
 )
 
 // threatCluster is a three-node cluster trusting 127.0.0.0/8 as a proxy,
@@ -260,4 +263,77 @@ func TestAlertIndexSurvivesRestartAndSnapshot(t *testing.T) {
 	if code := alertPost(t, n.TokenURL("default"), url.Values{"grant_type": {"client_credentials"}}, rs, rsSecret, "198.51.100.1"); code != http.StatusOK {
 		t.Errorf("the client from another network: %d", code)
 	}
+}
+
+// TestThreatV3GatedByClusterVersion (issue 13): while the recorded cluster
+// version lacks threat_v3 (a downgrade to version 1 is held), no node
+// proposes RecordScopeUse and refresh rotations carry no travel region;
+// token requests are answered as usual. When the hold is cancelled both
+// come back.
+func TestThreatV3GatedByClusterVersion(t *testing.T) {
+	c := nodetest.StartCluster(t, 3, nodetest.WithRegions("eu", "us", "ap"), nodetest.WithNodeOptions(
+		nodetest.WithConfig(func(c *node.Config) {
+			c.RateLimits = issuance.RateLimits{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+		})))
+	waitClusterVersion(t, c, "this release's", func(v uint32, f []string, hold bool) bool { return slices.Contains(f, raft.FeatureThreatV3) })
+	var mu sync.Mutex
+	var scopeUses, travels int
+	c.Node(0).Raft().FSM().OnApplied(func(_ uint64, cmd *raftpb.Command, _ raft.Result) {
+		mu.Lock()
+		defer mu.Unlock()
+		if cmd.GetRecordScopeUse() != nil {
+			scopeUses++
+		}
+		if cmd.GetRotateRefresh().GetTravelRegion() != "" {
+			travels++
+		}
+	})
+	counts := func() (int, int) { mu.Lock(); defer mu.Unlock(); return scopeUses, travels }
+	ctx := context.Background()
+	if _, err := c.Node(2).ClusterAdmin.Downgrade(ctx, connect.NewRequest(&clusterv1.DowngradeRequest{Version: 1})); err != nil {
+		t.Fatal(err)
+	}
+	waitClusterVersion(t, c, "version 1, held", func(v uint32, f []string, hold bool) bool { return v == 1 && hold })
+	id, secret := c.Node(0).CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "reporting", Scopes: []string{"read", "write"}})
+	e := newFlowEnv(t, c.Node(0))
+	c.WaitConverged()
+	cc := func(i int, scope string) {
+		t.Helper()
+		if code := alertPost(t, c.Node(i).TokenURL("default"), url.Values{"grant_type": {"client_credentials"}, "scope": {scope}}, id, secret, "198.51.100.7"); code != http.StatusOK {
+			t.Fatalf("node %d: grant %d", i, code)
+		}
+	}
+	cc(0, "read")
+	cc(1, "read write")
+	tok := e.codeTokens(t)
+	next, err := refreshFrom(e.conf, c.Node(0).TokenURL("default"), tok.RefreshToken, "198.51.100.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next, err = refreshFrom(e.conf, c.Node(1).TokenURL("default"), next.RefreshToken, "198.51.100.7"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	c.WaitConverged()
+	if s, tr := counts(); s != 0 || tr != 0 {
+		t.Fatalf("with threat_v3 not recorded: %d RecordScopeUse, %d rotations with a travel region", s, tr)
+	}
+	if h, _ := c.Node(0).Raft().FSM().ClientScopes("default", id); h != nil {
+		t.Fatalf("scope history recorded: %v", h)
+	}
+	// Cancelled: both come back.
+	if _, err := c.Node(0).ClusterAdmin.Downgrade(ctx, connect.NewRequest(&clusterv1.DowngradeRequest{Cancel: true})); err != nil {
+		t.Fatal(err)
+	}
+	waitClusterVersion(t, c, "this release's again", func(v uint32, f []string, hold bool) bool { return slices.Contains(f, raft.FeatureThreatV3) })
+	cc(2, "read")
+	if _, err := refreshFrom(e.conf, c.Node(2).TokenURL("default"), next.RefreshToken, "198.51.100.7"); err != nil {
+		t.Fatal(err)
+	}
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		if s, tr := counts(); s == 0 || tr == 0 {
+			return fmt.Errorf("after the hold: %d RecordScopeUse, %d rotations with a travel region", s, tr)
+		}
+		return nil
+	})
 }
