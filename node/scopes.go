@@ -57,7 +57,7 @@ type scopeWatch struct {
 	n       *Node
 	gate    *featureGate
 	sem     chan struct{}
-	mu      sync.Mutex
+	mu      sync.RWMutex
 	known   map[string]*scopeHistory // tenant NUL client
 	busy    map[string]bool          // a worker is on the client
 	skipped atomic.Int64
@@ -83,13 +83,17 @@ func (w *scopeWatch) use(u issuance.ScopeUse) {
 	}
 	key := scopeClientKey(u.Tenant, u.ClientID)
 	now := time.Now()
-	w.mu.Lock()
-	h := w.known[key]
-	if h != nil && now.Sub(h.read) < scopeReload && (h.full || !slices.ContainsFunc(u.Scopes, func(s string) bool { return !h.scopes[s] })) {
-		w.mu.Unlock()
-		return // nothing new
+	known := func(h *scopeHistory) bool {
+		return h != nil && now.Sub(h.read) < scopeReload && (h.full || !slices.ContainsFunc(u.Scopes, func(s string) bool { return !h.scopes[s] }))
 	}
-	if w.busy[key] {
+	w.mu.RLock()
+	done := known(w.known[key])
+	w.mu.RUnlock()
+	if done {
+		return // nothing new: the common case, under a read lock
+	}
+	w.mu.Lock()
+	if known(w.known[key]) || w.busy[key] {
 		w.mu.Unlock()
 		return
 	}
