@@ -2,6 +2,8 @@ package issuance
 
 import (
 	"context"
+	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +42,26 @@ import (
 // alertsPerSecond alerts; beyond that they are counted (AlertsDropped),
 // never queued without bound. Alerts carry no secret, token, password or
 // username: a client id, a user id, an address or subnet.
+
+// ScopeUse is a successful token response's scopes, for the
+// scope_first_use detection (Config.ScopeUse): the node compares them with
+// the client's replicated scope history and records the new ones
+// (node/scopes.go, raft op 142). Source is the client's network (IPv4 /24
+// or IPv6 /64), like a refresh family's.
+type ScopeUse struct {
+	Tenant, ClientID, GrantType, Source string
+	Scopes                              []string
+}
+
+// observeScopes hands a successful token response's scopes to
+// Config.ScopeUse, for the authenticated client.
+func (s *Server) observeScopes(r *http.Request, tenant, client, grantType string, resp *TokenResponse) {
+	if s.cfg.ScopeUse == nil || resp == nil || resp.Scope == "" || tenant == "" || client == "" {
+		return
+	}
+	s.cfg.ScopeUse(ScopeUse{Tenant: tenant, ClientID: client, GrantType: grantType, Source: familyNetwork(clientIP(r)),
+		Scopes: strings.Fields(resp.Scope)})
+}
 
 // Alert kinds.
 const (

@@ -105,6 +105,11 @@ type Config struct {
 	// answers from the security alerts, node/risk.go): called before every
 	// policy evaluation whose input has no risk yet. It must be cheap.
 	Risk func(ctx context.Context, in PolicyInput) RiskSignal
+	// ScopeUse, if set, is told the scopes of every successful token
+	// response (every grant type), after the response is decided: the
+	// node's scope_first_use detection (node/scopes.go). It must not
+	// block.
+	ScopeUse func(ScopeUse)
 	// ZTv2 reports whether every node that may be asked to read them
 	// understands the values this release added late to issue 11, so it
 	// may produce them: session cookies, login forms and authorization

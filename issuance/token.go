@@ -14,6 +14,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ctx := r.Context()
 	grantType := grantUnknown
+	var tenantID, clientID string // of the authenticated client
 	resp, err := func() (*TokenResponse, error) {
 		t, err := s.tenant(ctx, r)
 		if err != nil {
@@ -42,6 +43,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, err
 		}
+		tenantID, clientID = t.ID, c.ID
 		if !slices.Contains(c.GrantTypes, req.GrantType) {
 			return nil, newError(CodeUnauthorizedClient, http.StatusBadRequest, "client is not allowed to use this grant type", nil)
 		}
@@ -58,4 +60,5 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.token(ctx, grantType, outcomeOK, time.Since(start))
 	s.respond(w, r, http.StatusOK, resp, "no-store")
+	s.observeScopes(r, tenantID, clientID, grantType, resp)
 }

@@ -293,6 +293,8 @@ type threatReady struct {
 	siemStop func()
 	// alertStop stops the alert proposer and waits for it (alerts.go).
 	alertStop func()
+	// scopeStop stops the scope-use workers and waits for them (scopes.go).
+	scopeStop func()
 }
 
 func (n *Node) threatSupported(ctx context.Context) bool {

@@ -60,12 +60,20 @@ func (n *Node) startAlerts() {
 	}()
 }
 
-// proposeAlert records a as op 140 once every member supports it; before
-// that the alert is only logged (by issuance).
+// proposeAlert records a as op 140 once every member supports it (the
+// recorded cluster version enables threat_v2 or, while none is recorded,
+// every live member lists it); before that the alert is only logged (by
+// issuance). The recorded version decides first, so a member that is down
+// (the attack may be what took it down) does not stop the alerts.
 func (n *Node) proposeAlert(ctx context.Context, s *alertSink, a issuance.SecurityAlert) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
 	defer cancel()
-	if !s.ready.Load() {
+	if st := n.raft.State(); st.ClusterVersion() != nil {
+		if !st.FeatureEnabled(raft.FeatureThreatV2) {
+			n.log.Warn("security alert not recorded: the cluster version does not enable it", "kind", a.Kind, "tenant", a.Tenant)
+			return
+		}
+	} else if !s.ready.Load() {
 		if n.cl == nil || !n.cl.allSupport(ctx, raft.FeatureThreatV2) {
 			n.log.Warn("security alert not recorded: not every member supports it yet", "kind", a.Kind, "tenant", a.Tenant)
 			return

@@ -114,6 +114,13 @@ type Config struct {
 	// risk, alerts and tenant_alerts (node/risk.go); 0 means 10 minutes,
 	// negative turns the signal off.
 	AlertRiskWindow time.Duration
+	// AlertTravelWindow is the impossible-travel threshold (issue 13,
+	// refresh_impossible_travel): two rotations of one refresh family
+	// served in different regions less than this apart raise the alert.
+	// It travels in the rotation command, so the FSM reads no
+	// configuration. 0 means raft.DefaultTravelWindow (10 minutes),
+	// negative turns the detection off on this node.
+	AlertTravelWindow time.Duration
 	// SIEMFile receives the security and audit events as JSON lines in
 	// an OCSF-aligned schema (siem.go); "-" is stdout, "" is off.
 	SIEMFile string

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"time"
@@ -19,6 +20,20 @@ type flowStore struct {
 	par    *featureGate // par.go
 	// refreshNet gates RotateRefresh.network (raft.FeatureRefreshNetwork).
 	refreshNet *featureGate
+	// threatV3 gates RotateRefresh.travel_region (raft.FeatureThreatV3);
+	// travelWindow is Config.AlertTravelWindow.
+	threatV3     *featureGate
+	travelWindow time.Duration
+}
+
+// gateOpen reports whether a proposer may use feature, gated by g: the
+// recorded cluster version enables it, or none is recorded yet and every
+// member lists it.
+func (f *flowStore) gateOpen(ctx context.Context, g *featureGate, feature string) bool {
+	if st := f.rep.rn.State(); st.ClusterVersion() != nil {
+		return st.FeatureEnabled(feature)
+	}
+	return g.allow(ctx)
 }
 
 var (
@@ -198,9 +213,18 @@ func (f *flowStore) RotateRefresh(ctx context.Context, r issuance.Rotation) (iss
 			rot.Network = r.Network
 		}
 	}
+	// The serving region, for impossible travel (raft.FeatureThreatV3):
+	// the region stands in for the client's location (clients are routed
+	// to their nearest region).
+	if f.region != "" && f.travelWindow >= 0 && f.gateOpen(ctx, f.threatV3, raft.FeatureThreatV3) {
+		rot.TravelRegion = f.region
+		rot.TravelWindowNanos = int64(cmp.Or(f.travelWindow, raft.DefaultTravelWindow))
+	}
 	g, err := f.proposeGrant(ctx, &raftpb.Command{Op: &raftpb.Command_RotateRefresh{RotateRefresh: rot}})
-	if err != nil && rot.Network != "" && errors.Is(err, raft.ErrFeatureDisabled) {
-		rot.Network = "" // recorded off meanwhile: rotate without it
+	if err != nil && (rot.Network != "" || rot.TravelRegion != "") && errors.Is(err, raft.ErrFeatureDisabled) {
+		// Recorded off meanwhile (a downgrade): rotate without the gated
+		// fields.
+		rot.Network, rot.TravelRegion, rot.TravelWindowNanos = "", "", 0
 		g, err = f.proposeGrant(ctx, &raftpb.Command{Op: &raftpb.Command_RotateRefresh{RotateRefresh: rot}})
 	}
 	if err != nil {

@@ -34,7 +34,8 @@ const DefaultTenant = "default"
 type Node struct {
 	// alerts queues the security alerts for Raft (alerts.go).
 	alerts *alertSink
-	risk   *riskIndex // risk.go
+	risk   *riskIndex  // risk.go
+	scopes *scopeWatch // scopes.go
 	// metricsToken, if set, is the bearer token /metrics requires.
 	metricsToken string
 	// adminLn and adminSrv serve the admin APIs on Config.AdminListen
@@ -205,6 +206,10 @@ func (n *Node) startReplica() error {
 	}
 	n.risk = newRiskIndex(cfg.AlertRiskWindow, n.now) // risk.go
 	n.raft.FSM().OnApplied(n.risk.observe)
+	n.risk.rebuild(n.raft.FSM()) // the alerts of the risk window the state database keeps
+	n.raft.FSM().OnRestored(func() { n.risk.rebuild(n.raft.FSM()) })
+	n.scopes, n.threat.scopeStop = newScopeWatch(n) // scopes.go
+	n.raft.FSM().OnApplied(n.scopes.observe)
 	n.disk = newDiskWatch(cfg.DataDir, cfg.MinFreeDisk, n.raft, n.log.With("component", "disk"))
 	n.raft.SetWriteGate(n.disk.refused)
 	n.rep.fresh = n.fresh
@@ -228,7 +233,8 @@ func (n *Node) newIssuer(kek *issuance.KEK) (_ *flowStore, err error) {
 	ic.JWKSMaxAge = cfg.JWKSMaxAge
 	// End-user flows (node/grants.go); cookies are Secure outside dev.
 	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region, par: newFeatureGate(n.cl, featurePARKeyPolicy),
-		refreshNet: newFeatureGate(n.cl, raft.FeatureRefreshNetwork)}
+		refreshNet: newFeatureGate(n.cl, raft.FeatureRefreshNetwork), threatV3: newFeatureGate(n.cl, raft.FeatureThreatV3),
+		travelWindow: cfg.AlertTravelWindow}
 	ic.Users, ic.Grants = flows, flows
 	ic.InsecureCookies = cfg.Dev
 	ic.RefreshTTL = cfg.RefreshTTL
@@ -241,6 +247,7 @@ func (n *Node) newIssuer(kek *issuance.KEK) (_ *flowStore, err error) {
 	ic.Policy = n.policyEngine() // node/gateway.go
 	ic.RateLimits = cfg.RateLimits
 	ic.Risk = n.risk.signal
+	ic.ScopeUse = n.scopes.use
 	ic.ZTv2 = n.ztv2(newFeatureGate(n.cl, featureZTv2)) // sealkeys.go
 	if n.iss, err = issuance.NewServer(ic, n.rep, n.rep); err != nil {
 		return nil, err
@@ -534,6 +541,9 @@ func (n *Node) Close() error {
 		}
 		if n.threat.alertStop != nil {
 			n.threat.alertStop() // issue 13 (alerts.go)
+		}
+		if n.threat.scopeStop != nil {
+			n.threat.scopeStop() // issue 13 (scopes.go)
 		}
 		if n.threat.siemStop != nil {
 			n.threat.siemStop() // issue 13 (siem.go)

@@ -32,13 +32,22 @@ import (
 //
 // The window runs from the command's time (the proposer's clock), so the
 // replicas agree and a log replayed at start does not revive old alerts.
-// The index is memory only: a node restarted from a snapshot knows only
-// the alerts applied after it (the detectors raise a continuing attack's
-// alerts again every minute). It holds at most maxRiskAlerts alerts;
-// beyond that new ones are not indexed until old ones expire.
+// The index is in memory, rebuilt from replicated state: once the cluster
+// records threat_v3 the FSM keeps every announced alert for 24 hours of
+// command time (raft's alert log), and the node indexes the alerts of the
+// window from it at start and after a snapshot restore (rebuild), so a
+// node restarted, or caught up from a snapshot, knows the alerts raised
+// before (an alert repeated within its minute is logged once: its window
+// runs from the first). Before threat_v3 is recorded, a node restarted
+// from a snapshot knows only the alerts applied after it. The index holds
+// at most maxRiskAlerts alerts; beyond that new ones are not indexed until
+// old ones expire.
 
 // DefaultAlertRiskWindow is Config.AlertRiskWindow's default.
 const DefaultAlertRiskWindow = 10 * time.Minute
+
+// DefaultAlertTravelWindow is Config.AlertTravelWindow's default.
+const DefaultAlertTravelWindow = raft.DefaultTravelWindow
 
 // maxRiskAlerts bounds the index.
 const maxRiskAlerts = 20000
@@ -84,18 +93,42 @@ func newRiskIndex(window time.Duration, now func() time.Time) *riskIndex {
 
 // observe is the FSM observer: it indexes applied security alerts.
 func (x *riskIndex) observe(_ uint64, cmd *raftpb.Command, res raft.Result) {
-	al := cmd.GetRaiseSecurityAlert().GetAlert()
-	if al == nil {
-		al = res.Grant.GetAlert() // a refresh family from a new network (RotateRefresh)
-	}
-	if al == nil || res.Err != nil {
+	if res.Err != nil {
 		return
 	}
 	at := time.Unix(0, cmd.GetTimeUnixNano())
 	if cmd.GetTimeUnixNano() == 0 {
 		at = x.now()
 	}
-	x.add(al, at)
+	al := cmd.GetRaiseSecurityAlert().GetAlert()
+	if al == nil {
+		al = res.Grant.GetAlert() // a refresh family from a new network (RotateRefresh)
+	}
+	if al != nil {
+		x.add(al, at)
+	}
+	// threat_v3: scope_first_use (RecordScopeUse), refresh_impossible_travel
+	// (RotateRefresh).
+	for _, al := range res.Grant.GetAlerts() {
+		x.add(al, at)
+	}
+}
+
+// rebuild indexes the alerts of the risk window that the state database
+// keeps (the FSM's alert log, raft.FSM.SecurityAlertsSince; threat_v3): at
+// start, and after a snapshot is restored, so a node that restarts or
+// catches up from a snapshot knows the alerts raised before.
+func (x *riskIndex) rebuild(f *raft.FSM) {
+	if x == nil || x.window < 0 {
+		return
+	}
+	als, err := f.SecurityAlertsSince(x.now().Add(-x.window))
+	if err != nil {
+		return
+	}
+	for _, al := range als {
+		x.add(al, time.Unix(0, al.GetTimeUnixNano()))
+	}
 }
 
 func sourcePrefix(s string) netip.Prefix {

@@ -63,3 +63,48 @@ func TestRiskIndexMatching(t *testing.T) {
 		t.Errorf("%d alerts indexed after the sweep, want 1", k)
 	}
 }
+
+// TestRiskIndexThreatV3: the alerts the FSM returns in GrantResult.alerts
+// (scope_first_use from RecordScopeUse, refresh_impossible_travel from
+// RotateRefresh) are indexed like op 140's, from the command's time.
+func TestRiskIndexThreatV3(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	x := newRiskIndex(5*time.Minute, func() time.Time { return now })
+	scope := &raftpb.SecurityAlert{Kind: raft.AlertScopeFirstUse, Tenant: "acme", ClientId: "rs", Source: "203.0.113.0/24", Scope: "admin"}
+	x.observe(1, &raftpb.Command{TimeUnixNano: now.UnixNano(), Op: &raftpb.Command_RecordScopeUse{RecordScopeUse: &raftpb.RecordScopeUse{Tenant: "acme", ClientId: "rs", Scopes: []string{"admin"}}}},
+		raft.Result{Grant: &raftpb.GrantResult{Alerts: []*raftpb.SecurityAlert{scope}}})
+	travel := &raftpb.SecurityAlert{Kind: raft.AlertRefreshImpossibleTravel, Tenant: "acme", ClientId: "web", Subject: "alice", Region: "us", PreviousRegion: "eu"}
+	x.observe(2, &raftpb.Command{TimeUnixNano: now.UnixNano(), Op: &raftpb.Command_RotateRefresh{RotateRefresh: &raftpb.RotateRefresh{Tenant: "acme"}}},
+		raft.Result{Grant: &raftpb.GrantResult{Alerts: []*raftpb.SecurityAlert{travel}}})
+	for _, c := range []struct {
+		in     issuance.PolicyInput
+		alerts []string
+	}{
+		{issuance.PolicyInput{ClientID: "rs", ClientIP: "203.0.113.9"}, []string{raft.AlertScopeFirstUse}},
+		{issuance.PolicyInput{ClientID: "rs", ClientIP: "198.51.100.9"}, nil},
+		{issuance.PolicyInput{ClientID: "web", Subject: "alice", ClientIP: "198.51.100.9"}, []string{raft.AlertRefreshImpossibleTravel}},
+		{issuance.PolicyInput{ClientID: "web", Subject: "bob"}, nil},
+	} {
+		c.in.Tenant = "acme"
+		if r := x.signal(context.Background(), c.in); !slices.Equal(r.Alerts, c.alerts) {
+			t.Errorf("%+v: %+v, want %v", c.in, r, c.alerts)
+		}
+	}
+}
+
+// TestSIEMThreatV3: scope_first_use and refresh_impossible_travel are
+// Detection Findings with the scope, or both regions and the gap.
+func TestSIEMThreatV3(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	e, ok := SIEMFromEvent("c", &raftpb.Event{Tenant: "acme", Index: 7, Kind: raftpb.EventKind_EVENT_KIND_SECURITY_ALERT, TimeUnixNano: now.UnixNano(), ClientId: "rs",
+		Alert: &raftpb.SecurityAlert{Kind: raft.AlertScopeFirstUse, Tenant: "acme", ClientId: "rs", Source: "203.0.113.0/24", Scope: "admin", Signal: "client_credentials"}}, now)
+	if !ok || e.ClassUID != 2004 || e.Unmapped["scope"] != "admin" || e.SrcEndpoint == nil || e.SrcEndpoint.Subnet != "203.0.113.0/24" || e.FindingInfo.Types[0] != raft.AlertScopeFirstUse {
+		t.Errorf("scope_first_use: %+v", e)
+	}
+	e, ok = SIEMFromEvent("c", &raftpb.Event{Tenant: "acme", Index: 8, Kind: raftpb.EventKind_EVENT_KIND_SECURITY_ALERT, TimeUnixNano: now.UnixNano(),
+		Alert: &raftpb.SecurityAlert{Kind: raft.AlertRefreshImpossibleTravel, Tenant: "acme", ClientId: "web", Subject: "alice", Region: "us", PreviousRegion: "eu",
+			GapNanos: int64(90 * time.Second), WindowSeconds: 600}}, now)
+	if !ok || e.ClassUID != 2004 || e.Unmapped["previous_region"] != "eu" || e.Unmapped["region"] != "us" || e.Unmapped["gap_seconds"] != int64(90) {
+		t.Errorf("refresh_impossible_travel: %+v", e)
+	}
+}

@@ -209,6 +209,9 @@ func TestSecurityAlertsEveryNode(t *testing.T) {
 	for i := range 3 {
 		opts = append(opts, nodetest.WithNode(i, nodetest.WithConfig(func(c *node.Config) { c.SIEMFile = filepath.Join(dir, fmt.Sprintf("siem%d.jsonl", i)) })))
 	}
+	// One region: the family moves network, not region (two regions would
+	// raise refresh_impossible_travel too; threat3_test.go).
+	opts = append(opts, nodetest.WithRegions("eu"))
 	c := nodetest.StartCluster(t, 3, opts...)
 	n0 := c.Node(0)
 	rs, rsSecret := n0.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "resource-server"})

@@ -225,6 +225,17 @@ func SIEMFromEvent(cluster string, ev *raftpb.Event, now time.Time) (SIEMEvent, 
 		e.Unmapped["count"] = a.GetCount()
 		e.Unmapped["window_seconds"] = a.GetWindowSeconds()
 		e.Message = fmt.Sprintf("%s: %d in %d s (%s)", strings.ReplaceAll(a.GetKind(), "_", " "), a.GetCount(), a.GetWindowSeconds(), a.GetSignal())
+		// threat_v3 (raft/apply_threat3.go).
+		switch a.GetKind() {
+		case raft.AlertScopeFirstUse:
+			set("scope", a.GetScope())
+			e.Message = fmt.Sprintf("scope first use: client %s was granted scope %q for the first time (%s)", a.GetClientId(), a.GetScope(), a.GetSignal())
+		case raft.AlertRefreshImpossibleTravel:
+			set("previous_region", a.GetPreviousRegion())
+			e.Unmapped["gap_seconds"] = a.GetGapNanos() / int64(time.Second)
+			e.Message = fmt.Sprintf("refresh impossible travel: family rotated in %s %s after %s (window %d s)", a.GetRegion(),
+				time.Duration(a.GetGapNanos()).Round(time.Second), a.GetPreviousRegion(), a.GetWindowSeconds())
+		}
 	default:
 		return SIEMEvent{}, false
 	}

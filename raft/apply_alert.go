@@ -119,6 +119,7 @@ func (a *applier) announceAlert(al *raftpb.SecurityAlert, now int64) {
 	if !a.tenantExists(al.Tenant) {
 		return
 	}
+	a.logAlert(al, now) // apply_threat3.go: once threat_v3 is recorded
 	a.emit(&raftpb.Event{Tenant: al.Tenant, Kind: raftpb.EventKind_EVENT_KIND_SECURITY_ALERT, TimeUnixNano: now,
 		ClientId: al.ClientId, Subject: al.Subject, Node: al.Node, Region: al.Region, Alert: al})
 }

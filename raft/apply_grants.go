@@ -296,8 +296,12 @@ func (a *applier) rotateRefresh(r *raftpb.RotateRefresh, now int64) (*raftpb.Gra
 		f.LastUsedUnixNano = now
 		f.AccessTokens = addAccessToken(f.AccessTokens, r.GetAccessToken(), now)
 		al := a.familyNetwork(f, r, now) // apply_alert.go
+		g := &raftpb.GrantResult{Family: f, Alert: al}
+		if tr := a.familyTravel(f, r, now); tr != nil { // apply_threat3.go
+			g.Alerts = []*raftpb.SecurityAlert{tr}
+		}
 		a.putFamily(f)
-		return &raftpb.GrantResult{Family: f, Alert: al}, nil
+		return g, nil
 	case gen+1 == f.Generation && bytes.Equal(r.GetTokenHash(), f.PreviousHash) &&
 		r.GetReuseIntervalNanos() > 0 && now-f.SupersededUnixNano <= r.GetReuseIntervalNanos() &&
 		len(f.SealedSuccessor) > 0:
@@ -635,6 +639,9 @@ func checkRotateRefresh(r *raftpb.RotateRefresh) error {
 	}
 	if len(r.GetNetwork()) > 64 {
 		return invalidf("network longer than 64 bytes")
+	}
+	if len(r.GetTravelRegion()) > 64 || r.GetTravelWindowNanos() < 0 {
+		return invalidf("travel region longer than 64 bytes or negative travel window")
 	}
 	if err := checkText("node", r.GetNode()); err != nil {
 		return err

@@ -38,6 +38,7 @@ type FSM struct {
 
 	obsMu     sync.Mutex
 	observers []func(index uint64, cmd *raftpb.Command, res Result)
+	restored  []func() // OnRestored (snapshot.go)
 
 	faults   *faults       // shared with the Node's log store
 	halt     chan struct{} // closed by Halt

@@ -174,6 +174,10 @@ var opRegistry = map[protoreflect.Name]opSpec{
 	// feature "threat_v2").
 	"raise_security_alert": opOf((*raftpb.Command).GetRaiseSecurityAlert, checkRaiseSecurityAlert, (*applier).raiseSecurityAlert).gatedBy(FeatureThreatV2),
 	"revoke_user_access":   opOf((*raftpb.Command).GetRevokeUserAccess, checkRevokeUserAccess, (*applier).revokeUserAccess).gatedBy(FeatureThreatV2),
+
+	// A client's scope history and scope_first_use alerts (issue 13,
+	// apply_threat3.go; gated by the node on feature "threat_v3").
+	"record_scope_use": grantOpOf((*raftpb.Command).GetRecordScopeUse, checkRecordScopeUse, (*applier).recordScopeUse).gatedBy(FeatureThreatV3),
 }
 
 // parOp is the entry of the apply_par.go operations.
@@ -253,6 +257,14 @@ var fieldGates = []func(*raftpb.Command) string{
 	func(cmd *raftpb.Command) string {
 		if cmd.GetRotateRefresh().GetNetwork() != "" {
 			return FeatureRefreshNetwork
+		}
+		return ""
+	},
+	// Likewise RotateRefresh.travel_region and travel_window_nanos
+	// (apply_threat3.go, familyTravel).
+	func(cmd *raftpb.Command) string {
+		if r := cmd.GetRotateRefresh(); r.GetTravelRegion() != "" || r.GetTravelWindowNanos() != 0 {
+			return FeatureThreatV3
 		}
 		return ""
 	},

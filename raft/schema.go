@@ -28,6 +28,12 @@ const SchemaVersion = 1
 //	threat_alerts  minute (8, big-endian) | alert key → empty: the security
 //	               alerts announced this minute (issue 13, apply_alert.go;
 //	               created on first use)
+//	threat_client_scopes  tenant NUL client id → raftpb.ClientScopes: a
+//	               client's scope history (issue 13, apply_threat3.go;
+//	               created on first use)
+//	threat_alert_log  time (8) | index (8) | ordinal (2) → raftpb.SecurityAlert,
+//	               key {0} → count: announced alerts of the last 24 h once
+//	               threat_v3 is recorded (apply_threat3.go; first use)
 //
 // Per tenant, named "t/<tenant>/<kind>" (tenant ids cannot contain '/'):
 //
@@ -73,6 +79,7 @@ const (
 	bucketThreatAdminCreds = "threat_admin_credentials"
 	bucketThreatAudit      = "threat_audit"
 	bucketThreatAlerts     = "threat_alerts"
+	// bucketThreatClientScopes and bucketThreatAlertLog: apply_threat3.go.
 
 	tenantBucketPrefix = "t/"
 

@@ -127,7 +127,22 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("raft: restore: %w", err)
 	}
 	f.logger.Info("restored state from snapshot", "applied_index", f.state.AppliedIndex())
+	f.obsMu.Lock()
+	for _, fn := range f.restored {
+		go fn() // outside f.mu: fn may read the new state
+	}
+	f.obsMu.Unlock()
 	return nil
+}
+
+// OnRestored registers fn to be called, on a goroutine of its own, after
+// each Restore has replaced the state (the OnApplied observers see none of
+// the entries a snapshot stands for): node/risk.go rebuilds its alert
+// index from the restored alert log.
+func (f *FSM) OnRestored(fn func()) {
+	f.obsMu.Lock()
+	f.restored = append(f.restored, fn)
+	f.obsMu.Unlock()
 }
 
 // checkStateFile opens path read-only and checks that it is a tally state

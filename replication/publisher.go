@@ -582,7 +582,8 @@ func SETClaims(cluster, issuer string, aud []string, ev *raftpb.Event) (string, 
 		typ = eventwire.EventSecurityAlert
 		a := ev.GetAlert()
 		d.Alert = &eventwire.AlertDetails{Kind: a.GetKind(), ClientID: a.GetClientId(), Subject: a.GetSubject(), Source: a.GetSource(),
-			Signal: a.GetSignal(), Count: a.GetCount(), WindowSeconds: a.GetWindowSeconds(), Node: a.GetNode(), Region: a.GetRegion()}
+			Signal: a.GetSignal(), Count: a.GetCount(), WindowSeconds: a.GetWindowSeconds(), Node: a.GetNode(), Region: a.GetRegion(),
+			Scope: a.GetScope(), PreviousRegion: a.GetPreviousRegion(), GapSeconds: a.GetGapNanos() / int64(time.Second)}
 	default:
 		return "", nil
 	}

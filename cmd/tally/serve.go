@@ -150,6 +150,7 @@ func serveFlagSet(cfg *node.Config, logLevel *string, checkOnly *bool) *flag.Fla
 	natsClusterFlags(fs, cfg)
 	eventFlags(fs, &cfg.Events)
 	threatFlags(fs, &cfg.RateLimits) // serve_threat.go
+	fs.DurationVar(&cfg.AlertTravelWindow, "alert-travel-window", cmp.Or(cfg.AlertTravelWindow, node.DefaultAlertTravelWindow), "a refresh family rotated in two regions less than this apart raises refresh_impossible_travel (negative: off)")
 	fs.DurationVar(&cfg.AlertRiskWindow, "alert-risk-window", cmp.Or(cfg.AlertRiskWindow, node.DefaultAlertRiskWindow), "how long a security alert counts in the policies' risk, alerts and tenant_alerts (negative: off)")
 	fs.StringVar(&cfg.SIEMFile, "siem-file", cfg.SIEMFile, "write security and audit events as JSON lines (OCSF-aligned) to this `file` (\"-\": stdout)")
 	fs.StringVar(&cfg.SIEMSyslog, "siem-syslog", cfg.SIEMSyslog, "send the same events as RFC 5424 syslog messages over TLS (see --siem-syslog-protocol) to this `host:port`")

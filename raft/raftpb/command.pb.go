@@ -677,6 +677,7 @@ type Command struct {
 	//	*Command_AppendAudit
 	//	*Command_RaiseSecurityAlert
 	//	*Command_RevokeUserAccess
+	//	*Command_RecordScopeUse
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1073,6 +1074,15 @@ func (x *Command) GetRevokeUserAccess() *RevokeUserAccess {
 	return nil
 }
 
+func (x *Command) GetRecordScopeUse() *RecordScopeUse {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RecordScopeUse); ok {
+			return x.RecordScopeUse
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1244,6 +1254,12 @@ type Command_RevokeUserAccess struct {
 	RevokeUserAccess *RevokeUserAccess `protobuf:"bytes,141,opt,name=revoke_user_access,json=revokeUserAccess,proto3,oneof"`
 }
 
+type Command_RecordScopeUse struct {
+	// Issue 13 (feature "threat_v3"): a client used scopes this node did
+	// not find in its replicated scope history. See RecordScopeUse.
+	RecordScopeUse *RecordScopeUse `protobuf:"bytes,142,opt,name=record_scope_use,json=recordScopeUse,proto3,oneof"`
+}
+
 func (*Command_CreateTenant) isCommand_Op() {}
 
 func (*Command_CreateClient) isCommand_Op() {}
@@ -1317,6 +1333,8 @@ func (*Command_AppendAudit) isCommand_Op() {}
 func (*Command_RaiseSecurityAlert) isCommand_Op() {}
 
 func (*Command_RevokeUserAccess) isCommand_Op() {}
+
+func (*Command_RecordScopeUse) isCommand_Op() {}
 
 // CreateTenant creates a tenant together with its first keys, atomically.
 type CreateTenant struct {
@@ -2988,9 +3006,17 @@ type RotateRefresh struct {
 	// "refresh_network"): recorded in the family (Family.last_network); a
 	// rotation from another network than the last one raises a
 	// refresh_new_network security alert. Empty: not recorded.
-	Network       string `protobuf:"bytes,142,opt,name=network,proto3" json:"network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Network string `protobuf:"bytes,142,opt,name=network,proto3" json:"network,omitempty"`
+	// The region of the node that served the rotation, for impossible-travel
+	// detection (issue 13, feature "threat_v3"): recorded in the family
+	// (Family.last_region, last_region_unix_nano); a rotation served in
+	// another region less than travel_window_nanos (of the command's time)
+	// after the family's last recorded one raises a
+	// refresh_impossible_travel security alert. Empty: not recorded.
+	TravelRegion      string `protobuf:"bytes,143,opt,name=travel_region,json=travelRegion,proto3" json:"travel_region,omitempty"`
+	TravelWindowNanos int64  `protobuf:"varint,144,opt,name=travel_window_nanos,json=travelWindowNanos,proto3" json:"travel_window_nanos,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RotateRefresh) Reset() {
@@ -3105,6 +3131,20 @@ func (x *RotateRefresh) GetNetwork() string {
 		return x.Network
 	}
 	return ""
+}
+
+func (x *RotateRefresh) GetTravelRegion() string {
+	if x != nil {
+		return x.TravelRegion
+	}
+	return ""
+}
+
+func (x *RotateRefresh) GetTravelWindowNanos() int64 {
+	if x != nil {
+		return x.TravelWindowNanos
+	}
+	return 0
 }
 
 // RevokeFamily revokes a refresh family and its recorded access tokens.
@@ -3792,9 +3832,13 @@ type Family struct {
 	AccessTokens       []*AccessToken `protobuf:"bytes,18,rep,name=access_tokens,json=accessTokens,proto3" json:"access_tokens,omitempty"`
 	CodeHash           []byte         `protobuf:"bytes,19,opt,name=code_hash,json=codeHash,proto3" json:"code_hash,omitempty"`
 	// The network of the family's last rotation (RotateRefresh.network).
-	LastNetwork   string `protobuf:"bytes,142,opt,name=last_network,json=lastNetwork,proto3" json:"last_network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastNetwork string `protobuf:"bytes,142,opt,name=last_network,json=lastNetwork,proto3" json:"last_network,omitempty"`
+	// The region that served the family's last rotation and that rotation's
+	// command time (RotateRefresh.travel_region; issue 13, "threat_v3").
+	LastRegion         string `protobuf:"bytes,143,opt,name=last_region,json=lastRegion,proto3" json:"last_region,omitempty"`
+	LastRegionUnixNano int64  `protobuf:"varint,144,opt,name=last_region_unix_nano,json=lastRegionUnixNano,proto3" json:"last_region_unix_nano,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Family) Reset() {
@@ -3965,6 +4009,20 @@ func (x *Family) GetLastNetwork() string {
 		return x.LastNetwork
 	}
 	return ""
+}
+
+func (x *Family) GetLastRegion() string {
+	if x != nil {
+		return x.LastRegion
+	}
+	return ""
+}
+
+func (x *Family) GetLastRegionUnixNano() int64 {
+	if x != nil {
+		return x.LastRegionUnixNano
+	}
+	return 0
 }
 
 // UsedCode records a redeemed authorization code until it expires.
@@ -4336,7 +4394,10 @@ type GrantResult struct {
 	// Issue 15: outcome as an enum (feature "typed_enums_v2"; raft.OutcomeOf
 	// reads either). Set by the FSM like the typed fields of the records:
 	// the result is stored with the request id (bucket requests).
-	OutcomeValue  GrantOutcome `protobuf:"varint,201,opt,name=outcome_value,json=outcomeValue,proto3,enum=tally.raft.v1.GrantOutcome" json:"outcome_value,omitempty"`
+	OutcomeValue GrantOutcome `protobuf:"varint,201,opt,name=outcome_value,json=outcomeValue,proto3,enum=tally.raft.v1.GrantOutcome" json:"outcome_value,omitempty"`
+	// RecordScopeUse: its scope_first_use alerts; RotateRefresh: a
+	// refresh_impossible_travel alert (issue 13, "threat_v3").
+	Alerts        []*SecurityAlert `protobuf:"bytes,143,rep,name=alerts,proto3" json:"alerts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4425,6 +4486,13 @@ func (x *GrantResult) GetOutcomeValue() GrantOutcome {
 		return x.OutcomeValue
 	}
 	return GrantOutcome_GRANT_OUTCOME_UNSPECIFIED
+}
+
+func (x *GrantResult) GetAlerts() []*SecurityAlert {
+	if x != nil {
+		return x.Alerts
+	}
+	return nil
 }
 
 // SetClusterIssuer records the cluster's issuer base URL (tenant issuers are
@@ -6570,9 +6638,17 @@ type SecurityAlert struct {
 	Node   string `protobuf:"bytes,9,opt,name=node,proto3" json:"node,omitempty"`
 	Region string `protobuf:"bytes,10,opt,name=region,proto3" json:"region,omitempty"`
 	// Set by the FSM: the command's time.
-	TimeUnixNano  int64 `protobuf:"varint,11,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TimeUnixNano int64 `protobuf:"varint,11,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// scope_first_use: the scope the client had never used (issue 13,
+	// "threat_v3").
+	Scope string `protobuf:"bytes,143,opt,name=scope,proto3" json:"scope,omitempty"`
+	// refresh_impossible_travel: the region of the family's previous
+	// rotation and the time between the two rotations (region holds the new
+	// one).
+	PreviousRegion string `protobuf:"bytes,144,opt,name=previous_region,json=previousRegion,proto3" json:"previous_region,omitempty"`
+	GapNanos       int64  `protobuf:"varint,145,opt,name=gap_nanos,json=gapNanos,proto3" json:"gap_nanos,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SecurityAlert) Reset() {
@@ -6678,6 +6754,27 @@ func (x *SecurityAlert) GetRegion() string {
 func (x *SecurityAlert) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *SecurityAlert) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetPreviousRegion() string {
+	if x != nil {
+		return x.PreviousRegion
+	}
+	return ""
+}
+
+func (x *SecurityAlert) GetGapNanos() int64 {
+	if x != nil {
+		return x.GapNanos
 	}
 	return 0
 }
@@ -6812,11 +6909,204 @@ func (x *RevokeUserAccess) GetSessions() bool {
 	return false
 }
 
+// RecordScopeUse (issue 13, op 142, feature "threat_v3") records scopes a
+// client was granted that the proposing node did not find in the client's
+// replicated scope history (ClientScopes). The FSM adds the scopes the
+// history lacks and, unless the history was empty (baseline learning: a
+// client's first recorded grant only records its scopes), announces one
+// scope_first_use security alert per added scope. Concurrent proposals
+// from several nodes for the same scope thus raise it once: the first
+// applied adds it, the others find it.
+type RecordScopeUse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Tenant   string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	ClientId string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// The granted scopes (the proposer's new ones; at most 64).
+	Scopes []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// The client's network (IPv4 /24 or IPv6 /64), the grant type, and the
+	// node and region that issued the token.
+	Source        string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	GrantType     string `protobuf:"bytes,5,opt,name=grant_type,json=grantType,proto3" json:"grant_type,omitempty"`
+	Node          string `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
+	Region        string `protobuf:"bytes,7,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordScopeUse) Reset() {
+	*x = RecordScopeUse{}
+	mi := &file_command_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordScopeUse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordScopeUse) ProtoMessage() {}
+
+func (x *RecordScopeUse) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordScopeUse.ProtoReflect.Descriptor instead.
+func (*RecordScopeUse) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *RecordScopeUse) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RecordScopeUse) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *RecordScopeUse) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *RecordScopeUse) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *RecordScopeUse) GetGrantType() string {
+	if x != nil {
+		return x.GrantType
+	}
+	return ""
+}
+
+func (x *RecordScopeUse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RecordScopeUse) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+// ClientScopes is a client's scope history (bucket threat_client_scopes,
+// key tenant NUL client_id): every scope it was ever granted since the
+// cluster enabled "threat_v3", sorted, at most 256 (beyond that new scopes
+// are neither recorded nor alerted, and full is set).
+type ClientScopes struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	ClientId      string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Scopes        []string               `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	FirstUnixNano int64                  `protobuf:"varint,4,opt,name=first_unix_nano,json=firstUnixNano,proto3" json:"first_unix_nano,omitempty"`
+	Full          bool                   `protobuf:"varint,5,opt,name=full,proto3" json:"full,omitempty"`
+	// The client's created_unix_nano when the history began: a client
+	// deleted and created again under the same id starts a new history.
+	ClientCreatedUnixNano int64 `protobuf:"varint,6,opt,name=client_created_unix_nano,json=clientCreatedUnixNano,proto3" json:"client_created_unix_nano,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *ClientScopes) Reset() {
+	*x = ClientScopes{}
+	mi := &file_command_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientScopes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientScopes) ProtoMessage() {}
+
+func (x *ClientScopes) ProtoReflect() protoreflect.Message {
+	mi := &file_command_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientScopes.ProtoReflect.Descriptor instead.
+func (*ClientScopes) Descriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *ClientScopes) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ClientScopes) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *ClientScopes) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *ClientScopes) GetFirstUnixNano() int64 {
+	if x != nil {
+		return x.FirstUnixNano
+	}
+	return 0
+}
+
+func (x *ClientScopes) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+func (x *ClientScopes) GetClientCreatedUnixNano() int64 {
+	if x != nil {
+		return x.ClientCreatedUnixNano
+	}
+	return 0
+}
+
 var File_command_proto protoreflect.FileDescriptor
 
 const file_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\rtally.raft.v1\"\x80\x16\n" +
+	"\rcommand.proto\x12\rtally.raft.v1\"\xcc\x16\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -6861,7 +7151,8 @@ const file_command_proto_rawDesc = "" +
 	"\x17revoke_admin_credential\x18y \x01(\v2$.tally.raft.v1.RevokeAdminCredentialH\x00R\x15revokeAdminCredential\x12?\n" +
 	"\fappend_audit\x18z \x01(\v2\x1a.tally.raft.v1.AppendAuditH\x00R\vappendAudit\x12V\n" +
 	"\x14raise_security_alert\x18\x8c\x01 \x01(\v2!.tally.raft.v1.RaiseSecurityAlertH\x00R\x12raiseSecurityAlert\x12P\n" +
-	"\x12revoke_user_access\x18\x8d\x01 \x01(\v2\x1f.tally.raft.v1.RevokeUserAccessH\x00R\x10revokeUserAccessB\x04\n" +
+	"\x12revoke_user_access\x18\x8d\x01 \x01(\v2\x1f.tally.raft.v1.RevokeUserAccessH\x00R\x10revokeUserAccess\x12J\n" +
+	"\x10record_scope_use\x18\x8e\x01 \x01(\v2\x1d.tally.raft.v1.RecordScopeUseH\x00R\x0erecordScopeUseB\x04\n" +
 	"\x02op\"e\n" +
 	"\fCreateTenant\x12-\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x15.tally.raft.v1.TenantR\x06tenant\x12&\n" +
@@ -7000,7 +7291,7 @@ const file_command_proto_rawDesc = "" +
 	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x17\n" +
 	"\auser_id\x18\x05 \x01(\tR\x06userId\x12-\n" +
 	"\x06family\x18\x06 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12=\n" +
-	"\faccess_token\x18\a \x01(\v2\x1a.tally.raft.v1.AccessTokenR\vaccessToken\"\x9e\x03\n" +
+	"\faccess_token\x18\a \x01(\v2\x1a.tally.raft.v1.AccessTokenR\vaccessToken\"\xf5\x03\n" +
 	"\rRotateRefresh\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
 	"\tfamily_id\x18\x02 \x01(\tR\bfamilyId\x12\x1e\n" +
@@ -7017,7 +7308,9 @@ const file_command_proto_rawDesc = "" +
 	"\x04node\x18\n" +
 	" \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\v \x01(\tR\x06region\x12\x19\n" +
-	"\anetwork\x18\x8e\x01 \x01(\tR\anetwork\"x\n" +
+	"\anetwork\x18\x8e\x01 \x01(\tR\anetwork\x12$\n" +
+	"\rtravel_region\x18\x8f\x01 \x01(\tR\ftravelRegion\x12/\n" +
+	"\x13travel_window_nanos\x18\x90\x01 \x01(\x03R\x11travelWindowNanos\"x\n" +
 	"\fRevokeFamily\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
 	"\tfamily_id\x18\x02 \x01(\tR\bfamilyId\x12\x16\n" +
@@ -7072,7 +7365,7 @@ const file_command_proto_rawDesc = "" +
 	"\x11expires_unix_nano\x18\x06 \x01(\x03R\x0fexpiresUnixNano\"K\n" +
 	"\vAccessToken\x12\x10\n" +
 	"\x03jti\x18\x01 \x01(\tR\x03jti\x12*\n" +
-	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\"\xfa\x05\n" +
+	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\"\xd0\x06\n" +
 	"\x06Family\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1b\n" +
@@ -7096,7 +7389,10 @@ const file_command_proto_rawDesc = "" +
 	"\rrevoke_reason\x18\x11 \x01(\tR\frevokeReason\x12?\n" +
 	"\raccess_tokens\x18\x12 \x03(\v2\x1a.tally.raft.v1.AccessTokenR\faccessTokens\x12\x1b\n" +
 	"\tcode_hash\x18\x13 \x01(\fR\bcodeHash\x12\"\n" +
-	"\flast_network\x18\x8e\x01 \x01(\tR\vlastNetwork\"\x83\x02\n" +
+	"\flast_network\x18\x8e\x01 \x01(\tR\vlastNetwork\x12 \n" +
+	"\vlast_region\x18\x8f\x01 \x01(\tR\n" +
+	"lastRegion\x122\n" +
+	"\x15last_region_unix_nano\x18\x90\x01 \x01(\x03R\x12lastRegionUnixNano\"\x83\x02\n" +
 	"\bUsedCode\x12\x1b\n" +
 	"\tcode_hash\x18\x01 \x01(\fR\bcodeHash\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x17\n" +
@@ -7132,7 +7428,7 @@ const file_command_proto_rawDesc = "" +
 	"\x06region\x18\a \x01(\tR\x06region\x12!\n" +
 	"\frevoked_jtis\x18\b \x03(\tR\vrevokedJtis\x12=\n" +
 	"\n" +
-	"kind_value\x18\xc9\x01 \x01(\x0e2\x1d.tally.raft.v1.GrantEventKindR\tkindValue\"\xad\x03\n" +
+	"kind_value\x18\xc9\x01 \x01(\x0e2\x1d.tally.raft.v1.GrantEventKindR\tkindValue\"\xe4\x03\n" +
 	"\vGrantResult\x12\x18\n" +
 	"\aoutcome\x18\x01 \x01(\tR\aoutcome\x12-\n" +
 	"\x06family\x18\x02 \x01(\v2\x15.tally.raft.v1.FamilyR\x06family\x12)\n" +
@@ -7142,7 +7438,8 @@ const file_command_proto_rawDesc = "" +
 	"\x06events\x18\x05 \x03(\v2\x19.tally.raft.v1.GrantEventR\x06events\x12C\n" +
 	"\x0epushed_request\x18d \x01(\v2\x1c.tally.raft.v1.PushedRequestR\rpushedRequest\x123\n" +
 	"\x05alert\x18\x8e\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert\x12A\n" +
-	"\routcome_value\x18\xc9\x01 \x01(\x0e2\x1b.tally.raft.v1.GrantOutcomeR\foutcomeValue\"*\n" +
+	"\routcome_value\x18\xc9\x01 \x01(\x0e2\x1b.tally.raft.v1.GrantOutcomeR\foutcomeValue\x125\n" +
+	"\x06alerts\x18\x8f\x01 \x03(\v2\x1c.tally.raft.v1.SecurityAlertR\x06alerts\"*\n" +
 	"\x10SetClusterIssuer\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\";\n" +
 	"\bDenyNode\x12\x17\n" +
@@ -7293,7 +7590,7 @@ const file_command_proto_rawDesc = "" +
 	"\x04hash\x18\v \x01(\fR\x04hash\x12\x12\n" +
 	"\x04role\x18\f \x01(\tR\x04role\"A\n" +
 	"\vAppendAudit\x122\n" +
-	"\x06record\x18\x01 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x06record\"\xb1\x02\n" +
+	"\x06record\x18\x01 \x01(\v2\x1a.tally.raft.v1.AuditRecordR\x06record\"\x90\x03\n" +
 	"\rSecurityAlert\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1b\n" +
@@ -7306,7 +7603,10 @@ const file_command_proto_rawDesc = "" +
 	"\x04node\x18\t \x01(\tR\x04node\x12\x16\n" +
 	"\x06region\x18\n" +
 	" \x01(\tR\x06region\x12$\n" +
-	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\"H\n" +
+	"\x0etime_unix_nano\x18\v \x01(\x03R\ftimeUnixNano\x12\x15\n" +
+	"\x05scope\x18\x8f\x01 \x01(\tR\x05scope\x12(\n" +
+	"\x0fprevious_region\x18\x90\x01 \x01(\tR\x0epreviousRegion\x12\x1c\n" +
+	"\tgap_nanos\x18\x91\x01 \x01(\x03R\bgapNanos\"H\n" +
 	"\x12RaiseSecurityAlert\x122\n" +
 	"\x05alert\x18\x01 \x01(\v2\x1c.tally.raft.v1.SecurityAlertR\x05alert\"\x98\x01\n" +
 	"\x10RevokeUserAccess\x12\x16\n" +
@@ -7314,7 +7614,23 @@ const file_command_proto_rawDesc = "" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1a\n" +
 	"\bconsents\x18\x03 \x01(\bR\bconsents\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\tR\bclientId\x12\x1a\n" +
-	"\bsessions\x18\x05 \x01(\bR\bsessions*\xdc\x01\n" +
+	"\bsessions\x18\x05 \x01(\bR\bsessions\"\xc0\x01\n" +
+	"\x0eRecordScopeUse\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x1d\n" +
+	"\n" +
+	"grant_type\x18\x05 \x01(\tR\tgrantType\x12\x12\n" +
+	"\x04node\x18\x06 \x01(\tR\x04node\x12\x16\n" +
+	"\x06region\x18\a \x01(\tR\x06region\"\xd0\x01\n" +
+	"\fClientScopes\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12&\n" +
+	"\x0ffirst_unix_nano\x18\x04 \x01(\x03R\rfirstUnixNano\x12\x12\n" +
+	"\x04full\x18\x05 \x01(\bR\x04full\x127\n" +
+	"\x18client_created_unix_nano\x18\x06 \x01(\x03R\x15clientCreatedUnixNano*\xdc\x01\n" +
 	"\tGrantType\x12\x1a\n" +
 	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10GRANT_TYPE_OTHER\x10\x01\x12!\n" +
@@ -7405,7 +7721,7 @@ func file_command_proto_rawDescGZIP() []byte {
 }
 
 var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
+var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
 var file_command_proto_goTypes = []any{
 	(GrantType)(0),                   // 0: tally.raft.v1.GrantType
 	(KeyAlg)(0),                      // 1: tally.raft.v1.KeyAlg
@@ -7486,6 +7802,8 @@ var file_command_proto_goTypes = []any{
 	(*SecurityAlert)(nil),            // 76: tally.raft.v1.SecurityAlert
 	(*RaiseSecurityAlert)(nil),       // 77: tally.raft.v1.RaiseSecurityAlert
 	(*RevokeUserAccess)(nil),         // 78: tally.raft.v1.RevokeUserAccess
+	(*RecordScopeUse)(nil),           // 79: tally.raft.v1.RecordScopeUse
+	(*ClientScopes)(nil),             // 80: tally.raft.v1.ClientScopes
 }
 var file_command_proto_depIdxs = []int32{
 	10, // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
@@ -7525,66 +7843,68 @@ var file_command_proto_depIdxs = []int32{
 	75, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
 	77, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
 	78, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
-	19, // 37: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	22, // 38: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	21, // 39: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	21, // 40: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	20, // 41: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	22, // 42: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	23, // 43: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	56, // 44: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
-	1,  // 45: tally.raft.v1.Tenant.signing_algorithm:type_name -> tally.raft.v1.KeyAlg
-	20, // 46: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	55, // 47: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
-	6,  // 48: tally.raft.v1.Client.format:type_name -> tally.raft.v1.TokenFormat
-	0,  // 49: tally.raft.v1.Client.grant_type_values:type_name -> tally.raft.v1.GrantType
-	7,  // 50: tally.raft.v1.Key.key_use:type_name -> tally.raft.v1.KeyUse
-	1,  // 51: tally.raft.v1.Key.key_alg:type_name -> tally.raft.v1.KeyAlg
-	8,  // 52: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	23, // 53: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	74, // 54: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
-	76, // 55: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
-	36, // 56: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	35, // 57: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	37, // 58: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	39, // 59: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	38, // 60: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	38, // 61: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	41, // 62: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	39, // 63: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	38, // 64: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	35, // 65: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	38, // 66: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	38, // 67: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
-	3,  // 68: tally.raft.v1.DeviceCode.device_status:type_name -> tally.raft.v1.DeviceStatus
-	5,  // 69: tally.raft.v1.GrantEvent.kind_value:type_name -> tally.raft.v1.GrantEventKind
-	39, // 70: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	41, // 71: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	42, // 72: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	61, // 73: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	76, // 74: tally.raft.v1.GrantResult.alert:type_name -> tally.raft.v1.SecurityAlert
-	4,  // 75: tally.raft.v1.GrantResult.outcome_value:type_name -> tally.raft.v1.GrantOutcome
-	47, // 76: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	22, // 77: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
-	1,  // 78: tally.raft.v1.DeletedTenant.signing_algorithm:type_name -> tally.raft.v1.KeyAlg
-	54, // 79: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
-	2,  // 80: tally.raft.v1.ClientAuth.method_values:type_name -> tally.raft.v1.AuthMethod
-	57, // 81: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	58, // 82: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	56, // 83: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	61, // 84: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	67, // 85: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	68, // 86: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	69, // 87: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	70, // 88: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	71, // 89: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	74, // 90: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	76, // 91: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
-	92, // [92:92] is the sub-list for method output_type
-	92, // [92:92] is the sub-list for method input_type
-	92, // [92:92] is the sub-list for extension type_name
-	92, // [92:92] is the sub-list for extension extendee
-	0,  // [0:92] is the sub-list for field type_name
+	79, // 37: tally.raft.v1.Command.record_scope_use:type_name -> tally.raft.v1.RecordScopeUse
+	19, // 38: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	22, // 39: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	21, // 40: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	21, // 41: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	20, // 42: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	22, // 43: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	23, // 44: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	56, // 45: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	1,  // 46: tally.raft.v1.Tenant.signing_algorithm:type_name -> tally.raft.v1.KeyAlg
+	20, // 47: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	55, // 48: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	6,  // 49: tally.raft.v1.Client.format:type_name -> tally.raft.v1.TokenFormat
+	0,  // 50: tally.raft.v1.Client.grant_type_values:type_name -> tally.raft.v1.GrantType
+	7,  // 51: tally.raft.v1.Key.key_use:type_name -> tally.raft.v1.KeyUse
+	1,  // 52: tally.raft.v1.Key.key_alg:type_name -> tally.raft.v1.KeyAlg
+	8,  // 53: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
+	23, // 54: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	74, // 55: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	76, // 56: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
+	36, // 57: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	35, // 58: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	37, // 59: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	39, // 60: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	38, // 61: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	38, // 62: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	41, // 63: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	39, // 64: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	38, // 65: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	35, // 66: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	38, // 67: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	38, // 68: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	3,  // 69: tally.raft.v1.DeviceCode.device_status:type_name -> tally.raft.v1.DeviceStatus
+	5,  // 70: tally.raft.v1.GrantEvent.kind_value:type_name -> tally.raft.v1.GrantEventKind
+	39, // 71: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	41, // 72: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	42, // 73: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	61, // 74: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	76, // 75: tally.raft.v1.GrantResult.alert:type_name -> tally.raft.v1.SecurityAlert
+	4,  // 76: tally.raft.v1.GrantResult.outcome_value:type_name -> tally.raft.v1.GrantOutcome
+	76, // 77: tally.raft.v1.GrantResult.alerts:type_name -> tally.raft.v1.SecurityAlert
+	47, // 78: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	22, // 79: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
+	1,  // 80: tally.raft.v1.DeletedTenant.signing_algorithm:type_name -> tally.raft.v1.KeyAlg
+	54, // 81: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	2,  // 82: tally.raft.v1.ClientAuth.method_values:type_name -> tally.raft.v1.AuthMethod
+	57, // 83: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	58, // 84: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	56, // 85: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	61, // 86: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	67, // 87: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	68, // 88: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	69, // 89: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	70, // 90: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	71, // 91: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	74, // 92: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	76, // 93: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
+	94, // [94:94] is the sub-list for method output_type
+	94, // [94:94] is the sub-list for method input_type
+	94, // [94:94] is the sub-list for extension type_name
+	94, // [94:94] is the sub-list for extension extendee
+	0,  // [0:94] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -7630,6 +7950,7 @@ func file_command_proto_init() {
 		(*Command_AppendAudit)(nil),
 		(*Command_RaiseSecurityAlert)(nil),
 		(*Command_RevokeUserAccess)(nil),
+		(*Command_RecordScopeUse)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -7637,7 +7958,7 @@ func file_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   70,
+			NumMessages:   72,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

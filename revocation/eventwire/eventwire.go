@@ -202,10 +202,12 @@ type EventDetails struct {
 
 // AlertDetails is a security alert: kind (credential_stuffing,
 // token_guessing, user_code_guessing, rate_limit_exceeded,
-// refresh_new_network), the client,
-// user id and source address or subnet it is about (each when known), the
-// signal that fired and what it counted within window_seconds, and the
-// node and region that saw it.
+// refresh_new_network, scope_first_use, refresh_impossible_travel), the
+// client, user id and source address or subnet it is about (each when
+// known), the signal that fired and what it counted within window_seconds,
+// and the node and region that saw it; scope_first_use names the scope,
+// refresh_impossible_travel the region of the previous rotation and the
+// seconds between the two.
 type AlertDetails struct {
 	Kind          string `json:"kind"`
 	ClientID      string `json:"client_id,omitempty"`
@@ -216,6 +218,10 @@ type AlertDetails struct {
 	WindowSeconds uint32 `json:"window_seconds"`
 	Node          string `json:"node,omitempty"`
 	Region        string `json:"region,omitempty"`
+	// Issue 13, threat_v3.
+	Scope          string `json:"scope,omitempty"`
+	PreviousRegion string `json:"previous_region,omitempty"`
+	GapSeconds     int64  `json:"gap_seconds,omitempty"`
 }
 
 // AuditDetails is an audit log record; hashes are hex SHA-256.
