@@ -175,8 +175,12 @@ func (n *Node) observeState(o *hraft.Observation) bool {
 	}
 	if st == hraft.Leader {
 		n.leading.Store(true)
-	} else if n.leading.Swap(false) {
+	} else if n.leading.Load() {
+		// The time first, then leading: a reader never sees leading
+		// cleared without the moment it ended (observations come from
+		// one goroutine).
 		n.leftLeadership.Store(time.Now().UnixNano())
+		n.leading.Store(false)
 	}
 	return false
 }
