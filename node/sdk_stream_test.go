@@ -330,7 +330,7 @@ func TestWatchRevocationsGapBeyondHead(t *testing.T) {
 	}{
 		{0, false}, {1, false}, {set.StreamSequence + 1, false}, {set.StreamSequence + 2, true}, {set.StreamSequence + 1000, true},
 	} {
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, nodetest.Timeout)
 		req := connect.NewRequest(&eventsv1.WatchRevocationsRequest{Tenant: "default", FromSequence: tc.from})
 		req.Header().Set("Authorization", auth)
 		stream, err := cl.WatchRevocations(wctx, req)
