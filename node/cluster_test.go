@@ -519,7 +519,8 @@ func TestSnapshotCatchUpAndSave(t *testing.T) {
 }
 
 // TestLeaderRegionPreference: a leader outside the preferred region hands
-// leadership to a voter inside it, and it stays there.
+// leadership to a voter inside it, and it is there after writes through a
+// node outside it.
 func TestLeaderRegionPreference(t *testing.T) {
 	c := nodetest.StartCluster(t, 3, nodetest.WithRegions("east", "west", "east"),
 		nodetest.WithNodeOptions(func(cfg *node.Config) { cfg.LeaderRegion = "west" }))
@@ -529,11 +530,17 @@ func TestLeaderRegionPreference(t *testing.T) {
 		}
 		return nil
 	})
-	// Writes keep working through an east node.
+	// Writes keep working through an east node, and leadership is in the
+	// preferred region after them. An election (heartbeats late on a
+	// loaded machine: 300 ms timeouts) may let an east node win for a
+	// moment; it then hands leadership back, as above.
 	c.Node(0).CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "east"})
-	if l := c.Leader(); l.Region() != "west" {
-		t.Fatalf("leadership left the preferred region: %s", l.NodeID())
-	}
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		if l := c.Leader(); l.Region() != "west" {
+			return fmt.Errorf("leadership left the preferred region: %s", l.NodeID())
+		}
+		return nil
+	})
 }
 
 // TestForwardIsIdempotent: the internal Apply answers a repeated command
