@@ -332,10 +332,14 @@ func TestJoinNeedsNodeCertificate(t *testing.T) {
 	// The joiners join as non-voters: a phantom voter (nobody listens at
 	// its address) would leave the single node without a quorum, and it
 	// steps down one leader lease later; removing the phantom then raced
-	// the lease (and lost on a loaded machine: no raft leader, ever).
+	// the lease (and lost on a loaded machine: no raft leader, ever). They
+	// report this binary's cluster version and features, as a real joiner
+	// does: once the cluster records its version (shortly after it
+	// starts) a joiner reporting none is refused as too old.
 	join := func(hc *http.Client, id string) error {
 		cl := clusterv1connect.NewClusterServiceClient(hc, "https://"+addr)
-		_, err := cl.Join(ctx, connect.NewRequest(&clusterv1.JoinRequest{Id: id, Address: "127.0.0.1:1", Nonvoter: true}))
+		_, err := cl.Join(ctx, connect.NewRequest(&clusterv1.JoinRequest{Id: id, Address: "127.0.0.1:1", Nonvoter: true,
+			ClusterVersion: raft.ClusterVersion, Features: raft.KnownFeatures()}))
 		return err
 	}
 	pool := x509.NewCertPool()
