@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/loadtest"
+	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
 	"github.com/tallyauth/tally/node/nodetest"
 	"github.com/tallyauth/tally/revocation"
@@ -31,10 +33,26 @@ type scenarioNode struct {
 	flow    loadtest.UserFlow
 }
 
+// testRequestTimeout bounds each request of the scenarios run here: a hung
+// request, not a slow one. A sign-in hashes a password (argon2id) and
+// queues for one of GOMAXPROCS/2 password-check slots; on a loaded machine
+// (two cores, the race detector, another CPU-heavy process) preparing
+// three refresh clients took over the flow's default 10 s.
+const testRequestTimeout = nodetest.Timeout
+
+// cheapPasswords makes the users' password hashes cheap: the scenarios
+// here test the load engine's bookkeeping, not argon2id, and a default
+// hash under the race detector on a loaded machine takes seconds, so the
+// sign-ins of a few virtual clients queued past the node's password-check
+// wait (5 s) and were refused as "too many attempts" (login_failed).
+func cheapPasswords(c *node.Config) {
+	c.PasswordParams = &issuance.PasswordParams{Time: 1, MemoryKiB: 64, Threads: 1}
+}
+
 func startScenarioNode(t *testing.T, users int) *scenarioNode {
 	t.Helper()
 	ctx := context.Background()
-	n := nodetest.Start(t)
+	n := nodetest.Start(t, nodetest.WithConfig(cheapPasswords))
 	id, secret := n.CreateClient(t, &adminv1.CreateClientRequest{
 		Tenant: "default", Name: "load", GrantTypes: []string{"client_credentials"},
 		Scopes: []string{"read:orders"}, TokenFormat: "opaque",
@@ -52,6 +70,7 @@ func startScenarioNode(t *testing.T, users int) *scenarioNode {
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.flow.Timeout = testRequestTimeout
 	}
 	return s
 }
@@ -97,7 +116,7 @@ func TestScenariosAgainstNode(t *testing.T) {
 	ctx := context.Background()
 	targets := []loadtest.Target{s.target}
 
-	cc, err := loadtest.NewClientCredentialsScenario(targets, s.id, s.sec, "read:orders", 10*time.Second)
+	cc, err := loadtest.NewClientCredentialsScenario(targets, s.id, s.sec, "read:orders", testRequestTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +127,7 @@ func TestScenariosAgainstNode(t *testing.T) {
 	if !strings.HasPrefix(pool[0], "tly1.") {
 		t.Fatalf("expected opaque tokens, got %.20s…", pool[0])
 	}
-	in, err := loadtest.NewIntrospectScenario(targets, s.id, s.sec, pool, 10*time.Second)
+	in, err := loadtest.NewIntrospectScenario(targets, s.id, s.sec, pool, testRequestTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +168,7 @@ func TestScenariosAgainstNode(t *testing.T) {
 	t.Run("revoke-propagation", func(t *testing.T) {
 		rp, err := loadtest.NewRevokePropagationScenario(ctx, s.n.Admin, "default", revocation.WatcherConfig{
 			Issuer: s.n.Issuer("default"), Tenant: "default", ServerURL: s.n.BaseURL(), ClientID: s.id, ClientSecret: s.sec,
-		}, 10*time.Second)
+		}, testRequestTimeout)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -248,7 +267,7 @@ func TestScenariosAgainstNode(t *testing.T) {
 // the chains move between nodes (each rotation is one Raft write, forwarded
 // by followers) without a single superseded token being presented.
 func TestRefreshOnCluster(t *testing.T) {
-	c := nodetest.StartCluster(t, 3)
+	c := nodetest.StartCluster(t, 3, nodetest.WithNodeOptions(cheapPasswords))
 	ctx := context.Background()
 	var targets []loadtest.Target
 	for i := range 3 {
@@ -262,6 +281,7 @@ func TestRefreshOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	flow.Timeout = testRequestTimeout
 	c.WaitConverged()
 	rf, err := loadtest.NewRefreshScenario(targets, flow)
 	if err != nil {

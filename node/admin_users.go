@@ -69,6 +69,9 @@ func (a *adminService) passwordParams() issuance.PasswordParams {
 	if a.pwParams != nil {
 		return *a.pwParams
 	}
+	if a.cfg.PasswordParams != nil {
+		return *a.cfg.PasswordParams
+	}
 	return issuance.DefaultPasswordParams()
 }
 

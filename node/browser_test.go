@@ -123,7 +123,7 @@ func TestLoginAndConsentInChromium(t *testing.T) {
 	var cb *http.Request
 	select {
 	case cb = <-got:
-	case <-time.After(10 * time.Second):
+	case <-time.After(nodetest.Timeout):
 		t.Fatal("the callback was not reached")
 	}
 	q := cb.URL.Query()
@@ -162,7 +162,7 @@ func TestLoginAndConsentInChromium(t *testing.T) {
 		if cb.URL.Query().Get("state") != "again" || cb.URL.Query().Get("code") == "" {
 			t.Errorf("second callback %v", cb.URL)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(nodetest.Timeout):
 		t.Fatal("the second callback was not reached")
 	}
 }

@@ -192,7 +192,7 @@ func applyRequest(t *testing.T) *connect.Request[clusterv1.ApplyRequest] {
 func TestClusterPortAuthorisesByRole(t *testing.T) {
 	c := nodetest.StartCluster(t, 2)
 	leader := c.Leader()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
 	defer cancel()
 
 	outsider := filepath.Join(t.TempDir(), "tls")

@@ -75,6 +75,11 @@ type Config struct {
 	// the just-superseded refresh token again within this interval and get
 	// the same successor instead of a family revocation; 0 turns it off.
 	RefreshReuseInterval time.Duration
+	// PasswordParams are the argon2id parameters of the password hashes
+	// the admin API makes; nil: issuance.DefaultPasswordParams. Only tests
+	// lower them: under the race detector on a loaded machine a default
+	// hash takes seconds, and sign-ins queue for GOMAXPROCS/2 slots.
+	PasswordParams *issuance.PasswordParams
 	// DPoPRequireNonce makes the token endpoint demand DPoP server nonces
 	// (RFC 9449 §8); the nonces are valid on every node (issuance/dpop.go).
 	DPoPRequireNonce bool

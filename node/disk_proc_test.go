@@ -137,7 +137,7 @@ func revocationsAt(t *testing.T, c *proctest.Cluster, p *proctest.Proc) map[stri
 			Jti string `json:"jti"`
 		} `json:"revocations"`
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
 	defer cancel()
 	if err := c.Call(ctx, p, "/tally.admin.v1.AdminService/ListRevocations", map[string]any{"tenant": "default"}, &out); err != nil {
 		t.Fatal(err)
@@ -178,7 +178,7 @@ func TestDiskFullProcesses(t *testing.T) {
 		ClientSecret string `json:"clientSecret"`
 	}
 	nodetest.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
 		defer cancel()
 		return c.Call(ctx, leader, "/tally.admin.v1.AdminService/CreateClient", map[string]any{"tenant": "default", "name": "svc"}, &client)
 	})

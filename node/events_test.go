@@ -87,7 +87,7 @@ func (f *rsFixture) start(t *testing.T, wc revocation.WatcherConfig) (*revocatio
 	}
 	w.Start()
 	t.Cleanup(w.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
 	defer cancel()
 	if err := w.WaitSynced(ctx); err != nil {
 		t.Fatalf("watcher never synced: %v", err)
@@ -647,7 +647,7 @@ func TestSDKResyncsAfterLongOutage(t *testing.T) {
 		t.Fatal("a fresh position file is not trusted")
 	}
 	w2.Start()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
 	defer cancel()
 	if err := w2.WaitSynced(ctx); err != nil {
 		t.Fatal(err)

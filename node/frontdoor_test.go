@@ -139,11 +139,12 @@ func TestFrontDoorSpreadsOverReadyNodes(t *testing.T) {
 
 func TestFrontDoorRetriesOnlyWhenSafe(t *testing.T) {
 	a, b := newFakeNode(t, "a"), newFakeNode(t, "b")
-	// a keeps no connection open, so that once it is down every attempt on
-	// it is a refused dial, as the scenario says. With keep-alives, a POST
-	// could take a health check's pooled connection to a before the front
-	// door's transport had seen a close it (a loaded machine): the request
-	// is written, the body read, and it must not be sent again.
+	// a answers with Connection: close, so the front door holds no idle
+	// connection to it when it goes down: every attempt dials. Otherwise
+	// a POST could be written to a pooled connection a had closed, which
+	// the front door rightly does not resend (it cannot tell that nothing
+	// reached a), before its transport noticed the close: on a loaded
+	// machine it sometimes did not in time (503 in make test).
 	a.srv.Config.SetKeepAlivesEnabled(false)
 	fd, front := startFront(t, a, b)
 	waitHealthy(t, fd, 2)

@@ -43,7 +43,7 @@ func TestRefreshReuseReachesSDK(t *testing.T) {
 	}
 	w.Start()
 	t.Cleanup(w.Stop)
-	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, nodetest.Timeout)
 	defer cancel()
 	if err := w.WaitSynced(sctx); err != nil {
 		t.Fatal(err)

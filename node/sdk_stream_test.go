@@ -333,7 +333,7 @@ func TestWatchRevocationsGapBeyondHead(t *testing.T) {
 			from uint64
 			gap  bool
 		}{from: from}
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, nodetest.Timeout)
 		req := connect.NewRequest(&eventsv1.WatchRevocationsRequest{Tenant: "default", FromSequence: tc.from})
 		req.Header().Set("Authorization", auth)
 		stream, err := cl.WatchRevocations(wctx, req)

@@ -31,7 +31,7 @@ func TestPeerCheckRefusesRaftConnections(t *testing.T) {
 		}
 		return nil
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), rafttest.Timeout)
 	defer cancel()
 
 	// Allowed: the connection is handed to Raft and carries data.

@@ -171,7 +171,7 @@ func TestFSMWaitsForDiskSpace(t *testing.T) {
 	f.Halt()
 	select {
 	case resp = <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(rafttest.Timeout):
 		t.Fatal("ApplyBatch still waiting after Halt")
 	}
 	for i, r := range resp {

@@ -2,10 +2,12 @@ package raft
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -120,7 +122,52 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 // TransferLeadership hands leadership to the voter id, or to the most
 // up-to-date voter when id is empty, and waits until the transfer is done.
 // Only the leader can do it; naming the leader itself is a no-op.
+//
+// ctx is the budget: hashicorp/raft gives one attempt an election timeout
+// (the target's catching up included) and answers "leadership transfer
+// timeout" when the target has not won by then, which a loaded machine or
+// a slow disk makes ordinary. After such an answer TransferLeadership
+// waits for a leader: if leadership moved (to id, when one was named) the
+// transfer is done; if this node still leads it tries again; otherwise it
+// returns the error.
 func (n *Node) TransferLeadership(ctx context.Context, id string) error {
+	for {
+		err := n.transferOnce(ctx, id)
+		if err == nil || !transferTimedOut(err) || ctx.Err() != nil {
+			return err
+		}
+		// The target may yet win the election it started: give it an
+		// election timeout before looking.
+		select {
+		case <-ctx.Done():
+			return err
+		case <-n.closing:
+			return ErrClosed
+		case <-time.After(n.raft.ReloadableConfig().ElectionTimeout):
+		}
+		if n.WaitLeader(ctx) != nil {
+			return err
+		}
+		if n.IsLeader() {
+			continue
+		}
+		if leader, _ := n.Leader(); id == "" || leader == id {
+			return nil
+		}
+		return err
+	}
+}
+
+// transferTimedOut reports hashicorp/raft's answers to a transfer that
+// may succeed when tried again: the target did not win within an election
+// timeout (an error without a sentinel), or a previous attempt is still
+// being wound down.
+func transferTimedOut(err error) bool {
+	return errors.Is(err, hraft.ErrLeadershipTransferInProgress) ||
+		strings.Contains(err.Error(), "leadership transfer timeout")
+}
+
+func (n *Node) transferOnce(ctx context.Context, id string) error {
 	if id == "" {
 		return n.wait(ctx, n.raft.LeadershipTransfer())
 	}
@@ -175,8 +222,12 @@ func (n *Node) observeState(o *hraft.Observation) bool {
 	}
 	if st == hraft.Leader {
 		n.leading.Store(true)
-	} else if n.leading.Swap(false) {
+	} else if n.leading.Load() {
+		// The time first, then leading: a reader never sees leading
+		// cleared without the moment it ended (observations come from
+		// one goroutine).
 		n.leftLeadership.Store(time.Now().UnixNano())
+		n.leading.Store(false)
 	}
 	return false
 }

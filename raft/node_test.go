@@ -47,7 +47,7 @@ func newRevocation(tenant, jti string, expires int64) *raftpb.Command {
 
 func propose(t *testing.T, n *raft.Node, cmd *raftpb.Command) raft.Result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), rafttest.Timeout)
 	defer cancel()
 	res, err := n.Propose(ctx, cmd)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"net"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/tallyauth/tally/raft"
 	"github.com/tallyauth/tally/raft/rafttest"
@@ -40,7 +39,7 @@ func TestAdvertiseHostName(t *testing.T) {
 		t.Fatalf("advertised %q, want localhost:%s", got, port)
 	}
 	accepted := acceptOne(l)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), rafttest.Timeout)
 	defer cancel()
 	c, err := ca.node("b").DialContext(ctx, l.Addr().String(), raft.ALPNRaft)
 	if err != nil {

@@ -108,7 +108,7 @@ func TestClusterListenerMutualTLS(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(caLeaf)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), rafttest.Timeout)
 	defer cancel()
 	rejected := []struct {
 		name string
@@ -198,7 +198,7 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	rafttest.CheckFor(t, rafttest.Timeout, 10*time.Millisecond, func() error {
 		for _, n := range nodes {
 			if n.IsLeader() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), rafttest.Timeout)
 				defer cancel()
 				r, err := n.Propose(ctx, cmd)
 				if err != nil {
@@ -214,7 +214,7 @@ func TestRaftOverMutualTLS(t *testing.T) {
 		t.Fatal(res.Err)
 	}
 	for _, n := range nodes {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), rafttest.Timeout)
 		if err := n.WaitApplied(ctx, res.Index); err != nil {
 			t.Fatal(err)
 		}
@@ -266,7 +266,7 @@ func TestExpiredNodeCertificateRejected(t *testing.T) {
 	if _, err := raft.LoadNodeTLSDir(out); !errors.Is(err, raft.ErrPeerCertificate) {
 		t.Fatalf("loading an expired certificate: %v, want ErrPeerCertificate", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), rafttest.Timeout)
 	defer cancel()
 	// Present it anyway, with a hand-made client configuration.
 	cert, err := tls.LoadX509KeyPair(filepath.Join(out, raft.NodeCertFile), filepath.Join(out, raft.NodeKeyFile))
