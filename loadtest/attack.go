@@ -75,6 +75,16 @@ type AttackConfig struct {
 	FloodPerMinute int
 	// Duration is each phase's length: real users alone, then under attack.
 	Duration time.Duration
+	// Extend, when positive, lets a phase run past Duration, by at most
+	// Extend, until what it is there to show happened: the real users
+	// finished an attempt, and (attack phase) the victim finished one,
+	// the attack met its first throttled answer and, with Alerted, its
+	// alert was seen (not waited for spray: the account's per-network
+	// budget throttles a spray at once, and its alert needs more wrong
+	// passwords checked a minute than may then come). On a slow or loaded machine a fixed phase can end
+	// before the service had the attempts to react to; an extended run's
+	// figures are over the phases' actual length. Zero: fixed phases.
+	Extend time.Duration
 	// Attackers are the concurrent attacking requests; RealUsers the
 	// concurrent real users.
 	Attackers, RealUsers int
@@ -159,6 +169,9 @@ func (c AttackConfig) Validate(scenario string) error {
 	if c.Duration <= 0 || c.Attackers < 1 || c.RealUsers < 1 || c.Sources < 1 || c.Timeout <= 0 {
 		return errors.New("loadtest: duration, attackers, real users, sources and timeout must be positive")
 	}
+	if c.Extend < 0 {
+		return errors.New("loadtest: extend must not be negative")
+	}
 	if err := c.Flow.Validate(); err != nil {
 		return err
 	}
@@ -218,7 +231,8 @@ type attackRun struct {
 	thr     atomic.Int64
 	checked atomic.Int64
 	won     atomic.Int64
-	first   atomic.Int64 // ns since start of the first throttle, 0 none
+	first   atomic.Int64  // ns since start of the first throttle, 0 none
+	dur     time.Duration // the attack phase's length
 	mu      sync.Mutex
 	granted []time.Time // token-flood grants
 }
@@ -247,31 +261,48 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	}
 
 	// Phase 1: the real users alone.
-	res.Baseline = runUsers(ctx, c.Duration, realThink, c.RealUsers, real)
+	var baseDone atomic.Int64
+	bctx, bcancel := phaseContext(ctx, c.Duration, c.Extend, func() bool { return baseDone.Load() > 0 })
+	res.Baseline = runUsers(bctx, realThink, c.RealUsers, real, &baseDone)
+	bcancel()
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
 
 	// Phase 2: the attack beside them.
-	actx, cancel := context.WithTimeout(ctx, c.Duration)
-	defer cancel()
+	var usersDone, victimDone atomic.Int64
+	var alertSeen, attackOver atomic.Bool
+	var alertAt atomic.Int64
 	r.start = time.Now()
+	waitAlert := c.Alerted != nil && scenario != AttackSpray
+	actx, cancel := phaseContext(ctx, c.Duration, c.Extend, func() bool {
+		return usersDone.Load() > 0 && (victim == nil || victimDone.Load() > 0) && r.thr.Load() > 0 &&
+			(!waitAlert || alertSeen.Load())
+	})
+	defer cancel()
 	var wg sync.WaitGroup
 	for i := range c.Attackers {
 		wg.Go(func() { r.attack(actx, scenario, i) })
 	}
-	var alertAt atomic.Int64
 	if c.Alerted != nil {
 		kind := AlertKinds[scenario]
 		res.AlertKind = kind
 		wg.Go(func() {
-			// Polled a while past the attack: an alert in flight still
-			// counts (its time is the alert's own).
-			deadline := time.Now().Add(c.Duration + 5*time.Second)
-			for time.Now().Before(deadline) && ctx.Err() == nil {
+			// Polled while the attack runs and 5 s past it: an alert in
+			// flight still counts (its time is the alert's own).
+			var deadline time.Time
+			for ctx.Err() == nil {
 				if at, ok := c.Alerted(ctx, kind, r.start); ok {
 					alertAt.Store(int64(at.Sub(r.start)))
+					alertSeen.Store(true)
 					return
+				}
+				if attackOver.Load() {
+					if deadline.IsZero() {
+						deadline = time.Now().Add(5 * time.Second)
+					} else if time.Now().After(deadline) {
+						return
+					}
 				}
 				select {
 				case <-ctx.Done():
@@ -283,9 +314,12 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	var vf UserFigures
 	var vwg sync.WaitGroup
 	if victim != nil {
-		vwg.Go(func() { vf = runUsers(actx, c.Duration, victimThink, 1, victim) })
+		vwg.Go(func() { vf = runUsers(actx, victimThink, 1, victim, &victimDone) })
 	}
-	res.Users = runUsers(actx, c.Duration, realThink, c.RealUsers, real)
+	res.Users = runUsers(actx, realThink, c.RealUsers, real, &usersDone)
+	<-actx.Done()
+	attackFor := time.Since(r.start)
+	attackOver.Store(true)
 	vwg.Wait()
 	wg.Wait()
 	if victim != nil {
@@ -294,14 +328,20 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
+	d := c.Duration
+	if c.Extend > 0 {
+		d = attackFor
+		res.DurationSeconds = round3(d.Seconds())
+	}
+	r.dur = d
 	res.Attempts, res.Throttled, res.Checked, res.Succeeded = r.attempt.Load(), r.thr.Load(), r.checked.Load(), r.won.Load()
 	if f := r.first.Load(); f > 0 {
 		res.FirstThrottleSeconds = round3(time.Duration(f).Seconds())
 	}
-	if a := alertAt.Load(); a != 0 {
-		res.AlertSeconds = round3(max(time.Duration(a).Seconds(), 0))
+	if alertSeen.Load() {
+		res.AlertSeconds = round3(max(time.Duration(alertAt.Load()).Seconds(), 0))
 	}
-	res.CheckedPerSourceMinute = round3(float64(res.Checked) / float64(c.Sources) / c.Duration.Minutes())
+	res.CheckedPerSourceMinute = round3(float64(res.Checked) / float64(c.Sources) / d.Minutes())
 	if scenario == AttackTokenFlood {
 		r.floodFigures(&res)
 	}
@@ -314,7 +354,7 @@ func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 func (r *attackRun) floodFigures(res *AttackResult) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d := r.c.Duration
+	d := r.dur
 	half := r.start.Add(d / 2)
 	steady := 0
 	for _, t := range r.granted {
@@ -341,12 +381,38 @@ const (
 	victimThink = 4 * time.Second
 )
 
-// runUsers runs n real users in a loop for d (or until ctx ends) and
-// returns their figures. do reports whether the iteration succeeded; an
-// error is a failure too.
-func runUsers(ctx context.Context, d, think time.Duration, n int, do func(context.Context, int) (string, error)) UserFigures {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
+// phaseContext is a phase's context: it ends after d, or with extend,
+// once done reports true after d, and at the latest after d+extend.
+func phaseContext(ctx context.Context, d, extend time.Duration, done func() bool) (context.Context, context.CancelFunc) {
+	pctx, cancel := context.WithTimeout(ctx, d+extend)
+	if extend <= 0 {
+		return pctx, cancel
+	}
+	go func() {
+		select {
+		case <-pctx.Done():
+			return
+		case <-time.After(d):
+		}
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for !done() {
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		cancel()
+	}()
+	return pctx, cancel
+}
+
+// runUsers runs n real users in a loop until ctx ends and returns their
+// figures; counted, when not nil, counts their finished attempts as they
+// go. do reports whether the iteration succeeded; an error is a failure
+// too.
+func runUsers(ctx context.Context, think time.Duration, n int, do func(context.Context, int) (string, error), counted *atomic.Int64) UserFigures {
 	h := hdrhistogram.New(histMin, histMax, histSigFigs)
 	var mu sync.Mutex
 	var f UserFigures
@@ -365,6 +431,9 @@ func runUsers(ctx context.Context, d, think time.Duration, n int, do func(contex
 				}
 				mu.Lock()
 				f.Attempts++
+				if counted != nil {
+					counted.Add(1)
+				}
 				if ok {
 					f.OK++
 					recordLatency(h, el)

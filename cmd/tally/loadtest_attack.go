@@ -28,7 +28,7 @@ import (
 )
 
 const attackUsage = `Usage: tally loadtest attack [--scenarios stuffing,spray,device-guess,introspect-guess,token-flood]
-        [--nodes 3] [--duration 10s] [--attackers 8] [--sources 64] [--real-users 4]
+        [--nodes 3] [--duration 10s] [--extend 0s] [--attackers 8] [--sources 64] [--real-users 4]
         [--flood-limit 6000] [--output text|json]
        tally loadtest attack --target NODE_URL [--target NODE_URL …] [--admin-server URL]
         [--admin-token TOKEN | --admin-token-file FILE] [same flags]
@@ -63,7 +63,11 @@ the tenant's event log (EventsService.WatchRevocations on the first target),
 timed when the drill receives them.
 
 Each scenario runs the real users alone for --duration, then the attack
-beside them for --duration, and reports side by side: the real users'
+beside them for --duration (with --extend, each phase goes on past
+--duration, by at most --extend, until the real users finished an attempt
+and the attack was throttled and its alert seen: for a slow or loaded
+machine; the figures are then over the phases' actual length), and
+reports side by side: the real users'
 success rate and p50/p99 before and during the attack; the attacker's
 attempts, throttled answers, answers on the merits, successes; the time
 from the attack's start to its first throttled answer and to the first
@@ -79,6 +83,7 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	scenarios := fs.String("scenarios", strings.Join(loadtest.AttackScenarios, ","), "comma-separated attack scenarios")
 	nodes := fs.Int("nodes", 3, "cluster size")
 	duration := fs.Duration("duration", 10*time.Second, "length of each phase (real users alone, then under attack)")
+	extend := fs.Duration("extend", 0, "let each phase run past --duration, by at most this much, until the real users finished an attempt and the attack was throttled and its alert seen (0: fixed phases)")
 	attackers := fs.Int("attackers", 8, "concurrent attacking requests")
 	sources := fs.Int("sources", 64, "attacking addresses (eight per /24)")
 	realUsers := fs.Int("real-users", 4, "concurrent real users")
@@ -109,8 +114,8 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 			return 2
 		}
 	}
-	if *nodes < 1 || *nodes > 7 || *duration <= 0 || *attackers < 1 || *sources < 1 || *realUsers < 1 || *floodLimit < 10 {
-		fmt.Fprintln(e.stderr, "tally loadtest attack: --nodes 1..7; --duration, --attackers, --sources, --real-users positive; --flood-limit at least 10")
+	if *nodes < 1 || *nodes > 7 || *duration <= 0 || *extend < 0 || *attackers < 1 || *sources < 1 || *realUsers < 1 || *floodLimit < 10 {
+		fmt.Fprintln(e.stderr, "tally loadtest attack: --nodes 1..7; --extend not negative; --duration, --attackers, --sources, --real-users positive; --flood-limit at least 10")
 		return 2
 	}
 	fail := func(format string, a ...any) int {
@@ -120,7 +125,7 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	cmdline := "tally loadtest attack " + strings.Join(redactArgs(args), " ")
 	if len(targetURLs) > 0 {
 		return runRemoteAttack(ctx, e, g, targetURLs, *drillTenant, list, *floodLimit, cmdline, *output, func(cfg *loadtest.AttackConfig) {
-			cfg.Duration, cfg.Attackers, cfg.RealUsers, cfg.Sources = *duration, *attackers, *realUsers, *sources
+			cfg.Duration, cfg.Extend, cfg.Attackers, cfg.RealUsers, cfg.Sources = *duration, *extend, *attackers, *realUsers, *sources
 		})
 	}
 	dir, err := os.MkdirTemp("", "tally-attack-")
@@ -178,7 +183,7 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	feed := &siemFeed{path: siemPath}
 	cfg := prep
 	cfg.Targets, cfg.FloodPerMinute, cfg.Alerted = targets, *floodLimit, feed.alerted
-	cfg.Duration, cfg.Attackers, cfg.RealUsers, cfg.Sources, cfg.Timeout = *duration, *attackers, *realUsers, *sources, 10*time.Second
+	cfg.Duration, cfg.Extend, cfg.Attackers, cfg.RealUsers, cfg.Sources, cfg.Timeout = *duration, *extend, *attackers, *realUsers, *sources, 10*time.Second
 	return runAttackScenarios(ctx, e, cfg, list, attackOutput{Command: cmdline, Nodes: *nodes}, *output)
 }
 
@@ -186,6 +191,9 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 func runAttackScenarios(ctx context.Context, e env, cfg loadtest.AttackConfig, list []string, out attackOutput, output string) int {
 	for _, s := range list {
 		fmt.Fprintf(e.stderr, "scenario %s: %s of real users alone, then %s under attack …\n", s, cfg.Duration, cfg.Duration)
+		if cfg.Extend > 0 {
+			fmt.Fprintf(e.stderr, "  (each phase extended by at most %s until the attack was throttled and detected)\n", cfg.Extend)
+		}
 		r, err := loadtest.RunAttack(ctx, s, cfg)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "tally loadtest attack: %s: %v\n", s, err)
