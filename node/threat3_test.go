@@ -392,3 +392,31 @@ func TestThreatV3GatedByClusterVersion(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDeleteClientDropsScopeHistory (issue 13): deleting a client removes
+// its replicated scope history on every node.
+func TestDeleteClientDropsScopeHistory(t *testing.T) {
+	c := threatCluster(t, t.TempDir())
+	n0 := c.Node(0)
+	id, secret := n0.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "reporting", Scopes: []string{"read"}})
+	c.WaitConverged()
+	if code := alertPost(t, c.Node(1).TokenURL("default"), url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}, id, secret, "198.51.100.7"); code != http.StatusOK {
+		t.Fatalf("grant: %d", code)
+	}
+	history := func(want bool) func() error {
+		return func() error {
+			for i := range 3 {
+				h, err := c.Node(i).Raft().FSM().ClientScopes("default", id)
+				if err != nil || (h != nil) != want {
+					return fmt.Errorf("node %d: history %v %v, want one: %v", i, h, err, want)
+				}
+			}
+			return nil
+		}
+	}
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, history(true))
+	if _, err := n0.Admin.DeleteClient(context.Background(), connect.NewRequest(&adminv1.DeleteClientRequest{Tenant: "default", ClientId: id})); err != nil {
+		t.Fatal(err)
+	}
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, history(false))
+}
