@@ -67,6 +67,15 @@ type RateLimits struct {
 	AlertFailures         int
 	AlertIntrospectMisses int
 	AlertUserCodeMisses   int
+	// AlertTravelWindow is a tenant's impossible-travel window
+	// (refresh_impossible_travel, issue 13), read by the node when it
+	// proposes a refresh rotation (node/grants.go), not by this package:
+	// meaningful in Tenants only, where 0 takes the node's
+	// --alert-travel-window (node.Config.AlertTravelWindow) and a negative
+	// value turns the detection off for the tenant. Like the other
+	// thresholds it is node configuration, not replicated: give every
+	// node the same value.
+	AlertTravelWindow time.Duration
 	// Off turns the guard off entirely.
 	Off bool
 	// TrustedProxies are the peers whose X-Forwarded-For is believed.

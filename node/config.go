@@ -124,7 +124,9 @@ type Config struct {
 	// served in different regions less than this apart raise the alert.
 	// It travels in the rotation command, so the FSM reads no
 	// configuration. 0 means raft.DefaultTravelWindow (10 minutes),
-	// negative turns the detection off on this node.
+	// negative turns the detection off on this node. A tenant's own
+	// window (RateLimits.Tenants[t].AlertTravelWindow, non-zero) overrides
+	// it for that tenant.
 	AlertTravelWindow time.Duration
 	// SIEMFile receives the security and audit events as JSON lines in
 	// an OCSF-aligned schema (siem.go); "-" is stdout, "" is off.

@@ -21,9 +21,34 @@ type flowStore struct {
 	// refreshNet gates RotateRefresh.network (raft.FeatureRefreshNetwork).
 	refreshNet *featureGate
 	// threatV3 gates RotateRefresh.travel_region (raft.FeatureThreatV3);
-	// travelWindow is Config.AlertTravelWindow.
+	// travelWindow is Config.AlertTravelWindow, tenantTravel the tenants'
+	// own windows (Config.RateLimits.Tenants[t].AlertTravelWindow, non-zero
+	// only); see travelWindowOf.
 	threatV3     *featureGate
 	travelWindow time.Duration
+	tenantTravel map[string]time.Duration
+}
+
+// tenantTravelWindows collects the tenants' own impossible-travel windows
+// from the rate-limit overrides.
+func tenantTravelWindows(rl issuance.RateLimits) map[string]time.Duration {
+	m := map[string]time.Duration{}
+	for t, l := range rl.Tenants {
+		if l.AlertTravelWindow != 0 {
+			m[t] = l.AlertTravelWindow
+		}
+	}
+	return m
+}
+
+// travelWindowOf is the impossible-travel window of tenant: its own
+// (issuance.RateLimits.AlertTravelWindow) if set, else the node's; 0 means
+// raft.DefaultTravelWindow, negative off.
+func (f *flowStore) travelWindowOf(tenant string) time.Duration {
+	if w, ok := f.tenantTravel[tenant]; ok {
+		return w
+	}
+	return f.travelWindow
 }
 
 // gateOpen reports whether a proposer may use feature, gated by g: the
@@ -216,9 +241,10 @@ func (f *flowStore) RotateRefresh(ctx context.Context, r issuance.Rotation) (iss
 	// The serving region, for impossible travel (raft.FeatureThreatV3):
 	// the region stands in for the client's location (clients are routed
 	// to their nearest region).
-	if f.region != "" && f.travelWindow >= 0 && f.gateOpen(ctx, f.threatV3, raft.FeatureThreatV3) {
+	// The window is the tenant's own or the node's (travelWindowOf).
+	if w := f.travelWindowOf(r.Tenant); f.region != "" && w >= 0 && f.gateOpen(ctx, f.threatV3, raft.FeatureThreatV3) {
 		rot.TravelRegion = f.region
-		rot.TravelWindowNanos = int64(cmp.Or(f.travelWindow, raft.DefaultTravelWindow))
+		rot.TravelWindowNanos = int64(cmp.Or(w, raft.DefaultTravelWindow))
 	}
 	g, err := f.proposeGrant(ctx, &raftpb.Command{Op: &raftpb.Command_RotateRefresh{RotateRefresh: rot}})
 	if err != nil && (rot.Network != "" || rot.TravelRegion != "") && errors.Is(err, raft.ErrFeatureDisabled) {

@@ -234,7 +234,7 @@ func (n *Node) newIssuer(kek *issuance.KEK) (_ *flowStore, err error) {
 	// End-user flows (node/grants.go); cookies are Secure outside dev.
 	flows := &flowStore{rep: n.rep, node: cfg.NodeID, region: cfg.Region, par: newFeatureGate(n.cl, featurePARKeyPolicy),
 		refreshNet: newFeatureGate(n.cl, raft.FeatureRefreshNetwork), threatV3: newFeatureGate(n.cl, raft.FeatureThreatV3),
-		travelWindow: cfg.AlertTravelWindow}
+		travelWindow: cfg.AlertTravelWindow, tenantTravel: tenantTravelWindows(cfg.RateLimits)}
 	ic.Users, ic.Grants = flows, flows
 	ic.InsecureCookies = cfg.Dev
 	ic.RefreshTTL = cfg.RefreshTTL

@@ -91,9 +91,21 @@ func newRiskIndex(window time.Duration, now func() time.Time) *riskIndex {
 	return &riskIndex{window: window, now: now, tenant: map[string]*riskTenant{}}
 }
 
-// observe is the FSM observer: it indexes applied security alerts.
+// observe is the FSM observer: it indexes applied security alerts, and
+// forgets a deleted tenant's (the FSM drops them from its alert log too,
+// raft/apply_threat3_delete.go, so a tenant created again with the id
+// inherits none, before or after a restart).
 func (x *riskIndex) observe(_ uint64, cmd *raftpb.Command, res raft.Result) {
 	if res.Err != nil {
+		return
+	}
+	if d := cmd.GetDeleteTenant(); d != nil {
+		x.mu.Lock()
+		if t := x.tenant[d.GetTenant()]; t != nil {
+			x.n.Add(-int64(len(t.alerts)))
+			delete(x.tenant, d.GetTenant())
+		}
+		x.mu.Unlock()
 		return
 	}
 	at := time.Unix(0, cmd.GetTimeUnixNano())

@@ -90,6 +90,11 @@ func TestRiskIndexThreatV3(t *testing.T) {
 			t.Errorf("%+v: %+v, want %v", c.in, r, c.alerts)
 		}
 	}
+	// Deleting the tenant forgets its alerts.
+	x.observe(3, &raftpb.Command{TimeUnixNano: now.UnixNano(), Op: &raftpb.Command_DeleteTenant{DeleteTenant: &raftpb.DeleteTenant{Tenant: "acme"}}}, raft.Result{})
+	if r := x.signal(context.Background(), issuance.PolicyInput{Tenant: "acme", ClientID: "rs", ClientIP: "203.0.113.9"}); len(r.Alerts) != 0 || x.n.Load() != 0 {
+		t.Errorf("after deleting the tenant: %+v, %d indexed", r, x.n.Load())
+	}
 }
 
 // TestSIEMThreatV3: scope_first_use and refresh_impossible_travel are

@@ -2,7 +2,9 @@ package node
 
 import (
 	"context"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,10 +181,28 @@ func (w *scopeWatch) record(key string, u issuance.ScopeUse) {
 }
 
 // observe is the FSM observer: a RecordScopeUse applied (by any node's
-// proposal) adds its scopes to the history this node keeps.
+// proposal) adds its scopes to the history this node keeps; a DeleteClient
+// or DeleteTenant applied forgets the histories the FSM dropped.
 func (w *scopeWatch) observe(_ uint64, cmd *raftpb.Command, res raft.Result) {
+	if res.Err != nil {
+		return
+	}
+	if d := cmd.GetDeleteClient(); d != nil {
+		// The FSM dropped the client's history (raft/apply_threat3_delete.go).
+		w.mu.Lock()
+		delete(w.known, scopeClientKey(d.GetTenant(), d.GetClientId()))
+		w.mu.Unlock()
+		return
+	}
+	if d := cmd.GetDeleteTenant(); d != nil {
+		prefix := d.GetTenant() + "\x00"
+		w.mu.Lock()
+		maps.DeleteFunc(w.known, func(k string, _ *scopeHistory) bool { return strings.HasPrefix(k, prefix) })
+		w.mu.Unlock()
+		return
+	}
 	r := cmd.GetRecordScopeUse()
-	if r == nil || res.Err != nil {
+	if r == nil {
 		return
 	}
 	w.mu.Lock()

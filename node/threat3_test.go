@@ -26,16 +26,16 @@ import (
 
 // threatCluster is a three-node cluster trusting 127.0.0.0/8 as a proxy,
 // each node writing its SIEM feed to dir/siem<i>.jsonl, with threat_v3
-// recorded.
+// recorded. opts apply after these settings (they may change them).
 func threatCluster(t *testing.T, dir string, opts ...nodetest.ClusterOption) *nodetest.Cluster {
 	t.Helper()
-	opts = append(opts, nodetest.WithNodeOptions(nodetest.WithConfig(func(c *node.Config) {
+	opts = append([]nodetest.ClusterOption{nodetest.WithNodeOptions(nodetest.WithConfig(func(c *node.Config) {
 		c.RateLimits = issuance.RateLimits{
 			TrustedProxies:        []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 			AlertIntrospectMisses: 5,
 			Tenants:               map[string]issuance.RateLimits{"default": {AlertIntrospectMisses: 5}},
 		}
-	})))
+	}))}, opts...)
 	for i := range 3 {
 		opts = append(opts, nodetest.WithNode(i, nodetest.WithConfig(func(c *node.Config) { c.SIEMFile = filepath.Join(dir, fmt.Sprintf("siem%d.jsonl", i)) })))
 	}
@@ -200,6 +200,61 @@ func TestRefreshImpossibleTravelRegions(t *testing.T) {
 	}
 }
 
+// TestTenantTravelWindow (issue 13): a tenant's own impossible-travel
+// window (RateLimits.Tenants[t].AlertTravelWindow) overrides the node's
+// --alert-travel-window: with the nodes' detection off and the tenant's
+// window set, a family rotated in eu and at once in us raises
+// refresh_impossible_travel; with the nodes' default window and the
+// tenant's turned off, the same rotations raise nothing.
+func TestTenantTravelWindow(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		node, tenant time.Duration
+		want         int
+	}{
+		{"tenant window, node off", -1, 10 * time.Minute, 1},
+		{"tenant off, node default", 0, -1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := threatCluster(t, t.TempDir(), nodetest.WithRegions("eu", "us", "ap"), nodetest.WithNodeOptions(nodetest.WithConfig(func(cfg *node.Config) {
+				cfg.AlertTravelWindow = tc.node
+				d := cfg.RateLimits.Tenants["default"]
+				d.AlertTravelWindow = tc.tenant
+				cfg.RateLimits.Tenants["default"] = d
+			})))
+			e := newFlowEnv(t, c.Node(0))
+			c.WaitConverged()
+			rt := e.codeTokens(t).RefreshToken
+			for _, i := range []int{0, 0, 1} { // eu, eu, then us at once
+				next, err := refreshFrom(e.conf, c.Node(i).TokenURL("default"), rt, "198.51.100.7")
+				if err != nil {
+					t.Fatalf("refresh through node %d: %v", i, err)
+				}
+				rt = next.RefreshToken
+			}
+			c.WaitConverged()
+			for i := range 3 {
+				all, err := c.Node(i).Raft().FSM().SecurityAlertsSince(time.Unix(0, 0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []*raftpb.SecurityAlert
+				for _, a := range all {
+					if a.Kind == raft.AlertRefreshImpossibleTravel {
+						got = append(got, a)
+					}
+				}
+				if len(got) != tc.want {
+					t.Fatalf("node %d: %d travel alerts, want %d: %v", i, len(got), tc.want, got)
+				}
+				if tc.want == 1 && (got[0].PreviousRegion != "eu" || got[0].Region != "us" || got[0].WindowSeconds != 600) {
+					t.Fatalf("node %d: alert %v", i, got[0])
+				}
+			}
+		})
+	}
+}
+
 // TestAlertIndexSurvivesRestartAndSnapshot (issue 13): an alert raised
 // while a node runs is still a policy input after that node restarts (the
 // log entries it had applied are not replayed), and a node that was down
@@ -336,4 +391,32 @@ func TestThreatV3GatedByClusterVersion(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestDeleteClientDropsScopeHistory (issue 13): deleting a client removes
+// its replicated scope history on every node.
+func TestDeleteClientDropsScopeHistory(t *testing.T) {
+	c := threatCluster(t, t.TempDir())
+	n0 := c.Node(0)
+	id, secret := n0.CreateClient(t, &adminv1.CreateClientRequest{Tenant: "default", Name: "reporting", Scopes: []string{"read"}})
+	c.WaitConverged()
+	if code := alertPost(t, c.Node(1).TokenURL("default"), url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}, id, secret, "198.51.100.7"); code != http.StatusOK {
+		t.Fatalf("grant: %d", code)
+	}
+	history := func(want bool) func() error {
+		return func() error {
+			for i := range 3 {
+				h, err := c.Node(i).Raft().FSM().ClientScopes("default", id)
+				if err != nil || (h != nil) != want {
+					return fmt.Errorf("node %d: history %v %v, want one: %v", i, h, err, want)
+				}
+			}
+			return nil
+		}
+	}
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, history(true))
+	if _, err := n0.Admin.DeleteClient(context.Background(), connect.NewRequest(&adminv1.DeleteClientRequest{Tenant: "default", ClientId: id})); err != nil {
+		t.Fatal(err)
+	}
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, history(false))
 }

@@ -198,6 +198,7 @@ func (a *applier) deleteClient(d *raftpb.DeleteClient, now int64) error {
 	a.dropUsedCodes(t, ReasonClientDeleted, func(u *raftpb.UsedCode) bool { return u.ClientId == id }, now)
 	a.dropConsents(t, func(c *raftpb.Consent) bool { return c.ClientId == id })
 	a.dropDeviceCodes(t, func(dc *raftpb.DeviceCode) bool { return dc.ClientId == id })
+	a.dropClientScopes(t, id) // apply_threat3_delete.go
 	a.delRecord(a.tenantBucket(t, kindClients), kindClients, t, id)
 	a.putTombstone(t, kindDeletedClients, id, now)
 	a.emit(&raftpb.Event{Tenant: t, Kind: raftpb.EventKind_EVENT_KIND_CLIENT_DELETED, TimeUnixNano: now, ClientId: id})
@@ -229,8 +230,9 @@ func (a *applier) deleteUser(d *raftpb.DeleteUser, now int64) error {
 
 // deleteTenant: see raftpb.DeleteTenant. Every bucket named for the tenant
 // goes, whatever its kind (including kinds added after this code), and so
-// does its gateway configuration; its tenant-admin credentials are
-// revoked; its tombstone (raftpb.DeletedTenant)
+// does its gateway configuration, its clients' scope histories and its
+// alert-log entries (global threat_v3 buckets); its tenant-admin
+// credentials are revoked; its tombstone (raftpb.DeletedTenant)
 // keeps the deletion time and its signing keys for the TENANT_DELETED
 // event (apply_delete_tenant.go).
 func (a *applier) deleteTenant(d *raftpb.DeleteTenant, now int64) error {
@@ -256,6 +258,7 @@ func (a *applier) deleteTenant(d *raftpb.DeleteTenant, now int64) error {
 	a.changes = append(a.changes, change{kind: bucketTenants, tenant: id})
 	a.dropGatewayConfig(id)
 	a.revokeTenantAdmins(id, now)
+	a.dropTenantThreatState(id) // apply_threat3_delete.go
 	a.putTenantTombstone(tomb)
 	a.erased = true
 	a.emit(&raftpb.Event{Tenant: id, Kind: raftpb.EventKind_EVENT_KIND_TENANT_DELETED, TimeUnixNano: now})

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tallyauth/tally/issuance"
 )
@@ -56,13 +57,15 @@ func threatFlags(fs *flag.FlagSet, c *issuance.RateLimits) {
 	fs.IntVar(&c.AlertFailures, "alert-failures", d.AlertFailures, "failed sign-ins and client authentications per minute and tenant that raise a credential_stuffing alert and tighten the per-address failure budgets")
 	fs.IntVar(&c.AlertIntrospectMisses, "alert-introspect-misses", d.AlertIntrospectMisses, "introspections of non-tokens per minute and client that raise a token_guessing alert")
 	fs.IntVar(&c.AlertUserCodeMisses, "alert-user-code-misses", d.AlertUserCodeMisses, "device user codes matching nothing per minute and tenant that raise a user_code_guessing alert")
-	fs.Func("tenant-rate-limits", "per-tenant budgets, comma-separated `TENANT.KEY=N` (KEY: client, ip, subnet, tenant, username, unknown-client, alert-failures, alert-introspect-misses, alert-user-code-misses; per minute, -1 off; repeatable); unset keys take the flags above", func(s string) error {
+	fs.Func("tenant-rate-limits", "per-tenant budgets, comma-separated `TENANT.KEY=N` (KEY: client, ip, subnet, tenant, username, unknown-client, alert-failures, alert-introspect-misses, alert-user-code-misses; per minute, -1 off; and alert-travel-window, a duration, negative off; repeatable); unset keys take the flags above", func(s string) error {
 		return parseTenantRateLimits(s, c)
 	})
 }
 
 // parseTenantRateLimits adds "acme.client=6000,acme.username=10" to
-// c.Tenants. A tenant's unset budgets are filled from the global flags
+// c.Tenants ("acme.alert-travel-window=30m" sets the tenant's
+// impossible-travel window, a duration; it is not filled from the flags:
+// 0 means the node's --alert-travel-window when the rotation is proposed). A tenant's unset budgets are filled from the global flags
 // when tally serve starts (tenantRateLimitDefaults).
 func parseTenantRateLimits(s string, c *issuance.RateLimits) error {
 	for _, item := range strings.Split(s, ",") {
@@ -74,6 +77,21 @@ func parseTenantRateLimits(s string, c *issuance.RateLimits) error {
 		tenant, key, ok2 := strings.Cut(kv, ".")
 		if !ok || !ok2 || tenant == "" {
 			return fmt.Errorf("%q: want TENANT.KEY=N", item)
+		}
+		if key == "alert-travel-window" {
+			// A duration, not a rate: the tenant's impossible-travel
+			// window (0 or unset: --alert-travel-window; negative: off).
+			w, err := time.ParseDuration(strings.TrimSpace(val))
+			if err != nil {
+				return fmt.Errorf("%q: want a duration such as 30m, or -1s to turn it off", item)
+			}
+			if c.Tenants == nil {
+				c.Tenants = map[string]issuance.RateLimits{}
+			}
+			t := c.Tenants[tenant]
+			t.AlertTravelWindow = w
+			c.Tenants[tenant] = t
+			continue
 		}
 		n, err := strconv.Atoi(strings.TrimSpace(val))
 		if err != nil || n < -1 || n == 0 {

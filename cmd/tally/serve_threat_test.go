@@ -2,6 +2,7 @@ package main
 
 import (
 	"testing"
+	"time"
 
 	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/node"
@@ -15,7 +16,8 @@ func TestTenantRateLimitsFlag(t *testing.T) {
 	level, check := "info", false
 	fs := serveFlagSet(&cfg, &level, &check)
 	if err := fs.Parse([]string{"--rate-limit-username", "40", "--tenant-rate-limits", "acme.client=6000,acme.username=10",
-		"--tenant-rate-limits", "globex.alert-failures=500,globex.ip=-1"}); err != nil {
+		"--tenant-rate-limits", "globex.alert-failures=500,globex.ip=-1,globex.alert-travel-window=30m",
+		"--tenant-rate-limits", "initech.alert-travel-window=-1s"}); err != nil {
 		t.Fatal(err)
 	}
 	tenantRateLimitDefaults(&cfg.RateLimits)
@@ -27,7 +29,12 @@ func TestTenantRateLimitsFlag(t *testing.T) {
 	if globex.AlertFailures != 500 || globex.PerIP != -1 || globex.PerUsername != 40 || globex.PerClient != d.PerClient {
 		t.Fatalf("globex: %+v", globex)
 	}
-	for _, bad := range []string{"acme", "acme.client", "client=5", ".client=5", "acme.nope=5", "acme.client=0", "acme.client=x", "acme.client=-2"} {
+	// The travel window is the tenant's own or 0 (the node's flag when the
+	// rotation is proposed), never filled from the flags.
+	if globex.AlertTravelWindow != 30*time.Minute || acme.AlertTravelWindow != 0 || cfg.RateLimits.Tenants["initech"].AlertTravelWindow != -time.Second {
+		t.Fatalf("travel windows: acme %v, globex %v, initech %v", acme.AlertTravelWindow, globex.AlertTravelWindow, cfg.RateLimits.Tenants["initech"].AlertTravelWindow)
+	}
+	for _, bad := range []string{"acme", "acme.client", "client=5", ".client=5", "acme.nope=5", "acme.client=0", "acme.client=x", "acme.client=-2", "acme.alert-travel-window=10", "acme.alert-travel-window=soon"} {
 		var c issuance.RateLimits
 		if err := parseTenantRateLimits(bad, &c); err == nil {
 			t.Errorf("%q accepted", bad)
