@@ -67,6 +67,26 @@ func workload(seed uint64, n int) []*raftpb.Command {
 }
 
 // applyInBatches applies logs with batch sizes drawn from r (1 to max).
+// sameStateAcrossSplits applies logs one entry at a time, then again in
+// random batches of up to each of maxes, and fails t if a split leaves
+// other key/value contents or a view that disagrees with the database. It
+// returns the reference dump.
+func sameStateAcrossSplits(t *testing.T, logs []*hraft.Log, maxes ...int) string {
+	t.Helper()
+	ref := openTestFSM(t)
+	applyInBatches(ref, logs, rand.New(rand.NewPCG(0, 0)), 1)
+	want := dump(t, ref)
+	for i, max := range maxes {
+		f := openTestFSM(t)
+		applyInBatches(f, logs, rand.New(rand.NewPCG(uint64(i+1), uint64(max))), max)
+		if dump(t, f) != want {
+			t.Fatalf("batches of up to %d: state differs", max)
+		}
+		checkViewMatchesDB(t, f)
+	}
+	return want
+}
+
 func applyInBatches(f *FSM, logs []*hraft.Log, r *rand.Rand, max int) []Result {
 	var out []Result
 	for len(logs) > 0 {

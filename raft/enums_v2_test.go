@@ -2,7 +2,6 @@ package raft
 
 import (
 	"errors"
-	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -141,18 +140,7 @@ func TestTypedEnumsV2Determinism(t *testing.T) {
 	cmds := append(v2Commands(), workload(7, 120)...)
 	mid := len(cmds) / 2
 	cmds = slices.Insert(cmds, mid, setVersion(t0+30*sec, FeatureClusterVersion, FeatureTypedEnums, FeatureTypedEnumsV2))
-	logs := logOf(t, 1, cmds...)
-	ref := openTestFSM(t)
-	applyInBatches(ref, logs, rand.New(rand.NewPCG(0, 0)), 1)
-	want := dump(t, ref)
-	for i, max := range []int{5, 40, len(logs)} {
-		f := openTestFSM(t)
-		applyInBatches(f, logs, rand.New(rand.NewPCG(uint64(i), 3)), max)
-		if dump(t, f) != want {
-			t.Fatalf("batches of up to %d: state differs", max)
-		}
-		checkViewMatchesDB(t, f)
-	}
+	sameStateAcrossSplits(t, logOf(t, 1, cmds...), 5, 40, len(cmds))
 }
 
 // TestTypedEnumsV2Reading: a value this binary does not know (a newer
