@@ -126,15 +126,15 @@ type rateGuard struct {
 	cfg     RateLimits
 	proxies []netip.Prefix
 	mu      sync.Mutex
-	sets    map[string]*keyedLimiter // kind + "|" + per-minute → limiter
-	pending map[string]int           // shared key → count let through since the last publish
+	sets    map[limiterName]*keyedLimiter
+	pending map[string]int // shared key → count let through since the last publish
 	share   func(map[string]int)
 	// absorbed counts the requests other nodes reported (AbsorbRates).
 	absorbed atomic.Int64
 }
 
 func newRateGuard(cfg RateLimits) *rateGuard {
-	return &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, sets: map[string]*keyedLimiter{}, pending: map[string]int{}}
+	return &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, sets: map[limiterName]*keyedLimiter{}, pending: map[string]int{}}
 }
 
 // limits returns the budgets of tenant.
@@ -145,8 +145,15 @@ func (g *rateGuard) limits(tenant string) RateLimits {
 	return g.cfg
 }
 
+// limiterName names one of a guard's limiters: a kind of key and its
+// budget per minute.
+type limiterName struct {
+	kind      string
+	perMinute int
+}
+
 func (g *rateGuard) limiter(kind string, perMinute int) *keyedLimiter {
-	name := kind + "|" + itoa(perMinute)
+	name := limiterName{kind, perMinute}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	l := g.sets[name]
@@ -404,14 +411,15 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		}
 		lim := s.rl.limits(tenant)
 		clientID, username, grant := s.requestParties(r)
-		var keys []rlKey
+		ipk, subnet := ipKey(ip), subnetKey(ip)
+		keys := make([]rlKey, 0, 5)
 		if username != "" {
 			// Per account and source network: a distributed attack on
 			// one account cannot lock its owner out from their own
 			// network (each attacking source meets its own budget). It
 			// comes first: a sign-in refused here takes nothing from the
 			// client's budget, which the account's other users share.
-			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnetKey(ip)})
+			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnet})
 		}
 		if clientID != "" {
 			if c, err := s.st.Client(r.Context(), tenant, clientID); err == nil {
@@ -421,14 +429,14 @@ func (s *Server) guard(next http.Handler) http.Handler {
 					// budget is per source network, so that a flood of
 					// its sign-in pages from one network does not lock
 					// out the app's users elsewhere.
-					key += "\x00" + subnetKey(ip)
+					key += "\x00" + subnet
 				}
 				keys = append(keys, rlKey{rlClient, lim.PerClient, key})
 			} else {
-				keys = append(keys, rlKey{rlUnknown, lim.PerUnknownClient, ipKey(ip)})
+				keys = append(keys, rlKey{rlUnknown, lim.PerUnknownClient, ipk})
 			}
 		}
-		keys = append(keys, rlKey{rlIP, lim.PerIP, ipKey(ip)}, rlKey{rlSubnet, lim.PerSubnet, subnetKey(ip)}, rlKey{rlTenant, lim.PerTenant, tenant})
+		keys = append(keys, rlKey{rlIP, lim.PerIP, ipk}, rlKey{rlSubnet, lim.PerSubnet, subnet}, rlKey{rlTenant, lim.PerTenant, tenant})
 		if ok, wait, kind := s.rl.take(keys, s.cfg.Now()); !ok {
 			s.log.Debug("issuance: rate limited", "bucket", kind, "tenant", tenant, "path", r.URL.Path)
 			s.rateLimited(tenant, kind, clientID, ip)
@@ -503,14 +511,73 @@ func (s *Server) requestParties(r *http.Request) (clientID, username, grant stri
 	if err != nil || int64(len(body)) > s.cfg.MaxBodyBytes {
 		return clientID, "", ""
 	}
-	form, err := url.ParseQuery(string(body))
-	if err != nil {
+	formID, username, grant, ok := partiesOfForm(string(body))
+	if !ok {
 		return clientID, "", ""
 	}
 	if clientID == "" {
-		clientID = form.Get("client_id")
+		clientID = formID
 	}
-	return clientID, form.Get("username"), form.Get("grant_type")
+	return clientID, username, grant
+}
+
+// partiesOfForm returns the first client_id, username and grant_type of a
+// form body, as url.ParseQuery and Get would, without building the whole
+// map (the limiter reads every request's body before the handler parses
+// it again); ok is false where url.ParseQuery would fail.
+func partiesOfForm(body string) (clientID, username, grant string, ok bool) {
+	var seen [3]bool
+	for body != "" {
+		var pair string
+		pair, body, _ = strings.Cut(body, "&")
+		if strings.Contains(pair, ";") {
+			return "", "", "", false
+		}
+		if pair == "" {
+			continue
+		}
+		key, value, _ := strings.Cut(pair, "=")
+		if strings.ContainsAny(key, "%+") {
+			k, err := url.QueryUnescape(key)
+			if err != nil {
+				return "", "", "", false
+			}
+			key = k
+		}
+		var i int
+		switch key {
+		case "client_id":
+			i = 0
+		case "username":
+			i = 1
+		case "grant_type":
+			i = 2
+		default:
+			if strings.Contains(value, "%") {
+				if _, err := url.QueryUnescape(value); err != nil {
+					return "", "", "", false
+				}
+			}
+			continue
+		}
+		v, err := url.QueryUnescape(value)
+		if err != nil {
+			return "", "", "", false
+		}
+		if seen[i] {
+			continue
+		}
+		seen[i] = true
+		switch i {
+		case 0:
+			clientID = v
+		case 1:
+			username = v
+		case 2:
+			grant = v
+		}
+	}
+	return clientID, username, grant, true
 }
 
 // errReader replays a read error after the buffered body (nil: EOF).
