@@ -2,7 +2,7 @@ package issuance
 
 import (
 	"context"
-	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -190,12 +190,13 @@ func (l *keyedLimiter) allow(key string, now time.Time) (bool, time.Duration) {
 		l.m[key] = b
 	}
 	b.seen = now
-	r := b.lim.ReserveN(now, 1)
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return false, d
+	if b.lim.AllowN(now, 1) {
+		return true, 0 // the common case, without a Reservation to allocate
 	}
-	return true, 0
+	r := b.lim.ReserveN(now, 1)
+	d := r.DelayFrom(now)
+	r.CancelAt(now)
+	return false, max(d, time.Nanosecond)
 }
 
 func (l *keyedLimiter) prune(now time.Time) {
@@ -210,11 +211,12 @@ func (l *keyedLimiter) prune(now time.Time) {
 // ipKey is the rate-limit key of a client address: the address itself for
 // IPv4, its /64 for IPv6 (one host usually holds a whole /64).
 func ipKey(ip string) string {
-	a := net.ParseIP(ip)
-	if a == nil || a.To4() != nil {
+	a, err := netip.ParseAddr(ip)
+	if err != nil || a.Is4() || a.Is4In6() {
 		return ip
 	}
-	return a.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	p, _ := a.Prefix(64)
+	return p.String()
 }
 
 // DeviceLimits bounds anonymous device traffic per client IP and per

@@ -183,8 +183,8 @@ func (l *limiters) allow(key string, now time.Time) bool {
 // clientIP is the connection's address, or the client address a trusted
 // proxy reported (RateLimits.TrustedProxies; other peers' headers are ignored).
 func clientIP(r *http.Request) string {
-	if ip, ok := r.Context().Value(clientIPKey{}).(string); ok {
-		return ip // from a trusted proxy's X-Forwarded-For (ratelimit.go)
+	if gi := ctxGuardInfo(r.Context()); gi != nil {
+		return gi.ip // perhaps from a trusted proxy's X-Forwarded-For (ratelimit.go)
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {

@@ -3,12 +3,14 @@ package issuance
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"io"
-	"mime"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,7 +128,9 @@ type rateGuard struct {
 	cfg     RateLimits
 	proxies []netip.Prefix
 	mu      sync.Mutex
-	sets    map[limiterName]*keyedLimiter
+	// sets is read without the lock on every request and replaced (a
+	// copy with the new limiter) under it: limiters are made rarely.
+	sets    atomic.Pointer[map[limiterName]*keyedLimiter]
 	pending map[string]int // shared key → count let through since the last publish
 	share   func(map[string]int)
 	// absorbed counts the requests other nodes reported (AbsorbRates).
@@ -134,7 +138,9 @@ type rateGuard struct {
 }
 
 func newRateGuard(cfg RateLimits) *rateGuard {
-	return &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, sets: map[limiterName]*keyedLimiter{}, pending: map[string]int{}}
+	g := &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, pending: map[string]int{}}
+	g.sets.Store(&map[limiterName]*keyedLimiter{})
+	return g
 }
 
 // limits returns the budgets of tenant.
@@ -154,17 +160,24 @@ type limiterName struct {
 
 func (g *rateGuard) limiter(kind string, perMinute int) *keyedLimiter {
 	name := limiterName{kind, perMinute}
+	if l := (*g.sets.Load())[name]; l != nil {
+		return l
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	l := g.sets[name]
-	if l == nil {
-		burst := max(perMinute/10, 1)
-		if strings.HasPrefix(kind, "f") {
-			burst = perMinute // failure budgets (stuffing.go): a minute's worth at once
-		}
-		l = newKeyedLimiter(perMinute, burst, maxLimiterKeys)
-		g.sets[name] = l
+	sets := *g.sets.Load()
+	if l := sets[name]; l != nil {
+		return l
 	}
+	burst := max(perMinute/10, 1)
+	if strings.HasPrefix(kind, "f") {
+		burst = perMinute // failure budgets (stuffing.go): a minute's worth at once
+	}
+	l := newKeyedLimiter(perMinute, burst, maxLimiterKeys)
+	next := make(map[limiterName]*keyedLimiter, len(sets)+1)
+	maps.Copy(next, sets)
+	next[name] = l
+	g.sets.Store(&next)
 	return l
 }
 
@@ -309,6 +322,24 @@ func (s *Server) AbsorbRates(counts map[string]int) {
 
 type clientIPKey struct{}
 
+// guardInfo is what the guard learned of a request's source, kept in its
+// context under clientIPKey.
+type guardInfo struct {
+	ip     string // the client address (realIP)
+	ipKey  string // ipKey(ip)
+	subnet string // subnetKey(ip)
+}
+
+func newGuardInfo(ip string) *guardInfo {
+	return &guardInfo{ip: ip, ipKey: ipKey(ip), subnet: subnetKey(ip)}
+}
+
+// ctxGuardInfo is the guardInfo in ctx, nil when the guard is off.
+func ctxGuardInfo(ctx context.Context) *guardInfo {
+	gi, _ := ctx.Value(clientIPKey{}).(*guardInfo)
+	return gi
+}
+
 // realIP is the client address of r: the peer, or for a trusted proxy
 // peer the right-most untrusted X-Forwarded-For address.
 func (g *rateGuard) realIP(r *http.Request) string {
@@ -381,11 +412,19 @@ func subnetKey(ip string) string {
 		return ip
 	}
 	a = a.Unmap()
-	bits := 24
-	if a.Is6() {
-		bits = 48
+	if a.Is4() {
+		// The /24 as netip.Prefix.String writes it, in one allocation.
+		var buf [len("255.255.255.0/24")]byte
+		b := a.As4()
+		out := strconv.AppendUint(buf[:0], uint64(b[0]), 10)
+		out = append(out, '.')
+		out = strconv.AppendUint(out, uint64(b[1]), 10)
+		out = append(out, '.')
+		out = strconv.AppendUint(out, uint64(b[2]), 10)
+		out = append(out, ".0/24"...)
+		return string(out)
 	}
-	p, _ := a.Prefix(bits)
+	p, _ := a.Prefix(48)
 	return p.String()
 }
 
@@ -402,8 +441,9 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		ip := s.rl.realIP(r)
-		r = r.WithContext(context.WithValue(r.Context(), clientIPKey{}, ip))
+		gi := newGuardInfo(s.rl.realIP(r))
+		ip := gi.ip
+		r = r.WithContext(context.WithValue(r.Context(), clientIPKey{}, gi))
 		tenant, ok := tenantOfPath(r.URL.Path)
 		if !ok {
 			next.ServeHTTP(w, r)
@@ -411,7 +451,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		}
 		lim := s.rl.limits(tenant)
 		clientID, username, grant := s.requestParties(r)
-		ipk, subnet := ipKey(ip), subnetKey(ip)
+		ipk, subnet := gi.ipKey, gi.subnet
 		keys := make([]rlKey, 0, 5)
 		if username != "" {
 			// Per account and source network: a distributed attack on
@@ -492,22 +532,24 @@ func tenantOfPath(p string) (string, bool) {
 // the query or form body), the username of a sign-in post and the grant
 // type. The body is read (within MaxBodyBytes) and put back.
 func (s *Server) requestParties(r *http.Request) (clientID, username, grant string) {
-	if id, _, ok := r.BasicAuth(); ok {
-		clientID, _ = url.QueryUnescape(id)
+	if h := r.Header.Get("Authorization"); h != "" {
+		clientID = basicClientID(h)
 	}
-	if clientID == "" {
+	if clientID == "" && r.URL.RawQuery != "" {
 		clientID = r.URL.Query().Get("client_id")
 	}
-	if r.Method != http.MethodPost || r.Body == nil {
+	if r.Method != http.MethodPost || r.Body == nil || r.Body == http.NoBody {
 		return clientID, "", ""
 	}
-	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if ct != "application/x-www-form-urlencoded" {
+	// The media type, as mime.ParseMediaType would name it, without
+	// parsing the parameters (readForm checks the header in full).
+	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
+	if !strings.EqualFold(strings.TrimSpace(ct), formMediaType) {
 		return clientID, "", ""
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.MaxBodyBytes+1))
+	body, err := readUpTo(r.Body, s.cfg.MaxBodyBytes+1)
 	r.Body.Close()
-	r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), errReader{err}))
+	r.Body = &replayBody{b: body, err: err}
 	if err != nil || int64(len(body)) > s.cfg.MaxBodyBytes {
 		return clientID, "", ""
 	}
@@ -519,6 +561,83 @@ func (s *Server) requestParties(r *http.Request) (clientID, username, grant stri
 		clientID = formID
 	}
 	return clientID, username, grant
+}
+
+// basicClientID is the client id of HTTP Basic credentials (RFC 6749
+// §2.3.1: form-urlencoded, then base64), "" when header holds none. Only
+// the part before the colon is decoded, four characters at a time, so the
+// secret is never copied; a malformed header may still name an id here
+// (the handler's parseBasic refuses it).
+func basicClientID(header string) string {
+	scheme, payload, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Basic") {
+		return ""
+	}
+	payload = strings.TrimLeft(payload, " ")
+	if strings.ContainsAny(payload, "\r\n") {
+		// base64.StdEncoding skips line breaks anywhere: decode it all.
+		raw, err := base64.StdEncoding.DecodeString(payload)
+		enc, _, ok := strings.Cut(string(raw), ":")
+		if err != nil || !ok || len(enc) > maxCredentialLen {
+			return ""
+		}
+		return unescapeID([]byte(enc))
+	}
+	var id [maxCredentialLen]byte
+	n := 0
+	for len(payload) >= 4 {
+		var src [4]byte
+		var dst [3]byte
+		copy(src[:], payload[:4])
+		payload = payload[4:]
+		m, err := base64.StdEncoding.Decode(dst[:], src[:])
+		if err != nil {
+			return ""
+		}
+		for _, c := range dst[:m] {
+			if c == ':' {
+				return unescapeID(id[:n])
+			}
+			if n == len(id) {
+				return ""
+			}
+			id[n] = c
+			n++
+		}
+	}
+	return ""
+}
+
+func unescapeID(b []byte) string {
+	if bytes.IndexByte(b, '%') < 0 && bytes.IndexByte(b, '+') < 0 {
+		return string(b)
+	}
+	v, err := url.QueryUnescape(string(b))
+	if err != nil {
+		return ""
+	}
+	return v
+}
+
+// readUpTo reads body until EOF or limit bytes, as
+// io.ReadAll(io.LimitReader(body, limit)) would.
+func readUpTo(body io.Reader, limit int64) ([]byte, error) {
+	b := make([]byte, 0, min(limit, 512))
+	for int64(len(b)) < limit {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		end := min(int64(cap(b)), limit)
+		n, err := body.Read(b[len(b):end])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+	return b, nil
 }
 
 // partiesOfForm returns the first client_id, username and grant_type of a
@@ -580,12 +699,36 @@ func partiesOfForm(body string) (clientID, username, grant string, ok bool) {
 	return clientID, username, grant, true
 }
 
-// errReader replays a read error after the buffered body (nil: EOF).
-type errReader struct{ err error }
+// replayBody is a request body the guard read ahead (within
+// MaxBodyBytes+1): it replays the bytes, then the read error (nil: EOF).
+// readForm takes the bytes as they are instead of reading them again.
+type replayBody struct {
+	b   []byte
+	off int
+	err error
+}
 
-func (e errReader) Read([]byte) (int, error) {
-	if e.err != nil {
-		return 0, e.err
+func (r *replayBody) Read(p []byte) (int, error) {
+	if r.off < len(r.b) {
+		n := copy(p, r.b[r.off:])
+		r.off += n
+		return n, nil
+	}
+	if r.err != nil {
+		return 0, r.err
 	}
 	return 0, io.EOF
+}
+
+func (r *replayBody) Close() error { return nil }
+
+// readAllLimited reads body up to limit bytes, as
+// io.ReadAll(io.LimitReader(body, limit)) does, taking the bytes of a
+// replayBody nobody has read yet without copying them.
+func readAllLimited(body io.Reader, limit int64) ([]byte, error) {
+	if rb, ok := body.(*replayBody); ok && rb.off == 0 && rb.err == nil && int64(len(rb.b)) <= limit {
+		rb.off = len(rb.b)
+		return rb.b, nil
+	}
+	return readUpTo(body, limit)
 }

@@ -1,7 +1,6 @@
 package issuance
 
 import (
-	"io"
 	"mime"
 	"net/http"
 	"net/url"
@@ -89,7 +88,7 @@ func readForm(r *http.Request, maxBody int64, multi ...string) (url.Values, erro
 	}
 	var body []byte
 	if r.Body != nil {
-		body, err = io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+		body, err = readAllLimited(r.Body, maxBody+1)
 		if err != nil {
 			return nil, newError(CodeInvalidRequest, http.StatusBadRequest, "request body could not be read", err)
 		}

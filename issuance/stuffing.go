@@ -49,20 +49,23 @@ const (
 	rlFailAccountAll        = "fu"
 )
 
+// ctxClientIP is the client address the guard found, "" when it is off.
 func ctxClientIP(ctx context.Context) string {
-	ip, _ := ctx.Value(clientIPKey{}).(string)
-	return ip
+	if gi := ctxGuardInfo(ctx); gi != nil {
+		return gi.ip
+	}
+	return ""
 }
 
-func (s *Server) failureKeys(ctx context.Context, tenant, who string) []rlKey {
-	ip := ctxClientIP(ctx)
-	if s.rl == nil || ip == "" {
-		return nil
+func (s *Server) failureKeys(ctx context.Context, tenant, who string) ([]rlKey, *guardInfo) {
+	gi := ctxGuardInfo(ctx)
+	if s.rl == nil || gi == nil || gi.ip == "" {
+		return nil, nil
 	}
 	return []rlKey{
-		{rlFailAccount, failuresPerAccountSource, tenant + "\x00" + strings.ToLower(who) + "\x00" + subnetKey(ip)},
-		{rlFailSource, failuresPerSource, ipKey(ip)},
-	}
+		{rlFailAccount, failuresPerAccountSource, tenant + "\x00" + strings.ToLower(who) + "\x00" + gi.subnet},
+		{rlFailSource, failuresPerSource, gi.ipKey},
+	}, gi
 }
 
 // underAttack reports whether tenant's failures spent its alert budget
@@ -82,11 +85,10 @@ func (s *Server) underAttack(tenant string, now time.Time) bool {
 // failuresPerSubnetUnderAttack times, within the last minute waits too.
 func (s *Server) failureGate(ctx context.Context, tenant, who string) (bool, time.Duration) {
 	now := s.cfg.Now()
-	keys := s.failureKeys(ctx, tenant, who)
+	keys, gi := s.failureKeys(ctx, tenant, who)
 	if len(keys) > 0 && s.underAttack(tenant, now) {
-		ip := ctxClientIP(ctx)
-		keys = append(keys, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, ipKey(ip)},
-			rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, subnetKey(ip)})
+		keys = append(keys, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, gi.ipKey},
+			rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, gi.subnet})
 	}
 	for _, k := range keys {
 		if ok, wait := s.rl.limiter(k.kind, k.perMinute).peek(k.key, now); !ok {
@@ -101,22 +103,21 @@ func (s *Server) failureGate(ctx context.Context, tenant, who string) (bool, tim
 // and raises a credential_stuffing alert when a budget is spent (alerts.go).
 // subject is the user id when the username names a user.
 func (s *Server) recordFailure(ctx context.Context, tenant, who, subject string, client bool) {
-	keys := s.failureKeys(ctx, tenant, who)
+	keys, gi := s.failureKeys(ctx, tenant, who)
 	if len(keys) == 0 {
 		return
 	}
-	ip := ctxClientIP(ctx)
 	clientID := ""
 	if client {
 		clientID, subject = who, ""
 	}
 	signals := []SecurityAlert{
-		{Signal: "failures_per_account_source", ClientID: clientID, Subject: subject, Source: subnetKey(ip), Count: failuresPerAccountSource},
-		{Signal: "failures_per_source", Source: ipKey(ip), Count: failuresPerSource},
+		{Signal: "failures_per_account_source", ClientID: clientID, Subject: subject, Source: gi.subnet, Count: failuresPerAccountSource},
+		{Signal: "failures_per_source", Source: gi.ipKey, Count: failuresPerSource},
 	}
 	per := s.rl.limits(tenant).AlertFailures
-	keys = append(keys, rlKey{rlFailTenant, per, tenant}, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, ipKey(ip)},
-		rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, subnetKey(ip)}, rlKey{rlFailRecent, 1, ipKey(ip)},
+	keys = append(keys, rlKey{rlFailTenant, per, tenant}, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, gi.ipKey},
+		rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, gi.subnet}, rlKey{rlFailRecent, 1, gi.ipKey},
 		rlKey{rlFailAccountAll, failuresPerAccountAlert, tenant + "\x00" + strings.ToLower(who)})
 	signals = append(signals, SecurityAlert{Signal: "failures_per_tenant", Count: per}, SecurityAlert{}, SecurityAlert{}, SecurityAlert{},
 		SecurityAlert{Signal: "failures_per_account", ClientID: clientID, Subject: subject, Count: failuresPerAccountAlert})
