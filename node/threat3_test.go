@@ -141,11 +141,13 @@ func TestScopeFirstUseCluster(t *testing.T) {
 }
 
 // TestRefreshImpossibleTravelRegions (issue 13): on a cluster whose nodes
-// are in three regions, a refresh family rotated through the eu node and
-// at once through the us node raises refresh_impossible_travel (both
-// regions, the gap) on every replica's SIEM feed and as a policy input
-// (a policy refusing on it refuses that refresh); rotations within one
-// region raise nothing.
+// are in three regions, a refresh family rotated through the eu and ap
+// nodes and at once through the us node from another network raises
+// refresh_impossible_travel (both regions, the gap) on every replica's
+// SIEM feed and as a policy input (a policy refusing on it refuses that
+// refresh); rotations within one region raise nothing, and neither does
+// a rotation through another region from the same network (routing, not
+// travel: the front door of make cluster spans two regions).
 func TestRefreshImpossibleTravelRegions(t *testing.T) {
 	dir := t.TempDir()
 	c := threatCluster(t, dir, nodetest.WithRegions("eu", "us", "ap"))
@@ -153,10 +155,10 @@ func TestRefreshImpossibleTravelRegions(t *testing.T) {
 	c.WaitConverged()
 	tok := e.codeTokens(t)
 	rt := tok.RefreshToken
-	for range 2 {
-		next, err := refreshFrom(e.conf, c.Node(0).TokenURL("default"), rt, "198.51.100.7")
+	for _, i := range []int{0, 0, 2} { // eu, eu, then ap from the same network
+		next, err := refreshFrom(e.conf, c.Node(i).TokenURL("default"), rt, "198.51.100.7")
 		if err != nil {
-			t.Fatalf("refresh in eu: %v", err)
+			t.Fatalf("refresh through node %d: %v", i, err)
 		}
 		rt = next.RefreshToken
 	}
@@ -171,7 +173,7 @@ func TestRefreshImpossibleTravelRegions(t *testing.T) {
 	}
 	for i := range 3 {
 		if got := travels(i); len(got) != 0 {
-			t.Fatalf("node %d: travel alerts within one region: %+v", i, got)
+			t.Fatalf("node %d: travel alerts within one region or network: %+v", i, got)
 		}
 	}
 	setPolicy(t, c.Node(0), `grant_type == "refresh_token" && "refresh_impossible_travel" in alerts ? dyn({"allow": false, "reason": "impossible travel"}) : dyn({"allow": true})`)
@@ -179,7 +181,7 @@ func TestRefreshImpossibleTravelRegions(t *testing.T) {
 	// The rotation in us raises the alert, and the policy, deciding just
 	// before the tokens are minted, already sees it (the FSM raises a
 	// signal; refusing is the tenant policy's choice).
-	if _, err := refreshFrom(e.conf, c.Node(1).TokenURL("default"), rt, "198.51.100.7"); err == nil || !strings.Contains(err.Error(), "impossible travel") {
+	if _, err := refreshFrom(e.conf, c.Node(1).TokenURL("default"), rt, "203.0.113.7"); err == nil || !strings.Contains(err.Error(), "impossible travel") {
 		t.Fatalf("refresh in us: %v", err)
 	}
 	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
@@ -189,7 +191,7 @@ func TestRefreshImpossibleTravelRegions(t *testing.T) {
 				return fmt.Errorf("node %d: %d travel alerts", i, len(got))
 			}
 			a := got[0]
-			if a.Unmapped["previous_region"] != "eu" || a.Unmapped["region"] != "us" || a.Unmapped["client_id"] != e.conf.ClientID {
+			if a.Unmapped["previous_region"] != "ap" || a.Unmapped["region"] != "us" || a.Unmapped["client_id"] != e.conf.ClientID {
 				return fmt.Errorf("node %d: alert %+v", i, a)
 			}
 		}
@@ -225,8 +227,12 @@ func TestTenantTravelWindow(t *testing.T) {
 			e := newFlowEnv(t, c.Node(0))
 			c.WaitConverged()
 			rt := e.codeTokens(t).RefreshToken
-			for _, i := range []int{0, 0, 1} { // eu, eu, then us at once
-				next, err := refreshFrom(e.conf, c.Node(i).TokenURL("default"), rt, "198.51.100.7")
+			for k, i := range []int{0, 0, 1} { // eu, eu, then us at once from another network
+				ip := "198.51.100.7"
+				if k == 2 {
+					ip = "203.0.113.7"
+				}
+				next, err := refreshFrom(e.conf, c.Node(i).TokenURL("default"), rt, ip)
 				if err != nil {
 					t.Fatalf("refresh through node %d: %v", i, err)
 				}

@@ -295,9 +295,10 @@ func (a *applier) rotateRefresh(r *raftpb.RotateRefresh, now int64) (*raftpb.Gra
 		f.SealedSuccessor = r.GetSealedSuccessor()
 		f.LastUsedUnixNano = now
 		f.AccessTokens = addAccessToken(f.AccessTokens, r.GetAccessToken(), now)
+		prevNetwork := f.LastNetwork
 		al := a.familyNetwork(f, r, now) // apply_alert.go
 		g := &raftpb.GrantResult{Family: f, Alert: al}
-		if tr := a.familyTravel(f, r, now); tr != nil { // apply_threat3.go
+		if tr := a.familyTravel(f, r, prevNetwork, now); tr != nil { // apply_threat3.go
 			g.Alerts = []*raftpb.SecurityAlert{tr}
 		}
 		a.putFamily(f)

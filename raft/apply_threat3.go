@@ -29,9 +29,11 @@ import (
 //     the family records the region of the node that served its last
 //     rotation and that rotation's command time (Family.last_region,
 //     last_region_unix_nano); a rotation served in another region less
-//     than the window after raises refresh_impossible_travel (familyTravel).
-//     The serving region stands in for the client's location, because
-//     clients are routed to their nearest region; a failover moves clients
+//     than the window after raises refresh_impossible_travel (familyTravel),
+//     unless both rotations came from the same network (the client did not
+//     move: a load balancer spanning regions, a failover). The serving
+//     region stands in for the client's location, because clients are
+//     routed to their nearest region; a failover moves clients
 //     legitimately, so this is a signal (an event and a policy input),
 //     never a refusal.
 //   - the alert log (bucket threat_alert_log): once the recorded cluster
@@ -176,8 +178,14 @@ func (a *applier) recordScopeUse(r *raftpb.RecordScopeUse, now int64) (*raftpb.G
 // in another region less than travel_window_nanos (of command time)
 // before, announces a refresh_impossible_travel alert and returns it. A
 // family's first recorded rotation only records its region.
-// Deterministic: region, window and time travel in the command.
-func (a *applier) familyTravel(f *raftpb.Family, r *raftpb.RotateRefresh, now int64) *raftpb.SecurityAlert {
+//
+// A rotation from the same network as the family's last (prevNetwork,
+// RotateRefresh.network: both known and equal) is not travel, whatever
+// region served it: the client has not moved, its requests were routed to
+// another region (a load balancer spanning regions, a failover). Without
+// a network on both rotations the region alone decides.
+// Deterministic: region, window, network and time travel in the command.
+func (a *applier) familyTravel(f *raftpb.Family, r *raftpb.RotateRefresh, prevNetwork string, now int64) *raftpb.SecurityAlert {
 	reg := r.GetTravelRegion()
 	if reg == "" {
 		return nil
@@ -185,6 +193,9 @@ func (a *applier) familyTravel(f *raftpb.Family, r *raftpb.RotateRefresh, now in
 	prev, prevAt := f.LastRegion, f.LastRegionUnixNano
 	f.LastRegion, f.LastRegionUnixNano = reg, now
 	if prev == "" || prev == reg {
+		return nil
+	}
+	if nw := r.GetNetwork(); nw != "" && nw == prevNetwork {
 		return nil
 	}
 	gap := max(now-prevAt, 0)

@@ -199,6 +199,40 @@ func TestRefreshImpossibleTravel(t *testing.T) {
 	}
 }
 
+// TestRefreshTravelSameNetwork: a family rotated through another region
+// from the network of its last rotation has not travelled (a load
+// balancer spanning regions, a failover): no refresh_impossible_travel;
+// from another network within the window it has.
+func TestRefreshTravelSameNetwork(t *testing.T) {
+	w := 10 * time.Minute
+	f := flowFSM(t)
+	grantOf(t, apply1(t, f, flowCmd(t0, &raftpb.RedeemCode{Tenant: "t", CodeHash: h("a"), CodeExpiresUnixNano: t0 + 60*sec,
+		ClientId: "c1", UserId: "u1", Family: family("f1", h("1")), AccessToken: at("j1", t0+hour)})))
+	rot := func(now int64, gen uint64, presented, next, region, network string) *raftpb.Command {
+		c := travelRotate(now, gen, presented, next, region, w)
+		c.GetRotateRefresh().Network = network
+		return c
+	}
+	const home, away = "198.51.100.0/24", "203.0.113.0/24"
+	steps := []struct {
+		cmd    *raftpb.Command
+		travel bool
+	}{
+		{rot(t0+sec, 1, "1", "2", "eu", home), false},   // first: recorded
+		{rot(t0+2*sec, 2, "2", "3", "us", home), false}, // same network through us
+		{rot(t0+3*sec, 3, "3", "4", "eu", home), false}, // and back
+		{rot(t0+4*sec, 4, "4", "5", "us", away), true},  // another network in another region
+		{rot(t0+5*sec, 5, "5", "6", "us", home), false}, // the same region
+		{rot(t0+6*sec, 6, "6", "7", "eu", ""), true},    // no network: the region decides
+	}
+	for i, s := range steps {
+		g := grantOf(t, apply1(t, f, s.cmd))
+		if g.Outcome != OutcomeDone || g.Family.GetLastRegion() != s.cmd.GetRotateRefresh().TravelRegion || (len(g.Alerts) == 1) != s.travel {
+			t.Fatalf("step %d: travel %v: %v", i, s.travel, g)
+		}
+	}
+}
+
 // TestAlertLog: announced alerts are kept in the alert log only once the
 // recorded cluster version enables threat_v3, for AlertLogRetention of
 // command time, and read back by SecurityAlertsSince.
