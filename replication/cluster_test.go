@@ -80,6 +80,12 @@ func startNATSCluster(t testing.TB, n int, withTLS bool) *natsCluster {
 	if withTLS {
 		c.tls = nodeTLSConfigs(t, n)
 	}
+	// The test's temporary directory is removed by a cleanup registered at
+	// its first use: use it before registering the shutdown, so that the
+	// servers stop before their store directories are removed (cleanups
+	// run last first; the other way round, a server still writing its
+	// JetStream store failed the removal under load).
+	_ = t.TempDir()
 	t.Cleanup(c.shutdown)
 	for attempt := 1; ; attempt++ {
 		c.configure(n)
