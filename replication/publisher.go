@@ -182,6 +182,53 @@ type Publisher struct {
 	published metric.Int64Counter
 	failures  metric.Int64Counter
 	lost      metric.Int64Counter
+
+	sets signedSETs
+}
+
+// signedSETs remembers the SETs a publisher signed lately, by event, so
+// that its live path and its stream path sign each event once between
+// them (the signature is most of what an event costs a node). The first
+// path to reach an event signs it while holding the lock; the other waits
+// and takes the same token. The oldest of signedSETsKept are forgotten.
+type signedSETs struct {
+	mu    sync.Mutex
+	byEv  map[eventKey]string
+	order [signedSETsKept]eventKey // ring: the keys in the order they came
+	next  int
+}
+
+// signedSETsKept bounds the remembered SETs: far more than the two paths
+// are ever apart (a batch of each, PublisherConfig.Batch).
+const signedSETsKept = 4096
+
+type eventKey struct {
+	index   uint64
+	ordinal uint32
+}
+
+// get returns the SET of ev, signing it with sign the first time.
+func (c *signedSETs) get(ev *raftpb.Event, sign func() (string, error)) (string, error) {
+	k := eventKey{ev.Index, ev.Ordinal}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if set, ok := c.byEv[k]; ok {
+		return set, nil
+	}
+	set, err := sign()
+	if err != nil {
+		return "", err
+	}
+	if c.byEv == nil {
+		c.byEv = make(map[eventKey]string, signedSETsKept)
+	}
+	if old := c.order[c.next]; len(c.byEv) >= signedSETsKept {
+		delete(c.byEv, old)
+	}
+	c.order[c.next] = k
+	c.next = (c.next + 1) % signedSETsKept
+	c.byEv[k] = set
+	return set, nil
 }
 
 // NewPublisher returns a publisher on nc. It does not start; call Start.
@@ -498,13 +545,14 @@ func (p *Publisher) setPosition(idx uint64) {
 	}
 }
 
-// message builds the NATS message of an event: its SET and headers.
+// message builds the NATS message of an event: its SET (signed once for
+// both paths, signedSETs) and headers.
 func (p *Publisher) message(ctx context.Context, ev *raftpb.Event) (*nats.Msg, error) {
 	typ, claims := SETClaims(p.cfg.ClusterID, p.cfg.Issuer(ev.Tenant), p.audience(ev.Tenant), ev)
 	if typ == "" {
 		return nil, fmt.Errorf("replication: event %d has unknown kind %v", ev.Index, ev.Kind)
 	}
-	set, err := p.signer.SignSET(ctx, ev.Tenant, claims)
+	set, err := p.sets.get(ev, func() (string, error) { return p.signer.SignSET(ctx, ev.Tenant, claims) })
 	if err != nil {
 		return nil, fmt.Errorf("replication: sign event %d: %w", ev.Index, err)
 	}

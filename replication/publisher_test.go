@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -436,5 +438,77 @@ func TestFreshPublisherStartsAfterTheSweptOutbox(t *testing.T) {
 	})
 	if p.LastError() != "" {
 		t.Fatalf("last error %q", p.LastError())
+	}
+}
+
+// countingSigner counts the SETs it signs.
+type countingSigner struct {
+	*testSigner
+	n atomic.Int64
+}
+
+func (s *countingSigner) SignSET(ctx context.Context, tenant string, claims map[string]any) (string, error) {
+	s.n.Add(1)
+	return s.testSigner.SignSET(ctx, tenant, claims)
+}
+
+// TestPublisherSignsEachEventOnce: the live path and the stream path send
+// the same SET of an event, signed once between them (an ECDSA signature
+// is randomised, so two signings would differ).
+func TestPublisherSignsEachEventOnce(t *testing.T) {
+	e := startNATS(t, t.TempDir(), "127.0.0.1:0")
+	defer e.Shutdown()
+	nc := connect(t, e.ClientURL())
+	live := map[string][]byte{} // Nats-Raft-Index → SET
+	var mu sync.Mutex
+	sub, err := nc.Subscribe(eventwire.LiveSubjects("acme"), func(m *nats.Msg) {
+		mu.Lock()
+		live[m.Header.Get(eventwire.HeaderRaftIndex)] = m.Data
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f := newTestFSM(t)
+	signer := &countingSigner{testSigner: newTestSigner(t)}
+	newTestPublisher(t, nc, f, signer, filepath.Join(t.TempDir(), "pos"))
+	const n = 40
+	var want []uint64
+	for i := range n {
+		f.revoke(fmt.Sprintf("tok-%d", i))
+		want = append(want, f.index)
+	}
+	checkFor(t, 30*time.Second, 20*time.Millisecond, wantExactly(t, nc, want))
+	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(live) != n {
+			return fmt.Errorf("%d live events, want %d", len(live), n)
+		}
+		return nil
+	})
+	js, _ := jetstream.New(nc)
+	s, err := js.Stream(context.Background(), "TALLY_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); seq <= n; seq++ {
+		m, err := s.GetMsg(context.Background(), seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		l := live[m.Header.Get(eventwire.HeaderRaftIndex)]
+		mu.Unlock()
+		if !bytes.Equal(l, m.Data) {
+			t.Fatalf("event %s: the live SET differs from the stream's", m.Header.Get(eventwire.HeaderRaftIndex))
+		}
+	}
+	if got := signer.n.Load(); got != n {
+		t.Fatalf("%d signatures for %d events", got, n)
 	}
 }
