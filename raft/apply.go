@@ -26,6 +26,26 @@ type applier struct {
 	events uint32      // outbox events written for it so far (see events.go)
 	erased bool        // personal data was deleted: compact the file (apply_delete.go)
 	lim    *sweepLimit // the budget of a bounded Sweep being applied (sweep_bounded.go)
+
+	// cv is the cluster version recorded in tx as of the command being
+	// applied, read once per batch (clusterVersion) and dropped when a
+	// SetClusterVersion writes a new one (apply_version.go).
+	cv     *raftpb.ClusterVersion
+	cvRead bool
+}
+
+// clusterVersion is the cluster version recorded in the batch's
+// transaction, including one applied earlier in the same batch; nil while
+// none is recorded. Callers must not modify it.
+func (a *applier) clusterVersion() *raftpb.ClusterVersion {
+	if !a.cvRead {
+		v, err := readClusterVersion(a.tx)
+		if err != nil {
+			storageFault("%v", err)
+		}
+		a.cv, a.cvRead = v, true
+	}
+	return a.cv
 }
 
 // change is one record written or deleted, replayed into State after commit.

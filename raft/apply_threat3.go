@@ -212,10 +212,7 @@ func (a *applier) familyTravel(f *raftpb.Family, r *raftpb.RotateRefresh, prevNe
 // threatV3 reports whether the recorded cluster version (as of this
 // command) enables FeatureThreatV3.
 func (a *applier) threatV3() bool {
-	v, err := readClusterVersion(a.tx)
-	if err != nil {
-		storageFault("%v", err)
-	}
+	v := a.clusterVersion()
 	return v != nil && slices.Contains(v.Features, FeatureThreatV3)
 }
 

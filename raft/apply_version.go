@@ -88,6 +88,7 @@ func (a *applier) setClusterVersion(s *raftpb.SetClusterVersion, now int64) erro
 		storageFault("marshal cluster version: %v", err)
 	}
 	a.put(a.bucket(bucketMeta), []byte(metaClusterVersion), b)
+	a.cv, a.cvRead = nil, false // read again (clusterVersion)
 	a.changes = append(a.changes, change{kind: kindClusterVersion, msg: v})
 	if enableV2 {
 		a.migrateTypedEnumsV2() // enums_v2.go; after the record, which the writes read

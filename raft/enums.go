@@ -113,10 +113,7 @@ func checkKeyUse(k *raftpb.Key) error {
 // transaction (including one applied earlier in the same batch) enables
 // FeatureTypedEnums.
 func (a *applier) typedEnums() bool {
-	v, err := readClusterVersion(a.tx)
-	if err != nil {
-		storageFault("%v", err)
-	}
+	v := a.clusterVersion()
 	return slices.Contains(v.GetFeatures(), FeatureTypedEnums)
 }
 

@@ -296,10 +296,7 @@ func typedV2Agrees(values map[string]int32, s string, v int32) bool {
 // typedEnumsV2 reports whether the cluster version recorded in the
 // batch's transaction enables FeatureTypedEnumsV2.
 func (a *applier) typedEnumsV2() bool {
-	v, err := readClusterVersion(a.tx)
-	if err != nil {
-		storageFault("%v", err)
-	}
+	v := a.clusterVersion()
 	return slices.Contains(v.GetFeatures(), FeatureTypedEnumsV2)
 }
 

@@ -398,33 +398,47 @@ func understood(cmd *raftpb.Command) string {
 
 // unknownField returns the path of the first message under m that carries
 // fields this binary does not know (a newer proposer's new field), or "".
+// It runs on every command applied, so the path is only built once found.
 func unknownField(m protoreflect.Message, path string) string {
-	if len(m.GetUnknown()) > 0 {
-		return path
+	if rest, ok := unknownBelow(m); ok {
+		return path + rest
 	}
-	var found string
+	return ""
+}
+
+// unknownBelow reports whether m or a message under it carries unknown
+// fields, with the path below m to the first (".field.sub…").
+func unknownBelow(m protoreflect.Message) (string, bool) {
+	if len(m.GetUnknown()) > 0 {
+		return "", true
+	}
+	var rest string
+	found := false
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
 			return true
 		}
-		p := path + "." + string(fd.Name())
+		var r string
 		switch {
 		case fd.IsList():
 			l := v.List()
-			for i := 0; i < l.Len() && found == ""; i++ {
-				found = unknownField(l.Get(i).Message(), p)
+			for i := 0; i < l.Len() && !found; i++ {
+				r, found = unknownBelow(l.Get(i).Message())
 			}
 		case fd.IsMap():
 			if fd.MapValue().Kind() == protoreflect.MessageKind {
 				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-					found = unknownField(mv.Message(), p)
-					return found == ""
+					r, found = unknownBelow(mv.Message())
+					return !found
 				})
 			}
 		default:
-			found = unknownField(v.Message(), p)
+			r, found = unknownBelow(v.Message())
 		}
-		return found == ""
+		if found {
+			rest = "." + string(fd.Name()) + r
+		}
+		return !found
 	})
-	return found
+	return rest, found
 }
