@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,7 +37,10 @@ import (
 // before) and revocation by jti through the followers' admin API, all with
 // 32 workers spread round-robin over the nodes (revocations over the
 // followers only), each reported with its ratio to the raw commit rate,
-// which is measured again at the end. It runs only with TALLY_FIGURES=1:
+// which is measured again at the end, and with the CPU time the process
+// (three nodes and the load generator) used: cores kept busy and CPU per
+// operation, which tell a CPU-bound row from one that waits. It runs only
+// with TALLY_FIGURES=1:
 //
 //	TALLY_FIGURES=1 go test -run '^TestWritePathFigures$' -v -timeout 15m ./node/
 //
@@ -296,11 +300,11 @@ func TestWritePathFigures(t *testing.T) {
 
 	rawRate := (rows[0].fig.rate() + rows[len(rows)-1].fig.rate()) / 2
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n| row | workers | ok | ok/s | ratio to raw commit | p50 | p99 | max | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "\n| row | workers | ok | ok/s | ratio to raw commit | p50 | p99 | max | errors | CPU (cores of %d) | CPU per op |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n", runtime.NumCPU())
 	for _, r := range rows {
 		f := r.fig
-		fmt.Fprintf(&b, "| %s | %d | %d | %.0f | %.2f | %.1f ms | %.1f ms | %.1f ms | %d |\n", r.name, workers, f.ok, f.rate(), f.rate()/rawRate,
-			float64(f.hist.ValueAtQuantile(50))/1000, float64(f.hist.ValueAtQuantile(99))/1000, float64(f.hist.Max())/1000, f.errs)
+		fmt.Fprintf(&b, "| %s | %d | %d | %.0f | %.2f | %.1f ms | %.1f ms | %.1f ms | %d | %.2f | %d µs |\n", r.name, workers, f.ok, f.rate(), f.rate()/rawRate,
+			float64(f.hist.ValueAtQuantile(50))/1000, float64(f.hist.ValueAtQuantile(99))/1000, float64(f.hist.Max())/1000, f.errs, f.cores(), f.cpuPerOp().Microseconds())
 	}
 	load, _ = os.ReadFile("/proc/loadavg")
 	fmt.Fprintf(&b, "\nraw commit rate (mean of first and last row): %.0f/s; load average after: %s\n", rawRate, strings.TrimSpace(string(load)))
@@ -312,6 +316,7 @@ var errStop = fmt.Errorf("stop")
 // closedFigure is one closed-loop run.
 type closedFigure struct {
 	elapsed  time.Duration
+	cpu      time.Duration // CPU time of the process (nodes and load generator) during the run
 	ok, errs int64
 	firstErr error
 	hist     *hdr.Histogram
@@ -319,9 +324,20 @@ type closedFigure struct {
 
 func (f closedFigure) rate() float64 { return float64(f.ok) / f.elapsed.Seconds() }
 
+// cores is how many cores the process kept busy on average.
+func (f closedFigure) cores() float64 { return f.cpu.Seconds() / f.elapsed.Seconds() }
+
+// cpuPerOp is the process's CPU time per successful operation.
+func (f closedFigure) cpuPerOp() time.Duration {
+	if f.ok == 0 {
+		return 0
+	}
+	return f.cpu / time.Duration(f.ok)
+}
+
 func (f closedFigure) String() string {
-	return fmt.Sprintf("%d ok in %s: %.0f/s, p50 %.1f ms, p99 %.1f ms, errors %d", f.ok, f.elapsed.Round(time.Millisecond), f.rate(),
-		float64(f.hist.ValueAtQuantile(50))/1000, float64(f.hist.ValueAtQuantile(99))/1000, f.errs)
+	return fmt.Sprintf("%d ok in %s: %.0f/s, p50 %.1f ms, p99 %.1f ms, errors %d; CPU %.2f cores, %d µs per op", f.ok, f.elapsed.Round(time.Millisecond), f.rate(),
+		float64(f.hist.ValueAtQuantile(50))/1000, float64(f.hist.ValueAtQuantile(99))/1000, f.errs, f.cores(), f.cpuPerOp().Microseconds())
 }
 
 // runClosed runs fn from workers goroutines until d has passed (or fn
@@ -330,6 +346,7 @@ func runClosed(workers int, d time.Duration, fn func(w, seq int) error) closedFi
 	f := closedFigure{hist: hdr.New(1, int64(60*time.Second/time.Microsecond), 3)}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	cpu0 := processCPU()
 	start := time.Now()
 	deadline := start.Add(d)
 	for w := range workers {
@@ -359,5 +376,16 @@ func runClosed(workers int, d time.Duration, fn func(w, seq int) error) closedFi
 	}
 	wg.Wait()
 	f.elapsed = time.Since(start)
+	f.cpu = processCPU() - cpu0
 	return f
+}
+
+// processCPU is the CPU time (user and system) this process has used: the
+// three nodes and the load generator.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
