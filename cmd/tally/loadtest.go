@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -24,6 +25,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/tallyauth/tally/issuance"
 	"github.com/tallyauth/tally/loadtest"
 	"github.com/tallyauth/tally/node"
 	adminv1 "github.com/tallyauth/tally/node/api/admin/v1"
@@ -55,11 +57,15 @@ Usage:
 
   tally loadtest compare [--concurrency 32] [--duration 10s] [--warmup 1s]
         [--rounds 2] [--alg ES256|EdDSA] [--format jwt|opaque] [--output text|json]
+        [--sides baseline|rate-limits]
       Start a real single tally node (in a temporary directory) and the
       baseline in this process, on loopback, and run the same closed-loop
       client_credentials load against each alternately (baseline, tally,
       baseline, tally, …), then print every run, both sides merged, and the
-      ratios tally/baseline of throughput and p99.
+      ratios tally/baseline of throughput and p99. With --sides rate-limits
+      the two sides are two real nodes, one with its rate limits off and
+      one with every limit on (budgets far above the load, so every request
+      passes every bucket): the ratio is what rate limiting costs.
 
   tally loadtest revoke-propagation --target ISSUER_URL --admin-server URL [flags as above]
       Revocations through the admin API of a running node or cluster, each
@@ -374,7 +380,23 @@ func runLoadtestCompare(ctx context.Context, args []string, e env) int {
 type loadtestCompareFlags struct {
 	cfg                 loadtest.CompareConfig
 	alg, format, output string
+	// sides is what is compared: compareBaseline (the bare baseline
+	// against tally) or compareRateLimits (tally with its rate limits off
+	// against the same with them on).
+	sides string
 }
+
+// The --sides of "tally loadtest compare".
+const (
+	compareBaseline   = "baseline"
+	compareRateLimits = "rate-limits"
+)
+
+// compareBudget is the per-minute budget of every bucket of the rate-limits
+// side: far above any load one machine can send, so that every request
+// passes every bucket and the comparison measures what the limiter costs,
+// not what it refuses.
+const compareBudget = 1_000_000_000
 
 // parseLoadtestCompare reads and checks the flags; code is the exit code
 // when the command must stop (help or a usage error), -1 otherwise.
@@ -388,10 +410,15 @@ func parseLoadtestCompare(args []string, e env) (f loadtestCompareFlags, code in
 	fs.StringVar(&f.alg, "alg", loadtest.AlgES256, "signing algorithm of both sides: ES256 or EdDSA")
 	fs.StringVar(&f.format, "format", "jwt", "tally's token format: jwt or opaque (the baseline always signs a JWT)")
 	fs.StringVar(&f.output, "output", "text", "text or json")
+	fs.StringVar(&f.sides, "sides", compareBaseline, "baseline: the bare baseline against tally (rate limits off); rate-limits: tally with rate limits off against tally with them on (budgets far above the load)")
 	if code := loadtestParse(fs, args, e); code >= 0 {
 		return f, code
 	}
 	if !loadtestCheckOutput(f.output, e, "compare") {
+		return f, 2
+	}
+	if f.sides != compareBaseline && f.sides != compareRateLimits {
+		fmt.Fprintf(e.stderr, "tally loadtest compare: --sides must be %s or %s\n", compareBaseline, compareRateLimits)
 		return f, 2
 	}
 	if f.alg != loadtest.AlgES256 && f.alg != loadtest.AlgEdDSA {
@@ -429,18 +456,68 @@ func startCompareSides(ctx context.Context, dir string, f loadtestCompareFlags, 
 			s()
 		}
 	}
-	fmt.Fprintf(e.stderr, "starting a tally node in %s …\n", dir)
+	if f.sides == compareRateLimits {
+		for i, on := range []bool{false, true} {
+			sub := filepath.Join(dir, fmt.Sprintf("node%d", i))
+			ep, closeNode, err := startCompareNode(ctx, sub, f, on, e)
+			if closeNode != nil {
+				stops = append(stops, closeNode)
+			}
+			if err != nil {
+				return stop, err
+			}
+			if on {
+				cfg.Candidate = ep
+			} else {
+				cfg.Baseline = ep
+			}
+		}
+		return stop, waitCompareSides(ctx, cfg)
+	}
+	ep, closeNode, err := startCompareNode(ctx, dir, f, false, e)
+	if closeNode != nil {
+		stops = append(stops, closeNode)
+	}
+	if err != nil {
+		return stop, err
+	}
+	// The baseline accepts the same client id and secret, so both sides get
+	// the same request bytes and sign claims of the same length.
+	b, err := startLoadtestBaseline("127.0.0.1:0", f.alg, ep.ClientID, ep.ClientSecret, loadtestDefaultScope)
+	if err != nil {
+		return stop, fmt.Errorf("starting baseline: %w", err)
+	}
+	stops = append(stops, func() { _ = b.stop() })
+	cfg.Baseline = loadtest.Endpoint{Name: "baseline", TokenURL: b.info.TokenURL, ClientID: ep.ClientID, ClientSecret: ep.ClientSecret, Scope: loadtestDefaultScope}
+	cfg.Candidate = ep
+	return stop, waitCompareSides(ctx, cfg)
+}
+
+// startCompareNode starts a real tally node on dir with a load client and
+// returns it as a side of the comparison: with rateLimits, every rate limit
+// is on with compareBudget per minute; without, the limiter is off (the
+// comparison with the baseline measures the token service, not the
+// limiter: one client from one address would meet its default budget).
+func startCompareNode(ctx context.Context, dir string, f loadtestCompareFlags, rateLimits bool, e env) (loadtest.Endpoint, func(), error) {
+	name := "tally"
+	if f.sides == compareRateLimits {
+		name = "tally rate limits off"
+		if rateLimits {
+			name = "tally rate limits on"
+		}
+	}
+	fmt.Fprintf(e.stderr, "starting a tally node (%s) in %s …\n", name, dir)
 	n, err := localcluster.StartDir(ctx, dir, localcluster.WithConfig(func(c *node.Config) {
 		c.DefaultSigningAlg = f.alg
-		// The comparison measures the token service against the bare
-		// baseline, not the rate limiter (one client from one address would
-		// meet its budget; their cost is measured apart, BENCHMARKS.md).
-		c.RateLimits.Off = true
+		c.RateLimits = issuance.RateLimits{Off: true}
+		if rateLimits {
+			c.RateLimits = issuance.RateLimits{PerClient: compareBudget, PerUnknownClient: compareBudget, PerUsername: compareBudget,
+				PerIP: compareBudget, PerSubnet: compareBudget, PerTenant: compareBudget}
+		}
 	}))
 	if err != nil {
-		return stop, fmt.Errorf("starting node: %w", err)
+		return loadtest.Endpoint{}, nil, fmt.Errorf("starting node: %w", err)
 	}
-	stops = append(stops, func() { n.Close() })
 	const tenant = "default"
 	created, err := n.Admin.CreateClient(ctx, connect.NewRequest(&adminv1.CreateClientRequest{
 		Tenant:                tenant,
@@ -451,30 +528,23 @@ func startCompareSides(ctx context.Context, dir string, f loadtestCompareFlags, 
 		AccessTokenTtlSeconds: int64(loadtest.DefaultBaselineConfig().TTL / time.Second),
 	}))
 	if err != nil {
-		return stop, fmt.Errorf("creating the load client: %w", err)
+		return loadtest.Endpoint{}, func() { n.Close() }, fmt.Errorf("creating the load client: %w", err)
 	}
-	id, secret := created.Msg.Client.ClientId, created.Msg.ClientSecret
+	return loadtest.Endpoint{Name: name, TokenURL: n.TokenURL(tenant), ClientID: created.Msg.Client.ClientId,
+		ClientSecret: created.Msg.ClientSecret, Scope: loadtestDefaultScope}, func() { n.Close() }, nil
+}
 
-	// The baseline accepts the same client id and secret, so both sides get
-	// the same request bytes and sign claims of the same length.
-	b, err := startLoadtestBaseline("127.0.0.1:0", f.alg, id, secret, loadtestDefaultScope)
-	if err != nil {
-		return stop, fmt.Errorf("starting baseline: %w", err)
-	}
-	stops = append(stops, func() { _ = b.stop() })
-
-	cfg.Baseline = loadtest.Endpoint{Name: "baseline", TokenURL: b.info.TokenURL, ClientID: id, ClientSecret: secret, Scope: loadtestDefaultScope}
-	cfg.Candidate = loadtest.Endpoint{Name: "tally", TokenURL: n.TokenURL(tenant), ClientID: id, ClientSecret: secret, Scope: loadtestDefaultScope}
-	// Measure only once both sides issue tokens: a fresh node may answer
-	// temporarily_unavailable for its first moments.
+// waitCompareSides returns once both sides issue tokens: a fresh node may
+// answer temporarily_unavailable for its first moments.
+func waitCompareSides(ctx context.Context, cfg *loadtest.CompareConfig) error {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for _, ep := range []loadtest.Endpoint{cfg.Baseline, cfg.Candidate} {
 		if err := loadtest.WaitForToken(wctx, ep); err != nil {
-			return stop, err
+			return err
 		}
 	}
-	return stop, nil
+	return nil
 }
 
 func (r loadtestComparison) writeText(w io.Writer) error {

@@ -123,9 +123,43 @@ func TestLoadtestScenarioUsage(t *testing.T) {
 		{"client-credentials", "--target", "http://127.0.0.1:1/t/x", "--rate", "-1"}, // bad rate
 		{"introspect", "--target", "http://127.0.0.1:1/t/x", "--output", "yaml"},     // bad output
 		{"authcode", "--token-url", "http://127.0.0.1:1/token"},                      // token-url is client-credentials only
+		{"compare", "--sides", "both"},                                               // unknown sides
 	} {
 		if code, _, errs := runLoadtestCmd(t, noEnv, args...); code != 2 {
 			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errs)
+		}
+	}
+}
+
+// TestLoadtestCompareRateLimits: "tally loadtest compare --sides rate-limits"
+// runs the same load against two real nodes, rate limits off and on, and
+// every request of both succeeds (the budgets are far above the load).
+func TestLoadtestCompareRateLimits(t *testing.T) {
+	noEnv := func(string) string { return "" }
+	code, out, errs := runLoadtestCmd(t, noEnv, "compare", "--sides", "rate-limits", "--concurrency", "4",
+		"--duration", "300ms", "--warmup", "0s", "--rounds", "1", "--output", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s %s", code, out, errs)
+	}
+	var res struct {
+		Baseline, Candidate struct {
+			Target   string `json:"target"`
+			Requests int64  `json:"requests"`
+			OK       int64  `json:"ok"`
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	for _, side := range []struct {
+		got  string
+		want string
+		ok   int64
+		reqs int64
+	}{{res.Baseline.Target, "tally rate limits off", res.Baseline.OK, res.Baseline.Requests},
+		{res.Candidate.Target, "tally rate limits on", res.Candidate.OK, res.Candidate.Requests}} {
+		if side.got != side.want || side.ok == 0 || side.ok != side.reqs {
+			t.Errorf("side %q (want %q): %d of %d ok", side.got, side.want, side.ok, side.reqs)
 		}
 	}
 }
