@@ -243,7 +243,8 @@ func (r *attackRun) throttled() {
 }
 
 // RunAttack runs scenario: the real users alone for c.Duration, then the
-// attack beside them for c.Duration.
+// attack beside them for c.Duration (each phase extended by at most
+// c.Extend, see phaseContext), and returns the figures of both phases.
 func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResult, error) {
 	if err := c.Validate(scenario); err != nil {
 		return AttackResult{}, err
@@ -254,10 +255,6 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	real := r.realUser
 	if scenario == AttackTokenFlood {
 		real = r.bystander
-	}
-	var victim func(context.Context, int) (string, error)
-	if scenario == AttackSpray {
-		victim = func(ctx context.Context, k int) (string, error) { return r.signIn(ctx, 0, k) }
 	}
 
 	// Phase 1: the real users alone.
@@ -270,14 +267,41 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	}
 
 	// Phase 2: the attack beside them.
+	attackFor, alert := r.attackPhase(ctx, scenario, real, &res)
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	r.attackFigures(scenario, attackFor, alert, &res)
+	return res, nil
+}
+
+// alertWatch is what the attack phase knows of the security alert it
+// waits for: whether it was seen and when (since the attack's start), and
+// whether the attack is over.
+type alertWatch struct {
+	seen atomic.Bool
+	at   atomic.Int64 // time.Duration since attackRun.start
+	over atomic.Bool
+}
+
+// attackPhase runs the attack phase: c.Attackers attacking requests, the
+// real users (real) and, for spray, one victim signing in now and then,
+// watching for the scenario's alert when c.Alerted is set. It fills in
+// res.Users, res.Victim and res.AlertKind and returns the phase's actual
+// length and the alert watch.
+func (r *attackRun) attackPhase(ctx context.Context, scenario string, real func(context.Context, int) (string, error), res *AttackResult) (time.Duration, *alertWatch) {
+	c := r.c
+	var victim func(context.Context, int) (string, error)
+	if scenario == AttackSpray {
+		victim = func(ctx context.Context, k int) (string, error) { return r.signIn(ctx, 0, k) }
+	}
 	var usersDone, victimDone atomic.Int64
-	var alertSeen, attackOver atomic.Bool
-	var alertAt atomic.Int64
+	alert := &alertWatch{}
 	r.start = time.Now()
 	waitAlert := c.Alerted != nil && scenario != AttackSpray
 	actx, cancel := phaseContext(ctx, c.Duration, c.Extend, func() bool {
 		return usersDone.Load() > 0 && (victim == nil || victimDone.Load() > 0) && r.thr.Load() > 0 &&
-			(!waitAlert || alertSeen.Load())
+			(!waitAlert || alert.seen.Load())
 	})
 	defer cancel()
 	var wg sync.WaitGroup
@@ -287,29 +311,7 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	if c.Alerted != nil {
 		kind := AlertKinds[scenario]
 		res.AlertKind = kind
-		wg.Go(func() {
-			// Polled while the attack runs and 5 s past it: an alert in
-			// flight still counts (its time is the alert's own).
-			var deadline time.Time
-			for ctx.Err() == nil {
-				if at, ok := c.Alerted(ctx, kind, r.start); ok {
-					alertAt.Store(int64(at.Sub(r.start)))
-					alertSeen.Store(true)
-					return
-				}
-				if attackOver.Load() {
-					if deadline.IsZero() {
-						deadline = time.Now().Add(5 * time.Second)
-					} else if time.Now().After(deadline) {
-						return
-					}
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(100 * time.Millisecond):
-				}
-			}
-		})
+		wg.Go(func() { r.watchAlert(ctx, kind, alert) })
 	}
 	var vf UserFigures
 	var vwg sync.WaitGroup
@@ -319,17 +321,49 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	res.Users = runUsers(actx, realThink, c.RealUsers, real, &usersDone)
 	<-actx.Done()
 	attackFor := time.Since(r.start)
-	attackOver.Store(true)
+	alert.over.Store(true)
 	vwg.Wait()
 	wg.Wait()
 	if victim != nil {
 		res.Victim = &vf
 	}
-	if err := ctx.Err(); err != nil {
-		return res, err
+	return attackFor, alert
+}
+
+// watchAlert polls c.Alerted for an alert of kind since the attack's
+// start and records the first in w. It polls while the attack runs and
+// 5 s past it: an alert in flight still counts (its time is the alert's
+// own).
+func (r *attackRun) watchAlert(ctx context.Context, kind string, w *alertWatch) {
+	var deadline time.Time
+	for ctx.Err() == nil {
+		if at, ok := r.c.Alerted(ctx, kind, r.start); ok {
+			w.at.Store(int64(at.Sub(r.start)))
+			w.seen.Store(true)
+			return
+		}
+		if w.over.Load() {
+			if deadline.IsZero() {
+				deadline = time.Now().Add(5 * time.Second)
+			} else if time.Now().After(deadline) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	d := c.Duration
-	if c.Extend > 0 {
+}
+
+// attackFigures fills in the attack's figures in res: the attacker's
+// counts, the time to the first throttled answer and to the alert, the
+// answers on the merits per source and minute and, for token-flood, the
+// overshoot. With c.Extend the phase's length is attackFor, its actual
+// length; otherwise c.Duration.
+func (r *attackRun) attackFigures(scenario string, attackFor time.Duration, alert *alertWatch, res *AttackResult) {
+	d := r.c.Duration
+	if r.c.Extend > 0 {
 		d = attackFor
 		res.DurationSeconds = round3(d.Seconds())
 	}
@@ -338,14 +372,13 @@ func RunAttack(ctx context.Context, scenario string, c AttackConfig) (AttackResu
 	if f := r.first.Load(); f > 0 {
 		res.FirstThrottleSeconds = round3(time.Duration(f).Seconds())
 	}
-	if alertSeen.Load() {
-		res.AlertSeconds = round3(max(time.Duration(alertAt.Load()).Seconds(), 0))
+	if alert.seen.Load() {
+		res.AlertSeconds = round3(max(time.Duration(alert.at.Load()).Seconds(), 0))
 	}
-	res.CheckedPerSourceMinute = round3(float64(res.Checked) / float64(c.Sources) / d.Minutes())
+	res.CheckedPerSourceMinute = round3(float64(res.Checked) / float64(r.c.Sources) / d.Minutes())
 	if scenario == AttackTokenFlood {
-		r.floodFigures(&res)
+		r.floodFigures(res)
 	}
-	return res, nil
 }
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }

@@ -142,8 +142,32 @@ func newNodeMetrics(n *Node) (*nodeMetrics, error) {
 	return m, nil
 }
 
-// registerObservers registers the gauges read at scrape time.
+// registerObservers registers the gauges read at scrape time
+// (observerGauges) and the callback that observes them (observe).
 func (m *nodeMetrics) registerObservers(meter metric.Meter) error {
+	g, err := newObserverGauges(meter)
+	if err != nil {
+		return err
+	}
+	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		m.observe(ctx, o, g)
+		return nil
+	}, g.leader, g.hasLeader, g.term, g.lastIndex, g.commitIndex, g.appliedIndex, g.lastContact, g.voters, g.followerLag, g.followerUp,
+		g.maxStale, g.staleExceeded, g.ready, g.backlog, g.pubLag, g.position, g.pubHealthy, g.natsReady)
+	return err
+}
+
+// observerGauges are the node's gauges read at scrape time: Raft state,
+// staleness and readiness, and the event log's publication.
+type observerGauges struct {
+	leader, hasLeader, term, lastIndex, commitIndex, appliedIndex metric.Float64ObservableGauge
+	lastContact, voters, followerLag, followerUp                  metric.Float64ObservableGauge
+	maxStale, staleExceeded, ready                                metric.Float64ObservableGauge
+	backlog, pubLag, position, pubHealthy, natsReady              metric.Float64ObservableGauge
+}
+
+// newObserverGauges creates the observerGauges on meter.
+func newObserverGauges(meter metric.Meter) (*observerGauges, error) {
 	var err error
 	gauge := func(name, desc, unit string) metric.Float64ObservableGauge {
 		opts := []metric.Float64ObservableGaugeOption{metric.WithDescription(desc)}
@@ -154,95 +178,108 @@ func (m *nodeMetrics) registerObservers(meter metric.Meter) error {
 		err = errors.Join(err, e)
 		return g
 	}
-	leader := gauge(metricRaftLeader, "1 if this node is the Raft leader.", "")
-	hasLeader := gauge(metricRaftHasLeader, "1 if this node knows a Raft leader.", "")
-	term := gauge(metricRaftTerm, "Current Raft term.", "")
-	lastIndex := gauge(metricRaftLastIndex, "Last Raft log index on this node.", "")
-	commitIndex := gauge(metricRaftCommitIndex, "Raft commit index known to this node.", "")
-	appliedIndex := gauge(metricRaftAppliedIndex, "Raft index applied to this node's state.", "")
-	lastContact := gauge(metricRaftLastContact, "Seconds since this node last heard from a Raft leader (0 on the leader; -1 if never).", "s")
-	voters := gauge(metricRaftVoters, "Voters in this node's Raft configuration.", "")
-	followerLag := gauge(metricRaftFollowerLag, "On the leader: entries each follower's applied index is behind the leader's commit index.", "")
-	followerUp := gauge(metricRaftFollowerUp, "On the leader: 1 if the follower answered the last status poll.", "")
-	maxStale := gauge(metricMaxStale, "The configured staleness bound (--max-stale).", "s")
-	staleExceeded := gauge(metricMaxStaleExceeded, "1 if this node has not heard from a leader within --max-stale and refuses OAuth requests.", "")
-	ready := gauge(metricReady, "1 if /readyz reports ready.", "")
-	backlog := gauge(metricEventsBacklog, "Outbox events this node has not yet seen acknowledged by JetStream (saturates at 1024).", "")
-	pubLag := gauge(metricEventsLag, "Age of the oldest outbox event this node has not yet seen acknowledged (0 when none).", "s")
-	position := gauge(metricEventsPosition, "Highest Raft index whose events this node has seen acknowledged by JetStream.", "")
-	pubHealthy := gauge(metricEventsHealthy, "1 if the event publisher's last attempt succeeded.", "")
-	natsReady := gauge(metricNATSReady, "1 if the embedded NATS server (and JetStream) is ready.", "")
+	g := &observerGauges{}
+	g.leader = gauge(metricRaftLeader, "1 if this node is the Raft leader.", "")
+	g.hasLeader = gauge(metricRaftHasLeader, "1 if this node knows a Raft leader.", "")
+	g.term = gauge(metricRaftTerm, "Current Raft term.", "")
+	g.lastIndex = gauge(metricRaftLastIndex, "Last Raft log index on this node.", "")
+	g.commitIndex = gauge(metricRaftCommitIndex, "Raft commit index known to this node.", "")
+	g.appliedIndex = gauge(metricRaftAppliedIndex, "Raft index applied to this node's state.", "")
+	g.lastContact = gauge(metricRaftLastContact, "Seconds since this node last heard from a Raft leader (0 on the leader; -1 if never).", "s")
+	g.voters = gauge(metricRaftVoters, "Voters in this node's Raft configuration.", "")
+	g.followerLag = gauge(metricRaftFollowerLag, "On the leader: entries each follower's applied index is behind the leader's commit index.", "")
+	g.followerUp = gauge(metricRaftFollowerUp, "On the leader: 1 if the follower answered the last status poll.", "")
+	g.maxStale = gauge(metricMaxStale, "The configured staleness bound (--max-stale).", "s")
+	g.staleExceeded = gauge(metricMaxStaleExceeded, "1 if this node has not heard from a leader within --max-stale and refuses OAuth requests.", "")
+	g.ready = gauge(metricReady, "1 if /readyz reports ready.", "")
+	g.backlog = gauge(metricEventsBacklog, "Outbox events this node has not yet seen acknowledged by JetStream (saturates at 1024).", "")
+	g.pubLag = gauge(metricEventsLag, "Age of the oldest outbox event this node has not yet seen acknowledged (0 when none).", "s")
+	g.position = gauge(metricEventsPosition, "Highest Raft index whose events this node has seen acknowledged by JetStream.", "")
+	g.pubHealthy = gauge(metricEventsHealthy, "1 if the event publisher's last attempt succeeded.", "")
+	g.natsReady = gauge(metricNATSReady, "1 if the embedded NATS server (and JetStream) is ready.", "")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	b := func(v bool) float64 {
-		if v {
-			return 1
-		}
-		return 0
+	return g, nil
+}
+
+// gaugeBool is a boolean gauge's value: 1 for true, 0 for false.
+func gaugeBool(v bool) float64 {
+	if v {
+		return 1
 	}
+	return 0
+}
+
+// observe observes g: the Raft state, staleness and readiness, the
+// followers (on the leader) and the voters, then the event log
+// (observeEvents). Before Raft is open it observes nothing.
+func (m *nodeMetrics) observe(ctx context.Context, o metric.Observer, g *observerGauges) {
 	n := m.n
-	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-		if n.raft == nil {
-			return nil
+	if n.raft == nil {
+		return
+	}
+	st := n.raft.Status()
+	o.ObserveFloat64(g.leader, gaugeBool(st.State == "Leader"))
+	o.ObserveFloat64(g.hasLeader, gaugeBool(st.LeaderID != ""))
+	o.ObserveFloat64(g.term, float64(st.Term))
+	o.ObserveFloat64(g.lastIndex, float64(st.LastIndex))
+	o.ObserveFloat64(g.commitIndex, float64(st.CommitIndex))
+	o.ObserveFloat64(g.appliedIndex, float64(st.AppliedIndex))
+	switch {
+	case st.State == "Leader":
+		o.ObserveFloat64(g.lastContact, 0)
+	case st.LastContact.IsZero():
+		o.ObserveFloat64(g.lastContact, -1)
+	default:
+		o.ObserveFloat64(g.lastContact, max(time.Since(st.LastContact).Seconds(), 0))
+	}
+	o.ObserveFloat64(g.maxStale, n.cfg.MaxStale.Seconds())
+	if n.cl != nil {
+		o.ObserveFloat64(g.staleExceeded, gaugeBool(n.cl.stale() != nil))
+	}
+	o.ObserveFloat64(g.ready, gaugeBool(len(n.readiness()) == 0))
+	if fs := m.followers.Load(); fs != nil && st.State == "Leader" {
+		for _, f := range *fs {
+			set := metric.WithAttributes(attribute.String("follower", f.id))
+			o.ObserveFloat64(g.followerLag, float64(f.lag), set)
+			o.ObserveFloat64(g.followerUp, gaugeBool(f.reachable), set)
 		}
-		st := n.raft.Status()
-		o.ObserveFloat64(leader, b(st.State == "Leader"))
-		o.ObserveFloat64(hasLeader, b(st.LeaderID != ""))
-		o.ObserveFloat64(term, float64(st.Term))
-		o.ObserveFloat64(lastIndex, float64(st.LastIndex))
-		o.ObserveFloat64(commitIndex, float64(st.CommitIndex))
-		o.ObserveFloat64(appliedIndex, float64(st.AppliedIndex))
-		switch {
-		case st.State == "Leader":
-			o.ObserveFloat64(lastContact, 0)
-		case st.LastContact.IsZero():
-			o.ObserveFloat64(lastContact, -1)
-		default:
-			o.ObserveFloat64(lastContact, max(time.Since(st.LastContact).Seconds(), 0))
-		}
-		o.ObserveFloat64(maxStale, n.cfg.MaxStale.Seconds())
-		if n.cl != nil {
-			o.ObserveFloat64(staleExceeded, b(n.cl.stale() != nil))
-		}
-		o.ObserveFloat64(ready, b(len(n.readiness()) == 0))
-		if fs := m.followers.Load(); fs != nil && st.State == "Leader" {
-			for _, f := range *fs {
-				set := metric.WithAttributes(attribute.String("follower", f.id))
-				o.ObserveFloat64(followerLag, float64(f.lag), set)
-				o.ObserveFloat64(followerUp, b(f.reachable), set)
+	}
+	if ms, err := n.raft.Members(ctx); err == nil {
+		nv := 0
+		for _, mb := range ms {
+			if mb.Voter {
+				nv++
 			}
 		}
-		if ms, err := n.raft.Members(ctx); err == nil {
-			nv := 0
-			for _, mb := range ms {
-				if mb.Voter {
-					nv++
-				}
+		o.ObserveFloat64(g.voters, float64(nv))
+	}
+	m.observeEvents(o, g)
+}
+
+// observeEvents observes the embedded NATS server's readiness and the
+// event publisher's position, health, backlog (up to backlogScan outbox
+// events) and the age of its oldest unacknowledged event.
+func (m *nodeMetrics) observeEvents(o metric.Observer, g *observerGauges) {
+	n := m.n
+	if n.nats != nil {
+		o.ObserveFloat64(g.natsReady, gaugeBool(n.nats.Ready()))
+	}
+	if n.events != nil {
+		pos := n.events.pub.Position()
+		o.ObserveFloat64(g.position, float64(pos))
+		o.ObserveFloat64(g.pubHealthy, gaugeBool(n.events.pub.LastError() == ""))
+		evs, err := n.raft.EventsSince(pos, backlogScan)
+		if err == nil {
+			o.ObserveFloat64(g.backlog, float64(len(evs)))
+			age := 0.0
+			if len(evs) > 0 {
+				age = max(time.Since(time.Unix(0, evs[0].TimeUnixNano)).Seconds(), 0)
 			}
-			o.ObserveFloat64(voters, float64(nv))
+			o.ObserveFloat64(g.pubLag, age)
 		}
-		if n.nats != nil {
-			o.ObserveFloat64(natsReady, b(n.nats.Ready()))
-		}
-		if n.events != nil {
-			pos := n.events.pub.Position()
-			o.ObserveFloat64(position, float64(pos))
-			o.ObserveFloat64(pubHealthy, b(n.events.pub.LastError() == ""))
-			evs, err := n.raft.EventsSince(pos, backlogScan)
-			if err == nil {
-				o.ObserveFloat64(backlog, float64(len(evs)))
-				age := 0.0
-				if len(evs) > 0 {
-					age = max(time.Since(time.Unix(0, evs[0].TimeUnixNano)).Seconds(), 0)
-				}
-				o.ObserveFloat64(pubLag, age)
-			}
-		}
-		return nil
-	}, leader, hasLeader, term, lastIndex, commitIndex, appliedIndex, lastContact, voters, followerLag, followerUp,
-		maxStale, staleExceeded, ready, backlog, pubLag, position, pubHealthy, natsReady)
-	return err
+	}
 }
 
 // write records one write proposed by this node.

@@ -117,6 +117,63 @@ type SIEMAPI struct {
 // SIEMFromEvent maps an outbox event to the export schema; ok is false for
 // a kind that is not exported.
 func SIEMFromEvent(cluster string, ev *raftpb.Event, now time.Time) (SIEMEvent, bool) {
+	e := newSIEMEvent(cluster, ev, now)
+	switch ev.Kind {
+	case raftpb.EventKind_EVENT_KIND_TOKEN_REVOKED:
+		e.auth(2, "Logoff")
+		r := ev.GetRevocation()
+		e.setUnmapped("jti", r.GetJti())
+		e.setUnmapped("client_id", r.GetClientId())
+		e.setUnmapped("reason", r.GetReason())
+		if r.GetSubject() != "" {
+			e.User = &SIEMUser{UID: r.GetSubject()}
+		}
+		e.Message = "token revoked"
+	case raftpb.EventKind_EVENT_KIND_FAMILY_REVOKED:
+		e.auth(2, "Logoff")
+		e.Message = "refresh-token family revoked"
+	case raftpb.EventKind_EVENT_KIND_REUSE_DETECTED:
+		e.detectionFinding()
+		e.setUnmapped("node", ev.Node)
+		e.setUnmapped("region", ev.Region)
+		e.Message = "refresh-token reuse detected; family revoked"
+	case raftpb.EventKind_EVENT_KIND_USER_LOCKED:
+		e.account(9, "Lock")
+		e.SeverityID, e.Severity = 3, "Medium"
+		e.Message = "user locked or disabled"
+	case raftpb.EventKind_EVENT_KIND_USER_UNLOCKED:
+		e.account(99, "Unlock")
+		e.Message = "user enabled again"
+	case raftpb.EventKind_EVENT_KIND_CLIENT_DISABLED:
+		e.account(5, "Disable")
+		e.Actor = &SIEMActor{App: ev.ClientId}
+		e.Message = "client disabled"
+	case raftpb.EventKind_EVENT_KIND_CLIENT_ENABLED:
+		e.account(2, "Enable")
+		e.Actor = &SIEMActor{App: ev.ClientId}
+		e.Message = "client enabled"
+	case raftpb.EventKind_EVENT_KIND_KEY_ROTATED:
+		e.CategoryUID, e.CategoryName = 6, "Application Activity"
+		e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 6003, "API Activity", 3, "Update"
+		e.Unmapped["kids"] = ev.Kids
+		e.Message = "signing keys added"
+	case raftpb.EventKind_EVENT_KIND_ADMIN_AUDIT:
+		e.mapAudit(ev.GetAudit())
+	case raftpb.EventKind_EVENT_KIND_SECURITY_ALERT:
+		e.mapAlert(ev.GetAlert())
+	default:
+		return SIEMEvent{}, false
+	}
+	e.TypeUID = e.ClassUID*100 + e.ActivityID
+	return e, true
+}
+
+// newSIEMEvent is the part of ev's line that every kind shares: an
+// informational success in Identity & Access Management at ev's time,
+// its metadata (uid "<cluster>-<index>-<ordinal>", logged at now), the
+// tenant, Raft index, client and family in unmapped, and ev's subject as
+// the user. SIEMFromEvent fills in the class, activity and message.
+func newSIEMEvent(cluster string, ev *raftpb.Event, now time.Time) SIEMEvent {
 	t := time.Unix(0, ev.TimeUnixNano).UTC()
 	e := SIEMEvent{
 		CategoryUID: 3, CategoryName: "Identity & Access Management",
@@ -129,120 +186,103 @@ func SIEMFromEvent(cluster string, ev *raftpb.Event, now time.Time) (SIEMEvent, 
 		},
 		Unmapped: map[string]any{"tenant": ev.Tenant, "raft_index": ev.Index},
 	}
-	set := func(k string, v string) {
-		if v != "" {
-			e.Unmapped[k] = v
-		}
-	}
-	set("client_id", ev.ClientId)
-	set("family_id", ev.FamilyId)
+	e.setUnmapped("client_id", ev.ClientId)
+	e.setUnmapped("family_id", ev.FamilyId)
 	if ev.Subject != "" {
 		e.User = &SIEMUser{UID: ev.Subject}
 	}
-	account := func(activity int, name string) {
-		e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 3001, "Account Change", activity, name
-	}
-	auth := func(activity int, name string) {
-		e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 3002, "Authentication", activity, name
-	}
-	switch ev.Kind {
-	case raftpb.EventKind_EVENT_KIND_TOKEN_REVOKED:
-		auth(2, "Logoff")
-		r := ev.GetRevocation()
-		set("jti", r.GetJti())
-		set("client_id", r.GetClientId())
-		set("reason", r.GetReason())
-		if r.GetSubject() != "" {
-			e.User = &SIEMUser{UID: r.GetSubject()}
-		}
-		e.Message = "token revoked"
-	case raftpb.EventKind_EVENT_KIND_FAMILY_REVOKED:
-		auth(2, "Logoff")
-		e.Message = "refresh-token family revoked"
-	case raftpb.EventKind_EVENT_KIND_REUSE_DETECTED:
-		e.CategoryUID, e.CategoryName = 2, "Findings"
-		e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 2004, "Detection Finding", 1, "Create"
-		e.SeverityID, e.Severity = 4, "High"
-		set("node", ev.Node)
-		set("region", ev.Region)
-		e.Message = "refresh-token reuse detected; family revoked"
-	case raftpb.EventKind_EVENT_KIND_USER_LOCKED:
-		account(9, "Lock")
-		e.SeverityID, e.Severity = 3, "Medium"
-		e.Message = "user locked or disabled"
-	case raftpb.EventKind_EVENT_KIND_USER_UNLOCKED:
-		account(99, "Unlock")
-		e.Message = "user enabled again"
-	case raftpb.EventKind_EVENT_KIND_CLIENT_DISABLED:
-		account(5, "Disable")
-		e.Actor = &SIEMActor{App: ev.ClientId}
-		e.Message = "client disabled"
-	case raftpb.EventKind_EVENT_KIND_CLIENT_ENABLED:
-		account(2, "Enable")
-		e.Actor = &SIEMActor{App: ev.ClientId}
-		e.Message = "client enabled"
-	case raftpb.EventKind_EVENT_KIND_KEY_ROTATED:
-		e.CategoryUID, e.CategoryName = 6, "Application Activity"
-		e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 6003, "API Activity", 3, "Update"
-		e.Unmapped["kids"] = ev.Kids
-		e.Message = "signing keys added"
-	case raftpb.EventKind_EVENT_KIND_ADMIN_AUDIT:
-		a := ev.GetAudit()
-		e.CategoryUID, e.CategoryName = 6, "Application Activity"
-		e.ClassUID, e.ClassName = 6003, "API Activity"
-		e.ActivityID, e.ActivityName = auditActivity(a.GetAction())
-		e.Actor = &SIEMActor{User: &SIEMUser{Name: a.GetActor(), Type: a.GetRole()}}
-		e.API = &SIEMAPI{Operation: a.GetAction(), Service: "tally.admin"}
-		e.Metadata.TenantUID = a.GetTenant()
-		e.Unmapped["tenant"] = a.GetTenant()
-		set("target", a.GetTarget())
-		set("node", a.GetNode())
-		e.Unmapped["audit_seq"] = a.GetSeq()
-		e.Unmapped["audit_hash"] = hex.EncodeToString(a.GetHash())
-		if a.GetOutcome() != "success" {
-			e.StatusID, e.Status, e.StatusDetail = 2, "Failure", a.GetOutcome()
-			e.SeverityID, e.Severity = 3, "Medium"
-		}
-		e.Message = a.GetActor() + " " + a.GetAction() + " " + a.GetTarget() + ": " + a.GetOutcome()
-	case raftpb.EventKind_EVENT_KIND_SECURITY_ALERT:
-		a := ev.GetAlert()
-		e.CategoryUID, e.CategoryName = 2, "Findings"
-		e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 2004, "Detection Finding", 1, "Create"
-		e.SeverityID, e.Severity = 4, "High"
-		if a.GetKind() == raft.AlertRateLimitExceeded {
-			e.SeverityID, e.Severity = 3, "Medium"
-		}
-		e.FindingInfo = &SIEMFinding{UID: e.Metadata.UID, Title: strings.ReplaceAll(a.GetKind(), "_", " "), Types: []string{a.GetKind()}}
-		if src := a.GetSource(); strings.Contains(src, "/") {
-			e.SrcEndpoint = &SIEMEndpoint{Subnet: src}
-		} else if src != "" {
-			e.SrcEndpoint = &SIEMEndpoint{IP: src}
-		}
-		e.Unmapped["alert"] = a.GetKind()
-		set("signal", a.GetSignal())
-		set("node", a.GetNode())
-		set("region", a.GetRegion())
-		e.Unmapped["count"] = a.GetCount()
-		e.Unmapped["window_seconds"] = a.GetWindowSeconds()
-		e.Message = fmt.Sprintf("%s: %d in %d s (%s)", strings.ReplaceAll(a.GetKind(), "_", " "), a.GetCount(), a.GetWindowSeconds(), a.GetSignal())
-		// threat_v3 (raft/apply_threat3.go).
-		switch a.GetKind() {
-		case raft.AlertScopeFirstUse:
-			set("scope", a.GetScope())
-			e.Message = fmt.Sprintf("scope first use: client %s was granted scope %q for the first time (%s)", a.GetClientId(), a.GetScope(), a.GetSignal())
-		case raft.AlertRefreshImpossibleTravel:
-			set("previous_region", a.GetPreviousRegion())
-			e.Unmapped["gap_seconds"] = a.GetGapNanos() / int64(time.Second)
-			e.Message = fmt.Sprintf("refresh impossible travel: family rotated in %s %s after %s (window %d s)", a.GetRegion(),
-				time.Duration(a.GetGapNanos()).Round(time.Second), a.GetPreviousRegion(), a.GetWindowSeconds())
-		}
-	default:
-		return SIEMEvent{}, false
-	}
-	e.TypeUID = e.ClassUID*100 + e.ActivityID
-	return e, true
+	return e
 }
 
+// setUnmapped sets e.Unmapped[k] to v unless v is empty.
+func (e *SIEMEvent) setUnmapped(k, v string) {
+	if v != "" {
+		e.Unmapped[k] = v
+	}
+}
+
+// account classifies e as an OCSF Account Change (3001) with the given
+// activity.
+func (e *SIEMEvent) account(activity int, name string) {
+	e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 3001, "Account Change", activity, name
+}
+
+// auth classifies e as an OCSF Authentication (3002) with the given
+// activity.
+func (e *SIEMEvent) auth(activity int, name string) {
+	e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 3002, "Authentication", activity, name
+}
+
+// detectionFinding classifies e as a high-severity OCSF Detection Finding
+// (2004, activity Create) in the Findings category.
+func (e *SIEMEvent) detectionFinding() {
+	e.CategoryUID, e.CategoryName = 2, "Findings"
+	e.ClassUID, e.ClassName, e.ActivityID, e.ActivityName = 2004, "Detection Finding", 1, "Create"
+	e.SeverityID, e.Severity = 4, "High"
+}
+
+// mapAudit fills in e for an admin audit record: an OCSF API Activity
+// (6003) of service tally.admin whose activity follows the action's verb
+// (auditActivity), the actor and role, the record's tenant, target, node,
+// sequence and chain hash, and a medium-severity failure for any outcome
+// but "success".
+func (e *SIEMEvent) mapAudit(a *raftpb.AuditRecord) {
+	e.CategoryUID, e.CategoryName = 6, "Application Activity"
+	e.ClassUID, e.ClassName = 6003, "API Activity"
+	e.ActivityID, e.ActivityName = auditActivity(a.GetAction())
+	e.Actor = &SIEMActor{User: &SIEMUser{Name: a.GetActor(), Type: a.GetRole()}}
+	e.API = &SIEMAPI{Operation: a.GetAction(), Service: "tally.admin"}
+	e.Metadata.TenantUID = a.GetTenant()
+	e.Unmapped["tenant"] = a.GetTenant()
+	e.setUnmapped("target", a.GetTarget())
+	e.setUnmapped("node", a.GetNode())
+	e.Unmapped["audit_seq"] = a.GetSeq()
+	e.Unmapped["audit_hash"] = hex.EncodeToString(a.GetHash())
+	if a.GetOutcome() != "success" {
+		e.StatusID, e.Status, e.StatusDetail = 2, "Failure", a.GetOutcome()
+		e.SeverityID, e.Severity = 3, "Medium"
+	}
+	e.Message = a.GetActor() + " " + a.GetAction() + " " + a.GetTarget() + ": " + a.GetOutcome()
+}
+
+// mapAlert fills in e for a security alert: a Detection Finding (high
+// severity, medium for rate_limit_exceeded) named by the alert's kind, the
+// source address or subnet as src_endpoint, the alert's signal, node,
+// region, count and window in unmapped, and a message; the threat_v3 kinds
+// (raft/apply_threat3.go) add their own fields and message.
+func (e *SIEMEvent) mapAlert(a *raftpb.SecurityAlert) {
+	e.detectionFinding()
+	if a.GetKind() == raft.AlertRateLimitExceeded {
+		e.SeverityID, e.Severity = 3, "Medium"
+	}
+	e.FindingInfo = &SIEMFinding{UID: e.Metadata.UID, Title: strings.ReplaceAll(a.GetKind(), "_", " "), Types: []string{a.GetKind()}}
+	if src := a.GetSource(); strings.Contains(src, "/") {
+		e.SrcEndpoint = &SIEMEndpoint{Subnet: src}
+	} else if src != "" {
+		e.SrcEndpoint = &SIEMEndpoint{IP: src}
+	}
+	e.Unmapped["alert"] = a.GetKind()
+	e.setUnmapped("signal", a.GetSignal())
+	e.setUnmapped("node", a.GetNode())
+	e.setUnmapped("region", a.GetRegion())
+	e.Unmapped["count"] = a.GetCount()
+	e.Unmapped["window_seconds"] = a.GetWindowSeconds()
+	e.Message = fmt.Sprintf("%s: %d in %d s (%s)", strings.ReplaceAll(a.GetKind(), "_", " "), a.GetCount(), a.GetWindowSeconds(), a.GetSignal())
+	switch a.GetKind() {
+	case raft.AlertScopeFirstUse:
+		e.setUnmapped("scope", a.GetScope())
+		e.Message = fmt.Sprintf("scope first use: client %s was granted scope %q for the first time (%s)", a.GetClientId(), a.GetScope(), a.GetSignal())
+	case raft.AlertRefreshImpossibleTravel:
+		e.setUnmapped("previous_region", a.GetPreviousRegion())
+		e.Unmapped["gap_seconds"] = a.GetGapNanos() / int64(time.Second)
+		e.Message = fmt.Sprintf("refresh impossible travel: family rotated in %s %s after %s (window %d s)", a.GetRegion(),
+			time.Duration(a.GetGapNanos()).Round(time.Second), a.GetPreviousRegion(), a.GetWindowSeconds())
+	}
+}
+
+// auditActivity maps an admin action to an OCSF activity by how its
+// method name (after the last ".") begins: Create or Add is Create (1),
+// Revoke, Remove or Delete is Delete (4), anything else Update (3).
 func auditActivity(action string) (int, string) {
 	m := action[strings.LastIndex(action, ".")+1:]
 	switch {

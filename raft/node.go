@@ -83,18 +83,71 @@ func Open(cfg Config) (*Node, error) {
 		}
 	}()
 
-	var err error
-	if n.fsm, err = OpenFSM(filepath.Join(cfg.DataDir, "state.db"), logger); err != nil {
+	snaps, err := n.openStores(hlog)
+	if err != nil {
 		return nil, err
 	}
-	if n.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
+	if err := n.openTransport(hlog); err != nil {
+		return nil, err
+	}
+
+	rc := cfg.raftConfig(hlog)
+	metas, err := snaps.List()
+	if err != nil {
+		return nil, fmt.Errorf("raft: list snapshots: %w", err)
+	}
+	rc.NoSnapshotRestoreOnStart = len(metas) == 0 || metas[0].Index <= n.fsm.AppliedIndex()
+
+	if err := n.bootstrapIfNew(rc, snaps); err != nil {
+		return nil, err
+	}
+	// The most recent entries are kept decoded in memory (issue 14): the
+	// leader reads every entry back to replicate it, and without the cache
+	// each read was a bbolt lookup plus a msgpack decode (7% of the CPU of
+	// a three-node refresh run).
+	logs, err := hraft.NewLogCache(logCacheSize, n.store)
+	if err != nil {
+		return nil, err
+	}
+	if n.raft, err = hraft.NewRaft(rc, n.fsm, logs, n.store, snaps, n.trans); err != nil {
+		return nil, fmt.Errorf("raft: start: %w", err)
+	}
+	n.leaseTimeout = rc.LeaderLeaseTimeout
+	n.raft.RegisterObserver(hraft.NewObserver(nil, false, n.observeState))
+	if n.raft.State() == hraft.Leader { // elected before the observer
+		n.leading.Store(true)
+	}
+	ok = true
+	return n, nil
+}
+
+// openStores opens Open's stores in cfg.DataDir: the FSM (state.db), the
+// Raft log and stable store (raft.db, as n.logs and, with its write
+// failures recorded, n.store) and the snapshot store, which it returns.
+// What it opened before an error stays in n for closeStores.
+func (n *Node) openStores(hlog *hclogAdapter) (*hraft.FileSnapshotStore, error) {
+	var err error
+	if n.fsm, err = OpenFSM(filepath.Join(n.cfg.DataDir, "state.db"), n.logger); err != nil {
+		return nil, err
+	}
+	if n.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.DataDir, "raft.db")}); err != nil {
 		return nil, fmt.Errorf("raft: open log store: %w", err)
 	}
 	n.store = &faultLogStore{BoltStore: n.logs, faults: n.fsm.faults, halt: n.closing}
-	snaps, err := hraft.NewFileSnapshotStoreWithLogger(cfg.DataDir, cfg.SnapshotRetain, hlog)
+	snaps, err := hraft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, n.cfg.SnapshotRetain, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("raft: open snapshot store: %w", err)
 	}
+	return snaps, nil
+}
+
+// openTransport sets n.trans to cfg.Transport or, without one, to a
+// transport it creates and keeps in n.own for Close: a NetworkTransport on
+// cfg.StreamLayer (mutual TLS), or plain TCP on cfg.BindAddr advertising
+// cfg.AdvertiseAddr if set.
+func (n *Node) openTransport(hlog *hclogAdapter) error {
+	cfg := n.cfg
+	var err error
 	switch {
 	case cfg.Transport != nil:
 		n.trans = cfg.Transport
@@ -118,66 +171,57 @@ func Open(cfg Config) (*Node, error) {
 		var adv net.Addr
 		if cfg.AdvertiseAddr != "" {
 			if adv, err = net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr); err != nil {
-				return nil, fmt.Errorf("raft: advertise address: %w", err)
+				return fmt.Errorf("raft: advertise address: %w", err)
 			}
 		}
 		n.own, err = hraft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 3, 10*time.Second, hlog)
 		if err != nil {
-			return nil, fmt.Errorf("raft: transport: %w", err)
+			return fmt.Errorf("raft: transport: %w", err)
 		}
 		n.trans = n.own
 	}
+	return nil
+}
 
-	rc := cfg.raftConfig(hlog)
-	metas, err := snaps.List()
-	if err != nil {
-		return nil, fmt.Errorf("raft: list snapshots: %w", err)
-	}
-	rc.NoSnapshotRestoreOnStart = len(metas) == 0 || metas[0].Index <= n.fsm.AppliedIndex()
-
+// bootstrapIfNew bootstraps a cluster (see bootstrapConfiguration) when
+// cfg.Bootstrap is set and the node has no Raft state yet; otherwise it
+// does nothing.
+func (n *Node) bootstrapIfNew(rc *hraft.Config, snaps hraft.SnapshotStore) error {
 	exists, err := hraft.HasExistingState(n.store, n.store, snaps)
 	if err != nil {
-		return nil, fmt.Errorf("raft: open: %w", err)
+		return fmt.Errorf("raft: open: %w", err)
 	}
-	if cfg.Bootstrap && !exists {
-		conf := hraft.Configuration{Servers: []hraft.Server{{
+	if !n.cfg.Bootstrap || exists {
+		return nil
+	}
+	conf := n.bootstrapConfiguration()
+	if err := hraft.BootstrapCluster(rc, n.store, n.store, snaps, n.trans, conf); err != nil {
+		return fmt.Errorf("raft: bootstrap: %w", err)
+	}
+	n.logger.Info("bootstrapped a cluster", "addr", n.trans.LocalAddr(), "servers", len(conf.Servers))
+	return nil
+}
+
+// bootstrapConfiguration is the configuration a bootstrapping node starts
+// the cluster with: cfg.BootstrapServers (voters unless marked otherwise),
+// or, without them, this node alone as a voter at its transport's address.
+func (n *Node) bootstrapConfiguration() hraft.Configuration {
+	if len(n.cfg.BootstrapServers) == 0 {
+		return hraft.Configuration{Servers: []hraft.Server{{
 			Suffrage: hraft.Voter,
-			ID:       hraft.ServerID(cfg.ID),
+			ID:       hraft.ServerID(n.cfg.ID),
 			Address:  n.trans.LocalAddr(),
 		}}}
-		if len(cfg.BootstrapServers) > 0 {
-			conf.Servers = conf.Servers[:0]
-			for _, m := range cfg.BootstrapServers {
-				s := hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(m.ID), Address: hraft.ServerAddress(m.Addr)}
-				if !m.Voter {
-					s.Suffrage = hraft.Nonvoter
-				}
-				conf.Servers = append(conf.Servers, s)
-			}
+	}
+	var conf hraft.Configuration
+	for _, m := range n.cfg.BootstrapServers {
+		s := hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(m.ID), Address: hraft.ServerAddress(m.Addr)}
+		if !m.Voter {
+			s.Suffrage = hraft.Nonvoter
 		}
-		if err := hraft.BootstrapCluster(rc, n.store, n.store, snaps, n.trans, conf); err != nil {
-			return nil, fmt.Errorf("raft: bootstrap: %w", err)
-		}
-		logger.Info("bootstrapped a cluster", "addr", n.trans.LocalAddr(), "servers", len(conf.Servers))
+		conf.Servers = append(conf.Servers, s)
 	}
-	// The most recent entries are kept decoded in memory (issue 14): the
-	// leader reads every entry back to replicate it, and without the cache
-	// each read was a bbolt lookup plus a msgpack decode (7% of the CPU of
-	// a three-node refresh run).
-	logs, err := hraft.NewLogCache(logCacheSize, n.store)
-	if err != nil {
-		return nil, err
-	}
-	if n.raft, err = hraft.NewRaft(rc, n.fsm, logs, n.store, snaps, n.trans); err != nil {
-		return nil, fmt.Errorf("raft: start: %w", err)
-	}
-	n.leaseTimeout = rc.LeaderLeaseTimeout
-	n.raft.RegisterObserver(hraft.NewObserver(nil, false, n.observeState))
-	if n.raft.State() == hraft.Leader { // elected before the observer
-		n.leading.Store(true)
-	}
-	ok = true
-	return n, nil
+	return conf
 }
 
 // closeStores closes what Open opened, in reverse order.

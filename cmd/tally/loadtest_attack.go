@@ -77,7 +77,46 @@ granted per minute against the budget and the overshoot.
 Flags:
 `
 
+// runLoadtestAttack is tally loadtest attack (attackUsage): it drills the
+// deployed cluster at --target (runRemoteAttack) or, without --target, a
+// cluster it starts itself (runLocalAttack).
 func runLoadtestAttack(ctx context.Context, args []string, e env) int {
+	o, code := parseAttackFlags(args, e)
+	if code >= 0 {
+		return code
+	}
+	cmdline := "tally loadtest attack " + strings.Join(redactArgs(args), " ")
+	if len(o.targets) > 0 {
+		return runRemoteAttack(ctx, e, o.admin, o.targets, o.tenant, o.scenarios, o.floodLimit, cmdline, o.output, func(cfg *loadtest.AttackConfig) {
+			cfg.Duration, cfg.Extend, cfg.Attackers, cfg.RealUsers, cfg.Sources = o.duration, o.extend, o.attackers, o.realUsers, o.sources
+		})
+	}
+	return runLocalAttack(ctx, e, o, cmdline)
+}
+
+// attackOptions are the flags of tally loadtest attack, parsed and checked
+// by parseAttackFlags.
+type attackOptions struct {
+	scenarios  []string // --scenarios, split at the commas
+	nodes      int
+	duration   time.Duration
+	extend     time.Duration
+	attackers  int
+	sources    int
+	realUsers  int
+	floodLimit int
+	output     string
+	targets    []string      // --target: drill a deployed cluster
+	admin      *adminGlobals // --admin-server, --admin-token, --admin-token-file
+	tenant     string        // --tenant
+}
+
+// parseAttackFlags parses and checks the flags of tally loadtest attack.
+// With --target and without --flood-limit, the flood limit is the
+// default per-client rate limit. A code of 0 or more is the exit code to
+// stop with (--help, or a usage error already reported on e.stderr); -1
+// means go on.
+func parseAttackFlags(args []string, e env) (attackOptions, int) {
 	fs := loadtestFlags("attack", e)
 	fs.Usage = func() { fmt.Fprint(e.stderr, attackUsage); fs.PrintDefaults() }
 	scenarios := fs.String("scenarios", strings.Join(loadtest.AttackScenarios, ","), "comma-separated attack scenarios")
@@ -97,7 +136,7 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	fs.StringVar(&g.tokenFile, "admin-token-file", "", "with --target: `file` holding the admin token (env TALLY_ADMIN_TOKEN_FILE)")
 	drillTenant := fs.String("tenant", "", "with --target: the drill's own tenant, created and deleted (default attack-drill-<random>)")
 	if code := loadtestParse(fs, args, e); code >= 0 {
-		return code
+		return attackOptions{}, code
 	}
 	floodSet := false
 	fs.Visit(func(f *flag.Flag) { floodSet = floodSet || f.Name == "flood-limit" })
@@ -105,28 +144,33 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 		*floodLimit = issuance.DefaultRateLimits().PerClient
 	}
 	if !loadtestCheckOutput(*output, e, "attack") {
-		return 2
+		return attackOptions{}, 2
 	}
 	list := strings.Split(*scenarios, ",")
 	for _, s := range list {
 		if !slices.Contains(loadtest.AttackScenarios, s) {
 			fmt.Fprintf(e.stderr, "tally loadtest attack: unknown scenario %q (want %s)\n", s, strings.Join(loadtest.AttackScenarios, ", "))
-			return 2
+			return attackOptions{}, 2
 		}
 	}
 	if *nodes < 1 || *nodes > 7 || *duration <= 0 || *extend < 0 || *attackers < 1 || *sources < 1 || *realUsers < 1 || *floodLimit < 10 {
 		fmt.Fprintln(e.stderr, "tally loadtest attack: --nodes 1..7; --extend not negative; --duration, --attackers, --sources, --real-users positive; --flood-limit at least 10")
-		return 2
+		return attackOptions{}, 2
 	}
+	return attackOptions{
+		scenarios: list, nodes: *nodes, attackers: *attackers, sources: *sources, realUsers: *realUsers, floodLimit: *floodLimit,
+		duration: *duration, extend: *extend, output: *output, targets: targetURLs, admin: g, tenant: *drillTenant,
+	}, -1
+}
+
+// runLocalAttack starts its own cluster of o.nodes nodes in a temporary
+// directory (startAttackCluster), prepares the default tenant for the
+// attacks and runs o's scenarios against every node, with node 0's SIEM
+// file as the alert feed. The directory is removed afterwards.
+func runLocalAttack(ctx context.Context, e env, o attackOptions, cmdline string) int {
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(e.stderr, "tally loadtest attack: "+format+"\n", a...)
 		return 1
-	}
-	cmdline := "tally loadtest attack " + strings.Join(redactArgs(args), " ")
-	if len(targetURLs) > 0 {
-		return runRemoteAttack(ctx, e, g, targetURLs, *drillTenant, list, *floodLimit, cmdline, *output, func(cfg *loadtest.AttackConfig) {
-			cfg.Duration, cfg.Extend, cfg.Attackers, cfg.RealUsers, cfg.Sources = *duration, *extend, *attackers, *realUsers, *sources
-		})
 	}
 	dir, err := os.MkdirTemp("", "tally-attack-")
 	if err != nil {
@@ -135,20 +179,48 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 	defer os.RemoveAll(dir)
 	siemPath := filepath.Join(dir, "siem.jsonl")
 	const tenant = "default"
-	fmt.Fprintf(e.stderr, "starting a %d-node tally cluster in %s …\n", *nodes, dir)
-	// The nodes' embedded NATS servers form one cluster: the rate limits
-	// and failure counts are shared over it.
-	natsClients, err := freeLoopbackAddrs(2 * *nodes)
+	fmt.Fprintf(e.stderr, "starting a %d-node tally cluster in %s …\n", o.nodes, dir)
+	cl, err := startAttackCluster(ctx, dir, o.nodes, tenant, o.floodLimit, siemPath)
 	if err != nil {
 		return fail("%v", err)
 	}
-	natsRoutes, natsClients := natsClients[*nodes:], natsClients[:*nodes]
+	defer cl.Close()
+	prep, err := attackPrepare(ctx, cl.Node(0).Admin, tenant)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if err := cl.WaitConverged(ctx, 30*time.Second); err != nil {
+		return fail("%v", err)
+	}
+	var targets []loadtest.Target
+	for i := range o.nodes {
+		base := cl.Node(i).URL() + "/t/" + tenant
+		targets = append(targets, loadtest.Target{Issuer: base, TokenURL: base + "/oauth2/token", IntrospectURL: base + "/oauth2/introspect", AuthorizeURL: base + "/oauth2/authorize"})
+	}
+	feed := &siemFeed{path: siemPath}
+	cfg := prep
+	cfg.Targets, cfg.FloodPerMinute, cfg.Alerted = targets, o.floodLimit, feed.alerted
+	cfg.Duration, cfg.Extend, cfg.Attackers, cfg.RealUsers, cfg.Sources, cfg.Timeout = o.duration, o.extend, o.attackers, o.realUsers, o.sources, 10*time.Second
+	return runAttackScenarios(ctx, e, cfg, o.scenarios, attackOutput{Command: cmdline, Nodes: o.nodes}, o.output)
+}
+
+// startAttackCluster starts a local cluster of nodes nodes in dir (fast
+// profile, three regions) whose rate limits trust 127.0.0.1 as a proxy
+// and give tenant's clients floodLimit requests per minute; node 0 writes
+// the SIEM file siemPath. The nodes' embedded NATS servers form one
+// cluster: the rate limits and failure counts are shared over it.
+func startAttackCluster(ctx context.Context, dir string, nodes int, tenant string, floodLimit int, siemPath string) (*localcluster.Cluster, error) {
+	natsClients, err := freeLoopbackAddrs(2 * nodes)
+	if err != nil {
+		return nil, err
+	}
+	natsRoutes, natsClients := natsClients[nodes:], natsClients[:nodes]
 	cl, err := localcluster.Start(ctx, localcluster.Config{
-		Dir: dir, Nodes: *nodes, Regions: []string{"eu-west", "us-east", "ap-south"}, Profile: "fast", MaxStale: 5 * time.Second,
+		Dir: dir, Nodes: nodes, Regions: []string{"eu-west", "us-east", "ap-south"}, Profile: "fast", MaxStale: 5 * time.Second,
 		NodeOptions: []localcluster.Option{func(c *node.Config) {
 			c.RateLimits = issuance.RateLimits{
 				TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
-				Tenants:        map[string]issuance.RateLimits{tenant: {PerClient: *floodLimit}},
+				Tenants:        map[string]issuance.RateLimits{tenant: {PerClient: floodLimit}},
 			}
 			var i int
 			fmt.Sscanf(c.NodeID, "node%d", &i)
@@ -165,26 +237,9 @@ func runLoadtestAttack(ctx context.Context, args []string, e env) int {
 		}},
 	})
 	if err != nil {
-		return fail("starting the cluster: %v", err)
+		return nil, fmt.Errorf("starting the cluster: %w", err)
 	}
-	defer cl.Close()
-	prep, err := attackPrepare(ctx, cl.Node(0).Admin, tenant)
-	if err != nil {
-		return fail("%v", err)
-	}
-	if err := cl.WaitConverged(ctx, 30*time.Second); err != nil {
-		return fail("%v", err)
-	}
-	var targets []loadtest.Target
-	for i := range *nodes {
-		base := cl.Node(i).URL() + "/t/" + tenant
-		targets = append(targets, loadtest.Target{Issuer: base, TokenURL: base + "/oauth2/token", IntrospectURL: base + "/oauth2/introspect", AuthorizeURL: base + "/oauth2/authorize"})
-	}
-	feed := &siemFeed{path: siemPath}
-	cfg := prep
-	cfg.Targets, cfg.FloodPerMinute, cfg.Alerted = targets, *floodLimit, feed.alerted
-	cfg.Duration, cfg.Extend, cfg.Attackers, cfg.RealUsers, cfg.Sources, cfg.Timeout = *duration, *extend, *attackers, *realUsers, *sources, 10*time.Second
-	return runAttackScenarios(ctx, e, cfg, list, attackOutput{Command: cmdline, Nodes: *nodes}, *output)
+	return cl, nil
 }
 
 // runAttackScenarios runs each scenario of list with cfg and writes out.

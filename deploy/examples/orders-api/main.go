@@ -39,6 +39,9 @@ func main() {
 	}
 }
 
+// run parses the flags, follows the tenant's revocations until the
+// revocation set is synced and serves GET /orders and GET /healthz on
+// --listen until SIGINT or SIGTERM.
 func run() error {
 	issuer := flag.String("issuer", "http://127.0.0.1:8080/t/default", "the tenant's issuer")
 	server := flag.String("server", "http://127.0.0.1:8080", "a tally node's base URL (events API, resync)")
@@ -66,25 +69,13 @@ func run() error {
 		PositionFile: *position, Logger: log,
 	}
 	if *natsURL != "" {
-		nc := revocation.NATSConfig{
+		closeNATS, err := connectNATS(&wc, revocation.NATSConfig{
 			URLs: *natsURL, Tenant: *tenant, ClientID: *clientID, ClientSecret: secret, CAFile: *natsCA, Name: "orders-api",
-		}
-		conn, err := revocation.ConnectNATS(nc)
+		})
 		if err != nil {
 			return err
 		}
-		defer conn.Close()
-		wc.NATS = conn
-		// Live revocations on a connection to each server too: while
-		// the main connection moves to another server, they keep coming.
-		live, err := revocation.ConnectNATSEach(nc)
-		if err != nil {
-			return err
-		}
-		for _, c := range live {
-			defer c.Close()
-		}
-		wc.LiveNATS = live
+		defer closeNATS()
 	}
 	w, err := revocation.NewWatcher(wc)
 	if err != nil {
@@ -114,7 +105,37 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("revocation set not synced: %w", err)
 	}
+	log.Info("serving", "addr", *listen, "issuer", *issuer)
+	return serve(ctx, *listen, ordersHandler(v, w))
+}
 
+// connectNATS connects to the NATS servers of nc for wc: one connection
+// that follows the stream (wc.NATS) and, for live revocations, one to each
+// server (wc.LiveNATS), so that they keep coming while the main connection
+// moves to another server. It returns the function that closes them all.
+func connectNATS(wc *revocation.WatcherConfig, nc revocation.NATSConfig) (closeAll func(), err error) {
+	conn, err := revocation.ConnectNATS(nc)
+	if err != nil {
+		return nil, err
+	}
+	live, err := revocation.ConnectNATSEach(nc)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	wc.NATS, wc.LiveNATS = conn, live
+	return func() {
+		for i := len(live) - 1; i >= 0; i-- {
+			live[i].Close()
+		}
+		conn.Close()
+	}, nil
+}
+
+// ordersHandler serves GET /orders, for tokens that v accepts with the
+// scope read:orders, and GET /healthz, which is 503 while w's revocation
+// set is stale.
+func ordersHandler(v *revocation.Verifier, w *revocation.Watcher) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /orders", v.Middleware("read:orders")(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		c, _ := revocation.ClaimsFromContext(r.Context())
@@ -131,14 +152,19 @@ func run() error {
 		}
 		fmt.Fprintln(rw, "ok")
 	})
-	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return mux
+}
+
+// serve serves h on addr until ctx ends, then shuts the server down,
+// giving requests in flight 5 s.
+func serve(ctx context.Context, addr string, h http.Handler) error {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	log.Info("serving", "addr", *listen, "issuer", *issuer)
 	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
 		return err
 	}
