@@ -29,7 +29,8 @@ import (
 // of a cluster-wide audit record is published: the bootstrap tenant.
 const auditEventTenant = "default"
 
-// Admin credential roles.
+// Admin credential roles (AdminCredential.role; readers use RoleOf, which
+// also reads the typed role of enums_v3.go).
 const (
 	RoleAdmin       = "admin"
 	RoleOperator    = "operator"
