@@ -135,7 +135,7 @@ func (c *namedCreds) lookup(tok string) (principal, bool) {
 	if cred.RevokedUnixNano != 0 || (cred.ExpiresUnixNano != 0 && cred.ExpiresUnixNano <= now) {
 		return principal{}, false
 	}
-	return principal{actor: fmt.Sprintf("%s (%s)", cred.Name, cred.Id), role: cred.Role, tenant: cred.Tenant, credID: cred.Id}, true
+	return principal{actor: fmt.Sprintf("%s (%s)", cred.Name, cred.Id), role: raft.RoleOf(cred), tenant: cred.Tenant, credID: cred.Id}, true
 }
 
 // newAdminCredToken returns a new credential id and its token.
@@ -338,7 +338,7 @@ func (n *Node) audit(p principal, service, method string, msg proto.Message, out
 func adminCredentialPB(c *raftpb.AdminCredential, now time.Time) *adminv1.AdminCredential {
 	active := c.RevokedUnixNano == 0 && (c.ExpiresUnixNano == 0 || c.ExpiresUnixNano > now.UnixNano())
 	return &adminv1.AdminCredential{
-		Id: c.Id, Name: c.Name, Role: c.Role, Tenant: c.Tenant,
+		Id: c.Id, Name: c.Name, Role: raft.RoleOf(c), Tenant: c.Tenant,
 		CreatedAt: ts(c.CreatedUnixNano), ExpiresAt: ts(c.ExpiresUnixNano), RevokedAt: ts(c.RevokedUnixNano),
 		CreatedBy: c.CreatedBy, Active: active,
 	}

@@ -88,6 +88,25 @@ func TestNamedAdminCredentials(t *testing.T) {
 			t.Fatal("a token is in the listing")
 		}
 	}
+	// The roles as created; stored with their typed role (raft/enums_v3.go)
+	// once the node has recorded the cluster version.
+	for _, c := range list.Msg.Credentials {
+		if tokens[c.Role] == "" || !strings.Contains(tokens[c.Role], c.Id) {
+			t.Fatalf("listed %v", c)
+		}
+	}
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		creds, err := n.Raft().FSM().AdminCredentials()
+		if err != nil {
+			return err
+		}
+		for _, c := range creds {
+			if c.GetRoleValue() <= raftpb.AdminRole_ADMIN_ROLE_OTHER || raft.RoleOf(c) != c.GetRole() {
+				return fmt.Errorf("stored credential %v", c)
+			}
+		}
+		return nil
+	})
 
 	auditor := adminAs(n, tokens["auditor"])
 	if _, err := auditor.ListTenants(ctx, connect.NewRequest(&adminv1.ListTenantsRequest{})); err != nil {

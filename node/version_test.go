@@ -60,6 +60,24 @@ func TestClusterVersionRecordedAndDowngraded(t *testing.T) {
 	if tn, ok := c.Node(1).Raft().State().Tenant("default"); !ok || tn.GetSigningAlgorithm() <= raftpb.KeyAlg_KEY_ALG_OTHER || raft.SigningAlgOf(tn) != tn.GetSigningAlg() {
 		t.Fatalf("default tenant: %v", tn)
 	}
+	// The third set (raft/enums_v3.go): a credential created now stores its
+	// typed role on every node, and the admin API reads it back.
+	cred, err := c.Node(0).Admin.CreateAdminCredential(ctx, connect.NewRequest(&adminv1.CreateAdminCredentialRequest{Name: "typed-ci", Role: raft.RoleOperator}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cred.Msg.GetCredential().GetRole(); r != raft.RoleOperator {
+		t.Fatalf("created credential role %q", r)
+	}
+	nodetest.CheckFor(t, nodetest.Timeout, 20*time.Millisecond, func() error {
+		for _, i := range c.Running() {
+			ac, ok := c.Node(i).Raft().FSM().AdminCredential(cred.Msg.GetCredential().GetId())
+			if !ok || ac.GetRole() != raft.RoleOperator || ac.GetRoleValue() != raftpb.AdminRole_ADMIN_ROLE_OPERATOR || raft.RoleOf(ac) != raft.RoleOperator {
+				return fmt.Errorf("node%d: admin credential %v", i, ac)
+			}
+		}
+		return nil
+	})
 	st, err := c.Node(1).ClusterAdmin.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
 	if err != nil {
 		t.Fatal(err)

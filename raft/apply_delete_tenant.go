@@ -99,6 +99,7 @@ func (a *applier) revokeTenantAdmins(tenant string, now int64) {
 		if err := proto.Unmarshal(v, c); err != nil {
 			storageFault("admin credential %q undecodable: %v", k, err)
 		}
+		// The string, as every release decides (enums_v3.go).
 		if c.Role == RoleTenantAdmin && c.Tenant == tenant && c.RevokedUnixNano == 0 {
 			revoke = append(revoke, c)
 		}
@@ -106,11 +107,7 @@ func (a *applier) revokeTenantAdmins(tenant string, now int64) {
 	})
 	for _, c := range revoke {
 		c.RevokedUnixNano = now
-		v, err := marshalOpts.Marshal(c)
-		if err != nil {
-			storageFault("marshal admin credential: %v", err)
-		}
-		a.put(b, []byte(c.Id), v)
+		a.putAdminCredentialRecord(b, c) // apply_threat.go
 	}
 }
 

@@ -29,7 +29,8 @@ import (
 // of a cluster-wide audit record is published: the bootstrap tenant.
 const auditEventTenant = "default"
 
-// Admin credential roles.
+// Admin credential roles (AdminCredential.role; readers use RoleOf, which
+// also reads the typed role of enums_v3.go).
 const (
 	RoleAdmin       = "admin"
 	RoleOperator    = "operator"
@@ -148,12 +149,20 @@ func (a *applier) putAdminCredential(p *raftpb.PutAdminCredential, now int64) er
 		c.CreatedUnixNano = now
 	}
 	c.RevokedUnixNano = 0
+	a.putAdminCredentialRecord(b, c)
+	return nil
+}
+
+// putAdminCredentialRecord stores c in b (the admin credentials bucket),
+// with its typed role set or cleared as the recorded cluster version says
+// (enums_v3.go).
+func (a *applier) putAdminCredentialRecord(b *bbolt.Bucket, c *raftpb.AdminCredential) {
+	a.deriveTypedV3(c)
 	v, err := marshalOpts.Marshal(c)
 	if err != nil {
 		storageFault("marshal admin credential: %v", err)
 	}
 	a.put(b, []byte(c.Id), v)
-	return nil
 }
 
 // revokeAdminCredential revokes a credential (apply logic of op 121);
@@ -168,11 +177,7 @@ func (a *applier) revokeAdminCredential(r *raftpb.RevokeAdminCredential, now int
 		return nil
 	}
 	c.RevokedUnixNano = now
-	v, err := marshalOpts.Marshal(&c)
-	if err != nil {
-		storageFault("marshal admin credential: %v", err)
-	}
-	a.put(b, []byte(c.Id), v)
+	a.putAdminCredentialRecord(b, &c)
 	return nil
 }
 

@@ -32,10 +32,10 @@ const FeatureClusterVersion = "cluster_version"
 
 // KnownFeatures are the feature names this binary understands in a
 // recorded ClusterVersion: the cluster identity operations of v0.1.0, the
-// cluster version itself, the typed enum fields (enums.go), and the
-// features of the registered operations.
+// cluster version itself, the typed enum fields (enums.go, enums_v2.go,
+// enums_v3.go), and the features of the registered operations.
 func KnownFeatures() []string {
-	out := append([]string{"cluster_identity", FeatureClusterVersion, FeatureTypedEnums, FeatureTypedEnumsV2}, OpFeatures()...)
+	out := append([]string{"cluster_identity", FeatureClusterVersion, FeatureTypedEnums, FeatureTypedEnumsV2, FeatureTypedEnumsV3}, OpFeatures()...)
 	out = append(out, registered...)
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -83,6 +83,7 @@ func (a *applier) setClusterVersion(s *raftpb.SetClusterVersion, now int64) erro
 		a.migrateTypedEnums() // enums.go; before the record, which typedEnums reads
 	}
 	enableV2 := slices.Contains(v.GetFeatures(), FeatureTypedEnumsV2) && !a.typedEnumsV2()
+	enableV3 := slices.Contains(v.GetFeatures(), FeatureTypedEnumsV3) && !a.typedEnumsV3()
 	b, err := marshalOpts.Marshal(v)
 	if err != nil {
 		storageFault("marshal cluster version: %v", err)
@@ -92,6 +93,9 @@ func (a *applier) setClusterVersion(s *raftpb.SetClusterVersion, now int64) erro
 	a.changes = append(a.changes, change{kind: kindClusterVersion, msg: v})
 	if enableV2 {
 		a.migrateTypedEnumsV2() // enums_v2.go; after the record, which the writes read
+	}
+	if enableV3 {
+		a.migrateTypedEnumsV3() // enums_v3.go; likewise
 	}
 	return nil
 }

@@ -92,8 +92,9 @@
 // proposer): an older follower that meets an unknown field stops instead
 // of ignoring it. A string enum of a stored record becomes a protobuf enum
 // the same way, without a new field in any command: see enums.go
-// (FeatureTypedEnums) and enums_v2.go (FeatureTypedEnumsV2, the second set,
-// a feature of its own so that its recording entry migrates again).
+// (FeatureTypedEnums), enums_v2.go (FeatureTypedEnumsV2, the second set,
+// a feature of its own so that its recording entry migrates again) and
+// enums_v3.go (FeatureTypedEnumsV3, admin credential roles, likewise).
 //
 // Command.version is the encoding version of a command: it changes only
 // when an existing operation's encoding or meaning changes, never for a new

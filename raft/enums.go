@@ -19,8 +19,9 @@ import (
 // proposer never sets a typed field (an older member would stop at the
 // unknown field), and a command that does must agree with the string.
 // Readers use TokenFormatOf and KeyUseOf, which take the typed field when
-// it is set and the string otherwise. The other string enums are typed by
-// the second set, feature typed_enums_v2 (enums_v2.go).
+// it is set and the string otherwise. Other string enums are typed by the
+// second set, feature typed_enums_v2 (enums_v2.go), and the third,
+// feature typed_enums_v3 (enums_v3.go: admin credential roles).
 
 // FeatureTypedEnums is the feature under which the FSM writes typed enum
 // fields next to the strings of the first release.

@@ -52,6 +52,9 @@ import (
 // unknown typed field as it was (a device code it approves during a
 // downgrade), so there the string is the newer of the two.
 
+// The third set, admin credential roles, is feature typed_enums_v3
+// (enums_v3.go); it reuses typedV2Value, typedV2Read and typedV2Agrees.
+
 // FeatureTypedEnumsV2 is the feature under which the FSM writes the typed
 // fields of typedV2Pairs.
 const FeatureTypedEnumsV2 = "typed_enums_v2"

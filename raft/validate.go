@@ -103,6 +103,9 @@ func checkCommand(cmd *raftpb.Command) error {
 	if err := checkTypedV2(cmd); err != nil { // enums_v2.go
 		return err
 	}
+	if err := checkTypedV3(cmd); err != nil { // enums_v3.go
+		return err
+	}
 	return checkOp(cmd) // ops.go
 }
 

@@ -628,6 +628,70 @@ func (EventKind) EnumDescriptor() ([]byte, []int) {
 	return file_command_proto_rawDescGZIP(), []int{8}
 }
 
+// AdminRole is the role of an admin credential (AdminCredential.role).
+type AdminRole int32
+
+const (
+	AdminRole_ADMIN_ROLE_UNSPECIFIED AdminRole = 0
+	// A role this release has no value for: read the string.
+	AdminRole_ADMIN_ROLE_OTHER AdminRole = 1
+	// "admin".
+	AdminRole_ADMIN_ROLE_ADMIN AdminRole = 2
+	// "operator".
+	AdminRole_ADMIN_ROLE_OPERATOR AdminRole = 3
+	// "tenant-admin".
+	AdminRole_ADMIN_ROLE_TENANT_ADMIN AdminRole = 4
+	// "auditor".
+	AdminRole_ADMIN_ROLE_AUDITOR AdminRole = 5
+)
+
+// Enum value maps for AdminRole.
+var (
+	AdminRole_name = map[int32]string{
+		0: "ADMIN_ROLE_UNSPECIFIED",
+		1: "ADMIN_ROLE_OTHER",
+		2: "ADMIN_ROLE_ADMIN",
+		3: "ADMIN_ROLE_OPERATOR",
+		4: "ADMIN_ROLE_TENANT_ADMIN",
+		5: "ADMIN_ROLE_AUDITOR",
+	}
+	AdminRole_value = map[string]int32{
+		"ADMIN_ROLE_UNSPECIFIED":  0,
+		"ADMIN_ROLE_OTHER":        1,
+		"ADMIN_ROLE_ADMIN":        2,
+		"ADMIN_ROLE_OPERATOR":     3,
+		"ADMIN_ROLE_TENANT_ADMIN": 4,
+		"ADMIN_ROLE_AUDITOR":      5,
+	}
+)
+
+func (x AdminRole) Enum() *AdminRole {
+	p := new(AdminRole)
+	*p = x
+	return p
+}
+
+func (x AdminRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AdminRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_command_proto_enumTypes[9].Descriptor()
+}
+
+func (AdminRole) Type() protoreflect.EnumType {
+	return &file_command_proto_enumTypes[9]
+}
+
+func (x AdminRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AdminRole.Descriptor instead.
+func (AdminRole) EnumDescriptor() ([]byte, []int) {
+	return file_command_proto_rawDescGZIP(), []int{9}
+}
+
 // Command is one entry of the Raft log.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -6229,7 +6293,9 @@ type AdminCredential struct {
 	// Random id, also the token's prefix (the token is "tadm_<id>_<secret>").
 	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// "admin", "operator", "tenant-admin" or "auditor".
+	// "admin", "operator", "tenant-admin" or "auditor". Always written:
+	// older releases read only this field; role_value (202) is the typed
+	// value.
 	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
 	// tenant-admin: the one tenant it administers.
 	Tenant          string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -6240,7 +6306,11 @@ type AdminCredential struct {
 	// 0: not revoked.
 	RevokedUnixNano int64 `protobuf:"varint,8,opt,name=revoked_unix_nano,json=revokedUnixNano,proto3" json:"revoked_unix_nano,omitempty"`
 	// Actor that created it.
-	CreatedBy     string `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreatedBy string `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Issue 15: role as an enum (feature "typed_enums_v3", see
+	// raft/enums_v3.go; raft.RoleOf reads either). Set by the FSM; a command
+	// that sets it must agree with role.
+	RoleValue     AdminRole `protobuf:"varint,202,opt,name=role_value,json=roleValue,proto3,enum=tally.raft.v1.AdminRole" json:"role_value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6336,6 +6406,13 @@ func (x *AdminCredential) GetCreatedBy() string {
 		return x.CreatedBy
 	}
 	return ""
+}
+
+func (x *AdminCredential) GetRoleValue() AdminRole {
+	if x != nil {
+		return x.RoleValue
+	}
+	return AdminRole_ADMIN_ROLE_UNSPECIFIED
 }
 
 // PutAdminCredential stores a new credential; "already exists" if the id is
@@ -7555,7 +7632,7 @@ const file_command_proto_rawDesc = "" +
 	"\x06Policy\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x17\n" +
-	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"\xa3\x02\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"\xdd\x02\n" +
 	"\x0fAdminCredential\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -7567,7 +7644,9 @@ const file_command_proto_rawDesc = "" +
 	"\x11expires_unix_nano\x18\a \x01(\x03R\x0fexpiresUnixNano\x12*\n" +
 	"\x11revoked_unix_nano\x18\b \x01(\x03R\x0frevokedUnixNano\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\t \x01(\tR\tcreatedBy\"T\n" +
+	"created_by\x18\t \x01(\tR\tcreatedBy\x128\n" +
+	"\n" +
+	"role_value\x18\xca\x01 \x01(\x0e2\x18.tally.raft.v1.AdminRoleR\troleValue\"T\n" +
 	"\x12PutAdminCredential\x12>\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x1e.tally.raft.v1.AdminCredentialR\n" +
@@ -7706,7 +7785,14 @@ const file_command_proto_rawDesc = "" +
 	"\x17EVENT_KIND_USER_DELETED\x10\x15\x12\x1d\n" +
 	"\x19EVENT_KIND_TENANT_DELETED\x10\x16\x12\x1a\n" +
 	"\x16EVENT_KIND_ADMIN_AUDIT\x102\x12\x1d\n" +
-	"\x19EVENT_KIND_SECURITY_ALERT\x10<B(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
+	"\x19EVENT_KIND_SECURITY_ALERT\x10<*\xa1\x01\n" +
+	"\tAdminRole\x12\x1a\n" +
+	"\x16ADMIN_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10ADMIN_ROLE_OTHER\x10\x01\x12\x14\n" +
+	"\x10ADMIN_ROLE_ADMIN\x10\x02\x12\x17\n" +
+	"\x13ADMIN_ROLE_OPERATOR\x10\x03\x12\x1b\n" +
+	"\x17ADMIN_ROLE_TENANT_ADMIN\x10\x04\x12\x16\n" +
+	"\x12ADMIN_ROLE_AUDITOR\x10\x05B(Z&github.com/tallyauth/tally/raft/raftpbb\x06proto3"
 
 var (
 	file_command_proto_rawDescOnce sync.Once
@@ -7720,7 +7806,7 @@ func file_command_proto_rawDescGZIP() []byte {
 	return file_command_proto_rawDescData
 }
 
-var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_command_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
 var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
 var file_command_proto_goTypes = []any{
 	(GrantType)(0),                   // 0: tally.raft.v1.GrantType
@@ -7732,179 +7818,181 @@ var file_command_proto_goTypes = []any{
 	(TokenFormat)(0),                 // 6: tally.raft.v1.TokenFormat
 	(KeyUse)(0),                      // 7: tally.raft.v1.KeyUse
 	(EventKind)(0),                   // 8: tally.raft.v1.EventKind
-	(*Command)(nil),                  // 9: tally.raft.v1.Command
-	(*CreateTenant)(nil),             // 10: tally.raft.v1.CreateTenant
-	(*CreateClient)(nil),             // 11: tally.raft.v1.CreateClient
-	(*UpdateClient)(nil),             // 12: tally.raft.v1.UpdateClient
-	(*RotateClientSecret)(nil),       // 13: tally.raft.v1.RotateClientSecret
-	(*SetClientDisabled)(nil),        // 14: tally.raft.v1.SetClientDisabled
-	(*AddKeys)(nil),                  // 15: tally.raft.v1.AddKeys
-	(*RevokeToken)(nil),              // 16: tally.raft.v1.RevokeToken
-	(*Sweep)(nil),                    // 17: tally.raft.v1.Sweep
-	(*Tick)(nil),                     // 18: tally.raft.v1.Tick
-	(*Tenant)(nil),                   // 19: tally.raft.v1.Tenant
-	(*SecretHash)(nil),               // 20: tally.raft.v1.SecretHash
-	(*Client)(nil),                   // 21: tally.raft.v1.Client
-	(*Key)(nil),                      // 22: tally.raft.v1.Key
-	(*Revocation)(nil),               // 23: tally.raft.v1.Revocation
-	(*Event)(nil),                    // 24: tally.raft.v1.Event
-	(*CreateUser)(nil),               // 25: tally.raft.v1.CreateUser
-	(*SetUserPassword)(nil),          // 26: tally.raft.v1.SetUserPassword
-	(*SetUserStatus)(nil),            // 27: tally.raft.v1.SetUserStatus
-	(*RememberConsent)(nil),          // 28: tally.raft.v1.RememberConsent
-	(*RedeemCode)(nil),               // 29: tally.raft.v1.RedeemCode
-	(*RotateRefresh)(nil),            // 30: tally.raft.v1.RotateRefresh
-	(*RevokeFamily)(nil),             // 31: tally.raft.v1.RevokeFamily
-	(*CreateDeviceCode)(nil),         // 32: tally.raft.v1.CreateDeviceCode
-	(*DecideDeviceCode)(nil),         // 33: tally.raft.v1.DecideDeviceCode
-	(*PollDeviceCode)(nil),           // 34: tally.raft.v1.PollDeviceCode
-	(*PasswordHash)(nil),             // 35: tally.raft.v1.PasswordHash
-	(*User)(nil),                     // 36: tally.raft.v1.User
-	(*Consent)(nil),                  // 37: tally.raft.v1.Consent
-	(*AccessToken)(nil),              // 38: tally.raft.v1.AccessToken
-	(*Family)(nil),                   // 39: tally.raft.v1.Family
-	(*UsedCode)(nil),                 // 40: tally.raft.v1.UsedCode
-	(*DeviceCode)(nil),               // 41: tally.raft.v1.DeviceCode
-	(*GrantEvent)(nil),               // 42: tally.raft.v1.GrantEvent
-	(*GrantResult)(nil),              // 43: tally.raft.v1.GrantResult
-	(*SetClusterIssuer)(nil),         // 44: tally.raft.v1.SetClusterIssuer
-	(*DenyNode)(nil),                 // 45: tally.raft.v1.DenyNode
-	(*ClusterMeta)(nil),              // 46: tally.raft.v1.ClusterMeta
-	(*DeniedNode)(nil),               // 47: tally.raft.v1.DeniedNode
-	(*DeleteClient)(nil),             // 48: tally.raft.v1.DeleteClient
-	(*DeleteUser)(nil),               // 49: tally.raft.v1.DeleteUser
-	(*DeleteTenant)(nil),             // 50: tally.raft.v1.DeleteTenant
-	(*DeletedTenant)(nil),            // 51: tally.raft.v1.DeletedTenant
-	(*Deleted)(nil),                  // 52: tally.raft.v1.Deleted
-	(*SetClusterVersion)(nil),        // 53: tally.raft.v1.SetClusterVersion
-	(*ClusterVersion)(nil),           // 54: tally.raft.v1.ClusterVersion
-	(*ClientAuth)(nil),               // 55: tally.raft.v1.ClientAuth
-	(*TenantTrust)(nil),              // 56: tally.raft.v1.TenantTrust
-	(*FederationTrust)(nil),          // 57: tally.raft.v1.FederationTrust
-	(*SubjectMapping)(nil),           // 58: tally.raft.v1.SubjectMapping
-	(*SetTenantTrust)(nil),           // 59: tally.raft.v1.SetTenantTrust
-	(*ConsumeAssertion)(nil),         // 60: tally.raft.v1.ConsumeAssertion
-	(*PushedRequest)(nil),            // 61: tally.raft.v1.PushedRequest
-	(*PushAuthorizationRequest)(nil), // 62: tally.raft.v1.PushAuthorizationRequest
-	(*RedeemRequestURI)(nil),         // 63: tally.raft.v1.RedeemRequestURI
-	(*SetKeyPolicy)(nil),             // 64: tally.raft.v1.SetKeyPolicy
-	(*SetTenantPAR)(nil),             // 65: tally.raft.v1.SetTenantPAR
-	(*SetGatewayConfig)(nil),         // 66: tally.raft.v1.SetGatewayConfig
-	(*GatewayConfig)(nil),            // 67: tally.raft.v1.GatewayConfig
-	(*GatewayRoute)(nil),             // 68: tally.raft.v1.GatewayRoute
-	(*GatewayRateLimit)(nil),         // 69: tally.raft.v1.GatewayRateLimit
-	(*Policy)(nil),                   // 70: tally.raft.v1.Policy
-	(*AdminCredential)(nil),          // 71: tally.raft.v1.AdminCredential
-	(*PutAdminCredential)(nil),       // 72: tally.raft.v1.PutAdminCredential
-	(*RevokeAdminCredential)(nil),    // 73: tally.raft.v1.RevokeAdminCredential
-	(*AuditRecord)(nil),              // 74: tally.raft.v1.AuditRecord
-	(*AppendAudit)(nil),              // 75: tally.raft.v1.AppendAudit
-	(*SecurityAlert)(nil),            // 76: tally.raft.v1.SecurityAlert
-	(*RaiseSecurityAlert)(nil),       // 77: tally.raft.v1.RaiseSecurityAlert
-	(*RevokeUserAccess)(nil),         // 78: tally.raft.v1.RevokeUserAccess
-	(*RecordScopeUse)(nil),           // 79: tally.raft.v1.RecordScopeUse
-	(*ClientScopes)(nil),             // 80: tally.raft.v1.ClientScopes
+	(AdminRole)(0),                   // 9: tally.raft.v1.AdminRole
+	(*Command)(nil),                  // 10: tally.raft.v1.Command
+	(*CreateTenant)(nil),             // 11: tally.raft.v1.CreateTenant
+	(*CreateClient)(nil),             // 12: tally.raft.v1.CreateClient
+	(*UpdateClient)(nil),             // 13: tally.raft.v1.UpdateClient
+	(*RotateClientSecret)(nil),       // 14: tally.raft.v1.RotateClientSecret
+	(*SetClientDisabled)(nil),        // 15: tally.raft.v1.SetClientDisabled
+	(*AddKeys)(nil),                  // 16: tally.raft.v1.AddKeys
+	(*RevokeToken)(nil),              // 17: tally.raft.v1.RevokeToken
+	(*Sweep)(nil),                    // 18: tally.raft.v1.Sweep
+	(*Tick)(nil),                     // 19: tally.raft.v1.Tick
+	(*Tenant)(nil),                   // 20: tally.raft.v1.Tenant
+	(*SecretHash)(nil),               // 21: tally.raft.v1.SecretHash
+	(*Client)(nil),                   // 22: tally.raft.v1.Client
+	(*Key)(nil),                      // 23: tally.raft.v1.Key
+	(*Revocation)(nil),               // 24: tally.raft.v1.Revocation
+	(*Event)(nil),                    // 25: tally.raft.v1.Event
+	(*CreateUser)(nil),               // 26: tally.raft.v1.CreateUser
+	(*SetUserPassword)(nil),          // 27: tally.raft.v1.SetUserPassword
+	(*SetUserStatus)(nil),            // 28: tally.raft.v1.SetUserStatus
+	(*RememberConsent)(nil),          // 29: tally.raft.v1.RememberConsent
+	(*RedeemCode)(nil),               // 30: tally.raft.v1.RedeemCode
+	(*RotateRefresh)(nil),            // 31: tally.raft.v1.RotateRefresh
+	(*RevokeFamily)(nil),             // 32: tally.raft.v1.RevokeFamily
+	(*CreateDeviceCode)(nil),         // 33: tally.raft.v1.CreateDeviceCode
+	(*DecideDeviceCode)(nil),         // 34: tally.raft.v1.DecideDeviceCode
+	(*PollDeviceCode)(nil),           // 35: tally.raft.v1.PollDeviceCode
+	(*PasswordHash)(nil),             // 36: tally.raft.v1.PasswordHash
+	(*User)(nil),                     // 37: tally.raft.v1.User
+	(*Consent)(nil),                  // 38: tally.raft.v1.Consent
+	(*AccessToken)(nil),              // 39: tally.raft.v1.AccessToken
+	(*Family)(nil),                   // 40: tally.raft.v1.Family
+	(*UsedCode)(nil),                 // 41: tally.raft.v1.UsedCode
+	(*DeviceCode)(nil),               // 42: tally.raft.v1.DeviceCode
+	(*GrantEvent)(nil),               // 43: tally.raft.v1.GrantEvent
+	(*GrantResult)(nil),              // 44: tally.raft.v1.GrantResult
+	(*SetClusterIssuer)(nil),         // 45: tally.raft.v1.SetClusterIssuer
+	(*DenyNode)(nil),                 // 46: tally.raft.v1.DenyNode
+	(*ClusterMeta)(nil),              // 47: tally.raft.v1.ClusterMeta
+	(*DeniedNode)(nil),               // 48: tally.raft.v1.DeniedNode
+	(*DeleteClient)(nil),             // 49: tally.raft.v1.DeleteClient
+	(*DeleteUser)(nil),               // 50: tally.raft.v1.DeleteUser
+	(*DeleteTenant)(nil),             // 51: tally.raft.v1.DeleteTenant
+	(*DeletedTenant)(nil),            // 52: tally.raft.v1.DeletedTenant
+	(*Deleted)(nil),                  // 53: tally.raft.v1.Deleted
+	(*SetClusterVersion)(nil),        // 54: tally.raft.v1.SetClusterVersion
+	(*ClusterVersion)(nil),           // 55: tally.raft.v1.ClusterVersion
+	(*ClientAuth)(nil),               // 56: tally.raft.v1.ClientAuth
+	(*TenantTrust)(nil),              // 57: tally.raft.v1.TenantTrust
+	(*FederationTrust)(nil),          // 58: tally.raft.v1.FederationTrust
+	(*SubjectMapping)(nil),           // 59: tally.raft.v1.SubjectMapping
+	(*SetTenantTrust)(nil),           // 60: tally.raft.v1.SetTenantTrust
+	(*ConsumeAssertion)(nil),         // 61: tally.raft.v1.ConsumeAssertion
+	(*PushedRequest)(nil),            // 62: tally.raft.v1.PushedRequest
+	(*PushAuthorizationRequest)(nil), // 63: tally.raft.v1.PushAuthorizationRequest
+	(*RedeemRequestURI)(nil),         // 64: tally.raft.v1.RedeemRequestURI
+	(*SetKeyPolicy)(nil),             // 65: tally.raft.v1.SetKeyPolicy
+	(*SetTenantPAR)(nil),             // 66: tally.raft.v1.SetTenantPAR
+	(*SetGatewayConfig)(nil),         // 67: tally.raft.v1.SetGatewayConfig
+	(*GatewayConfig)(nil),            // 68: tally.raft.v1.GatewayConfig
+	(*GatewayRoute)(nil),             // 69: tally.raft.v1.GatewayRoute
+	(*GatewayRateLimit)(nil),         // 70: tally.raft.v1.GatewayRateLimit
+	(*Policy)(nil),                   // 71: tally.raft.v1.Policy
+	(*AdminCredential)(nil),          // 72: tally.raft.v1.AdminCredential
+	(*PutAdminCredential)(nil),       // 73: tally.raft.v1.PutAdminCredential
+	(*RevokeAdminCredential)(nil),    // 74: tally.raft.v1.RevokeAdminCredential
+	(*AuditRecord)(nil),              // 75: tally.raft.v1.AuditRecord
+	(*AppendAudit)(nil),              // 76: tally.raft.v1.AppendAudit
+	(*SecurityAlert)(nil),            // 77: tally.raft.v1.SecurityAlert
+	(*RaiseSecurityAlert)(nil),       // 78: tally.raft.v1.RaiseSecurityAlert
+	(*RevokeUserAccess)(nil),         // 79: tally.raft.v1.RevokeUserAccess
+	(*RecordScopeUse)(nil),           // 80: tally.raft.v1.RecordScopeUse
+	(*ClientScopes)(nil),             // 81: tally.raft.v1.ClientScopes
 }
 var file_command_proto_depIdxs = []int32{
-	10, // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
-	11, // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
-	12, // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
-	13, // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
-	14, // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
-	15, // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
-	16, // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
-	17, // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
-	44, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
-	45, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
-	25, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
-	26, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
-	27, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
-	28, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
-	29, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
-	30, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
-	31, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
-	32, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
-	33, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
-	34, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
-	18, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
-	48, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
-	49, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
-	50, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
-	53, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
-	60, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
-	59, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
-	62, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
-	63, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
-	64, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
-	65, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
-	66, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
-	72, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
-	73, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
-	75, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
-	77, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
-	78, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
-	79, // 37: tally.raft.v1.Command.record_scope_use:type_name -> tally.raft.v1.RecordScopeUse
-	19, // 38: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
-	22, // 39: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
-	21, // 40: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
-	21, // 41: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
-	20, // 42: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
-	22, // 43: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
-	23, // 44: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
-	56, // 45: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
+	11, // 0: tally.raft.v1.Command.create_tenant:type_name -> tally.raft.v1.CreateTenant
+	12, // 1: tally.raft.v1.Command.create_client:type_name -> tally.raft.v1.CreateClient
+	13, // 2: tally.raft.v1.Command.update_client:type_name -> tally.raft.v1.UpdateClient
+	14, // 3: tally.raft.v1.Command.rotate_client_secret:type_name -> tally.raft.v1.RotateClientSecret
+	15, // 4: tally.raft.v1.Command.set_client_disabled:type_name -> tally.raft.v1.SetClientDisabled
+	16, // 5: tally.raft.v1.Command.add_keys:type_name -> tally.raft.v1.AddKeys
+	17, // 6: tally.raft.v1.Command.revoke_token:type_name -> tally.raft.v1.RevokeToken
+	18, // 7: tally.raft.v1.Command.sweep:type_name -> tally.raft.v1.Sweep
+	45, // 8: tally.raft.v1.Command.set_cluster_issuer:type_name -> tally.raft.v1.SetClusterIssuer
+	46, // 9: tally.raft.v1.Command.deny_node:type_name -> tally.raft.v1.DenyNode
+	26, // 10: tally.raft.v1.Command.create_user:type_name -> tally.raft.v1.CreateUser
+	27, // 11: tally.raft.v1.Command.set_user_password:type_name -> tally.raft.v1.SetUserPassword
+	28, // 12: tally.raft.v1.Command.set_user_status:type_name -> tally.raft.v1.SetUserStatus
+	29, // 13: tally.raft.v1.Command.remember_consent:type_name -> tally.raft.v1.RememberConsent
+	30, // 14: tally.raft.v1.Command.redeem_code:type_name -> tally.raft.v1.RedeemCode
+	31, // 15: tally.raft.v1.Command.rotate_refresh:type_name -> tally.raft.v1.RotateRefresh
+	32, // 16: tally.raft.v1.Command.revoke_family:type_name -> tally.raft.v1.RevokeFamily
+	33, // 17: tally.raft.v1.Command.create_device_code:type_name -> tally.raft.v1.CreateDeviceCode
+	34, // 18: tally.raft.v1.Command.decide_device_code:type_name -> tally.raft.v1.DecideDeviceCode
+	35, // 19: tally.raft.v1.Command.poll_device_code:type_name -> tally.raft.v1.PollDeviceCode
+	19, // 20: tally.raft.v1.Command.tick:type_name -> tally.raft.v1.Tick
+	49, // 21: tally.raft.v1.Command.delete_client:type_name -> tally.raft.v1.DeleteClient
+	50, // 22: tally.raft.v1.Command.delete_user:type_name -> tally.raft.v1.DeleteUser
+	51, // 23: tally.raft.v1.Command.delete_tenant:type_name -> tally.raft.v1.DeleteTenant
+	54, // 24: tally.raft.v1.Command.set_cluster_version:type_name -> tally.raft.v1.SetClusterVersion
+	61, // 25: tally.raft.v1.Command.consume_assertion:type_name -> tally.raft.v1.ConsumeAssertion
+	60, // 26: tally.raft.v1.Command.set_tenant_trust:type_name -> tally.raft.v1.SetTenantTrust
+	63, // 27: tally.raft.v1.Command.push_authorization_request:type_name -> tally.raft.v1.PushAuthorizationRequest
+	64, // 28: tally.raft.v1.Command.redeem_request_uri:type_name -> tally.raft.v1.RedeemRequestURI
+	65, // 29: tally.raft.v1.Command.set_key_policy:type_name -> tally.raft.v1.SetKeyPolicy
+	66, // 30: tally.raft.v1.Command.set_tenant_par:type_name -> tally.raft.v1.SetTenantPAR
+	67, // 31: tally.raft.v1.Command.set_gateway_config:type_name -> tally.raft.v1.SetGatewayConfig
+	73, // 32: tally.raft.v1.Command.put_admin_credential:type_name -> tally.raft.v1.PutAdminCredential
+	74, // 33: tally.raft.v1.Command.revoke_admin_credential:type_name -> tally.raft.v1.RevokeAdminCredential
+	76, // 34: tally.raft.v1.Command.append_audit:type_name -> tally.raft.v1.AppendAudit
+	78, // 35: tally.raft.v1.Command.raise_security_alert:type_name -> tally.raft.v1.RaiseSecurityAlert
+	79, // 36: tally.raft.v1.Command.revoke_user_access:type_name -> tally.raft.v1.RevokeUserAccess
+	80, // 37: tally.raft.v1.Command.record_scope_use:type_name -> tally.raft.v1.RecordScopeUse
+	20, // 38: tally.raft.v1.CreateTenant.tenant:type_name -> tally.raft.v1.Tenant
+	23, // 39: tally.raft.v1.CreateTenant.keys:type_name -> tally.raft.v1.Key
+	22, // 40: tally.raft.v1.CreateClient.client:type_name -> tally.raft.v1.Client
+	22, // 41: tally.raft.v1.UpdateClient.client:type_name -> tally.raft.v1.Client
+	21, // 42: tally.raft.v1.RotateClientSecret.new_secret:type_name -> tally.raft.v1.SecretHash
+	23, // 43: tally.raft.v1.AddKeys.keys:type_name -> tally.raft.v1.Key
+	24, // 44: tally.raft.v1.RevokeToken.revocation:type_name -> tally.raft.v1.Revocation
+	57, // 45: tally.raft.v1.Tenant.trust:type_name -> tally.raft.v1.TenantTrust
 	1,  // 46: tally.raft.v1.Tenant.signing_algorithm:type_name -> tally.raft.v1.KeyAlg
-	20, // 47: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
-	55, // 48: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
+	21, // 47: tally.raft.v1.Client.secrets:type_name -> tally.raft.v1.SecretHash
+	56, // 48: tally.raft.v1.Client.auth:type_name -> tally.raft.v1.ClientAuth
 	6,  // 49: tally.raft.v1.Client.format:type_name -> tally.raft.v1.TokenFormat
 	0,  // 50: tally.raft.v1.Client.grant_type_values:type_name -> tally.raft.v1.GrantType
 	7,  // 51: tally.raft.v1.Key.key_use:type_name -> tally.raft.v1.KeyUse
 	1,  // 52: tally.raft.v1.Key.key_alg:type_name -> tally.raft.v1.KeyAlg
 	8,  // 53: tally.raft.v1.Event.kind:type_name -> tally.raft.v1.EventKind
-	23, // 54: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
-	74, // 55: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
-	76, // 56: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
-	36, // 57: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
-	35, // 58: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
-	37, // 59: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
-	39, // 60: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
-	38, // 61: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
-	38, // 62: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
-	41, // 63: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
-	39, // 64: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
-	38, // 65: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
-	35, // 66: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
-	38, // 67: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
-	38, // 68: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
+	24, // 54: tally.raft.v1.Event.revocation:type_name -> tally.raft.v1.Revocation
+	75, // 55: tally.raft.v1.Event.audit:type_name -> tally.raft.v1.AuditRecord
+	77, // 56: tally.raft.v1.Event.alert:type_name -> tally.raft.v1.SecurityAlert
+	37, // 57: tally.raft.v1.CreateUser.user:type_name -> tally.raft.v1.User
+	36, // 58: tally.raft.v1.SetUserPassword.password:type_name -> tally.raft.v1.PasswordHash
+	38, // 59: tally.raft.v1.RememberConsent.consent:type_name -> tally.raft.v1.Consent
+	40, // 60: tally.raft.v1.RedeemCode.family:type_name -> tally.raft.v1.Family
+	39, // 61: tally.raft.v1.RedeemCode.access_token:type_name -> tally.raft.v1.AccessToken
+	39, // 62: tally.raft.v1.RotateRefresh.access_token:type_name -> tally.raft.v1.AccessToken
+	42, // 63: tally.raft.v1.CreateDeviceCode.device_code:type_name -> tally.raft.v1.DeviceCode
+	40, // 64: tally.raft.v1.PollDeviceCode.family:type_name -> tally.raft.v1.Family
+	39, // 65: tally.raft.v1.PollDeviceCode.access_token:type_name -> tally.raft.v1.AccessToken
+	36, // 66: tally.raft.v1.User.password:type_name -> tally.raft.v1.PasswordHash
+	39, // 67: tally.raft.v1.Family.access_tokens:type_name -> tally.raft.v1.AccessToken
+	39, // 68: tally.raft.v1.UsedCode.access_tokens:type_name -> tally.raft.v1.AccessToken
 	3,  // 69: tally.raft.v1.DeviceCode.device_status:type_name -> tally.raft.v1.DeviceStatus
 	5,  // 70: tally.raft.v1.GrantEvent.kind_value:type_name -> tally.raft.v1.GrantEventKind
-	39, // 71: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
-	41, // 72: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
-	42, // 73: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
-	61, // 74: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
-	76, // 75: tally.raft.v1.GrantResult.alert:type_name -> tally.raft.v1.SecurityAlert
+	40, // 71: tally.raft.v1.GrantResult.family:type_name -> tally.raft.v1.Family
+	42, // 72: tally.raft.v1.GrantResult.device_code:type_name -> tally.raft.v1.DeviceCode
+	43, // 73: tally.raft.v1.GrantResult.events:type_name -> tally.raft.v1.GrantEvent
+	62, // 74: tally.raft.v1.GrantResult.pushed_request:type_name -> tally.raft.v1.PushedRequest
+	77, // 75: tally.raft.v1.GrantResult.alert:type_name -> tally.raft.v1.SecurityAlert
 	4,  // 76: tally.raft.v1.GrantResult.outcome_value:type_name -> tally.raft.v1.GrantOutcome
-	76, // 77: tally.raft.v1.GrantResult.alerts:type_name -> tally.raft.v1.SecurityAlert
-	47, // 78: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
-	22, // 79: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
+	77, // 77: tally.raft.v1.GrantResult.alerts:type_name -> tally.raft.v1.SecurityAlert
+	48, // 78: tally.raft.v1.ClusterMeta.denied:type_name -> tally.raft.v1.DeniedNode
+	23, // 79: tally.raft.v1.DeletedTenant.signing_keys:type_name -> tally.raft.v1.Key
 	1,  // 80: tally.raft.v1.DeletedTenant.signing_algorithm:type_name -> tally.raft.v1.KeyAlg
-	54, // 81: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
+	55, // 81: tally.raft.v1.SetClusterVersion.cluster_version:type_name -> tally.raft.v1.ClusterVersion
 	2,  // 82: tally.raft.v1.ClientAuth.method_values:type_name -> tally.raft.v1.AuthMethod
-	57, // 83: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
-	58, // 84: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
-	56, // 85: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
-	61, // 86: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
-	67, // 87: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
-	68, // 88: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
-	69, // 89: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
-	70, // 90: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
-	71, // 91: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
-	74, // 92: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
-	76, // 93: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
-	94, // [94:94] is the sub-list for method output_type
-	94, // [94:94] is the sub-list for method input_type
-	94, // [94:94] is the sub-list for extension type_name
-	94, // [94:94] is the sub-list for extension extendee
-	0,  // [0:94] is the sub-list for field type_name
+	58, // 83: tally.raft.v1.TenantTrust.federations:type_name -> tally.raft.v1.FederationTrust
+	59, // 84: tally.raft.v1.FederationTrust.subjects:type_name -> tally.raft.v1.SubjectMapping
+	57, // 85: tally.raft.v1.SetTenantTrust.trust:type_name -> tally.raft.v1.TenantTrust
+	62, // 86: tally.raft.v1.PushAuthorizationRequest.request:type_name -> tally.raft.v1.PushedRequest
+	68, // 87: tally.raft.v1.SetGatewayConfig.config:type_name -> tally.raft.v1.GatewayConfig
+	69, // 88: tally.raft.v1.GatewayConfig.routes:type_name -> tally.raft.v1.GatewayRoute
+	70, // 89: tally.raft.v1.GatewayConfig.rate_limits:type_name -> tally.raft.v1.GatewayRateLimit
+	71, // 90: tally.raft.v1.GatewayConfig.policies:type_name -> tally.raft.v1.Policy
+	9,  // 91: tally.raft.v1.AdminCredential.role_value:type_name -> tally.raft.v1.AdminRole
+	72, // 92: tally.raft.v1.PutAdminCredential.credential:type_name -> tally.raft.v1.AdminCredential
+	75, // 93: tally.raft.v1.AppendAudit.record:type_name -> tally.raft.v1.AuditRecord
+	77, // 94: tally.raft.v1.RaiseSecurityAlert.alert:type_name -> tally.raft.v1.SecurityAlert
+	95, // [95:95] is the sub-list for method output_type
+	95, // [95:95] is the sub-list for method input_type
+	95, // [95:95] is the sub-list for extension type_name
+	95, // [95:95] is the sub-list for extension extendee
+	0,  // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_command_proto_init() }
@@ -7957,7 +8045,7 @@ func file_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
-			NumEnums:      9,
+			NumEnums:      10,
 			NumMessages:   72,
 			NumExtensions: 0,
 			NumServices:   0,
