@@ -74,10 +74,7 @@ func checkTypedV3(cmd *raftpb.Command) error {
 // typedEnumsV3 reports whether the cluster version recorded in the
 // batch's transaction enables FeatureTypedEnumsV3.
 func (a *applier) typedEnumsV3() bool {
-	v, err := readClusterVersion(a.tx)
-	if err != nil {
-		storageFault("%v", err)
-	}
+	v := a.clusterVersion()
 	return slices.Contains(v.GetFeatures(), FeatureTypedEnumsV3)
 }
 
