@@ -37,129 +37,149 @@ type Backend interface {
 // Dex's storage conformance tests do for its storages).
 func RunStateConformance(t *testing.T, newBackend func(t *testing.T) Backend) {
 	ctx := context.Background()
-	acme := issuance.Tenant{ID: "acme", DisplayName: "Acme Inc.", SigningAlg: "ES256"}
+	for _, c := range conformanceCases {
+		t.Run(c.name, func(t *testing.T) { c.run(t, ctx, newBackend(t)) })
+	}
+}
 
-	t.Run("TenantNotFound", func(t *testing.T) {
-		b := newBackend(t)
-		if _, err := b.Tenant(ctx, "nope"); !errors.Is(err, issuance.ErrNotFound) {
-			t.Fatalf("unknown tenant: %v, want ErrNotFound", err)
-		}
-	})
+// conformanceCases are RunStateConformance's subtests, each on a fresh,
+// empty backend.
+var conformanceCases = []struct {
+	name string
+	run  func(t *testing.T, ctx context.Context, b Backend)
+}{
+	{"TenantNotFound", conformTenantNotFound},
+	{"TenantRoundTrip", conformTenantRoundTrip},
+	{"ClientNotFound", conformClientNotFound},
+	{"ClientRoundTrip", conformClientRoundTrip},
+	{"KeysNotFound", conformKeysNotFound},
+	{"KeysInCreationOrderExpiredIncluded", conformKeysInCreationOrderExpiredIncluded},
+	{"RevokeThenRevoked", conformRevokeThenRevoked},
+}
 
-	t.Run("TenantRoundTrip", func(t *testing.T) {
-		b := newBackend(t)
-		b.CreateTenant(t, acme)
-		got, err := b.Tenant(ctx, "acme")
-		if err != nil || !reflect.DeepEqual(got, acme) {
-			t.Fatalf("Tenant = %+v, %v; want %+v", got, err, acme)
-		}
-	})
+// acme is the tenant most cases create.
+var acme = issuance.Tenant{ID: "acme", DisplayName: "Acme Inc.", SigningAlg: "ES256"}
 
-	t.Run("ClientNotFound", func(t *testing.T) {
-		b := newBackend(t)
-		b.CreateTenant(t, acme)
-		b.CreateClient(t, sampleClient("acme", "c1"))
-		for _, tc := range []struct{ tenant, id string }{{"acme", "nope"}, {"nope", "c1"}} {
-			if _, err := b.Client(ctx, tc.tenant, tc.id); !errors.Is(err, issuance.ErrNotFound) {
-				t.Errorf("Client(%s, %s): %v, want ErrNotFound", tc.tenant, tc.id, err)
-			}
-		}
-	})
+// conformTenantNotFound: an unknown tenant is ErrNotFound.
+func conformTenantNotFound(t *testing.T, ctx context.Context, b Backend) {
+	if _, err := b.Tenant(ctx, "nope"); !errors.Is(err, issuance.ErrNotFound) {
+		t.Fatalf("unknown tenant: %v, want ErrNotFound", err)
+	}
+}
 
-	t.Run("ClientRoundTrip", func(t *testing.T) {
-		b := newBackend(t)
-		b.CreateTenant(t, acme)
-		b.CreateTenant(t, issuance.Tenant{ID: "other", DisplayName: "Other", SigningAlg: "EdDSA"})
-		want := sampleClient("acme", "c1")
-		b.CreateClient(t, want)
-		off := sampleClient("acme", "off")
-		off.Disabled = true
-		b.CreateClient(t, off)
-		// The same id in another tenant is another client.
-		o := sampleClient("other", "c1")
-		o.Name = "other's"
-		b.CreateClient(t, o)
-		for _, w := range []issuance.Client{want, off, o} {
-			got, err := b.Client(ctx, w.Tenant, w.ID)
-			if err != nil {
-				t.Fatalf("Client(%s, %s): %v", w.Tenant, w.ID, err)
-			}
-			if !sameClient(got, w) {
-				t.Errorf("Client(%s, %s) =\n%+v\nwant\n%+v", w.Tenant, w.ID, got, w)
-			}
-		}
-	})
+// conformTenantRoundTrip: a created tenant reads back as created.
+func conformTenantRoundTrip(t *testing.T, ctx context.Context, b Backend) {
+	b.CreateTenant(t, acme)
+	got, err := b.Tenant(ctx, "acme")
+	if err != nil || !reflect.DeepEqual(got, acme) {
+		t.Fatalf("Tenant = %+v, %v; want %+v", got, err, acme)
+	}
+}
 
-	t.Run("KeysNotFound", func(t *testing.T) {
-		b := newBackend(t)
-		if _, err := b.Keys(ctx, "nope"); !errors.Is(err, issuance.ErrNotFound) {
-			t.Fatalf("Keys of an unknown tenant: %v, want ErrNotFound", err)
+// conformClientNotFound: an unknown client, or a known id in an unknown tenant, is ErrNotFound.
+func conformClientNotFound(t *testing.T, ctx context.Context, b Backend) {
+	b.CreateTenant(t, acme)
+	b.CreateClient(t, sampleClient("acme", "c1"))
+	for _, tc := range []struct{ tenant, id string }{{"acme", "nope"}, {"nope", "c1"}} {
+		if _, err := b.Client(ctx, tc.tenant, tc.id); !errors.Is(err, issuance.ErrNotFound) {
+			t.Errorf("Client(%s, %s): %v, want ErrNotFound", tc.tenant, tc.id, err)
 		}
-		b.CreateTenant(t, acme)
-		if ks, err := b.Keys(ctx, "acme"); err != nil || len(ks) != 0 {
-			t.Fatalf("Keys of a tenant without keys: %v, %v", ks, err)
-		}
-	})
+	}
+}
 
-	t.Run("KeysInCreationOrderExpiredIncluded", func(t *testing.T) {
-		b := newBackend(t)
-		b.CreateTenant(t, acme)
-		now := time.Now().Truncate(time.Second)
-		// Kids in reverse alphabetical order: the order is creation, not kid.
-		k1 := sampleKey("acme", "z-first", "sig", now.Add(-3*time.Hour))
-		k2 := sampleKey("acme", "m-seal", "seal", now.Add(-3*time.Hour))
-		k3 := sampleKey("acme", "a-second", "sig", now.Add(-2*time.Hour))
-		b.AddKey(t, k1, time.Hour)
-		b.AddKey(t, k2, time.Hour)
-		b.AddKey(t, k3, time.Hour)
-		ks, err := b.Keys(ctx, "acme")
+// conformClientRoundTrip: clients read back as created, disabled ones too, and the same id in another tenant is another client.
+func conformClientRoundTrip(t *testing.T, ctx context.Context, b Backend) {
+	b.CreateTenant(t, acme)
+	b.CreateTenant(t, issuance.Tenant{ID: "other", DisplayName: "Other", SigningAlg: "EdDSA"})
+	want := sampleClient("acme", "c1")
+	b.CreateClient(t, want)
+	off := sampleClient("acme", "off")
+	off.Disabled = true
+	b.CreateClient(t, off)
+	// The same id in another tenant is another client.
+	o := sampleClient("other", "c1")
+	o.Name = "other's"
+	b.CreateClient(t, o)
+	for _, w := range []issuance.Client{want, off, o} {
+		got, err := b.Client(ctx, w.Tenant, w.ID)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("Client(%s, %s): %v", w.Tenant, w.ID, err)
 		}
-		var kids []string
-		for _, k := range ks {
-			kids = append(kids, k.ID)
+		if !sameClient(got, w) {
+			t.Errorf("Client(%s, %s) =\n%+v\nwant\n%+v", w.Tenant, w.ID, got, w)
 		}
-		if !slices.Equal(kids, []string{"z-first", "m-seal", "a-second"}) {
-			t.Fatalf("Keys = %v, want creation order", kids)
-		}
-		// k1 was retired by k3 and expired an hour ago: still listed (a
-		// sweep removes it), with its times, so callers can skip it.
-		k1.RetiredAt, k1.ExpiresAt = k3.NotBefore, k3.NotBefore.Add(time.Hour)
-		for i, w := range []issuance.Key{k1, k2, k3} {
-			if !sameKey(ks[i], w) {
-				t.Errorf("key %d =\n%+v\nwant\n%+v", i, ks[i], w)
-			}
-		}
-		if !ks[0].ExpiresAt.Before(now) {
-			t.Errorf("the first key should have expired: %v", ks[0].ExpiresAt)
-		}
-	})
+	}
+}
 
-	t.Run("RevokeThenRevoked", func(t *testing.T) {
-		b := newBackend(t)
-		b.CreateTenant(t, acme)
-		b.CreateTenant(t, issuance.Tenant{ID: "other", DisplayName: "Other", SigningAlg: "ES256"})
-		if b.Revoked(ctx, "acme", "j1") {
-			t.Fatal("an unknown jti is revoked")
+// conformKeysNotFound: the keys of an unknown tenant are ErrNotFound; a tenant without keys has none.
+func conformKeysNotFound(t *testing.T, ctx context.Context, b Backend) {
+	if _, err := b.Keys(ctx, "nope"); !errors.Is(err, issuance.ErrNotFound) {
+		t.Fatalf("Keys of an unknown tenant: %v, want ErrNotFound", err)
+	}
+	b.CreateTenant(t, acme)
+	if ks, err := b.Keys(ctx, "acme"); err != nil || len(ks) != 0 {
+		t.Fatalf("Keys of a tenant without keys: %v, %v", ks, err)
+	}
+}
+
+// conformKeysInCreationOrderExpiredIncluded: keys are listed in creation order, retired and expired ones included, with their times.
+func conformKeysInCreationOrderExpiredIncluded(t *testing.T, ctx context.Context, b Backend) {
+	b.CreateTenant(t, acme)
+	now := time.Now().Truncate(time.Second)
+	// Kids in reverse alphabetical order: the order is creation, not kid.
+	k1 := sampleKey("acme", "z-first", "sig", now.Add(-3*time.Hour))
+	k2 := sampleKey("acme", "m-seal", "seal", now.Add(-3*time.Hour))
+	k3 := sampleKey("acme", "a-second", "sig", now.Add(-2*time.Hour))
+	b.AddKey(t, k1, time.Hour)
+	b.AddKey(t, k2, time.Hour)
+	b.AddKey(t, k3, time.Hour)
+	ks, err := b.Keys(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, k := range ks {
+		kids = append(kids, k.ID)
+	}
+	if !slices.Equal(kids, []string{"z-first", "m-seal", "a-second"}) {
+		t.Fatalf("Keys = %v, want creation order", kids)
+	}
+	// k1 was retired by k3 and expired an hour ago: still listed (a
+	// sweep removes it), with its times, so callers can skip it.
+	k1.RetiredAt, k1.ExpiresAt = k3.NotBefore, k3.NotBefore.Add(time.Hour)
+	for i, w := range []issuance.Key{k1, k2, k3} {
+		if !sameKey(ks[i], w) {
+			t.Errorf("key %d =\n%+v\nwant\n%+v", i, ks[i], w)
 		}
-		r := issuance.Revocation{Tenant: "acme", JTI: "j1", ClientID: "c1", Subject: "alice",
-			ExpiresAt: time.Now().Add(time.Hour), Reason: "test"}
-		if err := b.Revoke(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-		// Revoke returns once the revocation is applied: read your write.
-		if !b.Revoked(ctx, "acme", "j1") {
-			t.Fatal("not revoked right after Revoke returned")
-		}
-		if b.Revoked(ctx, "other", "j1") || b.Revoked(ctx, "nope", "j1") || b.Revoked(ctx, "acme", "j2") {
-			t.Fatal("a revocation leaked to another tenant or jti")
-		}
-		// Revoking again is not an error.
-		if err := b.Revoke(ctx, r); err != nil {
-			t.Fatalf("second Revoke: %v", err)
-		}
-	})
+	}
+	if !ks[0].ExpiresAt.Before(now) {
+		t.Errorf("the first key should have expired: %v", ks[0].ExpiresAt)
+	}
+}
+
+// conformRevokeThenRevoked: a revocation is visible once Revoke returns, only for its tenant and jti, and revoking again is no error.
+func conformRevokeThenRevoked(t *testing.T, ctx context.Context, b Backend) {
+	b.CreateTenant(t, acme)
+	b.CreateTenant(t, issuance.Tenant{ID: "other", DisplayName: "Other", SigningAlg: "ES256"})
+	if b.Revoked(ctx, "acme", "j1") {
+		t.Fatal("an unknown jti is revoked")
+	}
+	r := issuance.Revocation{Tenant: "acme", JTI: "j1", ClientID: "c1", Subject: "alice",
+		ExpiresAt: time.Now().Add(time.Hour), Reason: "test"}
+	if err := b.Revoke(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	// Revoke returns once the revocation is applied: read your write.
+	if !b.Revoked(ctx, "acme", "j1") {
+		t.Fatal("not revoked right after Revoke returned")
+	}
+	if b.Revoked(ctx, "other", "j1") || b.Revoked(ctx, "nope", "j1") || b.Revoked(ctx, "acme", "j2") {
+		t.Fatal("a revocation leaked to another tenant or jti")
+	}
+	// Revoking again is not an error.
+	if err := b.Revoke(ctx, r); err != nil {
+		t.Fatalf("second Revoke: %v", err)
+	}
 }
 
 func sampleClient(tenant, id string) issuance.Client {
