@@ -72,38 +72,7 @@ func clusterCommands() []adminCommand {
 				"(its binary does not understand a log entry: upgrade it) or too old (its binary\n" +
 				"does not implement the cluster version shown under the table).",
 			examples: []string{`tally admin cluster status`, `tally admin cluster status --output json`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					api, err := s.clusterClient()
-					if err != nil {
-						return err
-					}
-					res, err := api.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
-					if err != nil {
-						return err
-					}
-					if s.json {
-						b, err := protoJSON(res.Msg)
-						if err != nil {
-							return err
-						}
-						return s.writeJSON(b)
-					}
-					rows := make([][]string, 0, len(res.Msg.Members))
-					for _, m := range res.Msg.Members {
-						rows = append(rows, []string{m.Id, m.Region, textBool(m.Voter), textBool(m.Leader), m.State,
-							strconv.FormatUint(m.Term, 10), strconv.FormatUint(m.AppliedIndex, 10), strconv.FormatUint(m.Lag, 10),
-							m.Health, m.RaftAddress, m.HttpAddress})
-					}
-					if err := writeTable(s.e.stdout, []string{"ID", "REGION", "VOTER", "LEADER", "STATE", "TERM", "APPLIED", "LAG", "HEALTH", "RAFT", "HTTP"}, rows); err != nil {
-						return err
-					}
-					return writeClusterVersion(s.e.stdout, res.Msg) // admin_version.go
-				}
-			},
+			setup:    clusterStatus,
 		},
 		memberAddCommand("cluster add-voter", "Add a voting member (it must already run with a node certificate of the cluster CA).", false),
 		memberAddCommand("cluster add-nonvoter", "Add a non-voting member: it replicates the state and serves reads and issuance but does not vote.", true),
@@ -114,45 +83,14 @@ func clusterCommands() []adminCommand {
 			summary:  "Remove a member from the Raft configuration.",
 			detail:   "Stop the node afterwards. Removing voters below a majority of the remaining ones loses the quorum. Removal is final: the id goes on the cluster's deny list and its certificate is refused on every node's cluster port; bring a replacement up under a new node id.",
 			examples: []string{`tally admin cluster remove node4`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					id, err := oneArg(args, "member ID")
-					if err != nil {
-						return err
-					}
-					api, err := s.clusterClient()
-					if err != nil {
-						return err
-					}
-					if _, err := api.RemoveServer(ctx, connect.NewRequest(&clusterv1.RemoveServerRequest{Id: id})); err != nil {
-						return err
-					}
-					return s.printFields([]field{{"removed", id}})
-				}
-			},
+			setup:    clusterRemove,
 		},
 		{
 			path:     "cluster transfer-leadership",
 			synopsis: "[--to ID]",
 			summary:  "Hand leadership to a voter (any up-to-date voter without --to).",
 			examples: []string{`tally admin cluster transfer-leadership --to node2`, `tally admin cluster transfer-leadership`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				to := fs.String("to", "", "`ID` of the voter to lead (default: any)")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					api, err := s.clusterClient()
-					if err != nil {
-						return err
-					}
-					res, err := api.TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{To: *to}))
-					if err != nil {
-						return err
-					}
-					return s.printOne(res.Msg, []field{{"leader", res.Msg.LeaderId}})
-				}
-			},
+			setup:    clusterTransferLeadership,
 		},
 		{
 			path:     "cluster ca",
@@ -161,25 +99,7 @@ func clusterCommands() []adminCommand {
 			summary:  "Create a cluster CA (ECDSA P-256) in DIR: ca.pem and ca-key.pem. Runs locally.",
 			detail:   "Keep ca-key.pem offline; nodes need only ca.pem and their own certificate.",
 			examples: []string{`tally admin cluster ca init --out ./cluster-ca`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				out := fs.String("out", "", "`directory` for the CA (required; must not hold one)")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					verb, err := oneArg(args, "init")
-					if err != nil {
-						return err
-					}
-					if verb != "init" {
-						return usagef("unknown command %q: want init", verb)
-					}
-					if err := requireFlag("out", *out); err != nil {
-						return err
-					}
-					if err := raft.InitCADir(*out, time.Time{}); err != nil {
-						return err
-					}
-					return s.printFields([]field{{"ca_cert", filepath.Join(*out, raft.CACertFile)}, {"ca_key", filepath.Join(*out, raft.CAKeyFile)}})
-				}
-			},
+			setup:    clusterCA,
 		},
 		{
 			path:     "cluster node-cert",
@@ -189,41 +109,7 @@ func clusterCommands() []adminCommand {
 				"and DNS names peers dial it at. --out receives node.pem, node-key.pem and ca.pem,\n" +
 				"the layout of the node's tls_dir.",
 			examples: []string{`tally admin cluster node-cert --ca ./cluster-ca --node-id node1 --ip 127.0.0.1 --out ./node1/tls`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				ca := fs.String("ca", "", "CA `directory` (required)")
-				id := fs.String("node-id", "", "node `ID` (required)")
-				out := fs.String("out", "", "output `directory` (required)")
-				validity := fs.Duration("validity", 365*24*time.Hour, "how long the certificate is valid")
-				ips := &listFlag{split: true}
-				dns := &listFlag{split: true}
-				fs.Var(ips, "ip", "IP `address` peers dial (repeatable)")
-				fs.Var(dns, "dns", "DNS `name` peers dial (repeatable)")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					for name, v := range map[string]string{"ca": *ca, "node-id": *id, "out": *out} {
-						if err := requireFlag(name, v); err != nil {
-							return err
-						}
-					}
-					if len(ips.values) == 0 && len(dns.values) == 0 {
-						return usagef("give at least one --ip or --dns")
-					}
-					o := raft.CertOptions{NodeID: *id, DNSNames: dns.values, Validity: *validity}
-					for _, v := range ips.values {
-						ip := net.ParseIP(v)
-						if ip == nil {
-							return usagef("--ip %q is not an IP address", v)
-						}
-						o.IPs = append(o.IPs, ip)
-					}
-					if err := raft.IssueNodeCertDir(*ca, *out, o); err != nil {
-						return err
-					}
-					return s.printFields([]field{{"node_id", *id}, {"cert", filepath.Join(*out, raft.NodeCertFile)}, {"key", filepath.Join(*out, raft.NodeKeyFile)}, {"ca_cert", filepath.Join(*out, raft.CACertFile)}})
-				}
-			},
+			setup:    clusterNodeCert,
 		},
 		{
 			path:     "snapshot save",
@@ -234,19 +120,7 @@ func clusterCommands() []adminCommand {
 				"README, \"Snapshots and restore\", for restoring a cluster from it. FILE is\n" +
 				"written to FILE.tmp and renamed when complete; - writes to stdout.",
 			examples: []string{`tally admin snapshot save backup.db --timeout 5m`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					path, err := oneArg(args, "FILE")
-					if err != nil {
-						return err
-					}
-					api, err := s.clusterClient()
-					if err != nil {
-						return err
-					}
-					return saveSnapshot(ctx, s, api, path)
-				}
-			},
+			setup:    snapshotSave,
 		},
 		{
 			path:     "snapshot restore",
@@ -258,16 +132,163 @@ func clusterCommands() []adminCommand {
 				"snapshot was saved is lost. The cluster must use the same key-encryption key\n" +
 				"as the one that saved it. See the README, \"Snapshots and restore\".",
 			examples: []string{`tally admin snapshot restore backup.db --timeout 5m`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					path, err := oneArg(args, "FILE")
-					if err != nil {
-						return err
-					}
-					return restoreSnapshot(ctx, s, path)
-				}
-			},
+			setup:    snapshotRestore,
 		},
+	}
+}
+
+// clusterStatus is "tally admin cluster status": show every member (id, region, voter, leader, term, applied index, lag, health) and the cluster version.
+func clusterStatus(fs *flag.FlagSet) adminAction {
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		api, err := s.clusterClient()
+		if err != nil {
+			return err
+		}
+		res, err := api.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
+		if err != nil {
+			return err
+		}
+		if s.json {
+			b, err := protoJSON(res.Msg)
+			if err != nil {
+				return err
+			}
+			return s.writeJSON(b)
+		}
+		rows := make([][]string, 0, len(res.Msg.Members))
+		for _, m := range res.Msg.Members {
+			rows = append(rows, []string{m.Id, m.Region, textBool(m.Voter), textBool(m.Leader), m.State,
+				strconv.FormatUint(m.Term, 10), strconv.FormatUint(m.AppliedIndex, 10), strconv.FormatUint(m.Lag, 10),
+				m.Health, m.RaftAddress, m.HttpAddress})
+		}
+		if err := writeTable(s.e.stdout, []string{"ID", "REGION", "VOTER", "LEADER", "STATE", "TERM", "APPLIED", "LAG", "HEALTH", "RAFT", "HTTP"}, rows); err != nil {
+			return err
+		}
+		return writeClusterVersion(s.e.stdout, res.Msg) // admin_version.go
+	}
+}
+
+// clusterRemove is "tally admin cluster remove": remove a member from the Raft configuration.
+func clusterRemove(fs *flag.FlagSet) adminAction {
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		id, err := oneArg(args, "member ID")
+		if err != nil {
+			return err
+		}
+		api, err := s.clusterClient()
+		if err != nil {
+			return err
+		}
+		if _, err := api.RemoveServer(ctx, connect.NewRequest(&clusterv1.RemoveServerRequest{Id: id})); err != nil {
+			return err
+		}
+		return s.printFields([]field{{"removed", id}})
+	}
+}
+
+// clusterTransferLeadership is "tally admin cluster transfer-leadership": hand leadership to a voter (any up-to-date voter without --to).
+func clusterTransferLeadership(fs *flag.FlagSet) adminAction {
+	to := fs.String("to", "", "`ID` of the voter to lead (default: any)")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		api, err := s.clusterClient()
+		if err != nil {
+			return err
+		}
+		res, err := api.TransferLeadership(ctx, connect.NewRequest(&clusterv1.TransferLeadershipRequest{To: *to}))
+		if err != nil {
+			return err
+		}
+		return s.printOne(res.Msg, []field{{"leader", res.Msg.LeaderId}})
+	}
+}
+
+// clusterCA is "tally admin cluster ca": create a cluster CA (ECDSA P-256) in DIR: ca.pem and ca-key.pem. Runs locally.
+func clusterCA(fs *flag.FlagSet) adminAction {
+	out := fs.String("out", "", "`directory` for the CA (required; must not hold one)")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		verb, err := oneArg(args, "init")
+		if err != nil {
+			return err
+		}
+		if verb != "init" {
+			return usagef("unknown command %q: want init", verb)
+		}
+		if err := requireFlag("out", *out); err != nil {
+			return err
+		}
+		if err := raft.InitCADir(*out, time.Time{}); err != nil {
+			return err
+		}
+		return s.printFields([]field{{"ca_cert", filepath.Join(*out, raft.CACertFile)}, {"ca_key", filepath.Join(*out, raft.CAKeyFile)}})
+	}
+}
+
+// clusterNodeCert is "tally admin cluster node-cert": issue a node certificate (ECDSA P-256, server and client) with the CA in DIR. Runs locally.
+func clusterNodeCert(fs *flag.FlagSet) adminAction {
+	ca := fs.String("ca", "", "CA `directory` (required)")
+	id := fs.String("node-id", "", "node `ID` (required)")
+	out := fs.String("out", "", "output `directory` (required)")
+	validity := fs.Duration("validity", 365*24*time.Hour, "how long the certificate is valid")
+	ips := &listFlag{split: true}
+	dns := &listFlag{split: true}
+	fs.Var(ips, "ip", "IP `address` peers dial (repeatable)")
+	fs.Var(dns, "dns", "DNS `name` peers dial (repeatable)")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		for name, v := range map[string]string{"ca": *ca, "node-id": *id, "out": *out} {
+			if err := requireFlag(name, v); err != nil {
+				return err
+			}
+		}
+		if len(ips.values) == 0 && len(dns.values) == 0 {
+			return usagef("give at least one --ip or --dns")
+		}
+		o := raft.CertOptions{NodeID: *id, DNSNames: dns.values, Validity: *validity}
+		for _, v := range ips.values {
+			ip := net.ParseIP(v)
+			if ip == nil {
+				return usagef("--ip %q is not an IP address", v)
+			}
+			o.IPs = append(o.IPs, ip)
+		}
+		if err := raft.IssueNodeCertDir(*ca, *out, o); err != nil {
+			return err
+		}
+		return s.printFields([]field{{"node_id", *id}, {"cert", filepath.Join(*out, raft.NodeCertFile)}, {"key", filepath.Join(*out, raft.NodeKeyFile)}, {"ca_cert", filepath.Join(*out, raft.CACertFile)}})
+	}
+}
+
+// snapshotSave is "tally admin snapshot save": save a consistent copy of the answering node's state database to FILE.
+func snapshotSave(fs *flag.FlagSet) adminAction {
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		path, err := oneArg(args, "FILE")
+		if err != nil {
+			return err
+		}
+		api, err := s.clusterClient()
+		if err != nil {
+			return err
+		}
+		return saveSnapshot(ctx, s, api, path)
+	}
+}
+
+// snapshotRestore is "tally admin snapshot restore": replace the whole cluster's state with a saved snapshot (disaster recovery).
+func snapshotRestore(fs *flag.FlagSet) adminAction {
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		path, err := oneArg(args, "FILE")
+		if err != nil {
+			return err
+		}
+		return restoreSnapshot(ctx, s, path)
 	}
 }
 
