@@ -24,26 +24,7 @@ func deleteCommands() []adminCommand {
 				"client-deleted) and introspection answers active:false on every node. The\n" +
 				"id cannot be registered again for two hours.",
 			examples: []string{`tally admin client delete --tenant acme 3f9c2a7e`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					id, err := clientTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.DeleteClient(ctx, connect.NewRequest(&adminv1.DeleteClientRequest{Tenant: *tenant, ClientId: id}))
-					if err != nil {
-						return err
-					}
-					m := res.Msg
-					return s.printOne(m, []field{{"deleted", "client"}, {"tenant", m.GetTenant()}, {"client_id", m.GetClientId()},
-						{"raft_index", strconv.FormatUint(m.GetRaftIndex(), 10)}})
-				}
-			},
+			setup:    clientDelete,
 		},
 		{
 			path:     "user delete",
@@ -57,26 +38,7 @@ func deleteCommands() []adminCommand {
 				"the state file at once; see the README (\"Deleting\") for the Raft log and\n" +
 				"snapshots.",
 			examples: []string{`tally admin user delete --tenant default alice`, `tally admin user delete u_3f9c2a7e --output json`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					user, err := userTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.DeleteUser(ctx, connect.NewRequest(&adminv1.DeleteUserRequest{Tenant: *tenant, User: user}))
-					if err != nil {
-						return err
-					}
-					m := res.Msg
-					return s.printOne(m, []field{{"deleted", "user"}, {"tenant", m.GetTenant()}, {"user_id", m.GetUserId()},
-						{"raft_index", strconv.FormatUint(m.GetRaftIndex(), 10)}})
-				}
-			},
+			setup:    userDelete,
 		},
 		{
 			path:     "tenant delete",
@@ -88,29 +50,76 @@ func deleteCommands() []adminCommand {
 				"receive a signed tenant-deleted event. Its users' personal data is\n" +
 				"erased. The \"" + adminDefaultTenant + "\" tenant cannot be deleted.",
 			examples: []string{`tally admin tenant delete --yes acme`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				yes := fs.Bool("yes", false, "confirm: delete the tenant and everything in it")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					id, err := oneArg(args, "tenant ID")
-					if err != nil {
-						return err
-					}
-					if !*yes {
-						return usagef("deleting tenant %q deletes every client, user, key and revocation in it; add --yes to confirm", id)
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.DeleteTenant(ctx, connect.NewRequest(&adminv1.DeleteTenantRequest{Id: id}))
-					if err != nil {
-						return err
-					}
-					m := res.Msg
-					return s.printOne(m, []field{{"deleted", "tenant"}, {"id", m.GetId()},
-						{"raft_index", strconv.FormatUint(m.GetRaftIndex(), 10)}})
-				}
-			},
+			setup:    tenantDelete,
 		},
+	}
+}
+
+// clientDelete is "tally admin client delete": delete a client for good; its tokens and refresh tokens stop working.
+func clientDelete(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		id, err := clientTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.DeleteClient(ctx, connect.NewRequest(&adminv1.DeleteClientRequest{Tenant: *tenant, ClientId: id}))
+		if err != nil {
+			return err
+		}
+		m := res.Msg
+		return s.printOne(m, []field{{"deleted", "client"}, {"tenant", m.GetTenant()}, {"client_id", m.GetClientId()},
+			{"raft_index", strconv.FormatUint(m.GetRaftIndex(), 10)}})
+	}
+}
+
+// userDelete is "tally admin user delete": delete a user for good and erase their personal data (right to erasure).
+func userDelete(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		user, err := userTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.DeleteUser(ctx, connect.NewRequest(&adminv1.DeleteUserRequest{Tenant: *tenant, User: user}))
+		if err != nil {
+			return err
+		}
+		m := res.Msg
+		return s.printOne(m, []field{{"deleted", "user"}, {"tenant", m.GetTenant()}, {"user_id", m.GetUserId()},
+			{"raft_index", strconv.FormatUint(m.GetRaftIndex(), 10)}})
+	}
+}
+
+// tenantDelete is "tally admin tenant delete": delete a tenant and everything in it: clients, users, keys, revocations.
+func tenantDelete(fs *flag.FlagSet) adminAction {
+	yes := fs.Bool("yes", false, "confirm: delete the tenant and everything in it")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		id, err := oneArg(args, "tenant ID")
+		if err != nil {
+			return err
+		}
+		if !*yes {
+			return usagef("deleting tenant %q deletes every client, user, key and revocation in it; add --yes to confirm", id)
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.DeleteTenant(ctx, connect.NewRequest(&adminv1.DeleteTenantRequest{Id: id}))
+		if err != nil {
+			return err
+		}
+		m := res.Msg
+		return s.printOne(m, []field{{"deleted", "tenant"}, {"id", m.GetId()},
+			{"raft_index", strconv.FormatUint(m.GetRaftIndex(), 10)}})
 	}
 }
