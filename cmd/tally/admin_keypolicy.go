@@ -30,94 +30,103 @@ func keyPolicyCommands() []adminCommand {
 				`tally admin key policy set --tenant acme --rotate-every 30d`,
 				`tally admin key policy set --tenant acme --rotate-every 0`,
 			},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				every := daysFlag(fs, "rotate-every", "signing key `interval`: a duration (30d, 720h) or seconds; 0 turns rotation off")
-				seal := daysFlag(fs, "seal-rotate-every", "sealing key `interval` (default: min(rotate-every, 5d))")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					if err := requireFlag("tenant", *tenant); err != nil {
-						return err
-					}
-					if !setFlags(fs)["rotate-every"] {
-						return usagef("--rotate-every is required")
-					}
-					e, err := wholeSeconds("rotate-every", *every)
-					if err != nil {
-						return err
-					}
-					sl, err := wholeSeconds("seal-rotate-every", *seal)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.SetKeyPolicy(ctx, connect.NewRequest(&adminv1.SetKeyPolicyRequest{Tenant: *tenant, RotateEverySeconds: e, SealRotateEverySeconds: sl}))
-					if err != nil {
-						return err
-					}
-					return s.printKeyPolicy(res.Msg.GetPolicy())
-				}
-			},
+			setup: keyPolicySet,
 		},
 		{
 			path:     "key policy get",
 			synopsis: "[--tenant T]",
 			summary:  "Show a tenant's key rotation policy and its next rotation.",
 			examples: []string{`tally admin key policy get --tenant acme --output json`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					if err := requireFlag("tenant", *tenant); err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.GetKeyPolicy(ctx, connect.NewRequest(&adminv1.GetKeyPolicyRequest{Tenant: *tenant}))
-					if err != nil {
-						return err
-					}
-					return s.printKeyPolicy(res.Msg.GetPolicy())
-				}
-			},
+			setup:    keyPolicyGet,
 		},
 		{
 			path:     "tenant par",
 			synopsis: "[--tenant T] --require=true|false",
 			summary:  "Require pushed authorization requests (RFC 9126) for every client of a tenant.",
 			examples: []string{`tally admin tenant par --tenant acme --require`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				require := fs.Bool("require", false, "require PAR for every authorization request of the tenant")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					if err := requireFlag("tenant", *tenant); err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.SetTenantPAR(ctx, connect.NewRequest(&adminv1.SetTenantPARRequest{Tenant: *tenant, Require: *require}))
-					if err != nil {
-						return err
-					}
-					t := res.Msg.GetTenant()
-					return s.printOne(t, []field{{"id", t.GetId()}, {"require_pushed_authorization_requests", textBool(t.GetRequirePushedAuthorizationRequests())}})
-				}
-			},
+			setup:    tenantPAR,
 		},
+	}
+}
+
+// keyPolicySet is "tally admin key policy set": set a tenant's automatic key rotation (0 turns it off).
+func keyPolicySet(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	every := daysFlag(fs, "rotate-every", "signing key `interval`: a duration (30d, 720h) or seconds; 0 turns rotation off")
+	seal := daysFlag(fs, "seal-rotate-every", "sealing key `interval` (default: min(rotate-every, 5d))")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if err := requireFlag("tenant", *tenant); err != nil {
+			return err
+		}
+		if !setFlags(fs)["rotate-every"] {
+			return usagef("--rotate-every is required")
+		}
+		e, err := wholeSeconds("rotate-every", *every)
+		if err != nil {
+			return err
+		}
+		sl, err := wholeSeconds("seal-rotate-every", *seal)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.SetKeyPolicy(ctx, connect.NewRequest(&adminv1.SetKeyPolicyRequest{Tenant: *tenant, RotateEverySeconds: e, SealRotateEverySeconds: sl}))
+		if err != nil {
+			return err
+		}
+		return s.printKeyPolicy(res.Msg.GetPolicy())
+	}
+}
+
+// keyPolicyGet is "tally admin key policy get": show a tenant's key rotation policy and its next rotation.
+func keyPolicyGet(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if err := requireFlag("tenant", *tenant); err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.GetKeyPolicy(ctx, connect.NewRequest(&adminv1.GetKeyPolicyRequest{Tenant: *tenant}))
+		if err != nil {
+			return err
+		}
+		return s.printKeyPolicy(res.Msg.GetPolicy())
+	}
+}
+
+// tenantPAR is "tally admin tenant par": require pushed authorization requests (RFC 9126) for every client of a tenant.
+func tenantPAR(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	require := fs.Bool("require", false, "require PAR for every authorization request of the tenant")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if err := requireFlag("tenant", *tenant); err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.SetTenantPAR(ctx, connect.NewRequest(&adminv1.SetTenantPARRequest{Tenant: *tenant, Require: *require}))
+		if err != nil {
+			return err
+		}
+		t := res.Msg.GetTenant()
+		return s.printOne(t, []field{{"id", t.GetId()}, {"require_pushed_authorization_requests", textBool(t.GetRequirePushedAuthorizationRequests())}})
 	}
 }
 
