@@ -23,36 +23,7 @@ func tenantCommands() []adminCommand {
 				`tally admin tenant create --name acme --display-name "Acme Corp"`,
 				`tally admin tenant create --name legacy --signing-alg RS256 --output json`,
 			},
-			setup: func(fs *flag.FlagSet) adminAction {
-				name := fs.String("name", "", "tenant `ID` (required)")
-				display := fs.String("display-name", "", "human-readable `name`")
-				alg := fs.String("signing-alg", "", "signing `algorithm`: ES256, EdDSA or RS256 (default: the server's)")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					if err := requireFlag("name", *name); err != nil {
-						return err
-					}
-					if err := oneOf("signing-alg", *alg, true, signingAlgs()...); err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.CreateTenant(ctx, connect.NewRequest(&adminv1.CreateTenantRequest{
-						Id:          *name,
-						DisplayName: *display,
-						SigningAlg:  *alg,
-					}))
-					if err != nil {
-						return err
-					}
-					t := res.Msg.GetTenant()
-					return s.printOne(t, tenantFields(t))
-				}
-			},
+			setup: tenantCreate,
 		},
 		{
 			path:     "tenant get",
@@ -60,51 +31,89 @@ func tenantCommands() []adminCommand {
 			synopsis: "ID",
 			summary:  "Show a tenant.",
 			examples: []string{`tally admin tenant get acme`, `tally admin tenant get acme --output json`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					id, err := oneArg(args, "tenant ID")
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.GetTenant(ctx, connect.NewRequest(&adminv1.GetTenantRequest{Id: id}))
-					if err != nil {
-						return err
-					}
-					t := res.Msg.GetTenant()
-					return s.printOne(t, tenantFields(t))
-				}
-			},
+			setup:    tenantGet,
 		},
 		{
 			path:     "tenant list",
 			synopsis: "",
 			summary:  "List the tenants.",
 			examples: []string{`tally admin tenant list`, `tally admin tenant list --output json | jq -r '.[].id'`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.ListTenants(ctx, connect.NewRequest(&adminv1.ListTenantsRequest{}))
-					if err != nil {
-						return err
-					}
-					return printList(s, res.Msg.GetTenants(),
-						[]string{"ID", "DISPLAY NAME", "SIGNING ALG", "DISABLED", "ISSUER", "CREATED"},
-						func(t *adminv1.Tenant) []string {
-							return []string{t.GetId(), t.GetDisplayName(), t.GetSigningAlg(), textBool(t.GetDisabled()), t.GetIssuer(), textTime(t.GetCreatedAt())}
-						})
-				}
-			},
+			setup:    tenantList,
 		},
+	}
+}
+
+// tenantCreate is "tally admin tenant create": create a tenant; its issuer is {base}/t/{ID}.
+func tenantCreate(fs *flag.FlagSet) adminAction {
+	name := fs.String("name", "", "tenant `ID` (required)")
+	display := fs.String("display-name", "", "human-readable `name`")
+	alg := fs.String("signing-alg", "", "signing `algorithm`: ES256, EdDSA or RS256 (default: the server's)")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if err := requireFlag("name", *name); err != nil {
+			return err
+		}
+		if err := oneOf("signing-alg", *alg, true, signingAlgs()...); err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.CreateTenant(ctx, connect.NewRequest(&adminv1.CreateTenantRequest{
+			Id:          *name,
+			DisplayName: *display,
+			SigningAlg:  *alg,
+		}))
+		if err != nil {
+			return err
+		}
+		t := res.Msg.GetTenant()
+		return s.printOne(t, tenantFields(t))
+	}
+}
+
+// tenantGet is "tally admin tenant get": show a tenant.
+func tenantGet(fs *flag.FlagSet) adminAction {
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		id, err := oneArg(args, "tenant ID")
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.GetTenant(ctx, connect.NewRequest(&adminv1.GetTenantRequest{Id: id}))
+		if err != nil {
+			return err
+		}
+		t := res.Msg.GetTenant()
+		return s.printOne(t, tenantFields(t))
+	}
+}
+
+// tenantList is "tally admin tenant list": list the tenants.
+func tenantList(fs *flag.FlagSet) adminAction {
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.ListTenants(ctx, connect.NewRequest(&adminv1.ListTenantsRequest{}))
+		if err != nil {
+			return err
+		}
+		return printList(s, res.Msg.GetTenants(),
+			[]string{"ID", "DISPLAY NAME", "SIGNING ALG", "DISABLED", "ISSUER", "CREATED"},
+			func(t *adminv1.Tenant) []string {
+				return []string{t.GetId(), t.GetDisplayName(), t.GetSigningAlg(), textBool(t.GetDisabled()), t.GetIssuer(), textTime(t.GetCreatedAt())}
+			})
 	}
 }
 
