@@ -148,23 +148,7 @@ func trustCommands() []adminCommand {
 			synopsis: "[--tenant T]",
 			summary:  "Show a tenant's client-certificate CA and workload identity federations.",
 			examples: []string{`tally admin trust get --tenant acme --output json`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.GetTenantTrust(ctx, connect.NewRequest(&adminv1.GetTenantTrustRequest{Tenant: *tenant}))
-					if err != nil {
-						return err
-					}
-					return s.printOne(res.Msg.GetTrust(), trustFields(res.Msg.GetTrust()))
-				}
-			},
+			setup:    trustGet,
 		},
 		{
 			path:     "trust ca-set",
@@ -172,26 +156,7 @@ func trustCommands() []adminCommand {
 			summary:  "Set the CA certificates (PEM) tls_client_auth client certificates must chain to.",
 			detail:   "An empty file removes the CA: tls_client_auth then fails for every client of the tenant.",
 			examples: []string{`tally admin trust ca-set --tenant acme --ca-file mesh-ca.pem`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				file := fs.String("ca-file", "", "PEM `file` of CA certificates (required)")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					if err := requireFlag("ca-file", *file); err != nil {
-						return err
-					}
-					b, err := readAdminFile(s, *file)
-					if err != nil {
-						return err
-					}
-					return updateTrust(ctx, s, *tenant, func(t *adminv1.TenantTrust) error {
-						t.ClientCaPem = string(b)
-						return nil
-					})
-				}
-			},
+			setup:    trustCASet,
 		},
 		{
 			path:     "trust federation-add",
@@ -204,75 +169,122 @@ func trustCommands() []adminCommand {
 			examples: []string{
 				`tally admin trust federation-add --tenant acme --name k8s-prod --issuer https://oidc.eks.example/id/ABC --audience https://tally.example/t/acme --subject system:serviceaccount:payments:billing=3f9c2a7e`,
 			},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				name := fs.String("name", "", "federation `name` (required)")
-				issuer := fs.String("issuer", "", "external issuer `URL`, exactly the tokens' iss (required)")
-				jwksFile := fs.String("jwks-file", "", "`file` holding the issuer's JWKS")
-				jwksURI := fs.String("jwks-uri", "", "`URL` of the issuer's JWKS")
-				aud := fs.String("audience", "", "required `aud` of the tokens (default: the tenant's issuer or token endpoint)")
-				subjects := &listFlag{}
-				fs.Var(subjects, "subject", "`SUB=CLIENT_ID` mapping, repeatable (required)")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					for _, f := range []struct{ n, v string }{{"name", *name}, {"issuer", *issuer}} {
-						if err := requireFlag(f.n, f.v); err != nil {
-							return err
-						}
-					}
-					if len(subjects.values) == 0 {
-						return usagef("--subject is required")
-					}
-					fed := &adminv1.FederationTrust{Name: *name, Issuer: *issuer, JwksUri: *jwksURI, Audience: *aud}
-					for _, m := range subjects.values {
-						i := strings.LastIndex(m, "=")
-						if i <= 0 || i == len(m)-1 {
-							return usagef("--subject %q: want SUB=CLIENT_ID", m)
-						}
-						fed.Subjects = append(fed.Subjects, &adminv1.SubjectMapping{Subject: m[:i], ClientId: m[i+1:]})
-					}
-					if *jwksFile != "" {
-						b, err := readAdminFile(s, *jwksFile)
-						if err != nil {
-							return err
-						}
-						fed.Jwks = string(b)
-					}
-					return updateTrust(ctx, s, *tenant, func(t *adminv1.TenantTrust) error {
-						t.Federations = slices.DeleteFunc(t.Federations, func(f *adminv1.FederationTrust) bool { return f.GetName() == *name })
-						t.Federations = append(t.Federations, fed)
-						return nil
-					})
-				}
-			},
+			setup: trustFederationAdd,
 		},
 		{
 			path:     "trust federation-remove",
 			synopsis: "[--tenant T] --name N",
 			summary:  "Stop trusting a federated issuer.",
 			examples: []string{`tally admin trust federation-remove --tenant acme --name k8s-prod`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				name := fs.String("name", "", "federation `name` (required)")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					if err := requireFlag("name", *name); err != nil {
-						return err
-					}
-					return updateTrust(ctx, s, *tenant, func(t *adminv1.TenantTrust) error {
-						n := len(t.Federations)
-						t.Federations = slices.DeleteFunc(t.Federations, func(f *adminv1.FederationTrust) bool { return f.GetName() == *name })
-						if len(t.Federations) == n {
-							return usagef("no federation named %q", *name)
-						}
-						return nil
-					})
-				}
-			},
+			setup:    trustFederationRemove,
 		},
+	}
+}
+
+// trustGet is "tally admin trust get": show a tenant's client-certificate CA and workload identity federations.
+func trustGet(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.GetTenantTrust(ctx, connect.NewRequest(&adminv1.GetTenantTrustRequest{Tenant: *tenant}))
+		if err != nil {
+			return err
+		}
+		return s.printOne(res.Msg.GetTrust(), trustFields(res.Msg.GetTrust()))
+	}
+}
+
+// trustCASet is "tally admin trust ca-set": set the CA certificates (PEM) tls_client_auth client certificates must chain to.
+func trustCASet(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	file := fs.String("ca-file", "", "PEM `file` of CA certificates (required)")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if err := requireFlag("ca-file", *file); err != nil {
+			return err
+		}
+		b, err := readAdminFile(s, *file)
+		if err != nil {
+			return err
+		}
+		return updateTrust(ctx, s, *tenant, func(t *adminv1.TenantTrust) error {
+			t.ClientCaPem = string(b)
+			return nil
+		})
+	}
+}
+
+// trustFederationAdd is "tally admin trust federation-add": trust an external token issuer (workload identity federation) and map its subjects to clients.
+func trustFederationAdd(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	name := fs.String("name", "", "federation `name` (required)")
+	issuer := fs.String("issuer", "", "external issuer `URL`, exactly the tokens' iss (required)")
+	jwksFile := fs.String("jwks-file", "", "`file` holding the issuer's JWKS")
+	jwksURI := fs.String("jwks-uri", "", "`URL` of the issuer's JWKS")
+	aud := fs.String("audience", "", "required `aud` of the tokens (default: the tenant's issuer or token endpoint)")
+	subjects := &listFlag{}
+	fs.Var(subjects, "subject", "`SUB=CLIENT_ID` mapping, repeatable (required)")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		for _, f := range []struct{ n, v string }{{"name", *name}, {"issuer", *issuer}} {
+			if err := requireFlag(f.n, f.v); err != nil {
+				return err
+			}
+		}
+		if len(subjects.values) == 0 {
+			return usagef("--subject is required")
+		}
+		fed := &adminv1.FederationTrust{Name: *name, Issuer: *issuer, JwksUri: *jwksURI, Audience: *aud}
+		for _, m := range subjects.values {
+			i := strings.LastIndex(m, "=")
+			if i <= 0 || i == len(m)-1 {
+				return usagef("--subject %q: want SUB=CLIENT_ID", m)
+			}
+			fed.Subjects = append(fed.Subjects, &adminv1.SubjectMapping{Subject: m[:i], ClientId: m[i+1:]})
+		}
+		if *jwksFile != "" {
+			b, err := readAdminFile(s, *jwksFile)
+			if err != nil {
+				return err
+			}
+			fed.Jwks = string(b)
+		}
+		return updateTrust(ctx, s, *tenant, func(t *adminv1.TenantTrust) error {
+			t.Federations = slices.DeleteFunc(t.Federations, func(f *adminv1.FederationTrust) bool { return f.GetName() == *name })
+			t.Federations = append(t.Federations, fed)
+			return nil
+		})
+	}
+}
+
+// trustFederationRemove is "tally admin trust federation-remove": stop trusting a federated issuer.
+func trustFederationRemove(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	name := fs.String("name", "", "federation `name` (required)")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if err := requireFlag("name", *name); err != nil {
+			return err
+		}
+		return updateTrust(ctx, s, *tenant, func(t *adminv1.TenantTrust) error {
+			n := len(t.Federations)
+			t.Federations = slices.DeleteFunc(t.Federations, func(f *adminv1.FederationTrust) bool { return f.GetName() == *name })
+			if len(t.Federations) == n {
+				return usagef("no federation named %q", *name)
+			}
+			return nil
+		})
 	}
 }
