@@ -58,6 +58,12 @@ func userTarget(args []string, tenant string) (string, error) {
 }
 
 func userCommands() []adminCommand {
+	return append(userAccountCommands(), userGrantCommands()...)
+}
+
+// userAccountCommands are the "tally admin user" commands on the account
+// itself: create, get, list, disable, enable, set-password.
+func userAccountCommands() []adminCommand {
 	return []adminCommand{
 		{
 			path:     "user create",
@@ -70,43 +76,7 @@ func userCommands() []adminCommand {
 				`printf '%s\n' "$PASSWORD" | tally admin user create --tenant default --username alice --email alice@example.com --password-stdin`,
 				`tally admin user create --username bob --name "Bob B" --output json | jq -r .user_id`,
 			},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				username := fs.String("username", "", "`username` (required)")
-				email := fs.String("email", "", "e-mail `address`")
-				name := fs.String("name", "", "display `name`")
-				verified := fs.Bool("email-verified", false, "the e-mail address is verified")
-				pwStdin := fs.Bool("password-stdin", false, "read the password from standard input")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					if err := noArgs(args); err != nil {
-						return err
-					}
-					if err := requireFlag("tenant", *tenant); err != nil {
-						return err
-					}
-					if err := requireFlag("username", *username); err != nil {
-						return err
-					}
-					var pw string
-					if *pwStdin {
-						var err error
-						if pw, err = readPasswordStdin(s.stdin()); err != nil {
-							return err
-						}
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{
-						Tenant: *tenant, Username: *username, Email: *email, Name: *name, Password: pw, EmailVerified: *verified,
-					}))
-					if err != nil {
-						return err
-					}
-					return s.printUser(res.Msg.GetUser())
-				}
-			},
+			setup: userCreate,
 		},
 		{
 			path:     "user get",
@@ -114,49 +84,14 @@ func userCommands() []adminCommand {
 			synopsis: "[--tenant T] USER",
 			summary:  "Show a user, named by id or username.",
 			examples: []string{`tally admin user get --tenant default alice`, `tally admin user get u_3f9c2a7e --output json`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					user, err := userTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.GetUser(ctx, connect.NewRequest(&adminv1.GetUserRequest{Tenant: *tenant, User: user}))
-					if err != nil {
-						return err
-					}
-					return s.printUser(res.Msg.GetUser())
-				}
-			},
+			setup:    userGet,
 		},
 		{
 			path:     "user list",
 			synopsis: "[--tenant T]",
 			summary:  "List the users of a tenant.",
 			examples: []string{`tally admin user list --tenant default`, `tally admin user list --output json | jq -r '.[].username'`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					api, err := s.tenantClient(args, *tenant)
-					if err != nil {
-						return err
-					}
-					res, err := api.ListUsers(ctx, connect.NewRequest(&adminv1.ListUsersRequest{Tenant: *tenant}))
-					if err != nil {
-						return err
-					}
-					return printList(s, res.Msg.GetUsers(),
-						[]string{"USER ID", "USERNAME", "EMAIL", "NAME", "DISABLED", "LOCKED"},
-						func(u *adminv1.User) []string {
-							return []string{u.GetUserId(), u.GetUsername(), u.GetEmail(), u.GetName(),
-								textBool(u.GetDisabled()), textBool(u.GetLocked())}
-						})
-				}
-			},
+			setup:    userList,
 		},
 		{
 			path:     "user disable",
@@ -164,24 +99,7 @@ func userCommands() []adminCommand {
 			synopsis: "[--tenant T] USER",
 			summary:  "Disable a user: no sign-in, no refresh, userinfo refuses their tokens.",
 			examples: []string{`tally admin user disable --tenant default alice`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					user, err := userTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.DisableUser(ctx, connect.NewRequest(&adminv1.DisableUserRequest{Tenant: *tenant, User: user}))
-					if err != nil {
-						return err
-					}
-					return s.printUser(res.Msg.GetUser())
-				}
-			},
+			setup:    userDisable,
 		},
 		{
 			path:     "user enable",
@@ -189,24 +107,7 @@ func userCommands() []adminCommand {
 			synopsis: "[--tenant T] USER",
 			summary:  "Enable a disabled user.",
 			examples: []string{`tally admin user enable --tenant default alice`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					user, err := userTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.EnableUser(ctx, connect.NewRequest(&adminv1.EnableUserRequest{Tenant: *tenant, User: user}))
-					if err != nil {
-						return err
-					}
-					return s.printUser(res.Msg.GetUser())
-				}
-			},
+			setup:    userEnable,
 		},
 		{
 			path:     "user set-password",
@@ -214,63 +115,22 @@ func userCommands() []adminCommand {
 			synopsis: "[--tenant T] USER --password-stdin",
 			summary:  "Replace a user's password (read from standard input).",
 			examples: []string{`printf '%s\n' "$NEW" | tally admin user set-password --tenant default alice --password-stdin`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				pwStdin := fs.Bool("password-stdin", false, "read the password from standard input (required)")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					user, err := userTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					if !*pwStdin {
-						return usagef("--password-stdin is required")
-					}
-					pw, err := readPasswordStdin(s.stdin())
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.SetUserPassword(ctx, connect.NewRequest(&adminv1.SetUserPasswordRequest{Tenant: *tenant, User: user, Password: pw}))
-					if err != nil {
-						return err
-					}
-					return s.printUser(res.Msg.GetUser())
-				}
-			},
+			setup:    userSetPassword,
 		},
+	}
+}
+
+// userGrantCommands are the "tally admin user" commands on what a user
+// granted: remembered consents and sign-in sessions.
+func userGrantCommands() []adminCommand {
+	return []adminCommand{
 		{
 			path:     "user consents list",
 			takesArg: true,
 			synopsis: "[--tenant T] USER",
 			summary:  "List the consents a user gave (client, scopes, expiry).",
 			examples: []string{`tally admin user consents list --tenant default alice --output json | jq -r '.consents[].client_id'`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					user, err := userTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.ListUserConsents(ctx, connect.NewRequest(&adminv1.ListUserConsentsRequest{Tenant: *tenant, User: user}))
-					if err != nil {
-						return err
-					}
-					if s.json {
-						return s.printOne(res.Msg, nil)
-					}
-					return printList(s, res.Msg.GetConsents(), []string{"CLIENT", "SCOPES", "CREATED", "EXPIRES"},
-						func(c *adminv1.UserConsent) []string {
-							return []string{c.GetClientId(), strings.Join(c.GetScopes(), " "), textTime(c.GetCreatedAt()), textTime(c.GetExpiresAt())}
-						})
-				}
-			},
+			setup:    userConsentsList,
 		},
 		{
 			path:     "user consents revoke",
@@ -278,25 +138,7 @@ func userCommands() []adminCommand {
 			synopsis: "[--tenant T] USER [--client CLIENT_ID]",
 			summary:  "Revoke a user's remembered consents (all, or one client's): the user is asked again.",
 			examples: []string{`tally admin user consents revoke --tenant default alice --client c_0123`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				client := fs.String("client", "", "only the consent given to this client `id`")
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					user, err := userTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.RevokeUserConsents(ctx, connect.NewRequest(&adminv1.RevokeUserConsentsRequest{Tenant: *tenant, User: user, ClientId: *client}))
-					if err != nil {
-						return err
-					}
-					return s.printOne(res.Msg, []field{{"user_id", res.Msg.GetUserId()}, {"revoked", strconv.Itoa(int(res.Msg.GetRevoked()))}})
-				}
-			},
+			setup:    userConsentsRevoke,
 		},
 		{
 			path:     "user sessions revoke",
@@ -307,24 +149,222 @@ func userCommands() []adminCommand {
 				"refuses every session that began at or before now. To end the tokens too,\n" +
 				"disable the user (tally admin user disable) or revoke its refresh families.",
 			examples: []string{`tally admin user sessions revoke --tenant default alice`},
-			setup: func(fs *flag.FlagSet) adminAction {
-				tenant := tenantFlag(fs)
-				return func(ctx context.Context, s *adminSession, args []string) error {
-					user, err := userTarget(args, *tenant)
-					if err != nil {
-						return err
-					}
-					api, err := s.client()
-					if err != nil {
-						return err
-					}
-					res, err := api.RevokeUserSessions(ctx, connect.NewRequest(&adminv1.RevokeUserSessionsRequest{Tenant: *tenant, User: user}))
-					if err != nil {
-						return err
-					}
-					return s.printOne(res.Msg, []field{{"user_id", res.Msg.GetUserId()}, {"sessions_revoked_at", textTime(res.Msg.GetSessionsRevokedAt())}})
-				}
-			},
+			setup:    userSessionsRevoke,
 		},
+	}
+}
+
+// userCreate is "tally admin user create": create an end user who signs in at the login page.
+func userCreate(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	username := fs.String("username", "", "`username` (required)")
+	email := fs.String("email", "", "e-mail `address`")
+	name := fs.String("name", "", "display `name`")
+	verified := fs.Bool("email-verified", false, "the e-mail address is verified")
+	pwStdin := fs.Bool("password-stdin", false, "read the password from standard input")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if err := requireFlag("tenant", *tenant); err != nil {
+			return err
+		}
+		if err := requireFlag("username", *username); err != nil {
+			return err
+		}
+		var pw string
+		if *pwStdin {
+			var err error
+			if pw, err = readPasswordStdin(s.stdin()); err != nil {
+				return err
+			}
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.CreateUser(ctx, connect.NewRequest(&adminv1.CreateUserRequest{
+			Tenant: *tenant, Username: *username, Email: *email, Name: *name, Password: pw, EmailVerified: *verified,
+		}))
+		if err != nil {
+			return err
+		}
+		return s.printUser(res.Msg.GetUser())
+	}
+}
+
+// userGet is "tally admin user get": show a user, named by id or username.
+func userGet(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		user, err := userTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.GetUser(ctx, connect.NewRequest(&adminv1.GetUserRequest{Tenant: *tenant, User: user}))
+		if err != nil {
+			return err
+		}
+		return s.printUser(res.Msg.GetUser())
+	}
+}
+
+// userList is "tally admin user list": list the users of a tenant.
+func userList(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		api, err := s.tenantClient(args, *tenant)
+		if err != nil {
+			return err
+		}
+		res, err := api.ListUsers(ctx, connect.NewRequest(&adminv1.ListUsersRequest{Tenant: *tenant}))
+		if err != nil {
+			return err
+		}
+		return printList(s, res.Msg.GetUsers(),
+			[]string{"USER ID", "USERNAME", "EMAIL", "NAME", "DISABLED", "LOCKED"},
+			func(u *adminv1.User) []string {
+				return []string{u.GetUserId(), u.GetUsername(), u.GetEmail(), u.GetName(),
+					textBool(u.GetDisabled()), textBool(u.GetLocked())}
+			})
+	}
+}
+
+// userDisable is "tally admin user disable": disable a user: no sign-in, no refresh, userinfo refuses their tokens.
+func userDisable(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		user, err := userTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.DisableUser(ctx, connect.NewRequest(&adminv1.DisableUserRequest{Tenant: *tenant, User: user}))
+		if err != nil {
+			return err
+		}
+		return s.printUser(res.Msg.GetUser())
+	}
+}
+
+// userEnable is "tally admin user enable": enable a disabled user.
+func userEnable(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		user, err := userTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.EnableUser(ctx, connect.NewRequest(&adminv1.EnableUserRequest{Tenant: *tenant, User: user}))
+		if err != nil {
+			return err
+		}
+		return s.printUser(res.Msg.GetUser())
+	}
+}
+
+// userSetPassword is "tally admin user set-password": replace a user's password (read from standard input).
+func userSetPassword(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	pwStdin := fs.Bool("password-stdin", false, "read the password from standard input (required)")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		user, err := userTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		if !*pwStdin {
+			return usagef("--password-stdin is required")
+		}
+		pw, err := readPasswordStdin(s.stdin())
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.SetUserPassword(ctx, connect.NewRequest(&adminv1.SetUserPasswordRequest{Tenant: *tenant, User: user, Password: pw}))
+		if err != nil {
+			return err
+		}
+		return s.printUser(res.Msg.GetUser())
+	}
+}
+
+// userConsentsList is "tally admin user consents list": list the consents a user gave (client, scopes, expiry).
+func userConsentsList(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		user, err := userTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.ListUserConsents(ctx, connect.NewRequest(&adminv1.ListUserConsentsRequest{Tenant: *tenant, User: user}))
+		if err != nil {
+			return err
+		}
+		if s.json {
+			return s.printOne(res.Msg, nil)
+		}
+		return printList(s, res.Msg.GetConsents(), []string{"CLIENT", "SCOPES", "CREATED", "EXPIRES"},
+			func(c *adminv1.UserConsent) []string {
+				return []string{c.GetClientId(), strings.Join(c.GetScopes(), " "), textTime(c.GetCreatedAt()), textTime(c.GetExpiresAt())}
+			})
+	}
+}
+
+// userConsentsRevoke is "tally admin user consents revoke": revoke a user's remembered consents (all, or one client's): the user is asked again.
+func userConsentsRevoke(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	client := fs.String("client", "", "only the consent given to this client `id`")
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		user, err := userTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.RevokeUserConsents(ctx, connect.NewRequest(&adminv1.RevokeUserConsentsRequest{Tenant: *tenant, User: user, ClientId: *client}))
+		if err != nil {
+			return err
+		}
+		return s.printOne(res.Msg, []field{{"user_id", res.Msg.GetUserId()}, {"revoked", strconv.Itoa(int(res.Msg.GetRevoked()))}})
+	}
+}
+
+// userSessionsRevoke is "tally admin user sessions revoke": end every sign-in session of a user on every node (tokens already issued stay valid).
+func userSessionsRevoke(fs *flag.FlagSet) adminAction {
+	tenant := tenantFlag(fs)
+	return func(ctx context.Context, s *adminSession, args []string) error {
+		user, err := userTarget(args, *tenant)
+		if err != nil {
+			return err
+		}
+		api, err := s.client()
+		if err != nil {
+			return err
+		}
+		res, err := api.RevokeUserSessions(ctx, connect.NewRequest(&adminv1.RevokeUserSessionsRequest{Tenant: *tenant, User: user}))
+		if err != nil {
+			return err
+		}
+		return s.printOne(res.Msg, []field{{"user_id", res.Msg.GetUserId()}, {"sessions_revoked_at", textTime(res.Msg.GetSessionsRevokedAt())}})
 	}
 }
