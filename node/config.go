@@ -270,17 +270,19 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("node: data dir is required")
 	}
-	for name, addr := range map[string]string{"listen": c.Listen, "raft bind": c.RaftBind} {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return fmt.Errorf("node: %s address %q: %w", name, addr, err)
+	// Checked in a fixed order, so that a config with several bad
+	// addresses is refused naming the same one every time.
+	for _, a := range []struct{ name, addr string }{{"listen", c.Listen}, {"raft bind", c.RaftBind}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return fmt.Errorf("node: %s address %q: %w", a.name, a.addr, err)
 		}
 	}
 	if c.Dev {
 		// A dev node generates its own secrets and may speak plain HTTP:
 		// it stays on loopback.
-		for name, addr := range map[string]string{"listen": c.Listen, "raft bind": c.RaftBind, "nats listen": c.NATSListen} {
-			if host, _, err := net.SplitHostPort(addr); err == nil && !isLoopbackHost(host) {
-				return fmt.Errorf("node: --dev keeps everything on loopback: %s address %q is not a loopback address", name, addr)
+		for _, a := range []struct{ name, addr string }{{"listen", c.Listen}, {"raft bind", c.RaftBind}, {"nats listen", c.NATSListen}} {
+			if host, _, err := net.SplitHostPort(a.addr); err == nil && !isLoopbackHost(host) {
+				return fmt.Errorf("node: --dev keeps everything on loopback: %s address %q is not a loopback address", a.name, a.addr)
 			}
 		}
 	}

@@ -243,8 +243,10 @@ func clusterNodeCert(fs *flag.FlagSet) adminAction {
 		if err := noArgs(args); err != nil {
 			return err
 		}
-		for name, v := range map[string]string{"ca": *ca, "node-id": *id, "out": *out} {
-			if err := requireFlag(name, v); err != nil {
+		// In the order of the synopsis: the first missing flag is named,
+		// the same one every time.
+		for _, f := range []struct{ name, v string }{{"ca", *ca}, {"node-id", *id}, {"out", *out}} {
+			if err := requireFlag(f.name, f.v); err != nil {
 				return err
 			}
 		}

@@ -38,8 +38,8 @@ func recoverCommand() adminCommand {
 				if err := noArgs(args); err != nil {
 					return err
 				}
-				for name, v := range map[string]string{"data-dir": *dataDir, "node-id": *id} {
-					if err := requireFlag(name, v); err != nil {
+				for _, f := range []struct{ name, v string }{{"data-dir", *dataDir}, {"node-id", *id}} {
+					if err := requireFlag(f.name, f.v); err != nil {
 						return err
 					}
 				}
