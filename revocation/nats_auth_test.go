@@ -29,18 +29,29 @@ func (a *refusingAuth) Check(c server.ClientAuthentication) bool {
 
 func startAuthServer(t *testing.T, port int, auth server.Authentication) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true,
-		CustomClientAuthentication: auth,
-	})
-	if err != nil {
-		t.Fatal(err)
+	// The port was chosen and released (a restart must come back on the
+	// same one): another process may hold it for a moment, so a server
+	// that does not come up is tried again, within a minute.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		s, err := server.NewServer(&server.Options{
+			Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true,
+			CustomClientAuthentication: auth,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		if s.ReadyForConnections(5 * time.Second) {
+			return s
+		}
+		s.Shutdown()
+		s.WaitForShutdown()
+		if time.Now().After(deadline) {
+			t.Fatalf("nats server not ready on port %d within a minute", port)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	return s
 }
 
 // A tally node refuses a resource server's credentials for a while after
