@@ -131,14 +131,14 @@ type rateGuard struct {
 	// sets is read without the lock on every request and replaced (a
 	// copy with the new limiter) under it: limiters are made rarely.
 	sets    atomic.Pointer[map[limiterName]*keyedLimiter]
-	pending map[string]int // shared key → count let through since the last publish
+	pending map[rlKey]int // count let through since the last publish (shared as kind|perMinute|key)
 	share   func(map[string]int)
 	// absorbed counts the requests other nodes reported (AbsorbRates).
 	absorbed atomic.Int64
 }
 
 func newRateGuard(cfg RateLimits) *rateGuard {
-	g := &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, pending: map[string]int{}}
+	g := &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, pending: map[rlKey]int{}}
 	g.sets.Store(&map[limiterName]*keyedLimiter{})
 	return g
 }
@@ -216,7 +216,7 @@ func (g *rateGuard) take(keys []rlKey, now time.Time) (bool, time.Duration, stri
 		g.mu.Lock()
 		for _, k := range keys {
 			if k.perMinute > 0 && k.key != "" && len(g.pending) < maxLimiterKeys {
-				g.pending[k.kind+"|"+itoa(k.perMinute)+"|"+k.key]++
+				g.pending[k]++ // named as a string only at the flush
 			}
 		}
 		g.mu.Unlock()
@@ -227,14 +227,18 @@ func (g *rateGuard) take(keys []rlKey, now time.Time) (bool, time.Duration, stri
 // flush hands what was let through since the last flush to the share.
 func (g *rateGuard) flush() {
 	g.mu.Lock()
-	p := g.pending
-	if len(p) == 0 || g.share == nil {
+	pending := g.pending
+	if len(pending) == 0 || g.share == nil {
 		g.mu.Unlock()
 		return
 	}
-	g.pending = map[string]int{}
+	g.pending = make(map[rlKey]int, len(pending))
 	share := g.share
 	g.mu.Unlock()
+	p := make(map[string]int, len(pending))
+	for k, n := range pending {
+		p[k.kind+"|"+itoa(k.perMinute)+"|"+k.key] += n
+	}
 	share(p)
 }
 

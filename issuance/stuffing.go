@@ -134,7 +134,7 @@ func (s *Server) recordFailure(ctx context.Context, tenant, who, subject string,
 func (g *rateGuard) note(k rlKey) {
 	g.mu.Lock()
 	if g.share != nil && len(g.pending) < maxLimiterKeys {
-		g.pending[k.kind+"|"+itoa(k.perMinute)+"|"+k.key]++
+		g.pending[k]++
 	}
 	g.mu.Unlock()
 }
