@@ -466,9 +466,9 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnet})
 		}
 		if clientID != "" {
-			if c, err := s.st.Client(r.Context(), tenant, clientID); err == nil {
+			if public, err := s.clientPublic(r.Context(), tenant, clientID); err == nil {
 				key := tenant + "\x00" + clientID
-				if c.Public {
+				if public {
 					// Anyone may name a public client (no secret): its
 					// budget is per source network, so that a flood of
 					// its sign-in pages from one network does not lock
@@ -493,6 +493,23 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// ClientPublicity is an optional cheaper way for a State to say whether a
+// client exists and is public (the guard asks it on every request that
+// names a client); without it the guard reads the whole Client.
+type ClientPublicity interface {
+	ClientPublic(ctx context.Context, tenant, id string) (bool, error)
+}
+
+// clientPublic reports whether tenant's client id is public; ErrNotFound
+// (or another error) when the tenant does not know it.
+func (s *Server) clientPublic(ctx context.Context, tenant, id string) (bool, error) {
+	if p, ok := s.st.(ClientPublicity); ok {
+		return p.ClientPublic(ctx, tenant, id)
+	}
+	c, err := s.st.Client(ctx, tenant, id)
+	return c.Public, err
 }
 
 // sameOriginForm reports whether a browser form post to the sign-in,

@@ -52,6 +52,7 @@ func newReplica(rn *raft.Node, now func() time.Time) *replica {
 
 var _ issuance.State = (*replica)(nil)
 var _ issuance.Revoker = (*replica)(nil)
+var _ issuance.ClientPublicity = (*replica)(nil)
 
 func (r *replica) Tenant(_ context.Context, id string) (issuance.Tenant, error) {
 	// Every OAuth endpoint looks the tenant up first, so this one check
@@ -75,6 +76,16 @@ func (r *replica) Client(_ context.Context, tenant, id string) (issuance.Client,
 		return issuance.Client{}, issuance.ErrNotFound
 	}
 	return clientFromPB(c), nil
+}
+
+// ClientPublic is Client's Public without converting the whole record
+// (issuance.ClientPublicity: the rate limiter asks it on every request).
+func (r *replica) ClientPublic(_ context.Context, tenant, id string) (bool, error) {
+	c, ok := r.rn.State().Client(tenant, id)
+	if !ok {
+		return false, issuance.ErrNotFound
+	}
+	return c.Public, nil
 }
 
 // Keys converts the replica's key records once per change: the stored
