@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	hraft "github.com/hashicorp/raft"
 	"go.etcd.io/bbolt"
@@ -32,6 +33,12 @@ type applier struct {
 	// SetClusterVersion writes a new one (apply_version.go).
 	cv     *raftpb.ClusterVersion
 	cvRead bool
+}
+
+// recorded reports whether the cluster version recorded in the batch's
+// transaction (as of the command being applied) enables feature.
+func (a *applier) recorded(feature string) bool {
+	return slices.Contains(a.clusterVersion().GetFeatures(), feature)
 }
 
 // clusterVersion is the cluster version recorded in the batch's

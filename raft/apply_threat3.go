@@ -212,8 +212,7 @@ func (a *applier) familyTravel(f *raftpb.Family, r *raftpb.RotateRefresh, prevNe
 // threatV3 reports whether the recorded cluster version (as of this
 // command) enables FeatureThreatV3.
 func (a *applier) threatV3() bool {
-	v := a.clusterVersion()
-	return v != nil && slices.Contains(v.Features, FeatureThreatV3)
+	return a.recorded(FeatureThreatV3)
 }
 
 // logAlert keeps al (announced at now) in the alert log once threat_v3 is

@@ -1,8 +1,6 @@
 package raft
 
 import (
-	"slices"
-
 	"github.com/tallyauth/tally/raft/raftpb"
 )
 
@@ -114,8 +112,7 @@ func checkKeyUse(k *raftpb.Key) error {
 // transaction (including one applied earlier in the same batch) enables
 // FeatureTypedEnums.
 func (a *applier) typedEnums() bool {
-	v := a.clusterVersion()
-	return slices.Contains(v.GetFeatures(), FeatureTypedEnums)
+	return a.recorded(FeatureTypedEnums)
 }
 
 // setTypedEnums sets or clears c's typed fields from its strings, as the

@@ -299,8 +299,7 @@ func typedV2Agrees(values map[string]int32, s string, v int32) bool {
 // typedEnumsV2 reports whether the cluster version recorded in the
 // batch's transaction enables FeatureTypedEnumsV2.
 func (a *applier) typedEnumsV2() bool {
-	v := a.clusterVersion()
-	return slices.Contains(v.GetFeatures(), FeatureTypedEnumsV2)
+	return a.recorded(FeatureTypedEnumsV2)
 }
 
 // deriveTypedV2 sets or clears m's typed fields as the recorded cluster

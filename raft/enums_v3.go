@@ -1,8 +1,6 @@
 package raft
 
 import (
-	"slices"
-
 	"github.com/tallyauth/tally/raft/raftpb"
 )
 
@@ -74,8 +72,7 @@ func checkTypedV3(cmd *raftpb.Command) error {
 // typedEnumsV3 reports whether the cluster version recorded in the
 // batch's transaction enables FeatureTypedEnumsV3.
 func (a *applier) typedEnumsV3() bool {
-	v := a.clusterVersion()
-	return slices.Contains(v.GetFeatures(), FeatureTypedEnumsV3)
+	return a.recorded(FeatureTypedEnumsV3)
 }
 
 // deriveTypedV3 sets or clears c's typed field as the recorded cluster
