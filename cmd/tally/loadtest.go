@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -57,7 +58,7 @@ Usage:
 
   tally loadtest compare [--concurrency 32] [--duration 10s] [--warmup 1s]
         [--rounds 2] [--alg ES256|EdDSA] [--format jwt|opaque] [--output text|json]
-        [--sides baseline|rate-limits]
+        [--sides baseline|rate-limits] [--cpuprofile FILE]
       Start a real single tally node (in a temporary directory) and the
       baseline in this process, on loopback, and run the same closed-loop
       client_credentials load against each alternately (baseline, tally,
@@ -66,6 +67,7 @@ Usage:
       the two sides are two real nodes, one with its rate limits off and
       one with every limit on (budgets far above the load, so every request
       passes every bucket): the ratio is what rate limiting costs.
+      --cpuprofile writes a CPU profile of the rounds (go tool pprof).
 
   tally loadtest revoke-propagation --target ISSUER_URL --admin-server URL [flags as above]
       Revocations through the admin API of a running node or cluster, each
@@ -354,7 +356,14 @@ func runLoadtestCompare(ctx context.Context, args []string, e env) int {
 	}
 	cfg.Load.Progress = loadtestProgress(e, "  ")
 
+	stopProfile, err := startCPUProfile(f.cpuProfile)
+	if err != nil {
+		return fail("%v", err)
+	}
 	cmp, err := loadtest.Compare(ctx, cfg)
+	if perr := stopProfile(); perr != nil && err == nil {
+		err = perr
+	}
 	loadtestEndProgress(e, cfg.Load.Progress)
 	res := loadtestComparison{
 		Date:       time.Now().UTC().Truncate(time.Second),
@@ -384,6 +393,9 @@ type loadtestCompareFlags struct {
 	// against tally) or compareRateLimits (tally with its rate limits off
 	// against the same with them on).
 	sides string
+	// cpuProfile, when set, is where the CPU profile of the recorded
+	// rounds goes (both sides and the load generator share the process).
+	cpuProfile string
 }
 
 // The --sides of "tally loadtest compare".
@@ -398,6 +410,26 @@ const (
 // not what it refuses.
 const compareBudget = 1_000_000_000
 
+// startCPUProfile starts a CPU profile written to path ("": none); stop
+// ends it and closes the file.
+func startCPUProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
+}
+
 // parseLoadtestCompare reads and checks the flags; code is the exit code
 // when the command must stop (help or a usage error), -1 otherwise.
 func parseLoadtestCompare(args []string, e env) (f loadtestCompareFlags, code int) {
@@ -411,6 +443,7 @@ func parseLoadtestCompare(args []string, e env) (f loadtestCompareFlags, code in
 	fs.StringVar(&f.format, "format", "jwt", "tally's token format: jwt or opaque (the baseline always signs a JWT)")
 	fs.StringVar(&f.output, "output", "text", "text or json")
 	fs.StringVar(&f.sides, "sides", compareBaseline, "baseline: the bare baseline against tally (rate limits off); rate-limits: tally with rate limits off against tally with them on (budgets far above the load)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the rounds (both sides and the load generator, one process) to `FILE`, for go tool pprof")
 	if code := loadtestParse(fs, args, e); code >= 0 {
 		return f, code
 	}
