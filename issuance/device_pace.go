@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -160,11 +161,24 @@ type keyedLimiter struct {
 	max       int
 	m         map[string]*keyedBucket
 	lastPrune time.Time
+	// keys is len(m), readable without the lock (peek of an empty
+	// limiter takes no lock).
+	keys atomic.Int64
+	// kind and perMinute name a rate guard's limiter (ratelimit.go);
+	// counted are its buckets holding tokens taken since the last share
+	// flush (keyedBucket.shared).
+	kind      string
+	perMinute int
+	counted   []*keyedBucket
 }
 
 type keyedBucket struct {
 	lim  *rate.Limiter
 	seen time.Time
+	// key and shared: the tokens taken here since the last share flush
+	// (allowCounted), for the other nodes of the cluster.
+	key    string
+	shared int
 }
 
 func newKeyedLimiter(perMinute, burst, max int) *keyedLimiter {
@@ -176,6 +190,12 @@ func newKeyedLimiter(perMinute, burst, max int) *keyedLimiter {
 // allow takes one token for key at now; when there is none it returns
 // false and how long until there is.
 func (l *keyedLimiter) allow(key string, now time.Time) (bool, time.Duration) {
+	return l.allowCounted(key, now, false)
+}
+
+// allowCounted is allow that, with count, also keeps the token taken for
+// the next share flush (takeCounted).
+func (l *keyedLimiter) allowCounted(key string, now time.Time, count bool) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.m[key]
@@ -186,17 +206,44 @@ func (l *keyedLimiter) allow(key string, now time.Time) (bool, time.Duration) {
 		if len(l.m) >= l.max {
 			return false, l.idle
 		}
-		b = &keyedBucket{lim: rate.NewLimiter(l.every, l.burst)}
-		l.m[key] = b
+		b = l.add(key)
 	}
 	b.seen = now
 	if b.lim.AllowN(now, 1) {
-		return true, 0 // the common case, without a Reservation to allocate
+		// The common case, without a Reservation to allocate.
+		if count {
+			if b.shared == 0 {
+				l.counted = append(l.counted, b)
+			}
+			b.shared++
+		}
+		return true, 0
 	}
 	r := b.lim.ReserveN(now, 1)
 	d := r.DelayFrom(now)
 	r.CancelAt(now)
 	return false, max(d, time.Nanosecond)
+}
+
+// add makes key's bucket; l.mu is held.
+func (l *keyedLimiter) add(key string) *keyedBucket {
+	b := &keyedBucket{lim: rate.NewLimiter(l.every, l.burst), key: key}
+	l.m[key] = b
+	l.keys.Store(int64(len(l.m)))
+	return b
+}
+
+// takeCounted hands out and resets the tokens taken with count since the
+// last call, by key.
+func (l *keyedLimiter) takeCounted(into func(key string, n int)) {
+	l.mu.Lock()
+	counted := l.counted
+	l.counted = nil
+	for _, b := range counted {
+		into(b.key, b.shared)
+		b.shared = 0
+	}
+	l.mu.Unlock()
 }
 
 func (l *keyedLimiter) prune(now time.Time) {
@@ -206,6 +253,7 @@ func (l *keyedLimiter) prune(now time.Time) {
 			delete(l.m, k)
 		}
 	}
+	l.keys.Store(int64(len(l.m)))
 }
 
 // ipKey is the rate-limit key of a client address: the address itself for

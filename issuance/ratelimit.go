@@ -15,8 +15,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // Rate limits on the public endpoints (issue 13).
@@ -130,25 +128,61 @@ type rateGuard struct {
 	mu      sync.Mutex
 	// sets is read without the lock on every request and replaced (a
 	// copy with the new limiter) under it: limiters are made rarely.
-	sets    atomic.Pointer[map[limiterName]*keyedLimiter]
-	pending map[rlKey]int // count let through since the last publish (shared as kind|perMinute|key)
+	sets atomic.Pointer[map[limiterName]*keyedLimiter]
+	// buckets are the request budgets of tenants without an override
+	// (defaults) and of those with one (tenants), made once.
+	defaults *tenantBuckets
+	tenants  map[string]*tenantBuckets
+	// pending counts what the failure and alert budgets took since the
+	// last publish (note; the request budgets count in their buckets,
+	// keyedLimiter.allowCounted).
+	pending map[rlKey]int
 	share   func(map[string]int)
+	sharing atomic.Bool // share is set
 	// absorbed counts the requests other nodes reported (AbsorbRates).
 	absorbed atomic.Int64
+}
+
+// tenantBuckets are the limiters of one set of budgets (RateLimits), in
+// the order a request takes them; nil where that budget is off.
+type tenantBuckets struct {
+	lim                                         RateLimits
+	username, client, unknown, ip, subnet, tent *keyedLimiter
 }
 
 func newRateGuard(cfg RateLimits) *rateGuard {
 	g := &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, pending: map[rlKey]int{}}
 	g.sets.Store(&map[limiterName]*keyedLimiter{})
+	g.defaults = g.bucketsOf(g.cfg)
+	g.tenants = make(map[string]*tenantBuckets, len(cfg.Tenants))
+	for t, l := range cfg.Tenants {
+		g.tenants[t] = g.bucketsOf(l.withDefaults())
+	}
 	return g
+}
+
+func (g *rateGuard) bucketsOf(l RateLimits) *tenantBuckets {
+	get := func(kind string, perMinute int) *keyedLimiter {
+		if perMinute <= 0 {
+			return nil
+		}
+		return g.limiter(kind, perMinute)
+	}
+	return &tenantBuckets{lim: l, username: get(rlUsername, l.PerUsername), client: get(rlClient, l.PerClient),
+		unknown: get(rlUnknown, l.PerUnknownClient), ip: get(rlIP, l.PerIP), subnet: get(rlSubnet, l.PerSubnet), tent: get(rlTenant, l.PerTenant)}
+}
+
+// buckets returns the request budgets of tenant.
+func (g *rateGuard) buckets(tenant string) *tenantBuckets {
+	if t, ok := g.tenants[tenant]; ok {
+		return t
+	}
+	return g.defaults
 }
 
 // limits returns the budgets of tenant.
 func (g *rateGuard) limits(tenant string) RateLimits {
-	if t, ok := g.cfg.Tenants[tenant]; ok {
-		return t.withDefaults()
-	}
-	return g.cfg
+	return g.buckets(tenant).lim
 }
 
 // limiterName names one of a guard's limiters: a kind of key and its
@@ -174,6 +208,7 @@ func (g *rateGuard) limiter(kind string, perMinute int) *keyedLimiter {
 		burst = perMinute // failure budgets (stuffing.go): a minute's worth at once
 	}
 	l := newKeyedLimiter(perMinute, burst, maxLimiterKeys)
+	l.kind, l.perMinute = kind, perMinute
 	next := make(map[limiterName]*keyedLimiter, len(sets)+1)
 	maps.Copy(next, sets)
 	next[name] = l
@@ -201,25 +236,24 @@ type rlKey struct {
 	key       string
 }
 
-// take takes one token from each key in order; on the first refusal it
-// returns the wait and the kind that refused.
-func (g *rateGuard) take(keys []rlKey, now time.Time) (bool, time.Duration, string) {
-	for _, k := range keys {
-		if k.perMinute <= 0 || k.key == "" {
+// bucketTake is one token a request takes: from key's bucket of l.
+type bucketTake struct {
+	l   *keyedLimiter
+	key string
+}
+
+// take takes one token from each bucket in order; on the first refusal it
+// returns the wait and the kind that refused. What it takes is shared with
+// the other nodes (at the next flush) when sharing is on.
+func (g *rateGuard) take(takes []bucketTake, now time.Time) (bool, time.Duration, string) {
+	count := g.sharing.Load()
+	for _, t := range takes {
+		if t.l == nil || t.key == "" {
 			continue
 		}
-		if ok, d := g.limiter(k.kind, k.perMinute).allow(k.key, now); !ok {
-			return false, d, k.kind
+		if ok, d := t.l.allowCounted(t.key, now, count); !ok {
+			return false, d, t.l.kind
 		}
-	}
-	if g.share != nil {
-		g.mu.Lock()
-		for _, k := range keys {
-			if k.perMinute > 0 && k.key != "" && len(g.pending) < maxLimiterKeys {
-				g.pending[k]++ // named as a string only at the flush
-			}
-		}
-		g.mu.Unlock()
 	}
 	return true, 0, ""
 }
@@ -227,19 +261,33 @@ func (g *rateGuard) take(keys []rlKey, now time.Time) (bool, time.Duration, stri
 // flush hands what was let through since the last flush to the share.
 func (g *rateGuard) flush() {
 	g.mu.Lock()
+	share := g.share
 	pending := g.pending
-	if len(pending) == 0 || g.share == nil {
+	if share == nil {
 		g.mu.Unlock()
 		return
 	}
-	g.pending = make(map[rlKey]int, len(pending))
-	share := g.share
+	if len(pending) > 0 {
+		g.pending = make(map[rlKey]int, len(pending))
+	}
 	g.mu.Unlock()
 	p := make(map[string]int, len(pending))
 	for k, n := range pending {
-		p[k.kind+"|"+itoa(k.perMinute)+"|"+k.key] += n
+		p[sharedKey(k.kind, k.perMinute, k.key)] += n
 	}
-	share(p)
+	for _, l := range *g.sets.Load() {
+		l.takeCounted(func(key string, n int) {
+			p[sharedKey(l.kind, l.perMinute, key)] += n
+		})
+	}
+	if len(p) > 0 {
+		share(p)
+	}
+}
+
+// sharedKey names a bucket on the share: kind|perMinute|key.
+func sharedKey(kind string, perMinute int, key string) string {
+	return kind + "|" + itoa(perMinute) + "|" + key
 }
 
 // absorb takes what other nodes let through out of this node's buckets.
@@ -284,8 +332,7 @@ func (l *keyedLimiter) consume(key string, n int, now time.Time) {
 		if len(l.m) >= l.max {
 			return
 		}
-		b = &keyedBucket{lim: rate.NewLimiter(l.every, l.burst)}
-		l.m[key] = b
+		b = l.add(key)
 	}
 	b.seen = now
 	b.lim.ReserveN(now, min(n, l.burst))
@@ -301,6 +348,7 @@ func (s *Server) SetRateShare(ctx context.Context, publish func(map[string]int))
 	}
 	s.rl.mu.Lock()
 	s.rl.share = publish
+	s.rl.sharing.Store(publish != nil)
 	s.rl.mu.Unlock()
 	go func() {
 		t := time.NewTicker(RateShareInterval)
@@ -453,39 +501,41 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		lim := s.rl.limits(tenant)
-		clientID, username, grant := s.requestParties(r)
+		tb := s.rl.buckets(tenant)
+		clientID, username := s.requestParties(r)
 		ipk, subnet := gi.ipKey, gi.subnet
-		keys := make([]rlKey, 0, 5)
-		if username != "" {
+		takes := make([]bucketTake, 0, 5)
+		if username != "" && tb.username != nil {
 			// Per account and source network: a distributed attack on
 			// one account cannot lock its owner out from their own
 			// network (each attacking source meets its own budget). It
 			// comes first: a sign-in refused here takes nothing from the
 			// client's budget, which the account's other users share.
-			keys = append(keys, rlKey{rlUsername, lim.PerUsername, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnet})
+			takes = append(takes, bucketTake{tb.username, tenant + "\x00" + strings.ToLower(username) + "\x00" + subnet})
 		}
-		if clientID != "" {
+		if clientID != "" && (tb.client != nil || tb.unknown != nil) {
 			if public, err := s.clientPublic(r.Context(), tenant, clientID); err == nil {
-				key := tenant + "\x00" + clientID
-				if public {
-					// Anyone may name a public client (no secret): its
-					// budget is per source network, so that a flood of
-					// its sign-in pages from one network does not lock
-					// out the app's users elsewhere.
-					key += "\x00" + subnet
+				if tb.client != nil {
+					key := tenant + "\x00" + clientID
+					if public {
+						// Anyone may name a public client (no secret):
+						// its budget is per source network, so that a
+						// flood of its sign-in pages from one network
+						// does not lock out the app's users elsewhere.
+						key += "\x00" + subnet
+					}
+					takes = append(takes, bucketTake{tb.client, key})
 				}
-				keys = append(keys, rlKey{rlClient, lim.PerClient, key})
 			} else {
-				keys = append(keys, rlKey{rlUnknown, lim.PerUnknownClient, ipk})
+				takes = append(takes, bucketTake{tb.unknown, ipk})
 			}
 		}
-		keys = append(keys, rlKey{rlIP, lim.PerIP, ipk}, rlKey{rlSubnet, lim.PerSubnet, subnet}, rlKey{rlTenant, lim.PerTenant, tenant})
-		if ok, wait, kind := s.rl.take(keys, s.cfg.Now()); !ok {
+		takes = append(takes, bucketTake{tb.ip, ipk}, bucketTake{tb.subnet, subnet}, bucketTake{tb.tent, tenant})
+		if ok, wait, kind := s.rl.take(takes, s.cfg.Now()); !ok {
 			s.log.Debug("issuance: rate limited", "bucket", kind, "tenant", tenant, "path", r.URL.Path)
 			s.rateLimited(tenant, kind, clientID, ip)
 			e := newError("rate_limited", http.StatusTooManyRequests, "too many requests, retry later", &RateLimited{RetryAfter: wait})
-			if grant == GrantDeviceCode {
+			if s.requestGrant(r) == GrantDeviceCode {
 				e = errRateLimited(wait)
 			}
 			s.writeError(w, r, e)
@@ -518,7 +568,7 @@ func (s *Server) clientPublic(ctx context.Context, tenant, id string) (bool, err
 // refused (issue 13; the CSRF cookie remains the first defence). Requests
 // without either header (non-browser clients) pass.
 func (s *Server) sameOriginForm(r *http.Request) bool {
-	if r.Method != http.MethodPost || !(strings.HasSuffix(r.URL.Path, "/oauth2/authorize") || strings.HasSuffix(r.URL.Path, "/device")) {
+	if r.Method != http.MethodPost || !signInPath(r.URL.Path) {
 		return true
 	}
 	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
@@ -550,38 +600,77 @@ func tenantOfPath(p string) (string, bool) {
 }
 
 // requestParties reads the client id (Basic credentials, or client_id of
-// the query or form body), the username of a sign-in post and the grant
-// type. The body is read (within MaxBodyBytes) and put back.
-func (s *Server) requestParties(r *http.Request) (clientID, username, grant string) {
+// the query or form body) and the username of a sign-in post. The form
+// body is read ahead (within MaxBodyBytes, and put back) only where it
+// may name one of them: no client id was found before it, or the path is
+// a sign-in page.
+func (s *Server) requestParties(r *http.Request) (clientID, username string) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		clientID = basicClientID(h)
 	}
 	if clientID == "" && r.URL.RawQuery != "" {
 		clientID = r.URL.Query().Get("client_id")
 	}
+	signIn := signInPath(r.URL.Path)
+	if clientID != "" && !signIn {
+		return clientID, ""
+	}
+	body, ok := s.formBody(r)
+	if !ok {
+		return clientID, ""
+	}
+	formID, user, _, ok := partiesOfForm(string(body))
+	if !ok {
+		return clientID, ""
+	}
+	if clientID == "" {
+		clientID = formID
+	}
+	if signIn {
+		username = user
+	}
+	return clientID, username
+}
+
+// requestGrant is the grant_type of a form post ("" for none).
+func (s *Server) requestGrant(r *http.Request) string {
+	body, ok := s.formBody(r)
+	if !ok {
+		return ""
+	}
+	_, _, grant, ok := partiesOfForm(string(body))
+	if !ok {
+		return ""
+	}
+	return grant
+}
+
+// signInPath reports whether p is a page that takes sign-in posts (a
+// username and password form).
+func signInPath(p string) bool {
+	return strings.HasSuffix(p, "/oauth2/authorize") || strings.HasSuffix(p, "/device")
+}
+
+// formBody reads the body of a form post ahead, within MaxBodyBytes, and
+// puts it back for the handler (a replayBody, which readForm takes without
+// copying); ok is false for no form body, or one too long or unreadable.
+func (s *Server) formBody(r *http.Request) (body []byte, ok bool) {
 	if r.Method != http.MethodPost || r.Body == nil || r.Body == http.NoBody {
-		return clientID, "", ""
+		return nil, false
+	}
+	if rb, read := r.Body.(*replayBody); read && rb.off == 0 {
+		return rb.b, rb.err == nil && int64(len(rb.b)) <= s.cfg.MaxBodyBytes
 	}
 	// The media type, as mime.ParseMediaType would name it, without
 	// parsing the parameters (readForm checks the header in full).
 	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
 	if !strings.EqualFold(strings.TrimSpace(ct), formMediaType) {
-		return clientID, "", ""
+		return nil, false
 	}
 	body, err := readUpTo(r.Body, s.cfg.MaxBodyBytes+1)
 	r.Body.Close()
 	r.Body = &replayBody{b: body, err: err}
-	if err != nil || int64(len(body)) > s.cfg.MaxBodyBytes {
-		return clientID, "", ""
-	}
-	formID, username, grant, ok := partiesOfForm(string(body))
-	if !ok {
-		return clientID, "", ""
-	}
-	if clientID == "" {
-		clientID = formID
-	}
-	return clientID, username, grant
+	return body, err == nil && int64(len(body)) <= s.cfg.MaxBodyBytes
 }
 
 // basicClientID is the client id of HTTP Basic credentials (RFC 6749
@@ -604,26 +693,31 @@ func basicClientID(header string) string {
 		}
 		return unescapeID([]byte(enc))
 	}
+	// Decode 64 characters (48 bytes) at a time until the colon: one
+	// chunk holds most ids, and what follows the colon is never kept.
 	var id [maxCredentialLen]byte
 	n := 0
 	for len(payload) >= 4 {
-		var src [4]byte
-		var dst [3]byte
-		copy(src[:], payload[:4])
-		payload = payload[4:]
-		m, err := base64.StdEncoding.Decode(dst[:], src[:])
+		var src [64]byte
+		var dst [48]byte
+		k := copy(src[:], payload[:min(len(payload), len(src))&^3])
+		payload = payload[k:]
+		m, err := base64.StdEncoding.Decode(dst[:], src[:k])
 		if err != nil {
 			return ""
 		}
-		for _, c := range dst[:m] {
-			if c == ':' {
-				return unescapeID(id[:n])
-			}
-			if n == len(id) {
-				return ""
-			}
-			id[n] = c
-			n++
+		colon := bytes.IndexByte(dst[:m], ':')
+		end := m
+		if colon >= 0 {
+			end = colon
+		}
+		if n+end > len(id) {
+			return ""
+		}
+		n += copy(id[n:], dst[:end])
+		clear(dst[:])
+		if colon >= 0 {
+			return unescapeID(id[:n])
 		}
 	}
 	return ""

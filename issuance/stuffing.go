@@ -63,9 +63,14 @@ func (s *Server) failureKeys(ctx context.Context, tenant, who string) ([]rlKey, 
 		return nil, nil
 	}
 	return []rlKey{
-		{rlFailAccount, failuresPerAccountSource, tenant + "\x00" + strings.ToLower(who) + "\x00" + gi.subnet},
+		{rlFailAccount, failuresPerAccountSource, failureAccountKey(tenant, who, gi.subnet)},
 		{rlFailSource, failuresPerSource, gi.ipKey},
 	}, gi
+}
+
+// failureAccountKey is the key of who's failures from subnet.
+func failureAccountKey(tenant, who, subnet string) string {
+	return tenant + "\x00" + strings.ToLower(who) + "\x00" + subnet
 }
 
 // underAttack reports whether tenant's failures spent its alert budget
@@ -84,15 +89,26 @@ func (s *Server) underAttack(tenant string, now time.Time) bool {
 // failuresPerSourceUnderAttack times, or a subnet that failed
 // failuresPerSubnetUnderAttack times, within the last minute waits too.
 func (s *Server) failureGate(ctx context.Context, tenant, who string) (bool, time.Duration) {
-	now := s.cfg.Now()
-	keys, gi := s.failureKeys(ctx, tenant, who)
-	if len(keys) > 0 && s.underAttack(tenant, now) {
-		keys = append(keys, rlKey{rlFailSourceAttack, failuresPerSourceUnderAttack, gi.ipKey},
-			rlKey{rlFailSubnetAttack, failuresPerSubnetUnderAttack, gi.subnet})
+	gi := ctxGuardInfo(ctx)
+	if s.rl == nil || gi == nil || gi.ip == "" {
+		return true, 0
 	}
-	for _, k := range keys {
-		if ok, wait := s.rl.limiter(k.kind, k.perMinute).peek(k.key, now); !ok {
+	now := s.cfg.Now()
+	account := s.rl.limiter(rlFailAccount, failuresPerAccountSource)
+	if account.keys.Load() > 0 { // no key to build when no account failed lately
+		if ok, wait := account.peek(failureAccountKey(tenant, who, gi.subnet), now); !ok {
 			return false, wait
+		}
+	}
+	if ok, wait := s.rl.limiter(rlFailSource, failuresPerSource).peek(gi.ipKey, now); !ok {
+		return false, wait
+	}
+	if s.underAttack(tenant, now) {
+		for _, k := range []rlKey{{rlFailSourceAttack, failuresPerSourceUnderAttack, gi.ipKey},
+			{rlFailSubnetAttack, failuresPerSubnetUnderAttack, gi.subnet}} {
+			if ok, wait := s.rl.limiter(k.kind, k.perMinute).peek(k.key, now); !ok {
+				return false, wait
+			}
 		}
 	}
 	return true, 0
@@ -141,6 +157,9 @@ func (g *rateGuard) note(k rlKey) {
 
 // peek reports whether key has a token, without taking it.
 func (l *keyedLimiter) peek(key string, now time.Time) (bool, time.Duration) {
+	if l.keys.Load() == 0 {
+		return true, 0 // no bucket at all (the usual case of the failure budgets)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.m[key]
