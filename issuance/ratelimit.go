@@ -133,6 +133,9 @@ type rateGuard struct {
 	// (defaults) and of those with one (tenants), made once.
 	defaults *tenantBuckets
 	tenants  map[string]*tenantBuckets
+	// failAccount and failSource are the failure budgets every client
+	// authentication and sign-in checks (stuffing.go failureGate).
+	failAccount, failSource *keyedLimiter
 	// pending counts what the failure and alert budgets took since the
 	// last publish (note; the request budgets count in their buckets,
 	// keyedLimiter.allowCounted).
@@ -158,6 +161,8 @@ func newRateGuard(cfg RateLimits) *rateGuard {
 	for t, l := range cfg.Tenants {
 		g.tenants[t] = g.bucketsOf(l.withDefaults())
 	}
+	g.failAccount = g.limiter(rlFailAccount, failuresPerAccountSource)
+	g.failSource = g.limiter(rlFailSource, failuresPerSource)
 	return g
 }
 
@@ -684,7 +689,7 @@ func basicClientID(header string) string {
 		return ""
 	}
 	payload = strings.TrimLeft(payload, " ")
-	if strings.ContainsAny(payload, "\r\n") {
+	if strings.IndexByte(payload, '\n') >= 0 || strings.IndexByte(payload, '\r') >= 0 {
 		// base64.StdEncoding skips line breaks anywhere: decode it all.
 		raw, err := base64.StdEncoding.DecodeString(payload)
 		enc, _, ok := strings.Cut(string(raw), ":")

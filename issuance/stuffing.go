@@ -94,13 +94,13 @@ func (s *Server) failureGate(ctx context.Context, tenant, who string) (bool, tim
 		return true, 0
 	}
 	now := s.cfg.Now()
-	account := s.rl.limiter(rlFailAccount, failuresPerAccountSource)
+	account := s.rl.failAccount
 	if account.keys.Load() > 0 { // no key to build when no account failed lately
 		if ok, wait := account.peek(failureAccountKey(tenant, who, gi.subnet), now); !ok {
 			return false, wait
 		}
 	}
-	if ok, wait := s.rl.limiter(rlFailSource, failuresPerSource).peek(gi.ipKey, now); !ok {
+	if ok, wait := s.rl.failSource.peek(gi.ipKey, now); !ok {
 		return false, wait
 	}
 	if s.underAttack(tenant, now) {
