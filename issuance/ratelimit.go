@@ -361,6 +361,8 @@ func (s *Server) SetRateShare(ctx context.Context, publish func(map[string]int))
 		for {
 			select {
 			case <-ctx.Done():
+				// Nothing flushes any more: stop counting for it.
+				s.rl.sharing.Store(false)
 				return
 			case <-t.C:
 				s.rl.flush()
