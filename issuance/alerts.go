@@ -223,23 +223,43 @@ func (s *Server) userCodeMiss(ctx context.Context, tenant, user string) {
 
 // rateLimited raises the alert of a request a rate limit refused.
 func (s *Server) rateLimited(tenant, kind, clientID, ip string) {
-	a := SecurityAlert{Kind: AlertRateLimitExceeded, Tenant: tenant, Window: time.Minute}
+	a := SecurityAlert{Kind: AlertRateLimitExceeded, Tenant: tenant, Window: time.Minute, Signal: bucketName(kind)}
 	lim := s.rl.limits(tenant)
 	switch kind {
 	case rlClient:
-		a.Signal, a.ClientID, a.Count = "client", clientID, lim.PerClient
+		a.ClientID, a.Count = clientID, lim.PerClient
 	case rlUnknown:
-		a.Signal, a.Source, a.Count = "unknown_client", ipKey(ip), lim.PerUnknownClient
+		a.Source, a.Count = ipKey(ip), lim.PerUnknownClient
 	case rlUsername:
-		a.Signal, a.Source, a.Count = "username", subnetKey(ip), lim.PerUsername
+		a.Source, a.Count = subnetKey(ip), lim.PerUsername
 	case rlIP:
-		a.Signal, a.Source, a.Count = "ip", ipKey(ip), lim.PerIP
+		a.Source, a.Count = ipKey(ip), lim.PerIP
 	case rlSubnet:
-		a.Signal, a.Source, a.Count = "subnet", subnetKey(ip), lim.PerSubnet
+		a.Source, a.Count = subnetKey(ip), lim.PerSubnet
 	case rlTenant:
-		a.Signal, a.Count = "tenant", lim.PerTenant
+		a.Count = lim.PerTenant
 	default:
 		return
 	}
 	s.raise(a)
+}
+
+// bucketName names a request bucket's kind in alerts (the signal of
+// rate_limit_exceeded) and metrics; "" for other kinds.
+func bucketName(kind string) string {
+	switch kind {
+	case rlClient:
+		return "client"
+	case rlUnknown:
+		return "unknown_client"
+	case rlUsername:
+		return "username"
+	case rlIP:
+		return "ip"
+	case rlSubnet:
+		return "subnet"
+	case rlTenant:
+		return "tenant"
+	}
+	return ""
 }

@@ -17,9 +17,13 @@ const (
 	metricIntrospectRequests = "tally.introspection.requests"
 	metricRevokeRequests     = "tally.revocation.requests"
 	metricSigninFailures     = "tally.signin.failures"
+	metricRateLimitRefusals  = "tally.ratelimit.refusals"
+	metricRateLimitShared    = "tally.ratelimit.shared"
 
 	attrGrantType = "grant_type"
 	attrOutcome   = "outcome"
+	attrBucket    = "bucket"
+	attrDirection = "direction"
 
 	outcomeOK       = "ok"
 	outcomeActive   = "active"
@@ -36,6 +40,9 @@ type metrics struct {
 	introspects   metric.Int64Counter
 	revokes       metric.Int64Counter
 	signinFails   metric.Int64Counter
+	rlRefusals    metric.Int64Counter
+	// bucketAttrs are the attribute options of rlRefusals by bucket kind.
+	bucketAttrs map[string]metric.MeasurementOption
 
 	// attrs caches the attribute option of each (grant type, outcome)
 	// pair, so that a request does not build and sort an attribute set.
@@ -96,7 +103,44 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 	for _, reason := range []string{"bad_credentials", "rate_limited"} {
 		ms.signinFails.Add(context.Background(), 0, ms.option(attrKey{outcome: reason}))
 	}
+	if ms.rlRefusals, err = m.Int64Counter(metricRateLimitRefusals,
+		metric.WithDescription("Requests refused by a rate limit, by the bucket that refused: client, unknown_client, username, ip, subnet or tenant."),
+		metric.WithUnit("{request}")); err != nil {
+		return nil, fmt.Errorf("issuance: metric %s: %w", metricRateLimitRefusals, err)
+	}
+	ms.bucketAttrs = map[string]metric.MeasurementOption{}
+	for _, kind := range []string{rlClient, rlUnknown, rlUsername, rlIP, rlSubnet, rlTenant} {
+		o := metric.WithAttributeSet(attribute.NewSet(attribute.String(attrBucket, bucketName(kind))))
+		ms.bucketAttrs[kind] = o
+		ms.rlRefusals.Add(context.Background(), 0, o)
+	}
 	return &ms, nil
+}
+
+// rateLimited counts a request refused by the bucket of kind.
+func (m *metrics) rateLimited(ctx context.Context, kind string) {
+	if o, ok := m.bucketAttrs[kind]; ok {
+		m.rlRefusals.Add(ctx, 1, o)
+	}
+}
+
+// observeRateShare exports what g shared with the other nodes and took
+// from them (tally.ratelimit.shared{direction=published|absorbed}).
+func observeRateShare(m metric.Meter, g *rateGuard) error {
+	published := metric.WithAttributeSet(attribute.NewSet(attribute.String(attrDirection, "published")))
+	absorbed := metric.WithAttributeSet(attribute.NewSet(attribute.String(attrDirection, "absorbed")))
+	_, err := m.Int64ObservableCounter(metricRateLimitShared,
+		metric.WithDescription("Requests this node's rate-limit buckets let through and reported to the other nodes (published), and those the other nodes reported, taken out of this node's buckets (absorbed)."),
+		metric.WithUnit("{request}"),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(g.published.Load(), published)
+			o.Observe(g.absorbed.Load(), absorbed)
+			return nil
+		}))
+	if err != nil {
+		return fmt.Errorf("issuance: metric %s: %w", metricRateLimitShared, err)
+	}
+	return nil
 }
 
 // signinFailure counts a failed sign-in; reason is a fixed string.

@@ -142,8 +142,9 @@ type rateGuard struct {
 	pending map[rlKey]int
 	share   func(map[string]int)
 	sharing atomic.Bool // share is set
-	// absorbed counts the requests other nodes reported (AbsorbRates).
-	absorbed atomic.Int64
+	// absorbed counts the requests other nodes reported (AbsorbRates),
+	// published those this node reported to them (flush).
+	absorbed, published atomic.Int64
 }
 
 // tenantBuckets are the limiters of one set of budgets (RateLimits), in
@@ -287,6 +288,11 @@ func (g *rateGuard) flush() {
 	}
 	if len(p) > 0 {
 		share(p)
+		var n int64
+		for _, c := range p {
+			n += int64(c)
+		}
+		g.published.Add(n)
 	}
 }
 
@@ -541,6 +547,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		if ok, wait, kind := s.rl.take(takes, s.cfg.Now()); !ok {
 			s.log.Debug("issuance: rate limited", "bucket", kind, "tenant", tenant, "path", r.URL.Path)
 			s.rateLimited(tenant, kind, clientID, ip)
+			s.metrics.rateLimited(r.Context(), kind)
 			e := newError("rate_limited", http.StatusTooManyRequests, "too many requests, retry later", &RateLimited{RetryAfter: wait})
 			if s.requestGrant(r) == GrantDeviceCode {
 				e = errRateLimited(wait)

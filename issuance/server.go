@@ -266,6 +266,9 @@ func NewServer(cfg Config, st State, rv Revoker) (*Server, error) {
 	s.zt = newZT(cfg.ZeroTrust)
 	if !cfg.RateLimits.Off {
 		s.rl = newRateGuard(cfg.RateLimits)
+		if err := observeRateShare(cfg.Meter, s.rl); err != nil {
+			return nil, err
+		}
 	}
 	s.handler = s.withClientCert(s.guard(http.HandlerFunc(s.serve)))
 	return s, nil

@@ -137,7 +137,27 @@ func TestRateLimitsSharedAcrossNodes(t *testing.T) {
 		if code, _ := rlTokenStatus(t, ni.TokenURL("default"), id, secret, ""); code != http.StatusTooManyRequests {
 			t.Fatalf("the same client at node %d: %d, want 429", i, code)
 		}
+		// An SRE sees both on /metrics: the refusal by its bucket, and
+		// what the node took from the others' reports.
+		rlMetricAtLeast(t, ni, "tally_ratelimit_refusals_total", `bucket="client"`, 1)
+		rlMetricAtLeast(t, ni, "tally_ratelimit_shared_total", `direction="absorbed"`, 1)
 	}
+	rlMetricAtLeast(t, n0, "tally_ratelimit_shared_total", `direction="published"`, 1)
+}
+
+// rlMetricAtLeast waits until n's /metrics has name{labels} ≥ min.
+func rlMetricAtLeast(t *testing.T, n *nodetest.Node, name, labels string, min float64) {
+	t.Helper()
+	nodetest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		ss, err := scrape("http://" + n.Addr() + "/metrics")
+		if err != nil {
+			return err
+		}
+		if v, ok := value(ss, name, labels); !ok || v < min {
+			return fmt.Errorf("%s{%s} = %v (exported: %v), want at least %v", name, labels, v, ok, min)
+		}
+		return nil
+	})
 }
 
 // TestStuffingLocksOnlyTheFailingSource: failed client authentications
