@@ -133,13 +133,19 @@ func TestLoadtestScenarioUsage(t *testing.T) {
 
 // TestLoadtestCompareRateLimits: "tally loadtest compare --sides rate-limits"
 // runs the same load against two real nodes, rate limits off and on, and
-// every request of both succeeds (the budgets are far above the load).
+// every request of both succeeds (the budgets are far above the load);
+// --cpuprofile writes a profile of the rounds.
 func TestLoadtestCompareRateLimits(t *testing.T) {
 	noEnv := func(string) string { return "" }
+	prof := filepath.Join(t.TempDir(), "cpu.pprof")
 	code, out, errs := runLoadtestCmd(t, noEnv, "compare", "--sides", "rate-limits", "--concurrency", "4",
-		"--duration", "300ms", "--warmup", "0s", "--rounds", "1", "--output", "json")
+		"--duration", "300ms", "--warmup", "0s", "--rounds", "1", "--output", "json", "--cpuprofile", prof)
 	if code != 0 {
 		t.Fatalf("exit %d: %s %s", code, out, errs)
+	}
+	// A pprof profile is a gzipped protocol buffer.
+	if b, err := os.ReadFile(prof); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("--cpuprofile %s: %d bytes, %v; want a gzipped profile", prof, len(b), err)
 	}
 	var res struct {
 		Baseline, Candidate struct {
