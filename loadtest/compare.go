@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -75,6 +77,13 @@ type Comparison struct {
 	// P99Ratio Candidate.P99 / Baseline.P99; 0 when the divisor is.
 	ThroughputRatio float64 `json:"throughput_ratio"`
 	P99Ratio        float64 `json:"p99_ratio"`
+	// RoundRatios are the throughput ratios candidate/baseline of each
+	// round, in order (a round whose baseline run got nothing through is
+	// left out), and MedianRoundRatio their median: less moved by one
+	// disturbed round than the merged ratio, when the sides share a
+	// machine.
+	RoundRatios      []float64 `json:"round_throughput_ratios"`
+	MedianRoundRatio float64   `json:"median_round_throughput_ratio"`
 }
 
 // Compare runs cfg.Load against the baseline and the candidate alternately,
@@ -101,12 +110,18 @@ runs:
 			if h != nil {
 				cmp.Runs = append(cmp.Runs, rep)
 				merged[i].add(rep, h)
+				if i == 1 && len(cmp.Runs) >= 2 {
+					if b := cmp.Runs[len(cmp.Runs)-2]; b.Target == cfg.Baseline.Name && b.Throughput > 0 {
+						cmp.RoundRatios = append(cmp.RoundRatios, rep.Throughput/b.Throughput)
+					}
+				}
 			}
 			if err != nil {
 				break runs
 			}
 		}
 	}
+	cmp.MedianRoundRatio = medianRatio(cmp.RoundRatios)
 	cmp.Baseline, cmp.Candidate = merged[0].report(), merged[1].report()
 	if cmp.Baseline.Throughput > 0 {
 		cmp.ThroughputRatio = cmp.Candidate.Throughput / cmp.Baseline.Throughput
@@ -115,6 +130,19 @@ runs:
 		cmp.P99Ratio = float64(cmp.Candidate.P99) / float64(cmp.Baseline.P99)
 	}
 	return cmp, err
+}
+
+// medianRatio is the median of v (the mean of the middle two for an even
+// count), 0 for none.
+func medianRatio(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(v))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // merger adds up the runs of one side.
@@ -163,6 +191,14 @@ func (c Comparison) WriteText(w io.Writer) error {
 		c.Candidate.Target, c.Baseline.Target,
 		c.ThroughputRatio, c.Candidate.Throughput, c.Baseline.Throughput,
 		c.P99Ratio, c.Candidate.P99.Round(time.Microsecond), c.Baseline.P99.Round(time.Microsecond))
+	if err != nil || len(c.RoundRatios) == 0 {
+		return err
+	}
+	ratios := make([]string, len(c.RoundRatios))
+	for i, r := range c.RoundRatios {
+		ratios[i] = fmt.Sprintf("%.2f", r)
+	}
+	_, err = fmt.Fprintf(w, "throughput ratio per round: %s; median %.3f\n", strings.Join(ratios, " "), c.MedianRoundRatio)
 	return err
 }
 

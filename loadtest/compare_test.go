@@ -52,11 +52,23 @@ func TestCompareAlternates(t *testing.T) {
 		t.Errorf("ratios %v (want %v), %v", cmp.ThroughputRatio, wantRatio, cmp.P99Ratio)
 	}
 
+	if len(cmp.RoundRatios) != 2 {
+		t.Fatalf("round ratios %v, want one per round", cmp.RoundRatios)
+	}
+	for i, r := range cmp.RoundRatios {
+		if want := cmp.Runs[2*i+1].Throughput / cmp.Runs[2*i].Throughput; r != want {
+			t.Errorf("round %d ratio %v, want %v", i+1, r, want)
+		}
+	}
+	if want := (cmp.RoundRatios[0] + cmp.RoundRatios[1]) / 2; cmp.MedianRoundRatio != want {
+		t.Errorf("median round ratio %v, want %v", cmp.MedianRoundRatio, want)
+	}
+
 	var buf bytes.Buffer
 	if err := cmp.WriteText(&buf); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(buf.String(), "candidate/baseline: throughput ratio") {
+	if !strings.Contains(buf.String(), "candidate/baseline: throughput ratio") || !strings.Contains(buf.String(), "throughput ratio per round: ") {
 		t.Errorf("text:\n%s", buf.String())
 	}
 	b, err := json.Marshal(cmp)
@@ -69,6 +81,17 @@ func TestCompareAlternates(t *testing.T) {
 	}
 	if back.ThroughputRatio != cmp.ThroughputRatio || len(back.Runs) != 4 || back.Candidate.P99 != cmp.Candidate.P99 {
 		t.Errorf("json round trip: %s", b)
+	}
+}
+
+func TestMedianRatio(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{0.9}, 0.9}, {[]float64{1.2, 0.8, 1.0}, 1.0}, {[]float64{1.0, 0.9, 1.3, 0.7}, 0.95}} {
+		if got := medianRatio(c.in); got != c.want {
+			t.Errorf("medianRatio(%v) = %v, want %v", c.in, got, c.want)
+		}
 	}
 }
 

@@ -62,8 +62,9 @@ Usage:
       Start a real single tally node (in a temporary directory) and the
       baseline in this process, on loopback, and run the same closed-loop
       client_credentials load against each alternately (baseline, tally,
-      baseline, tally, …), then print every run, both sides merged, and the
-      ratios tally/baseline of throughput and p99. With --sides rate-limits
+      baseline, tally, …), then print every run, both sides merged, the
+      ratios tally/baseline of throughput and p99, and the throughput ratio
+      of each round with their median. With --sides rate-limits
       the two sides are two real nodes, one with its rate limits off and
       one with every limit on (budgets far above the load, so every request
       passes every bucket): the ratio is what rate limiting costs.
