@@ -172,8 +172,7 @@ func (s *Server) countToward(k rlKey) bool {
 	}
 	now := s.cfg.Now()
 	l := s.rl.limiter(k.kind, k.perMinute)
-	l.consume(k.key, 1, now)
-	s.rl.note(k)
+	l.consume(k.key, 1, now, s.rl.sharing.Load())
 	ok, _ := l.peek(k.key, now)
 	return !ok
 }

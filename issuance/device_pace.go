@@ -212,10 +212,7 @@ func (l *keyedLimiter) allowCounted(key string, now time.Time, count bool) (bool
 	if b.lim.AllowN(now, 1) {
 		// The common case, without a Reservation to allocate.
 		if count {
-			if b.shared == 0 {
-				l.counted = append(l.counted, b)
-			}
-			b.shared++
+			l.countShared(b, 1)
 		}
 		return true, 0
 	}
@@ -223,6 +220,15 @@ func (l *keyedLimiter) allowCounted(key string, now time.Time, count bool) (bool
 	d := r.DelayFrom(now)
 	r.CancelAt(now)
 	return false, max(d, time.Nanosecond)
+}
+
+// countShared keeps n tokens taken from b for the next share flush; l.mu
+// is held.
+func (l *keyedLimiter) countShared(b *keyedBucket, n int) {
+	if b.shared == 0 {
+		l.counted = append(l.counted, b)
+	}
+	b.shared += n
 }
 
 // add makes key's bucket; l.mu is held.

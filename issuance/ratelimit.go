@@ -136,12 +136,10 @@ type rateGuard struct {
 	// failAccount and failSource are the failure budgets every client
 	// authentication and sign-in checks (stuffing.go failureGate).
 	failAccount, failSource *keyedLimiter
-	// pending counts what the failure and alert budgets took since the
-	// last publish (note; the request budgets count in their buckets,
-	// keyedLimiter.allowCounted).
-	pending map[rlKey]int
+	// share publishes what the buckets counted (keyedBucket.shared);
+	// sharing mirrors share != nil for the request path.
 	share   func(map[string]int)
-	sharing atomic.Bool // share is set
+	sharing atomic.Bool
 	// absorbed counts the requests other nodes reported (AbsorbRates),
 	// published those this node reported to them (flush).
 	absorbed, published atomic.Int64
@@ -155,7 +153,7 @@ type tenantBuckets struct {
 }
 
 func newRateGuard(cfg RateLimits) *rateGuard {
-	g := &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies, pending: map[rlKey]int{}}
+	g := &rateGuard{cfg: cfg.withDefaults(), proxies: cfg.TrustedProxies}
 	g.sets.Store(&map[limiterName]*keyedLimiter{})
 	g.defaults = g.bucketsOf(g.cfg)
 	g.tenants = make(map[string]*tenantBuckets, len(cfg.Tenants))
@@ -222,19 +220,6 @@ func (g *rateGuard) limiter(kind string, perMinute int) *keyedLimiter {
 	return l
 }
 
-func itoa(v int) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			return string(b[i:])
-		}
-	}
-}
-
 // rlKey is one bucket a request takes a token from.
 type rlKey struct {
 	kind      string
@@ -264,23 +249,15 @@ func (g *rateGuard) take(takes []bucketTake, now time.Time) (bool, time.Duration
 	return true, 0, ""
 }
 
-// flush hands what was let through since the last flush to the share.
+// flush hands what the buckets counted since the last flush to the share.
 func (g *rateGuard) flush() {
 	g.mu.Lock()
 	share := g.share
-	pending := g.pending
+	g.mu.Unlock()
 	if share == nil {
-		g.mu.Unlock()
 		return
 	}
-	if len(pending) > 0 {
-		g.pending = make(map[rlKey]int, len(pending))
-	}
-	g.mu.Unlock()
-	p := make(map[string]int, len(pending))
-	for k, n := range pending {
-		p[sharedKey(k.kind, k.perMinute, k.key)] += n
-	}
+	p := map[string]int{}
 	for _, l := range *g.sets.Load() {
 		l.takeCounted(func(key string, n int) {
 			p[sharedKey(l.kind, l.perMinute, key)] += n
@@ -298,7 +275,7 @@ func (g *rateGuard) flush() {
 
 // sharedKey names a bucket on the share: kind|perMinute|key.
 func sharedKey(kind string, perMinute int, key string) string {
-	return kind + "|" + itoa(perMinute) + "|" + key
+	return kind + "|" + strconv.Itoa(perMinute) + "|" + key
 }
 
 // absorb takes what other nodes let through out of this node's buckets.
@@ -308,18 +285,11 @@ func (g *rateGuard) absorb(counts map[string]int, now time.Time) {
 		if len(parts) != 3 || n <= 0 {
 			continue
 		}
-		per := 0
-		for _, c := range parts[1] {
-			if c < '0' || c > '9' || per > 1e9 {
-				per = -1
-				break
-			}
-			per = per*10 + int(c-'0')
+		per, err := strconv.Atoi(parts[1])
+		if err != nil || per <= 0 || per > 1e9 {
+			continue // not a budget this guard would make
 		}
-		if per <= 0 {
-			continue
-		}
-		g.limiter(parts[0], per).consume(parts[2], n, now)
+		g.limiter(parts[0], per).consume(parts[2], n, now, false)
 		g.absorbed.Add(int64(n))
 	}
 }
@@ -334,8 +304,9 @@ func (s *Server) RatesAbsorbed() int64 {
 }
 
 // consume takes n tokens for key, going into debt (a later request waits
-// for the refill) rather than refusing.
-func (l *keyedLimiter) consume(key string, n int, now time.Time) {
+// for the refill) rather than refusing; with count, they are also kept for
+// the next share flush.
+func (l *keyedLimiter) consume(key string, n int, now time.Time, count bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.m[key]
@@ -347,6 +318,9 @@ func (l *keyedLimiter) consume(key string, n int, now time.Time) {
 	}
 	b.seen = now
 	b.lim.ReserveN(now, min(n, l.burst))
+	if count {
+		l.countShared(b, n)
+	}
 }
 
 // SetRateShare wires cluster-wide budgets: publish is called every

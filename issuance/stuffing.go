@@ -146,15 +146,6 @@ func (s *Server) recordFailure(ctx context.Context, tenant, who, subject string,
 	}
 }
 
-// note adds one to what is shared for k.
-func (g *rateGuard) note(k rlKey) {
-	g.mu.Lock()
-	if g.share != nil && len(g.pending) < maxLimiterKeys {
-		g.pending[k]++
-	}
-	g.mu.Unlock()
-}
-
 // peek reports whether key has a token, without taking it.
 func (l *keyedLimiter) peek(key string, now time.Time) (bool, time.Duration) {
 	if l.keys.Load() == 0 {
